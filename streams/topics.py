@@ -1,0 +1,67 @@
+"""Topic names and the configuration each topic must have (DESIGN.md, "Topics")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_PREFIX = "lukhas"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """What one topic must look like. ``replication`` None means: 3 when the cluster has at
+    least 3 brokers, else 1 (and ``min.insync.replicas`` follows, 2 or 1)."""
+
+    name: str
+    partitions: int
+    configs: dict[str, str] = field(default_factory=dict)
+    replication: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """The four topic names of one deployment, derived from one prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}.context.events"
+
+    @property
+    def changes(self) -> str:
+        return f"{self.prefix}.context.changes"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.prefix}.context.dlq"
+
+    @property
+    def checkpoints(self) -> str:
+        return f"{self.prefix}.context.checkpoints"
+
+    def specs(self, partitions: int = 6, min_compaction_lag_ms: int = 3_600_000) -> list[TopicSpec]:
+        """The topic specs of the design. Events and changes are co-partitioned (same count)."""
+        return [
+            TopicSpec(
+                self.events,
+                partitions,
+                {
+                    "cleanup.policy": "delete",
+                    "retention.ms": "-1",
+                    "message.timestamp.type": "LogAppendTime",
+                    "unclean.leader.election.enable": "false",
+                },
+            ),
+            TopicSpec(
+                self.changes,
+                partitions,
+                {
+                    "cleanup.policy": "compact",
+                    "min.compaction.lag.ms": str(min_compaction_lag_ms),
+                    "unclean.leader.election.enable": "false",
+                },
+            ),
+            TopicSpec(self.dlq, partitions, {"cleanup.policy": "delete", "retention.ms": "-1"}),
+            TopicSpec(self.checkpoints, partitions, {"cleanup.policy": "compact"}),
+        ]
