@@ -1,0 +1,30 @@
+"""The worker's configuration: one frozen object, built at the composition root (ops)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lukhas_context.processors.fold import Limits
+from lukhas_context.state.store import StoreOptions
+from lukhas_context.streams.topics import Topics
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """Everything one materialiser worker needs. Nothing here reads the environment."""
+
+    bootstrap: str
+    state_dir: Path
+    topics: Topics = field(default_factory=Topics)
+    group_id: str = "lukhas-materializer"
+    api_host: str = "127.0.0.1"
+    api_port: int = 18080
+    #: Most records folded in one round of ``getmany`` (over all partitions).
+    max_batch_records: int = 20_000
+    fetch_timeout_ms: int = 200
+    #: How often the group's committed offsets are refreshed (for lag tools only).
+    commit_interval_s: float = 2.0
+    limits: Limits = field(default_factory=Limits)
+    store: StoreOptions = field(default_factory=StoreOptions)
+    client_id: str = "lukhas-worker"

@@ -1,0 +1,47 @@
+"""Errors of the processors: poison records (dead-lettered) and fatal worker errors."""
+
+from __future__ import annotations
+
+from lukhas_context.schemas.exceptions import LukhasError
+
+__all__ = [
+    "KeyMismatchError",
+    "LukhasError",
+    "NotOwnerError",
+    "PoisonRecordError",
+    "ProcessorError",
+    "WalTruncatedError",
+]
+
+
+class ProcessorError(LukhasError):
+    """Root of the processors' errors."""
+
+
+class PoisonRecordError(ProcessorError):
+    """A WAL record that decodes but cannot be an event of its key (goes to the DLQ)."""
+
+
+class KeyMismatchError(PoisonRecordError):
+    """The record's key is not the UTF-8 context id of its payload."""
+
+
+class WalTruncatedError(ProcessorError):
+    """The WAL no longer holds the offset the store needs next: the log start (low watermark)
+    is above the store's ``next_offset``. Folding on would silently skip events, so the worker
+    stops instead."""
+
+    def __init__(self, partition: int, needed: int, low_watermark: int) -> None:
+        super().__init__(
+            f"WAL partition {partition} starts at offset {low_watermark}, "
+            f"but the store needs offset {needed}: events were deleted by retention"
+        )
+        self.partition = partition
+        self.needed = needed
+        self.low_watermark = low_watermark
+
+
+class NotOwnerError(ProcessorError):
+    """This worker does not serve the partition asked for."""
+
+    retriable = True

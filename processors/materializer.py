@@ -1,0 +1,376 @@
+"""The materialiser: consume the WAL, fold it into RocksDB, publish the change stream.
+
+One round, over every partition the consumer returned records for:
+
+1. decode each record (a record that does not decode, or whose key is not its payload's
+   context id, is queued for the DLQ);
+2. ``apply`` each event to the record of its context (the pending records of this round first,
+   then the store), collecting one change per applied mutation;
+3. send the changes and the dead letters, and **wait until the brokers acknowledged all of
+   them** (``acks=all``);
+4. only then commit, per partition, one WriteBatch holding the new records and the new
+   ``next_offset``.
+
+Why this order: if the batch committed first and the process died before the changes were
+acknowledged, ``next_offset`` would already be past their events and the changes would be lost
+for ever. In this order a crash between 3 and 4 re-folds the same events after the restart and
+publishes their changes a second time: at least once, never zero. A change's identity is its
+context id and the WAL offset of its event, so subscribers drop the repeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from lukhas_context.processors.config import WorkerConfig
+from lukhas_context.processors.exceptions import (
+    KeyMismatchError,
+    NotOwnerError,
+    ProcessorError,
+    WalTruncatedError,
+)
+from lukhas_context.processors.fold import Status, apply
+from lukhas_context.processors.metrics import WorkerMetrics
+from lukhas_context.schemas.codec import ChangeCodec, EventCodec
+from lukhas_context.schemas.event import ChangeKind
+from lukhas_context.schemas.exceptions import CodecError
+from lukhas_context.state.record import ContextRecord
+from lukhas_context.state.store import PartitionStore
+
+log = logging.getLogger(__name__)
+
+#: Largest single record the worker's producer sends (a 1 MiB document and its envelope fit).
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+_TOMBSTONE_KIND = {ChangeKind.DELETE: b"delete", ChangeKind.EXPIRE: b"expire"}
+
+
+@dataclass(slots=True)
+class _Round:
+    """What folding one partition's records produced, before it is committed."""
+
+    partition: int
+    records: dict[bytes, ContextRecord] = field(default_factory=dict)
+    next_offset: int = 0
+    applied: int = 0
+    conflicts: int = 0
+    rejected: int = 0
+    changes: list[tuple[bytes, bytes | None, list[tuple[str, bytes]]]] = field(default_factory=list)
+    dead: list[tuple[Any, BaseException]] = field(default_factory=list)
+
+
+class Materializer:
+    """Folds the partitions assigned to this worker. ``run()`` until ``stop()``."""
+
+    def __init__(self, config: WorkerConfig, metrics: WorkerMetrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or WorkerMetrics()
+        self.stores: dict[int, PartitionStore] = {}
+        self.partition_count = 0
+        self._events = EventCodec()
+        self._changes = ChangeCodec()
+        self._lock = asyncio.Lock()
+        self._progress = asyncio.Condition()
+        self._stopping = asyncio.Event()
+        self._fatal: BaseException | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self.running = False
+
+    # ---- lifecycle ----
+
+    async def start(self) -> None:
+        """Connects to Kafka and joins the group; partitions arrive through the listener."""
+        cfg = self.config
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=cfg.bootstrap,
+            client_id=f"{cfg.client_id}-changes",
+            enable_idempotence=True,
+            acks="all",
+            max_batch_size=512 * 1024,
+            max_request_size=MAX_REQUEST_BYTES,
+            linger_ms=0,
+        )
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=cfg.bootstrap,
+            client_id=cfg.client_id,
+            group_id=cfg.group_id,
+            enable_auto_commit=False,
+            # The store says where to start; a position the log no longer has is an error.
+            auto_offset_reset="none",
+            isolation_level="read_committed",
+            max_partition_fetch_bytes=MAX_REQUEST_BYTES,
+            fetch_max_bytes=16 * 1024 * 1024,
+        )
+        await self._producer.start()
+        await self._consumer.start()
+        self._consumer.subscribe([cfg.topics.events], listener=_Listener(self))
+        self.running = True
+
+    def stop(self) -> None:
+        """Asks ``run()`` to finish the round in progress and return."""
+        self._stopping.set()
+
+    async def close(self) -> None:
+        """Leaves the group, closes the stores. Safe to call twice."""
+        self.running = False
+        if self._consumer is not None:
+            await self._commit_offsets()
+            await self._consumer.stop()  # revokes: the listener closes the stores
+            self._consumer = None
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+        for store in self.stores.values():
+            store.close()
+        self.stores.clear()
+
+    async def run(self) -> None:
+        """Folds rounds until ``stop()``; raises what makes the worker unable to go on."""
+        assert self._consumer is not None
+        next_commit = time.monotonic() + self.config.commit_interval_s
+        while not self._stopping.is_set():
+            if self._fatal is not None:
+                raise self._fatal
+            batch = await self._consumer.getmany(
+                timeout_ms=self.config.fetch_timeout_ms,
+                max_records=self.config.max_batch_records,
+            )
+            if batch:
+                await self.fold_round(batch)
+            if time.monotonic() >= next_commit:
+                await self._commit_offsets()
+                next_commit = time.monotonic() + self.config.commit_interval_s
+
+    # ---- the round ----
+
+    async def fold_round(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """Folds, publishes, waits for acknowledgement, then commits (see the module doc)."""
+        started = time.perf_counter()
+        async with self._lock:
+            rounds = [
+                self._fold_partition(self.stores[tp.partition], tp.partition, records)
+                for tp, records in batch.items()
+                if tp.partition in self.stores and records
+            ]
+            rounds = [r for r in rounds if r is not None]
+            await asyncio.gather(*self._publish(rounds))
+            for r in rounds:
+                self.stores[r.partition].commit(r.records, r.next_offset)
+            self._account(rounds, sum(len(v) for v in batch.values()))
+        async with self._progress:
+            self._progress.notify_all()
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def _fold_partition(
+        self, store: PartitionStore, partition: int, messages: list[Any]
+    ) -> _Round | None:
+        first = store.next_offset
+        if messages[-1].offset < first:
+            return None  # fetched before a re-seek: already folded
+        r = _Round(partition)
+        pending = r.records
+        decode = self._events.decode
+        encode_change = self._changes.encode_fields
+        limits = self.config.limits
+        get = store.get
+        for m in messages:
+            offset = m.offset
+            if offset < first:
+                continue
+            key = m.key
+            try:
+                event = decode(m.value)
+                if key is None or event.context_id.encode() != key:
+                    raise KeyMismatchError(f"key {key!r} is not the payload's context id")
+            except (CodecError, KeyMismatchError) as exc:
+                r.dead.append((m, exc))
+                continue
+            record = pending[key] if key in pending else get(key)
+            new, outcome = apply(record, event, offset, m.timestamp, limits)
+            status = outcome.status
+            if status is Status.APPLIED:
+                r.applied += 1
+                assert new is not None
+                pending[key] = new
+                kind = outcome.kind
+                if new.doc is None:
+                    assert kind is not None
+                    headers = [
+                        ("kind", _TOMBSTONE_KIND[kind]),
+                        ("version", b"%d" % new.version),
+                        ("wal_offset", b"%d" % offset),
+                        ("event_id", event.event_id),
+                    ]
+                    r.changes.append((key, None, headers))
+                else:
+                    value = encode_change(
+                        key, new.version, kind, new.doc, new.checksum,
+                        new.expires_at_ms, offset, event.event_id, m.timestamp,
+                    )  # fmt: skip
+                    r.changes.append((key, value, []))
+            elif status is Status.CONFLICT:
+                r.conflicts += 1
+            else:
+                r.rejected += 1
+        r.next_offset = messages[-1].offset + 1
+        return r
+
+    def _publish(self, rounds: Iterable[_Round]) -> list[Awaitable[Any]]:
+        """Sends every change and dead letter of the round; returns the acknowledgements."""
+        return [self._send_all(r) for r in rounds]
+
+    async def _send_all(self, r: _Round) -> None:
+        producer = self._producer
+        assert producer is not None
+        topics = self.config.topics
+        acks = []
+        batch = producer.create_batch()
+        for key, value, headers in r.changes:
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                acks.append(await producer.send_batch(batch, topics.changes, partition=r.partition))
+                batch = producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                    raise ProcessorError(f"a change of {len(value or b'')} bytes fits no batch")
+        if batch.record_count():
+            acks.append(await producer.send_batch(batch, topics.changes, partition=r.partition))
+        for message, error in r.dead:
+            acks.append(await self._dead_letter(message, error))
+        await asyncio.gather(*acks)
+
+    async def _dead_letter(self, message: Any, error: BaseException) -> Awaitable[Any]:
+        assert self._producer is not None
+        value = message.value or b""
+        headers = [
+            ("error.class", type(error).__name__.encode()),
+            ("error.message", str(error).encode("utf-8", "replace")[:1000]),
+            ("source.topic", message.topic.encode()),
+            ("source.partition", b"%d" % message.partition),
+            ("source.offset", b"%d" % message.offset),
+            ("schema.fingerprint", value[2:10].hex().encode()),
+        ]
+        log.warning(
+            "dead-lettering %s[%d]@%d: %s",
+            message.topic, message.partition, message.offset, error,
+        )  # fmt: skip
+        return await self._producer.send(
+            self.config.topics.dlq,
+            value=value,
+            key=message.key,
+            partition=message.partition,
+            headers=headers,
+        )
+
+    def _account(self, rounds: list[_Round], consumed: int) -> None:
+        m = self.metrics
+        m.consumed.inc(consumed)
+        for r in rounds:
+            m.applied.inc(r.applied)
+            m.conflicts.inc(r.conflicts)
+            m.rejected.inc(r.rejected)
+            m.dead_lettered.inc(len(r.dead))
+            m.changes.inc(len(r.changes))
+            m.next_offset.labels(r.partition).set(r.next_offset)
+            assert self._consumer is not None
+            high = self._consumer.highwater(TopicPartition(self.config.topics.events, r.partition))
+            if high is not None:
+                m.lag.labels(r.partition).set(max(0, high - r.next_offset))
+
+    async def _commit_offsets(self) -> None:
+        """Mirrors the stores' ``next_offset`` to the group (for lag tools; never read back)."""
+        if self._consumer is None or not self.stores:
+            return
+        topic = self.config.topics.events
+        offsets = {
+            TopicPartition(topic, p): s.next_offset for p, s in self.stores.items() if s.next_offset
+        }
+        try:
+            if offsets:
+                await self._consumer.commit(offsets)
+        except KafkaError as exc:
+            log.info("offset commit skipped (%s); the stores keep the real positions", exc)
+
+    # ---- reads ----
+
+    def store_for(self, partition: int) -> PartitionStore:
+        store = self.stores.get(partition)
+        if store is None:
+            raise NotOwnerError(f"partition {partition} is not served by this worker")
+        return store
+
+    async def wait_applied(self, partition: int, offset: int, timeout_s: float) -> bool:
+        """Waits until ``offset`` of ``partition`` is folded (``next_offset > offset``).
+
+        A partition not (yet) assigned here is waited for too, since the worker may be starting
+        or rebalancing. Returns False on timeout; raises ``NotOwnerError`` if by then the
+        partition is still not served by this worker.
+        """
+        deadline = time.monotonic() + timeout_s
+        async with self._progress:
+            while True:
+                store = self.stores.get(partition)
+                if store is not None and store.next_offset > offset:
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if store is None:
+                        self.store_for(partition)
+                    return False
+                try:
+                    await asyncio.wait_for(self._progress.wait(), left)
+                except TimeoutError:
+                    pass
+
+    # ---- assignment ----
+
+    async def _assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        tps = list(assigned)
+        self.partition_count = len(consumer.partitions_for_topic(self.config.topics.events) or ())
+        if not tps:
+            return
+        low = await consumer.beginning_offsets(tps)
+        async with self._lock:
+            for tp in tps:
+                if tp.partition not in self.stores:
+                    path = self.config.state_dir / f"partition-{tp.partition}"
+                    self.stores[tp.partition] = PartitionStore(path, self.config.store)
+                needed = self.stores[tp.partition].next_offset
+                if needed < low[tp]:
+                    raise WalTruncatedError(tp.partition, needed, low[tp])
+                consumer.seek(tp, needed)
+                log.info("partition %d assigned, folding from offset %d", tp.partition, needed)
+        async with self._progress:
+            self._progress.notify_all()
+
+    async def _revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        async with self._lock:  # waits for the round in progress to commit
+            for tp in revoked:
+                store = self.stores.pop(tp.partition, None)
+                if store is not None:
+                    store.close()
+                    log.info("partition %d revoked", tp.partition)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: Materializer) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.owner._revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        try:
+            await self.owner._assigned(assigned)
+        except Exception as exc:  # aiokafka would only log it: hand it to run() to raise
+            log.error("partition assignment failed: %s", exc)
+            self.owner._fatal = exc

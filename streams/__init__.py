@@ -1,0 +1,1 @@
+"""LUKHAS Context: streams."""

@@ -1,0 +1,63 @@
+"""Errors of the client side: validation (nothing was sent), transport, reads."""
+
+from __future__ import annotations
+
+from lukhas_context.schemas.exceptions import LukhasError
+
+__all__ = [
+    "ClientError",
+    "ContextNotFoundError",
+    "DocumentTooLargeError",
+    "InvalidContextIdError",
+    "InvalidDocumentError",
+    "InvalidTTLError",
+    "LukhasError",
+    "NotAppliedYetError",
+    "PublishError",
+    "ReadError",
+    "ValidationError",
+]
+
+
+class ClientError(LukhasError):
+    """Root of the client's errors."""
+
+
+class ValidationError(ClientError, ValueError):
+    """The call's arguments are invalid; nothing was sent."""
+
+
+class InvalidContextIdError(ValidationError):
+    """A context id must be a non-empty string of at most 256 UTF-8 bytes."""
+
+
+class InvalidDocumentError(ValidationError):
+    """A document must be a JSON object (a dict with string keys)."""
+
+
+class DocumentTooLargeError(ValidationError):
+    """The canonical JSON of the document is over the size limit."""
+
+
+class InvalidTTLError(ValidationError):
+    """A TTL must be a positive number of seconds, at most 100 years."""
+
+
+class PublishError(ClientError):
+    """The WAL did not acknowledge the event: it may or may not have been appended."""
+
+    retriable = True
+
+
+class ReadError(ClientError):
+    """The read API failed or could not be reached."""
+
+    retriable = True
+
+
+class ContextNotFoundError(ClientError, KeyError):
+    """The context does not exist, was deleted or has expired."""
+
+
+class NotAppliedYetError(ReadError):
+    """The read-your-writes wait timed out: the worker has not folded the offset yet."""

@@ -1,0 +1,61 @@
+"""Checks made before anything is sent: each failure is a typed ``ValidationError``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+
+from lukhas_context.streams.exceptions import (
+    DocumentTooLargeError,
+    InvalidContextIdError,
+    InvalidDocumentError,
+    InvalidTTLError,
+)
+
+MAX_ID_BYTES = 256
+MAX_TTL_S = 100 * 365 * 24 * 3600
+DEFAULT_MAX_DOCUMENT_BYTES = 1024 * 1024
+
+
+def context_key(context_id: object) -> bytes:
+    """The UTF-8 key of a context id; ``InvalidContextIdError`` if it is not a valid id."""
+    if not isinstance(context_id, str):
+        raise InvalidContextIdError(f"context id must be a str, not {type(context_id).__name__}")
+    try:
+        key = context_id.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidContextIdError(f"context id is not valid UTF-8: {exc}") from None
+    if not key:
+        raise InvalidContextIdError("context id is empty")
+    if len(key) > MAX_ID_BYTES:
+        raise InvalidContextIdError(f"context id is {len(key)} bytes, over {MAX_ID_BYTES}")
+    return key
+
+
+def canonical_json(doc: Any, max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -> bytes:
+    """Canonical JSON bytes of a document (sorted keys, no whitespace), checked and bounded."""
+    if not isinstance(doc, dict):
+        raise InvalidDocumentError(f"document must be a JSON object (dict), not {type(doc).__name__}")
+    try:
+        data = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+    except (orjson.JSONEncodeError, TypeError) as exc:
+        raise InvalidDocumentError(f"document is not JSON-serialisable: {exc}") from None
+    if len(data) > max_bytes:
+        raise DocumentTooLargeError(f"document is {len(data)} bytes, over the limit of {max_bytes}")
+    return data
+
+
+def ttl_ms(ttl: float | None) -> int | None:
+    """A TTL in seconds as whole milliseconds; None stays None."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+        raise InvalidTTLError(f"ttl must be a number of seconds, not {type(ttl).__name__}")
+    if not math.isfinite(ttl) or ttl <= 0 or ttl > MAX_TTL_S:
+        raise InvalidTTLError(f"ttl must be in (0, {MAX_TTL_S}] seconds, got {ttl}")
+    ms = round(ttl * 1000)
+    if ms < 1:
+        raise InvalidTTLError(f"ttl {ttl} s is under one millisecond")
+    return ms
