@@ -1,0 +1,1 @@
+"""Operations: the local cluster (Kafka + Redis + processors) and the ``lukhas`` command."""

@@ -1,0 +1,5 @@
+"""``python -m lukhas_context.ops``: the ``lukhas`` command."""
+
+from lukhas_context.ops.cli import main
+
+main()

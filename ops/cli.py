@@ -1,0 +1,301 @@
+"""The ``lukhas`` command.
+
+Exit codes: 0 success; 1 an error (one line on stderr: ``lukhas: error: <reason>``); 2 a usage
+error; 3 the context was not found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+import orjson
+from lukhas_context.ops.config import Environment, recorded_cluster
+from lukhas_context.schemas.exceptions import LukhasError
+from lukhas_context.streams.client import ClientConfig, Context, ContextClient, Receipt
+from lukhas_context.streams.exceptions import ContextNotFoundError
+from lukhas_context.streams.topics import Topics
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXIT_ERROR = 1
+EXIT_NOT_FOUND = 3
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    click.echo(f"lukhas: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _errors(fn: F) -> F:
+    """Turns the distribution's errors into one line on stderr and a non-zero exit."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ContextNotFoundError as exc:
+            _fail(f"context {exc.args[0]!r} not found", EXIT_NOT_FOUND)
+        except LukhasError as exc:
+            _fail(f"{type(exc).__name__}: {exc}")
+        except OSError as exc:
+            _fail(f"{type(exc).__name__}: {exc}")
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _print(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """LUKHAS Context: an event-sourced context store on Kafka and RocksDB."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# ---------------------------------------------------------------- local cluster
+
+
+def _cluster_options(fn: F) -> F:
+    fn = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+                      help="Cluster data dir [env LUKHAS_DATA_DIR, default ./.lukhas].")(fn)  # fmt: skip
+    return fn
+
+
+def _cluster(data_dir: Path | None, **overrides: Any) -> Any:
+    from lukhas_context.ops.cluster import ClusterSpec, LocalCluster
+
+    env = Environment.read()
+    spec = ClusterSpec(
+        data_dir=data_dir or env.data_dir,
+        topic_prefix=env.topic_prefix,
+        kafka_home=env.kafka_home,
+        kafka_cache=env.kafka_cache,
+        **{k: v for k, v in overrides.items() if v is not None},
+    )
+    return LocalCluster(spec)
+
+
+@cli.command()
+@_cluster_options
+@click.option("--brokers", type=click.IntRange(1, 9), default=None, help="Kafka brokers (1 or 3).")
+@click.option("--bootstrap", default=None, help="Use this existing Kafka cluster: start no broker.")
+@click.option("--port-base", type=int, default=None, help="First broker port (default 19092).")
+@click.option("--redis-port", type=int, default=None, help="Redis port (default 16379).")
+@click.option("--api-port", type=int, default=None, help="Processor read API port (default 18080).")
+@click.option("--partitions", type=click.IntRange(1, 1000), default=None, help="WAL partitions.")
+@click.option("--no-processor", is_flag=True, help="Start Kafka and Redis only.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@_errors
+def up(data_dir: Path | None, brokers: int | None, bootstrap: str | None, port_base: int | None,
+       redis_port: int | None, api_port: int | None, partitions: int | None,
+       no_processor: bool, as_json: bool) -> None:  # fmt: skip
+    """Start (or resume) the local cluster: Kafka, Redis, topics, one processor."""
+    env = Environment.read()
+    cluster = _cluster(
+        data_dir, brokers=brokers, bootstrap=bootstrap or env.bootstrap, port_base=port_base,
+        redis_port=redis_port, api_port=api_port, partitions=partitions,
+        start_processor=not no_processor,
+    )  # fmt: skip
+    status = cluster.up()
+    if as_json:
+        _print(status)
+        return
+    kafka = status["kafka"]
+    click.echo(
+        f"kafka      {kafka['bootstrap']}  brokers={kafka['brokers']} ready={kafka['ready']}"
+    )
+    click.echo(f"redis      {status['redis']['url']}  ready={status['redis']['ready']}")
+    for p in status["processors"]:
+        click.echo(f"processor  {p['api']}  pid={p['pid']} ready={p.get('ready')}")
+    if status.get("started"):
+        click.echo(f"started    {', '.join(status['started'])}")
+
+
+@cli.command()
+@_cluster_options
+@click.option("--json", "as_json", is_flag=True)
+@_errors
+def down(data_dir: Path | None, as_json: bool) -> None:
+    """Stop what `up` started, by pid. Keeps all data."""
+    result = _cluster(data_dir).down()
+    if as_json:
+        _print(result)
+    else:
+        for what in ("stopped", "killed", "not_running"):
+            if result.get(what):
+                click.echo(f"{what.replace('_', ' '):12} {', '.join(result[what])}")
+
+
+@cli.command()
+@_cluster_options
+@click.option("--json", "as_json", is_flag=True)
+@_errors
+def status(data_dir: Path | None, as_json: bool) -> None:
+    """Show whether Kafka, Redis and the processors are up and ready."""
+    result = _cluster(data_dir).status()
+    if as_json:
+        _print(result)
+        return
+    kafka = result["kafka"]
+    click.echo(
+        f"kafka      {kafka['bootstrap']}  brokers={kafka['brokers']} ready={kafka['ready']}"
+    )
+    click.echo(f"redis      {result['redis']['url']}  ready={result['redis']['ready']}")
+    for p in result["processors"]:
+        click.echo(f"processor  {p['api']}  pid={p['pid']} ready={p.get('ready')}")
+
+
+@cli.command()
+@click.option("--bootstrap", required=True, help="Kafka bootstrap servers.")
+@click.option("--state-dir", type=click.Path(path_type=Path), required=True)
+@click.option("--topic-prefix", default="lukhas", show_default=True)
+@click.option("--group", default="lukhas-materializer", show_default=True)
+@click.option("--api-host", default="127.0.0.1", show_default=True)
+@click.option("--api-port", type=int, default=18080, show_default=True)
+@click.option("--redis-url", default=None, help="Redis (fencing locks; used by later features).")
+@click.option("--max-batch", type=click.IntRange(1), default=20_000, show_default=True)
+def worker(bootstrap: str, state_dir: Path, topic_prefix: str, group: str, api_host: str,
+           api_port: int, redis_url: str | None, max_batch: int) -> None:  # fmt: skip
+    """Run one processor worker in the foreground (SIGTERM stops it cleanly)."""
+    from lukhas_context.processors.config import WorkerConfig
+    from lukhas_context.processors.worker import run_worker
+
+    logging.getLogger("lukhas_context").setLevel(logging.INFO)
+    config = WorkerConfig(
+        bootstrap=bootstrap, state_dir=state_dir, topics=Topics(topic_prefix), group_id=group,
+        api_host=api_host, api_port=api_port, max_batch_records=max_batch,
+    )  # fmt: skip
+    sys.exit(run_worker(config))
+
+
+# ---------------------------------------------------------------- context commands
+
+T = TypeVar("T")
+
+
+def _client_options(fn: F) -> F:
+    fn = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(fn)
+    fn = click.option("--api", default=None, help="Read API URL [env LUKHAS_API_URL].")(fn)
+    fn = click.option("--bootstrap", default=None, help="Kafka [env LUKHAS_BOOTSTRAP].")(fn)
+    fn = _cluster_options(fn)
+    return fn
+
+
+def _client_config(data_dir: Path | None, bootstrap: str | None, api: str | None) -> ClientConfig:
+    """Options, else the environment, else what `lukhas up` recorded in the data dir."""
+    env = Environment.read()
+    recorded = recorded_cluster(data_dir or env.data_dir)
+    processors: Any = recorded.get("processors") or [{}]
+    bootstrap = bootstrap or env.bootstrap or recorded.get("bootstrap")  # type: ignore[assignment]
+    if not bootstrap:
+        _fail("no Kafka: pass --bootstrap, set LUKHAS_BOOTSTRAP, or run `lukhas up` first")
+    api = api or env.api_url or processors[0].get("api")
+    return ClientConfig(bootstrap=str(bootstrap), api_url=api, topics=Topics(env.topic_prefix))
+
+
+def _with_client(
+    config: ClientConfig, call: Callable[[ContextClient], Coroutine[Any, Any, T]]
+) -> T:
+    async def run() -> T:
+        async with ContextClient(config) as client:
+            return await call(client)
+
+    return asyncio.run(run())
+
+
+def _receipt_out(receipt: Receipt, as_json: bool) -> None:
+    if as_json:
+        _print({"context_id": receipt.context_id, "partition": receipt.partition,
+                "offset": receipt.offset, "event_id": receipt.event_id})  # fmt: skip
+    else:
+        click.echo(f"{receipt.context_id} -> {receipt.position} (event {receipt.event_id})")
+
+
+def _parse_doc(raw: str) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        _fail(f"JSON argument does not parse: {exc}", 2)
+    if not isinstance(doc, dict):
+        _fail(f"a document must be a JSON object, got a JSON {type(doc).__name__}", 2)
+    return doc
+
+
+@cli.command()
+@click.argument("context_id")
+@click.argument("document")
+@click.option("--ttl", type=float, default=None, help="Expire after SECONDS.")
+@_client_options
+@_errors
+def put(context_id: str, document: str, ttl: float | None, data_dir: Path | None,
+        bootstrap: str | None, api: str | None, as_json: bool) -> None:  # fmt: skip
+    """Replace the document of CONTEXT_ID with DOCUMENT (a JSON object)."""
+    doc = _parse_doc(document)
+    config = _client_config(data_dir, bootstrap, api)
+    _receipt_out(_with_client(config, lambda c: c.put(context_id, doc, ttl)), as_json)
+
+
+@cli.command()
+@click.argument("context_id")
+@_client_options
+@_errors
+def delete(context_id: str, data_dir: Path | None, bootstrap: str | None, api: str | None,
+           as_json: bool) -> None:  # fmt: skip
+    """Delete CONTEXT_ID."""
+    config = _client_config(data_dir, bootstrap, api)
+    _receipt_out(_with_client(config, lambda c: c.delete(context_id)), as_json)
+
+
+@cli.command()
+@click.argument("context_id")
+@click.option("--after", default=None, metavar="P:O", help="Wait until WAL position P:O is folded.")
+@click.option("--timeout", type=float, default=5.0, show_default=True, help="Seconds to wait.")
+@_client_options
+@_errors
+def get(context_id: str, after: str | None, timeout: float, data_dir: Path | None,
+        bootstrap: str | None, api: str | None, as_json: bool) -> None:  # fmt: skip
+    """Print CONTEXT_ID: version, checksum, expiry and document."""
+    config = _client_config(data_dir, bootstrap, api)
+    ctx: Context = _with_client(config, lambda c: c.get(context_id, after, timeout))
+    if as_json:
+        _print({"context_id": ctx.context_id, "version": ctx.version, "doc": ctx.doc,
+                "checksum": ctx.checksum, "offset": ctx.offset, "partition": ctx.partition,
+                "expires_at_ms": ctx.expires_at_ms})  # fmt: skip
+        return
+    expiry = "never" if ctx.expires_at_ms is None else f"{ctx.expires_at_ms} ms (epoch)"
+    click.echo(
+        f"{ctx.context_id}  version {ctx.version}  checksum {ctx.checksum}  expires {expiry}"
+    )
+    click.echo(json.dumps(ctx.doc, indent=2, sort_keys=True))
+
+
+@cli.command()
+@_client_options
+@_errors
+def demo(data_dir: Path | None, bootstrap: str | None, api: str | None, as_json: bool) -> None:
+    """Write a context, read it back after its write, and print both."""
+    config = _client_config(data_dir, bootstrap, api)
+
+    async def run(client: ContextClient) -> tuple[Receipt, Context]:
+        doc = {"agent": "demo", "messages": [{"role": "user", "text": "hello, LUKHAS"}]}
+        receipt = await client.put("demo:session-1", doc, ttl=3600)
+        return receipt, await client.get("demo:session-1", after=receipt, timeout=30)
+
+    receipt, ctx = _with_client(config, run)
+    click.echo(f"put  demo:session-1 -> WAL {receipt.position}")
+    click.echo(f"get  demo:session-1 -> version {ctx.version}, checksum {ctx.checksum}")
+    click.echo(f"     {json.dumps(ctx.doc, sort_keys=True)}")
+
+
+def main() -> None:
+    cli(prog_name="lukhas")

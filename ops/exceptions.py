@@ -1,0 +1,49 @@
+"""Errors raised while fetching Kafka and running the local cluster."""
+
+from __future__ import annotations
+
+from lukhas_context.schemas.exceptions import LukhasError
+
+__all__ = [
+    "ClusterStartError",
+    "ClusterStateError",
+    "JavaNotFoundError",
+    "KafkaFetchError",
+    "KafkaHomeError",
+    "LukhasError",
+    "OpsError",
+    "RedisNotInstalledError",
+]
+
+
+class OpsError(LukhasError):
+    """Root of the operations errors."""
+
+
+class JavaNotFoundError(OpsError):
+    """No ``java`` executable on ``PATH``; Kafka cannot run without a JRE (17 or newer)."""
+
+
+class KafkaHomeError(OpsError):
+    """``KAFKA_HOME`` does not point at an unpacked Kafka distribution (no ``libs/kafka_*.jar``)."""
+
+
+class KafkaFetchError(OpsError):
+    """Maven could not fetch the Kafka jars. The message carries the tail of Maven's output.
+
+    Retriable: most causes (network, a Maven Central hiccup) go away on a second try.
+    """
+
+    retriable = True
+
+
+class RedisNotInstalledError(OpsError):
+    """``redis-server`` is not on ``PATH`` and we are not root, so we cannot install it."""
+
+
+class ClusterStartError(OpsError):
+    """A part of the local cluster did not come up; the message names its log file and tail."""
+
+
+class ClusterStateError(OpsError):
+    """The data directory was created for a different cluster shape than the one requested."""

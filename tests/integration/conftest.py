@@ -1,0 +1,211 @@
+"""Session fixtures on real parts: a Kafka broker and a redis-server started once per session by
+the project's own ``LocalCluster`` (or an existing cluster named by ``LUKHAS_BOOTSTRAP``), and
+per-test topics, consumer groups and state dirs, so tests never see each other's data."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lukhas_context.ops.cluster import ClusterSpec, LocalCluster
+from lukhas_context.processors.api import ReadApi
+from lukhas_context.processors.config import WorkerConfig
+from lukhas_context.processors.materializer import Materializer
+from lukhas_context.streams.admin import ensure_topics
+from lukhas_context.streams.client import ClientConfig, ContextClient
+from lukhas_context.streams.topics import Topics
+
+PARTITIONS = 3
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def free_port_run(n: int) -> int:
+    """The first of ``n`` consecutive free loopback ports."""
+    for _ in range(100):
+        base = free_port()
+        if base + n < 65536 and all(_free(base + k) for k in range(n)):
+            return base
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class Cluster:
+    bootstrap: str
+    redis_url: str | None
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    existing = os.environ.get("LUKHAS_BOOTSTRAP")
+    if existing:
+        yield Cluster(existing, os.environ.get("LUKHAS_REDIS_URL"))
+        return
+    base = free_port_run(4)
+    spec = ClusterSpec(
+        data_dir=tmp_path_factory.mktemp("session-cluster"),
+        port_base=base,
+        redis_port=base + 2,
+        api_port=base + 3,
+        topic_prefix="session",
+        partitions=1,
+        kafka_home=os.environ.get("KAFKA_HOME"),
+        start_processor=False,
+    )
+    local = LocalCluster(spec)
+    try:
+        status = local.up()
+        yield Cluster(status["kafka"]["bootstrap"], status["redis"]["url"])
+    finally:
+        local.down()
+
+
+@pytest.fixture
+async def topics(cluster: Cluster) -> Topics:
+    """Fresh topics of the design, 3 partitions, under a prefix of this test's own."""
+    t = Topics(f"t{uuid.uuid4().hex[:10]}")
+    await ensure_topics(cluster.bootstrap, t.specs(PARTITIONS), brokers=None)
+    return t
+
+
+@dataclass
+class RunningWorker:
+    materializer: Materializer
+    api: ReadApi
+    task: asyncio.Task[None]
+    url: str
+
+    async def stop(self) -> None:
+        self.materializer.stop()
+        try:
+            await self.task
+        finally:
+            await self.materializer.close()
+            await self.api.close()
+
+
+WorkerFactory = Callable[..., Awaitable[RunningWorker]]
+
+
+@pytest.fixture
+async def start_worker(
+    cluster: Cluster, topics: Topics, tmp_path: Path
+) -> AsyncIterator[WorkerFactory]:
+    """Starts an in-process worker (materialiser + read API); stops every one at the end."""
+    started: list[RunningWorker] = []
+
+    async def start(state_dir: Path | None = None, **overrides: object) -> RunningWorker:
+        port = free_port()
+        config = WorkerConfig(
+            bootstrap=cluster.bootstrap,
+            state_dir=state_dir or tmp_path / "state",
+            topics=topics,
+            group_id=f"{topics.prefix}-group",
+            api_port=port,
+            fetch_timeout_ms=50,
+            **overrides,  # type: ignore[arg-type]
+        )
+        materializer = Materializer(config)
+        api = ReadApi(materializer)
+        await api.start("127.0.0.1", port)
+        await materializer.start()
+        worker = RunningWorker(
+            materializer, api, asyncio.create_task(materializer.run()), f"http://127.0.0.1:{port}"
+        )
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        if not worker.task.done() or worker.materializer.running:
+            await worker.stop()
+
+
+def client_for(cluster: Cluster, topics: Topics, url: str | None) -> ContextClient:
+    return ContextClient(ClientConfig(cluster.bootstrap, url, topics))
+
+
+@pytest.fixture
+def make_client(cluster: Cluster, topics: Topics) -> Callable[[str | None], ContextClient]:
+    """``async with make_client(worker.url) as client:`` writes to this test's topics."""
+    return lambda url: client_for(cluster, topics, url)
+
+
+@dataclass
+class WorkerProcess:
+    """A worker in a child process (for kill -9), running ``lukhas worker``."""
+
+    argv: list[str]
+    log: Path
+    url: str
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            self.argv, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def wait_healthy(self, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited {self.proc.returncode}: {self.log.read_text()}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"worker not healthy in {timeout_s} s: {self.log.read_text()[-3000:]}")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def terminate(self) -> int:
+        assert self.proc is not None
+        self.proc.terminate()
+        return self.proc.wait(timeout=60)
+
+
+@pytest.fixture
+def worker_process(cluster: Cluster, topics: Topics, tmp_path: Path) -> Iterator[WorkerProcess]:
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "lukhas_context.ops", "worker",
+        "--bootstrap", cluster.bootstrap, "--state-dir", str(tmp_path / "proc-state"),
+        "--topic-prefix", topics.prefix, "--group", f"{topics.prefix}-group",
+        "--api-port", str(port),
+    ]  # fmt: skip
+    worker = WorkerProcess(argv, tmp_path / "worker.log", f"http://127.0.0.1:{port}")
+    yield worker
+    if worker.proc is not None and worker.proc.poll() is None:
+        worker.proc.kill()
+        worker.proc.wait()

@@ -1,0 +1,151 @@
+"""Put, get, delete through the real WAL and a real worker; read-your-writes; restart."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from lukhas_context.schemas.codec import ChangeCodec
+from lukhas_context.streams.client import ContextClient, SyncContextClient
+from lukhas_context.streams.exceptions import ContextNotFoundError, InvalidDocumentError
+from lukhas_context.streams.topics import Topics
+
+pytestmark = pytest.mark.integration
+
+MakeClient = Callable[[str | None], ContextClient]
+
+
+async def test_put_get_delete_round_trip(start_worker, make_client: MakeClient) -> None:
+    worker = await start_worker()
+    async with make_client(worker.url) as client:
+        receipt = await client.put("agent:1", {"messages": ["hi"], "turn": 1}, ttl=600)
+        ctx = await client.get("agent:1", after=receipt, timeout=30)
+        assert ctx.doc == {"messages": ["hi"], "turn": 1}
+        assert (ctx.version, ctx.offset, ctx.partition) == (1, receipt.offset, receipt.partition)
+        assert len(ctx.checksum) == 16 and ctx.expires_at_ms is not None
+        receipt = await client.put("agent:1", {"turn": 2})
+        ctx = await client.get("agent:1", after=receipt)
+        assert (ctx.version, ctx.doc, ctx.expires_at_ms) == (2, {"turn": 2}, None)
+        receipt = await client.delete("agent:1")
+        with pytest.raises(ContextNotFoundError):
+            await client.get("agent:1", after=receipt)
+        with pytest.raises(ContextNotFoundError):
+            await client.get("never-written")
+
+
+async def test_bad_input_is_refused_before_sending(start_worker, make_client: MakeClient) -> None:
+    worker = await start_worker()
+    async with make_client(worker.url) as client:
+        with pytest.raises(InvalidDocumentError):
+            await client.put("x", ["not", "an", "object"])  # type: ignore[arg-type]
+        receipt = await client.put("x", {"ok": True})
+        assert receipt.offset == 0  # the refused put appended nothing before it
+
+
+async def test_read_your_writes_every_time(start_worker, make_client: MakeClient) -> None:
+    worker = await start_worker()
+    async with make_client(worker.url) as client:
+        for i in range(1, 31):
+            receipt = await client.put("counter", {"n": i})
+            ctx = await client.get("counter", after=receipt, timeout=30)
+            assert (ctx.version, ctx.doc["n"]) == (i, i)
+
+
+async def test_restart_resumes_without_reapplying(
+    start_worker, make_client: MakeClient, tmp_path: Path
+) -> None:
+    state = tmp_path / "resume"
+    worker = await start_worker(state_dir=state)
+    async with make_client(worker.url) as client:
+        receipts = [await client.put(f"c{i % 5}", {"i": i}) for i in range(50)]
+        await client.get("c0", after=receipts[-1], timeout=30)
+    await worker.stop()
+
+    worker = await start_worker(state_dir=state)
+    async with make_client(worker.url) as client:
+        receipts = [await client.put(f"c{i % 5}", {"i": i}) for i in range(50, 60)]
+        for r in receipts:
+            await client.get(r.context_id, after=r, timeout=30)
+        for i in range(5):
+            assert (await client.get(f"c{i}")).version == 12
+    # the second worker folded only the new events
+    assert worker.materializer.metrics.applied._value.get() == 10
+
+
+
+async def test_undecodable_records_go_to_the_dlq_and_later_events_apply(
+    start_worker, make_client: MakeClient, cluster, topics: Topics
+) -> None:
+    worker = await start_worker()
+    raw = AIOKafkaProducer(bootstrap_servers=cluster.bootstrap, enable_idempotence=True)
+    await raw.start()
+    try:
+        bad = [
+            (b"poison", b"not avro at all"),
+            (b"poison", b"\xc3\x01" + b"\x00" * 8 + b"unknown fingerprint"),
+            (b"poison", b""),
+        ]
+        for key, value in bad:
+            await raw.send_and_wait(topics.events, value, key=key)
+        async with make_client(worker.url) as client:
+            good = await client.put("poison", {"still": "works"})
+            # a valid event under the wrong key: the key must be the payload's context id
+            mismatched = await client.put("other", {"x": 1})
+            await client.get("poison", after=good, timeout=30)
+            await client.get("other", after=mismatched, timeout=30)
+            assert (await client.get("poison")).doc == {"still": "works"}
+    finally:
+        await raw.stop()
+
+    consumer = AIOKafkaConsumer(
+        topics.dlq, bootstrap_servers=cluster.bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        letters = []
+        while len(letters) < len(bad):
+            batch = await asyncio.wait_for(consumer.getmany(timeout_ms=1000), 30)
+            letters += [m for ms in batch.values() for m in ms]
+    finally:
+        await consumer.stop()
+    assert sorted(m.value for m in letters) == sorted(v for _, v in bad)
+    headers = [dict(m.headers) for m in letters]
+    classes = sorted(h["error.class"].decode() for h in headers)
+    assert classes == ["BadMagicError", "BadMagicError", "UnknownSchemaError"]
+    for h in headers:
+        assert h["source.topic"].decode() == topics.events
+        assert {"error.message", "source.partition", "source.offset"} <= set(h)
+    assert worker.materializer.metrics.dead_lettered._value.get() == 3
+
+
+async def test_changes_are_published_for_every_applied_event(
+    start_worker, make_client: MakeClient, cluster, topics: Topics
+) -> None:
+    worker = await start_worker()
+    async with make_client(worker.url) as client:
+        receipts = [await client.put("ch", {"v": i}) for i in range(5)]
+        receipts.append(await client.delete("ch"))
+        await client.get("ch", after=receipts[-2], timeout=30)
+    consumer = AIOKafkaConsumer(
+        topics.changes, bootstrap_servers=cluster.bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        seen = []
+        while len(seen) < 6:
+            batch = await asyncio.wait_for(consumer.getmany(timeout_ms=1000), 30)
+            seen += [m for ms in batch.values() for m in ms]
+    finally:
+        await consumer.stop()
+    codec = ChangeCodec()
+    puts = [codec.decode(m.value) for m in seen[:5]]
+    assert [c.version for c in puts] == [1, 2, 3, 4, 5]
+    assert [c.wal_offset for c in puts] == [r.offset for r in receipts[:5]]
+    tombstone = seen[5]
+    assert tombstone.value is None
+    assert dict(tombstone.headers)["kind"] == b"delete"
+    assert dict(tombstone.headers)["version"] == b"6"

@@ -1,0 +1,150 @@
+"""The pure fold: versions, conditions, TTL, tombstones, rejections; properties by Hypothesis."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lukhas_context.processors.fold import MAX_TTL_MS, Limits, Status, apply, checksum
+from lukhas_context.schemas.event import (
+    ChangeKind,
+    CheckpointBarrier,
+    ContextEvent,
+    Delete,
+    Expire,
+    Fence,
+    Patch,
+    PatchFormat,
+    Put,
+    Touch,
+)
+from lukhas_context.state.record import ContextRecord
+
+LIMITS = Limits(max_document_bytes=1000)
+EID = bytes(16)
+
+
+def put(doc: bytes = b'{"a":1}', ttl: int | None = None, expected: int | None = None) -> ContextEvent:
+    return ContextEvent(EID, "c", Put(doc, ttl), expected)
+
+
+def delete(expected: int | None = None) -> ContextEvent:
+    return ContextEvent(EID, "c", Delete(), expected)
+
+
+def fold(events: list[ContextEvent], t0: int = 1000) -> tuple[ContextRecord | None, list[Status]]:
+    record: ContextRecord | None = None
+    statuses = []
+    for offset, event in enumerate(events):
+        record, outcome = apply(record, event, offset, t0 + offset, LIMITS)
+        statuses.append(outcome.status)
+    return record, statuses
+
+
+def test_put_creates_version_1_with_canonical_doc_and_checksum() -> None:
+    record, outcome = apply(None, put(b'{ "b": 1, "a": [1, 2] }'), 7, 5000, LIMITS)
+    assert outcome.status is Status.APPLIED and outcome.version == 1
+    assert outcome.kind is ChangeKind.PUT
+    assert record is not None
+    assert record.doc == b'{"a":[1,2],"b":1}'
+    assert record.checksum == checksum(record.doc)
+    assert (record.version, record.offset, record.log_time_ms) == (1, 7, 5000)
+    assert record.expires_at_ms is None
+
+
+def test_every_applied_event_raises_the_version_by_one() -> None:
+    record, statuses = fold([put(), put(), delete(), put(), put()])
+    assert statuses == [Status.APPLIED] * 5
+    assert record is not None and record.version == 5
+
+
+def test_versions_continue_after_delete_so_stale_conditions_fail() -> None:
+    record, statuses = fold([put(), put(), delete(), put(expected=0), put(expected=2)])
+    assert statuses[:4] == [Status.APPLIED] * 4
+    assert statuses[4] is Status.CONFLICT  # version 2 was before the delete: ABA refused
+    assert record is not None and record.version == 4
+
+
+def test_delete_leaves_a_tombstone_and_deleting_again_is_rejected() -> None:
+    record, statuses = fold([put(), delete(), delete()])
+    assert statuses == [Status.APPLIED, Status.APPLIED, Status.REJECTED]
+    assert record is not None and record.doc is None and record.version == 2
+
+
+def test_expected_version_conflict_reports_the_current_version() -> None:
+    record, _ = fold([put(), put()])
+    new, outcome = apply(record, put(expected=1), 9, 9000, LIMITS)
+    assert outcome.status is Status.CONFLICT and outcome.version == 2
+    assert new is record
+
+
+def test_expected_version_zero_means_must_not_exist() -> None:
+    _, statuses = fold([put(expected=0), put(expected=0)])
+    assert statuses == [Status.APPLIED, Status.CONFLICT]
+
+
+def test_ttl_sets_expiry_from_log_time_and_an_expired_context_counts_as_absent() -> None:
+    record, outcome = apply(None, put(ttl=100), 0, 1000, LIMITS)
+    assert record is not None and record.expires_at_ms == 1100
+    assert record.is_live(1099) and not record.is_live(1100)
+    again, outcome = apply(record, put(expected=0), 1, 1100, LIMITS)
+    assert outcome.status is Status.APPLIED and outcome.version == 2
+    assert again is not None and again.expires_at_ms is None
+    gone, outcome = apply(record, delete(), 1, 1200, LIMITS)
+    assert outcome.status is Status.REJECTED and gone is record
+
+
+def test_bad_documents_and_ttls_are_rejected() -> None:
+    for doc in (b"", b"[1]", b"nope", b'"s"', b"{", b'{"a":' + b"1" * 2000 + b"}", b"\xff"):
+        record, outcome = apply(None, put(doc), 0, 0, LIMITS)
+        assert outcome.status is Status.REJECTED and record is None, doc
+    for ttl in (0, -1, MAX_TTL_MS + 1):
+        record, outcome = apply(None, put(ttl=ttl), 0, 0, LIMITS)
+        assert outcome.status is Status.REJECTED and record is None
+
+
+def test_operations_of_later_versions_and_fences_are_rejected_not_ignored() -> None:
+    existing, _ = fold([put()])
+    for op in (Patch(PatchFormat.MERGE_PATCH, b"{}"), Touch(5), Expire(1), CheckpointBarrier("x")):
+        new, outcome = apply(existing, ContextEvent(EID, "c", op), 5, 5, LIMITS)
+        assert outcome.status is Status.REJECTED and new is existing
+    fenced = ContextEvent(EID, "c", Put(b"{}"), None, Fence("lock", 1))
+    new, outcome = apply(existing, fenced, 5, 5, LIMITS)
+    assert outcome.status is Status.REJECTED and new is existing
+
+
+ANY_OP = st.one_of(
+    st.builds(Put, st.binary(max_size=40) | st.sampled_from([b"{}", b'{"x":1}']),
+              st.none() | st.integers(-5, 10**15)),  # fmt: skip
+    st.just(Delete()),
+    st.builds(Patch, st.sampled_from(PatchFormat), st.binary(max_size=20)),
+    st.builds(Touch, st.none() | st.integers()),
+    st.builds(Expire, st.integers(-(2**63), 2**63 - 1)),
+)
+ANY_EVENT = st.builds(
+    ContextEvent, st.just(EID), st.just("c"), ANY_OP,
+    st.none() | st.integers(-3, 5), st.none() | st.builds(Fence, st.text(max_size=3), st.integers()),
+)  # fmt: skip
+
+
+@given(st.lists(ANY_EVENT, max_size=30), st.integers(0, 2**40))
+@settings(max_examples=300)
+def test_apply_never_raises_and_rejections_never_change_the_record(
+    events: list[ContextEvent], t0: int
+) -> None:
+    record: ContextRecord | None = None
+    version = 0
+    for offset, event in enumerate(events):
+        new, outcome = apply(record, event, offset, t0 + offset, LIMITS)
+        if outcome.status is Status.APPLIED:
+            assert new is not None and new.version == version + 1
+            version = new.version
+        else:
+            assert new is record
+        record = new
+
+
+@given(st.lists(ANY_EVENT, max_size=20))
+@settings(max_examples=100)
+def test_fold_is_deterministic(events: list[ContextEvent]) -> None:
+    assert fold(events) == fold(events)

@@ -1,0 +1,61 @@
+"""Guards for the three packaging traps of STYLE.md."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FOLDERS = {"schemas", "streams", "state", "processors", "ops"}
+
+
+@pytest.mark.parametrize("bare", sorted(FOLDERS))
+def test_bare_top_level_names_do_not_import(bare: str) -> None:
+    assert importlib.util.find_spec(bare) is None
+
+
+def test_the_wheel_holds_every_package_and_data_file(tmp_path: Path) -> None:
+    """An editable install imports a sub-package that the wheel lacks; so build the wheel."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(ROOT)],
+        check=True, capture_output=True, cwd=tmp_path,
+    )  # fmt: skip
+    (wheel,) = tmp_path.glob("lukhas_context-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = set()
+    for folder in FOLDERS:
+        for path in (ROOT / folder).rglob("*"):
+            if path.suffix in {".py", ".avsc"} or path.name == "py.typed":
+                rel = path.relative_to(ROOT).as_posix()
+                expected.add(f"lukhas_context/{rel}")
+    assert expected - names == set()
+    assert not any(n.startswith(("state/", "streams/", "lukhas_context/__init__")) for n in names)
+
+
+@pytest.mark.parametrize("folder", sorted(FOLDERS))
+def test_each_mapped_folder_is_typed(folder: str) -> None:
+    assert (ROOT / folder / "py.typed").exists()
+
+
+def test_schemas_ship_as_package_data() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    data = config["tool"]["setuptools"]["package-data"]
+    assert "avro/*.avsc" in data["lukhas_context.schemas"]
+    from lukhas_context.schemas.registry import SchemaRegistry
+
+    registry = SchemaRegistry.shipped()
+    assert [v.version for v in registry.versions("ContextEvent")] == [1]
+    assert [v.version for v in registry.versions("ContextChange")] == [1]
+
+
+def test_lukhas_context_has_no_init() -> None:
+    import lukhas_context
+
+    assert getattr(lukhas_context, "__file__", None) is None

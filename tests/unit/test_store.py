@@ -1,0 +1,44 @@
+"""The partition store: one WriteBatch carries the records and next_offset; reopen resumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lukhas_context.state.exceptions import CorruptRecordError
+from lukhas_context.state.record import ContextRecord, decode_record, encode_record
+from lukhas_context.state.store import PartitionStore, StoreOptions
+
+
+def rec(version: int, doc: bytes | None = b'{"a":1}', expires: int | None = None) -> ContextRecord:
+    return ContextRecord(version, doc, b"\x01" * 8, expires, 40 + version, 1700 + version)
+
+
+def test_record_layout_round_trips_tombstones_and_expiry() -> None:
+    for record in (rec(1), rec(2, None), rec(3, b"{}", 99), rec(4, b"", 0)):
+        assert decode_record(encode_record(record)) == record
+    with pytest.raises(CorruptRecordError):
+        decode_record(b"\x09" + encode_record(rec(1))[1:])
+    with pytest.raises(CorruptRecordError):
+        decode_record(b"\x01\x00")
+
+
+def test_new_store_starts_at_offset_zero_and_commit_survives_reopen(tmp_path: Path) -> None:
+    with PartitionStore(tmp_path / "p0") as store:
+        assert store.next_offset == 0 and store.get(b"a") is None
+        store.commit({b"a": rec(1), b"b": rec(1, None)}, 10)
+        assert store.next_offset == 10
+    with PartitionStore(tmp_path / "p0") as store:
+        assert store.next_offset == 10
+        assert store.get(b"a") == rec(1)
+        assert store.get(b"b") == rec(1, None)
+        assert [k for k, _ in store.items()] == [b"a", b"b"]
+
+
+def test_read_cache_is_bounded_and_reads_through(tmp_path: Path) -> None:
+    with PartitionStore(tmp_path / "p0", StoreOptions(cache_records=10)) as store:
+        store.commit({b"k%d" % i: rec(i + 1) for i in range(100)}, 100)
+        assert len(store._cache) == 10
+        assert all(store.get(b"k%d" % i) == rec(i + 1) for i in range(100))
+        assert len(store._cache) == 10
