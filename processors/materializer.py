@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.exceptions import (
@@ -137,18 +137,45 @@ class Materializer:
         """Folds rounds until ``stop()``; raises what makes the worker unable to go on."""
         assert self._consumer is not None
         next_commit = time.monotonic() + self.config.commit_interval_s
-        while not self._stopping.is_set():
-            if self._fatal is not None:
-                raise self._fatal
-            batch = await self._consumer.getmany(
-                timeout_ms=self.config.fetch_timeout_ms,
-                max_records=self.config.max_batch_records,
-            )
-            if batch:
-                await self.fold_round(batch)
-            if time.monotonic() >= next_commit:
-                await self._commit_offsets()
-                next_commit = time.monotonic() + self.config.commit_interval_s
+        try:
+            while not self._stopping.is_set():
+                if self._fatal is not None:
+                    raise self._fatal
+                try:
+                    batch = await self._consumer.getmany(
+                        timeout_ms=self.config.fetch_timeout_ms,
+                        max_records=self.config.max_batch_records,
+                    )
+                except OffsetOutOfRangeError as exc:
+                    raise await self._out_of_range(exc) from exc
+                if batch:
+                    await self.fold_round(batch)
+                if time.monotonic() >= next_commit:
+                    await self._commit_offsets()
+                    next_commit = time.monotonic() + self.config.commit_interval_s
+        finally:
+            self.running = False  # /healthz turns 503 at once, whatever stopped the loop
+
+    async def _out_of_range(self, exc: OffsetOutOfRangeError) -> BaseException:
+        """Names why a store's ``next_offset`` is not in the WAL: truncated by retention, or
+        beyond the log end (the store belongs to another log, e.g. a re-created topic)."""
+        if self._fatal is not None:
+            return self._fatal
+        assert self._consumer is not None
+        topic = self.config.topics.events
+        tps = [TopicPartition(topic, p) for p in self.stores]
+        low = await self._consumer.beginning_offsets(tps)
+        high = await self._consumer.end_offsets(tps)
+        for tp in tps:
+            needed = self.stores[tp.partition].next_offset
+            if needed < low[tp]:
+                return WalTruncatedError(tp.partition, needed, low[tp])
+            if needed > high[tp]:
+                return ProcessorError(
+                    f"the store of partition {tp.partition} needs offset {needed} but the WAL "
+                    f"ends at {high[tp]}: the state dir belongs to another log"
+                )
+        return ProcessorError(f"WAL offset out of range: {exc}")
 
     # ---- the round ----
 
@@ -332,25 +359,37 @@ class Materializer:
     # ---- assignment ----
 
     async def _assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        """Opens each new partition's store and seeks to its ``next_offset``, then checks that
+        the WAL still holds that offset.
+
+        The seeks come before any ``await``: with ``auto_offset_reset="none"`` the fetcher
+        would otherwise try to find a position of its own for the new partitions and fail.
+        """
         consumer = self._consumer
         assert consumer is not None
         tps = list(assigned)
         self.partition_count = len(consumer.partitions_for_topic(self.config.topics.events) or ())
-        if not tps:
-            return
-        low = await consumer.beginning_offsets(tps)
-        async with self._lock:
-            for tp in tps:
-                if tp.partition not in self.stores:
-                    path = self.config.state_dir / f"partition-{tp.partition}"
-                    self.stores[tp.partition] = PartitionStore(path, self.config.store)
-                needed = self.stores[tp.partition].next_offset
-                if needed < low[tp]:
-                    raise WalTruncatedError(tp.partition, needed, low[tp])
-                consumer.seek(tp, needed)
-                log.info("partition %d assigned, folding from offset %d", tp.partition, needed)
+        for tp in tps:
+            if tp.partition not in self.stores:
+                path = self.config.state_dir / f"partition-{tp.partition}"
+                self.stores[tp.partition] = PartitionStore(path, self.config.store)
+            consumer.seek(tp, self.stores[tp.partition].next_offset)
+        if tps:
+            await self._check_retention(tps)
         async with self._progress:
             self._progress.notify_all()
+
+    async def _check_retention(self, tps: list[TopicPartition]) -> None:
+        assert self._consumer is not None
+        low = await self._consumer.beginning_offsets(tps)
+        for tp in tps:
+            store = self.stores.get(tp.partition)
+            if store is None:
+                continue
+            needed = store.next_offset
+            if needed < low[tp]:
+                raise WalTruncatedError(tp.partition, needed, low[tp])
+            log.info("partition %d assigned, folding from offset %d", tp.partition, needed)
 
     async def _revoked(self, revoked: Iterable[TopicPartition]) -> None:
         async with self._lock:  # waits for the round in progress to commit

@@ -1,0 +1,109 @@
+"""kill -9 of the processor under load: every acknowledged event applied exactly once, and no
+change lost. WAL truncation below the needed offset: a loud typed error, never a skip."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections import Counter
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+
+from lukhas_context.schemas.codec import ChangeCodec
+from lukhas_context.streams.client import Receipt
+
+pytestmark = pytest.mark.integration
+
+EVENTS = 6000
+CONTEXTS = 40
+
+
+async def test_kill_9_during_load_applies_every_acked_event_exactly_once(
+    worker_process, make_client, cluster, topics
+) -> None:
+    seed = int(os.environ.get("LUKHAS_SEED", random.randrange(1 << 30)))
+    print(f"LUKHAS_SEED={seed}")
+    rng = random.Random(seed)
+    worker_process.start()
+    worker_process.wait_healthy()
+    acked: list[Receipt] = []
+    kills = 0
+
+    async def load() -> None:
+        async with make_client(None) as client:
+            for start in range(0, EVENTS, 100):  # bounded: EVENTS puts in chunks of 100
+                chunk = [
+                    client.put(f"ctx-{i % CONTEXTS}", {"i": i, "pad": "x" * rng.randrange(200)})
+                    for i in range(start, start + 100)
+                ]
+                acked.extend(await asyncio.gather(*chunk))
+                await asyncio.sleep(0.15)  # spread the load over the kills
+
+    loader = asyncio.create_task(load())
+    deadline = time.monotonic() + 120
+    while not loader.done() and time.monotonic() < deadline:
+        await asyncio.sleep(rng.uniform(0.3, 1.2))
+        if loader.done():
+            break
+        worker_process.kill9()
+        kills += 1
+        worker_process.start()
+        await asyncio.to_thread(worker_process.wait_healthy)
+    await loader
+    assert kills >= 3, "the load ended before the processor was killed three times"
+
+    expected = Counter(r.context_id for r in acked)
+    assert sum(expected.values()) == EVENTS
+    async with make_client(worker_process.url) as client:
+        for context_id, count in expected.items():
+            r = max((x for x in acked if x.context_id == context_id), key=lambda x: x.offset)
+            ctx = await client.get(context_id, after=r, timeout=60)
+            assert ctx.version == count, (context_id, ctx.version, count, f"seed {seed}")
+    assert worker_process.terminate() == 0
+
+    # No change lost: every acknowledged event has a change with its WAL offset.
+    consumer = AIOKafkaConsumer(
+        topics.changes, bootstrap_servers=cluster.bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    codec = ChangeCodec()
+    seen: set[tuple[str, int]] = set()
+    want = {(r.context_id, r.offset) for r in acked}
+    try:
+        deadline = time.monotonic() + 60
+        while not want <= seen and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for messages in batch.values():
+                for m in messages:
+                    change = codec.decode(m.value)
+                    seen.add((change.context_id, change.wal_offset))
+    finally:
+        await consumer.stop()
+    assert want - seen == set(), f"changes lost (seed {seed})"
+    print(f"kills={kills} events={EVENTS} changes_seen={len(seen)}")
+
+
+async def test_wal_truncated_below_the_needed_offset_is_a_loud_error(
+    worker_process, make_client, cluster, topics
+) -> None:
+    async with make_client(None) as client:
+        receipts = [await client.put("t", {"i": i}) for i in range(10)]
+    partition = receipts[0].partition
+    admin = AIOKafkaAdminClient(bootstrap_servers=cluster.bootstrap)
+    await admin.start()
+    try:
+        tp = TopicPartition(topics.events, partition)
+        await admin.delete_records({tp: RecordsToDelete(before_offset=5)})
+    finally:
+        await admin.close()
+    worker_process.start()  # an empty store needs offset 0, which retention deleted
+    assert worker_process.proc is not None
+    code = await asyncio.to_thread(worker_process.proc.wait, 60)
+    assert code == 1
+    log = worker_process.log.read_text()
+    assert "WalTruncatedError" in log
+    assert f"WAL partition {partition} starts at offset 5" in log
