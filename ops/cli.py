@@ -72,15 +72,16 @@ def _cluster_options(fn: F) -> F:
 
 
 def _cluster(data_dir: Path | None, **overrides: Any) -> Any:
+    """The cluster of a data dir: what `up` recorded there, then the options given now."""
     from lukhas_context.ops.cluster import ClusterSpec, LocalCluster
 
     env = Environment.read()
+    data_dir = data_dir or env.data_dir
+    recorded: Any = recorded_cluster(data_dir).get("spec") or {}
+    fields = {"topic_prefix": env.topic_prefix, **recorded}
+    fields.update({k: v for k, v in overrides.items() if v is not None})
     spec = ClusterSpec(
-        data_dir=data_dir or env.data_dir,
-        topic_prefix=env.topic_prefix,
-        kafka_home=env.kafka_home,
-        kafka_cache=env.kafka_cache,
-        **{k: v for k, v in overrides.items() if v is not None},
+        data_dir=data_dir, kafka_home=env.kafka_home, kafka_cache=env.kafka_cache, **fields
     )
     return LocalCluster(spec)
 

@@ -50,7 +50,9 @@ REDIS_STOP_S = 30.0
 LOG_TAIL_LINES = 20
 STATE_FILE = "cluster.json"
 # The spec fields that status/down must know after the process that ran `up` has exited.
-_RECORDED = ("brokers", "port_base", "redis_port", "api_port", "bootstrap", "topic_prefix")
+_RECORDED = (
+    "brokers", "port_base", "redis_port", "api_port", "bootstrap", "topic_prefix", "partitions",
+)  # fmt: skip
 
 T = TypeVar("T")
 

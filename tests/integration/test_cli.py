@@ -1,0 +1,137 @@
+"""The `lukhas` command as a user runs it: up (with a processor), status, demo, put, get,
+delete, exit codes, down — all on real processes, in a data dir and on ports of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _free_run(n: int) -> int:
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = int(probe.getsockname()[1])
+        ok = True
+        for k in range(n):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", base + k))
+                except OSError:
+                    ok = False
+                    break
+        if ok and base + n < 65536:
+            return base
+    raise RuntimeError("no free ports")
+
+
+class Lukhas:
+    def __init__(self, data_dir: Path) -> None:
+        self.env = {**os.environ, "LUKHAS_DATA_DIR": str(data_dir)}
+        self.env.pop("LUKHAS_BOOTSTRAP", None)
+        self.env.pop("LUKHAS_API_URL", None)
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "lukhas_context.ops", *args],
+            env=self.env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        if check and done.returncode != 0:
+            raise AssertionError(f"lukhas {' '.join(args)} -> {done.returncode}\n{done.stderr}")
+        return done
+
+
+@pytest.fixture(scope="module")
+def lukhas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lukhas]:
+    data_dir = tmp_path_factory.mktemp("cli-cluster")
+    run = Lukhas(data_dir)
+    base = _free_run(4)
+    up = ["up", "--port-base", str(base), "--redis-port", str(base + 2),
+          "--api-port", str(base + 3), "--partitions", "2", "--json"]  # fmt: skip
+    if os.environ.get("LUKHAS_BOOTSTRAP"):
+        up += ["--bootstrap", os.environ["LUKHAS_BOOTSTRAP"]]
+    try:
+        run.up_result = json.loads(run(*up).stdout)  # type: ignore[attr-defined]
+        yield run
+    finally:
+        run("down", check=False)
+
+
+def test_up_reports_every_part_ready(lukhas: Lukhas) -> None:
+    status = json.loads(lukhas("status", "--json").stdout)
+    assert status["kafka"]["ready"] is True and status["kafka"]["brokers"] >= 1
+    assert status["redis"]["ready"] is True
+    (processor,) = status["processors"]
+    assert processor["pid"] > 0 and processor["ready"] is True
+    assert processor["api"].startswith("http://127.0.0.1:")
+
+
+def test_up_again_starts_nothing(lukhas: Lukhas) -> None:
+    again = json.loads(lukhas("up", "--json").stdout)
+    assert again["started"] == []
+    assert again["processors"][0]["pid"] == lukhas.up_result["processors"][0]["pid"]  # type: ignore[attr-defined]
+
+
+def test_demo_writes_and_reads_back(lukhas: Lukhas) -> None:
+    out = lukhas("demo").stdout
+    assert "put  demo:session-1 -> WAL" in out
+    assert "hello, LUKHAS" in out
+
+
+def test_put_get_delete_with_json_output_and_exit_codes(lukhas: Lukhas) -> None:
+    receipt = json.loads(lukhas("put", "cli:1", '{"b": 2, "a": 1}', "--ttl", "60", "--json").stdout)
+    assert set(receipt) == {"context_id", "partition", "offset", "event_id"}
+    position = f"{receipt['partition']}:{receipt['offset']}"
+    ctx = json.loads(lukhas("get", "cli:1", "--after", position, "--json").stdout)
+    assert ctx["doc"] == {"a": 1, "b": 2} and ctx["version"] == 1
+    assert ctx["expires_at_ms"] is not None and len(ctx["checksum"]) == 16
+    text = lukhas("get", "cli:1").stdout
+    assert "version 1" in text and "checksum" in text and "expires" in text
+
+    deleted = json.loads(lukhas("delete", "cli:1", "--json").stdout)
+    gone = lukhas("get", "cli:1", "--after", f"{deleted['partition']}:{deleted['offset']}",
+                  check=False)  # fmt: skip
+    assert gone.returncode == 3
+    assert gone.stderr.strip() == "lukhas: error: context 'cli:1' not found"
+
+    bad_json = lukhas("put", "cli:2", "{nope", check=False)
+    assert bad_json.returncode == 2 and "does not parse" in bad_json.stderr
+    not_object = lukhas("put", "cli:2", "[1, 2]", check=False)
+    assert not_object.returncode == 2 and "JSON object" in not_object.stderr
+    bad_ttl = lukhas("put", "cli:2", "{}", "--ttl", "-5", check=False)
+    assert bad_ttl.returncode == 1 and "InvalidTTLError" in bad_ttl.stderr
+    long_id = lukhas("put", "x" * 300, "{}", check=False)
+    assert long_id.returncode == 1 and "InvalidContextIdError" in long_id.stderr
+    for result in (bad_json, not_object, bad_ttl, long_id):
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_crashed_processor_is_restarted_by_up(lukhas: Lukhas) -> None:
+    pid = json.loads(lukhas("status", "--json").stdout)["processors"][0]["pid"]
+    os.kill(pid, 9)
+    again = json.loads(lukhas("up", "--json").stdout)
+    assert again["started"] == ["processor-0"]
+    assert again["processors"][0]["pid"] != pid
+    out = lukhas("demo").stdout
+    assert "version 2" in out  # the demo context from before the crash is still there
+
+
+def test_down_stops_everything_and_keeps_data(lukhas: Lukhas) -> None:
+    lukhas("put", "kept", '{"k": 1}')
+    result = json.loads(lukhas("down", "--json").stdout)
+    assert "processor-0" in result["stopped"] and "redis" in result["stopped"]
+    status = json.loads(lukhas("status", "--json").stdout)
+    assert status["kafka"]["ready"] is False or os.environ.get("LUKHAS_BOOTSTRAP")
+    assert status["redis"]["ready"] is False
+    lukhas("up")
+    ctx = json.loads(lukhas("get", "kept", "--json", "--timeout", "30").stdout)
+    assert ctx["doc"] == {"k": 1}
