@@ -17,6 +17,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 import orjson
+
 from lukhas_context.ops.config import Environment, recorded_cluster
 from lukhas_context.schemas.exceptions import LukhasError
 from lukhas_context.streams.client import ClientConfig, Context, ContextClient, Receipt
@@ -66,9 +67,13 @@ def cli(verbose: int) -> None:
 
 
 def _cluster_options(fn: F) -> F:
-    fn = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-                      help="Cluster data dir [env LUKHAS_DATA_DIR, default ./.lukhas].")(fn)  # fmt: skip
-    return fn
+    option = click.option(
+        "--data-dir",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Cluster data dir [env LUKHAS_DATA_DIR, default ./.lukhas].",
+    )
+    return option(fn)
 
 
 def _cluster(data_dir: Path | None, **overrides: Any) -> Any:
@@ -165,8 +170,11 @@ def status(data_dir: Path | None, as_json: bool) -> None:
 @click.option("--api-port", type=int, default=18080, show_default=True)
 @click.option("--redis-url", default=None, help="Redis (fencing locks; used by later features).")
 @click.option("--max-batch", type=click.IntRange(1), default=20_000, show_default=True)
+@click.option("--instance-id", default=None,
+              help="Static group member id: a restart takes its partitions back at once.")  # fmt: skip
 def worker(bootstrap: str, state_dir: Path, topic_prefix: str, group: str, api_host: str,
-           api_port: int, redis_url: str | None, max_batch: int) -> None:  # fmt: skip
+           api_port: int, redis_url: str | None, max_batch: int,
+           instance_id: str | None) -> None:  # fmt: skip
     """Run one processor worker in the foreground (SIGTERM stops it cleanly)."""
     from lukhas_context.processors.config import WorkerConfig
     from lukhas_context.processors.worker import run_worker
@@ -175,6 +183,7 @@ def worker(bootstrap: str, state_dir: Path, topic_prefix: str, group: str, api_h
     config = WorkerConfig(
         bootstrap=bootstrap, state_dir=state_dir, topics=Topics(topic_prefix), group_id=group,
         api_host=api_host, api_port=api_port, max_batch_records=max_batch,
+        instance_id=instance_id,
     )  # fmt: skip
     sys.exit(run_worker(config))
 

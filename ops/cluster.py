@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
+
 from lukhas_context.ops.exceptions import (
     ClusterStartError,
     ClusterStateError,
@@ -446,6 +447,7 @@ class LocalCluster:
             "--bootstrap", spec.kafka_bootstrap, "--topic-prefix", spec.topic_prefix,
             "--state-dir", str(part.directory / "state"),
             "--api-host", HOST, "--api-port", str(spec.api_port), "--redis-url", spec.redis_url,
+            "--instance-id", f"{spec.topic_prefix}-processor-0",
         ]  # fmt: skip
         part.directory.mkdir(parents=True, exist_ok=True)
         _spawn(argv, part)

@@ -111,7 +111,10 @@ class ReadApi:
         return web.Response(body=body, content_type="application/json")
 
     async def healthz(self, request: web.Request) -> web.Response:
-        body = {"status": "ok" if self.m.running else "starting", "partitions": sorted(self.m.stores)}
+        body = {
+            "status": "ok" if self.m.running else "starting",
+            "partitions": sorted(self.m.stores),
+        }
         return web.json_response(body, status=200 if self.m.running else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:

@@ -18,6 +18,10 @@ class WorkerConfig:
     state_dir: Path
     topics: Topics = field(default_factory=Topics)
     group_id: str = "lukhas-materializer"
+    #: Static group membership (KIP-345): a worker restarted with the same id takes its
+    #: partitions back at once instead of waiting out the dead member's session. None: dynamic.
+    instance_id: str | None = None
+    session_timeout_ms: int = 10_000
     api_host: str = "127.0.0.1"
     api_port: int = 18080
     #: Most records folded in one round of ``getmany`` (over all partitions).

@@ -69,7 +69,9 @@ def canonical_document(doc: bytes, limits: Limits) -> bytes | str:
         return f"document is a JSON {type(value).__name__}, not an object"
     canonical = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     if len(canonical) > limits.max_document_bytes:
-        return f"document of {len(canonical)} bytes is over the limit of {limits.max_document_bytes}"
+        return (
+            f"document of {len(canonical)} bytes is over the limit of {limits.max_document_bytes}"
+        )
     return canonical
 
 

@@ -21,6 +21,7 @@ context id and the WAL offset of its event, so subscribers drop the repeats.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Iterable
@@ -103,6 +104,8 @@ class Materializer:
             bootstrap_servers=cfg.bootstrap,
             client_id=cfg.client_id,
             group_id=cfg.group_id,
+            group_instance_id=cfg.instance_id,
+            session_timeout_ms=cfg.session_timeout_ms,
             enable_auto_commit=False,
             # The store says where to start; a position the log no longer has is an error.
             auto_offset_reset="none",
@@ -351,10 +354,8 @@ class Materializer:
                     if store is None:
                         self.store_for(partition)
                     return False
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._progress.wait(), left)
-                except TimeoutError:
-                    pass
 
     # ---- assignment ----
 

@@ -21,7 +21,9 @@ class WorkerMetrics:
             "lukhas_records_dead_lettered", "Undecodable WAL records sent to the DLQ", registry=r
         )
         self.changes = Counter("lukhas_changes_published", "Changes published", registry=r)
-        self.lag = Gauge("lukhas_partition_lag", "WAL records not yet folded", ["partition"], registry=r)
+        self.lag = Gauge(
+            "lukhas_partition_lag", "WAL records not yet folded", ["partition"], registry=r
+        )
         self.next_offset = Gauge(
             "lukhas_partition_next_offset", "Next WAL offset to fold", ["partition"], registry=r
         )

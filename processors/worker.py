@@ -28,7 +28,12 @@ async def serve(config: WorkerConfig) -> None:
     await api.start(config.api_host, config.api_port)
     try:
         await materializer.start()
-        log.info("worker folding %s, API on %s:%d", config.topics.events, config.api_host, config.api_port)
+        log.info(
+            "worker folding %s, API on %s:%d",
+            config.topics.events,
+            config.api_host,
+            config.api_port,
+        )
         await materializer.run()
     finally:
         await materializer.close()

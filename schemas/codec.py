@@ -128,7 +128,7 @@ class EventCodec(_Codec):
         )
 
     def decode(self, data: bytes) -> ContextEvent:
-        """The event in ``data``, resolved to the current schema; ``CodecError`` if it is not one."""
+        """The event in ``data``, resolved to the current schema; else a ``CodecError``."""
         if data[2:HEADER_SIZE] == self._fp and data[:2] == MAGIC:
             try:
                 return _read_event(data)
@@ -200,7 +200,9 @@ class ChangeCodec(_Codec):
                 raise MalformedPayloadError("truncated change") from None
         return change_from_avro(self._reference_decode(data))
 
-    def encode_reference(self, change: ContextChange, version: SchemaVersion | None = None) -> bytes:
+    def encode_reference(
+        self, change: ContextChange, version: SchemaVersion | None = None
+    ) -> bytes:
         return self._reference_encode(change_to_avro(change), version or self.current)
 
     def decode_reference(self, data: bytes) -> ContextChange:
@@ -305,7 +307,15 @@ def _read_change(buf: bytes) -> ContextChange:
     if pos != len(buf):
         raise MalformedPayloadError(f"{len(buf) - pos} trailing bytes")
     return ContextChange(
-        context_id, version, ChangeKind(kind), doc, checksum, expires, wal_offset, event_id, log_time
+        context_id,
+        version,
+        ChangeKind(kind),
+        doc,
+        checksum,
+        expires,
+        wal_offset,
+        event_id,
+        log_time,
     )
 
 

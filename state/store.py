@@ -60,7 +60,9 @@ class PartitionStore:
         path.mkdir(parents=True, exist_ok=True)
         opts = _options(self._options)
         try:
-            self._db = Rdict(str(path), opts, column_families={CF_CONTEXTS: _options(self._options)})
+            self._db = Rdict(
+                str(path), opts, column_families={CF_CONTEXTS: _options(self._options)}
+            )
             self._contexts = self._db.get_column_family(CF_CONTEXTS)
             self._cf = self._db.get_column_family_handle(CF_CONTEXTS)
         except Exception as exc:  # rocksdict raises plain Exception for corruption

@@ -17,6 +17,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
 from aiokafka.errors import for_code as kafka_error_for_code
+
 from lukhas_context.schemas.exceptions import LukhasError
 from lukhas_context.streams.topics import TopicSpec
 

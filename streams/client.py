@@ -228,13 +228,17 @@ class SyncContextClient:
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
-    def put(self, context_id: str, doc: dict[str, Any], ttl: float | None = None, **kw: Any) -> Receipt:
+    def put(
+        self, context_id: str, doc: dict[str, Any], ttl: float | None = None, **kw: Any
+    ) -> Receipt:
         return self._call(self._client.put(context_id, doc, ttl, **kw))
 
     def delete(self, context_id: str, **kw: Any) -> Receipt:
         return self._call(self._client.delete(context_id, **kw))
 
-    def get(self, context_id: str, after: Receipt | str | None = None, timeout: float = 5.0) -> Context:
+    def get(
+        self, context_id: str, after: Receipt | str | None = None, timeout: float = 5.0
+    ) -> Context:
         return self._call(self._client.get(context_id, after, timeout))
 
     def close(self) -> None:

@@ -37,7 +37,9 @@ def context_key(context_id: object) -> bytes:
 def canonical_json(doc: Any, max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -> bytes:
     """Canonical JSON bytes of a document (sorted keys, no whitespace), checked and bounded."""
     if not isinstance(doc, dict):
-        raise InvalidDocumentError(f"document must be a JSON object (dict), not {type(doc).__name__}")
+        raise InvalidDocumentError(
+            f"document must be a JSON object (dict), not {type(doc).__name__}"
+        )
     try:
         data = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
     except (orjson.JSONEncodeError, TypeError) as exc:

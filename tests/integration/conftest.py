@@ -5,6 +5,7 @@ per-test topics, consumer groups and state dirs, so tests never see each other's
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -174,11 +175,13 @@ class WorkerProcess:
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited {self.proc.returncode}: {self.log.read_text()}")
+                raise AssertionError(
+                    f"worker exited {self.proc.returncode}: {self.log.read_text()}"
+                )
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        return
+                    if r.status == 200 and json.loads(r.read())["partitions"]:
+                        return  # folding, with its partitions assigned
             except OSError:
                 pass
             time.sleep(0.1)
@@ -202,7 +205,7 @@ def worker_process(cluster: Cluster, topics: Topics, tmp_path: Path) -> Iterator
         sys.executable, "-m", "lukhas_context.ops", "worker",
         "--bootstrap", cluster.bootstrap, "--state-dir", str(tmp_path / "proc-state"),
         "--topic-prefix", topics.prefix, "--group", f"{topics.prefix}-group",
-        "--api-port", str(port),
+        "--api-port", str(port), "--instance-id", "worker-under-test",
     ]  # fmt: skip
     worker = WorkerProcess(argv, tmp_path / "worker.log", f"http://127.0.0.1:{port}")
     yield worker

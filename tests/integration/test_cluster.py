@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from lukhas_context.ops.cluster import ClusterSpec, LocalCluster
 from lukhas_context.ops.exceptions import ClusterStartError
 from lukhas_context.ops.kafka_dist import ensure_kafka

@@ -10,7 +10,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from lukhas_context.schemas.codec import ChangeCodec
-from lukhas_context.streams.client import ContextClient, SyncContextClient
+from lukhas_context.streams.client import ContextClient
 from lukhas_context.streams.exceptions import ContextNotFoundError, InvalidDocumentError
 from lukhas_context.streams.topics import Topics
 
@@ -74,7 +74,6 @@ async def test_restart_resumes_without_reapplying(
             assert (await client.get(f"c{i}")).version == 12
     # the second worker folded only the new events
     assert worker.materializer.metrics.applied._value.get() == 10
-
 
 
 async def test_undecodable_records_go_to_the_dlq_and_later_events_apply(

@@ -24,7 +24,9 @@ LIMITS = Limits(max_document_bytes=1000)
 EID = bytes(16)
 
 
-def put(doc: bytes = b'{"a":1}', ttl: int | None = None, expected: int | None = None) -> ContextEvent:
+def put(
+    doc: bytes = b'{"a":1}', ttl: int | None = None, expected: int | None = None
+) -> ContextEvent:
     return ContextEvent(EID, "c", Put(doc, ttl), expected)
 
 
@@ -114,17 +116,24 @@ def test_operations_of_later_versions_and_fences_are_rejected_not_ignored() -> N
 
 
 ANY_OP = st.one_of(
-    st.builds(Put, st.binary(max_size=40) | st.sampled_from([b"{}", b'{"x":1}']),
-              st.none() | st.integers(-5, 10**15)),  # fmt: skip
+    st.builds(
+        Put,
+        st.binary(max_size=40) | st.sampled_from([b"{}", b'{"x":1}']),
+        st.none() | st.integers(-5, 10**15),
+    ),
     st.just(Delete()),
     st.builds(Patch, st.sampled_from(PatchFormat), st.binary(max_size=20)),
     st.builds(Touch, st.none() | st.integers()),
     st.builds(Expire, st.integers(-(2**63), 2**63 - 1)),
 )
 ANY_EVENT = st.builds(
-    ContextEvent, st.just(EID), st.just("c"), ANY_OP,
-    st.none() | st.integers(-3, 5), st.none() | st.builds(Fence, st.text(max_size=3), st.integers()),
-)  # fmt: skip
+    ContextEvent,
+    st.just(EID),
+    st.just("c"),
+    ANY_OP,
+    st.none() | st.integers(-3, 5),
+    st.none() | st.builds(Fence, st.text(max_size=3), st.integers()),
+)
 
 
 @given(st.lists(ANY_EVENT, max_size=30), st.integers(0, 2**40))

@@ -10,6 +10,7 @@ import stat
 from pathlib import Path
 
 import pytest
+
 from lukhas_context.ops.exceptions import KafkaFetchError, KafkaHomeError
 from lukhas_context.ops.kafka_dist import COMPLETE_MARKER, ensure_kafka, log4j_config
 

@@ -1,0 +1,228 @@
+"""Materialisation throughput against the ceiling of a bare consumer, in one run.
+
+1. Start a one-broker cluster with the project's own ``LocalCluster`` (or use
+   ``LUKHAS_BOOTSTRAP``), create fresh topics.
+2. Append N small puts over K contexts to the WAL (batched producer).
+3. Ceiling: a bare aiokafka consumer reads the whole topic (touching key, value and offset).
+4. The processor: ``lukhas worker`` in its own process, fresh state, folds the same topic;
+   its progress is read from ``/metrics``.
+
+Both rates are counted the same way: records after the first batch, over the time from the
+first batch to the last record, so group joins and connection set-up are not counted.
+Prints both, their ratio and the processor's peak resident memory (VmHWM); writes the figures
+to ``benchmarks/results/materialize.json``. Bounded: N records, and a timeout on every wait.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from lukhas_context.ops.cluster import ClusterSpec, LocalCluster
+from lukhas_context.processors.api import partition_for
+from lukhas_context.schemas.codec import EventCodec
+from lukhas_context.schemas.event import EMPTY_METADATA, ContextEvent, Put
+from lukhas_context.streams.admin import ensure_topics
+from lukhas_context.streams.topics import Topics
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def append_events(bootstrap: str, topics: Topics, n: int, contexts: int, parts: int) -> float:
+    """Appends ``n`` puts (small documents) round-robin over ``contexts`` ids; returns seconds."""
+    codec = EventCodec()
+    by_partition: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in range(parts)}
+    for i in range(n):
+        cid = f"ctx-{i % contexts}"
+        key = cid.encode()
+        doc = b'{"turn":%d,"user":"u-%d","text":"hello"}' % (i, i % 97)
+        event = ContextEvent(uuid.uuid4().bytes, cid, Put(doc), None, None, EMPTY_METADATA)
+        by_partition[partition_for(key, parts)].append((key, codec.encode(event)))
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", max_batch_size=512 * 1024
+    )
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        acks = []
+        for p, records in by_partition.items():
+            batch = producer.create_batch()
+            for key, value in records:
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    acks.append(await producer.send_batch(batch, topics.events, partition=p))
+                    batch = producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=None)
+            acks.append(await producer.send_batch(batch, topics.events, partition=p))
+        await asyncio.gather(*acks)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - started
+
+
+async def bare_consumer(bootstrap: str, topic: str, n: int, timeout_s: float) -> dict[str, float]:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"bare-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_bytes=16 * 1024 * 1024,
+    )
+    await consumer.start()
+    seen = first_count = 0
+    t_first = 0.0
+    deadline = time.monotonic() + timeout_s
+    try:
+        while seen < n and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500, max_records=20_000)
+            for records in batch.values():
+                for m in records:
+                    _ = (m.key, m.value, m.offset)
+                seen += len(records)
+            if seen and not t_first:
+                t_first, first_count = time.perf_counter(), seen
+        t_last = time.perf_counter()
+    finally:
+        await consumer.stop()
+    if seen < n:
+        raise RuntimeError(f"bare consumer read {seen} of {n} in {timeout_s} s")
+    return {"records_per_s": (n - first_count) / (t_last - t_first), "seconds": t_last - t_first}
+
+
+def metric(url: str, name: str) -> float:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=2) as r:
+        text = r.read().decode()
+    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def peak_rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    return int(match.group(1)) / 1024 if match else float("nan")
+
+
+def run_processor(bootstrap: str, topics: Topics, n: int, timeout_s: float) -> dict[str, float]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    state = Path(tempfile.mkdtemp(prefix="lukhas-bench-"))
+    argv = [
+        sys.executable, "-m", "lukhas_context.ops", "worker", "--bootstrap", bootstrap,
+        "--topic-prefix", topics.prefix, "--group", f"{topics.prefix}-bench",
+        "--state-dir", str(state), "--api-port", str(port),
+    ]  # fmt: skip
+    log = state / "worker.log"
+    proc = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout_s
+        count = 0.0
+        while count == 0:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start folding: {log.read_text()[-2000:]}")
+            with contextlib.suppress(OSError):
+                count = metric(url, "lukhas_records_consumed_total")
+            time.sleep(0.01)
+        t_first, first_count = time.perf_counter(), count
+        while count < n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker folded {count} of {n} in {timeout_s} s")
+            time.sleep(0.01)
+            count = metric(url, "lukhas_records_consumed_total")
+        t_last = time.perf_counter()
+        applied = metric(url, "lukhas_events_applied_total")
+        rss = peak_rss_mib(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    return {
+        "records_per_s": (n - first_count) / (t_last - t_first),
+        "seconds": t_last - t_first,
+        "applied": applied,
+        "peak_rss_mib": rss,
+    }
+
+
+async def prepare(bootstrap: str, args: argparse.Namespace) -> tuple[Topics, float]:
+    topics = Topics(f"bench{uuid.uuid4().hex[:8]}")
+    await ensure_topics(bootstrap, topics.specs(args.partitions))
+    seconds = await append_events(bootstrap, topics, args.events, args.contexts, args.partitions)
+    return topics, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--contexts", type=int, default=1_000)
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--timeout", type=float, default=300)
+    args = parser.parse_args()
+
+    cluster = None
+    bootstrap = os.environ.get("LUKHAS_BOOTSTRAP")
+    if not bootstrap:
+        base = free_port()
+        spec = ClusterSpec(
+            data_dir=Path(tempfile.mkdtemp(prefix="lukhas-bench-cluster-")),
+            port_base=base, redis_port=free_port(), api_port=free_port(),
+            topic_prefix="benchsetup", partitions=1, start_processor=False,
+            kafka_home=os.environ.get("KAFKA_HOME"),
+        )  # fmt: skip
+        cluster = LocalCluster(spec)
+        bootstrap = cluster.up()["kafka"]["bootstrap"]
+    try:
+        topics, append_s = asyncio.run(prepare(bootstrap, args))
+        bare = asyncio.run(bare_consumer(bootstrap, topics.events, args.events, args.timeout))
+        proc = run_processor(bootstrap, topics, args.events, args.timeout)
+    finally:
+        if cluster is not None:
+            cluster.down()
+
+    ratio = proc["records_per_s"] / bare["records_per_s"]
+    result = {
+        "events": args.events,
+        "contexts": args.contexts,
+        "partitions": args.partitions,
+        "append_events_per_s": args.events / append_s,
+        "bare_consumer_records_per_s": bare["records_per_s"],
+        "processor_events_per_s": proc["records_per_s"],
+        "ratio": ratio,
+        "processor_applied": proc["applied"],
+        "processor_peak_rss_mib": proc["peak_rss_mib"],
+    }
+    print(f"events                {args.events:>12,} puts over {args.contexts:,} contexts, "
+          f"{args.partitions} partitions, 1 broker")  # fmt: skip
+    print(f"append (producer)     {result['append_events_per_s']:>12,.0f} events/s")
+    print(f"bare consumer         {bare['records_per_s']:>12,.0f} records/s   (ceiling)")
+    print(f"processor (fold)      {proc['records_per_s']:>12,.0f} events/s")
+    print(f"ratio                 {ratio:>12.1%}")
+    print(f"processor peak RSS    {proc['peak_rss_mib']:>12.1f} MiB")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "materialize.json").write_text(json.dumps(result, indent=2) + "\n")
+    if proc["applied"] != args.events:
+        sys.exit(f"the processor applied {proc['applied']:.0f} of {args.events} events")
+
+
+if __name__ == "__main__":
+    main()
