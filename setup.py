@@ -1,10 +1,13 @@
-"""Maps the fixed top-level folders under the one import namespace ``lukhas_context``.
+"""Maps the fixed top-level folders under the one import namespace ``lukhas_context``, and
+builds the optional native hot loop of the fold.
 
 The package list is derived from the folders, never typed by hand: a sub-package missing
 from a hand-kept list still imports in an editable install but is absent from the wheel.
+The extension is ``optional``: without a C compiler the install still succeeds and the fold
+runs its pure-Python loop (same results, slower).
 """
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 ROOTS = {
     "lukhas_context.schemas": "schemas",
@@ -27,6 +30,20 @@ def _packages() -> tuple[list[str], dict[str, str]]:
     return packages, package_dir
 
 
+def _extensions() -> list[Extension]:
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        return []
+    native = Extension(
+        "lukhas_context.processors._fastfold",
+        ["processors/_fastfold.pyx"],
+        optional=True,
+        extra_compile_args=["-O2"],
+    )
+    return list(cythonize([native], language_level=3, quiet=True))
+
+
 PACKAGES, PACKAGE_DIR = _packages()
 
-setup(packages=PACKAGES, package_dir=PACKAGE_DIR)
+setup(packages=PACKAGES, package_dir=PACKAGE_DIR, ext_modules=_extensions())

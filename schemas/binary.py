@@ -101,6 +101,13 @@ def write_long(n: int) -> bytes:
     if not LONG_MIN <= n <= LONG_MAX:
         raise OverflowError(f"{n} does not fit an Avro long")
     z = ((n << 1) ^ (n >> 63)) & 0xFFFFFFFFFFFFFFFF
+    # Unrolled forms for up to 4 bytes (offsets, versions): the loop costs twice as much.
+    if z < 0x4000:
+        return bytes((z & 0x7F | 0x80, z >> 7)) if z >= 0x80 else bytes((z,))
+    if z < 0x200000:
+        return bytes((z & 0x7F | 0x80, (z >> 7) & 0x7F | 0x80, z >> 14))
+    if z < 0x10000000:
+        return bytes((z & 0x7F | 0x80, (z >> 7) & 0x7F | 0x80, (z >> 14) & 0x7F | 0x80, z >> 21))
     out = bytearray()
     while z >= 0x80:
         out.append((z & 0x7F) | 0x80)
