@@ -28,7 +28,7 @@ down: $(STAMP)  ## Stop what `make up` started (keeps the data in .lukhas/)
 status: $(STAMP)  ## Show the local cluster's status
 	$(BIN)/lukhas status
 
-test: $(STAMP)  ## Run every test (starts its own Kafka broker and redis-server)
+test: lint typecheck  ## Lint, type-check, then every test (starts its own Kafka and redis-server)
 	$(BIN)/pytest
 
 test-unit: $(STAMP)  ## Run the unit tests only (no broker)

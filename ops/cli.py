@@ -170,8 +170,11 @@ def status(data_dir: Path | None, as_json: bool) -> None:
 @click.option("--api-port", type=int, default=18080, show_default=True)
 @click.option("--redis-url", default=None, help="Redis (fencing locks; used by later features).")
 @click.option("--max-batch", type=click.IntRange(1), default=20_000, show_default=True)
-@click.option("--instance-id", default=None,
-              help="Static group member id: a restart takes its partitions back at once.")  # fmt: skip
+@click.option(
+    "--instance-id",
+    default=None,
+    help="Static group member id: a restart takes its partitions back at once.",
+)
 def worker(bootstrap: str, state_dir: Path, topic_prefix: str, group: str, api_host: str,
            api_port: int, redis_url: str | None, max_batch: int,
            instance_id: str | None) -> None:  # fmt: skip

@@ -27,7 +27,7 @@ MAX_WAIT_S = 30.0
 
 def partition_for(context_id: bytes, partitions: int) -> int:
     """The partition the producers' default partitioner picks for a key (murmur2, as Java)."""
-    return (murmur2(context_id) & 0x7FFFFFFF) % partitions
+    return (int(murmur2(context_id)) & 0x7FFFFFFF) % partitions
 
 
 def _error(status: int, reason: str) -> web.Response:

@@ -47,6 +47,7 @@ from lukhas_context.schemas.exceptions import CodecError
 from lukhas_context.state.record import ContextRecord
 from lukhas_context.state.store import PartitionStore
 
+native_fold_puts: Callable[..., int] | None
 try:
     from lukhas_context.processors._fastfold import fold_puts as native_fold_puts
 except ImportError:  # built without a C compiler: the general path folds everything
@@ -197,12 +198,12 @@ class Materializer:
         """Folds, publishes, waits for acknowledgement, then commits (see the module doc)."""
         started = time.perf_counter()
         async with self._lock:
-            rounds = [
+            folded = [
                 self._fold_partition(self.stores[tp.partition], tp.partition, records)
                 for tp, records in batch.items()
                 if tp.partition in self.stores and records
             ]
-            rounds = [r for r in rounds if r is not None]
+            rounds = [r for r in folded if r is not None]
             await asyncio.gather(*self._publish(rounds))
             for r in rounds:
                 self.stores[r.partition].commit(r.records, r.next_offset)
@@ -318,13 +319,14 @@ class Materializer:
             "dead-lettering %s[%d]@%d: %s",
             message.topic, message.partition, message.offset, error,
         )  # fmt: skip
-        return await self._producer.send(
+        ack: Awaitable[Any] = await self._producer.send(
             self.config.topics.dlq,
             value=value,
             key=message.key,
             partition=message.partition,
             headers=headers,
         )
+        return ack
 
     def _account(self, rounds: list[_Round], consumed: int) -> None:
         m = self.metrics

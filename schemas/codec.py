@@ -84,7 +84,7 @@ class _Codec:
         stream.seek(pos)
         reader = None if writer is self.current else self.current.parsed
         try:
-            record: dict[str, Any] = schemaless_reader(
+            record: Any = schemaless_reader(
                 stream,
                 writer.parsed,
                 reader,
@@ -99,6 +99,8 @@ class _Codec:
             raise MalformedPayloadError(f"{type(exc).__name__}: {exc}") from exc
         if stream.tell() != len(data):
             raise MalformedPayloadError(f"{len(data) - stream.tell()} trailing bytes")
+        if not isinstance(record, dict):
+            raise IncompatibleSchemaError(f"writer schema {writer.name} is not a record")
         return record
 
     def _reference_encode(self, record: dict[str, Any], version: SchemaVersion) -> bytes:

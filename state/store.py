@@ -110,6 +110,7 @@ class PartitionStore:
     def items(self) -> Iterator[tuple[bytes, ContextRecord]]:
         """Every stored record in key order (tombstones included)."""
         for key, raw in self._contexts.items():
+            assert isinstance(key, bytes)  # raw mode: keys are bytes
             yield key, decode_record(raw)
 
     def close(self) -> None:

@@ -28,8 +28,15 @@ pytestmark = pytest.mark.skipif(
 Message = namedtuple("Message", "topic partition offset key value timestamp headers")
 CODEC = EventCodec()
 KEYS = ["a", "b", "ctx-1", "é-non-ascii", "x" * 63, "y" * 64]
-DOCS = [b"{}", b'{"a":1}', b'{"b": 2, "a": [1, 2]}', b"[1]", b"nope", b'{"big":"' + b"z" * 80 + b'"}',
-        b'{"n":' + b"1" * 70 + b"}"]  # fmt: skip
+DOCS = [
+    b"{}",
+    b'{"a":1}',
+    b'{"b": 2, "a": [1, 2]}',  # valid, not canonical
+    b"[1]",
+    b"nope",
+    b'{"big":"' + b"z" * 80 + b'"}',  # over the 64-byte limit of these tests
+    b'{"n":' + b"1" * 70 + b"}",
+]
 
 
 @st.composite

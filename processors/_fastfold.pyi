@@ -1,0 +1,16 @@
+from collections.abc import Callable
+from typing import Any
+
+def fold_puts(
+    messages: list[Any],
+    first: int,
+    event_header: bytes,
+    change_header: bytes,
+    pending: dict[bytes, Any],
+    get: Callable[[bytes], Any],
+    record_type: type,
+    max_doc_bytes: int,
+    changes: list[Any],
+    no_headers: object,
+    slow: Callable[[Any], None],
+) -> int: ...
