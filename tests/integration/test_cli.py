@@ -126,12 +126,13 @@ def test_a_crashed_processor_is_restarted_by_up(lukhas: Lukhas) -> None:
 
 
 def test_down_stops_everything_and_keeps_data(lukhas: Lukhas) -> None:
-    lukhas("put", "kept", '{"k": 1}')
+    receipt = json.loads(lukhas("put", "kept", '{"k": 1}', "--json").stdout)
+    position = f"{receipt['partition']}:{receipt['offset']}"
     result = json.loads(lukhas("down", "--json").stdout)
     assert "processor-0" in result["stopped"] and "redis" in result["stopped"]
     status = json.loads(lukhas("status", "--json").stdout)
     assert status["kafka"]["ready"] is False or os.environ.get("LUKHAS_BOOTSTRAP")
     assert status["redis"]["ready"] is False
     lukhas("up")
-    ctx = json.loads(lukhas("get", "kept", "--json", "--timeout", "30").stdout)
+    ctx = json.loads(lukhas("get", "kept", "--after", position, "--json", "--timeout", "30").stdout)
     assert ctx["doc"] == {"k": 1}

@@ -127,8 +127,8 @@ async def test_changes_are_published_for_every_applied_event(
     worker = await start_worker()
     async with make_client(worker.url) as client:
         receipts = [await client.put("ch", {"v": i}) for i in range(5)]
+        await client.get("ch", after=receipts[-1], timeout=30)  # before the delete lands
         receipts.append(await client.delete("ch"))
-        await client.get("ch", after=receipts[-2], timeout=30)
     consumer = AIOKafkaConsumer(
         topics.changes, bootstrap_servers=cluster.bootstrap, auto_offset_reset="earliest"
     )
