@@ -46,6 +46,7 @@ from lukhas_context.schemas.event import ChangeKind
 from lukhas_context.schemas.exceptions import CodecError
 from lukhas_context.state.record import ContextRecord
 from lukhas_context.state.store import PartitionStore
+from lukhas_context.streams.batching import fill_batch
 
 native_fold_puts: Callable[..., int] | None
 try:
@@ -289,17 +290,18 @@ class Materializer:
     async def _send_all(self, r: _Round) -> None:
         producer = self._producer
         assert producer is not None
-        topics = self.config.topics
+        topic = self.config.topics.changes
         acks = []
-        batch = producer.create_batch()
-        for key, value, headers in r.changes:
-            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                acks.append(await producer.send_batch(batch, topics.changes, partition=r.partition))
-                batch = producer.create_batch()
-                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                    raise ProcessorError(f"a change of {len(value or b'')} bytes fits no batch")
-        if batch.record_count():
-            acks.append(await producer.send_batch(batch, topics.changes, partition=r.partition))
+        changes = r.changes
+        i = 0
+        while i < len(changes):
+            batch = producer.create_batch()
+            j = fill_batch(batch, changes, i)
+            if j == i:
+                size = len(changes[i][1] or b"")
+                raise ProcessorError(f"a change of {size} bytes fits no batch")
+            acks.append(await producer.send_batch(batch, topic, partition=r.partition))
+            i = j
         for message, error in r.dead:
             acks.append(await self._dead_letter(message, error))
         await asyncio.gather(*acks)
