@@ -226,17 +226,17 @@ def main() -> None:
         "processor_applied": [p["applied"] for p in procs],
         "processor_peak_rss_mib": max(p["peak_rss_mib"] for p in procs),
     }
-    print(f"events                {args.events:>12,} puts over {args.contexts:,} contexts, "
-          f"{args.partitions} partitions, 1 broker, {args.runs} alternating runs (median)")  # fmt: skip
-    print(f"append (producer)     {result['append_events_per_s']:>12,.0f} events/s")
-    print(
-        f"bare consumer         {bare_rate:>12,.0f} records/s   (ceiling)  runs {result['bare_runs']}"
-    )
-    print(
-        f"processor (fold)      {proc_rate:>12,.0f} events/s             runs {result['processor_runs']}"
-    )
-    print(f"ratio                 {ratio:>12.1%}")
-    print(f"processor peak RSS    {result['processor_peak_rss_mib']:>12.1f} MiB")
+    rows = [
+        ("events", f"{args.events:,} puts over {args.contexts:,} contexts, "
+                   f"{args.partitions} partitions, 1 broker, median of {args.runs} runs"),
+        ("append (producer)", f"{result['append_events_per_s']:,.0f} events/s"),
+        ("bare consumer", f"{bare_rate:,.0f} records/s (ceiling)  runs {result['bare_runs']}"),
+        ("processor (fold)", f"{proc_rate:,.0f} events/s  runs {result['processor_runs']}"),
+        ("ratio", f"{ratio:.1%}"),
+        ("processor peak RSS", f"{result['processor_peak_rss_mib']:.1f} MiB"),
+    ]  # fmt: skip
+    for label, value in rows:
+        print(f"{label:<20}  {value}")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "materialize.json").write_text(json.dumps(result, indent=2) + "\n")
     for applied in result["processor_applied"]:
