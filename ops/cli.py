@@ -169,7 +169,7 @@ def status(data_dir: Path | None, as_json: bool) -> None:
 @click.option("--api-host", default="127.0.0.1", show_default=True)
 @click.option("--api-port", type=int, default=18080, show_default=True)
 @click.option("--redis-url", default=None, help="Redis (fencing locks; used by later features).")
-@click.option("--max-batch", type=click.IntRange(1), default=20_000, show_default=True)
+@click.option("--max-batch", type=click.IntRange(1), default=50_000, show_default=True)
 @click.option(
     "--instance-id",
     default=None,

@@ -25,7 +25,7 @@ class WorkerConfig:
     api_host: str = "127.0.0.1"
     api_port: int = 18080
     #: Most records folded in one round of ``getmany`` (over all partitions).
-    max_batch_records: int = 20_000
+    max_batch_records: int = 50_000
     fetch_timeout_ms: int = 200
     #: How often the group's committed offsets are refreshed (for lag tools only).
     commit_interval_s: float = 2.0
