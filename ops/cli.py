@@ -20,7 +20,7 @@ import orjson
 
 from lukhas_context.ops.config import Environment, recorded_cluster
 from lukhas_context.schemas.exceptions import LukhasError
-from lukhas_context.streams.client import ClientConfig, Context, ContextClient, Receipt
+from lukhas_context.streams.client import ClientConfig, Context, ContextClient, DryRun, Receipt
 from lukhas_context.streams.exceptions import ContextNotFoundError
 from lukhas_context.streams.topics import Topics
 
@@ -226,47 +226,122 @@ def _with_client(
     return asyncio.run(run())
 
 
-def _receipt_out(receipt: Receipt, as_json: bool) -> None:
+def _result_out(result: Receipt | DryRun, as_json: bool) -> None:
+    if isinstance(result, DryRun):
+        data = {"dry_run": True, "status": result.status, "version": result.version,
+                "reason": result.reason, "kind": result.kind, "doc": result.doc,
+                "checksum": result.checksum, "expires_at_ms": result.expires_at_ms}  # fmt: skip
+        if as_json:
+            _print(data)
+        else:
+            click.echo(f"dry run: {result.status} (version {result.version})"
+                       + (f": {result.reason}" if result.reason else ""))  # fmt: skip
+            if result.doc is not None:
+                click.echo(json.dumps(result.doc, indent=2, sort_keys=True))
+        return
     if as_json:
-        _print({"context_id": receipt.context_id, "partition": receipt.partition,
-                "offset": receipt.offset, "event_id": receipt.event_id})  # fmt: skip
+        _print({"context_id": result.context_id, "partition": result.partition,
+                "offset": result.offset, "event_id": result.event_id})  # fmt: skip
     else:
-        click.echo(f"{receipt.context_id} -> {receipt.position} (event {receipt.event_id})")
+        click.echo(f"{result.context_id} -> {result.position} (event {result.event_id})")
+
+
+def _parse_json(raw: str, what: str) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        _fail(f"{what} does not parse as JSON: {exc}", 2)
 
 
 def _parse_doc(raw: str) -> dict[str, Any]:
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        _fail(f"JSON argument does not parse: {exc}", 2)
+    doc = _parse_json(raw, "JSON argument")
     if not isinstance(doc, dict):
         _fail(f"a document must be a JSON object, got a JSON {type(doc).__name__}", 2)
     return doc
+
+
+def _mutation_options(fn: F) -> F:
+    fn = click.option("--dry-run", is_flag=True,
+                      help="Show what the processor would do; append nothing.")(fn)  # fmt: skip
+    fn = click.option("--if-version", "if_version", type=click.IntRange(0), default=None,
+                      help="Apply only at this version (0 = must not exist).")(fn)  # fmt: skip
+    return fn
 
 
 @cli.command()
 @click.argument("context_id")
 @click.argument("document")
 @click.option("--ttl", type=float, default=None, help="Expire after SECONDS.")
+@_mutation_options
 @_client_options
 @_errors
-def put(context_id: str, document: str, ttl: float | None, data_dir: Path | None,
-        bootstrap: str | None, api: str | None, as_json: bool) -> None:  # fmt: skip
+def put(context_id: str, document: str, ttl: float | None, if_version: int | None,
+        dry_run: bool, data_dir: Path | None, bootstrap: str | None, api: str | None,
+        as_json: bool) -> None:  # fmt: skip
     """Replace the document of CONTEXT_ID with DOCUMENT (a JSON object)."""
     doc = _parse_doc(document)
     config = _client_config(data_dir, bootstrap, api)
-    _receipt_out(_with_client(config, lambda c: c.put(context_id, doc, ttl)), as_json)
+    result = _with_client(
+        config, lambda c: c.put(context_id, doc, ttl, expected_version=if_version, dry_run=dry_run)
+    )
+    _result_out(result, as_json)
 
 
 @cli.command()
 @click.argument("context_id")
+@click.argument("patch")
+@click.option("--merge", is_flag=True, help="PATCH is an RFC 7386 merge patch (an object).")
+@click.option("--expect-checksum", default=None, metavar="HEX",
+              help="Reject unless the result has this checksum.")  # fmt: skip
+@click.option("--ttl", type=float, default=None, help="Also set the TTL to SECONDS.")
+@click.option("--clear-ttl", is_flag=True, help="Also remove the TTL.")
+@_mutation_options
 @_client_options
 @_errors
-def delete(context_id: str, data_dir: Path | None, bootstrap: str | None, api: str | None,
-           as_json: bool) -> None:  # fmt: skip
+def patch(context_id: str, patch: str, merge: bool, expect_checksum: str | None,
+          ttl: float | None, clear_ttl: bool, if_version: int | None, dry_run: bool,
+          data_dir: Path | None, bootstrap: str | None, api: str | None,
+          as_json: bool) -> None:  # fmt: skip
+    """Apply PATCH to CONTEXT_ID: an RFC 6902 JSON Patch (a list of ops) by default."""
+    value = _parse_json(patch, "PATCH")
+    config = _client_config(data_dir, bootstrap, api)
+    result = _with_client(config, lambda c: c.patch(
+        context_id, value, merge=merge, expected_version=if_version,
+        expected_checksum=expect_checksum, ttl=ttl, clear_ttl=clear_ttl, dry_run=dry_run,
+    ))  # fmt: skip
+    _result_out(result, as_json)
+
+
+@cli.command()
+@click.argument("context_id")
+@click.option("--ttl", type=float, default=None, help="SECONDS from now; omit to remove the TTL.")
+@_mutation_options
+@_client_options
+@_errors
+def touch(context_id: str, ttl: float | None, if_version: int | None, dry_run: bool,
+          data_dir: Path | None, bootstrap: str | None, api: str | None,
+          as_json: bool) -> None:  # fmt: skip
+    """Set (or, without --ttl, remove) the TTL of CONTEXT_ID."""
+    config = _client_config(data_dir, bootstrap, api)
+    result = _with_client(
+        config, lambda c: c.touch(context_id, ttl, expected_version=if_version, dry_run=dry_run)
+    )
+    _result_out(result, as_json)
+
+
+@cli.command()
+@click.argument("context_id")
+@_mutation_options
+@_client_options
+@_errors
+def delete(context_id: str, if_version: int | None, dry_run: bool, data_dir: Path | None,
+           bootstrap: str | None, api: str | None, as_json: bool) -> None:  # fmt: skip
     """Delete CONTEXT_ID."""
     config = _client_config(data_dir, bootstrap, api)
-    _receipt_out(_with_client(config, lambda c: c.delete(context_id)), as_json)
+    result = _with_client(
+        config, lambda c: c.delete(context_id, expected_version=if_version, dry_run=dry_run)
+    )
+    _result_out(result, as_json)
 
 
 @cli.command()
@@ -290,6 +365,28 @@ def get(context_id: str, after: str | None, timeout: float, data_dir: Path | Non
         f"{ctx.context_id}  version {ctx.version}  checksum {ctx.checksum}  expires {expiry}"
     )
     click.echo(json.dumps(ctx.doc, indent=2, sort_keys=True))
+
+
+@cli.command()
+@click.argument("position", metavar="P:O")
+@click.option("--timeout", type=float, default=5.0, show_default=True, help="Seconds to wait.")
+@_client_options
+@_errors
+def outcome(position: str, timeout: float, data_dir: Path | None, bootstrap: str | None,
+            api: str | None, as_json: bool) -> None:  # fmt: skip
+    """What the processor did with the event at WAL position P:O."""
+    partition, _, offset = position.partition(":")
+    if not (partition.isdigit() and offset.isdigit()):
+        _fail(f"position must be PARTITION:OFFSET, got {position!r}", 2)
+    config = _client_config(data_dir, bootstrap, api)
+    result = _with_client(config, lambda c: c.outcome(int(partition), int(offset), timeout))
+    if as_json:
+        _print({"status": result.status, "version": result.version, "reason": result.reason,
+                "duplicate_of": result.duplicate_of})  # fmt: skip
+    else:
+        click.echo(f"{position}: {result.status}"
+                   + (f" (version {result.version})" if result.version is not None else "")
+                   + (f": {result.reason}" if result.reason else ""))  # fmt: skip
 
 
 @cli.command()

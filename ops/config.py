@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from lukhas_context.ops.exceptions import ClusterStateError
 from lukhas_context.streams.topics import DEFAULT_PREFIX
 
 
@@ -48,5 +49,10 @@ def recorded_cluster(data_dir: Path) -> dict[str, object]:
     path = data_dir / "cluster.json"
     if not path.exists():
         return {}
-    data: dict[str, object] = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ClusterStateError(f"{path} is unreadable ({exc}); `lukhas up` rewrites it") from exc
+    if not isinstance(data, dict):
+        raise ClusterStateError(f"{path} is not a JSON object; `lukhas up` rewrites it")
     return data

@@ -9,6 +9,7 @@ record here, and interpreted Python spends about 12 µs on this event's shape ch
 JSON, record, change encoding and batch append.
 """
 
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memcmp, memcpy
 
@@ -18,8 +19,40 @@ import xxhash
 cdef object _loads = orjson.loads
 cdef object _dumps = orjson.dumps
 cdef object _JSONDecodeError = orjson.JSONDecodeError
+cdef object _JSONEncodeError = orjson.JSONEncodeError
 cdef int _SORT = orjson.OPT_SORT_KEYS
 cdef object _xxh3 = xxhash.xxh3_64_digest
+cdef object _xxh3_int = xxhash.xxh3_64_intdigest
+cdef Py_ssize_t _ENTRY_SIZE = 41  # state.journal.ENTRY: <qBq16sQ
+
+
+cdef inline void _put_le64(char* p, unsigned long long v):
+    cdef int i
+    for i in range(8):
+        p[i] = <char>((v >> (8 * i)) & 0xFF)
+
+
+cdef int _journal(bytearray entries, long long offset, long long version, const char* event_id,
+                  unsigned long long payload_hash) except -1:
+    """Appends one APPLIED entry: offset | status 0 | version | event id | payload hash."""
+    cdef Py_ssize_t size = PyByteArray_GET_SIZE(entries)
+    PyByteArray_Resize(entries, size + _ENTRY_SIZE)
+    cdef char* p = PyByteArray_AS_STRING(entries) + size
+    _put_le64(p, <unsigned long long>offset)
+    p[8] = 0
+    _put_le64(p + 9, <unsigned long long>version)
+    memcpy(p + 17, event_id, 16)
+    _put_le64(p + 33, payload_hash)
+    return 0
+
+
+cdef bint _might_be_too_deep(const unsigned char* doc, Py_ssize_t size, Py_ssize_t max_depth):
+    """``fold.might_be_too_deep``: at least max_depth brackets."""
+    cdef Py_ssize_t i, brackets = 0
+    for i in range(size):
+        if doc[i] == 0x7B or doc[i] == 0x5B:
+            brackets += 1
+    return brackets >= max_depth
 
 
 cdef inline unsigned long long _zigzag(long long n):
@@ -70,6 +103,8 @@ cdef Py_ssize_t _doc_start(bytes value, bytes key, bytes header):
             return -1
         byte = v[p]
         p += 1
+        if shift == 63 and byte > 1:
+            return -1  # overflows 64 bits: the general path dead-letters it
         z |= (<unsigned long long>(byte & 0x7F)) << shift
         if byte < 0x80:
             break
@@ -117,12 +152,15 @@ cdef bytes _change(bytes header, bytes value, Py_ssize_t n, long long version, b
 
 def fold_puts(list messages, long long first, bytes event_header, bytes change_header,
               dict pending, object get, object record_type, Py_ssize_t max_doc_bytes,
-              list changes, object no_headers, object slow):
-    """Folds ``messages`` (offsets below ``first`` skipped): simple Puts here, every other
-    record through ``slow(message)``. Returns how many events this loop applied."""
+              Py_ssize_t max_depth, dict recent, bytearray entries, list changes,
+              object no_headers, object slow):
+    """Folds ``messages`` (offsets below ``first`` skipped): simple Puts of event ids not seen
+    in the dedupe window here, every other record through ``slow(message)``. Returns how many
+    events this loop applied."""
     cdef Py_ssize_t applied = 0
     cdef Py_ssize_t start, size, n
     cdef long long offset, version
+    cdef const unsigned char* v
     for m in messages:
         offset = m.offset
         if offset < first:
@@ -137,6 +175,14 @@ def fold_puts(list messages, long long first, bytes event_header, bytes change_h
         if start < 0 or size - 4 - start > max_doc_bytes:
             slow(m)
             continue
+        v = <const unsigned char*>PyBytes_AS_STRING(value)
+        if _might_be_too_deep(v + start, size - 4 - start, max_depth):
+            slow(m)
+            continue
+        event_id = value[10:26]
+        if event_id in recent:  # a retry, or an id reused: the general path decides
+            slow(m)
+            continue
         try:
             obj = _loads(value[start:size - 4])
         except _JSONDecodeError:
@@ -145,10 +191,16 @@ def fold_puts(list messages, long long first, bytes event_header, bytes change_h
         if type(obj) is not dict:
             slow(m)
             continue
-        canonical = _dumps(obj, option=_SORT)
+        try:
+            canonical = _dumps(obj, option=_SORT)
+        except _JSONEncodeError:
+            slow(m)
+            continue
         if PyBytes_GET_SIZE(canonical) > max_doc_bytes:
             slow(m)
             continue
+        payload_hash = _xxh3_int(value)
+        recent[event_id] = (offset, payload_hash)
         record = pending.get(key)
         if record is None:
             record = get(key)
@@ -156,6 +208,7 @@ def fold_puts(list messages, long long first, bytes event_header, bytes change_h
         checksum = _xxh3(canonical)
         log_time = m.timestamp
         pending[key] = record_type(version, canonical, checksum, None, offset, log_time)
+        _journal(entries, offset, version, PyBytes_AS_STRING(event_id), payload_hash)
         n = PyBytes_GET_SIZE(key)
         changes.append((key, _change(change_header, value, n, version, canonical, checksum,
                                      offset, log_time), no_headers))

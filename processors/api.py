@@ -7,12 +7,22 @@ before the Expire event is folded). ``?min_offset=PARTITION:OFFSET`` first waits
 offset is folded (read-your-writes), at most ``timeout`` seconds (default 5, at most 30): 504
 when it is not. A partition this worker does not serve answers 421.
 
+``GET /v1/outcomes/{partition}/{offset}`` waits (``timeout``, default 5 s) until that record
+is folded and returns its journal entry: ``{"status": "applied" | "conflict" | "rejected" |
+"dead_lettered" | "duplicate", "version", "reason", "duplicate_of"}``; 404 when the journal no
+longer holds it, 504 when it is not folded in time.
+
+``POST /v1/dry-run`` takes one encoded event (single-object Avro, the body) and returns what
+the fold would do to the current state — ``{"status", "version", "reason", "kind", "doc",
+"checksum", "expires_at_ms"}`` — appending nothing. Time is the worker's clock.
+
 ``GET /healthz`` is 200 while the worker folds, 503 otherwise. ``GET /metrics`` is the
 Prometheus text exposition.
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import orjson
@@ -20,7 +30,10 @@ from aiohttp import web
 from aiokafka.partitioner import murmur2
 
 from lukhas_context.processors.exceptions import NotOwnerError
+from lukhas_context.processors.fold import apply
 from lukhas_context.processors.materializer import Materializer
+from lukhas_context.schemas.exceptions import CodecError
+from lukhas_context.state.journal import EntryStatus
 
 MAX_WAIT_S = 30.0
 
@@ -39,10 +52,17 @@ def _parse_position(raw: str) -> tuple[int, int]:
     try:
         p, o = int(partition), int(offset)
     except ValueError:
-        raise web.HTTPBadRequest(text=f"min_offset must be PARTITION:OFFSET, got {raw!r}") from None
+        raise _bad_request(f"min_offset must be PARTITION:OFFSET, got {raw!r}") from None
     if p < 0 or o < 0:
-        raise web.HTTPBadRequest(text=f"min_offset must be non-negative, got {raw!r}")
+        raise _bad_request(f"min_offset must be non-negative, got {raw!r}")
     return p, o
+
+
+def _bad_request(reason: str) -> web.HTTPBadRequest:
+    """A 400 with the same JSON body as every other error, so clients can show the reason."""
+    return web.HTTPBadRequest(
+        text=orjson.dumps({"error": reason}).decode(), content_type="application/json"
+    )
 
 
 def _parse_timeout(raw: str | None) -> float:
@@ -51,7 +71,9 @@ def _parse_timeout(raw: str | None) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise web.HTTPBadRequest(text=f"timeout must be seconds, got {raw!r}") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise _bad_request(f"timeout must be a finite number of seconds, got {raw!r}")
     return min(max(value, 0.0), MAX_WAIT_S)
 
 
@@ -62,6 +84,8 @@ class ReadApi:
         self.app.add_routes(
             [
                 web.get("/v1/contexts/{context_id}", self.get_context),
+                web.get("/v1/outcomes/{partition}/{offset}", self.get_outcome),
+                web.post("/v1/dry-run", self.dry_run),
                 web.get("/healthz", self.healthz),
                 web.get("/metrics", self.metrics),
             ]
@@ -109,6 +133,64 @@ class ReadApi:
         # The stored document is canonical JSON already: splice it in, never re-encode it.
         body = head[:-1] + b',"doc":' + record.doc + b"}"
         return web.Response(body=body, content_type="application/json")
+
+    async def get_outcome(self, request: web.Request) -> web.Response:
+        try:
+            partition = int(request.match_info["partition"])
+            offset = int(request.match_info["offset"])
+        except ValueError:
+            return _error(400, "partition and offset must be integers")
+        timeout = _parse_timeout(request.query.get("timeout"))
+        try:
+            if not await self.m.wait_applied(partition, offset, timeout):
+                return _error(504, f"offset {partition}:{offset} not folded within {timeout:g} s")
+            entry = self.m.store_for(partition).outcome(offset)
+        except NotOwnerError as exc:
+            return _error(421, str(exc))
+        if entry is None:
+            return _error(404, f"no outcome for {partition}:{offset} (forgotten, or a marker)")
+        duplicate = entry.status is EntryStatus.DUPLICATE
+        return web.json_response(
+            {
+                "partition": partition,
+                "offset": offset,
+                "status": entry.status.name.lower(),
+                "version": None if duplicate else entry.version,
+                "reason": entry.reason,
+                "duplicate_of": entry.version if duplicate else None,
+            }
+        )
+
+    async def dry_run(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            event = self.m.decode_event(body)
+        except CodecError as exc:
+            return _error(400, f"{type(exc).__name__}: {exc}")
+        key = event.context_id.encode()
+        if not self.m.partition_count:
+            return _error(503, "the worker has no partitions yet")
+        try:
+            store = self.m.store_for(partition_for(key, self.m.partition_count))
+        except NotOwnerError as exc:
+            return _error(421, str(exc))
+        now = int(time.time() * 1000)
+        new, outcome = apply(store.get(key), event, store.next_offset, now, self.m.config.limits)
+        result: dict[str, object] = {
+            "status": outcome.status.name.lower(),
+            "version": outcome.version,
+            "reason": outcome.reason,
+            "kind": None if outcome.kind is None else outcome.kind.name.lower(),
+            "doc": None,
+            "checksum": None,
+            "expires_at_ms": None,
+        }
+        if new is not None and new.doc is not None and new.is_live(now):
+            result.update(
+                doc=orjson.loads(new.doc), checksum=new.checksum.hex(),
+                expires_at_ms=new.expires_at_ms,
+            )  # fmt: skip
+        return web.json_response(result)
 
     async def healthz(self, request: web.Request) -> web.Response:
         body = {

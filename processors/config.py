@@ -30,5 +30,8 @@ class WorkerConfig:
     #: How often the group's committed offsets are refreshed (for lag tools only).
     commit_interval_s: float = 2.0
     limits: Limits = field(default_factory=Limits)
+    #: How many offsets of outcomes the journal keeps per partition (at least the dedupe
+    #: window, which is rebuilt from it on restart).
+    journal_offsets: int = 1_000_000
     store: StoreOptions = field(default_factory=StoreOptions)
     client_id: str = "lukhas-worker"

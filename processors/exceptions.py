@@ -5,6 +5,7 @@ from __future__ import annotations
 from lukhas_context.schemas.exceptions import LukhasError
 
 __all__ = [
+    "EventIdConflictError",
     "KeyMismatchError",
     "LukhasError",
     "NotOwnerError",
@@ -24,6 +25,10 @@ class PoisonRecordError(ProcessorError):
 
 class KeyMismatchError(PoisonRecordError):
     """The record's key is not the UTF-8 context id of its payload."""
+
+
+class EventIdConflictError(PoisonRecordError):
+    """An event id already used, within the dedupe window, for different bytes."""
 
 
 class WalTruncatedError(ProcessorError):

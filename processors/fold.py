@@ -8,17 +8,36 @@ is a ``REJECTED`` outcome that leaves the record as it was.
 Every applied mutation raises the version by exactly 1; versions continue across delete and
 re-create (see ``state.record``). A context whose ``expires_at_ms`` is at or before the event's
 log time is treated as absent, as reads treat it.
+
+Event-id deduplication is not here: it needs the window of recent ids, which the materialiser
+keeps (see ``state.journal``); ``apply`` sees each event id at most once.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import xxhash
 
-from lukhas_context.schemas.event import ChangeKind, ContextEvent, Delete, Put
+from lukhas_context.schemas.event import (
+    ChangeKind,
+    ContextEvent,
+    Delete,
+    Expire,
+    Patch,
+    PatchFormat,
+    Put,
+    Touch,
+)
+from lukhas_context.schemas.patch import (
+    PatchError,
+    apply_json_patch,
+    apply_merge_patch,
+    check_depth,
+)
 from lukhas_context.state.record import ContextRecord
 
 #: Largest TTL accepted: 100 years, far inside a 64-bit millisecond timestamp.
@@ -33,9 +52,15 @@ class Status(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """What the fold accepts. Producers check the same limits before sending."""
+    """What the fold accepts, and its dedupe window. Producers check the same limits before
+    sending; these values are part of the fold's semantics and must be the same on every
+    replica and replay of a log."""
 
     max_document_bytes: int = 1024 * 1024
+    #: Deepest nesting of objects and arrays in a document (the root object is depth 1).
+    max_depth: int = 64
+    #: An event id seen within this many preceding offsets of its partition is a retry.
+    dedupe_window: int = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,14 +90,46 @@ def canonical_document(doc: bytes, limits: Limits) -> bytes | str:
         value = orjson.loads(doc)
     except orjson.JSONDecodeError as exc:
         return f"document is not JSON: {exc}"
+    return canonical_value(value, limits, walk=might_be_too_deep(doc, limits.max_depth))
+
+
+def canonical_value(value: Any, limits: Limits, walk: bool = True) -> bytes | str:
+    """Canonical bytes of a parsed document, or the reason it is not acceptable. ``walk``
+    False skips the depth walk (the caller knows the document is shallow enough)."""
     if type(value) is not dict:
         return f"document is a JSON {type(value).__name__}, not an object"
-    canonical = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    reason = _too_deep(value, limits) if walk else None
+    if reason is not None:
+        return reason
+    try:
+        canonical = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as exc:  # e.g. nesting past orjson's own limit of 254
+        return f"document cannot be encoded: {exc}"
     if len(canonical) > limits.max_document_bytes:
         return (
             f"document of {len(canonical)} bytes is over the limit of {limits.max_document_bytes}"
         )
     return canonical
+
+
+def might_be_too_deep(doc: bytes, max_depth: int) -> bool:
+    """A cheap test that is True whenever the document may nest deeper than ``max_depth``:
+    nesting needs at least that many brackets. Only then is the document walked."""
+    return doc.count(b"{") + doc.count(b"[") >= max_depth
+
+
+def _too_deep(value: dict[str, Any], limits: Limits) -> str | None:
+    try:
+        check_depth(value, limits.max_depth)
+    except PatchError as exc:
+        return exc.reason
+    return None
+
+
+def _ttl_reason(ttl: int) -> str | None:
+    if 0 < ttl <= MAX_TTL_MS:
+        return None
+    return f"ttl_ms {ttl} outside (0, {MAX_TTL_MS}]"
 
 
 def apply(
@@ -89,19 +146,26 @@ def apply(
     live = record is not None and record.is_live(log_time_ms)
     current = record.version if record is not None else 0
     visible = current if live else 0
+    op = event.op
+    if type(op) is Expire:
+        return _expire(record, op, offset, log_time_ms)
     if event.fence is not None:
         return record, Outcome(Status.REJECTED, visible, "fencing is not supported yet")
     expected = event.expected_version
     if expected is not None and expected != visible:
         return record, Outcome(Status.CONFLICT, visible, f"expected version {expected}")
-    op = event.op
     if type(op) is Put:
         return _put(record, current, op, offset, log_time_ms, limits)
+    if not live:
+        return record, Outcome(Status.REJECTED, 0, "not found")
+    assert record is not None and record.doc is not None
     if type(op) is Delete:
-        if not live:
-            return record, Outcome(Status.REJECTED, 0, "not found")
-        deleted = ContextRecord(current + 1, None, record.checksum, None, offset, log_time_ms)  # type: ignore[union-attr]
+        deleted = ContextRecord(current + 1, None, record.checksum, None, offset, log_time_ms)
         return deleted, Outcome(Status.APPLIED, current + 1, None, ChangeKind.DELETE)
+    if type(op) is Patch:
+        return _patch(record, op, offset, log_time_ms, limits)
+    if type(op) is Touch:
+        return _touch(record, op, offset, log_time_ms)
     name = type(op).__name__
     return record, Outcome(Status.REJECTED, visible, f"operation {name} is not supported yet")
 
@@ -116,8 +180,8 @@ def _put(
 ) -> tuple[ContextRecord | None, Outcome]:
     visible = current if record is not None and record.is_live(log_time_ms) else 0
     ttl = op.ttl_ms
-    if ttl is not None and not 0 < ttl <= MAX_TTL_MS:
-        return record, Outcome(Status.REJECTED, visible, f"ttl_ms {ttl} outside (0, {MAX_TTL_MS}]")
+    if ttl is not None and (reason := _ttl_reason(ttl)):
+        return record, Outcome(Status.REJECTED, visible, reason)
     doc = canonical_document(op.doc, limits)
     if type(doc) is str:
         return record, Outcome(Status.REJECTED, visible, doc)
@@ -125,3 +189,77 @@ def _put(
     expires = None if ttl is None else log_time_ms + ttl
     new = ContextRecord(current + 1, doc, checksum(doc), expires, offset, log_time_ms)
     return new, Outcome(Status.APPLIED, current + 1, None, ChangeKind.PUT)
+
+
+def _patch(
+    record: ContextRecord, op: Patch, offset: int, log_time_ms: int, limits: Limits
+) -> tuple[ContextRecord, Outcome]:
+    version = record.version
+
+    def rejected(reason: str) -> tuple[ContextRecord, Outcome]:
+        return record, Outcome(Status.REJECTED, version, reason)
+
+    if op.ttl_ms is not None and op.clear_ttl:
+        return rejected("a patch cannot both set and clear the TTL")
+    if op.ttl_ms is not None and (reason := _ttl_reason(op.ttl_ms)):
+        return rejected(reason)
+    if len(op.patch) > limits.max_document_bytes:
+        return rejected(f"patch of {len(op.patch)} bytes is over {limits.max_document_bytes}")
+    try:
+        patch = orjson.loads(op.patch)
+        base = orjson.loads(record.doc)  # type: ignore[arg-type]
+        if op.format is PatchFormat.JSON_PATCH:
+            patched = apply_json_patch(base, patch)
+        else:
+            patched = apply_merge_patch(base, patch)
+    except orjson.JSONDecodeError as exc:
+        return rejected(f"patch is not JSON: {exc}")
+    except PatchError as exc:
+        return rejected(exc.reason)
+    doc = canonical_value(patched, limits)
+    if type(doc) is str:
+        return rejected(doc)
+    assert isinstance(doc, bytes)
+    digest = checksum(doc)
+    if op.expected_checksum is not None and op.expected_checksum != digest:
+        return rejected(
+            f"checksum after the patch is {digest.hex()}, the writer expected "
+            f"{op.expected_checksum.hex()}"
+        )
+    expires = record.expires_at_ms
+    if op.clear_ttl:
+        expires = None
+    elif op.ttl_ms is not None:
+        expires = log_time_ms + op.ttl_ms
+    new = ContextRecord(version + 1, doc, digest, expires, offset, log_time_ms)
+    return new, Outcome(Status.APPLIED, version + 1, None, ChangeKind.PATCH)
+
+
+def _touch(
+    record: ContextRecord, op: Touch, offset: int, log_time_ms: int
+) -> tuple[ContextRecord, Outcome]:
+    if op.ttl_ms is not None and (reason := _ttl_reason(op.ttl_ms)):
+        return record, Outcome(Status.REJECTED, record.version, reason)
+    expires = None if op.ttl_ms is None else log_time_ms + op.ttl_ms
+    new = record._replace(
+        version=record.version + 1, expires_at_ms=expires, offset=offset, log_time_ms=log_time_ms
+    )
+    return new, Outcome(Status.APPLIED, record.version + 1, None, ChangeKind.TOUCH)
+
+
+def _expire(
+    record: ContextRecord | None, op: Expire, offset: int, log_time_ms: int
+) -> tuple[ContextRecord | None, Outcome]:
+    """Applies only to the version it names, and only once that version has expired: a write
+    that extended or removed the TTL in between wins."""
+    if (
+        record is None
+        or record.doc is None
+        or record.version != op.version
+        or record.expires_at_ms is None
+        or record.expires_at_ms > log_time_ms
+    ):
+        current = record.version if record is not None else 0
+        return record, Outcome(Status.REJECTED, current, f"stale expiry of version {op.version}")
+    gone = ContextRecord(record.version + 1, None, record.checksum, None, offset, log_time_ms)
+    return gone, Outcome(Status.APPLIED, record.version + 1, None, ChangeKind.EXPIRE)

@@ -29,11 +29,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import xxhash
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.exceptions import (
+    EventIdConflictError,
     KeyMismatchError,
     NotOwnerError,
     ProcessorError,
@@ -42,8 +44,9 @@ from lukhas_context.processors.exceptions import (
 from lukhas_context.processors.fold import Status, apply
 from lukhas_context.processors.metrics import WorkerMetrics
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
-from lukhas_context.schemas.event import ChangeKind
+from lukhas_context.schemas.event import ChangeKind, ContextEvent
 from lukhas_context.schemas.exceptions import CodecError
+from lukhas_context.state.journal import ENTRY, NO_EVENT_ID, EntryStatus, encode_block
 from lukhas_context.state.record import ContextRecord
 from lukhas_context.state.store import PartitionStore
 from lukhas_context.streams.batching import fill_batch
@@ -76,6 +79,11 @@ class _Round:
     rejected: int = 0
     changes: list[tuple[bytes, bytes | None, list[tuple[str, bytes]]]] = field(default_factory=list)
     dead: list[tuple[Any, BaseException]] = field(default_factory=list)
+    duplicates: int = 0
+    #: Journal entries of the round (``state.journal.ENTRY`` structs) and their reasons.
+    entries: bytearray = field(default_factory=bytearray)
+    reasons: dict[int, str] = field(default_factory=dict)
+    first_offset: int = -1
 
 
 class Materializer:
@@ -206,8 +214,12 @@ class Materializer:
             ]
             rounds = [r for r in folded if r is not None]
             await asyncio.gather(*self._publish(rounds))
+            keep = self.config.journal_offsets
             for r in rounds:
-                self.stores[r.partition].commit(r.records, r.next_offset)
+                store = self.stores[r.partition]
+                block = (r.first_offset, encode_block(r.entries, r.reasons))
+                store.commit(r.records, r.next_offset, block, r.next_offset - keep)
+                store.forget_recent(r.next_offset - self.config.limits.dedupe_window)
             self._account(rounds, sum(len(v) for v in batch.values()))
         async with self._progress:
             self._progress.notify_all()
@@ -227,43 +239,54 @@ class Materializer:
             return None  # fetched before a re-seek: already folded
         r = _Round(partition)
         get = store.get
+        slow = functools.partial(self._fold_one, r, store)
         if self.native and native_fold_puts is not None:
+            limits = self.config.limits
             # Not `r.applied += ...`: that would read r.applied before the call, losing what
             # `_fold_one` counts during it.
             native_applied = native_fold_puts(
                 messages, first, self._events.header, self._changes.header, r.records, get,
-                ContextRecord, self.config.limits.max_document_bytes, r.changes, _NO_HEADERS,
-                functools.partial(self._fold_one, r, get),
+                ContextRecord, limits.max_document_bytes, limits.max_depth, store.recent,
+                r.entries, r.changes, _NO_HEADERS, slow,
             )  # fmt: skip
             r.applied += native_applied
         else:
             for m in messages:
                 if m.offset >= first:
-                    self._fold_one(r, get, m)
+                    slow(m)
+        r.first_offset = max(first, messages[0].offset)
         r.next_offset = messages[-1].offset + 1
         return r
 
-    def _fold_one(self, r: _Round, get: Callable[[bytes], ContextRecord | None], m: Any) -> None:
-        """The general path: decode, check the key, ``apply``, encode the change."""
-        key = m.key
+    def _fold_one(self, r: _Round, store: PartitionStore, m: Any) -> None:
+        """The general path: decode, check the key, deduplicate, ``apply``, encode the change.
+        Records one journal entry for the record, whatever became of it."""
+        key, value, offset = m.key, m.value or b"", m.offset
         try:
-            event = self._events.decode(m.value or b"")
+            event = self._events.decode(value)
             if key is None or event.context_id.encode() != key:
                 raise KeyMismatchError(f"key {key!r} is not the payload's context id")
             if not 0 < len(key) <= MAX_ID_BYTES:
                 raise KeyMismatchError(f"context id of {len(key)} bytes outside 1..{MAX_ID_BYTES}")
         except (CodecError, KeyMismatchError) as exc:
-            r.dead.append((m, exc))
+            self._dead(r, m, exc, NO_EVENT_ID, 0)
             return
+        event_id = event.event_id
+        payload_hash = xxhash.xxh3_64_intdigest(value)
+        if self._is_retry(r, store, m, event_id, payload_hash):
+            return
+        limits = self.config.limits
         pending = r.records
-        record = pending.get(key) or get(key)
-        new, outcome = apply(record, event, m.offset, m.timestamp, self.config.limits)
+        record = pending.get(key) or store.get(key)
+        new, outcome = apply(record, event, offset, m.timestamp, limits)
+        r.entries += ENTRY.pack(offset, outcome.status, outcome.version, event_id, payload_hash)
         status = outcome.status
-        if status is Status.CONFLICT:
-            r.conflicts += 1
-            return
-        if status is Status.REJECTED:
-            r.rejected += 1
+        if status is not Status.APPLIED:
+            r.reasons[offset] = outcome.reason or ""
+            if status is Status.CONFLICT:
+                r.conflicts += 1
+            else:
+                r.rejected += 1
             return
         r.applied += 1
         assert new is not None and outcome.kind is not None
@@ -272,16 +295,48 @@ class Materializer:
             headers = [
                 ("kind", _TOMBSTONE_KIND[outcome.kind]),
                 ("version", b"%d" % new.version),
-                ("wal_offset", b"%d" % m.offset),
-                ("event_id", event.event_id),
+                ("wal_offset", b"%d" % offset),
+                ("event_id", event_id),
             ]
             r.changes.append((key, None, headers))
             return
-        value = self._changes.encode_fields(
+        change = self._changes.encode_fields(
             key, new.version, outcome.kind, new.doc, new.checksum,
-            new.expires_at_ms, m.offset, event.event_id, m.timestamp,
+            new.expires_at_ms, offset, event_id, m.timestamp,
         )  # fmt: skip
-        r.changes.append((key, value, _NO_HEADERS))
+        r.changes.append((key, change, _NO_HEADERS))
+
+    def _is_retry(
+        self, r: _Round, store: PartitionStore, m: Any, event_id: bytes, payload_hash: int
+    ) -> bool:
+        """Deduplicates by event id within the window (offsets, so replays decide alike).
+
+        A repeat with the same bytes is a retry: journaled as ``DUPLICATE`` (its version field
+        names the original's offset) and not applied again. The same id with other bytes is a
+        conflict: dead-lettered. Otherwise the id is remembered and False returned.
+        """
+        offset = m.offset
+        seen = store.recent.get(event_id)
+        if seen is not None and seen[0] >= offset - self.config.limits.dedupe_window:
+            if seen[1] == payload_hash:
+                r.entries += ENTRY.pack(offset, EntryStatus.DUPLICATE, seen[0], event_id, 0)
+                r.reasons[offset] = f"duplicate of offset {seen[0]}"
+                r.duplicates += 1
+            else:
+                error = EventIdConflictError(
+                    f"event id {event_id.hex()} was used at offset {seen[0]} for other bytes"
+                )
+                self._dead(r, m, error, event_id, payload_hash)
+            return True
+        if seen is not None:
+            del store.recent[event_id]  # re-insert at the end: the dict stays in offset order
+        store.recent[event_id] = (offset, payload_hash)
+        return False
+
+    def _dead(self, r: _Round, m: Any, error: BaseException, event_id: bytes, h: int) -> None:
+        r.dead.append((m, error))
+        r.entries += ENTRY.pack(m.offset, EntryStatus.DEAD_LETTERED, 0, event_id, h)
+        r.reasons[m.offset] = f"{type(error).__name__}: {error}"
 
     def _publish(self, rounds: Iterable[_Round]) -> list[Awaitable[Any]]:
         """Sends every change and dead letter of the round; returns the acknowledgements."""
@@ -338,6 +393,7 @@ class Materializer:
             m.conflicts.inc(r.conflicts)
             m.rejected.inc(r.rejected)
             m.dead_lettered.inc(len(r.dead))
+            m.duplicates.inc(r.duplicates)
             m.changes.inc(len(r.changes))
             m.next_offset.labels(r.partition).set(r.next_offset)
             assert self._consumer is not None
@@ -360,6 +416,10 @@ class Materializer:
             log.info("offset commit skipped (%s); the stores keep the real positions", exc)
 
     # ---- reads ----
+
+    def decode_event(self, data: bytes) -> ContextEvent:
+        """Decodes one event with the worker's codec (``CodecError`` when it is not one)."""
+        return self._events.decode(data)
 
     def store_for(self, partition: int) -> PartitionStore:
         store = self.stores.get(partition)
@@ -404,7 +464,9 @@ class Materializer:
         for tp in tps:
             if tp.partition not in self.stores:
                 path = self.config.state_dir / f"partition-{tp.partition}"
-                self.stores[tp.partition] = PartitionStore(path, self.config.store)
+                store = PartitionStore(path, self.config.store)
+                store.load_recent(self.config.limits.dedupe_window)
+                self.stores[tp.partition] = store
             consumer.seek(tp, self.stores[tp.partition].next_offset)
         if tps:
             await self._check_retention(tps)

@@ -20,6 +20,9 @@ class WorkerMetrics:
         self.dead_lettered = Counter(
             "lukhas_records_dead_lettered", "Undecodable WAL records sent to the DLQ", registry=r
         )
+        self.duplicates = Counter(
+            "lukhas_events_duplicate", "Retried events recognised by event id", registry=r
+        )
         self.changes = Counter("lukhas_changes_published", "Changes published", registry=r)
         self.lag = Gauge(
             "lukhas_partition_lag", "WAL records not yet folded", ["partition"], registry=r

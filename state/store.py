@@ -1,7 +1,8 @@
 """The per-partition RocksDB store (rocksdict, raw bytes mode).
 
 Column families: ``default`` holds the partition's metadata (``next_offset``), ``contexts``
-holds one ``ContextRecord`` per context id (UTF-8 key).
+holds one ``ContextRecord`` per context id (UTF-8 key), ``journal`` one block of outcomes per
+round (see ``state.journal``).
 
 **Offset convention, the one of the whole code base:** ``next_offset`` is the offset of the
 next WAL record to read, i.e. one past the last record folded in. It is written in the *same*
@@ -23,10 +24,12 @@ from pathlib import Path
 
 from rocksdict import Options, Rdict, WriteBatch
 
+from lukhas_context.state import journal
 from lukhas_context.state.exceptions import StoreOpenError
 from lukhas_context.state.record import ContextRecord, decode_record, encode_record
 
 CF_CONTEXTS = "contexts"
+CF_JOURNAL = "journal"
 NEXT_OFFSET_KEY = b"meta/next_offset"
 _OFFSET = struct.Struct("<q")
 
@@ -60,16 +63,22 @@ class PartitionStore:
         path.mkdir(parents=True, exist_ok=True)
         opts = _options(self._options)
         try:
-            self._db = Rdict(
-                str(path), opts, column_families={CF_CONTEXTS: _options(self._options)}
-            )
+            families = {name: _options(self._options) for name in (CF_CONTEXTS, CF_JOURNAL)}
+            self._db = Rdict(str(path), opts, column_families=families)
             self._contexts = self._db.get_column_family(CF_CONTEXTS)
             self._cf = self._db.get_column_family_handle(CF_CONTEXTS)
+            self._journal = self._db.get_column_family(CF_JOURNAL)
+            self._journal_cf = self._db.get_column_family_handle(CF_JOURNAL)
         except Exception as exc:  # rocksdict raises plain Exception for corruption
             raise StoreOpenError(path, exc) from exc
         raw = self._db.get(NEXT_OFFSET_KEY)
+        if raw is not None and len(raw) != _OFFSET.size:
+            raise StoreOpenError(path, ValueError(f"next_offset of {len(raw)} bytes"))
         self._next_offset: int = 0 if raw is None else _OFFSET.unpack(raw)[0]
         self._cache: dict[bytes, ContextRecord] = {}
+        #: The dedupe window: event id -> (offset, payload hash), in offset order. Owned by the
+        #: fold; rebuilt from the journal by ``load_recent``.
+        self.recent: dict[bytes, tuple[int, int]] = {}
 
     @property
     def next_offset(self) -> int:
@@ -88,17 +97,72 @@ class PartitionStore:
         self._remember(key, record)
         return record
 
-    def commit(self, records: Mapping[bytes, ContextRecord], next_offset: int) -> None:
-        """Writes ``records`` and ``next_offset`` in one WriteBatch: all or nothing."""
+    def commit(
+        self,
+        records: Mapping[bytes, ContextRecord],
+        next_offset: int,
+        journal_block: tuple[int, bytes] | None = None,
+        forget_below: int = 0,
+    ) -> None:
+        """Writes ``records``, ``next_offset`` and the round's journal block ``(first offset,
+        block)`` in one WriteBatch: all or nothing. Journal blocks that start below
+        ``forget_below`` are deleted in the same batch (the journal's bound)."""
         batch = WriteBatch(raw_mode=True)
         cf = self._cf
         for key, record in records.items():
             batch.put(key, encode_record(record), cf)
+        if journal_block is not None:
+            batch.put(journal.block_key(journal_block[0]), journal_block[1], self._journal_cf)
+        if forget_below > 0:
+            batch.delete_range(
+                journal.block_key(0), journal.block_key(forget_below), self._journal_cf
+            )
         batch.put(NEXT_OFFSET_KEY, _OFFSET.pack(next_offset))
         self._db.write(batch)
         self._next_offset = next_offset
         for key, record in records.items():
             self._remember(key, record)
+
+    def outcome(self, offset: int) -> journal.JournalEntry | None:
+        """The journal entry of the record at ``offset``, or None when it is not folded yet,
+        was forgotten (older than the journal's bound) or was a transaction marker."""
+        it = self._journal.iter()
+        it.seek_for_prev(journal.block_key(offset))
+        if not it.valid():
+            return None
+        return journal.find(it.value(), offset)
+
+    def journal_since(self, offset: int) -> Iterator[journal.JournalEntry]:
+        """Journal entries from ``offset`` on, in offset order (rebuilds the dedupe window)."""
+        it = self._journal.iter()
+        it.seek_for_prev(journal.block_key(offset))
+        if not it.valid():
+            it.seek_to_first()
+        while it.valid():
+            for entry in journal.entries(it.value()):
+                if entry.offset >= offset:
+                    yield entry
+            it.next()
+
+    def load_recent(self, window: int) -> None:
+        """Rebuilds the dedupe window from the journal: the ids of the events folded in the
+        last ``window`` offsets, as the uninterrupted fold would hold them."""
+        self.recent.clear()
+        remembered = (journal.EntryStatus.APPLIED, journal.EntryStatus.CONFLICT,
+                      journal.EntryStatus.REJECTED)  # fmt: skip
+        for entry in self.journal_since(max(0, self._next_offset - window)):
+            if entry.status in remembered:
+                self.recent.pop(entry.event_id, None)
+                self.recent[entry.event_id] = (entry.offset, entry.payload_hash)
+
+    def forget_recent(self, below: int) -> None:
+        """Drops window entries older than offset ``below`` (they no longer decide anything)."""
+        recent = self.recent
+        while recent:
+            oldest = next(iter(recent))
+            if recent[oldest][0] >= below:
+                return
+            del recent[oldest]
 
     def _remember(self, key: bytes, record: ContextRecord) -> None:
         cache = self._cache
@@ -117,7 +181,7 @@ class PartitionStore:
         """Closes the database; RocksDB's lock is released only once the column family
         handles are gone too, so they are dropped first."""
         self._cache.clear()
-        del self._contexts, self._cf
+        del self._contexts, self._cf, self._journal, self._journal_cf
         self._db.close()
 
     def __enter__(self) -> PartitionStore:

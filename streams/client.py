@@ -13,20 +13,36 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 from urllib.parse import quote
 
 import aiohttp
 import orjson
+import xxhash
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from lukhas_context.schemas.codec import EventCodec
-from lukhas_context.schemas.event import EMPTY_METADATA, ContextEvent, Delete, Op, Put
+from lukhas_context.schemas.event import (
+    EMPTY_METADATA,
+    ContextEvent,
+    Delete,
+    Op,
+    Patch,
+    PatchFormat,
+    Put,
+    Touch,
+)
+from lukhas_context.schemas.patch import make_json_patch
 from lukhas_context.streams.exceptions import (
+    ChecksumMismatchError,
     ContextNotFoundError,
+    DocumentTooLargeError,
+    InvalidPatchError,
+    InvalidTTLError,
     NotAppliedYetError,
     PublishError,
     ReadError,
@@ -53,6 +69,28 @@ class ClientConfig:
     max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
     request_timeout_s: float = 30.0
     client_id: str = "lukhas-client"
+    #: Sends of one event (same bytes, same event id) before a write fails.
+    send_attempts: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the fold did with an event.
+
+    ``status``: ``applied`` (``version`` is the new version), ``conflict`` (a version condition
+    failed; ``version`` is the current one), ``rejected`` (``reason`` says why; nothing
+    changed), ``dead_lettered`` (the record could not be read as an event). A retried event
+    reports the outcome of its original, with ``duplicate_of`` naming the original's offset.
+    """
+
+    status: str
+    version: int | None
+    reason: str | None = None
+    duplicate_of: int | None = None
+
+    @property
+    def applied(self) -> bool:
+        return self.status == "applied"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +101,35 @@ class Receipt:
     partition: int
     offset: int
     event_id: str
+    _client: ContextClient | None = field(default=None, compare=False, repr=False)
 
     @property
     def position(self) -> str:
         """``PARTITION:OFFSET``, the form ``get(after=...)`` and ``lukhas get --after`` take."""
         return f"{self.partition}:{self.offset}"
+
+    async def outcome(self, timeout: float = 5.0) -> Outcome:
+        """Waits (at most ``timeout`` s) until the event is folded and returns its outcome."""
+        if self._client is None:
+            raise ReadError("this receipt is not bound to a client")
+        return await self._client.outcome(self.partition, self.offset, timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class DryRun:
+    """What a mutation would do to the current state; nothing was appended."""
+
+    status: str
+    version: int
+    reason: str | None
+    kind: str | None
+    doc: dict[str, Any] | None
+    checksum: str | None
+    expires_at_ms: int | None
+
+    @property
+    def applied(self) -> bool:
+        return self.status == "applied"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,33 +146,56 @@ class Context:
 
 
 class ContextClient:
-    """Async client. Use ``async with ContextClient(config) as client:``."""
+    """Async client. Use ``async with ContextClient(config) as client:``.
+
+    Every mutation takes ``expected_version`` (apply only if the context is at that version;
+    0 = must not exist) and ``dry_run`` (return what the fold would do, append nothing).
+    """
 
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
         self._codec = EventCodec()
         self._producer: AIOKafkaProducer | None = None
         self._http: aiohttp.ClientSession | None = None
+        #: One transactional producer per client, used by one transaction at a time.
+        self._tx_producer: AIOKafkaProducer | None = None
+        self._tx_lock = asyncio.Lock()
+        #: Last document seen per context (from get/update), for update()'s deltas.
+        self._seen: OrderedDict[str, tuple[int | None, dict[str, Any]]] = OrderedDict()
 
     async def start(self) -> None:
-        self._producer = AIOKafkaProducer(
+        """Connects nothing: the producer starts on the first write, so that reads work
+        without Kafka and invalid arguments fail before any connection is tried."""
+
+    async def _ensure_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            producer = self._new_producer()
+            try:
+                await producer.start()
+            except (KafkaError, ValueError, OSError) as exc:
+                await producer.stop()
+                raise PublishError(f"cannot reach Kafka at {self.config.bootstrap}: {exc}") from exc
+            self._producer = producer
+        return self._producer
+
+    def _new_producer(self, transactional_id: str | None = None) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
             bootstrap_servers=self.config.bootstrap,
             client_id=self.config.client_id,
             enable_idempotence=True,
             acks="all",
             max_request_size=4 * 1024 * 1024,
             request_timeout_ms=int(self.config.request_timeout_s * 1000),
+            transactional_id=transactional_id,
         )
-        try:
-            await self._producer.start()
-        except KafkaError as exc:
-            await self._producer.stop()
-            raise PublishError(f"cannot reach Kafka at {self.config.bootstrap}: {exc}") from exc
 
     async def close(self) -> None:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+        if self._tx_producer is not None:
+            await self._tx_producer.stop()
+            self._tx_producer = None
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -131,34 +216,134 @@ class ContextClient:
         ttl: float | None = None,
         *,
         expected_version: int | None = None,
-    ) -> Receipt:
-        """Replaces the whole document; ``ttl`` in seconds. Returns once the WAL acknowledged."""
+        dry_run: bool = False,
+    ) -> Any:
+        """Replaces the whole document; ``ttl`` in seconds. Returns a ``Receipt`` once the WAL
+        acknowledged (a ``DryRun`` with ``dry_run=True``)."""
         data = canonical_json(doc, self.config.max_document_bytes)
-        return await self._append(context_id, Put(data, ttl_ms(ttl)), expected_version)
+        result = await self._submit(context_id, Put(data, ttl_ms(ttl)), expected_version, dry_run)
+        if not dry_run:
+            self._remember(context_id, None, doc)
+        return result
 
-    async def delete(self, context_id: str, *, expected_version: int | None = None) -> Receipt:
+    async def patch(
+        self,
+        context_id: str,
+        patch: list[Any] | dict[str, Any],
+        *,
+        merge: bool = False,
+        expected_version: int | None = None,
+        expected_checksum: str | None = None,
+        ttl: float | None = None,
+        clear_ttl: bool = False,
+        dry_run: bool = False,
+    ) -> Any:
+        """Applies an RFC 6902 JSON Patch (a list of ops), or with ``merge=True`` an RFC 7386
+        merge patch (an object), atomically: an invalid op rejects the whole patch.
+        ``expected_checksum`` (16 hex digits) is the checksum the writer expects after it."""
+        if merge and not isinstance(patch, dict):
+            raise InvalidPatchError("a merge patch must be a JSON object")
+        if not merge and not isinstance(patch, list):
+            raise InvalidPatchError("a JSON Patch must be a list of operations")
+        if ttl is not None and clear_ttl:
+            raise InvalidTTLError("a patch cannot both set and clear the TTL")
+        data = _json_bytes(patch, self.config.max_document_bytes, "patch")
+        fmt = PatchFormat.MERGE_PATCH if merge else PatchFormat.JSON_PATCH
+        op = Patch(fmt, data, _checksum_bytes(expected_checksum), ttl_ms(ttl), clear_ttl)
+        return await self._submit(context_id, op, expected_version, dry_run)
+
+    async def touch(
+        self,
+        context_id: str,
+        ttl: float | None,
+        *,
+        expected_version: int | None = None,
+        dry_run: bool = False,
+    ) -> Any:
+        """Sets the TTL to ``ttl`` seconds from now (log time), or removes it with None."""
+        return await self._submit(context_id, Touch(ttl_ms(ttl)), expected_version, dry_run)
+
+    async def delete(
+        self, context_id: str, *, expected_version: int | None = None, dry_run: bool = False
+    ) -> Any:
         """Deletes the context. A context that does not exist is a rejected event, not an error
-        here: the WAL accepted it and the fold refuses it."""
-        return await self._append(context_id, Delete(), expected_version)
+        here: the WAL accepted it and the fold refuses it (see ``Receipt.outcome()``)."""
+        self._seen.pop(context_id, None)
+        return await self._submit(context_id, Delete(), expected_version, dry_run)
 
-    async def _append(self, context_id: str, op: Op, expected_version: int | None) -> Receipt:
+    async def update(
+        self, context_id: str, new_doc: dict[str, Any], ttl: float | None = None
+    ) -> Receipt:
+        """Writes ``new_doc`` as the whole new document, sending only a delta when it can.
+
+        Against the document this client last saw for the context (from ``get`` or an earlier
+        ``update``), it sends a JSON Patch when that is smaller than the document, conditioned
+        on the version it saw (when known) and on the checksum of ``new_doc``: the fold rejects
+        it if the base was not what this client thought. Otherwise, it sends a put.
+        """
+        data = canonical_json(new_doc, self.config.max_document_bytes)
+        seen = self._seen.get(context_id)
+        expected = seen[0] if seen is not None else None
+        receipt: Receipt
+        if seen is not None:
+            delta = _json_bytes(make_json_patch(seen[1], new_doc), len(data), "patch", quiet=True)
+            if delta is not None and len(delta) < len(data):
+                op = Patch(PatchFormat.JSON_PATCH, delta, xxhash.xxh3_64_digest(data), ttl_ms(ttl))
+                receipt = await self._submit(context_id, op, expected, False)
+                self._remember(context_id, None if expected is None else expected + 1, new_doc)
+                return receipt
+        receipt = await self._submit(context_id, Put(data, ttl_ms(ttl)), expected, False)
+        self._remember(context_id, None if expected is None else expected + 1, new_doc)
+        return receipt
+
+    def _remember(self, context_id: str, version: int | None, doc: dict[str, Any]) -> None:
+        self._seen.pop(context_id, None)
+        self._seen[context_id] = (version, orjson.loads(orjson.dumps(doc)))  # a private copy
+        while len(self._seen) > SEEN_CACHE_SIZE:
+            self._seen.popitem(last=False)
+
+    async def _drop_tx_producer(self) -> None:
+        producer, self._tx_producer = self._tx_producer, None
+        if producer is not None:
+            await producer.stop()
+
+    def transaction(self) -> Transaction:
+        """``async with client.transaction() as tx:`` — writes that land together or not at
+        all (one Kafka transaction). See ``Transaction``."""
+        return Transaction(self)
+
+    def event(
+        self, context_id: str, op: Op, expected_version: int | None
+    ) -> tuple[bytes, bytes, uuid.UUID]:
+        """Validates and encodes one event: (key, value, event id)."""
         key = context_key(context_id)
-        if expected_version is not None and (
-            isinstance(expected_version, bool)
-            or not isinstance(expected_version, int)
-            or not 0 <= expected_version < 2**63
-        ):
-            raise ValidationError(f"expected_version must be an int >= 0, got {expected_version!r}")
+        _check_version(expected_version)
         event_id = uuid.uuid4()
         event = ContextEvent(event_id.bytes, context_id, op, expected_version, None, EMPTY_METADATA)
-        value = self._codec.encode(event)
-        if self._producer is None:
-            raise PublishError("the client is not started (use 'async with' or start())")
-        try:
-            meta = await self._producer.send_and_wait(self.config.topics.events, value, key=key)
-        except KafkaError as exc:
-            raise PublishError(f"the WAL did not acknowledge event {event_id}: {exc}") from exc
-        return Receipt(context_id, meta.partition, meta.offset, str(event_id))
+        return key, self._codec.encode(event), event_id
+
+    async def _submit(
+        self, context_id: str, op: Op, expected_version: int | None, dry_run: bool
+    ) -> Any:
+        key, value, event_id = self.event(context_id, op, expected_version)
+        if dry_run:
+            return await self._dry_run(value)
+        producer = await self._ensure_producer()
+        attempts = self.config.send_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                meta = await producer.send_and_wait(self.config.topics.events, value, key=key)
+                break
+            except KafkaError as exc:
+                # A retry re-sends the very same bytes, event id included: if the first send
+                # did land (a lost acknowledgement), the fold recognises the repeat and applies
+                # the event once.
+                if not getattr(exc, "retriable", False) or attempt == attempts:
+                    raise PublishError(
+                        f"the WAL did not acknowledge event {event_id} after {attempt} "
+                        f"attempt(s): {exc}"
+                    ) from exc
+        return Receipt(context_id, meta.partition, meta.offset, str(event_id), self)
 
     # ---- reads ----
 
@@ -167,39 +352,219 @@ class ContextClient:
     ) -> Context:
         """Reads a context from the read API; with ``after``, first waits (at most ``timeout``
         seconds) until that WAL position is folded. ``ContextNotFoundError`` when it does not
-        exist, ``NotAppliedYetError`` when the wait times out."""
+        exist, ``NotAppliedYetError`` when the wait times out, ``ChecksumMismatchError`` when
+        the document does not match its checksum (it is never returned then)."""
         context_key(context_id)
-        if self.config.api_url is None:
-            raise ReadError("no api_url configured: reads need a worker's read API")
         params = {}
         if after is not None:
             params["min_offset"] = after.position if isinstance(after, Receipt) else after
             params["timeout"] = str(timeout)
-        url = f"{self.config.api_url.rstrip('/')}/v1/contexts/{quote(context_id, safe='')}"
+        path = f"/v1/contexts/{quote(context_id, safe='')}"
+        status, body = await self._request("GET", path, params, timeout)
+        ctx = _context_from(status, body, context_id)
+        expected = xxhash.xxh3_64_hexdigest(orjson.dumps(ctx.doc, option=orjson.OPT_SORT_KEYS))
+        if expected != ctx.checksum:
+            raise ChecksumMismatchError(
+                f"context {context_id!r} version {ctx.version}: document checksum {expected}, "
+                f"stored checksum {ctx.checksum}"
+            )
+        self._remember(context_id, ctx.version, ctx.doc)
+        return ctx
+
+    async def outcome(self, partition: int, offset: int, timeout: float = 5.0) -> Outcome:
+        """The outcome of the event at ``partition:offset`` (see ``Receipt.outcome``)."""
+        path = f"/v1/outcomes/{partition}/{offset}"
+        status, body = await self._request("GET", path, {"timeout": str(timeout)}, timeout)
+        data = _json_body(status, body)
+        if status == 504:
+            raise NotAppliedYetError(str(data.get("error")))
+        if status != 200:
+            raise ReadError(f"read API answered {status}: {data.get('error')}")
+        if data["status"] == "duplicate":
+            original = await self.outcome(partition, data["duplicate_of"], timeout)
+            return Outcome(original.status, original.version, original.reason, data["duplicate_of"])
+        return Outcome(data["status"], data["version"], data["reason"])
+
+    async def _dry_run(self, value: bytes) -> DryRun:
+        status, body = await self._request("POST", "/v1/dry-run", {}, 5.0, value)
+        data = _json_body(status, body)
+        if status != 200:
+            raise ReadError(f"read API answered {status}: {data.get('error')}")
+        return DryRun(**data)
+
+    async def _request(
+        self, method: str, path: str, params: dict[str, str], timeout: float, body: bytes = b""
+    ) -> tuple[int, bytes]:
+        if self.config.api_url is None:
+            raise ReadError("no api_url configured: reads need a worker's read API")
         if self._http is None:
             self._http = aiohttp.ClientSession()
+        url = self.config.api_url.rstrip("/") + path
         try:
             client_timeout = aiohttp.ClientTimeout(total=timeout + 5)
-            async with self._http.get(url, params=params, timeout=client_timeout) as response:
-                body = await response.read()
-                status = response.status
+            async with self._http.request(
+                method, url, params=params, data=body or None, timeout=client_timeout
+            ) as response:
+                return response.status, await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ReadError(f"read API {self.config.api_url} failed: {exc!r}") from exc
-        return _context_from(status, body, context_id)
 
 
-def _context_from(status: int, body: bytes, context_id: str) -> Context:
+class Transaction:
+    """Writes that land together or not at all: one Kafka transaction around their events.
+
+    ``async with client.transaction() as tx:`` then ``await tx.put(...)``, ``tx.patch``,
+    ``tx.touch``, ``tx.delete``; leaving the block commits, an exception aborts. Processors
+    read ``read_committed``, so an aborted transaction leaves no trace in state and a committed
+    one is folded whole. Receipts are in ``tx.receipts`` after the commit.
+
+    One transaction at a time per client (the client's transactional producer is shared;
+    a second ``transaction()`` waits for the first to end).
+
+    Conditions are still checked per event, in log order: if one event's ``expected_version``
+    fails, that event is a ``conflict`` and the other events of the transaction still apply.
+    The transaction makes the *append* atomic, not the conditions; check each receipt's
+    outcome when the writes depend on each other.
+    """
+
+    def __init__(self, client: ContextClient) -> None:
+        self._client = client
+        self._producer: AIOKafkaProducer | None = None
+        self._pending: list[tuple[str, uuid.UUID, Any]] = []
+        self.receipts: list[Receipt] = []
+
+    async def __aenter__(self) -> Transaction:
+        client = self._client
+        await client._tx_lock.acquire()
+        try:
+            if client._tx_producer is None:
+                tid = f"{client.config.client_id}-tx-{uuid.uuid4().hex}"
+                producer = client._new_producer(transactional_id=tid)
+                try:
+                    await producer.start()
+                except (KafkaError, ValueError, OSError):
+                    await producer.stop()
+                    raise
+                client._tx_producer = producer
+            self._producer = client._tx_producer
+            await self._producer.begin_transaction()
+        except (KafkaError, ValueError, OSError) as exc:
+            client._tx_lock.release()
+            raise PublishError(f"cannot begin a transaction: {exc}") from exc
+        except BaseException:
+            client._tx_lock.release()
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        assert self._producer is not None
+        try:
+            if exc_type is not None:
+                try:
+                    await self._producer.abort_transaction()
+                except KafkaError:
+                    await self._client._drop_tx_producer()
+                return
+            try:
+                await self._producer.commit_transaction()
+            except KafkaError as error:
+                # The producer may be fenced or in an abortable state: start afresh next time.
+                await self._client._drop_tx_producer()
+                raise PublishError(f"the transaction did not commit: {error}") from error
+            for context_id, event_id, future in self._pending:
+                meta = future.result()
+                self.receipts.append(
+                    Receipt(context_id, meta.partition, meta.offset, str(event_id), self._client)
+                )
+        finally:
+            self._client._tx_lock.release()
+
+    async def put(self, context_id: str, doc: dict[str, Any], ttl: float | None = None,
+                  *, expected_version: int | None = None) -> None:  # fmt: skip
+        data = canonical_json(doc, self._client.config.max_document_bytes)
+        await self._send(context_id, Put(data, ttl_ms(ttl)), expected_version)
+
+    async def patch(self, context_id: str, patch: list[Any] | dict[str, Any], *,
+                    merge: bool = False, expected_version: int | None = None) -> None:  # fmt: skip
+        data = _json_bytes(patch, self._client.config.max_document_bytes, "patch")
+        fmt = PatchFormat.MERGE_PATCH if merge else PatchFormat.JSON_PATCH
+        await self._send(context_id, Patch(fmt, data), expected_version)
+
+    async def touch(self, context_id: str, ttl: float | None, *,
+                    expected_version: int | None = None) -> None:  # fmt: skip
+        await self._send(context_id, Touch(ttl_ms(ttl)), expected_version)
+
+    async def delete(self, context_id: str, *, expected_version: int | None = None) -> None:
+        await self._send(context_id, Delete(), expected_version)
+
+    async def _send(self, context_id: str, op: Op, expected_version: int | None) -> None:
+        assert self._producer is not None, "use 'async with client.transaction() as tx'"
+        key, value, event_id = self._client.event(context_id, op, expected_version)
+        future = await self._producer.send(self._client.config.topics.events, value, key=key)
+        self._pending.append((context_id, event_id, future))
+
+
+SEEN_CACHE_SIZE = 1024
+
+
+def _check_version(expected_version: int | None) -> None:
+    if expected_version is not None and (
+        isinstance(expected_version, bool)
+        or not isinstance(expected_version, int)
+        or not 0 <= expected_version < 2**63
+    ):
+        raise ValidationError(f"expected_version must be an int >= 0, got {expected_version!r}")
+
+
+def _checksum_bytes(checksum: str | None) -> bytes | None:
+    if checksum is None:
+        return None
+    try:
+        raw = bytes.fromhex(checksum)
+    except ValueError:
+        raw = b""
+    if len(raw) != 8:
+        raise ValidationError(f"a checksum is 16 hex digits, got {checksum!r}")
+    return raw
+
+
+@overload
+def _json_bytes(value: Any, limit: int, what: str) -> bytes: ...
+@overload
+def _json_bytes(value: Any, limit: int, what: str, quiet: bool) -> bytes | None: ...
+def _json_bytes(value: Any, limit: int, what: str, quiet: bool = False) -> bytes | None:
+    """JSON bytes of a patch, bounded; ``quiet``: None instead of an error."""
+    try:
+        data = orjson.dumps(value)
+    except (orjson.JSONEncodeError, TypeError) as exc:
+        if quiet:
+            return None
+        raise InvalidPatchError(f"{what} is not JSON-serialisable: {exc}") from None
+    if len(data) > limit:
+        if quiet:
+            return None
+        raise DocumentTooLargeError(f"{what} is {len(data)} bytes, over the limit of {limit}")
+    return data
+
+
+def _json_body(status: int, body: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise ReadError(f"read API answered {status} with a non-JSON body") from None
+    if not isinstance(data, dict):
+        raise ReadError(f"read API answered {status} with a JSON {type(data).__name__}")
+    return data
+
+
+def _context_from(status: int, body: bytes, context_id: str) -> Context:
+    data = _json_body(status, body)
     if status == 404:
         raise ContextNotFoundError(context_id)
     if status == 504:
         raise NotAppliedYetError(str(data.get("error", "not applied yet")))
     if status != 200:
-        reason = data.get("error") if isinstance(data, dict) else None
-        raise ReadError(f"read API answered {status}: {reason or body[:200]!r}")
+        raise ReadError(f"read API answered {status}: {data.get('error') or body[:200]!r}")
     return Context(
         data["context_id"],
         data["version"],
@@ -228,13 +593,24 @@ class SyncContextClient:
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
-    def put(
-        self, context_id: str, doc: dict[str, Any], ttl: float | None = None, **kw: Any
-    ) -> Receipt:
+    def put(self, context_id: str, doc: dict[str, Any], ttl: float | None = None, **kw: Any) -> Any:
+        """A ``Receipt``, or a ``DryRun`` with ``dry_run=True`` (as every mutation here)."""
         return self._call(self._client.put(context_id, doc, ttl, **kw))
 
-    def delete(self, context_id: str, **kw: Any) -> Receipt:
+    def delete(self, context_id: str, **kw: Any) -> Any:
         return self._call(self._client.delete(context_id, **kw))
+
+    def patch(self, context_id: str, patch: list[Any] | dict[str, Any], **kw: Any) -> Any:
+        return self._call(self._client.patch(context_id, patch, **kw))
+
+    def touch(self, context_id: str, ttl: float | None, **kw: Any) -> Any:
+        return self._call(self._client.touch(context_id, ttl, **kw))
+
+    def update(self, context_id: str, new_doc: dict[str, Any], ttl: float | None = None) -> Receipt:
+        return self._call(self._client.update(context_id, new_doc, ttl))
+
+    def outcome(self, receipt: Receipt, timeout: float = 5.0) -> Outcome:
+        return self._call(receipt.outcome(timeout))
 
     def get(
         self, context_id: str, after: Receipt | str | None = None, timeout: float = 5.0

@@ -5,11 +5,13 @@ from __future__ import annotations
 from lukhas_context.schemas.exceptions import LukhasError
 
 __all__ = [
+    "ChecksumMismatchError",
     "ClientError",
     "ContextNotFoundError",
     "DocumentTooLargeError",
     "InvalidContextIdError",
     "InvalidDocumentError",
+    "InvalidPatchError",
     "InvalidTTLError",
     "LukhasError",
     "NotAppliedYetError",
@@ -41,6 +43,14 @@ class DocumentTooLargeError(ValidationError):
 
 class InvalidTTLError(ValidationError):
     """A TTL must be a positive number of seconds, at most 100 years."""
+
+
+class InvalidPatchError(ValidationError):
+    """A patch is not of its format's shape (a list of ops, or an object for a merge)."""
+
+
+class ChecksumMismatchError(ClientError):
+    """A document read back does not match its checksum: it is not returned."""
 
 
 class PublishError(ClientError):

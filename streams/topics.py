@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 DEFAULT_PREFIX = "lukhas"
+#: Largest record batch each topic takes. A change is a little larger than the event that made
+#: it, and a dead letter adds headers to a WAL record, so each topic downstream of the WAL takes
+#: more than the WAL: an event the WAL accepted can always be published on.
+WAL_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+DOWNSTREAM_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +56,7 @@ class Topics:
                     "retention.ms": "-1",
                     "message.timestamp.type": "LogAppendTime",
                     "unclean.leader.election.enable": "false",
+                    "max.message.bytes": str(WAL_MAX_MESSAGE_BYTES),
                 },
             ),
             TopicSpec(
@@ -60,8 +66,17 @@ class Topics:
                     "cleanup.policy": "compact",
                     "min.compaction.lag.ms": str(min_compaction_lag_ms),
                     "unclean.leader.election.enable": "false",
+                    "max.message.bytes": str(DOWNSTREAM_MAX_MESSAGE_BYTES),
                 },
             ),
-            TopicSpec(self.dlq, partitions, {"cleanup.policy": "delete", "retention.ms": "-1"}),
+            TopicSpec(
+                self.dlq,
+                partitions,
+                {
+                    "cleanup.policy": "delete",
+                    "retention.ms": "-1",
+                    "max.message.bytes": str(DOWNSTREAM_MAX_MESSAGE_BYTES),
+                },
+            ),
             TopicSpec(self.checkpoints, partitions, {"cleanup.policy": "compact"}),
         ]

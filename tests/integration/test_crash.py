@@ -107,3 +107,57 @@ async def test_wal_truncated_below_the_needed_offset_is_a_loud_error(
     log = worker_process.log.read_text()
     assert "WalTruncatedError" in log
     assert f"WAL partition {partition} starts at offset 5" in log
+
+
+async def test_transactions_stay_all_or_nothing_across_kill_9(
+    worker_process, make_client, cluster, topics
+) -> None:
+    """A stream of transactions, each writing the same counter to three contexts, every third
+    one aborted; the processor is killed in the middle. After the drain, the three contexts
+    agree and have exactly one version per committed transaction."""
+    seed = int(os.environ.get("LUKHAS_SEED", random.randrange(1 << 30)))
+    print(f"LUKHAS_SEED={seed}")
+    rng = random.Random(seed)
+    worker_process.start()
+    worker_process.wait_healthy()
+    committed = 0
+    last = None
+    kills = 0
+
+    async def stream() -> None:
+        nonlocal committed, last
+        async with make_client(None) as client:
+            for i in range(1, 61):  # bounded: 60 transactions
+                try:
+                    async with client.transaction() as tx:
+                        for name in ("tx-a", "tx-b", "tx-c"):
+                            await tx.put(name, {"i": i})
+                        if i % 3 == 0:
+                            raise _Abort
+                except _Abort:
+                    continue
+                committed += 1
+                last = tx.receipts[-1]
+
+    writer = asyncio.create_task(stream())
+    deadline = time.monotonic() + 120
+    while not writer.done() and time.monotonic() < deadline and kills < 3:
+        await asyncio.sleep(rng.uniform(0.5, 1.5))
+        if writer.done():
+            break
+        worker_process.kill9()
+        kills += 1
+        worker_process.start()
+        await asyncio.to_thread(worker_process.wait_healthy)
+    await writer
+    assert kills >= 1 and committed == 40 and last is not None
+    async with make_client(worker_process.url) as client:
+        await client.get("tx-c", after=last, timeout=60)
+        docs = [await client.get(name) for name in ("tx-a", "tx-b", "tx-c")]
+    assert {d.version for d in docs} == {committed}, (docs, f"seed {seed}")
+    assert {d.doc["i"] for d in docs} == {59}  # the last committed i (60 was aborted)
+    assert worker_process.terminate() == 0
+
+
+class _Abort(Exception):
+    pass

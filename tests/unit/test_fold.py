@@ -105,14 +105,97 @@ def test_bad_documents_and_ttls_are_rejected() -> None:
         assert outcome.status is Status.REJECTED and record is None
 
 
-def test_operations_of_later_versions_and_fences_are_rejected_not_ignored() -> None:
+def test_checkpoint_barriers_and_fences_are_rejected_not_ignored() -> None:
     existing, _ = fold([put()])
-    for op in (Patch(PatchFormat.MERGE_PATCH, b"{}"), Touch(5), Expire(1), CheckpointBarrier("x")):
-        new, outcome = apply(existing, ContextEvent(EID, "c", op), 5, 5, LIMITS)
-        assert outcome.status is Status.REJECTED and new is existing
+    new, outcome = apply(existing, ContextEvent(EID, "c", CheckpointBarrier("x")), 5, 5, LIMITS)
+    assert outcome.status is Status.REJECTED and new is existing
     fenced = ContextEvent(EID, "c", Put(b"{}"), None, Fence("lock", 1))
     new, outcome = apply(existing, fenced, 5, 5, LIMITS)
     assert outcome.status is Status.REJECTED and new is existing
+
+
+def patch(body: bytes, fmt: PatchFormat = PatchFormat.JSON_PATCH, **kw: object) -> ContextEvent:
+    return ContextEvent(EID, "c", Patch(fmt, body, **kw))  # type: ignore[arg-type]
+
+
+def test_json_patch_and_merge_patch_apply_and_raise_the_version() -> None:
+    record, _ = apply(None, put(b'{"m":[1],"k":{"a":1}}'), 0, 10, LIMITS)
+    record, outcome = apply(record, patch(b'[{"op":"add","path":"/m/-","value":2}]'), 1, 11, LIMITS)
+    assert outcome.status is Status.APPLIED and outcome.kind is ChangeKind.PATCH
+    assert record is not None and record.doc == b'{"k":{"a":1},"m":[1,2]}' and record.version == 2
+    merge = patch(b'{"k":{"a":null,"b":2}}', PatchFormat.MERGE_PATCH)
+    record, outcome = apply(record, merge, 2, 12, LIMITS)
+    assert record is not None and record.doc == b'{"k":{"b":2},"m":[1,2]}'
+    assert record.checksum == checksum(record.doc)
+
+
+def test_an_invalid_patch_changes_nothing() -> None:
+    record, _ = apply(None, put(b'{"a":1}'), 0, 10, LIMITS)
+    for body in (
+        b'[{"op":"add","path":"/b","value":1},{"op":"remove","path":"/zz"}]',
+        b'[{"op":"test","path":"/a","value":2}]',
+        b'[{"op":"launch","path":"/a"}]',
+        b'[{"op":"replace","path":"","value":[1]}]',
+        b'{"not":"a list"}',
+        b"not json",
+    ):
+        new, outcome = apply(record, patch(body), 1, 11, LIMITS)
+        assert outcome.status is Status.REJECTED and new is record, body
+    new, outcome = apply(record, patch(b"[1]", PatchFormat.MERGE_PATCH), 1, 11, LIMITS)
+    assert outcome.status is Status.REJECTED and new is record
+
+
+def test_a_patch_with_a_wrong_expected_checksum_is_rejected() -> None:
+    record, _ = apply(None, put(b'{"a":1}'), 0, 10, LIMITS)
+    body = b'[{"op":"replace","path":"/a","value":2}]'
+    right = checksum(b'{"a":2}')
+    new, outcome = apply(record, patch(body, expected_checksum=right), 1, 11, LIMITS)
+    assert outcome.status is Status.APPLIED
+    new, outcome = apply(record, patch(body, expected_checksum=bytes(8)), 1, 11, LIMITS)
+    assert outcome.status is Status.REJECTED and new is record
+    assert "checksum" in (outcome.reason or "")
+
+
+def test_patch_and_touch_set_keep_or_clear_the_ttl() -> None:
+    record, _ = apply(None, put(ttl=1000), 0, 10, LIMITS)
+    assert record is not None and record.expires_at_ms == 1010
+    kept, _ = apply(record, patch(b"[]"), 1, 20, LIMITS)
+    assert kept is not None and kept.expires_at_ms == 1010
+    longer, _ = apply(record, patch(b"[]", ttl_ms=5000), 1, 20, LIMITS)
+    assert longer is not None and longer.expires_at_ms == 5020
+    cleared, _ = apply(record, patch(b"[]", clear_ttl=True), 1, 20, LIMITS)
+    assert cleared is not None and cleared.expires_at_ms is None
+    both, outcome = apply(record, patch(b"[]", ttl_ms=5, clear_ttl=True), 1, 20, LIMITS)
+    assert outcome.status is Status.REJECTED and both is record
+    touched, outcome = apply(record, ContextEvent(EID, "c", Touch(100)), 2, 30, LIMITS)
+    assert outcome.kind is ChangeKind.TOUCH
+    assert touched is not None and touched.expires_at_ms == 130 and touched.doc == record.doc
+    persisted, _ = apply(record, ContextEvent(EID, "c", Touch(None)), 2, 30, LIMITS)
+    assert persisted is not None and persisted.expires_at_ms is None and persisted.version == 2
+    gone, outcome = apply(record, ContextEvent(EID, "c", Touch(100)), 2, 2000, LIMITS)
+    assert outcome.status is Status.REJECTED and gone is record  # expired: not found
+
+
+def test_expire_applies_only_to_its_version_once_expired() -> None:
+    record, _ = apply(None, put(ttl=100), 0, 10, LIMITS)
+    assert record is not None
+    early, outcome = apply(record, ContextEvent(EID, "c", Expire(1)), 1, 50, LIMITS)
+    assert outcome.status is Status.REJECTED and early is record
+    _, outcome = apply(record, ContextEvent(EID, "c", Expire(7)), 1, 500, LIMITS)
+    assert outcome.status is Status.REJECTED
+    gone, outcome = apply(record, ContextEvent(EID, "c", Expire(1)), 1, 500, LIMITS)
+    assert outcome.kind is ChangeKind.EXPIRE and gone is not None and gone.doc is None
+
+
+def test_documents_nested_past_the_limit_are_rejected() -> None:
+    limits = Limits(max_document_bytes=10_000, max_depth=8)
+    shallow = b'{"a":' + b"[" * 6 + b"]" * 6 + b"}"
+    deep = b'{"a":' + b"[" * 8 + b"]" * 8 + b"}"
+    assert apply(None, put(shallow), 0, 0, limits)[1].status is Status.APPLIED
+    assert apply(None, put(deep), 0, 0, limits)[1].status is Status.REJECTED
+    very_deep = b'{"a":' + b"[" * 300 + b"]" * 300 + b"}"  # past orjson's own encoder limit
+    big = Limits(max_document_bytes=10_000, max_depth=1000)
+    assert apply(None, put(very_deep), 0, 0, big)[1].status is Status.REJECTED
 
 
 ANY_OP = st.one_of(

@@ -36,6 +36,7 @@ DOCS = [
     b"nope",
     b'{"big":"' + b"z" * 80 + b'"}',  # over the 64-byte limit of these tests
     b'{"n":' + b"1" * 70 + b"}",
+    b'{"d":' + b"[" * 9 + b"]" * 9 + b"}",  # deeper than the max_depth of these tests
 ]
 
 
@@ -64,6 +65,11 @@ def records(draw: Any) -> tuple[bytes | None, bytes | None]:
             ContextEvent(eid, key, Put(doc))
         )
     good = CODEC.encode(ContextEvent(eid, key, Put(doc)))
+    if draw(st.booleans()):  # the document's length as an over-long, overflowing varint
+        n = len(key.encode())
+        if n < 64 and len(doc) < 64:
+            varint = bytes([(len(doc) << 1) | 0x80]) + b"\x80" * 8 + b"\x02"
+            return key.encode(), good[: 28 + n] + varint + good[29 + n :]
     cut = draw(st.integers(0, len(good)))
     noise = draw(st.binary(max_size=6))
     return key.encode(), draw(st.sampled_from([good[:cut] + noise, noise, None]))  # type: ignore[list-item]
@@ -71,9 +77,8 @@ def records(draw: Any) -> tuple[bytes | None, bytes | None]:
 
 def fold(log: list[Message], native: bool) -> tuple[Any, ...]:
     with tempfile.TemporaryDirectory() as tmp:
-        config = WorkerConfig(
-            bootstrap="unused", state_dir=Path(tmp), limits=Limits(max_document_bytes=64)
-        )
+        limits = Limits(max_document_bytes=64, max_depth=8, dedupe_window=20)
+        config = WorkerConfig(bootstrap="unused", state_dir=Path(tmp), limits=limits)
         m = Materializer(config)
         m.native = native
         with PartitionStore(Path(tmp) / "p") as store:
@@ -81,7 +86,9 @@ def fold(log: list[Message], native: bool) -> tuple[Any, ...]:
             r = m._fold_partition(store, 0, log)
             assert r is not None
             dead = [(msg.offset, type(err).__name__, str(err)) for msg, err in r.dead]
-            return (r.records, r.changes, r.applied, r.conflicts, r.rejected, dead, r.next_offset)
+            return (r.records, r.changes, r.applied, r.conflicts, r.rejected, dead,
+                    r.next_offset, r.duplicates, bytes(r.entries), r.reasons,
+                    dict(store.recent))  # fmt: skip
 
 
 @given(st.lists(records(), min_size=1, max_size=60), st.integers(0, 2**41))
@@ -89,7 +96,14 @@ def fold(log: list[Message], native: bool) -> tuple[Any, ...]:
 def test_native_and_general_paths_fold_identically(
     log: list[tuple[bytes | None, bytes | None]], t0: int
 ) -> None:
-    messages = [Message("t", 0, i, k, v, t0 + i // 3, []) for i, (k, v) in enumerate(log)]
+    records = list(log)
+    # Retries (the same bytes again) and reused ids (other bytes): some inside the dedupe
+    # window of 20 offsets, some beyond it.
+    for i, (k, v) in enumerate(log[: len(log) // 3]):
+        if v is not None and len(v) > 30 and i % 2 == 0:
+            records.insert(min(len(records), i + 3 + i * 4), (k, v))
+            records.append((k, v[:-5] + b"\x00\x00\x00\x00\x00"))
+    messages = [Message("t", 0, i, k, v, t0 + i // 3, []) for i, (k, v) in enumerate(records)]
     assert fold(messages, native=True) == fold(messages, native=False)
 
 
@@ -102,8 +116,14 @@ def test_the_native_loop_takes_the_commonest_event() -> None:
     ]
     records: dict[bytes, Any] = {}
     changes: list[Any] = []
+    recent: dict[bytes, Any] = {}
+    entries = bytearray()
+    log = [
+        m._replace(value=m.value[:10] + bytes([i]) * 16 + m.value[26:]) for i, m in enumerate(log)
+    ]
     applied = mat.native_fold_puts(
         log, 0, CODEC.header, mat.ChangeCodec().header, records, lambda k: None,
-        ContextRecord, 1000, changes, [], handed.append,
+        ContextRecord, 1000, 64, recent, entries, changes, [], handed.append,
     )  # fmt: skip
     assert applied == 10 and handed == [] and records[b"k"].version == 10
+    assert len(recent) == 10 and len(entries) == 10 * 41
