@@ -125,6 +125,19 @@ class _Part:
             return None
         return pid if _is_ours(pid, self.markers) else None
 
+    def exit_code(self) -> int | str | None:
+        """While waiting for a part this process started: its exit code once it has exited,
+        else None. The child's own handle decides (exact, and it reaps the child); a part
+        started by another invocation is judged by ``running_pid`` instead."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return "no pid file"
+        child = _CHILDREN.get(pid)
+        if child is not None:
+            return child.poll()
+        return None if self.running_pid() is not None else "not running"
+
     def failure(self, what: str) -> ClusterStartError:
         tail = _tail(self.log_file, LOG_TAIL_LINES)
         return ClusterStartError(f"{self.name} {what}; log {self.log_file}, last lines:\n{tail}")
@@ -391,8 +404,8 @@ class LocalCluster:
         expected = spec.brokers if spec.bootstrap is None else 1
         while _live_brokers(spec.kafka_bootstrap) < expected:
             for part in spawned:
-                if part.running_pid() is None:
-                    raise part.failure("exited during startup")
+                if (code := part.exit_code()) is not None:
+                    raise part.failure(f"exited during startup (code {code})")
             if time.monotonic() > deadline:
                 names = ", ".join(part.name for part in spawned) or spec.kafka_bootstrap
                 failing = spawned[0] if spawned else None
@@ -424,8 +437,8 @@ class LocalCluster:
     def _wait_redis(self, part: _Part) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not _redis_ping(self.spec.redis_port):
-            if part.running_pid() is None:
-                raise part.failure("exited during startup")
+            if (code := part.exit_code()) is not None:
+                raise part.failure(f"exited during startup (code {code})")
             if time.monotonic() > deadline:
                 raise part.failure(f"does not answer PING after {START_TIMEOUT_S}s")
             time.sleep(0.2)
@@ -453,8 +466,8 @@ class LocalCluster:
         _spawn(argv, part)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not _healthz(f"{spec.api_url}/healthz"):
-            if part.running_pid() is None:
-                raise part.failure("exited during startup")
+            if (code := part.exit_code()) is not None:
+                raise part.failure(f"exited during startup (code {code})")
             if time.monotonic() > deadline:
                 raise part.failure(f"/healthz not 200 after {START_TIMEOUT_S}s")
             time.sleep(0.3)

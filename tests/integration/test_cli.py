@@ -115,6 +115,40 @@ def test_put_get_delete_with_json_output_and_exit_codes(lukhas: Lukhas) -> None:
         assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_patch_touch_conditions_dry_run_and_outcomes(lukhas: Lukhas) -> None:
+    def position(result: subprocess.CompletedProcess[str]) -> str:
+        receipt = json.loads(result.stdout)
+        return f"{receipt['partition']}:{receipt['offset']}"
+
+    first = position(lukhas("put", "m:1", '{"msgs": []}', "--if-version", "0", "--json"))
+    assert json.loads(lukhas("outcome", first, "--json").stdout)["status"] == "applied"
+    again = position(lukhas("put", "m:1", '{"msgs": []}', "--if-version", "0", "--json"))
+    conflict = json.loads(lukhas("outcome", again, "--json").stdout)
+    assert (conflict["status"], conflict["version"]) == ("conflict", 1)
+
+    dry = json.loads(lukhas("patch", "m:1", '[{"op": "add", "path": "/msgs/-", "value": "hi"}]',
+                            "--dry-run", "--json").stdout)  # fmt: skip
+    assert dry["dry_run"] is True and dry["doc"] == {"msgs": ["hi"]} and dry["version"] == 2
+    patched = position(lukhas("patch", "m:1", '[{"op": "add", "path": "/msgs/-", "value": "hi"}]',
+                              "--if-version", "1", "--json"))  # fmt: skip
+    merged = position(lukhas("patch", "m:1", '{"who": "me"}', "--merge", "--json"))
+    touched = position(lukhas("touch", "m:1", "--ttl", "600", "--json"))
+    ctx = json.loads(lukhas("get", "m:1", "--after", touched, "--json").stdout)
+    assert ctx["doc"] == {"msgs": ["hi"], "who": "me"} and ctx["version"] == 4
+    assert ctx["expires_at_ms"] is not None
+    assert "applied" in lukhas("outcome", patched).stdout
+    assert "applied" in lukhas("outcome", merged).stdout
+
+    bad = position(lukhas("patch", "m:1", '[{"op": "remove", "path": "/nope"}]', "--json"))
+    text = lukhas("outcome", bad).stdout
+    assert "rejected" in text and "/nope" in text
+    gone = json.loads(lukhas("delete", "m:1", "--dry-run", "--json").stdout)
+    assert gone["status"] == "applied" and gone["kind"] == "delete"
+    assert json.loads(lukhas("get", "m:1", "--json").stdout)["version"] == 4  # dry run: no write
+    not_a_list = lukhas("patch", "m:1", '{"op": "add"}', check=False)
+    assert not_a_list.returncode == 1 and "InvalidPatchError" in not_a_list.stderr
+
+
 def test_a_crashed_processor_is_restarted_by_up(lukhas: Lukhas) -> None:
     pid = json.loads(lukhas("status", "--json").stdout)["processors"][0]["pid"]
     os.kill(pid, 9)

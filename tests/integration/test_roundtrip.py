@@ -10,6 +10,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from lukhas_context.schemas.codec import ChangeCodec
+from lukhas_context.schemas.event import ContextEvent, Put
 from lukhas_context.streams.client import ContextClient
 from lukhas_context.streams.exceptions import ContextNotFoundError, InvalidDocumentError
 from lukhas_context.streams.topics import Topics
@@ -83,20 +84,27 @@ async def test_undecodable_records_go_to_the_dlq_and_later_events_apply(
     raw = AIOKafkaProducer(bootstrap_servers=cluster.bootstrap, enable_idempotence=True)
     await raw.start()
     try:
+        async with make_client(worker.url) as client:
+            valid_a = client.event("a", Put(b'{"x":1}'), None)[1]
+            empty_id = client._codec.encode(ContextEvent(bytes(16), "", Put(b"{}")))
+            long_id = client._codec.encode(ContextEvent(bytes(16), "x" * 300, Put(b"{}")))
         bad = [
             (b"poison", b"not avro at all"),
             (b"poison", b"\xc3\x01" + b"\x00" * 8 + b"unknown fingerprint"),
             (b"poison", b""),
+            (b"b", valid_a),  # key is not the payload's context id
+            (b"", empty_id),
+            (b"x" * 300, long_id),
+            (b"poison", valid_a[:-3]),  # truncated
         ]
         for key, value in bad:
             await raw.send_and_wait(topics.events, value, key=key)
         async with make_client(worker.url) as client:
             good = await client.put("poison", {"still": "works"})
-            # a valid event under the wrong key: the key must be the payload's context id
-            mismatched = await client.put("other", {"x": 1})
             await client.get("poison", after=good, timeout=30)
-            await client.get("other", after=mismatched, timeout=30)
             assert (await client.get("poison")).doc == {"still": "works"}
+            with pytest.raises(ContextNotFoundError):
+                await client.get("a")
     finally:
         await raw.stop()
 
@@ -114,11 +122,14 @@ async def test_undecodable_records_go_to_the_dlq_and_later_events_apply(
     assert sorted(m.value for m in letters) == sorted(v for _, v in bad)
     headers = [dict(m.headers) for m in letters]
     classes = sorted(h["error.class"].decode() for h in headers)
-    assert classes == ["BadMagicError", "BadMagicError", "UnknownSchemaError"]
+    assert classes == sorted(
+        ["BadMagicError", "UnknownSchemaError", "BadMagicError", "KeyMismatchError",
+         "KeyMismatchError", "KeyMismatchError", "MalformedPayloadError"]
+    )  # fmt: skip
     for h in headers:
         assert h["source.topic"].decode() == topics.events
         assert {"error.message", "source.partition", "source.offset"} <= set(h)
-    assert worker.materializer.metrics.dead_lettered._value.get() == 3
+    assert worker.materializer.metrics.dead_lettered._value.get() == len(bad)
 
 
 async def test_changes_are_published_for_every_applied_event(
