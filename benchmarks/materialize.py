@@ -33,13 +33,15 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from lukhas_context.ops.cluster import ClusterSpec, LocalCluster
 from lukhas_context.processors.api import partition_for
 from lukhas_context.schemas.codec import EventCodec
-from lukhas_context.schemas.event import EMPTY_METADATA, ContextEvent, Put
+from lukhas_context.schemas.event import EMPTY_METADATA, ContextEvent, Patch, PatchFormat, Put
 from lukhas_context.streams.admin import ensure_topics
+from lukhas_context.streams.client import ClientConfig, ContextClient
 from lukhas_context.streams.topics import Topics
 
 RESULTS = Path(__file__).parent / "results"
@@ -61,11 +63,18 @@ async def append_events(bootstrap: str, topics: Topics, n: int, contexts: int, p
         doc = b'{"turn":%d,"user":"u-%d","text":"hello"}' % (i, i % 97)
         event = ContextEvent(uuid.uuid4().bytes, cid, Put(doc), None, None, EMPTY_METADATA)
         by_partition[partition_for(key, parts)].append((key, codec.encode(event)))
+    started = time.perf_counter()
+    await _send_records(bootstrap, topics, by_partition)
+    return time.perf_counter() - started
+
+
+async def _send_records(
+    bootstrap: str, topics: Topics, by_partition: dict[int, list[tuple[bytes, bytes]]]
+) -> None:
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", max_batch_size=512 * 1024
     )
     await producer.start()
-    started = time.perf_counter()
     try:
         acks = []
         for p, records in by_partition.items():
@@ -79,7 +88,49 @@ async def append_events(bootstrap: str, topics: Topics, n: int, contexts: int, p
         await asyncio.gather(*acks)
     finally:
         await producer.stop()
-    return time.perf_counter() - started
+
+
+async def append_patches(bootstrap: str, topics: Topics, n: int, contexts: int, parts: int) -> None:
+    """``contexts`` puts, then ``n - contexts`` JSON Patches (replace one field, add one)."""
+    codec = EventCodec()
+    records: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in range(parts)}
+    for i in range(n):
+        cid = f"ctx-{i % contexts}"
+        key = cid.encode()
+        if i < contexts:
+            op: Put | Patch = Put(b'{"turn":0,"user":"u-%d","notes":{}}' % i)
+        else:
+            body = b'[{"op":"replace","path":"/turn","value":%d},' % i
+            body += b'{"op":"add","path":"/notes/n%d","value":"seen"}]' % (i % 16)
+            op = Patch(PatchFormat.JSON_PATCH, body)
+        event = ContextEvent(uuid.uuid4().bytes, cid, op, None, None, EMPTY_METADATA)
+        records[partition_for(key, parts)].append((key, codec.encode(event)))
+    await _send_records(bootstrap, topics, records)
+
+
+async def measure_update_bytes(bootstrap: str, topics: Topics, writes: int) -> tuple[int, int]:
+    """Bytes of event values sent by ``update()`` for a conversation growing by one message per
+    write, against whole-document puts of the same documents."""
+    async with ContextClient(ClientConfig(bootstrap, None, topics)) as client:
+        producer = await client._ensure_producer()
+        sizes: list[int] = []
+        original = producer.send_and_wait
+
+        async def counting(topic: str, value: bytes, **kw: object) -> object:
+            sizes.append(len(value))
+            return await original(topic, value, **kw)
+
+        producer.send_and_wait = counting  # type: ignore[method-assign]
+        put_bytes = 0
+        messages: list[dict[str, str]] = []
+        for i in range(writes):
+            messages = [*messages, {"role": "user" if i % 2 else "agent", "text": f"turn {i} " * 4}]
+            doc = {"agent": "a-1", "messages": messages}
+            await client.update("bench-conversation", doc)
+            put_bytes += len(
+                client.event("x", Put(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)), None)[1]
+            )
+    return sum(sizes), put_bytes
 
 
 async def bare_consumer(bootstrap: str, topic: str, n: int, timeout_s: float) -> dict[str, float]:
@@ -115,7 +166,7 @@ async def bare_consumer(bootstrap: str, topic: str, n: int, timeout_s: float) ->
 
 
 def metric(url: str, name: str) -> float:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=2) as r:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as r:
         text = r.read().decode()
     match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
@@ -167,11 +218,14 @@ def run_processor(bootstrap: str, topics: Topics, n: int, timeout_s: float) -> d
     }
 
 
-async def prepare(bootstrap: str, args: argparse.Namespace) -> tuple[Topics, float]:
+async def prepare(bootstrap: str, args: argparse.Namespace) -> tuple[Topics, Topics, float]:
     topics = Topics(f"bench{uuid.uuid4().hex[:8]}")
+    patches = Topics(f"benchpatch{uuid.uuid4().hex[:8]}")
     await ensure_topics(bootstrap, topics.specs(args.partitions))
+    await ensure_topics(bootstrap, patches.specs(args.partitions))
     seconds = await append_events(bootstrap, topics, args.events, args.contexts, args.partitions)
-    return topics, seconds
+    await append_patches(bootstrap, patches, args.patch_events, args.contexts, args.partitions)
+    return topics, patches, seconds
 
 
 def main() -> None:
@@ -181,6 +235,7 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--runs", type=int, default=3, help="alternating runs of each side")
+    parser.add_argument("--patch-events", type=int, default=100_000)
     args = parser.parse_args()
 
     cluster = None
@@ -197,14 +252,18 @@ def main() -> None:
         bootstrap = cluster.up()["kafka"]["bootstrap"]
     bares: list[dict[str, float]] = []
     procs: list[dict[str, float]] = []
+    patch_runs: list[dict[str, float]] = []
     try:
-        topics, append_s = asyncio.run(prepare(bootstrap, args))
-        # Alternate the two, so a slow spell of this shared machine hits both alike.
+        topics, patch_topics, append_s = asyncio.run(prepare(bootstrap, args))
+        # Alternate them, so a slow spell of this shared machine hits all alike.
         for _ in range(args.runs):
-            bares.append(
-                asyncio.run(bare_consumer(bootstrap, topics.events, args.events, args.timeout))
-            )
+            bare = bare_consumer(bootstrap, topics.events, args.events, args.timeout)
+            bares.append(asyncio.run(bare))
             procs.append(run_processor(bootstrap, topics, args.events, args.timeout))
+            patch_runs.append(
+                run_processor(bootstrap, patch_topics, args.patch_events, args.timeout)
+            )
+        update_bytes, put_bytes = asyncio.run(measure_update_bytes(bootstrap, topics, 200))
     finally:
         if cluster is not None:
             cluster.down()
@@ -212,6 +271,7 @@ def main() -> None:
     bare_rate = statistics.median(b["records_per_s"] for b in bares)
     proc_rate = statistics.median(p["records_per_s"] for p in procs)
     ratio = proc_rate / bare_rate
+    patch_rate = statistics.median(p["records_per_s"] for p in patch_runs)
     result = {
         "events": args.events,
         "contexts": args.contexts,
@@ -225,6 +285,12 @@ def main() -> None:
         "processor_runs": [round(p["records_per_s"]) for p in procs],
         "processor_applied": [p["applied"] for p in procs],
         "processor_peak_rss_mib": max(p["peak_rss_mib"] for p in procs),
+        "patch_events": args.patch_events,
+        "processor_patch_events_per_s": patch_rate,
+        "patch_runs": [round(p["records_per_s"]) for p in patch_runs],
+        "update_wire_bytes": update_bytes,
+        "put_wire_bytes": put_bytes,
+        "update_saving": 1 - update_bytes / put_bytes,
     }
     rows = [
         ("events", f"{args.events:,} puts over {args.contexts:,} contexts, "
@@ -233,6 +299,10 @@ def main() -> None:
         ("bare consumer", f"{bare_rate:,.0f} records/s (ceiling)  runs {result['bare_runs']}"),
         ("processor (fold)", f"{proc_rate:,.0f} events/s  runs {result['processor_runs']}"),
         ("ratio", f"{ratio:.1%}"),
+        ("processor (patches)", f"{patch_rate:,.0f} events/s  runs {result['patch_runs']}  "
+                                f"({args.patch_events:,} JSON Patches, same contexts)"),
+        ("update() wire bytes", f"{update_bytes:,} vs {put_bytes:,} for whole puts: "
+                                f"{result['update_saving']:.1%} fewer (200 growing writes)"),
         ("processor peak RSS", f"{result['processor_peak_rss_mib']:.1f} MiB"),
     ]  # fmt: skip
     for label, value in rows:

@@ -11,7 +11,7 @@ def fold_puts(
     record_type: type,
     max_doc_bytes: int,
     max_depth: int,
-    recent: dict[bytes, tuple[int, int]],
+    recent: dict[bytes, int],
     entries: bytearray,
     changes: list[Any],
     no_headers: object,

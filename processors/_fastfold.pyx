@@ -200,7 +200,8 @@ def fold_puts(list messages, long long first, bytes event_header, bytes change_h
             slow(m)
             continue
         payload_hash = _xxh3_int(value)
-        recent[event_id] = (offset, payload_hash)
+        # One int, which the GC does not track; the shift must be on a Python int, not in C.
+        recent[event_id] = ((<object>offset) << 64) | payload_hash
         record = pending.get(key)
         if record is None:
             record = get(key)

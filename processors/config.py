@@ -27,6 +27,8 @@ class WorkerConfig:
     #: Most records folded in one round of ``getmany`` (over all partitions).
     max_batch_records: int = 50_000
     fetch_timeout_ms: int = 200
+    #: Target wall time of one round: the read API waits while a round folds.
+    round_budget_s: float = 1.0
     #: How often the group's committed offsets are refreshed (for lag tools only).
     commit_interval_s: float = 2.0
     limits: Limits = field(default_factory=Limits)

@@ -48,7 +48,7 @@ from lukhas_context.schemas.event import ChangeKind, ContextEvent
 from lukhas_context.schemas.exceptions import CodecError
 from lukhas_context.state.journal import ENTRY, NO_EVENT_ID, EntryStatus, encode_block
 from lukhas_context.state.record import ContextRecord
-from lukhas_context.state.store import PartitionStore
+from lukhas_context.state.store import HASH_MASK, PartitionStore
 from lukhas_context.streams.batching import fill_batch
 
 native_fold_puts: Callable[..., int] | None
@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 
 #: Largest single record the worker's producer sends (a 1 MiB document and its envelope fit).
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
+MIN_ROUND_RECORDS = 200
 #: Longest context id, in UTF-8 bytes (the producers' limit too).
 MAX_ID_BYTES = 256
 _NO_HEADERS: list[tuple[str, bytes]] = []
@@ -100,6 +101,8 @@ class Materializer:
         self._progress = asyncio.Condition()
         self._stopping = asyncio.Event()
         self._fatal: BaseException | None = None
+        #: Records asked per round, adapted to ``round_budget_s`` (see _adapt_round_limit).
+        self.round_limit = config.max_batch_records
         #: Use the native hot loop when it is built (tests switch it off to compare).
         self.native = native_fold_puts is not None
         self._consumer: AIOKafkaConsumer | None = None
@@ -167,13 +170,14 @@ class Materializer:
                     raise self._fatal
                 try:
                     batch = await self._consumer.getmany(
-                        timeout_ms=self.config.fetch_timeout_ms,
-                        max_records=self.config.max_batch_records,
+                        timeout_ms=self.config.fetch_timeout_ms, max_records=self.round_limit
                     )
                 except OffsetOutOfRangeError as exc:
                     raise await self._out_of_range(exc) from exc
                 if batch:
+                    started = time.perf_counter()
                     await self.fold_round(batch)
+                    self._adapt_round_limit(time.perf_counter() - started)
                 if time.monotonic() >= next_commit:
                     await self._commit_offsets()
                     next_commit = time.monotonic() + self.config.commit_interval_s
@@ -201,17 +205,29 @@ class Materializer:
                 )
         return ProcessorError(f"WAL offset out of range: {exc}")
 
+    def _adapt_round_limit(self, seconds: float) -> None:
+        """Keeps a round near its time budget: the fold is synchronous, and while it runs the
+        read API of this worker cannot answer. Halves the records asked per round when a
+        round overran, doubles them (up to the configured maximum) when it took under a
+        quarter of the budget."""
+        budget = self.config.round_budget_s
+        if seconds > budget:
+            self.round_limit = max(MIN_ROUND_RECORDS, self.round_limit // 2)
+        elif seconds < budget / 4:
+            self.round_limit = min(self.config.max_batch_records, self.round_limit * 2)
+
     # ---- the round ----
 
     async def fold_round(self, batch: dict[TopicPartition, list[Any]]) -> None:
         """Folds, publishes, waits for acknowledgement, then commits (see the module doc)."""
         started = time.perf_counter()
         async with self._lock:
-            folded = [
-                self._fold_partition(self.stores[tp.partition], tp.partition, records)
-                for tp, records in batch.items()
-                if tp.partition in self.stores and records
-            ]
+            folded = []
+            for tp, records in batch.items():
+                if tp.partition in self.stores and records:
+                    store = self.stores[tp.partition]
+                    folded.append(self._fold_partition(store, tp.partition, records))
+                    await asyncio.sleep(0)  # let reads in between partitions
             rounds = [r for r in folded if r is not None]
             await asyncio.gather(*self._publish(rounds))
             keep = self.config.journal_offsets
@@ -219,7 +235,8 @@ class Materializer:
                 store = self.stores[r.partition]
                 block = (r.first_offset, encode_block(r.entries, r.reasons))
                 store.commit(r.records, r.next_offset, block, r.next_offset - keep)
-                store.forget_recent(r.next_offset - self.config.limits.dedupe_window)
+                window = self.config.limits.dedupe_window
+                store.forget_recent(r.next_offset - window, window)
             self._account(rounds, sum(len(v) for v in batch.values()))
         async with self._progress:
             self._progress.notify_all()
@@ -317,20 +334,21 @@ class Materializer:
         """
         offset = m.offset
         seen = store.recent.get(event_id)
-        if seen is not None and seen[0] >= offset - self.config.limits.dedupe_window:
-            if seen[1] == payload_hash:
-                r.entries += ENTRY.pack(offset, EntryStatus.DUPLICATE, seen[0], event_id, 0)
-                r.reasons[offset] = f"duplicate of offset {seen[0]}"
-                r.duplicates += 1
-            else:
-                error = EventIdConflictError(
-                    f"event id {event_id.hex()} was used at offset {seen[0]} for other bytes"
-                )
-                self._dead(r, m, error, event_id, payload_hash)
-            return True
         if seen is not None:
+            seen_offset, seen_hash = seen >> 64, seen & HASH_MASK
+            if seen_offset >= offset - self.config.limits.dedupe_window:
+                if seen_hash == payload_hash:
+                    r.entries += ENTRY.pack(offset, EntryStatus.DUPLICATE, seen_offset, event_id, 0)
+                    r.reasons[offset] = f"duplicate of offset {seen_offset}"
+                    r.duplicates += 1
+                else:
+                    error = EventIdConflictError(
+                        f"event id {event_id.hex()} was used at offset {seen_offset} for other bytes"
+                    )
+                    self._dead(r, m, error, event_id, payload_hash)
+                return True
             del store.recent[event_id]  # re-insert at the end: the dict stays in offset order
-        store.recent[event_id] = (offset, payload_hash)
+        store.recent[event_id] = (offset << 64) | payload_hash
         return False
 
     def _dead(self, r: _Round, m: Any, error: BaseException, event_id: bytes, h: int) -> None:

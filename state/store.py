@@ -30,6 +30,7 @@ from lukhas_context.state.record import ContextRecord, decode_record, encode_rec
 
 CF_CONTEXTS = "contexts"
 CF_JOURNAL = "journal"
+HASH_MASK = (1 << 64) - 1
 NEXT_OFFSET_KEY = b"meta/next_offset"
 _OFFSET = struct.Struct("<q")
 
@@ -76,9 +77,10 @@ class PartitionStore:
             raise StoreOpenError(path, ValueError(f"next_offset of {len(raw)} bytes"))
         self._next_offset: int = 0 if raw is None else _OFFSET.unpack(raw)[0]
         self._cache: dict[bytes, ContextRecord] = {}
-        #: The dedupe window: event id -> (offset, payload hash), in offset order. Owned by the
+        #: The dedupe window: event id -> ``offset << 64 | payload hash`` (one int, which the
+        #: garbage collector does not track, unlike a tuple), in offset order. Owned by the
         #: fold; rebuilt from the journal by ``load_recent``.
-        self.recent: dict[bytes, tuple[int, int]] = {}
+        self.recent: dict[bytes, int] = {}
 
     @property
     def next_offset(self) -> int:
@@ -153,16 +155,17 @@ class PartitionStore:
         for entry in self.journal_since(max(0, self._next_offset - window)):
             if entry.status in remembered:
                 self.recent.pop(entry.event_id, None)
-                self.recent[entry.event_id] = (entry.offset, entry.payload_hash)
+                self.recent[entry.event_id] = (entry.offset << 64) | entry.payload_hash
 
-    def forget_recent(self, below: int) -> None:
-        """Drops window entries older than offset ``below`` (they no longer decide anything)."""
-        recent = self.recent
-        while recent:
-            oldest = next(iter(recent))
-            if recent[oldest][0] >= below:
-                return
-            del recent[oldest]
+    def forget_recent(self, below: int, window: int) -> None:
+        """Drops window entries older than offset ``below`` (they no longer decide anything).
+
+        In bulk, once the dict holds more than twice ``window`` entries: one rebuild then costs
+        O(1) per insert amortised, where evicting one by one from the front of a dict rescans
+        its deleted slots each time."""
+        if len(self.recent) > 2 * window:
+            floor = max(below, 0) << 64
+            self.recent = {k: v for k, v in self.recent.items() if v >= floor}
 
     def _remember(self, key: bytes, record: ContextRecord) -> None:
         cache = self._cache

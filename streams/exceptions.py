@@ -8,6 +8,7 @@ __all__ = [
     "ChecksumMismatchError",
     "ClientError",
     "ContextNotFoundError",
+    "DocumentTooDeepError",
     "DocumentTooLargeError",
     "InvalidContextIdError",
     "InvalidDocumentError",
@@ -39,6 +40,10 @@ class InvalidDocumentError(ValidationError):
 
 class DocumentTooLargeError(ValidationError):
     """The canonical JSON of the document is over the size limit."""
+
+
+class DocumentTooDeepError(ValidationError):
+    """The document nests objects and arrays deeper than the limit."""
 
 
 class InvalidTTLError(ValidationError):

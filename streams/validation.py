@@ -7,7 +7,9 @@ from typing import Any
 
 import orjson
 
+from lukhas_context.schemas.patch import PatchError, check_depth
 from lukhas_context.streams.exceptions import (
+    DocumentTooDeepError,
     DocumentTooLargeError,
     InvalidContextIdError,
     InvalidDocumentError,
@@ -17,6 +19,7 @@ from lukhas_context.streams.exceptions import (
 MAX_ID_BYTES = 256
 MAX_TTL_S = 100 * 365 * 24 * 3600
 DEFAULT_MAX_DOCUMENT_BYTES = 1024 * 1024
+DEFAULT_MAX_DEPTH = 64
 
 
 def context_key(context_id: object) -> bytes:
@@ -34,12 +37,19 @@ def context_key(context_id: object) -> bytes:
     return key
 
 
-def canonical_json(doc: Any, max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -> bytes:
-    """Canonical JSON bytes of a document (sorted keys, no whitespace), checked and bounded."""
+def canonical_json(
+    doc: Any, max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES, max_depth: int = DEFAULT_MAX_DEPTH
+) -> bytes:
+    """Canonical JSON bytes of a document (sorted keys, no whitespace), checked and bounded:
+    a JSON object, at most ``max_bytes`` long, nested at most ``max_depth`` deep."""
     if not isinstance(doc, dict):
         raise InvalidDocumentError(
             f"document must be a JSON object (dict), not {type(doc).__name__}"
         )
+    try:
+        check_depth(doc, max_depth)
+    except PatchError as exc:
+        raise DocumentTooDeepError(exc.reason) from None
     try:
         data = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
     except (orjson.JSONEncodeError, TypeError) as exc:

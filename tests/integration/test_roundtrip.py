@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -159,3 +160,24 @@ async def test_changes_are_published_for_every_applied_event(
     assert tombstone.value is None
     assert dict(tombstone.headers)["kind"] == b"delete"
     assert dict(tombstone.headers)["version"] == b"6"
+
+
+async def test_producer_timestamps_do_not_matter_log_time_does(
+    start_worker, make_client: MakeClient, cluster, topics: Topics
+) -> None:
+    """An absurd producer timestamp (1970, or the year 2200) changes nothing: the WAL uses
+    LogAppendTime, so TTLs count from the broker's clock."""
+    worker = await start_worker()
+    raw = AIOKafkaProducer(bootstrap_servers=cluster.bootstrap, enable_idempotence=True)
+    await raw.start()
+    try:
+        async with make_client(worker.url) as client:
+            for name, stamp in (("epoch", 1), ("future", 7_258_118_400_000)):
+                key, value, _ = client.event(name, Put(b'{"t":1}', 60_000), None)
+                meta = await raw.send_and_wait(topics.events, value, key=key, timestamp_ms=stamp)
+                ctx = await client.get(name, after=f"{meta.partition}:{meta.offset}", timeout=30)
+                now_ms = time.time() * 1000
+                assert ctx.expires_at_ms is not None
+                assert now_ms < ctx.expires_at_ms < now_ms + 120_000, (name, ctx.expires_at_ms)
+    finally:
+        await raw.stop()

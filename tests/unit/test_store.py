@@ -42,3 +42,21 @@ def test_read_cache_is_bounded_and_reads_through(tmp_path: Path) -> None:
         assert len(store._cache) == 10
         assert all(store.get(b"k%d" % i) == rec(i + 1) for i in range(100))
         assert len(store._cache) == 10
+
+
+def test_rounds_adapt_to_their_time_budget(tmp_path: Path) -> None:
+    from lukhas_context.processors.config import WorkerConfig
+    from lukhas_context.processors.materializer import MIN_ROUND_RECORDS, Materializer
+
+    m = Materializer(WorkerConfig("unused", tmp_path, max_batch_records=8000, round_budget_s=0.2))
+    assert m.round_limit == 8000
+    m._adapt_round_limit(0.5)  # overran: halve
+    assert m.round_limit == 4000
+    m._adapt_round_limit(0.1)  # within budget, not far under: keep
+    assert m.round_limit == 4000
+    m._adapt_round_limit(0.01)  # far under: double, capped at the maximum
+    m._adapt_round_limit(0.01)
+    assert m.round_limit == 8000
+    for _ in range(100):
+        m._adapt_round_limit(9.0)
+    assert m.round_limit == MIN_ROUND_RECORDS

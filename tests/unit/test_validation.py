@@ -7,6 +7,7 @@ import math
 import pytest
 
 from lukhas_context.streams.exceptions import (
+    DocumentTooDeepError,
     DocumentTooLargeError,
     InvalidContextIdError,
     InvalidDocumentError,
@@ -32,6 +33,14 @@ def test_documents() -> None:
     with pytest.raises(DocumentTooLargeError):
         canonical_json({"a": "x" * 100}, max_bytes=50)
     assert canonical_json({"a": "x" * 40}, max_bytes=50)
+    deep: dict[str, object] = {"a": []}
+    inner = deep["a"]
+    for _ in range(70):
+        inner.append([])  # type: ignore[attr-defined]
+        inner = inner[0]  # type: ignore[index]
+    with pytest.raises(DocumentTooDeepError):
+        canonical_json(deep)
+    assert canonical_json(deep, max_depth=100)
 
 
 def test_ttls() -> None:
