@@ -343,7 +343,8 @@ class Materializer:
                     r.duplicates += 1
                 else:
                     error = EventIdConflictError(
-                        f"event id {event_id.hex()} was used at offset {seen_offset} for other bytes"
+                        f"event id {event_id.hex()} was used at offset {seen_offset} "
+                        "for other bytes"
                     )
                     self._dead(r, m, error, event_id, payload_hash)
                 return True
