@@ -127,3 +127,29 @@ def test_the_native_loop_takes_the_commonest_event() -> None:
     )  # fmt: skip
     assert applied == 10 and handed == [] and records[b"k"].version == 10
     assert len(recent) == 10 and len(entries) == 10 * 41
+
+
+@given(st.lists(records(), min_size=1, max_size=40), st.data())
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_a_log_with_retried_events_folds_to_the_same_state(
+    log: list[tuple[bytes | None, bytes | None]], data: Any
+) -> None:
+    """fold(log) == fold(log with duplicates): every retry (the same bytes again, within the
+    dedupe window) changes no record and publishes no change."""
+    plain = [Message("t", 0, i, k, v, 1000 + i, []) for i, (k, v) in enumerate(log)]
+    with_retries: list[tuple[bytes | None, bytes | None, int]] = []
+    for i, (k, v) in enumerate(log):
+        with_retries.append((k, v, 1000 + i))  # each original keeps its own log time
+        if v is not None and data.draw(st.booleans()):
+            with_retries.append((k, v, 1000 + i))  # the client's retry, right after
+    retried = [Message("t", 0, i, k, v, t, []) for i, (k, v, t) in enumerate(with_retries)]
+    for native in (True, False):
+        a, b = fold(plain, native), fold(retried, native)
+        strip = _without_positions
+        assert strip(a[0]) == strip(b[0])  # the same state
+        assert len(a[1]) == len(b[1])  # the same number of changes: retries publish none
+
+
+def _without_positions(records: dict[bytes, Any]) -> dict[bytes, Any]:
+    """Records without the WAL offset and log time of their last event, which a retry shifts."""
+    return {k: r._replace(offset=0, log_time_ms=0) for k, r in records.items()}
