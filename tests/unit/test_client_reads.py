@@ -33,7 +33,7 @@ def _body(doc: dict[str, object], checksum: str) -> web.Response:
             "offset": 7,
             "partition": 0,
             "expires_at_ms": None,
-        }  # fmt: skip
+        }
     )
 
 
