@@ -375,11 +375,13 @@ def get(context_id: str, after: str | None, timeout: float, data_dir: Path | Non
 def outcome(position: str, timeout: float, data_dir: Path | None, bootstrap: str | None,
             api: str | None, as_json: bool) -> None:  # fmt: skip
     """What the processor did with the event at WAL position P:O."""
-    partition, _, offset = position.partition(":")
-    if not (partition.isdigit() and offset.isdigit()):
+    raw_partition, _, raw_offset = position.partition(":")
+    try:
+        partition, offset = int(raw_partition), int(raw_offset)
+    except ValueError:
         _fail(f"position must be PARTITION:OFFSET, got {position!r}", 2)
     config = _client_config(data_dir, bootstrap, api)
-    result = _with_client(config, lambda c: c.outcome(int(partition), int(offset), timeout))
+    result = _with_client(config, lambda c: c.outcome(partition, offset, timeout))
     if as_json:
         _print({"status": result.status, "version": result.version, "reason": result.reason,
                 "duplicate_of": result.duplicate_of})  # fmt: skip

@@ -31,7 +31,7 @@ from aiokafka.partitioner import murmur2
 
 from lukhas_context.processors.exceptions import NotOwnerError
 from lukhas_context.processors.fold import apply
-from lukhas_context.processors.materializer import Materializer
+from lukhas_context.processors.materializer import MAX_REQUEST_BYTES, Materializer
 from lukhas_context.schemas.exceptions import CodecError
 from lukhas_context.state.journal import EntryStatus
 
@@ -80,7 +80,8 @@ def _parse_timeout(raw: str | None) -> float:
 class ReadApi:
     def __init__(self, materializer: Materializer) -> None:
         self.m = materializer
-        self.app = web.Application()
+        # Dry runs post whole events: a 1 MiB document and its envelope must fit.
+        self.app = web.Application(client_max_size=MAX_REQUEST_BYTES)
         self.app.add_routes(
             [
                 web.get("/v1/contexts/{context_id}", self.get_context),
@@ -140,6 +141,8 @@ class ReadApi:
             offset = int(request.match_info["offset"])
         except ValueError:
             return _error(400, "partition and offset must be integers")
+        if partition < 0 or not 0 <= offset < 2**63:
+            return _error(400, f"no such position {partition}:{offset}")
         timeout = _parse_timeout(request.query.get("timeout"))
         try:
             if not await self.m.wait_applied(partition, offset, timeout):

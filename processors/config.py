@@ -37,3 +37,11 @@ class WorkerConfig:
     journal_offsets: int = 1_000_000
     store: StoreOptions = field(default_factory=StoreOptions)
     client_id: str = "lukhas-worker"
+
+    def __post_init__(self) -> None:
+        # The dedupe window is rebuilt from the journal on restart: it must hold the window.
+        if self.journal_offsets < self.limits.dedupe_window:
+            raise ValueError(
+                f"journal_offsets ({self.journal_offsets}) must be at least the dedupe window "
+                f"({self.limits.dedupe_window})"
+            )

@@ -207,6 +207,9 @@ def _patch(
         return rejected(f"patch of {len(op.patch)} bytes is over {limits.max_document_bytes}")
     try:
         patch = orjson.loads(op.patch)
+        # Bounded before it runs: applying walks the values recursively, and how deep Python
+        # may recurse depends on the caller's stack, which must never decide an outcome.
+        check_depth(patch, limits.max_depth + 2)
         base = orjson.loads(record.doc)  # type: ignore[arg-type]
         if op.format is PatchFormat.JSON_PATCH:
             patched = apply_json_patch(base, patch)

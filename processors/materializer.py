@@ -175,9 +175,7 @@ class Materializer:
                 except OffsetOutOfRangeError as exc:
                     raise await self._out_of_range(exc) from exc
                 if batch:
-                    started = time.perf_counter()
-                    await self.fold_round(batch)
-                    self._adapt_round_limit(time.perf_counter() - started)
+                    self._adapt_round_limit(await self.fold_round(batch))
                 if time.monotonic() >= next_commit:
                     await self._commit_offsets()
                     next_commit = time.monotonic() + self.config.commit_interval_s
@@ -218,15 +216,20 @@ class Materializer:
 
     # ---- the round ----
 
-    async def fold_round(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        """Folds, publishes, waits for acknowledgement, then commits (see the module doc)."""
+    async def fold_round(self, batch: dict[TopicPartition, list[Any]]) -> float:
+        """Folds, publishes, waits for acknowledgement, then commits (see the module doc).
+        Returns the seconds spent folding (synchronous work, without the acknowledgement
+        wait): what the read API had to wait for."""
         started = time.perf_counter()
+        folding = 0.0
         async with self._lock:
             folded = []
             for tp, records in batch.items():
                 if tp.partition in self.stores and records:
                     store = self.stores[tp.partition]
+                    t0 = time.perf_counter()
                     folded.append(self._fold_partition(store, tp.partition, records))
+                    folding += time.perf_counter() - t0
                     await asyncio.sleep(0)  # let reads in between partitions
             rounds = [r for r in folded if r is not None]
             await asyncio.gather(*self._publish(rounds))
@@ -241,6 +244,7 @@ class Materializer:
         async with self._progress:
             self._progress.notify_all()
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        return folding
 
     def _fold_partition(
         self, store: PartitionStore, partition: int, messages: list[Any]

@@ -81,6 +81,8 @@ class PartitionStore:
         #: garbage collector does not track, unlike a tuple), in offset order. Owned by the
         #: fold; rebuilt from the journal by ``load_recent``.
         self.recent: dict[bytes, int] = {}
+        #: Journal blocks below this offset are deleted (one range tombstone per move).
+        self._trimmed_below = 0
 
     @property
     def next_offset(self) -> int:
@@ -115,15 +117,27 @@ class PartitionStore:
             batch.put(key, encode_record(record), cf)
         if journal_block is not None:
             batch.put(journal.block_key(journal_block[0]), journal_block[1], self._journal_cf)
-        if forget_below > 0:
-            batch.delete_range(
-                journal.block_key(0), journal.block_key(forget_below), self._journal_cf
-            )
+        floor = self._journal_floor(forget_below)
+        if floor > self._trimmed_below:
+            batch.delete_range(journal.block_key(0), journal.block_key(floor), self._journal_cf)
         batch.put(NEXT_OFFSET_KEY, _OFFSET.pack(next_offset))
         self._db.write(batch)
         self._next_offset = next_offset
+        self._trimmed_below = max(self._trimmed_below, floor)
         for key, record in records.items():
             self._remember(key, record)
+
+    def _journal_floor(self, forget_below: int) -> int:
+        """The first offset of the block that holds ``forget_below``: blocks below it can go.
+        Deleting by block start alone would drop a block that straddles the bound, and with it
+        entries the dedupe window may still need after a restart."""
+        if forget_below <= self._trimmed_below:
+            return self._trimmed_below
+        it = self._journal.iter()
+        it.seek_for_prev(journal.block_key(forget_below))
+        if not it.valid():
+            return self._trimmed_below
+        return int.from_bytes(it.key(), "big")
 
     def outcome(self, offset: int) -> journal.JournalEntry | None:
         """The journal entry of the record at ``offset``, or None when it is not folded yet,

@@ -72,6 +72,10 @@ class ClientConfig:
     #: Sends of one event (same bytes, same event id) before a write fails.
     send_attempts: int = 3
 
+    def __post_init__(self) -> None:
+        if self.send_attempts < 1:
+            raise ValueError(f"send_attempts must be at least 1, got {self.send_attempts}")
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -248,6 +252,8 @@ class ContextClient:
         if ttl is not None and clear_ttl:
             raise InvalidTTLError("a patch cannot both set and clear the TTL")
         data = _json_bytes(patch, self.config.max_document_bytes, "patch")
+        if not dry_run:
+            self._seen.pop(context_id, None)  # the base update() would diff against is gone
         fmt = PatchFormat.MERGE_PATCH if merge else PatchFormat.JSON_PATCH
         op = Patch(fmt, data, _checksum_bytes(expected_checksum), ttl_ms(ttl), clear_ttl)
         return await self._submit(context_id, op, expected_version, dry_run)
@@ -261,6 +267,8 @@ class ContextClient:
         dry_run: bool = False,
     ) -> Any:
         """Sets the TTL to ``ttl`` seconds from now (log time), or removes it with None."""
+        if not dry_run:
+            self._seen.pop(context_id, None)  # its version moves on
         return await self._submit(context_id, Touch(ttl_ms(ttl)), expected_version, dry_run)
 
     async def delete(
@@ -268,7 +276,8 @@ class ContextClient:
     ) -> Any:
         """Deletes the context. A context that does not exist is a rejected event, not an error
         here: the WAL accepted it and the fold refuses it (see ``Receipt.outcome()``)."""
-        self._seen.pop(context_id, None)
+        if not dry_run:
+            self._seen.pop(context_id, None)
         return await self._submit(context_id, Delete(), expected_version, dry_run)
 
     async def update(
@@ -288,7 +297,12 @@ class ContextClient:
         if seen is not None:
             delta = _json_bytes(make_json_patch(seen[1], new_doc), len(data), "patch", quiet=True)
             if delta is not None and len(delta) < len(data):
-                op = Patch(PatchFormat.JSON_PATCH, delta, xxhash.xxh3_64_digest(data), ttl_ms(ttl))
+                # clear_ttl when no ttl is given: update() writes the whole new document, and a
+                # put of it would leave no TTL either, whichever form goes on the wire.
+                op = Patch(
+                    PatchFormat.JSON_PATCH, delta, xxhash.xxh3_64_digest(data), ttl_ms(ttl),
+                    clear_ttl=ttl is None,
+                )  # fmt: skip
                 receipt = await self._submit(context_id, op, expected, False)
                 self._remember(context_id, None if expected is None else expected + 1, new_doc)
                 return receipt
@@ -332,13 +346,19 @@ class ContextClient:
         attempts = self.config.send_attempts
         for attempt in range(1, attempts + 1):
             try:
-                meta = await producer.send_and_wait(self.config.topics.events, value, key=key)
+                # A deadline per attempt: the idempotent producer retries a lost batch without
+                # end, so a lost acknowledgement would otherwise hang the call.
+                meta = await asyncio.wait_for(
+                    producer.send_and_wait(self.config.topics.events, value, key=key),
+                    self.config.request_timeout_s,
+                )
                 break
-            except KafkaError as exc:
+            except (KafkaError, TimeoutError) as exc:
                 # A retry re-sends the very same bytes, event id included: if the first send
                 # did land (a lost acknowledgement), the fold recognises the repeat and applies
                 # the event once.
-                if not getattr(exc, "retriable", False) or attempt == attempts:
+                retriable = isinstance(exc, TimeoutError) or getattr(exc, "retriable", False)
+                if not retriable or attempt == attempts:
                     raise PublishError(
                         f"the WAL did not acknowledge event {event_id} after {attempt} "
                         f"attempt(s): {exc}"
@@ -390,7 +410,8 @@ class ContextClient:
         data = _json_body(status, body)
         if status != 200:
             raise ReadError(f"read API answered {status}: {data.get('error')}")
-        return DryRun(**data)
+        fields: dict[str, Any] = {name: data.get(name) for name in DryRun.__slots__}
+        return DryRun(**fields)
 
     async def _request(
         self, method: str, path: str, params: dict[str, str], timeout: float, body: bytes = b""
@@ -449,35 +470,50 @@ class Transaction:
             self._producer = client._tx_producer
             await self._producer.begin_transaction()
         except (KafkaError, ValueError, OSError) as exc:
+            await client._drop_tx_producer()
             client._tx_lock.release()
             raise PublishError(f"cannot begin a transaction: {exc}") from exc
         except BaseException:
+            await client._drop_tx_producer()
             client._tx_lock.release()
             raise
         return self
 
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
-        assert self._producer is not None
+        """Commits, or aborts when the block raised. On any exit that did not end cleanly
+        (a failed commit or abort, a cancellation) the client's transactional producer is
+        dropped, since its state is unknown; the lock is released on every path."""
+        clean = False
         try:
             if exc_type is not None:
-                try:
-                    await self._producer.abort_transaction()
-                except KafkaError:
-                    await self._client._drop_tx_producer()
-                return
-            try:
-                await self._producer.commit_transaction()
-            except KafkaError as error:
-                # The producer may be fenced or in an abortable state: start afresh next time.
-                await self._client._drop_tx_producer()
-                raise PublishError(f"the transaction did not commit: {error}") from error
-            for context_id, event_id, future in self._pending:
-                meta = future.result()
-                self.receipts.append(
-                    Receipt(context_id, meta.partition, meta.offset, str(event_id), self._client)
-                )
+                clean = await self._abort()
+            else:
+                await self._commit()
+                clean = True
         finally:
+            if not clean:
+                await self._client._drop_tx_producer()
             self._client._tx_lock.release()
+
+    async def _abort(self) -> bool:
+        assert self._producer is not None
+        try:
+            await self._producer.abort_transaction()
+        except KafkaError:
+            return False  # the caller's own exception goes on; the producer is dropped
+        return True
+
+    async def _commit(self) -> None:
+        assert self._producer is not None
+        try:
+            await self._producer.commit_transaction()
+        except KafkaError as error:
+            raise PublishError(f"the transaction did not commit: {error}") from error
+        for context_id, event_id, future in self._pending:
+            meta = future.result()
+            self.receipts.append(
+                Receipt(context_id, meta.partition, meta.offset, str(event_id), self._client)
+            )
 
     async def put(self, context_id: str, doc: dict[str, Any], ttl: float | None = None,
                   *, expected_version: int | None = None) -> None:  # fmt: skip

@@ -240,3 +240,14 @@ def test_apply_never_raises_and_rejections_never_change_the_record(
 @settings(max_examples=100)
 def test_fold_is_deterministic(events: list[ContextEvent]) -> None:
     assert fold(events) == fold(events)
+
+
+def test_a_patch_nested_past_the_limit_is_rejected_before_it_runs() -> None:
+    """Applying recurses into values: the depth is bounded first, so Python's own recursion
+    limit (which depends on the caller's stack) never decides an outcome."""
+    limits = Limits(max_document_bytes=1 << 20, max_depth=8)
+    record, _ = apply(None, put(b'{"a":1}'), 0, 10, limits)
+    value = b"[" * 20 + b"]" * 20
+    body = b'[{"op":"add","path":"/x","value":' + value + b"}]"
+    new, outcome = apply(record, patch(body), 1, 11, limits)
+    assert outcome.status is Status.REJECTED and new is record

@@ -60,3 +60,32 @@ def test_rounds_adapt_to_their_time_budget(tmp_path: Path) -> None:
     for _ in range(100):
         m._adapt_round_limit(9.0)
     assert m.round_limit == MIN_ROUND_RECORDS
+
+
+def test_journal_trimming_keeps_the_block_that_straddles_the_bound(tmp_path: Path) -> None:
+    from lukhas_context.state.journal import ENTRY, EntryStatus, encode_block
+
+    def block(first: int, end: int) -> tuple[int, bytes]:
+        entries = b"".join(
+            ENTRY.pack(o, EntryStatus.APPLIED, 1, o.to_bytes(16, "big"), o)
+            for o in range(first, end)
+        )
+        return first, encode_block(entries, {})
+
+    with PartitionStore(tmp_path / "p") as store:
+        store.commit({}, 15, block(0, 15))
+        store.commit({}, 30, block(15, 30))
+        store.commit({}, 40, block(30, 40), forget_below=20)  # 20 lies inside [15, 30)
+        assert store.outcome(5) is None  # the whole block below the bound is gone
+        found = store.outcome(22)
+        assert found is not None and found.offset == 22
+        store.load_recent(window=20)  # the window [20, 40) is rebuilt in full
+        assert {v >> 64 for v in store.recent.values()} == set(range(20, 40))
+
+
+def test_the_journal_must_cover_the_dedupe_window(tmp_path: Path) -> None:
+    from lukhas_context.processors.config import WorkerConfig
+    from lukhas_context.processors.fold import Limits
+
+    with pytest.raises(ValueError, match="dedupe window"):
+        WorkerConfig("unused", tmp_path, limits=Limits(dedupe_window=100), journal_offsets=50)
