@@ -307,10 +307,15 @@ class LocalCluster:
         return self._broker_dir(i) / "logs" / "meta.properties"
 
     def _cluster_id(self) -> str:
-        """The cluster id, made once (22 chars of base64url, as Kafka's own) and kept on disk."""
+        """The cluster id, made once (22 chars of base64url, as Kafka's own) and kept on disk.
+
+        Never starting with "-": a command-line parser reads such an id as an option (Kafka's
+        ``Uuid.randomUuid`` redraws those for the same reason); one in 64 ids did."""
         path = self.root / "cluster.id"
         if not path.exists():
-            raw = base64.urlsafe_b64encode(secrets.token_bytes(16)).decode().rstrip("=")
+            raw = "-"
+            while raw.startswith("-"):
+                raw = base64.urlsafe_b64encode(secrets.token_bytes(16)).decode().rstrip("=")
             path.write_text(raw + "\n")
         return path.read_text().strip()
 
@@ -387,7 +392,8 @@ class LocalCluster:
         # Static voters (controller.quorum.voters): no --standalone, which is for dynamic quorums.
         return [
             dist.java, "-cp", dist.classpath, f"-Dlog4j2.configurationFile={log4j}",
-            "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self._props(i)),
+            "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
+            "-c", str(self._props(i)),
         ]  # fmt: skip
 
     def _kafka_argv(self, dist: KafkaDist, log4j: Path, i: int) -> list[str]:
