@@ -23,6 +23,7 @@ cdef object _JSONEncodeError = orjson.JSONEncodeError
 cdef int _SORT = orjson.OPT_SORT_KEYS
 cdef object _xxh3 = xxhash.xxh3_64_digest
 cdef object _xxh3_int = xxhash.xxh3_64_intdigest
+cdef object _tuple_new = tuple.__new__
 cdef Py_ssize_t _ENTRY_SIZE = 41  # state.journal.ENTRY: <qBq16sQ
 
 
@@ -208,7 +209,9 @@ def fold_puts(list messages, long long first, bytes event_header, bytes change_h
         version = 1 if record is None else record[0] + 1
         checksum = _xxh3(canonical)
         log_time = m.timestamp
-        pending[key] = record_type(version, canonical, checksum, None, offset, log_time)
+        # tuple.__new__ straight away: a NamedTuple's own __new__ is a Python frame per event.
+        pending[key] = _tuple_new(record_type, (version, canonical, checksum, None, offset,
+                                                log_time))
         _journal(entries, offset, version, PyBytes_AS_STRING(event_id), payload_hash)
         n = PyBytes_GET_SIZE(key)
         changes.append((key, _change(change_header, value, n, version, canonical, checksum,
