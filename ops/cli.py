@@ -116,6 +116,12 @@ def up(data_dir: Path | None, brokers: int | None, bootstrap: str | None, port_b
     if as_json:
         _print(status)
         return
+    _echo_status(status)
+    if status.get("started"):
+        click.echo(f"started    {', '.join(status['started'])}")
+
+
+def _echo_status(status: dict[str, Any]) -> None:
     kafka = status["kafka"]
     click.echo(
         f"kafka      {kafka['bootstrap']}  brokers={kafka['brokers']} ready={kafka['ready']}"
@@ -123,8 +129,6 @@ def up(data_dir: Path | None, brokers: int | None, bootstrap: str | None, port_b
     click.echo(f"redis      {status['redis']['url']}  ready={status['redis']['ready']}")
     for p in status["processors"]:
         click.echo(f"processor  {p['api']}  pid={p['pid']} ready={p.get('ready')}")
-    if status.get("started"):
-        click.echo(f"started    {', '.join(status['started'])}")
 
 
 @cli.command()
@@ -152,13 +156,7 @@ def status(data_dir: Path | None, as_json: bool) -> None:
     if as_json:
         _print(result)
         return
-    kafka = result["kafka"]
-    click.echo(
-        f"kafka      {kafka['bootstrap']}  brokers={kafka['brokers']} ready={kafka['ready']}"
-    )
-    click.echo(f"redis      {result['redis']['url']}  ready={result['redis']['ready']}")
-    for p in result["processors"]:
-        click.echo(f"processor  {p['api']}  pid={p['pid']} ready={p.get('ready')}")
+    _echo_status(result)
 
 
 @cli.command()

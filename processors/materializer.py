@@ -232,7 +232,7 @@ class Materializer:
                     folding += time.perf_counter() - t0
                     await asyncio.sleep(0)  # let reads in between partitions
             rounds = [r for r in folded if r is not None]
-            await asyncio.gather(*self._publish(rounds))
+            await asyncio.gather(*(self._send_all(r) for r in rounds))
             keep = self.config.journal_offsets
             for r in rounds:
                 store = self.stores[r.partition]
@@ -360,10 +360,6 @@ class Materializer:
         r.dead.append((m, error))
         r.entries += ENTRY.pack(m.offset, EntryStatus.DEAD_LETTERED, 0, event_id, h)
         r.reasons[m.offset] = f"{type(error).__name__}: {error}"
-
-    def _publish(self, rounds: Iterable[_Round]) -> list[Awaitable[Any]]:
-        """Sends every change and dead letter of the round; returns the acknowledgements."""
-        return [self._send_all(r) for r in rounds]
 
     async def _send_all(self, r: _Round) -> None:
         producer = self._producer

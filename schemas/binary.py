@@ -135,11 +135,6 @@ def write_string_map(m: dict[str, str]) -> bytes:
     return b"".join(parts)
 
 
-def read_bytes_fixed16(buf: bytes, pos: int) -> tuple[bytes, int]:
-    """Reads ``fixed(16)`` (the event id)."""
-    return read_fixed(buf, pos, 16)
-
-
 def read_boolean(buf: bytes, pos: int) -> tuple[bool, int]:
     """Reads one ``boolean``: a single byte, 0 or 1."""
     byte = buf[pos]

@@ -247,7 +247,7 @@ def _write_fence(fence: Fence | None) -> bytes:
 
 
 def _read_event(buf: bytes) -> ContextEvent:
-    event_id, pos = b.read_bytes_fixed16(buf, HEADER_SIZE)
+    event_id, pos = b.read_fixed(buf, HEADER_SIZE, 16)
     context_id, pos = b.read_string(buf, pos)
     op, pos = _read_op(buf, pos)
     expected_version, pos = b.read_optional_long(buf, pos)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -16,8 +17,10 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from lukhas_context.ops.cluster import ClusterSpec, LocalCluster
 from lukhas_context.processors.api import ReadApi
@@ -52,6 +55,63 @@ def _free(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+@pytest.fixture(scope="session")
+def free_ports() -> Callable[[int], int]:
+    """``free_ports(n)``: the first of n consecutive free loopback ports."""
+    return free_port_run
+
+
+@pytest.fixture
+def read_topic(cluster: Cluster) -> Callable[..., Awaitable[list[Any]]]:
+    """``await read_topic(topic, until)``: records from the start of ``topic`` until
+    ``until(records)`` holds, bounded by ``timeout`` seconds (then it returns what it read)."""
+
+    async def read(
+        topic: str, until: Callable[[list[Any]], bool], timeout: float = 60
+    ) -> list[Any]:
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=cluster.bootstrap, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout
+        try:
+            while not until(records) and time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+                records += [m for messages in batch.values() for m in messages]
+        finally:
+            await consumer.stop()
+        return records
+
+    return read
+
+
+async def _kill_repeatedly(
+    task: asyncio.Task[Any], worker: WorkerProcess, rng: random.Random,
+    pause: tuple[float, float], max_kills: int = 1000, deadline_s: float = 120,
+) -> int:  # fmt: skip
+    """SIGKILLs ``worker`` after random pauses while ``task`` runs, restarting it each time
+    and waiting until it serves its partitions again. Bounded in kills and time; returns
+    how many kills there were."""
+    kills = 0
+    deadline = time.monotonic() + deadline_s
+    while not task.done() and time.monotonic() < deadline and kills < max_kills:
+        await asyncio.sleep(rng.uniform(*pause))
+        if task.done():
+            break
+        worker.kill9()
+        kills += 1
+        worker.start()
+        await asyncio.to_thread(worker.wait_healthy)
+    return kills
+
+
+@pytest.fixture
+def kill_repeatedly() -> Callable[..., Awaitable[int]]:
+    """See ``_kill_repeatedly``."""
+    return _kill_repeatedly
 
 
 @dataclass(frozen=True)

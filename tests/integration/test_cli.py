@@ -5,33 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.integration
-
-
-def _free_run(n: int) -> int:
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1])
-        ok = True
-        for k in range(n):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", base + k))
-                except OSError:
-                    ok = False
-                    break
-        if ok and base + n < 65536:
-            return base
-    raise RuntimeError("no free ports")
 
 
 class Lukhas:
@@ -51,10 +32,12 @@ class Lukhas:
 
 
 @pytest.fixture(scope="module")
-def lukhas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lukhas]:
+def lukhas(
+    tmp_path_factory: pytest.TempPathFactory, free_ports: Callable[[int], int]
+) -> Iterator[Lukhas]:
     data_dir = tmp_path_factory.mktemp("cli-cluster")
     run = Lukhas(data_dir)
-    base = _free_run(4)
+    base = free_ports(4)
     up = ["up", "--port-base", str(base), "--redis-port", str(base + 2),
           "--api-port", str(base + 3), "--partitions", "2", "--json"]  # fmt: skip
     if os.environ.get("LUKHAS_BOOTSTRAP"):

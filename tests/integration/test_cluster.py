@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,29 +25,11 @@ pytestmark = pytest.mark.integration
 PREFIX = "lktest"
 
 
-def free_port_base(n: int, attempts: int = 50) -> int:
-    """The first of ``n`` consecutive TCP ports on 127.0.0.1 that are free right now."""
-    for _ in range(attempts):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1])
-        if base + n < 65536 and all(_free(base + k) for k in range(n)):
-            return base
-    raise RuntimeError(f"no {n} consecutive free ports found")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    base = free_port_base(4)
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, free_ports: Callable[[int], int]
+) -> Iterator[LocalCluster]:
+    base = free_ports(4)
     spec = ClusterSpec(
         data_dir=tmp_path_factory.mktemp("cluster"),
         brokers=1,
@@ -107,9 +88,11 @@ def test_ensure_and_delete_a_scratch_topic(cluster: LocalCluster) -> None:
     asyncio.run(delete_topics(bootstrap, ["lktest.scratch", "lktest.never-existed"]))
 
 
-def test_a_port_in_use_is_a_clear_error(cluster: LocalCluster, tmp_path: Path) -> None:
+def test_a_port_in_use_is_a_clear_error(
+    cluster: LocalCluster, tmp_path: Path, free_ports: Callable[[int], int]
+) -> None:
     taken = cluster.spec.redis_port  # our running redis holds it
-    spec = ClusterSpec(tmp_path, port_base=free_port_base(2), redis_port=taken,
+    spec = ClusterSpec(tmp_path, port_base=free_ports(2), redis_port=taken,
                        start_processor=False)  # fmt: skip
     with pytest.raises(ClusterStartError, match=f"port {taken} for redis"):
         LocalCluster(spec).up()

@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import time
 from collections import Counter
+from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from lukhas_context.schemas.codec import ChangeCodec
@@ -23,7 +23,7 @@ CONTEXTS = 40
 
 
 async def test_kill_9_during_load_applies_every_acked_event_exactly_once(
-    worker_process, make_client, cluster, topics
+    worker_process, make_client, cluster, topics, read_topic, kill_repeatedly
 ) -> None:
     seed = int(os.environ.get("LUKHAS_SEED", random.randrange(1 << 30)))
     print(f"LUKHAS_SEED={seed}")
@@ -31,7 +31,6 @@ async def test_kill_9_during_load_applies_every_acked_event_exactly_once(
     worker_process.start()
     worker_process.wait_healthy()
     acked: list[Receipt] = []
-    kills = 0
 
     async def load() -> None:
         async with make_client(None) as client:
@@ -44,15 +43,7 @@ async def test_kill_9_during_load_applies_every_acked_event_exactly_once(
                 await asyncio.sleep(0.15)  # spread the load over the kills
 
     loader = asyncio.create_task(load())
-    deadline = time.monotonic() + 120
-    while not loader.done() and time.monotonic() < deadline:
-        await asyncio.sleep(rng.uniform(0.3, 1.2))
-        if loader.done():
-            break
-        worker_process.kill9()
-        kills += 1
-        worker_process.start()
-        await asyncio.to_thread(worker_process.wait_healthy)
+    kills = await kill_repeatedly(loader, worker_process, rng, (0.3, 1.2))
     await loader
     assert kills >= 3, "the load ended before the processor was killed three times"
 
@@ -66,23 +57,14 @@ async def test_kill_9_during_load_applies_every_acked_event_exactly_once(
     assert worker_process.terminate() == 0
 
     # No change lost: every acknowledged event has a change with its WAL offset.
-    consumer = AIOKafkaConsumer(
-        topics.changes, bootstrap_servers=cluster.bootstrap, auto_offset_reset="earliest"
-    )
-    await consumer.start()
     codec = ChangeCodec()
-    seen: set[tuple[str, int]] = set()
     want = {(r.context_id, r.offset) for r in acked}
-    try:
-        deadline = time.monotonic() + 60
-        while not want <= seen and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
-            for messages in batch.values():
-                for m in messages:
-                    change = codec.decode(m.value)
-                    seen.add((change.context_id, change.wal_offset))
-    finally:
-        await consumer.stop()
+
+    def identities(records: list[Any]) -> set[tuple[str, int]]:
+        changes = (codec.decode(m.value) for m in records)
+        return {(c.context_id, c.wal_offset) for c in changes}
+
+    seen = identities(await read_topic(topics.changes, lambda rs: want <= identities(rs)))
     assert want - seen == set(), f"changes lost (seed {seed})"
     print(f"kills={kills} events={EVENTS} changes_seen={len(seen)}")
 
@@ -110,7 +92,7 @@ async def test_wal_truncated_below_the_needed_offset_is_a_loud_error(
 
 
 async def test_transactions_stay_all_or_nothing_across_kill_9(
-    worker_process, make_client, cluster, topics
+    worker_process, make_client, cluster, topics, kill_repeatedly
 ) -> None:
     """A stream of transactions, each writing the same counter to three contexts, every third
     one aborted; the processor is killed in the middle. After the drain, the three contexts
@@ -122,7 +104,6 @@ async def test_transactions_stay_all_or_nothing_across_kill_9(
     worker_process.wait_healthy()
     committed = 0
     last = None
-    kills = 0
 
     async def stream() -> None:
         nonlocal committed, last
@@ -140,15 +121,7 @@ async def test_transactions_stay_all_or_nothing_across_kill_9(
                 last = tx.receipts[-1]
 
     writer = asyncio.create_task(stream())
-    deadline = time.monotonic() + 120
-    while not writer.done() and time.monotonic() < deadline and kills < 3:
-        await asyncio.sleep(rng.uniform(0.5, 1.5))
-        if writer.done():
-            break
-        worker_process.kill9()
-        kills += 1
-        worker_process.start()
-        await asyncio.to_thread(worker_process.wait_healthy)
+    kills = await kill_repeatedly(writer, worker_process, rng, (0.5, 1.5), max_kills=3)
     await writer
     assert kills >= 1 and committed == 40 and last is not None
     async with make_client(worker_process.url) as client:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from lukhas_context.schemas.codec import ChangeCodec
 from lukhas_context.schemas.event import ContextEvent, Put
@@ -79,7 +78,7 @@ async def test_restart_resumes_without_reapplying(
 
 
 async def test_undecodable_records_go_to_the_dlq_and_later_events_apply(
-    start_worker, make_client: MakeClient, cluster, topics: Topics
+    start_worker, make_client: MakeClient, cluster, topics: Topics, read_topic
 ) -> None:
     worker = await start_worker()
     raw = AIOKafkaProducer(bootstrap_servers=cluster.bootstrap, enable_idempotence=True)
@@ -109,17 +108,7 @@ async def test_undecodable_records_go_to_the_dlq_and_later_events_apply(
     finally:
         await raw.stop()
 
-    consumer = AIOKafkaConsumer(
-        topics.dlq, bootstrap_servers=cluster.bootstrap, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    try:
-        letters = []
-        while len(letters) < len(bad):
-            batch = await asyncio.wait_for(consumer.getmany(timeout_ms=1000), 30)
-            letters += [m for ms in batch.values() for m in ms]
-    finally:
-        await consumer.stop()
+    letters = await read_topic(topics.dlq, lambda rs: len(rs) >= len(bad), timeout=30)
     assert sorted(m.value for m in letters) == sorted(v for _, v in bad)
     headers = [dict(m.headers) for m in letters]
     classes = sorted(h["error.class"].decode() for h in headers)
@@ -134,24 +123,14 @@ async def test_undecodable_records_go_to_the_dlq_and_later_events_apply(
 
 
 async def test_changes_are_published_for_every_applied_event(
-    start_worker, make_client: MakeClient, cluster, topics: Topics
+    start_worker, make_client: MakeClient, cluster, topics: Topics, read_topic
 ) -> None:
     worker = await start_worker()
     async with make_client(worker.url) as client:
         receipts = [await client.put("ch", {"v": i}) for i in range(5)]
         await client.get("ch", after=receipts[-1], timeout=30)  # before the delete lands
         receipts.append(await client.delete("ch"))
-    consumer = AIOKafkaConsumer(
-        topics.changes, bootstrap_servers=cluster.bootstrap, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    try:
-        seen = []
-        while len(seen) < 6:
-            batch = await asyncio.wait_for(consumer.getmany(timeout_ms=1000), 30)
-            seen += [m for ms in batch.values() for m in ms]
-    finally:
-        await consumer.stop()
+    seen = await read_topic(topics.changes, lambda rs: len(rs) >= 6, timeout=30)
     codec = ChangeCodec()
     puts = [codec.decode(m.value) for m in seen[:5]]
     assert [c.version for c in puts] == [1, 2, 3, 4, 5]
