@@ -128,16 +128,22 @@ def _echo_status(status: dict[str, Any]) -> None:
     )
     click.echo(f"redis      {status['redis']['url']}  ready={status['redis']['ready']}")
     for p in status["processors"]:
-        click.echo(f"processor  {p['api']}  pid={p['pid']} ready={p.get('ready')}")
+        click.echo(f"processor  {p['api']}  pid={p['pid']} ready={p.get('ready')}"
+                   + (f"  digest={p['digest']}" if p.get("digest") else ""))  # fmt: skip
+        for part in p.get("partitions", []):
+            click.echo(f"  partition {part['partition']:>3}  next_offset={part['next_offset']:<10} "
+                       f"documents={part['documents']:<8} digest={part['digest']}  "
+                       f"opened from {part['opened_from']}")  # fmt: skip
 
 
 @cli.command()
 @_cluster_options
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--processor-only", is_flag=True, help="Stop the processor, leave Kafka and Redis.")
 @_errors
-def down(data_dir: Path | None, as_json: bool) -> None:
+def down(data_dir: Path | None, as_json: bool, processor_only: bool) -> None:
     """Stop what `up` started, by pid. Keeps all data."""
-    result = _cluster(data_dir).down()
+    result = _cluster(data_dir).down(processors_only=processor_only)
     if as_json:
         _print(result)
     else:
@@ -173,9 +179,44 @@ def status(data_dir: Path | None, as_json: bool) -> None:
     default=None,
     help="Static group member id: a restart takes its partitions back at once.",
 )
+@click.option(
+    "--checkpoint-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where checkpoints are kept [default: STATE_DIR/checkpoints].",
+)
+@click.option(
+    "--checkpoint-interval",
+    type=click.FloatRange(min=1.0),
+    default=None,
+    help="Checkpoint the cluster every SECONDS (the owner of partition 0 asks).",
+)
+@click.option(
+    "--checkpoint-keep",
+    type=click.IntRange(1),
+    default=3,
+    show_default=True,
+    help="Checkpoints kept per partition.",
+)
+@click.option(
+    "--expiry-interval",
+    type=click.FloatRange(min=0.01),
+    default=0.5,
+    show_default=True,
+    help="Sweep the expiry index every SECONDS.",
+)
+@click.option(
+    "--expiry-batch",
+    type=click.IntRange(1),
+    default=10_000,
+    show_default=True,
+    help="Most Expire events one sweep appends per partition.",
+)
 def worker(bootstrap: str, state_dir: Path, topic_prefix: str, group: str, api_host: str,
            api_port: int, redis_url: str | None, max_batch: int,
-           instance_id: str | None) -> None:  # fmt: skip
+           instance_id: str | None, checkpoint_dir: Path | None,
+           checkpoint_interval: float | None, checkpoint_keep: int, expiry_interval: float,
+           expiry_batch: int) -> None:  # fmt: skip
     """Run one processor worker in the foreground (SIGTERM stops it cleanly)."""
     from lukhas_context.processors.config import WorkerConfig
     from lukhas_context.processors.worker import run_worker
@@ -184,9 +225,101 @@ def worker(bootstrap: str, state_dir: Path, topic_prefix: str, group: str, api_h
     config = WorkerConfig(
         bootstrap=bootstrap, state_dir=state_dir, topics=Topics(topic_prefix), group_id=group,
         api_host=api_host, api_port=api_port, max_batch_records=max_batch,
-        instance_id=instance_id,
+        instance_id=instance_id, checkpoint_dir=checkpoint_dir,
+        checkpoint_interval_s=checkpoint_interval, checkpoint_keep=checkpoint_keep,
+        expiry_interval_s=expiry_interval, expiry_batch=expiry_batch,
+        checkpoint_pause_s=Environment.read().checkpoint_pause_s,
     )  # fmt: skip
     sys.exit(run_worker(config))
+
+
+@cli.command()
+@click.option(
+    "--partition",
+    "-p",
+    "partitions",
+    type=click.IntRange(0),
+    multiple=True,
+    required=True,
+    help="Partition to rebuild (repeat for several).",
+)
+@click.option(
+    "--checkpoint",
+    "checkpoint_id",
+    default=None,
+    help="Checkpoint id to start from, or 'latest' [default: latest].",
+)
+@click.option("--from-scratch", is_flag=True, help="Replay the whole WAL instead.")
+@click.option("--from-changes", is_flag=True, help="Start from the compacted change topic.")
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The worker's state dir [default: the local cluster's processor].",
+)
+@click.option(
+    "--checkpoint-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where checkpoints are kept [default: STATE_DIR/checkpoints].",
+)
+@click.option("--bootstrap", default=None, help="Kafka [env LUKHAS_BOOTSTRAP].")
+@click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@_cluster_options
+@_errors
+def restore(partitions: tuple[int, ...], checkpoint_id: str | None, from_scratch: bool,
+            from_changes: bool, state_dir: Path | None, checkpoint_dir: Path | None,
+            bootstrap: str | None, as_json: bool, no_progress: bool,
+            data_dir: Path | None) -> None:  # fmt: skip
+    """Rebuild partition stores offline from a checkpoint (default: the newest valid one),
+    from the change topic or from scratch, then fold the WAL on. The worker serving them
+    must be stopped (`lukhas down --processor-only`); the old store is moved to
+    STATE_DIR/quarantine, never deleted."""
+    from lukhas_context.processors.config import WorkerConfig
+    from lukhas_context.processors.rebuild import From, rebuild
+
+    if sum((checkpoint_id is not None, from_scratch, from_changes)) > 1:
+        raise click.UsageError("choose one of --checkpoint, --from-scratch, --from-changes")
+    env = Environment.read()
+    recorded = recorded_cluster(data_dir or env.data_dir)
+    bootstrap = bootstrap or env.bootstrap or recorded.get("bootstrap")  # type: ignore[assignment]
+    if not bootstrap:
+        _fail("no Kafka: pass --bootstrap, set LUKHAS_BOOTSTRAP, or run `lukhas up` first")
+    if state_dir is None:
+        if not recorded:
+            _fail("no --state-dir and no local cluster recorded in the data dir")
+        state_dir = (data_dir or env.data_dir) / "processor-0" / "state"
+    source = From.LATEST_CHECKPOINT
+    if from_scratch:
+        source = From.SCRATCH
+    elif from_changes:
+        source = From.CHANGES
+    elif checkpoint_id not in (None, "latest"):
+        source = From.CHECKPOINT
+    config = WorkerConfig(
+        bootstrap=str(bootstrap), state_dir=state_dir, topics=Topics(env.topic_prefix),
+        checkpoint_dir=checkpoint_dir,
+    )  # fmt: skip
+
+    async def run() -> list[dict[str, Any]]:
+        done = []
+        for p in partitions:
+            report = await rebuild(config, p, source, checkpoint_id, progress=not no_progress)
+            done.append(report.to_dict())
+        return done
+
+    reports = asyncio.run(run())
+    if as_json:
+        _print(reports if len(reports) > 1 else reports[0])
+        return
+    for r in reports:
+        origin = r["source"] + (f" {r['checkpoint_id']}" if r["checkpoint_id"] else "")
+        click.echo(f"partition {r['partition']}: from {origin}, folded {r['events_folded']} "
+                   f"records to offset {r['next_offset']} in {r['seconds']:.2f} s; "
+                   f"{r['documents']} documents, digest {r['digest']}")  # fmt: skip
+        if r["moved_aside"]:
+            click.echo(f"  previous store moved to {r['moved_aside']}")
 
 
 # ---------------------------------------------------------------- context commands
@@ -409,3 +542,46 @@ def demo(data_dir: Path | None, bootstrap: str | None, api: str | None, as_json:
 
 def main() -> None:
     cli(prog_name="lukhas")
+
+
+# ---------------------------------------------------------------- operations
+
+
+@cli.command()
+@click.option(
+    "--id", "checkpoint_id", default=None, help="Checkpoint id [default: ck-<UTC time>-<4 hex>]."
+)
+@click.option(
+    "--wait/--no-wait",
+    default=True,
+    show_default=True,
+    help="Wait until every partition published its checkpoint.",
+)
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait.")
+@_client_options
+@_errors
+def checkpoint(checkpoint_id: str | None, wait: bool, timeout: float, data_dir: Path | None,
+               bootstrap: str | None, api: str | None, as_json: bool) -> None:  # fmt: skip
+    """Checkpoint every partition: append a barrier to each, which every worker folding it
+    turns into a RocksDB checkpoint at exactly that offset, with a manifest and digest."""
+
+    async def call(client: ContextClient) -> dict[str, Any]:
+        request = await client.checkpoint(checkpoint_id)
+        out: dict[str, Any] = {
+            "checkpoint_id": request.checkpoint_id,
+            "barriers": {str(p): o for p, o in sorted(request.offsets.items())},
+        }
+        if wait:
+            out["manifests"] = await client.wait_checkpoint(request, timeout)
+        return out
+
+    result = _with_client(_client_config(data_dir, bootstrap, api), call)
+    if as_json:
+        _print(result)
+        return
+    click.echo(f"checkpoint {result['checkpoint_id']}")
+    for m in result.get("manifests", []):
+        click.echo(f"  partition {m['partition']:>3}  next_offset={m['next_offset']:<10} "
+                   f"documents={m['documents']:<8} digest={m['digest']}")  # fmt: skip
+    if not wait:
+        click.echo(f"  barriers at {result['barriers']}")

@@ -187,8 +187,9 @@ class LocalCluster:
         return {**self.status(), "started": started, "created_topics": created,
                 "cluster_id": cluster_id}  # fmt: skip
 
-    def down(self) -> dict[str, Any]:
-        """Stop what ``up`` started: processors, then brokers, then Redis. Keep all data.
+    def down(self, processors_only: bool = False) -> dict[str, Any]:
+        """Stop what ``up`` started: processors, then brokers, then Redis (only the
+        processors with ``processors_only``, e.g. to ``lukhas restore``). Keep all data.
 
         Each part gets SIGTERM (Kafka then shuts down in a controlled way, Redis flushes its
         append-only file) and SIGKILL only after its grace period (30 s; 60 s for brokers).
@@ -201,6 +202,8 @@ class LocalCluster:
             (self._broker_parts(spec), BROKER_STOP_S),
             ([self._redis_part(spec)], REDIS_STOP_S),
         ]
+        if processors_only:
+            groups = groups[:1]
         for parts, grace in groups:
             # Brokers stop together: a KRaft quorum that loses voters one by one would make the
             # last ones wait for a controller that is gone.
@@ -488,7 +491,14 @@ class LocalCluster:
                 continue
             alive = _is_ours(int(pid), part.markers)
             ready = alive and _healthz(f"{entry['api']}/healthz")
-            out.append({"pid": int(pid), "api": entry["api"], "alive": alive, "ready": ready})
+            status: dict[str, Any] = {
+                "pid": int(pid), "api": entry["api"], "alive": alive, "ready": ready,
+            }  # fmt: skip
+            served = _get_json(f"{entry['api']}/v1/partitions") if ready else None
+            if served is not None:
+                status["digest"] = served.get("digest")
+                status["partitions"] = served.get("partitions", [])
+            out.append(status)
         return out
 
 
@@ -611,6 +621,15 @@ def _redis_ping(port: int) -> bool:
         return False
     finally:
         client.close()
+
+
+def _get_json(url: str) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            data = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _healthz(url: str) -> bool:

@@ -8,6 +8,7 @@
 | ``LUKHAS_TOPIC_PREFIX`` | topic prefix (default ``lukhas``) |
 | ``KAFKA_HOME`` | an unpacked Apache Kafka to run instead of the Maven-fetched jars |
 | ``LUKHAS_KAFKA_CACHE`` | where the fetched Kafka jars are kept (default ``~/.cache/lukhas``) |
+| ``LUKHAS_TEST_CHECKPOINT_PAUSE_S`` | tests only: a worker's pause before a checkpoint's manifest |
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Environment:
     topic_prefix: str
     kafka_home: str | None
     kafka_cache: Path | None
+    checkpoint_pause_s: float = 0.0
 
     @classmethod
     def read(cls) -> Environment:
@@ -41,6 +43,7 @@ class Environment:
             topic_prefix=env.get("LUKHAS_TOPIC_PREFIX", DEFAULT_PREFIX),
             kafka_home=env.get("KAFKA_HOME") or None,
             kafka_cache=Path(cache) if cache else None,
+            checkpoint_pause_s=float(env.get("LUKHAS_TEST_CHECKPOINT_PAUSE_S") or 0.0),
         )
 
 

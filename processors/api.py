@@ -16,6 +16,12 @@ longer holds it, 504 when it is not folded in time.
 the fold would do to the current state — ``{"status", "version", "reason", "kind", "doc",
 "checksum", "expires_at_ms"}`` — appending nothing. Time is the worker's clock.
 
+``GET /v1/partitions`` lists the partitions the worker serves, each with ``next_offset``,
+``digest`` (16 hex digits: the order-independent digest of the partition's state, equal on
+every replica and replay of the same WAL prefix), ``records``, ``documents`` and how its store
+was opened (``local``, ``checkpoint``, ``changes``, ``replay``); ``digest`` at the top is the
+sum of the partitions' digests (mod 2^64), and ``restoring`` the partitions still being opened.
+
 ``GET /healthz`` is 200 while the worker folds, 503 otherwise. ``GET /metrics`` is the
 Prometheus text exposition.
 """
@@ -87,6 +93,7 @@ class ReadApi:
                 web.get("/v1/contexts/{context_id}", self.get_context),
                 web.get("/v1/outcomes/{partition}/{offset}", self.get_outcome),
                 web.post("/v1/dry-run", self.dry_run),
+                web.get("/v1/partitions", self.partitions),
                 web.get("/healthz", self.healthz),
                 web.get("/metrics", self.metrics),
             ]
@@ -194,6 +201,31 @@ class ReadApi:
                 expires_at_ms=new.expires_at_ms,
             )  # fmt: skip
         return web.json_response(result)
+
+    async def partitions(self, request: web.Request) -> web.Response:
+        """The partitions this worker serves, each with its summary (next offset, digest,
+        counts) and how its store was opened; and the partitions it is still restoring."""
+        served = []
+        total = 0
+        for p in sorted(self.m.stores):
+            summary = self.m.stores[p].summary()
+            total = (total + summary.digest) & 0xFFFFFFFFFFFFFFFF
+            report = self.m.restore_reports.get(p)
+            served.append(
+                {
+                    "partition": p,
+                    "next_offset": summary.next_offset,
+                    "digest": summary.digest_hex,
+                    "records": summary.records,
+                    "documents": summary.documents,
+                    "opened_from": None if report is None else report.source.value,
+                    "open_seconds": None if report is None else round(report.seconds, 3),
+                    "checkpoint_id": None if report is None else report.checkpoint_id,
+                }
+            )
+        return web.json_response(
+            {"partitions": served, "digest": f"{total:016x}", "restoring": self.m.restoring}
+        )
 
     async def healthz(self, request: web.Request) -> web.Response:
         body = {

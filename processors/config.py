@@ -37,11 +37,38 @@ class WorkerConfig:
     journal_offsets: int = 1_000_000
     store: StoreOptions = field(default_factory=StoreOptions)
     client_id: str = "lukhas-worker"
+    #: Where checkpoints are kept (default ``STATE_DIR/checkpoints``); put it on another disk
+    #: to survive the loss of the state disk.
+    checkpoint_dir: Path | None = None
+    #: Checkpoints kept per partition (the newest; older ones are deleted).
+    checkpoint_keep: int = 3
+    #: Append a barrier to every partition once per this many seconds (the worker that owns
+    #: partition 0 does it, so the cluster takes one checkpoint per interval). None: never.
+    checkpoint_interval_s: float | None = None
+    #: Fault injection for tests: seconds to sleep between a checkpoint's files and its
+    #: manifest. Always 0 in production.
+    checkpoint_pause_s: float = 0.0
+    #: Recompute a local store's digest when it opens and quarantine it if it differs.
+    verify_on_open: bool = True
+    #: How often the expiry index is swept (None: never), and the most Expire events one
+    #: sweep appends per partition.
+    expiry_interval_s: float | None = 0.5
+    expiry_batch: int = 10_000
+    #: An Expire that has not applied after this long is appended again (it was lost, or the
+    #: broker's clock was behind this worker's when it was appended).
+    expiry_retry_s: float = 5.0
 
     def __post_init__(self) -> None:
+        if self.checkpoint_keep < 1:
+            raise ValueError(f"checkpoint_keep must be at least 1, got {self.checkpoint_keep}")
         # The dedupe window is rebuilt from the journal on restart: it must hold the window.
         if self.journal_offsets < self.limits.dedupe_window:
             raise ValueError(
                 f"journal_offsets ({self.journal_offsets}) must be at least the dedupe window "
                 f"({self.limits.dedupe_window})"
             )
+
+    @property
+    def checkpoint_root(self) -> Path:
+        """Where checkpoints are kept: ``checkpoint_dir``, by default ``STATE_DIR/checkpoints``."""
+        return self.checkpoint_dir or self.state_dir / "checkpoints"

@@ -166,8 +166,9 @@ def apply(
         return _patch(record, op, offset, log_time_ms, limits)
     if type(op) is Touch:
         return _touch(record, op, offset, log_time_ms)
-    name = type(op).__name__
-    return record, Outcome(Status.REJECTED, visible, f"operation {name} is not supported yet")
+    # A checkpoint barrier is handled by the materialiser when its key is empty; one keyed by
+    # a context id is not a barrier anyone appended.
+    return record, Outcome(Status.REJECTED, visible, "a checkpoint barrier must have an empty key")
 
 
 def _put(

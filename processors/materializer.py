@@ -43,12 +43,26 @@ from lukhas_context.processors.exceptions import (
 )
 from lukhas_context.processors.fold import Status, apply
 from lukhas_context.processors.metrics import WorkerMetrics
+from lukhas_context.processors.restore import Restorer
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
-from lukhas_context.schemas.event import ChangeKind, ContextEvent
+from lukhas_context.schemas.event import (
+    BARRIER_CONTEXT_ID,
+    BARRIER_KEY,
+    ChangeKind,
+    CheckpointBarrier,
+    ContextEvent,
+)
 from lukhas_context.schemas.exceptions import CodecError
+from lukhas_context.state.checkpoints import CheckpointDir, Manifest, check_checkpoint_id
+from lukhas_context.state.exceptions import InvalidCheckpointError, StateError
 from lukhas_context.state.journal import ENTRY, NO_EVENT_ID, EntryStatus, encode_block
 from lukhas_context.state.record import ContextRecord
 from lukhas_context.state.store import HASH_MASK, PartitionStore
+from lukhas_context.streams.barriers import (
+    append_barriers,
+    checkpoint_id_for_slot,
+    expire_event,
+)
 from lukhas_context.streams.batching import fill_batch
 
 native_fold_puts: Callable[..., int] | None
@@ -65,7 +79,15 @@ MIN_ROUND_RECORDS = 200
 #: Longest context id, in UTF-8 bytes (the producers' limit too).
 MAX_ID_BYTES = 256
 _NO_HEADERS: list[tuple[str, bytes]] = []
-_TOMBSTONE_KIND = {ChangeKind.DELETE: b"delete", ChangeKind.EXPIRE: b"expire"}
+_TOMBSTONE_KIND = {ChangeKind.DELETE: b"deleted", ChangeKind.EXPIRE: b"expired"}
+
+
+def _barrier_index(records: list[Any]) -> int | None:
+    """Index of the first record with the barrier's (empty) key, if any."""
+    for i, m in enumerate(records):
+        if m.key == BARRIER_KEY:
+            return i
+    return None
 
 
 @dataclass(slots=True)
@@ -85,6 +107,10 @@ class _Round:
     entries: bytearray = field(default_factory=bytearray)
     reasons: dict[int, str] = field(default_factory=dict)
     first_offset: int = -1
+    #: ``(offset, checkpoint id)`` of the barrier that ends this round, if one does.
+    barrier: tuple[int, str] | None = None
+    #: Milliseconds from ``expires_at`` to the log time of each Expire applied.
+    lateness_ms: list[int] = field(default_factory=list)
 
 
 class Materializer:
@@ -108,6 +134,16 @@ class Materializer:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self.running = False
+        self.checkpoints = CheckpointDir(config.checkpoint_root, config.topics.events)
+        self.restorer = Restorer(config)
+        #: Partitions being restored (paused in the consumer until their store is ready).
+        self._restoring: dict[int, asyncio.Task[None]] = {}
+        #: What the last open of each partition did (``/v1/partitions``, ``lukhas status``).
+        self.restore_reports: dict[int, Any] = {}
+        #: Expire events appended and not yet seen applied: partition -> key -> (version,
+        #: monotonic time appended).
+        self._expiring: dict[int, dict[bytes, tuple[int, float]]] = {}
+        self._expire_acks: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle ----
 
@@ -149,6 +185,10 @@ class Materializer:
     async def close(self) -> None:
         """Leaves the group, closes the stores. Safe to call twice."""
         self.running = False
+        for task in list(self._restoring.values()):
+            task.cancel()
+        if self._expire_acks:
+            await asyncio.gather(*self._expire_acks, return_exceptions=True)
         if self._consumer is not None:
             await self._commit_offsets()
             await self._consumer.stop()  # revokes: the listener closes the stores
@@ -163,24 +203,116 @@ class Materializer:
     async def run(self) -> None:
         """Folds rounds until ``stop()``; raises what makes the worker unable to go on."""
         assert self._consumer is not None
-        next_commit = time.monotonic() + self.config.commit_interval_s
+        cfg = self.config
+        next_commit = time.monotonic() + cfg.commit_interval_s
+        next_sweep = time.monotonic() + (cfg.expiry_interval_s or 0.0)
+        slot = self._checkpoint_slot()
         try:
             while not self._stopping.is_set():
                 if self._fatal is not None:
                     raise self._fatal
                 try:
                     batch = await self._consumer.getmany(
-                        timeout_ms=self.config.fetch_timeout_ms, max_records=self.round_limit
+                        timeout_ms=cfg.fetch_timeout_ms, max_records=self.round_limit
                     )
                 except OffsetOutOfRangeError as exc:
                     raise await self._out_of_range(exc) from exc
                 if batch:
                     self._adapt_round_limit(await self.fold_round(batch))
-                if time.monotonic() >= next_commit:
+                now = time.monotonic()
+                if cfg.expiry_interval_s is not None and now >= next_sweep:
+                    await self.sweep_expired()
+                    next_sweep = time.monotonic() + cfg.expiry_interval_s
+                if slot is not None and self._checkpoint_slot() != slot:
+                    slot = self._checkpoint_slot()
+                    await self._periodic_checkpoint()
+                if now >= next_commit:
                     await self._commit_offsets()
-                    next_commit = time.monotonic() + self.config.commit_interval_s
+                    next_commit = time.monotonic() + cfg.commit_interval_s
         finally:
             self.running = False  # /healthz turns 503 at once, whatever stopped the loop
+
+    # ---- time-based work ----
+
+    def _checkpoint_slot(self) -> str | None:
+        interval = self.config.checkpoint_interval_s
+        return None if interval is None else checkpoint_id_for_slot(interval, time.time())
+
+    async def _periodic_checkpoint(self) -> None:
+        """Appends this interval's barriers, if this worker owns partition 0 (one worker of
+        the group does, so the cluster checkpoints once per interval). The id names the
+        interval: a worker restarted within it appends identical barriers, which the fold
+        journals as duplicates."""
+        if 0 not in self.stores:
+            return
+        checkpoint_id = self._checkpoint_slot()
+        assert checkpoint_id is not None and self._producer is not None
+        try:
+            offsets = await append_barriers(
+                self._producer, self._events, self.config.topics.events, checkpoint_id,
+                self.partition_count,
+            )  # fmt: skip
+        except KafkaError as exc:
+            log.error("could not append the barriers of checkpoint %s: %s", checkpoint_id, exc)
+            return
+        log.info("appended checkpoint barrier %s at %s", checkpoint_id, offsets)
+
+    async def sweep_expired(self) -> int:
+        """Appends ``Expire`` events for the contexts of this worker's partitions whose TTL
+        ran out by the wall clock, at most ``expiry_batch`` per partition, and returns how
+        many. The fold decides by the Expire's log time and version whether it applies, so a
+        write that extended the TTL in between wins, and every replay decides alike.
+
+        An Expire appended and not applied within ``expiry_retry_s`` is appended again
+        (identical bytes: the dedupe window or the version condition drops the extra one).
+        """
+        producer = self._producer
+        if producer is None:
+            return 0
+        cfg = self.config
+        now_ms = int(time.time() * 1000)
+        now = time.monotonic()
+        topic = cfg.topics.events
+        sent = 0
+        sends = []
+        for partition, store in list(self.stores.items()):
+            before = self._expiring.get(partition, {})
+            # The due entries ahead of the batch may all be in flight: look a little further.
+            due = store.due(now_ms, cfg.expiry_batch + len(before))
+            expiring: dict[bytes, tuple[int, float]] = {}
+            issued = 0
+            for key, version, _ in due:
+                pending = before.get(key)
+                fresh = pending is not None and now - pending[1] < cfg.expiry_retry_s
+                if pending is not None and fresh and pending[0] == version:
+                    expiring[key] = pending
+                    continue
+                if issued >= cfg.expiry_batch:
+                    break
+                value = self._events.encode(expire_event(key, version))
+                try:
+                    ack = await producer.send(topic, value=value, key=key, partition=partition)
+                except KafkaError as exc:
+                    log.warning("expiry sweep of partition %d stopped: %s", partition, exc)
+                    break
+                sends.append(ack)
+                expiring[key] = (version, now)
+                issued += 1
+            self._expiring[partition] = expiring
+            sent += issued
+        if sends:
+            task = asyncio.create_task(self._await_expire_acks(sends))
+            self._expire_acks.add(task)
+            task.add_done_callback(self._expire_acks.discard)
+        self.metrics.expires_appended.inc(sent)
+        return sent
+
+    @staticmethod
+    async def _await_expire_acks(sends: list[Any]) -> None:
+        results = await asyncio.gather(*sends, return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:  # the index still holds them: the sweep after expiry_retry_s tries again
+            log.warning("%d Expire events were not acknowledged: %s", len(failed), failed[0])
 
     async def _out_of_range(self, exc: OffsetOutOfRangeError) -> BaseException:
         """Names why a store's ``next_offset`` is not in the WAL: truncated by retention, or
@@ -216,10 +348,34 @@ class Materializer:
 
     # ---- the round ----
 
-    async def fold_round(self, batch: dict[TopicPartition, list[Any]]) -> float:
+    async def fold_round(
+        self, batch: dict[TopicPartition, list[Any]], publish: bool = True
+    ) -> float:
         """Folds, publishes, waits for acknowledgement, then commits (see the module doc).
         Returns the seconds spent folding (synchronous work, without the acknowledgement
-        wait): what the read API had to wait for."""
+        wait): what the read API had to wait for.
+
+        A checkpoint barrier ends its partition's round: the records up to and including it
+        are committed, the checkpoint is taken (the store then holds exactly the fold of the
+        WAL before the barrier), and the rest is folded as another round. ``publish`` False
+        (an offline restore) sends no changes, dead letters or checkpoint notices.
+        """
+        folding = 0.0
+        pending = {tp: records for tp, records in batch.items() if records}
+        while pending:
+            segment: dict[TopicPartition, list[Any]] = {}
+            rest: dict[TopicPartition, list[Any]] = {}
+            for tp, records in pending.items():
+                cut = _barrier_index(records)
+                if cut is None or cut == len(records) - 1:
+                    segment[tp] = records
+                else:
+                    segment[tp], rest[tp] = records[: cut + 1], records[cut + 1 :]
+            folding += await self._fold_segment(segment, publish)
+            pending = rest
+        return folding
+
+    async def _fold_segment(self, batch: dict[TopicPartition, list[Any]], publish: bool) -> float:
         started = time.perf_counter()
         folding = 0.0
         async with self._lock:
@@ -232,7 +388,8 @@ class Materializer:
                     folding += time.perf_counter() - t0
                     await asyncio.sleep(0)  # let reads in between partitions
             rounds = [r for r in folded if r is not None]
-            await asyncio.gather(*(self._send_all(r) for r in rounds))
+            if publish:
+                await asyncio.gather(*(self._send_all(r) for r in rounds))
             keep = self.config.journal_offsets
             for r in rounds:
                 store = self.stores[r.partition]
@@ -241,10 +398,48 @@ class Materializer:
                 window = self.config.limits.dedupe_window
                 store.forget_recent(r.next_offset - window, window)
             self._account(rounds, sum(len(v) for v in batch.values()))
+            for r in rounds:
+                if r.barrier is not None:
+                    await self._checkpoint(r.partition, r.barrier[1], publish)
         async with self._progress:
             self._progress.notify_all()
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         return folding
+
+    async def _checkpoint(self, partition: int, checkpoint_id: str, publish: bool) -> None:
+        """Takes the checkpoint of a barrier just committed, publishes its manifest on the
+        checkpoints topic and keeps the newest ``checkpoint_keep``. A failure is logged and
+        counted, never fatal: the barrier is behind, the next one will checkpoint again."""
+        store = self.stores[partition]
+        pause = self.config.checkpoint_pause_s
+        try:
+            manifest = await asyncio.to_thread(
+                self.checkpoints.create, store, partition, checkpoint_id,
+                (lambda: time.sleep(pause)) if pause else None,
+            )  # fmt: skip
+            self.checkpoints.prune(partition, self.config.checkpoint_keep)
+        except (StateError, OSError) as exc:
+            self.metrics.checkpoint_failures.inc()
+            log.error("checkpoint %s of partition %d failed: %s", checkpoint_id, partition, exc)
+            return
+        self.metrics.checkpoints.inc()
+        log.info(
+            "checkpoint %s of partition %d at offset %d, digest %016x",
+            checkpoint_id, partition, manifest.next_offset, manifest.digest,
+        )  # fmt: skip
+        if publish:
+            await self._publish_manifest(manifest)
+
+    async def _publish_manifest(self, manifest: Manifest) -> None:
+        assert self._producer is not None
+        key = f"{manifest.checkpoint_id}/{manifest.partition}".encode()
+        try:
+            ack = await self._producer.send(
+                self.config.topics.checkpoints, value=manifest.to_json(), key=key
+            )
+            await ack
+        except KafkaError as exc:
+            log.error("could not publish checkpoint %s: %s", key.decode(), exc)
 
     def _fold_partition(
         self, store: PartitionStore, partition: int, messages: list[Any]
@@ -285,6 +480,13 @@ class Materializer:
         key, value, offset = m.key, m.value or b"", m.offset
         try:
             event = self._events.decode(value)
+            if (
+                key == BARRIER_KEY
+                and type(event.op) is CheckpointBarrier
+                and event.context_id == BARRIER_CONTEXT_ID
+            ):
+                self._barrier(r, store, m, event)
+                return
             if key is None or event.context_id.encode() != key:
                 raise KeyMismatchError(f"key {key!r} is not the payload's context id")
             if not 0 < len(key) <= MAX_ID_BYTES:
@@ -300,6 +502,9 @@ class Materializer:
         pending = r.records
         record = pending.get(key) or store.get(key)
         new, outcome = apply(record, event, offset, m.timestamp, limits)
+        if outcome.kind is ChangeKind.EXPIRE:
+            assert record is not None and record.expires_at_ms is not None
+            r.lateness_ms.append(m.timestamp - record.expires_at_ms)
         r.entries += ENTRY.pack(offset, outcome.status, outcome.version, event_id, payload_hash)
         status = outcome.status
         if status is not Status.APPLIED:
@@ -313,12 +518,17 @@ class Materializer:
         assert new is not None and outcome.kind is not None
         pending[key] = new
         if new.doc is None:
+            # Everything a stored tombstone holds, so the change topic can restore it.
             headers = [
                 ("kind", _TOMBSTONE_KIND[outcome.kind]),
                 ("version", b"%d" % new.version),
                 ("wal_offset", b"%d" % offset),
                 ("event_id", event_id),
+                ("checksum", new.checksum),
+                ("log_time_ms", b"%d" % m.timestamp),
             ]
+            if record is not None and record.expires_at_ms is not None:
+                headers.append(("expires_at_ms", b"%d" % record.expires_at_ms))
             r.changes.append((key, None, headers))
             return
         change = self._changes.encode_fields(
@@ -326,6 +536,25 @@ class Materializer:
             new.expires_at_ms, offset, event_id, m.timestamp,
         )  # fmt: skip
         r.changes.append((key, change, _NO_HEADERS))
+
+    def _barrier(self, r: _Round, store: PartitionStore, m: Any, event: ContextEvent) -> None:
+        """Journals a checkpoint barrier and marks the round as ending with it (the caller cut
+        the round there); the checkpoint is taken once the round is committed."""
+        payload_hash = xxhash.xxh3_64_intdigest(m.value or b"")
+        if self._is_retry(r, store, m, event.event_id, payload_hash):
+            return
+        op = event.op
+        assert type(op) is CheckpointBarrier
+        status, reason = EntryStatus.APPLIED, None
+        try:
+            check_checkpoint_id(op.checkpoint_id)
+            r.barrier = (m.offset, op.checkpoint_id)
+        except InvalidCheckpointError as exc:
+            status, reason = EntryStatus.REJECTED, str(exc)
+        r.entries += ENTRY.pack(m.offset, status, 0, event.event_id, payload_hash)
+        if reason is not None:
+            r.rejected += 1
+            r.reasons[m.offset] = reason
 
     def _is_retry(
         self, r: _Round, store: PartitionStore, m: Any, event_id: bytes, payload_hash: int
@@ -415,7 +644,11 @@ class Materializer:
             m.duplicates.inc(r.duplicates)
             m.changes.inc(len(r.changes))
             m.next_offset.labels(r.partition).set(r.next_offset)
-            assert self._consumer is not None
+            m.digest.labels(r.partition).set(self.stores[r.partition].summary().digest & 0xFFFFFFFF)
+            for late in r.lateness_ms:
+                m.expiry_lateness.observe(late / 1000)
+            if self._consumer is None:  # an offline restore
+                continue
             high = self._consumer.highwater(TopicPartition(self.config.topics.events, r.partition))
             if high is not None:
                 m.lag.labels(r.partition).set(max(0, high - r.next_offset))
@@ -439,6 +672,11 @@ class Materializer:
     def decode_event(self, data: bytes) -> ContextEvent:
         """Decodes one event with the worker's codec (``CodecError`` when it is not one)."""
         return self._events.decode(data)
+
+    @property
+    def restoring(self) -> list[int]:
+        """Partitions assigned here whose stores are still being opened or restored."""
+        return sorted(self._restoring)
 
     def store_for(self, partition: int) -> PartitionStore:
         store = self.stores.get(partition)
@@ -470,43 +708,72 @@ class Materializer:
     # ---- assignment ----
 
     async def _assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        """Opens each new partition's store and seeks to its ``next_offset``, then checks that
-        the WAL still holds that offset.
+        """Starts opening (or restoring) the store of each new partition.
 
-        The seeks come before any ``await``: with ``auto_offset_reset="none"`` the fetcher
-        would otherwise try to find a position of its own for the new partitions and fail.
+        Before any ``await``, each new partition is positioned and paused: with
+        ``auto_offset_reset="none"`` the fetcher would otherwise look for a position of its
+        own and fail. The store is opened by a task (a restore may take a while, and the
+        group's protocol must not wait for it); when it is ready the partition is sought to
+        the store's ``next_offset`` and resumed.
         """
         consumer = self._consumer
         assert consumer is not None
         tps = list(assigned)
         self.partition_count = len(consumer.partitions_for_topic(self.config.topics.events) or ())
         for tp in tps:
-            if tp.partition not in self.stores:
-                path = self.config.state_dir / f"partition-{tp.partition}"
-                store = PartitionStore(path, self.config.store)
-                store.load_recent(self.config.limits.dedupe_window)
-                self.stores[tp.partition] = store
-            consumer.seek(tp, self.stores[tp.partition].next_offset)
-        if tps:
-            await self._check_retention(tps)
+            store = self.stores.get(tp.partition)
+            if store is not None:
+                consumer.seek(tp, store.next_offset)
+            elif tp.partition not in self._restoring:
+                consumer.seek(tp, 0)  # provisional: paused, nothing is fetched from it
+                consumer.pause(tp)
+                task = asyncio.create_task(self._open(tp))
+                self._restoring[tp.partition] = task
+
+    async def _open(self, tp: TopicPartition) -> None:
+        try:
+            consumer = self._consumer
+            assert consumer is not None
+            low = (await consumer.beginning_offsets([tp]))[tp]
+            high = (await consumer.end_offsets([tp]))[tp]
+            store, report = await self.restorer.open(tp.partition, (low, high))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("partition %d could not be opened: %s", tp.partition, exc)
+            self._fatal = exc
+            return
+        finally:
+            self._restoring.pop(tp.partition, None)
+        consumer = self._consumer
+        if consumer is None or tp not in consumer.assignment():
+            store.close()  # revoked while it was restoring
+            return
+        self.stores[tp.partition] = store
+        if not store.recent:
+            store.load_recent(self.config.limits.dedupe_window)
+        self.restore_reports[tp.partition] = report
+        self.metrics.restores.labels(report.source.value).inc()
+        self.metrics.quarantined.inc(len(report.quarantined))
+        consumer.seek(tp, store.next_offset)
+        consumer.resume(tp)
+        log.info(
+            "partition %d opened from %s in %.2f s, folding from offset %d (digest %s)",
+            tp.partition, report.source.value, report.seconds, store.next_offset, report.digest,
+        )  # fmt: skip
         async with self._progress:
             self._progress.notify_all()
 
-    async def _check_retention(self, tps: list[TopicPartition]) -> None:
-        assert self._consumer is not None
-        low = await self._consumer.beginning_offsets(tps)
-        for tp in tps:
-            store = self.stores.get(tp.partition)
-            if store is None:
-                continue
-            needed = store.next_offset
-            if needed < low[tp]:
-                raise WalTruncatedError(tp.partition, needed, low[tp])
-            log.info("partition %d assigned, folding from offset %d", tp.partition, needed)
-
     async def _revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        for tp in revoked:
+            task = self._restoring.get(tp.partition)
+            if task is not None:
+                # Not cancelled: a restore runs partly in a thread that would go on holding
+                # the store's lock. Once done, it sees the partition is gone and closes it.
+                await asyncio.wait([task])
         async with self._lock:  # waits for the round in progress to commit
             for tp in revoked:
+                self._expiring.pop(tp.partition, None)
                 store = self.stores.pop(tp.partition, None)
                 if store is not None:
                     store.close()

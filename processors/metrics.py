@@ -37,6 +37,36 @@ class WorkerMetrics:
             registry=r,
         )
 
+        self.expiry_lateness = Histogram(
+            "lukhas_expiry_lateness_seconds",
+            "Log time of an applied Expire minus the expiry time of the version it removed",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0),
+            registry=r,
+        )
+        self.expires_appended = Counter(
+            "lukhas_expire_events_appended", "Expire events the sweeper appended", registry=r
+        )
+        self.checkpoints = Counter(
+            "lukhas_checkpoints", "Partition checkpoints taken at barriers", registry=r
+        )
+        self.checkpoint_failures = Counter(
+            "lukhas_checkpoint_failures",
+            "Barriers whose checkpoint failed, or disagreed with an existing one (corruption)",
+            registry=r,
+        )
+        self.restores = Counter(
+            "lukhas_partition_opens", "Partition stores opened, by path", ["source"], registry=r
+        )
+        self.quarantined = Counter(
+            "lukhas_stores_quarantined", "Unusable stores moved aside", registry=r
+        )
+        self.digest = Gauge(
+            "lukhas_partition_digest_low32",
+            "Low 32 bits of the partition's state digest (compare replicas)",
+            ["partition"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return bytes(generate_latest(self.registry))

@@ -63,7 +63,14 @@ class Expire:
 
 @dataclass(frozen=True, slots=True)
 class CheckpointBarrier:
+    """Appended to every WAL partition; its ``context_id`` is ``BARRIER_CONTEXT_ID`` and its
+    record key is empty, which no context can have (context ids are 1..256 bytes)."""
+
     checkpoint_id: str
+
+
+BARRIER_CONTEXT_ID = ""
+BARRIER_KEY = b""
 
 
 Op = Put | Delete | Patch | Touch | Expire | CheckpointBarrier

@@ -6,7 +6,15 @@ from pathlib import Path
 
 from lukhas_context.schemas.exceptions import LukhasError
 
-__all__ = ["CorruptRecordError", "LukhasError", "StateError", "StoreOpenError"]
+__all__ = [
+    "CheckpointError",
+    "CorruptRecordError",
+    "InvalidCheckpointError",
+    "LukhasError",
+    "StateError",
+    "StoreLockedError",
+    "StoreOpenError",
+]
 
 
 class StateError(LukhasError):
@@ -21,5 +29,19 @@ class StoreOpenError(StateError):
         self.path = path
 
 
+class StoreLockedError(StoreOpenError):
+    """The store is open in another process (or another handle in this one): RocksDB's
+    ``LOCK`` is held. Not corruption: never quarantined."""
+
+
 class CorruptRecordError(StateError):
     """A stored value does not decode (unknown format byte, short header)."""
+
+
+class CheckpointError(StateError):
+    """A checkpoint could not be made or installed, or disagrees with the live store."""
+
+
+class InvalidCheckpointError(CheckpointError):
+    """A checkpoint id that is not allowed, or a checkpoint whose manifest is missing, does not
+    parse or fails its checksum (a checkpoint interrupted by a crash has none)."""

@@ -12,7 +12,8 @@ round keeps the hot path free of per-event puts. The journal serves two things:
 * the event-id dedupe window, rebuilt from the newest blocks when a store opens, so that
   retries are recognised across restarts and restores exactly as in an uninterrupted fold.
 
-Statuses are those of ``processors.fold.Status`` plus ``DEAD_LETTERED`` and ``DUPLICATE``.
+Statuses are those of ``processors.fold.Status`` plus ``DEAD_LETTERED``, ``DUPLICATE`` and
+``RESTORED``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class EntryStatus(enum.IntEnum):
     REJECTED = 2
     DEAD_LETTERED = 3
     DUPLICATE = 4
+    #: Folded before the store was restored from the change topic, which keeps no outcomes:
+    #: the event id is known (for the dedupe window), what became of the event is not.
+    RESTORED = 5
 
 
 @dataclass(frozen=True, slots=True)

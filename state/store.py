@@ -1,8 +1,16 @@
 """The per-partition RocksDB store (rocksdict, raw bytes mode).
 
-Column families: ``default`` holds the partition's metadata (``next_offset``), ``contexts``
-holds one ``ContextRecord`` per context id (UTF-8 key), ``journal`` one block of outcomes per
-round (see ``state.journal``).
+Column families: ``default`` holds the partition's metadata (``next_offset``, the digest and the
+counts), ``contexts`` holds one ``ContextRecord`` per context id (UTF-8 key), ``journal`` one
+block of outcomes per round (see ``state.journal``), ``expiry`` the expiry index: one key
+``expires_at_ms (8, big-endian) | context id`` per live context with a TTL, value its version,
+so the sweeper reads the contexts due first, in order.
+
+**Digest:** the sum mod 2^64 of ``xxh3_64(len(id) | id | stored record bytes)`` over every
+stored record, tombstones included. It is order-independent, updated with each commit in the
+same WriteBatch (subtract the old record's hash, add the new one's), so it costs O(1) at a
+checkpoint, and any two stores holding the fold of the same WAL prefix have the same digest —
+across replicas, replays and restore paths. ``verify()`` recomputes it from the records.
 
 **Offset convention, the one of the whole code base:** ``next_offset`` is the offset of the
 next WAL record to read, i.e. one past the last record folded in. It is written in the *same*
@@ -17,22 +25,71 @@ fold then completes from the Kafka log.
 
 from __future__ import annotations
 
+import logging
+import os
 import struct
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from rocksdict import Options, Rdict, WriteBatch
+import xxhash
+from rocksdict import Checkpoint, Options, Rdict, WriteBatch
 
 from lukhas_context.state import journal
-from lukhas_context.state.exceptions import StoreOpenError
+from lukhas_context.state.exceptions import StoreLockedError, StoreOpenError
 from lukhas_context.state.record import ContextRecord, decode_record, encode_record
+
+log = logging.getLogger(__name__)
 
 CF_CONTEXTS = "contexts"
 CF_JOURNAL = "journal"
+CF_EXPIRY = "expiry"
 HASH_MASK = (1 << 64) - 1
 NEXT_OFFSET_KEY = b"meta/next_offset"
+#: Digest, stored records and stored documents (records that are not tombstones), as one value.
+SUMMARY_KEY = b"meta/summary"
 _OFFSET = struct.Struct("<q")
+_SUMMARY = struct.Struct("<Qqq")
+_EXPIRES = struct.Struct(">q")
+_KEY_LEN = struct.Struct("<H")
+
+
+def _is_lock_error(exc: BaseException) -> bool:
+    """RocksDB's ``LOCK`` is held: by this process ("lock hold by current process") or by
+    another ("While lock file: ...LOCK: Resource temporarily unavailable"). Matched on these
+    phrases, not on "LOCK" alone, which any path may contain."""
+    message = str(exc)
+    return "lock hold by current process" in message or "While lock file" in message
+
+
+def record_hash(key: bytes, value: bytes) -> int:
+    """The digest term of one stored record: xxh3-64 of its id (length-prefixed) and bytes."""
+    return xxhash.xxh3_64_intdigest(_KEY_LEN.pack(len(key)) + key + value)
+
+
+def expiry_key(expires_at_ms: int, key: bytes) -> bytes:
+    """The expiry index key of a context: due time first, so the index sorts by it."""
+    return _EXPIRES.pack(expires_at_ms) + key
+
+
+def split_expiry_key(raw: bytes) -> tuple[int, bytes]:
+    """``(expires_at_ms, context key)`` of an expiry index key."""
+    return _EXPIRES.unpack_from(raw)[0], raw[_EXPIRES.size :]
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What a store holds, in O(1): the digest and the counts, as of ``next_offset``."""
+
+    next_offset: int
+    digest: int
+    records: int
+    documents: int
+
+    @property
+    def digest_hex(self) -> str:
+        return f"{self.digest:016x}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +100,9 @@ class StoreOptions:
     write_buffer_bytes: int = 32 * 1024 * 1024
 
 
-def _options(options: StoreOptions) -> Options:
+def _options(options: StoreOptions, create: bool = True) -> Options:
     opts = Options(raw_mode=True)
-    opts.create_if_missing(True)
+    opts.create_if_missing(create)
     opts.create_missing_column_families(True)
     opts.set_write_buffer_size(options.write_buffer_bytes)
     return opts
@@ -56,27 +113,58 @@ class PartitionStore:
 
     Reads go through a bounded in-process cache of decoded records (oldest entry evicted
     first), filled by commits and by misses; the cache only ever holds committed records.
+
+    A directory that holds files but no ``CURRENT`` is refused (``StoreOpenError``), never
+    opened as a new, empty store: RocksDB would otherwise create a fresh database over the
+    remains of the old one.
     """
 
     def __init__(self, path: Path, options: StoreOptions | None = None) -> None:
         self.path = path
         self._options = options or StoreOptions()
+        existing = path.is_dir() and any(path.iterdir())
+        if existing and not (path / "CURRENT").is_file():
+            raise StoreOpenError(path, FileNotFoundError("CURRENT is missing"))
         path.mkdir(parents=True, exist_ok=True)
-        opts = _options(self._options)
+        opts = _options(self._options, create=not existing)
         try:
-            families = {name: _options(self._options) for name in (CF_CONTEXTS, CF_JOURNAL)}
+            families = {
+                name: _options(self._options) for name in (CF_CONTEXTS, CF_JOURNAL, CF_EXPIRY)
+            }
             self._db = Rdict(str(path), opts, column_families=families)
             self._contexts = self._db.get_column_family(CF_CONTEXTS)
             self._cf = self._db.get_column_family_handle(CF_CONTEXTS)
             self._journal = self._db.get_column_family(CF_JOURNAL)
             self._journal_cf = self._db.get_column_family_handle(CF_JOURNAL)
+            self._expiry = self._db.get_column_family(CF_EXPIRY)
+            self._expiry_cf = self._db.get_column_family_handle(CF_EXPIRY)
+            raw = self._db.get(NEXT_OFFSET_KEY)
+            summary = self._db.get(SUMMARY_KEY)
         except Exception as exc:  # rocksdict raises plain Exception for corruption
+            if hasattr(self, "_db"):
+                self._close_db()
+            if _is_lock_error(exc):
+                raise StoreLockedError(path, exc) from exc
             raise StoreOpenError(path, exc) from exc
-        raw = self._db.get(NEXT_OFFSET_KEY)
         if raw is not None and len(raw) != _OFFSET.size:
+            self._close_db()
             raise StoreOpenError(path, ValueError(f"next_offset of {len(raw)} bytes"))
+        if summary is not None and len(summary) != _SUMMARY.size:
+            self._close_db()
+            raise StoreOpenError(path, ValueError(f"summary of {len(summary)} bytes"))
         self._next_offset: int = 0 if raw is None else _OFFSET.unpack(raw)[0]
         self._cache: dict[bytes, ContextRecord] = {}
+        if summary is None and self._next_offset:
+            # Written before the digest existed: derive it (and the expiry index) once.
+            try:
+                self._digest, self._records, self._documents = self._rebuild_derived()
+            except Exception:
+                self._close_db()
+                raise
+        elif summary is None:
+            self._digest, self._records, self._documents = 0, 0, 0
+        else:
+            self._digest, self._records, self._documents = _SUMMARY.unpack(summary)
         #: The dedupe window: event id -> ``offset << 64 | payload hash`` (one int, which the
         #: garbage collector does not track, unlike a tuple), in offset order. Owned by the
         #: fold; rebuilt from the journal by ``load_recent``.
@@ -88,6 +176,10 @@ class PartitionStore:
     def next_offset(self) -> int:
         """Offset of the next WAL record to fold (0 for a new store)."""
         return self._next_offset
+
+    def summary(self) -> Summary:
+        """The digest and counts as of ``next_offset`` (O(1): kept by every commit)."""
+        return Summary(self._next_offset, self._digest, self._records, self._documents)
 
     def get(self, key: bytes) -> ContextRecord | None:
         """The committed record of a context id (UTF-8 bytes), tombstones included."""
@@ -108,24 +200,115 @@ class PartitionStore:
         journal_block: tuple[int, bytes] | None = None,
         forget_below: int = 0,
     ) -> None:
-        """Writes ``records``, ``next_offset`` and the round's journal block ``(first offset,
-        block)`` in one WriteBatch: all or nothing. Journal blocks that start below
-        ``forget_below`` are deleted in the same batch (the journal's bound)."""
+        """Writes ``records``, ``next_offset``, the round's journal block ``(first offset,
+        block)``, the expiry index entries and the new digest in one WriteBatch: all or
+        nothing. Journal blocks that start below ``forget_below`` are deleted in the same
+        batch (the journal's bound)."""
         batch = WriteBatch(raw_mode=True)
-        cf = self._cf
-        for key, record in records.items():
-            batch.put(key, encode_record(record), cf)
+        cf, expiry_cf = self._cf, self._expiry_cf
+        digest, count, documents = self._digest, self._records, self._documents
+        for key, record, old_raw in self._with_previous(records):
+            value = encode_record(record)
+            batch.put(key, value, cf)
+            digest += record_hash(key, value)
+            documents += record.doc is not None
+            old_due = None
+            if old_raw is None:
+                count += 1
+            else:
+                digest -= record_hash(key, old_raw)
+                old = decode_record(old_raw)
+                documents -= old.doc is not None
+                old_due = old.expires_at_ms if old.doc is not None else None
+            due = record.expires_at_ms if record.doc is not None else None
+            if old_due is not None and (old_due != due):
+                batch.delete(expiry_key(old_due, key), expiry_cf)
+            if due is not None:
+                batch.put(expiry_key(due, key), _OFFSET.pack(record.version), expiry_cf)
+        digest &= HASH_MASK
         if journal_block is not None:
             batch.put(journal.block_key(journal_block[0]), journal_block[1], self._journal_cf)
         floor = self._journal_floor(forget_below)
         if floor > self._trimmed_below:
             batch.delete_range(journal.block_key(0), journal.block_key(floor), self._journal_cf)
+        batch.put(SUMMARY_KEY, _SUMMARY.pack(digest, count, documents))
         batch.put(NEXT_OFFSET_KEY, _OFFSET.pack(next_offset))
         self._db.write(batch)
         self._next_offset = next_offset
+        self._digest, self._records, self._documents = digest, count, documents
         self._trimmed_below = max(self._trimmed_below, floor)
         for key, record in records.items():
             self._remember(key, record)
+
+    def _with_previous(
+        self, records: Mapping[bytes, ContextRecord]
+    ) -> Iterator[tuple[bytes, ContextRecord, bytes | None]]:
+        """Each new record with the stored bytes it replaces (None for a new context). The
+        fold read every one of these keys this round, so most come from the cache; the rest
+        (contexts new to the store) are looked up in one multi-get."""
+        cache = self._cache
+        missing = [key for key in records if key not in cache]
+        stored: dict[bytes, bytes | None] = {}
+        if missing:
+            found: list[bytes | None] = self._contexts.get(missing)  # type: ignore[arg-type,assignment]
+            stored = dict(zip(missing, found, strict=True))
+        for key, record in records.items():
+            cached = cache.get(key)
+            yield key, record, encode_record(cached) if cached is not None else stored[key]
+
+    def due(self, now_ms: int, limit: int) -> list[tuple[bytes, int, int]]:
+        """Up to ``limit`` entries of the expiry index due at ``now_ms``, earliest first:
+        ``(context key, version, expires_at_ms)``."""
+        out: list[tuple[bytes, int, int]] = []
+        it = self._expiry.iter()
+        it.seek_to_first()
+        while it.valid() and len(out) < limit:
+            due_ms, key = split_expiry_key(it.key())
+            if due_ms > now_ms:
+                break
+            out.append((key, _OFFSET.unpack(it.value())[0], due_ms))
+            it.next()
+        return out
+
+    def expiry_index(self) -> Iterator[tuple[bytes, int, int]]:
+        """The whole expiry index in due order: ``(context key, version, expires_at_ms)``."""
+        for raw, version in self._expiry.items():
+            assert isinstance(raw, bytes) and isinstance(version, bytes)
+            due_ms, key = split_expiry_key(raw)
+            yield key, _OFFSET.unpack(version)[0], due_ms
+
+    def verify(self) -> Summary:
+        """Recomputes the digest and counts from the stored records (a full scan, reading
+        every block with its checksum verified). Compare with ``summary()``: they differ only
+        when the store is corrupt. Raises ``StoreOpenError`` when a block does not read."""
+        digest = count = documents = 0
+        try:
+            for key, value in self._contexts.items():
+                assert isinstance(key, bytes) and isinstance(value, bytes)
+                digest += record_hash(key, value)
+                count += 1
+                documents += not value[1] & 1  # flags bit 0: tombstone
+        except Exception as exc:  # rocksdict raises plain Exception for a bad block
+            raise StoreOpenError(self.path, exc) from exc
+        return Summary(self._next_offset, digest & HASH_MASK, count, documents)
+
+    def _rebuild_derived(self) -> tuple[int, int, int]:
+        """Derives the summary and the expiry index from the records (stores written before
+        either existed), in one WriteBatch."""
+        batch = WriteBatch(raw_mode=True)
+        for key, record in self.items():
+            if record.doc is not None and record.expires_at_ms is not None:
+                value = _OFFSET.pack(record.version)
+                batch.put(expiry_key(record.expires_at_ms, key), value, self._expiry_cf)
+        summary = self.verify()
+        batch.put(SUMMARY_KEY, _SUMMARY.pack(summary.digest, summary.records, summary.documents))
+        self._db.write(batch)
+        return summary.digest, summary.records, summary.documents
+
+    def checkpoint(self, dest: Path) -> None:
+        """A RocksDB checkpoint of the store as last committed, in ``dest`` (which must not
+        exist): memtables flushed, SST files hard-linked, the rest copied."""
+        Checkpoint(self._db).create_checkpoint(str(dest))
 
     def _journal_floor(self, forget_below: int) -> int:
         """The first offset of the block that holds ``forget_below``: blocks below it can go.
@@ -165,7 +348,7 @@ class PartitionStore:
         last ``window`` offsets, as the uninterrupted fold would hold them."""
         self.recent.clear()
         remembered = (journal.EntryStatus.APPLIED, journal.EntryStatus.CONFLICT,
-                      journal.EntryStatus.REJECTED)  # fmt: skip
+                      journal.EntryStatus.REJECTED, journal.EntryStatus.RESTORED)  # fmt: skip
         for entry in self.journal_since(max(0, self._next_offset - window)):
             if entry.status in remembered:
                 self.recent.pop(entry.event_id, None)
@@ -195,14 +378,42 @@ class PartitionStore:
             yield key, decode_record(raw)
 
     def close(self) -> None:
-        """Closes the database; RocksDB's lock is released only once the column family
-        handles are gone too, so they are dropped first."""
+        """Flushes and closes the database (the next open then replays no RocksDB WAL).
+        RocksDB's lock is released only once the column family handles are gone too, so they
+        are dropped first. Safe to call twice."""
+        if not hasattr(self, "_db"):
+            return
         self._cache.clear()
-        del self._contexts, self._cf, self._journal, self._journal_cf
+        try:
+            for family in (self._contexts, self._journal, self._expiry, self._db):
+                family.flush()
+        finally:
+            self._close_db()
+
+    def _close_db(self) -> None:
+        for name in ("_contexts", "_cf", "_journal", "_journal_cf", "_expiry", "_expiry_cf"):
+            if hasattr(self, name):
+                delattr(self, name)
         self._db.close()
+        del self._db
 
     def __enter__(self) -> PartitionStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def quarantine(path: Path, into: Path, reason: object) -> Path:
+    """Moves a store directory that cannot be used to ``into`` (never deletes it) and
+    returns where it went: ``into/NAME-YYYYmmddTHHMMSSZ[-n]``."""
+    into.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest = into / f"{path.name}-{stamp}"
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = into / f"{path.name}-{stamp}-{n}"
+    os.rename(path, dest)
+    log.error("state store %s is unusable (%s); moved it to %s", path, reason, dest)
+    return dest

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Coroutine
@@ -22,7 +23,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 import xxhash
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from lukhas_context.schemas.codec import EventCodec
@@ -37,7 +38,10 @@ from lukhas_context.schemas.event import (
     Touch,
 )
 from lukhas_context.schemas.patch import make_json_patch
+from lukhas_context.state.checkpoints import check_checkpoint_id
+from lukhas_context.streams.barriers import append_barriers
 from lukhas_context.streams.exceptions import (
+    CheckpointTimeoutError,
     ChecksumMismatchError,
     ContextNotFoundError,
     DocumentTooLargeError,
@@ -147,6 +151,14 @@ class Context:
     offset: int
     partition: int
     expires_at_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRequest:
+    """A checkpoint asked for: its id and the WAL offset of its barrier in each partition."""
+
+    checkpoint_id: str
+    offsets: dict[int, int]
 
 
 class ContextClient:
@@ -404,6 +416,62 @@ class ContextClient:
             original = await self.outcome(partition, data["duplicate_of"], timeout)
             return Outcome(original.status, original.version, original.reason, data["duplicate_of"])
         return Outcome(data["status"], data["version"], data["reason"])
+
+    # ---- operations ----
+
+    async def checkpoint(self, checkpoint_id: str | None = None) -> CheckpointRequest:
+        """Appends a checkpoint barrier to every WAL partition. Each worker that folds a
+        partition checkpoints its store at exactly that offset and publishes the manifest on
+        the checkpoints topic (``wait_checkpoint``). The id defaults to
+        ``ck-YYYYmmddTHHMMSSZ-XXXX``. A worker that already holds a checkpoint of the id
+        compares it with its store instead of taking it again."""
+        if checkpoint_id is None:
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            checkpoint_id = f"ck-{stamp}-{uuid.uuid4().hex[:4]}"
+        check_checkpoint_id(checkpoint_id)
+        producer = await self._ensure_producer()
+        topic = self.config.topics.events
+        try:
+            partitions = len(await producer.partitions_for(topic))
+            offsets = await append_barriers(producer, self._codec, topic, checkpoint_id, partitions)
+        except KafkaError as exc:
+            raise PublishError(f"could not append the checkpoint barriers: {exc}") from exc
+        return CheckpointRequest(checkpoint_id, offsets)
+
+    async def wait_checkpoint(
+        self, request: CheckpointRequest, timeout: float = 60.0
+    ) -> list[dict[str, Any]]:
+        """Waits until every partition's checkpoint of ``request`` is published and returns
+        their manifests (partition order); ``CheckpointTimeoutError`` names the missing ones."""
+        topic = self.config.topics.checkpoints
+        prefix = f"{request.checkpoint_id}/".encode()
+        found: dict[int, dict[str, Any]] = {}
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=self.config.bootstrap, client_id=self.config.client_id,
+            enable_auto_commit=False, auto_offset_reset="earliest",
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        try:
+            await consumer.start()
+            while len(found) < len(request.offsets):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    missing = sorted(set(request.offsets) - set(found))
+                    raise CheckpointTimeoutError(
+                        f"checkpoint {request.checkpoint_id}: no manifest from partitions "
+                        f"{missing} within {timeout:g} s (is a worker folding them?)"
+                    )
+                batch = await consumer.getmany(timeout_ms=int(min(left, 1.0) * 1000))
+                for records in batch.values():
+                    for m in records:
+                        if m.key is not None and m.key.startswith(prefix) and m.value:
+                            manifest = orjson.loads(m.value)
+                            found[int(manifest["partition"])] = manifest
+        except KafkaError as exc:
+            raise ReadError(f"cannot read {topic}: {exc}") from exc
+        finally:
+            await consumer.stop()
+        return [found[p] for p in sorted(found)]
 
     async def _dry_run(self, value: bytes) -> DryRun:
         status, body = await self._request("POST", "/v1/dry-run", {}, 5.0, value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from lukhas_context.schemas.exceptions import LukhasError
 
 __all__ = [
+    "CheckpointTimeoutError",
     "ChecksumMismatchError",
     "ClientError",
     "ContextNotFoundError",
@@ -76,3 +77,7 @@ class ContextNotFoundError(ClientError, KeyError):
 
 class NotAppliedYetError(ReadError):
     """The read-your-writes wait timed out: the worker has not folded the offset yet."""
+
+
+class CheckpointTimeoutError(ReadError):
+    """Not every partition published its checkpoint in time."""

@@ -1,0 +1,169 @@
+"""``lukhas restore``: rebuild one partition's store offline, from a checkpoint or from scratch.
+
+The worker must not be serving the partition (RocksDB's lock says so: ``StoreInUseError``).
+The current store, if any, is moved to ``STATE_DIR/quarantine/`` (never deleted); the new one
+is built from the chosen source and folded with the worker's own fold, without publishing,
+up to the WAL offset the change topic covers: every event before it already has its change
+published, and the worker, when it starts, folds (and publishes) the rest. Barriers passed on
+the way make their checkpoints again; one that exists already is compared, and a different
+digest is reported as corruption.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import TopicPartition
+from tqdm import tqdm
+
+from lukhas_context.processors.config import WorkerConfig
+from lukhas_context.processors.exceptions import ProcessorError, WalTruncatedError
+from lukhas_context.processors.materializer import Materializer
+from lukhas_context.processors.restore import Restorer, RestoreReport, Source
+from lukhas_context.state.exceptions import StoreLockedError, StoreOpenError
+from lukhas_context.state.store import PartitionStore, quarantine
+
+
+class StoreInUseError(ProcessorError):
+    """The partition's store is open in a running worker: stop it first."""
+
+
+class From(enum.Enum):
+    LATEST_CHECKPOINT = "latest-checkpoint"
+    CHECKPOINT = "checkpoint"
+    CHANGES = "changes"
+    SCRATCH = "scratch"
+
+
+@dataclass(frozen=True, slots=True)
+class RebuildReport:
+    restore: RestoreReport
+    from_offset: int
+    to_offset: int
+    events_folded: int
+    fold_seconds: float
+    moved_aside: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.restore.to_dict(),
+            "from_offset": self.from_offset,
+            "to_offset": self.to_offset,
+            "events_folded": self.events_folded,
+            "fold_seconds": round(self.fold_seconds, 3),
+            "moved_aside": self.moved_aside,
+        }
+
+
+async def rebuild(
+    config: WorkerConfig,
+    partition: int,
+    source: From,
+    checkpoint_id: str | None = None,
+    progress: bool = True,
+    until: int | None = None,
+) -> RebuildReport:
+    """Rebuilds ``partition``'s store from ``source`` and folds the WAL on to the change
+    topic's coverage (or to offset ``until``, capped at the WAL's end: for benchmarks and
+    tests, since the events past the coverage then never get their changes published).
+    ``checkpoint_id`` names the checkpoint when ``source`` is CHECKPOINT."""
+    started = time.monotonic()
+    restorer = Restorer(config)
+    path = restorer.store_path(partition)
+    low, high = await restorer.watermarks(partition)
+    # Check the source before anything is moved.
+    manifest = None
+    if source is From.CHECKPOINT:
+        assert checkpoint_id is not None
+        manifest = restorer.checkpoints.find(partition, checkpoint_id)
+    elif source is From.LATEST_CHECKPOINT:
+        found = [m for m in restorer.checkpoints.valid(partition) if m.next_offset >= low]
+        if not found:
+            raise ProcessorError(
+                f"no valid checkpoint of partition {partition} in {restorer.checkpoints.root} "
+                f"that the WAL (starting at offset {low}) can continue"
+            )
+        manifest = found[0]
+    if manifest is not None and manifest.next_offset < low:
+        raise WalTruncatedError(partition, manifest.next_offset, low)
+    if source is From.SCRATCH and low > 0:
+        raise WalTruncatedError(partition, 0, low)
+    moved = _move_aside(restorer, path)
+    report = RestoreReport(partition, Source.REPLAY)
+    if moved is not None:
+        report.quarantined.append(moved)
+    if manifest is not None:
+        store = restorer.from_checkpoint(manifest)
+        report.source, report.checkpoint_id = Source.CHECKPOINT, manifest.checkpoint_id
+    elif source is From.CHANGES:
+        restored = await restorer.from_changes(partition, low)
+        if restored is None:
+            raise ProcessorError(f"the change topic holds nothing to restore partition {partition}")
+        store, report.source = restored, Source.CHANGES
+    else:
+        store = restorer.empty(partition)
+    target = min(high, until if until is not None else await restorer.changes_coverage(partition))
+    start = store.next_offset
+    fold_started = time.monotonic()
+    try:
+        folded = await _fold(config, store, partition, target, progress)
+    finally:
+        report.finish(store, started)
+        store.close()
+    return RebuildReport(
+        report, start, max(start, target), folded, time.monotonic() - fold_started, moved
+    )
+
+
+def _move_aside(restorer: Restorer, path: Any) -> str | None:
+    if not path.is_dir():
+        return None
+    try:
+        PartitionStore(path, restorer.config.store).close()
+    except StoreLockedError as exc:
+        raise StoreInUseError(
+            f"{path} is open in a running worker; stop it first "
+            "(`lukhas down --processor-only` for the local cluster)"
+        ) from exc
+    except StoreOpenError:
+        pass  # unusable: moved aside all the same
+    return str(quarantine(path, restorer.quarantine_dir, "replaced by lukhas restore"))
+
+
+async def _fold(
+    config: WorkerConfig, store: PartitionStore, partition: int, target: int, progress: bool
+) -> int:
+    """Folds WAL records ``[store.next_offset, target)`` with the worker's fold, unpublished."""
+    start = store.next_offset
+    if start >= target:
+        return 0
+    folder = Materializer(config)
+    folder.stores[partition] = store
+    consumer = folder.restorer.consumer()
+    await consumer.start()
+    tp = TopicPartition(config.topics.events, partition)
+    folded = 0
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        with tqdm(
+            total=target - start, unit="ev", unit_scale=True, disable=not progress,
+            desc=f"partition {partition}",
+        ) as bar:  # fmt: skip
+            while store.next_offset < target:
+                batch = await consumer.getmany(tp, timeout_ms=1000, max_records=50_000)
+                records = [m for m in batch.get(tp, ()) if m.offset < target]
+                if records:
+                    before = store.next_offset
+                    await folder.fold_round({tp: records}, publish=False)
+                    folded += len(records)
+                    bar.update(store.next_offset - before)
+                elif await consumer.position(tp) >= target:
+                    # Only transaction markers or aborted records were left: nothing to fold.
+                    store.commit({}, target)
+    finally:
+        await consumer.stop()
+    return folded

@@ -1,0 +1,57 @@
+"""Events the system appends itself: checkpoint barriers and expiries.
+
+Both have **deterministic event ids** derived from what they mean, so appending the same one
+twice (a worker restarted within a checkpoint interval, a sweeper that retries, a zombie
+worker that still sweeps after a rebalance) produces identical bytes: the fold's dedupe
+window journals the second as a duplicate, and an Expire that does slip through the window is
+still refused by its version condition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import xxhash
+
+from lukhas_context.schemas.codec import EventCodec
+from lukhas_context.schemas.event import (
+    BARRIER_CONTEXT_ID,
+    BARRIER_KEY,
+    CheckpointBarrier,
+    ContextEvent,
+    Expire,
+)
+from lukhas_context.state.checkpoints import check_checkpoint_id
+
+
+def barrier_event(checkpoint_id: str, partition: int) -> ContextEvent:
+    """The barrier of ``checkpoint_id`` for one partition."""
+    check_checkpoint_id(checkpoint_id)
+    event_id = xxhash.xxh3_128_digest(b"checkpoint\0%d\0%s" % (partition, checkpoint_id.encode()))
+    return ContextEvent(event_id, BARRIER_CONTEXT_ID, CheckpointBarrier(checkpoint_id))
+
+
+def expire_event(key: bytes, version: int) -> ContextEvent:
+    """The Expire of one version of a context."""
+    event_id = xxhash.xxh3_128_digest(b"expire\0%d\0%s" % (version, key))
+    return ContextEvent(event_id, key.decode(), Expire(version))
+
+
+def checkpoint_id_for_slot(interval_s: float, now_s: float) -> str:
+    """The id of the periodic checkpoint of the interval that holds ``now_s``: every worker
+    names the same interval the same way."""
+    return f"auto-{int(now_s // interval_s)}"
+
+
+async def append_barriers(
+    producer: Any, codec: EventCodec, topic: str, checkpoint_id: str, partitions: int
+) -> dict[int, int]:
+    """Appends the barrier of ``checkpoint_id`` to every partition of the WAL ``topic``;
+    returns the offset of each (acknowledged, ``acks=all``)."""
+    sends = []
+    for p in range(partitions):
+        value = codec.encode(barrier_event(checkpoint_id, p))
+        sends.append(await producer.send(topic, value=value, key=BARRIER_KEY, partition=p))
+    metadata = await asyncio.gather(*sends)
+    return {m.partition: m.offset for m in metadata}
