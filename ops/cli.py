@@ -526,22 +526,24 @@ def outcome(position: str, timeout: float, data_dir: Path | None, bootstrap: str
 @_client_options
 @_errors
 def demo(data_dir: Path | None, bootstrap: str | None, api: str | None, as_json: bool) -> None:
-    """Write a context, read it back after its write, and print both."""
+    """Write a context, read it back after its write, checkpoint, and print all three."""
     config = _client_config(data_dir, bootstrap, api)
 
-    async def run(client: ContextClient) -> tuple[Receipt, Context]:
+    async def run(client: ContextClient) -> tuple[Receipt, Context, list[dict[str, Any]]]:
         doc = {"agent": "demo", "messages": [{"role": "user", "text": "hello, LUKHAS"}]}
         receipt = await client.put("demo:session-1", doc, ttl=3600)
-        return receipt, await client.get("demo:session-1", after=receipt, timeout=30)
+        ctx = await client.get("demo:session-1", after=receipt, timeout=30)
+        manifests = await client.wait_checkpoint(await client.checkpoint(), timeout=60)
+        return receipt, ctx, manifests
 
-    receipt, ctx = _with_client(config, run)
+    receipt, ctx, manifests = _with_client(config, run)
     click.echo(f"put  demo:session-1 -> WAL {receipt.position}")
     click.echo(f"get  demo:session-1 -> version {ctx.version}, checksum {ctx.checksum}")
     click.echo(f"     {json.dumps(ctx.doc, sort_keys=True)}")
-
-
-def main() -> None:
-    cli(prog_name="lukhas")
+    click.echo(f"checkpoint {manifests[0]['checkpoint_id']} of {len(manifests)} partitions:")
+    for m in manifests:
+        click.echo(f"     partition {m['partition']}  next_offset={m['next_offset']}  "
+                   f"documents={m['documents']}  digest={m['digest']}")  # fmt: skip
 
 
 # ---------------------------------------------------------------- operations
@@ -585,3 +587,7 @@ def checkpoint(checkpoint_id: str | None, wait: bool, timeout: float, data_dir: 
                    f"documents={m['documents']:<8} digest={m['digest']}")  # fmt: skip
     if not wait:
         click.echo(f"  barriers at {result['barriers']}")
+
+
+def main() -> None:
+    cli(prog_name="lukhas")

@@ -45,6 +45,8 @@ __all__ = ["ClusterSpec", "LocalCluster"]
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 60.0
+#: A processor may have stores to restore before it serves: it gets longer.
+PROCESSOR_START_TIMEOUT_S = 600.0
 PROCESSOR_STOP_S = 30.0
 BROKER_STOP_S = 60.0
 REDIS_STOP_S = 30.0
@@ -473,12 +475,12 @@ class LocalCluster:
         ]  # fmt: skip
         part.directory.mkdir(parents=True, exist_ok=True)
         _spawn(argv, part)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _healthz(f"{spec.api_url}/healthz"):
+        deadline = time.monotonic() + PROCESSOR_START_TIMEOUT_S
+        while not _serving(f"{spec.api_url}/healthz"):
             if (code := part.exit_code()) is not None:
                 raise part.failure(f"exited during startup (code {code})")
             if time.monotonic() > deadline:
-                raise part.failure(f"/healthz not 200 after {START_TIMEOUT_S}s")
+                raise part.failure(f"not serving after {PROCESSOR_START_TIMEOUT_S:g}s")
             time.sleep(0.3)
         return True
 
@@ -630,6 +632,14 @@ def _get_json(url: str) -> dict[str, Any] | None:
     except (urllib.error.URLError, OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def _serving(healthz_url: str) -> bool:
+    """The worker folds and has opened (restored) every partition it was assigned."""
+    if not _healthz(healthz_url):
+        return False
+    health = _get_json(healthz_url)
+    return health is not None and bool(health.get("partitions")) and not health.get("restoring")
 
 
 def _healthz(url: str) -> bool:

@@ -231,6 +231,7 @@ class ReadApi:
         body = {
             "status": "ok" if self.m.running else "starting",
             "partitions": sorted(self.m.stores),
+            "restoring": self.m.restoring,
         }
         return web.json_response(body, status=200 if self.m.running else 503)
 

@@ -10,6 +10,8 @@ DEFAULT_PREFIX = "lukhas"
 #: more than the WAL: an event the WAL accepted can always be published on.
 WAL_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
 DOWNSTREAM_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+#: How long the change topic keeps tombstones: 100 years, i.e. for good.
+TOMBSTONE_RETENTION_MS = 100 * 365 * 24 * 3600 * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,9 @@ class Topics:
                 {
                     "cleanup.policy": "compact",
                     "min.compaction.lag.ms": str(min_compaction_lag_ms),
+                    # Tombstones stay, as the stores keep them (their versions prevent ABA):
+                    # a store restored from this topic then equals the fold, deletes included.
+                    "delete.retention.ms": str(TOMBSTONE_RETENTION_MS),
                     "unclean.leader.election.enable": "false",
                     "max.message.bytes": str(DOWNSTREAM_MAX_MESSAGE_BYTES),
                 },

@@ -68,6 +68,32 @@ def test_demo_writes_and_reads_back(lukhas: Lukhas) -> None:
     out = lukhas("demo").stdout
     assert "put  demo:session-1 -> WAL" in out
     assert "hello, LUKHAS" in out
+    assert "of 2 partitions:" in out and out.count("digest=") == 2
+
+
+def test_checkpoint_then_offline_restore_gives_the_same_digests(lukhas: Lukhas) -> None:
+    lukhas("put", "ck:1", '{"before": "checkpoint"}')
+    taken = json.loads(lukhas("checkpoint", "--id", "cli-ck", "--json").stdout)
+    assert [m["partition"] for m in taken["manifests"]] == [0, 1]
+    served = json.loads(lukhas("status", "--json").stdout)["processors"][0]["partitions"]
+    digests = {p["partition"]: p["digest"] for p in served}
+    assert digests == {m["partition"]: m["digest"] for m in taken["manifests"]}
+
+    busy = lukhas("restore", "-p", "0", "--no-progress", check=False)
+    assert busy.returncode == 1 and "StoreInUseError" in busy.stderr
+    stopped = json.loads(lukhas("down", "--processor-only", "--json").stdout)
+    assert stopped["stopped"] == ["processor-0"]
+    assert json.loads(lukhas("status", "--json").stdout)["kafka"]["ready"]
+    reports = json.loads(lukhas("restore", "-p", "0", "-p", "1", "--json", "--no-progress").stdout)
+    assert [(r["source"], r["checkpoint_id"]) for r in reports] == [("checkpoint", "cli-ck")] * 2
+    assert {r["partition"]: r["digest"] for r in reports} == digests
+    assert all(Path(r["moved_aside"]).is_dir() for r in reports)
+
+    assert json.loads(lukhas("up", "--json").stdout)["started"] == ["processor-0"]
+    served = json.loads(lukhas("status", "--json").stdout)["processors"][0]["partitions"]
+    assert {p["partition"]: p["digest"] for p in served} == digests
+    assert {p["opened_from"] for p in served} == {"local"}
+    assert json.loads(lukhas("get", "ck:1", "--json").stdout)["doc"] == {"before": "checkpoint"}
 
 
 def test_put_get_delete_with_json_output_and_exit_codes(lukhas: Lukhas) -> None:

@@ -438,3 +438,23 @@ async def test_lukhas_restore_rebuilds_a_partition_from_a_checkpoint(
     busy = await asyncio.to_thread(_run, [*argv, "-p", "0"], env)
     assert busy.returncode == 1 and b"StoreInUseError" in busy.stderr
     assert _summaries(running)[1] == live[1]
+
+
+async def test_the_worker_checkpoints_once_per_interval(start_worker: Any, tmp_path: Path) -> None:
+    worker = await start_worker(
+        state_dir=tmp_path / "state", checkpoint_interval_s=1.0, checkpoint_keep=2,
+        expiry_interval_s=None,
+    )  # fmt: skip
+    await _serving_all(worker)
+    checkpoints = worker.materializer.checkpoints
+    deadline = time.monotonic() + 60
+    while True:
+        ids = [[m.checkpoint_id for m in checkpoints.valid(p)] for p in range(PARTITIONS)]
+        if all(len(found) == 2 for found in ids) and len({tuple(i) for i in ids}) == 1:
+            break
+        assert time.monotonic() < deadline, ids
+        await asyncio.sleep(0.1)
+    # One id per interval, the same in every partition, the newest kept.
+    first, second = ids[0]
+    assert first.startswith("auto-") and second.startswith("auto-")
+    assert int(first.removeprefix("auto-")) > int(second.removeprefix("auto-"))
