@@ -54,6 +54,8 @@ typecheck: $(STAMP)  ## mypy --strict over the installed package
 
 bench: $(STAMP)  ## Materialisation throughput vs a bare consumer (starts its own cluster)
 	$(BIN)/python benchmarks/materialize.py
+	$(BIN)/python benchmarks/restore.py
+	$(BIN)/python benchmarks/changes.py
 
 clean:  ## Remove build output (not .venv, not .lukhas)
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -7,6 +7,7 @@ error; 3 the context was not found.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -23,6 +24,7 @@ from lukhas_context.schemas.exceptions import LukhasError
 from lukhas_context.streams.client import ClientConfig, Context, ContextClient, DryRun, Receipt
 from lukhas_context.streams.exceptions import ContextNotFoundError
 from lukhas_context.streams.topics import Topics
+from lukhas_context.streams.watch import Gap
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_ERROR = 1
@@ -587,6 +589,55 @@ def checkpoint(checkpoint_id: str | None, wait: bool, timeout: float, data_dir: 
                    f"documents={m['documents']:<8} digest={m['digest']}")  # fmt: skip
     if not wait:
         click.echo(f"  barriers at {result['barriers']}")
+
+
+@cli.command()
+@click.option("--id", "context_id", default=None, help="Watch one context.")
+@click.option("--prefix", default=None, help="Watch the contexts whose ids start with PREFIX.")
+@click.option(
+    "--from",
+    "start",
+    default="latest",
+    show_default=True,
+    help="latest | earliest | epoch ms or ISO time | a resume token.",
+)
+@click.option("--deltas", is_flag=True, help="RFC 6902 deltas instead of whole documents.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Stop after N changes.")
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Stop after SECONDS without a change.",
+)
+@click.option("--fail-on-gap", is_flag=True, help="Exit 1 at a gap instead of reporting it.")
+@click.option("--bootstrap", default=None, help="Kafka [env LUKHAS_BOOTSTRAP].")
+@_cluster_options
+@_errors
+def watch(context_id: str | None, prefix: str | None, start: str, deltas: bool,
+          limit: int | None, idle_timeout: float | None, fail_on_gap: bool,
+          bootstrap: str | None, data_dir: Path | None) -> None:  # fmt: skip
+    """Follow the change stream: one JSON line per change, each with the `token` that
+    resumes right after it (`--from TOKEN`). A gap (changes compacted away before they were
+    read) is a line {"gap": ...} on stdout and a warning on stderr, never silent."""
+    config = _client_config(data_dir, bootstrap, None)
+
+    async def call(client: ContextClient) -> None:
+        on_gap = "raise" if fail_on_gap else "report"
+        seen = 0
+        async with client.watch(context_id, prefix, start, deltas, idle_timeout, on_gap) as w:
+            async for item in w:
+                click.echo(orjson.dumps(item.to_dict()).decode())
+                if isinstance(item, Gap):
+                    gone = f"{item.first_offset}..{item.end_offset - 1}"
+                    click.echo(f"lukhas: warning: changes {gone} of partition {item.partition} "
+                               f"are gone ({item.reason})", err=True)  # fmt: skip
+                    continue
+                seen += 1
+                if limit is not None and seen >= limit:
+                    return
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends a watch: not an error
+        _with_client(config, call)
 
 
 def main() -> None:

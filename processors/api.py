@@ -22,15 +22,30 @@ every replica and replay of the same WAL prefix), ``records``, ``documents`` and
 was opened (``local``, ``checkpoint``, ``changes``, ``replay``); ``digest`` at the top is the
 sum of the partitions' digests (mod 2^64), and ``restoring`` the partitions still being opened.
 
+``GET /v1/changes`` streams the change stream as server-sent events: ``?context_id=ID`` or
+``?prefix=P`` (else everything), ``?start=latest|earliest|EPOCH_MS|TOKEN`` (default latest),
+``?deltas=1``, and ``?limit=N`` / ``?idle_timeout=S`` to end the stream. Each event has
+``id:`` its resume token, ``event: change`` (or ``gap``) and ``data:`` the JSON of
+``Change.to_dict()``; a reconnecting browser sends ``Last-Event-ID`` and resumes right after
+the last event it got, exactly once. A comment line every 15 s keeps an idle stream open.
+
+``GET /v1/members`` is the routing table: ``{"member", "api", "partition_count", "owners":
+{partition: api url}, "members": [...]}`` (see ``processors.members``). A request for a
+context or an outcome of a partition another worker serves is forwarded to it (one hop,
+marked with ``X-Lukhas-Forwarded-By``; the answer carries ``X-Lukhas-Served-By``); a forwarded
+request for a partition the receiver does not serve either is 421 at once.
+
 ``GET /healthz`` is 200 while the worker folds, 503 otherwise. ``GET /metrics`` is the
 Prometheus text exposition.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 
+import aiohttp
 import orjson
 from aiohttp import web
 from aiokafka.partitioner import murmur2
@@ -40,8 +55,16 @@ from lukhas_context.processors.fold import apply
 from lukhas_context.processors.materializer import MAX_REQUEST_BYTES, Materializer
 from lukhas_context.schemas.exceptions import CodecError
 from lukhas_context.state.journal import EntryStatus
+from lukhas_context.streams.exceptions import ReadError, ValidationError
+from lukhas_context.streams.watch import Gap, Watcher
 
 MAX_WAIT_S = 30.0
+#: Set on a request one worker forwards to another (its value: the forwarder's URL).
+FORWARDED_HEADER = "X-Lukhas-Forwarded-By"
+#: Set on a forwarded answer: the URL of the worker that answered.
+SERVED_BY_HEADER = "X-Lukhas-Served-By"
+#: Seconds between SSE comments that keep an idle connection (and its proxies) open.
+SSE_KEEPALIVE_S = 15.0
 
 
 def partition_for(context_id: bytes, partitions: int) -> int:
@@ -94,11 +117,14 @@ class ReadApi:
                 web.get("/v1/outcomes/{partition}/{offset}", self.get_outcome),
                 web.post("/v1/dry-run", self.dry_run),
                 web.get("/v1/partitions", self.partitions),
+                web.get("/v1/changes", self.changes),
+                web.get("/v1/members", self.members),
                 web.get("/healthz", self.healthz),
                 web.get("/metrics", self.metrics),
             ]
         )
         self._runner: web.AppRunner | None = None
+        self._http: aiohttp.ClientSession | None = None
 
     async def start(self, host: str, port: int) -> None:
         self._runner = web.AppRunner(self.app, access_log=None)
@@ -106,13 +132,61 @@ class ReadApi:
         await web.TCPSite(self._runner, host, port).start()
 
     async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
+    async def _forward(self, request: web.Request, partition: int) -> web.Response | None:
+        """The owner's answer when another worker serves ``partition`` (one hop: a forwarded
+        request is answered where it lands); None to answer here."""
+        m = self.m
+        if partition in m.stores or partition in m.restoring:
+            return None
+        if request.headers.get(FORWARDED_HEADER):
+            return _error(421, f"partition {partition} is not served by this worker either")
+        owner = m.membership.owner(partition)
+        if owner is None or owner.api == m.config.api_url:
+            return None
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        url = owner.api.rstrip("/") + request.path_qs
+        try:
+            async with self._http.request(
+                request.method, url, data=await request.read() or None,
+                headers={FORWARDED_HEADER: m.config.api_url},
+                timeout=aiohttp.ClientTimeout(total=MAX_WAIT_S + 10),
+            ) as answer:  # fmt: skip
+                return web.Response(
+                    status=answer.status, body=await answer.read(),
+                    content_type=answer.content_type, headers={SERVED_BY_HEADER: owner.api},
+                )  # fmt: skip
+        except (aiohttp.ClientError, TimeoutError):
+            return None  # the owner is gone: answer here (wait for the partition, or 421)
+
+    async def members(self, request: web.Request) -> web.Response:
+        """Which worker serves which partition (``processors.members``)."""
+        membership = self.m.membership
+        owners = {str(p): membership.owner(p) for p in range(self.m.partition_count)}
+        return web.json_response(
+            {
+                "member": membership.member,
+                "api": self.m.config.api_url,
+                "partition_count": self.m.partition_count,
+                "owners": {p: o.api for p, o in owners.items() if o is not None},
+                "members": [member.to_dict() for member in membership.members()],
+            }
+        )
+
     async def get_context(self, request: web.Request) -> web.Response:
         context_id = request.match_info["context_id"]
         key = context_id.encode()
+        if self.m.partition_count:
+            forwarded = await self._forward(request, partition_for(key, self.m.partition_count))
+            if forwarded is not None:
+                return forwarded
         try:
             if "min_offset" in request.query:
                 p, offset = _parse_position(request.query["min_offset"])
@@ -151,6 +225,9 @@ class ReadApi:
         if partition < 0 or not 0 <= offset < 2**63:
             return _error(400, f"no such position {partition}:{offset}")
         timeout = _parse_timeout(request.query.get("timeout"))
+        forwarded = await self._forward(request, partition)
+        if forwarded is not None:
+            return forwarded
         try:
             if not await self.m.wait_applied(partition, offset, timeout):
                 return _error(504, f"offset {partition}:{offset} not folded within {timeout:g} s")
@@ -180,6 +257,9 @@ class ReadApi:
         key = event.context_id.encode()
         if not self.m.partition_count:
             return _error(503, "the worker has no partitions yet")
+        forwarded = await self._forward(request, partition_for(key, self.m.partition_count))
+        if forwarded is not None:
+            return forwarded
         try:
             store = self.m.store_for(partition_for(key, self.m.partition_count))
         except NotOwnerError as exc:
@@ -201,6 +281,52 @@ class ReadApi:
                 expires_at_ms=new.expires_at_ms,
             )  # fmt: skip
         return web.json_response(result)
+
+    async def changes(self, request: web.Request) -> web.StreamResponse:
+        """Server-sent events of the change stream (see the module doc)."""
+        query = request.query
+        start: object = request.headers.get("Last-Event-ID") or query.get("start", "latest")
+        try:
+            limit = int(query["limit"]) if "limit" in query else None
+            idle = float(query["idle_timeout"]) if "idle_timeout" in query else None
+            watcher = Watcher(
+                self.m.config.bootstrap, self.m.config.topics,
+                context_id=query.get("context_id"), prefix=query.get("prefix"), start=start,
+                deltas=query.get("deltas") in ("1", "true"), idle_timeout=idle,
+                client_id=f"{self.m.config.client_id}-sse",
+            )  # fmt: skip
+        except (ValidationError, ValueError) as exc:
+            return _error(400, f"{type(exc).__name__}: {exc}")
+        try:
+            await watcher.start()
+        except (ValidationError, ReadError) as exc:
+            await watcher.close()
+            return _error(400 if isinstance(exc, ValidationError) else 503, str(exc))
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        sent = 0
+        try:
+            while limit is None or sent < limit:
+                try:
+                    item = await asyncio.wait_for(anext(watcher), SSE_KEEPALIVE_S)
+                except TimeoutError:
+                    await response.write(b": keepalive\n\n")
+                    continue
+                except StopAsyncIteration:
+                    break
+                kind = b"gap" if isinstance(item, Gap) else b"change"
+                data = orjson.dumps(item.to_dict())
+                await response.write(
+                    b"id: %s\nevent: %s\ndata: %s\n\n" % (item.token.encode(), kind, data)
+                )
+                sent += kind == b"change"
+        except ConnectionResetError:
+            pass  # the subscriber went away
+        finally:
+            await watcher.close()
+        return response
 
     async def partitions(self, request: web.Request) -> web.Response:
         """The partitions this worker serves, each with its summary (next offset, digest,

@@ -57,6 +57,9 @@ class WorkerConfig:
     #: An Expire that has not applied after this long is appended again (it was lost, or the
     #: broker's clock was behind this worker's when it was appended).
     expiry_retry_s: float = 5.0
+    #: The read API's URL as other workers and clients reach it (default: from api_host and
+    #: api_port), published on the members topic.
+    advertised_url: str | None = None
 
     def __post_init__(self) -> None:
         if self.checkpoint_keep < 1:
@@ -67,6 +70,15 @@ class WorkerConfig:
                 f"journal_offsets ({self.journal_offsets}) must be at least the dedupe window "
                 f"({self.limits.dedupe_window})"
             )
+
+    @property
+    def api_url(self) -> str:
+        return self.advertised_url or f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def member_id(self) -> str:
+        """This worker's key on the members topic: its static instance id, else its API."""
+        return self.instance_id or f"{self.client_id}@{self.api_url}"
 
     @property
     def checkpoint_root(self) -> Path:

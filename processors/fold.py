@@ -23,7 +23,10 @@ import orjson
 import xxhash
 
 from lukhas_context.schemas.event import (
+    BARRIER_CONTEXT_ID,
+    BARRIER_KEY,
     ChangeKind,
+    CheckpointBarrier,
     ContextEvent,
     Delete,
     Expire,
@@ -40,6 +43,8 @@ from lukhas_context.schemas.patch import (
 )
 from lukhas_context.state.record import ContextRecord
 
+#: Longest context id, in UTF-8 bytes (the producers' limit too).
+MAX_ID_BYTES = 256
 #: Largest TTL accepted: 100 years, far inside a 64-bit millisecond timestamp.
 MAX_TTL_MS = 100 * 365 * 24 * 3600 * 1000
 
@@ -72,6 +77,15 @@ class Outcome:
     version: int
     reason: str | None = None
     kind: ChangeKind | None = None
+
+
+def remembered_by_fold(key: bytes | None, event: ContextEvent) -> bool:
+    """True when the materialiser passes this decoded event to the dedupe window: a
+    checkpoint barrier (empty key and id), or an event keyed by its own context id of 1 to
+    ``MAX_ID_BYTES`` bytes. Anything else is dead-lettered, and its id never remembered."""
+    if key == BARRIER_KEY:
+        return type(event.op) is CheckpointBarrier and event.context_id == BARRIER_CONTEXT_ID
+    return key is not None and 0 < len(key) <= MAX_ID_BYTES and event.context_id.encode() == key
 
 
 def checksum(doc: bytes) -> bytes:

@@ -21,6 +21,7 @@ context id and the WAL offset of its event, so subscribers drop the repeats.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import functools
 import logging
@@ -41,7 +42,8 @@ from lukhas_context.processors.exceptions import (
     ProcessorError,
     WalTruncatedError,
 )
-from lukhas_context.processors.fold import Status, apply
+from lukhas_context.processors.fold import MAX_ID_BYTES, Status, apply
+from lukhas_context.processors.members import Membership
 from lukhas_context.processors.metrics import WorkerMetrics
 from lukhas_context.processors.restore import Restorer
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
@@ -76,8 +78,6 @@ log = logging.getLogger(__name__)
 #: Largest single record the worker's producer sends (a 1 MiB document and its envelope fit).
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 MIN_ROUND_RECORDS = 200
-#: Longest context id, in UTF-8 bytes (the producers' limit too).
-MAX_ID_BYTES = 256
 _NO_HEADERS: list[tuple[str, bytes]] = []
 _TOMBSTONE_KIND = {ChangeKind.DELETE: b"deleted", ChangeKind.EXPIRE: b"expired"}
 
@@ -141,9 +141,15 @@ class Materializer:
         #: What the last open of each partition did (``/v1/partitions``, ``lukhas status``).
         self.restore_reports: dict[int, Any] = {}
         #: Expire events appended and not yet seen applied: partition -> key -> (version,
-        #: monotonic time appended).
-        self._expiring: dict[int, dict[bytes, tuple[int, float]]] = {}
+        #: monotonic time appended, attempt).
+        self._expiring: dict[int, dict[bytes, tuple[int, float, int]]] = {}
         self._expire_acks: set[asyncio.Task[None]] = set()
+        #: Per partition, the WAL offset up to which changes are on the change topic already
+        #: (read when the partition opens): records below it are folded without publishing.
+        self._quiet_below: dict[int, int] = {}
+        self.membership = Membership(
+            config.bootstrap, config.topics.members, config.member_id, config.api_url
+        )
 
     # ---- lifecycle ----
 
@@ -175,6 +181,7 @@ class Materializer:
         )
         await self._producer.start()
         await self._consumer.start()
+        await self.membership.start()
         self._consumer.subscribe([cfg.topics.events], listener=_Listener(self))
         self.running = True
 
@@ -185,15 +192,17 @@ class Materializer:
     async def close(self) -> None:
         """Leaves the group, closes the stores. Safe to call twice."""
         self.running = False
-        for task in list(self._restoring.values()):
-            task.cancel()
+        if self._restoring:  # not cancelled: see _revoked
+            await asyncio.wait(list(self._restoring.values()))
         if self._expire_acks:
             await asyncio.gather(*self._expire_acks, return_exceptions=True)
         if self._consumer is not None:
             await self._commit_offsets()
             await self._consumer.stop()  # revokes: the listener closes the stores
             self._consumer = None
+        await self.membership.close()
         if self._producer is not None:
+            await self.membership.announce(self._producer, None, 0)  # leaves
             await self._producer.stop()
             self._producer = None
         for store in self.stores.values():
@@ -272,40 +281,46 @@ class Materializer:
         cfg = self.config
         now_ms = int(time.time() * 1000)
         now = time.monotonic()
-        topic = cfg.topics.events
-        sent = 0
-        sends = []
-        for partition, store in list(self.stores.items()):
+        # First, with no await in between, what to send: a revocation may close a store as
+        # soon as this coroutine yields.
+        plan: list[tuple[int, bytes, bytes]] = []
+        for partition, store in self.stores.items():
             before = self._expiring.get(partition, {})
             # The due entries ahead of the batch may all be in flight: look a little further.
             due = store.due(now_ms, cfg.expiry_batch + len(before))
-            expiring: dict[bytes, tuple[int, float]] = {}
+            expiring: dict[bytes, tuple[int, float, int]] = {}
             issued = 0
             for key, version, _ in due:
                 pending = before.get(key)
-                fresh = pending is not None and now - pending[1] < cfg.expiry_retry_s
-                if pending is not None and fresh and pending[0] == version:
-                    expiring[key] = pending
-                    continue
+                attempt = 0
+                if pending is not None and pending[0] == version:
+                    if now - pending[1] < cfg.expiry_retry_s:
+                        expiring[key] = pending
+                        continue
+                    attempt = pending[2] + 1  # a new id: the first may sit in the window
                 if issued >= cfg.expiry_batch:
                     break
-                value = self._events.encode(expire_event(key, version))
-                try:
-                    ack = await producer.send(topic, value=value, key=key, partition=partition)
-                except KafkaError as exc:
-                    log.warning("expiry sweep of partition %d stopped: %s", partition, exc)
-                    break
-                sends.append(ack)
-                expiring[key] = (version, now)
+                plan.append(
+                    (partition, key, self._events.encode(expire_event(key, version, attempt)))
+                )
+                expiring[key] = (version, now, attempt)
                 issued += 1
             self._expiring[partition] = expiring
-            sent += issued
+        sends = []
+        for partition, key, value in plan:
+            try:
+                sends.append(
+                    await producer.send(cfg.topics.events, value, key, partition=partition)
+                )
+            except KafkaError as exc:
+                log.warning("expiry sweep stopped: %s", exc)
+                break
         if sends:
             task = asyncio.create_task(self._await_expire_acks(sends))
             self._expire_acks.add(task)
             task.add_done_callback(self._expire_acks.discard)
-        self.metrics.expires_appended.inc(sent)
-        return sent
+        self.metrics.expires_appended.inc(len(sends))
+        return len(sends)
 
     @staticmethod
     async def _await_expire_acks(sends: list[Any]) -> None:
@@ -357,25 +372,37 @@ class Materializer:
 
         A checkpoint barrier ends its partition's round: the records up to and including it
         are committed, the checkpoint is taken (the store then holds exactly the fold of the
-        WAL before the barrier), and the rest is folded as another round. ``publish`` False
-        (an offline restore) sends no changes, dead letters or checkpoint notices.
+        WAL before the barrier), and the rest is folded as another round. Records below the
+        partition's change-topic coverage (``_quiet_below``: their changes are published
+        already) are folded in rounds of their own that publish no changes, so an old change
+        is never published again after a newer one. ``publish`` False (an offline restore)
+        sends nothing at all.
         """
         folding = 0.0
         pending = {tp: records for tp, records in batch.items() if records}
         while pending:
             segment: dict[TopicPartition, list[Any]] = {}
             rest: dict[TopicPartition, list[Any]] = {}
+            quiet: set[int] = set()
             for tp, records in pending.items():
+                quiet_below = self._quiet_below.get(tp.partition, 0)
+                end = len(records)
+                if records[0].offset < quiet_below:
+                    quiet.add(tp.partition)
+                    end = bisect.bisect_left(records, quiet_below, key=lambda m: m.offset)
                 cut = _barrier_index(records)
-                if cut is None or cut == len(records) - 1:
-                    segment[tp] = records
-                else:
-                    segment[tp], rest[tp] = records[: cut + 1], records[cut + 1 :]
-            folding += await self._fold_segment(segment, publish)
+                if cut is not None:
+                    end = min(end, cut + 1)
+                segment[tp] = records[:end]
+                if end < len(records):
+                    rest[tp] = records[end:]
+            folding += await self._fold_segment(segment, quiet, publish)
             pending = rest
         return folding
 
-    async def _fold_segment(self, batch: dict[TopicPartition, list[Any]], publish: bool) -> float:
+    async def _fold_segment(
+        self, batch: dict[TopicPartition, list[Any]], quiet: set[int], publish: bool
+    ) -> float:
         started = time.perf_counter()
         folding = 0.0
         async with self._lock:
@@ -389,12 +416,21 @@ class Materializer:
                     await asyncio.sleep(0)  # let reads in between partitions
             rounds = [r for r in folded if r is not None]
             if publish:
+                for r in rounds:
+                    if r.partition in quiet:
+                        r.changes.clear()  # published before; dead letters go again
                 await asyncio.gather(*(self._send_all(r) for r in rounds))
             keep = self.config.journal_offsets
             for r in rounds:
                 store = self.stores[r.partition]
                 block = (r.first_offset, encode_block(r.entries, r.reasons))
-                store.commit(r.records, r.next_offset, block, r.next_offset - keep)
+                store.commit(
+                    r.records,
+                    r.next_offset,
+                    block,
+                    r.next_offset - keep,
+                    pending_checkpoint=r.barrier,
+                )
                 window = self.config.limits.dedupe_window
                 store.forget_recent(r.next_offset - window, window)
             self._account(rounds, sum(len(v) for v in batch.values()))
@@ -406,10 +442,12 @@ class Materializer:
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         return folding
 
-    async def _checkpoint(self, partition: int, checkpoint_id: str, publish: bool) -> None:
+    async def _checkpoint(self, partition: int, checkpoint_id: str, announce: bool) -> None:
         """Takes the checkpoint of a barrier just committed, publishes its manifest on the
-        checkpoints topic and keeps the newest ``checkpoint_keep``. A failure is logged and
-        counted, never fatal: the barrier is behind, the next one will checkpoint again."""
+        checkpoints topic (``announce``), keeps the newest ``checkpoint_keep`` and clears the
+        store's pending mark. A failure is logged and counted, never fatal (the next barrier
+        checkpoints again); a process killed before the mark is cleared takes the checkpoint
+        when the partition next opens (``_resume_checkpoint``)."""
         store = self.stores[partition]
         pause = self.config.checkpoint_pause_s
         try:
@@ -427,10 +465,30 @@ class Materializer:
             "checkpoint %s of partition %d at offset %d, digest %016x",
             checkpoint_id, partition, manifest.next_offset, manifest.digest,
         )  # fmt: skip
-        if publish:
-            await self._publish_manifest(manifest)
+        if announce and not await self._publish_manifest(manifest):
+            return  # the mark stays: the next open publishes it
+        store.clear_pending_checkpoint()
 
-    async def _publish_manifest(self, manifest: Manifest) -> None:
+    async def _resume_checkpoint(self, partition: int, announce: bool = True) -> None:
+        """Takes the checkpoint of a barrier whose commit was the last thing a killed process
+        did (the store's pending mark), now that the store is open at that offset."""
+        store = self.stores[partition]
+        pending = store.pending_checkpoint()
+        if pending is None:
+            return
+        offset, checkpoint_id = pending
+        if store.next_offset != offset + 1:
+            log.warning(
+                "partition %d: checkpoint %s at offset %d was never taken, and the store is "
+                "at offset %d now; the next barrier checkpoints again",
+                partition, checkpoint_id, offset, store.next_offset,
+            )  # fmt: skip
+            store.clear_pending_checkpoint()
+            return
+        async with self._lock:
+            await self._checkpoint(partition, checkpoint_id, announce)
+
+    async def _publish_manifest(self, manifest: Manifest) -> bool:
         assert self._producer is not None
         key = f"{manifest.checkpoint_id}/{manifest.partition}".encode()
         try:
@@ -440,6 +498,8 @@ class Materializer:
             await ack
         except KafkaError as exc:
             log.error("could not publish checkpoint %s: %s", key.decode(), exc)
+            return False
+        return True
 
     def _fold_partition(
         self, store: PartitionStore, partition: int, messages: list[Any]
@@ -729,6 +789,16 @@ class Materializer:
                 consumer.pause(tp)
                 task = asyncio.create_task(self._open(tp))
                 self._restoring[tp.partition] = task
+        await self._announce()
+
+    async def _announce(self) -> None:
+        """Publishes the partitions assigned here, with the group generation they came in."""
+        consumer, producer = self._consumer, self._producer
+        if consumer is None or producer is None:
+            return
+        assigned = [tp.partition for tp in consumer.assignment()]
+        generation = int(getattr(getattr(consumer, "_coordinator", None), "generation", 0))
+        await self.membership.announce(producer, assigned, max(generation, 0))
 
     async def _open(self, tp: TopicPartition) -> None:
         try:
@@ -736,6 +806,7 @@ class Materializer:
             assert consumer is not None
             low = (await consumer.beginning_offsets([tp]))[tp]
             high = (await consumer.end_offsets([tp]))[tp]
+            coverage = await self.restorer.changes_coverage(tp.partition)
             store, report = await self.restorer.open(tp.partition, (low, high))
         except asyncio.CancelledError:
             raise
@@ -749,12 +820,17 @@ class Materializer:
         if consumer is None or tp not in consumer.assignment():
             store.close()  # revoked while it was restoring
             return
-        self.stores[tp.partition] = store
         if not store.recent:
             store.load_recent(self.config.limits.dedupe_window)
+        if coverage > store.next_offset:
+            self._quiet_below[tp.partition] = coverage
         self.restore_reports[tp.partition] = report
         self.metrics.restores.labels(report.source.value).inc()
         self.metrics.quarantined.inc(len(report.quarantined))
+        self.stores[tp.partition] = store
+        await self._resume_checkpoint(tp.partition)
+        if self.stores.get(tp.partition) is not store:
+            return  # revoked meanwhile (and closed by the revocation)
         consumer.seek(tp, store.next_offset)
         consumer.resume(tp)
         log.info(
@@ -774,10 +850,16 @@ class Materializer:
         async with self._lock:  # waits for the round in progress to commit
             for tp in revoked:
                 self._expiring.pop(tp.partition, None)
+                self._quiet_below.pop(tp.partition, None)
                 store = self.stores.pop(tp.partition, None)
                 if store is not None:
                     store.close()
                     log.info("partition %d revoked", tp.partition)
+        if self._producer is not None and revoked:
+            generation = int(
+                getattr(getattr(self._consumer, "_coordinator", None), "generation", 0)
+            )
+            await self.membership.announce(self._producer, [], max(generation, 0))
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

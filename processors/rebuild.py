@@ -1,19 +1,23 @@
 """``lukhas restore``: rebuild one partition's store offline, from a checkpoint or from scratch.
 
 The worker must not be serving the partition (RocksDB's lock says so: ``StoreInUseError``).
-The current store, if any, is moved to ``STATE_DIR/quarantine/`` (never deleted); the new one
-is built from the chosen source and folded with the worker's own fold, without publishing,
+The new store is built in ``STATE_DIR/.rebuild/`` from the chosen source and folded with the
+worker's own fold, without publishing,
 up to the WAL offset the change topic covers: every event before it already has its change
 published, and the worker, when it starts, folds (and publishes) the rest. Barriers passed on
 the way make their checkpoints again; one that exists already is compared, and a different
-digest is reported as corruption.
+digest is reported as corruption. Only then is the current store, if any, moved to
+``STATE_DIR/quarantine/`` (never deleted) and the new one renamed into its place.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -91,36 +95,48 @@ async def rebuild(
         raise WalTruncatedError(partition, manifest.next_offset, low)
     if source is From.SCRATCH and low > 0:
         raise WalTruncatedError(partition, 0, low)
-    moved = _move_aside(restorer, path)
+    _check_not_in_use(restorer, path)
+    # Built beside the live store, which is moved aside only once the new one is complete:
+    # a source that turns out unusable, or a failure on the way, leaves the live store as is.
+    build_root = config.state_dir / ".rebuild"
+    builder = Restorer(
+        dataclasses.replace(config, state_dir=build_root, checkpoint_dir=config.checkpoint_root)
+    )
+    building = builder.store_path(partition)
+    if building.exists():
+        shutil.rmtree(building)
     report = RestoreReport(partition, Source.REPLAY)
-    if moved is not None:
-        report.quarantined.append(moved)
     if manifest is not None:
-        store = restorer.from_checkpoint(manifest)
+        store = builder.from_checkpoint(manifest)
         report.source, report.checkpoint_id = Source.CHECKPOINT, manifest.checkpoint_id
     elif source is From.CHANGES:
-        restored = await restorer.from_changes(partition, low)
+        restored = await builder.from_changes(partition, low)
         if restored is None:
             raise ProcessorError(f"the change topic holds nothing to restore partition {partition}")
         store, report.source = restored, Source.CHANGES
     else:
-        store = restorer.empty(partition)
+        store = builder.empty(partition)
     target = min(high, until if until is not None else await restorer.changes_coverage(partition))
     start = store.next_offset
     fold_started = time.monotonic()
     try:
-        folded = await _fold(config, store, partition, target, progress)
+        folded = await _fold(builder.config, store, partition, target, progress)
     finally:
         report.finish(store, started)
         store.close()
-    return RebuildReport(
-        report, start, max(start, target), folded, time.monotonic() - fold_started, moved
-    )
+    fold_seconds = time.monotonic() - fold_started
+    moved = None
+    if path.exists():
+        moved = str(quarantine(path, restorer.quarantine_dir, "replaced by lukhas restore"))
+        report.quarantined.append(moved)
+    building.rename(path)
+    return RebuildReport(report, start, max(start, target), folded, fold_seconds, moved)
 
 
-def _move_aside(restorer: Restorer, path: Any) -> str | None:
+def _check_not_in_use(restorer: Restorer, path: Path) -> None:
+    """``StoreInUseError`` when a worker holds the store open (RocksDB's lock)."""
     if not path.is_dir():
-        return None
+        return
     try:
         PartitionStore(path, restorer.config.store).close()
     except StoreLockedError as exc:
@@ -129,8 +145,7 @@ def _move_aside(restorer: Restorer, path: Any) -> str | None:
             "(`lukhas down --processor-only` for the local cluster)"
         ) from exc
     except StoreOpenError:
-        pass  # unusable: moved aside all the same
-    return str(quarantine(path, restorer.quarantine_dir, "replaced by lukhas restore"))
+        pass  # unusable: it will be moved aside all the same
 
 
 async def _fold(

@@ -40,13 +40,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.exceptions import ProcessorError, WalTruncatedError
+from lukhas_context.processors.fold import remembered_by_fold
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
 from lukhas_context.schemas.exceptions import CodecError
 from lukhas_context.state.checkpoints import CheckpointDir, Manifest
 from lukhas_context.state.exceptions import (
     CheckpointError,
     StateError,
-    StoreLockedError,
+    StoreCorruptError,
     StoreOpenError,
 )
 from lukhas_context.state.journal import ENTRY, EntryStatus, encode_block
@@ -187,26 +188,29 @@ class Restorer:
             return None
         try:
             store = PartitionStore(path, self.config.store)
-        except StoreLockedError:
-            raise  # in use by another process: not ours to move
-        except StoreOpenError as exc:
+        except StoreCorruptError as exc:
             quarantined.append(str(quarantine(path, self.quarantine_dir, exc)))
             return None
+        # Any other StoreOpenError (locked by another process, out of file handles, disk
+        # full) is not the store's fault: it propagates, and the store stays where it is.
         if self.config.verify_on_open:
             try:
                 found, kept = store.verify(), store.summary()
                 if found != kept:
-                    raise StoreOpenError(
+                    raise StoreCorruptError(
                         path,
                         ValueError(
                             f"records give digest {found.digest_hex} over {found.records} "
                             f"records, the store says {kept.digest_hex} over {kept.records}"
                         ),
                     )
-            except StoreOpenError as exc:
+            except StoreCorruptError as exc:
                 store.close()
                 quarantined.append(str(quarantine(path, self.quarantine_dir, exc)))
                 return None
+            except StoreOpenError:
+                store.close()
+                raise
         return store
 
     def from_checkpoint(self, manifest: Manifest) -> PartitionStore:
@@ -243,8 +247,11 @@ class Restorer:
         inspection, never listed again) and raises ``CheckpointError`` saying why."""
         path = self.checkpoints.path(manifest.partition, manifest.checkpoint_id)
         aside = path.with_name(f".corrupt-{path.name}")
-        if not aside.exists():
-            path.rename(aside)
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = path.with_name(f".corrupt-{path.name}-{n}")
+        path.rename(aside)
         raise CheckpointError(
             f"checkpoint {manifest.checkpoint_id} of partition {manifest.partition} {problem}; "
             f"moved to {aside}"
@@ -325,10 +332,16 @@ class Restorer:
         codec = ChangeCodec()
 
         def take(message: Any) -> bool:
-            if message.value is None:
-                newest.append(int(dict(message.headers or ())["wal_offset"]))
-            else:
-                newest.append(codec.decode(message.value).wal_offset)
+            try:
+                if message.value is None:
+                    newest.append(int(dict(message.headers or ())["wal_offset"]))
+                else:
+                    newest.append(codec.decode(message.value).wal_offset)
+            except (KeyError, ValueError, CodecError) as exc:
+                raise ProcessorError(
+                    f"the newest change of {self.config.topics.changes}[{partition}] does not "
+                    f"say which WAL offset made it ({type(exc).__name__}: {exc})"
+                ) from exc
             return True
 
         consumer = self.consumer()
@@ -349,11 +362,22 @@ class Restorer:
         latest: dict[bytes, ContextRecord] = {}
 
         def take(message: Any) -> bool:
-            key = message.key
+            record = _record_of(message)
+            if record is None:
+                return False
+            held = latest.get(message.key)
+            # The newest by WAL offset, not by position: changes published again (after a
+            # crash, or by a zombie) may follow newer ones.
+            if held is None or record.offset >= held.offset:
+                latest[message.key] = record
+            return True
+
+        def _record_of(message: Any) -> ContextRecord | None:
+            """The stored record a change stands for; None when it cannot be restored."""
             if message.value is None:
                 headers = dict(message.headers or ())
                 try:
-                    latest[key] = ContextRecord(
+                    return ContextRecord(
                         int(headers["version"]), None, headers["checksum"], None,
                         int(headers["wal_offset"]), int(headers["log_time_ms"]),
                     )  # fmt: skip
@@ -363,18 +387,16 @@ class Restorer:
                         "restore needs (written by an older version); not restoring from it",
                         partition,
                     )
-                    return False
-                return True
+                    return None
             try:
                 c = codec.decode(message.value)
             except CodecError as exc:
                 log.warning("partition %d: undecodable change, not restoring from the change "
                             "topic: %s", partition, exc)  # fmt: skip
-                return False
-            latest[key] = ContextRecord(
+                return None
+            return ContextRecord(
                 c.version, c.doc, c.checksum, c.expires_at_ms, c.wal_offset, c.log_time_ms
             )
-            return True
 
         ok = await self._scan(self.config.topics.changes, partition, 0, None, take)
         return latest if ok and latest else None
@@ -390,9 +412,12 @@ class Restorer:
         def take(message: Any) -> bool:
             value = message.value or b""
             try:
-                event_id = codec.decode(value).event_id
+                event = codec.decode(value)
             except CodecError:
                 return True
+            if not remembered_by_fold(message.key, event):
+                return True  # the fold dead-lettered it: not in its window either
+            event_id = event.event_id
             h = xxhash.xxh3_64_intdigest(value)
             prior = seen.get(event_id)
             if prior is not None and prior >> 64 >= message.offset - window:

@@ -145,6 +145,12 @@ class CheckpointDir:
         final = self.path(partition, checkpoint_id)
         if final.exists():
             existing = self.load(final)
+            if existing.next_offset != summary.next_offset:
+                raise CheckpointError(
+                    f"checkpoint id {checkpoint_id} is taken by {final} at offset "
+                    f"{existing.next_offset}; this barrier is at offset {summary.next_offset}: "
+                    "give each checkpoint a new id"
+                )
             if not existing.matches(summary):
                 raise CheckpointError(
                     f"checkpoint {final} holds digest {existing.digest:016x} at offset "

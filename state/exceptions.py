@@ -12,6 +12,7 @@ __all__ = [
     "InvalidCheckpointError",
     "LukhasError",
     "StateError",
+    "StoreCorruptError",
     "StoreLockedError",
     "StoreOpenError",
 ]
@@ -27,6 +28,13 @@ class StoreOpenError(StateError):
     def __init__(self, path: Path, cause: BaseException) -> None:
         super().__init__(f"cannot open state store {path}: {cause}")
         self.path = path
+
+
+class StoreCorruptError(StoreOpenError):
+    """The store's files are damaged (RocksDB reports corruption, ``CURRENT`` is missing,
+    metadata is malformed, or the records disagree with the digest it keeps). Such a store is
+    quarantined and rebuilt; any other ``StoreOpenError`` (out of file handles, disk full, no
+    permission) is not the store's fault and stops the worker instead."""
 
 
 class StoreLockedError(StoreOpenError):

@@ -1,10 +1,10 @@
 """Events the system appends itself: checkpoint barriers and expiries.
 
 Both have **deterministic event ids** derived from what they mean, so appending the same one
-twice (a worker restarted within a checkpoint interval, a sweeper that retries, a zombie
-worker that still sweeps after a rebalance) produces identical bytes: the fold's dedupe
-window journals the second as a duplicate, and an Expire that does slip through the window is
-still refused by its version condition.
+twice (a worker restarted within a checkpoint interval, a zombie worker that still sweeps after
+a rebalance) produces identical bytes: the fold's dedupe window journals the second as a
+duplicate, and an Expire that does slip through the window is still refused by its version
+condition. A sweeper's retry of an Expire carries its attempt number in the id.
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ def barrier_event(checkpoint_id: str, partition: int) -> ContextEvent:
     return ContextEvent(event_id, BARRIER_CONTEXT_ID, CheckpointBarrier(checkpoint_id))
 
 
-def expire_event(key: bytes, version: int) -> ContextEvent:
-    """The Expire of one version of a context."""
-    event_id = xxhash.xxh3_128_digest(b"expire\0%d\0%s" % (version, key))
+def expire_event(key: bytes, version: int, attempt: int = 0) -> ContextEvent:
+    """The Expire of one version of a context. ``attempt`` counts the sweeper's retries: an
+    Expire the fold refused as early (the broker's clock behind the sweeper's) sits in the
+    dedupe window, and a retry with the same id would be taken for a duplicate of it."""
+    event_id = xxhash.xxh3_128_digest(b"expire\0%d\0%d\0%s" % (version, attempt, key))
     return ContextEvent(event_id, key.decode(), Expire(version))
 
 

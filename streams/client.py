@@ -59,8 +59,11 @@ from lukhas_context.streams.validation import (
     context_key,
     ttl_ms,
 )
+from lukhas_context.streams.watch import Watcher, partition_of
 
 T = TypeVar("T")
+#: Pause before a read is tried again on another worker (after a 421 or a failure).
+ROUTE_RETRY_S = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +181,12 @@ class ContextClient:
         self._tx_lock = asyncio.Lock()
         #: Last document seen per context (from get/update), for update()'s deltas.
         self._seen: OrderedDict[str, tuple[int | None, dict[str, Any]]] = OrderedDict()
+        #: Read API URLs configured (``api_url``, comma-separated), and the routing table
+        #: learned from the workers: partition -> URL of the worker serving it.
+        self._seeds = [u.strip() for u in (config.api_url or "").split(",") if u.strip()]
+        self._routes: dict[int, str] = {}
+        self._partition_count = 0
+        self._routes_loaded = False
 
     async def start(self) -> None:
         """Connects nothing: the producer starts on the first write, so that reads work
@@ -388,11 +397,18 @@ class ContextClient:
         the document does not match its checksum (it is never returned then)."""
         context_key(context_id)
         params = {}
+        partition = await self._partition_of(context_id)
         if after is not None:
-            params["min_offset"] = after.position if isinstance(after, Receipt) else after
-            params["timeout"] = str(timeout)
+            position = after.position if isinstance(after, Receipt) else after
+            wait_on = _position_partition(position)
+            if partition is not None and wait_on is not None and wait_on != partition:
+                # Another partition, perhaps another worker: wait there, then read here.
+                await self._wait_folded(wait_on, int(position.partition(":")[2]), timeout)
+            else:
+                params["min_offset"] = position
+                params["timeout"] = str(timeout)
         path = f"/v1/contexts/{quote(context_id, safe='')}"
-        status, body = await self._request("GET", path, params, timeout)
+        status, body = await self._request("GET", path, params, timeout, partition=partition)
         ctx = _context_from(status, body, context_id)
         expected = xxhash.xxh3_64_hexdigest(orjson.dumps(ctx.doc, option=orjson.OPT_SORT_KEYS))
         if expected != ctx.checksum:
@@ -406,7 +422,9 @@ class ContextClient:
     async def outcome(self, partition: int, offset: int, timeout: float = 5.0) -> Outcome:
         """The outcome of the event at ``partition:offset`` (see ``Receipt.outcome``)."""
         path = f"/v1/outcomes/{partition}/{offset}"
-        status, body = await self._request("GET", path, {"timeout": str(timeout)}, timeout)
+        status, body = await self._request(
+            "GET", path, {"timeout": str(timeout)}, timeout, partition=partition
+        )
         data = _json_body(status, body)
         if status == 504:
             raise NotAppliedYetError(str(data.get("error")))
@@ -416,6 +434,44 @@ class ContextClient:
             original = await self.outcome(partition, data["duplicate_of"], timeout)
             return Outcome(original.status, original.version, original.reason, data["duplicate_of"])
         return Outcome(data["status"], data["version"], data["reason"])
+
+    async def _wait_folded(self, partition: int, offset: int, timeout: float) -> None:
+        """Until the worker serving ``partition`` folded ``offset`` (its outcome endpoint
+        waits: 200 or 404, the journal forgot it, both mean folded)."""
+        path = f"/v1/outcomes/{partition}/{offset}"
+        status, body = await self._request(
+            "GET", path, {"timeout": str(timeout)}, timeout, partition=partition
+        )
+        if status == 504:
+            raise NotAppliedYetError(str(_json_body(status, body).get("error")))
+        if status not in (200, 404):
+            raise ReadError(f"read API answered {status}: {_json_body(status, body).get('error')}")
+
+    # ---- subscriptions ----
+
+    def watch(
+        self,
+        context_id: str | None = None,
+        prefix: str | None = None,
+        start: object = "latest",
+        deltas: bool = False,
+        idle_timeout: float | None = None,
+        on_gap: str = "report",
+    ) -> Watcher:
+        """Subscribes to the change stream: ``async with client.watch(prefix="agent:") as w:
+        async for change in w: ...`` yields ``Change`` (and ``Gap``) items.
+
+        One context (``context_id``), the ids starting with ``prefix``, or everything.
+        ``start``: ``"latest"`` (changes from now on), ``"earliest"``, a timestamp
+        (``datetime`` or epoch ms) or a resume token (``change.token`` of the last change
+        handled: every later change arrives exactly once). ``deltas=True``: a change carries
+        the RFC 6902 patch from the previous document seen instead of the whole document.
+        See ``streams.watch`` for the guarantees."""
+        return Watcher(
+            self.config.bootstrap, self.config.topics, context_id=context_id, prefix=prefix,
+            start=start, deltas=deltas, idle_timeout=idle_timeout, on_gap=on_gap,
+            client_id=f"{self.config.client_id}-watch",
+        )  # fmt: skip
 
     # ---- operations ----
 
@@ -466,7 +522,10 @@ class ContextClient:
                     for m in records:
                         if m.key is not None and m.key.startswith(prefix) and m.value:
                             manifest = orjson.loads(m.value)
-                            found[int(manifest["partition"])] = manifest
+                            p = int(manifest["partition"])
+                            # This request's barrier, not an older one of the same id.
+                            if manifest["next_offset"] == request.offsets.get(p, -2) + 1:
+                                found[p] = manifest
         except KafkaError as exc:
             raise ReadError(f"cannot read {topic}: {exc}") from exc
         finally:
@@ -482,13 +541,46 @@ class ContextClient:
         return DryRun(**fields)
 
     async def _request(
-        self, method: str, path: str, params: dict[str, str], timeout: float, body: bytes = b""
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str],
+        timeout: float,
+        body: bytes = b"",
+        partition: int | None = None,
     ) -> tuple[int, bytes]:
-        if self.config.api_url is None:
+        """One read API request, sent to the worker that serves ``partition`` when the
+        routing table knows it (else to a configured worker, which forwards it). A worker
+        that is gone, or answers 421 (the partition moved), makes the client refresh the
+        table and try again, until ``timeout`` (plus 5 s) has passed."""
+        if not self._seeds:
             raise ReadError("no api_url configured: reads need a worker's read API")
+        deadline = time.monotonic() + timeout + 5
+        while True:
+            base = self._routes.get(partition) if partition is not None else None
+            try:
+                status, answer = await self._send_request(
+                    base or self._seeds[0], method, path, params, timeout, body
+                )
+                if status != 421:
+                    return status, answer
+                failure: ReadError | None = None
+            except ReadError as exc:
+                failure, status, answer = exc, 0, b""
+            if time.monotonic() >= deadline:
+                if failure is not None:
+                    raise failure
+                return status, answer
+            await self._refresh_routes(exclude=base)
+            await asyncio.sleep(ROUTE_RETRY_S)
+
+    async def _send_request(
+        self, base: str, method: str, path: str, params: dict[str, str], timeout: float,
+        body: bytes,
+    ) -> tuple[int, bytes]:  # fmt: skip
         if self._http is None:
             self._http = aiohttp.ClientSession()
-        url = self.config.api_url.rstrip("/") + path
+        url = base.rstrip("/") + path
         try:
             client_timeout = aiohttp.ClientTimeout(total=timeout + 5)
             async with self._http.request(
@@ -496,7 +588,36 @@ class ContextClient:
             ) as response:
                 return response.status, await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ReadError(f"read API {self.config.api_url} failed: {exc!r}") from exc
+            raise ReadError(f"read API {base} failed: {exc!r}") from exc
+
+    async def _refresh_routes(self, exclude: str | None = None) -> None:
+        """Reloads the routing table (``GET /v1/members``) from the first worker that
+        answers, configured ones first; a worker that just failed is asked last."""
+        known = list(dict.fromkeys([*self._seeds, *self._routes.values()]))
+        known.sort(key=lambda url: url == exclude)
+        for base in known:
+            try:
+                status, answer = await self._send_request(base, "GET", "/v1/members", {}, 5, b"")
+            except ReadError:
+                continue
+            if status != 200:
+                continue
+            data = orjson.loads(answer)
+            self._routes = {int(p): str(url) for p, url in data["owners"].items()}
+            self._partition_count = int(data["partition_count"]) or self._partition_count
+            # A configured worker that is gone goes to the back of the line.
+            if exclude in self._seeds and len(self._seeds) > 1:
+                self._seeds = [u for u in self._seeds if u != exclude] + [exclude]
+            return
+
+    async def _partition_of(self, context_id: str) -> int | None:
+        """The partition of a context, once the routing table said how many there are."""
+        if not self._partition_count and not self._routes_loaded:
+            self._routes_loaded = True
+            await self._refresh_routes()
+        if not self._partition_count:
+            return None
+        return partition_of(context_id.encode(), self._partition_count)
 
 
 class Transaction:
@@ -659,6 +780,12 @@ def _json_body(status: int, body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ReadError(f"read API answered {status} with a JSON {type(data).__name__}")
     return data
+
+
+def _position_partition(position: str) -> int | None:
+    """The partition of ``PARTITION:OFFSET`` (None when it is not one: the API says why)."""
+    partition, _, offset = position.partition(":")
+    return int(partition) if partition.isdigit() and offset.isdigit() else None
 
 
 def _context_from(status: int, body: bytes, context_id: str) -> Context:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from lukhas_context.schemas.exceptions import LukhasError
 
 __all__ = [
+    "ChangeGapError",
     "CheckpointTimeoutError",
     "ChecksumMismatchError",
     "ClientError",
@@ -14,6 +15,7 @@ __all__ = [
     "InvalidContextIdError",
     "InvalidDocumentError",
     "InvalidPatchError",
+    "InvalidResumeTokenError",
     "InvalidTTLError",
     "LukhasError",
     "NotAppliedYetError",
@@ -81,3 +83,11 @@ class NotAppliedYetError(ReadError):
 
 class CheckpointTimeoutError(ReadError):
     """Not every partition published its checkpoint in time."""
+
+
+class InvalidResumeTokenError(ValidationError):
+    """A resume token that does not parse, or belongs to another topic or partition count."""
+
+
+class ChangeGapError(ReadError):
+    """Changes a subscriber had not read yet are gone (``watch(on_gap="raise")``)."""

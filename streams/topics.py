@@ -27,7 +27,7 @@ class TopicSpec:
 
 @dataclass(frozen=True, slots=True)
 class Topics:
-    """The four topic names of one deployment, derived from one prefix."""
+    """The topic names of one deployment, derived from one prefix."""
 
     prefix: str = DEFAULT_PREFIX
 
@@ -46,6 +46,11 @@ class Topics:
     @property
     def checkpoints(self) -> str:
         return f"{self.prefix}.context.checkpoints"
+
+    @property
+    def members(self) -> str:
+        """Which worker serves which partitions (``processors.members``)."""
+        return f"{self.prefix}.context.members"
 
     def specs(self, partitions: int = 6, min_compaction_lag_ms: int = 3_600_000) -> list[TopicSpec]:
         """The topic specs of the design. Events and changes are co-partitioned (same count)."""
@@ -84,4 +89,5 @@ class Topics:
                 },
             ),
             TopicSpec(self.checkpoints, partitions, {"cleanup.policy": "compact"}),
+            TopicSpec(self.members, 1, {"cleanup.policy": "compact"}),
         ]

@@ -236,7 +236,7 @@ async def test_kill9_during_a_checkpoint_leaves_nothing_usable(
     async with make_client(worker_process.url) as client:
         last = await _write_history(client, 200, "k")
         await client.get(last.context_id, after=last, timeout=60)
-        await client.checkpoint("ck-killed")
+        killed = await client.checkpoint("ck-killed")
         deadline = time.monotonic() + 60
         while not (partial := _partial_dirs(checkpoints)):
             assert time.monotonic() < deadline, "no checkpoint was started"
@@ -245,15 +245,24 @@ async def test_kill9_during_a_checkpoint_leaves_nothing_usable(
         killed_in = int(partial[0].parent.name.removeprefix("partition-"))
         assert "ck-killed" not in [m.checkpoint_id for m in checkpoints.valid(killed_in)]
 
-        # Without the pause: the stores are lost too, and the partial checkpoint is not used.
+        # Restarted on its stores (without the pause), the worker takes the checkpoints the
+        # kill interrupted: each store says a barrier was committed without its checkpoint.
         monkeypatch.delenv("LUKHAS_TEST_CHECKPOINT_PAUSE_S")
+        worker_process.start()
+        await asyncio.to_thread(worker_process.wait_healthy)
+        resumed = await client.wait_checkpoint(killed, timeout=60)
+        assert [m["partition"] for m in resumed] == list(range(PARTITIONS))
+        assert "ck-killed" in [m.checkpoint_id for m in checkpoints.valid(killed_in)]
+        worker_process.kill9()
+
+        # And when the stores are lost too, the partial checkpoint is never used.
         for p in range(PARTITIONS):
             shutil.rmtree(tmp_path / "proc-state" / f"partition-{p}", ignore_errors=True)
         worker_process.start()
         await asyncio.to_thread(worker_process.wait_healthy)
         await client.get(last.context_id, after=last, timeout=60)
         served = await _partitions(worker_process.url, PARTITIONS)
-        assert {s["opened_from"] for s in served} <= {"changes", "replay"}
+        assert {s["opened_from"] for s in served} <= {"checkpoint", "changes", "replay"}
         # The next checkpoint clears what the killed one left. Every checkpoint listed (the
         # restarted fold passes the killed barrier again and may take it anew) is whole:
         # installed, it holds exactly what its manifest says.

@@ -39,9 +39,10 @@ def test_new_store_starts_at_offset_zero_and_commit_survives_reopen(tmp_path: Pa
 def test_read_cache_is_bounded_and_reads_through(tmp_path: Path) -> None:
     with PartitionStore(tmp_path / "p0", StoreOptions(cache_records=10)) as store:
         store.commit({b"k%d" % i: rec(i + 1) for i in range(100)}, 100)
-        assert len(store._cache) == 10
+        assert 10 <= len(store._cache) <= 15  # cut back to 10 in bulk past 1.5 times that
         assert all(store.get(b"k%d" % i) == rec(i + 1) for i in range(100))
-        assert len(store._cache) == 10
+        assert 10 <= len(store._cache) <= 15
+        assert list(store._cache)[-1] == b"k99"  # the newest entries stay
 
 
 def test_rounds_adapt_to_their_time_budget(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from rocksdict import Options, Rdict
 
 import lukhas_context.state.store as store_module
-from lukhas_context.state.exceptions import StoreLockedError, StoreOpenError
+from lukhas_context.state.exceptions import StoreCorruptError, StoreLockedError, StoreOpenError
 from lukhas_context.state.record import NO_CHECKSUM, ContextRecord, encode_record
 from lukhas_context.state.store import (
     CF_CONTEXTS,
@@ -418,7 +418,7 @@ def test_an_empty_manifest_is_refused_and_releases_the_lock(tmp_path: Path) -> N
     for _ in range(2):  # the failed open released RocksDB's lock: the same error again
         with pytest.raises(StoreOpenError) as info:
             PartitionStore(path)
-        assert type(info.value) is StoreOpenError
+        assert type(info.value) is StoreCorruptError  # quarantined, not a transient error
         assert info.value.path == path and str(path) in str(info.value)
 
 
@@ -431,7 +431,7 @@ def test_an_undecodable_next_offset_is_refused(tmp_path: Path) -> None:
     for _ in range(2):
         with pytest.raises(StoreOpenError, match="next_offset of 2 bytes") as info:
             PartitionStore(path)
-        assert type(info.value) is StoreOpenError
+        assert type(info.value) is StoreCorruptError  # quarantined, not a transient error
 
 
 def test_an_undecodable_summary_is_refused(tmp_path: Path) -> None:
@@ -443,7 +443,7 @@ def test_an_undecodable_summary_is_refused(tmp_path: Path) -> None:
     for _ in range(2):
         with pytest.raises(StoreOpenError, match="summary of 5 bytes") as info:
             PartitionStore(path)
-        assert type(info.value) is StoreOpenError
+        assert type(info.value) is StoreCorruptError  # quarantined, not a transient error
 
 
 def test_opening_a_store_twice_raises_store_locked(tmp_path: Path) -> None:

@@ -1,0 +1,459 @@
+"""Subscriptions to the change stream: ``client.watch(...)``, ``lukhas watch``, SSE.
+
+A ``Watcher`` reads the change topic directly (a consumer with no group, every partition or,
+for one context, the partition of its id) and yields, in order:
+
+* ``Change``: one applied mutation — context id, version, kind, document or delta, checksum,
+  and the ``token`` to resume right after it;
+* ``Gap``: change-topic offsets that are gone (compacted or deleted by retention before they
+  were read): the changes in them are lost to this subscriber, never silently.
+
+**Guarantees.** Per context, changes arrive in version order (a context lives in one partition,
+and the processor publishes a partition's changes in WAL order). A change is identified by its
+context id and the WAL offset of the event that made it; a processor that crashed between
+publishing and committing publishes some changes again, always with WAL offsets at or below
+the highest one already published for the partition, so the watcher drops every change whose
+WAL offset is not above the highest it has seen in that partition: each change once. The
+resume token holds, per partition, the next change-topic offset and that highest WAL offset,
+so a subscriber that saves the token of the last change it handled and resumes with it gets
+every later change exactly once.
+
+The token is text (``lk1.`` + base64url of JSON), safe in a URL, a header or a file.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
+
+from lukhas_context.schemas.codec import ChangeCodec
+from lukhas_context.schemas.event import ChangeKind
+from lukhas_context.schemas.exceptions import CodecError
+from lukhas_context.schemas.patch import make_json_patch
+from lukhas_context.streams.exceptions import (
+    ChangeGapError,
+    InvalidResumeTokenError,
+    ReadError,
+    ValidationError,
+)
+from lukhas_context.streams.topics import Topics
+from lukhas_context.streams.validation import context_key
+
+_read_change: Callable[..., Any] | None
+try:  # the native decoder, when the extension is built
+    from lukhas_context.processors._fastfold import read_change as _read_change
+except ImportError:
+    _read_change = None
+
+TOKEN_PREFIX = "lk1."
+_KIND_NAMES = tuple(kind.name.lower() for kind in ChangeKind)
+_TOMBSTONE_KINDS = {b"deleted": "delete", b"expired": "expire"}
+#: Documents remembered per context for deltas (least recently changed dropped first).
+DELTA_MEMORY = 100_000
+
+
+class Start(enum.Enum):
+    LATEST = "latest"
+    EARLIEST = "earliest"
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeToken:
+    """Where a subscription stands: per partition of ``topic``, the next change-topic offset
+    to read and the highest WAL offset of a change delivered (-1: none)."""
+
+    topic: str
+    positions: tuple[tuple[int, int, int], ...]
+
+    def encode(self) -> str:
+        data = orjson.dumps([self.topic, [list(p) for p in self.positions]])
+        return TOKEN_PREFIX + base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str) -> ResumeToken:
+        """Parses a token; ``InvalidResumeTokenError`` says what is wrong with it."""
+        if not isinstance(token, str) or not token.startswith(TOKEN_PREFIX):
+            raise InvalidResumeTokenError(f"not a resume token (they start {TOKEN_PREFIX!r})")
+        body = token[len(TOKEN_PREFIX) :]
+        try:
+            raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+            topic, positions = orjson.loads(raw)
+            parsed = tuple((int(p), int(o), int(w)) for p, o, w in positions)
+            if not isinstance(topic, str) or any(p < 0 or o < 0 or w < -1 for p, o, w in parsed):
+                raise ValueError("negative position")
+        except (ValueError, TypeError) as exc:
+            raise InvalidResumeTokenError(f"resume token does not parse: {exc}") from None
+        return cls(topic, parsed)
+
+
+@dataclass(slots=True)
+class Change:
+    """One applied mutation as a subscriber sees it.
+
+    ``kind``: put, patch, touch, delete or expire. ``doc``: the document after it (None for
+    delete and expire), or None when ``delta`` is given: the RFC 6902 patch from the previous
+    document this subscriber saw of the context (``watch(deltas=True)``; the first change of a
+    context seen carries the whole ``doc``). ``position`` is ``PARTITION:WAL_OFFSET`` of the
+    event that made the change (its identity with ``context_id``); ``token`` resumes after it.
+    Read-only by convention (not frozen: a change is built for every record read).
+    """
+
+    context_id: str
+    version: int
+    kind: str
+    doc: dict[str, Any] | None
+    checksum: str
+    partition: int
+    wal_offset: int
+    log_time_ms: int
+    expires_at_ms: int | None
+    event_id: str
+    offset: int
+    delta: list[dict[str, Any]] | None = None
+    _token: tuple[str, tuple[int, ...]] = field(default=("", ()), repr=False, compare=False)
+
+    @property
+    def position(self) -> str:
+        return f"{self.partition}:{self.wal_offset}"
+
+    @property
+    def token(self) -> str:
+        """The resume token of the subscription right after this change."""
+        return _token_text(*self._token)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of ``lukhas watch`` and the SSE endpoint."""
+        return {
+            "context_id": self.context_id, "version": self.version, "kind": self.kind,
+            "doc": self.doc, "delta": self.delta, "checksum": self.checksum,
+            "position": self.position, "log_time_ms": self.log_time_ms,
+            "expires_at_ms": self.expires_at_ms, "event_id": self.event_id,
+            "token": self.token,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Change-topic offsets ``[first_offset, end_offset)`` of ``partition`` that could not be
+    read: compacted away or deleted by retention before this subscriber got to them (or,
+    ``reason`` says so, a record that does not decode). Changes in them are lost to it."""
+
+    partition: int
+    first_offset: int
+    end_offset: int
+    reason: str
+    _token: tuple[str, tuple[int, ...]] = field(default=("", ()), repr=False, compare=False)
+
+    @property
+    def token(self) -> str:
+        return _token_text(*self._token)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "gap": {"partition": self.partition, "first_offset": self.first_offset,
+                    "end_offset": self.end_offset, "reason": self.reason},
+            "token": self.token,
+        }  # fmt: skip
+
+
+def _token_text(topic: str, flat: tuple[int, ...]) -> str:
+    positions = tuple(flat[i : i + 3] for i in range(0, len(flat), 3))
+    return ResumeToken(topic, positions).encode()  # type: ignore[arg-type]
+
+
+def parse_start(start: object) -> Start | int | ResumeToken:
+    """``latest``/``earliest``, a timestamp (``datetime``, or epoch milliseconds as int or
+    digits), a ``ResumeToken`` or its text; ``ValidationError`` otherwise."""
+    if isinstance(start, Start | ResumeToken):
+        return start
+    if isinstance(start, datetime):
+        return int(start.timestamp() * 1000)
+    if isinstance(start, int) and not isinstance(start, bool) and start >= 0:
+        return start
+    if isinstance(start, str):
+        if start in ("latest", "earliest"):
+            return Start(start)
+        if start.isdigit():
+            return int(start)
+        if start.startswith(TOKEN_PREFIX):
+            return ResumeToken.decode(start)
+        try:
+            return int(datetime.fromisoformat(start).timestamp() * 1000)
+        except ValueError:
+            pass
+    raise ValidationError(
+        f"start must be 'latest', 'earliest', a timestamp or a resume token, not {start!r}"
+    )
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition of a context id: the producers' default partitioner (murmur2)."""
+    return (int(murmur2(key)) & 0x7FFFFFFF) % partitions
+
+
+class Watcher:
+    """An async iterator of ``Change`` and ``Gap`` items; see the module doc.
+
+    ``async with Watcher(...) as w: async for item in w: ...`` (or ``client.watch(...)``).
+    ``idle_timeout``: end the iteration after that many seconds without a change (None:
+    follow the stream for ever). ``on_gap="raise"`` raises ``ChangeGapError`` instead of
+    yielding a ``Gap``.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Topics,
+        context_id: str | None = None,
+        prefix: str | None = None,
+        start: object = "latest",
+        deltas: bool = False,
+        idle_timeout: float | None = None,
+        on_gap: str = "report",
+        client_id: str = "lukhas-watch",
+    ) -> None:
+        if context_id is not None and prefix is not None:
+            raise ValidationError("watch one context_id or a prefix, not both")
+        if on_gap not in ("report", "raise"):
+            raise ValidationError(f"on_gap must be 'report' or 'raise', not {on_gap!r}")
+        self._key = None if context_id is None else context_key(context_id)
+        self._prefix = None if prefix is None else prefix.encode()
+        self._start = parse_start(start)
+        self._deltas = deltas
+        self._idle_timeout = idle_timeout
+        self._raise_gaps = on_gap == "raise"
+        self.topic = topics.changes
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, client_id=client_id, enable_auto_commit=False,
+            auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024,
+        )  # fmt: skip
+        self._codec = ChangeCodec()
+        self._header = self._codec.header
+        #: Per partition, in partition order: partition, next change-topic offset, highest
+        #: WAL offset delivered (-1: none). Flat, so a change's token is one tuple() copy.
+        self._pos: list[int] = []
+        #: partition -> index of its next offset in ``_pos`` (the highest WAL offset follows)
+        self._index: dict[int, int] = {}
+        self._buffer: list[Any] = []
+        self._docs: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
+        self._started = False
+        self._closed = False
+
+    # ---- lifecycle ----
+
+    async def __aenter__(self) -> Watcher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        try:
+            await self._consumer.start()
+            await self._position()
+        except KafkaError as exc:
+            await self.close()
+            raise ReadError(f"cannot subscribe to {self.topic}: {exc}") from exc
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._consumer.stop()
+
+    def token(self) -> str:
+        """The resume token of the subscription as it stands (after the last item)."""
+        return _token_text(self.topic, tuple(self._pos))
+
+    async def _position(self) -> None:
+        consumer = self._consumer
+        metadata = await consumer._client.fetch_all_metadata()
+        count = len(metadata.partitions_for_topic(self.topic) or ())
+        if not count:
+            raise ReadError(f"topic {self.topic} does not exist")
+        start = self._start
+        if isinstance(start, ResumeToken):
+            if start.topic != self.topic or len(start.positions) != count:
+                raise InvalidResumeTokenError(
+                    f"the token is for {start.topic} with {len(start.positions)} partitions, "
+                    f"not {self.topic} with {count}"
+                )
+            wanted = {p: [o, w] for p, o, w in start.positions}
+        else:
+            wanted = {p: [0, -1] for p in range(count)}
+        parts = range(count) if self._key is None else [partition_of(self._key, count)]
+        tps = [TopicPartition(self.topic, p) for p in parts]
+        consumer.assign(tps)
+        low = await consumer.beginning_offsets(tps)
+        end = await consumer.end_offsets(tps)
+        if start is Start.LATEST:
+            offsets = {tp: end[tp] for tp in tps}
+        elif start is Start.EARLIEST:
+            offsets = {tp: low[tp] for tp in tps}
+        elif isinstance(start, int):
+            found = await consumer.offsets_for_times({tp: start for tp in tps})
+            offsets = {tp: end[tp] if found[tp] is None else found[tp].offset for tp in tps}
+        else:
+            offsets = {tp: wanted[tp.partition][0] for tp in tps}
+        state: dict[int, list[int]] = {}
+        for tp in tps:
+            if isinstance(start, ResumeToken):
+                highest = wanted[tp.partition][1]
+            else:  # changes republished later may carry WAL offsets from before the start
+                highest = await self._wal_offset_before(tp, offsets[tp], low[tp])
+            state[tp.partition] = [offsets[tp], highest]
+            consumer.seek(tp, offsets[tp])
+        # Partitions not read (one context's watch) keep their token positions.
+        for p in range(count):
+            state.setdefault(p, wanted[p])
+        for p in sorted(state):
+            self._index[p] = len(self._pos) + 1
+            self._pos += [p, *state[p]]
+
+    async def _wal_offset_before(self, tp: TopicPartition, offset: int, low: int) -> int:
+        """The WAL offset of the change just before ``offset`` (-1 when there is none)."""
+        if offset <= low:
+            return -1
+        self._consumer.seek(tp, offset - 1)
+        batch = await self._consumer.getmany(tp, timeout_ms=5000, max_records=1)
+        for m in batch.get(tp, ()):
+            change = self._decode(m) if m.offset < offset else None
+            if change is not None:
+                return change.wal_offset
+        return -1
+
+    # ---- iteration ----
+
+    def __aiter__(self) -> AsyncIterator[Change | Gap]:
+        return self
+
+    async def __anext__(self) -> Change | Gap:
+        await self.start()
+        idle_since = time.monotonic()
+        while True:
+            while self._buffer:
+                item = self._take(self._buffer.pop())
+                if item is not None:
+                    return item
+            if self._closed:
+                raise StopAsyncIteration
+            idle = time.monotonic() - idle_since
+            if self._idle_timeout is not None and idle >= self._idle_timeout:
+                raise StopAsyncIteration
+            try:
+                batch = await self._consumer.getmany(timeout_ms=200, max_records=10_000)
+            except KafkaError as exc:
+                raise ReadError(f"reading {self.topic} failed: {exc}") from exc
+            records = [m for messages in batch.values() for m in messages]
+            if records:
+                idle_since = time.monotonic()
+                records.reverse()  # popped from the end: oldest first
+                self._buffer = records
+
+    def _take(self, m: Any) -> Change | Gap | None:
+        """Turns one record into what the subscriber gets (None: nothing, e.g. a repeat)."""
+        pos = self._pos
+        i = self._index[m.partition]
+        expected = pos[i]
+        offset = m.offset
+        if offset < expected:
+            return None  # fetched before a seek
+        if offset > expected:  # offsets of a non-transactional topic only go missing when
+            # the log cleaner or retention removed them: report, then read this record next
+            pos[i] = offset
+            self._buffer.append(m)
+            return self._gap(m.partition, expected, offset, "compacted or deleted")
+        pos[i] = offset + 1
+        key = m.key or b""
+        # Filtered out before decoding. The highest WAL offset is kept over the changes that
+        # pass the filter: a repeat of one of them still carries an offset at or below it.
+        if (self._key is not None and key != self._key) or (
+            self._prefix is not None and not key.startswith(self._prefix)
+        ):
+            return None
+        change = self._decode(m)
+        if change is None:
+            return self._gap(m.partition, offset, offset + 1, "undecodable change")
+        if change.wal_offset <= pos[i + 1]:
+            return None  # published again after a processor crash: delivered already
+        pos[i + 1] = change.wal_offset
+        change._token = (self.topic, tuple(pos))
+        if self._deltas:
+            change = self._with_delta(key, change)
+        return change
+
+    def _gap(self, partition: int, first: int, end: int, reason: str) -> Gap:
+        gap = Gap(partition, first, end, reason, (self.topic, tuple(self._pos)))
+        if self._raise_gaps:
+            raise ChangeGapError(
+                f"changes at offsets {first}..{end - 1} of {self.topic}[{partition}] are gone "
+                f"({reason}); resume with token {gap.token} to go on past them"
+            )
+        return gap
+
+    def _decode(self, m: Any) -> Change | None:
+        """The change in a record (its token not set yet), or None if it does not decode."""
+        value = m.value
+        if value is None:
+            try:
+                headers = dict(m.headers or ())
+                return Change(
+                    (m.key or b"").decode(), int(headers["version"]),
+                    _TOMBSTONE_KINDS[headers["kind"]], None, headers.get("checksum", b"").hex(),
+                    m.partition, int(headers["wal_offset"]),
+                    int(headers.get("log_time_ms", m.timestamp)), None,
+                    headers.get("event_id", b"").hex(), m.offset,
+                )  # fmt: skip
+            except (KeyError, ValueError, UnicodeDecodeError):
+                return None
+        fields = _read_change(self._header, value) if _read_change is not None else None
+        if fields is None:  # the Python codec: a valid change of another schema version
+            try:
+                c = self._codec.decode(value)
+            except CodecError:
+                return None
+            fields = (c.context_id, c.version, c.kind, c.doc, c.checksum, c.expires_at_ms,
+                      c.wal_offset, c.event_id, c.log_time_ms)  # fmt: skip
+        context_id, version, kind, doc, checksum, expires, wal_offset, event_id, log_time = fields
+        try:
+            parsed = orjson.loads(doc)
+        except orjson.JSONDecodeError:
+            return None
+        return Change(
+            context_id, version, _KIND_NAMES[kind], parsed, checksum.hex(), m.partition,
+            wal_offset, log_time, expires, event_id.hex(), m.offset,
+        )  # fmt: skip
+
+    def _with_delta(self, key: bytes, change: Change) -> Change:
+        docs = self._docs
+        previous = docs.pop(key, None)
+        if change.doc is None:
+            return change
+        docs[key] = change.doc
+        if len(docs) > DELTA_MEMORY:
+            docs.popitem(last=False)
+        if previous is None:
+            return change
+        delta = make_json_patch(previous, change.doc)
+        return Change(
+            change.context_id, change.version, change.kind, None, change.checksum,
+            change.partition, change.wal_offset, change.log_time_ms, change.expires_at_ms,
+            change.event_id, change.offset, delta, change._token,
+        )  # fmt: skip
