@@ -18,7 +18,10 @@ resume token holds, per partition, the next change-topic offset and that highest
 so a subscriber that saves the token of the last change it handled and resumes with it gets
 every later change exactly once.
 
-The token is text (``lk1.`` + base64url of JSON), safe in a URL, a header or a file.
+The token is text (``lk1.`` + base64url of JSON), safe in a URL, a header or a file. It
+resumes the subscription it came from: the same topic, and the same ``context_id`` or
+``prefix`` (a filtered watch keeps the highest WAL offset over the changes that pass its
+filter, and decodes nothing else).
 """
 
 from __future__ import annotations
@@ -102,9 +105,10 @@ class Change:
     """One applied mutation as a subscriber sees it.
 
     ``kind``: put, patch, touch, delete or expire. ``doc``: the document after it (None for
-    delete and expire), or None when ``delta`` is given: the RFC 6902 patch from the previous
-    document this subscriber saw of the context (``watch(deltas=True)``; the first change of a
-    context seen carries the whole ``doc``). ``position`` is ``PARTITION:WAL_OFFSET`` of the
+    delete and expire; an expire's ``expires_at_ms`` says when the version expired), or None
+    when ``delta`` is given: the RFC 6902 patch from the previous document this subscriber saw
+    of the context (``watch(deltas=True)``; the first change of a context seen carries the
+    whole ``doc``). ``position`` is ``PARTITION:WAL_OFFSET`` of the
     event that made the change (its identity with ``context_id``); ``token`` resumes after it.
     Read-only by convention (not frozen: a change is built for every record read).
     """
@@ -418,7 +422,8 @@ class Watcher:
                     (m.key or b"").decode(), int(headers["version"]),
                     _TOMBSTONE_KINDS[headers["kind"]], None, headers.get("checksum", b"").hex(),
                     m.partition, int(headers["wal_offset"]),
-                    int(headers.get("log_time_ms", m.timestamp)), None,
+                    int(headers.get("log_time_ms", m.timestamp)),
+                    int(headers["expires_at_ms"]) if "expires_at_ms" in headers else None,
                     headers.get("event_id", b"").hex(), m.offset,
                 )  # fmt: skip
             except (KeyError, ValueError, UnicodeDecodeError):
