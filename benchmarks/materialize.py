@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -210,6 +211,7 @@ def run_processor(bootstrap: str, topics: Topics, n: int, timeout_s: float) -> d
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+        shutil.rmtree(state, ignore_errors=True)
     return {
         "records_per_s": (n - first_count) / (t_last - t_first),
         "seconds": t_last - t_first,
@@ -267,6 +269,7 @@ def main() -> None:
     finally:
         if cluster is not None:
             cluster.down()
+            shutil.rmtree(cluster.spec.data_dir, ignore_errors=True)
 
     bare_rate = statistics.median(b["records_per_s"] for b in bares)
     proc_rate = statistics.median(p["records_per_s"] for p in procs)

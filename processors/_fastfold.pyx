@@ -258,7 +258,7 @@ def read_change(bytes header, bytes value):
     if size < hsize or memcmp(v, PyBytes_AS_STRING(header), hsize) != 0:
         return None
     p = _varint(v, size, p, &n)
-    if p < 0 or n < 0 or p + n > size:
+    if p < 0 or n < 0 or n > size - p:  # not p + n > size: that overflows for n near 2**63
         return None
     try:
         context_id = PyBytes_FromStringAndSize(<const char*>v + p, n).decode("utf-8")
@@ -272,11 +272,11 @@ def read_change(bytes header, bytes value):
     if p < 0 or kind < 0 or kind > 4:
         return None
     p = _varint(v, size, p, &n)
-    if p < 0 or n < 0 or p + n > size:
+    if p < 0 or n < 0 or n > size - p:
         return None
     doc = PyBytes_FromStringAndSize(<const char*>v + p, n)
     p += n
-    if p + 8 > size:
+    if 8 > size - p:
         return None
     checksum = PyBytes_FromStringAndSize(<const char*>v + p, 8)
     p += 8
@@ -288,7 +288,7 @@ def read_change(bytes header, bytes value):
         if p < 0:
             return None
     p = _varint(v, size, p, &wal_offset)
-    if p < 0 or p + 16 > size:
+    if p < 0 or 16 > size - p:
         return None
     event_id = PyBytes_FromStringAndSize(<const char*>v + p, 16)
     p += 16

@@ -55,6 +55,30 @@ def owners(members: list[Member]) -> dict[int, Member]:
     return out
 
 
+def _is_int(x: object) -> bool:
+    return type(x) is int  # not bool, not float
+
+
+def _parse_claim(value: bytes) -> Member | None:
+    """A member record, or None unless every field has exactly its type."""
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    member, api, parts = data.get("member"), data.get("api"), data.get("partitions")
+    generation, updated = data.get("generation"), data.get("updated_ms")
+    if not (isinstance(member, str) and isinstance(api, str) and isinstance(parts, list)):
+        return None
+    if not (all(_is_int(p) and p >= 0 for p in parts) and _is_int(generation)):
+        return None
+    if not _is_int(updated):
+        return None
+    assert isinstance(generation, int) and isinstance(updated, int)
+    return Member(member, api, tuple(parts), generation, updated)
+
+
 class Membership:
     """This worker's claim (``announce``) and everyone's (``members``, ``owner``)."""
 
@@ -142,14 +166,8 @@ class Membership:
         if value is None:
             self._members.pop(name, None)
         else:
-            try:
-                data = orjson.loads(value)
-                claim = Member(
-                    str(data["member"]), str(data["api"]),
-                    tuple(int(p) for p in data["partitions"]), int(data["generation"]),
-                    int(data["updated_ms"]),
-                )  # fmt: skip
-            except (ValueError, KeyError, TypeError):
+            claim = _parse_claim(value)
+            if claim is None:
                 log.warning("ignoring a malformed membership record of %r", name)
                 return
             held = self._members.get(name)

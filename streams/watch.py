@@ -181,21 +181,24 @@ def parse_start(start: object) -> Start | int | ResumeToken:
     digits), a ``ResumeToken`` or its text; ``ValidationError`` otherwise."""
     if isinstance(start, Start | ResumeToken):
         return start
-    if isinstance(start, datetime):
+    if isinstance(start, datetime) and start.timestamp() >= 0:
         return int(start.timestamp() * 1000)
     if isinstance(start, int) and not isinstance(start, bool) and start >= 0:
         return start
     if isinstance(start, str):
         if start in ("latest", "earliest"):
             return Start(start)
-        if start.isdigit():
+        if start.isascii() and start.isdigit():  # not "²": isdigit() alone accepts it
             return int(start)
         if start.startswith(TOKEN_PREFIX):
             return ResumeToken.decode(start)
         try:
-            return int(datetime.fromisoformat(start).timestamp() * 1000)
+            ms = int(datetime.fromisoformat(start).timestamp() * 1000)
         except ValueError:
             pass
+        else:
+            if ms >= 0:
+                return ms
     raise ValidationError(
         f"start must be 'latest', 'earliest', a timestamp or a resume token, not {start!r}"
     )
