@@ -256,9 +256,11 @@ def main() -> None:
     procs: list[dict[str, float]] = []
     patch_runs: list[dict[str, float]] = []
     try:
-        topics, patch_topics, append_s = asyncio.run(prepare(bootstrap, args))
-        # Alternate them, so a slow spell of this shared machine hits all alike.
+        # Alternate them, so a slow spell of this shared machine hits all alike. Each run has
+        # topics of its own: a fresh worker on a topic whose changes an earlier run published
+        # would restore from the change topic instead of folding (processors/restore.py).
         for _ in range(args.runs):
+            topics, patch_topics, append_s = asyncio.run(prepare(bootstrap, args))
             bare = bare_consumer(bootstrap, topics.events, args.events, args.timeout)
             bares.append(asyncio.run(bare))
             procs.append(run_processor(bootstrap, topics, args.events, args.timeout))

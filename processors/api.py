@@ -65,6 +65,8 @@ FORWARDED_HEADER = "X-Lukhas-Forwarded-By"
 SERVED_BY_HEADER = "X-Lukhas-Served-By"
 #: Seconds between SSE comments that keep an idle connection (and its proxies) open.
 SSE_KEEPALIVE_S = 15.0
+#: Server-sent event streams one worker serves at once (each is a Kafka consumer).
+MAX_SSE_STREAMS = 64
 
 
 def partition_for(context_id: bytes, partitions: int) -> int:
@@ -125,6 +127,8 @@ class ReadApi:
         )
         self._runner: web.AppRunner | None = None
         self._http: aiohttp.ClientSession | None = None
+        #: Open server-sent event streams (each one a consumer), closed on shutdown.
+        self._streams: set[Watcher] = set()
 
     async def start(self, host: str, port: int) -> None:
         self._runner = web.AppRunner(self.app, access_log=None)
@@ -132,12 +136,14 @@ class ReadApi:
         await web.TCPSite(self._runner, host, port).start()
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        for watcher in list(self._streams):  # ends their handlers' loops
+            await watcher.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
     async def _forward(self, request: web.Request, partition: int) -> web.Response | None:
         """The owner's answer when another worker serves ``partition`` (one hop: a forwarded
@@ -284,6 +290,8 @@ class ReadApi:
 
     async def changes(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events of the change stream (see the module doc)."""
+        if len(self._streams) >= MAX_SSE_STREAMS:
+            return _error(503, f"this worker serves {MAX_SSE_STREAMS} change streams already")
         query = request.query
         start: object = request.headers.get("Last-Event-ID") or query.get("start", "latest")
         try:
@@ -297,22 +305,25 @@ class ReadApi:
             )  # fmt: skip
         except (ValidationError, ValueError) as exc:
             return _error(400, f"{type(exc).__name__}: {exc}")
+        self._streams.add(watcher)
         try:
-            await watcher.start()
-        except (ValidationError, ReadError) as exc:
-            await watcher.close()
-            return _error(400 if isinstance(exc, ValidationError) else 503, str(exc))
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
-        await response.prepare(request)
-        sent = 0
-        try:
+            try:
+                await watcher.start()
+            except (ValidationError, ReadError) as exc:
+                return _error(400 if isinstance(exc, ValidationError) else 503, str(exc))
+            response = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            )
+            await response.prepare(request)
+            # An event with only an id sets the browser's Last-Event-ID: a reconnect before
+            # the first change resumes from here, not from "latest" again.
+            await response.write(b"id: %s\n\n" % watcher.token().encode())
+            sent = 0
             while limit is None or sent < limit:
                 try:
                     item = await asyncio.wait_for(anext(watcher), SSE_KEEPALIVE_S)
                 except TimeoutError:
-                    await response.write(b": keepalive\n\n")
+                    await response.write(b": keepalive\nid: %s\n\n" % watcher.token().encode())
                     continue
                 except StopAsyncIteration:
                     break
@@ -322,11 +333,12 @@ class ReadApi:
                     b"id: %s\nevent: %s\ndata: %s\n\n" % (item.token.encode(), kind, data)
                 )
                 sent += kind == b"change"
+            return response
         except ConnectionResetError:
-            pass  # the subscriber went away
+            return response  # the subscriber went away
         finally:
+            self._streams.discard(watcher)
             await watcher.close()
-        return response
 
     async def partitions(self, request: web.Request) -> web.Response:
         """The partitions this worker serves, each with its summary (next offset, digest,

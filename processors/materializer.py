@@ -75,6 +75,11 @@ except ImportError:  # built without a C compiler: the general path folds everyt
 
 log = logging.getLogger(__name__)
 
+#: How often a read waiting for a partition rechecks who serves it.
+WAIT_POLL_S = 0.25
+#: How often a worker publishes its claim again (a claim not refreshed for a few of these
+#: loses to any fresher one: see processors.members).
+ANNOUNCE_INTERVAL_S = 30.0
 #: Largest single record the worker's producer sends (a 1 MiB document and its envelope fit).
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 MIN_ROUND_RECORDS = 200
@@ -150,6 +155,8 @@ class Materializer:
         self.membership = Membership(
             config.bootstrap, config.topics.members, config.member_id, config.api_url
         )
+        self._announcing: asyncio.Task[None] | None = None
+        self._announced_at = time.monotonic()
 
     # ---- lifecycle ----
 
@@ -198,8 +205,22 @@ class Materializer:
             await asyncio.gather(*self._expire_acks, return_exceptions=True)
         if self._consumer is not None:
             await self._commit_offsets()
-            await self._consumer.stop()  # revokes: the listener closes the stores
+            # aiokafka's stop() leaves the group without calling the revoke listener: the
+            # stores are taken out first, so reads waiting on them go elsewhere (421), and
+            # closed once the round in progress has committed.
+            async with self._lock:
+                closing = list(self.stores.values())
+                self.stores.clear()
+            async with self._progress:
+                self._progress.notify_all()
+            await self._consumer.stop()
             self._consumer = None
+            for store in closing:
+                store.close()
+        if self._announcing is not None:
+            self._announcing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._announcing
         await self.membership.close()
         if self._producer is not None:
             await self.membership.announce(self._producer, None, 0)  # leaves
@@ -235,6 +256,9 @@ class Materializer:
                 if slot is not None and self._checkpoint_slot() != slot:
                     slot = self._checkpoint_slot()
                     await self._periodic_checkpoint()
+                if now - self._announced_at >= ANNOUNCE_INTERVAL_S:
+                    self._announced_at = now
+                    self._announce()  # keeps the claim fresh (see processors.members)
                 if now >= next_commit:
                     await self._commit_offsets()
                     next_commit = time.monotonic() + cfg.commit_interval_s
@@ -748,8 +772,9 @@ class Materializer:
         """Waits until ``offset`` of ``partition`` is folded (``next_offset > offset``).
 
         A partition not (yet) assigned here is waited for too, since the worker may be starting
-        or rebalancing. Returns False on timeout; raises ``NotOwnerError`` if by then the
-        partition is still not served by this worker.
+        or rebalancing — unless the members table names another worker as its owner: then
+        ``NotOwnerError`` at once (the caller goes there). Returns False on timeout; raises
+        ``NotOwnerError`` if by then the partition is still not served by this worker.
         """
         deadline = time.monotonic() + timeout_s
         async with self._progress:
@@ -757,13 +782,21 @@ class Materializer:
                 store = self.stores.get(partition)
                 if store is not None and store.next_offset > offset:
                     return True
+                if store is None and partition not in self._restoring:
+                    owner = self.membership.owner(partition)
+                    if owner is not None and owner.api != self.config.api_url:
+                        raise NotOwnerError(
+                            f"partition {partition} is served by {owner.api}, not this worker"
+                        )
                 left = deadline - time.monotonic()
                 if left <= 0:
                     if store is None:
                         self.store_for(partition)
                     return False
+                # Woken by every round and (re)assignment; polled as well, since a move of
+                # the partition elsewhere shows only in the members table.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._progress.wait(), left)
+                    await asyncio.wait_for(self._progress.wait(), min(left, WAIT_POLL_S))
 
     # ---- assignment ----
 
@@ -789,16 +822,29 @@ class Materializer:
                 consumer.pause(tp)
                 task = asyncio.create_task(self._open(tp))
                 self._restoring[tp.partition] = task
-        await self._announce()
+        self._announce()
 
-    async def _announce(self) -> None:
-        """Publishes the partitions assigned here, with the group generation they came in."""
-        consumer, producer = self._consumer, self._producer
-        if consumer is None or producer is None:
+    def _announce(self) -> None:
+        """Publishes, in the background, the partitions assigned here with the group
+        generation they came in (never from inside the rebalance callback: aiokafka does not
+        heartbeat while it runs). A failed publication is retried."""
+        consumer = self._consumer
+        if consumer is None:
             return
         assigned = [tp.partition for tp in consumer.assignment()]
         generation = int(getattr(getattr(consumer, "_coordinator", None), "generation", 0))
-        await self.membership.announce(producer, assigned, max(generation, 0))
+        if self._announcing is not None:
+            self._announcing.cancel()  # superseded by this claim
+        self._announcing = asyncio.create_task(self._publish_claim(assigned, max(generation, 0)))
+
+    async def _publish_claim(self, partitions: list[int], generation: int) -> None:
+        delay = 0.5
+        while self._producer is not None:
+            if await self.membership.announce(self._producer, partitions, generation):
+                self._announced_at = time.monotonic()
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
     async def _open(self, tp: TopicPartition) -> None:
         try:
@@ -855,11 +901,8 @@ class Materializer:
                 if store is not None:
                     store.close()
                     log.info("partition %d revoked", tp.partition)
-        if self._producer is not None and revoked:
-            generation = int(
-                getattr(getattr(self._consumer, "_coordinator", None), "generation", 0)
-            )
-            await self.membership.announce(self._producer, [], max(generation, 0))
+        if revoked:
+            self._announce()
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

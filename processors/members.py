@@ -28,6 +28,9 @@ from aiokafka.errors import KafkaError
 
 log = logging.getLogger(__name__)
 
+#: A claim not re-published for this long loses to any fresher claim of the same partition.
+STALE_AFTER_MS = 120_000
+
 
 @dataclass(frozen=True, slots=True)
 class Member:
@@ -44,13 +47,22 @@ class Member:
         }  # fmt: skip
 
 
-def owners(members: list[Member]) -> dict[int, Member]:
-    """Partition -> the member claiming it in the highest generation."""
+def owners(members: list[Member], now_ms: int | None = None) -> dict[int, Member]:
+    """Partition -> the member claiming it in the highest generation, among the claims
+    refreshed within ``STALE_AFTER_MS`` if there are any (workers re-publish their claims
+    every 30 s): a dead worker's claim from a group generation that no longer exists (the group
+    was deleted and its generations restarted) does not win for ever."""
+    now = int(time.time() * 1000) if now_ms is None else now_ms
     out: dict[int, Member] = {}
     for m in members:
+        fresh = now - m.updated_ms <= STALE_AFTER_MS
         for p in m.partitions:
             held = out.get(p)
-            if held is None or (m.generation, m.updated_ms) > (held.generation, held.updated_ms):
+            if held is None:
+                out[p] = m
+                continue
+            held_fresh = now - held.updated_ms <= STALE_AFTER_MS
+            if (fresh, m.generation, m.updated_ms) > (held_fresh, held.generation, held.updated_ms):
                 out[p] = m
     return out
 
@@ -124,10 +136,11 @@ class Membership:
 
     async def announce(
         self, producer: AIOKafkaProducer, partitions: list[int] | None, generation: int
-    ) -> None:
-        """Publishes this worker's claim (``partitions`` None: it leaves, a tombstone)."""
+    ) -> bool:
+        """Publishes this worker's claim (``partitions`` None: it leaves, a tombstone);
+        False when the broker did not acknowledge it."""
         if not self.enabled:
-            return
+            return True
         key = self.member.encode()
         value = None
         if partitions is not None:
@@ -139,6 +152,8 @@ class Membership:
             await (await producer.send(self.topic, value=value, key=key))
         except KafkaError as exc:
             log.warning("could not publish membership of %s: %s", self.member, exc)
+            return False
+        return True
 
     def owner(self, partition: int) -> Member | None:
         return self._owners.get(partition)
@@ -170,12 +185,9 @@ class Membership:
             if claim is None:
                 log.warning("ignoring a malformed membership record of %r", name)
                 return
-            held = self._members.get(name)
-            if held is not None and (held.generation, held.updated_ms) > (
-                claim.generation,
-                claim.updated_ms,
-            ):
-                return  # an older record of the same member, read after its newer one
+            # A member's records share a key, hence a partition: the last one read is its
+            # latest claim, whatever its generation (a group whose generation was reset
+            # starts again from 0).
             self._members[name] = claim
         self._owners = owners(list(self._members.values()))
         self.changed.set()

@@ -557,11 +557,13 @@ class ContextClient:
             raise ReadError("no api_url configured: reads need a worker's read API")
         deadline = time.monotonic() + timeout + 5
         while True:
-            base = self._routes.get(partition) if partition is not None else None
+            routed = self._routes.get(partition) if partition is not None else None
+            base = routed or self._seeds[0]
+            left = max(0.0, deadline - 5 - time.monotonic())
+            if "timeout" in params:  # a retry waits no longer than the time left
+                params = {**params, "timeout": f"{left:.3f}"}
             try:
-                status, answer = await self._send_request(
-                    base or self._seeds[0], method, path, params, timeout, body
-                )
+                status, answer = await self._send_request(base, method, path, params, left, body)
                 if status != 421:
                     return status, answer
                 failure: ReadError | None = None
@@ -593,21 +595,24 @@ class ContextClient:
     async def _refresh_routes(self, exclude: str | None = None) -> None:
         """Reloads the routing table (``GET /v1/members``) from the first worker that
         answers, configured ones first; a worker that just failed is asked last."""
+        # A configured worker that just failed goes to the back of the line, so requests with
+        # no route (no partition, or none known) try the next one.
+        if exclude in self._seeds and len(self._seeds) > 1:
+            self._seeds = [u for u in self._seeds if u != exclude] + [exclude]
         known = list(dict.fromkeys([*self._seeds, *self._routes.values()]))
         known.sort(key=lambda url: url == exclude)
         for base in known:
             try:
                 status, answer = await self._send_request(base, "GET", "/v1/members", {}, 5, b"")
-            except ReadError:
-                continue
-            if status != 200:
-                continue
-            data = orjson.loads(answer)
-            self._routes = {int(p): str(url) for p, url in data["owners"].items()}
-            self._partition_count = int(data["partition_count"]) or self._partition_count
-            # A configured worker that is gone goes to the back of the line.
-            if exclude in self._seeds and len(self._seeds) > 1:
-                self._seeds = [u for u in self._seeds if u != exclude] + [exclude]
+                if status != 200:
+                    continue
+                data = orjson.loads(answer)
+                routes = {int(p): str(url) for p, url in data["owners"].items()}
+                count = int(data["partition_count"])
+            except (ReadError, ValueError, KeyError, TypeError, AttributeError):
+                continue  # gone, or not a worker's answer: ask the next
+            self._routes = routes
+            self._partition_count = count or self._partition_count
             return
 
     async def _partition_of(self, context_id: str) -> int | None:
@@ -785,7 +790,8 @@ def _json_body(status: int, body: bytes) -> dict[str, Any]:
 def _position_partition(position: str) -> int | None:
     """The partition of ``PARTITION:OFFSET`` (None when it is not one: the API says why)."""
     partition, _, offset = position.partition(":")
-    return int(partition) if partition.isdigit() and offset.isdigit() else None
+    digits = partition.isascii() and offset.isascii()
+    return int(partition) if digits and partition.isdigit() and offset.isdigit() else None
 
 
 def _context_from(status: int, body: bytes, context_id: str) -> Context:

@@ -64,6 +64,10 @@ _KIND_NAMES = tuple(kind.name.lower() for kind in ChangeKind)
 _TOMBSTONE_KINDS = {b"deleted": "delete", b"expired": "expire"}
 #: Documents remembered per context for deltas (least recently changed dropped first).
 DELTA_MEMORY = 100_000
+#: How often a subscription checks that its topic's partition count has not changed.
+METADATA_CHECK_S = 30.0
+#: Change records read back from a start position to find the highest WAL offset before it.
+LOOK_BACK = 16
 
 
 class Start(enum.Enum):
@@ -256,6 +260,9 @@ class Watcher:
         self._docs: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
         self._started = False
         self._closed = False
+        self._idle_since = time.monotonic()
+        self._partition_count = 0
+        self._next_metadata_check = time.monotonic() + METADATA_CHECK_S
 
     # ---- lifecycle ----
 
@@ -295,12 +302,15 @@ class Watcher:
         count = len(metadata.partitions_for_topic(self.topic) or ())
         if not count:
             raise ReadError(f"topic {self.topic} does not exist")
+        self._partition_count = count
         start = self._start
         if isinstance(start, ResumeToken):
-            if start.topic != self.topic or len(start.positions) != count:
+            if start.topic != self.topic or sorted(p for p, _, _ in start.positions) != list(
+                range(count)
+            ):
                 raise InvalidResumeTokenError(
-                    f"the token is for {start.topic} with {len(start.positions)} partitions, "
-                    f"not {self.topic} with {count}"
+                    f"the token is for {start.topic} with partitions "
+                    f"{sorted(p for p, _, _ in start.positions)}, not {self.topic} with {count}"
                 )
             wanted = {p: [o, w] for p, o, w in start.positions}
         else:
@@ -319,6 +329,13 @@ class Watcher:
             offsets = {tp: end[tp] if found[tp] is None else found[tp].offset for tp in tps}
         else:
             offsets = {tp: wanted[tp.partition][0] for tp in tps}
+            for tp in tps:
+                if offsets[tp] > end[tp]:
+                    raise InvalidResumeTokenError(
+                        f"the token is at offset {offsets[tp]} of {self.topic}[{tp.partition}], "
+                        f"which ends at {end[tp]}: the topic was re-created, or the token "
+                        "belongs to another cluster"
+                    )
         state: dict[int, list[int]] = {}
         for tp in tps:
             if isinstance(start, ResumeToken):
@@ -338,13 +355,15 @@ class Watcher:
         """The WAL offset of the change just before ``offset`` (-1 when there is none)."""
         if offset <= low:
             return -1
-        self._consumer.seek(tp, offset - 1)
-        batch = await self._consumer.getmany(tp, timeout_ms=5000, max_records=1)
+        # A few records back: the one just before may have been compacted away.
+        self._consumer.seek(tp, max(low, offset - LOOK_BACK))
+        batch = await self._consumer.getmany(tp, timeout_ms=5000, max_records=LOOK_BACK)
+        highest = -1
         for m in batch.get(tp, ()):
             change = self._decode(m) if m.offset < offset else None
             if change is not None:
-                return change.wal_offset
-        return -1
+                highest = max(highest, change.wal_offset)
+        return highest
 
     # ---- iteration ----
 
@@ -352,27 +371,42 @@ class Watcher:
         return self
 
     async def __anext__(self) -> Change | Gap:
+        """The next item. Safe to cancel (e.g. by ``asyncio.wait_for``): the only await is
+        the fetch, and records fetched are kept in the buffer until they are yielded."""
         await self.start()
-        idle_since = time.monotonic()
         while True:
             while self._buffer:
                 item = self._take(self._buffer.pop())
                 if item is not None:
+                    self._idle_since = time.monotonic()
                     return item
             if self._closed:
                 raise StopAsyncIteration
-            idle = time.monotonic() - idle_since
-            if self._idle_timeout is not None and idle >= self._idle_timeout:
+            now = time.monotonic()
+            if self._idle_timeout is not None and now - self._idle_since >= self._idle_timeout:
                 raise StopAsyncIteration
+            if now >= self._next_metadata_check:
+                await self._check_partition_count()
             try:
                 batch = await self._consumer.getmany(timeout_ms=200, max_records=10_000)
             except KafkaError as exc:
                 raise ReadError(f"reading {self.topic} failed: {exc}") from exc
             records = [m for messages in batch.values() for m in messages]
             if records:
-                idle_since = time.monotonic()
                 records.reverse()  # popped from the end: oldest first
                 self._buffer = records
+
+    async def _check_partition_count(self) -> None:
+        """A topic whose partition count changed moves contexts to other partitions: a
+        subscription cannot go on unnoticed, so it ends with an error."""
+        self._next_metadata_check = time.monotonic() + METADATA_CHECK_S
+        metadata = await self._consumer._client.fetch_all_metadata()
+        count = len(metadata.partitions_for_topic(self.topic) or ())
+        if count and count != self._partition_count:
+            raise ReadError(
+                f"{self.topic} went from {self._partition_count} to {count} partitions; "
+                "subscribe again (a token of the old layout no longer applies)"
+            )
 
     def _take(self, m: Any) -> Change | Gap | None:
         """Turns one record into what the subscriber gets (None: nothing, e.g. a repeat)."""

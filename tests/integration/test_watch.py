@@ -201,10 +201,28 @@ async def test_server_sent_events_resume_with_last_event_id(
         async with http.get(url, params={"start": "yesterday"}) as bad:
             assert bad.status == 400
 
+        # A browser that connected and got no change yet still has an id to come back with:
+        # changes made while it was away arrive when it reconnects.
+        ids: list[str] = []
+        quiet = await _sse(http, url, {"prefix": "sse:", "idle_timeout": "1"}, ids=ids)
+        assert quiet == [] and ids
+        async with make_client(worker.url) as client:
+            await client.put("sse:later", {"i": 99})
+        missed = await _sse(
+            http, url, {"prefix": "sse:", "idle_timeout": "3"}, {"Last-Event-ID": ids[-1]}
+        )
+        assert [json.loads(e["data"])["doc"] for e in missed] == [{"i": 99}]
+
 
 async def _sse(
-    http: aiohttp.ClientSession, url: str, params: dict[str, str], headers: Any = None
+    http: aiohttp.ClientSession,
+    url: str,
+    params: dict[str, str],
+    headers: Any = None,
+    ids: list[str] | None = None,
 ) -> list[dict[str, str]]:
+    """The events of one SSE response (blocks with data); ``ids`` collects every id seen,
+    including those of blocks without data (they only move the browser's Last-Event-ID)."""
     events: list[dict[str, str]] = []
     async with http.get(url, params=params, headers=headers, timeout=60) as response:
         assert response.status == 200
@@ -213,7 +231,9 @@ async def _sse(
         async for raw in response.content:
             line = raw.decode().rstrip("\n")
             if not line:
-                if current:
+                if "id" in current and ids is not None:
+                    ids.append(current["id"])
+                if "data" in current:
                     events.append(current)
                 current = {}
             elif not line.startswith(":"):

@@ -67,3 +67,27 @@ async def test_a_read_your_writes_timeout_is_typed() -> None:
                 await client.get("c", after="0:9", timeout=1)
     finally:
         await runner.cleanup()
+
+
+async def test_reads_fail_over_from_a_dead_configured_worker() -> None:
+    """The first configured worker is gone: reads (with a route and without) move on to the
+    next one instead of retrying the dead one until the timeout."""
+    doc = {"k": 1}
+    checksum = xxhash.xxh3_64_hexdigest(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS))
+    served: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        served.append(request.path)
+        return _body(doc, checksum)
+
+    runner, url = await _serve(handler)
+    dead = "http://127.0.0.1:9"  # discard port: nothing listens
+    try:
+        async with ContextClient(ClientConfig("unused:9092", f"{dead},{url}")) as client:
+            ctx = await client.get("c", timeout=5)
+            assert ctx.doc == doc
+            assert client._seeds == [url, dead]  # the dead one went to the back
+            assert (await client.get("c", timeout=5)).version == 3
+    finally:
+        await runner.cleanup()
+    assert served == ["/v1/contexts/c", "/v1/contexts/c"]

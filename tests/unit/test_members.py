@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lukhas_context.processors.members import Member, Membership, owners
+from lukhas_context.processors.members import STALE_AFTER_MS, Member, Membership, owners
 
 
 def member(
@@ -147,21 +147,22 @@ async def test_apply_tombstone_removes_member(membership: Membership) -> None:
     assert membership.members() == [stale]
 
 
-async def test_apply_ignores_older_record_of_same_member(membership: Membership) -> None:
-    newer = member("a", (0, 1), 6, 100)
-    membership._apply(b"a", record(newer))
-    event = membership.changed
-    for older in (member("a", (2,), 5, 999), member("a", (2,), 6, 99)):
-        membership._apply(b"a", record(older))
-        assert membership.members() == [newer]
-        assert membership.owner(2) is None and membership.owner(0) == newer
-    assert membership.changed is event and not event.is_set()
-    # The same generation, later: applied.
-    later = member("a", (2,), 6, 101)
-    membership._apply(b"a", record(later))
-    assert membership.members() == [later]
-    assert (membership.owner(0), membership.owner(2)) == (None, later)
-    assert event.is_set()
+async def test_the_last_record_of_a_member_is_its_claim(membership: Membership) -> None:
+    # A member's records share a key and a partition: read in the order it wrote them. A lower
+    # generation read later is a group whose generation restarted, not a stale record.
+    membership._apply(b"a", record(member("a", (0, 1), 6, 100)))
+    reset = member("a", (2,), 0, 101)
+    membership._apply(b"a", record(reset))
+    assert membership.members() == [reset]
+    assert (membership.owner(0), membership.owner(2)) == (None, reset)
+
+
+def test_a_stale_claim_loses_to_a_fresh_one_whatever_the_generation() -> None:
+    now = 10_000_000
+    dead = member("dead", (0, 1), generation=57, updated_ms=now - STALE_AFTER_MS - 1)
+    alive = member("alive", (1,), generation=1, updated_ms=now - 1_000)
+    assert owners([dead, alive], now_ms=now) == {0: dead, 1: alive}  # no fresh claim of 0
+    assert owners([alive, dead], now_ms=now) == {0: dead, 1: alive}
 
 
 async def test_apply_keys_by_record_key(membership: Membership) -> None:
