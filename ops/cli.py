@@ -182,6 +182,13 @@ def status(data_dir: Path | None, as_json: bool) -> None:
     help="Static group member id: a restart takes its partitions back at once.",
 )
 @click.option(
+    "--session-timeout",
+    type=click.FloatRange(min=1.0),
+    default=10.0,
+    show_default=True,
+    help="SECONDS without a heartbeat before the group moves this worker's partitions.",
+)
+@click.option(
     "--checkpoint-dir",
     type=click.Path(path_type=Path),
     default=None,
@@ -216,7 +223,7 @@ def status(data_dir: Path | None, as_json: bool) -> None:
 )
 def worker(bootstrap: str, state_dir: Path, topic_prefix: str, group: str, api_host: str,
            api_port: int, redis_url: str | None, max_batch: int,
-           instance_id: str | None, checkpoint_dir: Path | None,
+           instance_id: str | None, session_timeout: float, checkpoint_dir: Path | None,
            checkpoint_interval: float | None, checkpoint_keep: int, expiry_interval: float,
            expiry_batch: int) -> None:  # fmt: skip
     """Run one processor worker in the foreground (SIGTERM stops it cleanly)."""
@@ -227,7 +234,8 @@ def worker(bootstrap: str, state_dir: Path, topic_prefix: str, group: str, api_h
     config = WorkerConfig(
         bootstrap=bootstrap, state_dir=state_dir, topics=Topics(topic_prefix), group_id=group,
         api_host=api_host, api_port=api_port, max_batch_records=max_batch,
-        instance_id=instance_id, checkpoint_dir=checkpoint_dir,
+        instance_id=instance_id, session_timeout_ms=int(session_timeout * 1000),
+        checkpoint_dir=checkpoint_dir,
         checkpoint_interval_s=checkpoint_interval, checkpoint_keep=checkpoint_keep,
         expiry_interval_s=expiry_interval, expiry_batch=expiry_batch,
         checkpoint_pause_s=Environment.read().checkpoint_pause_s,

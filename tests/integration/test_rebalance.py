@@ -1,0 +1,134 @@
+"""RELIABILITY.md row 9: rebalances while writes go on — workers 1 -> 2 -> 3 -> 2 -> 1, one
+of them paused (SIGSTOP) past its session timeout and woken as a zombie. Nothing is applied
+twice, no acknowledged write is lost, every context expires exactly once, the change stream
+delivers each change once, and the survivor's state is a replay of the log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lukhas_context.processors.config import WorkerConfig
+from lukhas_context.processors.rebuild import From, rebuild
+from lukhas_context.streams.client import ClientConfig, ContextClient
+from lukhas_context.streams.exceptions import ContextNotFoundError
+from lukhas_context.streams.watch import Change
+
+from .conftest import PARTITIONS, WorkerProcess, free_port
+
+pytestmark = pytest.mark.timeout(420)
+
+SESSION_S = 6  # the broker's smallest session timeout
+
+
+def _worker(cluster: Any, topics: Any, tmp_path: Path, name: str) -> WorkerProcess:
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "lukhas_context.ops", "worker",
+        "--bootstrap", cluster.bootstrap, "--state-dir", str(tmp_path / name),
+        "--topic-prefix", topics.prefix, "--group", f"{topics.prefix}-group",
+        "--api-port", str(port), "--session-timeout", str(SESSION_S),
+        "--expiry-interval", "0.2",
+    ]  # fmt: skip
+    return WorkerProcess(argv, tmp_path / f"{name}.log", f"http://127.0.0.1:{port}")
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+async def test_rebalances_with_a_zombie_apply_everything_once(
+    cluster: Any, topics: Any, tmp_path: Path
+) -> None:
+    workers = {n: _worker(cluster, topics, tmp_path, n) for n in ("w1", "w2", "w3")}
+    config = ClientConfig(cluster.bootstrap, ",".join(w.url for w in workers.values()), topics)
+    acked: Counter[str] = Counter()
+    last: dict[str, Any] = {}
+    try:
+        w1, w2, w3 = workers["w1"], workers["w2"], workers["w3"]
+        w1.start()
+        await asyncio.to_thread(w1.wait_healthy)
+        async with ContextClient(config) as client:
+            for i in range(20):  # each must expire exactly once, whoever sweeps
+                await client.put(f"exp:{i}", {"i": i}, ttl=2.0)
+
+            async def write() -> None:
+                for n in range(900):  # bounded: ~45 s at 20/s
+                    name = f"r:{n % 30}"
+                    last[name] = await client.put(name, {"n": n})
+                    acked[name] += 1
+                    await asyncio.sleep(0.05)
+
+            writer = asyncio.create_task(write())
+            w2.start()
+            await asyncio.to_thread(w2.wait_healthy)
+            w3.start()
+            await asyncio.to_thread(w3.wait_healthy)
+            await asyncio.sleep(2)
+            assert w2.proc is not None
+            os.kill(w2.proc.pid, signal.SIGSTOP)  # w2 stops heartbeating
+            await asyncio.sleep(SESSION_S + 4)  # the group moves its partitions to w1, w3
+            await client.wait_checkpoint(await client.checkpoint("ck-rebalance"), timeout=60)
+            os.kill(w2.proc.pid, signal.SIGCONT)  # a zombie until it learns it was evicted
+            await asyncio.sleep(3)
+            assert w3.terminate() == 0
+            await asyncio.sleep(2)
+            assert w2.terminate() == 0
+            await asyncio.wait_for(writer, 120)
+
+            # Read-your-writes for every context: each version counts its acked writes.
+            for name, receipt in last.items():
+                ctx = await client.get(name, after=receipt, timeout=60)
+                assert ctx.version == acked[name], (name, ctx.version, acked[name])
+                assert ctx.doc == {"n": max(n for n in range(900) if f"r:{n % 30}" == name)}
+            deadline = time.monotonic() + 60
+            for i in range(20):
+                while True:
+                    try:
+                        await client.get(f"exp:{i}")
+                    except ContextNotFoundError:
+                        break
+                    assert time.monotonic() < deadline, f"exp:{i} never expired"
+                    await asyncio.sleep(0.2)
+
+            # The change stream: every change once, in order, each expiry exactly once.
+            async with client.watch(start="earliest", idle_timeout=5) as stream:
+                changes = [c async for c in stream]
+        by_context: dict[str, list[Any]] = {}
+        for c in changes:
+            assert isinstance(c, Change), c  # no gap: nothing was compacted away
+            by_context.setdefault(c.context_id, []).append(c)
+        for name, count in acked.items():
+            assert [c.version for c in by_context[name]] == list(range(1, count + 1)), name
+        for i in range(20):
+            assert [c.kind for c in by_context[f"exp:{i}"]] == ["put", "expire"], i
+
+        # The survivor's state is the fold of the log, partition by partition.
+        deadline = time.monotonic() + 60
+        while len(served := _get(f"{w1.url}/v1/partitions")["partitions"]) < PARTITIONS:
+            assert time.monotonic() < deadline, served
+            await asyncio.sleep(0.2)
+        replay = WorkerConfig(cluster.bootstrap, tmp_path / "replay", topics=topics)
+        for s in served:
+            report = await rebuild(
+                replay, s["partition"], From.SCRATCH, progress=False, until=s["next_offset"]
+            )
+            assert report.restore.digest == s["digest"], s
+        assert w1.terminate() == 0
+    finally:
+        for w in workers.values():
+            if w.proc is not None and w.proc.poll() is None:
+                os.kill(w.proc.pid, signal.SIGCONT)
+                w.proc.kill()
+                w.proc.wait()
