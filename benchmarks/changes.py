@@ -29,57 +29,41 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import json
-import math
-import os
-import re
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
-from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from _support import (
+    bare_read,
+    bootstrap_servers,
+    encoded_puts,
+    log_problems,
+    metric,
+    offsets,
+    percentile,
+    print_rows,
+    progress,
+    scratch_dir,
+    send_partitions,
+    start_worker,
+    stop_worker,
+    write_result,
+)
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from lukhas_context.ops.cluster import ClusterSpec, LocalCluster
-from lukhas_context.processors.api import partition_for
-from lukhas_context.schemas.codec import EventCodec
-from lukhas_context.schemas.event import EMPTY_METADATA, ContextEvent, Put
 from lukhas_context.streams.admin import ensure_topics
 from lukhas_context.streams.client import ClientConfig, ContextClient
 from lukhas_context.streams.topics import Topics
 from lukhas_context.streams.watch import Change
 
-RESULTS = Path(__file__).parent / "results"
 PREFIX = "ctx-3-"
-_STARTED = time.monotonic()
-
-
-def say(message: str) -> None:
-    print(f"[changes-bench {time.monotonic() - _STARTED:7.1f}s] {message}", file=sys.stderr)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+say = progress("changes-bench")
 
 
 def context_id(c: int) -> str:
     return f"ctx-{c % 10}-{c}"
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile of sorted ``values``."""
-    return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
 
 
 def summary_ms(seconds: list[float]) -> dict[str, float]:
@@ -96,56 +80,6 @@ def summary_ms(seconds: list[float]) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------- worker
-
-
-def http_get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def metric(url: str, name: str) -> float:
-    text = http_get(f"{url}/metrics")[1].decode()
-    match = re.search(rf"^{name}(?:_total)? (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
-def start_worker(
-    bootstrap: str, topics: Topics, work: Path, partitions: int, timeout_s: float
-) -> tuple[subprocess.Popen[bytes], str, Path]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    state = work / "state"
-    state.mkdir(parents=True, exist_ok=True)
-    argv = [
-        sys.executable, "-m", "lukhas_context.ops", "worker", "--bootstrap", bootstrap,
-        "--topic-prefix", topics.prefix, "--group", f"{topics.prefix}-bench",
-        "--state-dir", str(state), "--api-port", str(port),
-    ]  # fmt: skip
-    log = work / "worker.log"
-    proc = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_worker(proc)
-            raise RuntimeError(f"worker not healthy: {log.read_text()[-2000:]}")
-        with contextlib.suppress(OSError, ValueError):
-            status, body = http_get(f"{url}/healthz")
-            if status == 200 and len(json.loads(body).get("partitions", ())) == partitions:
-                return proc, url, log
-        time.sleep(0.1)
-
-
-def stop_worker(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
 
 
 async def wait_published(url: str, n: int, timeout_s: float) -> float:
@@ -168,48 +102,16 @@ async def append_events(
 ) -> tuple[float, int]:
     """Appends ``n`` puts round-robin over ``contexts`` ids in full batches; returns the
     seconds spent and how many of the puts have ids starting with ``PREFIX``."""
-    codec = EventCodec()
-    by_partition: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in range(parts)}
-    matching = 0
-    for i in range(n):
-        cid = context_id(i % contexts)
-        matching += cid.startswith(PREFIX)
-        key = cid.encode()
-        doc = b'{"turn":%d,"user":"u-%d","text":"hello"}' % (i, i % 97)
-        event = ContextEvent(uuid.uuid4().bytes, cid, Put(doc), None, None, EMPTY_METADATA)
-        by_partition[partition_for(key, parts)].append((key, codec.encode(event)))
+    matching = sum(context_id(i % contexts).startswith(PREFIX) for i in range(n))
+    by_partition = encoded_puts(n, parts, lambda i: context_id(i % contexts))
     started = time.perf_counter()
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", max_batch_size=512 * 1024
-    )
-    await producer.start()
-    try:
-        acks = []
-        for p, records in by_partition.items():
-            batch = producer.create_batch()
-            for key, value in records:
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    acks.append(await producer.send_batch(batch, topics.events, partition=p))
-                    batch = producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=None)
-            if batch.record_count():
-                acks.append(await producer.send_batch(batch, topics.events, partition=p))
-        await asyncio.gather(*acks)
-    finally:
-        await producer.stop()
+    await send_partitions(bootstrap, topics.events, by_partition)
     return time.perf_counter() - started, matching
 
 
 async def change_topic_records(bootstrap: str, topics: Topics, parts: int) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topics.changes, p) for p in range(parts)]
-        low = await consumer.beginning_offsets(tps)
-        end = await consumer.end_offsets(tps)
-        return sum(end[tp] - low[tp] for tp in tps)
-    finally:
-        await consumer.stop()
+    low, end = await offsets(bootstrap, topics.changes, parts)
+    return sum(end[p] - low[p] for p in range(parts))
 
 
 # ---------------------------------------------------------------- 1. throughput
@@ -226,32 +128,11 @@ async def bare_consumer(
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=4 * 1024 * 1024,
     )
-    await consumer.start()
-    seen = first_count = 0
-    t_first = t_last = 0.0
-    deadline = time.monotonic() + timeout_s
-    try:
-        tps = [TopicPartition(topics.changes, p) for p in range(parts)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        while seen < n and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
-            for records in batch.values():
-                for m in records:
-                    _ = (m.key, m.value, m.offset)
-                seen += len(records)
-            if seen and not t_first:
-                t_first, first_count = time.perf_counter(), seen
-        t_last = time.perf_counter()
-    finally:
-        await consumer.stop()
-    if seen < n:
-        raise RuntimeError(f"bare consumer read {seen} of {n} in {timeout_s} s")
-    return {
-        "per_s": (n - first_count) / (t_last - t_first),
-        "seconds": t_last - t_first,
-        "records": seen,
-    }
+    tps = [TopicPartition(topics.changes, p) for p in range(parts)]
+    seen, rate, seconds = await bare_read(
+        consumer, n, timeout_s, timeout_ms=200, max_records=10_000, assign=tps
+    )
+    return {"per_s": rate, "seconds": seconds, "records": seen}
 
 
 async def watch_all(
@@ -474,8 +355,7 @@ def print_table(result: dict[str, Any]) -> None:
                    f"warnings/errors in its log"),
         ("total runtime", f"{result['total_s']:.1f} s"),
     ]  # fmt: skip
-    for label, value in rows:
-        print(f"{label:<19}  {value}")
+    print_rows(rows, 19)
 
 
 def main() -> None:
@@ -498,49 +378,26 @@ def main() -> None:
     args.idle_latency = max(args.idle_latency, 5.0)
 
     started = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="lukhas-bench-changes-"))
-    cluster = None
-    cluster_dir = None
     proc = None
-    log = work / "worker.log"
-    bootstrap = os.environ.get("LUKHAS_BOOTSTRAP")
-    try:
-        if not bootstrap:
-            cluster_dir = Path(tempfile.mkdtemp(prefix="lukhas-bench-cluster-"))
-            spec = ClusterSpec(
-                data_dir=cluster_dir, port_base=free_port(), redis_port=free_port(),
-                api_port=free_port(), topic_prefix="benchsetup", partitions=1,
-                start_processor=False, kafka_home=os.environ.get("KAFKA_HOME"),
-            )  # fmt: skip
-            cluster = LocalCluster(spec)
-            bootstrap = cluster.up()["kafka"]["bootstrap"]
-            say(f"cluster up at {bootstrap}")
-        topics = Topics(f"benchchanges{uuid.uuid4().hex[:8]}")
-        asyncio.run(ensure_topics(bootstrap, topics.specs(args.partitions), brokers=None))
-        proc, url, log = start_worker(bootstrap, topics, work, args.partitions, args.timeout)
-        say(f"worker pid {proc.pid} healthy at {url}")
-        overall = 4 * args.timeout
-        result = asyncio.run(asyncio.wait_for(run_all(bootstrap, topics, url, args), overall))
-    finally:
-        if proc is not None:
-            stop_worker(proc)
-        if cluster is not None:
-            cluster.down()
-        problems = [
-            line
-            for line in (log.read_text(errors="replace") if log.exists() else "").splitlines()
-            if " ERROR " in line or " WARNING " in line
-        ]
-        shutil.rmtree(work, ignore_errors=True)
-        if cluster_dir is not None:
-            shutil.rmtree(cluster_dir, ignore_errors=True)
+    with scratch_dir("lukhas-bench-changes-") as work, bootstrap_servers(say) as bootstrap:
+        try:
+            topics = Topics(f"benchchanges{uuid.uuid4().hex[:8]}")
+            asyncio.run(ensure_topics(bootstrap, topics.specs(args.partitions), brokers=None))
+            state = work / "state"
+            proc, url = start_worker(bootstrap, topics, state, args.partitions, args.timeout)
+            say(f"worker pid {proc.pid} healthy at {url}")
+            overall = 4 * args.timeout
+            result = asyncio.run(asyncio.wait_for(run_all(bootstrap, topics, url, args), overall))
+        finally:
+            if proc is not None:
+                stop_worker(proc)
+            problems = log_problems(work / "worker.log")
     result["partitions"] = args.partitions
     result["worker_exit"] = proc.returncode
     result["worker_log_problems"] = problems
     result["total_s"] = time.perf_counter() - started
     print_table(result)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "changes.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result("changes", result)
     lat = result["latency"]
     if lat["received"] < lat["writes"] or lat["position_mismatches"]:
         sys.exit("some changes were missing or did not match their receipts")

@@ -20,24 +20,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import os
 import re
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from _support import (
+    Records,
+    bare_read,
+    bootstrap_servers,
+    encoded_puts,
+    metric,
+    print_rows,
+    scratch_dir,
+    send_partitions,
+    spawn_worker,
+    stop_worker,
+    write_result,
+)
+from aiokafka import AIOKafkaConsumer
 
-from lukhas_context.ops.cluster import ClusterSpec, LocalCluster
 from lukhas_context.processors.api import partition_for
 from lukhas_context.schemas.codec import EventCodec
 from lukhas_context.schemas.event import EMPTY_METADATA, ContextEvent, Patch, PatchFormat, Put
@@ -45,56 +50,19 @@ from lukhas_context.streams.admin import ensure_topics
 from lukhas_context.streams.client import ClientConfig, ContextClient
 from lukhas_context.streams.topics import Topics
 
-RESULTS = Path(__file__).parent / "results"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 async def append_events(bootstrap: str, topics: Topics, n: int, contexts: int, parts: int) -> float:
     """Appends ``n`` puts (small documents) round-robin over ``contexts`` ids; returns seconds."""
-    codec = EventCodec()
-    by_partition: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in range(parts)}
-    for i in range(n):
-        cid = f"ctx-{i % contexts}"
-        key = cid.encode()
-        doc = b'{"turn":%d,"user":"u-%d","text":"hello"}' % (i, i % 97)
-        event = ContextEvent(uuid.uuid4().bytes, cid, Put(doc), None, None, EMPTY_METADATA)
-        by_partition[partition_for(key, parts)].append((key, codec.encode(event)))
+    by_partition = encoded_puts(n, parts, lambda i: f"ctx-{i % contexts}")
     started = time.perf_counter()
-    await _send_records(bootstrap, topics, by_partition)
+    await send_partitions(bootstrap, topics.events, by_partition)
     return time.perf_counter() - started
-
-
-async def _send_records(
-    bootstrap: str, topics: Topics, by_partition: dict[int, list[tuple[bytes, bytes]]]
-) -> None:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", max_batch_size=512 * 1024
-    )
-    await producer.start()
-    try:
-        acks = []
-        for p, records in by_partition.items():
-            batch = producer.create_batch()
-            for key, value in records:
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    acks.append(await producer.send_batch(batch, topics.events, partition=p))
-                    batch = producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=None)
-            acks.append(await producer.send_batch(batch, topics.events, partition=p))
-        await asyncio.gather(*acks)
-    finally:
-        await producer.stop()
 
 
 async def append_patches(bootstrap: str, topics: Topics, n: int, contexts: int, parts: int) -> None:
     """``contexts`` puts, then ``n - contexts`` JSON Patches (replace one field, add one)."""
     codec = EventCodec()
-    records: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in range(parts)}
+    records: Records = {p: [] for p in range(parts)}
     for i in range(n):
         cid = f"ctx-{i % contexts}"
         key = cid.encode()
@@ -106,7 +74,7 @@ async def append_patches(bootstrap: str, topics: Topics, n: int, contexts: int, 
             op = Patch(PatchFormat.JSON_PATCH, body)
         event = ContextEvent(uuid.uuid4().bytes, cid, op, None, None, EMPTY_METADATA)
         records[partition_for(key, parts)].append((key, codec.encode(event)))
-    await _send_records(bootstrap, topics, records)
+    await send_partitions(bootstrap, topics.events, records)
 
 
 async def measure_update_bytes(bootstrap: str, topics: Topics, writes: int) -> tuple[int, int]:
@@ -145,32 +113,8 @@ async def bare_consumer(bootstrap: str, topic: str, n: int, timeout_s: float) ->
         max_partition_fetch_bytes=4 * 1024 * 1024,
         fetch_max_bytes=16 * 1024 * 1024,
     )
-    await consumer.start()
-    seen = first_count = 0
-    t_first = 0.0
-    deadline = time.monotonic() + timeout_s
-    try:
-        while seen < n and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=500, max_records=20_000)
-            for records in batch.values():
-                for m in records:
-                    _ = (m.key, m.value, m.offset)
-                seen += len(records)
-            if seen and not t_first:
-                t_first, first_count = time.perf_counter(), seen
-        t_last = time.perf_counter()
-    finally:
-        await consumer.stop()
-    if seen < n:
-        raise RuntimeError(f"bare consumer read {seen} of {n} in {timeout_s} s")
-    return {"records_per_s": (n - first_count) / (t_last - t_first), "seconds": t_last - t_first}
-
-
-def metric(url: str, name: str) -> float:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as r:
-        text = r.read().decode()
-    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
+    _, rate, seconds = await bare_read(consumer, n, timeout_s, timeout_ms=500, max_records=20_000)
+    return {"records_per_s": rate, "seconds": seconds}
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -180,38 +124,29 @@ def peak_rss_mib(pid: int) -> float:
 
 
 def run_processor(bootstrap: str, topics: Topics, n: int, timeout_s: float) -> dict[str, float]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    state = Path(tempfile.mkdtemp(prefix="lukhas-bench-"))
-    argv = [
-        sys.executable, "-m", "lukhas_context.ops", "worker", "--bootstrap", bootstrap,
-        "--topic-prefix", topics.prefix, "--group", f"{topics.prefix}-bench",
-        "--state-dir", str(state), "--api-port", str(port),
-    ]  # fmt: skip
-    log = state / "worker.log"
-    proc = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + timeout_s
-        count = 0.0
-        while count == 0:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"worker did not start folding: {log.read_text()[-2000:]}")
-            with contextlib.suppress(OSError):
-                count = metric(url, "lukhas_records_consumed_total")
-            time.sleep(0.01)
-        t_first, first_count = time.perf_counter(), count
-        while count < n:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"worker folded {count} of {n} in {timeout_s} s")
-            time.sleep(0.05)  # a /metrics scrape costs the worker ~1 ms: keep them rare
-            count = metric(url, "lukhas_records_consumed_total")
-        t_last = time.perf_counter()
-        applied = metric(url, "lukhas_events_applied_total")
-        rss = peak_rss_mib(proc.pid)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        shutil.rmtree(state, ignore_errors=True)
+    with scratch_dir("lukhas-bench-") as state:
+        log = state / "worker.log"
+        proc, url = spawn_worker(bootstrap, topics, state, log)
+        try:
+            deadline = time.monotonic() + timeout_s
+            count = 0.0
+            while count == 0:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"worker did not start folding: {log.read_text()[-2000:]}")
+                with contextlib.suppress(OSError):
+                    count = metric(url, "lukhas_records_consumed_total", timeout=30)
+                time.sleep(0.01)
+            t_first, first_count = time.perf_counter(), count
+            while count < n:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"worker folded {count} of {n} in {timeout_s} s")
+                time.sleep(0.05)  # a /metrics scrape costs the worker ~1 ms: keep them rare
+                count = metric(url, "lukhas_records_consumed_total", timeout=30)
+            t_last = time.perf_counter()
+            applied = metric(url, "lukhas_events_applied_total", timeout=30)
+            rss = peak_rss_mib(proc.pid)
+        finally:
+            stop_worker(proc)
     return {
         "records_per_s": (n - first_count) / (t_last - t_first),
         "seconds": t_last - t_first,
@@ -240,22 +175,10 @@ def main() -> None:
     parser.add_argument("--patch-events", type=int, default=100_000)
     args = parser.parse_args()
 
-    cluster = None
-    bootstrap = os.environ.get("LUKHAS_BOOTSTRAP")
-    if not bootstrap:
-        base = free_port()
-        spec = ClusterSpec(
-            data_dir=Path(tempfile.mkdtemp(prefix="lukhas-bench-cluster-")),
-            port_base=base, redis_port=free_port(), api_port=free_port(),
-            topic_prefix="benchsetup", partitions=1, start_processor=False,
-            kafka_home=os.environ.get("KAFKA_HOME"),
-        )  # fmt: skip
-        cluster = LocalCluster(spec)
-        bootstrap = cluster.up()["kafka"]["bootstrap"]
     bares: list[dict[str, float]] = []
     procs: list[dict[str, float]] = []
     patch_runs: list[dict[str, float]] = []
-    try:
+    with bootstrap_servers() as bootstrap:
         # Alternate them, so a slow spell of this shared machine hits all alike. Each run has
         # topics of its own: a fresh worker on a topic whose changes an earlier run published
         # would restore from the change topic instead of folding (processors/restore.py).
@@ -268,10 +191,6 @@ def main() -> None:
                 run_processor(bootstrap, patch_topics, args.patch_events, args.timeout)
             )
         update_bytes, put_bytes = asyncio.run(measure_update_bytes(bootstrap, topics, 200))
-    finally:
-        if cluster is not None:
-            cluster.down()
-            shutil.rmtree(cluster.spec.data_dir, ignore_errors=True)
 
     bare_rate = statistics.median(b["records_per_s"] for b in bares)
     proc_rate = statistics.median(p["records_per_s"] for p in procs)
@@ -310,10 +229,8 @@ def main() -> None:
                                 f"{result['update_saving']:.1%} fewer (200 growing writes)"),
         ("processor peak RSS", f"{result['processor_peak_rss_mib']:.1f} MiB"),
     ]  # fmt: skip
-    for label, value in rows:
-        print(f"{label:<20}  {value}")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "materialize.json").write_text(json.dumps(result, indent=2) + "\n")
+    print_rows(rows, 20)
+    write_result("materialize", result)
     for applied in result["processor_applied"]:
         if applied != args.events:
             sys.exit(f"a processor run applied {applied:.0f} of {args.events} events")

@@ -24,27 +24,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
-import os
-import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from _support import (
+    Records,
+    bootstrap_servers,
+    doc_for,
+    log_problems,
+    metric,
+    new_producer,
+    offsets,
+    percentile,
+    print_rows,
+    progress,
+    scratch_dir,
+    send_records,
+    start_worker,
+    stop_worker,
+    write_result,
+)
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from lukhas_context.ops.cluster import ClusterSpec, LocalCluster
 from lukhas_context.processors.api import partition_for
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.rebuild import From, RebuildReport, rebuild
@@ -55,20 +61,9 @@ from lukhas_context.streams.admin import ensure_topics
 from lukhas_context.streams.barriers import append_barriers
 from lukhas_context.streams.topics import Topics
 
-RESULTS = Path(__file__).parent / "results"
 CHECKPOINT_ID = "bench-ck"
 CHUNK = 100_000
-_STARTED = time.monotonic()
-
-
-def say(message: str) -> None:
-    print(f"[restore-bench {time.monotonic() - _STARTED:7.1f}s] {message}", file=sys.stderr)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+say = progress("restore-bench")
 
 
 # ---------------------------------------------------------------- encoding and appending
@@ -105,44 +100,8 @@ class PutEncoder:
         )
 
 
-def new_producer(bootstrap: str) -> AIOKafkaProducer:
-    return AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        enable_idempotence=True,
-        acks="all",
-        max_batch_size=512 * 1024,
-        linger_ms=5,
-    )
-
-
-async def send_records(
-    producer: AIOKafkaProducer, topic: str, partition: int, records: Iterable[tuple[bytes, bytes]]
-) -> None:
-    """Sends ``records`` to one partition in full batches; returns once all are acknowledged."""
-    acks = []
-    batch = producer.create_batch()
-    for key, value in records:
-        if batch.append(key=key, value=value, timestamp=None) is None:
-            acks.append(await producer.send_batch(batch, topic, partition=partition))
-            batch = producer.create_batch()
-            batch.append(key=key, value=value, timestamp=None)
-    if batch.record_count():
-        acks.append(await producer.send_batch(batch, topic, partition=partition))
-    await asyncio.gather(*acks)
-
-
-def doc_for(i: int) -> bytes:
-    return b'{"turn":%d,"user":"u-%d","text":"hello"}' % (i, i % 97)
-
-
-async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        return {tp.partition: offset for tp, offset in (await consumer.end_offsets(tps)).items()}
-    finally:
-        await consumer.stop()
+LINGER_MS = 5
+EXPIRY_ARGS = ("--expiry-interval", "0.2")
 
 
 # ---------------------------------------------------------------- A. checkpoint vs replay
@@ -155,12 +114,12 @@ async def append_restore_log(bootstrap: str, topics: Topics, args: argparse.Name
     enc = PutEncoder(codec)
     n, parts = args.contexts, args.partitions
     started = time.perf_counter()
-    producer = new_producer(bootstrap)
+    producer = new_producer(bootstrap, LINGER_MS)
     await producer.start()
     try:
 
         async def put_range(first: int, last: int, cid_of: Any) -> None:
-            by_partition: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in range(parts)}
+            by_partition: Records = {p: [] for p in range(parts)}
             for i in range(first, last):
                 key = cid_of(i)
                 value = enc.encode(uuid.uuid4().bytes, key, doc_for(i))
@@ -197,18 +156,18 @@ async def run_restore(bootstrap: str, args: argparse.Namespace, work: Path) -> d
     topics = Topics(f"benchrestore{uuid.uuid4().hex[:8]}")
     await ensure_topics(bootstrap, topics.specs(args.partitions), brokers=None)
     append_s = await asyncio.wait_for(append_restore_log(bootstrap, topics, args), args.timeout)
-    end = (await end_offsets(bootstrap, topics.events, args.partitions))[0]
+    end = (await offsets(bootstrap, topics.events, args.partitions))[1][0]
     say(f"WAL partition 0 ends at offset {end:,}; full replay from scratch ...")
     ck = work / "ck"
-    replay_cfg = WorkerConfig(
-        bootstrap, state_dir=work / "replay", topics=topics, checkpoint_dir=ck
-    )
-    replay, replay_s = await timed_rebuild(replay_cfg, From.SCRATCH, end, args.timeout)
+
+    def config(state: str) -> WorkerConfig:
+        return WorkerConfig(bootstrap, state_dir=work / state, topics=topics, checkpoint_dir=ck)
+
+    replay, replay_s = await timed_rebuild(config("replay"), From.SCRATCH, end, args.timeout)
     say(f"replay: {replay_s:.1f} s, {replay.events_folded:,} records folded; restoring ...")
-    restore_cfg = WorkerConfig(
-        bootstrap, state_dir=work / "restored", topics=topics, checkpoint_dir=ck
+    restored, restore_s = await timed_rebuild(
+        config("restored"), From.CHECKPOINT, end, args.timeout
     )
-    restored, restore_s = await timed_rebuild(restore_cfg, From.CHECKPOINT, end, args.timeout)
     say(f"checkpoint restore: {restore_s:.1f} s, {restored.events_folded:,} records folded")
     return {
         "contexts": args.contexts,
@@ -230,55 +189,6 @@ async def run_restore(bootstrap: str, args: argparse.Namespace, work: Path) -> d
 
 
 # ---------------------------------------------------------------- B. expiry under load
-
-
-def http_get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def metric(url: str, name: str) -> float:
-    text = http_get(f"{url}/metrics")[1].decode()
-    match = re.search(rf"^{name}(?:_total)? (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else float("nan")
-
-
-def start_worker(
-    bootstrap: str, topics: Topics, state: Path, partitions: int, timeout_s: float
-) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    argv = [
-        sys.executable, "-m", "lukhas_context.ops", "worker", "--bootstrap", bootstrap,
-        "--topic-prefix", topics.prefix, "--group", f"{topics.prefix}-bench",
-        "--state-dir", str(state), "--api-port", str(port), "--expiry-interval", "0.2",
-    ]  # fmt: skip
-    state.mkdir(parents=True, exist_ok=True)
-    log = state.parent / "worker.log"
-    proc = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_worker(proc)
-            raise RuntimeError(f"worker not healthy: {log.read_text()[-2000:]}")
-        with contextlib.suppress(OSError):
-            status, body = http_get(f"{url}/healthz")
-            if status == 200 and len(json.loads(body).get("partitions", ())) == partitions:
-                return proc, url
-        time.sleep(0.1)
-
-
-def stop_worker(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
 
 
 async def background_load(
@@ -338,22 +248,17 @@ async def read_expired(
     return list(found.values())
 
 
-def percentile(values: list[int], q: float) -> int:
-    """Nearest-rank percentile of sorted ``values``."""
-    return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
-
-
 async def expiry_phase(
     bootstrap: str, topics: Topics, args: argparse.Namespace, url: str
 ) -> dict[str, Any]:
     n, parts = args.expiring, 3
     enc = PutEncoder(EventCodec(), args.ttl_ms)
-    records: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in range(parts)}
+    records: Records = {p: [] for p in range(parts)}
     for i in range(n):
         key = b"exp-%d" % i
         records[partition_for(key, parts)].append((key, enc.encode(uuid.uuid4().bytes, key, b"{}")))
     deadline = time.monotonic() + args.timeout
-    producer = new_producer(bootstrap)
+    producer = new_producer(bootstrap, LINGER_MS)
     await producer.start()
     stop = asyncio.Event()
     load = None
@@ -381,7 +286,7 @@ async def expiry_phase(
         await producer.stop()
     if len(expired) < n:
         raise RuntimeError(f"only {len(expired):,} of {n:,} expired tombstones in {args.timeout} s")
-    appended = await asyncio.to_thread(metric, url, "lukhas_expire_events_appended")
+    appended = await asyncio.to_thread(metric, url, "lukhas_expire_events_appended", math.nan)
     log_times = sorted(t for t, _ in expired)
     lateness = sorted(t - e for t, e in expired)
     expires_at = sorted(e for _, e in expired)
@@ -409,7 +314,8 @@ async def expiry_phase(
 def run_expiry(bootstrap: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     topics = Topics(f"benchexpiry{uuid.uuid4().hex[:8]}")
     asyncio.run(ensure_topics(bootstrap, topics.specs(3), brokers=None))
-    proc, url = start_worker(bootstrap, topics, work / "expiry" / "state", 3, args.timeout)
+    state = work / "expiry" / "state"
+    proc, url = start_worker(bootstrap, topics, state, 3, args.timeout, EXPIRY_ARGS)
     say(f"worker pid {proc.pid} healthy at {url}")
     try:
         result = asyncio.run(
@@ -417,11 +323,8 @@ def run_expiry(bootstrap: str, args: argparse.Namespace, work: Path) -> dict[str
         )
     finally:
         stop_worker(proc)
-    log = (work / "expiry" / "worker.log").read_text(errors="replace").splitlines()
     result["worker_exit"] = proc.returncode
-    result["worker_log_problems"] = [
-        line for line in log if " ERROR " in line or " WARNING " in line
-    ]
+    result["worker_log_problems"] = log_problems(work / "expiry" / "worker.log")
     return result
 
 
@@ -466,8 +369,7 @@ def print_table(result: dict[str, Any]) -> None:
                        "in its log"),
         ]  # fmt: skip
     rows.append(("total runtime", f"{result['total_s']:.1f} s"))
-    for label, value in rows:
-        print(f"{label:<22}  {value}")
+    print_rows(rows, 22)
 
 
 def main() -> None:
@@ -487,22 +389,8 @@ def main() -> None:
         parser.error("--contexts and --expiring must be positive, --tail not negative")
 
     started = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="lukhas-bench-restore-"))
-    cluster = None
-    cluster_dir = None
     result: dict[str, Any] = {"restore": None, "expiry": None}
-    bootstrap = os.environ.get("LUKHAS_BOOTSTRAP")
-    try:
-        if not bootstrap:
-            cluster_dir = Path(tempfile.mkdtemp(prefix="lukhas-bench-cluster-"))
-            spec = ClusterSpec(
-                data_dir=cluster_dir, port_base=free_port(), redis_port=free_port(),
-                api_port=free_port(), topic_prefix="benchsetup", partitions=1,
-                start_processor=False, kafka_home=os.environ.get("KAFKA_HOME"),
-            )  # fmt: skip
-            cluster = LocalCluster(spec)
-            bootstrap = cluster.up()["kafka"]["bootstrap"]
-            say(f"cluster up at {bootstrap}")
+    with scratch_dir("lukhas-bench-restore-") as work, bootstrap_servers(say) as bootstrap:
         if not args.skip_replay:
             coro = run_restore(bootstrap, args, work)
             result["restore"] = asyncio.run(asyncio.wait_for(coro, args.overall_timeout))
@@ -510,16 +398,9 @@ def main() -> None:
                 shutil.rmtree(work / sub, ignore_errors=True)
         if not args.skip_expiry:
             result["expiry"] = run_expiry(bootstrap, args, work)
-    finally:
-        if cluster is not None:
-            cluster.down()
-        shutil.rmtree(work, ignore_errors=True)
-        if cluster_dir is not None:
-            shutil.rmtree(cluster_dir, ignore_errors=True)
     result["total_s"] = time.perf_counter() - started
     print_table(result)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "restore.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result("restore", result)
     if result["restore"] is not None and not result["restore"]["match"]:
         sys.exit("the checkpoint restore and the full replay end in different states")
 
