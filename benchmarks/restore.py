@@ -249,14 +249,24 @@ async def read_expired(
 
 
 async def expiry_phase(
-    bootstrap: str, topics: Topics, args: argparse.Namespace, url: str
+    bootstrap: str, topics: Topics, args: argparse.Namespace, url: str, n: int, spread_ms: int
 ) -> dict[str, Any]:
-    n, parts = args.expiring, 3
-    enc = PutEncoder(EventCodec(), args.ttl_ms)
+    """``n`` contexts expiring ``ttl_ms`` after they are written: all at once (a burst, the
+    sweeper's worst case) or, with ``spread_ms``, evenly over that many milliseconds (a steady
+    rate, where lateness is the sweep interval plus the trip through the log)."""
+    parts = 3
+    codec = EventCodec()
+    enc = PutEncoder(codec, args.ttl_ms)
     records: Records = {p: [] for p in range(parts)}
     for i in range(n):
         key = b"exp-%d" % i
-        records[partition_for(key, parts)].append((key, enc.encode(uuid.uuid4().bytes, key, b"{}")))
+        if spread_ms:
+            ttl = args.ttl_ms + i * spread_ms // n
+            put = ContextEvent(uuid.uuid4().bytes, key.decode(), Put(b"{}", ttl))
+            value = codec.encode(put)
+        else:
+            value = enc.encode(uuid.uuid4().bytes, key, b"{}")
+        records[partition_for(key, parts)].append((key, value))
     deadline = time.monotonic() + args.timeout
     producer = new_producer(bootstrap, LINGER_MS)
     await producer.start()
@@ -293,6 +303,7 @@ async def expiry_phase(
     span_ms = log_times[-1] - log_times[0]
     return {
         "expiring": n,
+        "spread_ms": spread_ms,
         "ttl_ms": args.ttl_ms,
         "partitions": parts,
         "append_s": append_s,
@@ -311,20 +322,21 @@ async def expiry_phase(
     }
 
 
-def run_expiry(bootstrap: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def run_expiry(
+    bootstrap: str, args: argparse.Namespace, work: Path, name: str, n: int, spread_ms: int
+) -> dict[str, Any]:
     topics = Topics(f"benchexpiry{uuid.uuid4().hex[:8]}")
     asyncio.run(ensure_topics(bootstrap, topics.specs(3), brokers=None))
-    state = work / "expiry" / "state"
+    state = work / name / "state"
     proc, url = start_worker(bootstrap, topics, state, 3, args.timeout, EXPIRY_ARGS)
     say(f"worker pid {proc.pid} healthy at {url}")
     try:
-        result = asyncio.run(
-            asyncio.wait_for(expiry_phase(bootstrap, topics, args, url), args.overall_timeout)
-        )
+        phase = expiry_phase(bootstrap, topics, args, url, n, spread_ms)
+        result = asyncio.run(asyncio.wait_for(phase, args.overall_timeout))
     finally:
         stop_worker(proc)
     result["worker_exit"] = proc.returncode
-    result["worker_log_problems"] = log_problems(work / "expiry" / "worker.log")
+    result["worker_log_problems"] = log_problems(work / name / "worker.log")
     return result
 
 
@@ -352,12 +364,15 @@ def print_table(result: dict[str, Any]) -> None:
                                      f"{rs['digest']} / {rs['next_offset']:,}: "
                                      + ("equal" if a["match"] else "DIFFERENT")),
         ]  # fmt: skip
-    b = result.get("expiry")
-    if b:
+    for label, b in (("burst", result.get("expiry")), ("steady", result.get("expiry_steady"))):
+        if not b:
+            continue
         late = b["lateness_ms"]
+        due = ("all due at once" if not b["spread_ms"]
+               else f"due evenly over {b['spread_ms']:,} ms")  # fmt: skip
         rows += [
-            ("expiring puts", f"{b['expiring']:,} with ttl_ms={b['ttl_ms']}, 3 partitions, "
-                              f"appended in {b['append_s']:.2f} s"),
+            (f"expiry ({label})", f"{b['expiring']:,} puts with ttl_ms={b['ttl_ms']}, {due}, "
+                                  f"3 partitions, appended in {b['append_s']:.2f} s"),
             ("background load", f"{b['load_puts']:,} puts ({b['load_rate_per_s']:,.0f}/s)"),
             ("expiry throughput", f"{b['throughput_per_s']:,.0f} tombstones/s (log times over "
                                   f"{b['expiry_span_ms']:,} ms; expiries due over "
@@ -377,7 +392,9 @@ def main() -> None:
     parser.add_argument("--contexts", type=int, default=1_000_000)
     parser.add_argument("--tail", type=int, default=50_000)
     parser.add_argument("--partitions", type=int, default=1, help="WAL partitions of part A")
-    parser.add_argument("--expiring", type=int, default=100_000)
+    parser.add_argument("--expiring", type=int, default=100_000, help="burst: all due at once")
+    parser.add_argument("--steady", type=int, default=30_000, help="steady: due evenly over")
+    parser.add_argument("--spread-ms", type=int, default=15_000, help="... this many ms")
     parser.add_argument("--ttl-ms", type=int, default=5_000)
     parser.add_argument("--load-rate", type=int, default=2_000, help="background puts per s")
     parser.add_argument("--timeout", type=float, default=900, help="bound of each wait (s)")
@@ -397,7 +414,10 @@ def main() -> None:
             for sub in ("replay", "restored"):  # free the disk before part B
                 shutil.rmtree(work / sub, ignore_errors=True)
         if not args.skip_expiry:
-            result["expiry"] = run_expiry(bootstrap, args, work)
+            result["expiry"] = run_expiry(bootstrap, args, work, "expiry", args.expiring, 0)
+            result["expiry_steady"] = run_expiry(
+                bootstrap, args, work, "expiry-steady", args.steady, args.spread_ms
+            )
     result["total_s"] = time.perf_counter() - started
     print_table(result)
     write_result("restore", result)
