@@ -13,9 +13,12 @@ One round, over every partition the consumer returned records for:
 
 Why this order: if the batch committed first and the process died before the changes were
 acknowledged, ``next_offset`` would already be past their events and the changes would be lost
-for ever. In this order a crash between 3 and 4 re-folds the same events after the restart and
-publishes their changes a second time: at least once, never zero. A change's identity is its
-context id and the WAL offset of its event, so subscribers drop the repeats.
+for ever. In this order a crash between 3 and 4 re-folds the same events after the restart:
+never zero. When the partition reopens, the change topic's coverage (one past the WAL offset of
+its newest change) says which of them are published already, and those are folded without
+publishing again; if the crash came between acknowledgements, the changes that were not
+acknowledged are past the coverage and are published. A change's identity is its context id
+and the WAL offset of its event, and subscribers drop any repeat (e.g. from a zombie worker).
 """
 
 from __future__ import annotations
