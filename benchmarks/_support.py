@@ -40,10 +40,9 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from lukhas_context.ops.cluster import ClusterSpec, LocalCluster
-from lukhas_context.processors.api import partition_for
 from lukhas_context.schemas.codec import EventCodec
 from lukhas_context.schemas.event import EMPTY_METADATA, ContextEvent, Put
-from lukhas_context.streams.topics import Topics
+from lukhas_context.streams.topics import Topics, partition_for
 
 RESULTS = Path(__file__).parent / "results"
 Records = dict[int, list[tuple[bytes, bytes]]]

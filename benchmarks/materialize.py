@@ -43,12 +43,11 @@ from _support import (
 )
 from aiokafka import AIOKafkaConsumer
 
-from lukhas_context.processors.api import partition_for
 from lukhas_context.schemas.codec import EventCodec
 from lukhas_context.schemas.event import EMPTY_METADATA, ContextEvent, Patch, PatchFormat, Put
 from lukhas_context.streams.admin import ensure_topics
 from lukhas_context.streams.client import ClientConfig, ContextClient
-from lukhas_context.streams.topics import Topics
+from lukhas_context.streams.topics import Topics, partition_for
 
 
 async def append_events(bootstrap: str, topics: Topics, n: int, contexts: int, parts: int) -> float:

@@ -51,7 +51,6 @@ from _support import (
 )
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from lukhas_context.processors.api import partition_for
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.rebuild import From, RebuildReport, rebuild
 from lukhas_context.schemas.binary import write_bytes
@@ -59,7 +58,7 @@ from lukhas_context.schemas.codec import EventCodec
 from lukhas_context.schemas.event import EMPTY_METADATA, ContextEvent, Put
 from lukhas_context.streams.admin import ensure_topics
 from lukhas_context.streams.barriers import append_barriers
-from lukhas_context.streams.topics import Topics
+from lukhas_context.streams.topics import Topics, partition_for
 
 CHECKPOINT_ID = "bench-ck"
 CHUNK = 100_000

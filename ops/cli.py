@@ -133,9 +133,13 @@ def _echo_status(status: dict[str, Any]) -> None:
         click.echo(f"processor  {p['api']}  pid={p['pid']} ready={p.get('ready')}"
                    + (f"  digest={p['digest']}" if p.get("digest") else ""))  # fmt: skip
         for part in p.get("partitions", []):
-            click.echo(f"  partition {part['partition']:>3}  next_offset={part['next_offset']:<10} "
-                       f"documents={part['documents']:<8} digest={part['digest']}  "
-                       f"opened from {part['opened_from']}")  # fmt: skip
+            click.echo(f"{_partition_line(part)}  opened from {part['opened_from']}")
+
+
+def _partition_line(p: dict[str, Any]) -> str:
+    """One partition of a checkpoint manifest or of ``/v1/partitions``."""
+    return (f"  partition {p['partition']:>3}  next_offset={p['next_offset']:<10} "
+            f"documents={p['documents']:<8} digest={p['digest']}")  # fmt: skip
 
 
 @cli.command()
@@ -292,12 +296,9 @@ def restore(partitions: tuple[int, ...], checkpoint_id: str | None, from_scratch
     if sum((checkpoint_id is not None, from_scratch, from_changes)) > 1:
         raise click.UsageError("choose one of --checkpoint, --from-scratch, --from-changes")
     env = Environment.read()
-    recorded = recorded_cluster(data_dir or env.data_dir)
-    bootstrap = bootstrap or env.bootstrap or recorded.get("bootstrap")  # type: ignore[assignment]
-    if not bootstrap:
-        _fail("no Kafka: pass --bootstrap, set LUKHAS_BOOTSTRAP, or run `lukhas up` first")
+    bootstrap = _client_config(data_dir, bootstrap, None).bootstrap
     if state_dir is None:
-        if not recorded:
+        if not recorded_cluster(data_dir or env.data_dir):
             _fail("no --state-dir and no local cluster recorded in the data dir")
         state_dir = (data_dir or env.data_dir) / "processor-0" / "state"
     source = From.LATEST_CHECKPOINT
@@ -552,8 +553,7 @@ def demo(data_dir: Path | None, bootstrap: str | None, api: str | None, as_json:
     click.echo(f"     {json.dumps(ctx.doc, sort_keys=True)}")
     click.echo(f"checkpoint {manifests[0]['checkpoint_id']} of {len(manifests)} partitions:")
     for m in manifests:
-        click.echo(f"     partition {m['partition']}  next_offset={m['next_offset']}  "
-                   f"documents={m['documents']}  digest={m['digest']}")  # fmt: skip
+        click.echo(_partition_line(m))
 
 
 # ---------------------------------------------------------------- operations
@@ -593,8 +593,7 @@ def checkpoint(checkpoint_id: str | None, wait: bool, timeout: float, data_dir: 
         return
     click.echo(f"checkpoint {result['checkpoint_id']}")
     for m in result.get("manifests", []):
-        click.echo(f"  partition {m['partition']:>3}  next_offset={m['next_offset']:<10} "
-                   f"documents={m['documents']:<8} digest={m['digest']}")  # fmt: skip
+        click.echo(_partition_line(m))
     if not wait:
         click.echo(f"  barriers at {result['barriers']}")
 

@@ -635,9 +635,8 @@ def _get_json(url: str) -> dict[str, Any] | None:
 
 
 def _serving(healthz_url: str) -> bool:
-    """The worker folds and has opened (restored) every partition it was assigned."""
-    if not _healthz(healthz_url):
-        return False
+    """The worker folds (a 503 reads as None) and has opened every partition it was
+    assigned."""
     health = _get_json(healthz_url)
     return health is not None and bool(health.get("partitions")) and not health.get("restoring")
 

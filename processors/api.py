@@ -48,14 +48,15 @@ import time
 import aiohttp
 import orjson
 from aiohttp import web
-from aiokafka.partitioner import murmur2
 
 from lukhas_context.processors.exceptions import NotOwnerError
 from lukhas_context.processors.fold import apply
 from lukhas_context.processors.materializer import MAX_REQUEST_BYTES, Materializer
 from lukhas_context.schemas.exceptions import CodecError
 from lukhas_context.state.journal import EntryStatus
+from lukhas_context.state.store import HASH_MASK
 from lukhas_context.streams.exceptions import ReadError, ValidationError
+from lukhas_context.streams.topics import partition_for
 from lukhas_context.streams.watch import Gap, Watcher
 
 MAX_WAIT_S = 30.0
@@ -67,11 +68,6 @@ SERVED_BY_HEADER = "X-Lukhas-Served-By"
 SSE_KEEPALIVE_S = 15.0
 #: Server-sent event streams one worker serves at once (each is a Kafka consumer).
 MAX_SSE_STREAMS = 64
-
-
-def partition_for(context_id: bytes, partitions: int) -> int:
-    """The partition the producers' default partitioner picks for a key (murmur2, as Java)."""
-    return (int(murmur2(context_id)) & 0x7FFFFFFF) % partitions
 
 
 def _error(status: int, reason: str) -> web.Response:
@@ -189,8 +185,10 @@ class ReadApi:
     async def get_context(self, request: web.Request) -> web.Response:
         context_id = request.match_info["context_id"]
         key = context_id.encode()
+        partition = None
         if self.m.partition_count:
-            forwarded = await self._forward(request, partition_for(key, self.m.partition_count))
+            partition = partition_for(key, self.m.partition_count)
+            forwarded = await self._forward(request, partition)
             if forwarded is not None:
                 return forwarded
         try:
@@ -201,7 +199,8 @@ class ReadApi:
                     return _error(504, f"offset {p}:{offset} not applied within {timeout:g} s")
             if not self.m.partition_count:
                 return _error(503, "the worker has no partitions yet")
-            partition = partition_for(key, self.m.partition_count)
+            if partition is None:  # assigned while this request waited
+                partition = partition_for(key, self.m.partition_count)
             record = self.m.store_for(partition).get(key)
         except NotOwnerError as exc:
             return _error(421, str(exc))
@@ -263,11 +262,12 @@ class ReadApi:
         key = event.context_id.encode()
         if not self.m.partition_count:
             return _error(503, "the worker has no partitions yet")
-        forwarded = await self._forward(request, partition_for(key, self.m.partition_count))
+        partition = partition_for(key, self.m.partition_count)
+        forwarded = await self._forward(request, partition)
         if forwarded is not None:
             return forwarded
         try:
-            store = self.m.store_for(partition_for(key, self.m.partition_count))
+            store = self.m.store_for(partition)
         except NotOwnerError as exc:
             return _error(421, str(exc))
         now = int(time.time() * 1000)
@@ -347,7 +347,7 @@ class ReadApi:
         total = 0
         for p in sorted(self.m.stores):
             summary = self.m.stores[p].summary()
-            total = (total + summary.digest) & 0xFFFFFFFFFFFFFFFF
+            total = (total + summary.digest) & HASH_MASK
             report = self.m.restore_reports.get(p)
             served.append(
                 {

@@ -58,6 +58,7 @@ from lukhas_context.schemas.event import (
     ContextEvent,
 )
 from lukhas_context.schemas.exceptions import CodecError
+from lukhas_context.schemas.tombstone import tombstone_headers
 from lukhas_context.state.checkpoints import CheckpointDir, Manifest, check_checkpoint_id
 from lukhas_context.state.exceptions import InvalidCheckpointError, StateError
 from lukhas_context.state.journal import ENTRY, NO_EVENT_ID, EntryStatus, encode_block
@@ -87,7 +88,6 @@ ANNOUNCE_INTERVAL_S = 30.0
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 MIN_ROUND_RECORDS = 200
 _NO_HEADERS: list[tuple[str, bytes]] = []
-_TOMBSTONE_KIND = {ChangeKind.DELETE: b"deleted", ChangeKind.EXPIRE: b"expired"}
 
 
 def _barrier_index(records: list[Any]) -> int | None:
@@ -412,9 +412,11 @@ class Materializer:
             rest: dict[TopicPartition, list[Any]] = {}
             quiet: set[int] = set()
             for tp, records in pending.items():
-                quiet_below = self._quiet_below.get(tp.partition, 0)
                 end = len(records)
-                if records[0].offset < quiet_below:
+                quiet_below = self._quiet_below.get(tp.partition)
+                if quiet_below is not None and records[0].offset >= quiet_below:
+                    del self._quiet_below[tp.partition]  # past the coverage for good
+                elif quiet_below is not None:
                     quiet.add(tp.partition)
                     end = bisect.bisect_left(records, quiet_below, key=lambda m: m.offset)
                 cut = _barrier_index(records)
@@ -606,16 +608,10 @@ class Materializer:
         pending[key] = new
         if new.doc is None:
             # Everything a stored tombstone holds, so the change topic can restore it.
-            headers = [
-                ("kind", _TOMBSTONE_KIND[outcome.kind]),
-                ("version", b"%d" % new.version),
-                ("wal_offset", b"%d" % offset),
-                ("event_id", event_id),
-                ("checksum", new.checksum),
-                ("log_time_ms", b"%d" % m.timestamp),
-            ]
-            if record is not None and record.expires_at_ms is not None:
-                headers.append(("expires_at_ms", b"%d" % record.expires_at_ms))
+            expired = None if record is None else record.expires_at_ms
+            headers = tombstone_headers(
+                outcome.kind, new.version, offset, event_id, new.checksum, m.timestamp, expired
+            )
             r.changes.append((key, None, headers))
             return
         change = self._changes.encode_fields(
@@ -869,8 +865,6 @@ class Materializer:
         if consumer is None or tp not in consumer.assignment():
             store.close()  # revoked while it was restoring
             return
-        if not store.recent:
-            store.load_recent(self.config.limits.dedupe_window)
         if coverage > store.next_offset:
             self._quiet_below[tp.partition] = coverage
         self.restore_reports[tp.partition] = report

@@ -116,6 +116,7 @@ async def rebuild(
         store, report.source = restored, Source.CHANGES
     else:
         store = builder.empty(partition)
+    store.load_recent(config.limits.dedupe_window)
     target = min(high, until if until is not None else await restorer.changes_coverage(partition))
     start = store.next_offset
     fold_started = time.monotonic()

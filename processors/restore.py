@@ -43,6 +43,7 @@ from lukhas_context.processors.exceptions import ProcessorError, WalTruncatedErr
 from lukhas_context.processors.fold import remembered_by_fold
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
 from lukhas_context.schemas.exceptions import CodecError
+from lukhas_context.schemas.tombstone import wal_offset_of
 from lukhas_context.state.checkpoints import CheckpointDir, Manifest
 from lukhas_context.state.exceptions import (
     CheckpointError,
@@ -52,7 +53,7 @@ from lukhas_context.state.exceptions import (
 )
 from lukhas_context.state.journal import ENTRY, EntryStatus, encode_block
 from lukhas_context.state.record import ContextRecord
-from lukhas_context.state.store import PartitionStore, quarantine
+from lukhas_context.state.store import PartitionStore, free_path, quarantine
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ class Restorer:
                 f"the store of partition {partition} needs offset {store.next_offset} but the "
                 f"WAL ends at {high}: the state dir belongs to another log"
             )
+        store.load_recent(self.config.limits.dedupe_window)
         report.finish(store, started)
         return store, report
 
@@ -195,15 +197,7 @@ class Restorer:
         # full) is not the store's fault: it propagates, and the store stays where it is.
         if self.config.verify_on_open:
             try:
-                found, kept = store.verify(), store.summary()
-                if found != kept:
-                    raise StoreCorruptError(
-                        path,
-                        ValueError(
-                            f"records give digest {found.digest_hex} over {found.records} "
-                            f"records, the store says {kept.digest_hex} over {kept.records}"
-                        ),
-                    )
+                store.check()
             except StoreCorruptError as exc:
                 store.close()
                 quarantined.append(str(quarantine(path, self.quarantine_dir, exc)))
@@ -226,12 +220,12 @@ class Restorer:
             shutil.rmtree(path)
             self._set_aside(manifest, f"does not open: {exc}")
         try:
-            summary = store.verify()
-        except StoreOpenError as exc:
+            summary = store.check()
+        except StoreOpenError as exc:  # unreadable, or records unlike the kept digest
             store.close()
             shutil.rmtree(path)
-            self._set_aside(manifest, f"does not read: {exc}")
-        if not manifest.matches(summary) or summary != store.summary():
+            self._set_aside(manifest, f"does not verify: {exc}")
+        if not manifest.matches(summary):
             store.close()
             shutil.rmtree(path)
             self._set_aside(
@@ -239,18 +233,13 @@ class Restorer:
                 f"holds digest {summary.digest_hex} over {summary.records} records, its "
                 f"manifest says {manifest.digest:016x} over {manifest.records}",
             )
-        store.load_recent(self.config.limits.dedupe_window)
         return store
 
     def _set_aside(self, manifest: Manifest, problem: str) -> NoReturn:
         """Renames a checkpoint that failed verification to ``.corrupt-ID`` (kept for
         inspection, never listed again) and raises ``CheckpointError`` saying why."""
         path = self.checkpoints.path(manifest.partition, manifest.checkpoint_id)
-        aside = path.with_name(f".corrupt-{path.name}")
-        n = 1
-        while aside.exists():
-            n += 1
-            aside = path.with_name(f".corrupt-{path.name}-{n}")
+        aside = free_path(path.with_name(f".corrupt-{path.name}"))
         path.rename(aside)
         raise CheckpointError(
             f"checkpoint {manifest.checkpoint_id} of partition {manifest.partition} {problem}; "
@@ -296,9 +285,7 @@ class Restorer:
         if path.exists():
             shutil.rmtree(path)
         building.rename(path)
-        store = PartitionStore(path, self.config.store)
-        store.load_recent(self.config.limits.dedupe_window)
-        return store
+        return PartitionStore(path, self.config.store)
 
     # ---- Kafka reads ----
 
@@ -333,10 +320,7 @@ class Restorer:
 
         def take(message: Any) -> bool:
             try:
-                if message.value is None:
-                    newest.append(int(dict(message.headers or ())["wal_offset"]))
-                else:
-                    newest.append(codec.decode(message.value).wal_offset)
+                newest.append(wal_offset_of(message.value, message.headers, codec))
             except (KeyError, ValueError, CodecError) as exc:
                 raise ProcessorError(
                     f"the newest change of {self.config.topics.changes}[{partition}] does not "
@@ -344,16 +328,7 @@ class Restorer:
                 ) from exc
             return True
 
-        consumer = self.consumer()
-        await consumer.start()
-        try:
-            tp = TopicPartition(self.config.topics.changes, partition)
-            end = (await consumer.end_offsets([tp]))[tp]
-        finally:
-            await consumer.stop()
-        if end == 0:
-            return 0
-        await self._scan(self.config.topics.changes, partition, end - 1, end, take)
+        await self._scan(self.config.topics.changes, partition, -1, None, take)
         return newest[-1] + 1 if newest else 0
 
     async def read_changes(self, partition: int) -> dict[bytes, ContextRecord] | None:
@@ -405,7 +380,7 @@ class Restorer:
         """Journal entries (``RESTORED``) for the event ids of WAL offsets ``[start, end)``,
         deduplicated as the fold would."""
         codec = EventCodec()
-        seen: dict[bytes, int] = {}
+        seen: dict[bytes, int] = {}  # event id -> offset of its last non-retry occurrence
         entries = bytearray()
         window = self.config.limits.dedupe_window
 
@@ -420,9 +395,9 @@ class Restorer:
             event_id = event.event_id
             h = xxhash.xxh3_64_intdigest(value)
             prior = seen.get(event_id)
-            if prior is not None and prior >> 64 >= message.offset - window:
+            if prior is not None and prior >= message.offset - window:
                 return True  # a retry: the fold journaled it as a duplicate
-            seen[event_id] = (message.offset << 64) | h
+            seen[event_id] = message.offset
             entries.extend(ENTRY.pack(message.offset, EntryStatus.RESTORED, 0, event_id, h))
             return True
 
@@ -435,7 +410,8 @@ class Restorer:
         take: Callable[[Any], bool],
     ) -> bool:  # fmt: skip
         """Feeds ``take`` the records of ``[start, end)`` (``end`` None: the end offset at
-        the start of the scan) until it returns False (then False)."""
+        the start of the scan; a negative ``start`` counts back from that end) until it
+        returns False (then False)."""
         consumer = self.consumer()
         await consumer.start()
         try:
@@ -443,6 +419,8 @@ class Restorer:
             consumer.assign([tp])
             if end is None:
                 end = (await consumer.end_offsets([tp]))[tp]
+            if start < 0:
+                start += end
             low = (await consumer.beginning_offsets([tp]))[tp]
             position = max(start, low)
             if position >= end:

@@ -97,9 +97,7 @@ class Manifest:
 
     def matches(self, summary: Summary) -> bool:
         """True when a store's summary is what this manifest promises."""
-        return (summary.next_offset, summary.digest, summary.records, summary.documents) == (
-            self.next_offset, self.digest, self.records, self.documents
-        )  # fmt: skip
+        return summary == Summary(self.next_offset, self.digest, self.records, self.documents)
 
 
 def _checksum(fields: dict[str, Any]) -> str:

@@ -165,6 +165,10 @@ class PartitionStore:
             raise StoreCorruptError(path, ValueError(f"summary of {len(summary)} bytes"))
         self._next_offset: int = 0 if raw is None else _OFFSET.unpack(raw)[0]
         self._cache: dict[bytes, ContextRecord] = {}
+        #: Keys read and found absent since the last commit (bounded): the commit then knows
+        #: they are new without looking them up again. Valid until the next write, and every
+        #: write is a commit, which clears it.
+        self._absent: set[bytes] = set()
         if summary is None and self._next_offset:
             # Written before the digest existed: derive it (and the expiry index) once.
             try:
@@ -199,6 +203,8 @@ class PartitionStore:
             return record
         raw = self._contexts.get(key)
         if raw is None:
+            if len(self._absent) < self._options.cache_records:
+                self._absent.add(key)
             return None
         record = decode_record(raw)
         self._remember(key, record)
@@ -219,17 +225,16 @@ class PartitionStore:
         batch = WriteBatch(raw_mode=True)
         cf, expiry_cf = self._cf, self._expiry_cf
         digest, count, documents = self._digest, self._records, self._documents
-        for key, record, old_raw in self._with_previous(records):
+        for key, record, old, old_raw in self._with_previous(records):
             value = encode_record(record)
             batch.put(key, value, cf)
             digest += record_hash(key, value)
             documents += record.doc is not None
             old_due = None
-            if old_raw is None:
+            if old is None:
                 count += 1
             else:
                 digest -= record_hash(key, old_raw)
-                old = decode_record(old_raw)
                 documents -= old.doc is not None
                 old_due = old.expires_at_ms if old.doc is not None else None
             due = record.expires_at_ms if record.doc is not None else None
@@ -252,24 +257,31 @@ class PartitionStore:
         self._next_offset = next_offset
         self._digest, self._records, self._documents = digest, count, documents
         self._trimmed_below = max(self._trimmed_below, floor)
+        self._absent.clear()
         for key, record in records.items():
             self._remember(key, record)
 
     def _with_previous(
         self, records: Mapping[bytes, ContextRecord]
-    ) -> Iterator[tuple[bytes, ContextRecord, bytes | None]]:
-        """Each new record with the stored bytes it replaces (None for a new context). The
-        fold read every one of these keys this round, so most come from the cache; the rest
-        (contexts new to the store) are looked up in one multi-get."""
-        cache = self._cache
-        missing = [key for key in records if key not in cache]
+    ) -> Iterator[tuple[bytes, ContextRecord, ContextRecord | None, bytes]]:
+        """Each new record with the record it replaces and that record's stored bytes (None
+        and b"" for a new context). The fold read every one of these keys this round, so most
+        come from the cache (their bytes re-encoded, never decoded again), or were found absent
+        by it; the rest (evicted from the cache meanwhile) are looked up in one multi-get."""
+        cache, absent = self._cache, self._absent
+        missing = [key for key in records if key not in cache and key not in absent]
         stored: dict[bytes, bytes | None] = {}
         if missing:
             found: list[bytes | None] = self._contexts.get(missing)  # type: ignore[arg-type,assignment]
             stored = dict(zip(missing, found, strict=True))
         for key, record in records.items():
             cached = cache.get(key)
-            yield key, record, encode_record(cached) if cached is not None else stored[key]
+            if cached is not None:
+                yield key, record, cached, encode_record(cached)
+            elif (raw := stored.get(key)) is not None:
+                yield key, record, decode_record(raw), raw
+            else:
+                yield key, record, None, b""
 
     def pending_checkpoint(self) -> tuple[int, str] | None:
         """``(barrier offset, checkpoint id)`` of a barrier committed without its checkpoint
@@ -317,6 +329,20 @@ class PartitionStore:
             for _ in self._scan(family):
                 pass
         return Summary(self._next_offset, digest & HASH_MASK, count, documents)
+
+    def check(self) -> Summary:
+        """``verify()``, compared with ``summary()``: the summary, or ``StoreCorruptError``
+        when the records disagree with the digest the store keeps."""
+        found, kept = self.verify(), self.summary()
+        if found != kept:
+            raise StoreCorruptError(
+                self.path,
+                ValueError(
+                    f"records give digest {found.digest_hex} over {found.records} records, "
+                    f"the store says {kept.digest_hex} over {kept.records}"
+                ),
+            )
+        return found
 
     def _scan(self, family: Rdict) -> Iterator[tuple[bytes, bytes]]:
         """Every entry of a column family; an iterator that stops early on a bad block is
@@ -453,16 +479,21 @@ class PartitionStore:
         self.close()
 
 
+def free_path(base: Path) -> Path:
+    """``base``, else ``base-2``, ``base-3``, ...: the first that does not exist."""
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
 def quarantine(path: Path, into: Path, reason: object) -> Path:
     """Moves a store directory that cannot be used to ``into`` (never deletes it) and
     returns where it went: ``into/NAME-YYYYmmddTHHMMSSZ[-n]``."""
     into.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    dest = into / f"{path.name}-{stamp}"
-    n = 1
-    while dest.exists():
-        n += 1
-        dest = into / f"{path.name}-{stamp}-{n}"
+    dest = free_path(into / f"{path.name}-{stamp}")
     os.rename(path, dest)
     log.error("state store %s is unusable (%s); moved it to %s", path, reason, dest)
     return dest

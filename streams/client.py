@@ -52,14 +52,14 @@ from lukhas_context.streams.exceptions import (
     ReadError,
     ValidationError,
 )
-from lukhas_context.streams.topics import Topics
+from lukhas_context.streams.topics import Topics, partition_for
 from lukhas_context.streams.validation import (
     DEFAULT_MAX_DOCUMENT_BYTES,
     canonical_json,
     context_key,
     ttl_ms,
 )
-from lukhas_context.streams.watch import Watcher, partition_of
+from lukhas_context.streams.watch import Watcher
 
 T = TypeVar("T")
 #: Pause before a read is tried again on another worker (after a 421 or a failure).
@@ -248,7 +248,7 @@ class ContextClient:
         data = canonical_json(doc, self.config.max_document_bytes)
         result = await self._submit(context_id, Put(data, ttl_ms(ttl)), expected_version, dry_run)
         if not dry_run:
-            self._remember(context_id, None, doc)
+            self._remember(context_id, None, data)
         return result
 
     async def patch(
@@ -314,7 +314,7 @@ class ContextClient:
         data = canonical_json(new_doc, self.config.max_document_bytes)
         seen = self._seen.get(context_id)
         expected = seen[0] if seen is not None else None
-        receipt: Receipt
+        op: Op = Put(data, ttl_ms(ttl))
         if seen is not None:
             delta = _json_bytes(make_json_patch(seen[1], new_doc), len(data), "patch", quiet=True)
             if delta is not None and len(delta) < len(data):
@@ -324,16 +324,15 @@ class ContextClient:
                     PatchFormat.JSON_PATCH, delta, xxhash.xxh3_64_digest(data), ttl_ms(ttl),
                     clear_ttl=ttl is None,
                 )  # fmt: skip
-                receipt = await self._submit(context_id, op, expected, False)
-                self._remember(context_id, None if expected is None else expected + 1, new_doc)
-                return receipt
-        receipt = await self._submit(context_id, Put(data, ttl_ms(ttl)), expected, False)
-        self._remember(context_id, None if expected is None else expected + 1, new_doc)
+        receipt: Receipt = await self._submit(context_id, op, expected, False)
+        self._remember(context_id, None if expected is None else expected + 1, data)
         return receipt
 
-    def _remember(self, context_id: str, version: int | None, doc: dict[str, Any]) -> None:
+    def _remember(self, context_id: str, version: int | None, canonical: bytes) -> None:
+        """Keeps the document last seen of a context (``update()`` diffs against it), parsed
+        from its canonical JSON: a private copy the caller's dict cannot change."""
         self._seen.pop(context_id, None)
-        self._seen[context_id] = (version, orjson.loads(orjson.dumps(doc)))  # a private copy
+        self._seen[context_id] = (version, orjson.loads(canonical))
         while len(self._seen) > SEEN_CACHE_SIZE:
             self._seen.popitem(last=False)
 
@@ -400,36 +399,30 @@ class ContextClient:
         partition = await self._partition_of(context_id)
         if after is not None:
             position = after.position if isinstance(after, Receipt) else after
-            wait_on = _position_partition(position)
-            if partition is not None and wait_on is not None and wait_on != partition:
+            wait_on = _parse_position(position)
+            if partition is not None and wait_on is not None and wait_on[0] != partition:
                 # Another partition, perhaps another worker: wait there, then read here.
-                await self._wait_folded(wait_on, int(position.partition(":")[2]), timeout)
+                await self._wait_folded(*wait_on, timeout)
             else:
                 params["min_offset"] = position
                 params["timeout"] = str(timeout)
         path = f"/v1/contexts/{quote(context_id, safe='')}"
         status, body = await self._request("GET", path, params, timeout, partition=partition)
         ctx = _context_from(status, body, context_id)
-        expected = xxhash.xxh3_64_hexdigest(orjson.dumps(ctx.doc, option=orjson.OPT_SORT_KEYS))
+        canonical = orjson.dumps(ctx.doc, option=orjson.OPT_SORT_KEYS)
+        expected = xxhash.xxh3_64_hexdigest(canonical)
         if expected != ctx.checksum:
             raise ChecksumMismatchError(
                 f"context {context_id!r} version {ctx.version}: document checksum {expected}, "
                 f"stored checksum {ctx.checksum}"
             )
-        self._remember(context_id, ctx.version, ctx.doc)
+        self._remember(context_id, ctx.version, canonical)
         return ctx
 
     async def outcome(self, partition: int, offset: int, timeout: float = 5.0) -> Outcome:
         """The outcome of the event at ``partition:offset`` (see ``Receipt.outcome``)."""
-        path = f"/v1/outcomes/{partition}/{offset}"
-        status, body = await self._request(
-            "GET", path, {"timeout": str(timeout)}, timeout, partition=partition
-        )
-        data = _json_body(status, body)
-        if status == 504:
-            raise NotAppliedYetError(str(data.get("error")))
-        if status != 200:
-            raise ReadError(f"read API answered {status}: {data.get('error')}")
+        data = await self._outcome_of(partition, offset, timeout)
+        assert data is not None
         if data["status"] == "duplicate":
             original = await self.outcome(partition, data["duplicate_of"], timeout)
             return Outcome(original.status, original.version, original.reason, data["duplicate_of"])
@@ -438,14 +431,25 @@ class ContextClient:
     async def _wait_folded(self, partition: int, offset: int, timeout: float) -> None:
         """Until the worker serving ``partition`` folded ``offset`` (its outcome endpoint
         waits: 200 or 404, the journal forgot it, both mean folded)."""
+        await self._outcome_of(partition, offset, timeout, forgotten_ok=True)
+
+    async def _outcome_of(
+        self, partition: int, offset: int, timeout: float, forgotten_ok: bool = False
+    ) -> dict[str, Any] | None:
+        """``GET /v1/outcomes/P/O``, which waits until the offset is folded: the entry, or
+        None when the journal forgot it (``forgotten_ok``; else a ``ReadError``)."""
         path = f"/v1/outcomes/{partition}/{offset}"
         status, body = await self._request(
             "GET", path, {"timeout": str(timeout)}, timeout, partition=partition
         )
+        if status == 404 and forgotten_ok:
+            return None
+        data = _json_body(status, body)
         if status == 504:
-            raise NotAppliedYetError(str(_json_body(status, body).get("error")))
-        if status not in (200, 404):
-            raise ReadError(f"read API answered {status}: {_json_body(status, body).get('error')}")
+            raise NotAppliedYetError(str(data.get("error")))
+        if status != 200:
+            raise ReadError(f"read API answered {status}: {data.get('error')}")
+        return data
 
     # ---- subscriptions ----
 
@@ -622,7 +626,7 @@ class ContextClient:
             await self._refresh_routes()
         if not self._partition_count:
             return None
-        return partition_of(context_id.encode(), self._partition_count)
+        return partition_for(context_id.encode(), self._partition_count)
 
 
 class Transaction:
@@ -787,11 +791,14 @@ def _json_body(status: int, body: bytes) -> dict[str, Any]:
     return data
 
 
-def _position_partition(position: str) -> int | None:
-    """The partition of ``PARTITION:OFFSET`` (None when it is not one: the API says why)."""
+def _parse_position(position: str) -> tuple[int, int] | None:
+    """``(partition, offset)`` of ``PARTITION:OFFSET`` (None when it is not one: the read
+    API then says why)."""
     partition, _, offset = position.partition(":")
     digits = partition.isascii() and offset.isascii()
-    return int(partition) if digits and partition.isdigit() and offset.isdigit() else None
+    if digits and partition.isdigit() and offset.isdigit():
+        return int(partition), int(offset)
+    return None
 
 
 def _context_from(status: int, body: bytes, context_id: str) -> Context:

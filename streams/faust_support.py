@@ -55,6 +55,8 @@ from faust.serializers import codecs
 from lukhas_context.schemas.codec import ChangeCodec
 from lukhas_context.schemas.event import ChangeKind, ContextChange
 from lukhas_context.schemas.exceptions import CodecError
+from lukhas_context.schemas.tombstone import KIND_HEADERS, TOMBSTONE_KINDS
+from lukhas_context.schemas.tombstone import tombstone_headers as _tombstone_headers
 from lukhas_context.streams.topics import Topics
 
 __all__ = [
@@ -71,13 +73,6 @@ __all__ = [
 
 #: The faust codec name: ``value_serializer="lukhas-change"``.
 CHANGE_CODEC = "lukhas-change"
-
-#: Header ``kind`` of a tombstone <-> the change kind (as the processor writes them).
-TOMBSTONE_KINDS: Mapping[bytes, ChangeKind] = {
-    b"deleted": ChangeKind.DELETE,
-    b"expired": ChangeKind.EXPIRE,
-}
-_KIND_HEADER = {kind: name for name, kind in TOMBSTONE_KINDS.items()}
 
 
 class BadTombstoneError(CodecError):
@@ -176,19 +171,12 @@ class ChangeRecord:
 def tombstone_headers(change: ChangeRecord) -> list[tuple[str, bytes]]:
     """The headers the processor writes on the tombstone of ``change`` (the inverse of
     ``ChangeRecord.from_tombstone``); ``ValueError`` if ``change`` is not a tombstone."""
-    if change.doc is not None or change.kind not in _KIND_HEADER:
+    if change.doc is not None or change.kind not in KIND_HEADERS:
         raise ValueError(f"not a tombstone: {change.kind.name} with a document")
-    headers = [
-        ("kind", _KIND_HEADER[change.kind]),
-        ("version", b"%d" % change.version),
-        ("wal_offset", b"%d" % change.wal_offset),
-        ("event_id", change.event_id),
-        ("checksum", change.checksum),
-        ("log_time_ms", b"%d" % change.log_time_ms),
-    ]
-    if change.expires_at_ms is not None:
-        headers.append(("expires_at_ms", b"%d" % change.expires_at_ms))
-    return headers
+    return _tombstone_headers(
+        change.kind, change.version, change.wal_offset, change.event_id, change.checksum,
+        change.log_time_ms, change.expires_at_ms,
+    )  # fmt: skip
 
 
 def _header(headers: Mapping[str, Any], name: str) -> bytes:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from aiokafka.partitioner import murmur2
+
 DEFAULT_PREFIX = "lukhas"
 #: Largest record batch each topic takes. A change is a little larger than the event that made
 #: it, and a dead letter adds headers to a WAL record, so each topic downstream of the WAL takes
@@ -12,6 +14,12 @@ WAL_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
 DOWNSTREAM_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 #: How long the change topic keeps tombstones: 100 years, i.e. for good.
 TOMBSTONE_RETENTION_MS = 100 * 365 * 24 * 3600 * 1000
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition of a context id's key: the producers' default partitioner (murmur2, as
+    Java's), so events, changes and reads agree on where a context lives."""
+    return (int(murmur2(key)) & 0x7FFFFFFF) % partitions
 
 
 @dataclass(frozen=True, slots=True)

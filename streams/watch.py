@@ -27,6 +27,7 @@ filter, and decodes nothing else).
 from __future__ import annotations
 
 import base64
+import contextlib
 import enum
 import time
 from collections import OrderedDict
@@ -38,19 +39,19 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import murmur2
 
 from lukhas_context.schemas.codec import ChangeCodec
 from lukhas_context.schemas.event import ChangeKind
 from lukhas_context.schemas.exceptions import CodecError
 from lukhas_context.schemas.patch import make_json_patch
+from lukhas_context.schemas.tombstone import TOMBSTONE_KINDS, wal_offset_of
 from lukhas_context.streams.exceptions import (
     ChangeGapError,
     InvalidResumeTokenError,
     ReadError,
     ValidationError,
 )
-from lukhas_context.streams.topics import Topics
+from lukhas_context.streams.topics import Topics, partition_for
 from lukhas_context.streams.validation import context_key
 
 _read_change: Callable[..., Any] | None
@@ -61,7 +62,6 @@ except ImportError:
 
 TOKEN_PREFIX = "lk1."
 _KIND_NAMES = tuple(kind.name.lower() for kind in ChangeKind)
-_TOMBSTONE_KINDS = {b"deleted": "delete", b"expired": "expire"}
 #: Documents remembered per context for deltas (least recently changed dropped first).
 DELTA_MEMORY = 100_000
 #: How often a subscription checks that its topic's partition count has not changed.
@@ -208,11 +208,6 @@ def parse_start(start: object) -> Start | int | ResumeToken:
     )
 
 
-def partition_of(key: bytes, partitions: int) -> int:
-    """The partition of a context id: the producers' default partitioner (murmur2)."""
-    return (int(murmur2(key)) & 0x7FFFFFFF) % partitions
-
-
 class Watcher:
     """An async iterator of ``Change`` and ``Gap`` items; see the module doc.
 
@@ -251,11 +246,10 @@ class Watcher:
         )  # fmt: skip
         self._codec = ChangeCodec()
         self._header = self._codec.header
-        #: Per partition, in partition order: partition, next change-topic offset, highest
-        #: WAL offset delivered (-1: none). Flat, so a change's token is one tuple() copy.
+        #: Per partition, in partition order (0, 1, ...): partition, next change-topic offset,
+        #: highest WAL offset delivered (-1: none); partition p's next offset is at 3p + 1.
+        #: Flat, so a change's token is one tuple() copy.
         self._pos: list[int] = []
-        #: partition -> index of its next offset in ``_pos`` (the highest WAL offset follows)
-        self._index: dict[int, int] = {}
         self._buffer: list[Any] = []
         self._docs: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
         self._started = False
@@ -315,7 +309,7 @@ class Watcher:
             wanted = {p: [o, w] for p, o, w in start.positions}
         else:
             wanted = {p: [0, -1] for p in range(count)}
-        parts = range(count) if self._key is None else [partition_of(self._key, count)]
+        parts = range(count) if self._key is None else [partition_for(self._key, count)]
         tps = [TopicPartition(self.topic, p) for p in parts]
         consumer.assign(tps)
         low = await consumer.beginning_offsets(tps)
@@ -347,8 +341,7 @@ class Watcher:
         # Partitions not read (one context's watch) keep their token positions.
         for p in range(count):
             state.setdefault(p, wanted[p])
-        for p in sorted(state):
-            self._index[p] = len(self._pos) + 1
+        for p in range(count):
             self._pos += [p, *state[p]]
 
     async def _wal_offset_before(self, tp: TopicPartition, offset: int, low: int) -> int:
@@ -360,9 +353,9 @@ class Watcher:
         batch = await self._consumer.getmany(tp, timeout_ms=5000, max_records=LOOK_BACK)
         highest = -1
         for m in batch.get(tp, ()):
-            change = self._decode(m) if m.offset < offset else None
-            if change is not None:
-                highest = max(highest, change.wal_offset)
+            if m.offset < offset:
+                with contextlib.suppress(KeyError, ValueError, CodecError):
+                    highest = max(highest, wal_offset_of(m.value, m.headers, self._codec))
         return highest
 
     # ---- iteration ----
@@ -411,7 +404,7 @@ class Watcher:
     def _take(self, m: Any) -> Change | Gap | None:
         """Turns one record into what the subscriber gets (None: nothing, e.g. a repeat)."""
         pos = self._pos
-        i = self._index[m.partition]
+        i = 3 * m.partition + 1
         expected = pos[i]
         offset = m.offset
         if offset < expected:
@@ -457,7 +450,8 @@ class Watcher:
                 headers = dict(m.headers or ())
                 return Change(
                     (m.key or b"").decode(), int(headers["version"]),
-                    _TOMBSTONE_KINDS[headers["kind"]], None, headers.get("checksum", b"").hex(),
+                    _KIND_NAMES[TOMBSTONE_KINDS[headers["kind"]]], None,
+                    headers.get("checksum", b"").hex(),
                     m.partition, int(headers["wal_offset"]),
                     int(headers.get("log_time_ms", m.timestamp)),
                     int(headers["expires_at_ms"]) if "expires_at_ms" in headers else None,
@@ -493,9 +487,6 @@ class Watcher:
             docs.popitem(last=False)
         if previous is None:
             return change
-        delta = make_json_patch(previous, change.doc)
-        return Change(
-            change.context_id, change.version, change.kind, None, change.checksum,
-            change.partition, change.wal_offset, change.log_time_ms, change.expires_at_ms,
-            change.event_id, change.offset, delta, change._token,
-        )  # fmt: skip
+        change.delta = make_json_patch(previous, change.doc)
+        change.doc = None
+        return change
