@@ -47,12 +47,22 @@ cdef int _journal(bytearray entries, long long offset, long long version, const 
     return 0
 
 
-cdef bint _might_be_too_deep(const unsigned char* doc, Py_ssize_t size, Py_ssize_t max_depth):
-    """``fold.might_be_too_deep``: at least max_depth brackets."""
-    cdef Py_ssize_t i, brackets = 0
+cdef bint _needs_checks(const unsigned char* doc, Py_ssize_t size, Py_ssize_t max_depth):
+    """True when the general path must look closer: at least max_depth brackets
+    (``fold.might_be_too_deep``), or a run of 19 digits, which may be an integer that orjson
+    would read as a double (``schemas.numbers``)."""
+    cdef Py_ssize_t i, brackets = 0, digits = 0
+    cdef unsigned char c
     for i in range(size):
-        if doc[i] == 0x7B or doc[i] == 0x5B:
+        c = doc[i]
+        if c == 0x7B or c == 0x5B:
             brackets += 1
+        if 0x30 <= c <= 0x39:
+            digits += 1
+            if digits >= 19:
+                return True
+        else:
+            digits = 0
     return brackets >= max_depth
 
 
@@ -177,7 +187,7 @@ def fold_puts(list messages, long long first, bytes event_header, bytes change_h
             slow(m)
             continue
         v = <const unsigned char*>PyBytes_AS_STRING(value)
-        if _might_be_too_deep(v + start, size - 4 - start, max_depth):
+        if _needs_checks(v + start, size - 4 - start, max_depth):
             slow(m)
             continue
         event_id = value[10:26]

@@ -47,11 +47,16 @@ import time
 
 import aiohttp
 import orjson
+import xxhash
 from aiohttp import web
 
 from lukhas_context.processors.exceptions import NotOwnerError
-from lukhas_context.processors.fold import apply
-from lukhas_context.processors.materializer import MAX_REQUEST_BYTES, Materializer
+from lukhas_context.processors.fold import apply, dead_letter_reason, is_barrier
+from lukhas_context.processors.materializer import (
+    MAX_REQUEST_BYTES,
+    Materializer,
+    reused_event_id,
+)
 from lukhas_context.schemas.exceptions import CodecError
 from lukhas_context.state.journal import EntryStatus
 from lukhas_context.state.store import HASH_MASK
@@ -68,6 +73,8 @@ SERVED_BY_HEADER = "X-Lukhas-Served-By"
 SSE_KEEPALIVE_S = 15.0
 #: Server-sent event streams one worker serves at once (each is a Kafka consumer).
 MAX_SSE_STREAMS = 64
+#: The members of a dry run's answer (``DryRun`` in ``streams.client``).
+_DRY_RUN_FIELDS = ("status", "version", "reason", "kind", "doc", "checksum", "expires_at_ms")
 
 
 def _error(status: int, reason: str) -> web.Response:
@@ -125,6 +132,9 @@ class ReadApi:
         self._http: aiohttp.ClientSession | None = None
         #: Open server-sent event streams (each one a consumer), closed on shutdown.
         self._streams: set[Watcher] = set()
+        #: Dry runs apply one at a time (in a thread): a flood of costly ones waits here,
+        #: and never holds more than one core.
+        self._dry_runs = asyncio.Semaphore(1)
 
     async def start(self, host: str, port: int) -> None:
         self._runner = web.AppRunner(self.app, access_log=None)
@@ -254,12 +264,24 @@ class ReadApi:
         )
 
     async def dry_run(self, request: web.Request) -> web.Response:
+        """What the fold would do with one event (see the module doc). The same decisions
+        as the fold, in its order: an event it would dead-letter (a bad key or id) or
+        journal as a retry is reported so, and ``apply`` runs with the fold's limits, in a
+        thread (one at a time), so a costly event never stalls this worker's loop and costs
+        no more than folding it would."""
         body = await request.read()
         try:
             event = self.m.decode_event(body)
         except CodecError as exc:
             return _error(400, f"{type(exc).__name__}: {exc}")
         key = event.context_id.encode()
+        if is_barrier(key, event):
+            return _error(400, "a checkpoint barrier is not dry-run: `lukhas checkpoint`")
+        result: dict[str, object] = dict.fromkeys(_DRY_RUN_FIELDS)
+        mismatch = dead_letter_reason(key, event)
+        if mismatch is not None:
+            result.update(status="dead_lettered", reason=f"KeyMismatchError: {mismatch}")
+            return web.json_response(result)
         if not self.m.partition_count:
             return _error(503, "the worker has no partitions yet")
         partition = partition_for(key, self.m.partition_count)
@@ -270,17 +292,24 @@ class ReadApi:
             store = self.m.store_for(partition)
         except NotOwnerError as exc:
             return _error(421, str(exc))
+        limits = self.m.config.limits
+        offset = store.next_offset
+        prior = store.prior_use(event.event_id, offset, limits.dedupe_window)
+        if prior is not None:
+            if prior[1] == xxhash.xxh3_64_intdigest(body):
+                result.update(status="duplicate", reason=f"duplicate of offset {prior[0]}")
+            else:
+                error = reused_event_id(event.event_id, prior[0])
+                result.update(status="dead_lettered", reason=f"{type(error).__name__}: {error}")
+            return web.json_response(result)
+        record = store.get(key)
         now = int(time.time() * 1000)
-        new, outcome = apply(store.get(key), event, store.next_offset, now, self.m.config.limits)
-        result: dict[str, object] = {
-            "status": outcome.status.name.lower(),
-            "version": outcome.version,
-            "reason": outcome.reason,
-            "kind": None if outcome.kind is None else outcome.kind.name.lower(),
-            "doc": None,
-            "checksum": None,
-            "expires_at_ms": None,
-        }
+        async with self._dry_runs:
+            new, outcome = await asyncio.to_thread(apply, record, event, offset, now, limits)
+        result.update(
+            status=outcome.status.name.lower(), version=outcome.version, reason=outcome.reason,
+            kind=None if outcome.kind is None else outcome.kind.name.lower(),
+        )  # fmt: skip
         if new is not None and new.doc is not None and new.is_live(now):
             result.update(
                 doc=orjson.loads(new.doc), checksum=new.checksum.hex(),

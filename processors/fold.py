@@ -16,7 +16,7 @@ keeps (see ``state.journal``); ``apply`` sees each event id at most once.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -35,8 +35,10 @@ from lukhas_context.schemas.event import (
     Put,
     Touch,
 )
+from lukhas_context.schemas.numbers import out_of_range_integer
 from lukhas_context.schemas.patch import (
     PatchError,
+    PatchLimits,
     apply_json_patch,
     apply_merge_patch,
     check_depth,
@@ -62,10 +64,21 @@ class Limits:
     replica and replay of a log."""
 
     max_document_bytes: int = 1024 * 1024
-    #: Deepest nesting of objects and arrays in a document (the root object is depth 1).
+    #: Deepest nesting of objects and arrays in a document (the root object is depth 1), also
+    #: after every operation of a JSON Patch.
     max_depth: int = 64
     #: An event id seen within this many preceding offsets of its partition is a retry.
     dedupe_window: int = 100_000
+    #: Operations in one JSON Patch.
+    max_patch_operations: int = 1000
+    #: JSON bytes one JSON Patch may insert, copy or move deeper (``schemas.patch``).
+    max_patch_work: int = 2 * 1024 * 1024
+    #: The patch bounds above, as ``apply_json_patch`` takes them.
+    patch: PatchLimits = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        patch = PatchLimits(self.max_patch_operations, self.max_depth, self.max_patch_work)
+        object.__setattr__(self, "patch", patch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,13 +92,32 @@ class Outcome:
     kind: ChangeKind | None = None
 
 
+def is_barrier(key: bytes | None, event: ContextEvent) -> bool:
+    """A checkpoint barrier as appended by ``lukhas checkpoint``: empty key and id."""
+    return (
+        key == BARRIER_KEY
+        and type(event.op) is CheckpointBarrier
+        and event.context_id == BARRIER_CONTEXT_ID
+    )
+
+
+def dead_letter_reason(key: bytes | None, event: ContextEvent) -> str | None:
+    """Why the materialiser dead-letters a decoded event instead of folding it (the key is
+    not the payload's context id, or the id is empty or over ``MAX_ID_BYTES``), or None.
+    The dry run asks the same question, so it says what the fold would do."""
+    if is_barrier(key, event):
+        return None
+    if key is None or event.context_id.encode() != key:
+        return f"key {key!r} is not the payload's context id"
+    if not 0 < len(key) <= MAX_ID_BYTES:
+        return f"context id of {len(key)} bytes outside 1..{MAX_ID_BYTES}"
+    return None
+
+
 def remembered_by_fold(key: bytes | None, event: ContextEvent) -> bool:
     """True when the materialiser passes this decoded event to the dedupe window: a
-    checkpoint barrier (empty key and id), or an event keyed by its own context id of 1 to
-    ``MAX_ID_BYTES`` bytes. Anything else is dead-lettered, and its id never remembered."""
-    if key == BARRIER_KEY:
-        return type(event.op) is CheckpointBarrier and event.context_id == BARRIER_CONTEXT_ID
-    return key is not None and 0 < len(key) <= MAX_ID_BYTES and event.context_id.encode() == key
+    checkpoint barrier, or an event it does not dead-letter (``dead_letter_reason``)."""
+    return dead_letter_reason(key, event) is None
 
 
 def checksum(doc: bytes) -> bytes:
@@ -104,6 +136,9 @@ def canonical_document(doc: bytes, limits: Limits) -> bytes | str:
         value = orjson.loads(doc)
     except orjson.JSONDecodeError as exc:
         return f"document is not JSON: {exc}"
+    reason = out_of_range_integer(doc)
+    if reason is not None:
+        return f"document: {reason}"
     return canonical_value(value, limits, walk=might_be_too_deep(doc, limits.max_depth))
 
 
@@ -130,6 +165,15 @@ def might_be_too_deep(doc: bytes, max_depth: int) -> bool:
     """A cheap test that is True whenever the document may nest deeper than ``max_depth``:
     nesting needs at least that many brackets. Only then is the document walked."""
     return doc.count(b"{") + doc.count(b"[") >= max_depth
+
+
+def too_deep(value: Any, max_depth: int) -> bool:
+    """Whether objects and arrays in ``value`` nest deeper than ``max_depth`` (iterative)."""
+    try:
+        check_depth(value, max_depth)
+    except PatchError:
+        return True
+    return False
 
 
 def _too_deep(value: dict[str, Any], limits: Limits) -> str | None:
@@ -222,12 +266,20 @@ def _patch(
         return rejected(f"patch of {len(op.patch)} bytes is over {limits.max_document_bytes}")
     try:
         patch = orjson.loads(op.patch)
-        # Bounded before it runs: applying walks the values recursively, and how deep Python
-        # may recurse depends on the caller's stack, which must never decide an outcome.
-        check_depth(patch, limits.max_depth + 2)
+        # Bounds checked before any work: the patch's own nesting (an operations array, an
+        # operation, then a value that must fit in a document), then each operation's by
+        # apply_json_patch. Nothing here recurses, so no outcome depends on the caller.
+        if too_deep(patch, limits.max_depth + 2):
+            return rejected(
+                f"the patch nests deeper than {limits.max_depth + 2} levels (a value in it must "
+                f"fit in a document of {limits.max_depth})"
+            )
+        reason = out_of_range_integer(op.patch)
+        if reason is not None:
+            return rejected(f"patch: {reason}")
         base = orjson.loads(record.doc)  # type: ignore[arg-type]
         if op.format is PatchFormat.JSON_PATCH:
-            patched = apply_json_patch(base, patch)
+            patched = apply_json_patch(base, patch, limits.patch)
         else:
             patched = apply_merge_patch(base, patch)
     except orjson.JSONDecodeError as exc:

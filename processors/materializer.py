@@ -45,13 +45,12 @@ from lukhas_context.processors.exceptions import (
     ProcessorError,
     WalTruncatedError,
 )
-from lukhas_context.processors.fold import MAX_ID_BYTES, Status, apply
+from lukhas_context.processors.fold import Status, apply, dead_letter_reason, is_barrier
 from lukhas_context.processors.members import Membership
 from lukhas_context.processors.metrics import WorkerMetrics
 from lukhas_context.processors.restore import Restorer
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
 from lukhas_context.schemas.event import (
-    BARRIER_CONTEXT_ID,
     BARRIER_KEY,
     ChangeKind,
     CheckpointBarrier,
@@ -63,7 +62,7 @@ from lukhas_context.state.checkpoints import CheckpointDir, Manifest, check_chec
 from lukhas_context.state.exceptions import InvalidCheckpointError, StateError
 from lukhas_context.state.journal import ENTRY, NO_EVENT_ID, EntryStatus, encode_block
 from lukhas_context.state.record import ContextRecord
-from lukhas_context.state.store import HASH_MASK, PartitionStore
+from lukhas_context.state.store import PartitionStore
 from lukhas_context.streams.barriers import (
     append_barriers,
     checkpoint_id_for_slot,
@@ -119,6 +118,13 @@ class _Round:
     barrier: tuple[int, str] | None = None
     #: Milliseconds from ``expires_at`` to the log time of each Expire applied.
     lateness_ms: list[int] = field(default_factory=list)
+
+
+def reused_event_id(event_id: bytes, seen_offset: int) -> EventIdConflictError:
+    """The dead letter's error for an event id used again for other bytes."""
+    return EventIdConflictError(
+        f"event id {event_id.hex()} was used at offset {seen_offset} for other bytes"
+    )
 
 
 class Materializer:
@@ -569,17 +575,12 @@ class Materializer:
         key, value, offset = m.key, m.value or b"", m.offset
         try:
             event = self._events.decode(value)
-            if (
-                key == BARRIER_KEY
-                and type(event.op) is CheckpointBarrier
-                and event.context_id == BARRIER_CONTEXT_ID
-            ):
+            if is_barrier(key, event):
                 self._barrier(r, store, m, event)
                 return
-            if key is None or event.context_id.encode() != key:
-                raise KeyMismatchError(f"key {key!r} is not the payload's context id")
-            if not 0 < len(key) <= MAX_ID_BYTES:
-                raise KeyMismatchError(f"context id of {len(key)} bytes outside 1..{MAX_ID_BYTES}")
+            mismatch = dead_letter_reason(key, event)
+            if mismatch is not None:
+                raise KeyMismatchError(mismatch)
         except (CodecError, KeyMismatchError) as exc:
             self._dead(r, m, exc, NO_EVENT_ID, 0)
             return
@@ -649,22 +650,18 @@ class Materializer:
         conflict: dead-lettered. Otherwise the id is remembered and False returned.
         """
         offset = m.offset
-        seen = store.recent.get(event_id)
-        if seen is not None:
-            seen_offset, seen_hash = seen >> 64, seen & HASH_MASK
-            if seen_offset >= offset - self.config.limits.dedupe_window:
-                if seen_hash == payload_hash:
-                    r.entries += ENTRY.pack(offset, EntryStatus.DUPLICATE, seen_offset, event_id, 0)
-                    r.reasons[offset] = f"duplicate of offset {seen_offset}"
-                    r.duplicates += 1
-                else:
-                    error = EventIdConflictError(
-                        f"event id {event_id.hex()} was used at offset {seen_offset} "
-                        "for other bytes"
-                    )
-                    self._dead(r, m, error, event_id, payload_hash)
-                return True
-            del store.recent[event_id]  # re-insert at the end: the dict stays in offset order
+        prior = store.prior_use(event_id, offset, self.config.limits.dedupe_window)
+        if prior is not None:
+            seen_offset, seen_hash = prior
+            if seen_hash == payload_hash:
+                r.entries += ENTRY.pack(offset, EntryStatus.DUPLICATE, seen_offset, event_id, 0)
+                r.reasons[offset] = f"duplicate of offset {seen_offset}"
+                r.duplicates += 1
+            else:
+                self._dead(r, m, reused_event_id(event_id, seen_offset), event_id, payload_hash)
+            return True
+        # Re-inserted at the end, so the dict stays in offset order.
+        store.recent.pop(event_id, None)
         store.recent[event_id] = (offset << 64) | payload_hash
         return False
 

@@ -5,6 +5,18 @@ arguments are never mutated, and anything wrong with a patch is a ``PatchError``
 short ``reason`` (the fold turns it into a ``REJECTED`` outcome). Nothing is ever half-applied:
 a failing patch returns no document at all.
 
+**Total, bounded, deterministic.** A patch is hostile input: thirty ``copy`` operations of the
+whole document double it thirty times, and ``add``/``move`` can build values hundreds of levels
+deep. So the work of a JSON Patch is bounded *before* it is done, by rules that depend only on
+the document and the patch (``PatchLimits``): the number of operations; the nesting depth of
+the document after every operation (not only at the end); and the JSON bytes the patch may
+insert, copy or re-check (its *work*). An operation over a bound is a ``PatchError`` naming the
+bound, raised before the operation allocates anything. Every walk (copy, comparison, depth,
+size) uses an explicit stack, never Python recursion, so no outcome depends on the caller's
+stack depth, the recursion limit, the memory of the machine or the clock: every replica and
+every replay decides alike. ``MemoryError`` and ``RecursionError`` are never caught here; the
+bounds make them impossible for any input within the fold's size limits.
+
 Documents and patches are JSON values as parsed by a JSON library: ``dict`` (string keys),
 ``list``, ``str``, ``int``, ``float``, ``bool`` and ``None``, without cycles.
 
@@ -20,22 +32,24 @@ serialises the result at once).
 from __future__ import annotations
 
 import re
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Final
 
 import jsonpatch
-from jsonpointer import EndOfList, JsonPointer, JsonPointerException
 
 from lukhas_context.schemas.exceptions import LukhasError
 
 __all__ = [
+    "DEFAULT_PATCH_LIMITS",
     "DocumentTooDeepError",
     "PatchError",
+    "PatchLimits",
     "apply_json_patch",
     "apply_merge_patch",
     "check_depth",
+    "json_weight",
     "make_json_patch",
+    "validate_json_patch",
 ]
 
 #: The operations of RFC 6902, section 4, and the members each needs besides "op" and "path".
@@ -50,6 +64,9 @@ _REQUIRED: Final[dict[str, tuple[str, ...]]] = {
 
 #: RFC 6901: an array index is 0 or digits without a leading zero.
 _ARRAY_INDEX: Final = re.compile(r"0|[1-9][0-9]*")
+#: An index past any array there can be (read as this, never converted from its digits).
+_PAST_ANY_ARRAY: Final = 1 << 62
+_BAD_ESCAPE: Final = re.compile(r"~(?:[^01]|$)")
 
 #: The JSON containers (a tuple: isinstance with a tuple is faster than with a union).
 _CONTAINERS: Final = (dict, list)
@@ -57,9 +74,21 @@ _CONTAINERS: Final = (dict, list)
 #: Longest excerpt of caller-supplied text (paths, op names) quoted in a reason.
 _CLIP: Final = 80
 
-#: The containers that the patch being applied has copied, by ``id``. The values keep the
-#: copies alive, so no id is reused while a patch is applied.
-_OWNED: ContextVar[dict[int, Any]] = ContextVar("lukhas_patch_owned")
+
+@dataclass(frozen=True, slots=True)
+class PatchLimits:
+    """The bounds of one JSON Patch, part of the fold's semantics (the same on every replica
+    and replay). ``max_depth`` bounds the document after *every* operation, as the store
+    bounds documents (the root object is depth 1). ``max_work`` counts JSON bytes, measured
+    as ``json_weight`` does: the values ``add`` and ``replace`` insert, the values ``copy``
+    duplicates, and the values ``move`` takes deeper (whose depth must be checked again)."""
+
+    max_operations: int = 1000
+    max_depth: int = 64
+    max_work: int = 2 * 1024 * 1024
+
+
+DEFAULT_PATCH_LIMITS: Final = PatchLimits()
 
 
 class PatchError(LukhasError, ValueError):
@@ -82,104 +111,110 @@ class DocumentTooDeepError(PatchError):
         self.max_depth = max_depth
 
 
+class _Fail(Exception):
+    """A failure of one step while an operation runs; ``apply_json_patch`` adds the label."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class _TooDeep(Exception):
+    """``_measure``: the value nests deeper than allowed."""
+
+
+class _TooHeavy(Exception):
+    """``_measure``: the value weighs more than the budget."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Step:
-    """One validated operation: its position, name and the jsonpatch object that applies it."""
+    """One validated operation."""
 
     index: int
     name: str
-    raw: dict[str, Any]
-    operation: jsonpatch.PatchOperation
+    path: tuple[str, ...]
+    source: tuple[str, ...] | None
+    value: Any
+    #: ``json_weight`` of the value (add, replace), 0 otherwise.
+    weight: int
+    raw_path: str
+    raw_from: str | None
 
     @property
     def label(self) -> str:
         return f"op {self.index} ({self.name})"
 
-
-class _CopyOnWritePointer(JsonPointer):
-    """A JSON pointer that copies each object or array it walks through before it is changed.
-
-    jsonpatch resolves every location of every operation through ``to_last`` and then changes
-    only the container that it returns (the parent of the target). Walking top-down and
-    replacing each child on the way by a copy owned by the running patch means that every
-    container jsonpatch changes is such a copy, never a part of the caller's document.
-    """
-
-    def to_last(self, doc: Any) -> tuple[Any, str | int | None]:
-        if not self.parts:
-            return doc, None
-        owned = _OWNED.get()
-        for part in self.parts[:-1]:
-            doc = _walk_owned(self, doc, part, owned)
-        return doc, JsonPointer.get_part(doc, self.parts[-1])
+    def where(self) -> str:
+        return f"path {_show(self.raw_path)}"
 
 
-def _walk_owned(pointer: JsonPointer, parent: Any, part: str, owned: dict[int, Any]) -> Any:
-    """The child of an owned ``parent`` at ``part``, replaced by an owned copy if it is a
-    container. Raises what ``JsonPointer.walk`` raises for a missing or invalid step."""
-    child = pointer.walk(parent, part)
-    if isinstance(child, _CONTAINERS) and id(child) not in owned:
-        child = dict(child) if isinstance(child, dict) else list(child)
-        parent[JsonPointer.get_part(parent, part)] = child
-        owned[id(child)] = child
-    return child
+def validate_json_patch(patch: Any, limits: PatchLimits = DEFAULT_PATCH_LIMITS) -> None:
+    """Raises ``PatchError`` for the first thing wrong with ``patch`` that does not depend on
+    a document: not an array, too many operations, an operation that is not an object, an
+    unknown op, a missing or mistyped member, an invalid pointer, a move into its own child,
+    a value nested too deeply for the place it goes, more bytes than ``max_work``. Producers
+    call it before sending; ``apply_json_patch`` checks the same first."""
+    _validate(patch, limits)
 
 
-def apply_json_patch(doc: dict[str, Any], patch: Any) -> dict[str, Any]:
+def apply_json_patch(
+    doc: dict[str, Any], patch: Any, limits: PatchLimits = DEFAULT_PATCH_LIMITS
+) -> dict[str, Any]:
     """Apply an RFC 6902 JSON Patch (add, remove, replace, move, copy, test) to ``doc``.
 
     ``patch`` is the parsed JSON value: an array of operation objects. The whole patch is
-    checked before any operation runs (op names, required members, pointer syntax, a move
-    into its own child), then the operations run in order; members an operation does not use
-    are ignored (RFC 6902, section 4). ``test`` compares as section 4.6 says: numbers by value
-    (1 equals 1.0), but true and false only equal themselves (1 is not true, 0 is not false).
+    checked before any operation runs (``validate_json_patch``), then the operations run in
+    order, each checked against ``limits`` before it changes anything; members an operation
+    does not use are ignored (RFC 6902, section 4). ``test`` compares as section 4.6 says:
+    numbers by value (1 equals 1.0), but true and false only equal themselves (1 is not
+    true, 0 is not false).
 
     Returns the patched document, a new dict (an empty patch returns an equal copy). ``doc``
     is never changed, also when the patch fails; see the module docstring on shared values.
+    ``doc`` itself must be within ``limits.max_depth`` (the store's documents are).
 
-    Raises ``PatchError`` for anything wrong, and nothing else: a patch that is not an array,
-    an operation that is not an object, an unknown op, a missing or non-string "path" or
-    "from", a missing "value", invalid pointer escapes (``~2``, a trailing ``~``), a pointer
-    without a leading ``/``, a location that does not exist, an array index that is out of
+    Raises ``PatchError`` for anything wrong, and nothing else: a malformed patch (see
+    ``validate_json_patch``), a location that does not exist, an array index that is out of
     range, has a leading zero or is ``-`` where an existing element is needed, a failing
-    ``test``, a value too deeply nested to copy, and a result that is not a JSON object
+    ``test``, an operation that would nest the document deeper than ``limits.max_depth`` or
+    take the patch's work past ``limits.max_work``, and a result that is not a JSON object
     ("the document must stay a JSON object").
     """
     if not isinstance(doc, dict):
         raise PatchError(f"the document must be a JSON object, not {_json_type(doc)}")
-    steps = _validate(patch)
-    owned: dict[int, Any] = {}
-    token = _OWNED.set(owned)
-    try:
-        result: Any = _copy_root(doc, owned)
-        for step in steps:
-            result = _run(step, _copy_root(result, owned))
-    finally:
-        _OWNED.reset(token)
-    if not isinstance(result, dict):
+    steps = _validate(patch, limits)
+    run = _Run(limits, sum(step.weight for step in steps))
+    root: Any = doc
+    for step in steps:
+        try:
+            root = run.apply(step, root)
+        except _Fail as failure:
+            raise PatchError(f"{step.label}: {failure.detail}") from None
+    if not isinstance(root, dict):
         raise PatchError("the document must stay a JSON object")
-    return result
+    return root if id(root) in run.owned else dict(root)
 
 
-def _copy_root(root: Any, owned: dict[int, Any]) -> Any:
-    """``root`` if the running patch owns it, else an owned shallow copy. A root that is not
-    owned is the caller's document, or a value that a move to "" took out of it."""
-    if id(root) in owned or not isinstance(root, _CONTAINERS):
-        return root
-    copied = dict(root) if isinstance(root, dict) else list(root)
-    owned[id(copied)] = copied
-    return copied
-
-
-def _validate(patch: Any) -> list[_Step]:
+def _validate(patch: Any, limits: PatchLimits) -> list[_Step]:
     """The operations of ``patch`` ready to run, or ``PatchError`` for the first malformed
     one. Checked before anything runs, so a malformed patch fails whatever the document."""
     if not isinstance(patch, list):
         raise PatchError(f"a JSON Patch must be an array of operations, not {_json_type(patch)}")
-    return [_validate_op(index, raw) for index, raw in enumerate(patch)]
+    if len(patch) > limits.max_operations:
+        raise PatchError(
+            f"the patch has {len(patch)} operations, over the limit of {limits.max_operations}"
+        )
+    steps = [_validate_op(index, raw, limits) for index, raw in enumerate(patch)]
+    inserted = 0
+    for step in steps:
+        inserted += step.weight
+        if inserted > limits.max_work:
+            raise PatchError(f"{step.label}: {_over_work(limits)}")
+    return steps
 
 
-def _validate_op(index: int, raw: Any) -> _Step:
+def _validate_op(index: int, raw: Any, limits: PatchLimits) -> _Step:
     if not isinstance(raw, dict):
         raise PatchError(f"op {index}: an operation must be an object, not {_json_type(raw)}")
     if "op" not in raw:
@@ -191,105 +226,353 @@ def _validate_op(index: int, raw: Any) -> _Step:
     for member in ("path", *_REQUIRED[name]):
         if member not in raw:
             raise PatchError(f'{label}: the member "{member}" is missing')
-    path = _pointer(label, "path", raw["path"])
-    if name == "move":
-        source = _pointer(label, "from", raw["from"])
+    path = _pointer(label, "path", raw["path"], limits)
+    source = None
+    if name in ("move", "copy"):
+        source = _pointer(label, "from", raw["from"], limits)
         # RFC 6902, 4.4: "from" must not be a proper prefix of "path".
-        if source.parts != path.parts and path.contains(source):
+        if name == "move" and len(source) < len(path) and path[: len(source)] == source:
             raise PatchError(
                 f"{label}: cannot move {_show(raw['from'])} into its own child {_show(raw['path'])}"
             )
-    elif name == "copy":
-        _pointer(label, "from", raw["from"])
-    operation = jsonpatch.JsonPatch.operations[name](raw, pointer_cls=_CopyOnWritePointer)
-    return _Step(index, name, raw, operation)
+    value = raw.get("value")
+    weight = 0
+    if name in ("add", "replace"):
+        try:
+            weight = _measure(value, limits.max_depth - len(path), limits.max_work)
+        except _TooDeep:
+            raise PatchError(
+                f"{label}: the value would nest the document deeper than {limits.max_depth} "
+                f"levels at {_show(raw['path'])}"
+            ) from None
+        except _TooHeavy:
+            raise PatchError(f"{label}: {_over_work(limits)}") from None
+    return _Step(index, name, path, source, value, weight, raw["path"], raw.get("from"))
 
 
-def _pointer(label: str, member: str, value: Any) -> JsonPointer:
-    """``value`` parsed as an RFC 6901 pointer, or ``PatchError`` naming the defect."""
+def _over_work(limits: PatchLimits) -> str:
+    return (
+        f"the patch would insert, copy or move deeper more than {limits.max_work} bytes of "
+        "JSON (the limit of one patch's work)"
+    )
+
+
+def _pointer(label: str, member: str, value: Any, limits: PatchLimits) -> tuple[str, ...]:
+    """``value`` parsed as an RFC 6901 pointer (its unescaped reference tokens), or
+    ``PatchError`` naming the defect. A pointer longer than the document may nest can never
+    resolve, and is refused here (which also bounds every walk by the depth limit)."""
     if not isinstance(value, str):
         raise PatchError(f'{label}: "{member}" must be a string, not {_json_type(value)}')
-    try:
-        return _CopyOnWritePointer(value)
-    except JsonPointerException as exc:
+    if not value:
+        return ()
+    if value[0] != "/":
         raise PatchError(
-            f"{label}: {member} {_show(value)} is not a JSON pointer ({_pointer_defect(exc)})"
-        ) from None
+            f"{label}: {member} {_show(value)} is not a JSON pointer "
+            "(it must be empty or start with '/')"
+        )
+    if _BAD_ESCAPE.search(value):
+        raise PatchError(
+            f"{label}: {member} {_show(value)} is not a JSON pointer "
+            "('~' must be followed by 0 or 1)"
+        )
+    parts = value[1:].split("/")
+    if len(parts) > limits.max_depth:
+        raise PatchError(
+            f"{label}: {member} {_show(value)} has {len(parts)} steps, deeper than "
+            f"{limits.max_depth} levels (the most a document may nest)"
+        )
+    if "~" in value:
+        parts = [part.replace("~1", "/").replace("~0", "~") for part in parts]
+    return tuple(parts)
 
 
-def _pointer_defect(exc: JsonPointerException) -> str:
-    message = str(exc)
-    if message.startswith("Found invalid escape"):
-        return "'~' must be followed by 0 or 1"
-    return "it must be empty or start with '/'"
+class _Run:
+    """The state of one patch being applied: the containers it owns (copied from the input,
+    or created by it, so changing them in place changes nothing of the caller's) and the
+    work it has left."""
+
+    __slots__ = ("_root", "limits", "owned", "work")
+
+    def __init__(self, limits: PatchLimits, inserted: int) -> None:
+        self.limits = limits
+        #: The containers this patch made, by id; the values keep them alive, so no id is
+        #: reused while the patch runs.
+        self.owned: dict[int, Any] = {}
+        self.work = inserted
+
+    def apply(self, step: _Step, root: Any) -> Any:
+        """Runs one operation on ``root``; returns the new root."""
+        name = step.name
+        if name == "test":
+            try:
+                found = _resolve(root, step.path, step.where())
+            except _Fail:
+                raise _Fail(f"{step.where()} does not exist") from None
+            if not _json_equal(found, step.value):
+                raise _Fail(f"the value at {_show(step.raw_path)} is not equal to the tested value")
+            return root
+        if name == "add":
+            return self._add(root, step.path, step.value, step)
+        if name == "replace":
+            if not step.path:
+                return step.value
+            parent, token = self._parent(root, step)
+            root = self._root
+            if isinstance(parent, dict):
+                if token not in parent:
+                    raise _Fail(f"{step.where()} does not exist")
+                parent[token] = step.value
+            else:
+                parent[_existing_index(parent, token, step.where())] = step.value
+            return root
+        if name == "remove":
+            if not step.path:
+                raise _Fail(f"{step.where()}: can't remove the whole document")
+            self._take(root, step.path, step, step.where())
+            return self._root
+        assert step.source is not None and step.raw_from is not None
+        source_where = f"from {_show(step.raw_from)}"
+        if name == "copy":
+            found = _resolve(root, step.source, source_where)
+            value = self._copy(found, step)
+            return self._add(root, step.path, value, step)
+        # move ("from" is never a proper prefix of "path": refused by _validate)
+        found = _resolve(root, step.source, source_where)
+        if step.source == step.path:
+            return root
+        if len(step.path) > len(step.source):
+            # Deeper than it was: check that the value still fits under the depth limit.
+            self._charge(step, found)
+        value = self._take(root, step.source, step, source_where)
+        return self._add(self._root, step.path, value, step)
+
+    # ---- the steps ----
+
+    def _own(self, value: Any) -> Any:
+        """``value`` if this patch owns it, else an owned shallow copy."""
+        if id(value) in self.owned:
+            return value
+        copied = dict(value) if isinstance(value, dict) else list(value)
+        self.owned[id(copied)] = copied
+        return copied
+
+    def _parent(self, root: Any, step: _Step, path: tuple[str, ...] | None = None,
+                where: str | None = None) -> tuple[Any, str]:  # fmt: skip
+        """The (owned) container that holds the last step of ``path``, and that step; every
+        container on the way is replaced by an owned copy, the root included (``_root``)."""
+        path = step.path if path is None else path
+        where = step.where() if where is None else where
+        if not isinstance(root, _CONTAINERS):
+            raise _Fail(f"{where}: {_into_scalar(root)}")
+        node = self._root = self._own(root)
+        for token in path[:-1]:
+            key: Any = token
+            if isinstance(node, dict):
+                if token not in node:
+                    raise _Fail(f"{where}: member {_clip(repr(token))} does not exist")
+            else:
+                key = _existing_index(node, token, where, inner=True)
+            child = node[key]
+            if not isinstance(child, _CONTAINERS):
+                raise _Fail(f"{where}: {_into_scalar(child)}")
+            if id(child) not in self.owned:
+                child = self._own(child)
+                node[key] = child
+            node = child
+        return node, path[-1]
+
+    def _add(self, root: Any, path: tuple[str, ...], value: Any, step: _Step) -> Any:
+        if not path:
+            return value
+        parent, token = self._parent(root, step, path)
+        if isinstance(parent, dict):
+            parent[token] = value
+        elif token == "-":
+            parent.append(value)
+        else:
+            index = _index(token, step.where())
+            if index > len(parent):
+                raise _Fail(f"{step.where()}: the array index is out of range")
+            parent.insert(index, value)
+        return self._root
+
+    def _take(self, root: Any, path: tuple[str, ...], step: _Step, where: str) -> Any:
+        """Removes the value at ``path`` (in owned copies) and returns it; ``_root`` is the
+        new root."""
+        parent, token = self._parent(root, step, path, where)
+        if isinstance(parent, dict):
+            if token not in parent:
+                raise _Fail(f"{where} does not exist")
+            return parent.pop(token)
+        return parent.pop(_existing_index(parent, token, where))
+
+    def _copy(self, value: Any, step: _Step) -> Any:
+        """A deep copy of ``value`` (owned by this patch), charged to the work budget and
+        checked against the depth limit at its destination, before anything is built."""
+        self._charge(step, value)
+        if not isinstance(value, _CONTAINERS):
+            return value
+        top: Any = {} if isinstance(value, dict) else []
+        pending = [(value, top)]
+        owned = self.owned
+        while pending:
+            source, target = pending.pop()
+            owned[id(target)] = target
+            if isinstance(source, dict):
+                for key, child in source.items():
+                    if isinstance(child, _CONTAINERS):
+                        twin: Any = {} if isinstance(child, dict) else []
+                        pending.append((child, twin))
+                        child = twin
+                    target[key] = child
+            else:
+                for child in source:
+                    if isinstance(child, _CONTAINERS):
+                        twin = {} if isinstance(child, dict) else []
+                        pending.append((child, twin))
+                        child = twin
+                    target.append(child)
+        return top
+
+    def _charge(self, step: _Step, value: Any) -> None:
+        """Counts the JSON bytes of ``value`` (to be copied or moved to ``step.path``)
+        against the patch's work left, and checks that it fits under the depth limit there;
+        ``_Fail``, with nothing built, when either is exceeded."""
+        limits = self.limits
+        try:
+            left = limits.max_work - self.work
+            self.work += _measure(value, limits.max_depth - len(step.path), left)
+        except _TooDeep:
+            raise _Fail(
+                f"{step.name} from {_show(step.raw_from or '')} to {_show(step.raw_path)} would "
+                f"nest the document deeper than {limits.max_depth} levels"
+            ) from None
+        except _TooHeavy:
+            raise _Fail(_over_work(limits)) from None
 
 
-def _run(step: _Step, doc: Any) -> Any:
-    """Apply one operation to an owned ``doc``; every failure becomes ``PatchError``."""
-    try:
-        return step.operation.apply(doc)
-    except MemoryError:
-        # Not a property of the patch: rejecting would make replays disagree.
-        raise
-    except RecursionError:
-        raise PatchError(f"{step.label}: the value nests too deeply to copy or compare") from None
-    except Exception as exc:
-        # Any other exception (jsonpatch's, jsonpointer's, or a KeyError/IndexError/TypeError
-        # from a corner it does not wrap) is a property of this patch and this document, so
-        # it is deterministic; letting it escape would stop the fold on a poison event.
-        raise PatchError(_failure(step, exc, doc)) from None
+def _measure(value: Any, max_height: int, budget: int) -> int:
+    """``json_weight(value)``, walking at most ``budget`` bytes of it, level by level:
+    ``_TooHeavy`` as soon as the weight passes ``budget``, ``_TooDeep`` as soon as the value
+    nests deeper than ``max_height`` levels (a scalar has height 0)."""
+    if not isinstance(value, _CONTAINERS):
+        weight = _scalar_weight(value)
+        if weight > budget:
+            raise _TooHeavy
+        return weight
+    weight = 0
+    height = 0
+    level = [value]
+    while level:
+        height += 1
+        if height > max_height:
+            raise _TooDeep
+        below: list[Any] = []
+        for node in level:
+            weight += 2 + max(len(node) - 1, 0)
+            if isinstance(node, dict):
+                for key, child in node.items():
+                    weight += (len(key) if isinstance(key, str) else 0) + 3
+                    if isinstance(child, _CONTAINERS):
+                        below.append(child)
+                    else:
+                        weight += _scalar_weight(child)
+            else:
+                for child in node:
+                    if isinstance(child, _CONTAINERS):
+                        below.append(child)
+                    else:
+                        weight += _scalar_weight(child)
+            if weight > budget:
+                raise _TooHeavy
+        level = below
+    return weight
 
 
-def _failure(step: _Step, exc: Exception, doc: Any) -> str:
-    """The reason an operation failed. ``doc`` is the document before the operation (a
-    failed add, remove, replace, copy or test changes nothing; a failed move has only its
-    removal done, which changes no pointer the reason resolves)."""
-    path = _show(step.raw["path"])
-    if isinstance(exc, jsonpatch.JsonPatchTestFailed):
-        if _resolves(step.operation.pointer, doc):
-            return f"{step.label}: the value at {path} is not equal to the tested value"
-        return f"{step.label}: path {path} does not exist"
-    if isinstance(exc, jsonpatch.JsonPatchPathNotFound):
-        # move and copy raise it only for "from"; remove and replace only for "path".
-        if step.name in ("move", "copy"):
-            return f"{step.label}: from {_show(step.raw['from'])} does not exist"
-        return f"{step.label}: path {path} does not exist"
-    where = f"path {path}"
-    if step.name in ("move", "copy"):
-        where = f"from {_show(step.raw['from'])} to {path}"
-    return f"{step.label}: {where}: {_clip(_describe(exc))}"
+def _scalar_weight(value: Any) -> int:
+    """A lower bound of the JSON bytes of a scalar."""
+    if isinstance(value, str):
+        return len(value) + 2
+    if value is None or value is True:
+        return 4
+    if value is False:
+        return 5
+    return 1
 
 
-def _describe(exc: Exception) -> str:
-    """jsonpatch's message, reworded where it names its internals rather than the JSON."""
-    message = str(exc)
-    if message == "can't insert outside of list":
-        return "the array index is out of range"
-    if message.startswith("member '") and "' not found" in message:
-        # jsonpointer appends the whole object it searched: keep documents out of reasons.
-        return message[: message.index("' not found")] + "' does not exist"
-    if message.endswith("is not a valid sequence index"):
-        return message.replace("a valid sequence index", "an array index (0 or 1-9 then digits)")
-    if message == "invalid array index '-'":
-        return "'-' (past the end of an array) names no element"
-    if "EndOfList" in message:
-        return "'-' (past the end of an array) has no members"
-    if message.startswith("Document '<class"):
-        return "a step of the pointer goes into a value that is not an object or array"
-    if message.startswith("Cannot apply token"):
+def json_weight(value: Any) -> int:
+    """A lower bound of the bytes of ``value`` as compact JSON (strings by their length in
+    characters, numbers as one byte): the measure of ``PatchLimits.max_work``."""
+    return _measure(value, 1 << 62, 1 << 62)
+
+
+def _resolve(root: Any, path: tuple[str, ...], where: str) -> Any:
+    """The value at ``path``, which must exist (``-`` names no element)."""
+    node = root
+    for i, token in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(node, dict):
+            if token not in node:
+                raise _Fail(f"{where} does not exist")
+            node = node[token]
+        elif isinstance(node, list):
+            node = node[_existing_index(node, token, where, inner=not last)]
+        else:
+            raise _Fail(f"{where} does not exist")
+    return node
+
+
+def _existing_index(array: list[Any], token: str, where: str, inner: bool = False) -> int:
+    """The index of an element that must exist."""
+    if token == "-":
+        if inner:
+            raise _Fail(f"{where}: '-' (past the end of an array) has no members")
+        raise _Fail(f"{where}: '-' (past the end of an array) names no element")
+    index = _index(token, where)
+    if index >= len(array):
+        raise _Fail(f"{where} does not exist")
+    return index
+
+
+def _index(token: str, where: str) -> int:
+    if _ARRAY_INDEX.fullmatch(token) is None:
+        raise _Fail(f"{where}: {_clip(repr(token))} is not an array index (0 or 1-9 then digits)")
+    return int(token) if len(token) < 19 else _PAST_ANY_ARRAY
+
+
+def _into_scalar(value: Any) -> str:
+    if isinstance(value, str):
         return "a step of the pointer goes into a string"
-    return message or type(exc).__name__
+    return "a step of the pointer goes into a value that is not an object or array"
 
 
-def _resolves(pointer: JsonPointer, doc: Any) -> bool:
-    """Whether ``pointer`` names an existing value of ``doc`` (without copying anything)."""
-    missing = object()
-    try:
-        found = JsonPointer.resolve(pointer, doc, missing)
-    except Exception:
-        # Only a diagnosis for the reason: any failure to resolve means "does not exist".
-        return False
-    return found is not missing and not isinstance(found, EndOfList)
+def _json_equal(first: Any, second: Any) -> bool:
+    """RFC 6902, 4.6: objects member by member, arrays item by item, numbers by value,
+    true/false/null only equal themselves. Iterative; stops at the first difference, so its
+    cost is bounded by the smaller value."""
+    pending = [(first, second)]
+    while pending:
+        a, b = pending.pop()
+        if isinstance(a, bool) or isinstance(b, bool):
+            if not (isinstance(a, bool) and isinstance(b, bool) and a == b):
+                return False
+        elif isinstance(a, dict):
+            if not isinstance(b, dict) or len(a) != len(b):
+                return False
+            for key, child in a.items():
+                if key not in b:
+                    return False
+                pending.append((child, b[key]))
+        elif isinstance(a, list):
+            if not isinstance(b, list) or len(a) != len(b):
+                return False
+            pending.extend(zip(a, b, strict=True))
+        elif isinstance(a, int | float):
+            if not isinstance(b, int | float) or a != b:
+                return False
+        elif isinstance(b, _CONTAINERS) or type(a) is not type(b) or a != b:
+            return False
+    return True
 
 
 def apply_merge_patch(doc: dict[str, Any], patch: Any) -> dict[str, Any]:

@@ -424,6 +424,15 @@ class PartitionStore:
                 self.recent.pop(entry.event_id, None)
                 self.recent[entry.event_id] = (entry.offset << 64) | entry.payload_hash
 
+    def prior_use(self, event_id: bytes, offset: int, window: int) -> tuple[int, int] | None:
+        """``(offset, payload hash)`` of the event that used ``event_id`` within the ``window``
+        offsets before ``offset``, or None: what decides whether an event at ``offset`` is a
+        retry (same hash) or a reuse of the id for other bytes."""
+        seen = self.recent.get(event_id)
+        if seen is None or (seen >> 64) < offset - window:
+            return None
+        return seen >> 64, seen & HASH_MASK
+
     def forget_recent(self, below: int, window: int) -> None:
         """Drops window entries older than offset ``below`` (they no longer decide anything).
 

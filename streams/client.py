@@ -37,7 +37,12 @@ from lukhas_context.schemas.event import (
     Put,
     Touch,
 )
-from lukhas_context.schemas.patch import make_json_patch
+from lukhas_context.schemas.patch import (
+    PatchError,
+    check_depth,
+    make_json_patch,
+    validate_json_patch,
+)
 from lukhas_context.state.checkpoints import check_checkpoint_id
 from lukhas_context.streams.barriers import append_barriers
 from lukhas_context.streams.exceptions import (
@@ -54,6 +59,7 @@ from lukhas_context.streams.exceptions import (
 )
 from lukhas_context.streams.topics import Topics, partition_for
 from lukhas_context.streams.validation import (
+    DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_DOCUMENT_BYTES,
     canonical_json,
     context_key,
@@ -128,10 +134,12 @@ class Receipt:
 
 @dataclass(frozen=True, slots=True)
 class DryRun:
-    """What a mutation would do to the current state; nothing was appended."""
+    """What a mutation would do to the current state; nothing was appended. ``status`` is
+    one of the fold's (``applied``, ``conflict``, ``rejected``), or ``dead_lettered`` /
+    ``duplicate`` when the fold would not fold the event at all (``version`` None then)."""
 
     status: str
-    version: int
+    version: int | None
     reason: str | None
     kind: str | None
     doc: dict[str, Any] | None
@@ -273,6 +281,7 @@ class ContextClient:
         if ttl is not None and clear_ttl:
             raise InvalidTTLError("a patch cannot both set and clear the TTL")
         data = _json_bytes(patch, self.config.max_document_bytes, "patch")
+        _check_patch(patch, merge)
         if not dry_run:
             self._seen.pop(context_id, None)  # the base update() would diff against is gone
         fmt = PatchFormat.MERGE_PATCH if merge else PatchFormat.JSON_PATCH
@@ -316,8 +325,9 @@ class ContextClient:
         expected = seen[0] if seen is not None else None
         op: Op = Put(data, ttl_ms(ttl))
         if seen is not None:
-            delta = _json_bytes(make_json_patch(seen[1], new_doc), len(data), "patch", quiet=True)
-            if delta is not None and len(delta) < len(data):
+            ops = make_json_patch(seen[1], new_doc)
+            delta = _json_bytes(ops, len(data), "patch", quiet=True)
+            if delta is not None and len(delta) < len(data) and _patch_fits(ops):
                 # clear_ttl when no ttl is given: update() writes the whole new document, and a
                 # put of it would leave no TTL either, whichever form goes on the wire.
                 op = Patch(
@@ -779,6 +789,28 @@ def _json_bytes(value: Any, limit: int, what: str, quiet: bool = False) -> bytes
             return None
         raise DocumentTooLargeError(f"{what} is {len(data)} bytes, over the limit of {limit}")
     return data
+
+
+def _check_patch(patch: Any, merge: bool) -> None:
+    """``InvalidPatchError`` for a patch the fold would reject whatever the document: a
+    malformed JSON Patch or one over the fold's bounds (``schemas.patch``), or a patch nested
+    deeper than a document may (its values must fit in one)."""
+    try:
+        if merge:
+            check_depth(patch, DEFAULT_MAX_DEPTH)
+        else:
+            validate_json_patch(patch)
+    except PatchError as exc:
+        raise InvalidPatchError(exc.reason) from None
+
+
+def _patch_fits(ops: list[dict[str, Any]]) -> bool:
+    """Whether ``update()`` may send these operations (else it sends the document)."""
+    try:
+        validate_json_patch(ops)
+    except PatchError:
+        return False
+    return True
 
 
 def _json_body(status: int, body: bytes) -> dict[str, Any]:
