@@ -37,6 +37,9 @@ DOCS = [
     b'{"big":"' + b"z" * 80 + b'"}',  # over the 64-byte limit of these tests
     b'{"n":' + b"1" * 70 + b"}",
     b'{"d":' + b"[" * 9 + b"]" * 9 + b"}",  # deeper than the max_depth of these tests
+    b'{"n":123456789012345678901}',  # outside 64 bits: refused, never rounded (issue 9)
+    b'{"n":18446744073709551615,"m":-9223372036854775808}',  # the edges, kept exactly
+    b'{"s":"1234567890123456789012"}',  # digits in a string are text
 ]
 
 
