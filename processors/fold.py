@@ -37,6 +37,7 @@ from lukhas_context.schemas.event import (
 )
 from lukhas_context.schemas.numbers import out_of_range_integer
 from lukhas_context.schemas.patch import (
+    DocumentTooDeepError,
     PatchError,
     PatchLimits,
     apply_json_patch,
@@ -167,15 +168,6 @@ def might_be_too_deep(doc: bytes, max_depth: int) -> bool:
     return doc.count(b"{") + doc.count(b"[") >= max_depth
 
 
-def too_deep(value: Any, max_depth: int) -> bool:
-    """Whether objects and arrays in ``value`` nest deeper than ``max_depth`` (iterative)."""
-    try:
-        check_depth(value, max_depth)
-    except PatchError:
-        return True
-    return False
-
-
 def _too_deep(value: dict[str, Any], limits: Limits) -> str | None:
     try:
         check_depth(value, limits.max_depth)
@@ -269,11 +261,7 @@ def _patch(
         # Bounds checked before any work: the patch's own nesting (an operations array, an
         # operation, then a value that must fit in a document), then each operation's by
         # apply_json_patch. Nothing here recurses, so no outcome depends on the caller.
-        if too_deep(patch, limits.max_depth + 2):
-            return rejected(
-                f"the patch nests deeper than {limits.max_depth + 2} levels (a value in it must "
-                f"fit in a document of {limits.max_depth})"
-            )
+        check_depth(patch, limits.max_depth + 2)
         reason = out_of_range_integer(op.patch)
         if reason is not None:
             return rejected(f"patch: {reason}")
@@ -284,6 +272,11 @@ def _patch(
             patched = apply_merge_patch(base, patch)
     except orjson.JSONDecodeError as exc:
         return rejected(f"patch is not JSON: {exc}")
+    except DocumentTooDeepError:  # only check_depth raises it
+        return rejected(
+            f"the patch nests deeper than {limits.max_depth + 2} levels (a value in it must fit "
+            f"in a document of {limits.max_depth})"
+        )
     except PatchError as exc:
         return rejected(exc.reason)
     doc = canonical_value(patched, limits)
