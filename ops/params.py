@@ -82,7 +82,7 @@ def natural(raw: str, what: str, high: int = MAX_INT64) -> int:
     and "1_0"), bounded before it is converted; ``ValueError`` naming ``what`` otherwise."""
     if not (raw.isascii() and raw.isdigit()):
         raise ValueError(f"{what} must be a non-negative integer, got {_shown(raw)}")
-    if len(raw) > len(str(high)) or int(raw) > high:
+    if len(raw.lstrip("0")) > len(str(high)) or int(raw) > high:
         raise ValueError(f"{what} {_shown(raw)} is out of range: at most {high}")
     return int(raw)
 

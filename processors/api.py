@@ -123,7 +123,7 @@ def _natural(raw: str, what: str, high: int = MAX_INT64) -> int:
     shown = raw if len(raw) <= 40 else f"{raw[:40]}... ({len(raw)} characters)"
     if not (raw.isascii() and raw.isdigit()):
         raise _bad_request(f"{what} must be a non-negative integer, got {shown!r}")
-    if len(raw) > len(str(high)) or int(raw) > high:
+    if len(raw.lstrip("0")) > len(str(high)) or int(raw) > high:
         raise _bad_request(f"{what} {shown} is out of range: at most {high}")
     return int(raw)
 
@@ -158,9 +158,10 @@ def _parse_timeout(raw: str | None) -> float:
         value = float(raw)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value):
-        raise _bad_request(f"timeout must be a finite number of seconds, got {raw!r}")
-    return min(max(value, 0.0), MAX_WAIT_S)
+    if not (math.isfinite(value) and value >= 0):
+        shown = raw if len(raw) <= 40 else f"{raw[:40]}..."
+        raise _bad_request(f"timeout must be a finite number of seconds >= 0, got {shown!r}")
+    return min(value, MAX_WAIT_S)  # longer waits are cut to the cap
 
 
 def _parse_idle(raw: str) -> float:

@@ -61,6 +61,11 @@ async def test_unknown_query_parameters_are_a_400_naming_the_known_ones(
     assert "unknown query parameter" in body["error"] and named in body["error"]
 
 
+async def test_leading_zeros_are_not_out_of_range(api: Any) -> None:
+    status, body = await api(f"/v1/outcomes/99/{'0' * 30}1")
+    assert status == 404 and body["no_such"] == "partition", body  # parsed: offset 1
+
+
 async def test_a_parameter_given_twice_is_a_400(api: Any) -> None:
     status, body = await api("/v1/outcomes/0/0?timeout=1&timeout=2")
     assert status == 400 and "twice" in body["error"]
@@ -81,6 +86,8 @@ async def test_a_parameter_given_twice_is_a_400(api: Any) -> None:
         "/v1/outcomes/0/1_0",
         "/v1/outcomes/-1/0",
         "/v1/outcomes/0/5?timeout=nan",
+        "/v1/outcomes/0/5?timeout=-5",
+        f"/v1/contexts/a?min_offset=0:1&timeout={HUGE}e400",
         f"/v1/contexts/a?min_offset=0:{HUGE}",
         f"/v1/contexts/a?min_offset={HUGE}:0",
         "/v1/contexts/a?min_offset=0",

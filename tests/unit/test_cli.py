@@ -14,9 +14,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from click.testing import CliRunner
 
+from lukhas_context.ops import params
 from lukhas_context.ops.cli import cli
 
 HUGE = "9" * 23
@@ -197,3 +199,11 @@ def test_without_any_cluster_reads_and_writes_say_what_is_missing(
     # A condition waits for the outcome: the missing API is reported before anything is sent.
     done = lukhas("put", "x", "{}", "--if-version", "0", "--bootstrap", "127.0.0.1:1")
     _one_line(done, 1, "lukhas: error: no read API")
+
+
+def test_positions_are_ascii_digits_bounded_by_value_not_by_length() -> None:
+    position = params.Position()
+    assert position.convert(f"0:{'0' * 30}7", None, None) == (0, 7)
+    for bad in ("0:-1", "0: 1", "0:1_0", "٣:0", f"0:{2**63}", f"{2**31}:0", "0:", ":0"):
+        with pytest.raises(click.BadParameter):
+            position.convert(bad, None, None)
