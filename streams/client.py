@@ -537,6 +537,7 @@ class ContextClient:
     ) -> list[dict[str, Any]]:
         """Waits until every partition's checkpoint of ``request`` is published and returns
         their manifests (partition order); ``CheckpointTimeoutError`` names the missing ones."""
+        _check_wait(timeout)
         topic = self.config.topics.checkpoints
         prefix = f"{request.checkpoint_id}/".encode()
         found: dict[int, dict[str, Any]] = {}

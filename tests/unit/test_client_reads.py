@@ -12,7 +12,7 @@ import pytest
 import xxhash
 from aiohttp import web
 
-from lukhas_context.streams.client import ClientConfig, ContextClient
+from lukhas_context.streams.client import CheckpointRequest, ClientConfig, ContextClient
 from lukhas_context.streams.exceptions import (
     ChecksumMismatchError,
     NoSuchPositionError,
@@ -114,7 +114,13 @@ def _dead_url() -> str:
 async def test_a_wait_that_could_not_end_is_refused(timeout: object) -> None:
     """NaN made the retry loop's deadline never come; infinity overflowed in the timer."""
     async with ContextClient(ClientConfig("", _dead_url())) as client:
-        for call in (client.get("c", timeout=timeout), client.outcome(0, 1, timeout)):  # type: ignore[arg-type]
+        request = CheckpointRequest("ck-1", {0: 5})
+        calls = (
+            client.get("c", timeout=timeout),  # type: ignore[arg-type]
+            client.outcome(0, 1, timeout),  # type: ignore[arg-type]
+            client.wait_checkpoint(request, timeout),  # type: ignore[arg-type]
+        )
+        for call in calls:
             with pytest.raises(ValidationError, match="timeout"):
                 await asyncio.wait_for(call, 10)
 
