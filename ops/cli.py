@@ -1,7 +1,9 @@
 """The ``lukhas`` command.
 
 Exit codes: 0 success; 1 an error (one line on stderr: ``lukhas: error: <reason>``); 2 a usage
-error; 3 the context was not found.
+error (one line: ``lukhas: usage error: <reason>``); 3 not found (the context, or the WAL
+position); and for a write waited on (``--wait``), ``lukhas outcome`` and a dry run: 4 conflict,
+5 rejected, 6 dead-lettered.
 """
 
 from __future__ import annotations
@@ -13,22 +15,54 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
 import orjson
+from aiokafka.errors import KafkaError
 
+from lukhas_context.ops import params
 from lukhas_context.ops.config import Environment, recorded_cluster
 from lukhas_context.schemas.exceptions import LukhasError
-from lukhas_context.streams.client import ClientConfig, Context, ContextClient, DryRun, Receipt
-from lukhas_context.streams.exceptions import ContextNotFoundError
+from lukhas_context.streams.client import (
+    ClientConfig,
+    Context,
+    ContextClient,
+    DryRun,
+    Outcome,
+    Receipt,
+)
+from lukhas_context.streams.exceptions import (
+    ContextNotFoundError,
+    NoSuchPositionError,
+    ReadError,
+    ValidationError,
+)
 from lukhas_context.streams.topics import Topics
+from lukhas_context.streams.validation import check_patch
 from lukhas_context.streams.watch import Gap
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_ERROR = 1
+EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
+EXIT_CONFLICT = 4
+EXIT_REJECTED = 5
+EXIT_DEAD_LETTERED = 6
+#: The exit code of each outcome of an event (a waited write, `lukhas outcome`, a dry run).
+EXIT_OF_STATUS = {
+    "applied": 0,
+    "conflict": EXIT_CONFLICT,
+    "rejected": EXIT_REJECTED,
+    "dead_lettered": EXIT_DEAD_LETTERED,
+}
+EXIT_CODES = (
+    "Exit codes: 0 success; 1 error (one line on stderr); 2 usage error; 3 not found (the "
+    "context, or the WAL position); for a write waited on (--wait), `outcome` and --dry-run: "
+    "4 conflict, 5 rejected, 6 dead-lettered."
+)
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
@@ -45,24 +79,75 @@ def _errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except ContextNotFoundError as exc:
             _fail(f"context {exc.args[0]!r} not found", EXIT_NOT_FOUND)
+        except NoSuchPositionError as exc:
+            _fail(str(exc), EXIT_NOT_FOUND)
+        except ValidationError as exc:  # an argument the client refused: nothing was sent
+            click.echo(f"lukhas: usage error: {type(exc).__name__}: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
         except LukhasError as exc:
             _fail(f"{type(exc).__name__}: {exc}")
+        except KafkaError as exc:  # one the distribution did not wrap: still one line
+            _fail(f"Kafka: {exc}")
         except OSError as exc:
             _fail(f"{type(exc).__name__}: {exc}")
 
     return wrapper  # type: ignore[return-value]
 
 
+class _UsageError(click.UsageError):
+    """A usage error shown on one line, as every other error of the command."""
+
+    def show(self, file: Any = None) -> None:
+        where = self.ctx.command_path if self.ctx is not None else "lukhas"
+        click.echo(f"lukhas: usage error: {self.format_message()} (see `{where} --help`)", err=True)
+
+
+def _one_line(exc: click.UsageError) -> click.UsageError:
+    if isinstance(exc, _UsageError | click.exceptions.NoArgsIsHelpError):
+        return exc  # one line already, or the help asked for by giving no arguments
+    # A bad parameter's message names it: "Invalid value for '--x': ...".
+    bad = isinstance(exc, click.BadParameter)
+    return _UsageError(exc.format_message() if bad else exc.message, exc.ctx)
+
+
+class _Group(click.Group):
+    """The command group: its usage errors, and its commands', are one line on stderr."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            _raise_one_line(exc)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            _raise_one_line(exc)
+
+
+def _raise_one_line(exc: click.UsageError) -> NoReturn:
+    converted = _one_line(exc)
+    if converted is exc:
+        raise exc
+    raise converted from exc
+
+
 def _print(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
-@click.group()
+@click.group(cls=_Group, epilog=EXIT_CODES)
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
-def cli(verbose: int) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
     """LUKHAS Context: an event-sourced context store on Kafka and RocksDB."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose and ctx.invoked_subcommand != "worker":
+        # The Kafka client logs every failed connection attempt at ERROR; a command says
+        # what failed in one line of its own (-v shows the library's lines too).
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
 
 # ---------------------------------------------------------------- local cluster
@@ -97,9 +182,11 @@ def _cluster(data_dir: Path | None, **overrides: Any) -> Any:
 @_cluster_options
 @click.option("--brokers", type=click.IntRange(1, 9), default=None, help="Kafka brokers (1 or 3).")
 @click.option("--bootstrap", default=None, help="Use this existing Kafka cluster: start no broker.")
-@click.option("--port-base", type=int, default=None, help="First broker port (default 19092).")
-@click.option("--redis-port", type=int, default=None, help="Redis port (default 16379).")
-@click.option("--api-port", type=int, default=None, help="Processor read API port (default 18080).")
+@click.option("--port-base", type=click.IntRange(1, 65535 - 18), default=None,
+              help="First broker port (default 19092).")  # fmt: skip
+@click.option("--redis-port", type=params.PORT, default=None, help="Redis port (default 16379).")
+@click.option("--api-port", type=params.PORT, default=None,
+              help="Processor read API port (default 18080).")  # fmt: skip
 @click.option("--partitions", type=click.IntRange(1, 1000), default=None, help="WAL partitions.")
 @click.option("--no-processor", is_flag=True, help="Start Kafka and Redis only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
@@ -142,6 +229,15 @@ def _partition_line(p: dict[str, Any]) -> str:
             f"documents={p['documents']:<8} digest={p['digest']}")  # fmt: skip
 
 
+def _require_cluster(data_dir: Path | None) -> None:
+    """Fails unless `lukhas up` recorded a cluster in the data dir: without one, the default
+    ports may well be someone else's cluster, not this dir's."""
+    where = data_dir or Environment.read().data_dir
+    if not recorded_cluster(where):
+        _fail(f"no cluster in {where} (`lukhas up` records one there; or pass --data-dir, "
+              "or set LUKHAS_DATA_DIR)")  # fmt: skip
+
+
 @cli.command()
 @_cluster_options
 @click.option("--json", "as_json", is_flag=True)
@@ -149,6 +245,7 @@ def _partition_line(p: dict[str, Any]) -> str:
 @_errors
 def down(data_dir: Path | None, as_json: bool, processor_only: bool) -> None:
     """Stop what `up` started, by pid. Keeps all data."""
+    _require_cluster(data_dir)
     result = _cluster(data_dir).down(processors_only=processor_only)
     if as_json:
         _print(result)
@@ -163,12 +260,19 @@ def down(data_dir: Path | None, as_json: bool, processor_only: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @_errors
 def status(data_dir: Path | None, as_json: bool) -> None:
-    """Show whether Kafka, Redis and the processors are up and ready."""
+    """Show whether Kafka, Redis and the processors of the data dir's cluster are up and
+    ready. Exit 1 (after the report) when a part is not ready, or the data dir holds no
+    cluster."""
+    _require_cluster(data_dir)
     result = _cluster(data_dir).status()
     if as_json:
         _print(result)
-        return
-    _echo_status(result)
+    else:
+        _echo_status(result)
+    waiting = [name for name in ("kafka", "redis") if not result[name]["ready"]]
+    waiting += [f"processor {p['api']}" for p in result["processors"] if not p.get("ready")]
+    if waiting:
+        _fail(f"not ready: {', '.join(waiting)}")
 
 
 @cli.command()
@@ -177,9 +281,9 @@ def status(data_dir: Path | None, as_json: bool) -> None:
 @click.option("--topic-prefix", default="lukhas", show_default=True)
 @click.option("--group", default="lukhas-materializer", show_default=True)
 @click.option("--api-host", default="127.0.0.1", show_default=True)
-@click.option("--api-port", type=int, default=18080, show_default=True)
+@click.option("--api-port", type=params.PORT, default=18080, show_default=True)
 @click.option("--redis-url", default=None, help="Redis (fencing locks; used by later features).")
-@click.option("--max-batch", type=click.IntRange(1), default=50_000, show_default=True)
+@click.option("--max-batch", type=click.IntRange(1, 1_000_000), default=50_000, show_default=True)
 @click.option(
     "--instance-id",
     default=None,
@@ -187,7 +291,7 @@ def status(data_dir: Path | None, as_json: bool) -> None:
 )
 @click.option(
     "--session-timeout",
-    type=click.FloatRange(min=1.0),
+    type=params.Seconds(1.0, 1800.0),
     default=10.0,
     show_default=True,
     help="SECONDS without a heartbeat before the group moves this worker's partitions.",
@@ -200,27 +304,27 @@ def status(data_dir: Path | None, as_json: bool) -> None:
 )
 @click.option(
     "--checkpoint-interval",
-    type=click.FloatRange(min=1.0),
+    type=params.Seconds(1.0, 7 * 86_400.0),
     default=None,
     help="Checkpoint the cluster every SECONDS (the owner of partition 0 asks).",
 )
 @click.option(
     "--checkpoint-keep",
-    type=click.IntRange(1),
+    type=click.IntRange(1, 10_000),
     default=3,
     show_default=True,
     help="Checkpoints kept per partition.",
 )
 @click.option(
     "--expiry-interval",
-    type=click.FloatRange(min=0.01),
+    type=params.Seconds(0.01, 3600.0),
     default=0.5,
     show_default=True,
     help="Sweep the expiry index every SECONDS.",
 )
 @click.option(
     "--expiry-batch",
-    type=click.IntRange(1),
+    type=click.IntRange(1, 1_000_000),
     default=10_000,
     show_default=True,
     help="Most Expire events one sweep appends per partition.",
@@ -252,7 +356,7 @@ def worker(bootstrap: str, state_dir: Path, topic_prefix: str, group: str, api_h
     "--partition",
     "-p",
     "partitions",
-    type=click.IntRange(0),
+    type=params.PARTITION,
     multiple=True,
     required=True,
     help="Partition to rebuild (repeat for several).",
@@ -339,23 +443,40 @@ T = TypeVar("T")
 
 
 def _client_options(fn: F) -> F:
-    fn = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(fn)
+    fn = click.option("--json", "as_json", is_flag=True, help="Print JSON (only JSON on stdout).")(
+        fn
+    )
     fn = click.option("--api", default=None, help="Read API URL [env LUKHAS_API_URL].")(fn)
     fn = click.option("--bootstrap", default=None, help="Kafka [env LUKHAS_BOOTSTRAP].")(fn)
     fn = _cluster_options(fn)
     return fn
 
 
-def _client_config(data_dir: Path | None, bootstrap: str | None, api: str | None) -> ClientConfig:
-    """Options, else the environment, else what `lukhas up` recorded in the data dir."""
+def _client_config(
+    data_dir: Path | None,
+    bootstrap: str | None,
+    api: str | None,
+    *,
+    kafka: bool = True,
+    read_api: bool = False,
+) -> ClientConfig:
+    """Options, else the environment, else what `lukhas up` recorded in the data dir. Fails
+    when what the command needs is missing: ``kafka`` (writes, watches, checkpoints) or the
+    ``read_api`` (reads, outcomes, dry runs)."""
     env = Environment.read()
-    recorded = recorded_cluster(data_dir or env.data_dir)
+    where = data_dir or env.data_dir
+    recorded = recorded_cluster(where)
     processors: Any = recorded.get("processors") or [{}]
     bootstrap = bootstrap or env.bootstrap or recorded.get("bootstrap")  # type: ignore[assignment]
-    if not bootstrap:
-        _fail("no Kafka: pass --bootstrap, set LUKHAS_BOOTSTRAP, or run `lukhas up` first")
     api = api or env.api_url or processors[0].get("api")
-    return ClientConfig(bootstrap=str(bootstrap), api_url=api, topics=Topics(env.topic_prefix))
+    hint = "" if recorded else f" (no cluster in {where})"
+    if kafka and not bootstrap:
+        _fail(f"no Kafka: pass --bootstrap, set LUKHAS_BOOTSTRAP, or run `lukhas up` first{hint}")
+    if read_api and not api:
+        _fail(f"no read API: pass --api, set LUKHAS_API_URL, or run `lukhas up` first{hint}")
+    return ClientConfig(
+        bootstrap=str(bootstrap or ""), api_url=api, topics=Topics(env.topic_prefix)
+    )
 
 
 def _with_client(
@@ -368,7 +489,37 @@ def _with_client(
     return asyncio.run(run())
 
 
-def _result_out(result: Receipt | DryRun, as_json: bool) -> None:
+def _outcome_dict(outcome: Outcome) -> dict[str, Any]:
+    return {"status": outcome.status, "version": outcome.version, "reason": outcome.reason,
+            "duplicate_of": outcome.duplicate_of}  # fmt: skip
+
+
+def _outcome_text(outcome: Outcome) -> str:
+    return (outcome.status
+            + (f" (version {outcome.version})" if outcome.version is not None else "")
+            + (f": {outcome.reason}" if outcome.reason else ""))  # fmt: skip
+
+
+def _exit_for(status: str) -> None:
+    """Exits with the code of an outcome's status (nothing for ``applied``)."""
+    code = EXIT_OF_STATUS.get(status, EXIT_ERROR)
+    if code:
+        sys.exit(code)
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """What a write command did: the dry run, or the receipt and (when waited for) its
+    outcome, or why the outcome is unknown."""
+
+    result: Receipt | DryRun
+    outcome: Outcome | None = None
+    unknown: str | None = None
+
+
+def _result_out(written: _Written, as_json: bool) -> None:
+    """Prints what a write did and exits with its outcome's code."""
+    result = written.result
     if isinstance(result, DryRun):
         data = {"dry_run": True, "status": result.status, "version": result.version,
                 "reason": result.reason, "kind": result.kind, "doc": result.doc,
@@ -380,123 +531,169 @@ def _result_out(result: Receipt | DryRun, as_json: bool) -> None:
                        + (f": {result.reason}" if result.reason else ""))  # fmt: skip
             if result.doc is not None:
                 click.echo(json.dumps(result.doc, indent=2, sort_keys=True))
+        _exit_for(result.status)
         return
+    outcome = written.outcome
     if as_json:
-        _print({"context_id": result.context_id, "partition": result.partition,
-                "offset": result.offset, "event_id": result.event_id})  # fmt: skip
+        out: dict[str, Any] = {"context_id": result.context_id, "partition": result.partition,
+                               "offset": result.offset, "event_id": result.event_id}  # fmt: skip
+        if outcome is not None:
+            out["outcome"] = _outcome_dict(outcome)
+        _print(out)
     else:
-        click.echo(f"{result.context_id} -> {result.position} (event {result.event_id})")
-
-
-def _parse_json(raw: str, what: str) -> Any:
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        _fail(f"{what} does not parse as JSON: {exc}", 2)
-
-
-def _parse_doc(raw: str) -> dict[str, Any]:
-    doc = _parse_json(raw, "JSON argument")
-    if not isinstance(doc, dict):
-        _fail(f"a document must be a JSON object, got a JSON {type(doc).__name__}", 2)
-    return doc
+        click.echo(f"{result.context_id} -> {result.position} (event {result.event_id})"
+                   + (f": {_outcome_text(outcome)}" if outcome is not None else ""))  # fmt: skip
+    if written.unknown is not None:
+        _fail(f"the event was appended at {result.position}, but its outcome is unknown: "
+              f"{written.unknown} (ask later: `lukhas outcome {result.position}`)")  # fmt: skip
+    if outcome is not None:
+        _exit_for(outcome.status)
 
 
 def _mutation_options(fn: F) -> F:
+    fn = click.option("--timeout", type=params.WAIT, default=10.0, show_default=True,
+                      help="Seconds to wait for the outcome (with --wait).")(fn)  # fmt: skip
+    fn = click.option(
+        "--wait/--no-wait", default=None,
+        help="Wait until the event is folded and exit with its outcome's code (4 conflict, "
+             "5 rejected, 6 dead-lettered) [default: wait when a condition is given: "
+             "--if-version, or --expect-checksum of a patch].",
+    )(fn)  # fmt: skip
     fn = click.option("--dry-run", is_flag=True,
-                      help="Show what the processor would do; append nothing.")(fn)  # fmt: skip
-    fn = click.option("--if-version", "if_version", type=click.IntRange(0), default=None,
+                      help="Show what the processor would do, exit with its code; append "
+                           "nothing.")(fn)  # fmt: skip
+    fn = click.option("--if-version", "if_version", type=params.VERSION, default=None,
+                      metavar="VERSION",
                       help="Apply only at this version (0 = must not exist).")(fn)  # fmt: skip
     return fn
 
 
-@cli.command()
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where and how a write command writes (its common options)."""
+
+    data_dir: Path | None
+    bootstrap: str | None
+    api: str | None
+    dry_run: bool
+    wait: bool | None
+    timeout: float
+    as_json: bool
+
+
+def _write(
+    target: _Target,
+    call: Callable[[ContextClient], Coroutine[Any, Any, Any]],
+    conditional: bool,
+) -> None:
+    """Runs one write; waits for its outcome when asked (by default when the write has a
+    condition: its point is the outcome), then prints it and exits with its code."""
+    wait = (conditional if target.wait is None else target.wait) and not target.dry_run
+    config = _client_config(target.data_dir, target.bootstrap, target.api,
+                            read_api=wait or target.dry_run)  # fmt: skip
+
+    async def run(client: ContextClient) -> _Written:
+        result = await call(client)
+        if not wait or not isinstance(result, Receipt):
+            return _Written(result)
+        try:
+            return _Written(result, await result.outcome(target.timeout))
+        except ReadError as exc:  # appended all the same: say where, and why it is unknown
+            return _Written(result, unknown=str(exc))
+
+    _result_out(_with_client(config, run), target.as_json)
+
+
+@cli.command(epilog=EXIT_CODES)
 @click.argument("context_id")
-@click.argument("document")
-@click.option("--ttl", type=float, default=None, help="Expire after SECONDS.")
+@click.argument("document", type=params.JsonArgument("DOCUMENT", objects_only=True))
+@click.option("--ttl", type=params.TTL, default=None, help="Expire after SECONDS.")
 @_mutation_options
 @_client_options
 @_errors
-def put(context_id: str, document: str, ttl: float | None, if_version: int | None,
-        dry_run: bool, data_dir: Path | None, bootstrap: str | None, api: str | None,
-        as_json: bool) -> None:  # fmt: skip
-    """Replace the document of CONTEXT_ID with DOCUMENT (a JSON object)."""
-    doc = _parse_doc(document)
-    config = _client_config(data_dir, bootstrap, api)
-    result = _with_client(
-        config, lambda c: c.put(context_id, doc, ttl, expected_version=if_version, dry_run=dry_run)
-    )
-    _result_out(result, as_json)
+def put(context_id: str, document: dict[str, Any], ttl: float | None, if_version: int | None,
+        dry_run: bool, wait: bool | None, timeout: float, data_dir: Path | None,
+        bootstrap: str | None, api: str | None, as_json: bool) -> None:  # fmt: skip
+    """Replace the document of CONTEXT_ID with DOCUMENT, a JSON object: inline, `-` to read
+    it from stdin, or `@FILE` to read it from a file (for documents too big for a command
+    line)."""
+    target = _Target(data_dir, bootstrap, api, dry_run, wait, timeout, as_json)
+    _write(target, lambda c: c.put(
+        context_id, document, ttl, expected_version=if_version, dry_run=dry_run
+    ), conditional=if_version is not None)  # fmt: skip
 
 
-@cli.command()
+@cli.command(epilog=EXIT_CODES)
 @click.argument("context_id")
-@click.argument("patch")
+@click.argument("patch", type=params.JsonArgument("PATCH"))
 @click.option("--merge", is_flag=True, help="PATCH is an RFC 7386 merge patch (an object).")
 @click.option("--expect-checksum", default=None, metavar="HEX",
               help="Reject unless the result has this checksum.")  # fmt: skip
-@click.option("--ttl", type=float, default=None, help="Also set the TTL to SECONDS.")
+@click.option("--ttl", type=params.TTL, default=None, help="Also set the TTL to SECONDS.")
 @click.option("--clear-ttl", is_flag=True, help="Also remove the TTL.")
 @_mutation_options
 @_client_options
 @_errors
-def patch(context_id: str, patch: str, merge: bool, expect_checksum: str | None,
+def patch(context_id: str, patch: Any, merge: bool, expect_checksum: str | None,
           ttl: float | None, clear_ttl: bool, if_version: int | None, dry_run: bool,
-          data_dir: Path | None, bootstrap: str | None, api: str | None,
-          as_json: bool) -> None:  # fmt: skip
-    """Apply PATCH to CONTEXT_ID: an RFC 6902 JSON Patch (a list of ops) by default."""
-    value = _parse_json(patch, "PATCH")
-    config = _client_config(data_dir, bootstrap, api)
-    result = _with_client(config, lambda c: c.patch(
-        context_id, value, merge=merge, expected_version=if_version,
+          wait: bool | None, timeout: float, data_dir: Path | None, bootstrap: str | None,
+          api: str | None, as_json: bool) -> None:  # fmt: skip
+    """Apply PATCH to CONTEXT_ID: an RFC 6902 JSON Patch (a list of ops) by default. PATCH
+    is inline, `-` to read it from stdin, or `@FILE` to read it from a file."""
+    check_patch(patch, merge)  # before anything is looked up or connected
+    target = _Target(data_dir, bootstrap, api, dry_run, wait, timeout, as_json)
+    _write(target, lambda c: c.patch(
+        context_id, patch, merge=merge, expected_version=if_version,
         expected_checksum=expect_checksum, ttl=ttl, clear_ttl=clear_ttl, dry_run=dry_run,
-    ))  # fmt: skip
-    _result_out(result, as_json)
+    ), conditional=if_version is not None or expect_checksum is not None)  # fmt: skip
 
 
-@cli.command()
+@cli.command(epilog=EXIT_CODES)
 @click.argument("context_id")
-@click.option("--ttl", type=float, default=None, help="SECONDS from now; omit to remove the TTL.")
+@click.option("--ttl", type=params.TTL, default=None,
+              help="SECONDS from now; omit to remove the TTL.")  # fmt: skip
 @_mutation_options
 @_client_options
 @_errors
 def touch(context_id: str, ttl: float | None, if_version: int | None, dry_run: bool,
-          data_dir: Path | None, bootstrap: str | None, api: str | None,
-          as_json: bool) -> None:  # fmt: skip
+          wait: bool | None, timeout: float, data_dir: Path | None, bootstrap: str | None,
+          api: str | None, as_json: bool) -> None:  # fmt: skip
     """Set (or, without --ttl, remove) the TTL of CONTEXT_ID."""
-    config = _client_config(data_dir, bootstrap, api)
-    result = _with_client(
-        config, lambda c: c.touch(context_id, ttl, expected_version=if_version, dry_run=dry_run)
-    )
-    _result_out(result, as_json)
+    target = _Target(data_dir, bootstrap, api, dry_run, wait, timeout, as_json)
+    _write(target, lambda c: c.touch(
+        context_id, ttl, expected_version=if_version, dry_run=dry_run
+    ), conditional=if_version is not None)  # fmt: skip
 
 
-@cli.command()
+@cli.command(epilog=EXIT_CODES)
 @click.argument("context_id")
 @_mutation_options
 @_client_options
 @_errors
-def delete(context_id: str, if_version: int | None, dry_run: bool, data_dir: Path | None,
-           bootstrap: str | None, api: str | None, as_json: bool) -> None:  # fmt: skip
+def delete(context_id: str, if_version: int | None, dry_run: bool, wait: bool | None,
+           timeout: float, data_dir: Path | None, bootstrap: str | None, api: str | None,
+           as_json: bool) -> None:  # fmt: skip
     """Delete CONTEXT_ID."""
-    config = _client_config(data_dir, bootstrap, api)
-    result = _with_client(
-        config, lambda c: c.delete(context_id, expected_version=if_version, dry_run=dry_run)
-    )
-    _result_out(result, as_json)
+    target = _Target(data_dir, bootstrap, api, dry_run, wait, timeout, as_json)
+    _write(target, lambda c: c.delete(
+        context_id, expected_version=if_version, dry_run=dry_run
+    ), conditional=if_version is not None)  # fmt: skip
 
 
 @cli.command()
 @click.argument("context_id")
-@click.option("--after", default=None, metavar="P:O", help="Wait until WAL position P:O is folded.")
-@click.option("--timeout", type=float, default=5.0, show_default=True, help="Seconds to wait.")
+@click.option("--after", default=None, type=params.Position(),
+              help="Wait until WAL position P:O is folded.")  # fmt: skip
+@click.option("--timeout", type=params.WAIT, default=5.0, show_default=True,
+              help="Seconds to wait.")  # fmt: skip
 @_client_options
 @_errors
-def get(context_id: str, after: str | None, timeout: float, data_dir: Path | None,
+def get(context_id: str, after: tuple[int, int] | None, timeout: float, data_dir: Path | None,
         bootstrap: str | None, api: str | None, as_json: bool) -> None:  # fmt: skip
-    """Print CONTEXT_ID: version, checksum, expiry and document."""
-    config = _client_config(data_dir, bootstrap, api)
-    ctx: Context = _with_client(config, lambda c: c.get(context_id, after, timeout))
+    """Print CONTEXT_ID: version, checksum, expiry and document. Needs only the read API."""
+    config = _client_config(data_dir, bootstrap, api, kafka=False, read_api=True)
+    position = None if after is None else f"{after[0]}:{after[1]}"
+    ctx: Context = _with_client(config, lambda c: c.get(context_id, position, timeout))
     if as_json:
         _print({"context_id": ctx.context_id, "version": ctx.version, "doc": ctx.doc,
                 "checksum": ctx.checksum, "offset": ctx.offset, "partition": ctx.partition,
@@ -509,28 +706,24 @@ def get(context_id: str, after: str | None, timeout: float, data_dir: Path | Non
     click.echo(json.dumps(ctx.doc, indent=2, sort_keys=True))
 
 
-@cli.command()
-@click.argument("position", metavar="P:O")
-@click.option("--timeout", type=float, default=5.0, show_default=True, help="Seconds to wait.")
+@cli.command(epilog=EXIT_CODES)
+@click.argument("position", type=params.Position())
+@click.option("--timeout", type=params.WAIT, default=5.0, show_default=True,
+              help="Seconds to wait until it is folded.")  # fmt: skip
 @_client_options
 @_errors
-def outcome(position: str, timeout: float, data_dir: Path | None, bootstrap: str | None,
-            api: str | None, as_json: bool) -> None:  # fmt: skip
-    """What the processor did with the event at WAL position P:O."""
-    raw_partition, _, raw_offset = position.partition(":")
-    try:
-        partition, offset = int(raw_partition), int(raw_offset)
-    except ValueError:
-        _fail(f"position must be PARTITION:OFFSET, got {position!r}", 2)
-    config = _client_config(data_dir, bootstrap, api)
+def outcome(position: tuple[int, int], timeout: float, data_dir: Path | None,
+            bootstrap: str | None, api: str | None, as_json: bool) -> None:  # fmt: skip
+    """What the processor did with the event at WAL position P:O; the exit code says it too
+    (0 applied, 4 conflict, 5 rejected, 6 dead-lettered, 3 no such position)."""
+    partition, offset = position
+    config = _client_config(data_dir, bootstrap, api, kafka=False, read_api=True)
     result = _with_client(config, lambda c: c.outcome(partition, offset, timeout))
     if as_json:
-        _print({"status": result.status, "version": result.version, "reason": result.reason,
-                "duplicate_of": result.duplicate_of})  # fmt: skip
+        _print(_outcome_dict(result))
     else:
-        click.echo(f"{position}: {result.status}"
-                   + (f" (version {result.version})" if result.version is not None else "")
-                   + (f": {result.reason}" if result.reason else ""))  # fmt: skip
+        click.echo(f"{partition}:{offset}: {_outcome_text(result)}")
+    _exit_for(result.status)
 
 
 @cli.command()
@@ -538,7 +731,7 @@ def outcome(position: str, timeout: float, data_dir: Path | None, bootstrap: str
 @_errors
 def demo(data_dir: Path | None, bootstrap: str | None, api: str | None, as_json: bool) -> None:
     """Write a context, read it back after its write, checkpoint, and print all three."""
-    config = _client_config(data_dir, bootstrap, api)
+    config = _client_config(data_dir, bootstrap, api, read_api=True)
 
     async def run(client: ContextClient) -> tuple[Receipt, Context, list[dict[str, Any]]]:
         doc = {"agent": "demo", "messages": [{"role": "user", "text": "hello, LUKHAS"}]}
@@ -548,6 +741,16 @@ def demo(data_dir: Path | None, bootstrap: str | None, api: str | None, as_json:
         return receipt, ctx, manifests
 
     receipt, ctx, manifests = _with_client(config, run)
+    if as_json:
+        _print({
+            "put": {"context_id": receipt.context_id, "partition": receipt.partition,
+                    "offset": receipt.offset, "event_id": receipt.event_id},
+            "get": {"context_id": ctx.context_id, "version": ctx.version,
+                    "checksum": ctx.checksum, "doc": ctx.doc},
+            "checkpoint": {"checkpoint_id": manifests[0]["checkpoint_id"],
+                           "manifests": manifests},
+        })  # fmt: skip
+        return
     click.echo(f"put  demo:session-1 -> WAL {receipt.position}")
     click.echo(f"get  demo:session-1 -> version {ctx.version}, checksum {ctx.checksum}")
     click.echo(f"     {json.dumps(ctx.doc, sort_keys=True)}")
@@ -569,7 +772,8 @@ def demo(data_dir: Path | None, bootstrap: str | None, api: str | None, as_json:
     show_default=True,
     help="Wait until every partition published its checkpoint.",
 )
-@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait.")
+@click.option("--timeout", type=params.WAIT, default=60.0, show_default=True,
+              help="Seconds to wait.")  # fmt: skip
 @_client_options
 @_errors
 def checkpoint(checkpoint_id: str | None, wait: bool, timeout: float, data_dir: Path | None,
@@ -604,15 +808,17 @@ def checkpoint(checkpoint_id: str | None, wait: bool, timeout: float, data_dir: 
 @click.option(
     "--from",
     "start",
+    type=params.StartPoint(),
     default="latest",
     show_default=True,
     help="latest | earliest | epoch ms or ISO time | a resume token.",
 )
 @click.option("--deltas", is_flag=True, help="RFC 6902 deltas instead of whole documents.")
-@click.option("--limit", type=click.IntRange(1), default=None, help="Stop after N changes.")
+@click.option("--limit", type=params.COUNT, default=None, metavar="N",
+              help="Stop after N changes.")  # fmt: skip
 @click.option(
     "--idle-timeout",
-    type=click.FloatRange(min=0),
+    type=params.Seconds(0.0, 86_400.0),
     default=None,
     help="Stop after SECONDS without a change.",
 )

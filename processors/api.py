@@ -7,6 +7,11 @@ before the Expire event is folded). ``?min_offset=PARTITION:OFFSET`` first waits
 offset is folded (read-your-writes), at most ``timeout`` seconds (default 5, at most 30): 504
 when it is not. A partition this worker does not serve answers 421.
 
+Positions are checked before any wait: a partition the WAL does not have, or an offset past the
+partition's end (the next write lands there), is a 404 at once whose body says which —
+``{"error", "no_such": "partition", "partition_count"}`` or ``{"error", "no_such": "offset",
+"end_offset"}`` — for ``min_offset`` here and for ``/v1/outcomes`` below.
+
 ``GET /v1/outcomes/{partition}/{offset}`` waits (``timeout``, default 5 s) until that record
 is folded and returns its journal entry: ``{"status": "applied" | "conflict" | "rejected" |
 "dead_lettered" | "duplicate", "version", "reason", "duplicate_of"}``; 404 when the journal no
@@ -37,13 +42,20 @@ request for a partition the receiver does not serve either is 421 at once.
 
 ``GET /healthz`` is 200 while the worker folds, 503 otherwise. ``GET /metrics`` is the
 Prometheus text exposition.
+
+Every endpoint rejects a query parameter it does not take, or one given twice, with a 400
+naming the ones it takes; numbers are decimal ASCII digits within range (offsets and
+timestamps at most 2^63-1), else a 400 (never a 500).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import aiohttp
 import orjson
@@ -57,12 +69,13 @@ from lukhas_context.processors.materializer import (
     Materializer,
     reused_event_id,
 )
+from lukhas_context.processors.wal_end import WalEnds
 from lukhas_context.schemas.exceptions import CodecError
 from lukhas_context.state.journal import EntryStatus
 from lukhas_context.state.store import HASH_MASK
 from lukhas_context.streams.exceptions import ReadError, ValidationError
 from lukhas_context.streams.topics import partition_for
-from lukhas_context.streams.watch import Gap, Watcher
+from lukhas_context.streams.watch import MAX_INT64, Gap, Watcher
 
 MAX_WAIT_S = 30.0
 #: Set on a request one worker forwards to another (its value: the forwarder's URL).
@@ -75,6 +88,51 @@ SSE_KEEPALIVE_S = 15.0
 MAX_SSE_STREAMS = 64
 #: The members of a dry run's answer (``DryRun`` in ``streams.client``).
 _DRY_RUN_FIELDS = ("status", "version", "reason", "kind", "doc", "checksum", "expires_at_ms")
+#: Kafka partition numbers are signed 32-bit.
+MAX_PARTITION = 2**31 - 1
+#: The longest ``idle_timeout`` of a change stream, in seconds (a day).
+MAX_IDLE_S = 86_400.0
+
+H = TypeVar("H", bound=Callable[..., Awaitable[web.StreamResponse]])
+
+
+def _params(*known: str) -> Callable[[H], H]:
+    """Rejects a request that has a query parameter the handler does not take, or one given
+    twice, with a 400 naming the ones it takes: a misspelt parameter (``?from=`` for
+    ``?start=``) must not be silently ignored."""
+
+    def decorate(handler: H) -> H:
+        @functools.wraps(handler)
+        async def checked(api: ReadApi, request: web.Request) -> web.StreamResponse:
+            query = request.query
+            unknown = sorted(set(query) - set(known))
+            if unknown:
+                takes = ", ".join(known) if known else "no query parameters"
+                resource = request.match_info.route.resource
+                where = request.path if resource is None else resource.canonical
+                return _error(
+                    400, f"unknown query parameter {', '.join(map(repr, unknown))}: "
+                    f"{request.method} {where} takes {takes}",
+                )  # fmt: skip
+            repeated = sorted(k for k in set(query) if len(query.getall(k)) > 1)
+            if repeated:
+                return _error(400, f"query parameter {', '.join(map(repr, repeated))} given twice")
+            return await handler(api, request)
+
+        return checked  # type: ignore[return-value]
+
+    return decorate
+
+
+def _natural(raw: str, what: str, high: int = MAX_INT64) -> int:
+    """A decimal integer in ``[0, high]``: ASCII digits only (``int()`` also takes "٣", " 3"
+    and "1_0"), bounded before it is converted; a 400 naming ``what`` otherwise."""
+    shown = raw if len(raw) <= 40 else f"{raw[:40]}... ({len(raw)} characters)"
+    if not (raw.isascii() and raw.isdigit()):
+        raise _bad_request(f"{what} must be a non-negative integer, got {shown!r}")
+    if len(raw.lstrip("0")) > len(str(high)) or int(raw) > high:
+        raise _bad_request(f"{what} {shown} is out of range: at most {high}")
+    return int(raw)
 
 
 def _error(status: int, reason: str) -> web.Response:
@@ -82,14 +140,15 @@ def _error(status: int, reason: str) -> web.Response:
 
 
 def _parse_position(raw: str) -> tuple[int, int]:
-    partition, _, offset = raw.partition(":")
-    try:
-        p, o = int(partition), int(offset)
-    except ValueError:
-        raise _bad_request(f"min_offset must be PARTITION:OFFSET, got {raw!r}") from None
-    if p < 0 or o < 0:
-        raise _bad_request(f"min_offset must be non-negative, got {raw!r}")
-    return p, o
+    partition, colon, offset = raw.partition(":")
+    if not colon:
+        raise _bad_request(f"min_offset must be PARTITION:OFFSET, got {raw[:60]!r}")
+    return _natural(partition, "partition", MAX_PARTITION), _natural(offset, "offset")
+
+
+def _no_such(what: str, reason: str, **detail: int) -> web.Response:
+    """The 404 of a WAL position that does not exist (``no_such``: partition or offset)."""
+    return web.json_response({"error": reason, "no_such": what, **detail}, status=404)
 
 
 def _bad_request(reason: str) -> web.HTTPBadRequest:
@@ -106,9 +165,21 @@ def _parse_timeout(raw: str | None) -> float:
         value = float(raw)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value):
-        raise _bad_request(f"timeout must be a finite number of seconds, got {raw!r}")
-    return min(max(value, 0.0), MAX_WAIT_S)
+    if not (math.isfinite(value) and value >= 0):
+        shown = raw if len(raw) <= 40 else f"{raw[:40]}..."
+        raise _bad_request(f"timeout must be a finite number of seconds >= 0, got {shown!r}")
+    return min(value, MAX_WAIT_S)  # longer waits are cut to the cap
+
+
+def _parse_idle(raw: str) -> float:
+    """``idle_timeout``: finite seconds in ``[0, MAX_IDLE_S]``."""
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 <= value <= MAX_IDLE_S):
+        raise _bad_request(f"idle_timeout must be seconds in [0, {MAX_IDLE_S:g}], got {raw[:40]!r}")
+    return value
 
 
 class ReadApi:
@@ -135,6 +206,8 @@ class ReadApi:
         #: Dry runs apply one at a time (in a thread): a flood of costly ones waits here,
         #: and never holds more than one core.
         self._dry_runs = asyncio.Semaphore(1)
+        config = materializer.config
+        self._wal_ends = WalEnds(config.bootstrap, config.topics.events, f"{config.client_id}-ends")
 
     async def start(self, host: str, port: int) -> None:
         self._runner = web.AppRunner(self.app, access_log=None)
@@ -150,6 +223,36 @@ class ReadApi:
         if self._http is not None:
             await self._http.close()
             self._http = None
+        await self._wal_ends.close()
+
+    def _check_partition(self, partition: int) -> web.Response | None:
+        """A 404 when the WAL has no ``partition`` (None when it has, or the worker does not
+        know the layout yet). Checked before forwarding: no worker serves it."""
+        count = self.m.partition_count
+        if not count or partition < count:
+            return None
+        return _no_such(
+            "partition", f"no partition {partition}: the WAL has {count} (0 to {count - 1})",
+            partition_count=count,
+        )  # fmt: skip
+
+    async def _check_offset(self, partition: int, offset: int) -> web.Response | None:
+        """A 404 when ``offset`` is past the end of the partition; None when it exists, or
+        may (the end cannot be known now). The fetcher's cached end lags a fresh write, so
+        an offset at or past it is checked with the broker."""
+        store = self.m.stores.get(partition)
+        if not self.m.partition_count or (store is not None and offset < store.next_offset):
+            return None  # folded, so it exists (the common case: no broker round trip)
+        known = max(self.m.highwater(partition) or 0, self._wal_ends.seen(partition))
+        if offset < known:
+            return None
+        end = await self._wal_ends.end(partition)
+        if end is None or offset < end:
+            return None
+        return _no_such(
+            "offset", f"no offset {offset} in partition {partition}: it ends at {end} "
+            f"(the next write there gets offset {end})", end_offset=end,
+        )  # fmt: skip
 
     async def _forward(self, request: web.Request, partition: int) -> web.Response | None:
         """The owner's answer when another worker serves ``partition`` (one hop: a forwarded
@@ -178,6 +281,7 @@ class ReadApi:
         except (aiohttp.ClientError, TimeoutError):
             return None  # the owner is gone: answer here (wait for the partition, or 421)
 
+    @_params()
     async def members(self, request: web.Request) -> web.Response:
         """Which worker serves which partition (``processors.members``)."""
         membership = self.m.membership
@@ -192,19 +296,29 @@ class ReadApi:
             }
         )
 
+    @_params("min_offset", "timeout")
     async def get_context(self, request: web.Request) -> web.Response:
         context_id = request.match_info["context_id"]
         key = context_id.encode()
         partition = None
+        wait_for = None
+        if "min_offset" in request.query:
+            wait_for = _parse_position(request.query["min_offset"])
+            timeout = _parse_timeout(request.query.get("timeout"))
+            missing = self._check_partition(wait_for[0])
+            if missing is not None:
+                return missing
         if self.m.partition_count:
             partition = partition_for(key, self.m.partition_count)
             forwarded = await self._forward(request, partition)
             if forwarded is not None:
                 return forwarded
         try:
-            if "min_offset" in request.query:
-                p, offset = _parse_position(request.query["min_offset"])
-                timeout = _parse_timeout(request.query.get("timeout"))
+            if wait_for is not None:
+                p, offset = wait_for
+                missing = await self._check_offset(p, offset)
+                if missing is not None:
+                    return missing
                 if not await self.m.wait_applied(p, offset, timeout):
                     return _error(504, f"offset {p}:{offset} not applied within {timeout:g} s")
             if not self.m.partition_count:
@@ -231,19 +345,21 @@ class ReadApi:
         body = head[:-1] + b',"doc":' + record.doc + b"}"
         return web.Response(body=body, content_type="application/json")
 
+    @_params("timeout")
     async def get_outcome(self, request: web.Request) -> web.Response:
-        try:
-            partition = int(request.match_info["partition"])
-            offset = int(request.match_info["offset"])
-        except ValueError:
-            return _error(400, "partition and offset must be integers")
-        if partition < 0 or not 0 <= offset < 2**63:
-            return _error(400, f"no such position {partition}:{offset}")
+        partition = _natural(request.match_info["partition"], "partition", MAX_PARTITION)
+        offset = _natural(request.match_info["offset"], "offset")
         timeout = _parse_timeout(request.query.get("timeout"))
+        missing = self._check_partition(partition)
+        if missing is not None:
+            return missing
         forwarded = await self._forward(request, partition)
         if forwarded is not None:
             return forwarded
         try:
+            missing = await self._check_offset(partition, offset)
+            if missing is not None:
+                return missing
             if not await self.m.wait_applied(partition, offset, timeout):
                 return _error(504, f"offset {partition}:{offset} not folded within {timeout:g} s")
             entry = self.m.store_for(partition).outcome(offset)
@@ -263,6 +379,7 @@ class ReadApi:
             }
         )
 
+    @_params()
     async def dry_run(self, request: web.Request) -> web.Response:
         """What the fold would do with one event (see the module doc). The same decisions
         as the fold, in its order: an event it would dead-letter (a bad key or id) or
@@ -317,19 +434,23 @@ class ReadApi:
             )  # fmt: skip
         return web.json_response(result)
 
+    @_params("context_id", "prefix", "start", "deltas", "limit", "idle_timeout")
     async def changes(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events of the change stream (see the module doc)."""
         if len(self._streams) >= MAX_SSE_STREAMS:
             return _error(503, f"this worker serves {MAX_SSE_STREAMS} change streams already")
         query = request.query
         start: object = request.headers.get("Last-Event-ID") or query.get("start", "latest")
+        limit = _natural(query["limit"], "limit") if "limit" in query else None
+        idle = _parse_idle(query["idle_timeout"]) if "idle_timeout" in query else None
+        deltas = query.get("deltas", "0")
+        if deltas not in ("0", "1", "false", "true"):
+            return _error(400, f"deltas must be 1, 0, true or false, got {deltas[:40]!r}")
         try:
-            limit = int(query["limit"]) if "limit" in query else None
-            idle = float(query["idle_timeout"]) if "idle_timeout" in query else None
             watcher = Watcher(
                 self.m.config.bootstrap, self.m.config.topics,
                 context_id=query.get("context_id"), prefix=query.get("prefix"), start=start,
-                deltas=query.get("deltas") in ("1", "true"), idle_timeout=idle,
+                deltas=deltas in ("1", "true"), idle_timeout=idle,
                 client_id=f"{self.m.config.client_id}-sse",
             )  # fmt: skip
         except (ValidationError, ValueError) as exc:
@@ -369,6 +490,7 @@ class ReadApi:
             self._streams.discard(watcher)
             await watcher.close()
 
+    @_params()
     async def partitions(self, request: web.Request) -> web.Response:
         """The partitions this worker serves, each with its summary (next offset, digest,
         counts) and how its store was opened; and the partitions it is still restoring."""
@@ -394,6 +516,7 @@ class ReadApi:
             {"partitions": served, "digest": f"{total:016x}", "restoring": self.m.restoring}
         )
 
+    @_params()
     async def healthz(self, request: web.Request) -> web.Response:
         body = {
             "status": "ok" if self.m.running else "starting",
@@ -402,5 +525,6 @@ class ReadApi:
         }
         return web.json_response(body, status=200 if self.m.running else 503)
 
+    @_params()
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.m.metrics.render(), content_type="text/plain")

@@ -764,6 +764,15 @@ class Materializer:
             raise NotOwnerError(f"partition {partition} is not served by this worker")
         return store
 
+    def highwater(self, partition: int) -> int | None:
+        """The WAL end offset the fetcher last saw for ``partition`` (None: not fetched
+        here). It lags a write made since: a lower bound of the end, never more."""
+        tp = TopicPartition(self.config.topics.events, partition)
+        if self._consumer is None or tp not in self._consumer.assignment():
+            return None  # aiokafka asserts the partition is assigned
+        high: int | None = self._consumer.highwater(tp)
+        return high
+
     async def wait_applied(self, partition: int, offset: int, timeout_s: float) -> bool:
         """Waits until ``offset`` of ``partition`` is folded (``next_offset > offset``).
 

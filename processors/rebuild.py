@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from tqdm import tqdm
 
 from lukhas_context.processors.config import WorkerConfig
@@ -28,7 +30,9 @@ from lukhas_context.processors.exceptions import ProcessorError, WalTruncatedErr
 from lukhas_context.processors.materializer import Materializer
 from lukhas_context.processors.restore import Restorer, RestoreReport, Source
 from lukhas_context.state.exceptions import StoreLockedError, StoreOpenError
-from lukhas_context.state.store import PartitionStore, quarantine
+from lukhas_context.state.store import PartitionStore, move_aside
+
+log = logging.getLogger(__name__)
 
 
 class StoreInUseError(ProcessorError):
@@ -75,6 +79,7 @@ async def rebuild(
     tests, since the events past the coverage then never get their changes published).
     ``checkpoint_id`` names the checkpoint when ``source`` is CHECKPOINT."""
     started = time.monotonic()
+    await _check_partition(config, partition)
     restorer = Restorer(config)
     path = restorer.store_path(partition)
     low, high = await restorer.watermarks(partition)
@@ -128,10 +133,33 @@ async def rebuild(
     fold_seconds = time.monotonic() - fold_started
     moved = None
     if path.exists():
-        moved = str(quarantine(path, restorer.quarantine_dir, "replaced by lukhas restore"))
+        # Asked for, not a failure: INFO, and it says what it did.
+        moved = str(move_aside(path, restorer.quarantine_dir))
+        log.info("partition %d: store rebuilt from %s; the previous store %s is kept in %s",
+                 partition, report.source.value, path, moved)  # fmt: skip
         report.quarantined.append(moved)
     building.rename(path)
     return RebuildReport(report, start, max(start, target), folded, fold_seconds, moved)
+
+
+async def _check_partition(config: WorkerConfig, partition: int) -> None:
+    """``ProcessorError`` naming the cause when Kafka cannot be reached or the WAL has no
+    such partition (aiokafka would wait for ever for its offsets)."""
+    topic = config.topics.events
+    consumer = AIOKafkaConsumer(bootstrap_servers=config.bootstrap,
+                                client_id=f"{config.client_id}-restore")  # fmt: skip
+    try:
+        await consumer.start()
+        metadata = await consumer._client.fetch_all_metadata()
+        count = len(metadata.partitions_for_topic(topic) or ())
+    except KafkaError as exc:
+        raise ProcessorError(f"cannot reach Kafka at {config.bootstrap}: {exc}") from exc
+    finally:
+        await consumer.stop()
+    if partition >= count:
+        raise ProcessorError(
+            f"no partition {partition}: {topic} has {count}" if count else f"no topic {topic}"
+        )
 
 
 def _check_not_in_use(restorer: Restorer, path: Path) -> None:

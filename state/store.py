@@ -498,11 +498,18 @@ def free_path(base: Path) -> Path:
 
 
 def quarantine(path: Path, into: Path, reason: object) -> Path:
-    """Moves a store directory that cannot be used to ``into`` (never deletes it) and
-    returns where it went: ``into/NAME-YYYYmmddTHHMMSSZ[-n]``."""
+    """Moves a store directory that cannot be used to ``into`` (never deletes it), logs it
+    at ERROR and returns where it went: ``into/NAME-YYYYmmddTHHMMSSZ[-n]``."""
+    dest = move_aside(path, into)
+    log.error("state store %s is unusable (%s); moved it to %s", path, reason, dest)
+    return dest
+
+
+def move_aside(path: Path, into: Path) -> Path:
+    """Moves a store directory to ``into`` (never deletes it), quietly: for a store an
+    operator replaces on purpose. Returns ``into/NAME-YYYYmmddTHHMMSSZ[-n]``."""
     into.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     dest = free_path(into / f"{path.name}-{stamp}")
     os.rename(path, dest)
-    log.error("state store %s is unusable (%s); moved it to %s", path, reason, dest)
     return dest

@@ -11,6 +11,7 @@ Arguments are validated before anything is sent; each failure is a typed ``Valid
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import uuid
@@ -37,12 +38,7 @@ from lukhas_context.schemas.event import (
     Put,
     Touch,
 )
-from lukhas_context.schemas.patch import (
-    PatchError,
-    check_depth,
-    make_json_patch,
-    validate_json_patch,
-)
+from lukhas_context.schemas.patch import PatchError, make_json_patch, validate_json_patch
 from lukhas_context.state.checkpoints import check_checkpoint_id
 from lukhas_context.streams.barriers import append_barriers
 from lukhas_context.streams.exceptions import (
@@ -52,6 +48,7 @@ from lukhas_context.streams.exceptions import (
     DocumentTooLargeError,
     InvalidPatchError,
     InvalidTTLError,
+    NoSuchPositionError,
     NotAppliedYetError,
     PublishError,
     ReadError,
@@ -59,9 +56,9 @@ from lukhas_context.streams.exceptions import (
 )
 from lukhas_context.streams.topics import Topics, partition_for
 from lukhas_context.streams.validation import (
-    DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_DOCUMENT_BYTES,
     canonical_json,
+    check_patch,
     context_key,
     ttl_ms,
 )
@@ -70,6 +67,8 @@ from lukhas_context.streams.watch import Watcher
 T = TypeVar("T")
 #: Pause before a read is tried again on another worker (after a 421 or a failure).
 ROUTE_RETRY_S = 0.2
+#: The longest wait a read may ask for, in seconds (the read API waits at most 30 s a request).
+MAX_WAIT_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +182,9 @@ class ContextClient:
         self.config = config
         self._codec = EventCodec()
         self._producer: AIOKafkaProducer | None = None
+        #: The producer's start, shared by every call that needs it meanwhile: concurrent
+        #: first writes start one producer, not one each.
+        self._producer_start: asyncio.Future[AIOKafkaProducer] | None = None
         self._http: aiohttp.ClientSession | None = None
         #: One transactional producer per client, used by one transaction at a time.
         self._tx_producer: AIOKafkaProducer | None = None
@@ -201,7 +203,22 @@ class ContextClient:
         without Kafka and invalid arguments fail before any connection is tried."""
 
     async def _ensure_producer(self) -> AIOKafkaProducer:
-        if self._producer is None:
+        """The client's one producer, started by the first call that needs it; calls made
+        while it starts wait for that start (and share its failure; the next call tries
+        again). A caller cancelled meanwhile does not cancel the start for the others."""
+        if self._producer is not None:
+            return self._producer
+        if self._producer_start is None:
+            start = asyncio.ensure_future(self._start_producer())
+            # Retrieved even when every caller was cancelled: no "never retrieved" warning.
+            start.add_done_callback(lambda done: done.cancelled() or done.exception())
+            self._producer_start = start
+        return await asyncio.shield(self._producer_start)
+
+    async def _start_producer(self) -> AIOKafkaProducer:
+        try:
+            if not self.config.bootstrap:
+                raise PublishError("no Kafka bootstrap configured: writes need one")
             producer = self._new_producer()
             try:
                 await producer.start()
@@ -209,7 +226,9 @@ class ContextClient:
                 await producer.stop()
                 raise PublishError(f"cannot reach Kafka at {self.config.bootstrap}: {exc}") from exc
             self._producer = producer
-        return self._producer
+            return producer
+        finally:
+            self._producer_start = None
 
     def _new_producer(self, transactional_id: str | None = None) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -223,6 +242,9 @@ class ContextClient:
         )
 
     async def close(self) -> None:
+        if self._producer_start is not None:  # a start in flight: its producer is closed too
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._producer_start)
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
@@ -281,7 +303,7 @@ class ContextClient:
         if ttl is not None and clear_ttl:
             raise InvalidTTLError("a patch cannot both set and clear the TTL")
         data = _json_bytes(patch, self.config.max_document_bytes, "patch")
-        _check_patch(patch, merge)
+        check_patch(patch, merge)
         if not dry_run:
             self._seen.pop(context_id, None)  # the base update() would diff against is gone
         fmt = PatchFormat.MERGE_PATCH if merge else PatchFormat.JSON_PATCH
@@ -403,8 +425,10 @@ class ContextClient:
         """Reads a context from the read API; with ``after``, first waits (at most ``timeout``
         seconds) until that WAL position is folded. ``ContextNotFoundError`` when it does not
         exist, ``NotAppliedYetError`` when the wait times out, ``ChecksumMismatchError`` when
-        the document does not match its checksum (it is never returned then)."""
+        the document does not match its checksum (it is never returned then);
+        ``NoSuchPositionError`` when ``after`` names a position the WAL does not have."""
         context_key(context_id)
+        _check_wait(timeout)
         params = {}
         partition = await self._partition_of(context_id)
         if after is not None:
@@ -430,7 +454,10 @@ class ContextClient:
         return ctx
 
     async def outcome(self, partition: int, offset: int, timeout: float = 5.0) -> Outcome:
-        """The outcome of the event at ``partition:offset`` (see ``Receipt.outcome``)."""
+        """The outcome of the event at ``partition:offset`` (see ``Receipt.outcome``):
+        ``NotAppliedYetError`` when it is not folded within ``timeout`` seconds,
+        ``NoSuchPositionError`` at once when the WAL has no such partition or offset."""
+        _check_wait(timeout)
         data = await self._outcome_of(partition, offset, timeout)
         assert data is not None
         if data["status"] == "duplicate":
@@ -452,9 +479,11 @@ class ContextClient:
         status, body = await self._request(
             "GET", path, {"timeout": str(timeout)}, timeout, partition=partition
         )
+        data = _json_body(status, body)
+        if status == 404 and data.get("no_such"):
+            raise NoSuchPositionError(str(data.get("error")))
         if status == 404 and forgotten_ok:
             return None
-        data = _json_body(status, body)
         if status == 504:
             raise NotAppliedYetError(str(data.get("error")))
         if status != 200:
@@ -513,6 +542,7 @@ class ContextClient:
     ) -> list[dict[str, Any]]:
         """Waits until every partition's checkpoint of ``request`` is published and returns
         their manifests (partition order); ``CheckpointTimeoutError`` names the missing ones."""
+        _check_wait(timeout)
         topic = self.config.topics.checkpoints
         prefix = f"{request.checkpoint_id}/".encode()
         found: dict[int, dict[str, Any]] = {}
@@ -566,9 +596,11 @@ class ContextClient:
         """One read API request, sent to the worker that serves ``partition`` when the
         routing table knows it (else to a configured worker, which forwards it). A worker
         that is gone, or answers 421 (the partition moved), makes the client refresh the
-        table and try again, until ``timeout`` (plus 5 s) has passed."""
+        table and try again, until ``timeout`` (plus 5 s) has passed; but when no worker
+        can be connected to at all (every configured URL refused), it fails at once."""
         if not self._seeds:
             raise ReadError("no api_url configured: reads need a worker's read API")
+        _check_wait(timeout)
         deadline = time.monotonic() + timeout + 5
         while True:
             routed = self._routes.get(partition) if partition is not None else None
@@ -587,7 +619,13 @@ class ContextClient:
                 if failure is not None:
                     raise failure
                 return status, answer
-            await self._refresh_routes(exclude=base)
+            reachable = await self._refresh_routes(exclude=base)
+            if failure is not None and _refused(failure) and not reachable:
+                urls = ", ".join(dict.fromkeys([base, *self._seeds]))
+                raise ReadError(
+                    f"cannot connect to the read API at {urls}: {_refused(failure)} "
+                    "(is a worker running there? `lukhas status` shows the local one)"
+                ) from failure
             await asyncio.sleep(ROUTE_RETRY_S)
 
     async def _send_request(
@@ -603,31 +641,41 @@ class ContextClient:
                 method, url, params=params, data=body or None, timeout=client_timeout
             ) as response:
                 return response.status, await response.read()
+        except aiohttp.ClientConnectorError as exc:
+            raise ReadError(f"cannot connect to the read API at {base}: {_refused(exc)}") from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ReadError(f"read API {base} failed: {exc!r}") from exc
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise ReadError(f"read API {base} failed: {reason}") from exc
 
-    async def _refresh_routes(self, exclude: str | None = None) -> None:
+    async def _refresh_routes(self, exclude: str | None = None) -> bool:
         """Reloads the routing table (``GET /v1/members``) from the first worker that
-        answers, configured ones first; a worker that just failed is asked last."""
+        answers, configured ones first; a worker that just failed is asked last. False when
+        no worker could be connected to at all (each refused the connection)."""
         # A configured worker that just failed goes to the back of the line, so requests with
         # no route (no partition, or none known) try the next one.
         if exclude in self._seeds and len(self._seeds) > 1:
             self._seeds = [u for u in self._seeds if u != exclude] + [exclude]
         known = list(dict.fromkeys([*self._seeds, *self._routes.values()]))
         known.sort(key=lambda url: url == exclude)
+        reachable = False
         for base in known:
             try:
                 status, answer = await self._send_request(base, "GET", "/v1/members", {}, 5, b"")
+                reachable = True
                 if status != 200:
                     continue
                 data = orjson.loads(answer)
                 routes = {int(p): str(url) for p, url in data["owners"].items()}
                 count = int(data["partition_count"])
-            except (ReadError, ValueError, KeyError, TypeError, AttributeError):
-                continue  # gone, or not a worker's answer: ask the next
+            except ReadError as exc:
+                reachable = reachable or not _refused(exc)
+                continue  # gone: ask the next
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue  # not a worker's answer: ask the next
             self._routes = routes
             self._partition_count = count or self._partition_count
-            return
+            return True
+        return reachable
 
     async def _partition_of(self, context_id: str) -> int | None:
         """The partition of a context, once the routing table said how many there are."""
@@ -760,6 +808,28 @@ def _check_version(expected_version: int | None) -> None:
         raise ValidationError(f"expected_version must be an int >= 0, got {expected_version!r}")
 
 
+def _check_wait(timeout: object) -> None:
+    """A wait is a finite number of seconds in ``[0, MAX_WAIT_S]`` (NaN would never end)."""
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 <= timeout <= MAX_WAIT_S  # NaN fails this too
+    ):
+        shown = repr(timeout)[:40] if not isinstance(timeout, int) or timeout < 2**64 else "more"
+        raise ValidationError(f"timeout must be seconds in [0, {MAX_WAIT_S:g}], got {shown}")
+
+
+def _refused(error: BaseException) -> str | None:
+    """Why a connection could not be made (``connection refused``, a DNS failure), None when
+    ``error`` (or its cause) is not a failure to connect."""
+    cause = error if isinstance(error, aiohttp.ClientConnectorError) else error.__cause__
+    if not isinstance(cause, aiohttp.ClientConnectorError):
+        return None
+    if isinstance(cause.os_error, ConnectionRefusedError):
+        return "connection refused"
+    return str(cause.os_error) or type(cause.os_error).__name__
+
+
 def _checksum_bytes(checksum: str | None) -> bytes | None:
     if checksum is None:
         return None
@@ -789,19 +859,6 @@ def _json_bytes(value: Any, limit: int, what: str, quiet: bool = False) -> bytes
             return None
         raise DocumentTooLargeError(f"{what} is {len(data)} bytes, over the limit of {limit}")
     return data
-
-
-def _check_patch(patch: Any, merge: bool) -> None:
-    """``InvalidPatchError`` for a patch the fold would reject whatever the document: a
-    malformed JSON Patch or one over the fold's bounds (``schemas.patch``), or a patch nested
-    deeper than a document may (its values must fit in one)."""
-    try:
-        if merge:
-            check_depth(patch, DEFAULT_MAX_DEPTH)
-        else:
-            validate_json_patch(patch)
-    except PatchError as exc:
-        raise InvalidPatchError(exc.reason) from None
 
 
 def _patch_fits(ops: list[dict[str, Any]]) -> bool:
@@ -835,6 +892,8 @@ def _parse_position(position: str) -> tuple[int, int] | None:
 
 def _context_from(status: int, body: bytes, context_id: str) -> Context:
     data = _json_body(status, body)
+    if status == 404 and data.get("no_such"):  # the position of min_offset, not the context
+        raise NoSuchPositionError(str(data.get("error")))
     if status == 404:
         raise ContextNotFoundError(context_id)
     if status == 504:

@@ -18,6 +18,7 @@ __all__ = [
     "InvalidResumeTokenError",
     "InvalidTTLError",
     "LukhasError",
+    "NoSuchPositionError",
     "NotAppliedYetError",
     "PublishError",
     "ReadError",
@@ -79,6 +80,12 @@ class ContextNotFoundError(ClientError, KeyError):
 
 class NotAppliedYetError(ReadError):
     """The read-your-writes wait timed out: the worker has not folded the offset yet."""
+
+
+class NoSuchPositionError(ReadError):
+    """The WAL has no such position: no such partition, or an offset past its end."""
+
+    retriable = False
 
 
 class CheckpointTimeoutError(ReadError):

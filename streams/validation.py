@@ -7,12 +7,13 @@ from typing import Any
 
 import orjson
 
-from lukhas_context.schemas.patch import PatchError, check_depth
+from lukhas_context.schemas.patch import PatchError, check_depth, validate_json_patch
 from lukhas_context.streams.exceptions import (
     DocumentTooDeepError,
     DocumentTooLargeError,
     InvalidContextIdError,
     InvalidDocumentError,
+    InvalidPatchError,
     InvalidTTLError,
 )
 
@@ -57,6 +58,21 @@ def canonical_json(
     if len(data) > max_bytes:
         raise DocumentTooLargeError(f"document is {len(data)} bytes, over the limit of {max_bytes}")
     return data
+
+
+def check_patch(patch: Any, merge: bool) -> None:
+    """``InvalidPatchError`` for a patch the fold would reject whatever the document: a
+    malformed JSON Patch or one over the fold's bounds (``schemas.patch``), or a merge patch
+    nested deeper than a document may (the document takes its shape)."""
+    try:
+        if merge:
+            if not isinstance(patch, dict):
+                raise InvalidPatchError("a merge patch must be a JSON object")
+            check_depth(patch, DEFAULT_MAX_DEPTH)
+        else:
+            validate_json_patch(patch)
+    except PatchError as exc:
+        raise InvalidPatchError(exc.reason) from None
 
 
 def ttl_ms(ttl: float | None) -> int | None:

@@ -68,6 +68,8 @@ DELTA_MEMORY = 100_000
 METADATA_CHECK_S = 30.0
 #: Change records read back from a start position to find the highest WAL offset before it.
 LOOK_BACK = 16
+#: The largest offset or timestamp Kafka can carry (a signed 64-bit integer).
+MAX_INT64 = 2**63 - 1
 
 
 class Start(enum.Enum):
@@ -99,6 +101,8 @@ class ResumeToken:
             parsed = tuple((int(p), int(o), int(w)) for p, o, w in positions)
             if not isinstance(topic, str) or any(p < 0 or o < 0 or w < -1 for p, o, w in parsed):
                 raise ValueError("negative position")
+            if any(max(p, o, w) > MAX_INT64 for p, o, w in parsed):
+                raise ValueError("a position over 2^63-1")
         except (ValueError, TypeError) as exc:
             raise InvalidResumeTokenError(f"resume token does not parse: {exc}") from None
         return cls(topic, parsed)
@@ -182,18 +186,28 @@ def _token_text(topic: str, flat: tuple[int, ...]) -> str:
 
 def parse_start(start: object) -> Start | int | ResumeToken:
     """``latest``/``earliest``, a timestamp (``datetime``, or epoch milliseconds as int or
-    digits), a ``ResumeToken`` or its text; ``ValidationError`` otherwise."""
+    digits, at most 2^63-1: Kafka's range), a ``ResumeToken`` or its text;
+    ``ValidationError`` otherwise."""
     if isinstance(start, Start | ResumeToken):
         return start
     if isinstance(start, datetime) and start.timestamp() >= 0:
         return int(start.timestamp() * 1000)
     if isinstance(start, int) and not isinstance(start, bool) and start >= 0:
+        if start > MAX_INT64:
+            raise ValidationError(  # not the number: str() of a huge int raises
+                "start is not an epoch time in milliseconds: over 2^63-1"
+            )
         return start
     if isinstance(start, str):
         if start in ("latest", "earliest"):
             return Start(start)
         if start.isascii() and start.isdigit():  # not "²": isdigit() alone accepts it
-            return int(start)
+            # Bounded before int(): a million digits would cost seconds to convert.
+            if len(start) <= len(str(MAX_INT64)) and int(start) <= MAX_INT64:
+                return int(start)
+            raise ValidationError(
+                f"start {_shorten(start)} is not an epoch time in milliseconds: over 2^63-1"
+            )
         if start.startswith(TOKEN_PREFIX):
             return ResumeToken.decode(start)
         try:
@@ -204,8 +218,14 @@ def parse_start(start: object) -> Start | int | ResumeToken:
             if ms >= 0:
                 return ms
     raise ValidationError(
-        f"start must be 'latest', 'earliest', a timestamp or a resume token, not {start!r}"
+        "start must be 'latest', 'earliest', a timestamp or a resume token, "
+        f"not {_shorten(repr(start))}"
     )
+
+
+def _shorten(text: str, limit: int = 40) -> str:
+    """``text``, cut to ``limit`` characters for an error message."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 class Watcher:

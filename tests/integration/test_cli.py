@@ -3,6 +3,7 @@ delete, exit codes, down — all on real processes, in a data dir and on ports o
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
 pytestmark = pytest.mark.integration
 
@@ -21,9 +23,11 @@ class Lukhas:
         self.env.pop("LUKHAS_BOOTSTRAP", None)
         self.env.pop("LUKHAS_API_URL", None)
 
-    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def __call__(
+        self, *args: str, check: bool = True, stdin: str | None = None, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
-            [sys.executable, "-m", "lukhas_context.ops", *args],
+            [sys.executable, "-m", "lukhas_context.ops", *args], input=stdin, cwd=cwd,
             env=self.env, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         if check and done.returncode != 0:
@@ -83,8 +87,15 @@ def test_checkpoint_then_offline_restore_gives_the_same_digests(lukhas: Lukhas) 
     assert busy.returncode == 1 and "StoreInUseError" in busy.stderr
     stopped = json.loads(lukhas("down", "--processor-only", "--json").stdout)
     assert stopped["stopped"] == ["processor-0"]
-    assert json.loads(lukhas("status", "--json").stdout)["kafka"]["ready"]
-    reports = json.loads(lukhas("restore", "-p", "0", "-p", "1", "--json", "--no-progress").stdout)
+    partly = lukhas("status", "--json", check=False)
+    assert json.loads(partly.stdout)["kafka"]["ready"]
+    assert partly.returncode == 1 and partly.stderr.startswith(
+        "lukhas: error: not ready: processor"
+    )
+    restored = lukhas("restore", "-p", "0", "-p", "1", "--json", "--no-progress")
+    # Asked for: no ERROR, and nothing called "unusable" (the old store is fine, and kept).
+    assert "ERROR" not in restored.stderr and "unusable" not in restored.stderr, restored.stderr
+    reports = json.loads(restored.stdout)
     assert [(r["source"], r["checkpoint_id"]) for r in reports] == [("checkpoint", "cli-ck")] * 2
     assert {r["partition"]: r["digest"] for r in reports} == digests
     assert all(Path(r["moved_aside"]).is_dir() for r in reports)
@@ -117,7 +128,7 @@ def test_put_get_delete_with_json_output_and_exit_codes(lukhas: Lukhas) -> None:
     not_object = lukhas("put", "cli:2", "[1, 2]", check=False)
     assert not_object.returncode == 2 and "JSON object" in not_object.stderr
     bad_ttl = lukhas("put", "cli:2", "{}", "--ttl", "-5", check=False)
-    assert bad_ttl.returncode == 1 and "InvalidTTLError" in bad_ttl.stderr
+    assert bad_ttl.returncode == 2 and "'--ttl'" in bad_ttl.stderr  # a usage error now
     long_id = lukhas("put", "x" * 300, "{}", check=False)
     assert long_id.returncode == 1 and "InvalidContextIdError" in long_id.stderr
     for result in (bad_json, not_object, bad_ttl, long_id):
@@ -131,9 +142,14 @@ def test_patch_touch_conditions_dry_run_and_outcomes(lukhas: Lukhas) -> None:
 
     first = position(lukhas("put", "m:1", '{"msgs": []}', "--if-version", "0", "--json"))
     assert json.loads(lukhas("outcome", first, "--json").stdout)["status"] == "applied"
-    again = position(lukhas("put", "m:1", '{"msgs": []}', "--if-version", "0", "--json"))
-    conflict = json.loads(lukhas("outcome", again, "--json").stdout)
-    assert (conflict["status"], conflict["version"]) == ("conflict", 1)
+    again = lukhas("put", "m:1", '{"msgs": []}', "--if-version", "0", "--json", check=False)
+    assert again.returncode == 4 and json.loads(again.stdout)["outcome"]["status"] == "conflict"
+    conflict = lukhas("outcome", position(again), "--json", check=False)
+    assert conflict.returncode == 4
+    assert (json.loads(conflict.stdout)["status"], json.loads(conflict.stdout)["version"]) == (
+        "conflict",
+        1,
+    )
 
     dry = json.loads(lukhas("patch", "m:1", '[{"op": "add", "path": "/msgs/-", "value": "hi"}]',
                             "--dry-run", "--json").stdout)  # fmt: skip
@@ -149,13 +165,116 @@ def test_patch_touch_conditions_dry_run_and_outcomes(lukhas: Lukhas) -> None:
     assert "applied" in lukhas("outcome", merged).stdout
 
     bad = position(lukhas("patch", "m:1", '[{"op": "remove", "path": "/nope"}]', "--json"))
-    text = lukhas("outcome", bad).stdout
-    assert "rejected" in text and "/nope" in text
+    rejected = lukhas("outcome", bad, check=False)
+    assert rejected.returncode == 5
+    assert "rejected" in rejected.stdout and "/nope" in rejected.stdout
     gone = json.loads(lukhas("delete", "m:1", "--dry-run", "--json").stdout)
     assert gone["status"] == "applied" and gone["kind"] == "delete"
     assert json.loads(lukhas("get", "m:1", "--json").stdout)["version"] == 4  # dry run: no write
     not_a_list = lukhas("patch", "m:1", '{"op": "add"}', check=False)
     assert not_a_list.returncode == 1 and "InvalidPatchError" in not_a_list.stderr
+
+
+def _position(result: subprocess.CompletedProcess[str]) -> str:
+    receipt = json.loads(result.stdout)
+    return f"{receipt['partition']}:{receipt['offset']}"
+
+
+def test_writes_wait_for_their_outcome_and_exit_with_its_code(lukhas: Lukhas) -> None:
+    """A condition makes a write wait for its outcome (--no-wait opts out, --wait opts in),
+    and the exit code says it: 0 applied, 4 conflict, 5 rejected; `outcome` too."""
+    applied = lukhas("put", "w:1", '{"n": 1}', "--if-version", "0", "--json")
+    assert json.loads(applied.stdout)["outcome"] == {
+        "status": "applied", "version": 1, "reason": None, "duplicate_of": None,
+    }  # fmt: skip
+    conflict = lukhas("patch", "w:1", '[{"op": "replace", "path": "/n", "value": 2}]',
+                      "--if-version", "5", check=False)  # fmt: skip
+    assert conflict.returncode == 4, conflict.stderr
+    assert "conflict (version 1): expected version 5" in conflict.stdout
+    position = conflict.stdout.split(" -> ")[1].split()[0]
+    again = lukhas("outcome", position, check=False)
+    assert again.returncode == 4 and "conflict" in again.stdout
+
+    not_waited = lukhas("patch", "w:1", "[]", "--if-version", "5", "--no-wait", "--json")
+    assert "outcome" not in json.loads(not_waited.stdout)  # appended; exit 0
+    assert lukhas("outcome", _position(not_waited), check=False).returncode == 4
+
+    checksum = lukhas("patch", "w:1", '{"m": 1}', "--merge", "--expect-checksum",
+                      "0000000000000000", check=False)  # fmt: skip
+    assert checksum.returncode == 5 and "rejected" in checksum.stdout
+    rejected = lukhas("patch", "w:1", '[{"op": "remove", "path": "/nope"}]', "--wait",
+                      "--json", check=False)  # fmt: skip
+    assert rejected.returncode == 5
+    assert json.loads(rejected.stdout)["outcome"]["status"] == "rejected"
+    dry = lukhas("delete", "w:1", "--if-version", "9", "--dry-run", "--json", check=False)
+    assert dry.returncode == 4 and json.loads(dry.stdout)["status"] == "conflict"
+    assert json.loads(lukhas("get", "w:1", "--json").stdout)["version"] == 1
+
+
+def test_a_dead_lettered_record_has_its_own_exit_code(lukhas: Lukhas) -> None:
+    bootstrap = lukhas.up_result["kafka"]["bootstrap"]  # type: ignore[attr-defined]
+
+    async def append_garbage() -> tuple[int, int]:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        try:
+            meta = await producer.send_and_wait(
+                "lukhas.context.events", b"\x00not an event", key=b"dlq:1"
+            )
+        finally:
+            await producer.stop()
+        return meta.partition, meta.offset
+
+    partition, offset = asyncio.run(append_garbage())
+    done = lukhas("outcome", f"{partition}:{offset}", "--timeout", "30", "--json", check=False)
+    assert done.returncode == 6, done.stderr
+    assert json.loads(done.stdout)["status"] == "dead_lettered"
+
+
+def test_big_documents_come_by_stdin_or_file(lukhas: Lukhas, tmp_path: Path) -> None:
+    """Over 128 KiB, a document cannot be a command-line argument: `-` and `@FILE` take it."""
+    doc = {"text": "x" * 300_000}
+    piped = lukhas("put", "big:1", "-", "--json", stdin=json.dumps(doc))
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps(doc))
+    lukhas("put", "big:2", f"@{path}", "--json")
+    patch = tmp_path / "patch.json"
+    patch.write_text(json.dumps([{"op": "add", "path": "/more", "value": "y" * 200_000}]))
+    patched = lukhas("patch", "big:2", f"@{patch}", "--if-version", "1", "--json")
+    assert json.loads(patched.stdout)["outcome"]["status"] == "applied"
+    one = json.loads(lukhas("get", "big:1", "--after", _position(piped), "--json").stdout)
+    two = json.loads(lukhas("get", "big:2", "--after", _position(patched), "--json").stdout)
+    assert one["doc"] == doc
+    assert two["doc"] == {**doc, "more": "y" * 200_000} and two["version"] == 2
+
+
+def test_a_position_past_the_end_is_not_found_at_once(lukhas: Lukhas) -> None:
+    """No wait for an offset the WAL does not have: exit 3 and the partition's end. The
+    --timeout is long so that a wait, were there one, would end in another error."""
+    receipt = json.loads(lukhas("put", "end:1", "{}", "--json").stdout)
+    partition, end = receipt["partition"], receipt["offset"] + 1
+    past = lukhas("outcome", f"{partition}:{end + 5}", "--timeout", "20", check=False)
+    assert past.returncode == 3, past.stderr
+    assert f"no offset {end + 5} in partition {partition}: it ends at" in past.stderr
+    nowhere = lukhas("outcome", "99:0", check=False)
+    assert nowhere.returncode == 3 and "no partition 99: the WAL has 2" in nowhere.stderr
+    after = lukhas("get", "end:1", "--after", f"{partition}:{end + 5}", "--timeout", "20",
+                   check=False)  # fmt: skip
+    assert after.returncode == 3 and "no offset" in after.stderr
+    # The offset just written exists, although the worker may not have fetched it yet.
+    fresh = lukhas("put", "end:1", "{}", "--json")
+    assert "applied (version 2)" in lukhas("outcome", _position(fresh), "--timeout", "20").stdout
+
+
+def test_reads_from_another_directory_need_only_the_api(lukhas: Lukhas, tmp_path: Path) -> None:
+    api = lukhas.up_result["processors"][0]["api"]  # type: ignore[attr-defined]
+    receipt = lukhas("put", "far:1", '{"far": true}', "--json")
+    elsewhere = Lukhas(tmp_path / "no-cluster-here")  # no bootstrap anywhere
+    ctx = elsewhere("get", "far:1", "--after", _position(receipt), "--api", api, "--json",
+                    cwd=tmp_path)  # fmt: skip
+    assert json.loads(ctx.stdout)["doc"] == {"far": True}
+    done = elsewhere("outcome", _position(receipt), "--api", api, cwd=tmp_path)
+    assert "applied" in done.stdout
 
 
 def test_a_crashed_processor_is_restarted_by_up(lukhas: Lukhas) -> None:
@@ -168,12 +287,21 @@ def test_a_crashed_processor_is_restarted_by_up(lukhas: Lukhas) -> None:
     assert "version 2" in out  # the demo context from before the crash is still there
 
 
+def test_demo_json_prints_only_json(lukhas: Lukhas) -> None:
+    out = json.loads(lukhas("demo", "--json").stdout)
+    assert out["get"]["doc"]["messages"][0]["text"] == "hello, LUKHAS"
+    assert out["put"]["context_id"] == "demo:session-1"
+    assert len(out["checkpoint"]["manifests"]) == 2
+
+
 def test_down_stops_everything_and_keeps_data(lukhas: Lukhas) -> None:
     receipt = json.loads(lukhas("put", "kept", '{"k": 1}', "--json").stdout)
     position = f"{receipt['partition']}:{receipt['offset']}"
     result = json.loads(lukhas("down", "--json").stdout)
     assert "processor-0" in result["stopped"] and "redis" in result["stopped"]
-    status = json.loads(lukhas("status", "--json").stdout)
+    down = lukhas("status", "--json", check=False)
+    assert down.returncode == 1 and down.stderr.startswith("lukhas: error: not ready: ")
+    status = json.loads(down.stdout)
     assert status["kafka"]["ready"] is False or os.environ.get("LUKHAS_BOOTSTRAP")
     assert status["redis"]["ready"] is False
     lukhas("up")

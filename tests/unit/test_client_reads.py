@@ -3,13 +3,24 @@ stands in for the worker: this tests the client's own check, not Kafka)."""
 
 from __future__ import annotations
 
+import asyncio
+import math
+import socket
+
 import orjson
 import pytest
 import xxhash
 from aiohttp import web
 
-from lukhas_context.streams.client import ClientConfig, ContextClient
-from lukhas_context.streams.exceptions import ChecksumMismatchError, NotAppliedYetError
+from lukhas_context.streams.client import CheckpointRequest, ClientConfig, ContextClient
+from lukhas_context.streams.exceptions import (
+    ChecksumMismatchError,
+    NoSuchPositionError,
+    NotAppliedYetError,
+    ReadError,
+    ValidationError,
+)
+from lukhas_context.streams.topics import partition_for
 
 
 async def _serve(handler: web.RequestHandler) -> tuple[web.AppRunner, str]:  # type: ignore[type-arg]
@@ -91,3 +102,68 @@ async def test_reads_fail_over_from_a_dead_configured_worker() -> None:
     finally:
         await runner.cleanup()
     assert served == ["/v1/contexts/c", "/v1/contexts/c"]
+
+
+def _dead_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("timeout", [math.nan, math.inf, -1.0, 1e9, "5", True])
+async def test_a_wait_that_could_not_end_is_refused(timeout: object) -> None:
+    """NaN made the retry loop's deadline never come; infinity overflowed in the timer."""
+    async with ContextClient(ClientConfig("", _dead_url())) as client:
+        request = CheckpointRequest("ck-1", {0: 5})
+        calls = (
+            client.get("c", timeout=timeout),  # type: ignore[arg-type]
+            client.outcome(0, 1, timeout),  # type: ignore[arg-type]
+            client.wait_checkpoint(request, timeout),  # type: ignore[arg-type]
+        )
+        for call in calls:
+            with pytest.raises(ValidationError, match="timeout"):
+                await asyncio.wait_for(call, 10)
+
+
+async def test_every_configured_worker_refusing_fails_at_once_with_a_clear_reason() -> None:
+    """A wrong api_url: not 35 s of retries ending in a raw ClientConnectorError."""
+    urls = [_dead_url(), _dead_url()]
+    async with ContextClient(ClientConfig("", ",".join(urls))) as client:
+        with pytest.raises(ReadError) as caught:
+            # The deadline is the test's condition: with retries until the timeout (plus 5 s)
+            # the call would still be running when it passes.
+            await asyncio.wait_for(client.get("c", timeout=30), 10)
+    message = str(caught.value)
+    assert "cannot connect to the read API" in message and "connection refused" in message
+    assert all(url in message for url in urls)
+    assert "ClientConnectorError" not in message and "ConnectionKey" not in message
+
+
+async def test_a_position_that_does_not_exist_is_typed() -> None:
+    """The worker's 404 for a position (``no_such``) is not a missing context, nor a
+    forgotten outcome that a read-your-writes wait would take as folded."""
+
+    async def handler(request: web.Request) -> web.Response:
+        body = {"error": "no offset 9 in partition 0: it ends at 3", "no_such": "offset"}
+        return web.json_response(body, status=404)
+
+    app = web.Application()
+    app.router.add_get("/v1/contexts/{id}", handler)
+    app.router.add_get("/v1/outcomes/{p}/{o}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with ContextClient(ClientConfig("", f"http://127.0.0.1:{port}")) as client:
+            with pytest.raises(NoSuchPositionError, match="no offset 9"):
+                await client.outcome(0, 9, timeout=1)
+            with pytest.raises(NoSuchPositionError):
+                await client.get("c", after="0:9", timeout=1)
+            client._partition_count = 2  # a wait on the other partition than c's
+            other = next(p for p in range(2) if p != partition_for(b"c", 2))
+            with pytest.raises(NoSuchPositionError):
+                await client.get("c", after=f"{other}:9", timeout=1)
+    finally:
+        await runner.cleanup()

@@ -285,6 +285,21 @@ def test_parse_start_rejects_non_decimal_digits() -> None:
         parse_start("²")
 
 
+@pytest.mark.parametrize("start", [LONG_MAX + 1, str(LONG_MAX + 1), "9" * 23, "9" * 100_000])
+def test_parse_start_rejects_timestamps_kafka_cannot_carry(start: object) -> None:
+    """Over 2^63-1 ms: a ValidationError here, not a struct.error in the consumer."""
+    with pytest.raises(ValidationError, match="2\\^63-1"):
+        parse_start(start)
+
+
+@pytest.mark.parametrize(
+    "position", [[0, LONG_MAX + 1, 0], [0, 0, LONG_MAX + 1], [LONG_MAX + 1, 0, 0]]
+)
+def test_token_positions_over_a_long_are_refused(position: list[int]) -> None:
+    with pytest.raises(InvalidResumeTokenError):
+        ResumeToken.decode(_token_of(["t", [position]]))
+
+
 async def test_watcher_rejects_bad_arguments() -> None:
     with pytest.raises(ValidationError):
         Watcher("localhost:1", TOPICS, context_id="a", prefix="a")

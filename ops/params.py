@@ -1,0 +1,168 @@
+"""Parameter types of the ``lukhas`` command: every number is finite and within range, every
+position and JSON argument is read and checked before anything connects. A bad value is a
+usage error (exit 2) naming the option, never a traceback and never a wait without end."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from lukhas_context.schemas.numbers import out_of_range_integer
+from lukhas_context.streams.exceptions import ValidationError
+from lukhas_context.streams.validation import DEFAULT_MAX_DOCUMENT_BYTES, MAX_TTL_S
+from lukhas_context.streams.watch import MAX_INT64, parse_start
+
+#: Kafka partition numbers are signed 32-bit.
+MAX_PARTITION = 2**31 - 1
+#: The longest wait a command may ask for (seconds).
+MAX_WAIT_S = 3600.0
+#: The most bytes read for one JSON argument (from stdin or a file): generous next to the
+#: document limit, since formatted JSON is larger than its canonical form.
+MAX_JSON_INPUT = 16 * DEFAULT_MAX_DOCUMENT_BYTES
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+class Seconds(click.ParamType):
+    """A finite number of seconds in ``[low, high]`` (``(low, high]`` with ``open_low``).
+    ``nan`` and ``inf`` are refused: one never ends a wait, the other overflows."""
+
+    name = "seconds"
+
+    def __init__(self, low: float = 0.0, high: float = MAX_WAIT_S, open_low: bool = False):
+        self.low, self.high, self.open_low = low, high, open_low
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return "SECONDS"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            number = value
+        else:
+            try:
+                number = float(str(value).strip())
+            except ValueError:
+                self.fail(f"{_shown(str(value))} is not a number of seconds", param, ctx)
+        bracket = "(" if self.open_low else "["
+        below = number <= self.low if self.open_low else number < self.low
+        if not math.isfinite(number) or below or number > self.high:
+            self.fail(
+                f"{value} is not a finite number of seconds in "
+                f"{bracket}{self.low:.15g}, {self.high:.15g}]",
+                param,
+                ctx,
+            )
+        return number
+
+
+#: A wait (``--timeout``): up to an hour.
+WAIT = Seconds()
+#: A TTL: more than 0, at most 100 years (what the client accepts).
+TTL = Seconds(0.0, float(MAX_TTL_S), open_low=True)
+#: A TCP port.
+PORT = click.IntRange(1, 65535)
+#: A version number (``--if-version``): what the WAL's long can hold.
+VERSION = click.IntRange(0, MAX_INT64)
+#: A partition number.
+PARTITION = click.IntRange(0, MAX_PARTITION)
+#: A count of things (``--limit``).
+COUNT = click.IntRange(1, MAX_INT64)
+
+
+def natural(raw: str, what: str, high: int = MAX_INT64) -> int:
+    """A decimal integer in ``[0, high]``: ASCII digits only (``int()`` also takes "٣", " 3"
+    and "1_0"), bounded before it is converted; ``ValueError`` naming ``what`` otherwise."""
+    if not (raw.isascii() and raw.isdigit()):
+        raise ValueError(f"{what} must be a non-negative integer, got {_shown(raw)}")
+    if len(raw.lstrip("0")) > len(str(high)) or int(raw) > high:
+        raise ValueError(f"{what} {_shown(raw)} is out of range: at most {high}")
+    return int(raw)
+
+
+class Position(click.ParamType):
+    """``PARTITION:OFFSET``, a WAL position (a receipt's ``partition:offset``)."""
+
+    name = "position"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return "P:O"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        partition, colon, offset = str(value).partition(":")
+        if not colon:
+            self.fail(f"a position is PARTITION:OFFSET, got {_shown(str(value))}", param, ctx)
+        try:
+            return natural(partition, "partition", MAX_PARTITION), natural(offset, "offset")
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class StartPoint(click.ParamType):
+    """Where a watch starts: ``latest``, ``earliest``, epoch ms, an ISO time or a token."""
+
+    name = "start"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            parse_start(value)
+        except ValidationError as exc:
+            self.fail(str(exc), param, ctx)
+        return value
+
+
+class JsonArgument(click.ParamType):
+    """A JSON value given inline, as ``-`` (read from stdin) or as ``@FILE`` (read from the
+    file): documents too big for the command line (the kernel's limit is 128 KiB per
+    argument) come by file or pipe. ``objects_only``: it must be a JSON object."""
+
+    name = "json"
+
+    def __init__(self, what: str, objects_only: bool = False) -> None:
+        self.what = what
+        self.objects_only = objects_only
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value  # already converted (a default)
+        raw = self._read(value, param, ctx)
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            self.fail(f"{self.what} does not parse as JSON: {exc}", param, ctx)
+        # orjson reads an integer outside 64 bits as a double: refuse it, never round it.
+        reason = out_of_range_integer(raw)
+        if reason is not None:
+            self.fail(f"{self.what}: {reason}", param, ctx)
+        if self.objects_only and not isinstance(parsed, dict):
+            kind = type(parsed).__name__
+            self.fail(f"{self.what} must be a JSON object, got a JSON {kind}", param, ctx)
+        return parsed
+
+    def _read(self, value: str, param: click.Parameter | None, ctx: click.Context | None) -> bytes:
+        if value == "-":
+            source, data = "stdin", sys.stdin.buffer.read(MAX_JSON_INPUT + 1)
+        elif value.startswith("@"):
+            source = value[1:]
+            try:
+                with Path(source).open("rb") as file:
+                    data = file.read(MAX_JSON_INPUT + 1)
+            except OSError as exc:
+                self.fail(f"cannot read {self.what} from {source!r}: {exc.strerror}", param, ctx)
+        else:
+            return value.encode("utf-8", "surrogateescape")
+        if len(data) > MAX_JSON_INPUT:
+            self.fail(f"{self.what} from {source} is over {MAX_JSON_INPUT} bytes", param, ctx)
+        return data

@@ -1,0 +1,124 @@
+"""The read API's checks of what a request asks for, made before anything is waited for or
+read: unknown or repeated query parameters, numbers out of range, partitions the WAL does not
+have. A worker that has not started folding answers them (no broker is needed)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from lukhas_context.processors.api import ReadApi
+from lukhas_context.processors.config import WorkerConfig
+from lukhas_context.processors.materializer import Materializer
+
+HUGE = "9" * 23
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[Any]:
+    """``await api(path)``: (status, JSON body) from a read API whose worker knows the WAL
+    has 6 partitions and serves none of them."""
+    materializer = Materializer(WorkerConfig(bootstrap="127.0.0.1:1", state_dir=tmp_path))
+    materializer.partition_count = 6
+    read_api = ReadApi(materializer)
+    await read_api.start("127.0.0.1", 0)
+    assert read_api._runner is not None
+    port = read_api._runner.addresses[0][1]
+    session = aiohttp.ClientSession()
+
+    async def get(path: str, **headers: str) -> tuple[int, Any]:
+        url = f"http://127.0.0.1:{port}{path}"
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with session.get(url, headers=headers, timeout=timeout) as response:
+            return response.status, await response.json(content_type=None)
+
+    yield get
+    await session.close()
+    await read_api.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "named"),
+    [
+        ("/v1/changes?from=earliest", "start"),
+        ("/v1/contexts/a?after=0:1", "min_offset"),
+        ("/v1/outcomes/0/0?wait=1", "timeout"),
+        ("/v1/partitions?verbose=1", "no query parameters"),
+        ("/v1/members?x=", "no query parameters"),
+        ("/healthz?ready", "no query parameters"),
+        ("/metrics?format=json", "no query parameters"),
+    ],
+)
+async def test_unknown_query_parameters_are_a_400_naming_the_known_ones(
+    api: Any, path: str, named: str
+) -> None:
+    status, body = await api(path)
+    assert status == 400, body
+    assert "unknown query parameter" in body["error"] and named in body["error"]
+
+
+async def test_leading_zeros_are_not_out_of_range(api: Any) -> None:
+    status, body = await api(f"/v1/outcomes/99/{'0' * 30}1")
+    assert status == 404 and body["no_such"] == "partition", body  # parsed: offset 1
+
+
+async def test_a_parameter_given_twice_is_a_400(api: Any) -> None:
+    status, body = await api("/v1/outcomes/0/0?timeout=1&timeout=2")
+    assert status == 400 and "twice" in body["error"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/v1/changes?start={HUGE}",
+        f"/v1/changes?limit={HUGE}",
+        "/v1/changes?limit=-1",
+        "/v1/changes?idle_timeout=nan",
+        "/v1/changes?idle_timeout=inf",
+        "/v1/changes?deltas=yes",
+        f"/v1/outcomes/0/{HUGE}",
+        f"/v1/outcomes/{HUGE}/0",
+        "/v1/outcomes/%D9%A3/0",  # an Arabic-Indic three: int() would take it
+        "/v1/outcomes/0/1_0",
+        "/v1/outcomes/-1/0",
+        "/v1/outcomes/0/5?timeout=nan",
+        "/v1/outcomes/0/5?timeout=-5",
+        f"/v1/contexts/a?min_offset=0:1&timeout={HUGE}e400",
+        f"/v1/contexts/a?min_offset=0:{HUGE}",
+        f"/v1/contexts/a?min_offset={HUGE}:0",
+        "/v1/contexts/a?min_offset=0",
+        "/v1/contexts/a?min_offset=0:%20%201",
+    ],
+)
+async def test_out_of_range_numbers_are_a_400_never_a_500(api: Any, path: str) -> None:
+    status, body = await api(path)
+    assert status == 400, (status, body)
+    assert body["error"]
+
+
+async def test_a_huge_start_in_last_event_id_is_a_400(api: Any) -> None:
+    """The same number through a reconnecting browser's header."""
+    status, body = await api("/v1/changes", **{"Last-Event-ID": HUGE})
+    assert status == 400 and "2^63-1" in body["error"], body
+
+
+async def test_well_formed_parameters_pass_the_checks(api: Any) -> None:
+    """Every parameter the endpoint takes, well-formed: past the checks, to the broker
+    (which this worker cannot reach: 503, not 400)."""
+    query = "start=earliest&limit=0&deltas=true&idle_timeout=0.5&prefix=x"
+    status, body = await api(f"/v1/changes?{query}")
+    assert status == 503, body
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/outcomes/99/0", "/v1/outcomes/6/0", "/v1/contexts/a?min_offset=99:0"]
+)
+async def test_a_partition_the_wal_does_not_have_is_a_404(api: Any, path: str) -> None:
+    status, body = await api(path)
+    assert status == 404, (status, body)
+    assert body["no_such"] == "partition" and body["partition_count"] == 6
+    assert "no partition" in body["error"]

@@ -1,0 +1,218 @@
+"""The `lukhas` command as a new user meets it, with nothing running: every bad number or
+position is a one-line usage error (exit 2) before anything connects, and every command with
+Kafka or the read API down prints one line and exits 1 — never a traceback, never a wait
+without end. Commands run as child processes, exactly as a user runs them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from lukhas_context.ops import params
+from lukhas_context.ops.cli import cli
+
+HUGE = "9" * 23
+
+
+@pytest.fixture(autouse=True)
+def _kafka_log_level() -> Iterator[None]:
+    """The command quiets the Kafka client's logger; in this process, only for the test."""
+    logger = logging.getLogger("aiokafka")
+    level = logger.level
+    yield
+    logger.setLevel(level)
+
+
+def _dead_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def lukhas(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Runs `lukhas` in an empty directory with an empty data dir and no environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LUKHAS_")}
+    env["LUKHAS_DATA_DIR"] = str(tmp_path / "empty")
+
+    def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "lukhas_context.ops", *args], input=stdin, env=env,
+            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    return run
+
+
+def _one_line(done: subprocess.CompletedProcess[str], code: int, prefix: str) -> str:
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == code, (done.returncode, done.stderr)
+    assert len(lines) == 1 and lines[0].startswith(prefix), done.stderr
+    return lines[0]
+
+
+# ---- bad numbers and positions: usage errors before anything connects ----
+
+BAD_OPTIONS = [
+    ("get", "x", "--timeout", "nan"),
+    ("get", "x", "--timeout", "inf"),
+    ("get", "x", "--timeout", "1e400"),
+    ("get", "x", "--timeout", "-1"),
+    ("get", "x", "--after", f"0:{HUGE}"),
+    ("get", "x", "--after", "٣:0"),
+    ("get", "x", "--after", "0"),
+    ("outcome", f"0:{HUGE}"),
+    ("outcome", f"{HUGE}:0"),
+    ("outcome", "0:1_0"),
+    ("outcome", "0:5", "--timeout", "nan"),
+    ("watch", "--from", HUGE),
+    ("watch", "--idle-timeout", "nan"),
+    ("watch", "--limit", HUGE),
+    ("put", "x", "{}", "--ttl", "nan"),
+    ("put", "x", "{}", "--ttl", "inf"),
+    ("put", "x", "{}", "--if-version", HUGE),
+    ("put", "x", "{}", "--wait", "--timeout", "inf"),
+    ("patch", "x", "[]", "--ttl", "1e400"),
+    ("touch", "x", "--ttl", "-inf"),
+    ("delete", "x", "--if-version", "-1"),
+    ("checkpoint", "--timeout", "nan"),
+    ("restore", "-p", HUGE),
+    ("up", "--api-port", "70000"),
+    ("up", "--redis-port", HUGE),
+    ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--session-timeout", "nan"),
+    ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--checkpoint-interval", "inf"),
+    ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--expiry-interval", "nan"),
+    ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--api-port", HUGE),
+    ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--max-batch", HUGE),
+]
+
+
+@pytest.mark.parametrize("args", BAD_OPTIONS, ids=" ".join)
+def test_an_out_of_range_number_is_a_one_line_usage_error(args: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lukhas: usage error: "), result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_usage_errors_name_the_option_and_the_range() -> None:
+    result = CliRunner().invoke(cli, ["get", "x", "--timeout", "nan"])
+    assert "'--timeout'" in result.stderr and "finite" in result.stderr
+    result = CliRunner().invoke(cli, ["watch", "--from", HUGE])
+    assert "'--from'" in result.stderr and "2^63-1" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("put", "x", "@does-not-exist.json"), "cannot read DOCUMENT"),
+        (("put", "x", "[1, 2]"), "JSON object"),
+        (("put", "x", "{nope"), "does not parse"),
+        (("patch", "x", "@does-not-exist.json"), "cannot read PATCH"),
+        # Issue 9: a big integer would be rounded to a double; an invalid patch was appended.
+        (("put", "x", '{"a": 123456789012345678901234567890}'), "outside the range"),
+        (
+            ("patch", "x", '[{"op": "add", "path": "/n", "value": -9223372036854775809}]'),
+            "outside the range",
+        ),
+        (("patch", "x", '[{"op": "frob", "path": "/x"}]'), "InvalidPatchError: op 0: unknown op"),
+        (("patch", "x", '[{"op": "add", "path": "x", "value": 1}]'), "is not a JSON pointer"),
+        (("patch", "x", '{"a": ' * 65 + "1" + "}" * 65, "--merge"), "deeper than 64 levels"),
+    ],
+)
+def test_json_arguments_are_checked_before_anything_connects(
+    args: tuple[str, ...], message: str
+) -> None:
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exit_code == 2 and message in result.stderr, result.stderr
+
+
+def test_help_documents_exit_codes_and_big_documents() -> None:
+    for command in ([], ["put"], ["patch"], ["outcome"]):
+        text = CliRunner().invoke(cli, [*command, "--help"]).output
+        assert "4 conflict" in text and "5 rejected" in text and "6 dead-lettered" in text
+    for command in ("put", "patch"):
+        text = CliRunner().invoke(cli, [command, "--help"]).output
+        assert "`-`" in text and "@FILE" in text and "--no-wait" in text
+
+
+# ---- nothing running: one line, exit 1 ----
+
+
+def test_status_of_a_data_dir_without_a_cluster_says_so(lukhas: Callable[..., Any]) -> None:
+    for args in (("status",), ("status", "--json"), ("down",)):
+        done = lukhas(*args)
+        line = _one_line(done, 1, "lukhas: error: no cluster in ")
+        assert "empty" in line and done.stdout == ""
+
+
+def test_reads_need_only_the_api_and_a_refused_one_fails_at_once(
+    lukhas: Callable[..., Any],
+) -> None:
+    api = f"http://127.0.0.1:{_dead_port()}"
+    # --timeout 60: without the fail-fast, this would retry for 65 s; the test's deadline
+    # (the subprocess timeout) is 120 s, so a regression shows as the wrong line, not a hang.
+    for args in (("get", "x", "--timeout", "60"), ("outcome", "0:1", "--timeout", "60")):
+        done = lukhas(*args, "--api", api)
+        line = _one_line(done, 1, "lukhas: error: ")
+        assert f"cannot connect to the read API at {api}: connection refused" in line
+        assert "ClientConnectorError" not in line and "Kafka" not in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("put", "x", "{}"),
+        ("put", "x", "{}", "--if-version", "0"),
+        ("patch", "x", "[]", "--dry-run"),
+        ("touch", "x"),
+        ("delete", "x"),
+        ("get", "x"),
+        ("outcome", "0:0"),
+        ("demo",),
+        ("demo", "--json"),
+        ("checkpoint",),
+        ("watch",),
+        ("restore", "-p", "0", "--state-dir", "state", "--no-progress"),
+    ],
+    ids=" ".join,
+)
+def test_with_kafka_and_the_api_down_every_command_prints_one_line(
+    lukhas: Callable[..., Any], args: tuple[str, ...]
+) -> None:
+    dead = _dead_port()
+    api = () if args[0] in ("watch", "restore") else ("--api", f"http://127.0.0.1:{dead}")
+    done = lukhas(*args, "--bootstrap", f"127.0.0.1:{dead}", *api)
+    _one_line(done, 1, "lukhas: error: ")
+    assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_without_any_cluster_reads_and_writes_say_what_is_missing(
+    lukhas: Callable[..., Any],
+) -> None:
+    line = _one_line(lukhas("get", "x"), 1, "lukhas: error: no read API")
+    assert "no cluster in" in line
+    _one_line(lukhas("put", "x", "{}"), 1, "lukhas: error: no Kafka")
+    # A condition waits for the outcome: the missing API is reported before anything is sent.
+    done = lukhas("put", "x", "{}", "--if-version", "0", "--bootstrap", "127.0.0.1:1")
+    _one_line(done, 1, "lukhas: error: no read API")
+
+
+def test_positions_are_ascii_digits_bounded_by_value_not_by_length() -> None:
+    position = params.Position()
+    assert position.convert(f"0:{'0' * 30}7", None, None) == (0, 7)
+    for bad in ("0:-1", "0: 1", "0:1_0", "٣:0", f"0:{2**63}", f"{2**31}:0", "0:", ":0"):
+        with pytest.raises(click.BadParameter):
+            position.convert(bad, None, None)
