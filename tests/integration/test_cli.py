@@ -130,7 +130,7 @@ def test_put_get_delete_with_json_output_and_exit_codes(lukhas: Lukhas) -> None:
     bad_ttl = lukhas("put", "cli:2", "{}", "--ttl", "-5", check=False)
     assert bad_ttl.returncode == 2 and "'--ttl'" in bad_ttl.stderr  # a usage error now
     long_id = lukhas("put", "x" * 300, "{}", check=False)
-    assert long_id.returncode == 1 and "InvalidContextIdError" in long_id.stderr
+    assert long_id.returncode == 2 and "InvalidContextIdError" in long_id.stderr  # refused, unsent
     for result in (bad_json, not_object, bad_ttl, long_id):
         assert len(result.stderr.strip().splitlines()) == 1
 
@@ -172,7 +172,11 @@ def test_patch_touch_conditions_dry_run_and_outcomes(lukhas: Lukhas) -> None:
     assert gone["status"] == "applied" and gone["kind"] == "delete"
     assert json.loads(lukhas("get", "m:1", "--json").stdout)["version"] == 4  # dry run: no write
     not_a_list = lukhas("patch", "m:1", '{"op": "add"}', check=False)
-    assert not_a_list.returncode == 1 and "InvalidPatchError" in not_a_list.stderr
+    assert not_a_list.returncode == 2 and "InvalidPatchError" in not_a_list.stderr
+    # Issue 9: an invalid operation was appended and exited 0; now nothing is sent.
+    frob = lukhas("patch", "m:1", '[{"op": "frob", "path": "/x"}]', check=False)
+    assert frob.returncode == 2 and "unknown op 'frob'" in frob.stderr
+    assert json.loads(lukhas("get", "m:1", "--json").stdout)["version"] == 4
 
 
 def _position(result: subprocess.CompletedProcess[str]) -> str:
