@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -63,6 +64,9 @@ def cli(verbose: int) -> None:
     """LUKHAS Context: an event-sourced context store on Kafka and RocksDB."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # aiokafka logs every refused connection and retried request at WARNING/ERROR: while
+    # brokers are down or starting that buries the one line that says why a command failed.
+    logging.getLogger("aiokafka").setLevel(level if verbose else logging.CRITICAL)
 
 
 # ---------------------------------------------------------------- local cluster
@@ -235,6 +239,7 @@ def worker(bootstrap: str, state_dir: Path, topic_prefix: str, group: str, api_h
     from lukhas_context.processors.worker import run_worker
 
     logging.getLogger("lukhas_context").setLevel(logging.INFO)
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)  # a worker's log keeps them
     config = WorkerConfig(
         bootstrap=bootstrap, state_dir=state_dir, topics=Topics(topic_prefix), group_id=group,
         api_host=api_host, api_port=api_port, max_batch_records=max_batch,
@@ -355,7 +360,8 @@ def _client_config(data_dir: Path | None, bootstrap: str | None, api: str | None
     if not bootstrap:
         _fail("no Kafka: pass --bootstrap, set LUKHAS_BOOTSTRAP, or run `lukhas up` first")
     api = api or env.api_url or processors[0].get("api")
-    return ClientConfig(bootstrap=str(bootstrap), api_url=api, topics=Topics(env.topic_prefix))
+    config = ClientConfig(bootstrap=str(bootstrap), api_url=api, topics=Topics(env.topic_prefix))
+    return config if env.timeout_s is None else replace(config, timeout_s=env.timeout_s)
 
 
 def _with_client(

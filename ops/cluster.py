@@ -276,7 +276,11 @@ class LocalCluster:
         spec = self.spec
         brokers = spec.brokers if spec.bootstrap is None else None  # None: count them
         topics = Topics(spec.topic_prefix).specs(spec.partitions)
-        return _run(ensure_topics(spec.kafka_bootstrap, topics, brokers=brokers))
+        # Brokers just started (or restarted) may not take requests yet: ensure_topics retries
+        # within the same time the brokers got to start.
+        return _run(
+            ensure_topics(spec.kafka_bootstrap, topics, brokers=brokers, timeout_s=START_TIMEOUT_S)
+        )
 
     def _check_ports_free(self) -> None:
         """Fail before starting anything if a part that must start finds its port taken."""
