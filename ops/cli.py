@@ -15,7 +15,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -220,7 +220,10 @@ def _echo_status(status: dict[str, Any]) -> None:
         click.echo(f"processor  {p['api']}  pid={p['pid']} ready={p.get('ready')}"
                    + (f"  digest={p['digest']}" if p.get("digest") else ""))  # fmt: skip
         for part in p.get("partitions", []):
-            click.echo(f"{_partition_line(part)}  opened from {part['opened_from']}")
+            held = part.get("open_transaction_from")
+            click.echo(f"{_partition_line(part)}  opened from {part['opened_from']}"
+                       + ("" if held is None else f"  HELD by an open transaction from "
+                          f"offset {held} (lukhas transactions open)"))  # fmt: skip
 
 
 def _partition_line(p: dict[str, Any]) -> str:
@@ -339,6 +342,7 @@ def worker(bootstrap: str, state_dir: Path, topic_prefix: str, group: str, api_h
     from lukhas_context.processors.worker import run_worker
 
     logging.getLogger("lukhas_context").setLevel(logging.INFO)
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)  # a worker's log keeps them
     config = WorkerConfig(
         bootstrap=bootstrap, state_dir=state_dir, topics=Topics(topic_prefix), group_id=group,
         api_host=api_host, api_port=api_port, max_batch_records=max_batch,
@@ -474,9 +478,10 @@ def _client_config(
         _fail(f"no Kafka: pass --bootstrap, set LUKHAS_BOOTSTRAP, or run `lukhas up` first{hint}")
     if read_api and not api:
         _fail(f"no read API: pass --api, set LUKHAS_API_URL, or run `lukhas up` first{hint}")
-    return ClientConfig(
+    config = ClientConfig(
         bootstrap=str(bootstrap or ""), api_url=api, topics=Topics(env.topic_prefix)
     )
+    return config if env.timeout_s is None else replace(config, timeout_s=env.timeout_s)
 
 
 def _with_client(
@@ -851,6 +856,117 @@ def watch(context_id: str | None, prefix: str | None, start: str, deltas: bool,
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends a watch: not an error
         _with_client(config, call)
+
+
+# ---------------------------------------------------------------- transactions
+
+
+@cli.group()
+def transactions() -> None:
+    """See and end open Kafka transactions (Kafka's own TransactionsCommand, from the jars
+    `lukhas up` runs the brokers from; fetched on first use). An open transaction holds every
+    WAL partition it wrote: nothing after its first offset is folded until it commits or
+    aborts. Exit codes: 0 done (also when nothing is open), 1 error, 2 usage."""
+
+
+def _transactions_options(fn: F) -> F:
+    fn = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(fn)
+    fn = click.option("--bootstrap", default=None, help="Kafka [env LUKHAS_BOOTSTRAP].")(fn)
+    fn = _cluster_options(fn)
+    return fn
+
+
+def _transaction_tool(data_dir: Path | None, bootstrap: str | None) -> tuple[Any, ClientConfig]:
+    from lukhas_context.ops.kafka_dist import DEFAULT_VERSION, ensure_kafka_tools
+    from lukhas_context.ops.transactions import TransactionTool
+
+    env = Environment.read()
+    config = _client_config(data_dir, bootstrap, None)
+    dist = ensure_kafka_tools(DEFAULT_VERSION, env.kafka_cache, env.kafka_home)
+    timeout = max(60.0, env.timeout_s or 0.0)
+    return TransactionTool.create(dist, config.bootstrap, data_dir or env.data_dir, timeout), config
+
+
+def _rows_out(rows: list[dict[str, Any]], as_json: bool, empty: str) -> None:
+    if as_json:
+        _print(rows)
+    elif not rows:
+        click.echo(empty)
+    for row in [] if as_json else rows:
+        click.echo("  ".join(f"{key}={value}" for key, value in row.items()))
+
+
+@transactions.command("list")
+@click.option("--all", "include_done", is_flag=True, help="Also the transactional ids at rest.")
+@_transactions_options
+@_errors
+def transactions_list(include_done: bool, data_dir: Path | None, bootstrap: str | None,
+                      as_json: bool) -> None:  # fmt: skip
+    """Transactional ids whose transaction is not over (with --all: every one known)."""
+    tool, _ = _transaction_tool(data_dir, bootstrap)
+    _rows_out(tool.list_transactions(include_done), as_json, "no open transactions")
+
+
+@transactions.command("describe")
+@click.argument("transactional_id")
+@_transactions_options
+@_errors
+def transactions_describe(transactional_id: str, data_dir: Path | None, bootstrap: str | None,
+                          as_json: bool) -> None:  # fmt: skip
+    """State, timeout, start time and partitions of TRANSACTIONAL_ID's transaction."""
+    tool, _ = _transaction_tool(data_dir, bootstrap)
+    _rows_out([tool.describe(transactional_id)], as_json, "")
+
+
+@transactions.command("open")
+@click.option("--partition", "-p", "partitions", type=click.IntRange(0), multiple=True,
+              help="Only this WAL partition (repeat for several) [default: all].")  # fmt: skip
+@_transactions_options
+@_errors
+def transactions_open(partitions: tuple[int, ...], data_dir: Path | None,
+                      bootstrap: str | None, as_json: bool) -> None:  # fmt: skip
+    """Transactions open on the WAL's partitions: producer, the offset where each began
+    (what `transactions abort --start-offset` takes) and how long it has been idle."""
+    from lukhas_context.streams.admin import partition_count
+
+    tool, config = _transaction_tool(data_dir, bootstrap)
+    topic = config.topics.events
+    wanted = partitions or range(asyncio.run(partition_count(config.bootstrap, topic)))
+    _rows_out(tool.open_transactions(topic, wanted), as_json, "no open transactions")
+
+
+@transactions.command("find-hanging")
+@_transactions_options
+@_errors
+def transactions_find_hanging(data_dir: Path | None, bootstrap: str | None,
+                              as_json: bool) -> None:  # fmt: skip
+    """Transactions open on the WAL longer than any client may ask for, which their
+    coordinator no longer tracks (Kafka's definition of hanging): only an abort ends them."""
+    from lukhas_context.streams.client import MAX_TRANSACTION_TIMEOUT_S
+
+    tool, config = _transaction_tool(data_dir, bootstrap)
+    rows = tool.find_hanging(config.topics.events, MAX_TRANSACTION_TIMEOUT_S)
+    _rows_out(rows, as_json, "no hanging transactions")
+
+
+@transactions.command("abort")
+@click.option("--partition", "-p", type=click.IntRange(0), required=True, help="WAL partition.")
+@click.option("--start-offset", type=click.IntRange(0), required=True,
+              help="Offset where the transaction began (see `transactions open`).")  # fmt: skip
+@_transactions_options
+@_errors
+def transactions_abort(partition: int, start_offset: int, data_dir: Path | None,
+                       bootstrap: str | None, as_json: bool) -> None:  # fmt: skip
+    """Abort the transaction that began at START_OFFSET of WAL partition PARTITION, releasing
+    the partition. Only for a transaction whose producer is gone (killed, hanging): a live
+    one's transaction would be aborted on this partition only."""
+    tool, config = _transaction_tool(data_dir, bootstrap)
+    tool.abort(config.topics.events, partition, start_offset)
+    result = {"aborted": {"partition": partition, "start_offset": start_offset}}
+    if as_json:
+        _print(result)
+    else:
+        click.echo(f"aborted the transaction at {partition}:{start_offset}")
 
 
 def main() -> None:

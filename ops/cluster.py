@@ -39,6 +39,7 @@ from lukhas_context.ops.exceptions import (
 )
 from lukhas_context.ops.kafka_dist import KafkaDist, ensure_kafka, log4j_config
 from lukhas_context.streams.admin import AdminError, cluster_brokers, ensure_topics
+from lukhas_context.streams.client import MAX_TRANSACTION_TIMEOUT_S
 from lukhas_context.streams.topics import Topics
 
 __all__ = ["ClusterSpec", "LocalCluster"]
@@ -47,6 +48,9 @@ HOST = "127.0.0.1"
 START_TIMEOUT_S = 60.0
 #: A processor may have stores to restore before it serves: it gets longer.
 PROCESSOR_START_TIMEOUT_S = 600.0
+#: How often a broker looks for transactions past their timeout and aborts them: the bound on
+#: how long a dead client's transaction holds its partitions is its timeout plus this.
+TRANSACTION_SWEEP_MS = 1000
 PROCESSOR_STOP_S = 30.0
 BROKER_STOP_S = 60.0
 REDIS_STOP_S = 30.0
@@ -276,7 +280,11 @@ class LocalCluster:
         spec = self.spec
         brokers = spec.brokers if spec.bootstrap is None else None  # None: count them
         topics = Topics(spec.topic_prefix).specs(spec.partitions)
-        return _run(ensure_topics(spec.kafka_bootstrap, topics, brokers=brokers))
+        # Brokers just started (or restarted) may not take requests yet: ensure_topics retries
+        # within the same time the brokers got to start.
+        return _run(
+            ensure_topics(spec.kafka_bootstrap, topics, brokers=brokers, timeout_s=START_TIMEOUT_S)
+        )
 
     def _check_ports_free(self) -> None:
         """Fail before starting anything if a part that must start finds its port taken."""
@@ -365,6 +373,7 @@ class LocalCluster:
             "group.initial.rebalance.delay.ms": 0,
             "offsets.topic.num.partitions": 6,  # the default 50 slows the first group join
             "offsets.topic.replication.factor": replicas,
+            "transaction.state.log.num.partitions": 6,  # the default 50: a slow first begin
             "transaction.state.log.replication.factor": replicas,
             "transaction.state.log.min.isr": min_isr,
             "min.insync.replicas": min_isr,
@@ -372,6 +381,11 @@ class LocalCluster:
             # refuses it until the old session expires (default 9 s, so every resume took 10 s).
             "broker.heartbeat.interval.ms": 1000,
             "broker.session.timeout.ms": 4000,
+            # A client may ask for a transaction timeout up to this (Kafka's default is 15 min:
+            # a client killed mid-transaction would hold its partitions that long), and expired
+            # transactions are aborted within a second of their timeout (default 10 s).
+            "transaction.max.timeout.ms": int(MAX_TRANSACTION_TIMEOUT_S * 1000),
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms": TRANSACTION_SWEEP_MS,
         }
         self._broker_dir(i).mkdir(parents=True, exist_ok=True)
         self._props(i).write_text("".join(f"{key}={value}\n" for key, value in props.items()))

@@ -8,17 +8,20 @@
 | ``LUKHAS_TOPIC_PREFIX`` | topic prefix (default ``lukhas``) |
 | ``KAFKA_HOME`` | an unpacked Apache Kafka to run instead of the Maven-fetched jars |
 | ``LUKHAS_KAFKA_CACHE`` | where the fetched Kafka jars are kept (default ``~/.cache/lukhas``) |
+| ``LUKHAS_TIMEOUT`` | deadline in seconds of each Kafka call of a ``lukhas`` command (default 30) |
 | ``LUKHAS_TEST_CHECKPOINT_PAUSE_S`` | tests only: a worker's pause before a checkpoint's manifest |
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from lukhas_context.ops.exceptions import ClusterStateError
+from lukhas_context.ops.exceptions import ClusterStateError, OpsError
 from lukhas_context.streams.topics import DEFAULT_PREFIX
 
 
@@ -31,6 +34,7 @@ class Environment:
     kafka_home: str | None
     kafka_cache: Path | None
     checkpoint_pause_s: float = 0.0
+    timeout_s: float | None = None
 
     @classmethod
     def read(cls) -> Environment:
@@ -44,7 +48,21 @@ class Environment:
             kafka_home=env.get("KAFKA_HOME") or None,
             kafka_cache=Path(cache) if cache else None,
             checkpoint_pause_s=float(env.get("LUKHAS_TEST_CHECKPOINT_PAUSE_S") or 0.0),
+            timeout_s=_seconds(env, "LUKHAS_TIMEOUT"),
         )
+
+
+def _seconds(env: Mapping[str, str], name: str) -> float | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise OpsError(f"{name} must be a positive number of seconds, got {raw!r}")
+    return value
 
 
 def recorded_cluster(data_dir: Path) -> dict[str, object]:

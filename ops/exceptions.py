@@ -13,6 +13,7 @@ __all__ = [
     "LukhasError",
     "OpsError",
     "RedisNotInstalledError",
+    "TransactionToolError",
 ]
 
 
@@ -47,3 +48,7 @@ class ClusterStartError(OpsError):
 
 class ClusterStateError(OpsError):
     """The data directory was created for a different cluster shape than the one requested."""
+
+
+class TransactionToolError(OpsError):
+    """Kafka's ``TransactionsCommand`` failed or did not finish; the message is its reason."""

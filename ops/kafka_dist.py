@@ -3,6 +3,11 @@
 Three sources, in this order: an existing install (``KAFKA_HOME``, passed in by the caller), a
 cache directory filled by an earlier fetch, or a fresh fetch of the jars from Maven Central.
 The environment is read by the caller only (STYLE.md, "Configuration").
+
+Kafka's command-line tools (``kafka-tools``: ``TransactionsCommand`` behind
+``lukhas transactions``) are not needed to run a broker; ``ensure_kafka_tools`` fetches that
+one jar on first use into ``<cache>/tools`` (its dependencies are the broker's jars), so a
+cache that running brokers use is never rewritten for it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from lukhas_context.ops.exceptions import JavaNotFoundError, KafkaFetchError, Ka
 DEFAULT_VERSION = "4.0.2"
 LOG4J_BOM_VERSION = "2.24.3"
 COMPLETE_MARKER = ".complete"
+TOOLS_DIR = "tools"
 MAVEN_TAIL_LINES = 30
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
@@ -34,6 +40,17 @@ _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
     </dependency>
     <dependency><groupId>org.apache.logging.log4j</groupId>
       <artifactId>log4j-slf4j-impl</artifactId></dependency>
+  </dependencies>
+</project>
+"""
+
+_TOOLS_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>lukhas</groupId><artifactId>kafka-tools</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId>
+      <version>{kafka}</version></dependency>
   </dependencies>
 </project>
 """
@@ -99,6 +116,29 @@ def ensure_kafka(
     return KafkaDist(f"{libs}/*", java, "maven")
 
 
+def ensure_kafka_tools(
+    version: str = DEFAULT_VERSION,
+    cache_dir: Path | None = None,
+    kafka_home: str | None = None,
+) -> KafkaDist:
+    """A distribution whose classpath also holds ``kafka-tools`` (``org.apache.kafka.tools``).
+
+    ``kafka_home`` must have ``libs/kafka-tools-*.jar`` (every Apache Kafka download has).
+    Otherwise the broker jars come from :func:`ensure_kafka` and ``kafka-tools-<version>.jar``
+    alone is fetched into ``<cache>/tools`` (a few seconds, once), marked complete last.
+    """
+    dist = ensure_kafka(version, cache_dir, kafka_home)
+    if kafka_home is not None:
+        if not any((Path(kafka_home) / "libs").glob("kafka-tools-*.jar")):
+            raise KafkaHomeError(f"KAFKA_HOME={kafka_home} has no libs/kafka-tools-*.jar")
+        return dist
+    tools = (cache_dir if cache_dir is not None else default_cache_dir(version)) / TOOLS_DIR
+    jar = tools / f"kafka-tools-{version}.jar"
+    if not (jar.is_file() and (tools / COMPLETE_MARKER).is_file()):
+        _maven_fetch_tools(tools, version)
+    return KafkaDist(f"{jar}:{dist.classpath}", dist.java, dist.source)
+
+
 def log4j_config(path: Path) -> Path:
     """Write a log4j2 properties file (console, WARN) at ``path`` and return ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,6 +185,24 @@ def _maven_fetch(cache: Path, version: str) -> None:
     if done.returncode != 0 or not _has_jar(libs, version):
         raise KafkaFetchError(_maven_failure(done, version))
     (cache / COMPLETE_MARKER).write_text(version + "\n")
+
+
+def _maven_fetch_tools(tools: Path, version: str) -> None:
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise KafkaFetchError("no `mvn` on PATH: install maven or set KAFKA_HOME")
+    shutil.rmtree(tools, ignore_errors=True)
+    tools.mkdir(parents=True)
+    pom = tools / "pom.xml"
+    pom.write_text(_TOOLS_POM.format(kafka=version))
+    argv = [
+        mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
+        f"-DoutputDirectory={tools}", "-DincludeScope=runtime", "-DexcludeTransitive=true",
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0 or not (tools / f"kafka-tools-{version}.jar").is_file():
+        raise KafkaFetchError(_maven_failure(done, version).replace("kafka_2.13", "kafka-tools"))
+    (tools / COMPLETE_MARKER).write_text(version + "\n")
 
 
 def _has_jar(libs: Path, version: str) -> bool:

@@ -5,7 +5,10 @@
 does not exist, was deleted or has expired (expiry is checked against the wall clock at once,
 before the Expire event is folded). ``?min_offset=PARTITION:OFFSET`` first waits until that WAL
 offset is folded (read-your-writes), at most ``timeout`` seconds (default 5, at most 30): 504
-when it is not. A partition this worker does not serve answers 421.
+when it is not; when an open Kafka transaction holds the partition (nothing after its first
+offset is readable ``read_committed``) the 504's ``error`` says so and ``open_transaction``
+gives ``{"partition", "first_offset", "high_watermark"}``. A partition this worker does not
+serve answers 421.
 
 Positions are checked before any wait: a partition the WAL does not have, or an offset past the
 partition's end (the next write lands there), is a 404 at once whose body says which —
@@ -15,7 +18,7 @@ partition's end (the next write lands there), is a 404 at once whose body says w
 ``GET /v1/outcomes/{partition}/{offset}`` waits (``timeout``, default 5 s) until that record
 is folded and returns its journal entry: ``{"status": "applied" | "conflict" | "rejected" |
 "dead_lettered" | "duplicate", "version", "reason", "duplicate_of"}``; 404 when the journal no
-longer holds it, 504 when it is not folded in time.
+longer holds it, 504 when it is not folded in time (with ``open_transaction`` as above).
 
 ``POST /v1/dry-run`` takes one encoded event (single-object Avro, the body) and returns what
 the fold would do to the current state — ``{"status", "version", "reason", "kind", "doc",
@@ -24,8 +27,10 @@ the fold would do to the current state — ``{"status", "version", "reason", "ki
 ``GET /v1/partitions`` lists the partitions the worker serves, each with ``next_offset``,
 ``digest`` (16 hex digits: the order-independent digest of the partition's state, equal on
 every replica and replay of the same WAL prefix), ``records``, ``documents`` and how its store
-was opened (``local``, ``checkpoint``, ``changes``, ``replay``); ``digest`` at the top is the
-sum of the partitions' digests (mod 2^64), and ``restoring`` the partitions still being opened.
+was opened (``local``, ``checkpoint``, ``changes``, ``replay``), and ``open_transaction_from``
+(the first offset of an open transaction that holds the partition, else null); ``digest`` at
+the top is the sum of the partitions' digests (mod 2^64), and ``restoring`` the partitions
+still being opened.
 
 ``GET /v1/changes`` streams the change stream as server-sent events: ``?context_id=ID`` or
 ``?prefix=P`` (else everything), ``?start=latest|earliest|EPOCH_MS|TOKEN`` (default latest),
@@ -320,7 +325,7 @@ class ReadApi:
                 if missing is not None:
                     return missing
                 if not await self.m.wait_applied(p, offset, timeout):
-                    return _error(504, f"offset {p}:{offset} not applied within {timeout:g} s")
+                    return self._not_yet(p, offset, f"not applied within {timeout:g} s")
             if not self.m.partition_count:
                 return _error(503, "the worker has no partitions yet")
             if partition is None:  # assigned while this request waited
@@ -361,7 +366,7 @@ class ReadApi:
             if missing is not None:
                 return missing
             if not await self.m.wait_applied(partition, offset, timeout):
-                return _error(504, f"offset {partition}:{offset} not folded within {timeout:g} s")
+                return self._not_yet(partition, offset, f"not folded within {timeout:g} s")
             entry = self.m.store_for(partition).outcome(offset)
         except NotOwnerError as exc:
             return _error(421, str(exc))
@@ -378,6 +383,24 @@ class ReadApi:
                 "duplicate_of": entry.version if duplicate else None,
             }
         )
+
+    def _not_yet(self, partition: int, offset: int, what: str) -> web.Response:
+        """The 504 of a wait that timed out; it names the open transaction that holds the
+        partition, if one does (``open_transaction``: where it began, the high watermark)."""
+        reason = f"offset {partition}:{offset} {what}"
+        held = self.m.open_transaction(partition)
+        if held is None or offset < held[0]:
+            return _error(504, reason)
+        first, high = held
+        reason += (
+            f": an open transaction holds partition {partition} from offset {first} (high "
+            f"watermark {high}); nothing after it is readable until that transaction commits "
+            "or aborts, at the latest when its transaction timeout runs out "
+            "(`lukhas transactions open` shows it, `lukhas transactions abort` ends it)"
+        )
+        body = {"error": reason, "open_transaction": {"partition": partition,
+                "first_offset": first, "high_watermark": high}}  # fmt: skip
+        return web.json_response(body, status=504)
 
     @_params()
     async def dry_run(self, request: web.Request) -> web.Response:
@@ -500,6 +523,7 @@ class ReadApi:
             summary = self.m.stores[p].summary()
             total = (total + summary.digest) & HASH_MASK
             report = self.m.restore_reports.get(p)
+            held = self.m.open_transaction(p)
             served.append(
                 {
                     "partition": p,
@@ -510,6 +534,7 @@ class ReadApi:
                     "opened_from": None if report is None else report.source.value,
                     "open_seconds": None if report is None else round(report.seconds, 3),
                     "checkpoint_id": None if report is None else report.checkpoint_id,
+                    "open_transaction_from": None if held is None else held[0],
                 }
             )
         return web.json_response(

@@ -803,6 +803,25 @@ class Materializer:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._progress.wait(), min(left, WAIT_POLL_S))
 
+    def open_transaction(self, partition: int) -> tuple[int, int] | None:
+        """``(first_offset, high_watermark)`` when an open transaction holds ``partition``:
+        the last stable offset (where the oldest open transaction began) is below the high
+        watermark, and this worker, reading ``read_committed``, has folded up to it, so
+        nothing after it is folded until that transaction commits or aborts. None otherwise,
+        or when the partition is not fetched here."""
+        store = self.stores.get(partition)
+        consumer = self._consumer
+        if store is None or consumer is None:
+            return None
+        tp = TopicPartition(self.config.topics.events, partition)
+        try:
+            lso, high = consumer.last_stable_offset(tp), consumer.highwater(tp)
+        except (AssertionError, KeyError):  # not assigned here (any more)
+            return None
+        if lso is None or high is None or not 0 <= lso < high or store.next_offset < lso:
+            return None
+        return lso, high
+
     # ---- assignment ----
 
     async def _assigned(self, assigned: Iterable[TopicPartition]) -> None:

@@ -3,16 +3,21 @@
 Kafka never changes a topic's partition count or replication factor by itself, and changing the
 partition count of ``events`` would move contexts to other partitions (key hashing) and break
 co-partitioning with ``changes``. So a mismatch is an error for a human, never "fixed" here.
+
+Every call retries what a cluster that is starting (or missing brokers) answers — a broker
+not ready yet, no leader, no controller, connections refused, requests timed out — until it
+succeeds or its ``timeout_s`` passes; only then is it an ``AdminError``, naming the last error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Set as AbstractSet
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
@@ -27,7 +32,13 @@ __all__ = [
     "cluster_brokers",
     "delete_topics",
     "ensure_topics",
+    "partition_count",
 ]
+
+T = TypeVar("T")
+#: First pause between attempts of an admin call; it doubles up to ``MAX_BACKOFF_S``.
+BACKOFF_S = 0.1
+MAX_BACKOFF_S = 1.0
 
 
 class AdminError(LukhasError):
@@ -36,6 +47,11 @@ class AdminError(LukhasError):
 
 class TopicMismatchError(AdminError):
     """An existing topic has another partition count or replication factor than its spec."""
+
+
+class _NotYet(AdminError):
+    """A step the cluster may complete when tried again (a retriable per-topic error code,
+    partitions without a leader yet)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,30 +75,47 @@ async def ensure_topics(
     Idempotent: an existing topic (also one created concurrently by another caller) is only
     checked. Raises ``TopicMismatchError`` if its partition count or replication factor differs,
     and ``AdminError`` if the cluster cannot be reached within ``timeout_s`` or refuses to create.
-    On return every partition of every spec'd topic has a leader.
+    On return every partition of every spec'd topic has a leader. Retries while the cluster
+    is starting (see the module doc).
     """
-    async with _admin(bootstrap, timeout_s) as admin:
+
+    async def step(admin: Any, deadline: float) -> list[str]:
         count = brokers if brokers is not None else await _broker_count(admin)
         wanted = {spec.name: _wanted_shape(spec, count) for spec in specs}
+        inferred = {spec.name for spec in specs if spec.replication is None}
         existing = await _describe(admin, list(wanted))
-        _check_all(existing, wanted)
+        _check_all(existing, wanted, inferred)
         missing = [spec for spec in specs if spec.name not in existing]
-        created = await _create(admin, missing, wanted, timeout_s)
+        created = await _create(admin, missing, wanted, deadline)
         # A topic another caller created between our describe and create is checked here.
-        _check_all(await _describe(admin, list(wanted)), wanted)
-        await _wait_for_leaders(admin, list(wanted), timeout_s)
+        _check_all(await _describe(admin, list(wanted)), wanted, inferred)
+        await _wait_for_leaders(admin, list(wanted), deadline)
         return created
+
+    # A retry after a create that did land finds the topics and creates nothing: what the
+    # first attempt created is remembered so that the answer still names it.
+    created: list[str] = []
+
+    async def remembering(admin: Any, deadline: float) -> list[str]:
+        created.extend(name for name in await step(admin, deadline) if name not in created)
+        return created
+
+    return await _retrying(bootstrap, timeout_s, "creating topics", remembering)
 
 
 async def delete_topics(bootstrap: str, names: list[str], timeout_s: float = 30) -> None:
     """Delete ``names``; topics that do not exist are ignored. For tests and ``lukhas`` resets."""
-    async with _admin(bootstrap, timeout_s) as admin:
-        response = await admin.delete_topics(names, timeout_ms=int(timeout_s * 1000))
+
+    async def step(admin: Any, deadline: float) -> None:
+        left_ms = int(max(0.1, deadline - time.monotonic()) * 1000)
+        response = await admin.delete_topics(names, timeout_ms=left_ms)
         for name, code, *_ in response.topic_error_codes:
             if code not in (0, UnknownTopicOrPartitionError.errno):
-                raise AdminError(
-                    f"cannot delete topic {name}: {kafka_error_for_code(code).__name__}"
-                )
+                error = kafka_error_for_code(code)
+                kind = _NotYet if error.retriable else AdminError
+                raise kind(f"cannot delete topic {name}: {error.__name__}")
+
+    await _retrying(bootstrap, timeout_s, "deleting topics", step)
 
 
 async def cluster_brokers(bootstrap: str, timeout_s: float = 5) -> int:
@@ -90,24 +123,74 @@ async def cluster_brokers(bootstrap: str, timeout_s: float = 5) -> int:
 
     Raises ``AdminError`` if no broker answers within ``timeout_s``.
     """
-    async with _admin(bootstrap, timeout_s) as admin:
-        return await asyncio.wait_for(_broker_count(admin), timeout_s)
+
+    async def step(admin: Any, deadline: float) -> int:
+        return await _broker_count(admin)
+
+    return await _retrying(bootstrap, timeout_s, "listing brokers", step)
+
+
+async def partition_count(bootstrap: str, topic: str, timeout_s: float = 10) -> int:
+    """How many partitions ``topic`` has; ``AdminError`` if it does not exist."""
+
+    async def step(admin: Any, deadline: float) -> int:
+        shape = (await _describe(admin, [topic])).get(topic)
+        if shape is None:
+            raise AdminError(f"topic {topic} does not exist at {bootstrap}")
+        return shape.partitions
+
+    return await _retrying(bootstrap, timeout_s, f"describing {topic}", step)
+
+
+async def _retrying(
+    bootstrap: str, timeout_s: float, what: str, step: Callable[[Any, float], Awaitable[T]]
+) -> T:
+    """``step(admin, deadline)`` on a fresh admin client until it returns, retrying the
+    errors of a cluster that is starting, all within ``timeout_s``. Raises ``AdminError``
+    (its own, a ``TopicMismatchError``, or one naming the last retriable error)."""
+    deadline = time.monotonic() + timeout_s
+    backoff = BACKOFF_S
+    attempts = 0
+    while True:
+        attempts += 1
+        left = deadline - time.monotonic()
+        try:
+            async with asyncio.timeout(max(0.001, left)), _admin(bootstrap, left) as admin:
+                return await step(admin, deadline)
+        except _NotYet as exc:
+            last: BaseException = exc
+        except AdminError:
+            raise
+        except (KafkaError, OSError) as exc:  # TimeoutError is an OSError
+            if isinstance(exc, KafkaError) and not exc.retriable:
+                raise AdminError(f"{what} at {bootstrap} failed: {_text(exc)}") from exc
+            last = exc
+        if time.monotonic() + backoff >= deadline:
+            raise AdminError(
+                f"{what} at {bootstrap} did not succeed within {timeout_s:g} s "
+                f"({attempts} attempt(s)); last error: {_text(last)}"
+            ) from last
+        await asyncio.sleep(backoff)
+        backoff = min(MAX_BACKOFF_S, backoff * 2)
+
+
+def _text(exc: BaseException) -> str:
+    text = str(exc)
+    name = type(exc).__name__
+    if isinstance(exc, TimeoutError) and not text:
+        return "no answer in time (TimeoutError)"
+    return text if name in text else f"{name}: {text}".rstrip(": ")
 
 
 @asynccontextmanager
 async def _admin(bootstrap: str, timeout_s: float) -> AsyncIterator[Any]:
+    """A started admin client; its errors come out as they are (``_retrying`` sorts them)."""
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
+        bootstrap_servers=bootstrap, request_timeout_ms=max(100, int(timeout_s * 1000))
     )
     try:
-        await asyncio.wait_for(admin.start(), timeout_s)
-    except (KafkaError, OSError, TimeoutError) as exc:
-        await admin.close()
-        raise AdminError(f"cannot reach Kafka at {bootstrap}: {exc!r}") from exc
-    try:
+        await admin.start()
         yield admin
-    except (KafkaError, TimeoutError) as exc:
-        raise AdminError(f"admin request to {bootstrap} failed: {exc!r}") from exc
     finally:
         await admin.close()
 
@@ -130,18 +213,38 @@ async def _describe(admin: Any, names: list[str]) -> dict[str, _Shape]:
     shapes: dict[str, _Shape] = {}
     for topic in await admin.describe_topics(sorted(present)):
         partitions = topic["partitions"]
-        replication = len(partitions[0]["replicas"]) if partitions else 0
+        if topic["error_code"] or not partitions:
+            # Just created, or its brokers starting: the metadata has no partitions for it
+            # yet (LEADER_NOT_AVAILABLE), which is no shape to compare with its spec.
+            error = kafka_error_for_code(topic["error_code"]) if topic["error_code"] else None
+            if error is not None and not error.retriable:
+                raise AdminError(f"cannot describe topic {topic['topic']}: {error.__name__}")
+            raise _NotYet(f"topic {topic['topic']} has no partitions in the metadata yet"
+                          + (f" ({error.__name__})" if error is not None else ""))  # fmt: skip
+        replication = len(partitions[0]["replicas"])
         shapes[topic["topic"]] = _Shape(len(partitions), replication)
     return shapes
 
 
-def _check_all(existing: dict[str, _Shape], wanted: dict[str, _Shape]) -> None:
-    """Raise ``TopicMismatchError`` listing every existing topic, in spec order, that differs."""
+def _check_all(
+    existing: dict[str, _Shape], wanted: dict[str, _Shape], inferred: AbstractSet[str] = frozenset()
+) -> None:
+    """Raise ``TopicMismatchError`` listing every existing topic, in spec order, that differs.
+
+    For the topics in ``inferred`` (a spec without a replication: it follows the broker count)
+    a replication *above* the one inferred now is no mismatch: brokers that are down or still
+    starting are missing from the metadata the count came from."""
     problems = [
         f"{name} has partitions={actual.partitions} replication={actual.replication}, "
         f"expected partitions={expected.partitions} replication={expected.replication}"
         for name, expected in wanted.items()
-        if (actual := existing.get(name)) is not None and actual != expected
+        if (actual := existing.get(name)) is not None
+        and actual != expected
+        and not (
+            name in inferred
+            and actual.partitions == expected.partitions
+            and actual.replication > expected.replication
+        )
     ]
     if problems:
         raise TopicMismatchError(
@@ -151,12 +254,13 @@ def _check_all(existing: dict[str, _Shape], wanted: dict[str, _Shape]) -> None:
 
 
 async def _create(
-    admin: Any, specs: list[TopicSpec], wanted: dict[str, _Shape], timeout_s: float
+    admin: Any, specs: list[TopicSpec], wanted: dict[str, _Shape], deadline: float
 ) -> list[str]:
     if not specs:
         return []
     new = [_new_topic(spec, wanted[spec.name]) for spec in specs]
-    response = await admin.create_topics(new, timeout_ms=int(timeout_s * 1000))
+    left_ms = int(max(0.1, deadline - time.monotonic()) * 1000)
+    response = await admin.create_topics(new, timeout_ms=left_ms)
     errors = {name: (code, rest) for name, code, *rest in response.topic_errors}
     created: list[str] = []
     for spec in specs:
@@ -164,8 +268,9 @@ async def _create(
         if code == 0:
             created.append(spec.name)
         elif code != TopicAlreadyExistsError.errno:
-            error = kafka_error_for_code(code).__name__
-            raise AdminError(f"cannot create topic {spec.name}: {error} {detail}")
+            error = kafka_error_for_code(code)
+            kind = _NotYet if error.retriable else AdminError
+            raise kind(f"cannot create topic {spec.name}: {error.__name__} {detail}")
     return created
 
 
@@ -175,13 +280,12 @@ def _new_topic(spec: TopicSpec, shape: _Shape) -> Any:
     return NewTopic(spec.name, shape.partitions, shape.replication, topic_configs=configs)
 
 
-async def _wait_for_leaders(admin: Any, names: list[str], timeout_s: float) -> None:
+async def _wait_for_leaders(admin: Any, names: list[str], deadline: float) -> None:
     # CreateTopics returns once the controller has the topic; brokers learn it a moment later,
     # and a producer started in that moment gets UNKNOWN_TOPIC_OR_PARTITION or LEADER_NOT_AVAILABLE.
-    deadline = time.monotonic() + timeout_s
     while not await _all_led(admin, names):
         if time.monotonic() > deadline:
-            raise AdminError(f"topics {names} have partitions without a leader after {timeout_s}s")
+            raise _NotYet(f"topics {names} have partitions without a leader")
         await asyncio.sleep(0.1)
 
 

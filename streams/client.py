@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 import time
 import uuid
@@ -46,14 +47,18 @@ from lukhas_context.streams.exceptions import (
     ChecksumMismatchError,
     ContextNotFoundError,
     DocumentTooLargeError,
+    InvalidConfigError,
     InvalidPatchError,
     InvalidTTLError,
     NoSuchPositionError,
     NotAppliedYetError,
     PublishError,
+    PublishTimeoutError,
     ReadError,
     ValidationError,
 )
+from lukhas_context.streams.health import Broker, explain, parse_bootstrap
+from lukhas_context.streams.producer import WalProducer
 from lukhas_context.streams.topics import Topics, partition_for
 from lukhas_context.streams.validation import (
     DEFAULT_MAX_DOCUMENT_BYTES,
@@ -69,24 +74,80 @@ T = TypeVar("T")
 ROUTE_RETRY_S = 0.2
 #: The longest wait a read may ask for, in seconds (the read API waits at most 30 s a request).
 MAX_WAIT_S = 3600.0
+#: The longest Kafka transaction a client may ask for. A transaction left open (its client
+#: killed mid-way) holds every partition it wrote for this long: readers ``read_committed``
+#: see nothing past it. Brokers started by ``lukhas up`` refuse more
+#: (``transaction.max.timeout.ms``).
+MAX_TRANSACTION_TIMEOUT_S = 60.0
+#: The most of a call's deadline kept for finding out why it failed (``streams.health``).
+DIAGNOSIS_S = 3.0
 
 
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
-    """Where the client writes and reads. Nothing here reads the environment."""
+    """Where the client writes and reads, and how long it waits. Nothing here reads the
+    environment. Times are seconds; ``InvalidConfigError`` for a value out of range.
+
+    ``timeout_s`` is the deadline of each call that talks to Kafka (a mutation, ``checkpoint``,
+    a transaction's begin, send, commit or abort), retries and the producer's start included:
+    the call returns or raises ``PublishTimeoutError`` with the brokers' reason within it.
+    ``request_timeout_s`` bounds one Kafka request inside it (aiokafka's
+    ``request_timeout_ms``, also how long a broker waits for its replicas before it answers
+    ``REQUEST_TIMED_OUT``), at most half of ``timeout_s`` so that a call sees that answer
+    and can retry. ``close_timeout_s``: how long ``close()`` waits for sends not yet
+    acknowledged before it gives them up. ``transaction_timeout_s``: how long a transaction
+    may stay open before the brokers abort it, at most ``MAX_TRANSACTION_TIMEOUT_S``.
+    """
 
     bootstrap: str
     api_url: str | None = None
     topics: Topics = field(default_factory=Topics)
     max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
-    request_timeout_s: float = 30.0
+    request_timeout_s: float = 10.0
     client_id: str = "lukhas-client"
-    #: Sends of one event (same bytes, same event id) before a write fails.
+    #: Sends of one event (same bytes, same event id) before a write fails, all within
+    #: ``timeout_s``: a send is repeated after an error that failed it, never after a wait.
     send_attempts: int = 3
+    timeout_s: float = 30.0
+    close_timeout_s: float = 5.0
+    transaction_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.send_attempts < 1:
-            raise ValueError(f"send_attempts must be at least 1, got {self.send_attempts}")
+        if isinstance(self.send_attempts, bool) or not (
+            isinstance(self.send_attempts, int) and self.send_attempts >= 1
+        ):
+            raise InvalidConfigError(
+                f"send_attempts must be an int >= 1, got {self.send_attempts!r}"
+            )
+        for name in ("timeout_s", "request_timeout_s", "close_timeout_s", "transaction_timeout_s"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not (math.isfinite(value) and value > 0)
+            ):
+                raise InvalidConfigError(f"{name} must be a positive finite number of seconds, "
+                                         f"got {value!r}")  # fmt: skip
+        if self.transaction_timeout_s > MAX_TRANSACTION_TIMEOUT_S:
+            raise InvalidConfigError(
+                f"transaction_timeout_s must be at most {MAX_TRANSACTION_TIMEOUT_S:g}, got "
+                f"{self.transaction_timeout_s:g}: an open transaction holds its partitions "
+                "for that long"
+            )
+
+    @property
+    def send_window_s(self) -> float:
+        """The part of ``timeout_s`` a call waits for Kafka; the rest is for saying why not."""
+        return self.timeout_s - self.diagnosis_s
+
+    @property
+    def kafka_request_timeout_s(self) -> float:
+        """``request_timeout_s``, at most half of ``timeout_s``."""
+        return min(self.request_timeout_s, self.timeout_s / 2)
+
+    @property
+    def diagnosis_s(self) -> float:
+        return min(DIAGNOSIS_S, self.timeout_s * 0.2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +250,8 @@ class ContextClient:
         #: One transactional producer per client, used by one transaction at a time.
         self._tx_producer: AIOKafkaProducer | None = None
         self._tx_lock = asyncio.Lock()
+        #: The idempotent producer created last (the one starting, if a start is under way).
+        self._started_producer: AIOKafkaProducer | None = None
         #: Last document seen per context (from get/update), for update()'s deltas.
         self._seen: OrderedDict[str, tuple[int | None, dict[str, Any]]] = OrderedDict()
         #: Read API URLs configured (``api_url``, comma-separated), and the routing table
@@ -231,26 +294,52 @@ class ContextClient:
             self._producer_start = None
 
     def _new_producer(self, transactional_id: str | None = None) -> AIOKafkaProducer:
-        return AIOKafkaProducer(
-            bootstrap_servers=self.config.bootstrap,
-            client_id=self.config.client_id,
+        config = self.config
+        producer = WalProducer(
+            start_timeout_s=config.timeout_s,
+            close_timeout_s=config.close_timeout_s,
+            bootstrap_servers=config.bootstrap,
+            client_id=config.client_id,
             enable_idempotence=True,
             acks="all",
             max_request_size=4 * 1024 * 1024,
-            request_timeout_ms=int(self.config.request_timeout_s * 1000),
+            request_timeout_ms=int(config.kafka_request_timeout_s * 1000),
             transactional_id=transactional_id,
+            transaction_timeout_ms=int(config.transaction_timeout_s * 1000),
         )
+        if transactional_id is None:
+            self._started_producer = producer  # what it answered explains a failed start
+        return producer
+
+    async def _why_not_acknowledged(
+        self, producer: AIOKafkaProducer | None, since: float, keys: list[bytes] | None
+    ) -> str:
+        """Why the brokers did not acknowledge writes of ``keys`` (None: the topic's every
+        partition; []: none in particular), found within the config's diagnosis time."""
+        topic = self.config.topics.events
+        brokers: list[Broker] = []
+        partitions: list[int] | None = None
+        answers: dict[int, str] = {}
+        if isinstance(producer, WalProducer):
+            cluster = producer.client.cluster
+            brokers = [Broker(b.host, b.port, b.nodeId) for b in cluster.brokers()]
+            count = len(cluster.partitions_for_topic(topic) or ())
+            if keys is not None and (count or not keys):
+                partitions = sorted({partition_for(key, count) for key in keys})
+            answers = producer.answers(since)
+        brokers = brokers or parse_bootstrap(self.config.bootstrap)
+        return await explain(brokers, topic, partitions, self.config.diagnosis_s, answers)
 
     async def close(self) -> None:
+        """Closes the producers and HTTP sessions, within about ``close_timeout_s``: sends
+        not acknowledged by then are given up (they may still land: their outcome is
+        unknown)."""
         if self._producer_start is not None:  # a start in flight: its producer is closed too
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._producer_start)
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
-        if self._tx_producer is not None:
-            await self._tx_producer.stop()
-            self._tx_producer = None
+        producers = [p for p in (self._producer, self._tx_producer) if p is not None]
+        self._producer = self._tx_producer = None
+        await asyncio.gather(*(producer.stop() for producer in producers))
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -369,8 +458,12 @@ class ContextClient:
             self._seen.popitem(last=False)
 
     async def _drop_tx_producer(self) -> None:
+        """Stops the transactional producer after a transaction that did not end cleanly:
+        what it still holds belongs to that transaction, so nothing is flushed."""
         producer, self._tx_producer = self._tx_producer, None
-        if producer is not None:
+        if isinstance(producer, WalProducer):
+            await producer.stop(flush=False)
+        elif producer is not None:
             await producer.stop()
 
     def transaction(self) -> Transaction:
@@ -394,28 +487,39 @@ class ContextClient:
         key, value, event_id = self.event(context_id, op, expected_version)
         if dry_run:
             return await self._dry_run(value)
-        producer = await self._ensure_producer()
+        started = time.monotonic()
+        try:
+            # One deadline for the whole call: the idempotent producer retries a batch no
+            # broker acknowledges without end, and its start waits for a producer id.
+            async with asyncio.timeout(self.config.send_window_s):
+                producer = await self._ensure_producer()
+                meta = await self._send_event(producer, key, value, event_id)
+        except TimeoutError:
+            producer = self._producer or self._started_producer
+            reason = await self._why_not_acknowledged(producer, started, [key])
+            raise PublishTimeoutError(
+                f"the WAL did not acknowledge event {event_id} within "
+                f"{self.config.timeout_s:g} s: {reason}"
+            ) from None
+        return Receipt(context_id, meta.partition, meta.offset, str(event_id), self)
+
+    async def _send_event(
+        self, producer: AIOKafkaProducer, key: bytes, value: bytes, event_id: uuid.UUID
+    ) -> Any:
+        """Sends until acknowledged; a send that an error failed is repeated, up to
+        ``send_attempts`` sends. A repeat carries the very same bytes, event id included: if
+        the first did land after all, the fold applies the event once."""
         attempts = self.config.send_attempts
         for attempt in range(1, attempts + 1):
             try:
-                # A deadline per attempt: the idempotent producer retries a lost batch without
-                # end, so a lost acknowledgement would otherwise hang the call.
-                meta = await asyncio.wait_for(
-                    producer.send_and_wait(self.config.topics.events, value, key=key),
-                    self.config.request_timeout_s,
-                )
-                break
-            except (KafkaError, TimeoutError) as exc:
-                # A retry re-sends the very same bytes, event id included: if the first send
-                # did land (a lost acknowledgement), the fold recognises the repeat and applies
-                # the event once.
-                retriable = isinstance(exc, TimeoutError) or getattr(exc, "retriable", False)
-                if not retriable or attempt == attempts:
+                return await producer.send_and_wait(self.config.topics.events, value, key=key)
+            except KafkaError as exc:
+                if not getattr(exc, "retriable", False) or attempt == attempts:
                     raise PublishError(
                         f"the WAL did not acknowledge event {event_id} after {attempt} "
-                        f"attempt(s): {exc}"
+                        f"attempt(s): {_error_text(exc)}"
                     ) from exc
-        return Receipt(context_id, meta.partition, meta.offset, str(event_id), self)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # ---- reads ----
 
@@ -485,7 +589,7 @@ class ContextClient:
         if status == 404 and forgotten_ok:
             return None
         if status == 504:
-            raise NotAppliedYetError(str(data.get("error")))
+            raise NotAppliedYetError(str(data.get("error")), data.get("open_transaction"))
         if status != 200:
             raise ReadError(f"read API answered {status}: {data.get('error')}")
         return data
@@ -528,13 +632,26 @@ class ContextClient:
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
             checkpoint_id = f"ck-{stamp}-{uuid.uuid4().hex[:4]}"
         check_checkpoint_id(checkpoint_id)
-        producer = await self._ensure_producer()
         topic = self.config.topics.events
+        started = time.monotonic()
         try:
-            partitions = len(await producer.partitions_for(topic))
-            offsets = await append_barriers(producer, self._codec, topic, checkpoint_id, partitions)
+            async with asyncio.timeout(self.config.send_window_s):
+                producer = await self._ensure_producer()
+                partitions = len(await producer.partitions_for(topic))
+                offsets = await append_barriers(
+                    producer, self._codec, topic, checkpoint_id, partitions
+                )
         except KafkaError as exc:
-            raise PublishError(f"could not append the checkpoint barriers: {exc}") from exc
+            raise PublishError(
+                f"could not append the checkpoint barriers: {_error_text(exc)}"
+            ) from exc
+        except TimeoutError:
+            producer = self._producer or self._started_producer
+            reason = await self._why_not_acknowledged(producer, started, None)
+            raise PublishTimeoutError(
+                f"the barriers of checkpoint {checkpoint_id} were not acknowledged within "
+                f"{self.config.timeout_s:g} s: {reason}"
+            ) from None
         return CheckpointRequest(checkpoint_id, offsets)
 
     async def wait_checkpoint(
@@ -552,7 +669,13 @@ class ContextClient:
         )  # fmt: skip
         deadline = time.monotonic() + timeout
         try:
-            await consumer.start()
+            try:
+                await asyncio.wait_for(consumer.start(), max(0.001, timeout))
+            except TimeoutError:
+                raise CheckpointTimeoutError(
+                    f"checkpoint {request.checkpoint_id}: no broker of {self.config.bootstrap} "
+                    f"let {topic} be read within {timeout:g} s"
+                ) from None
             while len(found) < len(request.offsets):
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -698,6 +821,12 @@ class Transaction:
     One transaction at a time per client (the client's transactional producer is shared;
     a second ``transaction()`` waits for the first to end).
 
+    Begin, each send, the commit and the abort each finish within the config's
+    ``timeout_s`` (``PublishTimeoutError`` with the brokers' reason). A commit that timed out
+    is unknown: the coordinator may still complete it, or abort it when the transaction's
+    ``transaction_timeout_s`` runs out. Until then, an open transaction holds the partitions
+    it wrote: readers see nothing after its first event (``lukhas transactions``).
+
     Conditions are still checked per event, in log order: if one event's ``expected_version``
     fails, that event is a ``conflict`` and the other events of the transaction still apply.
     The transaction makes the *append* atomic, not the conditions; check each receipt's
@@ -707,33 +836,51 @@ class Transaction:
     def __init__(self, client: ContextClient) -> None:
         self._client = client
         self._producer: AIOKafkaProducer | None = None
-        self._pending: list[tuple[str, uuid.UUID, Any]] = []
+        #: (context id, event id, ack future, key) of each event sent.
+        self._pending: list[tuple[str, uuid.UUID, Any, bytes]] = []
         self.receipts: list[Receipt] = []
 
     async def __aenter__(self) -> Transaction:
         client = self._client
-        await client._tx_lock.acquire()
+        config = client.config
+        started = time.monotonic()
+        until = asyncio.get_running_loop().time() + config.send_window_s
         try:
-            if client._tx_producer is None:
-                tid = f"{client.config.client_id}-tx-{uuid.uuid4().hex}"
-                producer = client._new_producer(transactional_id=tid)
-                try:
-                    await producer.start()
-                except (KafkaError, ValueError, OSError):
-                    await producer.stop()
-                    raise
-                client._tx_producer = producer
-            self._producer = client._tx_producer
-            await self._producer.begin_transaction()
+            async with asyncio.timeout_at(until):
+                await client._tx_lock.acquire()
+        except TimeoutError:
+            raise PublishTimeoutError(
+                f"cannot begin a transaction within {config.timeout_s:g} s: another "
+                "transaction of this client is still open"
+            ) from None
+        try:
+            async with asyncio.timeout_at(until):
+                if client._tx_producer is None:
+                    tid = f"{config.client_id}-tx-{uuid.uuid4().hex}"
+                    client._tx_producer = client._new_producer(transactional_id=tid)
+                    await client._tx_producer.start()
+                self._producer = client._tx_producer
+                await self._producer.begin_transaction()
+        except TimeoutError:
+            reason = await client._why_not_acknowledged(client._tx_producer, started, [])
+            await self._fail_begin()
+            raise PublishTimeoutError(
+                f"cannot begin a transaction within {config.timeout_s:g} s: {reason}"
+            ) from None
         except (KafkaError, ValueError, OSError) as exc:
-            await client._drop_tx_producer()
-            client._tx_lock.release()
-            raise PublishError(f"cannot begin a transaction: {exc}") from exc
+            await self._fail_begin()
+            raise PublishError(f"cannot begin a transaction: {_error_text(exc)}") from exc
         except BaseException:
-            await client._drop_tx_producer()
-            client._tx_lock.release()
+            await self._fail_begin()
             raise
         return self
+
+    async def _fail_begin(self) -> None:
+        self._producer = None
+        try:
+            await self._client._drop_tx_producer()
+        finally:
+            self._client._tx_lock.release()
 
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
         """Commits, or aborts when the block raised. On any exit that did not end cleanly
@@ -752,20 +899,35 @@ class Transaction:
             self._client._tx_lock.release()
 
     async def _abort(self) -> bool:
+        """Aborts within the deadline; False when it could not (the producer is dropped and
+        the brokers abort the transaction at its timeout)."""
         assert self._producer is not None
         try:
-            await self._producer.abort_transaction()
-        except KafkaError:
+            async with asyncio.timeout(self._client.config.timeout_s):
+                await self._producer.abort_transaction()
+        except (KafkaError, TimeoutError):
             return False  # the caller's own exception goes on; the producer is dropped
         return True
 
     async def _commit(self) -> None:
         assert self._producer is not None
+        config = self._client.config
+        started = time.monotonic()
         try:
-            await self._producer.commit_transaction()
+            async with asyncio.timeout(config.send_window_s):
+                await self._producer.commit_transaction()
         except KafkaError as error:
-            raise PublishError(f"the transaction did not commit: {error}") from error
-        for context_id, event_id, future in self._pending:
+            raise PublishError(f"the transaction did not commit: {_error_text(error)}") from error
+        except TimeoutError:
+            # The events no broker acknowledged, else (all were) the coordinator's answer.
+            keys = [key for *_, future, key in self._pending if not future.done()]
+            reason = await self._client._why_not_acknowledged(self._producer, started, keys)
+            raise PublishTimeoutError(
+                f"the transaction did not commit within {config.timeout_s:g} s (it may still "
+                f"commit, or be aborted when its {config.transaction_timeout_s:g} s transaction "
+                f"timeout runs out): {reason}"
+            ) from None
+        for context_id, event_id, future, _ in self._pending:
             meta = future.result()
             self.receipts.append(
                 Receipt(context_id, meta.partition, meta.offset, str(event_id), self._client)
@@ -790,10 +952,23 @@ class Transaction:
         await self._send(context_id, Delete(), expected_version)
 
     async def _send(self, context_id: str, op: Op, expected_version: int | None) -> None:
+        """Queues the event in the transaction (its acknowledgement is awaited by the
+        commit); waits only for the topic's metadata and buffer space, within the deadline."""
         assert self._producer is not None, "use 'async with client.transaction() as tx'"
-        key, value, event_id = self._client.event(context_id, op, expected_version)
-        future = await self._producer.send(self._client.config.topics.events, value, key=key)
-        self._pending.append((context_id, event_id, future))
+        client = self._client
+        key, value, event_id = client.event(context_id, op, expected_version)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(client.config.send_window_s):
+                future = await self._producer.send(client.config.topics.events, value, key=key)
+        except KafkaError as exc:
+            raise PublishError(f"cannot send event {event_id}: {_error_text(exc)}") from exc
+        except TimeoutError:
+            reason = await client._why_not_acknowledged(self._producer, started, [key])
+            raise PublishTimeoutError(
+                f"cannot send event {event_id} within {client.config.timeout_s:g} s: {reason}"
+            ) from None
+        self._pending.append((context_id, event_id, future, key))
 
 
 SEEN_CACHE_SIZE = 1024
@@ -828,6 +1003,13 @@ def _refused(error: BaseException) -> str | None:
     if isinstance(cause.os_error, ConnectionRefusedError):
         return "connection refused"
     return str(cause.os_error) or type(cause.os_error).__name__
+
+
+def _error_text(exc: BaseException) -> str:
+    """An error as one line that is never empty (``str(TimeoutError())`` is)."""
+    text = str(exc)
+    name = type(exc).__name__
+    return text if name in text else f"{name}: {text}".rstrip(": ")
 
 
 def _checksum_bytes(checksum: str | None) -> bytes | None:
@@ -897,7 +1079,8 @@ def _context_from(status: int, body: bytes, context_id: str) -> Context:
     if status == 404:
         raise ContextNotFoundError(context_id)
     if status == 504:
-        raise NotAppliedYetError(str(data.get("error", "not applied yet")))
+        error = str(data.get("error", "not applied yet"))
+        raise NotAppliedYetError(error, data.get("open_transaction"))
     if status != 200:
         raise ReadError(f"read API answered {status}: {data.get('error') or body[:200]!r}")
     return Context(

@@ -12,6 +12,7 @@ __all__ = [
     "ContextNotFoundError",
     "DocumentTooDeepError",
     "DocumentTooLargeError",
+    "InvalidConfigError",
     "InvalidContextIdError",
     "InvalidDocumentError",
     "InvalidPatchError",
@@ -21,6 +22,7 @@ __all__ = [
     "NoSuchPositionError",
     "NotAppliedYetError",
     "PublishError",
+    "PublishTimeoutError",
     "ReadError",
     "ValidationError",
 ]
@@ -32,6 +34,11 @@ class ClientError(LukhasError):
 
 class ValidationError(ClientError, ValueError):
     """The call's arguments are invalid; nothing was sent."""
+
+
+class InvalidConfigError(ValidationError):
+    """A ``ClientConfig`` value is out of its range (a deadline that is not a positive finite
+    number of seconds, a transaction timeout over the maximum)."""
 
 
 class InvalidContextIdError(ValidationError):
@@ -68,6 +75,12 @@ class PublishError(ClientError):
     retriable = True
 
 
+class PublishTimeoutError(PublishError):
+    """The call's deadline passed before the WAL acknowledged. The message says what the
+    brokers reported (a partition without enough in-sync replicas or without a leader,
+    brokers that do not answer); the write may still land (its outcome is unknown)."""
+
+
 class ReadError(ClientError):
     """The read API failed or could not be reached."""
 
@@ -79,7 +92,14 @@ class ContextNotFoundError(ClientError, KeyError):
 
 
 class NotAppliedYetError(ReadError):
-    """The read-your-writes wait timed out: the worker has not folded the offset yet."""
+    """The read-your-writes wait timed out: the worker has not folded the offset yet.
+
+    ``open_transaction`` is set when an open Kafka transaction holds the partition
+    (``{"partition", "first_offset", "high_watermark"}``); the message says so too."""
+
+    def __init__(self, message: str, open_transaction: dict[str, int] | None = None) -> None:
+        super().__init__(message)
+        self.open_transaction = open_transaction
 
 
 class NoSuchPositionError(ReadError):

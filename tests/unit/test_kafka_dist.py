@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 
 from lukhas_context.ops.exceptions import KafkaFetchError, KafkaHomeError
-from lukhas_context.ops.kafka_dist import COMPLETE_MARKER, ensure_kafka, log4j_config
+from lukhas_context.ops.kafka_dist import (
+    COMPLETE_MARKER,
+    ensure_kafka,
+    ensure_kafka_tools,
+    log4j_config,
+)
 
 VERSION = "4.0.2"
 
@@ -23,6 +28,7 @@ for arg in "$@"; do
   case "$arg" in -DoutputDirectory=*) out="${{arg#-DoutputDirectory=}}";; esac
 done
 mkdir -p "$out" && touch "$out/kafka_2.13-{version}.jar" "$out/kafka-clients-{version}.jar"
+touch "$out/kafka-tools-{version}.jar"
 """
 
 
@@ -108,3 +114,23 @@ def test_log4j_config_quiets_kafka(tmp_path: Path) -> None:
     text = path.read_text()
     assert "rootLogger.level = warn" in text
     assert "logger.kafka.level = warn" in text
+
+
+def test_the_tools_jar_is_fetched_once_beside_the_broker_jars(
+    tmp_path: Path, fake_mvn: Path
+) -> None:
+    cache = tmp_path / "cache"
+    _fake_cache(cache, complete=True)
+    dist = ensure_kafka_tools(VERSION, cache_dir=cache)
+    assert dist.classpath == f"{cache}/tools/kafka-tools-{VERSION}.jar:{cache}/libs/*"
+    assert "-DexcludeTransitive=true" in fake_mvn.read_text()
+    assert (cache / "libs" / f"kafka_2.13-{VERSION}.jar").exists()  # the broker's cache untouched
+    ensure_kafka_tools(VERSION, cache_dir=cache)
+    assert len(fake_mvn.read_text().splitlines()) == 1  # reused, not fetched again
+
+
+def test_kafka_home_without_the_tools_jar_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "libs").mkdir()
+    (tmp_path / "libs" / f"kafka_2.13-{VERSION}.jar").touch()
+    with pytest.raises(KafkaHomeError, match="kafka-tools"):
+        ensure_kafka_tools(VERSION, kafka_home=str(tmp_path))
