@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv up down status test test-unit test-integration lint format typecheck bench clean
+.PHONY: help venv up down status test test-unit test-pure test-integration lint format typecheck bench clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -28,8 +28,12 @@ down: $(STAMP)  ## Stop what `make up` started (keeps the data in .lukhas/)
 status: $(STAMP)  ## Show the local cluster's status
 	$(BIN)/lukhas status
 
-test: lint typecheck  ## Lint, type-check, then every test (starts its own Kafka and redis-server)
+test: lint typecheck  ## Lint, type-check, every test (starts its own Kafka and redis-server), then the unit tests without the native extension
 	$(BIN)/pytest
+	LUKHAS_TEST_PURE_PYTHON=1 $(BIN)/pytest tests/unit -q
+
+test-pure: $(STAMP)  ## The unit tests with the native extension switched off (as without a C compiler)
+	LUKHAS_TEST_PURE_PYTHON=1 $(BIN)/pytest tests/unit
 
 test-unit: $(STAMP)  ## Run the unit tests only (no broker)
 	$(BIN)/pytest tests/unit

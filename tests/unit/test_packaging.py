@@ -59,3 +59,17 @@ def test_lukhas_context_has_no_init() -> None:
     import lukhas_context
 
     assert getattr(lukhas_context, "__file__", None) is None
+
+
+def test_the_native_extension_is_built_unless_switched_off() -> None:
+    """The native tests skip when the extension is missing; this makes a build that silently
+    lost it fail instead (the pure-Python run switches it off on purpose)."""
+    import os
+
+    from lukhas_context.processors import materializer
+    from lukhas_context.streams import watch
+
+    if os.environ.get("LUKHAS_TEST_PURE_PYTHON") == "1":
+        assert materializer.native_fold_puts is None and watch._read_change is None
+    else:
+        assert materializer.native_fold_puts is not None and watch._read_change is not None

@@ -14,7 +14,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lukhas_context.processors._fastfold import read_change
 from lukhas_context.schemas import binary as b
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
 from lukhas_context.schemas.event import ChangeKind, ContextChange
@@ -48,6 +47,14 @@ LONG_MAX = 2**63 - 1
 longs = st.integers(min_value=-(2**63), max_value=LONG_MAX)
 # Any Unicode text but lone surrogates (which have no UTF-8 form).
 unicode_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
+
+read_change: Any
+try:  # the native decoder, when the extension is built (and not switched off)
+    from lukhas_context.processors._fastfold import read_change
+except ImportError:
+    read_change = None
+#: The native decoder's tests; the pure-Python path runs without them (tests/conftest.py).
+native = pytest.mark.skipif(read_change is None, reason="the native extension is not built")
 
 
 # ---- fake records and watcher state ----
@@ -682,6 +689,7 @@ def assert_same_or_both_reject(data: bytes) -> None:
         assert native == fields_of(expected)
 
 
+@native
 @settings(max_examples=300)
 @given(changes)
 def test_native_decoder_matches_codec(change: ContextChange) -> None:
@@ -694,6 +702,7 @@ def test_native_decoder_matches_codec(change: ContextChange) -> None:
     assert native is not None and type(native[2]) is int
 
 
+@native
 @settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
 @given(changes)
 def test_native_decoder_rejects_truncated_and_trailing(change: ContextChange) -> None:
@@ -708,6 +717,7 @@ def test_native_decoder_rejects_truncated_and_trailing(change: ContextChange) ->
             CODEC.decode(data + extra)
 
 
+@native
 @given(changes, st.binary(min_size=10, max_size=10))
 def test_native_decoder_rejects_other_headers(change: ContextChange, header: bytes) -> None:
     data = encode(change)
@@ -722,6 +732,7 @@ def test_native_decoder_rejects_other_headers(change: ContextChange, header: byt
         CODEC.decode(other + data[10:])
 
 
+@native
 @settings(max_examples=500)
 @given(st.binary(max_size=80))
 def test_native_decoder_random_bodies(body: bytes) -> None:
@@ -729,6 +740,7 @@ def test_native_decoder_random_bodies(body: bytes) -> None:
     assert read_change(HEADER, body) is None or body.startswith(HEADER)
 
 
+@native
 @settings(max_examples=300)
 @given(changes, st.data())
 def test_native_decoder_mutated_changes(change: ContextChange, data: st.DataObject) -> None:
@@ -739,6 +751,7 @@ def test_native_decoder_mutated_changes(change: ContextChange, data: st.DataObje
     assert_same_or_both_reject(bytes(raw))
 
 
+@native
 @pytest.mark.parametrize(
     "body",
     [
@@ -762,6 +775,7 @@ def test_native_decoder_rejects_malformed(body: bytes) -> None:
 HUGE_LENGTH = b.write_long(LONG_MAX)
 
 
+@native
 @pytest.mark.parametrize(
     "body",
     [
