@@ -3,6 +3,7 @@ same counts, same dead letters, for generated logs of every shape of record."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections import namedtuple
 from pathlib import Path
@@ -34,7 +35,7 @@ DOCS = [
     b'{"b": 2, "a": [1, 2]}',  # valid, not canonical
     b"[1]",
     b"nope",
-    b'{"big":"' + b"z" * 80 + b'"}',  # over the 64-byte limit of these tests
+    b'{"big":"' + b"z" * 300 + b'"}',  # over the 256-byte limit of these tests
     b'{"n":' + b"1" * 70 + b"}",
     b'{"d":' + b"[" * 9 + b"]" * 9 + b"}",  # deeper than the max_depth of these tests
     b'{"n":123456789012345678901}',  # outside 64 bits: refused, never rounded (issue 9)
@@ -43,12 +44,37 @@ DOCS = [
 ]
 
 
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)  # big integers too: refused by both paths alike
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=6,
+)
+
+
+@st.composite
+def documents(draw: Any) -> bytes:
+    """JSON text as writers send it: any key order and spacing, escaped or raw Unicode, long
+    Unicode strings, floats and exponents, integers near and past 64 bits, duplicate keys."""
+    doc = draw(st.dictionaries(st.text(max_size=4), JSON_VALUES, max_size=4))
+    if draw(st.booleans()):
+        doc["long"] = draw(st.text(min_size=10, max_size=40))  # often multi-byte
+    spacing = draw(st.sampled_from([(",", ":"), (", ", ": ")]))
+    text = json.dumps(doc, ensure_ascii=draw(st.booleans()), separators=spacing)
+    if draw(st.booleans()) and text != "{}":
+        text = '{"dup":1,"dup":' + draw(st.sampled_from(["2", "2.5e3", '"x"'])) + "," + text[1:]
+    return text.encode()
+
+
 @st.composite
 def records(draw: Any) -> tuple[bytes | None, bytes | None]:
     key = draw(st.sampled_from(KEYS))
     eid = draw(st.binary(min_size=16, max_size=16))
     kind = draw(st.integers(0, 9))
-    doc = draw(st.sampled_from(DOCS))
+    doc = draw(st.sampled_from(DOCS) | documents())
     if kind <= 4:  # the commonest shape: the native loop's own
         return key.encode(), CODEC.encode(ContextEvent(eid, key, Put(doc)))
     if kind == 5:
@@ -80,7 +106,7 @@ def records(draw: Any) -> tuple[bytes | None, bytes | None]:
 
 def fold(log: list[Message], native: bool, window: int = 20) -> tuple[Any, ...]:
     with tempfile.TemporaryDirectory() as tmp:
-        limits = Limits(max_document_bytes=64, max_depth=8, dedupe_window=window)
+        limits = Limits(max_document_bytes=256, max_depth=8, dedupe_window=window)
         config = WorkerConfig(bootstrap="unused", state_dir=Path(tmp), limits=limits)
         m = Materializer(config)
         m.native = native
