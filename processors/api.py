@@ -37,6 +37,9 @@ request for a partition the receiver does not serve either is 421 at once.
 
 ``GET /healthz`` is 200 while the worker folds, 503 otherwise. ``GET /metrics`` is the
 Prometheus text exposition.
+
+Connections are accepted by ``processors.listener``: capped, with deadlines for headers,
+bodies and idle connections; a connection over the cap is answered 503, late headers 408.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import orjson
@@ -51,6 +55,7 @@ from aiohttp import web
 
 from lukhas_context.processors.exceptions import NotOwnerError
 from lukhas_context.processors.fold import apply
+from lukhas_context.processors.listener import Listener
 from lukhas_context.processors.materializer import MAX_REQUEST_BYTES, Materializer
 from lukhas_context.schemas.exceptions import CodecError
 from lukhas_context.state.journal import EntryStatus
@@ -108,7 +113,7 @@ class ReadApi:
     def __init__(self, materializer: Materializer) -> None:
         self.m = materializer
         # Dry runs post whole events: a 1 MiB document and its envelope must fit.
-        self.app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+        self.app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[self._deadlines])
         self.app.add_routes(
             [
                 web.get("/v1/contexts/{context_id}", self.get_context),
@@ -122,16 +127,32 @@ class ReadApi:
             ]
         )
         self._runner: web.AppRunner | None = None
+        self._listener: Listener | None = None
         self._http: aiohttp.ClientSession | None = None
         #: Open server-sent event streams (each one a consumer), closed on shutdown.
         self._streams: set[Watcher] = set()
 
     async def start(self, host: str, port: int) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None)
+        limits = self.m.config.listener
+        # aiohttp's own keep-alive timer only backs up the listener's deadlines.
+        backstop = limits.idle_timeout_s + limits.header_timeout_s + limits.body_timeout_s
+        self._runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=backstop)
         await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
+        assert self._runner.server is not None
+        self._listener = Listener(self._runner.server, limits, self.m.metrics)
+        await self._listener.start(host, port)
+
+    @web.middleware
+    async def _deadlines(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if self._listener is None:
+            return await handler(request)
+        return await self._listener.guard(request, handler)
 
     async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
         for watcher in list(self._streams):  # ends their handlers' loops
             await watcher.close()
         if self._runner is not None:

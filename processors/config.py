@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lukhas_context.processors.fold import Limits
+from lukhas_context.processors.listener import ListenerLimits
 from lukhas_context.state.store import StoreOptions
 from lukhas_context.streams.topics import Topics
 
@@ -57,13 +58,17 @@ class WorkerConfig:
     #: An Expire that has not applied after this long is appended again (it was lost, or the
     #: broker's clock was behind this worker's when it was appended).
     expiry_retry_s: float = 5.0
+    #: The read API's connection cap and deadlines.
+    listener: ListenerLimits = field(default_factory=ListenerLimits)
+    #: Process-wide log rate limit installed by ``run_worker``: lines of one logger and
+    #: message template beyond ``log_burst`` per ``log_interval_s`` are counted, not written.
+    log_burst: int = 50
+    log_interval_s: float = 30.0
     #: The read API's URL as other workers and clients reach it (default: from api_host and
     #: api_port), published on the members topic.
     advertised_url: str | None = None
 
     def __post_init__(self) -> None:
-        if self.checkpoint_keep < 1:
-            raise ValueError(f"checkpoint_keep must be at least 1, got {self.checkpoint_keep}")
         # The dedupe window is rebuilt from the journal on restart: it must hold the window.
         if self.journal_offsets < self.limits.dedupe_window:
             raise ValueError(
