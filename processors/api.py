@@ -2,8 +2,10 @@
 
 ``GET /v1/contexts/{id}`` returns ``{"context_id", "version", "doc", "checksum", "offset",
 "partition", "expires_at_ms"}`` (checksum: 16 hex digits of xxh3-64) or 404 when the context
-does not exist, was deleted or has expired (expiry is checked against the wall clock at once,
-before the Expire event is folded). ``?min_offset=PARTITION:OFFSET`` first waits until that WAL
+does not exist, was deleted or has expired (expiry is checked at once, before the Expire event
+is folded, by the log's clock as this worker measures it: ``processors.clock``; hidden once
+expired for certain, so a live context never reads as gone).
+``?min_offset=PARTITION:OFFSET`` first waits until that WAL
 offset is folded (read-your-writes), at most ``timeout`` seconds (default 5, at most 30): 504
 when it is not. A partition this worker does not serve answers 421.
 
@@ -14,7 +16,8 @@ longer holds it, 504 when it is not folded in time.
 
 ``POST /v1/dry-run`` takes one encoded event (single-object Avro, the body) and returns what
 the fold would do to the current state — ``{"status", "version", "reason", "kind", "doc",
-"checksum", "expires_at_ms"}`` — appending nothing. Time is the worker's clock.
+"checksum", "expires_at_ms"}`` — appending nothing. Time is the log's clock as this worker
+measures it (the earliest time an append now could get, as for reads).
 
 ``GET /v1/partitions`` lists the partitions the worker serves, each with ``next_offset``,
 ``digest`` (16 hex digits: the order-independent digest of the partition's state, equal on
@@ -35,7 +38,8 @@ context or an outcome of a partition another worker serves is forwarded to it (o
 marked with ``X-Lukhas-Forwarded-By``; the answer carries ``X-Lukhas-Served-By``); a forwarded
 request for a partition the receiver does not serve either is 421 at once.
 
-``GET /healthz`` is 200 while the worker folds, 503 otherwise. ``GET /metrics`` is the
+``GET /healthz`` is 200 while the worker folds, 503 otherwise; its ``clock`` says how far this
+worker's wall clock is off the log's (``skew_ms``, ``error_ms``). ``GET /metrics`` is the
 Prometheus text exposition.
 
 Connections are accepted by ``processors.listener``: capped, with deadlines for headers,
@@ -46,7 +50,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -225,7 +228,7 @@ class ReadApi:
             record = self.m.store_for(partition).get(key)
         except NotOwnerError as exc:
             return _error(421, str(exc))
-        if record is None or not record.is_live(int(time.time() * 1000)):
+        if record is None or not record.is_live(self.m.clock.earliest_ms()):
             return _error(404, f"context {context_id!r} not found")
         assert record.doc is not None
         head = orjson.dumps(
@@ -291,7 +294,7 @@ class ReadApi:
             store = self.m.store_for(partition)
         except NotOwnerError as exc:
             return _error(421, str(exc))
-        now = int(time.time() * 1000)
+        now = self.m.clock.earliest_ms()
         new, outcome = apply(store.get(key), event, store.next_offset, now, self.m.config.limits)
         result: dict[str, object] = {
             "status": outcome.status.name.lower(),
@@ -391,6 +394,7 @@ class ReadApi:
             "status": "ok" if self.m.running else "starting",
             "partitions": sorted(self.m.stores),
             "restoring": self.m.restoring,
+            "clock": self.m.clock.skew().to_dict(),
         }
         return web.json_response(body, status=200 if self.m.running else 503)
 

@@ -103,6 +103,23 @@ class WorkerMetrics:
             "Log lines not written by the repeated-line rate limit (processors.logfilter)",
             registry=r,
         )
+        # The log's clock as measured by this worker (processors.clock).
+        self.clock_skew = Gauge(
+            "lukhas_clock_skew_seconds",
+            "This worker's wall clock minus the log's (brokers') clock; NaN until measured",
+            registry=r,
+        )
+        self.clock_error = Gauge(
+            "lukhas_clock_skew_error_seconds",
+            "Bound on the error of lukhas_clock_skew_seconds (+Inf: no upper bound measured)",
+            registry=r,
+        )
+        self.expires_refused_early = Counter(
+            "lukhas_expire_events_early",
+            "Expire events the sweeper appended that the log stamped before the expiry "
+            "(the fold refuses them; the sweeper backs off)",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
