@@ -291,7 +291,7 @@ class Listener:
             await self._loop.connect_accepted_socket(
                 lambda: _Connection(self, self._server(), client), sock=client
             )
-        except OSError as exc:
+        except Exception as exc:  # e.g. reset before it was set up: that client is gone
             log.info("a connection closed before it was served: %r", exc)
             client.close()
 
