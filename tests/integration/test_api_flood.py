@@ -54,6 +54,16 @@ class LimitedWorker(WorkerProcess):
         )  # fmt: skip
 
 
+@pytest.fixture
+def stop_after() -> Any:
+    """Kills every worker handed to it when the test ends, passed or failed."""
+    workers: list[WorkerProcess] = []
+    yield workers.append
+    for worker in workers:
+        if worker.proc is not None and worker.proc.poll() is None:
+            worker.kill9()
+
+
 def _worker(cluster: Any, topics: Any, tmp_path: Path, *extra: str) -> LimitedWorker:
     port = free_port()
     argv = [
@@ -119,7 +129,7 @@ async def _put_and_read(cluster: Any, topics: Any, url: str, tag: str) -> None:
 
 
 async def test_slow_and_surplus_connections_are_capped_and_closed_and_the_fold_goes_on(
-    cluster: Any, topics: Any, tmp_path: Path
+    cluster: Any, topics: Any, tmp_path: Path, stop_after: Any
 ) -> None:
     worker = _worker(
         cluster, topics, tmp_path, "--max-connections", str(CAP),
@@ -127,6 +137,7 @@ async def test_slow_and_surplus_connections_are_capped_and_closed_and_the_fold_g
         "--idle-timeout", str(2 * DEADLINE_S),
     )  # fmt: skip
     port = int(worker.url.rsplit(":", 1)[1])
+    stop_after(worker)
     worker.start()
     await asyncio.to_thread(worker.wait_healthy)
 
@@ -189,7 +200,7 @@ def _metrics_after_polls(worker: WorkerProcess, busy: list[socket.socket]) -> di
 
 @pytest.mark.parametrize("cap", [None, 1000], ids=["default-cap", "cap-above-the-fd-limit"])
 async def test_a_flood_at_the_descriptor_limit_logs_little_and_the_worker_serves_on(
-    cluster: Any, topics: Any, tmp_path: Path, cap: int | None
+    cluster: Any, topics: Any, tmp_path: Path, cap: int | None, stop_after: Any
 ) -> None:
     """With 256 descriptors: by default the cap keeps the API well inside them; with a cap
     above them, accept() fails (EMFILE) and the listener backs off, logging once a pause."""
@@ -197,6 +208,7 @@ async def test_a_flood_at_the_descriptor_limit_logs_little_and_the_worker_serves
     worker = _worker(cluster, topics, tmp_path, *extra)
     worker.nofile = 256
     port = int(worker.url.rsplit(":", 1)[1])
+    stop_after(worker)
     worker.start()
     await asyncio.to_thread(worker.wait_healthy)
     await _put_and_read(cluster, topics, worker.url, "before")
