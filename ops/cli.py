@@ -332,13 +332,42 @@ def status(data_dir: Path | None, as_json: bool) -> None:
     show_default=True,
     help="Most Expire events one sweep appends per partition.",
 )
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1),
+    default=None,
+    help="Cap on open read API connections [default: from the file-descriptor limit].",
+)
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0.001, max=3600),
+    default=10.0,
+    show_default=True,
+    help="SECONDS from a request's first byte until its headers are complete (else 408).",
+)
+@click.option(
+    "--body-timeout",
+    type=click.FloatRange(min=0.001, max=3600),
+    default=30.0,
+    show_default=True,
+    help="SECONDS from a request's headers until its body is complete (else closed).",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0.001, max=3600),
+    default=30.0,
+    show_default=True,
+    help="SECONDS a keep-alive connection may stay idle.",
+)
 def worker(bootstrap: str, state_dir: Path, topic_prefix: str, group: str, api_host: str,
            api_port: int, redis_url: str | None, max_batch: int,
            instance_id: str | None, session_timeout: float, checkpoint_dir: Path | None,
            checkpoint_interval: float | None, checkpoint_keep: int, expiry_interval: float,
-           expiry_batch: int) -> None:  # fmt: skip
+           expiry_batch: int, max_connections: int | None, header_timeout: float,
+           body_timeout: float, idle_timeout: float) -> None:  # fmt: skip
     """Run one processor worker in the foreground (SIGTERM stops it cleanly)."""
     from lukhas_context.processors.config import WorkerConfig
+    from lukhas_context.processors.listener import ListenerLimits
     from lukhas_context.processors.worker import run_worker
 
     logging.getLogger("lukhas_context").setLevel(logging.INFO)
@@ -351,6 +380,7 @@ def worker(bootstrap: str, state_dir: Path, topic_prefix: str, group: str, api_h
         checkpoint_interval_s=checkpoint_interval, checkpoint_keep=checkpoint_keep,
         expiry_interval_s=expiry_interval, expiry_batch=expiry_batch,
         checkpoint_pause_s=Environment.read().checkpoint_pause_s,
+        listener=ListenerLimits(max_connections, header_timeout, body_timeout, idle_timeout),
     )  # fmt: skip
     sys.exit(run_worker(config))
 

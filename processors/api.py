@@ -2,8 +2,10 @@
 
 ``GET /v1/contexts/{id}`` returns ``{"context_id", "version", "doc", "checksum", "offset",
 "partition", "expires_at_ms"}`` (checksum: 16 hex digits of xxh3-64) or 404 when the context
-does not exist, was deleted or has expired (expiry is checked against the wall clock at once,
-before the Expire event is folded). ``?min_offset=PARTITION:OFFSET`` first waits until that WAL
+does not exist, was deleted or has expired (expiry is checked at once, before the Expire event
+is folded, by the log's clock as this worker measures it: ``processors.clock``; hidden once
+expired for certain, so a live context never reads as gone).
+``?min_offset=PARTITION:OFFSET`` first waits until that WAL
 offset is folded (read-your-writes), at most ``timeout`` seconds (default 5, at most 30): 504
 when it is not; when an open Kafka transaction holds the partition (nothing after its first
 offset is readable ``read_committed``) the 504's ``error`` says so and ``open_transaction``
@@ -22,7 +24,8 @@ longer holds it, 504 when it is not folded in time (with ``open_transaction`` as
 
 ``POST /v1/dry-run`` takes one encoded event (single-object Avro, the body) and returns what
 the fold would do to the current state — ``{"status", "version", "reason", "kind", "doc",
-"checksum", "expires_at_ms"}`` — appending nothing. Time is the worker's clock.
+"checksum", "expires_at_ms"}`` — appending nothing. Time is the log's clock as this worker
+measures it (the earliest time an append now could get, as for reads).
 
 ``GET /v1/partitions`` lists the partitions the worker serves, each with ``next_offset``,
 ``digest`` (16 hex digits: the order-independent digest of the partition's state, equal on
@@ -45,12 +48,15 @@ context or an outcome of a partition another worker serves is forwarded to it (o
 marked with ``X-Lukhas-Forwarded-By``; the answer carries ``X-Lukhas-Served-By``); a forwarded
 request for a partition the receiver does not serve either is 421 at once.
 
-``GET /healthz`` is 200 while the worker folds, 503 otherwise. ``GET /metrics`` is the
+``GET /healthz`` is 200 while the worker folds, 503 otherwise; its ``clock`` says how far this
+worker's wall clock is off the log's (``skew_ms``, ``error_ms``). ``GET /metrics`` is the
 Prometheus text exposition.
 
 Every endpoint rejects a query parameter it does not take, or one given twice, with a 400
 naming the ones it takes; numbers are decimal ASCII digits within range (offsets and
 timestamps at most 2^63-1), else a 400 (never a 500).
+Connections are accepted by ``processors.listener``: capped, with deadlines for headers,
+bodies and idle connections; a connection over the cap is answered 503, late headers 408.
 """
 
 from __future__ import annotations
@@ -58,7 +64,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -69,6 +74,7 @@ from aiohttp import web
 
 from lukhas_context.processors.exceptions import NotOwnerError
 from lukhas_context.processors.fold import apply, dead_letter_reason, is_barrier
+from lukhas_context.processors.listener import Listener
 from lukhas_context.processors.materializer import (
     MAX_REQUEST_BYTES,
     Materializer,
@@ -191,7 +197,7 @@ class ReadApi:
     def __init__(self, materializer: Materializer) -> None:
         self.m = materializer
         # Dry runs post whole events: a 1 MiB document and its envelope must fit.
-        self.app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+        self.app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[self._deadlines])
         self.app.add_routes(
             [
                 web.get("/v1/contexts/{context_id}", self.get_context),
@@ -205,6 +211,7 @@ class ReadApi:
             ]
         )
         self._runner: web.AppRunner | None = None
+        self._listener: Listener | None = None
         self._http: aiohttp.ClientSession | None = None
         #: Open server-sent event streams (each one a consumer), closed on shutdown.
         self._streams: set[Watcher] = set()
@@ -215,11 +222,26 @@ class ReadApi:
         self._wal_ends = WalEnds(config.bootstrap, config.topics.events, f"{config.client_id}-ends")
 
     async def start(self, host: str, port: int) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None)
+        limits = self.m.config.listener
+        # aiohttp's own keep-alive timer only backs up the listener's deadlines.
+        backstop = limits.idle_timeout_s + limits.header_timeout_s + limits.body_timeout_s
+        self._runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=backstop)
         await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
+        assert self._runner.server is not None
+        self._listener = Listener(self._runner.server, limits, self.m.metrics)
+        await self._listener.start(host, port)
+
+    @web.middleware
+    async def _deadlines(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if self._listener is None:
+            return await handler(request)
+        return await self._listener.guard(request, handler)
 
     async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
         for watcher in list(self._streams):  # ends their handlers' loops
             await watcher.close()
         if self._runner is not None:
@@ -333,7 +355,7 @@ class ReadApi:
             record = self.m.store_for(partition).get(key)
         except NotOwnerError as exc:
             return _error(421, str(exc))
-        if record is None or not record.is_live(int(time.time() * 1000)):
+        if record is None or not record.is_live(self.m.clock.earliest_ms()):
             return _error(404, f"context {context_id!r} not found")
         assert record.doc is not None
         head = orjson.dumps(
@@ -443,7 +465,7 @@ class ReadApi:
                 result.update(status="dead_lettered", reason=f"{type(error).__name__}: {error}")
             return web.json_response(result)
         record = store.get(key)
-        now = int(time.time() * 1000)
+        now = self.m.clock.earliest_ms()
         async with self._dry_runs:
             new, outcome = await asyncio.to_thread(apply, record, event, offset, now, limits)
         result.update(
@@ -547,6 +569,7 @@ class ReadApi:
             "status": "ok" if self.m.running else "starting",
             "partitions": sorted(self.m.stores),
             "restoring": self.m.restoring,
+            "clock": self.m.clock.skew().to_dict(),
         }
         return web.json_response(body, status=200 if self.m.running else 503)
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lukhas_context.processors.fold import Limits
+from lukhas_context.processors.listener import ListenerLimits
 from lukhas_context.state.store import StoreOptions
 from lukhas_context.streams.topics import Topics
 
@@ -54,14 +55,32 @@ class WorkerConfig:
     #: sweep appends per partition.
     expiry_interval_s: float | None = 0.5
     expiry_batch: int = 10_000
-    #: An Expire that has not applied after this long is appended again (it was lost, or the
-    #: broker's clock was behind this worker's when it was appended).
+    #: An Expire that has not applied after this long is appended again (it was lost, or
+    #: refused as early); each further retry of the same version waits twice as long, up to
+    #: ``expiry_retry_max_s``. "Due" is decided by the log's clock (``processors.clock``).
     expiry_retry_s: float = 5.0
+    expiry_retry_max_s: float = 300.0
+    #: How often the log's clock is measured by a probe append to the clock topic (None:
+    #: never; then only the WAL's records and acknowledgements measure it).
+    clock_probe_interval_s: float | None = 30.0
+    #: A skew between this worker's wall clock and the log's beyond this is logged.
+    clock_skew_warn_s: float = 1.0
+    #: The read API's connection cap and deadlines.
+    listener: ListenerLimits = field(default_factory=ListenerLimits)
+    #: Process-wide log rate limit installed by ``run_worker``: lines of one logger and
+    #: message template beyond ``log_burst`` per ``log_interval_s`` are counted, not written.
+    log_burst: int = 50
+    log_interval_s: float = 30.0
     #: The read API's URL as other workers and clients reach it (default: from api_host and
     #: api_port), published on the members topic.
     advertised_url: str | None = None
 
     def __post_init__(self) -> None:
+        if not 0 < self.expiry_retry_s <= self.expiry_retry_max_s:
+            raise ValueError(
+                f"expiry_retry_s ({self.expiry_retry_s}) must be positive and at most "
+                f"expiry_retry_max_s ({self.expiry_retry_max_s})"
+            )
         if self.checkpoint_keep < 1:
             raise ValueError(f"checkpoint_keep must be at least 1, got {self.checkpoint_keep}")
         # The dedupe window is rebuilt from the journal on restart: it must hold the window.

@@ -28,6 +28,7 @@ import bisect
 import contextlib
 import functools
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -37,6 +38,13 @@ import xxhash
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
+from lukhas_context.processors.clock import (
+    LOG_APPEND_TIME,
+    LogClock,
+    Skew,
+    SkewReporter,
+    probe_forever,
+)
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.exceptions import (
     EventIdConflictError,
@@ -155,8 +163,15 @@ class Materializer:
         #: What the last open of each partition did (``/v1/partitions``, ``lukhas status``).
         self.restore_reports: dict[int, Any] = {}
         #: Expire events appended and not yet seen applied: partition -> key -> (version,
-        #: monotonic time appended, attempt).
+        #: monotonic time before which it is not appended again, attempt).
         self._expiring: dict[int, dict[bytes, tuple[int, float, int]]] = {}
+        #: The log's clock (the brokers'), which decides expiry for reads, dry runs and the
+        #: sweeper as the fold decides it: by log time, not by this worker's wall clock.
+        self.clock = LogClock()
+        self._skew = SkewReporter(self.clock, config.clock_skew_warn_s)
+        self._probing: asyncio.Task[None] | None = None
+        self.metrics.clock_skew.set_function(lambda: _seconds(self.clock.skew().skew_ms))
+        self.metrics.clock_error.set_function(lambda: _error_s(self.clock.skew()))
         self._expire_acks: set[asyncio.Task[None]] = set()
         #: Per partition, the WAL offset up to which changes are on the change topic already
         #: (read when the partition opens): records below it are folded without publishing.
@@ -199,7 +214,19 @@ class Materializer:
         await self._consumer.start()
         await self.membership.start()
         self._consumer.subscribe([cfg.topics.events], listener=_Listener(self))
+        if cfg.clock_probe_interval_s is not None:
+            self._probing = asyncio.create_task(
+                probe_forever(
+                    self.clock, self._skew, self._send_clock_probe, cfg.topics.clock,
+                    cfg.clock_probe_interval_s,
+                )
+            )  # fmt: skip
         self.running = True
+
+    async def _send_clock_probe(self) -> Any:
+        assert self._producer is not None
+        member = self.config.member_id.encode()
+        return await self._producer.send(self.config.topics.clock, member, member)
 
     def stop(self) -> None:
         """Asks ``run()`` to finish the round in progress and return."""
@@ -226,6 +253,10 @@ class Materializer:
             self._consumer = None
             for store in closing:
                 store.close()
+        if self._probing is not None:
+            self._probing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probing
         if self._announcing is not None:
             self._announcing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -257,6 +288,7 @@ class Materializer:
                 except OffsetOutOfRangeError as exc:
                     raise await self._out_of_range(exc) from exc
                 if batch:
+                    self.clock.observe_records(batch, time.monotonic())
                     self._adapt_round_limit(await self.fold_round(batch))
                 now = time.monotonic()
                 if cfg.expiry_interval_s is not None and now >= next_sweep:
@@ -301,53 +333,64 @@ class Materializer:
 
     async def sweep_expired(self) -> int:
         """Appends ``Expire`` events for the contexts of this worker's partitions whose TTL
-        ran out by the wall clock, at most ``expiry_batch`` per partition, and returns how
-        many. The fold decides by the Expire's log time and version whether it applies, so a
-        write that extended the TTL in between wins, and every replay decides alike.
+        ran out by the log's clock (``self.clock.earliest_ms()``: a time the brokers' clock
+        has certainly reached, so the fold never refuses them as early), at most
+        ``expiry_batch`` per partition, and returns how many. The fold decides by the
+        Expire's log time and version whether it applies, so a write that extended the TTL in
+        between wins, and every replay decides alike.
 
-        An Expire appended and not applied within ``expiry_retry_s`` is appended again
-        (identical bytes: the dedupe window or the version condition drops the extra one).
+        An Expire appended and not applied within ``expiry_retry_s`` is appended again, with
+        the next attempt number; each further retry of the same version waits twice as long,
+        up to ``expiry_retry_max_s``, and happens only while the context is still due by the
+        log's clock (which the refused Expire's acknowledgement measured). Until the log's
+        clock is measured at all, a partition has at most one Expire in flight: its
+        acknowledgement measures it.
         """
         producer = self._producer
         if producer is None:
             return 0
         cfg = self.config
-        now_ms = int(time.time() * 1000)
+        log_now = self.clock.earliest_ms()
+        measured = self.clock.measured
+        budget = cfg.expiry_batch if measured else 1
         now = time.monotonic()
         # First, with no await in between, what to send: a revocation may close a store as
         # soon as this coroutine yields.
-        plan: list[tuple[int, bytes, bytes]] = []
+        plan: list[tuple[int, bytes, int, bytes]] = []
         for partition, store in self.stores.items():
             before = self._expiring.get(partition, {})
             # The due entries ahead of the batch may all be in flight: look a little further.
-            due = store.due(now_ms, cfg.expiry_batch + len(before))
+            due = store.due(log_now, cfg.expiry_batch + len(before))
             expiring: dict[bytes, tuple[int, float, int]] = {}
             issued = 0
-            for key, version, _ in due:
+            for key, version, expires_at in due:
                 pending = before.get(key)
-                attempt = 0
-                if pending is not None and pending[0] == version:
-                    if now - pending[1] < cfg.expiry_retry_s:
-                        expiring[key] = pending
-                        continue
-                    attempt = pending[2] + 1  # a new id: the first may sit in the window
-                if issued >= cfg.expiry_batch:
-                    break
-                plan.append(
-                    (partition, key, self._events.encode(expire_event(key, version, attempt)))
-                )
-                expiring[key] = (version, now, attempt)
+                if pending is not None and pending[0] != version:
+                    pending = None  # a newer version: its Expire starts afresh
+                if pending is not None and now < pending[1]:
+                    expiring[key] = pending  # backing off
+                    continue
+                # Unmeasured, one Expire per partition is in flight: it measures the clock.
+                if issued >= budget or (not measured and before and pending is None):
+                    if pending is not None:
+                        expiring[key] = pending  # retried by a later sweep
+                    continue
+                attempt = 0 if pending is None else pending[2] + 1
+                event = expire_event(key, version, attempt)
+                plan.append((partition, key, expires_at, self._events.encode(event)))
+                expiring[key] = (version, now + self._retry_delay(attempt), attempt)
                 issued += 1
             self._expiring[partition] = expiring
         sends = []
-        for partition, key, value in plan:
+        for partition, key, expires_at, value in plan:
+            sent = time.monotonic()
             try:
-                sends.append(
-                    await producer.send(cfg.topics.events, value, key, partition=partition)
-                )
+                ack = await producer.send(cfg.topics.events, value, key, partition=partition)
             except KafkaError as exc:
                 log.warning("expiry sweep stopped: %s", exc)
                 break
+            self.clock.watch(ack, sent)  # a log-append time: measures the log's clock
+            sends.append((ack, expires_at))
         if sends:
             task = asyncio.create_task(self._await_expire_acks(sends))
             self._expire_acks.add(task)
@@ -355,12 +398,30 @@ class Materializer:
         self.metrics.expires_appended.inc(len(sends))
         return len(sends)
 
-    @staticmethod
-    async def _await_expire_acks(sends: list[Any]) -> None:
-        results = await asyncio.gather(*sends, return_exceptions=True)
+    def _retry_delay(self, attempt: int) -> float:
+        """Seconds before an Expire of this attempt may be appended again."""
+        cfg = self.config
+        return min(cfg.expiry_retry_s * 2.0 ** min(attempt, 32), cfg.expiry_retry_max_s)
+
+    async def _await_expire_acks(self, sends: list[tuple[Any, int]]) -> None:
+        results = await asyncio.gather(*(ack for ack, _ in sends), return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:  # the index still holds them: the sweep after expiry_retry_s tries again
             log.warning("%d Expire events were not acknowledged: %s", len(failed), failed[0])
+        early = sum(
+            1
+            for r, (_, expires_at) in zip(results, sends, strict=True)
+            if not isinstance(r, BaseException)
+            and r.timestamp_type == LOG_APPEND_TIME
+            and r.timestamp < expires_at
+        )
+        if early:  # only when the brokers' clock stepped back since it was measured
+            self.metrics.expires_refused_early.inc(early)
+            log.warning(
+                "%d Expire events were stamped before their expiry and will be refused; "
+                "retried when due by the log's clock",
+                early,
+            )
 
     async def _out_of_range(self, exc: OffsetOutOfRangeError) -> BaseException:
         """Names why a store's ``next_offset`` is not in the WAL: truncated by retention, or
@@ -925,6 +986,16 @@ class Materializer:
                     log.info("partition %d revoked", tp.partition)
         if revoked:
             self._announce()
+
+
+def _seconds(ms: float | None) -> float:
+    return math.nan if ms is None else ms / 1000
+
+
+def _error_s(skew: Skew) -> float:
+    if skew.skew_ms is None:
+        return math.nan
+    return math.inf if skew.error_ms is None else skew.error_ms / 1000
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

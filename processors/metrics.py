@@ -67,6 +67,60 @@ class WorkerMetrics:
             registry=r,
         )
 
+        # The read API's connections (processors.listener).
+        self.api_connections = Gauge(
+            "lukhas_api_connections", "Open read API connections", registry=r
+        )
+        self.api_max_connections = Gauge(
+            "lukhas_api_max_connections", "Cap on open read API connections", registry=r
+        )
+        self.api_connections_accepted = Counter(
+            "lukhas_api_connections_accepted", "Read API connections accepted", registry=r
+        )
+        self.api_connections_refused = Counter(
+            "lukhas_api_connections_refused",
+            "Connections over the cap answered 503 and closed (every slot busy with a request)",
+            registry=r,
+        )
+        self.api_connections_evicted = Counter(
+            "lukhas_api_connections_evicted",
+            "Idle or header-phase connections closed to admit a new one at the cap",
+            registry=r,
+        )
+        self.api_timeouts = Counter(
+            "lukhas_api_timeouts",
+            "Connections closed by a deadline: headers late, body late, idle too long",
+            ["phase"],
+            registry=r,
+        )
+        self.api_accept_errors = Counter(
+            "lukhas_api_accept_errors",
+            "Failed accept() calls (e.g. out of file descriptors); accepting pauses",
+            registry=r,
+        )
+        self.log_lines_suppressed = Counter(
+            "lukhas_log_lines_suppressed",
+            "Log lines not written by the repeated-line rate limit (processors.logfilter)",
+            registry=r,
+        )
+        # The log's clock as measured by this worker (processors.clock).
+        self.clock_skew = Gauge(
+            "lukhas_clock_skew_seconds",
+            "This worker's wall clock minus the log's (brokers') clock; NaN until measured",
+            registry=r,
+        )
+        self.clock_error = Gauge(
+            "lukhas_clock_skew_error_seconds",
+            "Bound on the error of lukhas_clock_skew_seconds (+Inf: no upper bound measured)",
+            registry=r,
+        )
+        self.expires_refused_early = Counter(
+            "lukhas_expire_events_early",
+            "Expire events the sweeper appended that the log stamped before the expiry "
+            "(the fold refuses them; the sweeper backs off)",
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return bytes(generate_latest(self.registry))

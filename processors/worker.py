@@ -3,6 +3,9 @@
 SIGTERM and SIGINT finish the round in progress, commit it, leave the group and exit 0. An
 error the materialiser cannot go on from is logged and the process exits 1, loudly, so a
 supervisor (``lukhas up``) can see it and restart it; it never keeps running without folding.
+
+``run_worker`` rate-limits repeated log lines process-wide (``processors.logfilter``): a
+flood of one failure is summarised, never written line by line.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import gc
 import logging
 import signal
 
+from lukhas_context.processors import logfilter
 from lukhas_context.processors.api import ReadApi
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.materializer import Materializer
@@ -19,10 +23,16 @@ from lukhas_context.processors.materializer import Materializer
 log = logging.getLogger(__name__)
 
 
-async def serve(config: WorkerConfig) -> None:
-    """Runs until SIGTERM/SIGINT or a fatal error (which it raises)."""
+async def serve(config: WorkerConfig, filters: list[logfilter.RepeatFilter] | None = None) -> None:
+    """Runs until SIGTERM/SIGINT or a fatal error (which it raises). ``filters``: the log
+    rate limiters to flush every interval (their suppressed lines are counted in metrics)."""
     materializer = Materializer(config)
     api = ReadApi(materializer)
+    flushing = None
+    if filters:
+        for f in filters:
+            f.on_suppressed = materializer.metrics.log_lines_suppressed.inc
+        flushing = asyncio.create_task(_flush_every(filters, config.log_interval_s))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, materializer.stop)
@@ -37,8 +47,18 @@ async def serve(config: WorkerConfig) -> None:
         )
         await materializer.run()
     finally:
+        if flushing is not None:
+            flushing.cancel()
         await materializer.close()
         await api.close()
+
+
+async def _flush_every(filters: list[logfilter.RepeatFilter], interval_s: float) -> None:
+    """Writes the summaries of suppressed log lines once their interval has ended."""
+    while True:
+        await asyncio.sleep(interval_s)
+        for f in filters:
+            f.flush()
 
 
 def run_worker(config: WorkerConfig) -> int:
@@ -47,10 +67,13 @@ def run_worker(config: WorkerConfig) -> int:
     # threshold (700) the collector runs every few hundred events and its full collections
     # walk the stores' caches. Fewer, larger young collections cost far less here.
     gc.set_threshold(50_000, 20, 100)
+    filters = logfilter.install(config.log_burst, config.log_interval_s)
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, filters))
     except Exception:
         log.exception("worker stopped by an error")
         return 1
+    finally:
+        logfilter.uninstall(filters)
     log.info("worker stopped cleanly")
     return 0

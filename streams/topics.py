@@ -14,6 +14,8 @@ WAL_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
 DOWNSTREAM_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 #: How long the change topic keeps tombstones: 100 years, i.e. for good.
 TOMBSTONE_RETENTION_MS = 100 * 365 * 24 * 3600 * 1000
+#: How long the clock probes are kept (they are only ever read back by their acknowledgement).
+CLOCK_RETENTION_MS = 3600 * 1000
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -60,6 +62,12 @@ class Topics:
         """Which worker serves which partitions (``processors.members``)."""
         return f"{self.prefix}.context.members"
 
+    @property
+    def clock(self) -> str:
+        """Workers' clock probes: tiny appends whose log-append times measure the brokers'
+        clock (``processors.clock``); kept an hour."""
+        return f"{self.prefix}.context.clock"
+
     def specs(self, partitions: int = 6, min_compaction_lag_ms: int = 3_600_000) -> list[TopicSpec]:
         """The topic specs of the design. Events and changes are co-partitioned (same count)."""
         return [
@@ -98,4 +106,14 @@ class Topics:
             ),
             TopicSpec(self.checkpoints, partitions, {"cleanup.policy": "compact"}),
             TopicSpec(self.members, 1, {"cleanup.policy": "compact"}),
+            TopicSpec(
+                self.clock,
+                1,
+                {
+                    "cleanup.policy": "delete",
+                    "message.timestamp.type": "LogAppendTime",
+                    "retention.ms": str(CLOCK_RETENTION_MS),
+                    "segment.ms": str(CLOCK_RETENTION_MS),
+                },
+            ),
         ]
