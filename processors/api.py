@@ -231,6 +231,12 @@ class ReadApi:
         self._listener = Listener(self._runner.server, limits, self.m.metrics)
         await self._listener.start(host, port)
 
+    @property
+    def port(self) -> int:
+        """The port the API listens on (useful after ``start(host, 0)``)."""
+        assert self._listener is not None, "the API is not started"
+        return self._listener.ports[0]
+
     @web.middleware
     async def _deadlines(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -177,6 +177,11 @@ class Listener:
             conn.close()
 
     @property
+    def ports(self) -> list[int]:
+        """The ports it listens on (port 0 in ``start`` picks a free one)."""
+        return sorted({int(sock.getsockname()[1]) for sock in self._sockets})
+
+    @property
     def open_connections(self) -> int:
         return len(self._open)
 

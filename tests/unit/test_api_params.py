@@ -26,8 +26,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Any]:
     materializer.partition_count = 6
     read_api = ReadApi(materializer)
     await read_api.start("127.0.0.1", 0)
-    assert read_api._runner is not None
-    port = read_api._runner.addresses[0][1]
+    port = read_api.port
     session = aiohttp.ClientSession()
 
     async def get(path: str, **headers: str) -> tuple[int, Any]:
