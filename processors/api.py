@@ -19,8 +19,10 @@ the fold would do to the current state — ``{"status", "version", "reason", "ki
 ``GET /v1/partitions`` lists the partitions the worker serves, each with ``next_offset``,
 ``digest`` (16 hex digits: the order-independent digest of the partition's state, equal on
 every replica and replay of the same WAL prefix), ``records``, ``documents`` and how its store
-was opened (``local``, ``checkpoint``, ``changes``, ``replay``); ``digest`` at the top is the
-sum of the partitions' digests (mod 2^64), and ``restoring`` the partitions still being opened.
+was opened (``local``, ``checkpoint``, ``changes``, ``replay``) with what it set aside on the
+way (``skipped``: paths, and change-topic records passed over, with reasons); ``digest`` at
+the top is the sum of the partitions' digests (mod 2^64), and ``restoring`` the partitions
+still being opened.
 
 ``GET /v1/changes`` streams the change stream as server-sent events: ``?context_id=ID`` or
 ``?prefix=P`` (else everything), ``?start=latest|earliest|EPOCH_MS|TOKEN`` (default latest),
@@ -359,6 +361,7 @@ class ReadApi:
                     "opened_from": None if report is None else report.source.value,
                     "open_seconds": None if report is None else round(report.seconds, 3),
                     "checkpoint_id": None if report is None else report.checkpoint_id,
+                    "skipped": [] if report is None else report.skipped,
                 }
             )
         return web.json_response(

@@ -143,7 +143,7 @@ class Materializer:
         self._producer: AIOKafkaProducer | None = None
         self.running = False
         self.checkpoints = CheckpointDir(config.checkpoint_root, config.topics.events)
-        self.restorer = Restorer(config)
+        self.restorer = Restorer(config, self.metrics)
         #: Partitions being restored (paused in the consumer until their store is ready).
         self._restoring: dict[int, asyncio.Task[None]] = {}
         #: What the last open of each partition did (``/v1/partitions``, ``lukhas status``).
@@ -853,6 +853,7 @@ class Materializer:
             high = (await consumer.end_offsets([tp]))[tp]
             coverage = await self.restorer.changes_coverage(tp.partition)
             store, report = await self.restorer.open(tp.partition, (low, high))
+            report.skipped += coverage.skipped
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -865,8 +866,8 @@ class Materializer:
         if consumer is None or tp not in consumer.assignment():
             store.close()  # revoked while it was restoring
             return
-        if coverage > store.next_offset:
-            self._quiet_below[tp.partition] = coverage
+        if coverage.offset > store.next_offset:
+            self._quiet_below[tp.partition] = coverage.offset
         self.restore_reports[tp.partition] = report
         self.metrics.restores.labels(report.source.value).inc()
         self.metrics.quarantined.inc(len(report.quarantined))
