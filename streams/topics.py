@@ -57,7 +57,9 @@ class Topics:
 
     @property
     def members(self) -> str:
-        """Which worker serves which partitions (``processors.members``)."""
+        """Retired: where earlier versions published which worker serves which partitions.
+        Routing now comes from the group coordinator (``processors.members``); nothing
+        creates, reads or writes this topic, and deployments that have it may delete it."""
         return f"{self.prefix}.context.members"
 
     def specs(self, partitions: int = 6, min_compaction_lag_ms: int = 3_600_000) -> list[TopicSpec]:
@@ -97,5 +99,4 @@ class Topics:
                 },
             ),
             TopicSpec(self.checkpoints, partitions, {"cleanup.policy": "compact"}),
-            TopicSpec(self.members, 1, {"cleanup.policy": "compact"}),
         ]
