@@ -73,6 +73,8 @@ COVERAGE_LOOKBACK = 10_000
 COVERAGE_CHECKS = 4
 #: Unusable records logged one by one per read (the rest are counted in the summary line).
 _LOGGED_RECORDS = 5
+#: For ``_unusable``: not logged on its own (the ERROR line of the path set aside names it).
+_QUIET = _LOGGED_RECORDS
 
 
 class Source(enum.Enum):
@@ -225,8 +227,9 @@ class Restorer:
             self.metrics.restore_skipped.labels(path.split(" ", 1)[0]).inc()
 
     def _unusable(self, partition: int, offset: int, exc: UnusableChangeError, n: int) -> str:
-        """Reports one unusable change-topic record (the first few logged at ERROR, every one
-        counted in ``lukhas_unusable_records{topic="changes"}``); returns its description."""
+        """Reports one unusable change-topic record, the ``n``-th of this read (the first
+        few logged at ERROR, every one counted in ``lukhas_unusable_records{topic="changes"}``);
+        returns its description."""
         what = f"{self.config.topics.changes}[{partition}]@{offset}: {exc}"
         if n < _LOGGED_RECORDS:
             log.error("unusable change-topic record %s", what)
@@ -326,7 +329,7 @@ class Restorer:
                 f"the change of {newest.key!r} names WAL offset {newest.record.offset}, past "
                 f"the WAL's end {wal_end}"
             )
-            what = self._unusable(partition, newest.position, error, 0)
+            what = self._unusable(partition, newest.position, error, _QUIET)
             raise ChangesUnusableError(f"{what}: not restoring from that topic")
         if next_offset < low:
             raise WalTruncatedError(partition, next_offset, low)
@@ -484,7 +487,7 @@ class Restorer:
                     message.key, message.value, message.headers, codec, None, message.offset
                 )
             except UnusableChangeError as exc:
-                what = self._unusable(partition, message.offset, exc, 0)
+                what = self._unusable(partition, message.offset, exc, _QUIET)
                 raise ChangesUnusableError(f"{what}: not restoring from that topic") from exc
             held = latest.get(message.key)
             if held is None or change.record.offset >= held.record.offset:
@@ -538,7 +541,7 @@ class Restorer:
         mismatch = _wal_disagrees(change, message, EventCodec())
         if mismatch is not None:
             error = UnusableChangeError(f"the change of {change.key!r} {mismatch}")
-            what = self._unusable(partition, change.position, error, 0)
+            what = self._unusable(partition, change.position, error, _QUIET)
             raise ChangesUnusableError(f"{what}: not restoring from that topic")
 
     @contextlib.asynccontextmanager
