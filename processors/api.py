@@ -30,8 +30,10 @@ measures it (the earliest time an append now could get, as for reads).
 ``GET /v1/partitions`` lists the partitions the worker serves, each with ``next_offset``,
 ``digest`` (16 hex digits: the order-independent digest of the partition's state, equal on
 every replica and replay of the same WAL prefix), ``records``, ``documents`` and how its store
-was opened (``local``, ``checkpoint``, ``changes``, ``replay``), and ``open_transaction_from``
-(the first offset of an open transaction that holds the partition, else null); ``digest`` at
+was opened (``local``, ``checkpoint``, ``changes``, ``replay``) with what it set aside on the
+way (``skipped``: paths, and change-topic records passed over, with reasons), and
+``open_transaction_from`` (the first offset of an open transaction that holds the partition,
+else null); ``digest`` at
 the top is the sum of the partitions' digests (mod 2^64), and ``restoring`` the partitions
 still being opened.
 
@@ -563,6 +565,7 @@ class ReadApi:
                     "open_seconds": None if report is None else round(report.seconds, 3),
                     "checkpoint_id": None if report is None else report.checkpoint_id,
                     "open_transaction_from": None if held is None else held[0],
+                    "skipped": [] if report is None else report.skipped,
                 }
             )
         return web.json_response(

@@ -5,12 +5,14 @@ from __future__ import annotations
 from lukhas_context.schemas.exceptions import LukhasError
 
 __all__ = [
+    "ChangesUnusableError",
     "EventIdConflictError",
     "KeyMismatchError",
     "LukhasError",
     "NotOwnerError",
     "PoisonRecordError",
     "ProcessorError",
+    "UnusableChangeError",
     "WalTruncatedError",
 ]
 
@@ -36,10 +38,11 @@ class WalTruncatedError(ProcessorError):
     is above the store's ``next_offset``. Folding on would silently skip events, so the worker
     stops instead."""
 
-    def __init__(self, partition: int, needed: int, low_watermark: int) -> None:
+    def __init__(self, partition: int, needed: int, low_watermark: int, detail: str = "") -> None:
         super().__init__(
             f"WAL partition {partition} starts at offset {low_watermark}, "
             f"but the store needs offset {needed}: events were deleted by retention"
+            + (f" ({detail})" if detail else "")
         )
         self.partition = partition
         self.needed = needed
@@ -50,3 +53,15 @@ class NotOwnerError(ProcessorError):
     """This worker does not serve the partition asked for."""
 
     retriable = True
+
+
+class UnusableChangeError(ProcessorError):
+    """A change-topic record that cannot stand for a stored record: it does not decode, a
+    field is out of range or disagrees with another, or it names what no change of this log
+    can (a WAL offset past the WAL's end, an event the WAL does not hold there)."""
+
+
+class ChangesUnusableError(ProcessorError):
+    """The change topic cannot restore a partition: it holds a record that cannot be used
+    (``UnusableChangeError``). Restoring from the rest would silently lose or misstate that
+    record's context, so the restore takes the next path instead."""

@@ -36,6 +36,7 @@ from typing import Any
 
 import xxhash
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from lukhas_context.processors.clock import (
@@ -88,9 +89,6 @@ log = logging.getLogger(__name__)
 
 #: How often a read waiting for a partition rechecks who serves it.
 WAIT_POLL_S = 0.25
-#: How often a worker publishes its claim again (a claim not refreshed for a few of these
-#: loses to any fresher one: see processors.members).
-ANNOUNCE_INTERVAL_S = 30.0
 #: Largest single record the worker's producer sends (a 1 MiB document and its envelope fit).
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 MIN_ROUND_RECORDS = 200
@@ -157,7 +155,7 @@ class Materializer:
         self._producer: AIOKafkaProducer | None = None
         self.running = False
         self.checkpoints = CheckpointDir(config.checkpoint_root, config.topics.events)
-        self.restorer = Restorer(config)
+        self.restorer = Restorer(config, self.metrics)
         #: Partitions being restored (paused in the consumer until their store is ready).
         self._restoring: dict[int, asyncio.Task[None]] = {}
         #: What the last open of each partition did (``/v1/partitions``, ``lukhas status``).
@@ -177,10 +175,9 @@ class Materializer:
         #: (read when the partition opens): records below it are folded without publishing.
         self._quiet_below: dict[int, int] = {}
         self.membership = Membership(
-            config.bootstrap, config.topics.members, config.member_id, config.api_url
-        )
-        self._announcing: asyncio.Task[None] | None = None
-        self._announced_at = time.monotonic()
+            config.bootstrap, config.group_id, config.topics.events, config.member_id,
+            config.api_url,
+        )  # fmt: skip
 
     # ---- lifecycle ----
 
@@ -209,6 +206,9 @@ class Materializer:
             isolation_level="read_committed",
             max_partition_fetch_bytes=MAX_REQUEST_BYTES,
             fetch_max_bytes=16 * 1024 * 1024,
+            # Carries this worker's API URL to the coordinator (processors.members); round
+            # robin alone while a worker of an earlier version is in the group.
+            partition_assignment_strategy=(self.membership.assignor, RoundRobinPartitionAssignor),
         )
         await self._producer.start()
         await self._consumer.start()
@@ -257,13 +257,8 @@ class Materializer:
             self._probing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probing
-        if self._announcing is not None:
-            self._announcing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._announcing
         await self.membership.close()
         if self._producer is not None:
-            await self.membership.announce(self._producer, None, 0)  # leaves
             await self._producer.stop()
             self._producer = None
         for store in self.stores.values():
@@ -297,9 +292,6 @@ class Materializer:
                 if slot is not None and self._checkpoint_slot() != slot:
                     slot = self._checkpoint_slot()
                     await self._periodic_checkpoint()
-                if now - self._announced_at >= ANNOUNCE_INTERVAL_S:
-                    self._announced_at = now
-                    self._announce()  # keeps the claim fresh (see processors.members)
                 if now >= next_commit:
                     await self._commit_offsets()
                     next_commit = time.monotonic() + cfg.commit_interval_s
@@ -910,26 +902,14 @@ class Materializer:
         self._announce()
 
     def _announce(self) -> None:
-        """Publishes, in the background, the partitions assigned here with the group
-        generation they came in (never from inside the rebalance callback: aiokafka does not
-        heartbeat while it runs). A failed publication is retried."""
+        """Tells the routing table this worker's assignment and has it asked for again
+        (processors.members: the group coordinator's description is the table)."""
         consumer = self._consumer
         if consumer is None:
             return
         assigned = [tp.partition for tp in consumer.assignment()]
         generation = int(getattr(getattr(consumer, "_coordinator", None), "generation", 0))
-        if self._announcing is not None:
-            self._announcing.cancel()  # superseded by this claim
-        self._announcing = asyncio.create_task(self._publish_claim(assigned, max(generation, 0)))
-
-    async def _publish_claim(self, partitions: list[int], generation: int) -> None:
-        delay = 0.5
-        while self._producer is not None:
-            if await self.membership.announce(self._producer, partitions, generation):
-                self._announced_at = time.monotonic()
-                return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+        self.membership.assigned(assigned, max(generation, 0))
 
     async def _open(self, tp: TopicPartition) -> None:
         try:
@@ -939,6 +919,7 @@ class Materializer:
             high = (await consumer.end_offsets([tp]))[tp]
             coverage = await self.restorer.changes_coverage(tp.partition)
             store, report = await self.restorer.open(tp.partition, (low, high))
+            report.skipped += coverage.skipped
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -951,8 +932,8 @@ class Materializer:
         if consumer is None or tp not in consumer.assignment():
             store.close()  # revoked while it was restoring
             return
-        if coverage > store.next_offset:
-            self._quiet_below[tp.partition] = coverage
+        if coverage.offset > store.next_offset:
+            self._quiet_below[tp.partition] = coverage.offset
         self.restore_reports[tp.partition] = report
         self.metrics.restores.labels(report.source.value).inc()
         self.metrics.quarantined.inc(len(report.quarantined))

@@ -1,16 +1,24 @@
-"""Who serves which partition: every worker publishes its claim, and every worker reads all.
+"""Who serves which partition: the group coordinator says, and nothing else does.
 
-The members topic (``<prefix>.context.members``, compacted) holds one record per worker, keyed
-by its member id: ``{"member", "api", "partitions", "generation", "updated_ms"}``, where
-``generation`` is the consumer group generation the assignment came with. A worker publishes
-it when partitions are assigned or revoked, and a tombstone when it leaves cleanly. A killed
-worker's record stays, but the group reassigns its partitions in a later generation, and the
-owner of a partition is the member claiming it **in the highest generation**: a stale claim
-always loses, whatever the clocks say.
+Every worker joins the consumer group with ``ApiAssignor``: it sends its read API's URL in
+the subscription metadata of its JoinGroup request (``user_data``), and, when it leads the
+group, assigns the partitions as aiokafka's round-robin assignor does. Only a member of the
+group can set its own metadata, and the coordinator keeps, for every member of the current
+generation, that metadata and the assignment the leader gave it. So each worker asks the
+coordinator (DescribeGroups) for its group — when its own assignment changes, and every
+``REFRESH_S`` — and builds the routing table from the answer alone: partition -> the URL of
+the member the coordinator says holds it. While the group is rebalancing, or the coordinator
+cannot be reached, the last table of a stable group is kept.
 
-Each worker tails the topic and serves the table at ``GET /v1/members``; its read API forwards
-a request for a partition it does not serve to the owner, and ``ContextClient`` routes reads to
-owners directly (see ``streams.client``).
+Why not records on a topic: anyone who can write to a topic can write a claim, with any URL,
+generation and clock; a forged claim once sent every client read to the forger, whose
+documents pass the checksum check because the forger computes the checksums too. A URL in
+the table now comes from a current member of the group; who may join the group is a Kafka
+ACL (see the trust model in docs/architecture.md). The members topic of earlier versions is
+neither read nor written.
+
+The table feeds the read API's forwarding, ``GET /v1/members`` (which ``ContextClient``
+routes by) and ``Materializer.wait_applied``.
 """
 
 from __future__ import annotations
@@ -19,25 +27,44 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.cluster import ClusterMetadata
+from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from aiokafka.coordinator.protocol import (
+    ConsumerProtocolMemberAssignment,
+    ConsumerProtocolMemberMetadata,
+)
 from aiokafka.errors import KafkaError
 
 log = logging.getLogger(__name__)
 
-#: A claim not re-published for this long loses to any fresher claim of the same partition.
-STALE_AFTER_MS = 120_000
+#: The assignment protocol's name: the group uses it when every member offers it.
+ASSIGNOR_NAME = "lukhas-api-v1"
+#: How often the table is asked for when nothing prompts it.
+REFRESH_S = 5.0
+#: How soon the coordinator is asked again while the group is not stable.
+UNSETTLED_RETRY_S = 0.5
+#: Longest API URL a member may advertise.
+MAX_URL_BYTES = 2048
 
 
 @dataclass(frozen=True, slots=True)
 class Member:
+    """One member of the group as the coordinator describes it."""
+
     member: str
     api: str
     partitions: tuple[int, ...]
+    #: The group generation this worker was in when it read the description.
     generation: int
+    #: This worker's wall clock when it read the description (never another party's).
     updated_ms: int
 
     def to_dict(self) -> dict[str, Any]:
@@ -47,82 +74,165 @@ class Member:
         }  # fmt: skip
 
 
-def owners(members: list[Member], now_ms: int | None = None) -> dict[int, Member]:
-    """Partition -> the member claiming it in the highest generation, among the claims
-    refreshed within ``STALE_AFTER_MS`` if there are any (workers re-publish their claims
-    every 30 s): a dead worker's claim from a group generation that no longer exists (the group
-    was deleted and its generations restarted) does not win for ever."""
-    now = int(time.time() * 1000) if now_ms is None else now_ms
-    out: dict[int, Member] = {}
-    for m in members:
-        fresh = now - m.updated_ms <= STALE_AFTER_MS
-        for p in m.partitions:
-            held = out.get(p)
-            if held is None:
-                out[p] = m
-                continue
-            held_fresh = now - held.updated_ms <= STALE_AFTER_MS
-            if (fresh, m.generation, m.updated_ms) > (held_fresh, held.generation, held.updated_ms):
-                out[p] = m
+def api_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a worker's read API URL, or None when it can: ``http`` or
+    ``https``, a host, no credentials, query, fragment, whitespace or control characters,
+    at most ``MAX_URL_BYTES``."""
+    if len(url.encode()) > MAX_URL_BYTES:
+        return f"an API URL of over {MAX_URL_BYTES} bytes"
+    if not url.isprintable() or any(c.isspace() for c in url):
+        return f"API URL {url[:80]!r} has whitespace or control characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port out of range
+    except ValueError as exc:
+        return f"API URL {url[:80]!r} does not parse: {exc}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"API URL {url[:80]!r} is not http(s)://HOST[:PORT]"
+    if parts.username is not None or parts.query or parts.fragment:
+        return f"API URL {url[:80]!r} carries credentials, a query or a fragment"
+    return None
+
+
+def encode_user_data(api: str) -> bytes:
+    return orjson.dumps({"api": api})
+
+
+def decode_user_data(user_data: bytes | None) -> str:
+    """The API URL in a member's subscription ``user_data``; ``ValueError`` saying why not."""
+    try:
+        data = orjson.loads(user_data or b"")
+    except orjson.JSONDecodeError:
+        raise ValueError("its subscription carries no API URL (not JSON)") from None
+    api = data.get("api") if isinstance(data, dict) else None
+    if not isinstance(api, str):
+        raise ValueError("its subscription carries no API URL")
+    problem = api_url_problem(api)
+    if problem is not None:
+        raise ValueError(problem)
+    return api
+
+
+class ApiAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
+    """Round-robin assignment (aiokafka's), with this worker's API URL in its subscription."""
+
+    name = ASSIGNOR_NAME
+    version = 0
+
+    def __init__(self, api: str) -> None:
+        self._user_data = encode_user_data(api)
+
+    def metadata(self, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
+        return ConsumerProtocolMemberMetadata(self.version, sorted(topics), self._user_data)
+
+    def assign(
+        self, cluster: ClusterMetadata, members: Mapping[str, ConsumerProtocolMemberMetadata]
+    ) -> dict[str, ConsumerProtocolMemberAssignment]:
+        assignments: dict[str, ConsumerProtocolMemberAssignment]
+        assignments = RoundRobinPartitionAssignor.assign(cluster, members)
+        return assignments
+
+    def on_assignment(self, assignment: ConsumerProtocolMemberAssignment) -> None:
+        pass
+
+
+@dataclass(slots=True)
+class GroupView:
+    """What one DescribeGroups answer says about the group, checked."""
+
+    #: True when the group is stable: its members' assignments are those of its generation.
+    stable: bool
+    state: str
+    members: list[Member] = field(default_factory=list)
+    #: Members (or partitions) left out of the table, and why.
+    problems: list[str] = field(default_factory=list)
+
+    def owners(self) -> dict[int, Member]:
+        return {p: m for m in self.members for p in m.partitions}
+
+
+def read_group(group: Any, topic: str, generation: int, now_ms: int) -> GroupView:
+    """The routing view of one group entry of a DescribeGroups response: ``(error_code,
+    group, state, protocol_type, protocol, members, ...)``, each member ``(member_id,
+    client_id, client_host, metadata, assignment)``.
+
+    Not stable (rebalancing, empty, an error): no members, ``stable`` False — the caller
+    keeps its last table. Stable under another assignment protocol (a worker of an earlier
+    version is in the group): no members, no routes. A member whose metadata carries no
+    valid API URL, or whose assignment does not decode, is left out; so is a partition that
+    two members hold (only a broken or hostile leader assigns one twice)."""
+    error_code, _, state, protocol_type, protocol, described = group[:6]
+    if error_code:
+        return GroupView(False, f"error {error_code}")
+    if state != "Stable":
+        return GroupView(False, str(state))
+    view = GroupView(True, state)
+    if protocol_type != "consumer" or protocol != ASSIGNOR_NAME:
+        view.problems.append(
+            f"the group assigns with {protocol_type}/{protocol}, whose metadata carries no "
+            "API URLs (a worker of an earlier version in the group?): no routes"
+        )
+        return view
+    holders: dict[int, list[str]] = {}
+    found: list[Member] = []
+    for member_id, _client, _host, metadata, assignment in (m[:5] for m in described):
+        try:
+            api = decode_user_data(ConsumerProtocolMemberMetadata.decode(metadata).user_data)
+            partitions = sorted(_partitions_of(assignment, topic))
+        except Exception as exc:  # undecodable bytes raise anything; only this member is out
+            view.problems.append(f"member {member_id!r} left out: {exc}")
+            continue
+        for p in partitions:
+            holders.setdefault(p, []).append(member_id)
+        found.append(Member(member_id, api, tuple(partitions), generation, now_ms))
+    doubled = {p for p, ids in holders.items() if len(ids) > 1}
+    for p in sorted(doubled):
+        view.problems.append(f"partition {p} is assigned to {holders[p]}: no route for it")
+    view.members = [
+        Member(m.member, m.api, tuple(p for p in m.partitions if p not in doubled),
+               m.generation, m.updated_ms)
+        for m in found
+    ]  # fmt: skip
+    return view
+
+
+def _partitions_of(assignment: bytes, topic: str) -> set[int]:
+    if not assignment:  # a member the leader gave nothing
+        return set()
+    decoded = ConsumerProtocolMemberAssignment.decode(assignment)
+    out: set[int] = set()
+    for name, partitions in decoded.assignment:
+        if name == topic:
+            if not all(type(p) is int and p >= 0 for p in partitions):
+                raise ValueError(f"its assignment holds partitions {partitions!r}")
+            out.update(partitions)
     return out
 
 
-def _is_int(x: object) -> bool:
-    return type(x) is int  # not bool, not float
-
-
-def _parse_claim(value: bytes) -> Member | None:
-    """A member record, or None unless every field has exactly its type."""
-    try:
-        data = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    member, api, parts = data.get("member"), data.get("api"), data.get("partitions")
-    generation, updated = data.get("generation"), data.get("updated_ms")
-    if not (isinstance(member, str) and isinstance(api, str) and isinstance(parts, list)):
-        return None
-    if not (all(_is_int(p) and p >= 0 for p in parts) and _is_int(generation)):
-        return None
-    if not _is_int(updated):
-        return None
-    assert isinstance(generation, int) and isinstance(updated, int)
-    return Member(member, api, tuple(parts), generation, updated)
-
-
 class Membership:
-    """This worker's claim (``announce``) and everyone's (``members``, ``owner``)."""
+    """The routing table of one worker: ``owner(partition)``, ``members()``."""
 
-    def __init__(self, bootstrap: str, topic: str, member: str, api: str) -> None:
+    def __init__(self, bootstrap: str, group_id: str, topic: str, member: str, api: str) -> None:
         self.bootstrap = bootstrap
+        self.group_id = group_id
         self.topic = topic
         self.member = member
         self.api = api
-        self._members: dict[str, Member] = {}
+        self.assignor = ApiAssignor(api)
+        self._members: list[Member] = []
         self._owners: dict[int, Member] = {}
+        self._generation = 0
+        self._admin: AIOKafkaAdminClient | None = None
         self._task: asyncio.Task[None] | None = None
-        self._consumer: AIOKafkaConsumer | None = None
-        self.changed = asyncio.Event()
-        #: False when the members topic does not exist (a deployment made before it did):
-        #: the worker then works alone, neither publishing nor forwarding.
-        self.enabled = False
+        self._poke = asyncio.Event()
+        self._last_problems: list[str] = []
 
     async def start(self) -> None:
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, client_id=f"{self.member}-members",
-            enable_auto_commit=False, auto_offset_reset="earliest",
-        )  # fmt: skip
-        await self._consumer.start()
-        metadata = await self._consumer._client.fetch_all_metadata()
-        if self.topic not in metadata.topics():
-            log.warning("no topic %s: membership is not published (`lukhas up` creates it)",
-                        self.topic)  # fmt: skip
-            return
-        self.enabled = True
-        parts = metadata.partitions_for_topic(self.topic) or {0}
-        self._consumer.assign([TopicPartition(self.topic, p) for p in sorted(parts)])
-        self._task = asyncio.create_task(self._tail())
+        self._admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.bootstrap, client_id=f"{self.member}-members"
+        )
+        await self._admin.start()
+        self._task = asyncio.create_task(self._refresh_loop())
 
     async def close(self) -> None:
         if self._task is not None:
@@ -130,65 +240,61 @@ class Membership:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
-
-    async def announce(
-        self, producer: AIOKafkaProducer, partitions: list[int] | None, generation: int
-    ) -> bool:
-        """Publishes this worker's claim (``partitions`` None: it leaves, a tombstone);
-        False when the broker did not acknowledge it."""
-        if not self.enabled:
-            return True
-        key = self.member.encode()
-        value = None
-        if partitions is not None:
-            claim = Member(self.member, self.api, tuple(sorted(partitions)), generation,
-                           int(time.time() * 1000))  # fmt: skip
-            value = orjson.dumps(claim.to_dict())
-            self._apply(key, value)  # our own claim counts at once
-        try:
-            await (await producer.send(self.topic, value=value, key=key))
-        except KafkaError as exc:
-            log.warning("could not publish membership of %s: %s", self.member, exc)
-            return False
-        return True
+        if self._admin is not None:
+            await self._admin.close()
+            self._admin = None
 
     def owner(self, partition: int) -> Member | None:
         return self._owners.get(partition)
 
     def members(self) -> list[Member]:
-        return sorted(self._members.values(), key=lambda m: m.member)
+        return sorted(self._members, key=lambda m: m.member)
 
-    async def _tail(self) -> None:
-        assert self._consumer is not None
+    def assigned(self, partitions: list[int], generation: int) -> None:
+        """This worker's own assignment, as the coordinator just gave it: its entries count
+        at once, and the rest of the table is asked for again."""
+        self._generation = generation
+        mine = Member(self.member, self.api, tuple(sorted(partitions)), generation,
+                      int(time.time() * 1000))  # fmt: skip
+        others = [m for m in self._members if m.api != self.api]
+        owners = {p: m for p, m in self._owners.items() if m.api != self.api}
+        owners.update(dict.fromkeys(mine.partitions, mine))
+        self._members, self._owners = [*others, mine], owners
+        self._poke.set()
+
+    async def refresh(self) -> bool:
+        """Asks the coordinator for the group and, if it is stable, makes its answer the
+        table; False (the table kept) when it is not or could not be asked."""
+        admin = self._admin
+        if admin is None:
+            return False
+        try:
+            responses = await admin.describe_consumer_groups([self.group_id])
+        except KafkaError as exc:
+            log.warning("cannot describe group %s (routing table kept): %s", self.group_id, exc)
+            return False
+        groups = [g for r in responses for g in r.groups if g[1] == self.group_id]
+        if not groups:
+            return False
+        view = read_group(groups[0], self.topic, self._generation, int(time.time() * 1000))
+        if view.problems != self._last_problems:  # logged when they change, not every poll
+            for problem in view.problems:
+                log.warning("routing table of group %s: %s", self.group_id, problem)
+            self._last_problems = view.problems
+        if not view.stable:
+            return False
+        self._members, self._owners = view.members, view.owners()
+        return True
+
+    async def _refresh_loop(self) -> None:
+        wait = 0.0
         while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), wait)
+            self._poke.clear()
             try:
-                batch = await self._consumer.getmany(timeout_ms=1000)
-            except KafkaError as exc:
-                log.warning("reading %s: %s", self.topic, exc)
-                await asyncio.sleep(1)
-                continue
-            for records in batch.values():
-                for m in records:
-                    self._apply(m.key, m.value)
-
-    def _apply(self, key: bytes | None, value: bytes | None) -> None:
-        if key is None:
-            return
-        name = key.decode(errors="replace")
-        if value is None:
-            self._members.pop(name, None)
-        else:
-            claim = _parse_claim(value)
-            if claim is None:
-                log.warning("ignoring a malformed membership record of %r", name)
-                return
-            # A member's records share a key, hence a partition: the last one read is its
-            # latest claim, whatever its generation (a group whose generation was reset
-            # starts again from 0).
-            self._members[name] = claim
-        self._owners = owners(list(self._members.values()))
-        self.changed.set()
-        self.changed = asyncio.Event()
+                settled = await self.refresh()
+            except Exception:  # a background task must not die silently: log, ask again
+                log.exception("refreshing the routing table of group %s", self.group_id)
+                settled = False
+            wait = REFRESH_S if settled else UNSETTLED_RETRY_S

@@ -60,6 +60,20 @@ class WorkerMetrics:
         self.quarantined = Counter(
             "lukhas_stores_quarantined", "Unusable stores moved aside", registry=r
         )
+        self.unusable_records = Counter(
+            "lukhas_unusable_records",
+            "Records of a topic the worker reads that it set aside: unreadable, or naming what "
+            "no record of this log can",
+            ["topic"],
+            registry=r,
+        )
+        self.restore_skipped = Counter(
+            "lukhas_restore_paths_skipped",
+            "Restore paths (checkpoint, changes) or change-topic coverage set aside for a "
+            "partition, with the reason in the log and the restore report",
+            ["path"],
+            registry=r,
+        )
         self.digest = Gauge(
             "lukhas_partition_digest_low32",
             "Low 32 bits of the partition's state digest (compare replicas)",

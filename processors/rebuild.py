@@ -122,7 +122,11 @@ async def rebuild(
     else:
         store = builder.empty(partition)
     store.load_recent(config.limits.dedupe_window)
-    target = min(high, until if until is not None else await restorer.changes_coverage(partition))
+    if until is None:
+        coverage = await restorer.changes_coverage(partition)
+        report.skipped += coverage.skipped
+        until = coverage.offset
+    target = min(high, until)
     start = store.next_offset
     fold_started = time.monotonic()
     try:

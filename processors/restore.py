@@ -26,11 +26,12 @@ could be taken for a consistent store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -38,12 +39,18 @@ from typing import Any, NoReturn
 import xxhash
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from lukhas_context.processors.change_record import ChangeRecord, read_change_record
 from lukhas_context.processors.config import WorkerConfig
-from lukhas_context.processors.exceptions import ProcessorError, WalTruncatedError
+from lukhas_context.processors.exceptions import (
+    ChangesUnusableError,
+    ProcessorError,
+    UnusableChangeError,
+    WalTruncatedError,
+)
 from lukhas_context.processors.fold import remembered_by_fold
+from lukhas_context.processors.metrics import WorkerMetrics
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
 from lukhas_context.schemas.exceptions import CodecError
-from lukhas_context.schemas.tombstone import wal_offset_of
 from lukhas_context.state.checkpoints import CheckpointDir, Manifest
 from lukhas_context.state.exceptions import (
     CheckpointError,
@@ -59,6 +66,15 @@ log = logging.getLogger(__name__)
 
 #: Records per WriteBatch when a store is written from the change topic.
 _CHUNK = 50_000
+#: How far back from its end the coverage reads a change partition for a usable change
+#: before it calls the coverage unknown (a flood of bad records costs repeats, not a start).
+COVERAGE_LOOKBACK = 10_000
+#: How many usable-looking changes the coverage checks against the WAL, at most.
+COVERAGE_CHECKS = 4
+#: Unusable records logged one by one per read (the rest are counted in the summary line).
+_LOGGED_RECORDS = 5
+#: For ``_unusable``: not logged on its own (the ERROR line of the path set aside names it).
+_QUIET = _LOGGED_RECORDS
 
 
 class Source(enum.Enum):
@@ -104,11 +120,26 @@ class RestoreReport:
         self.seconds = time.monotonic() - started
 
 
+@dataclass(slots=True)
+class Coverage:
+    """Which WAL offsets of a partition have their changes on the change topic already.
+
+    ``offset``: one past the WAL offset of the newest usable change, 0 when there is none, or
+    when none could be found (``known`` False): the worker then publishes again the changes
+    of what it folds, which costs repeats on the change topic (subscribers drop them by WAL
+    offset), never a lost change. ``skipped``: what was set aside on the way, and why."""
+
+    offset: int = 0
+    known: bool = True
+    skipped: list[str] = field(default_factory=list)
+
+
 class Restorer:
     """Opens or restores partition stores under one worker's state directory."""
 
-    def __init__(self, config: WorkerConfig) -> None:
+    def __init__(self, config: WorkerConfig, metrics: WorkerMetrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics
         self.checkpoints = CheckpointDir(config.checkpoint_root, config.topics.events)
 
     def store_path(self, partition: int) -> Path:
@@ -166,19 +197,45 @@ class Restorer:
             try:
                 store = await asyncio.to_thread(self.from_checkpoint, manifest)
             except StateError as exc:
-                log.error("partition %d: %s", partition, exc)
-                report.skipped.append(f"checkpoint {manifest.checkpoint_id}: {exc}")
+                self._skip(
+                    report.skipped, partition, "checkpoint", f"{manifest.checkpoint_id}: {exc}"
+                )
                 continue
             report.checkpoint_id = manifest.checkpoint_id
             return store, report
-        restored = await self.from_changes(partition, low)
+        unusable = ""
+        try:
+            restored = await self.from_changes(partition, low)
+        except ChangesUnusableError as exc:
+            self._skip(report.skipped, partition, "changes", str(exc))
+            restored, unusable = None, f"and the change topic cannot restore it: {exc}"
         if restored is not None:
             report.source = Source.CHANGES
             return restored, report
         if low > 0:
-            raise WalTruncatedError(partition, 0, low)
+            raise WalTruncatedError(partition, 0, low, unusable)
         report.source = Source.REPLAY
         return await asyncio.to_thread(self.empty, partition), report
+
+    def _skip(self, skipped: list[str], partition: int, path: str, reason: str) -> None:
+        """Sets a restore path (or records the coverage read passed over) of a partition
+        aside, loudly: an ERROR line, the report's ``skipped`` and
+        ``lukhas_restore_paths_skipped{path}`` (``checkpoint``, ``changes``, ``coverage``)."""
+        log.error("partition %d, %s: %s", partition, path, reason)
+        skipped.append(f"{path}: {reason}")
+        if self.metrics is not None:
+            self.metrics.restore_skipped.labels(path.split(" ", 1)[0]).inc()
+
+    def _unusable(self, partition: int, offset: int, exc: UnusableChangeError, n: int) -> str:
+        """Reports one unusable change-topic record, the ``n``-th of this read (the first
+        few logged at ERROR, every one counted in ``lukhas_unusable_records{topic="changes"}``);
+        returns its description."""
+        what = f"{self.config.topics.changes}[{partition}]@{offset}: {exc}"
+        if n < _LOGGED_RECORDS:
+            log.error("unusable change-topic record %s", what)
+        if self.metrics is not None:
+            self.metrics.unusable_records.labels("changes").inc()
+        return what
 
     # ---- the paths ----
 
@@ -253,17 +310,36 @@ class Restorer:
         return PartitionStore(path, self.config.store)
 
     async def from_changes(self, partition: int, low: int) -> PartitionStore | None:
-        """The store rebuilt from the change topic, or None when the topic holds nothing for
-        the partition or holds records this version cannot restore from."""
+        """The store rebuilt from the change topic; None when the topic holds nothing for the
+        partition; ``ChangesUnusableError`` when it holds a record it cannot restore from.
+
+        Checked against the WAL: the newest change names an offset below the WAL's end, and
+        every change that names an offset in the dedupe window (the WAL records read anyway
+        to rebuild it) names the very event the WAL holds there, by key and event id.
+        Changes older than the window are taken as they are (see the trust model in
+        docs/architecture.md)."""
         latest = await self.read_changes(partition)
-        if latest is None:
+        if not latest:
             return None
-        next_offset = 1 + max((r.offset for r in latest.values()), default=-1)
+        newest = max(latest.values(), key=lambda c: c.record.offset)
+        next_offset = newest.record.offset + 1
+        wal_end = (await self.watermarks(partition))[1]  # read after the change topic was
+        if next_offset > wal_end:
+            error = UnusableChangeError(
+                f"the change of {newest.key!r} names WAL offset {newest.record.offset}, past "
+                f"the WAL's end {wal_end}"
+            )
+            what = self._unusable(partition, newest.position, error, _QUIET)
+            raise ChangesUnusableError(f"{what}: not restoring from that topic")
         if next_offset < low:
             raise WalTruncatedError(partition, next_offset, low)
         start = max(low, next_offset - self.config.limits.dedupe_window)
-        window = await self.read_window(partition, start, next_offset)
-        return await asyncio.to_thread(self._write_restored, partition, latest, next_offset, window)
+        expected = {c.record.offset: c for c in latest.values() if c.record.offset >= start}
+        window = await self.read_window(partition, start, next_offset, expected)
+        records = {key: c.record for key, c in latest.items()}
+        return await asyncio.to_thread(
+            self._write_restored, partition, records, next_offset, window
+        )
 
     def _write_restored(
         self,
@@ -301,91 +377,145 @@ class Restorer:
 
     async def watermarks(self, partition: int) -> tuple[int, int]:
         """The WAL partition's low watermark and end offset."""
-        consumer = self.consumer()
-        await consumer.start()
-        try:
-            tp = TopicPartition(self.config.topics.events, partition)
-            low = (await consumer.beginning_offsets([tp]))[tp]
-            high = (await consumer.end_offsets([tp]))[tp]
-            return low, high
-        finally:
-            await consumer.stop()
+        async with self._reader() as consumer:
+            return await self._watermarks(consumer, self.config.topics.events, partition)
 
-    async def changes_coverage(self, partition: int) -> int:
-        """One past the WAL offset of the newest change of the partition (0 when there is
-        none): every event before it has had its change published, since changes are
-        published in WAL order and a round commits only once they are acknowledged."""
-        newest: list[int] = []
-        codec = ChangeCodec()
+    @staticmethod
+    async def _watermarks(
+        consumer: AIOKafkaConsumer, topic: str, partition: int
+    ) -> tuple[int, int]:
+        tp = TopicPartition(topic, partition)
+        low = (await consumer.beginning_offsets([tp]))[tp]
+        high = (await consumer.end_offsets([tp]))[tp]
+        return low, high
 
-        def take(message: Any) -> bool:
-            try:
-                newest.append(wal_offset_of(message.value, message.headers, codec))
-            except (KeyError, ValueError, CodecError) as exc:
-                raise ProcessorError(
-                    f"the newest change of {self.config.topics.changes}[{partition}] does not "
-                    f"say which WAL offset made it ({type(exc).__name__}: {exc})"
-                ) from exc
-            return True
+    async def changes_coverage(self, partition: int) -> Coverage:
+        """One past the WAL offset of the newest usable change of the partition (see
+        ``Coverage``): every event before it has had its change published, since changes are
+        published in WAL order and a round commits only once they are acknowledged.
 
-        await self._scan(self.config.topics.changes, partition, -1, None, take)
-        return newest[-1] + 1 if newest else 0
-
-    async def read_changes(self, partition: int) -> dict[bytes, ContextRecord] | None:
-        """The latest change of every context in the change partition, as stored records."""
-        codec = ChangeCodec()
-        latest: dict[bytes, ContextRecord] = {}
-
-        def take(message: Any) -> bool:
-            record = _record_of(message)
-            if record is None:
-                return False
-            held = latest.get(message.key)
-            # The newest by WAL offset, not by position: changes published again (after a
-            # crash, or by a zombie) may follow newer ones.
-            if held is None or record.offset >= held.offset:
-                latest[message.key] = record
-            return True
-
-        def _record_of(message: Any) -> ContextRecord | None:
-            """The stored record a change stands for; None when it cannot be restored."""
-            if message.value is None:
-                headers = dict(message.headers or ())
-                try:
-                    return ContextRecord(
-                        int(headers["version"]), None, headers["checksum"], None,
-                        int(headers["wal_offset"]), int(headers["log_time_ms"]),
-                    )  # fmt: skip
-                except (KeyError, ValueError):
-                    log.warning(
-                        "partition %d: a tombstone in the change topic lacks the headers a "
-                        "restore needs (written by an older version); not restoring from it",
-                        partition,
-                    )
-                    return None
-            try:
-                c = codec.decode(message.value)
-            except CodecError as exc:
-                log.warning("partition %d: undecodable change, not restoring from the change "
-                            "topic: %s", partition, exc)  # fmt: skip
-                return None
-            return ContextRecord(
-                c.version, c.doc, c.checksum, c.expires_at_ms, c.wal_offset, c.log_time_ms
+        Read back from the end of the change partition in growing windows, up to
+        ``COVERAGE_LOOKBACK`` records: records that are not usable changes
+        (``read_change_record``: unreadable, or naming an offset at or past the WAL's end as
+        read after them) are set aside and reported. The highest WAL offset among a window's
+        usable changes counts once the WAL holds that very event there (key and event id),
+        at most ``COVERAGE_CHECKS`` tries; a forged change naming another event is set aside
+        like garbage. No usable change found: coverage unknown (0), reported."""
+        topic = self.config.topics.changes
+        coverage = Coverage()
+        bad: list[str] = []
+        checks = COVERAGE_CHECKS
+        async with self._reader() as consumer:
+            low, end = await self._watermarks(consumer, topic, partition)
+            floor = max(low, end - COVERAGE_LOOKBACK)
+            upto, size = end, 64
+            found: ChangeRecord | None = None
+            while found is None and upto > floor and checks > 0:
+                start = max(floor, upto - size)
+                records = await self._fetch(consumer, topic, partition, start, upto)
+                wal_end = await self._wal_end(consumer, partition)  # after the records
+                usable = self._usable_changes(partition, records, wal_end, bad)
+                usable.sort(key=lambda u: (-u[1].record.offset, -u[0]))  # ties: newest first
+                for position, change in usable[:checks]:
+                    checks -= 1
+                    mismatch = await self._wal_mismatch(consumer, partition, change)
+                    if mismatch is None:
+                        found = change
+                        break
+                    error = UnusableChangeError(mismatch)
+                    bad.append(self._unusable(partition, position, error, len(bad)))
+                upto, size = start, size * 4
+        if found is not None:
+            coverage.offset = found.record.offset + 1
+        if not bad:
+            return coverage
+        first = bad[0] + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+        if found is not None:
+            reason = f"passed over {first}"
+        else:
+            coverage.known = False
+            reason = (
+                f"coverage unknown, so the changes of what is folded are published again: no "
+                f"usable change among the last {end - upto} records; {first}"
             )
+        self._skip(coverage.skipped, partition, f"coverage of {topic}", reason)
+        return coverage
 
-        ok = await self._scan(self.config.topics.changes, partition, 0, None, take)
-        return latest if ok and latest else None
+    def _usable_changes(
+        self, partition: int, records: list[Any], wal_end: int, bad: list[str]
+    ) -> list[tuple[int, ChangeRecord]]:
+        """``(change-topic offset, change)`` of the usable records; the others go to ``bad``."""
+        codec = ChangeCodec()
+        usable = []
+        for m in records:
+            try:
+                change = read_change_record(m.key, m.value, m.headers, codec, wal_end, m.offset)
+            except UnusableChangeError as exc:
+                bad.append(self._unusable(partition, m.offset, exc, len(bad)))
+                continue
+            usable.append((m.offset, change))
+        return usable
 
-    async def read_window(self, partition: int, start: int, end: int) -> bytearray:
+    async def _wal_mismatch(
+        self, consumer: AIOKafkaConsumer, partition: int, change: ChangeRecord
+    ) -> str | None:
+        """None when the WAL holds the event that made ``change`` at the offset it names (or
+        no longer holds that offset: a change below the log start covers nothing a store
+        needs); else what it holds there instead."""
+        offset = change.record.offset
+        topic = self.config.topics.events
+        if offset < (await self._watermarks(consumer, topic, partition))[0]:
+            return None
+        found = await self._fetch(consumer, topic, partition, offset, offset + 1)
+        return _wal_disagrees(change, found[0] if found else None, EventCodec())
+
+    async def _wal_end(self, consumer: AIOKafkaConsumer, partition: int) -> int:
+        return (await self._watermarks(consumer, self.config.topics.events, partition))[1]
+
+    async def read_changes(self, partition: int) -> dict[bytes, ChangeRecord]:
+        """The latest change of every context in the change partition (by WAL offset, not
+        position: changes published again after a crash, or by a zombie, may follow newer
+        ones); ``ChangesUnusableError`` naming the first record that is not a usable change
+        (``read_change_record``): a restore without it would lose or misstate its context."""
+        codec = ChangeCodec()
+        latest: dict[bytes, ChangeRecord] = {}
+        topic = self.config.topics.changes
+
+        def take(message: Any) -> bool:
+            try:
+                change = read_change_record(
+                    message.key, message.value, message.headers, codec, None, message.offset
+                )
+            except UnusableChangeError as exc:
+                what = self._unusable(partition, message.offset, exc, _QUIET)
+                raise ChangesUnusableError(f"{what}: not restoring from that topic") from exc
+            held = latest.get(message.key)
+            if held is None or change.record.offset >= held.record.offset:
+                latest[message.key] = change
+            return True
+
+        await self._scan(topic, partition, 0, None, take)
+        return latest
+
+    async def read_window(
+        self, partition: int, start: int, end: int,
+        expected: dict[int, ChangeRecord] | None = None,
+    ) -> bytearray:  # fmt: skip
         """Journal entries (``RESTORED``) for the event ids of WAL offsets ``[start, end)``,
-        deduplicated as the fold would."""
+        deduplicated as the fold would. ``expected``: changes naming offsets in that range,
+        each checked to name the event the WAL holds there (``ChangesUnusableError``
+        otherwise)."""
         codec = EventCodec()
         seen: dict[bytes, int] = {}  # event id -> offset of its last non-retry occurrence
         entries = bytearray()
         window = self.config.limits.dedupe_window
+        unchecked = dict(expected or {})
 
         def take(message: Any) -> bool:
             value = message.value or b""
+            change = unchecked.pop(message.offset, None)
+            if change is not None:
+                self._check_named(partition, change, message)
             try:
                 event = codec.decode(value)
             except CodecError:
@@ -403,37 +533,90 @@ class Restorer:
 
         if start < end:
             await self._scan(self.config.topics.events, partition, start, end, take)
+        for change in unchecked.values():  # aborted, or a transaction marker: no event there
+            self._check_named(partition, change, None)
         return entries
 
-    async def _scan(
-        self, topic: str, partition: int, start: int, end: int | None,
-        take: Callable[[Any], bool],
-    ) -> bool:  # fmt: skip
-        """Feeds ``take`` the records of ``[start, end)`` (``end`` None: the end offset at
-        the start of the scan; a negative ``start`` counts back from that end) until it
-        returns False (then False)."""
+    def _check_named(self, partition: int, change: ChangeRecord, message: Any) -> None:
+        mismatch = _wal_disagrees(change, message, EventCodec())
+        if mismatch is not None:
+            error = UnusableChangeError(f"the change of {change.key!r} {mismatch}")
+            what = self._unusable(partition, change.position, error, _QUIET)
+            raise ChangesUnusableError(f"{what}: not restoring from that topic")
+
+    @contextlib.asynccontextmanager
+    async def _reader(self) -> AsyncIterator[AIOKafkaConsumer]:
         consumer = self.consumer()
         await consumer.start()
         try:
-            tp = TopicPartition(topic, partition)
-            consumer.assign([tp])
-            if end is None:
-                end = (await consumer.end_offsets([tp]))[tp]
-            if start < 0:
-                start += end
-            low = (await consumer.beginning_offsets([tp]))[tp]
-            position = max(start, low)
-            if position >= end:
-                return True
-            consumer.seek(tp, position)
-            while position < end:
-                batch = await consumer.getmany(tp, timeout_ms=1000, max_records=10_000)
-                for message in batch.get(tp, ()):
-                    if message.offset >= end:
-                        return True
-                    if not take(message):
-                        return False
-                position = await consumer.position(tp)
-            return True
+            yield consumer
         finally:
             await consumer.stop()
+
+    async def _fetch(
+        self, consumer: AIOKafkaConsumer, topic: str, partition: int, start: int, end: int
+    ) -> list[Any]:
+        """The records of ``[start, end)`` (those the topic still has)."""
+        records: list[Any] = []
+
+        def take(message: Any) -> bool:
+            records.append(message)
+            return True
+
+        await self._scan(topic, partition, start, end, take, consumer)
+        return records
+
+    async def _scan(
+        self, topic: str, partition: int, start: int, end: int | None,
+        take: Callable[[Any], bool], consumer: AIOKafkaConsumer | None = None,
+    ) -> bool:  # fmt: skip
+        """Feeds ``take`` the records of ``[start, end)`` (``end`` None: the end offset at
+        the start of the scan; a negative ``start`` counts back from that end) until it
+        returns False (then False). ``consumer``: a started one to use, else its own. An
+        ``end`` past the partition's end stops where the partition ends, never waits."""
+        if consumer is None:
+            async with self._reader() as own:
+                return await self._scan(topic, partition, start, end, take, own)
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        if end is None:
+            end = (await consumer.end_offsets([tp]))[tp]
+        if start < 0:
+            start += end
+        low = (await consumer.beginning_offsets([tp]))[tp]
+        position = max(start, low)
+        if position >= end:
+            return True
+        consumer.seek(tp, position)
+        while position < end:
+            batch = await consumer.getmany(tp, timeout_ms=1000, max_records=10_000)
+            for message in batch.get(tp, ()):
+                if message.offset >= end:
+                    return True
+                if not take(message):
+                    return False
+            position = await consumer.position(tp)
+            high = consumer.highwater(tp)  # the log's end, not the last stable offset
+            if not batch and high is not None and position >= high:
+                return True  # asked for more than there is (an offset someone made up)
+        return True
+
+
+def _wal_disagrees(change: ChangeRecord, message: Any, codec: EventCodec) -> str | None:
+    """None when ``message`` (the WAL record at the offset ``change`` names, None if there is
+    none) is the event that made ``change``; else what is there instead."""
+    offset = change.record.offset
+    if message is None or message.offset != offset:
+        return f"names WAL offset {offset}, which holds no committed event"
+    if message.key != change.key:
+        return f"names WAL offset {offset}, which holds an event of {message.key!r}"
+    try:
+        event_id = codec.decode(message.value or b"").event_id
+    except CodecError:
+        return f"names WAL offset {offset}, which holds no event (dead-lettered bytes)"
+    if event_id != change.event_id:
+        return (
+            f"names WAL offset {offset} and event {change.event_id.hex()}, but the WAL holds "
+            f"event {event_id.hex()} there"
+        )
+    return None

@@ -90,6 +90,10 @@ class Manifest:
                 raise ValueError("unknown manifest format")
             fields["digest"] = int(fields["digest"], 16)
             manifest = cls(**fields)
+            for name, kind in _FIELD_TYPES.items():
+                value = getattr(manifest, name)
+                if type(value) is not kind or (isinstance(value, int) and not 0 <= value < 2**64):
+                    raise ValueError(f"{name} {value!r} is not a {kind.__name__} in range")
             check_checkpoint_id(manifest.checkpoint_id)
         except (ValueError, KeyError, TypeError, InvalidCheckpointError) as exc:
             raise InvalidCheckpointError(f"invalid checkpoint manifest {where}: {exc}") from None
@@ -98,6 +102,13 @@ class Manifest:
     def matches(self, summary: Summary) -> bool:
         """True when a store's summary is what this manifest promises."""
         return summary == Summary(self.next_offset, self.digest, self.records, self.documents)
+
+
+#: The type of every manifest field (a manifest that parses may still hold anything).
+_FIELD_TYPES: dict[str, type] = {
+    "checkpoint_id": str, "partition": int, "topic": str, "next_offset": int, "records": int,
+    "documents": int, "digest": int, "created_at_ms": int,
+}  # fmt: skip
 
 
 def _checksum(fields: dict[str, Any]) -> str:

@@ -10,8 +10,10 @@ condition. A sweeper's retry of an Expire carries its attempt number in the id.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
+import orjson
 import xxhash
 
 from lukhas_context.schemas.codec import EventCodec
@@ -22,7 +24,10 @@ from lukhas_context.schemas.event import (
     ContextEvent,
     Expire,
 )
-from lukhas_context.state.checkpoints import check_checkpoint_id
+from lukhas_context.state.checkpoints import Manifest, check_checkpoint_id
+from lukhas_context.state.exceptions import InvalidCheckpointError
+
+log = logging.getLogger(__name__)
 
 
 def barrier_event(checkpoint_id: str, partition: int) -> ContextEvent:
@@ -57,3 +62,38 @@ async def append_barriers(
         sends.append(await producer.send(topic, value=value, key=BARRIER_KEY, partition=p))
     metadata = await asyncio.gather(*sends)
     return {m.partition: m.offset for m in metadata}
+
+
+def published_manifest(
+    key: bytes | None, value: bytes | None, checkpoint_id: str, offsets: dict[int, int],
+    topic: str,
+) -> dict[str, Any] | None:  # fmt: skip
+    """The manifest a checkpoints-topic record publishes for the barriers of
+    ``checkpoint_id`` at ``offsets`` (partition -> barrier offset) of the WAL ``topic``, as
+    its JSON fields; None when the record is not one (another checkpoint, an older barrier
+    of the same id). A record keyed for this checkpoint that is not a valid manifest — it
+    does not parse, its checksum or fields disagree, its key names another partition — is
+    passed over with a warning: anyone who can write to the topic can put garbage there,
+    and the topic is a report, never a restore source (docs/architecture.md, trust model)."""
+    prefix = f"{checkpoint_id}/".encode()
+    if key is None or not key.startswith(prefix) or value is None:
+        return None
+    where = f"{key[:80]!r}"
+    try:
+        manifest = Manifest.from_json(value, where)
+    except InvalidCheckpointError as exc:
+        log.warning("passing over a checkpoints-topic record: %s", exc)
+        return None
+    if (
+        manifest.checkpoint_id != checkpoint_id
+        or key != f"{checkpoint_id}/{manifest.partition}".encode()
+        or manifest.topic != topic
+    ):
+        log.warning("passing over a checkpoints-topic record %s: its manifest is for "
+                    "%s/%d of %s", where, manifest.checkpoint_id, manifest.partition,
+                    manifest.topic)  # fmt: skip
+        return None
+    if manifest.next_offset != offsets.get(manifest.partition, -2) + 1:
+        return None  # an older barrier of the same id
+    fields: dict[str, Any] = orjson.loads(value)
+    return fields

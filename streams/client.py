@@ -41,7 +41,7 @@ from lukhas_context.schemas.event import (
 )
 from lukhas_context.schemas.patch import PatchError, make_json_patch, validate_json_patch
 from lukhas_context.state.checkpoints import check_checkpoint_id
-from lukhas_context.streams.barriers import append_barriers
+from lukhas_context.streams.barriers import append_barriers, published_manifest
 from lukhas_context.streams.exceptions import (
     CheckpointTimeoutError,
     ChecksumMismatchError,
@@ -661,7 +661,6 @@ class ContextClient:
         their manifests (partition order); ``CheckpointTimeoutError`` names the missing ones."""
         _check_wait(timeout)
         topic = self.config.topics.checkpoints
-        prefix = f"{request.checkpoint_id}/".encode()
         found: dict[int, dict[str, Any]] = {}
         consumer = AIOKafkaConsumer(
             topic, bootstrap_servers=self.config.bootstrap, client_id=self.config.client_id,
@@ -687,12 +686,12 @@ class ContextClient:
                 batch = await consumer.getmany(timeout_ms=int(min(left, 1.0) * 1000))
                 for records in batch.values():
                     for m in records:
-                        if m.key is not None and m.key.startswith(prefix) and m.value:
-                            manifest = orjson.loads(m.value)
-                            p = int(manifest["partition"])
-                            # This request's barrier, not an older one of the same id.
-                            if manifest["next_offset"] == request.offsets.get(p, -2) + 1:
-                                found[p] = manifest
+                        manifest = published_manifest(
+                            m.key, m.value, request.checkpoint_id, request.offsets,
+                            self.config.topics.events,
+                        )  # fmt: skip
+                        if manifest is not None:
+                            found[manifest["partition"]] = manifest
         except KafkaError as exc:
             raise ReadError(f"cannot read {topic}: {exc}") from exc
         finally:

@@ -59,7 +59,9 @@ class Topics:
 
     @property
     def members(self) -> str:
-        """Which worker serves which partitions (``processors.members``)."""
+        """Retired: where earlier versions published which worker serves which partitions.
+        Routing now comes from the group coordinator (``processors.members``); nothing
+        creates, reads or writes this topic, and deployments that have it may delete it."""
         return f"{self.prefix}.context.members"
 
     @property
@@ -105,7 +107,6 @@ class Topics:
                 },
             ),
             TopicSpec(self.checkpoints, partitions, {"cleanup.policy": "compact"}),
-            TopicSpec(self.members, 1, {"cleanup.policy": "compact"}),
             TopicSpec(
                 self.clock,
                 1,

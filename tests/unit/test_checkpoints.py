@@ -26,7 +26,12 @@ from lukhas_context.state.exceptions import CheckpointError, InvalidCheckpointEr
 from lukhas_context.state.journal import ENTRY, EntryStatus, encode_block
 from lukhas_context.state.record import NO_CHECKSUM, ContextRecord
 from lukhas_context.state.store import PartitionStore, Summary
-from lukhas_context.streams.barriers import barrier_event, checkpoint_id_for_slot, expire_event
+from lukhas_context.streams.barriers import (
+    barrier_event,
+    checkpoint_id_for_slot,
+    expire_event,
+    published_manifest,
+)
 
 TOPIC = "lukhas.wal"
 T0 = 1_700_000_000_000
@@ -503,3 +508,60 @@ def test_checkpoint_id_for_slot_property(interval: int, slot: int, a: float, b: 
     assert checkpoint_id_for_slot(interval, t1 + interval) != same
     assert checkpoint_id_for_slot(interval, start - 1) != same
     check_checkpoint_id(same)
+
+
+# ---- manifests published on the checkpoints topic (issue 9: anyone may write there) ----
+
+
+def published(manifest: Manifest, **override: object) -> bytes:
+    """A manifest's bytes, fields overridden and the checksum recomputed (as a forger can)."""
+    fields = manifest.fields()
+    fields.update(override)
+    fields["checksum"] = xxhash.xxh3_64_hexdigest(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS))
+    return orjson.dumps(fields)
+
+
+MANIFEST = Manifest("ck-9", 1, TOPIC, 42, 3, 2, 0xABC, T0)
+OFFSETS = {0: 10, 1: 41, 2: 7}
+
+
+def test_a_published_manifest_of_the_request_is_taken() -> None:
+    got = published_manifest(b"ck-9/1", MANIFEST.to_json(), "ck-9", OFFSETS, TOPIC)
+    assert got is not None and got["partition"] == 1 and got["next_offset"] == 42
+    assert got["digest"] == f"{0xABC:016x}"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        (b"ck-9/1", b"\xff garbage"),
+        (b"ck-9/1", b"[]"),
+        (b"ck-9/1", b"{}"),
+        (b"ck-9/1", b"null"),
+        (b"ck-9/1", b'{"partition": 99999999999999999999999}'),
+        (b"ck-9/1", None),
+        (b"ck-9/1", MANIFEST.to_json().replace(b'"records"', b'"recordz"')),
+        (b"ck-9/1", published(MANIFEST, partition="1")),
+        (b"ck-9/1", published(MANIFEST, next_offset=42.0)),
+        (b"ck-9/1", published(MANIFEST, next_offset=True)),
+        (b"ck-9/1", published(MANIFEST, next_offset=-1)),
+        (b"ck-9/1", published(MANIFEST, records=-5)),
+        (b"ck-9/1", published(MANIFEST, checkpoint_id="ck-8")),
+        (b"ck-9/1", published(MANIFEST, topic="other.wal")),
+        (b"ck-9/1", published(MANIFEST, next_offset=41)),  # an older barrier of the id
+        (b"ck-9/2", MANIFEST.to_json()),  # its key names another partition
+        (b"ck-9/1x", MANIFEST.to_json()),
+        (b"ck-90/1", MANIFEST.to_json()),
+        (None, MANIFEST.to_json()),
+    ],
+)
+def test_anything_else_on_the_checkpoints_topic_is_passed_over(
+    key: bytes | None, value: bytes | None
+) -> None:
+    assert published_manifest(key, value, "ck-9", OFFSETS, TOPIC) is None
+
+
+@given(st.binary(max_size=300))
+def test_any_bytes_on_the_checkpoints_topic_are_a_manifest_or_passed_over(value: bytes) -> None:
+    got = published_manifest(b"ck-9/1", value, "ck-9", OFFSETS, TOPIC)
+    assert got is None or got["next_offset"] == 42

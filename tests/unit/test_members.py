@@ -1,180 +1,215 @@
-"""Partition ownership: ``owners`` (highest generation wins) and ``Membership._apply``."""
+"""The routing table (issue 9, item 6): built from the group coordinator's description of the
+group alone — ``read_group`` (which member's URL and which partitions count), the assignor
+that carries a worker's URL, and ``Membership`` keeping its last stable table."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
-import orjson
 import pytest
+from aiokafka.cluster import ClusterMetadata
+from aiokafka.coordinator.protocol import (
+    ConsumerProtocolMemberAssignment,
+    ConsumerProtocolMemberMetadata,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lukhas_context.processors.members import STALE_AFTER_MS, Member, Membership, owners
-
-
-def member(
-    name: str, partitions: tuple[int, ...], generation: int, updated_ms: int, api: str = ""
-) -> Member:
-    return Member(name, api or f"http://{name}:8080", partitions, generation, updated_ms)
-
-
-def record(m: Member) -> bytes:
-    return orjson.dumps(m.to_dict())
-
-
-# ---- owners ----
-
-
-def test_owners_empty() -> None:
-    assert owners([]) == {}
-    assert owners([member("a", (), 3, 1)]) == {}
-
-
-def test_owners_highest_generation_wins() -> None:
-    stale = member("old", (0, 1, 2), generation=4, updated_ms=9_999_999)  # later clock
-    fresh = member("new", (1, 2), generation=5, updated_ms=1)
-    other = member("other", (3,), generation=1, updated_ms=0)
-    for order in ([stale, fresh, other], [other, fresh, stale]):
-        table = owners(order)
-        assert table == {0: stale, 1: fresh, 2: fresh, 3: other}
-
-
-def test_owners_tie_broken_by_updated_ms() -> None:
-    early = member("early", (0, 1), generation=7, updated_ms=100)
-    late = member("late", (1,), generation=7, updated_ms=200)
-    assert owners([early, late]) == {0: early, 1: late}
-    assert owners([late, early]) == {0: early, 1: late}
-
-
-members_strategy = st.lists(
-    st.builds(
-        member,
-        st.text(min_size=1, max_size=5),
-        st.lists(st.integers(0, 7), max_size=4, unique=True).map(tuple),
-        st.integers(0, 5),
-        st.integers(0, 5),
-    ),
-    max_size=8,
+from lukhas_context.processors.members import (
+    ASSIGNOR_NAME,
+    ApiAssignor,
+    Member,
+    Membership,
+    api_url_problem,
+    decode_user_data,
+    encode_user_data,
+    read_group,
 )
 
-
-@given(members_strategy)
-def test_owners_property(members: list[Member]) -> None:
-    table = owners(members)
-    claimed = {p for m in members for p in m.partitions}
-    assert set(table) == claimed
-    for p, owner in table.items():
-        assert p in owner.partitions
-        best = max((m.generation, m.updated_ms) for m in members if p in m.partitions)
-        assert (owner.generation, owner.updated_ms) == best
-    assert owners(list(reversed(members))).keys() == table.keys()
+TOPIC = "unit.context.events"
+NOW = 1_700_000_000_000
 
 
-# ---- Membership._apply ----
+def metadata(api: str | None, user_data: bytes | None = None) -> bytes:
+    data = encode_user_data(api) if user_data is None and api is not None else user_data
+    return bytes(ConsumerProtocolMemberMetadata(0, [TOPIC], data or b"").encode())
+
+
+def assignment(partitions: list[int], topic: str = TOPIC) -> bytes:
+    return bytes(ConsumerProtocolMemberAssignment(0, [(topic, partitions)], b"").encode())
+
+
+def group(
+    members: list[tuple[str, bytes, bytes]], state: str = "Stable",
+    protocol: str = ASSIGNOR_NAME, error: int = 0,
+) -> tuple[Any, ...]:  # fmt: skip
+    described = [(mid, "client", "/127.0.0.1", meta, assign) for mid, meta, assign in members]
+    return (error, "g", state, "consumer", protocol, described, 0)
+
+
+def owners_of(view: Any) -> dict[int, str]:
+    return {p: m.api for p, m in view.owners().items()}
+
+
+# ---- read_group ----
+
+
+def test_a_stable_group_routes_each_partition_to_its_member() -> None:
+    view = read_group(
+        group([
+            ("a-1", metadata("http://a:8080"), assignment([0, 2])),
+            ("b-1", metadata("https://b.example:443/lukhas"), assignment([1])),
+        ]),
+        TOPIC, 7, NOW,
+    )  # fmt: skip
+    assert view.stable and view.problems == []
+    assert owners_of(view) == {
+        0: "http://a:8080",
+        1: "https://b.example:443/lukhas",
+        2: "http://a:8080",
+    }
+    assert view.members[0] == Member("a-1", "http://a:8080", (0, 2), 7, NOW)
+
+
+@pytest.mark.parametrize("state", ["PreparingRebalance", "CompletingRebalance", "Empty", "Dead"])
+def test_an_unsettled_group_gives_no_table(state: str) -> None:
+    view = read_group(group([("a", metadata("http://a:1"), assignment([0]))], state), TOPIC, 1, NOW)
+    assert not view.stable and view.members == []
+
+
+def test_a_coordinator_error_gives_no_table() -> None:
+    view = read_group(group([], error=16), TOPIC, 1, NOW)
+    assert not view.stable and view.state == "error 16"
+
+
+def test_another_protocol_routes_nothing() -> None:
+    old = group([("old", metadata(None), assignment([0, 1, 2]))], protocol="roundrobin")
+    view = read_group(old, TOPIC, 1, NOW)
+    assert view.stable and view.owners() == {}
+    assert "roundrobin" in view.problems[0]
+
+
+@pytest.mark.parametrize(
+    ("meta", "assign", "why"),
+    [
+        (b"", assignment([0]), ""),
+        (b"\xff" * 7, assignment([0]), ""),
+        (metadata(None, b""), assignment([0]), "no API URL"),
+        (metadata(None, b"[1,2]"), assignment([0]), "no API URL"),
+        (metadata(None, b'{"api": 5}'), assignment([0]), "no API URL"),
+        (metadata("ftp://a:21"), assignment([0]), "not http"),
+        (metadata("http://"), assignment([0]), "not http"),
+        (metadata("http://a:99999"), assignment([0]), "does not parse"),
+        (metadata("http://u:pw@a:1"), assignment([0]), "credentials"),
+        (metadata("http://a:1/?x=1"), assignment([0]), "query"),
+        (metadata("http://a:1/ x"), assignment([0]), "whitespace"),
+        (metadata("http://a:1/\x00"), assignment([0]), "control"),
+        (metadata("http://a/" + "x" * 3000), assignment([0]), "over 2048 bytes"),
+        (metadata("http://a:1"), b"\x00\x00\xff\xff\xff\xff\xff", ""),
+        (metadata("http://a:1"), assignment([-1]), "partitions"),
+    ],
+)
+def test_a_member_without_a_usable_url_or_assignment_is_left_out(
+    meta: bytes, assign: bytes, why: str
+) -> None:
+    good = ("good", metadata("http://good:1"), assignment([1]))
+    view = read_group(group([("bad", meta, assign), good]), TOPIC, 1, NOW)
+    assert view.stable
+    assert owners_of(view) == {1: "http://good:1"}
+    assert len(view.problems) == 1 and "'bad'" in view.problems[0] and why in view.problems[0]
+
+
+def test_a_partition_assigned_twice_has_no_route() -> None:
+    view = read_group(
+        group([
+            ("a", metadata("http://a:1"), assignment([0, 1])),
+            ("b", metadata("http://b:1"), assignment([1, 2])),
+        ]),
+        TOPIC, 1, NOW,
+    )  # fmt: skip
+    assert owners_of(view) == {0: "http://a:1", 2: "http://b:1"}
+    assert "partition 1" in view.problems[0]
+
+
+def test_other_topics_and_empty_assignments_are_not_routes() -> None:
+    view = read_group(
+        group([
+            ("a", metadata("http://a:1"), assignment([0, 1], topic="other.topic")),
+            ("b", metadata("http://b:1"), b""),
+        ]),
+        TOPIC, 1, NOW,
+    )  # fmt: skip
+    assert view.stable and view.owners() == {} and view.problems == []
+
+
+@given(st.binary(max_size=64), st.binary(max_size=64))
+def test_any_member_bytes_are_routed_or_left_out(meta: bytes, assign: bytes) -> None:
+    view = read_group(group([("m", meta, assign)]), TOPIC, 1, NOW)
+    assert view.stable
+    for member in view.members:
+        assert api_url_problem(member.api) is None
+        assert all(p >= 0 for p in member.partitions)
+
+
+# ---- the assignor ----
+
+
+def test_the_assignor_carries_the_url_and_assigns_round_robin() -> None:
+    assignor = ApiAssignor("http://w1:18080")
+    meta = assignor.metadata({TOPIC})
+    decoded = ConsumerProtocolMemberMetadata.decode(meta.encode())
+    assert decoded.subscription == [TOPIC]
+    assert decode_user_data(decoded.user_data) == "http://w1:18080"
+
+    cluster = ClusterMetadata()
+    cluster._partitions = {TOPIC: {p: None for p in range(5)}}
+    members = {"m1": meta, "m2": ApiAssignor("http://w2:1").metadata({TOPIC})}
+    assigned = assignor.assign(cluster, members)
+    partitions = {m: a.partitions() for m, a in assigned.items()}
+    assert sorted(tp.partition for tps in partitions.values() for tp in tps) == list(range(5))
+    assert [tp.partition for tp in partitions["m1"]] == [0, 2, 4]
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:18080", "https://worker.internal", "http://[::1]:8080/api"]
+)
+def test_api_urls_that_route(url: str) -> None:
+    assert api_url_problem(url) is None
+    assert decode_user_data(encode_user_data(url)) == url
+
+
+# ---- Membership ----
 
 
 @pytest.fixture
 async def membership() -> AsyncIterator[Membership]:
     # Inside the running loop (it makes an asyncio.Event); never started: no broker.
-    yield Membership("localhost:1", "unit.context.members", "me", "http://me:8080")
+    yield Membership("localhost:1", "g", TOPIC, "me", "http://me:8080")
 
 
-async def test_apply_claims_and_owners(membership: Membership) -> None:
-    a = member("a", (0, 1), 3, 10)
-    b = member("b", (2,), 3, 11)
-    event = membership.changed
-    membership._apply(b"a", record(a))
-    assert event.is_set() and not membership.changed.is_set()  # a fresh event for the next
-    membership._apply(b"b", record(b))
-    assert membership.members() == [a, b]
-    assert [membership.owner(p) for p in range(4)] == [a, a, b, None]
-    # A later generation takes partition 1 over from a.
-    b2 = member("b", (1, 2), 4, 5)
-    membership._apply(b"b", record(b2))
-    assert membership.members() == [a, b2]
-    assert (membership.owner(0), membership.owner(1), membership.owner(2)) == (a, b2, b2)
-
-
-@pytest.mark.parametrize(
-    "value",
-    [
-        b"not json",
-        b"\xff\xfe",
-        b"[]",
-        b'"a string"',
-        b"null",
-        b"42",
-        b"{}",
-        b'{"member": "a", "api": "x", "partitions": [0], "generation": 1}',
-        b'{"member": "a", "api": "x", "partitions": 5, "generation": 1, "updated_ms": 1}',
-        b'{"member": "a", "api": "x", "partitions": ["x"], "generation": 1, "updated_ms": 1}',
-        b'{"member": "a", "api": "x", "partitions": [null], "generation": 1, "updated_ms": 1}',
-        b'{"member": "a", "api": "x", "partitions": [0], "generation": "g", "updated_ms": 1}',
-        b'{"member": "a", "api": "x", "partitions": [0], "generation": 1, "updated_ms": null}',
-    ],
-)
-async def test_apply_ignores_malformed(membership: Membership, value: bytes) -> None:
-    good = member("a", (0,), 2, 50)
-    membership._apply(b"a", record(good))
-    event = membership.changed
-    membership._apply(b"a", value)
-    assert membership.members() == [good]
-    assert membership.owner(0) == good
-    assert membership.changed is event and not event.is_set()
-
-
-async def test_apply_ignores_keyless_records(membership: Membership) -> None:
-    event = membership.changed
-    membership._apply(None, record(member("a", (0,), 1, 1)))
-    membership._apply(None, None)
-    assert membership.members() == [] and membership.owner(0) is None
-    assert membership.changed is event and not event.is_set()
-
-
-async def test_apply_tombstone_removes_member(membership: Membership) -> None:
-    a = member("a", (0, 1), 5, 10)
-    stale = member("z", (1, 2), 4, 99)
-    membership._apply(b"a", record(a))
-    membership._apply(b"z", record(stale))
-    assert membership.owner(1) == a
-    event = membership.changed
-    membership._apply(b"a", None)
-    assert event.is_set()
-    assert membership.members() == [stale]
-    # The stale claim is all that is left: it owns partition 1 again; 0 has no owner.
-    assert (membership.owner(0), membership.owner(1), membership.owner(2)) == (None, stale, stale)
-    membership._apply(b"nobody", None)  # a tombstone of an unknown member changes nothing
-    assert membership.members() == [stale]
-
-
-async def test_the_last_record_of_a_member_is_its_claim(membership: Membership) -> None:
-    # A member's records share a key and a partition: read in the order it wrote them. A lower
-    # generation read later is a group whose generation restarted, not a stale record.
-    membership._apply(b"a", record(member("a", (0, 1), 6, 100)))
-    reset = member("a", (2,), 0, 101)
-    membership._apply(b"a", record(reset))
-    assert membership.members() == [reset]
-    assert (membership.owner(0), membership.owner(2)) == (None, reset)
-
-
-def test_a_stale_claim_loses_to_a_fresh_one_whatever_the_generation() -> None:
-    now = 10_000_000
-    dead = member("dead", (0, 1), generation=57, updated_ms=now - STALE_AFTER_MS - 1)
-    alive = member("alive", (1,), generation=1, updated_ms=now - 1_000)
-    assert owners([dead, alive], now_ms=now) == {0: dead, 1: alive}  # no fresh claim of 0
-    assert owners([alive, dead], now_ms=now) == {0: dead, 1: alive}
-
-
-async def test_apply_keys_by_record_key(membership: Membership) -> None:
-    claim = member("a", (0,), 1, 1)
-    membership._apply(b"a", record(claim))
-    membership._apply(b"b", record(member("b", (1,), 1, 1)))
-    membership._apply(b"a", None)
-    assert [m.member for m in membership.members()] == ["b"]
-
-
-async def test_apply_ignores_string_partitions(membership: Membership) -> None:
-    value = b'{"member": "a", "api": "x", "partitions": "12", "generation": 1, "updated_ms": 1}'
-    membership._apply(b"a", value)
-    assert membership.members() == []
+async def test_its_own_assignment_counts_at_once(membership: Membership) -> None:
+    other = Member("other", "http://other:1", (0, 1, 2), 4, NOW)
+    membership._members, membership._owners = [other], dict.fromkeys((0, 1, 2), other)
+    membership.assigned([2, 1], 5)
+    assert [membership.owner(p) for p in (0, 1, 2)] == [
+        other,
+        membership.owner(1),
+        membership.owner(1),
+    ]
+    mine = membership.owner(1)
+    assert mine is not None and (mine.api, mine.partitions, mine.generation) == (
+        "http://me:8080",
+        (1, 2),
+        5,
+    )
+    membership.assigned([0], 6)  # moved: the old entries of this worker go
+    assert membership.owner(0) is not None and membership.owner(0).api == "http://me:8080"  # type: ignore[union-attr]
     assert membership.owner(1) is None and membership.owner(2) is None
+
+
+async def test_refresh_without_a_coordinator_keeps_the_table(membership: Membership) -> None:
+    membership.assigned([0, 1], 3)
+    before = [membership.owner(p) for p in range(3)]
+    assert await membership.refresh() is False
+    assert [membership.owner(p) for p in range(3)] == before
