@@ -334,27 +334,27 @@ def status(data_dir: Path | None, as_json: bool) -> None:
 )
 @click.option(
     "--max-connections",
-    type=click.IntRange(1),
+    type=click.IntRange(1, 1_000_000),
     default=None,
     help="Cap on open read API connections [default: from the file-descriptor limit].",
 )
 @click.option(
     "--header-timeout",
-    type=click.FloatRange(min=0.001, max=3600),
+    type=params.Seconds(0.0, 3600.0, open_low=True),
     default=10.0,
     show_default=True,
     help="SECONDS from a request's first byte until its headers are complete (else 408).",
 )
 @click.option(
     "--body-timeout",
-    type=click.FloatRange(min=0.001, max=3600),
+    type=params.Seconds(0.0, 3600.0, open_low=True),
     default=30.0,
     show_default=True,
     help="SECONDS from a request's headers until its body is complete (else closed).",
 )
 @click.option(
     "--idle-timeout",
-    type=click.FloatRange(min=0.001, max=3600),
+    type=params.Seconds(0.0, 3600.0, open_low=True),
     default=30.0,
     show_default=True,
     help="SECONDS a keep-alive connection may stay idle.",
@@ -949,7 +949,7 @@ def transactions_describe(transactional_id: str, data_dir: Path | None, bootstra
 
 
 @transactions.command("open")
-@click.option("--partition", "-p", "partitions", type=click.IntRange(0), multiple=True,
+@click.option("--partition", "-p", "partitions", type=params.PARTITION, multiple=True,
               help="Only this WAL partition (repeat for several) [default: all].")  # fmt: skip
 @_transactions_options
 @_errors
@@ -980,8 +980,8 @@ def transactions_find_hanging(data_dir: Path | None, bootstrap: str | None,
 
 
 @transactions.command("abort")
-@click.option("--partition", "-p", type=click.IntRange(0), required=True, help="WAL partition.")
-@click.option("--start-offset", type=click.IntRange(0), required=True,
+@click.option("--partition", "-p", type=params.PARTITION, required=True, help="WAL partition.")
+@click.option("--start-offset", type=params.VERSION, required=True,
               help="Offset where the transaction began (see `transactions open`).")  # fmt: skip
 @_transactions_options
 @_errors

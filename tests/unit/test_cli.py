@@ -95,6 +95,13 @@ BAD_OPTIONS = [
     ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--expiry-interval", "nan"),
     ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--api-port", HUGE),
     ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--max-batch", HUGE),
+    ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--header-timeout", "nan"),
+    ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--body-timeout", "inf"),
+    ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--idle-timeout", "0"),
+    ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--max-connections", HUGE),
+    ("transactions", "abort", "-p", HUGE, "--start-offset", "0"),
+    ("transactions", "abort", "-p", "0", "--start-offset", HUGE),
+    ("transactions", "open", "-p", HUGE),
 ]
 
 
