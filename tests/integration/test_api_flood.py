@@ -17,11 +17,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from lukhas_context.streams.client import ClientConfig, ContextClient
 
@@ -172,18 +174,35 @@ async def test_slow_and_surplus_connections_are_capped_and_closed_and_the_fold_g
     assert seen['lukhas_api_timeouts_total{phase="idle"}'] >= 1, seen
 
     # Every slot busy with a request (long polls): the next connection is answered 503 at once.
-    poll = b"GET /v1/contexts/x?min_offset=0:999999999&timeout=10 HTTP/1.1\r\nHost: x\r\n\r\n"
-    busy = [_connect(port, poll) for _ in range(CAP)]
-    answers = []
-    while not answers or not answers[-1].startswith(b"HTTP/1.1 503"):
-        assert len(answers) < 50, answers[-1]  # the polls last 10 s: a few tries at most
-        await asyncio.sleep(0.1)
-        surplus = _connect(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        surplus.settimeout(10)
-        answers.append(surplus.recv(65536))
-        surplus.close()
-    assert b"too many connections" in answers[-1]
-    assert _metrics_after_polls(worker, busy)["lukhas_api_connections_refused_total"] >= 1
+    # The polls wait on a record of an open transaction: in the WAL (so the offset exists),
+    # not readable read_committed until the transaction ends (aborted below).
+    tx = AIOKafkaProducer(
+        bootstrap_servers=cluster.bootstrap, transactional_id=f"flood-{uuid.uuid4().hex}",
+        transaction_timeout_ms=60_000,
+    )  # fmt: skip
+    await tx.start()
+    try:
+        await tx.begin_transaction()
+        held = await (await tx.send(topics.events, b"held", key=b"held", partition=0))
+        poll = (
+            f"GET /v1/contexts/x?min_offset=0:{held.offset}&timeout=10 HTTP/1.1\r\nHost: x\r\n\r\n"
+        ).encode()
+        busy = [_connect(port, poll) for _ in range(CAP)]
+        answers: list[bytes] = []
+        while not answers or not answers[-1].startswith(b"HTTP/1.1 503"):
+            assert len(answers) < 50, answers[-1]  # the polls last 10 s: a few tries at most
+            await asyncio.sleep(0.1)
+            surplus = _connect(
+                port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            surplus.settimeout(10)
+            answers.append(surplus.recv(65536))
+            surplus.close()
+        assert b"too many connections" in answers[-1]
+        assert _metrics_after_polls(worker, busy)["lukhas_api_connections_refused_total"] >= 1
+        await tx.abort_transaction()
+    finally:
+        await tx.stop()
     assert await asyncio.to_thread(_healthz, worker.url) == 200
     await _put_and_read(cluster, topics, worker.url, "after")
     assert worker.terminate() == 0
