@@ -285,9 +285,15 @@ class ContextClient:
             producer = self._new_producer()
             try:
                 await producer.start()
+            except TimeoutError:
+                # Its start deadline (an OSError too): the caller's deadline handling says why.
+                await producer.stop()
+                raise
             except (KafkaError, ValueError, OSError) as exc:
                 await producer.stop()
-                raise PublishError(f"cannot reach Kafka at {self.config.bootstrap}: {exc}") from exc
+                raise PublishError(
+                    f"cannot reach Kafka at {self.config.bootstrap}: {_error_text(exc)}"
+                ) from exc
             self._producer = producer
             return producer
         finally:

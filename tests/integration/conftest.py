@@ -20,17 +20,54 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from lukhas_context.ops.cluster import ClusterSpec, LocalCluster
 from lukhas_context.processors.api import ReadApi
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.materializer import Materializer
+from lukhas_context.state.store import Summary
 from lukhas_context.streams.admin import ensure_topics
 from lukhas_context.streams.client import ClientConfig, ContextClient
 from lukhas_context.streams.topics import Topics
 
 PARTITIONS = 3
+
+
+async def serving_all(worker: Any, timeout: float = 90) -> None:
+    """Until an in-process worker serves all ``PARTITIONS`` partitions (its stores are open)."""
+    deadline = time.monotonic() + timeout
+    while len(worker.materializer.stores) < PARTITIONS:
+        assert worker.materializer.running, "the worker stopped"
+        assert time.monotonic() < deadline, f"serves {sorted(worker.materializer.stores)}"
+        await asyncio.sleep(0.05)
+
+
+async def wal_ends(bootstrap: str, topic: str) -> dict[int, int]:
+    """The end offset of each of the ``PARTITIONS`` partitions of ``topic``."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        return {tp.partition: end for tp, end in (await consumer.end_offsets(tps)).items()}
+    finally:
+        await consumer.stop()
+
+
+def summaries(worker: Any) -> dict[int, Summary]:
+    return {p: s.summary() for p, s in sorted(worker.materializer.stores.items())}
+
+
+async def drained(worker: Any, timeout: float = 90) -> dict[int, Summary]:
+    """The partitions' summaries once an in-process worker folded the WAL to its end."""
+    m = worker.materializer
+    ends = await wal_ends(m.config.bootstrap, m.config.topics.events)
+    deadline = time.monotonic() + timeout
+    while any(p not in m.stores or m.stores[p].next_offset < end for p, end in ends.items()):
+        assert m.running, "the worker stopped"
+        assert time.monotonic() < deadline, "the worker did not drain the WAL"
+        await asyncio.sleep(0.05)
+    return summaries(worker)
 
 
 def free_port() -> int:

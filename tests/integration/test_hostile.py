@@ -4,8 +4,6 @@ and an offline replay of the WAL reaches the live digests, rejected patches incl
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -13,13 +11,15 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.rebuild import From, rebuild
 from lukhas_context.schemas.codec import EventCodec
 from lukhas_context.schemas.event import ContextEvent, Patch, PatchFormat, Put
 from lukhas_context.streams.topics import partition_for
+
+from .conftest import drained
 
 pytestmark = pytest.mark.integration
 
@@ -62,25 +62,6 @@ async def _dry_run(url: str, value: bytes) -> dict[str, Any]:
         assert answer.status == 200, await answer.text()
         data: dict[str, Any] = await answer.json()
         return data
-
-
-async def _drained(worker: Any, timeout: float = 60) -> dict[int, Any]:
-    m = worker.materializer
-    consumer = AIOKafkaConsumer(bootstrap_servers=m.config.bootstrap)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(m.config.topics.events, p) for p in range(PARTITIONS)]
-        ends = await consumer.end_offsets(tps)
-    finally:
-        await consumer.stop()
-    deadline = time.monotonic() + timeout
-    while len(m.stores) < PARTITIONS or any(
-        m.stores[tp.partition].next_offset < end for tp, end in ends.items()
-    ):
-        assert m.running, "the worker stopped"
-        assert time.monotonic() < deadline, "the worker did not drain the WAL"
-        await asyncio.sleep(0.05)
-    return {p: s.summary() for p, s in sorted(m.stores.items())}
 
 
 async def test_hostile_events_are_rejected_the_dry_run_agrees_and_a_replay_matches(
@@ -137,7 +118,7 @@ async def test_hostile_events_are_rejected_the_dry_run_agrees_and_a_replay_match
                 ends.setdefault(partition_for(f"end:{n}".encode(), PARTITIONS), f"end:{n}")
             for context_id in ends.values():
                 await (await client.put(context_id, {"end": True})).outcome(30)
-        live = await _drained(worker)
+        live = await drained(worker)
     finally:
         await raw.stop()
 

@@ -19,18 +19,17 @@ import orjson
 import pytest
 import xxhash
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.rebuild import From, rebuild
 from lukhas_context.schemas.codec import ChangeCodec
 from lukhas_context.schemas.event import ChangeKind
-from lukhas_context.state.store import Summary
 from lukhas_context.streams.admin import ensure_topics
 from lukhas_context.streams.client import ClientConfig, ContextClient
 from lukhas_context.streams.topics import TopicSpec
 
-from .conftest import PARTITIONS, free_port
+from .conftest import PARTITIONS, drained, free_port, serving_all, wal_ends
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -40,35 +39,6 @@ FAR_FUTURE_MS = int(time.time() * 1000) + 10 * 365 * 86_400_000
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-async def _serving_all(worker: Any, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while len(worker.materializer.stores) < PARTITIONS:
-        assert worker.materializer.running, "the worker stopped"
-        assert time.monotonic() < deadline, f"serves {sorted(worker.materializer.stores)}"
-        await asyncio.sleep(0.05)
-
-
-async def _wal_ends(bootstrap: str, topic: str) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        return {tp.partition: end for tp, end in (await consumer.end_offsets(tps)).items()}
-    finally:
-        await consumer.stop()
-
-
-async def _drained(worker: Any, timeout: float = 90) -> dict[int, Summary]:
-    m = worker.materializer
-    ends = await _wal_ends(m.config.bootstrap, m.config.topics.events)
-    deadline = time.monotonic() + timeout
-    while any(p not in m.stores or m.stores[p].next_offset < end for p, end in ends.items()):
-        assert m.running, "the worker stopped"
-        assert time.monotonic() < deadline, "the worker did not drain the WAL"
-        await asyncio.sleep(0.05)
-    return {p: s.summary() for p, s in sorted(m.stores.items())}
 
 
 async def _write(client: ContextClient, tag: str, n: int = 60) -> Any:
@@ -170,7 +140,7 @@ BAD_CHANGES = {
 
 
 async def _spoil_change_topic(cluster: Any, topics: Any, kind: str) -> None:
-    ends = await _wal_ends(cluster.bootstrap, topics.events)
+    ends = await wal_ends(cluster.bootstrap, topics.events)
     records = []
     for p in range(PARTITIONS):
         key, value, headers = BAD_CHANGES[kind](p, ends[p])
@@ -189,10 +159,10 @@ async def test_a_bad_newest_change_never_keeps_a_worker_from_starting(
 ) -> None:  # fmt: skip
     state = tmp_path / "state"
     worker = await start_worker(state_dir=state, expiry_interval_s=None)
-    await _serving_all(worker)
+    await serving_all(worker)
     async with make_client(worker.url) as client:
         await _write(client, "before")
-    live = await _drained(worker)
+    live = await drained(worker)
     await worker.stop()
 
     await _spoil_change_topic(cluster, topics, kind)
@@ -201,7 +171,7 @@ async def test_a_bad_newest_change_never_keeps_a_worker_from_starting(
             shutil.rmtree(state / f"partition-{p}")
 
     restarted = await start_worker(state_dir=state, expiry_interval_s=None)
-    await _serving_all(restarted)
+    await serving_all(restarted)
     reports = restarted.materializer.restore_reports
     # Each partition opened by a path that was still good, and said what it set aside.
     for report in reports.values():
@@ -209,7 +179,7 @@ async def test_a_bad_newest_change_never_keeps_a_worker_from_starting(
         assert any("changes" in s for s in report.skipped), report.skipped
     metrics = restarted.materializer.metrics.render().decode()
     assert 'lukhas_unusable_records_total{topic="changes"}' in metrics
-    summaries = await _drained(restarted)
+    summaries = await drained(restarted)
     assert {p: s.digest for p, s in summaries.items()} == {p: s.digest for p, s in live.items()}
 
     # It serves, and what it folds next is published (the bad record did not silence it).
@@ -221,8 +191,8 @@ async def test_a_bad_newest_change_never_keeps_a_worker_from_starting(
         topics.changes, lambda rs: any(m.key == b"after" for m in rs), timeout=30
     )
     assert any(m.key == b"after" for m in published), "the change of a new write was not published"
-    ends = await _wal_ends(cluster.bootstrap, topics.events)
-    summaries = await _drained(restarted)
+    ends = await wal_ends(cluster.bootstrap, topics.events)
+    summaries = await drained(restarted)
     replay = await _replay_digests(cluster.bootstrap, topics, tmp_path, ends)
     assert {p: s.digest_hex for p, s in summaries.items()} == replay
 
@@ -234,21 +204,21 @@ async def test_a_change_topic_full_of_garbage_costs_repeats_not_a_start(
     starts all the same and publishes again what it folds (subscribers drop repeats)."""
     state = tmp_path / "state"
     worker = await start_worker(state_dir=state, expiry_interval_s=None)
-    await _serving_all(worker)
+    await serving_all(worker)
     async with make_client(worker.url) as client:
         await _write(client, "x", n=30)
-    live = await _drained(worker)
+    live = await drained(worker)
     await worker.stop()
     junk = [(0, b"junk", b"\x00junk %d" % i, None) for i in range(COVERAGE_LOOKBACK + 50)]
     await _produce(cluster.bootstrap, topics.changes, junk)
     for p in range(PARTITIONS):
         shutil.rmtree(state / f"partition-{p}")
     restarted = await start_worker(state_dir=state, expiry_interval_s=None)
-    await _serving_all(restarted)
+    await serving_all(restarted)
     report = restarted.materializer.restore_reports[0]
     assert report.source.value == "replay"
     assert any("coverage unknown" in s for s in report.skipped), report.skipped
-    summaries = await _drained(restarted)
+    summaries = await drained(restarted)
     assert {p: s.digest for p, s in summaries.items()} == {p: s.digest for p, s in live.items()}
 
 
@@ -260,7 +230,7 @@ async def test_garbage_on_the_checkpoints_topic_is_passed_over(
 ) -> None:
     state = tmp_path / "state"
     worker = await start_worker(state_dir=state, expiry_interval_s=None)
-    await _serving_all(worker)
+    await serving_all(worker)
     checkpoint_id = f"ck-{uuid.uuid4().hex[:6]}"
     fake = {
         "format": 1, "checkpoint_id": checkpoint_id, "partition": 0, "topic": topics.events,
@@ -288,7 +258,7 @@ async def test_garbage_on_the_checkpoints_topic_is_passed_over(
         request = await client.checkpoint(checkpoint_id)
         manifests = await client.wait_checkpoint(request, timeout=60)
     assert [m["partition"] for m in manifests] == list(range(PARTITIONS))
-    live = await _drained(worker)
+    live = await drained(worker)
     for m in manifests:
         assert m["next_offset"] == request.offsets[m["partition"]] + 1
         assert m["digest"] in {s.digest_hex for s in live.values()}
@@ -299,11 +269,11 @@ async def test_garbage_on_the_checkpoints_topic_is_passed_over(
     for p in range(PARTITIONS):
         shutil.rmtree(state / f"partition-{p}")
     restarted = await start_worker(state_dir=state, expiry_interval_s=None)
-    await _serving_all(restarted)
+    await serving_all(restarted)
     assert {r.source.value for r in restarted.materializer.restore_reports.values()} == {
         "checkpoint"
     }
-    summaries = await _drained(restarted)
+    summaries = await drained(restarted)
     assert {p: s.digest for p, s in summaries.items()} == {p: s.digest for p, s in live.items()}
 
 
@@ -341,19 +311,19 @@ async def test_garbage_on_the_members_topic_and_the_dlq_changes_nothing(
     )  # fmt: skip
     state = tmp_path / "state"
     worker = await start_worker(state_dir=state, expiry_interval_s=None)
-    await _serving_all(worker)
+    await serving_all(worker)
     async with make_client(worker.url) as client:
         await _write(client, "m")
         assert (await client.get("m:last")).doc == {"last": True}
     table = await asyncio.to_thread(_get_json, worker.url + "/v1/members")
     assert set(table["owners"].values()) == {worker.url}, table
-    live = await _drained(worker)
+    live = await drained(worker)
     await worker.stop()
     for p in range(PARTITIONS):
         shutil.rmtree(state / f"partition-{p}")
     restarted = await start_worker(state_dir=state, expiry_interval_s=None)
-    await _serving_all(restarted)
-    summaries = await _drained(restarted)
+    await serving_all(restarted)
+    summaries = await drained(restarted)
     assert {p: s.digest for p, s in summaries.items()} == {p: s.digest for p, s in live.items()}
 
 
@@ -380,7 +350,7 @@ async def test_a_worker_process_restarts_over_a_spoiled_change_topic_again_and_a
             last = await client.put(f"up:round-{round_}", {"round": round_})
             assert (await client.get(last.context_id, after=last, timeout=60)).version == 1
             assert (await client.get("up:last", after=written, timeout=60)).doc == {"last": True}
-    ends = await _wal_ends(cluster.bootstrap, topics.events)
+    ends = await wal_ends(cluster.bootstrap, topics.events)
     deadline = time.monotonic() + 60
     while True:
         served = (await asyncio.to_thread(_get_json, worker_process.url + "/v1/partitions"))[

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.rebuild import From, rebuild
@@ -26,17 +26,9 @@ from lukhas_context.state.checkpoints import CheckpointDir, Manifest
 from lukhas_context.state.store import PartitionStore, Summary
 from lukhas_context.streams.exceptions import ContextNotFoundError
 
-from .conftest import PARTITIONS
+from .conftest import PARTITIONS, drained, serving_all, summaries
 
 pytestmark = pytest.mark.timeout(300)
-
-
-async def _serving_all(worker: Any, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while len(worker.materializer.stores) < PARTITIONS:
-        assert worker.materializer.running, "worker stopped"
-        assert time.monotonic() < deadline, f"serves {sorted(worker.materializer.stores)}"
-        await asyncio.sleep(0.05)
 
 
 async def _caught_up(worker: Any, live: dict[int, Summary], timeout: float = 60) -> None:
@@ -46,27 +38,6 @@ async def _caught_up(worker: Any, live: dict[int, Summary], timeout: float = 60)
     while any(stores[p].next_offset < s.next_offset for p, s in live.items()):
         assert time.monotonic() < deadline, {p: stores[p].next_offset for p in live}
         await asyncio.sleep(0.05)
-
-
-async def _drained(worker: Any, timeout: float = 60) -> dict[int, Summary]:
-    """The summaries once every partition folded to the WAL's end."""
-    m = worker.materializer
-    consumer = AIOKafkaConsumer(bootstrap_servers=m.config.bootstrap)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(m.config.topics.events, p) for p in range(PARTITIONS)]
-        ends = await consumer.end_offsets(tps)
-    finally:
-        await consumer.stop()
-    deadline = time.monotonic() + timeout
-    while any(m.stores[tp.partition].next_offset < end for tp, end in ends.items()):
-        assert time.monotonic() < deadline, "the worker did not drain the WAL"
-        await asyncio.sleep(0.05)
-    return _summaries(worker)
-
-
-def _summaries(worker: Any) -> dict[int, Summary]:
-    return {p: s.summary() for p, s in sorted(worker.materializer.stores.items())}
 
 
 async def _write_history(client: Any, n: int, tag: str) -> Any:
@@ -98,7 +69,7 @@ async def test_contexts_expire_as_events_and_a_later_ttl_wins(
     start_worker: Any, make_client: Any, topics: Any, read_topic: Any
 ) -> None:
     worker = await start_worker(expiry_interval_s=0.2)
-    await _serving_all(worker)
+    await serving_all(worker)
     async with make_client(worker.url) as client:
         for i in range(60):
             await client.put(f"short:{i}", {"i": i}, ttl=1.0)
@@ -141,7 +112,7 @@ async def test_a_stale_expire_is_refused(
     """An Expire of a version that a later write replaced, or of a context not yet expired
     at the Expire's log time, changes nothing (and the fold says why)."""
     worker = await start_worker(expiry_interval_s=None)
-    await _serving_all(worker)
+    await serving_all(worker)
     codec = EventCodec()
     producer = AIOKafkaProducer(bootstrap_servers=cluster.bootstrap, enable_idempotence=True)
     await producer.start()
@@ -171,7 +142,7 @@ async def test_restore_from_checkpoint_and_tail_equals_live_and_full_replay(
 ) -> None:
     state = tmp_path / "state"
     worker = await start_worker(state_dir=state, expiry_interval_s=None)
-    await _serving_all(worker)
+    await serving_all(worker)
     codec = EventCodec()
     retried = ContextEvent(uuid.uuid4().bytes, "retried", Put(b'{"once":true}'))
     raw = AIOKafkaProducer(bootstrap_servers=cluster.bootstrap, enable_idempotence=True)
@@ -186,20 +157,20 @@ async def test_restore_from_checkpoint_and_tail_equals_live_and_full_replay(
             for m in manifests:  # each at exactly the offset after its barrier
                 assert m["next_offset"] == request.offsets[m["partition"]] + 1
             await _write_history(client, 300, "after")
-        live = await _drained(worker)
+        live = await drained(worker)
         await worker.stop()
 
         # The state dir's stores are lost; the checkpoints (their own dir) survive.
         for p in range(PARTITIONS):
             shutil.rmtree(state / f"partition-{p}")
         restored = await start_worker(state_dir=state, expiry_interval_s=None)
-        await _serving_all(restored)
+        await serving_all(restored)
         reports = restored.materializer.restore_reports
         assert {r.source.value for r in reports.values()} == {"checkpoint"}
         assert {r.checkpoint_id for r in reports.values()} == {"ck-test-1"}
         async with make_client(restored.url) as client:
             await _caught_up(restored, live)
-            assert _summaries(restored) == live
+            assert summaries(restored) == live
             # The dedupe window came back with the checkpoint: a retry is still a retry.
             meta = await raw.send_and_wait(topics.events, codec.encode(retried), b"retried")
             outcome = await client.outcome(meta.partition, meta.offset, 30)
@@ -217,10 +188,10 @@ async def test_restore_from_checkpoint_and_tail_equals_live_and_full_replay(
         assert report.restore.digest == live[p].digest_hex, f"partition {p}"
     # And so does a restore from the compacted change topic (a fresh worker, no checkpoint).
     fresh = await start_worker(state_dir=tmp_path / "fresh", expiry_interval_s=None)
-    await _serving_all(fresh)
+    await serving_all(fresh)
     await _caught_up(fresh, live)
     assert {r.source.value for r in fresh.materializer.restore_reports.values()} == {"changes"}
-    assert {p: s.digest for p, s in _summaries(fresh).items()} == {
+    assert {p: s.digest for p, s in summaries(fresh).items()} == {
         p: s.digest for p, s in live.items()
     }
 
@@ -375,18 +346,18 @@ async def test_a_corrupted_store_is_quarantined_and_rebuilt(
 ) -> None:
     state = tmp_path / "state"
     worker = await start_worker(state_dir=state, expiry_interval_s=None)
-    await _serving_all(worker)
+    await serving_all(worker)
     async with make_client(worker.url) as client:
         await _write_history(client, 300, "c")
         await client.wait_checkpoint(await client.checkpoint("ck-c"), timeout=60)
         await _write_history(client, 100, "d")
-    live = await _drained(worker)
+    live = await drained(worker)
     await worker.stop()  # closes (and flushes) the stores: their data is in SST files
 
     victim = state / "partition-0"
     corrupt(victim)
     restarted = await start_worker(state_dir=state, expiry_interval_s=None)
-    await _serving_all(restarted)
+    await serving_all(restarted)
     report = restarted.materializer.restore_reports[0]
     assert report.source.value == source
     if source == "checkpoint":
@@ -401,7 +372,7 @@ async def test_a_corrupted_store_is_quarantined_and_rebuilt(
         "local"
     }
     await _caught_up(restarted, live)
-    assert _summaries(restarted) == live
+    assert summaries(restarted) == live
 
 
 # ----------------------------------------------------------------------------- the CLI
@@ -412,12 +383,12 @@ async def test_lukhas_restore_rebuilds_a_partition_from_a_checkpoint(
 ) -> None:
     state = tmp_path / "state"
     worker = await start_worker(state_dir=state, expiry_interval_s=None)
-    await _serving_all(worker)
+    await serving_all(worker)
     async with make_client(worker.url) as client:
         await _write_history(client, 200, "r")
         await client.wait_checkpoint(await client.checkpoint("ck-cli"), timeout=60)
         await _write_history(client, 100, "s")
-    live = await _drained(worker)
+    live = await drained(worker)
     await worker.stop()
 
     env = {**os.environ, "LUKHAS_TOPIC_PREFIX": topics.prefix}
@@ -443,10 +414,10 @@ async def test_lukhas_restore_rebuilds_a_partition_from_a_checkpoint(
 
     # While a worker serves the partition, restore refuses and moves nothing.
     running = await start_worker(state_dir=state, expiry_interval_s=None)
-    await _serving_all(running)
+    await serving_all(running)
     busy = await asyncio.to_thread(_run, [*argv, "-p", "0"], env)
     assert busy.returncode == 1 and b"StoreInUseError" in busy.stderr
-    assert _summaries(running)[1] == live[1]
+    assert summaries(running)[1] == live[1]
 
 
 async def test_the_worker_checkpoints_once_per_interval(start_worker: Any, tmp_path: Path) -> None:
@@ -454,7 +425,7 @@ async def test_the_worker_checkpoints_once_per_interval(start_worker: Any, tmp_p
         state_dir=tmp_path / "state", checkpoint_interval_s=1.0, checkpoint_keep=2,
         expiry_interval_s=None,
     )  # fmt: skip
-    await _serving_all(worker)
+    await serving_all(worker)
     checkpoints = worker.materializer.checkpoints
     deadline = time.monotonic() + 60
     while True:
