@@ -25,6 +25,7 @@ fold then completes from the Kafka log.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -321,13 +322,17 @@ class PartitionStore:
         with ``summary()``: they differ only when the store is corrupt. Raises
         ``StoreCorruptError`` when a block does not read."""
         digest = count = documents = 0
-        for key, value in self._scan(self._contexts):
-            digest += record_hash(key, value)
-            count += 1
-            documents += not value[1] & 1  # flags bit 0: tombstone
+        # closing(): an error in between must not leave a RocksDB iterator alive in a
+        # suspended generator (it would keep the database, and its lock, open).
+        with contextlib.closing(self._scan(self._contexts)) as rows:
+            for key, value in rows:
+                digest += record_hash(key, value)
+                count += 1
+                documents += not value[1] & 1  # flags bit 0: tombstone
         for family in (self._journal, self._expiry):
-            for _ in self._scan(family):
-                pass
+            with contextlib.closing(self._scan(family)) as rows:
+                for _ in rows:
+                    pass
         return Summary(self._next_offset, digest & HASH_MASK, count, documents)
 
     def check(self) -> Summary:
