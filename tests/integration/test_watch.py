@@ -19,7 +19,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from lukhas_context.schemas.patch import apply_json_patch
 from lukhas_context.streams.exceptions import ChangeGapError, InvalidResumeTokenError
-from lukhas_context.streams.watch import Change, Gap
+from lukhas_context.streams.watch import Change, Gap, ResumeToken
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -95,10 +95,15 @@ async def test_watch_in_order_exactly_once_across_a_resume(
                 (c.context_id, c.version) for c in changes[30:] if c.partition == p
             ]
         assert len(rest) == 30
-        # A token is bound to its topic.
-        with pytest.raises(InvalidResumeTokenError):
-            async with client.watch(start=token.replace("lk1.", "lk1.x")):
-                pass
+        # A token is bound to its topic and its partition count: valid tokens (they parse) for
+        # another topic, or for this topic with other partitions, are refused as such.
+        parsed = ResumeToken.decode(token)
+        other_topic = ResumeToken("other.context.changes", parsed.positions).encode()
+        fewer = ResumeToken(parsed.topic, parsed.positions[:-1]).encode()
+        for wrong, named in ((other_topic, "other.context.changes"), (fewer, parsed.topic)):
+            with pytest.raises(InvalidResumeTokenError, match=f"the token is for {named}"):
+                async with client.watch(start=wrong):
+                    pass
 
 
 async def _raw_changes(cluster: Any, topics: Any, n: int) -> list[Any]:
