@@ -31,7 +31,7 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -323,14 +323,18 @@ class PartitionStore:
         ``StoreCorruptError`` when a block does not read."""
         digest = count = documents = 0
         # closing(): an error in between must not leave a RocksDB iterator alive in a
-        # suspended generator (it would keep the database, and its lock, open).
+        # suspended generator (it would keep the database, and its lock, open). Every walk
+        # here takes care that no frame an error can keep holds a RocksDB object.
         with contextlib.closing(self._scan(self._contexts)) as rows:
             for key, value in rows:
                 digest += record_hash(key, value)
                 count += 1
                 documents += not value[1] & 1  # flags bit 0: tombstone
-        for family in (self._journal, self._expiry):
-            with contextlib.closing(self._scan(family)) as rows:
+        # By name, not `for family in (...)`: a loop variable holding a column family stays in
+        # this frame, which the error's traceback keeps, and keeps the database (and its lock)
+        # open after close() for as long as the error lives (a log handler that keeps records).
+        for name in ("_journal", "_expiry"):
+            with contextlib.closing(self._scan(getattr(self, name))) as rows:
                 for _ in rows:
                     pass
         return Summary(self._next_offset, digest & HASH_MASK, count, documents)
@@ -349,7 +353,7 @@ class PartitionStore:
             )
         return found
 
-    def _scan(self, family: Rdict) -> Iterator[tuple[bytes, bytes]]:
+    def _scan(self, family: Rdict) -> Generator[tuple[bytes, bytes], None, None]:
         """Every entry of a column family; an iterator that stops early on a bad block is
         caught by its status, which RocksDB sets (rocksdict raises it) instead of an error."""
         it = family.iter()
@@ -360,9 +364,19 @@ class PartitionStore:
                 it.next()
             it.status()
         except Exception as exc:  # rocksdict raises plain Exception for a bad block
-            if "Corruption" in str(exc):
-                raise StoreCorruptError(self.path, exc) from exc
-            raise StoreOpenError(self.path, exc) from exc
+            failure = exc.with_traceback(None)
+        else:
+            return
+        finally:
+            # The error raised below keeps this frame, and its locals, alive in its traceback
+            # (caught, logged, kept by a log handler): a column family or iterator left among
+            # them keeps the database open after close(), and with it RocksDB's lock, so
+            # opening the same path again (a checkpoint installed where a quarantined store
+            # was) failed with "lock hold by current process".
+            del it, family
+        if "Corruption" in str(failure):
+            raise StoreCorruptError(self.path, failure) from None
+        raise StoreOpenError(self.path, failure) from None
 
     def _rebuild_derived(self) -> tuple[int, int, int]:
         """Derives the summary and the expiry index from the records (stores written before
