@@ -45,11 +45,8 @@ async def _write_history(client: Any, n: int, tag: str) -> Any:
     last = None
     for i in range(n):
         cid = f"{tag}:{i % (n // 4 or 1)}"
-        if i % 11 == 5:
-            try:
-                last = await client.patch(cid, {"patched": i})
-            except Exception:  # not created yet: a put then
-                last = await client.put(cid, {"n": i})
+        if i % 11 == 5:  # a merge patch (rejected, and journaled so, if not created yet)
+            last = await client.patch(cid, {"patched": i}, merge=True)
         elif i % 13 == 7:
             last = await client.delete(cid)
         else:
