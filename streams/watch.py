@@ -300,6 +300,8 @@ class Watcher:
         except BaseException:
             await self.close()
             raise
+        # ``idle_timeout`` counts from here: connecting and positioning are not idleness.
+        self._idle_since = time.monotonic()
 
     async def close(self) -> None:
         if not self._closed:
@@ -387,6 +389,7 @@ class Watcher:
         """The next item. Safe to cancel (e.g. by ``asyncio.wait_for``): the only await is
         the fetch, and records fetched are kept in the buffer until they are yielded."""
         await self.start()
+        fetched = False
         while True:
             while self._buffer:
                 item = self._take(self._buffer.pop())
@@ -396,7 +399,10 @@ class Watcher:
             if self._closed:
                 raise StopAsyncIteration
             now = time.monotonic()
-            if self._idle_timeout is not None and now - self._idle_since >= self._idle_timeout:
+            # Idle only after a fetch of this call found nothing: a consumer that took its
+            # time between items is not idle for that, and the clock started once positioned.
+            idle = self._idle_timeout is not None and now - self._idle_since >= self._idle_timeout
+            if idle and fetched:
                 raise StopAsyncIteration
             if now >= self._next_metadata_check:
                 await self._check_partition_count()
@@ -404,6 +410,7 @@ class Watcher:
                 batch = await self._consumer.getmany(timeout_ms=200, max_records=10_000)
             except KafkaError as exc:
                 raise ReadError(f"reading {self.topic} failed: {exc}") from exc
+            fetched = True
             records = [m for messages in batch.values() for m in messages]
             if records:
                 records.reverse()  # popped from the end: oldest first

@@ -3,6 +3,7 @@ of ``Watcher._take`` driven with fake records, and the native change decoder aga
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -794,3 +795,62 @@ async def test_length_bomb_record_is_a_gap(make_watcher: MakeWatcher) -> None:
     w = make_watcher()
     item = w._take(Msg(b"a", HEADER + HUGE_LENGTH + b"abc", 0))
     assert isinstance(item, Gap) and item.reason == "undecodable change"
+
+
+# ---- the idle timeout (issue 19: it ran from the Watcher's creation) ----
+
+
+class _StubConsumer:
+    """Hands out ``batches`` one per ``getmany`` (then nothing); ``start`` takes ``delay``."""
+
+    def __init__(self, batches: list[list[Msg]], delay: float = 0.0) -> None:
+        self.batches = batches
+        self.delay = delay
+        self.fetches = 0
+
+    async def start(self) -> None:
+        await asyncio.sleep(self.delay)
+
+    async def stop(self) -> None:
+        pass
+
+    async def getmany(self, timeout_ms: int = 0, max_records: int = 0) -> dict[Any, list[Msg]]:
+        self.fetches += 1
+        if self.batches:
+            return {0: self.batches.pop(0)}
+        await asyncio.sleep(timeout_ms / 1000)
+        return {}
+
+
+def _stubbed(w: Watcher, consumer: _StubConsumer) -> None:
+    w._consumer = consumer  # type: ignore[assignment]
+
+    async def positioned() -> None:
+        set_state(w, {0: (0, -1)})
+
+    w._position = positioned  # type: ignore[method-assign]
+
+
+async def test_the_idle_timeout_counts_from_when_the_watch_is_positioned(
+    make_watcher: MakeWatcher,
+) -> None:
+    w = make_watcher(idle_timeout=0.3)
+    # Connecting takes longer than the idle timeout: that is not idleness.
+    _stubbed(w, _StubConsumer([[put("a", 0, 0)]], delay=0.6))
+    item = await anext(w)
+    assert isinstance(item, Change) and item.context_id == "a"
+
+
+async def test_a_slow_consumer_is_not_idle_between_items(make_watcher: MakeWatcher) -> None:
+    w = make_watcher(idle_timeout=0.3)
+    consumer = _StubConsumer([[put("a", 0, 0)], [put("b", 1, 1)]])
+    _stubbed(w, consumer)
+    assert (await anext(w)).context_id == "a"  # type: ignore[union-attr]
+    await asyncio.sleep(0.6)  # the subscriber handles "a" for longer than the idle timeout
+    second = await anext(w)
+    assert isinstance(second, Change) and second.context_id == "b"
+    # With nothing more to read, it ends after the idle timeout, having fetched meanwhile.
+    fetches = consumer.fetches
+    with pytest.raises(StopAsyncIteration):
+        await anext(w)
+    assert consumer.fetches > fetches
