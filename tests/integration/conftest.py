@@ -70,19 +70,36 @@ async def drained(worker: Any, timeout: float = 90) -> dict[int, Summary]:
     return summaries(worker)
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+#: Ports handed out in this session (never twice), below the kernel's ephemeral range: a
+#: port picked inside that range can be taken meanwhile by any outgoing connection (a Kafka
+#: client's local port), and the server that binds it later fails "address already in use".
+_HANDED_OUT: set[int] = set()
+_RANDOM = random.Random()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A free loopback port below the ephemeral range, not handed out before."""
+    return free_port_run(1)
 
 
 def free_port_run(n: int) -> int:
-    """The first of ``n`` consecutive free loopback ports."""
-    for _ in range(100):
-        base = free_port()
-        if base + n < 65536 and all(_free(base + k) for k in range(n)):
+    """The first of ``n`` consecutive free loopback ports, below the ephemeral range."""
+    top = min(_ephemeral_range()[0], 65536) - n
+    for _ in range(1000):
+        base = _RANDOM.randrange(10_000, top)
+        run = range(base, base + n)
+        if not _HANDED_OUT.intersection(run) and all(_free(port) for port in run):
+            _HANDED_OUT.update(run)
             return base
-    raise RuntimeError(f"no {n} consecutive free ports")
+    raise RuntimeError(f"no {n} consecutive free ports below the ephemeral range")
 
 
 def _free(port: int) -> bool:
