@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.rebuild import From, rebuild
 from lukhas_context.schemas.codec import EventCodec
-from lukhas_context.schemas.event import ContextEvent, Expire, Put
+from lukhas_context.schemas.event import ContextEvent, Expire, Put, Touch
 from lukhas_context.state.checkpoints import CheckpointDir, Manifest
 from lukhas_context.state.store import PartitionStore, Summary
 from lukhas_context.streams.exceptions import ContextNotFoundError
@@ -111,14 +111,25 @@ async def test_a_stale_expire_is_refused(
     worker = await start_worker(expiry_interval_s=None)
     await serving_all(worker)
     codec = EventCodec()
-    producer = AIOKafkaProducer(bootstrap_servers=cluster.bootstrap, enable_idempotence=True)
+    # linger: the put and the touch go in one batch, so they get the same log time (the
+    # broker's LogAppendTime is per batch) however slow this machine is: the touch always
+    # finds version 1 alive, with no race against its 300 ms TTL.
+    producer = AIOKafkaProducer(
+        bootstrap_servers=cluster.bootstrap, enable_idempotence=True, linger_ms=200
+    )
     await producer.start()
     try:
         async with make_client(worker.url) as client:
-            await client.put("ctx", {"v": 1}, ttl=0.3)
-            touched = await client.touch("ctx", ttl=120)  # version 2, far expiry
-            await _wait_folded(client, touched)
-            await asyncio.sleep(0.5)  # version 1's expiry time has passed
+            put = ContextEvent(uuid.uuid4().bytes, "ctx", Put(b'{"v":1}', 300))
+            touch = ContextEvent(uuid.uuid4().bytes, "ctx", Touch(120_000))  # far expiry
+            sent = [
+                await producer.send(topics.events, codec.encode(e), b"ctx") for e in (put, touch)
+            ]
+            put_meta, touch_meta = [await ack for ack in sent]
+            assert put_meta.timestamp == touch_meta.timestamp  # one batch, one log time
+            touched = await client.outcome(touch_meta.partition, touch_meta.offset, 30)
+            assert (touched.status, touched.version) == ("applied", 2)
+            await asyncio.sleep(0.5)  # at least: version 1's expiry time has passed
             outcomes = []
             for version in (1, 2):  # 1: replaced; 2: current but not expired
                 event = ContextEvent(uuid.uuid4().bytes, "ctx", Expire(version))
