@@ -48,6 +48,29 @@ def _get(url: str) -> Any:
         return json.loads(r.read())
 
 
+def _owners(w: WorkerProcess) -> dict[int, str]:
+    """The routing table a worker serves (partition -> URL), from the group coordinator."""
+    return {int(p): url for p, url in _get(f"{w.url}/v1/members")["owners"].items()}
+
+
+def _serves(w: WorkerProcess) -> set[int]:
+    return set(_get(f"{w.url}/healthz")["partitions"])
+
+
+async def _until(check: Any, what: str, timeout: float = 90) -> None:
+    """Until ``check()`` (run in a thread: it does blocking HTTP) is true, within ``timeout``
+    seconds: the conditions the fixed sleeps of this test used to hope for."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if await asyncio.to_thread(check):
+                return
+        except OSError:
+            pass  # a worker between states: ask again
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        await asyncio.sleep(0.2)
+
+
 async def test_rebalances_with_a_zombie_apply_everything_once(
     cluster: Any, topics: Any, tmp_path: Path
 ) -> None:
@@ -75,15 +98,30 @@ async def test_rebalances_with_a_zombie_apply_everything_once(
             await asyncio.to_thread(w2.wait_healthy)
             w3.start()
             await asyncio.to_thread(w3.wait_healthy)
-            await asyncio.sleep(2)
+            everything = set(range(PARTITIONS))
+            # The group settled over three workers, w2 with partitions of its own.
+            await _until(
+                lambda: set(_owners(w1)) == everything and len(set(_owners(w1).values())) == 3
+                and _serves(w2),
+                "the three workers share the partitions",
+            )  # fmt: skip
             assert w2.proc is not None
             os.kill(w2.proc.pid, signal.SIGSTOP)  # w2 stops heartbeating
-            await asyncio.sleep(SESSION_S + 4)  # the group moves its partitions to w1, w3
+            # Past its session timeout the group moves its partitions to w1 and w3.
+            await _until(
+                lambda: _serves(w1) | _serves(w3) == everything
+                and w2.url not in _owners(w1).values(),
+                "w2's partitions moved to w1 and w3",
+            )  # fmt: skip
             await client.wait_checkpoint(await client.checkpoint("ck-rebalance"), timeout=60)
             os.kill(w2.proc.pid, signal.SIGCONT)  # a zombie until it learns it was evicted
-            await asyncio.sleep(3)
+            # Awake, it rejoins the group and is given partitions again.
+            await _until(lambda: bool(_serves(w2)), "the zombie rejoined with partitions")
             assert w3.terminate() == 0
-            await asyncio.sleep(2)
+            await _until(
+                lambda: w3.url not in _owners(w1).values() and set(_owners(w1)) == everything,
+                "w3's partitions moved after it left",
+            )
             assert w2.terminate() == 0
             await asyncio.wait_for(writer, 120)
 
