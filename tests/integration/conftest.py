@@ -29,7 +29,7 @@ from lukhas_context.processors.materializer import Materializer
 from lukhas_context.state.store import Summary
 from lukhas_context.streams.admin import ensure_topics
 from lukhas_context.streams.client import ClientConfig, ContextClient
-from lukhas_context.streams.topics import Topics
+from lukhas_context.streams.topics import Topics, partition_for
 
 PARTITIONS = 3
 
@@ -52,6 +52,50 @@ async def wal_ends(bootstrap: str, topic: str) -> dict[int, int]:
         return {tp.partition: end for tp, end in (await consumer.end_offsets(tps)).items()}
     finally:
         await consumer.stop()
+
+
+def sentinels(prefix: str, partitions: int = PARTITIONS) -> list[str]:
+    """One context id per partition, each starting with ``prefix``: written after the data, a
+    reader that has seen all of them has seen everything written before them, repeats
+    included (a partition is read in order), so "nothing more arrived" needs no idle timer."""
+    names = []
+    for p in range(partitions):
+        names.append(
+            next(
+                f"{prefix}{n}"
+                for n in range(100_000)
+                if partition_for(f"{prefix}{n}".encode(), partitions) == p
+            )
+        )
+    return names
+
+
+async def read_until(
+    watcher: Any, done: Callable[[list[Any]], bool], timeout: float = 60, limit: int = 100_000
+) -> list[Any]:
+    """The items of a started watcher until ``done(items)`` holds; fails after ``timeout``
+    seconds or ``limit`` items (so a flood of repeats cannot loop forever)."""
+    items: list[Any] = []
+
+    async def take() -> None:
+        async for item in watcher:
+            items.append(item)
+            if done(items):
+                return
+            assert len(items) < limit, f"{len(items)} items and still not done"
+        raise AssertionError(f"the watch ended after {len(items)} items, before it was done")
+
+    try:
+        await asyncio.wait_for(take(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"not done after {timeout} s: {len(items)} items") from None
+    return items
+
+
+def seen_all(names: list[str]) -> Callable[[list[Any]], bool]:
+    """For ``read_until``: every context in ``names`` has a change among the items."""
+    wanted = set(names)
+    return lambda items: wanted <= {getattr(i, "context_id", None) for i in items}
 
 
 def summaries(worker: Any) -> dict[int, Summary]:

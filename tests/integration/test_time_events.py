@@ -87,9 +87,8 @@ async def test_contexts_expire_as_events_and_a_later_ttl_wins(
         assert {int(h["version"]) for h in headers} == {2}  # put = 1, expire = 2
         lateness = sorted(int(h["log_time_ms"]) - int(h["expires_at_ms"]) for h in headers)
         assert lateness[0] >= 0, "an Expire applied before its context expired"
-        # Stated lateness: one sweep interval plus a round trip through the log; generous
-        # bound for this shared machine (the benchmark reports p50/p99).
-        assert lateness[-1] < 10_000, lateness
+        # How late is a speed, not a property: `make bench` (benchmarks/restore.py's expiry
+        # burst and steady runs) reports its p50 and p99; here it only has to happen.
 
         with pytest.raises(ContextNotFoundError):
             await client.get("short:0")

@@ -21,6 +21,8 @@ from lukhas_context.schemas.patch import apply_json_patch
 from lukhas_context.streams.exceptions import ChangeGapError, InvalidResumeTokenError
 from lukhas_context.streams.watch import Change, Gap, ResumeToken
 
+from .conftest import read_until, seen_all, sentinels
+
 pytestmark = pytest.mark.timeout(300)
 
 
@@ -85,10 +87,17 @@ async def test_watch_in_order_exactly_once_across_a_resume(
         finally:
             await producer.stop()
 
-        # Resume after the 30th change: the other 30, once each, then nothing more.
+        # Resume after the 30th change: the other 30, once each, then nothing more. A last
+        # change in every partition, written after the repeats, marks the end of the stream.
+        ends = sentinels("w:end:")
+        for name in ends:
+            await client.put(name, {"end": True})
         token = changes[29].token
-        async with client.watch(prefix="w:", start=token, idle_timeout=3) as resumed:
-            rest = [item async for item in resumed]
+        async with client.watch(prefix="w:", start=token) as resumed:
+            rest = await read_until(resumed, seen_all(ends))
+        assert all(isinstance(c, Change) for c in rest)
+        assert sorted(c.context_id for c in rest if c.context_id in ends) == sorted(ends)
+        rest = [c for c in rest if c.context_id not in ends]
         # Each partition in the same order; across partitions the interleaving may differ.
         for p in {c.partition for c in changes}:
             assert [(c.context_id, c.version) for c in rest if c.partition == p] == [
@@ -167,12 +176,16 @@ async def test_a_gap_is_reported_never_silent(
             await admin.delete_records({tp: RecordsToDelete(before_offset=first[-1].offset + 6)})
         finally:
             await admin.close()
-        async with client.watch(context_id="g", start=token, idle_timeout=3) as resumed:
-            items = [item async for item in resumed]
+        # One more change after the gap marks the end of what the resumed watch must see.
+        await client.put("g", {"i": 10})
+        async with client.watch(context_id="g", start=token) as resumed:
+            items = await read_until(
+                resumed, lambda items: getattr(items[-1], "version", None) == 11, limit=20
+            )
         gap = items[0]
         assert isinstance(gap, Gap)
         assert (gap.first_offset, gap.end_offset) == (first[-1].offset + 1, first[-1].offset + 6)
-        assert [c.version for c in items[1:]] == [9, 10]
+        assert [c.version for c in items[1:]] == [9, 10, 11]
         with pytest.raises(ChangeGapError):
             async with client.watch(context_id="g", start=token, on_gap="raise") as strict:
                 await _collect(strict, 1, timeout=30)
@@ -198,24 +211,33 @@ async def test_server_sent_events_resume_with_last_event_id(
             assert versions == list(range(1, len(versions) + 1))
         assert all(e["id"] == d["token"] for e, d in zip(events, data, strict=True))
         # A reconnecting browser sends the id of the last event it got: the rest, once each.
+        # A last change in every partition marks the end: with the limit set to the rest plus
+        # those, one repeat would leave a marker unread.
+        ends = sentinels("sse:end:")
+        async with make_client(worker.url) as client:
+            for name in ends:
+                await client.put(name, {"end": True})
+        limit = str(len(data) - 3 + len(ends))
         rest = await _sse(
-            http, url, {"prefix": "sse:", "idle_timeout": "3"}, {"Last-Event-ID": events[2]["id"]}
+            http, url, {"prefix": "sse:", "limit": limit}, {"Last-Event-ID": events[2]["id"]}
         )
+        got = [json.loads(e["data"]) for e in rest]
+        assert sorted(d["context_id"] for d in got if d["context_id"] in ends) == sorted(ends)
         # (Across partitions the interleaving of two reads may differ; within one, never.)
-        assert sorted(_ids(json.loads(e["data"]) for e in rest)) == sorted(_ids(data[3:]))
+        rest_ids = _ids(d for d in got if d["context_id"] not in ends)
+        assert sorted(rest_ids) == sorted(_ids(data[3:]))
         async with http.get(url, params={"start": "yesterday"}) as bad:
             assert bad.status == 400
 
         # A browser that connected and got no change yet still has an id to come back with:
-        # changes made while it was away arrive when it reconnects.
+        # changes made while it was away arrive when it reconnects. (Here the idle timeout is
+        # what is tested: a quiet stream ends with no change, but with an id.)
         ids: list[str] = []
         quiet = await _sse(http, url, {"prefix": "sse:", "idle_timeout": "1"}, ids=ids)
         assert quiet == [] and ids
         async with make_client(worker.url) as client:
             await client.put("sse:later", {"i": 99})
-        missed = await _sse(
-            http, url, {"prefix": "sse:", "idle_timeout": "3"}, {"Last-Event-ID": ids[-1]}
-        )
+        missed = await _sse(http, url, {"prefix": "sse:", "limit": "1"}, {"Last-Event-ID": ids[-1]})
         assert [json.loads(e["data"])["doc"] for e in missed] == [{"i": 99}]
 
 
@@ -258,19 +280,24 @@ async def test_lukhas_watch_prints_json_lines_and_resumes(
     env = {**os.environ, "LUKHAS_TOPIC_PREFIX": topics.prefix}
     argv = [sys.executable, "-m", "lukhas_context.ops", "watch", "--bootstrap",
             cluster.bootstrap, "--prefix", "cli:"]  # fmt: skip
-    everything = await asyncio.to_thread(
-        _run, [*argv, "--from", "earliest", "--idle-timeout", "3"], env
-    )
+    everything = await asyncio.to_thread(_run, [*argv, "--from", "earliest", "--limit", "6"], env)
     every = [json.loads(line) for line in everything.stdout.splitlines()]
     assert sorted(line["doc"]["i"] for line in every) == list(range(6))
     first = await asyncio.to_thread(_run, [*argv, "--from", "earliest", "--limit", "4"], env)
     lines = [json.loads(line) for line in first.stdout.splitlines()]
     assert len(lines) == 4
     assert {"context_id", "version", "kind", "checksum", "position", "token"} <= set(lines[0])
-    rest = await asyncio.to_thread(
-        _run, [*argv, "--from", lines[-1]["token"], "--idle-timeout", "3"], env
-    )
+    # The rest, up to a last change in every partition (one repeat would leave one unread).
+    ends = sentinels("cli:end:")
+    async with make_client(worker.url) as client:
+        for name in ends:
+            await client.put(name, {"end": True})
+    limit = str(6 - 4 + len(ends))
+    resume = [*argv, "--from", lines[-1]["token"], "--limit", limit]
+    rest = await asyncio.to_thread(_run, resume, env)
     resumed = [json.loads(line) for line in rest.stdout.splitlines()]
+    assert sorted(x["context_id"] for x in resumed if x["context_id"] in ends) == sorted(ends)
+    resumed = [line for line in resumed if line["context_id"] not in ends]
     assert sorted(_ids(lines + resumed)) == sorted(_ids(every))  # each once, none lost
     bad = await asyncio.to_thread(_run, [*argv, "--from", "lk1.garbage", "--limit", "1"], env, 2)
     assert "'--from': resume token does not parse" in bad.stderr  # a usage error

@@ -143,13 +143,58 @@ def test_other_topics_and_empty_assignments_are_not_routes() -> None:
     assert view.stable and view.owners() == {} and view.problems == []
 
 
-@given(st.binary(max_size=64), st.binary(max_size=64))
-def test_any_member_bytes_are_routed_or_left_out(meta: bytes, assign: bytes) -> None:
+HOSTS = st.sampled_from(["a", "b.example", "127.0.0.1", "[::1]", "w-1.lukhas.svc"])
+URLS = st.builds(
+    "{}://{}:{}{}".format,
+    st.sampled_from(["http", "https"]),
+    HOSTS,
+    st.integers(1, 65535),
+    st.sampled_from(["", "/", "/lukhas", "/a/b"]),
+)
+PARTITION_SETS = st.sets(st.integers(0, 1000), min_size=1, max_size=8)
+
+
+def _flip(data: bytes, flips: list[tuple[int, int]]) -> bytes:
+    """``data`` with some bytes replaced (index modulo the length)."""
+    out = bytearray(data)
+    for i, b in flips:
+        if out:
+            out[i % len(out)] = b
+    return bytes(out)
+
+
+@given(
+    URLS, PARTITION_SETS,
+    st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), max_size=3),
+    st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), max_size=3),
+)  # fmt: skip
+def test_a_member_is_routed_exactly_as_it_said_or_left_out_with_a_reason(
+    url: str,
+    partitions: set[int],
+    meta_flips: list[tuple[int, int]],
+    assign_flips: list[tuple[int, int]],
+) -> None:
+    """Well-formed metadata and assignment are routed as written; after bytes are changed
+    (a forged or corrupt member) the member is either routed to a URL that passes the same
+    checks, with partitions of this topic, or left out with a problem naming it — never an
+    exception, never a half-read member."""
+    meta, assign = metadata(url), assignment(sorted(partitions))
     view = read_group(group([("m", meta, assign)]), TOPIC, 1, NOW)
+    assert view.stable and view.problems == []
+    assert owners_of(view) == dict.fromkeys(partitions, url)
+
+    meta2, assign2 = _flip(meta, meta_flips), _flip(assign, assign_flips)
+    view = read_group(group([("m", meta2, assign2)]), TOPIC, 1, NOW)
     assert view.stable
-    for member in view.members:
-        assert api_url_problem(member.api) is None
-        assert all(p >= 0 for p in member.partitions)
+    if (meta2, assign2) == (meta, assign):
+        assert owners_of(view) == dict.fromkeys(partitions, url)
+    elif view.members:
+        (member,) = view.members
+        assert api_url_problem(member.api) is None and view.problems == []
+        assert all(type(p) is int and 0 <= p < 2**31 for p in member.partitions)
+        assert view.owners() == dict.fromkeys(member.partitions, member)
+    else:
+        assert len(view.problems) == 1 and "'m' left out" in view.problems[0], view.problems
 
 
 # ---- the assignor ----
