@@ -128,7 +128,9 @@ async def test_a_stale_expire_is_refused(
             assert put_meta.timestamp == touch_meta.timestamp  # one batch, one log time
             touched = await client.outcome(touch_meta.partition, touch_meta.offset, 30)
             assert (touched.status, touched.version) == ("applied", 2)
-            await asyncio.sleep(0.5)  # at least: version 1's expiry time has passed
+            # The Expires below must be logged after version 1's expiry time (the broker
+            # stamps log time from this machine's clock): wait for that instant, no longer.
+            await asyncio.sleep(max(0.0, (put_meta.timestamp + 301) / 1000 - time.time()))
             outcomes = []
             for version in (1, 2):  # 1: replaced; 2: current but not expired
                 event = ContextEvent(uuid.uuid4().bytes, "ctx", Expire(version))
