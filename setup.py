@@ -1,5 +1,5 @@
 """Maps the fixed top-level folders under the one import namespace ``lukhas_context``, and
-builds the optional native hot loop of the fold.
+builds the optional native parts: the fold's hot loop and the change stream's decoder.
 
 The package list is derived from the folders, never typed by hand: a sub-package missing
 from a hand-kept list still imports in an editable install but is absent from the wheel.
@@ -35,13 +35,14 @@ def _extensions() -> list[Extension]:
         from Cython.Build import cythonize
     except ImportError:
         return []
-    native = Extension(
-        "lukhas_context.processors._fastfold",
-        ["processors/_fastfold.pyx"],
-        optional=True,
-        extra_compile_args=["-O2"],
-    )
-    return list(cythonize([native], language_level=3, quiet=True))
+    native = [
+        Extension(name, [source], optional=True, extra_compile_args=["-O2"])
+        for name, source in (
+            ("lukhas_context.processors._fastfold", "processors/_fastfold.pyx"),
+            ("lukhas_context.schemas._fastchange", "schemas/_fastchange.pyx"),
+        )
+    ]
+    return list(cythonize(native, language_level=3, quiet=True))
 
 
 PACKAGES, PACKAGE_DIR = _packages()

@@ -17,6 +17,3 @@ def fold_puts(
     no_headers: object,
     slow: Callable[[Any], None],
 ) -> int: ...
-def read_change(
-    header: bytes, value: bytes
-) -> tuple[str, int, int, bytes, bytes, int | None, int, bytes, int] | None: ...

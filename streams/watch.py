@@ -56,7 +56,7 @@ from lukhas_context.streams.validation import context_key
 
 _read_change: Callable[..., Any] | None
 try:  # the native decoder, when the extension is built
-    from lukhas_context.processors._fastfold import read_change as _read_change
+    from lukhas_context.schemas._fastchange import read_change as _read_change
 except ImportError:
     _read_change = None
 

@@ -27,24 +27,25 @@ from hypothesis import settings
 settings.register_profile("lukhas", deadline=None, print_blob=True)
 settings.load_profile("lukhas")
 
-NATIVE = "lukhas_context.processors._fastfold"
+#: The native extensions: the fold's hot loop and the change stream's decoder.
+NATIVE = ("lukhas_context.processors._fastfold", "lukhas_context.schemas._fastchange")
 INTEGRATION = Path(__file__).parent / "integration"
 
 
 class _NoNative(importlib.abc.MetaPathFinder):
-    """Makes ``import lukhas_context.processors._fastfold`` fail with ImportError."""
+    """Makes importing either native extension fail with ImportError."""
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> Any:
-        if fullname == NATIVE:
-            raise ImportError(f"{NATIVE} is switched off (LUKHAS_TEST_PURE_PYTHON=1)")
+        if fullname in NATIVE:
+            raise ImportError(f"{fullname} is switched off (LUKHAS_TEST_PURE_PYTHON=1)")
         return None
 
 
 if os.environ.get("LUKHAS_TEST_PURE_PYTHON") == "1":
-    if NATIVE in sys.modules:
-        raise RuntimeError(f"{NATIVE} was imported before tests/conftest.py could block it")
+    if early := [name for name in NATIVE if name in sys.modules]:
+        raise RuntimeError(f"{early} imported before tests/conftest.py could block them")
     sys.meta_path.insert(0, _NoNative())
 
 

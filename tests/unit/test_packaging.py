@@ -73,3 +73,7 @@ def test_the_native_extension_is_built_unless_switched_off() -> None:
         assert materializer.native_fold_puts is None and watch._read_change is None
     else:
         assert materializer.native_fold_puts is not None and watch._read_change is not None
+        # Each where its package needs it: the change decoder in schemas (streams imports it),
+        # the fold's loop in processors; no import from streams reaches into processors.
+        assert watch._read_change.__module__ == "lukhas_context.schemas._fastchange"
+        assert materializer.native_fold_puts.__module__ == "lukhas_context.processors._fastfold"

@@ -51,7 +51,7 @@ unicode_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
 
 read_change: Any
 try:  # the native decoder, when the extension is built (and not switched off)
-    from lukhas_context.processors._fastfold import read_change
+    from lukhas_context.schemas._fastchange import read_change
 except ImportError:
     read_change = None
 #: The native decoder's tests; the pure-Python path runs without them (tests/conftest.py).

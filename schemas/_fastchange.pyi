@@ -1,0 +1,3 @@
+def read_change(
+    header: bytes, value: bytes
+) -> tuple[str, int, int, bytes, bytes, int | None, int, bytes, int] | None: ...
