@@ -1,7 +1,8 @@
-"""Issue 19, claims of the change stream against the real broker: a partition-count change
-ends a watch with `ReadError`, a worker serves at most `MAX_SSE_STREAMS` server-sent event
-streams and frees a slot when a subscriber leaves, and a document at the size limit (1 MiB)
-reaches subscribers whole.
+"""Issue 19, claims of the change stream against the real broker: a watch from a timestamp
+yields exactly the changes logged at or after it (client, ISO string, `lukhas watch --from`),
+a partition-count change ends a watch with `ReadError`, a worker serves at most
+`MAX_SSE_STREAMS` server-sent event streams and frees a slot when a subscriber leaves, and a
+document at the size limit (1 MiB) reaches subscribers whole.
 
 No test here uses ``idle_timeout`` as the end of a stream: a watch reads until the changes it
 waits for have arrived, and where "nothing else" matters, until one marker change per
@@ -12,7 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -74,6 +79,77 @@ async def _next_millisecond(after_ms: int, timeout: float = 5) -> None:
 
 def _ids(changes: Any) -> set[tuple[str, int]]:
     return {(c.context_id, c.version) for c in changes}
+
+
+# ---------------------------------------------------------------- a watch from a timestamp
+
+
+async def _groups_of_puts(client: Any, group: str, n: int = 6) -> None:
+    """``n`` puts to ``ts:GROUP:i``, then waits until the wall clock has left the millisecond
+    of the last acknowledgement: the next group's log times are all later (the broker's clock
+    is this machine's)."""
+    for i in range(n):
+        await client.put(f"ts:{group}:{i}", {"group": group, "i": i})
+    await _next_millisecond(time.time_ns() // 1_000_000)
+
+
+async def test_a_watch_from_a_timestamp_yields_exactly_the_changes_logged_at_or_after_it(
+    start_worker: Any, make_client: Any, cluster: Any, topics: Any
+) -> None:
+    markers = _marker_ids("ts:~mark:")
+    async with make_client(None) as client:
+        # Groups a and b are logged while no worker runs: the worker folds and publishes them
+        # later, all at once, as after an outage. c and d are published as they come.
+        await _groups_of_puts(client, "a")
+        await _groups_of_puts(client, "b")
+        await start_worker(expiry_interval_s=None)
+        await _groups_of_puts(client, "c")
+        await _groups_of_puts(client, "d")
+        for name in markers.values():
+            await client.put(name, {"marker": True})
+        async with client.watch(prefix="ts:", start="earliest") as everything:
+            history = await _until_markers(everything, set(markers.values()))
+        assert len(history) == 4 * 6 + PARTITIONS
+        for p, name in markers.items():  # each marker the last change of its partition
+            assert [c for c in history if c.partition == p][-1].context_id == name
+
+        def first_of(group: str) -> int:
+            return min(c.log_time_ms for c in history if c.context_id.startswith(f"ts:{group}:"))
+
+        # Boundaries taken from the changes: the log time of the first change of group b (in
+        # the backlog the worker published late) and of group d (published as it came).
+        for boundary in (first_of("b"), first_of("d")):
+            expected = [c for c in history if c.log_time_ms >= boundary]
+            earlier = [c for c in history if c.log_time_ms < boundary]
+            assert earlier and len(expected) < len(history)  # the boundary splits the history
+            as_datetime = datetime.fromtimestamp(boundary / 1000, tz=UTC)
+            for start in (as_datetime, boundary, as_datetime.isoformat(timespec="milliseconds")):
+                async with client.watch(prefix="ts:", start=start) as since:
+                    got = await _until_markers(since, set(markers.values()))
+                assert _ids(got) == _ids(expected), (start, _ids(got) ^ _ids(expected))
+                assert len(got) == len(expected)  # and each once
+                # Per partition in the order of the history (its WAL order).
+                for p in range(PARTITIONS):
+                    assert [(c.context_id, c.version) for c in got if c.partition == p] == [
+                        (c.context_id, c.version) for c in expected if c.partition == p
+                    ]
+
+        # `lukhas watch --from ISO-TIME`: the same changes, as JSON lines; --limit is exactly
+        # their number, so a change from before the boundary would push a marker out.
+        boundary = first_of("b")
+        expected_lines = {(c.context_id, c.version) for c in history if c.log_time_ms >= boundary}
+        iso = datetime.fromtimestamp(boundary / 1000, tz=UTC).isoformat(timespec="milliseconds")
+        env = {**os.environ, "LUKHAS_TOPIC_PREFIX": topics.prefix}
+        argv = [sys.executable, "-m", "lukhas_context.ops", "watch", "--bootstrap",
+                cluster.bootstrap, "--prefix", "ts:", "--from", iso,
+                "--limit", str(len(expected_lines))]  # fmt: skip
+        done = await asyncio.to_thread(
+            subprocess.run, argv, env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        lines = [json.loads(line) for line in done.stdout.splitlines()]
+        assert {(line["context_id"], line["version"]) for line in lines} == expected_lines
+        assert len(lines) == len(expected_lines)
 
 
 # ---------------------------------------------------------------- partition count changes
