@@ -50,9 +50,11 @@ context or an outcome of a partition another worker serves is forwarded to it (o
 marked with ``X-Lukhas-Forwarded-By``; the answer carries ``X-Lukhas-Served-By``); a forwarded
 request for a partition the receiver does not serve either is 421 at once.
 
-``GET /healthz`` is 200 while the worker folds, 503 otherwise; its ``clock`` says how far this
-worker's wall clock is off the log's (``skew_ms``, ``error_ms``). ``GET /metrics`` is the
-Prometheus text exposition.
+``GET /healthz`` is 200 while the worker folds, 503 otherwise: ``{"status": "ok" | "starting"
+| "stopped", "error", "partitions", "restoring", "clock"}`` — ``stopped`` once the fold loop
+ended, with ``error`` naming what ended it (``"WalTruncatedError: ..."``; null after a clean
+stop); its ``clock`` says how far this worker's wall clock is off the log's (``skew_ms``,
+``error_ms``). ``GET /metrics`` is the Prometheus text exposition (version 0.0.4).
 
 Every endpoint rejects a query parameter it does not take, or one given twice, with a 400
 naming the ones it takes; numbers are decimal ASCII digits within range (offsets and
@@ -82,6 +84,7 @@ from lukhas_context.processors.materializer import (
     Materializer,
     reused_event_id,
 )
+from lukhas_context.processors.metrics import PROMETHEUS_CONTENT_TYPE
 from lukhas_context.processors.wal_end import WalEnds
 from lukhas_context.schemas.exceptions import CodecError
 from lukhas_context.state.journal import EntryStatus
@@ -574,8 +577,11 @@ class ReadApi:
 
     @_params()
     async def healthz(self, request: web.Request) -> web.Response:
+        m = self.m
+        error = m.stop_error
         body = {
-            "status": "ok" if self.m.running else "starting",
+            "status": "ok" if m.running else "stopped" if m.stopped else "starting",
+            "error": None if error is None else f"{type(error).__name__}: {error}",
             "partitions": sorted(self.m.stores),
             "restoring": self.m.restoring,
             "clock": self.m.clock.skew().to_dict(),
@@ -584,4 +590,6 @@ class ReadApi:
 
     @_params()
     async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.m.metrics.render(), content_type="text/plain")
+        return web.Response(
+            body=self.m.metrics.render(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE}
+        )

@@ -154,6 +154,10 @@ class Materializer:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self.running = False
+        #: Set once ``run()`` has returned or raised; ``stop_error`` is what it raised (None
+        #: after a clean stop): ``/healthz`` names it.
+        self.stopped = False
+        self.stop_error: BaseException | None = None
         self.checkpoints = CheckpointDir(config.checkpoint_root, config.topics.events)
         self.restorer = Restorer(config, self.metrics)
         #: Partitions being restored (paused in the consumer until their store is ready).
@@ -295,8 +299,12 @@ class Materializer:
                 if now >= next_commit:
                     await self._commit_offsets()
                     next_commit = time.monotonic() + cfg.commit_interval_s
+        except BaseException as exc:
+            self.stop_error = exc
+            raise
         finally:
             self.running = False  # /healthz turns 503 at once, whatever stopped the loop
+            self.stopped = True
 
     # ---- time-based work ----
 

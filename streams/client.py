@@ -616,9 +616,10 @@ class ContextClient:
 
         One context (``context_id``), the ids starting with ``prefix``, or everything.
         ``start``: ``"latest"`` (changes from now on), ``"earliest"``, a timestamp
-        (``datetime`` or epoch ms) or a resume token (``change.token`` of the last change
-        handled: every later change arrives exactly once). ``deltas=True``: a change carries
-        the RFC 6902 patch from the previous document seen instead of the whole document.
+        (``datetime``, epoch ms or ISO time: the changes logged at or after it) or a resume
+        token (``change.token`` of the last change handled: every later change arrives
+        exactly once). ``deltas=True``: a change carries the RFC 6902 patch from the previous
+        document seen instead of the whole document.
         See ``streams.watch`` for the guarantees."""
         return Watcher(
             self.config.bootstrap, self.config.topics, context_id=context_id, prefix=prefix,

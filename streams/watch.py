@@ -277,6 +277,9 @@ class Watcher:
         self._idle_since = time.monotonic()
         self._partition_count = 0
         self._next_metadata_check = time.monotonic() + METADATA_CHECK_S
+        #: A timestamp start: per partition, the log time its changes are skipped before,
+        #: until the first change logged at or after it (see ``_position``).
+        self._not_before: dict[int, int] = {}
 
     # ---- lifecycle ----
 
@@ -341,8 +344,12 @@ class Watcher:
         elif start is Start.EARLIEST:
             offsets = {tp: low[tp] for tp in tps}
         elif isinstance(start, int):
+            # A change record is stamped when the worker published it, never before its log
+            # time: a worker that was behind publishes changes logged before ``start`` after
+            # it. They are read from here and skipped by their log time (``_take``).
             found = await consumer.offsets_for_times({tp: start for tp in tps})
             offsets = {tp: end[tp] if found[tp] is None else found[tp].offset for tp in tps}
+            self._not_before = {tp.partition: start for tp in tps}
         else:
             offsets = {tp: wanted[tp.partition][0] for tp in tps}
             for tp in tps:
@@ -455,6 +462,14 @@ class Watcher:
         if change.wal_offset <= pos[i + 1]:
             return None  # published again after a processor crash: delivered already
         pos[i + 1] = change.wal_offset
+        if self._not_before:
+            not_before = self._not_before.get(m.partition)
+            if not_before is not None:
+                if change.log_time_ms < not_before:
+                    return None  # logged before the start: passed over, as a repeat would be
+                # A partition's changes come in WAL order, which is log-time order (the
+                # brokers stamp the WAL): the rest are at or after the start.
+                del self._not_before[m.partition]
         change._token = (self.topic, tuple(pos))
         if self._deltas:
             change = self._with_delta(key, change)

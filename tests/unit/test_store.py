@@ -63,6 +63,18 @@ def test_rounds_adapt_to_their_time_budget(tmp_path: Path) -> None:
     assert m.round_limit == MIN_ROUND_RECORDS
 
 
+def test_expire_retries_wait_twice_as_long_each_time_up_to_the_cap(tmp_path: Path) -> None:
+    """The wait after Expire attempt n is ``expiry_retry_s * 2**n``, capped at
+    ``expiry_retry_max_s``, and stays the cap however many attempts there were."""
+    from lukhas_context.processors.config import WorkerConfig
+    from lukhas_context.processors.materializer import Materializer
+
+    config = WorkerConfig("unused", tmp_path, expiry_retry_s=1.5, expiry_retry_max_s=20.0)
+    m = Materializer(config)
+    assert [m._retry_delay(n) for n in range(6)] == [1.5, 3.0, 6.0, 12.0, 20.0, 20.0]
+    assert m._retry_delay(10_000) == 20.0
+
+
 def test_journal_trimming_keeps_the_block_that_straddles_the_bound(tmp_path: Path) -> None:
     from lukhas_context.state.journal import ENTRY, EntryStatus, encode_block
 
