@@ -45,6 +45,7 @@ from lukhas_context.state.exceptions import (
     StoreLockedError,
     StoreOpenError,
 )
+from lukhas_context.state.manifest import Summary as Summary
 from lukhas_context.state.record import ContextRecord, decode_record, encode_record
 
 log = logging.getLogger(__name__)
@@ -86,20 +87,6 @@ def expiry_key(expires_at_ms: int, key: bytes) -> bytes:
 def split_expiry_key(raw: bytes) -> tuple[int, bytes]:
     """``(expires_at_ms, context key)`` of an expiry index key."""
     return _EXPIRES.unpack_from(raw)[0], raw[_EXPIRES.size :]
-
-
-@dataclass(frozen=True, slots=True)
-class Summary:
-    """What a store holds, in O(1): the digest and the counts, as of ``next_offset``."""
-
-    next_offset: int
-    digest: int
-    records: int
-    documents: int
-
-    @property
-    def digest_hex(self) -> str:
-        return f"{self.digest:016x}"
 
 
 @dataclass(frozen=True, slots=True)

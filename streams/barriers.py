@@ -24,8 +24,8 @@ from lukhas_context.schemas.event import (
     ContextEvent,
     Expire,
 )
-from lukhas_context.state.checkpoints import Manifest, check_checkpoint_id
 from lukhas_context.state.exceptions import InvalidCheckpointError
+from lukhas_context.state.manifest import Manifest, check_checkpoint_id
 
 log = logging.getLogger(__name__)
 

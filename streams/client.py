@@ -40,7 +40,7 @@ from lukhas_context.schemas.event import (
     Touch,
 )
 from lukhas_context.schemas.patch import PatchError, make_json_patch, validate_json_patch
-from lukhas_context.state.checkpoints import check_checkpoint_id
+from lukhas_context.state.manifest import check_checkpoint_id
 from lukhas_context.streams.barriers import append_barriers, published_manifest
 from lukhas_context.streams.exceptions import (
     CheckpointTimeoutError,

@@ -26,7 +26,7 @@ from lukhas_context.ops.cluster import ClusterSpec, LocalCluster
 from lukhas_context.processors.api import ReadApi
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.materializer import Materializer
-from lukhas_context.state.store import Summary
+from lukhas_context.state.manifest import Summary
 from lukhas_context.streams.admin import ensure_topics
 from lukhas_context.streams.client import ClientConfig, ContextClient
 from lukhas_context.streams.topics import Topics, partition_for

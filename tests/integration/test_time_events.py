@@ -22,8 +22,9 @@ from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.rebuild import From, rebuild
 from lukhas_context.schemas.codec import EventCodec
 from lukhas_context.schemas.event import ContextEvent, Expire, Put, Touch
-from lukhas_context.state.checkpoints import CheckpointDir, Manifest
-from lukhas_context.state.store import PartitionStore, Summary
+from lukhas_context.state.checkpoints import CheckpointDir
+from lukhas_context.state.manifest import Manifest, Summary
+from lukhas_context.state.store import PartitionStore
 from lukhas_context.streams.exceptions import ContextNotFoundError
 
 from .conftest import PARTITIONS, drained, serving_all, summaries

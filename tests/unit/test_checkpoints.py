@@ -15,17 +15,12 @@ from hypothesis import strategies as st
 
 from lukhas_context.schemas.codec import EventCodec
 from lukhas_context.schemas.event import BARRIER_CONTEXT_ID, CheckpointBarrier, Expire
-from lukhas_context.state.checkpoints import (
-    MANIFEST_NAME,
-    PARTIAL_PREFIX,
-    CheckpointDir,
-    Manifest,
-    check_checkpoint_id,
-)
+from lukhas_context.state.checkpoints import MANIFEST_NAME, PARTIAL_PREFIX, CheckpointDir
 from lukhas_context.state.exceptions import CheckpointError, InvalidCheckpointError
 from lukhas_context.state.journal import ENTRY, EntryStatus, encode_block
+from lukhas_context.state.manifest import Manifest, Summary, check_checkpoint_id
 from lukhas_context.state.record import NO_CHECKSUM, ContextRecord
-from lukhas_context.state.store import PartitionStore, Summary
+from lukhas_context.state.store import PartitionStore
 from lukhas_context.streams.barriers import (
     barrier_event,
     checkpoint_id_for_slot,

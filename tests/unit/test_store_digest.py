@@ -23,6 +23,7 @@ from rocksdict import Options, Rdict
 
 import lukhas_context.state.store as store_module
 from lukhas_context.state.exceptions import StoreCorruptError, StoreLockedError, StoreOpenError
+from lukhas_context.state.manifest import Summary
 from lukhas_context.state.record import NO_CHECKSUM, ContextRecord, encode_record
 from lukhas_context.state.store import (
     CF_CONTEXTS,
@@ -33,7 +34,6 @@ from lukhas_context.state.store import (
     SUMMARY_KEY,
     PartitionStore,
     StoreOptions,
-    Summary,
     quarantine,
     record_hash,
 )
