@@ -1,5 +1,5 @@
 """A change-topic record as the worker reads it back: every field checked, or refused with
-the reason (``UnusableChangeError``).
+the reason (``UnusableChangeError``); ``check_change_record`` gives a ``CheckedChange``.
 
 The worker reads the change topic it writes in two places: the *coverage* (which WAL offsets
 have their changes published already) and the *change-topic restore* (the newest change of
@@ -16,28 +16,25 @@ the caller (``processors.restore``), which reads the WAL.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from lukhas_context.processors.exceptions import UnusableChangeError
 from lukhas_context.processors.fold import MAX_ID_BYTES, checksum
+from lukhas_context.schemas.change import ChangeRecord
 from lukhas_context.schemas.codec import ChangeCodec
 from lukhas_context.schemas.event import ChangeKind
-from lukhas_context.schemas.exceptions import CodecError
-from lukhas_context.schemas.tombstone import TOMBSTONE_KINDS
+from lukhas_context.schemas.exceptions import BadTombstoneError, CodecError
 from lukhas_context.state.record import ContextRecord
 
 #: Largest value of a stored 64-bit signed field.
 INT64_MAX = 2**63 - 1
-_DECIMAL = re.compile(rb"-?[0-9]{1,19}")
 #: Change kinds that carry a document (the others are tombstones).
 _WITH_DOCUMENT = frozenset({ChangeKind.PUT, ChangeKind.PATCH, ChangeKind.TOUCH})
 
 
 @dataclass(frozen=True, slots=True)
-class ChangeRecord:
+class CheckedChange:
     """A usable change: the stored record it stands for and the id of the event that made
     it (``record.offset`` is that event's WAL offset); ``position`` is the record's own
     offset in the change topic (-1: not given)."""
@@ -48,14 +45,14 @@ class ChangeRecord:
     position: int = -1
 
 
-def read_change_record(
+def check_change_record(
     key: bytes | None,
     value: bytes | None,
     headers: Iterable[tuple[str, bytes]] | None,
     codec: ChangeCodec,
     wal_end: int | None = None,
     position: int = -1,
-) -> ChangeRecord:
+) -> CheckedChange:
     """The change a change-topic record holds, or ``UnusableChangeError`` saying why it
     cannot be one. ``wal_end``: the WAL partition's end offset read *after* the record was
     (a change published before that names an offset below it), None to leave that check to
@@ -81,7 +78,7 @@ def read_change_record(
     return change
 
 
-def _change(key: bytes, value: bytes, codec: ChangeCodec, position: int) -> ChangeRecord:
+def _change(key: bytes, value: bytes, codec: ChangeCodec, position: int) -> CheckedChange:
     try:
         c = codec.decode(value)
     except CodecError as exc:
@@ -95,39 +92,20 @@ def _change(key: bytes, value: bytes, codec: ChangeCodec, position: int) -> Chan
     record = ContextRecord(
         c.version, c.doc, c.checksum, c.expires_at_ms, c.wal_offset, c.log_time_ms
     )
-    return ChangeRecord(key, record, c.event_id, position)
+    return CheckedChange(key, record, c.event_id, position)
 
 
 def _tombstone(
     key: bytes, headers: Iterable[tuple[str, bytes]] | None, position: int
-) -> ChangeRecord:
-    """A deletion or expiry: its headers must be the ones ``tombstone_headers`` writes."""
-    fields: dict[str, Any] = dict(headers or ())
-    kind = fields.get("kind")
-    if kind not in TOMBSTONE_KINDS:
-        raise UnusableChangeError(
-            f"a tombstone whose header kind is {kind!r}, not one of "
-            f"{sorted(k.decode() for k in TOMBSTONE_KINDS)} (written by an older version?)"
-        )
-    event_id, check = fields.get("event_id"), fields.get("checksum")
-    if not (isinstance(event_id, bytes) and len(event_id) == 16):
-        raise UnusableChangeError("a tombstone without a 16-byte event_id header")
-    if not (isinstance(check, bytes) and len(check) == 8):
-        raise UnusableChangeError("a tombstone without an 8-byte checksum header")
-    version, offset, log_time = (
-        _header_int(fields, name) for name in ("version", "wal_offset", "log_time_ms")
-    )
-    if "expires_at_ms" in fields:
-        _header_int(fields, "expires_at_ms")
-    record = ContextRecord(version, None, check, None, offset, log_time)
-    return ChangeRecord(key, record, event_id, position)
-
-
-def _header_int(fields: dict[str, Any], name: str) -> int:
-    raw = fields.get(name)
-    if not isinstance(raw, bytes) or not _DECIMAL.fullmatch(raw):
-        raise UnusableChangeError(f"a tombstone whose header {name} is {raw!r}, not an integer")
-    return int(raw)
+) -> CheckedChange:
+    """A deletion or expiry: its headers must be the ones ``tombstone_headers`` writes (read
+    by the one tombstone reader, ``ChangeRecord.from_tombstone``)."""
+    try:
+        c = ChangeRecord.from_tombstone(key, headers)
+    except BadTombstoneError as exc:
+        raise UnusableChangeError(f"a tombstone whose header {exc.header} is bad: {exc}") from None
+    record = ContextRecord(c.version, None, c.checksum, None, c.wal_offset, c.log_time_ms)
+    return CheckedChange(key, record, c.event_id, position)
 
 
 def _check_ranges(record: ContextRecord) -> None:

@@ -58,6 +58,7 @@ from lukhas_context.processors.fold import Status, apply, dead_letter_reason, is
 from lukhas_context.processors.members import Membership
 from lukhas_context.processors.metrics import WorkerMetrics
 from lukhas_context.processors.restore import Restorer
+from lukhas_context.schemas.change import tombstone_headers
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
 from lukhas_context.schemas.event import (
     BARRIER_KEY,
@@ -66,7 +67,6 @@ from lukhas_context.schemas.event import (
     ContextEvent,
 )
 from lukhas_context.schemas.exceptions import CodecError
-from lukhas_context.schemas.tombstone import tombstone_headers
 from lukhas_context.state.checkpoints import CheckpointDir, Manifest, check_checkpoint_id
 from lukhas_context.state.exceptions import InvalidCheckpointError, StateError
 from lukhas_context.state.journal import ENTRY, NO_EVENT_ID, EntryStatus, encode_block

@@ -39,7 +39,7 @@ from typing import Any, NoReturn
 import xxhash
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from lukhas_context.processors.change_record import ChangeRecord, read_change_record
+from lukhas_context.processors.change_record import CheckedChange, check_change_record
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.exceptions import (
     ChangesUnusableError,
@@ -396,7 +396,7 @@ class Restorer:
 
         Read back from the end of the change partition in growing windows, up to
         ``COVERAGE_LOOKBACK`` records: records that are not usable changes
-        (``read_change_record``: unreadable, or naming an offset at or past the WAL's end as
+        (``check_change_record``: unreadable, or naming an offset at or past the WAL's end as
         read after them) are set aside and reported. The highest WAL offset among a window's
         usable changes counts once the WAL holds that very event there (key and event id),
         at most ``COVERAGE_CHECKS`` tries; a forged change naming another event is set aside
@@ -409,7 +409,7 @@ class Restorer:
             low, end = await self._watermarks(consumer, topic, partition)
             floor = max(low, end - COVERAGE_LOOKBACK)
             upto, size = end, 64
-            found: ChangeRecord | None = None
+            found: CheckedChange | None = None
             while found is None and upto > floor and checks > 0:
                 start = max(floor, upto - size)
                 records = await self._fetch(consumer, topic, partition, start, upto)
@@ -443,13 +443,13 @@ class Restorer:
 
     def _usable_changes(
         self, partition: int, records: list[Any], wal_end: int, bad: list[str]
-    ) -> list[tuple[int, ChangeRecord]]:
+    ) -> list[tuple[int, CheckedChange]]:
         """``(change-topic offset, change)`` of the usable records; the others go to ``bad``."""
         codec = ChangeCodec()
         usable = []
         for m in records:
             try:
-                change = read_change_record(m.key, m.value, m.headers, codec, wal_end, m.offset)
+                change = check_change_record(m.key, m.value, m.headers, codec, wal_end, m.offset)
             except UnusableChangeError as exc:
                 bad.append(self._unusable(partition, m.offset, exc, len(bad)))
                 continue
@@ -457,7 +457,7 @@ class Restorer:
         return usable
 
     async def _wal_mismatch(
-        self, consumer: AIOKafkaConsumer, partition: int, change: ChangeRecord
+        self, consumer: AIOKafkaConsumer, partition: int, change: CheckedChange
     ) -> str | None:
         """None when the WAL holds the event that made ``change`` at the offset it names (or
         no longer holds that offset: a change below the log start covers nothing a store
@@ -472,18 +472,18 @@ class Restorer:
     async def _wal_end(self, consumer: AIOKafkaConsumer, partition: int) -> int:
         return (await self._watermarks(consumer, self.config.topics.events, partition))[1]
 
-    async def read_changes(self, partition: int) -> dict[bytes, ChangeRecord]:
+    async def read_changes(self, partition: int) -> dict[bytes, CheckedChange]:
         """The latest change of every context in the change partition (by WAL offset, not
         position: changes published again after a crash, or by a zombie, may follow newer
         ones); ``ChangesUnusableError`` naming the first record that is not a usable change
-        (``read_change_record``): a restore without it would lose or misstate its context."""
+        (``check_change_record``): a restore without it would lose or misstate its context."""
         codec = ChangeCodec()
-        latest: dict[bytes, ChangeRecord] = {}
+        latest: dict[bytes, CheckedChange] = {}
         topic = self.config.topics.changes
 
         def take(message: Any) -> bool:
             try:
-                change = read_change_record(
+                change = check_change_record(
                     message.key, message.value, message.headers, codec, None, message.offset
                 )
             except UnusableChangeError as exc:
@@ -499,7 +499,7 @@ class Restorer:
 
     async def read_window(
         self, partition: int, start: int, end: int,
-        expected: dict[int, ChangeRecord] | None = None,
+        expected: dict[int, CheckedChange] | None = None,
     ) -> bytearray:  # fmt: skip
         """Journal entries (``RESTORED``) for the event ids of WAL offsets ``[start, end)``,
         deduplicated as the fold would. ``expected``: changes naming offsets in that range,
@@ -537,7 +537,7 @@ class Restorer:
             self._check_named(partition, change, None)
         return entries
 
-    def _check_named(self, partition: int, change: ChangeRecord, message: Any) -> None:
+    def _check_named(self, partition: int, change: CheckedChange, message: Any) -> None:
         mismatch = _wal_disagrees(change, message, EventCodec())
         if mismatch is not None:
             error = UnusableChangeError(f"the change of {change.key!r} {mismatch}")
@@ -602,7 +602,7 @@ class Restorer:
         return True
 
 
-def _wal_disagrees(change: ChangeRecord, message: Any, codec: EventCodec) -> str | None:
+def _wal_disagrees(change: CheckedChange, message: Any, codec: EventCodec) -> str | None:
     """None when ``message`` (the WAL record at the offset ``change`` names, None if there is
     none) is the event that made ``change``; else what is there instead."""
     offset = change.record.offset

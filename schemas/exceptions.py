@@ -38,3 +38,12 @@ class MalformedPayloadError(CodecError):
 
 class IncompatibleSchemaError(CodecError):
     """A known writer schema cannot be resolved to the reader schema."""
+
+
+class BadTombstoneError(CodecError):
+    """A tombstone (null value) on the change topic lacks its key or a header, or has a
+    malformed one. ``header``: the header's name (None: the key)."""
+
+    def __init__(self, message: str, header: str | None = None) -> None:
+        super().__init__(message)
+        self.header = header

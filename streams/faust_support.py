@@ -43,20 +43,17 @@ drops a change whose ``wal_offset`` is not above the highest it has seen in that
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import faust
-import orjson
 from faust.exceptions import ValueDecodeError
 from faust.serializers import codecs
 
+from lukhas_context.schemas.change import ChangeRecord
 from lukhas_context.schemas.codec import ChangeCodec
-from lukhas_context.schemas.event import ChangeKind, ContextChange
-from lukhas_context.schemas.exceptions import CodecError
-from lukhas_context.schemas.tombstone import KIND_HEADERS, TOMBSTONE_KINDS
-from lukhas_context.schemas.tombstone import tombstone_headers as _tombstone_headers
+from lukhas_context.schemas.event import ContextChange
+from lukhas_context.schemas.exceptions import BadTombstoneError, CodecError
 from lukhas_context.streams.topics import Topics
 
 __all__ = [
@@ -75,131 +72,10 @@ __all__ = [
 CHANGE_CODEC = "lukhas-change"
 
 
-class BadTombstoneError(CodecError):
-    """A tombstone (null value) on the change topic lacks a header or has a malformed one."""
-
-
-@dataclass(frozen=True, slots=True)
-class ChangeRecord:
-    """One record of the change topic: a ``ContextChange``, or a tombstone with ``doc`` None.
-
-    The fields are those of ``ContextChange``. For a tombstone ``kind`` is ``DELETE`` or
-    ``EXPIRE``, ``checksum`` is the checksum of the last document, and ``expires_at_ms`` is
-    the expiry of the version an ``EXPIRE`` removed (None for a ``DELETE``).
-    """
-
-    context_id: str
-    version: int
-    kind: ChangeKind
-    doc: bytes | None
-    checksum: bytes
-    expires_at_ms: int | None
-    wal_offset: int
-    event_id: bytes
-    log_time_ms: int
-
-    @property
-    def tombstone(self) -> bool:
-        """True for a deletion or an expiry (a null value on the topic)."""
-        return self.doc is None
-
-    def document(self) -> Any:
-        """The document as JSON (dicts, lists, ...), None for a tombstone."""
-        return None if self.doc is None else orjson.loads(self.doc)
-
-    @classmethod
-    def from_change(cls, change: ContextChange) -> ChangeRecord:
-        return cls(
-            change.context_id,
-            change.version,
-            change.kind,
-            change.doc,
-            change.checksum,
-            change.expires_at_ms,
-            change.wal_offset,
-            change.event_id,
-            change.log_time_ms,
-        )
-
-    def to_change(self) -> ContextChange:
-        """The ``ContextChange`` of a record that is not a tombstone (``ValueError`` else)."""
-        if self.doc is None:
-            raise ValueError(f"a tombstone ({self.kind.name}) is not a ContextChange value")
-        return ContextChange(
-            self.context_id,
-            self.version,
-            self.kind,
-            self.doc,
-            self.checksum,
-            self.expires_at_ms,
-            self.wal_offset,
-            self.event_id,
-            self.log_time_ms,
-        )
-
-    @classmethod
-    def from_tombstone(
-        cls, key: bytes | str | None, headers: Mapping[str, bytes] | Iterable[tuple[str, bytes]]
-    ) -> ChangeRecord:
-        """The change a tombstone stands for: the context id is the record key, the rest comes
-        from the headers. ``BadTombstoneError`` if the key or a header is missing or bad."""
-        found = dict(headers.items() if isinstance(headers, Mapping) else headers)
-        try:
-            context_id = key if isinstance(key, str) else (key or b"").decode()
-        except UnicodeDecodeError as exc:
-            raise BadTombstoneError(f"tombstone key is not UTF-8: {key!r}") from exc
-        if not context_id:
-            raise BadTombstoneError("tombstone without a key (context id)")
-        kind_name = _header(found, "kind")
-        kind = TOMBSTONE_KINDS.get(kind_name)
-        if kind is None:
-            raise BadTombstoneError(f"tombstone header kind={kind_name!r} is not deleted/expired")
-        expires = found.get("expires_at_ms")
-        return cls(
-            context_id,
-            _int_header(found, "version"),
-            kind,
-            None,
-            _fixed_header(found, "checksum", 8),
-            None if expires is None else _int_header(found, "expires_at_ms"),
-            _int_header(found, "wal_offset"),
-            _fixed_header(found, "event_id", 16),
-            _int_header(found, "log_time_ms"),
-        )
-
-
 def tombstone_headers(change: ChangeRecord) -> list[tuple[str, bytes]]:
     """The headers the processor writes on the tombstone of ``change`` (the inverse of
     ``ChangeRecord.from_tombstone``); ``ValueError`` if ``change`` is not a tombstone."""
-    if change.doc is not None or change.kind not in KIND_HEADERS:
-        raise ValueError(f"not a tombstone: {change.kind.name} with a document")
-    return _tombstone_headers(
-        change.kind, change.version, change.wal_offset, change.event_id, change.checksum,
-        change.log_time_ms, change.expires_at_ms,
-    )  # fmt: skip
-
-
-def _header(headers: Mapping[str, Any], name: str) -> bytes:
-    value = headers.get(name)
-    if value is None:
-        raise BadTombstoneError(f"tombstone without header {name!r}")
-    if not isinstance(value, bytes | bytearray):
-        raise BadTombstoneError(f"tombstone header {name!r} is {type(value).__name__}, not bytes")
-    return bytes(value)
-
-
-def _int_header(headers: Mapping[str, Any], name: str) -> int:
-    raw = _header(headers, name)
-    if not (raw.isdigit() or (raw[:1] == b"-" and raw[1:].isdigit())):
-        raise BadTombstoneError(f"tombstone header {name}={raw!r} is not a decimal integer")
-    return int(raw)
-
-
-def _fixed_header(headers: Mapping[str, Any], name: str, size: int) -> bytes:
-    raw = _header(headers, name)
-    if len(raw) != size:
-        raise BadTombstoneError(f"tombstone header {name!r} has {len(raw)} bytes, not {size}")
-    return raw
+    return change.headers()
 
 
 @functools.cache

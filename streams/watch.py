@@ -40,11 +40,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from lukhas_context.schemas.change import ChangeRecord, wal_offset_of
 from lukhas_context.schemas.codec import ChangeCodec
 from lukhas_context.schemas.event import ChangeKind
-from lukhas_context.schemas.exceptions import CodecError
+from lukhas_context.schemas.exceptions import BadTombstoneError, CodecError
 from lukhas_context.schemas.patch import make_json_patch
-from lukhas_context.schemas.tombstone import TOMBSTONE_KINDS, wal_offset_of
 from lukhas_context.streams.exceptions import (
     ChangeGapError,
     InvalidResumeTokenError,
@@ -383,7 +383,7 @@ class Watcher:
         highest = -1
         for m in batch.get(tp, ()):
             if m.offset < offset:
-                with contextlib.suppress(KeyError, ValueError, CodecError):
+                with contextlib.suppress(CodecError):  # a tombstone without its headers too
                     highest = max(highest, wal_offset_of(m.value, m.headers, self._codec))
         return highest
 
@@ -488,19 +488,15 @@ class Watcher:
         """The change in a record (its token not set yet), or None if it does not decode."""
         value = m.value
         if value is None:
-            try:
-                headers = dict(m.headers or ())
-                return Change(
-                    (m.key or b"").decode(), int(headers["version"]),
-                    _KIND_NAMES[TOMBSTONE_KINDS[headers["kind"]]], None,
-                    headers.get("checksum", b"").hex(),
-                    m.partition, int(headers["wal_offset"]),
-                    int(headers.get("log_time_ms", m.timestamp)),
-                    int(headers["expires_at_ms"]) if "expires_at_ms" in headers else None,
-                    headers.get("event_id", b"").hex(), m.offset,
-                )  # fmt: skip
-            except (KeyError, ValueError, UnicodeDecodeError):
+            try:  # a tombstone without log_time_ms (older writers): the record's timestamp
+                t = ChangeRecord.from_tombstone(m.key, m.headers, log_time_ms=m.timestamp)
+            except BadTombstoneError:
                 return None
+            return Change(
+                t.context_id, t.version, _KIND_NAMES[t.kind], None, t.checksum.hex(),
+                m.partition, t.wal_offset, t.log_time_ms, t.expires_at_ms, t.event_id.hex(),
+                m.offset,
+            )  # fmt: skip
         fields = _read_change(self._header, value) if _read_change is not None else None
         if fields is None:  # the Python codec: a valid change of another schema version
             try:

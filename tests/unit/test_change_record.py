@@ -1,4 +1,4 @@
-"""``read_change_record``: what a change-topic record must be before the coverage or a
+"""``check_change_record``: what a change-topic record must be before the coverage or a
 restore takes it (issue 9, item 5). Every refusal is an ``UnusableChangeError``, never
 another exception, whatever the bytes."""
 
@@ -11,11 +11,11 @@ import xxhash
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lukhas_context.processors.change_record import INT64_MAX, read_change_record
+from lukhas_context.processors.change_record import INT64_MAX, check_change_record
 from lukhas_context.processors.exceptions import UnusableChangeError
+from lukhas_context.schemas.change import tombstone_headers
 from lukhas_context.schemas.codec import ChangeCodec
 from lukhas_context.schemas.event import ChangeKind
-from lukhas_context.schemas.tombstone import tombstone_headers
 from lukhas_context.state.record import ContextRecord
 
 codec = ChangeCodec()
@@ -46,7 +46,7 @@ def tombstone(**override: bytes) -> list[tuple[str, bytes]]:
 
 
 def test_a_change_is_its_stored_record() -> None:
-    got = read_change_record(b"ctx", change(expires=99), [], codec, wal_end=42)
+    got = check_change_record(b"ctx", change(expires=99), [], codec, wal_end=42)
     assert got.key == b"ctx" and got.event_id == EVENT_ID
     assert got.record == ContextRecord(
         3, DOC, xxhash.xxh3_64_digest(DOC), 99, 41, 1_700_000_000_000
@@ -54,13 +54,13 @@ def test_a_change_is_its_stored_record() -> None:
 
 
 def test_a_tombstone_is_its_stored_record() -> None:
-    got = read_change_record(b"ctx", None, tombstone(), codec, wal_end=42)
+    got = check_change_record(b"ctx", None, tombstone(), codec, wal_end=42)
     assert got.record == ContextRecord(4, None, bytes(8), None, 41, 1_700_000_000_000)
     assert got.event_id == EVENT_ID
 
 
 def test_without_a_wal_end_the_offset_is_left_to_the_caller() -> None:
-    assert read_change_record(b"ctx", change(offset=10**15), [], codec).record.offset == 10**15
+    assert check_change_record(b"ctx", change(offset=10**15), [], codec).record.offset == 10**15
 
 
 @pytest.mark.parametrize(
@@ -106,13 +106,13 @@ def test_what_cannot_be_a_change_is_refused_with_the_reason(
     key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None, why: str
 ) -> None:
     with pytest.raises(UnusableChangeError, match=why.replace("(", r"\(")):
-        read_change_record(key, value, headers, codec, wal_end=42)
+        check_change_record(key, value, headers, codec, wal_end=42)
 
 
 @given(st.binary(max_size=200), st.binary(min_size=1, max_size=20), st.integers(0, 2**64))
 def test_any_bytes_are_a_change_or_refused(value: bytes, key: bytes, wal_end: int) -> None:
     try:
-        got = read_change_record(key, value, [], codec, wal_end)
+        got = check_change_record(key, value, [], codec, wal_end)
     except UnusableChangeError:
         return
     assert 0 <= got.record.offset < wal_end and 1 <= got.record.version <= INT64_MAX
@@ -127,7 +127,7 @@ def test_any_bytes_are_a_change_or_refused(value: bytes, key: bytes, wal_end: in
 )  # fmt: skip
 def test_any_tombstone_headers_are_a_tombstone_or_refused(headers: dict[str, bytes]) -> None:
     try:
-        got = read_change_record(b"ctx", None, list(headers.items()), codec, 2**63)
+        got = check_change_record(b"ctx", None, list(headers.items()), codec, 2**63)
     except UnusableChangeError:
         return
     assert got.record.doc is None and len(got.record.checksum) == 8 and len(got.event_id) == 16
