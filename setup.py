@@ -10,6 +10,7 @@ runs its pure-Python loop (same results, slower).
 from setuptools import Extension, find_packages, setup
 
 ROOTS = {
+    "lukhas_context": "lukhas_context",  # only __init__.py: the public names and __version__
     "lukhas_context.schemas": "schemas",
     "lukhas_context.streams": "streams",
     "lukhas_context.state": "state",

@@ -35,11 +35,14 @@ def test_the_wheel_holds_every_package_and_data_file(tmp_path: Path) -> None:
             if path.suffix in {".py", ".avsc"} or path.name == "py.typed":
                 rel = path.relative_to(ROOT).as_posix()
                 expected.add(f"lukhas_context/{rel}")
+    expected |= {"lukhas_context/__init__.py", "lukhas_context/py.typed"}  # the public names
     assert expected - names == set()
-    assert not any(n.startswith(("state/", "streams/", "lukhas_context/__init__")) for n in names)
+    assert not any(
+        n.startswith(("state/", "streams/", "lukhas_context/lukhas_context")) for n in names
+    )
 
 
-@pytest.mark.parametrize("folder", sorted(FOLDERS))
+@pytest.mark.parametrize("folder", sorted(FOLDERS | {"lukhas_context"}))
 def test_each_mapped_folder_is_typed(folder: str) -> None:
     assert (ROOT / folder / "py.typed").exists()
 
@@ -55,10 +58,33 @@ def test_schemas_ship_as_package_data() -> None:
     assert [v.version for v in registry.versions("ContextChange")] == [1]
 
 
-def test_lukhas_context_has_no_init() -> None:
+def test_the_top_level_package_is_only_the_public_names() -> None:
+    """``from lukhas_context import ContextClient`` and ``__version__`` (issue 10): the top
+    ``__init__`` re-exports names and loads them on first use, so importing it, or any one
+    package, loads neither the client nor the storage engine."""
+    from importlib import metadata
+
     import lukhas_context
 
-    assert getattr(lukhas_context, "__file__", None) is None
+    assert lukhas_context.__version__ == metadata.version("lukhas_context")
+    assert Path(lukhas_context.__file__ or "") == ROOT / "lukhas_context" / "__init__.py"
+    assert set(lukhas_context.__all__) == {"__version__", *lukhas_context._EXPORTS}
+    for name in lukhas_context.__all__:
+        assert getattr(lukhas_context, name) is not None, name
+    from lukhas_context.streams.client import ContextClient
+
+    assert lukhas_context.ContextClient is ContextClient
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        _ = lukhas_context.Nope
+    code = (
+        "import sys, lukhas_context, lukhas_context.schemas.codec\n"
+        "print(sorted(m for m in sys.modules if m.endswith(('.client', '.store'))"
+        " or m == 'rocksdict'))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 def test_the_native_extension_is_built_unless_switched_off() -> None:
