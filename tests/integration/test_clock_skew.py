@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import glob
+import itertools
 import json
 import os
 import sys
@@ -92,7 +93,7 @@ async def _expires_when_due(client: ContextClient, cluster: Any, topics: Any) ->
     ):  # fmt: skip
         assert time.monotonic() < deadline, "no Expire appended for a due context"
         await asyncio.sleep(0.5)
-    outcomes = [await client.outcome(p, o, 30) for _, _, p, o in expires]
+    outcomes = [await client.outcome(p, o, 30) for _, _, p, o, _ in expires]
     assert outcomes[0].status == "applied", outcomes  # the first was not early
     assert len(expires) <= 2, expires  # a retry only if the first was slow to apply
 
@@ -102,14 +103,14 @@ def _healthz(url: str) -> dict[str, Any]:
         return dict(json.loads(r.read()))
 
 
-async def _expires_in_wal(bootstrap: str, topic: str) -> list[tuple[str, int, int, int]]:
-    """Every Expire event in the WAL: (context id, version, partition, offset)."""
+async def _expires_in_wal(bootstrap: str, topic: str) -> list[tuple[str, int, int, int, int]]:
+    """Every Expire event in the WAL: (context id, version, partition, offset, log time)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
     )
     await consumer.start()
     codec = EventCodec()
-    found: list[tuple[str, int, int, int]] = []
+    found: list[tuple[str, int, int, int, int]] = []
     try:
         tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
         consumer.assign(tps)
@@ -121,7 +122,10 @@ async def _expires_in_wal(bootstrap: str, topic: str) -> list[tuple[str, int, in
                 for m in records:
                     event = codec.decode(m.value)
                     if type(event.op) is Expire:
-                        found.append((event.context_id, event.op.version, m.partition, m.offset))
+                        found.append(
+                            (event.context_id, event.op.version, m.partition, m.offset,
+                             m.timestamp)
+                        )  # fmt: skip
     finally:
         await consumer.stop()
     return found
@@ -209,12 +213,25 @@ async def test_refused_expires_back_off_exponentially(
         receipt = await client.put("early", {"x": 1}, ttl=600)
         await client.get("early", after=receipt, timeout=30)
         worker.materializer.clock = _AheadForTheSweeper()
-        await asyncio.sleep(6.0)  # 30 retry intervals; doubling, 5 retries at most
-        expires = [
-            e for e in await _expires_in_wal(cluster.bootstrap, topics.events) if e[0] == "early"
-        ]
-        assert 2 <= len(expires) <= 7, expires
-        outcomes = [await client.outcome(p, o, 30) for _, _, p, o in expires]
+        # Four appends of the same Expire (retries 1-3 after 0.2, 0.4 and 0.8 s): waited
+        # for, then their log times show each retry waited twice as long as the one before.
+        deadline = time.monotonic() + 60
+        while True:
+            expires = [
+                e for e in await _expires_in_wal(cluster.bootstrap, topics.events)
+                if e[0] == "early"
+            ]  # fmt: skip
+            if len(expires) >= 4:
+                break
+            assert time.monotonic() < deadline, expires
+            await asyncio.sleep(0.2)
+        times = [e[4] for e in expires]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        # Lower bounds only (a slow machine waits longer), less a quarter for the jitter of
+        # an append's round trip: a constant 200 ms would fail the second and third.
+        for n, gap in enumerate(gaps[:3]):
+            assert gap >= 150 * 2**n, (n, gaps)
+        outcomes = [await client.outcome(p, o, 30) for _, _, p, o, _ in expires]
         assert {o.status for o in outcomes} == {"rejected"}, outcomes  # early: the log decides
         record = worker.materializer.store_for(receipt.partition).get(b"early")
         assert record is not None and record.version == 1 and record.doc is not None
