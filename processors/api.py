@@ -100,6 +100,9 @@ FORWARDED_HEADER = "X-Lukhas-Forwarded-By"
 SERVED_BY_HEADER = "X-Lukhas-Served-By"
 #: Seconds between SSE comments that keep an idle connection (and its proxies) open.
 SSE_KEEPALIVE_S = 15.0
+#: Seconds between checks, on a quiet stream, that its subscriber is still connected: one
+#: that left frees its slot (of ``MAX_SSE_STREAMS``) this soon, not at the next keepalive.
+SSE_GONE_CHECK_S = 1.0
 #: Server-sent event streams one worker serves at once (each is a Kafka consumer).
 MAX_SSE_STREAMS = 64
 #: The members of a dry run's answer (``DryRun`` in ``streams.client``).
@@ -525,14 +528,22 @@ class ReadApi:
             # the first change resumes from here, not from "latest" again.
             await response.write(b"id: %s\n\n" % watcher.token().encode())
             sent = 0
+            loop = asyncio.get_running_loop()
+            quiet_since = loop.time()
             while limit is None or sent < limit:
                 try:
-                    item = await asyncio.wait_for(anext(watcher), SSE_KEEPALIVE_S)
+                    item = await asyncio.wait_for(anext(watcher), SSE_GONE_CHECK_S)
                 except TimeoutError:
-                    await response.write(b": keepalive\nid: %s\n\n" % watcher.token().encode())
+                    if request.transport is None or request.transport.is_closing():
+                        return response  # the subscriber went away
+                    if loop.time() - quiet_since >= SSE_KEEPALIVE_S:
+                        keepalive = b": keepalive\nid: %s\n\n" % watcher.token().encode()
+                        await response.write(keepalive)
+                        quiet_since = loop.time()
                     continue
                 except StopAsyncIteration:
                     break
+                quiet_since = loop.time()
                 kind = b"gap" if isinstance(item, Gap) else b"change"
                 data = orjson.dumps(item.to_dict())
                 await response.write(
