@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import orjson
@@ -95,33 +95,13 @@ class ChangeRecord:
 
     @classmethod
     def from_change(cls, change: ContextChange) -> ChangeRecord:
-        return cls(
-            change.context_id,
-            change.version,
-            change.kind,
-            change.doc,
-            change.checksum,
-            change.expires_at_ms,
-            change.wal_offset,
-            change.event_id,
-            change.log_time_ms,
-        )
+        return cls(*(getattr(change, name) for name in _FIELDS))
 
     def to_change(self) -> ContextChange:
         """The ``ContextChange`` of a record that is not a tombstone (``ValueError`` else)."""
         if self.doc is None:
             raise ValueError(f"a tombstone ({self.kind.name}) is not a ContextChange value")
-        return ContextChange(
-            self.context_id,
-            self.version,
-            self.kind,
-            self.doc,
-            self.checksum,
-            self.expires_at_ms,
-            self.wal_offset,
-            self.event_id,
-            self.log_time_ms,
-        )
+        return ContextChange(*(getattr(self, name) for name in _FIELDS))
 
     def headers(self) -> list[tuple[str, bytes]]:
         """The headers the processor writes on this tombstone (the inverse of
@@ -168,6 +148,11 @@ class ChangeRecord:
             _fixed_header(found, "event_id", 16),
             log_time_ms,
         )
+
+
+#: The fields of both, in order (the model is ``ContextChange`` with an optional document).
+_FIELDS = tuple(f.name for f in fields(ContextChange))
+assert tuple(f.name for f in fields(ChangeRecord)) == _FIELDS, "ChangeRecord lost a field"
 
 
 def read_change_record(
