@@ -2,7 +2,7 @@
 """The change stream's decoder in C: ``read_change`` reads the fields of a ``ContextChange``
 from its single-object Avro bytes, or says it cannot (then the Python codec decides and
 explains). Used by ``streams.watch`` when the extension is built; property-tested against
-``ChangeCodec`` in ``tests/unit/test_watch.py``.
+``ChangeCodec`` in ``tests/unit/streams/test_watch.py``.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
