@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 from urllib.parse import quote
@@ -26,7 +26,7 @@ import aiohttp
 import orjson
 import xxhash
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from lukhas_context.schemas.codec import EventCodec
 from lukhas_context.schemas.event import (
@@ -514,11 +514,13 @@ class ContextClient:
     ) -> Any:
         """Sends until acknowledged; a send that an error failed is repeated, up to
         ``send_attempts`` sends. A repeat carries the very same bytes, event id included: if
-        the first did land after all, the fold applies the event once."""
+        the first did land after all, the fold applies the event once. Waiting for room in
+        the producer's buffer is not a send (``_when_room``)."""
         attempts = self.config.send_attempts
+        topic = self.config.topics.events
         for attempt in range(1, attempts + 1):
             try:
-                return await producer.send_and_wait(self.config.topics.events, value, key=key)
+                return await _when_room(lambda: producer.send_and_wait(topic, value, key=key))
             except KafkaError as exc:
                 if not getattr(exc, "retriable", False) or attempt == attempts:
                     raise PublishError(
@@ -966,7 +968,8 @@ class Transaction:
         started = time.monotonic()
         try:
             async with asyncio.timeout(client.config.send_window_s):
-                future = await self._producer.send(client.config.topics.events, value, key=key)
+                producer, topic = self._producer, client.config.topics.events
+                future = await _when_room(lambda: producer.send(topic, value, key=key))
         except KafkaError as exc:
             raise PublishError(f"cannot send event {event_id}: {_error_text(exc)}") from exc
         except TimeoutError:
@@ -978,6 +981,20 @@ class Transaction:
 
 
 SEEN_CACHE_SIZE = 1024
+
+
+async def _when_room(send: Callable[[], Awaitable[T]]) -> T:
+    """``send()`` (a producer's ``send`` or ``send_and_wait``), waiting for room in the
+    producer's buffer as long as the caller's deadline allows. aiokafka gives up on room
+    after its request timeout with ``KafkaTimeoutError`` (the batches before the event are
+    not acknowledged: a broker that does not answer), having appended nothing: that is a
+    wait, not a failed send, so it goes on, and the caller's deadline then raises
+    ``PublishTimeoutError`` with the brokers' reason."""
+    while True:  # bounded by the caller's asyncio.timeout
+        try:
+            return await send()
+        except KafkaTimeoutError:
+            continue
 
 
 def _check_version(expected_version: int | None) -> None:
