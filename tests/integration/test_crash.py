@@ -31,10 +31,18 @@ async def test_kill_9_during_load_applies_every_acked_event_exactly_once(
     worker_process.start()
     worker_process.wait_healthy()
     acked: list[Receipt] = []
+    pids: set[int] = set()
 
     async def load() -> None:
+        """EVENTS puts at least, in chunks of 100, and on until the fourth worker process
+        (three restarts) has seen writes: a slow machine kills less often, never fewer
+        times. Bounded: five times EVENTS."""
         async with make_client(None) as client:
-            for start in range(0, EVENTS, 100):  # bounded: EVENTS puts in chunks of 100
+            for start in range(0, 5 * EVENTS, 100):
+                assert worker_process.proc is not None
+                pids.add(worker_process.proc.pid)
+                if start >= EVENTS and len(pids) >= 4:
+                    return
                 chunk = [
                     client.put(f"ctx-{i % CONTEXTS}", {"i": i, "pad": "x" * rng.randrange(200)})
                     for i in range(start, start + 100)
@@ -48,7 +56,7 @@ async def test_kill_9_during_load_applies_every_acked_event_exactly_once(
     assert kills >= 3, "the load ended before the processor was killed three times"
 
     expected = Counter(r.context_id for r in acked)
-    assert sum(expected.values()) == EVENTS
+    assert len(acked) >= EVENTS and len(acked) % 100 == 0  # every put of a chunk acked
     async with make_client(worker_process.url) as client:
         for context_id, count in expected.items():
             r = max((x for x in acked if x.context_id == context_id), key=lambda x: x.offset)
@@ -66,7 +74,7 @@ async def test_kill_9_during_load_applies_every_acked_event_exactly_once(
 
     seen = identities(await read_topic(topics.changes, lambda rs: want <= identities(rs)))
     assert want - seen == set(), f"changes lost (seed {seed})"
-    print(f"kills={kills} events={EVENTS} changes_seen={len(seen)}")
+    print(f"kills={kills} events={len(acked)} changes_seen={len(seen)}")
 
 
 async def test_wal_truncated_below_the_needed_offset_is_a_loud_error(
@@ -104,11 +112,20 @@ async def test_transactions_stay_all_or_nothing_across_kill_9(
     worker_process.wait_healthy()
     committed = 0
     last = None
+    total = 0
+    pids: set[int] = set()
 
     async def stream() -> None:
-        nonlocal committed, last
+        """60 transactions at least, and on (in threes) until a restarted worker process has
+        seen some: a fast machine may finish 60 before the first kill. Bounded: 600."""
+        nonlocal committed, last, total
         async with make_client(None) as client:
-            for i in range(1, 61):  # bounded: 60 transactions
+            for i in range(1, 601):
+                assert worker_process.proc is not None
+                pids.add(worker_process.proc.pid)
+                if i > 60 and i % 3 == 1 and len(pids) >= 2:
+                    return
+                total = i
                 try:
                     async with client.transaction() as tx:
                         for name in ("tx-a", "tx-b", "tx-c"):
@@ -123,13 +140,13 @@ async def test_transactions_stay_all_or_nothing_across_kill_9(
     writer = asyncio.create_task(stream())
     kills = await kill_repeatedly(writer, worker_process, rng, (0.5, 1.5), max_kills=3)
     await writer
-    assert kills >= 1 and committed == 40 and last is not None
+    assert kills >= 1 and total % 3 == 0 and committed == total * 2 // 3 and last is not None
     async with make_client(worker_process.url) as client:
         for receipt in last:  # read-your-writes holds per partition: wait for each
             await client.get(receipt.context_id, after=receipt, timeout=60)
         docs = [await client.get(name) for name in ("tx-a", "tx-b", "tx-c")]
     assert {d.version for d in docs} == {committed}, (docs, f"seed {seed}")
-    assert {d.doc["i"] for d in docs} == {59}  # the last committed i (60 was aborted)
+    assert {d.doc["i"] for d in docs} == {total - 1}  # the last committed (total aborted)
     assert worker_process.terminate() == 0
 
 

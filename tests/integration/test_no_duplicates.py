@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from lukhas_context.processors.change_record import read_change_record
+from lukhas_context.processors.change_record import check_change_record
 from lukhas_context.schemas.codec import ChangeCodec
 from lukhas_context.streams.client import ContextClient, Receipt
 
@@ -116,7 +116,7 @@ def _identities(records: list[Any]) -> tuple[Counter[Identity], Counter[Identity
     by_offset: Counter[Identity] = Counter()
     by_version: Counter[Identity] = Counter()
     for m in records:
-        change = read_change_record(m.key, m.value, m.headers, codec, position=m.offset)
+        change = check_change_record(m.key, m.value, m.headers, codec, position=m.offset)
         context_id = change.key.decode()
         by_offset[(context_id, change.record.offset)] += 1
         by_version[(context_id, change.record.version)] += 1
