@@ -23,12 +23,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
 from aiokafka.errors import for_code as kafka_error_for_code
 
-from lukhas_context.schemas.exceptions import LukhasError
+from lukhas_context.streams.exceptions import AdminError, TopicMismatchError
 from lukhas_context.streams.topics import TopicSpec
 
 __all__ = [
-    "AdminError",
-    "TopicMismatchError",
     "cluster_brokers",
     "delete_topics",
     "ensure_topics",
@@ -39,14 +37,6 @@ T = TypeVar("T")
 #: First pause between attempts of an admin call; it doubles up to ``MAX_BACKOFF_S``.
 BACKOFF_S = 0.1
 MAX_BACKOFF_S = 1.0
-
-
-class AdminError(LukhasError):
-    """The cluster could not be reached or refused a topic operation (the cause is chained)."""
-
-
-class TopicMismatchError(AdminError):
-    """An existing topic has another partition count or replication factor than its spec."""
 
 
 class _NotYet(AdminError):

@@ -7,7 +7,8 @@ from typing import Any
 
 import orjson
 
-from lukhas_context.schemas.patch import PatchError, check_depth, validate_json_patch
+from lukhas_context.schemas.exceptions import PatchError
+from lukhas_context.schemas.patch import check_depth, validate_json_patch
 from lukhas_context.streams.exceptions import (
     DocumentTooDeepError,
     DocumentTooLargeError,
