@@ -49,6 +49,7 @@ from lukhas_context.streams.exceptions import (
     DocumentTooLargeError,
     InvalidConfigError,
     InvalidPatchError,
+    InvalidPositionError,
     InvalidTTLError,
     NoSuchPositionError,
     NotAppliedYetError,
@@ -58,6 +59,7 @@ from lukhas_context.streams.exceptions import (
     ValidationError,
 )
 from lukhas_context.streams.health import Broker, explain, parse_bootstrap
+from lukhas_context.streams.position import parse_position
 from lukhas_context.streams.producer import WalProducer
 from lukhas_context.streams.topics import Topics, partition_for
 from lukhas_context.streams.validation import (
@@ -1071,11 +1073,10 @@ def _json_body(status: int, body: bytes) -> dict[str, Any]:
 def _parse_position(position: str) -> tuple[int, int] | None:
     """``(partition, offset)`` of ``PARTITION:OFFSET`` (None when it is not one: the read
     API then says why)."""
-    partition, _, offset = position.partition(":")
-    digits = partition.isascii() and offset.isascii()
-    if digits and partition.isdigit() and offset.isdigit():
-        return int(partition), int(offset)
-    return None
+    try:
+        return parse_position(position)
+    except InvalidPositionError:
+        return None
 
 
 def _context_from(status: int, body: bytes, context_id: str) -> Context:

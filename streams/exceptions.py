@@ -18,6 +18,7 @@ __all__ = [
     "InvalidContextIdError",
     "InvalidDocumentError",
     "InvalidPatchError",
+    "InvalidPositionError",
     "InvalidResumeTokenError",
     "InvalidTTLError",
     "LukhasError",
@@ -58,6 +59,10 @@ class DocumentTooLargeError(ValidationError):
 
 class DocumentTooDeepError(ValidationError):
     """The document nests objects and arrays deeper than the limit."""
+
+
+class InvalidPositionError(ValidationError):
+    """A WAL position that is not ``PARTITION:OFFSET``, each a decimal number in range."""
 
 
 class InvalidTTLError(ValidationError):
