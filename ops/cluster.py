@@ -35,11 +35,13 @@ import redis
 from lukhas_context.ops.exceptions import (
     ClusterStartError,
     ClusterStateError,
+    InvalidClusterSpecError,
     RedisNotInstalledError,
 )
 from lukhas_context.ops.kafka_dist import KafkaDist, ensure_kafka, log4j_config
-from lukhas_context.streams.admin import AdminError, cluster_brokers, ensure_topics
+from lukhas_context.streams.admin import cluster_brokers, ensure_topics
 from lukhas_context.streams.client import MAX_TRANSACTION_TIMEOUT_S
+from lukhas_context.streams.exceptions import AdminError
 from lukhas_context.streams.topics import Topics
 
 __all__ = ["ClusterSpec", "LocalCluster"]
@@ -88,7 +90,7 @@ class ClusterSpec:
 
     def __post_init__(self) -> None:
         if self.brokers < 1 or self.partitions < 1:
-            raise ValueError("brokers and partitions must be at least 1")
+            raise InvalidClusterSpecError("brokers and partitions must be at least 1")
 
     @property
     def kafka_bootstrap(self) -> str:

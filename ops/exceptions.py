@@ -7,6 +7,7 @@ from lukhas_context.schemas.exceptions import LukhasError
 __all__ = [
     "ClusterStartError",
     "ClusterStateError",
+    "InvalidClusterSpecError",
     "JavaNotFoundError",
     "KafkaFetchError",
     "KafkaHomeError",
@@ -44,6 +45,11 @@ class RedisNotInstalledError(OpsError):
 
 class ClusterStartError(OpsError):
     """A part of the local cluster did not come up; the message names its log file and tail."""
+
+
+class InvalidClusterSpecError(OpsError, ValueError):
+    """A ``ClusterSpec`` value is out of its range (a ``ValueError`` too, as it was before it
+    had a type)."""
 
 
 class ClusterStateError(OpsError):

@@ -89,9 +89,10 @@ from lukhas_context.processors.wal_end import WalEnds
 from lukhas_context.schemas.exceptions import CodecError
 from lukhas_context.state.journal import EntryStatus
 from lukhas_context.state.store import HASH_MASK
-from lukhas_context.streams.exceptions import ReadError, ValidationError
+from lukhas_context.streams.exceptions import InvalidPositionError, ReadError, ValidationError
+from lukhas_context.streams.position import MAX_OFFSET, MAX_PARTITION, parse_natural, parse_position
 from lukhas_context.streams.topics import partition_for
-from lukhas_context.streams.watch import MAX_INT64, Gap, Watcher
+from lukhas_context.streams.watch import Gap, Watcher
 
 MAX_WAIT_S = 30.0
 #: Set on a request one worker forwards to another (its value: the forwarder's URL).
@@ -107,8 +108,6 @@ SSE_GONE_CHECK_S = 1.0
 MAX_SSE_STREAMS = 64
 #: The members of a dry run's answer (``DryRun`` in ``streams.client``).
 _DRY_RUN_FIELDS = ("status", "version", "reason", "kind", "doc", "checksum", "expires_at_ms")
-#: Kafka partition numbers are signed 32-bit.
-MAX_PARTITION = 2**31 - 1
 #: The longest ``idle_timeout`` of a change stream, in seconds (a day).
 MAX_IDLE_S = 86_400.0
 
@@ -143,26 +142,17 @@ def _params(*known: str) -> Callable[[H], H]:
     return decorate
 
 
-def _natural(raw: str, what: str, high: int = MAX_INT64) -> int:
-    """A decimal integer in ``[0, high]``: ASCII digits only (``int()`` also takes "٣", " 3"
-    and "1_0"), bounded before it is converted; a 400 naming ``what`` otherwise."""
-    shown = raw if len(raw) <= 40 else f"{raw[:40]}... ({len(raw)} characters)"
-    if not (raw.isascii() and raw.isdigit()):
-        raise _bad_request(f"{what} must be a non-negative integer, got {shown!r}")
-    if len(raw.lstrip("0")) > len(str(high)) or int(raw) > high:
-        raise _bad_request(f"{what} {shown} is out of range: at most {high}")
-    return int(raw)
+def _natural(raw: str, what: str, high: int = MAX_OFFSET) -> int:
+    """A decimal integer in ``[0, high]`` (``streams.position.parse_natural``); a 400
+    naming ``what`` otherwise."""
+    try:
+        return parse_natural(raw, what, high)
+    except ValidationError as exc:
+        raise _bad_request(str(exc)) from None
 
 
 def _error(status: int, reason: str) -> web.Response:
     return web.json_response({"error": reason}, status=status)
-
-
-def _parse_position(raw: str) -> tuple[int, int]:
-    partition, colon, offset = raw.partition(":")
-    if not colon:
-        raise _bad_request(f"min_offset must be PARTITION:OFFSET, got {raw[:60]!r}")
-    return _natural(partition, "partition", MAX_PARTITION), _natural(offset, "offset")
 
 
 def _no_such(what: str, reason: str, **detail: int) -> web.Response:
@@ -344,7 +334,10 @@ class ReadApi:
         partition = None
         wait_for = None
         if "min_offset" in request.query:
-            wait_for = _parse_position(request.query["min_offset"])
+            try:
+                wait_for = parse_position(request.query["min_offset"], "min_offset")
+            except InvalidPositionError as exc:
+                raise _bad_request(str(exc)) from None
             timeout = _parse_timeout(request.query.get("timeout"))
             missing = self._check_partition(wait_for[0])
             if missing is not None:

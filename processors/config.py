@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lukhas_context.processors.exceptions import InvalidWorkerConfigError
 from lukhas_context.processors.fold import Limits
 from lukhas_context.processors.listener import ListenerLimits
 from lukhas_context.state.store import StoreOptions
@@ -77,15 +78,17 @@ class WorkerConfig:
 
     def __post_init__(self) -> None:
         if not 0 < self.expiry_retry_s <= self.expiry_retry_max_s:
-            raise ValueError(
+            raise InvalidWorkerConfigError(
                 f"expiry_retry_s ({self.expiry_retry_s}) must be positive and at most "
                 f"expiry_retry_max_s ({self.expiry_retry_max_s})"
             )
         if self.checkpoint_keep < 1:
-            raise ValueError(f"checkpoint_keep must be at least 1, got {self.checkpoint_keep}")
+            raise InvalidWorkerConfigError(
+                f"checkpoint_keep must be at least 1, got {self.checkpoint_keep}"
+            )
         # The dedupe window is rebuilt from the journal on restart: it must hold the window.
         if self.journal_offsets < self.limits.dedupe_window:
-            raise ValueError(
+            raise InvalidWorkerConfigError(
                 f"journal_offsets ({self.journal_offsets}) must be at least the dedupe window "
                 f"({self.limits.dedupe_window})"
             )

@@ -7,6 +7,7 @@ from lukhas_context.schemas.exceptions import LukhasError
 __all__ = [
     "ChangesUnusableError",
     "EventIdConflictError",
+    "InvalidWorkerConfigError",
     "KeyMismatchError",
     "LukhasError",
     "NotOwnerError",
@@ -19,6 +20,11 @@ __all__ = [
 
 class ProcessorError(LukhasError):
     """Root of the processors' errors."""
+
+
+class InvalidWorkerConfigError(ProcessorError, ValueError):
+    """A worker setting is out of its range (``WorkerConfig``, its ``ListenerLimits``, the log
+    filter's rate). A ``ValueError`` too, as these were before they had a type."""
 
 
 class PoisonRecordError(ProcessorError):

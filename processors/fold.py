@@ -35,10 +35,9 @@ from lukhas_context.schemas.event import (
     Put,
     Touch,
 )
+from lukhas_context.schemas.exceptions import NestingTooDeepError, PatchError
 from lukhas_context.schemas.numbers import out_of_range_integer
 from lukhas_context.schemas.patch import (
-    DocumentTooDeepError,
-    PatchError,
     PatchLimits,
     apply_json_patch,
     apply_merge_patch,
@@ -272,7 +271,7 @@ def _patch(
             patched = apply_merge_patch(base, patch)
     except orjson.JSONDecodeError as exc:
         return rejected(f"patch is not JSON: {exc}")
-    except DocumentTooDeepError:  # only check_depth raises it
+    except NestingTooDeepError:  # only check_depth raises it
         return rejected(
             f"the patch nests deeper than {limits.max_depth + 2} levels (a value in it must fit "
             f"in a document of {limits.max_depth})"

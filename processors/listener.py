@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from lukhas_context.processors.exceptions import InvalidWorkerConfigError
 from lukhas_context.processors.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -97,11 +98,15 @@ class ListenerLimits:
 
     def __post_init__(self) -> None:
         if self.max_connections is not None and self.max_connections < 1:
-            raise ValueError(f"max_connections must be at least 1, got {self.max_connections}")
+            raise InvalidWorkerConfigError(
+                f"max_connections must be at least 1, got {self.max_connections}"
+            )
         for name in ("header_timeout_s", "body_timeout_s", "idle_timeout_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+                raise InvalidWorkerConfigError(
+                    f"{name} must be a positive number of seconds, got {value!r}"
+                )
 
     @property
     def cap(self) -> int:

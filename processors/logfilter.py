@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lukhas_context.processors.exceptions import InvalidWorkerConfigError
+
 #: Set on the summary lines this filter writes (they are never suppressed themselves).
 SUMMARY_ATTR = "lukhas_repeat_summary"
 #: Templates remembered at most (the oldest windows are dropped first).
@@ -45,7 +47,9 @@ class RepeatFilter(logging.Filter):
     ) -> None:
         super().__init__()
         if burst < 1 or not interval_s > 0:
-            raise ValueError(f"burst must be >= 1 and interval_s > 0, got {burst}, {interval_s}")
+            raise InvalidWorkerConfigError(
+                f"burst must be >= 1 and interval_s > 0, got {burst}, {interval_s}"
+            )
         self.handler = handler
         self.burst = burst
         self.total_burst = 10 * burst

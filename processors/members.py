@@ -43,6 +43,8 @@ from aiokafka.coordinator.protocol import (
 )
 from aiokafka.errors import KafkaError
 
+from lukhas_context.streams import kafka
+
 log = logging.getLogger(__name__)
 
 #: The assignment protocol's name: the group uses it when every member offers it.
@@ -228,9 +230,7 @@ class Membership:
         self._last_problems: list[str] = []
 
     async def start(self) -> None:
-        self._admin = AIOKafkaAdminClient(
-            bootstrap_servers=self.bootstrap, client_id=f"{self.member}-members"
-        )
+        self._admin = kafka.admin_client(self.bootstrap, f"{self.member}-members")
         await self._admin.start()
         self._task = asyncio.create_task(self._refresh_loop())
 

@@ -15,6 +15,8 @@ import logging
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from lukhas_context.streams import kafka
+
 log = logging.getLogger(__name__)
 
 #: Seconds one end-offset query may take before the answer is "unknown".
@@ -56,10 +58,9 @@ class WalEnds:
     async def _started(self) -> AIOKafkaConsumer:
         async with self._lock:  # one consumer, however many requests ask at once
             if self._consumer is None:
-                consumer = AIOKafkaConsumer(
-                    bootstrap_servers=self._bootstrap, client_id=self._client_id,
-                    enable_auto_commit=False, isolation_level="read_uncommitted",
-                    request_timeout_ms=int(QUERY_TIMEOUT_S * 1000),
+                consumer = kafka.consumer(
+                    self._bootstrap, self._client_id, isolation="read_uncommitted",
+                    request_timeout_s=QUERY_TIMEOUT_S,
                 )  # fmt: skip
                 try:
                     await asyncio.wait_for(consumer.start(), QUERY_TIMEOUT_S)

@@ -1,4 +1,5 @@
-"""The root of every error this distribution raises, and the codec's own errors.
+"""The root of every error this distribution raises, and the errors of ``schemas``: the
+codec's and the patch algebra's.
 
 ``LukhasError`` lives here because ``schemas`` is the one package every other package imports;
 each package re-exports it from its own ``exceptions`` module.
@@ -47,3 +48,27 @@ class BadTombstoneError(CodecError):
     def __init__(self, message: str, header: str | None = None) -> None:
         super().__init__(message)
         self.header = header
+
+
+class PatchError(LukhasError, ValueError):
+    """A patch that cannot be applied to the document, or a document the store cannot hold
+    (``schemas.patch``).
+
+    ``reason`` is a short sentence for people, e.g. ``op 2 (remove): path /a/b does not
+    exist``; operations are numbered from 0, as in the patch array.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class NestingTooDeepError(PatchError):
+    """Objects and arrays nest deeper than ``max_depth`` (the root object is depth 1).
+
+    Not the client's ``DocumentTooDeepError`` (a ``ValidationError`` raised before sending):
+    this one is the patch algebra's, which the fold turns into a rejection."""
+
+    def __init__(self, max_depth: int) -> None:
+        super().__init__(f"the document nests objects and arrays deeper than {max_depth} levels")
+        self.max_depth = max_depth

@@ -37,12 +37,10 @@ from typing import Any, Final
 
 import jsonpatch
 
-from lukhas_context.schemas.exceptions import LukhasError
+from lukhas_context.schemas.exceptions import NestingTooDeepError, PatchError
 
 __all__ = [
     "DEFAULT_PATCH_LIMITS",
-    "DocumentTooDeepError",
-    "PatchError",
     "PatchLimits",
     "apply_json_patch",
     "apply_merge_patch",
@@ -89,26 +87,6 @@ class PatchLimits:
 
 
 DEFAULT_PATCH_LIMITS: Final = PatchLimits()
-
-
-class PatchError(LukhasError, ValueError):
-    """A patch that cannot be applied to the document, or a document the store cannot hold.
-
-    ``reason`` is a short sentence for people, e.g. ``op 2 (remove): path /a/b does not
-    exist``; operations are numbered from 0, as in the patch array.
-    """
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class DocumentTooDeepError(PatchError):
-    """Objects and arrays nest deeper than ``max_depth`` (the root object is depth 1)."""
-
-    def __init__(self, max_depth: int) -> None:
-        super().__init__(f"the document nests objects and arrays deeper than {max_depth} levels")
-        self.max_depth = max_depth
 
 
 class _Fail(Exception):
@@ -616,7 +594,7 @@ def apply_merge_patch(doc: dict[str, Any], patch: Any) -> dict[str, Any]:
 
 
 def check_depth(value: Any, max_depth: int) -> None:
-    """Raise ``DocumentTooDeepError`` if objects and arrays in ``value`` nest deeper than
+    """Raise ``NestingTooDeepError`` if objects and arrays in ``value`` nest deeper than
     ``max_depth``; a root object or array is depth 1, scalars add no depth (so a scalar
     passes any limit, and any container fails a limit below 1).
 
@@ -630,7 +608,7 @@ def check_depth(value: Any, max_depth: int) -> None:
     while level:
         depth += 1
         if depth > max_depth:
-            raise DocumentTooDeepError(max_depth)
+            raise NestingTooDeepError(max_depth)
         below: list[Any] = []
         for node in level:
             for child in node.values() if isinstance(node, dict) else node:

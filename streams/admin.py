@@ -19,16 +19,16 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
 from aiokafka.errors import for_code as kafka_error_for_code
 
-from lukhas_context.schemas.exceptions import LukhasError
+from lukhas_context.streams import kafka
+from lukhas_context.streams.exceptions import AdminError, TopicMismatchError
+from lukhas_context.streams.kafka import error_text, kafka_error
 from lukhas_context.streams.topics import TopicSpec
 
 __all__ = [
-    "AdminError",
-    "TopicMismatchError",
     "cluster_brokers",
     "delete_topics",
     "ensure_topics",
@@ -39,14 +39,6 @@ T = TypeVar("T")
 #: First pause between attempts of an admin call; it doubles up to ``MAX_BACKOFF_S``.
 BACKOFF_S = 0.1
 MAX_BACKOFF_S = 1.0
-
-
-class AdminError(LukhasError):
-    """The cluster could not be reached or refused a topic operation (the cause is chained)."""
-
-
-class TopicMismatchError(AdminError):
-    """An existing topic has another partition count or replication factor than its spec."""
 
 
 class _NotYet(AdminError):
@@ -163,7 +155,7 @@ async def _retrying(
             raise
         except (KafkaError, OSError) as exc:  # TimeoutError is an OSError
             if isinstance(exc, KafkaError) and not exc.retriable:
-                raise AdminError(f"{what} at {bootstrap} failed: {_text(exc)}") from exc
+                raise kafka_error(AdminError, f"{what} at {bootstrap} failed", exc) from exc
             last = exc
         if time.monotonic() + backoff >= deadline:
             raise AdminError(
@@ -175,19 +167,15 @@ async def _retrying(
 
 
 def _text(exc: BaseException) -> str:
-    text = str(exc)
-    name = type(exc).__name__
-    if isinstance(exc, TimeoutError) and not text:
+    if isinstance(exc, TimeoutError) and not str(exc):
         return "no answer in time (TimeoutError)"
-    return text if name in text else f"{name}: {text}".rstrip(": ")
+    return error_text(exc)
 
 
 @asynccontextmanager
 async def _admin(bootstrap: str, timeout_s: float) -> AsyncIterator[Any]:
     """A started admin client; its errors come out as they are (``_retrying`` sorts them)."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=max(100, int(timeout_s * 1000))
-    )
+    admin = kafka.admin_client(bootstrap, request_timeout_s=max(0.1, timeout_s))
     try:
         await admin.start()
         yield admin

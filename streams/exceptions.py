@@ -1,10 +1,12 @@
-"""Errors of the client side: validation (nothing was sent), transport, reads."""
+"""Errors of the ``streams`` package: the client's (validation: nothing was sent; transport;
+reads) and the topic administration's."""
 
 from __future__ import annotations
 
 from lukhas_context.schemas.exceptions import LukhasError
 
 __all__ = [
+    "AdminError",
     "ChangeGapError",
     "CheckpointTimeoutError",
     "ChecksumMismatchError",
@@ -16,6 +18,7 @@ __all__ = [
     "InvalidContextIdError",
     "InvalidDocumentError",
     "InvalidPatchError",
+    "InvalidPositionError",
     "InvalidResumeTokenError",
     "InvalidTTLError",
     "LukhasError",
@@ -24,6 +27,7 @@ __all__ = [
     "PublishError",
     "PublishTimeoutError",
     "ReadError",
+    "TopicMismatchError",
     "ValidationError",
 ]
 
@@ -55,6 +59,10 @@ class DocumentTooLargeError(ValidationError):
 
 class DocumentTooDeepError(ValidationError):
     """The document nests objects and arrays deeper than the limit."""
+
+
+class InvalidPositionError(ValidationError):
+    """A WAL position that is not ``PARTITION:OFFSET``, each a decimal number in range."""
 
 
 class InvalidTTLError(ValidationError):
@@ -118,3 +126,11 @@ class InvalidResumeTokenError(ValidationError):
 
 class ChangeGapError(ReadError):
     """Changes a subscriber had not read yet are gone (``watch(on_gap="raise")``)."""
+
+
+class AdminError(LukhasError):
+    """The cluster could not be reached or refused a topic operation (the cause is chained)."""
+
+
+class TopicMismatchError(AdminError):
+    """An existing topic has another partition count or replication factor than its spec."""

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, overload
 
 import orjson
 
-from lukhas_context.schemas.patch import PatchError, check_depth, validate_json_patch
+from lukhas_context.schemas.exceptions import PatchError
+from lukhas_context.schemas.patch import check_depth, validate_json_patch
 from lukhas_context.streams.exceptions import (
     DocumentTooDeepError,
     DocumentTooLargeError,
@@ -15,12 +16,15 @@ from lukhas_context.streams.exceptions import (
     InvalidDocumentError,
     InvalidPatchError,
     InvalidTTLError,
+    ValidationError,
 )
 
 MAX_ID_BYTES = 256
 MAX_TTL_S = 100 * 365 * 24 * 3600
 DEFAULT_MAX_DOCUMENT_BYTES = 1024 * 1024
 DEFAULT_MAX_DEPTH = 64
+#: The longest wait a read may ask for, in seconds (the read API waits at most 30 s a request).
+MAX_WAIT_S = 3600.0
 
 
 def context_key(context_id: object) -> bytes:
@@ -87,3 +91,56 @@ def ttl_ms(ttl: float | None) -> int | None:
     if ms < 1:
         raise InvalidTTLError(f"ttl {ttl} s is under one millisecond")
     return ms
+
+
+def check_version(expected_version: int | None) -> None:
+    """``ValidationError`` unless None or an int in ``[0, 2^63)``."""
+    if expected_version is not None and (
+        isinstance(expected_version, bool)
+        or not isinstance(expected_version, int)
+        or not 0 <= expected_version < 2**63
+    ):
+        raise ValidationError(f"expected_version must be an int >= 0, got {expected_version!r}")
+
+
+def check_wait(timeout: object) -> None:
+    """A wait is a finite number of seconds in ``[0, MAX_WAIT_S]`` (NaN would never end)."""
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 <= timeout <= MAX_WAIT_S  # NaN fails this too
+    ):
+        shown = repr(timeout)[:40] if not isinstance(timeout, int) or timeout < 2**64 else "more"
+        raise ValidationError(f"timeout must be seconds in [0, {MAX_WAIT_S:g}], got {shown}")
+
+
+def checksum_bytes(checksum: str | None) -> bytes | None:
+    """The 8 bytes of a checksum given as 16 hex digits (None stays None)."""
+    if checksum is None:
+        return None
+    try:
+        raw = bytes.fromhex(checksum)
+    except ValueError:
+        raw = b""
+    if len(raw) != 8:
+        raise ValidationError(f"a checksum is 16 hex digits, got {checksum!r}")
+    return raw
+
+
+@overload
+def json_bytes(value: Any, limit: int, what: str) -> bytes: ...
+@overload
+def json_bytes(value: Any, limit: int, what: str, quiet: bool) -> bytes | None: ...
+def json_bytes(value: Any, limit: int, what: str, quiet: bool = False) -> bytes | None:
+    """JSON bytes of a patch, bounded; ``quiet``: None instead of an error."""
+    try:
+        data = orjson.dumps(value)
+    except (orjson.JSONEncodeError, TypeError) as exc:
+        if quiet:
+            return None
+        raise InvalidPatchError(f"{what} is not JSON-serialisable: {exc}") from None
+    if len(data) > limit:
+        if quiet:
+            return None
+        raise DocumentTooLargeError(f"{what} is {len(data)} bytes, over the limit of {limit}")
+    return data

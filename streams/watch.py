@@ -37,7 +37,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from lukhas_context.schemas.change import ChangeRecord, wal_offset_of
@@ -45,6 +45,7 @@ from lukhas_context.schemas.codec import ChangeCodec
 from lukhas_context.schemas.event import ChangeKind
 from lukhas_context.schemas.exceptions import BadTombstoneError, CodecError
 from lukhas_context.schemas.patch import make_json_patch
+from lukhas_context.streams import kafka
 from lukhas_context.streams.exceptions import (
     ChangeGapError,
     InvalidResumeTokenError,
@@ -260,10 +261,10 @@ class Watcher:
         self._idle_timeout = idle_timeout
         self._raise_gaps = on_gap == "raise"
         self.topic = topics.changes
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, client_id=client_id, enable_auto_commit=False,
-            auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024,
-        )  # fmt: skip
+        # The change topic is not written in transactions: nothing to wait for.
+        self._consumer = kafka.consumer(
+            bootstrap, client_id, isolation="read_uncommitted", auto_offset_reset="earliest"
+        )
         self._codec = ChangeCodec()
         self._header = self._codec.header
         #: Per partition, in partition order (0, 1, ...): partition, next change-topic offset,

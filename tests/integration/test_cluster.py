@@ -17,7 +17,8 @@ import pytest
 from lukhas_context.ops.cluster import ClusterSpec, LocalCluster
 from lukhas_context.ops.exceptions import ClusterStartError
 from lukhas_context.ops.kafka_dist import ensure_kafka
-from lukhas_context.streams.admin import TopicMismatchError, delete_topics, ensure_topics
+from lukhas_context.streams.admin import delete_topics, ensure_topics
+from lukhas_context.streams.exceptions import TopicMismatchError
 from lukhas_context.streams.topics import Topics, TopicSpec
 
 pytestmark = pytest.mark.integration

@@ -221,7 +221,7 @@ def _put_op(doc: dict[str, object]) -> object:
 async def _count_sent_bytes(client: ContextClient) -> list[int]:
     """Wraps the client's producer to record the size of every event value it sends."""
     sizes: list[int] = []
-    producer = await client._ensure_producer()
+    producer = await client.writer.producer()
     original = producer.send_and_wait
 
     async def counting(topic: str, value: bytes, **kw: object) -> object:

@@ -87,8 +87,8 @@ async def test_undecodable_records_go_to_the_dlq_and_later_events_apply(
     try:
         async with make_client(worker.url) as client:
             valid_a = client.event("a", Put(b'{"x":1}'), None)[1]
-            empty_id = client._codec.encode(ContextEvent(bytes(16), "", Put(b"{}")))
-            long_id = client._codec.encode(ContextEvent(bytes(16), "x" * 300, Put(b"{}")))
+            empty_id = client.writer.codec.encode(ContextEvent(bytes(16), "", Put(b"{}")))
+            long_id = client.writer.codec.encode(ContextEvent(bytes(16), "x" * 300, Put(b"{}")))
         bad = [
             (b"poison", b"not avro at all"),
             (b"poison", b"\xc3\x01" + b"\x00" * 8 + b"unknown fingerprint"),

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from lukhas_context.processors.fold import Limits, Outcome, Status, apply
 from lukhas_context.schemas.event import ContextEvent, Patch, PatchFormat, Put
+from lukhas_context.schemas.exceptions import PatchError
 from lukhas_context.schemas.numbers import MAX_INT, MIN_INT, out_of_range_integer
 from lukhas_context.schemas.patch import (
-    PatchError,
     PatchLimits,
     apply_json_patch,
     json_weight,

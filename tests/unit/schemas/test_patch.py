@@ -13,10 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lukhas_context.schemas.exceptions import LukhasError
+from lukhas_context.schemas.exceptions import LukhasError, NestingTooDeepError, PatchError
 from lukhas_context.schemas.patch import (
-    DocumentTooDeepError,
-    PatchError,
     apply_json_patch,
     apply_merge_patch,
     check_depth,
@@ -430,7 +428,7 @@ def test_merge_patch_details() -> None:
         node["k"] = {}
         node = node["k"]
     merged = apply_merge_patch({}, deep)  # iterative: no recursion limit
-    with pytest.raises(DocumentTooDeepError):
+    with pytest.raises(NestingTooDeepError):
         check_depth(merged, 1000)
 
 
@@ -439,12 +437,12 @@ def test_check_depth() -> None:
     check_depth({"a": 1, "b": "x"}, 1)
     check_depth(5, 0)
     check_depth({"a": [{"b": []}]}, 4)
-    with pytest.raises(DocumentTooDeepError) as info:
+    with pytest.raises(NestingTooDeepError) as info:
         check_depth({"a": [{"b": []}]}, 3)
     assert info.value.max_depth == 3
     assert isinstance(info.value, PatchError)
     assert "deeper than 3" in info.value.reason
-    with pytest.raises(DocumentTooDeepError):
+    with pytest.raises(NestingTooDeepError):
         check_depth({}, 0)
     deep: list[Any] = []
     node = deep
@@ -452,11 +450,11 @@ def test_check_depth() -> None:
         node.append([])
         node = node[0]
     check_depth(deep, 100_000)  # iterative: no recursion limit
-    with pytest.raises(DocumentTooDeepError):
+    with pytest.raises(NestingTooDeepError):
         check_depth(deep, 99_999)
     cyclic: dict[str, Any] = {}
     cyclic["self"] = cyclic
-    with pytest.raises(DocumentTooDeepError):
+    with pytest.raises(NestingTooDeepError):
         check_depth(cyclic, 50)
 
 
@@ -613,7 +611,7 @@ def test_check_depth_matches_a_reference(
         value = [value] if kind is list else {"k": value}
     for max_depth in (limit, depth, depth - 1):
         if depth > max_depth and depth > 0:  # a scalar passes any limit
-            with pytest.raises(DocumentTooDeepError):
+            with pytest.raises(NestingTooDeepError):
                 check_depth(value, max_depth)
         else:
             check_depth(value, max_depth)

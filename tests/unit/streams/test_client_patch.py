@@ -27,7 +27,7 @@ async def test_invalid_json_patches_are_refused_before_sending(patch: Any, reaso
     with pytest.raises(InvalidPatchError, match=reason) as info:
         await client.patch("a:1", patch)
     assert isinstance(info.value, ValidationError)
-    assert client._producer is None
+    assert not client.writer.producer_started
     await client.close()
 
 
@@ -40,5 +40,5 @@ async def test_merge_patches_nested_past_a_document_are_refused() -> None:
         await client.patch("a:1", deep, merge=True)
     with pytest.raises(ValidationError, match="64-bit"):
         await client.patch("a:1", [{"op": "add", "path": "/n", "value": 2**64}])
-    assert client._producer is None
+    assert not client.writer.producer_started
     await client.close()

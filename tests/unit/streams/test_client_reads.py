@@ -97,7 +97,7 @@ async def test_reads_fail_over_from_a_dead_configured_worker() -> None:
         async with ContextClient(ClientConfig("unused:9092", f"{dead},{url}")) as client:
             ctx = await client.get("c", timeout=5)
             assert ctx.doc == doc
-            assert client._seeds == [url, dead]  # the dead one went to the back
+            assert client.router.seeds == [url, dead]  # the dead one went to the back
             assert (await client.get("c", timeout=5)).version == 3
     finally:
         await runner.cleanup()
@@ -161,7 +161,7 @@ async def test_a_position_that_does_not_exist_is_typed() -> None:
                 await client.outcome(0, 9, timeout=1)
             with pytest.raises(NoSuchPositionError):
                 await client.get("c", after="0:9", timeout=1)
-            client._partition_count = 2  # a wait on the other partition than c's
+            client.router.partition_count = 2  # a wait on the other partition than c's
             other = next(p for p in range(2) if p != partition_for(b"c", 2))
             with pytest.raises(NoSuchPositionError):
                 await client.get("c", after=f"{other}:9", timeout=1)

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from lukhas_context.streams import kafka
 from lukhas_context.streams.client import ClientConfig, ContextClient
 from lukhas_context.streams.exceptions import PublishError
 
@@ -44,15 +45,13 @@ class FakeProducer:
 def fake_producer(monkeypatch: pytest.MonkeyPatch) -> type[FakeProducer]:
     FakeProducer.started = FakeProducer.stopped = 0
     FakeProducer.fail = False
-    monkeypatch.setattr(
-        ContextClient, "_new_producer", lambda self, transactional_id=None: FakeProducer()
-    )
+    monkeypatch.setattr(kafka, "wal_producer", lambda config, transactional_id=None: FakeProducer())
     return FakeProducer
 
 
 async def test_concurrent_first_writes_start_one_producer(fake_producer: Any) -> None:
     client = ContextClient(ClientConfig("127.0.0.1:9092"))
-    producers = await asyncio.gather(*(client._ensure_producer() for _ in range(256)))
+    producers = await asyncio.gather(*(client.writer.producer() for _ in range(256)))
     assert fake_producer.started == 1
     assert len({id(p) for p in producers}) == 1
     await client.close()
@@ -63,12 +62,12 @@ async def test_a_failed_start_is_shared_and_the_next_call_tries_again(fake_produ
     fake_producer.fail = True
     client = ContextClient(ClientConfig("127.0.0.1:9092"))
     results = await asyncio.gather(
-        *(client._ensure_producer() for _ in range(64)), return_exceptions=True
+        *(client.writer.producer() for _ in range(64)), return_exceptions=True
     )
     assert all(isinstance(r, PublishError) for r in results)
     assert fake_producer.started == 1 and fake_producer.stopped == 1
     fake_producer.fail = False
-    await client._ensure_producer()
+    await client.writer.producer()
     assert fake_producer.started == 2
     await client.close()
     assert fake_producer.stopped == 2
@@ -78,8 +77,8 @@ async def test_a_cancelled_caller_does_not_cancel_the_start_for_the_others(
     fake_producer: Any,
 ) -> None:
     client = ContextClient(ClientConfig("127.0.0.1:9092"))
-    first = asyncio.ensure_future(client._ensure_producer())
-    second = asyncio.ensure_future(client._ensure_producer())
+    first = asyncio.ensure_future(client.writer.producer())
+    second = asyncio.ensure_future(client.writer.producer())
     await asyncio.sleep(0)
     first.cancel()
     assert await second is not None and fake_producer.started == 1
@@ -89,7 +88,7 @@ async def test_a_cancelled_caller_does_not_cancel_the_start_for_the_others(
 
 async def test_close_during_a_start_stops_the_producer(fake_producer: Any) -> None:
     client = ContextClient(ClientConfig("127.0.0.1:9092"))
-    starting = asyncio.ensure_future(client._ensure_producer())
+    starting = asyncio.ensure_future(client.writer.producer())
     await asyncio.sleep(0)
     await client.close()
     await starting
@@ -125,7 +124,7 @@ async def test_concurrent_first_reads_open_one_http_session(
     monkeypatch.setattr(aiohttp, "ClientSession", counting)
     client = ContextClient(ClientConfig("", "http://127.0.0.1:9"))
     await asyncio.gather(
-        *(client._send_request("http://127.0.0.1:9", "GET", "/", {}, 1, b"") for _ in range(64)),
+        *(client.router.send("http://127.0.0.1:9", "GET", "/", {}, 1, b"") for _ in range(64)),
         return_exceptions=True,
     )
     assert len(sessions) == 1

@@ -1,0 +1,250 @@
+"""``ContextClient``: the public client (async), a front over its parts.
+
+Writes go to the WAL (``WalWriter``: producers, deadlines, retries) and return when the brokers
+acknowledged them, with a ``Receipt`` naming where they landed; a read with ``after=receipt``
+waits until the processor folded that position (read-your-writes; ``Reader`` over
+``Router``). ``update()`` sends deltas against the document last seen (``DeltaCache``).
+
+Arguments are validated before anything is sent; each failure is a typed ``ValidationError``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from lukhas_context.schemas.event import Delete, Op, Patch, PatchFormat, Put, Touch
+from lukhas_context.state.manifest import check_checkpoint_id
+from lukhas_context.streams.config import ClientConfig
+from lukhas_context.streams.deltas import DeltaCache
+from lukhas_context.streams.exceptions import InvalidPatchError, InvalidTTLError
+from lukhas_context.streams.manifests import wait_manifests
+from lukhas_context.streams.reader import Reader
+from lukhas_context.streams.results import CheckpointRequest, Context, Outcome, Receipt
+from lukhas_context.streams.routing import Router
+from lukhas_context.streams.transaction import Transaction
+from lukhas_context.streams.validation import (
+    canonical_json,
+    check_patch,
+    check_wait,
+    checksum_bytes,
+    json_bytes,
+    ttl_ms,
+)
+from lukhas_context.streams.watch import Watcher
+from lukhas_context.streams.writer import WalWriter
+
+__all__ = ["ContextClient"]
+
+
+class ContextClient:
+    """Async client. Use ``async with ContextClient(config) as client:``.
+
+    Every mutation takes ``expected_version`` (apply only if the context is at that version;
+    0 = must not exist) and ``dry_run`` (return what the fold would do, append nothing).
+
+    ``writer`` and ``router`` are its parts (the WAL's producers, the read API's routing
+    table), reachable for tests and tools; the calls below are the front door.
+    """
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+        self.writer = WalWriter(config)
+        self.router = Router(config.api_url)
+        self._reader = Reader(self.router)
+        self._deltas = DeltaCache()
+
+    async def start(self) -> None:
+        """Connects nothing: the producer starts on the first write, so that reads work
+        without Kafka and invalid arguments fail before any connection is tried."""
+
+    async def close(self) -> None:
+        """Closes the producers and HTTP sessions, within about ``close_timeout_s``: sends
+        not acknowledged by then are given up (they may still land: their outcome is
+        unknown)."""
+        await self.writer.close()
+        await self.router.close()
+
+    async def __aenter__(self) -> ContextClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ---- writes ----
+
+    async def put(
+        self,
+        context_id: str,
+        doc: dict[str, Any],
+        ttl: float | None = None,
+        *,
+        expected_version: int | None = None,
+        dry_run: bool = False,
+    ) -> Any:
+        """Replaces the whole document; ``ttl`` in seconds. Returns a ``Receipt`` once the WAL
+        acknowledged (a ``DryRun`` with ``dry_run=True``)."""
+        data = canonical_json(doc, self.config.max_document_bytes)
+        result = await self._submit(context_id, Put(data, ttl_ms(ttl)), expected_version, dry_run)
+        if not dry_run:
+            self._deltas.remember(context_id, None, data)
+        return result
+
+    async def patch(
+        self,
+        context_id: str,
+        patch: list[Any] | dict[str, Any],
+        *,
+        merge: bool = False,
+        expected_version: int | None = None,
+        expected_checksum: str | None = None,
+        ttl: float | None = None,
+        clear_ttl: bool = False,
+        dry_run: bool = False,
+    ) -> Any:
+        """Applies an RFC 6902 JSON Patch (a list of ops), or with ``merge=True`` an RFC 7386
+        merge patch (an object), atomically: an invalid op rejects the whole patch.
+        ``expected_checksum`` (16 hex digits) is the checksum the writer expects after it."""
+        if merge and not isinstance(patch, dict):
+            raise InvalidPatchError("a merge patch must be a JSON object")
+        if not merge and not isinstance(patch, list):
+            raise InvalidPatchError("a JSON Patch must be a list of operations")
+        if ttl is not None and clear_ttl:
+            raise InvalidTTLError("a patch cannot both set and clear the TTL")
+        data = json_bytes(patch, self.config.max_document_bytes, "patch")
+        check_patch(patch, merge)
+        if not dry_run:
+            self._deltas.forget(context_id)  # the base update() would diff against is gone
+        fmt = PatchFormat.MERGE_PATCH if merge else PatchFormat.JSON_PATCH
+        op = Patch(fmt, data, checksum_bytes(expected_checksum), ttl_ms(ttl), clear_ttl)
+        return await self._submit(context_id, op, expected_version, dry_run)
+
+    async def touch(
+        self,
+        context_id: str,
+        ttl: float | None,
+        *,
+        expected_version: int | None = None,
+        dry_run: bool = False,
+    ) -> Any:
+        """Sets the TTL to ``ttl`` seconds from now (log time), or removes it with None."""
+        if not dry_run:
+            self._deltas.forget(context_id)  # its version moves on
+        return await self._submit(context_id, Touch(ttl_ms(ttl)), expected_version, dry_run)
+
+    async def delete(
+        self, context_id: str, *, expected_version: int | None = None, dry_run: bool = False
+    ) -> Any:
+        """Deletes the context. A context that does not exist is a rejected event, not an error
+        here: the WAL accepted it and the fold refuses it (see ``Receipt.outcome()``)."""
+        if not dry_run:
+            self._deltas.forget(context_id)
+        return await self._submit(context_id, Delete(), expected_version, dry_run)
+
+    async def update(
+        self, context_id: str, new_doc: dict[str, Any], ttl: float | None = None
+    ) -> Receipt:
+        """Writes ``new_doc`` as the whole new document, sending only a delta when it can.
+
+        Against the document this client last saw for the context (from ``get`` or an earlier
+        ``update``), it sends a JSON Patch when that is smaller than the document, conditioned
+        on the version it saw (when known) and on the checksum of ``new_doc``: the fold rejects
+        it if the base was not what this client thought. Otherwise, it sends a put.
+        """
+        data = canonical_json(new_doc, self.config.max_document_bytes)
+        op, expected = self._deltas.update_op(context_id, new_doc, data, ttl_ms(ttl))
+        receipt: Receipt = await self._submit(context_id, op, expected, False)
+        self._deltas.remember(context_id, None if expected is None else expected + 1, data)
+        return receipt
+
+    def transaction(self) -> Transaction:
+        """``async with client.transaction() as tx:`` — writes that land together or not at
+        all (one Kafka transaction). See ``Transaction``."""
+        return Transaction(self.writer, self)
+
+    def event(
+        self, context_id: str, op: Op, expected_version: int | None
+    ) -> tuple[bytes, bytes, uuid.UUID]:
+        """Validates and encodes one event: (key, value, event id)."""
+        return self.writer.event(context_id, op, expected_version)
+
+    async def _submit(
+        self, context_id: str, op: Op, expected_version: int | None, dry_run: bool
+    ) -> Any:
+        key, value, event_id = self.writer.event(context_id, op, expected_version)
+        if dry_run:
+            return await self._reader.dry_run(value)
+        meta = await self.writer.send(key, value, event_id)
+        return Receipt(context_id, meta.partition, meta.offset, str(event_id), self)
+
+    # ---- reads ----
+
+    async def get(
+        self, context_id: str, after: Receipt | str | None = None, timeout: float = 5.0
+    ) -> Context:
+        """Reads a context from the read API; with ``after``, first waits (at most ``timeout``
+        seconds) until that WAL position is folded. ``ContextNotFoundError`` when it does not
+        exist, ``NotAppliedYetError`` when the wait times out, ``ChecksumMismatchError`` when
+        the document does not match its checksum (it is never returned then);
+        ``NoSuchPositionError`` when ``after`` names a position the WAL does not have."""
+        ctx, canonical = await self._reader.context(context_id, after, timeout)
+        self._deltas.remember(context_id, ctx.version, canonical)
+        return ctx
+
+    async def outcome(self, partition: int, offset: int, timeout: float = 5.0) -> Outcome:
+        """The outcome of the event at ``partition:offset`` (see ``Receipt.outcome``):
+        ``NotAppliedYetError`` when it is not folded within ``timeout`` seconds,
+        ``NoSuchPositionError`` at once when the WAL has no such partition or offset."""
+        return await self._reader.outcome(partition, offset, timeout)
+
+    # ---- subscriptions ----
+
+    def watch(
+        self,
+        context_id: str | None = None,
+        prefix: str | None = None,
+        start: object = "latest",
+        deltas: bool = False,
+        idle_timeout: float | None = None,
+        on_gap: str = "report",
+    ) -> Watcher:
+        """Subscribes to the change stream: ``async with client.watch(prefix="agent:") as w:
+        async for change in w: ...`` yields ``Change`` (and ``Gap``) items.
+
+        One context (``context_id``), the ids starting with ``prefix``, or everything.
+        ``start``: ``"latest"`` (changes from now on), ``"earliest"``, a timestamp
+        (``datetime``, epoch ms or ISO time: the changes logged at or after it) or a resume
+        token (``change.token`` of the last change handled: every later change arrives
+        exactly once). ``deltas=True``: a change carries the RFC 6902 patch from the previous
+        document seen instead of the whole document.
+        See ``streams.watch`` for the guarantees."""
+        return Watcher(
+            self.config.bootstrap, self.config.topics, context_id=context_id, prefix=prefix,
+            start=start, deltas=deltas, idle_timeout=idle_timeout, on_gap=on_gap,
+            client_id=f"{self.config.client_id}-watch",
+        )  # fmt: skip
+
+    # ---- operations ----
+
+    async def checkpoint(self, checkpoint_id: str | None = None) -> CheckpointRequest:
+        """Appends a checkpoint barrier to every WAL partition. Each worker that folds a
+        partition checkpoints its store at exactly that offset and publishes the manifest on
+        the checkpoints topic (``wait_checkpoint``). The id defaults to
+        ``ck-YYYYmmddTHHMMSSZ-XXXX``. A worker that already holds a checkpoint of the id
+        compares it with its store instead of taking it again."""
+        if checkpoint_id is None:
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            checkpoint_id = f"ck-{stamp}-{uuid.uuid4().hex[:4]}"
+        check_checkpoint_id(checkpoint_id)
+        offsets = await self.writer.append_barriers(checkpoint_id)
+        return CheckpointRequest(checkpoint_id, offsets)
+
+    async def wait_checkpoint(
+        self, request: CheckpointRequest, timeout: float = 60.0
+    ) -> list[dict[str, Any]]:
+        """Waits until every partition's checkpoint of ``request`` is published and returns
+        their manifests (partition order); ``CheckpointTimeoutError`` names the missing ones."""
+        check_wait(timeout)
+        return await wait_manifests(self.config, request, timeout)

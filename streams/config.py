@@ -1,0 +1,87 @@
+"""``ClientConfig``: where a client writes and reads, and how long it waits."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from lukhas_context.streams.exceptions import InvalidConfigError
+from lukhas_context.streams.topics import Topics
+from lukhas_context.streams.validation import DEFAULT_MAX_DOCUMENT_BYTES
+
+__all__ = ["DIAGNOSIS_S", "MAX_TRANSACTION_TIMEOUT_S", "ClientConfig"]
+
+#: The longest Kafka transaction a client may ask for. A transaction left open (its client
+#: killed mid-way) holds every partition it wrote for this long: readers ``read_committed``
+#: see nothing past it. Brokers started by ``lukhas up`` refuse more
+#: (``transaction.max.timeout.ms``).
+MAX_TRANSACTION_TIMEOUT_S = 60.0
+#: The most of a call's deadline kept for finding out why it failed (``streams.health``).
+DIAGNOSIS_S = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """Where the client writes and reads, and how long it waits. Nothing here reads the
+    environment. Times are seconds; ``InvalidConfigError`` for a value out of range.
+
+    ``timeout_s`` is the deadline of each call that talks to Kafka (a mutation, ``checkpoint``,
+    a transaction's begin, send, commit or abort), retries and the producer's start included:
+    the call returns or raises ``PublishTimeoutError`` with the brokers' reason within it.
+    ``request_timeout_s`` bounds one Kafka request inside it (aiokafka's
+    ``request_timeout_ms``, also how long a broker waits for its replicas before it answers
+    ``REQUEST_TIMED_OUT``), at most half of ``timeout_s`` so that a call sees that answer
+    and can retry. ``close_timeout_s``: how long ``close()`` waits for sends not yet
+    acknowledged before it gives them up. ``transaction_timeout_s``: how long a transaction
+    may stay open before the brokers abort it, at most ``MAX_TRANSACTION_TIMEOUT_S``.
+    """
+
+    bootstrap: str
+    api_url: str | None = None
+    topics: Topics = field(default_factory=Topics)
+    max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
+    request_timeout_s: float = 10.0
+    client_id: str = "lukhas-client"
+    #: Sends of one event (same bytes, same event id) before a write fails, all within
+    #: ``timeout_s``: a send is repeated after an error that failed it, never after a wait.
+    send_attempts: int = 3
+    timeout_s: float = 30.0
+    close_timeout_s: float = 5.0
+    transaction_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.send_attempts, bool) or not (
+            isinstance(self.send_attempts, int) and self.send_attempts >= 1
+        ):
+            raise InvalidConfigError(
+                f"send_attempts must be an int >= 1, got {self.send_attempts!r}"
+            )
+        for name in ("timeout_s", "request_timeout_s", "close_timeout_s", "transaction_timeout_s"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not (math.isfinite(value) and value > 0)
+            ):
+                raise InvalidConfigError(f"{name} must be a positive finite number of seconds, "
+                                         f"got {value!r}")  # fmt: skip
+        if self.transaction_timeout_s > MAX_TRANSACTION_TIMEOUT_S:
+            raise InvalidConfigError(
+                f"transaction_timeout_s must be at most {MAX_TRANSACTION_TIMEOUT_S:g}, got "
+                f"{self.transaction_timeout_s:g}: an open transaction holds its partitions "
+                "for that long"
+            )
+
+    @property
+    def send_window_s(self) -> float:
+        """The part of ``timeout_s`` a call waits for Kafka; the rest is for saying why not."""
+        return self.timeout_s - self.diagnosis_s
+
+    @property
+    def kafka_request_timeout_s(self) -> float:
+        """``request_timeout_s``, at most half of ``timeout_s``."""
+        return min(self.request_timeout_s, self.timeout_s / 2)
+
+    @property
+    def diagnosis_s(self) -> float:
+        return min(DIAGNOSIS_S, self.timeout_s * 0.2)

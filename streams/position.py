@@ -1,0 +1,39 @@
+"""A WAL position, ``PARTITION:OFFSET`` (a receipt's ``position``): its bounds and its one
+parser, shared by the client (which worker to wait on) and the read API (``min_offset``).
+
+Numbers are ASCII digits only (``int()`` also takes "٣", " 3" and "1_0") and are bounded
+before they are converted: a million digits would cost seconds to convert.
+"""
+
+from __future__ import annotations
+
+from lukhas_context.streams.exceptions import InvalidPositionError, ValidationError
+
+__all__ = ["MAX_OFFSET", "MAX_PARTITION", "parse_natural", "parse_position"]
+
+#: Kafka partition numbers are signed 32-bit.
+MAX_PARTITION = 2**31 - 1
+#: Kafka offsets (and timestamps) are signed 64-bit.
+MAX_OFFSET = 2**63 - 1
+
+
+def parse_natural(raw: str, what: str, high: int = MAX_OFFSET) -> int:
+    """A decimal integer in ``[0, high]``; ``ValidationError`` naming ``what`` otherwise."""
+    shown = raw if len(raw) <= 40 else f"{raw[:40]}... ({len(raw)} characters)"
+    if not (raw.isascii() and raw.isdigit()):
+        raise ValidationError(f"{what} must be a non-negative integer, got {shown!r}")
+    if len(raw.lstrip("0")) > len(str(high)) or int(raw) > high:
+        raise ValidationError(f"{what} {shown} is out of range: at most {high}")
+    return int(raw)
+
+
+def parse_position(text: str, what: str = "position") -> tuple[int, int]:
+    """``(partition, offset)`` of ``PARTITION:OFFSET``; ``InvalidPositionError`` naming
+    ``what`` (e.g. the query parameter that carried it) and the part that is wrong."""
+    partition, colon, offset = text.partition(":")
+    if not colon:
+        raise InvalidPositionError(f"{what} must be PARTITION:OFFSET, got {text[:60]!r}")
+    try:
+        return parse_natural(partition, "partition", MAX_PARTITION), parse_natural(offset, "offset")
+    except ValidationError as exc:
+        raise InvalidPositionError(str(exc)) from None

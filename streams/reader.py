@@ -1,0 +1,147 @@
+"""``Reader``: the read API's calls as the client makes them — a context (its checksum
+verified), an event's outcome, a dry run — and what their answers mean, as results or typed
+errors. Which worker answers is the ``Router``'s business."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+import xxhash
+
+from lukhas_context.streams.exceptions import (
+    ChecksumMismatchError,
+    ContextNotFoundError,
+    InvalidPositionError,
+    NoSuchPositionError,
+    NotAppliedYetError,
+    ReadError,
+)
+from lukhas_context.streams.position import parse_position
+from lukhas_context.streams.results import Context, DryRun, Outcome, Receipt
+from lukhas_context.streams.routing import Router
+from lukhas_context.streams.validation import check_wait, context_key
+
+__all__ = ["Reader"]
+
+
+class Reader:
+    """The read API's calls, over ``router``."""
+
+    def __init__(self, router: Router) -> None:
+        self._router = router
+
+    async def context(
+        self, context_id: str, after: Receipt | str | None, timeout: float
+    ) -> tuple[Context, bytes]:
+        """A context and its canonical JSON (see ``ContextClient.get``)."""
+        context_key(context_id)
+        check_wait(timeout)
+        params = {}
+        partition = await self._router.partition_of(context_id)
+        if after is not None:
+            position = after.position if isinstance(after, Receipt) else after
+            wait_on = _position_or_none(position)
+            if partition is not None and wait_on is not None and wait_on[0] != partition:
+                # Another partition, perhaps another worker: wait there, then read here.
+                await self._wait_folded(*wait_on, timeout)
+            else:
+                params["min_offset"] = position
+                params["timeout"] = str(timeout)
+        path = f"/v1/contexts/{quote(context_id, safe='')}"
+        status, body = await self._router.request("GET", path, params, timeout, partition=partition)
+        ctx = _context_from(status, body, context_id)
+        canonical = orjson.dumps(ctx.doc, option=orjson.OPT_SORT_KEYS)
+        expected = xxhash.xxh3_64_hexdigest(canonical)
+        if expected != ctx.checksum:
+            raise ChecksumMismatchError(
+                f"context {context_id!r} version {ctx.version}: document checksum {expected}, "
+                f"stored checksum {ctx.checksum}"
+            )
+        return ctx, canonical
+
+    async def outcome(self, partition: int, offset: int, timeout: float) -> Outcome:
+        """The outcome of the event at ``partition:offset`` (see ``ContextClient.outcome``)."""
+        check_wait(timeout)
+        data = await self._outcome_of(partition, offset, timeout)
+        assert data is not None
+        if data["status"] == "duplicate":
+            original = await self.outcome(partition, data["duplicate_of"], timeout)
+            return Outcome(original.status, original.version, original.reason, data["duplicate_of"])
+        return Outcome(data["status"], data["version"], data["reason"])
+
+    async def dry_run(self, value: bytes) -> DryRun:
+        """What the fold would do with the encoded event ``value`` (``POST /v1/dry-run``)."""
+        status, body = await self._router.request("POST", "/v1/dry-run", {}, 5.0, value)
+        data = _json_body(status, body)
+        if status != 200:
+            raise ReadError(f"read API answered {status}: {data.get('error')}")
+        fields: dict[str, Any] = {name: data.get(name) for name in DryRun.__slots__}
+        return DryRun(**fields)
+
+    async def _wait_folded(self, partition: int, offset: int, timeout: float) -> None:
+        """Until the worker serving ``partition`` folded ``offset`` (its outcome endpoint
+        waits: 200 or 404, the journal forgot it, both mean folded)."""
+        await self._outcome_of(partition, offset, timeout, forgotten_ok=True)
+
+    async def _outcome_of(
+        self, partition: int, offset: int, timeout: float, forgotten_ok: bool = False
+    ) -> dict[str, Any] | None:
+        """``GET /v1/outcomes/P/O``, which waits until the offset is folded: the entry, or
+        None when the journal forgot it (``forgotten_ok``; else a ``ReadError``)."""
+        path = f"/v1/outcomes/{partition}/{offset}"
+        status, body = await self._router.request(
+            "GET", path, {"timeout": str(timeout)}, timeout, partition=partition
+        )
+        data = _json_body(status, body)
+        if status == 404 and data.get("no_such"):
+            raise NoSuchPositionError(str(data.get("error")))
+        if status == 404 and forgotten_ok:
+            return None
+        if status == 504:
+            raise NotAppliedYetError(str(data.get("error")), data.get("open_transaction"))
+        if status != 200:
+            raise ReadError(f"read API answered {status}: {data.get('error')}")
+        return data
+
+
+def _position_or_none(position: str) -> tuple[int, int] | None:
+    """``(partition, offset)`` of ``PARTITION:OFFSET`` (None when it is not one: the read
+    API then says why)."""
+    try:
+        return parse_position(position)
+    except InvalidPositionError:
+        return None
+
+
+def _json_body(status: int, body: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ReadError(f"read API answered {status} with a non-JSON body") from None
+    if not isinstance(data, dict):
+        raise ReadError(f"read API answered {status} with a JSON {type(data).__name__}")
+    return data
+
+
+def _context_from(status: int, body: bytes, context_id: str) -> Context:
+    data = _json_body(status, body)
+    if status == 404 and data.get("no_such"):  # the position of min_offset, not the context
+        raise NoSuchPositionError(str(data.get("error")))
+    if status == 404:
+        raise ContextNotFoundError(context_id)
+    if status == 504:
+        error = str(data.get("error", "not applied yet"))
+        raise NotAppliedYetError(error, data.get("open_transaction"))
+    if status != 200:
+        raise ReadError(f"read API answered {status}: {data.get('error') or body[:200]!r}")
+    return Context(
+        data["context_id"],
+        data["version"],
+        data["doc"],
+        data["checksum"],
+        data["offset"],
+        data["partition"],
+        data.get("expires_at_ms"),
+    )

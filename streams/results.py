@@ -1,0 +1,99 @@
+"""What the client's calls return: ``Receipt`` (an acknowledged write), ``Outcome`` (what the
+fold did with it), ``DryRun``, ``Context`` (a read) and ``CheckpointRequest``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from lukhas_context.streams.exceptions import ReadError
+
+__all__ = ["CheckpointRequest", "Context", "DryRun", "Outcome", "OutcomeSource", "Receipt"]
+
+
+class OutcomeSource(Protocol):
+    """Where a ``Receipt`` asks for its outcome: the ``ContextClient`` that wrote it."""
+
+    async def outcome(self, partition: int, offset: int, timeout: float = 5.0) -> Outcome: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the fold did with an event.
+
+    ``status``: ``applied`` (``version`` is the new version), ``conflict`` (a version condition
+    failed; ``version`` is the current one), ``rejected`` (``reason`` says why; nothing
+    changed), ``dead_lettered`` (the record could not be read as an event). A retried event
+    reports the outcome of its original, with ``duplicate_of`` naming the original's offset.
+    """
+
+    status: str
+    version: int | None
+    reason: str | None = None
+    duplicate_of: int | None = None
+
+    @property
+    def applied(self) -> bool:
+        return self.status == "applied"
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Where an acknowledged event landed in the WAL."""
+
+    context_id: str
+    partition: int
+    offset: int
+    event_id: str
+    _client: OutcomeSource | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def position(self) -> str:
+        """``PARTITION:OFFSET``, the form ``get(after=...)`` and ``lukhas get --after`` take."""
+        return f"{self.partition}:{self.offset}"
+
+    async def outcome(self, timeout: float = 5.0) -> Outcome:
+        """Waits (at most ``timeout`` s) until the event is folded and returns its outcome."""
+        if self._client is None:
+            raise ReadError("this receipt is not bound to a client")
+        return await self._client.outcome(self.partition, self.offset, timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class DryRun:
+    """What a mutation would do to the current state; nothing was appended. ``status`` is
+    one of the fold's (``applied``, ``conflict``, ``rejected``), or ``dead_lettered`` /
+    ``duplicate`` when the fold would not fold the event at all (``version`` None then)."""
+
+    status: str
+    version: int | None
+    reason: str | None
+    kind: str | None
+    doc: dict[str, Any] | None
+    checksum: str | None
+    expires_at_ms: int | None
+
+    @property
+    def applied(self) -> bool:
+        return self.status == "applied"
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """A context as the read API returns it."""
+
+    context_id: str
+    version: int
+    doc: dict[str, Any]
+    checksum: str
+    offset: int
+    partition: int
+    expires_at_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRequest:
+    """A checkpoint asked for: its id and the WAL offset of its barrier in each partition."""
+
+    checkpoint_id: str
+    offsets: dict[int, int]

@@ -1,0 +1,165 @@
+"""``Router``: which worker's read API a request goes to, and what happens when it is gone.
+
+A client is configured with one or more workers' URLs (``api_url``, comma-separated). The
+routing table — which worker serves which partition, and how many partitions there are — is
+learned from the workers themselves (``GET /v1/members``), so a read goes straight to the
+worker that serves its context's partition; any configured worker forwards a request it does
+not serve. A worker that is gone, or that answers 421 (the partition moved), makes the
+client reload the table and try again until the request's time is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import orjson
+
+from lukhas_context.streams.exceptions import ReadError
+from lukhas_context.streams.topics import partition_for
+from lukhas_context.streams.validation import check_wait
+
+__all__ = ["ROUTE_RETRY_S", "Router"]
+
+#: Pause before a read is tried again on another worker (after a 421 or a failure).
+ROUTE_RETRY_S = 0.2
+
+
+class Router:
+    """Sends read API requests (one HTTP session, opened on first use) to the worker that
+    serves a partition; ``partition_count``: as the workers said (0: not known yet)."""
+
+    def __init__(self, api_url: str | None) -> None:
+        #: Read API URLs configured (``api_url``, comma-separated), and the routing table
+        #: learned from the workers: partition -> URL of the worker serving it.
+        self._seeds = [u.strip() for u in (api_url or "").split(",") if u.strip()]
+        self._routes: dict[int, str] = {}
+        self.partition_count = 0
+        self._routes_loaded = False
+        self._http: aiohttp.ClientSession | None = None
+
+    @property
+    def seeds(self) -> list[str]:
+        """The configured URLs, in the order they are tried (one that failed goes last)."""
+        return list(self._seeds)
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str],
+        timeout: float,
+        body: bytes = b"",
+        partition: int | None = None,
+    ) -> tuple[int, bytes]:
+        """One read API request, sent to the worker that serves ``partition`` when the
+        routing table knows it (else to a configured worker, which forwards it). A worker
+        that is gone, or answers 421 (the partition moved), makes the client refresh the
+        table and try again, until ``timeout`` (plus 5 s) has passed; but when no worker
+        can be connected to at all (every configured URL refused), it fails at once."""
+        if not self._seeds:
+            raise ReadError("no api_url configured: reads need a worker's read API")
+        check_wait(timeout)
+        deadline = time.monotonic() + timeout + 5
+        while True:
+            routed = self._routes.get(partition) if partition is not None else None
+            base = routed or self._seeds[0]
+            left = max(0.0, deadline - 5 - time.monotonic())
+            if "timeout" in params:  # a retry waits no longer than the time left
+                params = {**params, "timeout": f"{left:.3f}"}
+            try:
+                status, answer = await self.send(base, method, path, params, left, body)
+                if status != 421:
+                    return status, answer
+                failure: ReadError | None = None
+            except ReadError as exc:
+                failure, status, answer = exc, 0, b""
+            if time.monotonic() >= deadline:
+                if failure is not None:
+                    raise failure
+                return status, answer
+            reachable = await self.refresh(exclude=base)
+            if failure is not None and _refused(failure) and not reachable:
+                urls = ", ".join(dict.fromkeys([base, *self._seeds]))
+                raise ReadError(
+                    f"cannot connect to the read API at {urls}: {_refused(failure)} "
+                    "(is a worker running there? `lukhas status` shows the local one)"
+                ) from failure
+            await asyncio.sleep(ROUTE_RETRY_S)
+
+    async def send(
+        self, base: str, method: str, path: str, params: dict[str, str], timeout: float,
+        body: bytes,
+    ) -> tuple[int, bytes]:  # fmt: skip
+        """One request to the worker at ``base``, as it answers (any status); ``ReadError``
+        when it cannot be connected to or does not answer within ``timeout`` (plus 5 s)."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        url = base.rstrip("/") + path
+        try:
+            client_timeout = aiohttp.ClientTimeout(total=timeout + 5)
+            async with self._http.request(
+                method, url, params=params, data=body or None, timeout=client_timeout
+            ) as response:
+                return response.status, await response.read()
+        except aiohttp.ClientConnectorError as exc:
+            raise ReadError(f"cannot connect to the read API at {base}: {_refused(exc)}") from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise ReadError(f"read API {base} failed: {reason}") from exc
+
+    async def refresh(self, exclude: str | None = None) -> bool:
+        """Reloads the routing table (``GET /v1/members``) from the first worker that
+        answers, configured ones first; a worker that just failed is asked last. False when
+        no worker could be connected to at all (each refused the connection)."""
+        # A configured worker that just failed goes to the back of the line, so requests with
+        # no route (no partition, or none known) try the next one.
+        if exclude in self._seeds and len(self._seeds) > 1:
+            self._seeds = [u for u in self._seeds if u != exclude] + [exclude]
+        known = list(dict.fromkeys([*self._seeds, *self._routes.values()]))
+        known.sort(key=lambda url: url == exclude)
+        reachable = False
+        for base in known:
+            try:
+                status, answer = await self.send(base, "GET", "/v1/members", {}, 5, b"")
+                reachable = True
+                if status != 200:
+                    continue
+                data = orjson.loads(answer)
+                routes = {int(p): str(url) for p, url in data["owners"].items()}
+                count = int(data["partition_count"])
+            except ReadError as exc:
+                reachable = reachable or not _refused(exc)
+                continue  # gone: ask the next
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue  # not a worker's answer: ask the next
+            self._routes = routes
+            self.partition_count = count or self.partition_count
+            return True
+        return reachable
+
+    async def partition_of(self, context_id: str) -> int | None:
+        """The partition of a context, once the routing table said how many there are."""
+        if not self.partition_count and not self._routes_loaded:
+            self._routes_loaded = True
+            await self.refresh()
+        if not self.partition_count:
+            return None
+        return partition_for(context_id.encode(), self.partition_count)
+
+
+def _refused(error: BaseException) -> str | None:
+    """Why a connection could not be made (``connection refused``, a DNS failure), None when
+    ``error`` (or its cause) is not a failure to connect."""
+    cause = error if isinstance(error, aiohttp.ClientConnectorError) else error.__cause__
+    if not isinstance(cause, aiohttp.ClientConnectorError):
+        return None
+    if isinstance(cause.os_error, ConnectionRefusedError):
+        return "connection refused"
+    return str(cause.os_error) or type(cause.os_error).__name__

@@ -1,0 +1,75 @@
+"""``SyncContextClient``: the client's calls, blocking, for code without an event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from lukhas_context.streams.async_client import ContextClient
+from lukhas_context.streams.config import ClientConfig
+from lukhas_context.streams.results import Context, Outcome, Receipt
+
+__all__ = ["SyncContextClient"]
+
+T = TypeVar("T")
+
+
+class SyncContextClient:
+    """The same calls, blocking: an event loop runs the async client in a private thread."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._client = ContextClient(config)
+        try:
+            self._call(self._client.start())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def put(self, context_id: str, doc: dict[str, Any], ttl: float | None = None, **kw: Any) -> Any:
+        """A ``Receipt``, or a ``DryRun`` with ``dry_run=True`` (as every mutation here)."""
+        return self._call(self._client.put(context_id, doc, ttl, **kw))
+
+    def delete(self, context_id: str, **kw: Any) -> Any:
+        return self._call(self._client.delete(context_id, **kw))
+
+    def patch(self, context_id: str, patch: list[Any] | dict[str, Any], **kw: Any) -> Any:
+        return self._call(self._client.patch(context_id, patch, **kw))
+
+    def touch(self, context_id: str, ttl: float | None, **kw: Any) -> Any:
+        return self._call(self._client.touch(context_id, ttl, **kw))
+
+    def update(self, context_id: str, new_doc: dict[str, Any], ttl: float | None = None) -> Receipt:
+        return self._call(self._client.update(context_id, new_doc, ttl))
+
+    def outcome(self, receipt: Receipt, timeout: float = 5.0) -> Outcome:
+        return self._call(receipt.outcome(timeout))
+
+    def get(
+        self, context_id: str, after: Receipt | str | None = None, timeout: float = 5.0
+    ) -> Context:
+        return self._call(self._client.get(context_id, after, timeout))
+
+    def close(self) -> None:
+        try:
+            self._call(self._client.close())
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    def __enter__(self) -> SyncContextClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
