@@ -54,9 +54,9 @@ from _support import (
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from lukhas_context.streams.admin import ensure_topics
+from lukhas_context.streams.changes import Change
 from lukhas_context.streams.client import ClientConfig, ContextClient
 from lukhas_context.streams.topics import Topics
-from lukhas_context.streams.watch import Change
 
 PREFIX = "ctx-3-"
 say = progress("changes-bench")

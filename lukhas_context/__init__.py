@@ -28,7 +28,7 @@ _EXPORTS: dict[str, str] = {
          "Context", "DryRun", "Transaction"],
         "lukhas_context.streams.client",
     ),
-    **dict.fromkeys(["Change", "Gap"], "lukhas_context.streams.watch"),
+    **dict.fromkeys(["Change", "Gap"], "lukhas_context.streams.changes"),
     **dict.fromkeys(["Topics"], "lukhas_context.streams.topics"),
     **dict.fromkeys(["LukhasError", "CodecError"], "lukhas_context.schemas.exceptions"),
     **dict.fromkeys(
@@ -94,6 +94,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported eagerly
     from lukhas_context.schemas.exceptions import CodecError, LukhasError
+    from lukhas_context.streams.changes import Change, Gap
     from lukhas_context.streams.client import (
         ClientConfig,
         Context,
@@ -126,4 +127,3 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
         ValidationError,
     )
     from lukhas_context.streams.topics import Topics
-    from lukhas_context.streams.watch import Change, Gap

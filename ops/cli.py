@@ -26,6 +26,7 @@ from aiokafka.errors import KafkaError
 from lukhas_context.ops import params
 from lukhas_context.ops.config import Environment, recorded_cluster
 from lukhas_context.schemas.exceptions import LukhasError
+from lukhas_context.streams.changes import Gap
 from lukhas_context.streams.client import (
     ClientConfig,
     Context,
@@ -42,7 +43,6 @@ from lukhas_context.streams.exceptions import (
 )
 from lukhas_context.streams.topics import Topics
 from lukhas_context.streams.validation import check_patch
-from lukhas_context.streams.watch import Gap
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_ERROR = 1

@@ -13,9 +13,9 @@ import click
 import orjson
 
 from lukhas_context.schemas.numbers import out_of_range_integer
+from lukhas_context.streams.changes import MAX_INT64, parse_start
 from lukhas_context.streams.exceptions import ValidationError
 from lukhas_context.streams.validation import DEFAULT_MAX_DOCUMENT_BYTES, MAX_TTL_S
-from lukhas_context.streams.watch import MAX_INT64, parse_start
 
 #: Kafka partition numbers are signed 32-bit.
 MAX_PARTITION = 2**31 - 1

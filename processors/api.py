@@ -89,10 +89,11 @@ from lukhas_context.processors.wal_end import WalEnds
 from lukhas_context.schemas.exceptions import CodecError
 from lukhas_context.state.journal import EntryStatus
 from lukhas_context.state.store import HASH_MASK
+from lukhas_context.streams.changes import Gap
 from lukhas_context.streams.exceptions import InvalidPositionError, ReadError, ValidationError
 from lukhas_context.streams.position import MAX_OFFSET, MAX_PARTITION, parse_natural, parse_position
 from lukhas_context.streams.topics import partition_for
-from lukhas_context.streams.watch import Gap, Watcher
+from lukhas_context.streams.watch import Watcher
 
 MAX_WAIT_S = 30.0
 #: Set on a request one worker forwards to another (its value: the forwarder's URL).

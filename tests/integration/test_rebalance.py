@@ -20,9 +20,9 @@ import pytest
 
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.rebuild import From, rebuild
+from lukhas_context.streams.changes import Change
 from lukhas_context.streams.client import ClientConfig, ContextClient
 from lukhas_context.streams.exceptions import ContextNotFoundError
-from lukhas_context.streams.watch import Change
 
 from .conftest import PARTITIONS, WorkerProcess, free_port, read_until, seen_all, sentinels
 

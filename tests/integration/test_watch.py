@@ -18,8 +18,8 @@ from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from lukhas_context.schemas.patch import apply_json_patch
+from lukhas_context.streams.changes import Change, Gap, ResumeToken
 from lukhas_context.streams.exceptions import ChangeGapError, InvalidResumeTokenError
-from lukhas_context.streams.watch import Change, Gap, ResumeToken
 
 from .conftest import read_until, seen_all, sentinels
 

@@ -27,6 +27,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 
 from lukhas_context.processors.api import MAX_SSE_STREAMS
 from lukhas_context.streams import watch as watch_module
+from lukhas_context.streams.changes import Change
 from lukhas_context.streams.exceptions import (
     DocumentTooLargeError,
     InvalidResumeTokenError,
@@ -34,7 +35,6 @@ from lukhas_context.streams.exceptions import (
 )
 from lukhas_context.streams.topics import partition_for
 from lukhas_context.streams.validation import DEFAULT_MAX_DOCUMENT_BYTES, context_key
-from lukhas_context.streams.watch import Change
 
 from .conftest import PARTITIONS
 

@@ -20,21 +20,21 @@ from lukhas_context.schemas.codec import ChangeCodec, EventCodec
 from lukhas_context.schemas.event import ChangeKind, ContextChange
 from lukhas_context.schemas.exceptions import CodecError
 from lukhas_context.schemas.patch import apply_json_patch
+from lukhas_context.streams.changes import (
+    TOKEN_PREFIX,
+    Change,
+    Gap,
+    ResumeToken,
+    Start,
+    parse_start,
+)
 from lukhas_context.streams.exceptions import (
     ChangeGapError,
     InvalidResumeTokenError,
     ValidationError,
 )
 from lukhas_context.streams.topics import Topics
-from lukhas_context.streams.watch import (
-    TOKEN_PREFIX,
-    Change,
-    Gap,
-    ResumeToken,
-    Start,
-    Watcher,
-    parse_start,
-)
+from lukhas_context.streams.watch import Watcher
 
 TOPICS = Topics("unit")
 TOPIC = TOPICS.changes
