@@ -5,6 +5,7 @@ from __future__ import annotations
 from lukhas_context.schemas.exceptions import LukhasError
 
 __all__ = [
+    "ClusterSpecError",
     "ClusterStartError",
     "ClusterStateError",
     "JavaNotFoundError",
@@ -44,6 +45,10 @@ class RedisNotInstalledError(OpsError):
 
 class ClusterStartError(OpsError):
     """A part of the local cluster did not come up; the message names its log file and tail."""
+
+
+class ClusterSpecError(OpsError, ValueError):
+    """A ``ClusterSpec`` that cannot run (fewer than one broker or partition)."""
 
 
 class ClusterStateError(OpsError):
