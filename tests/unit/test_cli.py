@@ -18,8 +18,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from lukhas_context.ops import params
-from lukhas_context.ops.cli import cli
+from lukhas_context.ops.cli import cli, params
 
 HUGE = "9" * 23
 
