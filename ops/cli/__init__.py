@@ -7,7 +7,7 @@ position); and for a write waited on (``--wait``), ``lukhas outcome`` and a dry 
 
 | module | job |
 |---|---|
-| ``app`` | the command group: logging, the commands below |
+| ``app`` | the command group: logging, ``--version``, the commands below |
 | ``cluster`` | ``up``, ``down``, ``status``, ``demo``: the local cluster |
 | ``worker`` | ``worker``: one processor in the foreground |
 | ``restore`` | ``restore``: partition stores rebuilt offline |

@@ -1,4 +1,4 @@
-"""The ``lukhas`` command group: logging, and every command of the package."""
+"""The ``lukhas`` command group: logging, ``--version``, and every command of the package."""
 
 from __future__ import annotations
 
@@ -15,11 +15,15 @@ from lukhas_context.ops.cli.transactions import transactions
 from lukhas_context.ops.cli.worker import worker
 from lukhas_context.ops.cli.writes import delete, patch, put, touch
 
-__all__ = ["cli", "main"]
+__all__ = ["DISTRIBUTION", "cli", "main"]
+
+#: The distribution (pyproject's ``[project] name``) whose version ``--version`` prints.
+DISTRIBUTION = "lukhas-context"
 
 
 @click.group(cls=OneLineGroup, epilog=EXIT_CODES)
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+@click.version_option(package_name=DISTRIBUTION, prog_name="lukhas", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx: click.Context, verbose: int) -> None:
     """LUKHAS Context: an event-sourced context store on Kafka and RocksDB."""
