@@ -1,4 +1,9 @@
-"""The composition root's view of the environment: the only module that reads it.
+"""The ``lukhas`` command's composition root: the one place that builds its configs
+(``ClientConfig``, ``WorkerConfig``, ``ClusterSpec``, the transaction tool) and the one reader of
+the environment (``Environment.read``, called by ``Settings.load`` only).
+
+Each value comes from the first of: the command's option, the environment variable, what
+``lukhas up`` recorded in the data dir's ``cluster.json``, the default.
 
 | variable | meaning |
 |---|---|
@@ -10,26 +15,51 @@
 | ``LUKHAS_KAFKA_CACHE`` | where the fetched Kafka jars are kept (default ``~/.cache/lukhas``) |
 | ``LUKHAS_TIMEOUT`` | deadline in seconds of each Kafka call of a ``lukhas`` command (default 30) |
 | ``LUKHAS_TEST_CHECKPOINT_PAUSE_S`` | tests only: a worker's pause before a checkpoint's manifest |
+
+click reads ``LUKHAS_BOOTSTRAP`` and ``LUKHAS_API_URL`` (``envvar=`` of ``--bootstrap`` and
+``--api``, in ``cli/options.py``); ``Environment`` reads the others.
+
+An empty variable counts as unset, except ``LUKHAS_DATA_DIR`` (empty: the current directory)
+and ``LUKHAS_TOPIC_PREFIX`` (empty: no prefix).
+
+Why click reads only those two, and through ``envvar=`` rather than ``auto_envvar_prefix``:
+click derives ``<PREFIX>_<COMMAND>_<OPTION>`` (``LUKHAS_GET_BOOTSTRAP``), none of the names
+above, and would make every option of every command settable from the environment (a flat
+prefix would even let ``LUKHAS_TIMEOUT`` set ``get --timeout``, the wait, instead of the Kafka
+deadline it means). The others have no option; ``LUKHAS_DATA_DIR`` stays here because click
+skips an empty variable, and passes a relative one on as given where the command has always
+made it absolute.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from lukhas_context.ops.exceptions import ClusterStateError, OpsError
-from lukhas_context.streams.topics import DEFAULT_PREFIX
+from lukhas_context.ops.cluster import ClusterSpec
+from lukhas_context.ops.cluster.processor import state_dir
+from lukhas_context.ops.cluster.state import read_state
+from lukhas_context.ops.exceptions import NotConfiguredError, OpsError
+from lukhas_context.ops.kafka_dist import DEFAULT_VERSION, ensure_kafka_tools
+from lukhas_context.ops.transactions import TransactionTool
+from lukhas_context.streams.client import ClientConfig
+from lukhas_context.streams.topics import DEFAULT_PREFIX, Topics
+
+if TYPE_CHECKING:
+    from lukhas_context.processors.config import WorkerConfig
+
+__all__ = ["Environment", "Settings", "WorkerFlags"]
 
 
 @dataclass(frozen=True, slots=True)
 class Environment:
+    """The variables above that no option reads (see the module's docstring)."""
+
     data_dir: Path
-    bootstrap: str | None
-    api_url: str | None
     topic_prefix: str
     kafka_home: str | None
     kafka_cache: Path | None
@@ -38,12 +68,12 @@ class Environment:
 
     @classmethod
     def read(cls) -> Environment:
+        """Raises ``OpsError`` for a ``LUKHAS_TIMEOUT`` that is not a positive number, and
+        ``ValueError`` for a ``LUKHAS_TEST_CHECKPOINT_PAUSE_S`` that is not a number."""
         env = os.environ
         cache = env.get("LUKHAS_KAFKA_CACHE")
         return cls(
             data_dir=Path(env.get("LUKHAS_DATA_DIR", ".lukhas")).absolute(),
-            bootstrap=env.get("LUKHAS_BOOTSTRAP") or None,
-            api_url=env.get("LUKHAS_API_URL") or None,
             topic_prefix=env.get("LUKHAS_TOPIC_PREFIX", DEFAULT_PREFIX),
             kafka_home=env.get("KAFKA_HOME") or None,
             kafka_cache=Path(cache) if cache else None,
@@ -65,15 +95,147 @@ def _seconds(env: Mapping[str, str], name: str) -> float | None:
     return value
 
 
-def recorded_cluster(data_dir: Path) -> dict[str, object]:
-    """What ``lukhas up`` recorded in ``data_dir/cluster.json`` ({} when nothing is)."""
-    path = data_dir / "cluster.json"
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ClusterStateError(f"{path} is unreadable ({exc}); `lukhas up` rewrites it") from exc
-    if not isinstance(data, dict):
-        raise ClusterStateError(f"{path} is not a JSON object; `lukhas up` rewrites it")
-    return data
+@dataclass(frozen=True, slots=True)
+class WorkerFlags:
+    """The options of ``lukhas worker``, by their parameter names (``redis_url`` is taken and
+    not used yet: fencing locks land later)."""
+
+    bootstrap: str
+    state_dir: Path
+    topic_prefix: str
+    group: str
+    api_host: str
+    api_port: int
+    redis_url: str | None
+    max_batch: int
+    instance_id: str | None
+    session_timeout: float
+    checkpoint_dir: Path | None
+    checkpoint_interval: float | None
+    checkpoint_keep: int
+    expiry_interval: float
+    expiry_batch: int
+    max_connections: int | None
+    header_timeout: float
+    body_timeout: float
+    idle_timeout: float
+
+
+class Settings:
+    """One command's sources: its options (given to each method), the environment (read once,
+    by ``load``) and the data dir's ``cluster.json`` (read on first use, at most once)."""
+
+    def __init__(self, env: Environment, data_dir: Path | None = None) -> None:
+        self.env = env
+        # An option's data dir is used (and shown) as given; the environment's is absolute.
+        self.data_dir = data_dir or env.data_dir
+        self._recorded: dict[str, Any] | None = None
+
+    @classmethod
+    def load(cls, data_dir: Path | None = None) -> Settings:
+        return cls(Environment.read(), data_dir)
+
+    def recorded(self) -> dict[str, Any]:
+        """What ``lukhas up`` recorded in the data dir ({} when nothing is); raises
+        ``ClusterStateError`` when ``cluster.json`` is unreadable."""
+        if self._recorded is None:
+            self._recorded = read_state(self.data_dir)
+        return self._recorded
+
+    def require_cluster(self) -> None:
+        """Raises ``NotConfiguredError`` unless ``lukhas up`` recorded a cluster in the data
+        dir: without one, the default ports may well be someone else's cluster, not this dir's."""
+        if not self.recorded():
+            raise NotConfiguredError(
+                f"no cluster in {self.data_dir} (`lukhas up` records one there; or pass "
+                "--data-dir, or set LUKHAS_DATA_DIR)"
+            )
+
+    def cluster_spec(self, **options: Any) -> ClusterSpec:
+        """The cluster of the data dir: what ``up`` recorded there, then the options given
+        (those that are not None)."""
+        recorded: Any = self.recorded().get("spec") or {}
+        fields = {"topic_prefix": self.env.topic_prefix, **recorded}
+        fields.update({k: v for k, v in options.items() if v is not None})
+        env = self.env
+        return ClusterSpec(
+            data_dir=self.data_dir, kafka_home=env.kafka_home, kafka_cache=env.kafka_cache,
+            **fields,
+        )  # fmt: skip
+
+    def client_config(
+        self, bootstrap: str | None, api: str | None, *, kafka: bool = True,
+        read_api: bool = False,
+    ) -> ClientConfig:  # fmt: skip
+        """The options (or their variables), else what ``lukhas up`` recorded. Raises
+        ``NotConfiguredError`` when what the command needs is missing: ``kafka`` (writes,
+        watches, checkpoints) or the ``read_api`` (reads, outcomes, dry runs)."""
+        recorded = self.recorded()
+        processors: Any = recorded.get("processors") or [{}]
+        bootstrap = bootstrap or recorded.get("bootstrap")
+        api = api or processors[0].get("api")
+        hint = "" if recorded else f" (no cluster in {self.data_dir})"
+        if kafka and not bootstrap:
+            raise NotConfiguredError(
+                f"no Kafka: pass --bootstrap, set LUKHAS_BOOTSTRAP, or run `lukhas up` first{hint}"
+            )
+        if read_api and not api:
+            raise NotConfiguredError(
+                f"no read API: pass --api, set LUKHAS_API_URL, or run `lukhas up` first{hint}"
+            )
+        config = ClientConfig(
+            bootstrap=str(bootstrap or ""), api_url=api, topics=Topics(self.env.topic_prefix)
+        )
+        timeout_s = self.env.timeout_s
+        return config if timeout_s is None else replace(config, timeout_s=timeout_s)
+
+    def worker_config(self, flags: WorkerFlags) -> WorkerConfig:
+        """The config of ``lukhas worker``: its options, and the test-only checkpoint pause."""
+        # The processors are imported by the commands that run them only: they take a
+        # while to import, and most commands never fold.
+        from lukhas_context.processors.config import WorkerConfig
+        from lukhas_context.processors.listener import ListenerLimits
+
+        f = flags
+        return WorkerConfig(
+            bootstrap=f.bootstrap, state_dir=f.state_dir, topics=Topics(f.topic_prefix),
+            group_id=f.group, api_host=f.api_host, api_port=f.api_port,
+            max_batch_records=f.max_batch, instance_id=f.instance_id,
+            session_timeout_ms=int(f.session_timeout * 1000), checkpoint_dir=f.checkpoint_dir,
+            checkpoint_interval_s=f.checkpoint_interval, checkpoint_keep=f.checkpoint_keep,
+            expiry_interval_s=f.expiry_interval, expiry_batch=f.expiry_batch,
+            checkpoint_pause_s=self.env.checkpoint_pause_s,
+            listener=ListenerLimits(
+                f.max_connections, f.header_timeout, f.body_timeout, f.idle_timeout
+            ),
+        )  # fmt: skip
+
+    def restore_config(
+        self, bootstrap: str | None, store_dir: Path | None, checkpoint_dir: Path | None
+    ) -> WorkerConfig:
+        """The config an offline restore folds with: Kafka as for a client, the stores in
+        ``store_dir`` or else the local cluster's processor's (``NotConfiguredError`` when the
+        data dir holds no cluster)."""
+        from lukhas_context.processors.config import WorkerConfig
+
+        kafka = self.client_config(bootstrap, None).bootstrap
+        if store_dir is None:
+            if not self.recorded():
+                raise NotConfiguredError(
+                    "no --state-dir and no local cluster recorded in the data dir"
+                )
+            store_dir = state_dir(self.data_dir)
+        return WorkerConfig(
+            bootstrap=str(kafka), state_dir=store_dir, topics=Topics(self.env.topic_prefix),
+            checkpoint_dir=checkpoint_dir,
+        )  # fmt: skip
+
+    def transaction_tool(self, bootstrap: str | None) -> tuple[TransactionTool, ClientConfig]:
+        """Kafka's ``TransactionsCommand`` against the cluster (its jars fetched on first use),
+        each run bounded by ``LUKHAS_TIMEOUT`` but never under 60 s (a JVM start), and the
+        client config that names the WAL."""
+        env = self.env
+        config = self.client_config(bootstrap, None)
+        dist = ensure_kafka_tools(DEFAULT_VERSION, env.kafka_cache, env.kafka_home)
+        timeout = max(60.0, env.timeout_s or 0.0)
+        return TransactionTool.create(dist, config.bootstrap, self.data_dir, timeout), config

@@ -1,4 +1,5 @@
-"""Errors raised while fetching Kafka and running the local cluster."""
+"""Errors of the operations package: the ``lukhas`` command's set-up, fetching Kafka, the local
+cluster and Kafka's transaction tool."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ __all__ = [
     "KafkaFetchError",
     "KafkaHomeError",
     "LukhasError",
+    "NotConfiguredError",
     "OpsError",
     "RedisNotInstalledError",
     "TransactionToolError",
@@ -20,6 +22,12 @@ __all__ = [
 
 class OpsError(LukhasError):
     """Root of the operations errors."""
+
+
+class NotConfiguredError(OpsError):
+    """A command lacks what it must run against (Kafka, the read API, a local cluster): no
+    option, no environment variable and nothing ``lukhas up`` recorded names it. The message
+    says what to pass or set; ``lukhas`` prints it alone (no class name), exit 1."""
 
 
 class JavaNotFoundError(OpsError):

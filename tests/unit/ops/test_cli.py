@@ -5,11 +5,13 @@ without end. Commands run as child processes, exactly as a user runs them."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import socket
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,10 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from lukhas_context.ops import params
-from lukhas_context.ops.cli import cli
+from lukhas_context.ops.cli import cli, params
 
 HUGE = "9" * 23
+PYPROJECT = Path(__file__).resolve().parents[3] / "pyproject.toml"
 
 
 @pytest.fixture(autouse=True)
@@ -153,6 +155,18 @@ def test_help_documents_exit_codes_and_big_documents() -> None:
     for command in ("put", "patch"):
         text = CliRunner().invoke(cli, [command, "--help"]).output
         assert "`-`" in text and "@FILE" in text and "--no-wait" in text
+
+
+def test_version_is_the_distributions(lukhas: Callable[..., Any]) -> None:
+    """`lukhas --version` prints the installed distribution's version, the one pyproject
+    declares, and exits 0 (in process and as a user runs it)."""
+    project = tomllib.loads(PYPROJECT.read_text())["project"]
+    version = importlib.metadata.version(project["name"])
+    assert version == project["version"]
+    result = CliRunner().invoke(cli, ["--version"])
+    assert (result.exit_code, result.stdout) == (0, f"lukhas {version}\n")
+    done = lukhas("--version")
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"lukhas {version}\n", "")
 
 
 # ---- nothing running: one line, exit 1 ----

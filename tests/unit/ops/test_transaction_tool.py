@@ -42,7 +42,7 @@ def test_local_brokers_refuse_long_transactions_and_abort_expired_ones_soon(
     tmp_path: Path,
 ) -> None:
     cluster = LocalCluster(ClusterSpec(tmp_path, brokers=1, start_processor=False))
-    cluster._write_props(0)
+    cluster.brokers.write_props(0)
     props = dict(
         line.split("=", 1)
         for line in (tmp_path / "broker-0" / "server.properties").read_text().split()

@@ -1,0 +1,80 @@
+"""Options several ``lukhas`` commands share: where the cluster is (data dir, Kafka, read API),
+JSON output, and a write's conditions and wait."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from lukhas_context.ops.cli import params
+from lukhas_context.ops.cli.errors import F
+
+__all__ = [
+    "bootstrap_option",
+    "checkpoint_dir_option",
+    "client_options",
+    "data_dir_option",
+    "mutation_options",
+]
+
+KAFKA_HELP = "Kafka [env LUKHAS_BOOTSTRAP]."
+
+
+def _or_environment(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An empty option counts as not given, as an empty variable does (click skips those):
+    the variable then, else None."""
+    return value or param.resolve_envvar_value(ctx)
+
+
+def _path_option(name: str, help: str) -> Callable[[F], F]:
+    return click.option(name, type=click.Path(path_type=Path), default=None, help=help)
+
+
+data_dir_option = _path_option(
+    "--data-dir", "Cluster data dir [env LUKHAS_DATA_DIR, default ./.lukhas]."
+)
+checkpoint_dir_option = _path_option(
+    "--checkpoint-dir", "Where checkpoints are kept [default: STATE_DIR/checkpoints]."
+)
+
+
+def bootstrap_option(help: str = KAFKA_HELP) -> Callable[[F], F]:
+    """``--bootstrap``, else ``LUKHAS_BOOTSTRAP`` (the command may then fall back on the data
+    dir's cluster)."""
+    return click.option(
+        "--bootstrap", default=None, envvar="LUKHAS_BOOTSTRAP", callback=_or_environment,
+        help=help,
+    )  # fmt: skip
+
+
+def client_options(fn: F) -> F:
+    fn = click.option("--json", "as_json", is_flag=True, help="Print JSON (only JSON on stdout).")(
+        fn
+    )
+    fn = click.option(
+        "--api", default=None, envvar="LUKHAS_API_URL", callback=_or_environment,
+        help="Read API URL [env LUKHAS_API_URL].",
+    )(fn)  # fmt: skip
+    fn = bootstrap_option()(fn)
+    fn = data_dir_option(fn)
+    return fn
+
+
+def mutation_options(fn: F) -> F:
+    fn = click.option("--timeout", type=params.WAIT, default=10.0, show_default=True,
+                      help="Seconds to wait for the outcome (with --wait).")(fn)  # fmt: skip
+    fn = click.option(
+        "--wait/--no-wait", default=None,
+        help="Wait until the event is folded and exit with its outcome's code (4 conflict, "
+             "5 rejected, 6 dead-lettered) [default: wait when a condition is given: "
+             "--if-version, or --expect-checksum of a patch].",
+    )(fn)  # fmt: skip
+    fn = click.option("--dry-run", is_flag=True,
+                      help="Show what the processor would do, exit with its code; append "
+                           "nothing.")(fn)  # fmt: skip
+    fn = click.option("--if-version", "if_version", type=params.VERSION, default=None,
+                      metavar="VERSION",
+                      help="Apply only at this version (0 = must not exist).")(fn)  # fmt: skip
+    return fn

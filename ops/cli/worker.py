@@ -1,0 +1,67 @@
+"""``lukhas worker``: one processor worker in the foreground, until SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lukhas_context.ops.cli import params
+from lukhas_context.ops.cli.errors import F
+from lukhas_context.ops.cli.options import checkpoint_dir_option
+from lukhas_context.ops.config import Settings, WorkerFlags
+
+__all__ = ["worker"]
+
+#: A connection deadline of the read API.
+_CONNECTION_S = params.Seconds(0.0, 3600.0, open_low=True)
+
+
+def _opt(name: str, kind: click.ParamType, default: float | None, help: str) -> Callable[[F], F]:
+    """An option of a bounded type whose default the help shows (None: no default shown)."""
+    return click.option(name, type=kind, default=default, show_default=True, help=help)
+
+
+@click.command()
+@click.option("--bootstrap", required=True, help="Kafka bootstrap servers.")
+@click.option("--state-dir", type=click.Path(path_type=Path), required=True)
+@click.option("--topic-prefix", default="lukhas", show_default=True)
+@click.option("--group", default="lukhas-materializer", show_default=True)
+@click.option("--api-host", default="127.0.0.1", show_default=True)
+@click.option("--api-port", type=params.PORT, default=18080, show_default=True)
+@click.option("--redis-url", default=None, help="Redis (fencing locks; used by later features).")
+@click.option("--max-batch", type=click.IntRange(1, 1_000_000), default=50_000, show_default=True)
+@click.option(
+    "--instance-id",
+    default=None,
+    help="Static group member id: a restart takes its partitions back at once.",
+)
+@_opt("--session-timeout", params.Seconds(1.0, 1800.0), 10.0,
+      "SECONDS without a heartbeat before the group moves this worker's partitions.")  # fmt: skip
+@checkpoint_dir_option
+@_opt("--checkpoint-interval", params.Seconds(1.0, 7 * 86_400.0), None,
+      "Checkpoint the cluster every SECONDS (the owner of partition 0 asks).")  # fmt: skip
+@_opt("--checkpoint-keep", click.IntRange(1, 10_000), 3, "Checkpoints kept per partition.")
+@_opt("--expiry-interval", params.Seconds(0.01, 3600.0), 0.5,
+      "Sweep the expiry index every SECONDS.")  # fmt: skip
+@_opt("--expiry-batch", click.IntRange(1, 1_000_000), 10_000,
+      "Most Expire events one sweep appends per partition.")  # fmt: skip
+@_opt("--max-connections", click.IntRange(1, 1_000_000), None,
+      "Cap on open read API connections [default: from the file-descriptor limit].")  # fmt: skip
+@_opt("--header-timeout", _CONNECTION_S, 10.0,
+      "SECONDS from a request's first byte until its headers are complete (else 408).")  # fmt: skip
+@_opt("--body-timeout", _CONNECTION_S, 30.0,
+      "SECONDS from a request's headers until its body is complete (else closed).")  # fmt: skip
+@_opt("--idle-timeout", _CONNECTION_S, 30.0, "SECONDS a keep-alive connection may stay idle.")
+def worker(**flags: Any) -> None:
+    """Run one processor worker in the foreground (SIGTERM stops it cleanly)."""
+    from lukhas_context.processors.worker import run_worker
+
+    logging.getLogger("lukhas_context").setLevel(logging.INFO)
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)  # a worker's log keeps them
+    config = Settings.load().worker_config(WorkerFlags(**flags))
+    sys.exit(run_worker(config))
