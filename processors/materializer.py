@@ -57,7 +57,7 @@ from lukhas_context.processors.exceptions import (
 from lukhas_context.processors.fold import Status, apply, dead_letter_reason, is_barrier
 from lukhas_context.processors.members import Membership
 from lukhas_context.processors.metrics import WorkerMetrics
-from lukhas_context.processors.restore import Restorer
+from lukhas_context.processors.opener import StoreOpener
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
 from lukhas_context.schemas.event import (
     BARRIER_KEY,
@@ -159,7 +159,7 @@ class Materializer:
         self.stopped = False
         self.stop_error: BaseException | None = None
         self.checkpoints = CheckpointDir(config.checkpoint_root, config.topics.events)
-        self.restorer = Restorer(config, self.metrics)
+        self.opener = StoreOpener(config, self.metrics)
         #: Partitions being restored (paused in the consumer until their store is ready).
         self._restoring: dict[int, asyncio.Task[None]] = {}
         #: What the last open of each partition did (``/v1/partitions``, ``lukhas status``).
@@ -925,8 +925,8 @@ class Materializer:
             assert consumer is not None
             low = (await consumer.beginning_offsets([tp]))[tp]
             high = (await consumer.end_offsets([tp]))[tp]
-            coverage = await self.restorer.changes_coverage(tp.partition)
-            store, report = await self.restorer.open(tp.partition, (low, high))
+            coverage = await self.opener.changes_coverage(tp.partition)
+            store, report = await self.opener.open(tp.partition, (low, high))
             report.skipped += coverage.skipped
         except asyncio.CancelledError:
             raise

@@ -1,4 +1,4 @@
-"""``lukhas restore``: rebuild one partition's store offline, from a checkpoint or from scratch.
+"""``lukhas restore``: replace one partition's store offline, from a chosen source.
 
 The worker must not be serving the partition (RocksDB's lock says so: ``StoreInUseError``).
 The new store is built in ``STATE_DIR/.rebuild/`` from the chosen source and folded with the
@@ -28,7 +28,7 @@ from tqdm import tqdm
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.exceptions import ProcessorError, WalTruncatedError
 from lukhas_context.processors.materializer import Materializer
-from lukhas_context.processors.restore import Restorer, RestoreReport, Source
+from lukhas_context.processors.opener import RestoreReport, Source, StoreOpener
 from lukhas_context.state.exceptions import StoreLockedError, StoreOpenError
 from lukhas_context.state.store import PartitionStore, move_aside
 
@@ -47,7 +47,7 @@ class From(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class RebuildReport:
+class OfflineRestoreReport:
     restore: RestoreReport
     from_offset: int
     to_offset: int
@@ -66,33 +66,33 @@ class RebuildReport:
         }
 
 
-async def rebuild(
+async def restore_offline(
     config: WorkerConfig,
     partition: int,
     source: From,
     checkpoint_id: str | None = None,
     progress: bool = True,
     until: int | None = None,
-) -> RebuildReport:
-    """Rebuilds ``partition``'s store from ``source`` and folds the WAL on to the change
+) -> OfflineRestoreReport:
+    """Replaces ``partition``'s store by one from ``source`` and folds the WAL on to the change
     topic's coverage (or to offset ``until``, capped at the WAL's end: for benchmarks and
     tests, since the events past the coverage then never get their changes published).
     ``checkpoint_id`` names the checkpoint when ``source`` is CHECKPOINT."""
     started = time.monotonic()
     await _check_partition(config, partition)
-    restorer = Restorer(config)
-    path = restorer.store_path(partition)
-    low, high = await restorer.watermarks(partition)
+    opener = StoreOpener(config)
+    path = opener.store_path(partition)
+    low, high = await opener.watermarks(partition)
     # Check the source before anything is moved.
     manifest = None
     if source is From.CHECKPOINT:
         assert checkpoint_id is not None
-        manifest = restorer.checkpoints.find(partition, checkpoint_id)
+        manifest = opener.checkpoints.find(partition, checkpoint_id)
     elif source is From.LATEST_CHECKPOINT:
-        found = [m for m in restorer.checkpoints.valid(partition) if m.next_offset >= low]
+        found = [m for m in opener.checkpoints.valid(partition) if m.next_offset >= low]
         if not found:
             raise ProcessorError(
-                f"no valid checkpoint of partition {partition} in {restorer.checkpoints.root} "
+                f"no valid checkpoint of partition {partition} in {opener.checkpoints.root} "
                 f"that the WAL (starting at offset {low}) can continue"
             )
         manifest = found[0]
@@ -100,11 +100,11 @@ async def rebuild(
         raise WalTruncatedError(partition, manifest.next_offset, low)
     if source is From.SCRATCH and low > 0:
         raise WalTruncatedError(partition, 0, low)
-    _check_not_in_use(restorer, path)
+    _check_not_in_use(opener, path)
     # Built beside the live store, which is moved aside only once the new one is complete:
     # a source that turns out unusable, or a failure on the way, leaves the live store as is.
     build_root = config.state_dir / ".rebuild"
-    builder = Restorer(
+    builder = StoreOpener(
         dataclasses.replace(config, state_dir=build_root, checkpoint_dir=config.checkpoint_root)
     )
     building = builder.store_path(partition)
@@ -123,14 +123,14 @@ async def rebuild(
         store = builder.empty(partition)
     store.load_recent(config.limits.dedupe_window)
     if until is None:
-        coverage = await restorer.changes_coverage(partition)
+        coverage = await opener.changes_coverage(partition)
         report.skipped += coverage.skipped
         until = coverage.offset
     target = min(high, until)
     start = store.next_offset
     fold_started = time.monotonic()
     try:
-        folded = await _fold(builder.config, store, partition, target, progress)
+        folded = await replay_wal(builder.config, store, partition, target, progress)
     finally:
         report.finish(store, started)
         store.close()
@@ -138,12 +138,12 @@ async def rebuild(
     moved = None
     if path.exists():
         # Asked for, not a failure: INFO, and it says what it did.
-        moved = str(move_aside(path, restorer.quarantine_dir))
+        moved = str(move_aside(path, opener.quarantine_dir))
         log.info("partition %d: store rebuilt from %s; the previous store %s is kept in %s",
                  partition, report.source.value, path, moved)  # fmt: skip
         report.quarantined.append(moved)
     building.rename(path)
-    return RebuildReport(report, start, max(start, target), folded, fold_seconds, moved)
+    return OfflineRestoreReport(report, start, max(start, target), folded, fold_seconds, moved)
 
 
 async def _check_partition(config: WorkerConfig, partition: int) -> None:
@@ -166,12 +166,12 @@ async def _check_partition(config: WorkerConfig, partition: int) -> None:
         )
 
 
-def _check_not_in_use(restorer: Restorer, path: Path) -> None:
+def _check_not_in_use(opener: StoreOpener, path: Path) -> None:
     """``StoreInUseError`` when a worker holds the store open (RocksDB's lock)."""
     if not path.is_dir():
         return
     try:
-        PartitionStore(path, restorer.config.store).close()
+        PartitionStore(path, opener.config.store).close()
     except StoreLockedError as exc:
         raise StoreInUseError(
             f"{path} is open in a running worker; stop it first "
@@ -181,7 +181,7 @@ def _check_not_in_use(restorer: Restorer, path: Path) -> None:
         pass  # unusable: it will be moved aside all the same
 
 
-async def _fold(
+async def replay_wal(
     config: WorkerConfig, store: PartitionStore, partition: int, target: int, progress: bool
 ) -> int:
     """Folds WAL records ``[store.next_offset, target)`` with the worker's fold, unpublished."""
@@ -190,7 +190,7 @@ async def _fold(
         return 0
     folder = Materializer(config)
     folder.stores[partition] = store
-    consumer = folder.restorer.consumer()
+    consumer = folder.opener.consumer()
     await consumer.start()
     tp = TopicPartition(config.topics.events, partition)
     folded = 0

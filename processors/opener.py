@@ -1,6 +1,8 @@
-"""Opening a partition's store, or restoring it when it cannot be used.
+"""Opening a partition's store by the restore order, restoring it when the local one is unusable.
 
-The order (DESIGN.md, "Restore"):
+``StoreOpener.open`` is what a worker does when it is assigned a partition; ``restore`` is
+steps 2-4 alone, and ``processors.offline`` (``lukhas restore``) takes one chosen source. The
+order (DESIGN.md, "Restore"):
 
 1. **local**: the store directory opens, and its digest recomputed from its records equals the
    digest it keeps (``verify``). A store that fails to open or to verify is *quarantined*:
@@ -134,7 +136,7 @@ class Coverage:
     skipped: list[str] = field(default_factory=list)
 
 
-class Restorer:
+class StoreOpener:
     """Opens or restores partition stores under one worker's state directory."""
 
     def __init__(self, config: WorkerConfig, metrics: WorkerMetrics | None = None) -> None:
@@ -162,7 +164,7 @@ class Restorer:
         store = await asyncio.to_thread(self.open_local, partition, quarantined)
         report = RestoreReport(partition, Source.LOCAL, quarantined=quarantined)
         if store is None:
-            store, report = await self.rebuild(partition, low, high, quarantined)
+            store, report = await self.restore(partition, low, high, quarantined)
         if store.next_offset < low:
             store.close()
             raise WalTruncatedError(partition, store.next_offset, low)
@@ -176,10 +178,11 @@ class Restorer:
         report.finish(store, started)
         return store, report
 
-    async def rebuild(
+    async def restore(
         self, partition: int, low: int, high: int, quarantined: list[str] | None = None
     ) -> tuple[PartitionStore, RestoreReport]:
-        """Steps 2-4 of the order (the local store is absent or was quarantined)."""
+        """Steps 2-4 of the order (the local store is absent or was quarantined): the store
+        restored from a checkpoint, else the change topic, else empty (replayed from 0)."""
         report = RestoreReport(partition, Source.CHECKPOINT, quarantined=quarantined or [])
         for manifest in self.checkpoints.valid(partition):
             if manifest.next_offset < low:
