@@ -1,13 +1,14 @@
 """``lukhas restore``: replace one partition's store offline, from a chosen source.
 
+``restore_offline`` opens a new store from the source (``processors.opener``: a checkpoint,
+the change topic, or empty) in ``STATE_DIR/.rebuild/``, and ``replay_wal`` folds the WAL on
+from its ``next_offset`` with the worker's own fold (``processors.round``), without
+publishing, up to the WAL offset the change topic covers: every event before it already has
+its change published, and the worker, when it starts, folds (and publishes) the rest.
+Barriers passed on the way make their checkpoints again; one that exists already is compared,
+and a different digest is reported as corruption. Only then is the current store, if any,
+moved to ``STATE_DIR/quarantine/`` (never deleted) and the new one renamed into its place.
 The worker must not be serving the partition (RocksDB's lock says so: ``StoreInUseError``).
-The new store is built in ``STATE_DIR/.rebuild/`` from the chosen source and folded with the
-worker's own fold, without publishing,
-up to the WAL offset the change topic covers: every event before it already has its change
-published, and the worker, when it starts, folds (and publishes) the rest. Barriers passed on
-the way make their checkpoints again; one that exists already is compared, and a different
-digest is reported as corruption. Only then is the current store, if any, moved to
-``STATE_DIR/quarantine/`` (never deleted) and the new one renamed into its place.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from tqdm import tqdm
 
+from lukhas_context.processors.checkpointer import Checkpointer
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.exceptions import ProcessorError, WalTruncatedError
-from lukhas_context.processors.materializer import Materializer
+from lukhas_context.processors.metrics import WorkerMetrics
 from lukhas_context.processors.opener import RestoreReport, Source, StoreOpener
+from lukhas_context.processors.round import PartitionFolder, segment_end
 from lukhas_context.state.exceptions import StoreLockedError, StoreOpenError
 from lukhas_context.state.store import PartitionStore, move_aside
 
@@ -121,7 +124,6 @@ async def restore_offline(
         store, report.source = restored, Source.CHANGES
     else:
         store = builder.empty(partition)
-    store.load_recent(config.limits.dedupe_window)
     if until is None:
         coverage = await opener.changes_coverage(partition)
         report.skipped += coverage.skipped
@@ -130,7 +132,7 @@ async def restore_offline(
     start = store.next_offset
     fold_started = time.monotonic()
     try:
-        folded = await replay_wal(builder.config, store, partition, target, progress)
+        folded = await replay_wal(builder, store, partition, target, progress)
     finally:
         report.finish(store, started)
         store.close()
@@ -182,15 +184,19 @@ def _check_not_in_use(opener: StoreOpener, path: Path) -> None:
 
 
 async def replay_wal(
-    config: WorkerConfig, store: PartitionStore, partition: int, target: int, progress: bool
+    opener: StoreOpener, store: PartitionStore, partition: int, target: int, progress: bool
 ) -> int:
-    """Folds WAL records ``[store.next_offset, target)`` with the worker's fold, unpublished."""
+    """Folds WAL records ``[store.next_offset, target)`` into ``store`` with the worker's fold,
+    unpublished, and returns how many records it read: the commit order of
+    ``Materializer.fold_segment`` without its step 2 (nothing is published offline), one
+    round per barrier, whose checkpoint is taken (not announced)."""
     start = store.next_offset
     if start >= target:
         return 0
-    folder = Materializer(config)
-    folder.stores[partition] = store
-    consumer = folder.opener.consumer()
+    config = opener.config
+    folder = PartitionFolder(partition, store, config.limits)
+    checkpointer = Checkpointer(config, WorkerMetrics())
+    consumer = opener.consumer()
     await consumer.start()
     tp = TopicPartition(config.topics.events, partition)
     folded = 0
@@ -206,7 +212,7 @@ async def replay_wal(
                 records = [m for m in batch.get(tp, ()) if m.offset < target]
                 if records:
                     before = store.next_offset
-                    await folder.fold_round({tp: records}, publish=False)
+                    await _fold_rounds(folder, checkpointer, records, config.journal_offsets)
                     folded += len(records)
                     bar.update(store.next_offset - before)
                 elif await consumer.position(tp) >= target:
@@ -215,3 +221,17 @@ async def replay_wal(
     finally:
         await consumer.stop()
     return folded
+
+
+async def _fold_rounds(
+    folder: PartitionFolder, checkpointer: Checkpointer, records: list[Any], journal_offsets: int
+) -> None:
+    """Folds and commits ``records`` a round at a time, each ending at a barrier at most."""
+    while records:
+        end = segment_end(records)
+        r = folder.fold(records[:end])
+        if r is not None:
+            folder.commit(r, journal_offsets)
+            if r.barrier is not None:
+                await checkpointer.take(folder.store, folder.partition, r.barrier[1], None)
+        records = records[end:]

@@ -54,6 +54,7 @@ from lukhas_context.processors.metrics import WorkerMetrics
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
 from lukhas_context.schemas.exceptions import CodecError
 from lukhas_context.state.checkpoints import CheckpointDir, Manifest
+from lukhas_context.state.dedupe import DedupeWindow
 from lukhas_context.state.exceptions import (
     CheckpointError,
     StateError,
@@ -157,7 +158,9 @@ class StoreOpener:
         self, partition: int, watermarks: tuple[int, int] | None = None
     ) -> tuple[PartitionStore, RestoreReport]:
         """The partition's store by the first usable path of the module doc's order.
-        ``watermarks``: the WAL partition's ``(low, end)`` offsets, when the caller has them."""
+        ``watermarks``: the WAL partition's ``(low, end)`` offsets, when the caller has them.
+        The dedupe window is rebuilt from the store's journal by the ``PartitionFolder``
+        that folds it (``processors.round``)."""
         started = time.monotonic()
         low, high = watermarks or await self.watermarks(partition)
         quarantined: list[str] = []
@@ -174,7 +177,6 @@ class StoreOpener:
                 f"the store of partition {partition} needs offset {store.next_offset} but the "
                 f"WAL ends at {high}: the state dir belongs to another log"
             )
-        store.load_recent(self.config.limits.dedupe_window)
         report.finish(store, started)
         return store, report
 
@@ -509,9 +511,8 @@ class StoreOpener:
         each checked to name the event the WAL holds there (``ChangesUnusableError``
         otherwise)."""
         codec = EventCodec()
-        seen: dict[bytes, int] = {}  # event id -> offset of its last non-retry occurrence
+        window = DedupeWindow(self.config.limits.dedupe_window)
         entries = bytearray()
-        window = self.config.limits.dedupe_window
         unchecked = dict(expected or {})
 
         def take(message: Any) -> bool:
@@ -527,10 +528,8 @@ class StoreOpener:
                 return True  # the fold dead-lettered it: not in its window either
             event_id = event.event_id
             h = xxhash.xxh3_64_intdigest(value)
-            prior = seen.get(event_id)
-            if prior is not None and prior >= message.offset - window:
-                return True  # a retry: the fold journaled it as a duplicate
-            seen[event_id] = message.offset
+            if window.admit(event_id, message.offset, h) is not None:
+                return True  # a retry or a reused id: the fold does not remember it either
             entries.extend(ENTRY.pack(message.offset, EntryStatus.RESTORED, 0, event_id, h))
             return True
 
