@@ -334,8 +334,8 @@ class Materializer:
 
     async def fold_segment(self, batch: dict[TopicPartition, list[Any]], quiet: set[int]) -> float:
         """Folds one segment of each partition's records and commits it. **The commit order**,
-        which makes every acknowledged event's change published exactly once or more, never
-        lost, and every event applied exactly once:
+        by which every event is applied exactly once and its change published at least once
+        (never lost; subscribers drop repeats):
 
         1. fold each partition's records in memory (``PartitionFolder.fold``): records,
            journal entries, changes, dead letters; nothing is written or sent;

@@ -75,6 +75,16 @@ async def _history(client: Any, n: int, tag: str) -> None:
             await client.put(cid, {"n": i, "tag": tag, "pad": "x" * (i % 50)})
 
 
+async def _append(bootstrap: str, topic: str, key: bytes, value: bytes) -> None:
+    """Appends raw bytes to the WAL, as a client's retry sends the very same bytes again."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value, key)
+    finally:
+        await producer.stop()
+
+
 async def _all_short_ones_expired(worker: Any, timeout: float = 60) -> None:
     """Until no store's expiry index holds a context with a short TTL (each was expired by
     an Expire event, folded)."""
@@ -91,22 +101,17 @@ async def test_every_open_path_reaches_the_live_state(
     live_dir = tmp_path / "live"
     worker = await start_worker(state_dir=live_dir, expiry_interval_s=0.2)
     await serving_all(worker)
-    retried = ContextEvent(uuid.uuid4().bytes, "retried", Put(b'{"once":true}'))
-    raw = AIOKafkaProducer(bootstrap_servers=cluster.bootstrap, enable_idempotence=True)
-    await raw.start()
-    try:
-        async with make_client(worker.url) as client:
-            await _history(client, 300, "before")
-            await raw.send_and_wait(topics.events, EventCodec().encode(retried), b"retried")
-            request = await client.checkpoint("contract")
-            await client.wait_checkpoint(request, timeout=60)
-            await _history(client, 200, "after")  # the WAL after the checkpoint
-            # A retry of an event within the dedupe window: journaled, not applied again.
-            await raw.send_and_wait(topics.events, EventCodec().encode(retried), b"retried")
-            await _all_short_ones_expired(worker)  # then the sweeper has nothing to append
-            await client.put("after:final", {"last": True})
-    finally:
-        await raw.stop()
+    retried = EventCodec().encode(ContextEvent(uuid.uuid4().bytes, "retried", Put(b"{}")))
+    async with make_client(worker.url) as client:
+        await _history(client, 300, "before")
+        await _append(cluster.bootstrap, topics.events, b"retried", retried)
+        request = await client.checkpoint("contract")
+        await client.wait_checkpoint(request, timeout=60)
+        await _history(client, 200, "after")  # the WAL after the checkpoint
+        # A retry within the dedupe window, across the checkpoint: journaled, not applied.
+        await _append(cluster.bootstrap, topics.events, b"retried", retried)
+        await _all_short_ones_expired(worker)  # then the sweeper has nothing to append
+        await client.put("after:final", {"last": True})
     live = await drained(worker)
     assert sum(s.records - s.documents for s in live.values()) > 0, "no tombstone to restore"
     await worker.stop()
