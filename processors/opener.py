@@ -23,6 +23,11 @@ Whatever the path, the WAL must still hold the offset the store needs: otherwise
 ``WalTruncatedError``, never a silent skip. A restored store is built in a sibling directory
 and renamed into place only when complete, so a crash during a restore leaves nothing that
 could be taken for a consistent store.
+
+Over 450 lines, for one job: half of it is the change-topic path's checked reads of both
+topics (the coverage, the latest changes, the WAL's dedupe window). They are the part to split
+out, left for when the change model and its readers move to ``schemas/`` (issue 10), which
+rewrites them.
 """
 
 from __future__ import annotations
