@@ -180,7 +180,7 @@ def main() -> None:
     with bootstrap_servers() as bootstrap:
         # Alternate them, so a slow spell of this shared machine hits all alike. Each run has
         # topics of its own: a fresh worker on a topic whose changes an earlier run published
-        # would restore from the change topic instead of folding (processors/restore.py).
+        # would restore from the change topic instead of folding (processors/opener.py).
         for _ in range(args.runs):
             topics, patch_topics, append_s = asyncio.run(prepare(bootstrap, args))
             bare = bare_consumer(bootstrap, topics.events, args.events, args.timeout)

@@ -3,10 +3,11 @@
 A. Restore (``--contexts`` distinct contexts, default 1,000,000, in one WAL partition):
    1. append one put per context, one checkpoint barrier (``bench-ck``), ``--tail`` more puts
       (updates of existing contexts);
-   2. full replay: ``rebuild(..., From.SCRATCH, until=<end of the WAL>)`` folds everything and,
-      passing the barrier, writes checkpoint ``bench-ck``;
-   3. ``rebuild(..., From.CHECKPOINT, "bench-ck", until=<end>)`` on another state dir: installs
-      the checkpoint (hard links), verifies its digest by a full scan, folds the tail;
+   2. full replay: ``restore_offline(..., From.SCRATCH, until=<end of the WAL>)`` folds
+      everything and, passing the barrier, writes checkpoint ``bench-ck``;
+   3. ``restore_offline(..., From.CHECKPOINT, "bench-ck", until=<end>)`` on another state
+      dir: installs the checkpoint (hard links), verifies its digest by a full scan, folds
+      the tail;
    4. both must end with the same digest and next_offset (exit 1 otherwise).
 B. Expiry: ``lukhas worker --expiry-interval 0.2`` on fresh 3-partition topics; ``--expiring``
    puts whose TTL (``--ttl-ms``, default 5 s) runs out shortly after they are written, while a
@@ -52,7 +53,7 @@ from _support import (
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from lukhas_context.processors.config import WorkerConfig
-from lukhas_context.processors.rebuild import From, RebuildReport, rebuild
+from lukhas_context.processors.offline import From, OfflineRestoreReport, restore_offline
 from lukhas_context.schemas.binary import write_bytes
 from lukhas_context.schemas.codec import EventCodec
 from lukhas_context.schemas.event import EMPTY_METADATA, ContextEvent, Put
@@ -145,8 +146,8 @@ async def append_restore_log(bootstrap: str, topics: Topics, args: argparse.Name
 async def timed_rebuild(config: WorkerConfig, source: From, until: int, timeout_s: float) -> Any:
     checkpoint_id = CHECKPOINT_ID if source is From.CHECKPOINT else None
     started = time.perf_counter()
-    report: RebuildReport = await asyncio.wait_for(
-        rebuild(config, 0, source, checkpoint_id, progress=False, until=until), timeout_s
+    report: OfflineRestoreReport = await asyncio.wait_for(
+        restore_offline(config, 0, source, checkpoint_id, progress=False, until=until), timeout_s
     )
     return report, time.perf_counter() - started
 

@@ -1,8 +1,11 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """The fold's hot loop in C, for the commonest event only: an unconditional Put whose payload
 is exactly ``EventCodec.simple_put``'s shape. It computes what the pure-Python path
-(``Materializer._fold_python``) computes, byte for byte; the tests fold generated logs
-through both and compare. Every other record is handed to ``slow(message)`` in log order.
+(``processors.round.PartitionFolder._fold_one``) computes, byte for byte; the tests fold
+generated logs through both and compare (tests/unit/test_fold_native.py). Every other record
+is handed to ``slow(message)`` in log order. ``recent`` is ``state.dedupe.DedupeWindow.ids``:
+an event id already in it goes to ``slow``, which decides; a new one is inserted as
+``DedupeWindow.admit`` inserts it.
 
 Why native: after aiokafka has built its records, the bare consumer's budget is about 3 µs a
 record here, and interpreted Python spends about 12 µs on this event's shape check, canonical

@@ -79,12 +79,9 @@ from aiohttp import web
 from lukhas_context.processors.exceptions import NotOwnerError
 from lukhas_context.processors.fold import apply, dead_letter_reason, is_barrier
 from lukhas_context.processors.listener import Listener
-from lukhas_context.processors.materializer import (
-    MAX_REQUEST_BYTES,
-    Materializer,
-    reused_event_id,
-)
+from lukhas_context.processors.materializer import MAX_REQUEST_BYTES, Materializer
 from lukhas_context.processors.metrics import PROMETHEUS_CONTENT_TYPE
+from lukhas_context.processors.round import reused_event_id
 from lukhas_context.processors.wal_end import WalEnds
 from lukhas_context.schemas.exceptions import CodecError
 from lukhas_context.state.journal import EntryStatus
@@ -459,12 +456,12 @@ class ReadApi:
         if forwarded is not None:
             return forwarded
         try:
-            store = self.m.store_for(partition)
+            folder = self.m.folder_for(partition)
         except NotOwnerError as exc:
             return _error(421, str(exc))
-        limits = self.m.config.limits
+        store, limits = folder.store, self.m.config.limits
         offset = store.next_offset
-        prior = store.prior_use(event.event_id, offset, limits.dedupe_window)
+        prior = folder.window.prior_use(event.event_id, offset)
         if prior is not None:
             if prior[1] == xxhash.xxh3_64_intdigest(body):
                 result.update(status="duplicate", reason=f"duplicate of offset {prior[0]}")

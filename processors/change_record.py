@@ -11,7 +11,7 @@ the WAL: the record decodes; the key is a context id and, for a change with a do
 payload's; integers are in range; a tombstone's headers are exactly the ones the processor
 writes; a document matches its checksum; and, when the caller knows the WAL's end, the WAL
 offset named is below it. Whether the WAL holds that very event at that offset is checked by
-the caller (``processors.restore``), which reads the WAL.
+the caller (``processors.opener``), which reads the WAL.
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ Every applied mutation raises the version by exactly 1; versions continue across
 re-create (see ``state.record``). A context whose ``expires_at_ms`` is at or before the event's
 log time is treated as absent, as reads treat it.
 
-Event-id deduplication is not here: it needs the window of recent ids, which the materialiser
-keeps (see ``state.journal``); ``apply`` sees each event id at most once.
+Event-id deduplication is not here: it needs the window of recent ids (``state.dedupe``),
+which the partition's folder keeps (``processors.round``); ``apply`` sees each event id at
+most once.
 """
 
 from __future__ import annotations
@@ -102,8 +103,9 @@ def is_barrier(key: bytes | None, event: ContextEvent) -> bool:
 
 
 def dead_letter_reason(key: bytes | None, event: ContextEvent) -> str | None:
-    """Why the materialiser dead-letters a decoded event instead of folding it (the key is
-    not the payload's context id, or the id is empty or over ``MAX_ID_BYTES``), or None.
+    """Why the fold (``processors.round``) dead-letters a decoded event instead of folding it
+    (the key is not the payload's context id, or the id is empty or over ``MAX_ID_BYTES``),
+    or None.
     The dry run asks the same question, so it says what the fold would do."""
     if is_barrier(key, event):
         return None
@@ -115,8 +117,8 @@ def dead_letter_reason(key: bytes | None, event: ContextEvent) -> str | None:
 
 
 def remembered_by_fold(key: bytes | None, event: ContextEvent) -> bool:
-    """True when the materialiser passes this decoded event to the dedupe window: a
-    checkpoint barrier, or an event it does not dead-letter (``dead_letter_reason``)."""
+    """True when the fold passes this decoded event to the dedupe window (``state.dedupe``):
+    a checkpoint barrier, or an event it does not dead-letter (``dead_letter_reason``)."""
     return dead_letter_reason(key, event) is None
 
 
@@ -215,8 +217,8 @@ def apply(
         return _patch(record, op, offset, log_time_ms, limits)
     if type(op) is Touch:
         return _touch(record, op, offset, log_time_ms)
-    # A checkpoint barrier is handled by the materialiser when its key is empty; one keyed by
-    # a context id is not a barrier anyone appended.
+    # A checkpoint barrier is handled by the round (``processors.round``) when its key is
+    # empty; one keyed by a context id is not a barrier anyone appended.
     return record, Outcome(Status.REJECTED, visible, "a checkpoint barrier must have an empty key")
 
 

@@ -25,9 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lukhas_context.state.exceptions import CheckpointError, InvalidCheckpointError
-from lukhas_context.state.manifest import CHECKPOINT_ID as CHECKPOINT_ID
-from lukhas_context.state.manifest import Manifest as Manifest
-from lukhas_context.state.manifest import check_checkpoint_id as check_checkpoint_id
+from lukhas_context.state.manifest import Manifest, check_checkpoint_id
 from lukhas_context.state.store import PartitionStore
 
 log = logging.getLogger(__name__)

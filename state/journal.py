@@ -9,8 +9,9 @@ keys sort by offset). It holds a fixed-size entry per folded record —
 round keeps the hot path free of per-event puts. The journal serves two things:
 
 * ``receipt.outcome()``: the outcome of the event at an offset (binary search in one block);
-* the event-id dedupe window, rebuilt from the newest blocks when a store opens, so that
-  retries are recognised across restarts and restores exactly as in an uninterrupted fold.
+* the event-id dedupe window (``state.dedupe``), rebuilt from the newest blocks when a store
+  opens, so that retries are recognised across restarts and restores exactly as in an
+  uninterrupted fold.
 
 Statuses are those of ``processors.fold.Status`` plus ``DEAD_LETTERED``, ``DUPLICATE`` and
 ``RESTORED``.

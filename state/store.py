@@ -168,10 +168,6 @@ class PartitionStore:
             self._digest, self._records, self._documents = 0, 0, 0
         else:
             self._digest, self._records, self._documents = _SUMMARY.unpack(summary)
-        #: The dedupe window: event id -> ``offset << 64 | payload hash`` (one int, which the
-        #: garbage collector does not track, unlike a tuple), in offset order. Owned by the
-        #: fold; rebuilt from the journal by ``load_recent``.
-        self.recent: dict[bytes, int] = {}
         #: Journal blocks below this offset are deleted (one range tombstone per move).
         self._trimmed_below = 0
 
@@ -408,7 +404,8 @@ class PartitionStore:
         return journal.find(it.value(), offset)
 
     def journal_since(self, offset: int) -> Iterator[journal.JournalEntry]:
-        """Journal entries from ``offset`` on, in offset order (rebuilds the dedupe window)."""
+        """Journal entries from ``offset`` on, in offset order (``state.dedupe`` rebuilds the
+        dedupe window from them)."""
         it = self._journal.iter()
         it.seek_for_prev(journal.block_key(offset))
         if not it.valid():
@@ -418,36 +415,6 @@ class PartitionStore:
                 if entry.offset >= offset:
                     yield entry
             it.next()
-
-    def load_recent(self, window: int) -> None:
-        """Rebuilds the dedupe window from the journal: the ids of the events folded in the
-        last ``window`` offsets, as the uninterrupted fold would hold them."""
-        self.recent.clear()
-        remembered = (journal.EntryStatus.APPLIED, journal.EntryStatus.CONFLICT,
-                      journal.EntryStatus.REJECTED, journal.EntryStatus.RESTORED)  # fmt: skip
-        for entry in self.journal_since(max(0, self._next_offset - window)):
-            if entry.status in remembered:
-                self.recent.pop(entry.event_id, None)
-                self.recent[entry.event_id] = (entry.offset << 64) | entry.payload_hash
-
-    def prior_use(self, event_id: bytes, offset: int, window: int) -> tuple[int, int] | None:
-        """``(offset, payload hash)`` of the event that used ``event_id`` within the ``window``
-        offsets before ``offset``, or None: what decides whether an event at ``offset`` is a
-        retry (same hash) or a reuse of the id for other bytes."""
-        seen = self.recent.get(event_id)
-        if seen is None or (seen >> 64) < offset - window:
-            return None
-        return seen >> 64, seen & HASH_MASK
-
-    def forget_recent(self, below: int, window: int) -> None:
-        """Drops window entries older than offset ``below`` (they no longer decide anything).
-
-        In bulk, once the dict holds more than twice ``window`` entries: one rebuild then costs
-        O(1) per insert amortised, where evicting one by one from the front of a dict rescans
-        its deleted slots each time."""
-        if len(self.recent) > 2 * window:
-            floor = max(below, 0) << 64
-            self.recent = {k: v for k, v in self.recent.items() if v >= floor}
 
     def _remember(self, key: bytes, record: ContextRecord) -> None:
         """Caches a record as the most recent entry. Past 1.5 times ``cache_records`` the

@@ -60,7 +60,7 @@ def restore(partitions: tuple[int, ...], checkpoint_id: str | None, from_scratch
     from the change topic or from scratch, then fold the WAL on. The worker serving them
     must be stopped (`lukhas down --processor-only`); the old store is moved to
     STATE_DIR/quarantine, never deleted."""
-    from lukhas_context.processors.rebuild import From, rebuild
+    from lukhas_context.processors.offline import From, restore_offline
 
     if sum((checkpoint_id is not None, from_scratch, from_changes)) > 1:
         raise click.UsageError("choose one of --checkpoint, --from-scratch, --from-changes")
@@ -76,7 +76,9 @@ def restore(partitions: tuple[int, ...], checkpoint_id: str | None, from_scratch
     async def run() -> list[dict[str, Any]]:
         done = []
         for p in partitions:
-            report = await rebuild(config, p, source, checkpoint_id, progress=not no_progress)
+            report = await restore_offline(
+                config, p, source, checkpoint_id, progress=not no_progress
+            )
             done.append(report.to_dict())
         return done
 

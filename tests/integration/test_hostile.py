@@ -14,7 +14,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from lukhas_context.processors.config import WorkerConfig
-from lukhas_context.processors.rebuild import From, rebuild
+from lukhas_context.processors.offline import From, restore_offline
 from lukhas_context.schemas.codec import EventCodec
 from lukhas_context.schemas.event import ContextEvent, Patch, PatchFormat, Put
 from lukhas_context.streams.topics import partition_for
@@ -111,7 +111,7 @@ async def test_hostile_events_are_rejected_the_dry_run_agrees_and_a_replay_match
             # An event id used again with the same bytes is a retry, and the dry run says so.
             again = await _dry_run(worker.url, codec.encode(hostile[0]))
             assert again["status"] == "duplicate"
-            # Each partition's log ends with an applied event (a rebuild folds up to the
+            # Each partition's log ends with an applied event (an offline restore folds up to the
             # change topic's coverage).
             ends = {}
             for n in range(200):
@@ -124,6 +124,6 @@ async def test_hostile_events_are_rejected_the_dry_run_agrees_and_a_replay_match
 
     replay = WorkerConfig(bootstrap=cluster.bootstrap, state_dir=tmp_path / "replay", topics=topics)
     for p in range(PARTITIONS):
-        report = await rebuild(replay, p, From.SCRATCH, progress=False)
+        report = await restore_offline(replay, p, From.SCRATCH, progress=False)
         assert report.restore.next_offset == live[p].next_offset
         assert report.restore.digest == live[p].digest_hex, f"partition {p}"

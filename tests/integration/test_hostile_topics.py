@@ -22,7 +22,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from lukhas_context.processors.config import WorkerConfig
-from lukhas_context.processors.rebuild import From, rebuild
+from lukhas_context.processors.offline import From, restore_offline
 from lukhas_context.schemas.codec import ChangeCodec
 from lukhas_context.schemas.event import ChangeKind
 from lukhas_context.streams.admin import ensure_topics
@@ -33,7 +33,7 @@ from .conftest import PARTITIONS, drained, free_port, serving_all, wal_ends
 
 pytestmark = pytest.mark.timeout(300)
 
-#: How far back from its end the coverage scan reads a change partition (processors.restore).
+#: How far back from its end the coverage scan reads a change partition (processors.opener).
 COVERAGE_LOOKBACK = 10_000
 FAR_FUTURE_MS = int(time.time() * 1000) + 10 * 365 * 86_400_000
 
@@ -84,7 +84,7 @@ async def _replay_digests(
     config = WorkerConfig(bootstrap, tmp_path / f"replay-{uuid.uuid4().hex[:6]}", topics=topics)
     out = {}
     for p, end in until.items():
-        report = await rebuild(config, p, From.SCRATCH, progress=False, until=end)
+        report = await restore_offline(config, p, From.SCRATCH, progress=False, until=end)
         out[p] = report.restore.digest
     return out
 

@@ -234,7 +234,7 @@ async def _count_sent_bytes(client: ContextClient) -> list[int]:
 
 async def _end_offsets(worker: object, topic: str) -> dict[int, int]:
     """End offsets of the WAL, asked through the worker's own consumer."""
-    consumer = worker.materializer._consumer  # type: ignore[attr-defined]
+    consumer = worker.materializer.assignment.consumer  # type: ignore[attr-defined]
     parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
     ends = await consumer.end_offsets(parts)
     return {tp.partition: offset for tp, offset in ends.items()}

@@ -2,7 +2,7 @@
 
 The processor publishes a round's changes before it commits the round, so a crash between
 the two folds those events again after the restart; the partition's change-topic coverage
-(``processors.restore.changes_coverage``) makes it fold them without publishing again. A
+(``processors.opener.changes_coverage``) makes it fold them without publishing again. A
 restore that rewinds a store (a checkpoint, a replay, ``lukhas restore``) goes through the
 same coverage. So the change topic itself, read whole with ``read_committed`` once the worker
 has stopped, must hold each change exactly once: the identities ``(context_id, wal_offset)``

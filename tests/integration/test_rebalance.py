@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from lukhas_context.processors.config import WorkerConfig
-from lukhas_context.processors.rebuild import From, rebuild
+from lukhas_context.processors.offline import From, restore_offline
 from lukhas_context.streams.changes import Change
 from lukhas_context.streams.client import ClientConfig, ContextClient
 from lukhas_context.streams.exceptions import ContextNotFoundError
@@ -164,7 +164,7 @@ async def test_rebalances_with_a_zombie_apply_everything_once(
             await asyncio.sleep(0.2)
         replay = WorkerConfig(cluster.bootstrap, tmp_path / "replay", topics=topics)
         for s in served:
-            report = await rebuild(
+            report = await restore_offline(
                 replay, s["partition"], From.SCRATCH, progress=False, until=s["next_offset"]
             )
             assert report.restore.digest == s["digest"], s

@@ -19,7 +19,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from lukhas_context.processors.config import WorkerConfig
-from lukhas_context.processors.rebuild import From, rebuild
+from lukhas_context.processors.offline import From, restore_offline
 from lukhas_context.schemas.codec import EventCodec
 from lukhas_context.schemas.event import ContextEvent, Expire, Put, Touch
 from lukhas_context.state.checkpoints import CheckpointDir
@@ -193,7 +193,7 @@ async def test_restore_from_checkpoint_and_tail_equals_live_and_full_replay(
     # A full replay of the same WAL, offline, reaches the same digests.
     replay = WorkerConfig(bootstrap=cluster.bootstrap, state_dir=tmp_path / "replay", topics=topics)
     for p in range(PARTITIONS):
-        report = await rebuild(replay, p, From.SCRATCH, progress=False)
+        report = await restore_offline(replay, p, From.SCRATCH, progress=False)
         assert report.restore.next_offset == live[p].next_offset
         assert report.restore.digest == live[p].digest_hex, f"partition {p}"
     # And so does a restore from the compacted change topic (a fresh worker, no checkpoint).

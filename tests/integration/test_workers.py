@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from lukhas_context.processors.config import WorkerConfig
-from lukhas_context.processors.rebuild import From, rebuild
+from lukhas_context.processors.offline import From, restore_offline
 from lukhas_context.streams.client import ClientConfig, ContextClient
 
 from .conftest import PARTITIONS, WorkerProcess, free_port
@@ -137,7 +137,7 @@ async def _scenario(
         served = (await asyncio.to_thread(_get, f"{a.url}/v1/partitions"))["partitions"]
         replay = WorkerConfig(cluster.bootstrap, tmp_path / "replay", topics=topics)
         for s in served:
-            report = await rebuild(
+            report = await restore_offline(
                 replay, s["partition"], From.SCRATCH, progress=False, until=s["next_offset"]
             )
             assert report.restore.digest == s["digest"], s

@@ -23,7 +23,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Any]:
     """``await api(path)``: (status, JSON body) from a read API whose worker knows the WAL
     has 6 partitions and serves none of them."""
     materializer = Materializer(WorkerConfig(bootstrap="127.0.0.1:1", state_dir=tmp_path))
-    materializer.partition_count = 6
+    materializer.assignment.partition_count = 6
     read_api = ReadApi(materializer)
     await read_api.start("127.0.0.1", 0)
     port = read_api.port

@@ -13,17 +13,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lukhas_context.processors import materializer as mat
-from lukhas_context.processors.config import WorkerConfig
+from lukhas_context.processors import round as rnd
 from lukhas_context.processors.fold import Limits
-from lukhas_context.processors.materializer import Materializer
-from lukhas_context.schemas.codec import EventCodec
+from lukhas_context.processors.round import PartitionFolder
+from lukhas_context.schemas.codec import ChangeCodec, EventCodec
 from lukhas_context.schemas.event import ContextEvent, Delete, Fence, Put
 from lukhas_context.state.record import ContextRecord
 from lukhas_context.state.store import PartitionStore
 
 pytestmark = pytest.mark.skipif(
-    mat.native_fold_puts is None, reason="the native extension is not built"
+    rnd.native_fold_puts is None, reason="the native extension is not built"
 )
 
 Message = namedtuple("Message", "topic partition offset key value timestamp headers")
@@ -107,17 +106,16 @@ def records(draw: Any) -> tuple[bytes | None, bytes | None]:
 def fold(log: list[Message], native: bool, window: int = 20) -> tuple[Any, ...]:
     with tempfile.TemporaryDirectory() as tmp:
         limits = Limits(max_document_bytes=256, max_depth=8, dedupe_window=window)
-        config = WorkerConfig(bootstrap="unused", state_dir=Path(tmp), limits=limits)
-        m = Materializer(config)
-        m.native = native
         with PartitionStore(Path(tmp) / "p") as store:
             store.commit({b"a": ContextRecord(7, None, bytes(8), None, 0, 0)}, 0)  # a tombstone
-            r = m._fold_partition(store, 0, log)
+            folder = PartitionFolder(0, store, limits, native=native)
+            assert folder.native is native
+            r = folder.fold(log)
             assert r is not None
             dead = [(msg.offset, type(err).__name__, str(err)) for msg, err in r.dead]
             return (r.records, r.changes, r.applied, r.conflicts, r.rejected, dead,
                     r.next_offset, r.duplicates, bytes(r.entries), r.reasons,
-                    dict(store.recent))  # fmt: skip
+                    dict(folder.window.ids))  # fmt: skip
 
 
 @given(st.lists(records(), min_size=1, max_size=60), st.integers(0, 2**41))
@@ -150,8 +148,9 @@ def test_the_native_loop_takes_the_commonest_event() -> None:
     log = [
         m._replace(value=m.value[:10] + bytes([i]) * 16 + m.value[26:]) for i, m in enumerate(log)
     ]
-    applied = mat.native_fold_puts(
-        log, 0, CODEC.header, mat.ChangeCodec().header, records, lambda k: None,
+    assert rnd.native_fold_puts is not None
+    applied = rnd.native_fold_puts(
+        log, 0, CODEC.header, ChangeCodec().header, records, lambda k: None,
         ContextRecord, 1000, 64, recent, entries, changes, [], handed.append,
     )  # fmt: skip
     assert applied == 10 and handed == [] and records[b"k"].version == 10

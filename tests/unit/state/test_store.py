@@ -51,15 +51,15 @@ def test_rounds_adapt_to_their_time_budget(tmp_path: Path) -> None:
 
     m = Materializer(WorkerConfig("unused", tmp_path, max_batch_records=8000, round_budget_s=0.2))
     assert m.round_limit == 8000
-    m._adapt_round_limit(0.5)  # overran: halve
+    m.adapt_round_limit(0.5)  # overran: halve
     assert m.round_limit == 4000
-    m._adapt_round_limit(0.1)  # within budget, not far under: keep
+    m.adapt_round_limit(0.1)  # within budget, not far under: keep
     assert m.round_limit == 4000
-    m._adapt_round_limit(0.01)  # far under: double, capped at the maximum
-    m._adapt_round_limit(0.01)
+    m.adapt_round_limit(0.01)  # far under: double, capped at the maximum
+    m.adapt_round_limit(0.01)
     assert m.round_limit == 8000
     for _ in range(100):
-        m._adapt_round_limit(9.0)
+        m.adapt_round_limit(9.0)
     assert m.round_limit == MIN_ROUND_RECORDS
 
 
@@ -67,15 +67,17 @@ def test_expire_retries_wait_twice_as_long_each_time_up_to_the_cap(tmp_path: Pat
     """The wait after Expire attempt n is ``expiry_retry_s * 2**n``, capped at
     ``expiry_retry_max_s``, and stays the cap however many attempts there were."""
     from lukhas_context.processors.config import WorkerConfig
-    from lukhas_context.processors.materializer import Materializer
+    from lukhas_context.processors.expiry import ExpirySweeper
+    from lukhas_context.processors.metrics import WorkerMetrics
 
     config = WorkerConfig("unused", tmp_path, expiry_retry_s=1.5, expiry_retry_max_s=20.0)
-    m = Materializer(config)
-    assert [m._retry_delay(n) for n in range(6)] == [1.5, 3.0, 6.0, 12.0, 20.0, 20.0]
-    assert m._retry_delay(10_000) == 20.0
+    m = ExpirySweeper(config, WorkerMetrics())
+    assert [m.retry_delay(n) for n in range(6)] == [1.5, 3.0, 6.0, 12.0, 20.0, 20.0]
+    assert m.retry_delay(10_000) == 20.0
 
 
 def test_journal_trimming_keeps_the_block_that_straddles_the_bound(tmp_path: Path) -> None:
+    from lukhas_context.state.dedupe import DedupeWindow
     from lukhas_context.state.journal import ENTRY, EntryStatus, encode_block
 
     def block(first: int, end: int) -> tuple[int, bytes]:
@@ -92,8 +94,8 @@ def test_journal_trimming_keeps_the_block_that_straddles_the_bound(tmp_path: Pat
         assert store.outcome(5) is None  # the whole block below the bound is gone
         found = store.outcome(22)
         assert found is not None and found.offset == 22
-        store.load_recent(window=20)  # the window [20, 40) is rebuilt in full
-        assert {v >> 64 for v in store.recent.values()} == set(range(20, 40))
+        window = DedupeWindow.from_journal(store, size=20)  # [20, 40) is rebuilt in full
+        assert {v >> 64 for v in window.ids.values()} == set(range(20, 40))
 
 
 def test_the_journal_must_cover_the_dedupe_window(tmp_path: Path) -> None:

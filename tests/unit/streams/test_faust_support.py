@@ -91,7 +91,7 @@ def test_tombstone_headers_round_trip(tombstone: ChangeRecord) -> None:
 
 
 def test_processor_tombstone_headers_decode() -> None:
-    """The headers exactly as ``Materializer._fold_one`` writes them."""
+    """The headers exactly as ``PartitionFolder._fold_one`` writes them."""
     headers = [
         ("kind", b"expired"), ("version", b"12"), ("wal_offset", b"345"),
         ("event_id", b"\x07" * 16), ("checksum", b"\x08" * 8), ("log_time_ms", b"1700"),

@@ -1,6 +1,8 @@
-"""Opening a partition's store, or restoring it when it cannot be used.
+"""Opening a partition's store by the restore order, restoring it when the local one is unusable.
 
-The order (DESIGN.md, "Restore"):
+``StoreOpener.open`` is what a worker does when it is assigned a partition; ``restore`` is
+steps 2-4 alone, and ``processors.offline`` (``lukhas restore``) takes one chosen source. The
+order (DESIGN.md, "Restore"):
 
 1. **local**: the store directory opens, and its digest recomputed from its records equals the
    digest it keeps (``verify``). A store that fails to open or to verify is *quarantined*:
@@ -21,6 +23,11 @@ Whatever the path, the WAL must still hold the offset the store needs: otherwise
 ``WalTruncatedError``, never a silent skip. A restored store is built in a sibling directory
 and renamed into place only when complete, so a crash during a restore leaves nothing that
 could be taken for a consistent store.
+
+Over 450 lines, for one job: half of it is the change-topic path's checked reads of both
+topics (the coverage, the latest changes, the WAL's dedupe window). They are the part to split
+out, left for when the change model and its readers move to ``schemas/`` (issue 10), which
+rewrites them.
 """
 
 from __future__ import annotations
@@ -51,7 +58,8 @@ from lukhas_context.processors.fold import remembered_by_fold
 from lukhas_context.processors.metrics import WorkerMetrics
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
 from lukhas_context.schemas.exceptions import CodecError
-from lukhas_context.state.checkpoints import CheckpointDir, Manifest
+from lukhas_context.state.checkpoints import CheckpointDir
+from lukhas_context.state.dedupe import DedupeWindow
 from lukhas_context.state.exceptions import (
     CheckpointError,
     StateError,
@@ -59,6 +67,7 @@ from lukhas_context.state.exceptions import (
     StoreOpenError,
 )
 from lukhas_context.state.journal import ENTRY, EntryStatus, encode_block
+from lukhas_context.state.manifest import Manifest
 from lukhas_context.state.record import ContextRecord
 from lukhas_context.state.store import PartitionStore, free_path, quarantine
 
@@ -134,7 +143,7 @@ class Coverage:
     skipped: list[str] = field(default_factory=list)
 
 
-class Restorer:
+class StoreOpener:
     """Opens or restores partition stores under one worker's state directory."""
 
     def __init__(self, config: WorkerConfig, metrics: WorkerMetrics | None = None) -> None:
@@ -155,14 +164,16 @@ class Restorer:
         self, partition: int, watermarks: tuple[int, int] | None = None
     ) -> tuple[PartitionStore, RestoreReport]:
         """The partition's store by the first usable path of the module doc's order.
-        ``watermarks``: the WAL partition's ``(low, end)`` offsets, when the caller has them."""
+        ``watermarks``: the WAL partition's ``(low, end)`` offsets, when the caller has them.
+        The dedupe window is rebuilt from the store's journal by the ``PartitionFolder``
+        that folds it (``processors.round``)."""
         started = time.monotonic()
         low, high = watermarks or await self.watermarks(partition)
         quarantined: list[str] = []
         store = await asyncio.to_thread(self.open_local, partition, quarantined)
         report = RestoreReport(partition, Source.LOCAL, quarantined=quarantined)
         if store is None:
-            store, report = await self.rebuild(partition, low, high, quarantined)
+            store, report = await self.restore(partition, low, high, quarantined)
         if store.next_offset < low:
             store.close()
             raise WalTruncatedError(partition, store.next_offset, low)
@@ -172,14 +183,14 @@ class Restorer:
                 f"the store of partition {partition} needs offset {store.next_offset} but the "
                 f"WAL ends at {high}: the state dir belongs to another log"
             )
-        store.load_recent(self.config.limits.dedupe_window)
         report.finish(store, started)
         return store, report
 
-    async def rebuild(
+    async def restore(
         self, partition: int, low: int, high: int, quarantined: list[str] | None = None
     ) -> tuple[PartitionStore, RestoreReport]:
-        """Steps 2-4 of the order (the local store is absent or was quarantined)."""
+        """Steps 2-4 of the order (the local store is absent or was quarantined): the store
+        restored from a checkpoint, else the change topic, else empty (replayed from 0)."""
         report = RestoreReport(partition, Source.CHECKPOINT, quarantined=quarantined or [])
         for manifest in self.checkpoints.valid(partition):
             if manifest.next_offset < low:
@@ -506,9 +517,8 @@ class Restorer:
         each checked to name the event the WAL holds there (``ChangesUnusableError``
         otherwise)."""
         codec = EventCodec()
-        seen: dict[bytes, int] = {}  # event id -> offset of its last non-retry occurrence
+        window = DedupeWindow(self.config.limits.dedupe_window)
         entries = bytearray()
-        window = self.config.limits.dedupe_window
         unchecked = dict(expected or {})
 
         def take(message: Any) -> bool:
@@ -524,10 +534,8 @@ class Restorer:
                 return True  # the fold dead-lettered it: not in its window either
             event_id = event.event_id
             h = xxhash.xxh3_64_intdigest(value)
-            prior = seen.get(event_id)
-            if prior is not None and prior >= message.offset - window:
-                return True  # a retry: the fold journaled it as a duplicate
-            seen[event_id] = message.offset
+            if window.admit(event_id, message.offset, h) is not None:
+                return True  # a retry or a reused id: the fold does not remember it either
             entries.extend(ENTRY.pack(message.offset, EntryStatus.RESTORED, 0, event_id, h))
             return True
 

@@ -1,13 +1,14 @@
-"""``lukhas restore``: rebuild one partition's store offline, from a checkpoint or from scratch.
+"""``lukhas restore``: replace one partition's store offline, from a chosen source.
 
+``restore_offline`` opens a new store from the source (``processors.opener``: a checkpoint,
+the change topic, or empty) in ``STATE_DIR/.rebuild/``, and ``replay_wal`` folds the WAL on
+from its ``next_offset`` with the worker's own fold (``processors.round``), without
+publishing, up to the WAL offset the change topic covers: every event before it already has
+its change published, and the worker, when it starts, folds (and publishes) the rest.
+Barriers passed on the way make their checkpoints again; one that exists already is compared,
+and a different digest is reported as corruption. Only then is the current store, if any,
+moved to ``STATE_DIR/quarantine/`` (never deleted) and the new one renamed into its place.
 The worker must not be serving the partition (RocksDB's lock says so: ``StoreInUseError``).
-The new store is built in ``STATE_DIR/.rebuild/`` from the chosen source and folded with the
-worker's own fold, without publishing,
-up to the WAL offset the change topic covers: every event before it already has its change
-published, and the worker, when it starts, folds (and publishes) the rest. Barriers passed on
-the way make their checkpoints again; one that exists already is compared, and a different
-digest is reported as corruption. Only then is the current store, if any, moved to
-``STATE_DIR/quarantine/`` (never deleted) and the new one renamed into its place.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from tqdm import tqdm
 
+from lukhas_context.processors.checkpointer import Checkpointer
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.exceptions import ProcessorError, WalTruncatedError
-from lukhas_context.processors.materializer import Materializer
-from lukhas_context.processors.restore import Restorer, RestoreReport, Source
+from lukhas_context.processors.metrics import WorkerMetrics
+from lukhas_context.processors.opener import RestoreReport, Source, StoreOpener
+from lukhas_context.processors.round import PartitionFolder, segment_end
 from lukhas_context.state.exceptions import StoreLockedError, StoreOpenError
 from lukhas_context.state.store import PartitionStore, move_aside
 
@@ -47,7 +50,7 @@ class From(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class RebuildReport:
+class OfflineRestoreReport:
     restore: RestoreReport
     from_offset: int
     to_offset: int
@@ -66,33 +69,33 @@ class RebuildReport:
         }
 
 
-async def rebuild(
+async def restore_offline(
     config: WorkerConfig,
     partition: int,
     source: From,
     checkpoint_id: str | None = None,
     progress: bool = True,
     until: int | None = None,
-) -> RebuildReport:
-    """Rebuilds ``partition``'s store from ``source`` and folds the WAL on to the change
+) -> OfflineRestoreReport:
+    """Replaces ``partition``'s store by one from ``source`` and folds the WAL on to the change
     topic's coverage (or to offset ``until``, capped at the WAL's end: for benchmarks and
     tests, since the events past the coverage then never get their changes published).
     ``checkpoint_id`` names the checkpoint when ``source`` is CHECKPOINT."""
     started = time.monotonic()
     await _check_partition(config, partition)
-    restorer = Restorer(config)
-    path = restorer.store_path(partition)
-    low, high = await restorer.watermarks(partition)
+    opener = StoreOpener(config)
+    path = opener.store_path(partition)
+    low, high = await opener.watermarks(partition)
     # Check the source before anything is moved.
     manifest = None
     if source is From.CHECKPOINT:
         assert checkpoint_id is not None
-        manifest = restorer.checkpoints.find(partition, checkpoint_id)
+        manifest = opener.checkpoints.find(partition, checkpoint_id)
     elif source is From.LATEST_CHECKPOINT:
-        found = [m for m in restorer.checkpoints.valid(partition) if m.next_offset >= low]
+        found = [m for m in opener.checkpoints.valid(partition) if m.next_offset >= low]
         if not found:
             raise ProcessorError(
-                f"no valid checkpoint of partition {partition} in {restorer.checkpoints.root} "
+                f"no valid checkpoint of partition {partition} in {opener.checkpoints.root} "
                 f"that the WAL (starting at offset {low}) can continue"
             )
         manifest = found[0]
@@ -100,11 +103,11 @@ async def rebuild(
         raise WalTruncatedError(partition, manifest.next_offset, low)
     if source is From.SCRATCH and low > 0:
         raise WalTruncatedError(partition, 0, low)
-    _check_not_in_use(restorer, path)
+    _check_not_in_use(opener, path)
     # Built beside the live store, which is moved aside only once the new one is complete:
     # a source that turns out unusable, or a failure on the way, leaves the live store as is.
     build_root = config.state_dir / ".rebuild"
-    builder = Restorer(
+    builder = StoreOpener(
         dataclasses.replace(config, state_dir=build_root, checkpoint_dir=config.checkpoint_root)
     )
     building = builder.store_path(partition)
@@ -121,16 +124,15 @@ async def rebuild(
         store, report.source = restored, Source.CHANGES
     else:
         store = builder.empty(partition)
-    store.load_recent(config.limits.dedupe_window)
     if until is None:
-        coverage = await restorer.changes_coverage(partition)
+        coverage = await opener.changes_coverage(partition)
         report.skipped += coverage.skipped
         until = coverage.offset
     target = min(high, until)
     start = store.next_offset
     fold_started = time.monotonic()
     try:
-        folded = await _fold(builder.config, store, partition, target, progress)
+        folded = await replay_wal(builder, store, partition, target, progress)
     finally:
         report.finish(store, started)
         store.close()
@@ -138,12 +140,12 @@ async def rebuild(
     moved = None
     if path.exists():
         # Asked for, not a failure: INFO, and it says what it did.
-        moved = str(move_aside(path, restorer.quarantine_dir))
+        moved = str(move_aside(path, opener.quarantine_dir))
         log.info("partition %d: store rebuilt from %s; the previous store %s is kept in %s",
                  partition, report.source.value, path, moved)  # fmt: skip
         report.quarantined.append(moved)
     building.rename(path)
-    return RebuildReport(report, start, max(start, target), folded, fold_seconds, moved)
+    return OfflineRestoreReport(report, start, max(start, target), folded, fold_seconds, moved)
 
 
 async def _check_partition(config: WorkerConfig, partition: int) -> None:
@@ -166,12 +168,12 @@ async def _check_partition(config: WorkerConfig, partition: int) -> None:
         )
 
 
-def _check_not_in_use(restorer: Restorer, path: Path) -> None:
+def _check_not_in_use(opener: StoreOpener, path: Path) -> None:
     """``StoreInUseError`` when a worker holds the store open (RocksDB's lock)."""
     if not path.is_dir():
         return
     try:
-        PartitionStore(path, restorer.config.store).close()
+        PartitionStore(path, opener.config.store).close()
     except StoreLockedError as exc:
         raise StoreInUseError(
             f"{path} is open in a running worker; stop it first "
@@ -181,16 +183,20 @@ def _check_not_in_use(restorer: Restorer, path: Path) -> None:
         pass  # unusable: it will be moved aside all the same
 
 
-async def _fold(
-    config: WorkerConfig, store: PartitionStore, partition: int, target: int, progress: bool
+async def replay_wal(
+    opener: StoreOpener, store: PartitionStore, partition: int, target: int, progress: bool
 ) -> int:
-    """Folds WAL records ``[store.next_offset, target)`` with the worker's fold, unpublished."""
+    """Folds WAL records ``[store.next_offset, target)`` into ``store`` with the worker's fold,
+    unpublished, and returns how many records it read: the commit order of
+    ``Materializer.fold_segment`` without its step 2 (nothing is published offline), one
+    round per barrier, whose checkpoint is taken (not announced)."""
     start = store.next_offset
     if start >= target:
         return 0
-    folder = Materializer(config)
-    folder.stores[partition] = store
-    consumer = folder.restorer.consumer()
+    config = opener.config
+    folder = PartitionFolder(partition, store, config.limits)
+    checkpointer = Checkpointer(config, WorkerMetrics())
+    consumer = opener.consumer()
     await consumer.start()
     tp = TopicPartition(config.topics.events, partition)
     folded = 0
@@ -206,7 +212,7 @@ async def _fold(
                 records = [m for m in batch.get(tp, ()) if m.offset < target]
                 if records:
                     before = store.next_offset
-                    await folder.fold_round({tp: records}, publish=False)
+                    await _fold_rounds(folder, checkpointer, records, config.journal_offsets)
                     folded += len(records)
                     bar.update(store.next_offset - before)
                 elif await consumer.position(tp) >= target:
@@ -215,3 +221,17 @@ async def _fold(
     finally:
         await consumer.stop()
     return folded
+
+
+async def _fold_rounds(
+    folder: PartitionFolder, checkpointer: Checkpointer, records: list[Any], journal_offsets: int
+) -> None:
+    """Folds and commits ``records`` a round at a time, each ending at a barrier at most."""
+    while records:
+        end = segment_end(records)
+        r = folder.fold(records[:end])
+        if r is not None:
+            folder.commit(r, journal_offsets)
+            if r.barrier is not None:
+                await checkpointer.take(folder.store, folder.partition, r.barrier[1], None)
+        records = records[end:]

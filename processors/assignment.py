@@ -1,0 +1,306 @@
+"""The partitions a worker folds: opened when the group assigns them, closed when it revokes them.
+
+On assignment each new partition is positioned and paused **before any await**: with
+``auto_offset_reset="none"`` aiokafka would otherwise look for a position of its own and
+fail. Its store is then opened by a task, by the restore order (``processors.opener``: a
+restore may take a while, and the group's protocol must not wait for it); when the store is
+ready the partition is sought to the store's ``next_offset`` and resumed. Partitions open
+independently, so one may still be restoring while others serve.
+
+On revocation a partition's opening task is waited for (not cancelled: a restore runs partly
+in a thread that would go on holding the store's lock) and the store is closed under the
+round's lock, so only between rounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import OffsetOutOfRangeError
+
+from lukhas_context.processors.config import WorkerConfig
+from lukhas_context.processors.exceptions import NotOwnerError, ProcessorError, WalTruncatedError
+from lukhas_context.processors.members import Membership
+from lukhas_context.processors.metrics import WorkerMetrics
+from lukhas_context.processors.opener import RestoreReport, StoreOpener
+from lukhas_context.processors.round import PartitionFolder
+from lukhas_context.state.store import PartitionStore
+
+log = logging.getLogger(__name__)
+
+#: How often a read waiting for a partition rechecks who serves it.
+WAIT_POLL_S = 0.25
+
+
+class Assignment:
+    """This worker's partitions: the folder (store and dedupe window) of each one it folds,
+    the ones still opening, and how each was opened. ``consumer`` is set once the worker has
+    started, and None again once it is closed."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        metrics: WorkerMetrics,
+        opener: StoreOpener,
+        membership: Membership,
+        lock: asyncio.Lock,
+        progress: asyncio.Condition,
+        on_open: Callable[[int, PartitionStore], Awaitable[None]],
+        on_revoke: Callable[[int], None],
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.opener = opener
+        self.membership = membership
+        #: The round's lock: a partition is closed only between rounds.
+        self._lock = lock
+        #: Notified whenever a partition opens or closes (reads wait on it).
+        self._progress = progress
+        #: Called once a partition's store is open, before it is resumed (a pending
+        #: checkpoint is taken then); and when a partition is revoked.
+        self._on_open = on_open
+        self._on_revoke = on_revoke
+        self.consumer: AIOKafkaConsumer | None = None
+        self.folders: dict[int, PartitionFolder] = {}
+        #: The stores of ``folders`` (a live, read-only view).
+        self.stores: Mapping[int, PartitionStore] = _Stores(self.folders)
+        #: Partitions whose stores are being opened (paused in the consumer until ready).
+        self.opening: dict[int, asyncio.Task[None]] = {}
+        #: What the last open of each partition did (``/v1/partitions``, ``lukhas status``).
+        self.reports: dict[int, RestoreReport] = {}
+        #: Per partition, the WAL offset up to which changes are on the change topic already
+        #: (read when the partition opens): records below it are folded without publishing.
+        self.quiet_below: dict[int, int] = {}
+        #: Partitions of the WAL, as of the last assignment.
+        self.partition_count = 0
+        #: What made opening a partition fail: the loop raises it.
+        self.fatal: BaseException | None = None
+
+    def listener(self) -> ConsumerRebalanceListener:
+        return _Listener(self)
+
+    async def assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        """Positions and pauses each new partition, then starts opening its store (see the
+        module doc); a partition whose store is open already is sought to its offset."""
+        consumer = self.consumer
+        assert consumer is not None
+        tps = list(assigned)
+        self.partition_count = len(consumer.partitions_for_topic(self.config.topics.events) or ())
+        for tp in tps:
+            store = self.stores.get(tp.partition)
+            if store is not None:
+                consumer.seek(tp, store.next_offset)
+            elif tp.partition not in self.opening:
+                consumer.seek(tp, 0)  # provisional: paused, nothing is fetched from it
+                consumer.pause(tp)
+                task = asyncio.create_task(self._open(tp))
+                self.opening[tp.partition] = task
+        self.announce()
+
+    def announce(self) -> None:
+        """Tells the routing table this worker's assignment and has it asked for again
+        (processors.members: the group coordinator's description is the table)."""
+        consumer = self.consumer
+        if consumer is None:
+            return
+        assigned = [tp.partition for tp in consumer.assignment()]
+        generation = int(getattr(getattr(consumer, "_coordinator", None), "generation", 0))
+        self.membership.assigned(assigned, max(generation, 0))
+
+    async def _open(self, tp: TopicPartition) -> None:
+        try:
+            consumer = self.consumer
+            assert consumer is not None
+            low = (await consumer.beginning_offsets([tp]))[tp]
+            high = (await consumer.end_offsets([tp]))[tp]
+            coverage = await self.opener.changes_coverage(tp.partition)
+            store, report = await self.opener.open(tp.partition, (low, high))
+            report.skipped += coverage.skipped
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("partition %d could not be opened: %s", tp.partition, exc)
+            self.fatal = exc
+            return
+        finally:
+            self.opening.pop(tp.partition, None)
+        consumer = self.consumer
+        if consumer is None or tp not in consumer.assignment():
+            store.close()  # revoked while it was restoring
+            return
+        if coverage.offset > store.next_offset:
+            self.quiet_below[tp.partition] = coverage.offset
+        self.reports[tp.partition] = report
+        self.metrics.restores.labels(report.source.value).inc()
+        self.metrics.quarantined.inc(len(report.quarantined))
+        self.folders[tp.partition] = PartitionFolder(tp.partition, store, self.config.limits)
+        await self._on_open(tp.partition, store)
+        if self.stores.get(tp.partition) is not store:
+            return  # revoked meanwhile (and closed by the revocation)
+        consumer.seek(tp, store.next_offset)
+        consumer.resume(tp)
+        log.info(
+            "partition %d opened from %s in %.2f s, folding from offset %d (digest %s)",
+            tp.partition, report.source.value, report.seconds, store.next_offset, report.digest,
+        )  # fmt: skip
+        async with self._progress:
+            self._progress.notify_all()
+
+    async def revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        """Closes the stores of revoked partitions, between rounds (see the module doc)."""
+        revoked = list(revoked)
+        await self.wait_opening([tp.partition for tp in revoked])
+        async with self._lock:  # waits for the round in progress to commit
+            for tp in revoked:
+                self._on_revoke(tp.partition)
+                self.quiet_below.pop(tp.partition, None)
+                folder = self.folders.pop(tp.partition, None)
+                if folder is not None:
+                    folder.store.close()
+                    log.info("partition %d revoked", tp.partition)
+        if revoked:
+            self.announce()
+
+    async def wait_opening(self, partitions: Iterable[int] | None = None) -> None:
+        """Waits for the opening tasks of ``partitions`` (None: all). Not cancelled: a restore
+        runs partly in a thread that would go on holding the store's lock. Once done, a task
+        sees its partition is gone and closes the store."""
+        chosen = None if partitions is None else set(partitions)
+        tasks = [task for p, task in self.opening.items() if chosen is None or p in chosen]
+        if tasks:
+            await asyncio.wait(tasks)
+
+    def take_all(self) -> list[PartitionStore]:
+        """Empties the table (reads then go elsewhere: 421) and returns the stores to close."""
+        stores = [folder.store for folder in self.folders.values()]
+        self.folders.clear()
+        return stores
+
+    # ---- where each partition is ----
+
+    def folder_for(self, partition: int) -> PartitionFolder:
+        """The partition's folder (its store and dedupe window); ``NotOwnerError`` when this
+        worker does not fold it (now)."""
+        folder = self.folders.get(partition)
+        if folder is None:
+            raise NotOwnerError(f"partition {partition} is not served by this worker")
+        return folder
+
+    def highwater(self, partition: int) -> int | None:
+        """The WAL end offset the fetcher last saw for ``partition`` (None: not fetched
+        here). It lags a write made since: a lower bound of the end, never more."""
+        tp = TopicPartition(self.config.topics.events, partition)
+        consumer = self.consumer
+        if consumer is None or tp not in consumer.assignment():
+            return None  # aiokafka asserts the partition is assigned
+        high: int | None = consumer.highwater(tp)
+        return high
+
+    async def wait_applied(self, partition: int, offset: int, timeout_s: float) -> bool:
+        """Waits until ``offset`` of ``partition`` is folded (``next_offset > offset``).
+
+        A partition not (yet) assigned here is waited for too, since the worker may be starting
+        or rebalancing — unless the members table names another worker as its owner: then
+        ``NotOwnerError`` at once (the caller goes there). Returns False on timeout; raises
+        ``NotOwnerError`` if by then the partition is still not served by this worker.
+        """
+        deadline = time.monotonic() + timeout_s
+        async with self._progress:
+            while True:
+                store = self.stores.get(partition)
+                if store is not None and store.next_offset > offset:
+                    return True
+                if store is None and partition not in self.opening:
+                    owner = self.membership.owner(partition)
+                    if owner is not None and owner.api != self.config.api_url:
+                        raise NotOwnerError(
+                            f"partition {partition} is served by {owner.api}, not this worker"
+                        )
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if store is None:
+                        self.folder_for(partition)  # raises NotOwnerError
+                    return False
+                # Woken by every round and (re)assignment; polled as well, since a move of
+                # the partition elsewhere shows only in the members table.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._progress.wait(), min(left, WAIT_POLL_S))
+
+    def open_transaction(self, partition: int) -> tuple[int, int] | None:
+        """``(first_offset, high_watermark)`` when an open transaction holds ``partition``:
+        the last stable offset (where the oldest open transaction began) is below the high
+        watermark, and this worker, reading ``read_committed``, has folded up to it, so
+        nothing after it is folded until that transaction commits or aborts. None otherwise,
+        or when the partition is not fetched here."""
+        store = self.stores.get(partition)
+        consumer = self.consumer
+        if store is None or consumer is None:
+            return None
+        tp = TopicPartition(self.config.topics.events, partition)
+        try:
+            lso, high = consumer.last_stable_offset(tp), consumer.highwater(tp)
+        except (AssertionError, KeyError):  # not assigned here (any more)
+            return None
+        if lso is None or high is None or not 0 <= lso < high or store.next_offset < lso:
+            return None
+        return lso, high
+
+    async def out_of_range(self, exc: OffsetOutOfRangeError) -> BaseException:
+        """Names why a store's ``next_offset`` is not in the WAL: truncated by retention, or
+        beyond the log end (the store belongs to another log, e.g. a re-created topic)."""
+        if self.fatal is not None:
+            return self.fatal
+        assert self.consumer is not None
+        topic = self.config.topics.events
+        tps = [TopicPartition(topic, p) for p in self.folders]
+        low = await self.consumer.beginning_offsets(tps)
+        high = await self.consumer.end_offsets(tps)
+        for tp in tps:
+            needed = self.folders[tp.partition].store.next_offset
+            if needed < low[tp]:
+                return WalTruncatedError(tp.partition, needed, low[tp])
+            if needed > high[tp]:
+                return ProcessorError(
+                    f"the store of partition {tp.partition} needs offset {needed} but the WAL "
+                    f"ends at {high[tp]}: the state dir belongs to another log"
+                )
+        return ProcessorError(f"WAL offset out of range: {exc}")
+
+
+class _Stores(Mapping[int, PartitionStore]):
+    """The stores of a partition -> folder table, live and read-only."""
+
+    __slots__ = ("_folders",)
+
+    def __init__(self, folders: dict[int, PartitionFolder]) -> None:
+        self._folders = folders
+
+    def __getitem__(self, partition: int) -> PartitionStore:
+        return self._folders[partition].store
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._folders)
+
+    def __len__(self) -> int:
+        return len(self._folders)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: Assignment) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.owner.revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        try:
+            await self.owner.assigned(assigned)
+        except Exception as exc:  # aiokafka would only log it: hand it to run() to raise
+            log.error("partition assignment failed: %s", exc)
+            self.owner.fatal = exc
