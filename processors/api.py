@@ -79,7 +79,7 @@ from aiohttp import web
 from lukhas_context.processors.exceptions import NotOwnerError
 from lukhas_context.processors.fold import apply, dead_letter_reason, is_barrier
 from lukhas_context.processors.listener import Listener
-from lukhas_context.processors.materializer import MAX_REQUEST_BYTES, Materializer
+from lukhas_context.processors.materializer import Materializer
 from lukhas_context.processors.metrics import PROMETHEUS_CONTENT_TYPE
 from lukhas_context.processors.round import reused_event_id
 from lukhas_context.processors.wal_end import WalEnds
@@ -89,7 +89,7 @@ from lukhas_context.state.store import HASH_MASK
 from lukhas_context.streams.changes import Gap
 from lukhas_context.streams.exceptions import InvalidPositionError, ReadError, ValidationError
 from lukhas_context.streams.position import MAX_OFFSET, MAX_PARTITION, parse_natural, parse_position
-from lukhas_context.streams.topics import partition_for
+from lukhas_context.streams.topics import DOWNSTREAM_MAX_MESSAGE_BYTES, partition_for
 from lukhas_context.streams.watch import Watcher
 
 MAX_WAIT_S = 30.0
@@ -193,7 +193,9 @@ class ReadApi:
     def __init__(self, materializer: Materializer) -> None:
         self.m = materializer
         # Dry runs post whole events: a 1 MiB document and its envelope must fit.
-        self.app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[self._deadlines])
+        self.app = web.Application(
+            client_max_size=DOWNSTREAM_MAX_MESSAGE_BYTES, middlewares=[self._deadlines]
+        )
         self.app.add_routes(
             [
                 web.get("/v1/contexts/{context_id}", self.get_context),

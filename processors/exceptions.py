@@ -13,6 +13,7 @@ __all__ = [
     "NotOwnerError",
     "PoisonRecordError",
     "ProcessorError",
+    "StoreInUseError",
     "UnusableChangeError",
     "WalTruncatedError",
 ]
@@ -71,3 +72,7 @@ class ChangesUnusableError(ProcessorError):
     """The change topic cannot restore a partition: it holds a record that cannot be used
     (``UnusableChangeError``). Restoring from the rest would silently lose or misstate that
     record's context, so the restore takes the next path instead."""
+
+
+class StoreInUseError(ProcessorError):
+    """The partition's store is open in a running worker (``lukhas restore``): stop it first."""

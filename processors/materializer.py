@@ -30,7 +30,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
@@ -48,11 +48,10 @@ from lukhas_context.schemas.codec import EventCodec
 from lukhas_context.schemas.event import ContextEvent
 from lukhas_context.state.checkpoints import CheckpointDir
 from lukhas_context.state.store import PartitionStore
+from lukhas_context.streams import kafka
 
 log = logging.getLogger(__name__)
 
-#: Largest single record the worker's producer sends (a 1 MiB document and its envelope fit).
-MAX_REQUEST_BYTES = 4 * 1024 * 1024
 MIN_ROUND_RECORDS = 200
 
 
@@ -129,26 +128,18 @@ class Materializer:
         """Connects to Kafka and joins the group; partitions arrive through the listener."""
         cfg = self.config
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=cfg.bootstrap,
-            client_id=f"{cfg.client_id}-changes",
-            enable_idempotence=True,
-            acks="all",
-            max_batch_size=512 * 1024,
-            max_request_size=MAX_REQUEST_BYTES,
-            linger_ms=0,
+        self._producer = kafka.producer(
+            cfg.bootstrap, f"{cfg.client_id}-changes", max_batch_size=512 * 1024, linger_ms=0
         )
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=cfg.bootstrap,
-            client_id=cfg.client_id,
+        consumer = kafka.consumer(
+            cfg.bootstrap,
+            cfg.client_id,
+            isolation="read_committed",
             group_id=cfg.group_id,
             group_instance_id=cfg.instance_id,
             session_timeout_ms=cfg.session_timeout_ms,
-            enable_auto_commit=False,
             # The store says where to start; a position the log no longer has is an error.
             auto_offset_reset="none",
-            isolation_level="read_committed",
-            max_partition_fetch_bytes=MAX_REQUEST_BYTES,
             fetch_max_bytes=16 * 1024 * 1024,
             # Carries this worker's API URL to the coordinator (processors.members); round
             # robin alone while a worker of an earlier version is in the group.

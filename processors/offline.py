@@ -22,24 +22,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka import TopicPartition
 from tqdm import tqdm
 
 from lukhas_context.processors.checkpointer import Checkpointer
 from lukhas_context.processors.config import WorkerConfig
-from lukhas_context.processors.exceptions import ProcessorError, WalTruncatedError
+from lukhas_context.processors.exceptions import ProcessorError, StoreInUseError, WalTruncatedError
 from lukhas_context.processors.metrics import WorkerMetrics
 from lukhas_context.processors.opener import RestoreReport, Source, StoreOpener
 from lukhas_context.processors.round import PartitionFolder, segment_end
 from lukhas_context.state.exceptions import StoreLockedError, StoreOpenError
 from lukhas_context.state.store import PartitionStore, move_aside
+from lukhas_context.streams import kafka
+from lukhas_context.streams.kafka import kafka_errors
 
 log = logging.getLogger(__name__)
-
-
-class StoreInUseError(ProcessorError):
-    """The partition's store is open in a running worker: stop it first."""
 
 
 class From(enum.Enum):
@@ -152,14 +149,14 @@ async def _check_partition(config: WorkerConfig, partition: int) -> None:
     """``ProcessorError`` naming the cause when Kafka cannot be reached or the WAL has no
     such partition (aiokafka would wait for ever for its offsets)."""
     topic = config.topics.events
-    consumer = AIOKafkaConsumer(bootstrap_servers=config.bootstrap,
-                                client_id=f"{config.client_id}-restore")  # fmt: skip
+    consumer = kafka.consumer(
+        config.bootstrap, f"{config.client_id}-restore", isolation="read_uncommitted"
+    )
     try:
-        await consumer.start()
-        metadata = await consumer._client.fetch_all_metadata()
+        with kafka_errors(ProcessorError, f"cannot reach Kafka at {config.bootstrap}"):
+            await consumer.start()
+            metadata = await consumer._client.fetch_all_metadata()
         count = len(metadata.partitions_for_topic(topic) or ())
-    except KafkaError as exc:
-        raise ProcessorError(f"cannot reach Kafka at {config.bootstrap}: {exc}") from exc
     finally:
         await consumer.stop()
     if partition >= count:

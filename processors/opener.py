@@ -70,6 +70,7 @@ from lukhas_context.state.journal import ENTRY, EntryStatus, encode_block
 from lukhas_context.state.manifest import Manifest
 from lukhas_context.state.record import ContextRecord
 from lukhas_context.state.store import PartitionStore, free_path, quarantine
+from lukhas_context.streams import kafka
 
 log = logging.getLogger(__name__)
 
@@ -377,12 +378,10 @@ class StoreOpener:
     # ---- Kafka reads ----
 
     def consumer(self) -> AIOKafkaConsumer:
-        return AIOKafkaConsumer(
-            bootstrap_servers=self.config.bootstrap,
-            client_id=f"{self.config.client_id}-restore",
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            max_partition_fetch_bytes=4 * 1024 * 1024,
+        return kafka.consumer(
+            self.config.bootstrap,
+            f"{self.config.client_id}-restore",
+            isolation="read_committed",
             fetch_max_bytes=16 * 1024 * 1024,
         )
 
