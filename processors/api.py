@@ -61,6 +61,12 @@ naming the ones it takes; numbers are decimal ASCII digits within range (offsets
 timestamps at most 2^63-1), else a 400 (never a 500).
 Connections are accepted by ``processors.listener``: capped, with deadlines for headers,
 bodies and idle connections; a connection over the cap is answered 503, late headers 408.
+
+Over 450 lines, for one job: the worker's HTTP surface. Each handler is short (parse and
+bound the parameters, wait or forward, answer); what they share (the parameter checks, the
+forwarding to the owner, the error shape) is what keeps their answers alike, so they stay
+together. The work behind them lives elsewhere: the store, ``processors.listener``,
+``streams.watch``.
 """
 
 from __future__ import annotations

@@ -27,6 +27,11 @@ paths it changes and keeps every other sub-value of the input in the result as i
 Neither input is ever changed, but changing the *result* in place can change values that the
 input (or the merge patch) also holds: treat all three as read-only, as the fold does (it
 serialises the result at once).
+
+Over 450 lines, for one job: applying a patch under bounds fixed before any work is done.
+The RFC 6902 operations, the merge patch, the iterative copy/compare and the work accounting
+share one budget object and one error type; split apart, each piece would have to re-check
+what the others already bounded.
 """
 
 from __future__ import annotations

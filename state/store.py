@@ -21,6 +21,11 @@ store has ``next_offset`` 0.
 RocksDB's own WAL is written without fsync per batch: a killed process loses nothing (the
 page cache survives it), and after a power loss RocksDB recovers a consistent prefix, which the
 fold then completes from the Kafka log.
+
+Over 450 lines, for one job: the partition's RocksDB and the invariants of what it holds.
+The digest, the counts, the expiry index and the journal change in one ``WriteBatch`` per
+round; the code that writes them and the code that verifies them (``verify``) must agree line
+by line, so they are kept side by side.
 """
 
 from __future__ import annotations
