@@ -2,7 +2,7 @@
 """The fold's hot loop in C, for the commonest event only: an unconditional Put whose payload
 is exactly ``EventCodec.simple_put``'s shape. It computes what the pure-Python path
 (``processors.round.PartitionFolder._fold_one``) computes, byte for byte; the tests fold
-generated logs through both and compare (tests/unit/test_fold_native.py). Every other record
+generated logs through both and compare (tests/unit/processors/test_fold_native.py). Every other record
 is handed to ``slow(message)`` in log order. ``recent`` is ``state.dedupe.DedupeWindow.ids``:
 an event id already in it goes to ``slow``, which decides; a new one is inserted as
 ``DedupeWindow.admit`` inserts it.
