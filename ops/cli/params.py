@@ -15,10 +15,9 @@ import orjson
 from lukhas_context.schemas.numbers import out_of_range_integer
 from lukhas_context.streams.changes import MAX_INT64, parse_start
 from lukhas_context.streams.exceptions import ValidationError
+from lukhas_context.streams.position import MAX_PARTITION, parse_position
 from lukhas_context.streams.validation import DEFAULT_MAX_DOCUMENT_BYTES, MAX_TTL_S
 
-#: Kafka partition numbers are signed 32-bit.
-MAX_PARTITION = 2**31 - 1
 #: The longest wait a command may ask for (seconds).
 MAX_WAIT_S = 3600.0
 #: The most bytes read for one JSON argument (from stdin or a file): generous next to the
@@ -78,16 +77,6 @@ PARTITION = click.IntRange(0, MAX_PARTITION)
 COUNT = click.IntRange(1, MAX_INT64)
 
 
-def natural(raw: str, what: str, high: int = MAX_INT64) -> int:
-    """A decimal integer in ``[0, high]``: ASCII digits only (``int()`` also takes "٣", " 3"
-    and "1_0"), bounded before it is converted; ``ValueError`` naming ``what`` otherwise."""
-    if not (raw.isascii() and raw.isdigit()):
-        raise ValueError(f"{what} must be a non-negative integer, got {_shown(raw)}")
-    if len(raw.lstrip("0")) > len(str(high)) or int(raw) > high:
-        raise ValueError(f"{what} {_shown(raw)} is out of range: at most {high}")
-    return int(raw)
-
-
 class Position(click.ParamType):
     """``PARTITION:OFFSET``, a WAL position (a receipt's ``partition:offset``)."""
 
@@ -101,12 +90,9 @@ class Position(click.ParamType):
     ) -> tuple[int, int]:
         if isinstance(value, tuple):
             return value
-        partition, colon, offset = str(value).partition(":")
-        if not colon:
-            self.fail(f"a position is PARTITION:OFFSET, got {_shown(str(value))}", param, ctx)
-        try:
-            return natural(partition, "partition", MAX_PARTITION), natural(offset, "offset")
-        except ValueError as exc:
+        try:  # the one parser of a position (the client's and the read API's too)
+            return parse_position(str(value))
+        except ValidationError as exc:
             self.fail(str(exc), param, ctx)
 
 
