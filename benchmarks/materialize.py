@@ -80,7 +80,7 @@ async def measure_update_bytes(bootstrap: str, topics: Topics, writes: int) -> t
     """Bytes of event values sent by ``update()`` for a conversation growing by one message per
     write, against whole-document puts of the same documents."""
     async with ContextClient(ClientConfig(bootstrap, None, topics)) as client:
-        producer = await client._ensure_producer()
+        producer = await client.writer.producer()
         sizes: list[int] = []
         original = producer.send_and_wait
 
