@@ -106,6 +106,8 @@ class WorkerFlags:
     group: str
     api_host: str
     api_port: int
+    advertised_url: str | None
+    peer_url: str | None
     redis_url: str | None
     max_batch: int
     instance_id: str | None
@@ -200,6 +202,7 @@ class Settings:
         return WorkerConfig(
             bootstrap=f.bootstrap, state_dir=f.state_dir, topics=Topics(f.topic_prefix),
             group_id=f.group, api_host=f.api_host, api_port=f.api_port,
+            advertised_url=f.advertised_url, peer_url=f.peer_url,
             max_batch_records=f.max_batch, instance_id=f.instance_id,
             session_timeout_ms=int(f.session_timeout * 1000), checkpoint_dir=f.checkpoint_dir,
             checkpoint_interval_s=f.checkpoint_interval, checkpoint_keep=f.checkpoint_keep,

@@ -304,7 +304,7 @@ class ReadApi:
             return None
         if self._http is None:
             self._http = aiohttp.ClientSession()
-        url = owner.api.rstrip("/") + request.path_qs
+        url = owner.forward_url.rstrip("/") + request.path_qs
         try:
             async with self._http.request(
                 request.method, url, data=await request.read() or None,

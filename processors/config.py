@@ -8,6 +8,7 @@ from pathlib import Path
 from lukhas_context.processors.exceptions import InvalidWorkerConfigError
 from lukhas_context.processors.fold import Limits
 from lukhas_context.processors.listener import ListenerLimits
+from lukhas_context.processors.members import api_url_problem
 from lukhas_context.state.store import StoreOptions
 from lukhas_context.streams.topics import Topics
 
@@ -72,11 +73,18 @@ class WorkerConfig:
     #: message template beyond ``log_burst`` per ``log_interval_s`` are counted, not written.
     log_burst: int = 50
     log_interval_s: float = 30.0
-    #: The read API's URL as other workers and clients reach it (default: from api_host and
-    #: api_port), published on the members topic.
+    #: The read API's URL as clients reach it (default: from api_host and api_port), in this
+    #: worker's group subscription, which the routing table is built from.
     advertised_url: str | None = None
+    #: The URL other workers forward requests to, when it is not ``advertised_url`` (docker
+    #: compose: clients on the host use the published port, workers the compose network).
+    peer_url: str | None = None
 
     def __post_init__(self) -> None:
+        for name, url in (("advertised_url", self.advertised_url), ("peer_url", self.peer_url)):
+            problem = None if url is None else api_url_problem(url)
+            if problem is not None:
+                raise InvalidWorkerConfigError(f"{name}: {problem}")
         if not 0 < self.expiry_retry_s <= self.expiry_retry_max_s:
             raise InvalidWorkerConfigError(
                 f"expiry_retry_s ({self.expiry_retry_s}) must be positive and at most "

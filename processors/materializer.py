@@ -85,7 +85,7 @@ class Materializer:
         self.metrics.clock_error.set_function(lambda: _error_s(self.clock.skew()))
         self.membership = Membership(
             config.bootstrap, config.group_id, config.topics.events, config.member_id,
-            config.api_url,
+            config.api_url, config.peer_url,
         )  # fmt: skip
         self.opener = StoreOpener(config, self.metrics)
         self.checkpointer = Checkpointer(config, self.metrics)

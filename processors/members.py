@@ -68,11 +68,20 @@ class Member:
     generation: int
     #: This worker's wall clock when it read the description (never another party's).
     updated_ms: int
+    #: The URL other workers forward to, when it differs from ``api`` (the URL clients use):
+    #: in docker compose, ``api`` is the port published on the host and ``peer`` the
+    #: container's name on the compose network.
+    peer: str | None = None
+
+    @property
+    def forward_url(self) -> str:
+        """Where another worker sends a request this member serves."""
+        return self.peer or self.api
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "member": self.member, "api": self.api, "partitions": list(self.partitions),
-            "generation": self.generation, "updated_ms": self.updated_ms,
+            "generation": self.generation, "updated_ms": self.updated_ms, "peer": self.peer,
         }  # fmt: skip
 
 
@@ -96,12 +105,13 @@ def api_url_problem(url: str) -> str | None:
     return None
 
 
-def encode_user_data(api: str) -> bytes:
-    return orjson.dumps({"api": api})
+def encode_user_data(api: str, peer: str | None = None) -> bytes:
+    return orjson.dumps({"api": api} if peer is None else {"api": api, "peer": peer})
 
 
-def decode_user_data(user_data: bytes | None) -> str:
-    """The API URL in a member's subscription ``user_data``; ``ValueError`` saying why not."""
+def decode_user_data(user_data: bytes | None) -> tuple[str, str | None]:
+    """The API URL and the peer URL (None when absent) in a member's subscription
+    ``user_data``; ``ValueError`` saying why not."""
     try:
         data = orjson.loads(user_data or b"")
     except orjson.JSONDecodeError:
@@ -109,20 +119,25 @@ def decode_user_data(user_data: bytes | None) -> str:
     api = data.get("api") if isinstance(data, dict) else None
     if not isinstance(api, str):
         raise ValueError("its subscription carries no API URL")
-    problem = api_url_problem(api)
-    if problem is not None:
-        raise ValueError(problem)
-    return api
+    peer = data.get("peer")
+    if peer is not None and not isinstance(peer, str):
+        raise ValueError("its subscription's peer URL is not a string")
+    for url in (api, peer):
+        problem = None if url is None else api_url_problem(url)
+        if problem is not None:
+            raise ValueError(problem)
+    return api, peer
 
 
 class ApiAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
-    """Round-robin assignment (aiokafka's), with this worker's API URL in its subscription."""
+    """Round-robin assignment (aiokafka's), with this worker's API URL (and peer URL, when it
+    has one) in its subscription."""
 
     name = ASSIGNOR_NAME
     version = 0
 
-    def __init__(self, api: str) -> None:
-        self._user_data = encode_user_data(api)
+    def __init__(self, api: str, peer: str | None = None) -> None:
+        self._user_data = encode_user_data(api, peer)
 
     def metadata(self, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
         return ConsumerProtocolMemberMetadata(self.version, sorted(topics), self._user_data)
@@ -179,20 +194,21 @@ def read_group(group: Any, topic: str, generation: int, now_ms: int) -> GroupVie
     found: list[Member] = []
     for member_id, _client, _host, metadata, assignment in (m[:5] for m in described):
         try:
-            api = decode_user_data(ConsumerProtocolMemberMetadata.decode(metadata).user_data)
+            user_data = ConsumerProtocolMemberMetadata.decode(metadata).user_data
+            api, peer = decode_user_data(user_data)
             partitions = sorted(_partitions_of(assignment, topic))
         except Exception as exc:  # undecodable bytes raise anything; only this member is out
             view.problems.append(f"member {member_id!r} left out: {exc}")
             continue
         for p in partitions:
             holders.setdefault(p, []).append(member_id)
-        found.append(Member(member_id, api, tuple(partitions), generation, now_ms))
+        found.append(Member(member_id, api, tuple(partitions), generation, now_ms, peer))
     doubled = {p for p, ids in holders.items() if len(ids) > 1}
     for p in sorted(doubled):
         view.problems.append(f"partition {p} is assigned to {holders[p]}: no route for it")
     view.members = [
         Member(m.member, m.api, tuple(p for p in m.partitions if p not in doubled),
-               m.generation, m.updated_ms)
+               m.generation, m.updated_ms, m.peer)
         for m in found
     ]  # fmt: skip
     return view
@@ -214,13 +230,17 @@ def _partitions_of(assignment: bytes, topic: str) -> set[int]:
 class Membership:
     """The routing table of one worker: ``owner(partition)``, ``members()``."""
 
-    def __init__(self, bootstrap: str, group_id: str, topic: str, member: str, api: str) -> None:
+    def __init__(
+        self, bootstrap: str, group_id: str, topic: str, member: str, api: str,
+        peer: str | None = None,
+    ) -> None:  # fmt: skip
         self.bootstrap = bootstrap
         self.group_id = group_id
         self.topic = topic
         self.member = member
         self.api = api
-        self.assignor = ApiAssignor(api)
+        self.peer = peer
+        self.assignor = ApiAssignor(api, peer)
         self._members: list[Member] = []
         self._owners: dict[int, Member] = {}
         self._generation = 0
@@ -255,7 +275,7 @@ class Membership:
         at once, and the rest of the table is asked for again."""
         self._generation = generation
         mine = Member(self.member, self.api, tuple(sorted(partitions)), generation,
-                      int(time.time() * 1000))  # fmt: skip
+                      int(time.time() * 1000), self.peer)  # fmt: skip
         others = [m for m in self._members if m.api != self.api]
         owners = {p: m for p, m in self._owners.items() if m.api != self.api}
         owners.update(dict.fromkeys(mine.partitions, mine))

@@ -11,6 +11,7 @@ from lukhas_context.ops.cli.cluster import demo, down, status, up
 from lukhas_context.ops.cli.errors import EXIT_CODES, OneLineGroup
 from lukhas_context.ops.cli.reads import get, outcome, watch
 from lukhas_context.ops.cli.restore import restore
+from lukhas_context.ops.cli.topics import topics
 from lukhas_context.ops.cli.transactions import transactions
 from lukhas_context.ops.cli.worker import worker
 from lukhas_context.ops.cli.writes import delete, patch, put, touch
@@ -36,7 +37,7 @@ def cli(ctx: click.Context, verbose: int) -> None:
 
 
 for _command in (up, down, status, demo, worker, restore, put, patch, touch, delete, get,
-                 outcome, watch, checkpoint, transactions):  # fmt: skip
+                 outcome, watch, checkpoint, transactions, topics):  # fmt: skip
     cli.add_command(_command)
 
 

@@ -15,6 +15,7 @@ from lukhas_context.ops.cli.errors import fail, handle_errors
 from lukhas_context.ops.cli.options import bootstrap_option, client_options, data_dir_option
 from lukhas_context.ops.cli.output import echo_status, partition_line, print_json
 from lukhas_context.ops.cluster import LocalCluster
+from lukhas_context.ops.cluster.remote import remote_status
 from lukhas_context.ops.config import Settings
 from lukhas_context.streams.client import Context, ContextClient, Receipt
 
@@ -77,18 +78,36 @@ def down(data_dir: Path | None, as_json: bool, processor_only: bool) -> None:
 
 @click.command()
 @data_dir_option
+@bootstrap_option("Report on this Kafka cluster instead of the data dir's (docker compose).")
+@click.option("--api", default=None, envvar="LUKHAS_API_URL",
+              help="With --bootstrap: workers' read API URLs, comma-separated [env "
+              "LUKHAS_API_URL]; the group's other workers are found from them.")  # fmt: skip
+@click.option(
+    "--brokers",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help="With --bootstrap: brokers that must be up [default: those that are].",
+)
+@click.option("--redis-url", default=None, help="With --bootstrap: the Redis to PING.")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def status(data_dir: Path | None, as_json: bool) -> None:
+def status(data_dir: Path | None, bootstrap: str | None, api: str | None, brokers: int | None,
+           redis_url: str | None, as_json: bool) -> None:  # fmt: skip
     """Show whether Kafka, Redis and the processors of the data dir's cluster are up and
-    ready. Exit 1 (after the report) when a part is not ready, or the data dir holds no
-    cluster."""
-    result = _recorded_cluster(data_dir).status()
+    ready; with --bootstrap (or LUKHAS_BOOTSTRAP, unless --data-dir is given), of that
+    cluster and the workers found from --api. Exit 1 (after the report) when a part is not
+    ready, or the data dir holds no cluster."""
+    if bootstrap and data_dir is None:
+        result = remote_status(bootstrap, api, brokers, redis_url)
+    else:
+        result = _recorded_cluster(data_dir).status()
     if as_json:
         print_json(result)
     else:
         echo_status(result)
-    waiting = [name for name in ("kafka", "redis") if not result[name]["ready"]]
+    waiting = [name for name in ("kafka", "redis") if name in result and not result[name]["ready"]]
+    if "processors" in result and not result["processors"]:
+        waiting.append("processors (none found: pass --api)")
     waiting += [f"processor {p['api']}" for p in result["processors"] if not p.get("ready")]
     if waiting:
         fail(f"not ready: {', '.join(waiting)}")

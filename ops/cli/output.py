@@ -23,9 +23,11 @@ def echo_status(status: dict[str, Any]) -> None:
     click.echo(
         f"kafka      {kafka['bootstrap']}  brokers={kafka['brokers']} ready={kafka['ready']}"
     )
-    click.echo(f"redis      {status['redis']['url']}  ready={status['redis']['ready']}")
+    if "redis" in status:
+        click.echo(f"redis      {status['redis']['url']}  ready={status['redis']['ready']}")
     for p in status["processors"]:
-        click.echo(f"processor  {p['api']}  pid={p['pid']} ready={p.get('ready')}"
+        who = f"pid={p['pid']}" if "pid" in p else f"member={p.get('member')}"
+        click.echo(f"processor  {p['api']}  {who} ready={p.get('ready')}"
                    + (f"  digest={p['digest']}" if p.get("digest") else ""))  # fmt: skip
         for part in p.get("partitions", []):
             held = part.get("open_transaction_from")

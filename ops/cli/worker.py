@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from lukhas_context.ops.cli import params
-from lukhas_context.ops.cli.errors import F
+from lukhas_context.ops.cli.errors import F, handle_errors
 from lukhas_context.ops.cli.options import checkpoint_dir_option
 from lukhas_context.ops.config import Settings, WorkerFlags
 
@@ -26,6 +26,16 @@ def _opt(name: str, kind: click.ParamType, default: float | None, help: str) -> 
     return click.option(name, type=kind, default=default, show_default=True, help=help)
 
 
+def _api_url(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A URL a worker may advertise (the routing table's rule), else a usage error."""
+    from lukhas_context.processors.members import api_url_problem
+
+    problem = None if value is None else api_url_problem(value)
+    if problem is not None:
+        raise click.BadParameter(problem)
+    return value
+
+
 @click.command()
 @click.option("--bootstrap", required=True, help="Kafka bootstrap servers.")
 @click.option("--state-dir", type=click.Path(path_type=Path), required=True)
@@ -33,6 +43,15 @@ def _opt(name: str, kind: click.ParamType, default: float | None, help: str) -> 
 @click.option("--group", default="lukhas-materializer", show_default=True)
 @click.option("--api-host", default="127.0.0.1", show_default=True)
 @click.option("--api-port", type=params.PORT, default=18080, show_default=True)
+@click.option(
+    "--advertised-url",
+    default=None,
+    callback=_api_url,
+    help="The read API's URL as clients reach it [default: http://API_HOST:API_PORT].",
+)
+@click.option("--peer-url", default=None, callback=_api_url,
+              help="The URL other workers forward to, if not --advertised-url (e.g. a container "
+              "name, where clients use a published port).")  # fmt: skip
 @click.option("--redis-url", default=None, help="Redis (fencing locks; used by later features).")
 @click.option("--max-batch", type=click.IntRange(1, 1_000_000), default=50_000, show_default=True)
 @click.option(
@@ -57,6 +76,7 @@ def _opt(name: str, kind: click.ParamType, default: float | None, help: str) -> 
 @_opt("--body-timeout", _CONNECTION_S, 30.0,
       "SECONDS from a request's headers until its body is complete (else closed).")  # fmt: skip
 @_opt("--idle-timeout", _CONNECTION_S, 30.0, "SECONDS a keep-alive connection may stay idle.")
+@handle_errors
 def worker(**flags: Any) -> None:
     """Run one processor worker in the foreground (SIGTERM stops it cleanly)."""
     from lukhas_context.processors.worker import run_worker

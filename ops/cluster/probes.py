@@ -16,7 +16,15 @@ from lukhas_context.ops.cluster.spec import HOST
 from lukhas_context.streams.admin import cluster_brokers
 from lukhas_context.streams.exceptions import AdminError
 
-__all__ = ["get_json", "healthz", "live_brokers", "redis_ping", "run_private", "serving"]
+__all__ = [
+    "get_json",
+    "healthz",
+    "live_brokers",
+    "redis_ping",
+    "redis_ping_url",
+    "run_private",
+    "serving",
+]
 
 T = TypeVar("T")
 
@@ -43,10 +51,18 @@ def live_brokers(bootstrap: str, timeout_s: float = 2.0) -> int:
 
 
 def redis_ping(port: int) -> bool:
+    return redis_ping_url(f"redis://{HOST}:{port}/0")
+
+
+def redis_ping_url(url: str) -> bool:
+    """Whether the Redis at ``url`` answers PING within a second (False for a bad URL)."""
     # redis-py takes about 90 ms to import: only the commands that probe Redis pay for it.
     import redis
 
-    client = redis.Redis(host=HOST, port=port, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    except ValueError:
+        return False
     try:
         return bool(client.ping())
     except redis.RedisError:

@@ -205,7 +205,7 @@ def test_the_assignor_carries_the_url_and_assigns_round_robin() -> None:
     meta = assignor.metadata({TOPIC})
     decoded = ConsumerProtocolMemberMetadata.decode(meta.encode())
     assert decoded.subscription == [TOPIC]
-    assert decode_user_data(decoded.user_data) == "http://w1:18080"
+    assert decode_user_data(decoded.user_data) == ("http://w1:18080", None)
 
     cluster = ClusterMetadata()
     cluster._partitions = {TOPIC: {p: None for p in range(5)}}
@@ -221,7 +221,34 @@ def test_the_assignor_carries_the_url_and_assigns_round_robin() -> None:
 )
 def test_api_urls_that_route(url: str) -> None:
     assert api_url_problem(url) is None
-    assert decode_user_data(encode_user_data(url)) == url
+    assert decode_user_data(encode_user_data(url)) == (url, None)
+    assert decode_user_data(encode_user_data(url, "http://worker-1:18081")) == (
+        url,
+        "http://worker-1:18081",
+    )
+
+
+def test_a_member_with_a_peer_url_is_forwarded_to_there_and_routed_to_its_api() -> None:
+    meta = ApiAssignor("http://127.0.0.1:18081", "http://worker-1:18081").metadata({TOPIC})
+    view = read_group(group([("m", bytes(meta.encode()), assignment([0, 1]))]), TOPIC, 3, NOW)
+    (member,) = view.members
+    assert (member.api, member.peer) == ("http://127.0.0.1:18081", "http://worker-1:18081")
+    assert member.forward_url == "http://worker-1:18081"
+    assert member.to_dict()["peer"] == "http://worker-1:18081"
+    assert Member("m", "http://a:1", (), 1, NOW).forward_url == "http://a:1"
+
+
+@pytest.mark.parametrize(
+    ("user_data", "reason"),
+    [
+        (b'{"api": "http://a:1", "peer": 5}', "peer URL is not a string"),
+        (b'{"api": "http://a:1", "peer": "ftp://b"}', "is not http"),
+        (b'{"api": "http://a:1", "peer": "http://b:1/?q=1"}', "a query"),
+    ],
+)
+def test_a_bad_peer_url_leaves_the_member_out(user_data: bytes, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        decode_user_data(user_data)
 
 
 # ---- Membership ----
