@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv up down status test test-unit test-pure test-integration lint format typecheck bench clean
+.PHONY: help venv up down status test test-unit test-pure test-integration lint format typecheck bench clean \
+        compose-build compose-up compose-down compose-clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -60,6 +61,23 @@ bench: $(STAMP)  ## Materialisation throughput vs a bare consumer (starts its ow
 	$(BIN)/python benchmarks/materialize.py
 	$(BIN)/python benchmarks/restore.py
 	$(BIN)/python benchmarks/changes.py
+
+# The compose cluster (docker-compose.yml), the second way to run it: needs a Docker engine.
+COMPOSE_ENV := LUKHAS_BOOTSTRAP=127.0.0.1:29092,127.0.0.1:29093,127.0.0.1:29094 \
+               LUKHAS_API_URL=http://127.0.0.1:28081,http://127.0.0.1:28082
+
+compose-build: $(STAMP)  ## Build the compose images (a Debian base by debootstrap if docker has none)
+	PYTHON=$(BIN)/python bash docker/compose.sh build
+
+compose-up: $(STAMP)  ## Start the docker compose cluster (3 Kafka nodes, Redis, 2 workers), then the demo
+	PYTHON=$(BIN)/python bash docker/compose.sh up
+	$(COMPOSE_ENV) $(BIN)/lukhas demo
+
+compose-down:  ## Stop the compose cluster (keeps its volumes)
+	bash docker/compose.sh down
+
+compose-clean:  ## Stop the compose cluster and remove its volumes
+	bash docker/compose.sh clean
 
 clean:  ## Remove build output (not .venv, not .lukhas)
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -97,7 +97,9 @@ def status(data_dir: Path | None, bootstrap: str | None, api: str | None, broker
     ready; with --bootstrap (or LUKHAS_BOOTSTRAP, unless --data-dir is given), of that
     cluster and the workers found from --api. Exit 1 (after the report) when a part is not
     ready, or the data dir holds no cluster."""
-    if bootstrap and data_dir is None:
+    remote = bool(bootstrap) and data_dir is None
+    if remote:
+        assert bootstrap is not None
         result = remote_status(bootstrap, api, brokers, redis_url)
     else:
         result = _recorded_cluster(data_dir).status()
@@ -105,8 +107,10 @@ def status(data_dir: Path | None, bootstrap: str | None, api: str | None, broker
         print_json(result)
     else:
         echo_status(result)
-    waiting = [name for name in ("kafka", "redis") if name in result and not result[name]["ready"]]
-    if "processors" in result and not result["processors"]:
+    waiting: list[str] = [
+        name for name in ("kafka", "redis") if name in result and not result[name]["ready"]
+    ]
+    if remote and not result["processors"]:
         waiting.append("processors (none found: pass --api)")
     waiting += [f"processor {p['api']}" for p in result["processors"] if not p.get("ready")]
     if waiting:

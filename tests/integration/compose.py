@@ -127,8 +127,8 @@ def compose() -> Iterator[Compose]:
     if c.run("docker", "info", check=False, timeout=30).returncode != 0:
         pytest.fail("no Docker engine answers: start dockerd (`bash docker/compose.sh dockerd` "
                     "as root), or deselect with -m 'not compose'")  # fmt: skip
-    c.run("bash", "docker/compose.sh", "clean", timeout=180)
-    c.run("bash", "docker/compose.sh", "up", timeout=1200)
+    c.run("make", "-s", "compose-clean", timeout=180)
+    c.run("make", "-s", "compose-up", timeout=1200)  # the README's command: up, then the demo
     try:
         asyncio.run(all_served())
         yield c
@@ -136,4 +136,5 @@ def compose() -> Iterator[Compose]:
         logs = c.compose("logs", "--no-color", "--tail", "200", check=False, timeout=60)
         (ROOT / "build").mkdir(exist_ok=True)
         (ROOT / "build" / "compose-logs.txt").write_text(logs.stdout + logs.stderr)
-        c.run("bash", "docker/compose.sh", "clean", timeout=180, check=False)
+        c.run("make", "-s", "compose-down", timeout=180)  # the README's last command
+        c.run("make", "-s", "compose-clean", timeout=180, check=False)

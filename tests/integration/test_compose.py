@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -150,6 +152,30 @@ def test_every_client_command_works_against_the_compose_cluster(
     assert len(checkpoint["manifests"]) == PARTITIONS, checkpoint
     demo = json.loads(_cli("demo", "--json", cwd=tmp_path).stdout)
     assert demo["get"]["doc"]["agent"] == "demo"
+
+
+def test_the_readme_compose_commands_run(compose: Compose, tmp_path: Path) -> None:
+    """The README's compose block: ``make compose-up`` is what the fixture ran (and
+    ``make compose-down`` what it runs last); the exports and the ``lukhas`` lines run here."""
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"## Docker compose\n.*?```sh\n(.*?)```", text, re.DOTALL)
+    assert block is not None
+    lines = [line.split("  #")[0].strip() for line in block.group(1).splitlines()]
+    assert lines[0] == "make compose-up" and lines[-1] == "make compose-down", lines
+    env = dict(os.environ)
+    ran = 0
+    for line in lines[1:-1]:
+        argv = shlex.split(line)
+        if argv[0] == "export":
+            name, _, value = argv[1].partition("=")
+            env[name] = value
+            continue
+        assert argv[0] == ".venv/bin/lukhas", line
+        done = subprocess.run([sys.executable, "-m", "lukhas_context.ops", *argv[1:]], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, (line, done.stdout, done.stderr)
+        ran += 1
+    assert ran == 3
 
 
 # ---- 2. the leader of most WAL partitions killed under load ----

@@ -6,6 +6,7 @@ without end. Commands run as child processes, exactly as a user runs them."""
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import os
 import socket
@@ -239,3 +240,41 @@ def test_positions_are_ascii_digits_bounded_by_value_not_by_length() -> None:
     for bad in ("0:-1", "0: 1", "0:1_0", "٣:0", f"0:{2**63}", f"{2**31}:0", "0:", ":0"):
         with pytest.raises(click.BadParameter):
             position.convert(bad, None, None)
+
+
+# ---- a cluster found by bootstrap (docker compose): topics create, status ----
+
+
+def test_topics_create_needs_a_kafka_and_checks_its_numbers() -> None:
+    result = CliRunner(env={"LUKHAS_BOOTSTRAP": ""}).invoke(cli, ["topics", "create"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "lukhas: error: no Kafka to create topics on: pass --bootstrap or set LUKHAS_BOOTSTRAP"
+    )
+    for bad in (["--partitions", "0"], ["--brokers", "0"], ["--timeout", "nan"]):
+        result = CliRunner().invoke(cli, ["topics", "create", "--bootstrap", "b:1", *bad])
+        assert result.exit_code == 2, (bad, result.output)
+
+
+def test_topics_create_waits_for_the_brokers_it_was_told_of_then_says_so() -> None:
+    result = CliRunner().invoke(
+        cli, ["topics", "create", "--bootstrap", "127.0.0.1:1", "--brokers", "3", "--timeout", "1"]
+    )
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "lukhas: error: 0 of 3 brokers up at 127.0.0.1:1 after 1 s"
+
+
+def test_status_of_a_cluster_given_by_bootstrap_reports_what_is_not_ready() -> None:
+    args = ["status", "--bootstrap", "127.0.0.1:1", "--api", "http://127.0.0.1:1",
+            "--redis-url", "redis://127.0.0.1:1/0", "--json"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["kafka"] == {"bootstrap": "127.0.0.1:1", "brokers": 0, "live": 0, "ready": False}
+    assert report["redis"] == {"url": "redis://127.0.0.1:1/0", "ready": False}
+    assert report["processors"] == [
+        {"api": "http://127.0.0.1:1", "member": None, "alive": False, "ready": False}
+    ]
+    assert result.stderr.strip() == (
+        "lukhas: error: not ready: kafka, redis, processor http://127.0.0.1:1"
+    )
