@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: help venv up down status test test-unit test-pure test-integration lint format typecheck bench clean \
-        compose-build compose-up compose-down compose-clean
+        compose-build compose-up compose-down compose-clean bench-compose
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -72,6 +72,9 @@ compose-build: $(STAMP)  ## Build the compose images (a Debian base by debootstr
 compose-up: $(STAMP)  ## Start the docker compose cluster (3 Kafka nodes, Redis, 2 workers), then the demo
 	PYTHON=$(BIN)/python bash docker/compose.sh up
 	$(COMPOSE_ENV) $(BIN)/lukhas demo
+
+bench-compose: $(STAMP)  ## Failover time of the compose cluster (needs `make compose-up`)
+	$(BIN)/python benchmarks/failover.py
 
 compose-down:  ## Stop the compose cluster (keeps its volumes)
 	bash docker/compose.sh down
