@@ -152,6 +152,12 @@ def test_every_client_command_works_against_the_compose_cluster(
     assert len(checkpoint["manifests"]) == PARTITIONS, checkpoint
     demo = json.loads(_cli("demo", "--json", cwd=tmp_path).stdout)
     assert demo["get"]["doc"]["agent"] == "demo"
+    assert isinstance(json.loads(_cli("transactions", "open", "--json", cwd=tmp_path).stdout),
+                      (dict, list))  # fmt: skip
+    # An offline rebuild on the host from the compose cluster's WAL (into a scratch state dir).
+    rebuilt = _cli("restore", "-p", str(got["partition"]), "--from-scratch", "--state-dir",
+                   str(tmp_path / "rebuilt"), "--json", "--no-progress", cwd=tmp_path)  # fmt: skip
+    assert str(got["partition"]) in rebuilt.stdout, rebuilt.stdout
 
 
 def test_the_readme_compose_commands_run(compose: Compose, tmp_path: Path) -> None:
