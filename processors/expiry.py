@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -38,7 +39,9 @@ class ExpirySweeper:
         self.metrics = metrics
         self._events = events or EventCodec()
         #: Expire events appended and not yet seen applied: partition -> key -> (version,
-        #: monotonic time before which it is not appended again, attempt).
+        #: monotonic time before which it is not appended again, attempt). That time is
+        #: infinite until the append is acknowledged (or failed), then the acknowledgement's
+        #: time plus ``retry_delay(attempt)``.
         self._expiring: dict[int, dict[bytes, tuple[int, float, int]]] = {}
         self._acks: set[asyncio.Task[None]] = set()
 
@@ -50,8 +53,11 @@ class ExpirySweeper:
         reached, so the fold never refuses them as early), at most ``expiry_batch`` per
         partition, and returns how many. The acknowledgements measure ``clock``.
 
-        An Expire appended and not applied within ``expiry_retry_s`` is appended again, with
-        the next attempt number; each further retry of the same version waits twice as long,
+        An Expire appended and not applied within ``expiry_retry_s`` of its acknowledgement is
+        appended again, with the next attempt number (never before the previous attempt was
+        acknowledged or failed: a slow broker does not make retries pile up, and each retry's
+        log time is at least its wait after the one before); each further retry of the same
+        version waits twice as long,
         up to ``expiry_retry_max_s`` (``retry_delay``), and happens only while the context is
         still due by the log's clock (which the refused Expire's acknowledgement measured).
         Until the log's clock is measured at all, a partition has at most one Expire in
@@ -64,7 +70,7 @@ class ExpirySweeper:
         now = time.monotonic()
         # First, with no await in between, what to send: a revocation may close a store as
         # soon as this coroutine yields.
-        plan: list[tuple[int, bytes, int, bytes]] = []
+        plan: list[tuple[int, bytes, int, int, bytes]] = []
         for partition, store in stores.items():
             before = self._expiring.get(partition, {})
             # The due entries ahead of the batch may all be in flight: look a little further.
@@ -85,20 +91,22 @@ class ExpirySweeper:
                     continue
                 attempt = 0 if pending is None else pending[2] + 1
                 event = expire_event(key, version, attempt)
-                plan.append((partition, key, expires_at, self._events.encode(event)))
-                expiring[key] = (version, now + self.retry_delay(attempt), attempt)
+                plan.append((partition, key, expires_at, attempt, self._events.encode(event)))
+                expiring[key] = (version, math.inf, attempt)  # until it is acknowledged
                 issued += 1
             self._expiring[partition] = expiring
-        sends = []
-        for partition, key, expires_at, value in plan:
+        sends: list[tuple[Any, int, int, bytes, int]] = []
+        for n, (partition, key, expires_at, attempt, value) in enumerate(plan):
             sent = time.monotonic()
             try:
                 ack = await producer.send(cfg.topics.events, value, key, partition=partition)
             except KafkaError as exc:
                 log.warning("expiry sweep stopped: %s", exc)
+                for p, k, _, a, _ in plan[n:]:  # not sent: each may go again after its wait
+                    self._backed_off(p, k, a)
                 break
             clock.watch(ack, sent)  # a log-append time: measures the log's clock
-            sends.append((ack, expires_at))
+            sends.append((ack, expires_at, partition, key, attempt))
         if sends:
             task = asyncio.create_task(self._await_acks(sends))
             self._acks.add(task)
@@ -111,6 +119,15 @@ class ExpirySweeper:
         cfg = self.config
         return min(cfg.expiry_retry_s * 2.0 ** min(attempt, 32), cfg.expiry_retry_max_s)
 
+    def _backed_off(self, partition: int, key: bytes, attempt: int) -> None:
+        """Starts the wait of ``key``'s Expire attempt now (it was acknowledged, or failed),
+        if the sweeper still tracks that attempt."""
+        pending = self._expiring.get(partition, {}).get(key)
+        if pending is not None and pending[2] == attempt:
+            self._expiring[partition][key] = (
+                pending[0], time.monotonic() + self.retry_delay(attempt), attempt,
+            )  # fmt: skip
+
     def forget(self, partition: int) -> None:
         """Drops what is in flight for a partition this worker no longer folds."""
         self._expiring.pop(partition, None)
@@ -120,14 +137,22 @@ class ExpirySweeper:
         if self._acks:
             await asyncio.gather(*self._acks, return_exceptions=True)
 
-    async def _await_acks(self, sends: list[tuple[Any, int]]) -> None:
-        results = await asyncio.gather(*(ack for ack, _ in sends), return_exceptions=True)
+    async def _await_acks(self, sends: list[tuple[Any, int, int, bytes, int]]) -> None:
+        async def one(ack: Any, partition: int, key: bytes, attempt: int) -> Any:
+            try:
+                return await ack
+            finally:  # acknowledged or failed: its retry waits from now
+                self._backed_off(partition, key, attempt)
+
+        results = await asyncio.gather(
+            *(one(ack, p, k, a) for ack, _, p, k, a in sends), return_exceptions=True
+        )
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:  # the index still holds them: the sweep after expiry_retry_s tries again
             log.warning("%d Expire events were not acknowledged: %s", len(failed), failed[0])
         early = sum(
             1
-            for r, (_, expires_at) in zip(results, sends, strict=True)
+            for r, (_, expires_at, _, _, _) in zip(results, sends, strict=True)
             if not isinstance(r, BaseException)
             and r.timestamp_type == LOG_APPEND_TIME
             and r.timestamp < expires_at
