@@ -1,5 +1,5 @@
 """The docker compose cluster of ``docker-compose.yml`` as tests drive it: started once per
-session by ``docker/compose.sh up`` (which builds the images where no registry can be reached),
+module by ``docker/compose.sh up`` (which builds the images where no registry can be reached),
 removed with its volumes at the end, and faults made with the docker CLI.
 
 Needs a Docker engine: ``.ci/run`` starts dockerd when none answers. Without one the fixture
@@ -119,10 +119,11 @@ def client(timeout_s: float = 20.0) -> ContextClient:
     return ContextClient(ClientConfig(BOOTSTRAP, ",".join(API_URLS), TOPICS, timeout_s=timeout_s))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def compose() -> Iterator[Compose]:
     """The compose cluster, built and started from scratch (volumes of an earlier run are
-    removed first), healthy with every partition served; removed with its volumes after."""
+    removed first), healthy with every partition served; removed with its volumes after the
+    module (its five JVMs and two workers are not left to load the rest of the suite)."""
     c = Compose()
     if c.run("docker", "info", check=False, timeout=30).returncode != 0:
         pytest.fail("no Docker engine answers: start dockerd (`bash docker/compose.sh dockerd` "
