@@ -24,6 +24,7 @@ import json
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,3 +220,27 @@ async def busiest_leader(bootstrap: str, topic: str) -> int:
     """The node id that leads the most partitions of ``topic``."""
     leaders = Counter(v for v in (await partition_leaders(bootstrap, topic)).values() if v >= 0)
     return leaders.most_common(1)[0][0]
+
+
+async def fault_under_load(
+    client: ContextClient, prefix: str, fault: Callable[[], Awaitable[None]],
+    bootstrap: str, topics: Topics, api_urls: list[str], partitions: int, scratch: Path,
+) -> Ledger:  # fmt: skip
+    """The fault scenario: 4 writers (3 contexts each) write for 3 s, ``fault()`` runs (it
+    makes the fault, waits it out and repairs it) while they go on, they write 3 s more; then
+    every check of this module. Returns the ledger."""
+    ledger = await create_contexts(client, prefix, writers=4, per_writer=3)
+    stop = asyncio.Event()
+    load = asyncio.create_task(write_load(client, prefix, 4, 3, stop, 1000, 150))
+    try:
+        await asyncio.sleep(3)  # writing before the fault
+        await fault()
+        await asyncio.sleep(3)  # writing after the repair
+    finally:
+        stop.set()
+        ledger.merge(await load)
+    assert ledger.acked_count > 12, ledger.errors  # the load wrote, not only the setup
+    versions = await check_folded_once(client, ledger)
+    await check_change_stream(client, versions, partitions, prefix)
+    await check_digests(bootstrap, topics, api_urls, partitions, scratch)
+    return ledger
