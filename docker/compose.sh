@@ -94,7 +94,13 @@ wait_healthy() {
       exited:*) $COMPOSE logs topics >&2; die "topic creation failed ($topics_exit)" ;;
       *) unhealthy="$unhealthy topics:$topics_exit" ;;
     esac
-    [ -z "$unhealthy" ] && { echo "compose cluster healthy"; return; }
+    # Healthy workers may still be settling their group: wait until every partition is served.
+    if [ -z "$unhealthy" ]; then
+      served=$(docker exec "$($COMPOSE ps -q worker-1)" python3 -c "import json, urllib.request as u
+print(len(json.load(u.urlopen('http://127.0.0.1:8080/v1/members', timeout=5))['owners']))" 2>/dev/null || echo 0)
+      [ "$served" = "${LUKHAS_PARTITIONS:-6}" ] && { echo "compose cluster healthy, all partitions served"; return; }
+      unhealthy=" partitions-served:$served"
+    fi
     if [ $SECONDS -ge $deadline ]; then
       $COMPOSE ps >&2
       die "not healthy after 300 s:$unhealthy"

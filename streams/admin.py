@@ -33,6 +33,7 @@ __all__ = [
     "delete_topics",
     "ensure_topics",
     "partition_count",
+    "wait_group_coordinator",
 ]
 
 T = TypeVar("T")
@@ -120,6 +121,23 @@ async def cluster_brokers(bootstrap: str, timeout_s: float = 5) -> int:
         return await _broker_count(admin)
 
     return await _retrying(bootstrap, timeout_s, "listing brokers", step)
+
+
+async def wait_group_coordinator(bootstrap: str, group: str, timeout_s: float = 60) -> None:
+    """Until ``group``'s coordinator answers a DescribeGroups without an error. On a fresh
+    cluster the first lookup creates the offsets topic, and its leaders move while it settles;
+    consumers that join the group meanwhile lose the coordinator, which aiokafka answers by
+    forgetting its member id (see docs/architecture.md, Docker compose). Raises
+    ``AdminError`` when it does not answer within ``timeout_s``."""
+
+    async def step(admin: Any, deadline: float) -> None:
+        for response in await admin.describe_consumer_groups([group]):
+            for described in response.groups:
+                error = described[0]
+                if error:
+                    raise _NotYet(f"group {group}: {kafka_error_for_code(error).__name__}")
+
+    await _retrying(bootstrap, timeout_s, f"finding the coordinator of group {group}", step)
 
 
 async def partition_count(bootstrap: str, topic: str, timeout_s: float = 10) -> int:

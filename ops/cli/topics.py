@@ -17,7 +17,7 @@ from lukhas_context.ops.cli.errors import fail, handle_errors
 from lukhas_context.ops.cli.options import bootstrap_option
 from lukhas_context.ops.cli.output import print_json
 from lukhas_context.ops.cluster.probes import live_brokers, run_private
-from lukhas_context.streams.admin import ensure_topics
+from lukhas_context.streams.admin import ensure_topics, wait_group_coordinator
 from lukhas_context.streams.topics import DEFAULT_PREFIX, Topics
 
 __all__ = ["topics"]
@@ -41,10 +41,13 @@ def topics() -> None:
               "replication 3, min.insync.replicas 2) [default: count the brokers].")  # fmt: skip
 @click.option("--timeout", type=params.Seconds(1.0, 3600.0), default=120.0, show_default=True,
               help="SECONDS to wait for the brokers and the topics' leaders.")  # fmt: skip
+@click.option("--group", default=None,
+              help="Then wait until this consumer group's coordinator answers (a fresh "
+              "cluster creates and settles its offsets topic first).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @handle_errors
 def create(bootstrap: str | None, topic_prefix: str, partitions: int, brokers: int | None,
-           timeout: float, as_json: bool) -> None:  # fmt: skip
+           timeout: float, group: str | None, as_json: bool) -> None:  # fmt: skip
     """Create the topics that are missing (each topic that exists is checked)."""
     if not bootstrap:
         fail("no Kafka to create topics on: pass --bootstrap or set LUKHAS_BOOTSTRAP")
@@ -59,6 +62,9 @@ def create(bootstrap: str | None, topic_prefix: str, partitions: int, brokers: i
     specs = Topics(topic_prefix).specs(partitions)
     left = max(1.0, round(deadline - time.monotonic(), 1))
     created = run_private(ensure_topics(bootstrap, specs, brokers=brokers, timeout_s=left))
+    if group is not None:
+        left = max(1.0, round(deadline - time.monotonic(), 1))
+        run_private(wait_group_coordinator(bootstrap, group, timeout_s=left))
     if as_json:
         checked = [spec.name for spec in specs if spec.name not in created]
         print_json({"created": created, "checked": checked})

@@ -82,6 +82,7 @@ def worker(**flags: Any) -> None:
     from lukhas_context.processors.worker import run_worker
 
     logging.getLogger("lukhas_context").setLevel(logging.INFO)
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)  # a worker's log keeps them
+    if logging.getLogger().level >= logging.WARNING:  # -v/-vv keep the library's lines
+        logging.getLogger("aiokafka").setLevel(logging.WARNING)  # a worker's log keeps them
     config = Settings.load().worker_config(WorkerFlags(**flags))
     sys.exit(run_worker(config))
