@@ -12,7 +12,12 @@ import click
 from lukhas_context.ops.cli import params
 from lukhas_context.ops.cli.client import client_config, with_client
 from lukhas_context.ops.cli.errors import fail, handle_errors
-from lukhas_context.ops.cli.options import bootstrap_option, client_options, data_dir_option
+from lukhas_context.ops.cli.options import (
+    api_option,
+    bootstrap_option,
+    client_options,
+    data_dir_option,
+)
 from lukhas_context.ops.cli.output import echo_status, partition_line, print_json
 from lukhas_context.ops.cluster import LocalCluster
 from lukhas_context.ops.cluster.remote import remote_status
@@ -79,9 +84,10 @@ def down(data_dir: Path | None, as_json: bool, processor_only: bool) -> None:
 @click.command()
 @data_dir_option
 @bootstrap_option("Report on this Kafka cluster instead of the data dir's (docker compose).")
-@click.option("--api", default=None, envvar="LUKHAS_API_URL",
-              help="With --bootstrap: workers' read API URLs, comma-separated [env "
-              "LUKHAS_API_URL]; the group's other workers are found from them.")  # fmt: skip
+@api_option(
+    "With --bootstrap: workers' read API URLs, comma-separated [env LUKHAS_API_URL]; "
+    "the group's other workers are found from them."
+)
 @click.option(
     "--brokers",
     type=click.IntRange(1, 1000),

@@ -12,6 +12,7 @@ from lukhas_context.ops.cli import params
 from lukhas_context.ops.cli.errors import F
 
 __all__ = [
+    "api_option",
     "bootstrap_option",
     "checkpoint_dir_option",
     "client_options",
@@ -49,14 +50,18 @@ def bootstrap_option(help: str = KAFKA_HELP) -> Callable[[F], F]:
     )  # fmt: skip
 
 
+def api_option(help: str = "Read API URL [env LUKHAS_API_URL].") -> Callable[[F], F]:
+    """``--api``, else ``LUKHAS_API_URL`` (empty counts as unset, as for ``--bootstrap``)."""
+    return click.option(
+        "--api", default=None, envvar="LUKHAS_API_URL", callback=_or_environment, help=help
+    )
+
+
 def client_options(fn: F) -> F:
     fn = click.option("--json", "as_json", is_flag=True, help="Print JSON (only JSON on stdout).")(
         fn
     )
-    fn = click.option(
-        "--api", default=None, envvar="LUKHAS_API_URL", callback=_or_environment,
-        help="Read API URL [env LUKHAS_API_URL].",
-    )(fn)  # fmt: skip
+    fn = api_option()(fn)
     fn = bootstrap_option()(fn)
     fn = data_dir_option(fn)
     return fn
