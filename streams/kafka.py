@@ -30,6 +30,7 @@ from typing import Any, Literal, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
 
 from lukhas_context.schemas.exceptions import LukhasError
@@ -40,6 +41,7 @@ from lukhas_context.streams.topics import DOWNSTREAM_MAX_MESSAGE_BYTES
 __all__ = [
     "Isolation",
     "admin_client",
+    "bare_client",
     "consumer",
     "error_text",
     "kafka_error",
@@ -118,6 +120,15 @@ def admin_client(
     named = {} if client_id is None else {"client_id": client_id}
     return AIOKafkaAdminClient(
         bootstrap_servers=bootstrap, **named, **_timeout_ms(request_timeout_s)
+    )
+
+
+def bare_client(bootstrap: str, client_id: str, request_timeout_s: float) -> AIOKafkaClient:
+    """aiokafka's connection pool and metadata alone (not started: ``await
+    c.bootstrap()``), for requests no producer, consumer or admin client makes
+    (``streams.leader_end``)."""
+    return AIOKafkaClient(
+        bootstrap_servers=bootstrap, client_id=client_id, **_timeout_ms(request_timeout_s)
     )
 
 

@@ -13,7 +13,9 @@ The checks, once the faults are over:
   exactly the puts and patches folded (with no failed write, the acknowledged ones);
 * the change stream has every version of every context once, none missing;
 * each partition's digest, on the worker serving it, equals an offline replay of the WAL to
-  the same offset.
+  the same offset;
+* the end of each partition, as its current leader confirms it (``streams.leader_end``, the
+  read API's ground for "no such offset"), is past every acknowledged write there.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.offline import From, restore_offline
+from lukhas_context.streams import kafka
 from lukhas_context.streams.changes import Change
 from lukhas_context.streams.client import ContextClient, Receipt
+from lukhas_context.streams.leader_end import leader_end
 from lukhas_context.streams.topics import Topics
 
 from .conftest import read_until, seen_all, sentinels
@@ -205,6 +209,26 @@ async def check_digests(
     return digests
 
 
+async def check_ends(bootstrap: str, topic: str, ledger: Ledger, timeout: float = 60) -> None:
+    """Each partition's confirmed end is past its last acknowledged write (an end is
+    confirmed once a majority of brokers agree on the leader, which may take a moment after
+    a fault)."""
+    last: dict[int, int] = {}
+    for receipt in ledger.last.values():
+        last[receipt.partition] = max(receipt.offset, last.get(receipt.partition, -1))
+    client = kafka.bare_client(bootstrap, "check-ends", 5.0)
+    await client.bootstrap()
+    try:
+        deadline = time.monotonic() + timeout
+        for partition, offset in sorted(last.items()):
+            while (end := await leader_end(client, topic, partition, 5.0)) is None:
+                assert time.monotonic() < deadline, f"no confirmed end of {partition}"
+                await asyncio.sleep(0.5)
+            assert end > offset, (partition, end, offset)
+    finally:
+        await client.close()
+
+
 async def partition_leaders(bootstrap: str, topic: str) -> dict[int, int]:
     """partition -> node id of its leader (-1: none)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
@@ -240,6 +264,7 @@ async def fault_under_load(
         stop.set()
         ledger.merge(await load)
     assert ledger.acked_count > 12, ledger.errors  # the load wrote, not only the setup
+    await check_ends(bootstrap, topics.events, ledger)
     versions = await check_folded_once(client, ledger)
     await check_change_stream(client, versions, partitions, prefix)
     await check_digests(bootstrap, topics, api_urls, partitions, scratch)
