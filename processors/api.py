@@ -44,6 +44,9 @@ still being opened.
 ``Change.to_dict()``; a reconnecting browser sends ``Last-Event-ID`` and resumes right after
 the last event it got, exactly once. A comment line every 15 s keeps an idle stream open.
 
+``POST /v1/partitions/{p}/verify`` and the session endpoints under it serve ``lukhas
+verify``: range digests of a frozen copy of a store (``processors.verify_api``).
+
 ``GET /v1/members`` is the routing table: ``{"member", "api", "partition_count", "owners":
 {partition: api url}, "members": [...]}`` (see ``processors.members``). A request for a
 context or an outcome of a partition another worker serves is forwarded to it (one hop,
@@ -88,6 +91,7 @@ from lukhas_context.processors.listener import Listener
 from lukhas_context.processors.materializer import Materializer
 from lukhas_context.processors.metrics import PROMETHEUS_CONTENT_TYPE
 from lukhas_context.processors.round import reused_event_id
+from lukhas_context.processors.verify_api import VerifySessions
 from lukhas_context.processors.wal_end import WalEnds
 from lukhas_context.schemas.exceptions import CodecError
 from lukhas_context.state.journal import EntryStatus
@@ -214,6 +218,9 @@ class ReadApi:
                 web.get("/metrics", self.metrics),
             ]
         )
+        #: ``lukhas verify``'s frozen copies of stores (``processors.verify_api``).
+        self.verify = VerifySessions(materializer, self._check_partition, self._forward)
+        self.app.add_routes(self.verify.routes())
         self._runner: web.AppRunner | None = None
         self._listener: Listener | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -254,6 +261,7 @@ class ReadApi:
             self._listener.close()
         for watcher in list(self._streams):  # ends their handlers' loops
             await watcher.close()
+        await self.verify.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

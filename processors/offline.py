@@ -180,19 +180,65 @@ def _check_not_in_use(opener: StoreOpener, path: Path) -> None:
         pass  # unusable: it will be moved aside all the same
 
 
+async def replay_aside(
+    config: WorkerConfig, partition: int, scratch: Path, until: int,
+    checkpoint_id: str | None = None, progress: bool = True,
+) -> tuple[PartitionStore, str]:  # fmt: skip
+    """A store of the fold of WAL ``[0, until)`` in ``scratch`` (``lukhas verify``), from
+    scratch or from checkpoint ``checkpoint_id`` of ``config``'s checkpoint root, open (the
+    caller closes it), and a phrase saying how it was made. It touches no live state: no
+    store, no checkpoint is written outside ``scratch``. ``ProcessorError`` when it cannot be
+    made: the WAL no longer starts low enough (``WalTruncatedError``), the checkpoint is past
+    ``until``, or the WAL ends before it."""
+    await _check_partition(config, partition)
+    builder = StoreOpener(dataclasses.replace(
+        config, state_dir=scratch, checkpoint_dir=config.checkpoint_root,
+    ))  # fmt: skip
+    low, high = await builder.watermarks(partition)
+    if until > high:
+        raise ProcessorError(f"WAL partition {partition} ends at offset {high}, before {until}")
+    if checkpoint_id is not None:
+        manifest = builder.checkpoints.find(partition, checkpoint_id)
+        if manifest.next_offset > until:
+            raise ProcessorError(
+                f"checkpoint {checkpoint_id} of partition {partition} is at offset "
+                f"{manifest.next_offset}, past {until}: it cannot be folded back to it"
+            )
+        if manifest.next_offset < low and manifest.next_offset < until:
+            raise WalTruncatedError(partition, manifest.next_offset, low)
+        store = builder.from_checkpoint(manifest)
+        how = f"checkpoint {checkpoint_id} (offset {manifest.next_offset}) and the WAL on"
+    else:
+        if low > 0 and until > 0:
+            valid = [m.checkpoint_id for m in builder.checkpoints.valid(partition)
+                     if low <= m.next_offset <= until]  # fmt: skip
+            hint = f"use checkpoint {valid[0]}" if valid else "no checkpoint can replace it"
+            raise WalTruncatedError(partition, 0, low, hint)
+        store = builder.empty(partition)
+        how = "a replay of the WAL"
+    try:
+        await replay_wal(builder, store, partition, until, progress, take_checkpoints=False)
+    except BaseException:
+        store.close()
+        raise
+    return store, how
+
+
 async def replay_wal(
-    opener: StoreOpener, store: PartitionStore, partition: int, target: int, progress: bool
-) -> int:
+    opener: StoreOpener, store: PartitionStore, partition: int, target: int, progress: bool,
+    take_checkpoints: bool = True,
+) -> int:  # fmt: skip
     """Folds WAL records ``[store.next_offset, target)`` into ``store`` with the worker's fold,
     unpublished, and returns how many records it read: the commit order of
     ``Materializer.fold_segment`` without its step 2 (nothing is published offline), one
-    round per barrier, whose checkpoint is taken (not announced)."""
+    round per barrier, whose checkpoint is taken (not announced) unless
+    ``take_checkpoints`` is false."""
     start = store.next_offset
     if start >= target:
         return 0
     config = opener.config
     folder = PartitionFolder(partition, store, config.limits)
-    checkpointer = Checkpointer(config, WorkerMetrics())
+    checkpointer = Checkpointer(config, WorkerMetrics()) if take_checkpoints else None
     consumer = opener.consumer()
     await consumer.start()
     tp = TopicPartition(config.topics.events, partition)
@@ -221,14 +267,15 @@ async def replay_wal(
 
 
 async def _fold_rounds(
-    folder: PartitionFolder, checkpointer: Checkpointer, records: list[Any], journal_offsets: int
-) -> None:
+    folder: PartitionFolder, checkpointer: Checkpointer | None, records: list[Any],
+    journal_offsets: int,
+) -> None:  # fmt: skip
     """Folds and commits ``records`` a round at a time, each ending at a barrier at most."""
     while records:
         end = segment_end(records)
         r = folder.fold(records[:end])
         if r is not None:
             folder.commit(r, journal_offsets)
-            if r.barrier is not None:
+            if r.barrier is not None and checkpointer is not None:
                 await checkpointer.take(folder.store, folder.partition, r.barrier[1], None)
         records = records[end:]

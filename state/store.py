@@ -341,14 +341,28 @@ class PartitionStore:
             )
         return found
 
-    def _scan(self, family: Rdict) -> Generator[tuple[bytes, bytes], None, None]:
-        """Every entry of a column family; an iterator that stops early on a bad block is
-        caught by its status, which RocksDB sets (rocksdict raises it) instead of an error."""
+    def scan_contexts(
+        self, lo: bytes = b"", hi: bytes | None = None
+    ) -> Generator[tuple[bytes, bytes], None, None]:
+        """The stored records with ``lo <= key < hi`` (``hi`` None: to the end), raw, in key
+        order; a bad block raises ``StoreCorruptError``. Close it (``contextlib.closing``)
+        when not read to the end."""
+        return self._scan(self._contexts, lo, hi)
+
+    def _scan(
+        self, family: Rdict, lo: bytes = b"", hi: bytes | None = None
+    ) -> Generator[tuple[bytes, bytes], None, None]:
+        """The entries of a column family from ``lo`` up to ``hi`` (None: every one); an
+        iterator that stops early on a bad block is caught by its status, which RocksDB sets
+        (rocksdict raises it) instead of an error."""
         it = family.iter()
         try:
-            it.seek_to_first()
+            it.seek(lo) if lo else it.seek_to_first()
             while it.valid():
-                yield it.key(), it.value()
+                key = it.key()
+                if hi is not None and key >= hi:
+                    break
+                yield key, it.value()
                 it.next()
             it.status()
         except Exception as exc:  # rocksdict raises plain Exception for a bad block

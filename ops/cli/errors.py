@@ -21,6 +21,7 @@ from lukhas_context.streams.exceptions import (
 
 __all__ = [
     "EXIT_CODES",
+    "EXIT_DIFFERS",
     "EXIT_ERROR",
     "EXIT_OF_STATUS",
     "F",
@@ -37,6 +38,8 @@ EXIT_NOT_FOUND = 3
 EXIT_CONFLICT = 4
 EXIT_REJECTED = 5
 EXIT_DEAD_LETTERED = 6
+#: ``lukhas verify``: a partition differs from what it was compared with, or is corrupt.
+EXIT_DIFFERS = 7
 #: The exit code of each outcome of an event (a waited write, `lukhas outcome`, a dry run).
 EXIT_OF_STATUS = {
     "applied": 0,
@@ -47,7 +50,7 @@ EXIT_OF_STATUS = {
 EXIT_CODES = (
     "Exit codes: 0 success; 1 error (one line on stderr); 2 usage error; 3 not found (the "
     "context, or the WAL position); for a write waited on (--wait), `outcome` and --dry-run: "
-    "4 conflict, 5 rejected, 6 dead-lettered."
+    "4 conflict, 5 rejected, 6 dead-lettered; `verify`: 7 a partition differs or is corrupt."
 )
 
 
