@@ -1,10 +1,13 @@
-"""`lukhas verify` as an operator runs it, on a local cluster of its own (real broker, real
-worker process): live stores against a replay, a checkpoint and the worker itself while
-writes go on; then a store whose records were changed behind the fold's back, found offline
-and live, by name; and the errors of bad input."""
+"""The recovery tools as an operator runs them, on a local cluster of its own (real broker,
+real worker process). `lukhas inspect`: decoded records of every topic, bounded by offsets,
+times and a context, a dead letter with its reason. `lukhas verify`: live stores against a
+replay, a checkpoint and the worker itself while writes go on; then a store whose records
+were changed behind the fold's back, found offline and live, by name; and the errors of bad
+input."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -58,6 +61,8 @@ def lukhas(
             run("put", f"v:{i}", json.dumps({"i": i}))
         run("patch", "v:3", '[{"op": "add", "path": "/x", "value": 1}]')
         run("delete", "v:4")
+        run("put", "session:42", '{"turn": 1}')  # the runbook's example
+        run("patch", "session:42", '{"turn": 2}', "--merge")
         yield run
     finally:
         run("down", check=False)
@@ -72,6 +77,78 @@ def reports(lukhas: Lukhas, *args: str, code: int = 0) -> list[dict]:  # type: i
     assert done.returncode == code, (done.returncode, done.stderr)
     data = json.loads(done.stdout)
     return data if isinstance(data, list) else [data]
+
+
+def lines(lukhas: Lukhas, *args: str) -> list[dict]:  # type: ignore[type-arg]
+    done = lukhas("inspect", *args, "--json")
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_inspect_one_context_of_the_wal_with_outcomes(lukhas: Lukhas) -> None:
+    found = lines(lukhas, "wal", "--id", "v:3")
+    assert [(i["kind"], i["outcome"]) for i in found] == [("put", "applied"), ("patch", "applied")]
+    first, second = found
+    assert first["context_id"] == "v:3" and len(first["event_id"]) == 32
+    p, o = (int(x) for x in first["position"].split(":"))
+    assert int(second["position"].split(":")[1]) > o
+    # bounded by offsets: --from is inclusive, --until exclusive
+    assert lines(lukhas, "wal", "-p", str(p), "--from", str(o), "--until", str(o + 1)) == [first]
+    assert len(lines(lukhas, "wal", "--limit", "7")) == 7
+    text = lukhas("inspect", "wal", "--id", "v:4").stdout.splitlines()
+    assert [line.split()[3] for line in text] == ["put", "delete"]
+    assert all(line.endswith("-> applied") for line in text)
+    # by time: nothing was logged in 2099, everything after 2000
+    assert lines(lukhas, "wal", "--from", "2099-01-01T00:00:00Z") == []
+    assert len(lines(lukhas, "wal", "--from", "2000-01-01", "--limit", "5")) == 5
+
+
+def test_inspect_changes_and_checkpoints(lukhas: Lukhas) -> None:
+    changes = lines(lukhas, "changes", "--id", "v:4")
+    assert [(c["version"], c["kind"]) for c in changes] == [(1, "put"), (2, "delete")]
+    lukhas("checkpoint", "--id", "inspect-ck")
+    manifests = [m for m in lines(lukhas, "checkpoints") if m["checkpoint_id"] == "inspect-ck"]
+    assert sorted(m["partition"] for m in manifests) == list(range(PARTITIONS))
+    assert all(len(m["digest"]) == 16 and m["next_offset"] > 0 for m in manifests)
+
+
+def test_inspect_a_dead_letter_and_its_wal_record(lukhas: Lukhas) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    bootstrap = json.loads(lukhas("status", "--json").stdout)["kafka"]["bootstrap"]
+
+    async def send() -> tuple[int, int]:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        try:
+            sent = await producer.send_and_wait("lukhas.context.events", b"\x00garbage",
+                                                key=b"junk:1")  # fmt: skip
+            return sent.partition, sent.offset
+        finally:
+            await producer.stop()
+
+    p, o = asyncio.run(send())
+    lukhas("outcome", f"{p}:{o}", check=False)  # waits until it is folded (exit 6)
+    (dead,) = [d for d in lines(lukhas, "dlq") if d["source"] == f"{p}:{o}"]
+    assert dead["context_id"] == "junk:1" and dead["reason"].startswith("BadMagicError")
+    (wal,) = lines(lukhas, "wal", "--id", "junk:1")
+    assert wal["position"] == f"{p}:{o}" and wal["undecodable"].startswith("BadMagicError")
+    assert wal["outcome"].startswith("dead_lettered")
+    text = lukhas("inspect", "dlq", "-p", str(p)).stdout
+    assert f"from WAL {p}:{o}" in text and "BadMagicError" in text
+
+
+def test_inspect_bad_input_is_one_line_and_its_code(lukhas: Lukhas) -> None:
+    cases = [
+        (("wal", "-p", "99"), 1, "no partition 99"),
+        (("wal", "-p", "0", "--from", "99999999"), 1, "no offset 99999999"),
+        (("wal", "--from", "yesterday"), 2, "neither an offset nor a time"),
+        (("topics",), 2, "is not one of"),
+        (("wal", "--bootstrap", "127.0.0.1:1"), 1, "cannot reach Kafka"),
+    ]
+    for args, code, text in cases:
+        done = lukhas("inspect", *args, check=False)
+        assert done.returncode == code, (args, done.returncode, done.stderr)
+        assert text in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 def test_live_stores_equal_a_replay_while_writes_go_on(lukhas: Lukhas) -> None:
@@ -173,11 +250,18 @@ def test_a_changed_record_is_named_offline_and_live(lukhas: Lukhas) -> None:
 
 
 def test_the_readme_and_runbook_checks_run_as_written(lukhas: Lukhas) -> None:
-    commands = block(ROOT / "README.md", "## Verifying state") + block(
-        ROOT / "docs" / "runbook.md", "## Is the state right?"
-    )
-    assert len(commands) == 5
+    runbook = ROOT / "docs" / "runbook.md"
+    commands = [
+        *block(ROOT / "README.md", "## Recovery tools"),
+        *block(runbook, "## Is the state right?"),
+        *block(runbook, "## What happened to context X?"),
+        *block(runbook, "## Something is in the dead-letter queue"),
+    ]
+    assert len(commands) == 12
     for command in commands:
         done = lukhas(*command)
         if command[0] == "verify" and "--json" not in command:
             assert "equal to" in done.stdout and "DIFFERS" not in done.stdout, done.stdout
+        if command[:4] == ["inspect", "wal", "--id", "session:42"]:
+            kinds = [line.split()[3] for line in done.stdout.splitlines()]
+            assert kinds == ["put", "patch"] and "-> applied" in done.stdout, done.stdout
