@@ -11,6 +11,7 @@ from lukhas_context.ops.cli.cluster import demo, down, status, up
 from lukhas_context.ops.cli.errors import EXIT_CODES, OneLineGroup
 from lukhas_context.ops.cli.inspect import inspect
 from lukhas_context.ops.cli.reads import get, outcome, watch
+from lukhas_context.ops.cli.replay import replay
 from lukhas_context.ops.cli.restore import restore
 from lukhas_context.ops.cli.topics import topics
 from lukhas_context.ops.cli.transactions import transactions
@@ -39,7 +40,8 @@ def cli(ctx: click.Context, verbose: int) -> None:
 
 
 for _command in (up, down, status, demo, worker, restore, put, patch, touch, delete, get,
-                 outcome, watch, checkpoint, transactions, topics, verify, inspect):  # fmt: skip
+                 outcome, watch, checkpoint, transactions, topics, verify, inspect,
+                 replay):  # fmt: skip
     cli.add_command(_command)
 
 

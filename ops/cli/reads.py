@@ -27,11 +27,25 @@ __all__ = ["get", "outcome", "watch"]
               help="Wait until WAL position P:O is folded.")  # fmt: skip
 @click.option("--timeout", type=params.WAIT, default=5.0, show_default=True,
               help="Seconds to wait.")  # fmt: skip
+@click.option(
+    "--as-of",
+    "as_of",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Read from the state `lukhas replay --as-of ... --into DIR` built in DIR.",
+)
 @client_options
 @handle_errors
-def get(context_id: str, after: tuple[int, int] | None, timeout: float, data_dir: Path | None,
-        bootstrap: str | None, api: str | None, as_json: bool) -> None:  # fmt: skip
-    """Print CONTEXT_ID: version, checksum, expiry and document. Needs only the read API."""
+def get(context_id: str, after: tuple[int, int] | None, timeout: float, as_of: Path | None,
+        data_dir: Path | None, bootstrap: str | None, api: str | None,
+        as_json: bool) -> None:  # fmt: skip
+    """Print CONTEXT_ID: version, checksum, expiry and document. Needs only the read API (or,
+    with --as-of, the directory)."""
+    if as_of is not None:
+        if after is not None:
+            raise click.UsageError("--after waits for the live state; --as-of reads a built one")
+        _get_as_of(context_id, as_of, as_json)
+        return
     config = client_config(data_dir, bootstrap, api, kafka=False, read_api=True)
     position = None if after is None else f"{after[0]}:{after[1]}"
     ctx: Context = with_client(config, lambda c: c.get(context_id, position, timeout))
@@ -45,6 +59,26 @@ def get(context_id: str, after: tuple[int, int] | None, timeout: float, data_dir
         f"{ctx.context_id}  version {ctx.version}  checksum {ctx.checksum}  expires {expiry}"
     )
     click.echo(json.dumps(ctx.doc, indent=2, sort_keys=True))
+
+
+def _get_as_of(context_id: str, into: Path, as_json: bool) -> None:
+    from lukhas_context.ops.pointintime import read_context
+    from lukhas_context.streams.exceptions import ContextNotFoundError
+
+    record, manifest, partition = read_context(into, context_id)
+    if record is None:
+        raise ContextNotFoundError(context_id)
+    assert record.doc is not None
+    data = {"context_id": context_id, "version": record.version, "doc": orjson.loads(record.doc),
+            "checksum": record.checksum.hex(), "offset": record.offset, "partition": partition,
+            "expires_at_ms": record.expires_at_ms, "as_of": manifest["as_of"]}  # fmt: skip
+    if as_json:
+        print_json(data)
+        return
+    expiry = "never" if record.expires_at_ms is None else f"{record.expires_at_ms} ms (epoch)"
+    click.echo(f"{context_id}  version {record.version}  checksum {data['checksum']}  "
+               f"expires {expiry}  (as of {manifest['as_of']})")  # fmt: skip
+    click.echo(json.dumps(data["doc"], indent=2, sort_keys=True))
 
 
 @click.command(epilog=EXIT_CODES)

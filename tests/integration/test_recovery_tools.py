@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -151,6 +152,73 @@ def test_inspect_bad_input_is_one_line_and_its_code(lukhas: Lukhas) -> None:
         assert text in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
+def test_the_state_as_of_a_time_and_a_position(lukhas: Lukhas, tmp_path: Path) -> None:
+    _put, patch = lines(lukhas, "wal", "--id", "session:42")
+    p, patch_offset = (int(x) for x in patch["position"].split(":"))
+    # between the put and the patch, by the log's time: version 1
+    before = tmp_path / "before"
+    lukhas("replay", "--as-of", patch["log_time"], "-p", str(p), "--into", str(before),
+           "--no-progress")  # fmt: skip
+    old = json.loads(lukhas("get", "session:42", "--as-of", str(before), "--json").stdout)
+    assert (old["version"], old["doc"]) == (1, {"turn": 1})
+    # as of the patch's own position: version 2, and only that partition is built
+    at = tmp_path / "at"
+    built = json.loads(lukhas("replay", "--as-of", patch["position"], "--into", str(at),
+                              "--json", "--no-progress").stdout)  # fmt: skip
+    assert list(built["partitions"]) == [str(p)]
+    assert built["partitions"][str(p)]["next_offset"] == patch_offset + 1
+    new = json.loads(lukhas("get", "session:42", "--as-of", str(at), "--json").stdout)
+    assert (new["version"], new["doc"]) == (2, {"turn": 2})
+    # the same point gives the same state
+    again = tmp_path / "again"
+    twice = json.loads(lukhas("replay", "--as-of", patch["position"], "--into", str(again),
+                              "--json", "--no-progress").stdout)  # fmt: skip
+    assert twice["partitions"] == built["partitions"]
+    # a context that did not exist then
+    assert lukhas("get", "session:43", "--as-of", str(at), check=False).returncode in (1, 3)
+
+
+def test_a_context_past_its_ttl_at_the_point_reads_absent(lukhas: Lukhas, tmp_path: Path) -> None:
+    receipt = json.loads(lukhas("put", "ttl:1", '{"short": true}', "--ttl", "1",
+                                "--json").stdout)  # fmt: skip
+    position = f"{receipt['partition']}:{receipt['offset']}"
+    # as of its own put it is there (whatever the clock says now)
+    alive = tmp_path / "alive"
+    lukhas("replay", "--as-of", position, "--into", str(alive), "--no-progress")
+    ctx = json.loads(lukhas("get", "ttl:1", "--as-of", str(alive), "--json").stdout)
+    assert ctx["version"] == 1 and ctx["expires_at_ms"] is not None
+    at = f"ms:{ctx['expires_at_ms'] + 1}"
+    # the Expire event the worker appends is logged after the expiry: the point is settled
+    deadline = time.monotonic() + 60
+    while not [i for i in lines(lukhas, "wal", "--id", "ttl:1") if i["kind"] == "expire"]:
+        assert time.monotonic() < deadline, "no Expire event within 60 s"
+        time.sleep(0.5)
+    into = tmp_path / "expired"  # its partition: the Expire is logged there after the point
+    lukhas("replay", "--as-of", at, "-p", str(receipt["partition"]), "--into", str(into),
+           "--no-progress")  # fmt: skip
+    gone = lukhas("get", "ttl:1", "--as-of", str(into), check=False)
+    assert gone.returncode == 3 and "not found" in gone.stderr
+
+
+def test_replay_as_of_bad_input(lukhas: Lukhas, tmp_path: Path) -> None:
+    used = tmp_path / "used"
+    lukhas("replay", "--as-of", "0:0", "--into", str(used), "--no-progress")
+    cases = [
+        (("--as-of", "0:0", "--into", str(used)), 1, "already holds a state"),
+        (("--as-of", "0:99999999", "--into", str(tmp_path / "a")), 1, "no offset 99999999"),
+        (("--as-of", "9:0", "--into", str(tmp_path / "b")), 1, "no partition 9"),
+        (("--as-of", "2099-01-01", "--into", str(tmp_path / "c")), 1, "not 60 s in the past"),
+        (("--as-of", "soon", "--into", str(tmp_path / "d")), 2, "neither an offset nor a time"),
+        (("--as-of", "0:1,0:2", "--into", str(tmp_path / "e")), 2, "named twice"),
+    ]
+    for args, code, text in cases:
+        done = lukhas("replay", *args, "--no-progress", check=False)
+        assert done.returncode == code, (args, done.returncode, done.stderr)
+        assert text in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    missing = lukhas("get", "x", "--as-of", str(tmp_path / "nothing"), check=False)
+    assert missing.returncode == 1 and "holds no state" in missing.stderr
+
+
 def test_live_stores_equal_a_replay_while_writes_go_on(lukhas: Lukhas) -> None:
     stop = threading.Event()
     written: list[int] = []
@@ -249,16 +317,29 @@ def test_a_changed_record_is_named_offline_and_live(lukhas: Lukhas) -> None:
     assert all(r["equal"] for r in reports(lukhas))
 
 
-def test_the_readme_and_runbook_checks_run_as_written(lukhas: Lukhas) -> None:
+def test_the_readme_and_runbook_checks_run_as_written(lukhas: Lukhas, tmp_path: Path) -> None:
     runbook = ROOT / "docs" / "runbook.md"
-    commands = [
-        *block(ROOT / "README.md", "## Recovery tools"),
-        *block(runbook, "## Is the state right?"),
-        *block(runbook, "## What happened to context X?"),
-        *block(runbook, "## Something is in the dead-letter queue"),
+    blocks = [
+        block(ROOT / "README.md", "## Recovery tools"),
+        block(runbook, "## Is the state right?"),
+        block(runbook, "## What happened to context X?"),
+        block(runbook, "## What did context X look like at 14:02?"),
+        block(runbook, "## Something is in the dead-letter queue"),
     ]
-    assert len(commands) == 12
+    # the states they build go to this test's directory, one per block
+    commands = [
+        [str(tmp_path / f"{b}-{Path(w).name}") if w.startswith("/tmp/") else w for w in c]
+        for b, cmds in enumerate(blocks)
+        for c in cmds
+    ]
+    assert len(commands) == 16
+    lukhas("checkpoint")  # for checkpoint:latest, whichever tests ran before
     for command in commands:
+        if command[0] == "get" and "--as-of" in command:
+            # the times are before this cluster's first record: nothing existed then
+            done = lukhas(*command, check=False)
+            assert done.returncode == 3 and "not found" in done.stderr, done.stderr
+            continue
         done = lukhas(*command)
         if command[0] == "verify" and "--json" not in command:
             assert "equal to" in done.stdout and "DIFFERS" not in done.stdout, done.stdout
