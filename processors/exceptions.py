@@ -48,8 +48,8 @@ class WalTruncatedError(ProcessorError):
     def __init__(self, partition: int, needed: int, low_watermark: int, detail: str = "") -> None:
         super().__init__(
             f"WAL partition {partition} starts at offset {low_watermark}, "
-            f"but the store needs offset {needed}: events were deleted by retention"
-            + (f" ({detail})" if detail else "")
+            f"but the store needs offset {needed}: events were deleted (retention, or "
+            "`lukhas wal prune`)" + (f" ({detail})" if detail else "")
         )
         self.partition = partition
         self.needed = needed

@@ -99,7 +99,7 @@ async def restore_offline(
     if manifest is not None and manifest.next_offset < low:
         raise WalTruncatedError(partition, manifest.next_offset, low)
     if source is From.SCRATCH and low > 0:
-        raise WalTruncatedError(partition, 0, low)
+        raise _scratch_truncated(opener, partition, low, high)
     _check_not_in_use(opener, path)
     # Built beside the live store, which is moved aside only once the new one is complete:
     # a source that turns out unusable, or a failure on the way, leaves the live store as is.
@@ -210,10 +210,7 @@ async def replay_aside(
         how = f"checkpoint {checkpoint_id} (offset {manifest.next_offset}) and the WAL on"
     else:
         if low > 0 and until > 0:
-            valid = [m.checkpoint_id for m in builder.checkpoints.valid(partition)
-                     if low <= m.next_offset <= until]  # fmt: skip
-            hint = f"use checkpoint {valid[0]}" if valid else "no checkpoint can replace it"
-            raise WalTruncatedError(partition, 0, low, hint)
+            raise _scratch_truncated(builder, partition, low, until)
         store = builder.empty(partition)
         how = "a replay of the WAL"
     try:
@@ -222,6 +219,16 @@ async def replay_aside(
         store.close()
         raise
     return store, how
+
+
+def _scratch_truncated(opener: StoreOpener, partition: int, low: int, until: int
+                       ) -> WalTruncatedError:  # fmt: skip
+    """A replay from offset 0 cannot be made: the error names the newest checkpoint the WAL
+    can still continue (at or below ``until``), if any."""
+    valid = [m.checkpoint_id for m in opener.checkpoints.valid(partition)
+             if low <= m.next_offset <= until]  # fmt: skip
+    hint = f"start from checkpoint {valid[0]}" if valid else "no checkpoint can replace it"
+    return WalTruncatedError(partition, 0, low, hint)
 
 
 async def replay_wal(

@@ -15,13 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    KafkaTimeoutError,
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+)
 
 from lukhas_context.schemas.codec import EventCodec
 from lukhas_context.schemas.event import EMPTY_METADATA, ContextEvent, Op
@@ -35,9 +43,15 @@ from lukhas_context.streams.producer import WalProducer
 from lukhas_context.streams.topics import partition_for
 from lukhas_context.streams.validation import check_version, context_key
 
-__all__ = ["WalWriter", "when_room"]
+__all__ = ["PRODUCER_BROKEN", "WalWriter", "when_room"]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: Errors that leave an idempotent producer unable to send again: the broker lost track of its
+#: sequence (a batch that timed out on the client may or may not have been written), and
+#: aiokafka's sender stops for good. The writer replaces the producer and sends again.
+PRODUCER_BROKEN = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch)
 
 
 async def when_room(send: Callable[[], Awaitable[T]]) -> T:
@@ -137,19 +151,38 @@ class WalWriter:
         """Sends until acknowledged; a send that an error failed is repeated, up to
         ``send_attempts`` sends. A repeat carries the very same bytes, event id included: if
         the first did land after all, the fold applies the event once. Waiting for room in
-        the producer's buffer is not a send (``when_room``)."""
+        the producer's buffer is not a send (``when_room``). After an error that breaks the
+        producer (``PRODUCER_BROKEN``) the repeat goes through a new one."""
         attempts = self.config.send_attempts
         topic = self.config.topics.events
         for attempt in range(1, attempts + 1):
             try:
-                return await when_room(lambda: producer.send_and_wait(topic, value, key=key))
+                send = functools.partial(producer.send_and_wait, topic, value, key=key)
+                return await when_room(send)
             except KafkaError as exc:
-                if not getattr(exc, "retriable", False) or attempt == attempts:
+                broken = isinstance(exc, PRODUCER_BROKEN)
+                if not (broken or getattr(exc, "retriable", False)) or attempt == attempts:
                     what = (
                         f"the WAL did not acknowledge event {event_id} after {attempt} attempt(s)"
                     )
                     raise kafka_error(PublishError, what, exc) from exc
+                if broken:
+                    producer = await self._replace_producer(producer, exc)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _replace_producer(self, broken: AIOKafkaProducer, why: BaseException
+                                ) -> AIOKafkaProducer:  # fmt: skip
+        """A new idempotent producer in place of ``broken`` (once, however many calls saw it
+        break): the old one is stopped first, without a flush (its sender has stopped), so
+        nothing it held can land after what the new one sends."""
+        if self._producer is not None and id(self._producer) == id(broken):
+            self._producer = None
+            log.warning("the WAL producer broke (%r): replacing it", why)
+            if isinstance(broken, WalProducer):
+                await broken.stop(flush=False)
+            else:
+                await broken.stop()
+        return await self.producer()
 
     async def append_barriers(self, checkpoint_id: str) -> dict[int, int]:
         """Appends the barrier of ``checkpoint_id`` to every WAL partition, within the

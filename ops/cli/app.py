@@ -16,6 +16,7 @@ from lukhas_context.ops.cli.restore import restore
 from lukhas_context.ops.cli.topics import topics
 from lukhas_context.ops.cli.transactions import transactions
 from lukhas_context.ops.cli.verify import verify
+from lukhas_context.ops.cli.wal import wal
 from lukhas_context.ops.cli.worker import worker
 from lukhas_context.ops.cli.writes import delete, patch, put, touch
 
@@ -41,7 +42,7 @@ def cli(ctx: click.Context, verbose: int) -> None:
 
 for _command in (up, down, status, demo, worker, restore, put, patch, touch, delete, get,
                  outcome, watch, checkpoint, transactions, topics, verify, inspect,
-                 replay):  # fmt: skip
+                 replay, wal):  # fmt: skip
     cli.add_command(_command)
 
 

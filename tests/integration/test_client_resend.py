@@ -249,6 +249,31 @@ async def _signal(pid: int, sig: signal.Signals, stopped: bool) -> None:
         await asyncio.sleep(0.02)
 
 
+async def test_a_producer_the_broker_lost_track_of_is_replaced_and_the_put_lands_once(
+    cluster: Any, tmp_path: Path
+) -> None:
+    """A batch that timed out on the client leaves the broker expecting a sequence number the
+    producer has moved past: the broker answers OUT_OF_ORDER_SEQUENCE_NUMBER and aiokafka's
+    sender stops for good. Made here by moving the producer's sequence on by hand; the put
+    must still land, once, through a new producer, and later puts too."""
+    topics = Topics(f"o{uuid.uuid4().hex[:10]}")
+    await ensure_topics(cluster.bootstrap, topics.specs(PARTITIONS), brokers=None)
+    config = ClientConfig(cluster.bootstrap, None, topics, timeout_s=30)
+    async with ContextClient(config) as client:
+        first = await client.put("o", {"n": 0})
+        broken = client.writer._producer
+        assert broken is not None
+        tp = TopicPartition(topics.events, first.partition)
+        broken._txn_manager._sequence_numbers[tp] += 5  # a gap the broker refuses
+        second = await client.put("o", {"n": 1})
+        assert client.writer._producer is not broken  # replaced
+        third = await client.put("o", {"n": 2})
+    assert (first.partition, second.partition, third.partition) == (tp.partition,) * 3
+    records = await _wal(cluster.bootstrap, topics, tp.partition, third.offset + 1)
+    ids = [_event_id(m.value) for m in records]
+    assert ids == [first.event_id, second.event_id, third.event_id]  # each once, in order
+
+
 @contextlib.asynccontextmanager
 async def _stalled(local: LocalCluster) -> AsyncIterator[None]:
     """The broker stopped (SIGSTOP) inside the block, and running again on every way out."""

@@ -325,6 +325,7 @@ def test_the_readme_and_runbook_checks_run_as_written(lukhas: Lukhas, tmp_path: 
         block(runbook, "## What happened to context X?"),
         block(runbook, "## What did context X look like at 14:02?"),
         block(runbook, "## Something is in the dead-letter queue"),
+        block(runbook, "## The WAL keeps growing"),
     ]
     # the states they build go to this test's directory, one per block
     commands = [
@@ -332,7 +333,7 @@ def test_the_readme_and_runbook_checks_run_as_written(lukhas: Lukhas, tmp_path: 
         for b, cmds in enumerate(blocks)
         for c in cmds
     ]
-    assert len(commands) == 16
+    assert len(commands) == 19
     lukhas("checkpoint")  # for checkpoint:latest, whichever tests ran before
     for command in commands:
         if command[0] == "get" and "--as-of" in command:
@@ -346,3 +347,45 @@ def test_the_readme_and_runbook_checks_run_as_written(lukhas: Lukhas, tmp_path: 
         if command[:4] == ["inspect", "wal", "--id", "session:42"]:
             kinds = [line.split()[3] for line in done.stdout.splitlines()]
             assert kinds == ["put", "patch"] and "-> applied" in done.stdout, done.stdout
+
+
+def test_wal_prune_keeps_every_restore_path(lukhas: Lukhas) -> None:
+    lukhas("checkpoint", "--id", "before-prune")
+    lukhas("put", "after:prune", '{"p": 1}')
+    shown = json.loads(lukhas("wal", "prune", "-p", "0", "--json").stdout)
+    (entry,) = shown
+    ck = entry["oldest_checkpoint"]
+    assert ck is not None and entry["kept_because"] == []
+    assert entry["prune_to"] == min(ck["next_offset"], entry["changes_coverage"],
+                                    entry["live_next_offset"]) > entry["log_start"]  # fmt: skip
+    assert "log_start_now" not in entry  # shown, not done
+    unchanged = lines(lukhas, "wal", "-p", "0", "--limit", "1")
+    assert unchanged[0]["position"] == f"0:{entry['log_start']}"
+
+    done = json.loads(lukhas("wal", "prune", "-p", "0", "--yes", "--json").stdout)
+    assert done[0]["log_start_now"] == entry["prune_to"]
+    assert (
+        lines(lukhas, "wal", "-p", "0", "--limit", "1")[0]["position"] == f"0:{entry['prune_to']}"
+    )
+    # a full replay can no longer be made, and says where to start instead
+    replay = lukhas("verify", "-p", "0", "--no-progress", check=False)
+    assert replay.returncode == 1 and "WalTruncatedError" in replay.stderr
+    assert "start from checkpoint" in replay.stderr
+    (ok,) = reports(lukhas, "-p", "0", "--against", "checkpoint:latest")
+    assert ok["equal"]
+    live = ok["subject"]["digest"]
+
+    # every restore path still gives the same state
+    lukhas("down", "--processor-only")
+    scratch = lukhas("restore", "-p", "0", "--from-scratch", "--no-progress", check=False)
+    assert scratch.returncode == 1 and "start from checkpoint" in scratch.stderr
+    digests = {}
+    for how in ([], ["--from-changes"], ["--checkpoint", ck["id"]]):
+        report = json.loads(lukhas("restore", "-p", "0", *how, "--json", "--no-progress").stdout)
+        digests[" ".join(how) or "latest"] = (report["next_offset"], report["digest"])
+    lukhas("up")
+    (after,) = reports(lukhas, "-p", "0", "--against", "checkpoint:latest")
+    assert after["equal"] and after["subject"]["digest"] == live
+    # each ends at the change topic's coverage, or at its checkpoint when that is past it (a
+    # barrier has no change): the same state
+    assert len({digest for _, digest in digests.values()}) == 1, digests

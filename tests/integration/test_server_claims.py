@@ -125,7 +125,7 @@ async def test_healthz_turns_503_when_the_fold_stops(
     status, _, body = await _http(healthz)
     reason = (
         f"WalTruncatedError: WAL partition {partition} starts at offset {end}, but the store "
-        f"needs offset {begun}: events were deleted by retention"
+        f"needs offset {begun}: events were deleted (retention, or `lukhas wal prune`)"
     )
     assert status == 503, body
     assert body["status"] == "stopped" and body["error"] == reason, body

@@ -1,0 +1,135 @@
+"""``lukhas wal prune``: delete the WAL records no restore path needs any more.
+
+Per partition, the records below the lowest of these are deletable (Kafka's DeleteRecords,
+which moves the log start):
+
+- the oldest valid checkpoint's offset: a restore from any kept checkpoint folds the WAL on
+  from its offset;
+- the change topic's coverage: a restore from the change topic folds the WAL on from there;
+- the live store's ``next_offset``, as the worker serving the partition reports it: a worker
+  never finds its next record deleted.
+
+With no valid checkpoint, or an unknown coverage, nothing is deletable: a full replay would be
+the only way back. After a prune a full replay (``restore --from-scratch``, ``verify``) fails
+with ``WalTruncatedError`` naming the checkpoint to start from instead. The plan is computed
+and shown first; records are deleted only when the caller says so (``--yes``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+from aiokafka import TopicPartition
+from aiokafka.admin import RecordsToDelete
+
+from lukhas_context.ops.exceptions import OpsError
+from lukhas_context.processors.config import WorkerConfig
+from lukhas_context.streams import kafka
+from lukhas_context.streams.kafka import kafka_errors
+
+__all__ = ["PruneError", "apply", "plan"]
+
+
+class PruneError(OpsError):
+    """The prune cannot be planned or done (the reason says why)."""
+
+
+async def plan(config: WorkerConfig, api: str, partitions: list[int] | None
+               ) -> list[dict[str, Any]]:  # fmt: skip
+    """Per partition: what bounds the prune, and ``prune_to`` (records below it can go)."""
+    from lukhas_context.processors.opener import StoreOpener
+    from lukhas_context.state.checkpoints import CheckpointDir
+
+    live = await _live_offsets(api)
+    opener = StoreOpener(config)
+    count = await _partition_count(config)
+    chosen = sorted(set(partitions)) if partitions else list(range(count))
+    bad = [p for p in chosen if p >= count]
+    if bad:
+        raise PruneError(f"no partition {bad[0]}: {config.topics.events} has {count}")
+    checkpoints = CheckpointDir(config.checkpoint_root, config.topics.events)
+    out = []
+    for p in chosen:
+        low, end = await opener.watermarks(p)
+        kept = checkpoints.valid(p)
+        oldest = min(kept, key=lambda m: m.next_offset) if kept else None
+        coverage = await opener.changes_coverage(p)
+        position = live.get(p)
+        if position is None:
+            raise PruneError(f"no worker at {api} reports partition {p}: its store's position "
+                             "is unknown, so nothing can be pruned safely")  # fmt: skip
+        reasons = []
+        if oldest is None:
+            reasons.append(f"no valid checkpoint in {config.checkpoint_root}")
+        if not coverage.known or coverage.offset == 0:
+            reasons.append("the change topic's coverage is unknown")
+        bounds = [position, coverage.offset] + ([oldest.next_offset] if oldest else [])
+        prune_to = low if reasons else max(low, min(bounds))
+        out.append({
+            "partition": p, "log_start": low, "end": end,
+            "oldest_checkpoint": None if oldest is None else
+            {"id": oldest.checkpoint_id, "next_offset": oldest.next_offset},
+            "changes_coverage": coverage.offset, "live_next_offset": position,
+            "prune_to": prune_to, "deletes": prune_to - low,
+            "kept_because": reasons,
+        })  # fmt: skip
+    return out
+
+
+async def apply(config: WorkerConfig, planned: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Deletes what ``planned`` says (only partitions with something to delete); each entry
+    gains ``log_start_now``."""
+    todo = {
+        TopicPartition(config.topics.events, e["partition"]): RecordsToDelete(e["prune_to"])
+        for e in planned if e["deletes"] > 0
+    }  # fmt: skip
+    done: dict[TopicPartition, int] = {}
+    if todo:
+        admin = kafka.admin_client(config.bootstrap, "lukhas-prune", request_timeout_s=30)
+        with kafka_errors(PruneError, f"cannot delete records of {config.topics.events}"):
+            await admin.start()
+            try:
+                done = await admin.delete_records(todo, timeout_ms=30_000)
+            finally:
+                await admin.close()
+    for e in planned:
+        tp = TopicPartition(config.topics.events, e["partition"])
+        e["log_start_now"] = done.get(tp, e["log_start"])
+    return planned
+
+
+async def _partition_count(config: WorkerConfig) -> int:
+    consumer = kafka.consumer(config.bootstrap, "lukhas-prune", isolation="read_committed")
+    try:
+        with kafka_errors(PruneError, f"cannot reach Kafka at {config.bootstrap}"):
+            await consumer.start()
+            metadata = await consumer._client.fetch_all_metadata()
+    finally:
+        await consumer.stop()
+    count = len(metadata.partitions_for_topic(config.topics.events) or ())
+    if not count:
+        raise PruneError(f"no topic {config.topics.events}")
+    return count
+
+
+async def _live_offsets(api: str) -> dict[int, int]:
+    """partition -> next offset, from every worker the routing table names."""
+    urls = {api}
+    out: dict[int, int] = {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        try:
+            async with http.get(f"{api}/v1/members") as r:
+                members = await r.json(content_type=None)
+            urls |= {u for u in (members.get("owners") or {}).values() if u}
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise PruneError(f"cannot reach the read API at {api}: {exc}") from None
+        for url in sorted(urls):
+            try:
+                async with http.get(f"{url.rstrip('/')}/v1/partitions") as r:
+                    data = await r.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                continue
+            for s in data.get("partitions", []):
+                out[int(s["partition"])] = int(s["next_offset"])
+    return out
