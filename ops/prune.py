@@ -5,7 +5,9 @@ which moves the log start):
 
 - the oldest valid checkpoint's offset: a restore from any kept checkpoint folds the WAL on
   from its offset;
-- the change topic's coverage: a restore from the change topic folds the WAL on from there;
+- the change topic's coverage, less the dedupe window: a restore from the change topic
+  folds the WAL on from the coverage, and rebuilds its dedupe window from the records just
+  before it;
 - the live store's ``next_offset``, as the worker serving the partition reports it: a worker
   never finds its next record deleted.
 
@@ -35,9 +37,10 @@ class PruneError(OpsError):
     """The prune cannot be planned or done (the reason says why)."""
 
 
-async def plan(config: WorkerConfig, api: str, partitions: list[int] | None
-               ) -> list[dict[str, Any]]:  # fmt: skip
-    """Per partition: what bounds the prune, and ``prune_to`` (records below it can go)."""
+async def plan(config: WorkerConfig, api: str, partitions: list[int] | None,
+               dedupe_window: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Per partition: what bounds the prune, and ``prune_to`` (records below it can go).
+    ``dedupe_window``: the workers' (default: ``config.limits.dedupe_window``)."""
     from lukhas_context.processors.opener import StoreOpener
     from lukhas_context.state.checkpoints import CheckpointDir
 
@@ -64,13 +67,16 @@ async def plan(config: WorkerConfig, api: str, partitions: list[int] | None
             reasons.append(f"no valid checkpoint in {config.checkpoint_root}")
         if not coverage.known or coverage.offset == 0:
             reasons.append("the change topic's coverage is unknown")
-        bounds = [position, coverage.offset] + ([oldest.next_offset] if oldest else [])
+        window = config.limits.dedupe_window if dedupe_window is None else dedupe_window
+        bounds = [position, max(0, coverage.offset - window)]
+        bounds += [oldest.next_offset] if oldest else []
         prune_to = low if reasons else max(low, min(bounds))
         out.append({
             "partition": p, "log_start": low, "end": end,
             "oldest_checkpoint": None if oldest is None else
             {"id": oldest.checkpoint_id, "next_offset": oldest.next_offset},
-            "changes_coverage": coverage.offset, "live_next_offset": position,
+            "changes_coverage": coverage.offset, "dedupe_window": window,
+            "live_next_offset": position,
             "prune_to": prune_to, "deletes": prune_to - low,
             "kept_because": reasons,
         })  # fmt: skip
@@ -87,12 +93,12 @@ async def apply(config: WorkerConfig, planned: list[dict[str, Any]]) -> list[dic
     done: dict[TopicPartition, int] = {}
     if todo:
         admin = kafka.admin_client(config.bootstrap, "lukhas-prune", request_timeout_s=30)
-        with kafka_errors(PruneError, f"cannot delete records of {config.topics.events}"):
-            await admin.start()
-            try:
+        try:
+            with kafka_errors(PruneError, f"cannot delete records of {config.topics.events}"):
+                await admin.start()
                 done = await admin.delete_records(todo, timeout_ms=30_000)
-            finally:
-                await admin.close()
+        finally:
+            await admin.close()
     for e in planned:
         tp = TopicPartition(config.topics.events, e["partition"])
         e["log_start_now"] = done.get(tp, e["log_start"])
@@ -121,7 +127,8 @@ async def _live_offsets(api: str) -> dict[int, int]:
         try:
             async with http.get(f"{api}/v1/members") as r:
                 members = await r.json(content_type=None)
-            urls |= {u for u in (members.get("owners") or {}).values() if u}
+            owners = members.get("owners") if isinstance(members, dict) else None
+            urls |= {u for u in (owners or {}).values() if isinstance(u, str) and u}
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise PruneError(f"cannot reach the read API at {api}: {exc}") from None
         for url in sorted(urls):
@@ -130,6 +137,11 @@ async def _live_offsets(api: str) -> dict[int, int]:
                     data = await r.json(content_type=None)
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 continue
-            for s in data.get("partitions", []):
-                out[int(s["partition"])] = int(s["next_offset"])
+            served = data.get("partitions") if isinstance(data, dict) else None
+            for s in served if isinstance(served, list) else []:
+                try:
+                    p, offset = int(s["partition"]), int(s["next_offset"])
+                except (KeyError, TypeError, ValueError):
+                    continue
+                out[p] = min(offset, out.get(p, offset))  # two owners in a rebalance: the lower
     return out

@@ -196,9 +196,13 @@ async def open_remote(http: aiohttp.ClientSession, url: str, partition: int, pin
             await _call(http, "DELETE", f"{url}/v1/partitions/{partition}/verify/{session}",
                         None, headers)  # fmt: skip
 
-    return Side(f"worker {url}", RemoteRanges(http, url, partition, session, pinned),
-                data["next_offset"], data["digest"], data["records"], data["documents"],
-                data["recomputed"], close)  # fmt: skip
+    try:
+        return Side(f"worker {url}", RemoteRanges(http, url, partition, session, pinned),
+                    int(data["next_offset"]), str(data["digest"]), int(data["records"]),
+                    int(data["documents"]), dict(data["recomputed"]), close)  # fmt: skip
+    except (KeyError, TypeError, ValueError):
+        await close()
+        raise VerifyError(f"{url} answered a verify session without its summary") from None
 
 
 async def _call(http: aiohttp.ClientSession, method: str, url: str, body: Any,
@@ -216,6 +220,8 @@ async def _call(http: aiohttp.ClientSession, method: str, url: str, body: Any,
             return data
     except aiohttp.ClientConnectionError as exc:
         raise VerifyError(f"cannot reach {url}: {exc}") from None
+    except aiohttp.ClientError as exc:  # a broken answer (payload, disconnect mid-way)
+        raise VerifyError(f"{method} {url}: {type(exc).__name__}: {exc}") from None
     except TimeoutError:
         raise VerifyError(f"{url} did not answer within {HTTP_TIMEOUT_S:g} s") from None
 
@@ -235,6 +241,27 @@ def _digests(raw: list[dict[str, Any]]) -> list[RangeDigest]:
 
 
 # --- the comparison --------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def kept_alive(side: Side, every_s: float = 30.0) -> AsyncIterator[None]:
+    """While the body runs (a long replay), ``side``'s frozen copy is used every ``every_s``
+    seconds, so its worker does not close it as idle (``processors.verify_api.IDLE_S``)."""
+
+    async def ping() -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            with contextlib.suppress(VerifyError):
+                await side.ranges.rows(b"", None, 1)
+
+    task = asyncio.create_task(ping()) if isinstance(side.ranges, RemoteRanges) else None
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def rebuilt_side(config: WorkerConfig, partition: int, until: int, against: Against,
@@ -274,8 +301,9 @@ async def verify_partition(subject: Side, other: Side, partition: int, limit: in
     equal = subject.digest == other.digest and subject.records == other.records
     found = None
     if not equal:
-        found = await differences(subject.ranges, other.ranges, subject.records, other.records,
-                                  limit=limit)  # fmt: skip
+        # a corrupt side's kept count may be anything: bisect by what its records hold
+        found = await differences(subject.ranges, other.ranges, _count(subject),
+                                  _count(other), limit=limit)  # fmt: skip
     return {
         "partition": partition,
         "next_offset": subject.next_offset,
@@ -288,6 +316,10 @@ async def verify_partition(subject: Side, other: Side, partition: int, limit: in
         "requests": 0 if found is None else found.requests,
         "seconds": round(time.monotonic() - started, 3),
     }  # fmt: skip
+
+
+def _count(side: Side) -> int:
+    return int(side.recomputed["records"]) if side.recomputed is not None else side.records
 
 
 async def same_offset(open_a: Any, open_b: Any, attempts: int = SAME_OFFSET_ATTEMPTS

@@ -173,6 +173,14 @@ class StoreOpener:
         quarantined: list[str] = []
         store = await asyncio.to_thread(self.open_local, partition, quarantined)
         report = RestoreReport(partition, Source.LOCAL, quarantined=quarantined)
+        if store is not None and store.next_offset < low:
+            # A copy left from an earlier assignment, behind records deleted since (retention,
+            # `lukhas wal prune`): set aside, and the partition restored like one never held.
+            path, behind = store.path, store.next_offset
+            store.close()
+            reason = f"needs WAL offset {behind}, the log now starts at {low}"
+            quarantined.append(str(quarantine(path, self.quarantine_dir, reason)))
+            store = None
         if store is None:
             store, report = await self.restore(partition, low, high, quarantined)
         if store.next_offset < low:

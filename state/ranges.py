@@ -227,9 +227,9 @@ async def differences(
             result.requests += 2
             if not (more_a or more_b):  # else the counts were off: split it after all
                 found = _row_differences(rows_a, rows_b)
-                result.differences.extend(found[: limit - len(result.differences)])
-                if len(found) > limit - len(result.differences):
-                    result.truncated = True
+                room = limit - len(result.differences)
+                result.differences.extend(found[:room])
+                result.truncated = result.truncated or len(found) > room
                 continue
             na, nb = (na if not more_a else leaf + 1), (nb if not more_b else leaf + 1)
         if na >= nb:
@@ -248,12 +248,13 @@ async def differences(
         if not bounds and children:
             # One run that cannot be cut (every record at one key: impossible in a store,
             # but a lying remote side must not loop us): compare it record by record.
-            rows_a, _ = await a.rows(lo, hi, leaf)
-            rows_b, _ = await b.rows(lo, hi, leaf)
+            rows_a, more_a = await a.rows(lo, hi, leaf)
+            rows_b, more_b = await b.rows(lo, hi, leaf)
             result.requests += 2
-            result.differences.extend(
-                _row_differences(rows_a, rows_b)[: limit - len(result.differences)]
-            )
+            found = _row_differences(rows_a, rows_b)
+            room = limit - len(result.differences)
+            result.differences.extend(found[:room])
+            result.truncated = result.truncated or len(found) > room or more_a or more_b
             continue
         todo.extend((c[0] or b"", c[1], c[2], c[3]) for c in reversed(children))
     return result

@@ -28,6 +28,8 @@ from aiokafka.errors import (
     KafkaError,
     KafkaTimeoutError,
     OutOfOrderSequenceNumber,
+    ProducerClosed,
+    ProducerFenced,
     UnknownProducerId,
 )
 
@@ -48,10 +50,12 @@ __all__ = ["PRODUCER_BROKEN", "WalWriter", "when_room"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-#: Errors that leave an idempotent producer unable to send again: the broker lost track of its
-#: sequence (a batch that timed out on the client may or may not have been written), and
-#: aiokafka's sender stops for good. The writer replaces the producer and sends again.
-PRODUCER_BROKEN = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch)
+#: Errors after which an idempotent producer cannot send to that partition again: the broker
+#: lost track of its sequence (a batch that timed out on the client may or may not have been
+#: written) or its epoch (aiokafka reports INVALID_PRODUCER_EPOCH as ``ProducerFenced``). The
+#: writer replaces the producer and sends again, the same bytes.
+PRODUCER_BROKEN = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch,
+                   ProducerFenced)  # fmt: skip
 
 
 async def when_room(send: Callable[[], Awaitable[T]]) -> T:
@@ -84,6 +88,9 @@ class WalWriter:
         #: One transactional producer per client, used by one transaction at a time.
         self._tx_producer: AIOKafkaProducer | None = None
         self.transaction_lock = asyncio.Lock()
+        #: Held while a broken producer is stopped and replaced (``_replace_producer``).
+        self._replacing = asyncio.Lock()
+        self._closed = False
 
     @property
     def producer_started(self) -> bool:
@@ -119,6 +126,7 @@ class WalWriter:
         try:
             if not self.config.bootstrap:
                 raise PublishError("no Kafka bootstrap configured: writes need one")
+            self._closed = False  # a client used again after close
             producer = kafka.wal_producer(self.config)
             self._started_producer = producer  # what it answered explains a failed start
             try:
@@ -159,9 +167,18 @@ class WalWriter:
             try:
                 send = functools.partial(producer.send_and_wait, topic, value, key=key)
                 return await when_room(send)
-            except KafkaError as exc:
-                broken = isinstance(exc, PRODUCER_BROKEN)
+            except (KafkaError, PublishError) as exc:
+                # A producer another call is replacing or replaced: closed, or gave up what it
+                # held (not the client's own close: nothing is sent after that).
+                replaced = (
+                    isinstance(exc, ProducerClosed | PublishError)
+                    and not self._closed
+                    and (producer is not self._producer or self._replacing.locked())
+                )
+                broken = replaced or isinstance(exc, PRODUCER_BROKEN)
                 if not (broken or getattr(exc, "retriable", False)) or attempt == attempts:
+                    if isinstance(exc, PublishError):
+                        raise
                     what = (
                         f"the WAL did not acknowledge event {event_id} after {attempt} attempt(s)"
                     )
@@ -173,15 +190,15 @@ class WalWriter:
     async def _replace_producer(self, broken: AIOKafkaProducer, why: BaseException
                                 ) -> AIOKafkaProducer:  # fmt: skip
         """A new idempotent producer in place of ``broken`` (once, however many calls saw it
-        break): the old one is stopped first, without a flush (its sender has stopped), so
-        nothing it held can land after what the new one sends."""
-        if self._producer is not None and id(self._producer) == id(broken):
-            self._producer = None
-            log.warning("the WAL producer broke (%r): replacing it", why)
-            if isinstance(broken, WalProducer):
-                await broken.stop(flush=False)
-            else:
+        break). The old one is stopped first, with its bounded flush: what it holds for other
+        partitions is still delivered (and acknowledged to its callers), what it holds for
+        the broken one fails again and is sent again, by its callers, through the new one.
+        Calls that meanwhile find the old one closed send again through the new one too."""
+        async with self._replacing:
+            if self._producer is not None and id(self._producer) == id(broken):
+                log.warning("the WAL producer broke (%r): replacing it", why)
                 await broken.stop()
+                self._producer = None
         return await self.producer()
 
     async def append_barriers(self, checkpoint_id: str) -> dict[int, int]:
@@ -269,6 +286,7 @@ class WalWriter:
     async def close(self) -> None:
         """Stops both producers, within about ``close_timeout_s``: sends not acknowledged by
         then are given up (they may still land: their outcome is unknown)."""
+        self._closed = True
         if self._producer_start is not None:  # a start in flight: its producer is closed too
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._producer_start)

@@ -133,7 +133,9 @@ def verify(partitions: tuple[int, ...], against: Any, state_dir: Path | None,
             assert config is not None
             a = await subject()
             try:
-                b = await v.rebuilt_side(config, p, a.next_offset, against, scratch, progress)
+                async with v.kept_alive(a):
+                    b = await v.rebuilt_side(config, p, a.next_offset, against, scratch,
+                                             progress)  # fmt: skip
             except BaseException:
                 await a.close()
                 raise

@@ -38,6 +38,13 @@ def wal() -> None:
 )
 @click.option("--yes", is_flag=True, help="Delete; without it the plan is only shown.")
 @click.option(
+    "--dedupe-window",
+    type=click.IntRange(0, 10**9),
+    default=None,
+    help="WAL records the workers' dedupe window spans (a change-topic restore "
+    "reads them back before its coverage) [default: 100000, the workers'].",
+)
+@click.option(
     "--state-dir",
     type=click.Path(path_type=Path),
     default=None,
@@ -49,11 +56,13 @@ def wal() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the plan (and what was done) as JSON.")
 @data_dir_option
 @handle_errors
-def prune(partitions: tuple[int, ...], yes: bool, state_dir: Path | None,
+def prune(partitions: tuple[int, ...], yes: bool, dedupe_window: int | None,
+          state_dir: Path | None,
           checkpoint_dir: Path | None, api: str | None, bootstrap: str | None, as_json: bool,
           data_dir: Path | None) -> None:  # fmt: skip
     """Delete the WAL records below what every restore path still needs: the oldest valid
-    checkpoint, the change topic's coverage and the live store's position, per partition.
+    checkpoint, the change topic's coverage less the dedupe window, and the live store's
+    position, per partition.
     Without --yes it only shows the plan. A full replay needs the whole WAL: after a prune
     it fails, naming the checkpoint to start from."""
     from lukhas_context.ops.prune import apply, plan
@@ -70,7 +79,7 @@ def prune(partitions: tuple[int, ...], yes: bool, state_dir: Path | None,
     url = url.split(",")[0].rstrip("/")
 
     async def run() -> list[dict[str, Any]]:
-        planned = await plan(config, url, list(partitions) or None)
+        planned = await plan(config, url, list(partitions) or None, dedupe_window)
         return await apply(config, planned) if yes else planned
 
     result = asyncio.run(run())
@@ -84,7 +93,8 @@ def prune(partitions: tuple[int, ...], yes: bool, state_dir: Path | None,
             continue
         ck = e["oldest_checkpoint"]
         why = (f"oldest checkpoint {ck['id']} at {ck['next_offset']}, changes cover "
-               f"{e['changes_coverage']}, the worker is at {e['live_next_offset']}")  # fmt: skip
+               f"{e['changes_coverage']} less a dedupe window of {e['dedupe_window']}, the "
+               f"worker is at {e['live_next_offset']}")  # fmt: skip
         if "log_start_now" in e:
             click.echo(f"{head}, now at {e['log_start_now']}: deleted {e['deletes']} records "
                        f"({why})")  # fmt: skip

@@ -265,13 +265,20 @@ async def test_a_producer_the_broker_lost_track_of_is_replaced_and_the_put_lands
         assert broken is not None
         tp = TopicPartition(topics.events, first.partition)
         broken._txn_manager._sequence_numbers[tp] += 5  # a gap the broker refuses
-        second = await client.put("o", {"n": 1})
+        # with writes to the other partitions in flight meanwhile: each lands, once
+        others = [f"other:{i}" for i in range(12)]
+        second, *rest = await asyncio.gather(
+            client.put("o", {"n": 1}), *(client.put(o, {"o": o}) for o in others)
+        )
         assert client.writer._producer is not broken  # replaced
         third = await client.put("o", {"n": 2})
     assert (first.partition, second.partition, third.partition) == (tp.partition,) * 3
     records = await _wal(cluster.bootstrap, topics, tp.partition, third.offset + 1)
-    ids = [_event_id(m.value) for m in records]
+    ids = [_event_id(m.value) for m in records if m.key == b"o"]
     assert ids == [first.event_id, second.event_id, third.event_id]  # each once, in order
+    for receipt in rest:
+        landed = await _wal(cluster.bootstrap, topics, receipt.partition, receipt.offset + 1)
+        assert [_event_id(m.value) for m in landed].count(receipt.event_id) == 1
 
 
 @contextlib.asynccontextmanager

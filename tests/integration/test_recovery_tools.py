@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from lukhas_context.state.record import NO_CHECKSUM, ContextRecord
 from lukhas_context.state.store import PartitionStore
 
 from .test_cli import Lukhas
@@ -352,17 +354,21 @@ def test_the_readme_and_runbook_checks_run_as_written(lukhas: Lukhas, tmp_path: 
 def test_wal_prune_keeps_every_restore_path(lukhas: Lukhas) -> None:
     lukhas("checkpoint", "--id", "before-prune")
     lukhas("put", "after:prune", '{"p": 1}')
-    shown = json.loads(lukhas("wal", "prune", "-p", "0", "--json").stdout)
-    (entry,) = shown
+    # the workers' dedupe window (100,000 records) keeps all of this small log
+    (kept,) = json.loads(lukhas("wal", "prune", "-p", "0", "--json").stdout)
+    assert kept["dedupe_window"] == 100_000 and kept["deletes"] == 0
+    # a window of 2: the change-topic restore reads back 2 records before its coverage
+    window = ["--dedupe-window", "2"]
+    (entry,) = json.loads(lukhas("wal", "prune", "-p", "0", *window, "--json").stdout)
     ck = entry["oldest_checkpoint"]
     assert ck is not None and entry["kept_because"] == []
-    assert entry["prune_to"] == min(ck["next_offset"], entry["changes_coverage"],
+    assert entry["prune_to"] == min(ck["next_offset"], entry["changes_coverage"] - 2,
                                     entry["live_next_offset"]) > entry["log_start"]  # fmt: skip
     assert "log_start_now" not in entry  # shown, not done
     unchanged = lines(lukhas, "wal", "-p", "0", "--limit", "1")
     assert unchanged[0]["position"] == f"0:{entry['log_start']}"
 
-    done = json.loads(lukhas("wal", "prune", "-p", "0", "--yes", "--json").stdout)
+    done = json.loads(lukhas("wal", "prune", "-p", "0", *window, "--yes", "--json").stdout)
     assert done[0]["log_start_now"] == entry["prune_to"]
     assert (
         lines(lukhas, "wal", "-p", "0", "--limit", "1")[0]["position"] == f"0:{entry['prune_to']}"
@@ -389,3 +395,24 @@ def test_wal_prune_keeps_every_restore_path(lukhas: Lukhas) -> None:
     # each ends at the change topic's coverage, or at its checkpoint when that is past it (a
     # barrier has no change): the same state
     assert len({digest for _, digest in digests.values()}) == 1, digests
+
+
+def test_a_stale_local_store_below_the_pruned_log_is_set_aside(lukhas: Lukhas) -> None:
+    """A worker that gets back a partition it held before the WAL was pruned finds its old
+    store behind the log's start: set aside, and the partition restored from a checkpoint."""
+    (before,) = reports(lukhas, "-p", "0", "--against", "checkpoint:latest")
+    low = lines(lukhas, "wal", "-p", "0", "--limit", "1")[0]["position"]
+    assert int(low.split(":")[1]) > 1  # pruned by the test before
+    lukhas("down", "--processor-only")
+    path = state_dir(lukhas) / "partition-0"
+    shutil.rmtree(path)
+    with PartitionStore(path) as stale:  # an old copy: one record folded
+        stale.commit({b"stale:1": ContextRecord(1, b"{}", NO_CHECKSUM, None, 0, 1)}, 1)
+    lukhas("up")
+    (after,) = reports(lukhas, "-p", "0", "--against", "checkpoint:latest")
+    assert after["equal"] and after["subject"]["records"] >= before["subject"]["records"]
+    assert after["differences"] == [] and after["next_offset"] >= before["next_offset"]
+    status = json.loads(lukhas("status", "--json").stdout)["processors"][0]["partitions"]
+    (p0,) = [p for p in status if p["partition"] == 0]
+    assert p0["opened_from"] == "checkpoint", p0
+    assert any((state_dir(lukhas) / "quarantine").glob("partition-0-*"))

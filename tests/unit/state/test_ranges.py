@@ -144,3 +144,17 @@ def test_summarize_on_rows_without_a_store() -> None:
     out = summarize(rows, [b"b", b"c", b"d", b"f"])
     assert [o.records for o in out] == [1, 0, 1, 1, 0]
     assert out[2].digest == record_hash(b"c", b"2")
+
+
+def test_truncated_only_when_something_was_left_out(tmp_path: Path) -> None:
+    keys = [f"k:{i:03d}".encode() for i in range(50)]  # one leaf
+    with PartitionStore(tmp_path / "a") as a, PartitionStore(tmp_path / "b") as b:
+        fill(a, keys)
+        fill(b, keys)
+        b.commit({k: record(2) for k in keys[:6]}, b.next_offset + 6)
+        room = find(a, b, limit=10)
+        assert len(room.differences) == 6 and not room.truncated
+        exact = find(a, b, limit=6)
+        assert len(exact.differences) == 6 and not exact.truncated
+        short = find(a, b, limit=3)
+        assert len(short.differences) == 3 and short.truncated
