@@ -19,20 +19,6 @@ from lukhas_context.ops.config import Settings
 __all__ = ["inspect"]
 
 
-class _BoundType(click.ParamType):
-    name = "OFFSET|TIME"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from lukhas_context.ops.inspect import Bound, parse_bound
-
-        if isinstance(value, Bound):
-            return value
-        try:
-            return parse_bound(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
 @click.command()
 @click.argument("which", type=click.Choice(["wal", "changes", "dlq", "checkpoints"]))
 @click.option(
@@ -46,13 +32,13 @@ class _BoundType(click.ParamType):
 @click.option(
     "--from",
     "start",
-    type=_BoundType(),
+    type=params.Parsed("OFFSET|TIME", "lukhas_context.ops.inspect:parse_bound"),
     default=None,
     help="First offset, or a time (ISO 8601, or ms:EPOCH_MS) [default: the start].",
 )
 @click.option(
     "--until",
-    type=_BoundType(),
+    type=params.Parsed("OFFSET|TIME", "lukhas_context.ops.inspect:parse_bound"),
     default=None,
     help="Stop before this offset or time [default: the end as the read starts].",
 )

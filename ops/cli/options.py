@@ -18,6 +18,8 @@ __all__ = [
     "client_options",
     "data_dir_option",
     "mutation_options",
+    "partitions_option",
+    "state_dir_option",
 ]
 
 KAFKA_HELP = "Kafka [env LUKHAS_BOOTSTRAP]."
@@ -39,6 +41,19 @@ data_dir_option = _path_option(
 checkpoint_dir_option = _path_option(
     "--checkpoint-dir", "Where checkpoints are kept [default: STATE_DIR/checkpoints]."
 )
+
+
+def partitions_option(what: str = "Partition") -> Callable[[F], F]:
+    """``-p/--partition``, repeatable (none: every partition)."""
+    return click.option(
+        "--partition", "-p", "partitions", type=params.PARTITION, multiple=True,
+        help=f"{what} (repeat for several) [default: every one].",
+    )  # fmt: skip
+
+
+def state_dir_option(help: str) -> Callable[[F], F]:
+    """``--state-dir``: a worker's state dir, for its stores or checkpoints."""
+    return _path_option("--state-dir", help)
 
 
 def bootstrap_option(help: str = KAFKA_HELP) -> Callable[[F], F]:

@@ -4,6 +4,7 @@ usage error (exit 2) naming the option, never a traceback and never a wait witho
 
 from __future__ import annotations
 
+import importlib
 import math
 import sys
 from pathlib import Path
@@ -152,3 +153,21 @@ class JsonArgument(click.ParamType):
         if len(data) > MAX_JSON_INPUT:
             self.fail(f"{self.what} from {source} is over {MAX_JSON_INPUT} bytes", param, ctx)
         return data
+
+
+class Parsed(click.ParamType):
+    """A value parsed by ``module:function`` (imported on first use: the commands' parsers
+    live beside modules that are slow to import), whose ``ValueError`` is the usage error."""
+
+    def __init__(self, name: str, parser: str) -> None:
+        self.name = name
+        self._parser = parser
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value  # a default, or a value parsed already
+        module, function = self._parser.split(":")
+        try:
+            return getattr(importlib.import_module(module), function)(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)

@@ -12,32 +12,24 @@ import click
 
 from lukhas_context.ops.cli import params
 from lukhas_context.ops.cli.errors import handle_errors
-from lukhas_context.ops.cli.options import bootstrap_option, checkpoint_dir_option, data_dir_option
+from lukhas_context.ops.cli.options import (
+    bootstrap_option,
+    checkpoint_dir_option,
+    data_dir_option,
+    partitions_option,
+    state_dir_option,
+)
 from lukhas_context.ops.cli.output import print_json
 from lukhas_context.ops.config import Settings
 
 __all__ = ["replay"]
 
 
-class _AsOfType(click.ParamType):
-    name = "TIME|P:O,..."
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from lukhas_context.ops.pointintime import AsOf, parse_as_of
-
-        if isinstance(value, AsOf):
-            return value
-        try:
-            return parse_as_of(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
 @click.command()
 @click.option(
     "--as-of",
     "as_of",
-    type=_AsOfType(),
+    type=params.Parsed("TIME|P:O,...", "lukhas_context.ops.pointintime:parse_as_of"),
     required=True,
     help="A time (ISO 8601, or ms:EPOCH_MS; the log's time) or WAL positions "
     "P:O,... (each offset included).",
@@ -48,20 +40,8 @@ class _AsOfType(click.ParamType):
     required=True,
     help="An empty directory for the stores (read them with `get --as-of DIR`).",
 )
-@click.option(
-    "--partition",
-    "-p",
-    "partitions",
-    type=params.PARTITION,
-    multiple=True,
-    help="Partition to build (repeat for several) [default: every one].",
-)
-@click.option(
-    "--state-dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="A worker's state dir, for its checkpoints [default: the local cluster's].",
-)
+@partitions_option("Partition to build")
+@state_dir_option("A worker's state dir, for its checkpoints [default: the local cluster's].")
 @checkpoint_dir_option
 @bootstrap_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")

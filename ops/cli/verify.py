@@ -18,6 +18,8 @@ from lukhas_context.ops.cli.options import (
     bootstrap_option,
     checkpoint_dir_option,
     data_dir_option,
+    partitions_option,
+    state_dir_option,
 )
 from lukhas_context.ops.cli.output import print_json
 from lukhas_context.ops.config import Settings
@@ -25,44 +27,20 @@ from lukhas_context.ops.config import Settings
 __all__ = ["verify"]
 
 
-class _AgainstType(click.ParamType):
-    name = "replay|checkpoint:ID|URL"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from lukhas_context.ops.verify import Against, parse_against
-
-        if isinstance(value, Against):
-            return value
-        try:
-            return parse_against(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
 @click.command()
-@click.option(
-    "--partition",
-    "-p",
-    "partitions",
-    type=params.PARTITION,
-    multiple=True,
-    help="Partition to verify (repeat for several) [default: every one].",
-)
+@partitions_option("Partition to verify")
 @click.option(
     "--against",
     "against",
-    type=_AgainstType(),
+    type=params.Parsed("replay|checkpoint:ID|URL", "lukhas_context.ops.verify:parse_against"),
     default="replay",
     show_default=True,
     help="Compare with a replay of the WAL, with checkpoint ID (or 'latest') folded "
     "on to the same offset, or with the store of the worker at URL.",
 )
-@click.option(
-    "--state-dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Verify the stores in this state dir (no worker may hold them) instead of "
-    "the live ones behind the read API.",
+@state_dir_option(
+    "Verify the stores in this state dir (no worker may hold them) instead of "
+    "the live ones behind the read API."
 )
 @checkpoint_dir_option
 @click.option(

@@ -8,13 +8,14 @@ from typing import Any
 
 import click
 
-from lukhas_context.ops.cli import params
 from lukhas_context.ops.cli.errors import OneLineGroup, handle_errors
 from lukhas_context.ops.cli.options import (
     api_option,
     bootstrap_option,
     checkpoint_dir_option,
     data_dir_option,
+    partitions_option,
+    state_dir_option,
 )
 from lukhas_context.ops.cli.output import print_json
 from lukhas_context.ops.config import Settings
@@ -28,14 +29,7 @@ def wal() -> None:
 
 
 @wal.command()
-@click.option(
-    "--partition",
-    "-p",
-    "partitions",
-    type=params.PARTITION,
-    multiple=True,
-    help="Partition to prune (repeat for several) [default: every one].",
-)
+@partitions_option("Partition to prune")
 @click.option("--yes", is_flag=True, help="Delete; without it the plan is only shown.")
 @click.option(
     "--dedupe-window",
@@ -44,12 +38,7 @@ def wal() -> None:
     help="WAL records the workers' dedupe window spans (a change-topic restore "
     "reads them back before its coverage) [default: 100000, the workers'].",
 )
-@click.option(
-    "--state-dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="The worker's state dir, for its checkpoints [default: the local cluster's].",
-)
+@state_dir_option("The worker's state dir, for its checkpoints [default: the local cluster's].")
 @checkpoint_dir_option
 @api_option()
 @bootstrap_option()
