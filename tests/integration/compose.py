@@ -95,6 +95,21 @@ class Compose:
             await asyncio.sleep(1)
 
 
+def logs_since(started: float, services: tuple[str, ...] = SERVICES, tail: int = 300) -> str:
+    """The services' logs since ``started`` (epoch seconds), the last ``tail`` lines of each:
+    attached to a failing test's report (tests/integration/conftest.py)."""
+    compose, parts = Compose(), []
+    for service in services:
+        try:
+            container = compose.container(service)
+            done = compose.run("docker", "logs", "--since", f"{started:.0f}", "--tail", str(tail),
+                               container, check=False, timeout=30)  # fmt: skip
+            parts.append(f"----- {service} -----\n{done.stdout}{done.stderr}")
+        except (AssertionError, OSError, subprocess.SubprocessError) as exc:
+            parts.append(f"----- {service}: no logs ({exc}) -----")
+    return "\n".join(parts)
+
+
 def owners() -> dict[int, str]:
     """partition -> the read API URL of the worker serving it (from any worker that answers)."""
     for url in API_URLS:

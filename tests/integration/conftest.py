@@ -34,6 +34,20 @@ from lukhas_context.streams.topics import Topics, partition_for
 PARTITIONS = 3
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A compose test that fails carries the containers' logs since it began in its report
+    (CI prints reports; the cluster itself is gone by the time anyone looks)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when == "call" and report.failed and "compose" in getattr(item, "fixturenames", ()):
+        from .compose import logs_since
+
+        workers = logs_since(call.start, ("worker-1", "worker-2"), tail=400)
+        brokers = logs_since(call.start, ("kafka-1", "kafka-2", "kafka-3"), tail=60)
+        report.sections.append(("compose logs since the test began", f"{workers}\n{brokers}"))
+
+
 async def serving_all(worker: Any, timeout: float = 90) -> None:
     """Until an in-process worker serves all ``PARTITIONS`` partitions (its stores are open)."""
     deadline = time.monotonic() + timeout
