@@ -40,7 +40,7 @@ from lukhas_context.streams import kafka
 from lukhas_context.streams.kafka import kafka_errors
 from lukhas_context.streams.topics import Topics, partition_for
 
-__all__ = ["TOPICS", "Bound", "InspectError", "parse_bound", "read"]
+__all__ = ["TOPICS", "Bound", "InspectError", "parse_bound", "read", "wal_line"]
 
 TOPICS = ("wal", "changes", "dlq", "checkpoints")
 #: Seconds one fetch may return nothing before the read gives up on a partition.
@@ -206,8 +206,21 @@ async def _outcome(http: aiohttp.ClientSession, api: str | None, p: int, offset:
     return status
 
 
+def wal_line(m: Any) -> dict[str, Any]:
+    """One WAL record decoded as ``lukhas inspect wal`` shows it: ``position``, ``log_time``,
+    ``event_id``, ``context_id``, ``kind``, ``key`` (and ``if_version``, ...), or
+    ``undecodable`` with the reason."""
+    global _wal_decoder
+    if _wal_decoder is None:
+        _wal_decoder = _Decoder("wal")
+    return _wal_decoder.line(m)
+
+
 _KINDS = {Put: "put", Patch: "patch", Delete: "delete", Touch: "touch", Expire: "expire",
           CheckpointBarrier: "checkpoint-barrier"}  # fmt: skip
+
+
+_wal_decoder: _Decoder | None = None
 
 
 class _Decoder:

@@ -17,6 +17,16 @@ partition's end (the next write lands there), is a 404 at once whose body says w
 ``{"error", "no_such": "partition", "partition_count"}`` or ``{"error", "no_such": "offset",
 "end_offset"}`` — for ``min_offset`` here and for ``/v1/outcomes`` below.
 
+``GET /v1/contexts/{id}/history`` lists what became of every WAL record of the context, in
+offset order, from the history index (``state.history``): ``{"context_id", "partition",
+"covered_from", "pruned_below", "next_offset", "events": [{"offset", "status", "version",
+"reason", "duplicate_of"}], "more"}`` — ``?after=OFFSET`` (exclusive) and ``?limit=N``
+(default 1000, at most 10000) page through it (``more``: the next page starts after the last
+offset), ``min_offset``/``timeout`` wait as above. ``covered_from``: the index holds every
+record from this offset on (null: none yet); ``pruned_below``: entries below it were trimmed
+with the WAL; ``reason`` comes from the journal while it holds the entry. A context never
+written has no events (200, ``events`` empty).
+
 ``GET /v1/outcomes/{partition}/{offset}`` waits (``timeout``, default 5 s) until that record
 is folded and returns its journal entry: ``{"status": "applied" | "conflict" | "rejected" |
 "dead_lettered" | "duplicate", "version", "reason", "duplicate_of"}``; 404 when the journal no
@@ -94,8 +104,9 @@ from lukhas_context.processors.round import reused_event_id
 from lukhas_context.processors.verify_api import VerifySessions
 from lukhas_context.processors.wal_end import WalEnds
 from lukhas_context.schemas.exceptions import CodecError
+from lukhas_context.state.history import MAX_PAGE
 from lukhas_context.state.journal import EntryStatus
-from lukhas_context.state.store import HASH_MASK
+from lukhas_context.state.store import HASH_MASK, PartitionStore
 from lukhas_context.streams.changes import Gap
 from lukhas_context.streams.exceptions import InvalidPositionError, ReadError, ValidationError
 from lukhas_context.streams.position import MAX_OFFSET, MAX_PARTITION, parse_natural, parse_position
@@ -118,6 +129,8 @@ MAX_SSE_STREAMS = 64
 _DRY_RUN_FIELDS = ("status", "version", "reason", "kind", "doc", "checksum", "expires_at_ms")
 #: The longest ``idle_timeout`` of a change stream, in seconds (a day).
 MAX_IDLE_S = 86_400.0
+#: History entries one answer holds unless ``limit`` says otherwise.
+HISTORY_PAGE = 1000
 
 H = TypeVar("H", bound=Callable[..., Awaitable[web.StreamResponse]])
 
@@ -209,6 +222,7 @@ class ReadApi:
         self.app.add_routes(
             [
                 web.get("/v1/contexts/{context_id}", self.get_context),
+                web.get("/v1/contexts/{context_id}/history", self.history),
                 web.get("/v1/outcomes/{partition}/{offset}", self.get_outcome),
                 web.post("/v1/dry-run", self.dry_run),
                 web.get("/v1/partitions", self.partitions),
@@ -341,10 +355,12 @@ class ReadApi:
             }
         )
 
-    @_params("min_offset", "timeout")
-    async def get_context(self, request: web.Request) -> web.Response:
-        context_id = request.match_info["context_id"]
-        key = context_id.encode()
+    async def _store_of_context(
+        self, request: web.Request, key: bytes
+    ) -> tuple[int, PartitionStore] | web.Response:
+        """The partition and store of the context ``key``, once ``min_offset`` (if given) is
+        folded; or the answer to give instead: forwarded from the owner, 400, 404, 421, 503
+        or the 504 of a wait that timed out."""
         partition = None
         wait_for = None
         if "min_offset" in request.query:
@@ -373,9 +389,19 @@ class ReadApi:
                 return _error(503, "the worker has no partitions yet")
             if partition is None:  # assigned while this request waited
                 partition = partition_for(key, self.m.partition_count)
-            record = self.m.store_for(partition).get(key)
+            return partition, self.m.store_for(partition)
         except NotOwnerError as exc:
             return _error(421, str(exc))
+
+    @_params("min_offset", "timeout")
+    async def get_context(self, request: web.Request) -> web.Response:
+        context_id = request.match_info["context_id"]
+        key = context_id.encode()
+        found = await self._store_of_context(request, key)
+        if isinstance(found, web.Response):
+            return found
+        partition, store = found
+        record = store.get(key)
         if record is None or not record.is_live(self.m.clock.earliest_ms()):
             return _error(404, f"context {context_id!r} not found")
         assert record.doc is not None
@@ -392,6 +418,45 @@ class ReadApi:
         # The stored document is canonical JSON already: splice it in, never re-encode it.
         body = head[:-1] + b',"doc":' + record.doc + b"}"
         return web.Response(body=body, content_type="application/json")
+
+    @_params("after", "limit", "min_offset", "timeout")
+    async def history(self, request: web.Request) -> web.Response:
+        """The history of one context, a page at a time (see the module doc)."""
+        context_id = request.match_info["context_id"]
+        key = context_id.encode()
+        after = -1
+        if "after" in request.query:
+            after = _natural(request.query["after"], "after")
+        limit = _natural(request.query.get("limit", str(HISTORY_PAGE)), "limit", MAX_PAGE)
+        if limit == 0:
+            raise _bad_request(f"limit must be 1 to {MAX_PAGE}, got 0")
+        found = await self._store_of_context(request, key)
+        if isinstance(found, web.Response):
+            return found
+        partition, store = found
+        rows, more = store.history(key, after, limit)
+        reasons = store.reasons(o for o, status, _ in rows if status is not EntryStatus.APPLIED)
+        events = []
+        for offset, status, version in rows:
+            duplicate = status is EntryStatus.DUPLICATE
+            events.append({
+                "offset": offset,
+                "status": status.name.lower(),
+                "version": None if duplicate else version,
+                "reason": reasons.get(offset),
+                "duplicate_of": version if duplicate else None,
+            })  # fmt: skip
+        return web.json_response(
+            {
+                "context_id": context_id,
+                "partition": partition,
+                "covered_from": store.history_from(),
+                "pruned_below": store.history_floor(),
+                "next_offset": store.next_offset,
+                "events": events,
+                "more": more,
+            }
+        )
 
     @_params("timeout")
     async def get_outcome(self, request: web.Request) -> web.Response:

@@ -122,6 +122,7 @@ class Assignment:
             coverage = await self.opener.changes_coverage(tp.partition)
             store, report = await self.opener.open(tp.partition, (low, high))
             report.skipped += coverage.skipped
+            await self._trim_history(tp.partition, store, low)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -151,6 +152,22 @@ class Assignment:
         )  # fmt: skip
         async with self._progress:
             self._progress.notify_all()
+
+    @staticmethod
+    async def _trim_history(partition: int, store: PartitionStore, low: int) -> None:
+        """Drops the history entries of records the WAL no longer holds (it starts at
+        ``low``: ``lukhas wal prune`` moved it), in a thread: the index is keyed by context,
+        so this reads all of it. A failure leaves the entries (they are only history)."""
+        if low <= store.history_floor():
+            return
+        try:
+            dropped = await asyncio.to_thread(store.trim_history, low)
+        except Exception as exc:  # the store still folds; `lukhas verify` reports damage
+            log.warning("partition %d: history below offset %d not trimmed: %s",
+                        partition, low, exc)  # fmt: skip
+            return
+        log.info("partition %d: %d history entries below offset %d (pruned from the WAL) "
+                 "trimmed", partition, dropped, low)  # fmt: skip
 
     async def revoked(self, revoked: Iterable[TopicPartition]) -> None:
         """Closes the stores of revoked partitions, between rounds (see the module doc)."""

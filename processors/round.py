@@ -30,6 +30,7 @@ from lukhas_context.schemas.change import tombstone_headers
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
 from lukhas_context.schemas.event import BARRIER_KEY, ChangeKind, CheckpointBarrier, ContextEvent
 from lukhas_context.schemas.exceptions import CodecError
+from lukhas_context.state import history
 from lukhas_context.state.dedupe import DedupeWindow
 from lukhas_context.state.exceptions import InvalidCheckpointError
 from lukhas_context.state.journal import ENTRY, NO_EVENT_ID, EntryStatus, encode_block
@@ -71,6 +72,8 @@ class PartitionRound:
     barrier: tuple[int, str] | None = None
     #: Milliseconds from ``expires_at`` to the log time of each Expire applied.
     lateness_ms: list[int] = field(default_factory=list)
+    #: The WAL records the round folded (for the history index's keys).
+    messages: list[Any] = field(default_factory=list)
 
 
 def segment_end(records: Sequence[Any]) -> int:
@@ -93,6 +96,10 @@ def reused_event_id(event_id: bytes, seen_offset: int) -> EventIdConflictError:
 class PartitionFolder:
     """Folds one partition's records against its store and its dedupe window (rebuilt from
     the store's journal here, so the store must be at the offset it will fold from)."""
+
+    #: Write the history index (``state.history``) with each round. Off only in the
+    #: benchmark that measures what it costs.
+    index_history = True
 
     def __init__(
         self,
@@ -126,7 +133,7 @@ class PartitionFolder:
         first = store.next_offset
         if messages[-1].offset < first:
             return None
-        r = PartitionRound(self.partition)
+        r = PartitionRound(self.partition, messages=messages)
         slow = functools.partial(self._fold_one, r)
         if self.native and native_fold_puts is not None:
             limits = self.limits
@@ -148,16 +155,19 @@ class PartitionFolder:
 
     def commit(self, r: PartitionRound, journal_offsets: int) -> None:
         """Writes the round in one WriteBatch — its records, its journal block (the journal
-        trimmed to the last ``journal_offsets`` offsets), ``next_offset`` and the pending mark
-        of the barrier that ends it — then drops the window's ids that fell out of it. Step 3
-        of the commit order (``Materializer.fold_segment``)."""
+        trimmed to the last ``journal_offsets`` offsets), its history index entries,
+        ``next_offset`` and the pending mark of the barrier that ends it — then drops the
+        window's ids that fell out of it. Step 3 of the commit order
+        (``Materializer.fold_segment``)."""
         block = (r.first_offset, encode_block(r.entries, r.reasons))
+        index = history.rows(r.messages, r.first_offset, r.entries) if self.index_history else ()
         self.store.commit(
             r.records,
             r.next_offset,
             block,
             r.next_offset - journal_offsets,
             pending_checkpoint=r.barrier,
+            history_rows=index,
         )
         self.window.forget_below(r.next_offset - self.window.size)
 

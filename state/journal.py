@@ -96,6 +96,11 @@ def find(block: bytes, offset: int) -> JournalEntry | None:
     return None
 
 
+def reasons(block: bytes) -> dict[str, str]:
+    """The reasons of a block's entries that were not applied, by offset (decimal string)."""
+    return _split(block)[1]
+
+
 def entries(block: bytes) -> Iterator[JournalEntry]:
     """Every entry of a block, in offset order."""
     raw, reasons = _split(block)

@@ -4,7 +4,8 @@ Column families: ``default`` holds the partition's metadata (``next_offset``, th
 counts), ``contexts`` holds one ``ContextRecord`` per context id (UTF-8 key), ``journal`` one
 block of outcomes per round (see ``state.journal``), ``expiry`` the expiry index: one key
 ``expires_at_ms (8, big-endian) | context id`` per live context with a TTL, value its version,
-so the sweeper reads the contexts due first, in order.
+so the sweeper reads the contexts due first, in order; ``history`` the history index (one
+entry per folded record, keyed by context then offset: ``state.history``).
 
 **Digest:** the sum mod 2^64 of ``xxh3_64(len(id) | id | stored record bytes)`` over every
 stored record, tombstones included. It is order-independent, updated with each commit in the
@@ -36,14 +37,14 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import xxhash
 from rocksdict import Checkpoint, Options, Rdict, WriteBatch
 
-from lukhas_context.state import journal
+from lukhas_context.state import history, journal
 from lukhas_context.state.exceptions import (
     CheckpointError,
     StoreCorruptError,
@@ -58,6 +59,9 @@ log = logging.getLogger(__name__)
 CF_CONTEXTS = "contexts"
 CF_JOURNAL = "journal"
 CF_EXPIRY = "expiry"
+CF_HISTORY = "history"
+#: Every column family of a store, in the order they are opened.
+FAMILIES = (CF_CONTEXTS, CF_JOURNAL, CF_EXPIRY, CF_HISTORY)
 HASH_MASK = (1 << 64) - 1
 NEXT_OFFSET_KEY = b"meta/next_offset"
 #: Digest, stored records and stored documents (records that are not tombstones), as one value.
@@ -65,6 +69,12 @@ SUMMARY_KEY = b"meta/summary"
 #: ``barrier offset (8) | checkpoint id`` of a barrier committed whose checkpoint is not made
 #: yet: written in the barrier's WriteBatch, cleared once the checkpoint is published.
 PENDING_CHECKPOINT_KEY = b"meta/pending_checkpoint"
+#: The store's ``next_offset`` when its first history entries were written: the index holds
+#: every record from there on (a store restored from the change topic, or written before the
+#: index existed, has none before it).
+HISTORY_FROM_KEY = b"meta/history_from"
+#: History entries below this offset were trimmed (the WAL no longer holds their records).
+HISTORY_FLOOR_KEY = b"meta/history_floor"
 _OFFSET = struct.Struct("<q")
 _SUMMARY = struct.Struct("<Qqq")
 _EXPIRES = struct.Struct(">q")
@@ -130,9 +140,7 @@ class PartitionStore:
         path.mkdir(parents=True, exist_ok=True)
         opts = _options(self._options, create=not existing)
         try:
-            families = {
-                name: _options(self._options) for name in (CF_CONTEXTS, CF_JOURNAL, CF_EXPIRY)
-            }
+            families = {name: _options(self._options) for name in FAMILIES}
             self._db = Rdict(str(path), opts, column_families=families)
             self._contexts = self._db.get_column_family(CF_CONTEXTS)
             self._cf = self._db.get_column_family_handle(CF_CONTEXTS)
@@ -140,6 +148,9 @@ class PartitionStore:
             self._journal_cf = self._db.get_column_family_handle(CF_JOURNAL)
             self._expiry = self._db.get_column_family(CF_EXPIRY)
             self._expiry_cf = self._db.get_column_family_handle(CF_EXPIRY)
+            self._history = self._db.get_column_family(CF_HISTORY)
+            self._history_cf = self._db.get_column_family_handle(CF_HISTORY)
+            history_from = self._db.get(HISTORY_FROM_KEY)
             raw = self._db.get(NEXT_OFFSET_KEY)
             summary = self._db.get(SUMMARY_KEY)
         except Exception as exc:  # rocksdict raises plain Exception for corruption
@@ -175,6 +186,9 @@ class PartitionStore:
             self._digest, self._records, self._documents = _SUMMARY.unpack(summary)
         #: Journal blocks below this offset are deleted (one range tombstone per move).
         self._trimmed_below = 0
+        self._history_from: int | None = (
+            None if history_from is None else _OFFSET.unpack(history_from)[0]
+        )
 
     @property
     def next_offset(self) -> int:
@@ -206,11 +220,13 @@ class PartitionStore:
         journal_block: tuple[int, bytes] | None = None,
         forget_below: int = 0,
         pending_checkpoint: tuple[int, str] | None = None,
+        history_rows: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
         """Writes ``records``, ``next_offset``, the round's journal block ``(first offset,
-        block)``, the expiry index entries and the new digest in one WriteBatch: all or
-        nothing. Journal blocks that start below ``forget_below`` are deleted in the same
-        batch (the journal's bound)."""
+        block)``, the expiry index entries, the history index entries (``history_rows``:
+        ``state.history.rows``) and the new digest in one WriteBatch: all or nothing. Journal
+        blocks that start below ``forget_below`` are deleted in the same batch (the journal's
+        bound)."""
         batch = WriteBatch(raw_mode=True)
         cf, expiry_cf = self._cf, self._expiry_cf
         digest, count, documents = self._digest, self._records, self._documents
@@ -237,6 +253,14 @@ class PartitionStore:
         floor = self._journal_floor(forget_below)
         if floor > self._trimmed_below:
             batch.delete_range(journal.block_key(0), journal.block_key(floor), self._journal_cf)
+        history_from = self._history_from
+        if history_rows:
+            history_cf = self._history_cf
+            for index_key, index_value in history_rows:
+                batch.put(index_key, index_value, history_cf)
+            if history_from is None:
+                history_from = self._next_offset
+                batch.put(HISTORY_FROM_KEY, _OFFSET.pack(history_from))
         batch.put(SUMMARY_KEY, _SUMMARY.pack(digest, count, documents))
         batch.put(NEXT_OFFSET_KEY, _OFFSET.pack(next_offset))
         if pending_checkpoint is not None:
@@ -246,6 +270,7 @@ class PartitionStore:
         self._next_offset = next_offset
         self._digest, self._records, self._documents = digest, count, documents
         self._trimmed_below = max(self._trimmed_below, floor)
+        self._history_from = history_from
         self._absent.clear()
         for key, record in records.items():
             self._remember(key, record)
@@ -321,7 +346,7 @@ class PartitionStore:
         # By name, not `for family in (...)`: a loop variable holding a column family stays in
         # this frame, which the error's traceback keeps, and keeps the database (and its lock)
         # open after close() for as long as the error lives (a log handler that keeps records).
-        for name in ("_journal", "_expiry"):
+        for name in ("_journal", "_expiry", "_history"):
             with contextlib.closing(self._scan(getattr(self, name))) as rows:
                 for _ in rows:
                     pass
@@ -422,6 +447,27 @@ class PartitionStore:
             return None
         return journal.find(it.value(), offset)
 
+    def reasons(self, offsets: Iterable[int]) -> dict[int, str]:
+        """The journal's reasons for the entries at ``offsets`` (ascending) that were not
+        applied, as far as the journal still holds them; each block is read once."""
+        out: dict[int, str] = {}
+        block_start: bytes | None = None
+        found: dict[str, str] = {}
+        it = self._journal.iter()
+        try:
+            for offset in offsets:
+                it.seek_for_prev(journal.block_key(offset))
+                if not it.valid():
+                    continue
+                if it.key() != block_start:
+                    block_start, found = it.key(), journal.reasons(it.value())
+                reason = found.get(str(offset))
+                if reason is not None:
+                    out[offset] = reason
+        finally:
+            del it  # no RocksDB object may outlive this call in an error's traceback
+        return out
+
     def journal_since(self, offset: int) -> Iterator[journal.JournalEntry]:
         """Journal entries from ``offset`` on, in offset order (``state.dedupe`` rebuilds the
         dedupe window from them)."""
@@ -434,6 +480,58 @@ class PartitionStore:
                 if entry.offset >= offset:
                     yield entry
             it.next()
+
+    def history(
+        self, key: bytes, after: int = -1, limit: int = history.MAX_PAGE
+    ) -> tuple[list[tuple[int, journal.EntryStatus, int]], bool]:
+        """The history index entries of the context ``key`` with offsets above ``after``, in
+        offset order, at most ``limit``: ``[(offset, status, version)]``, and whether more
+        follow."""
+        start = history.entry_key(key, after + 1) if after >= 0 else history.prefix(key)
+        stop = history.prefix(key)
+        out: list[tuple[int, journal.EntryStatus, int]] = []
+        more = False
+        with contextlib.closing(self._scan(self._history, start)) as found:
+            for raw, value in found:
+                if not raw.startswith(stop):
+                    break
+                if len(out) == limit:
+                    more = True
+                    break
+                status, version = history.decode(value)
+                out.append((history.split_key(raw)[1], status, version))
+        return out, more
+
+    def history_from(self) -> int | None:
+        """The offset from which the history index holds every record (None: no entry was
+        ever written)."""
+        return self._history_from
+
+    def history_floor(self) -> int:
+        """History entries below this offset were trimmed (``trim_history``); 0 if never."""
+        raw = self._db.get(HISTORY_FLOOR_KEY)
+        return 0 if raw is None else _OFFSET.unpack(raw)[0]
+
+    def trim_history(self, below: int, chunk: int = 10_000) -> int:
+        """Deletes the history entries of offsets below ``below`` (the WAL's start, once its
+        records are gone), in WriteBatches of ``chunk`` deletes, and records the new floor.
+        The index is keyed by context first, so this reads all of it: it runs where a store
+        opens, not in the fold. Returns how many entries went."""
+        if below <= self.history_floor():
+            return 0
+        deleted = 0
+        batch = WriteBatch(raw_mode=True)
+        with contextlib.closing(self._scan(self._history)) as found:
+            for raw, _value in found:
+                if history.split_key(raw)[1] < below:
+                    batch.delete(raw, self._history_cf)
+                    deleted += 1
+                    if deleted % chunk == 0:
+                        self._db.write(batch)
+                        batch = WriteBatch(raw_mode=True)
+        batch.put(HISTORY_FLOOR_KEY, _OFFSET.pack(below))
+        self._db.write(batch)
+        return deleted
 
     def _remember(self, key: bytes, record: ContextRecord) -> None:
         """Caches a record as the most recent entry. Past 1.5 times ``cache_records`` the
@@ -461,13 +559,14 @@ class PartitionStore:
             return
         self._cache.clear()
         try:
-            for family in (self._contexts, self._journal, self._expiry, self._db):
+            for family in (self._contexts, self._journal, self._expiry, self._history, self._db):
                 family.flush()
         finally:
             self._close_db()
 
     def _close_db(self) -> None:
-        for name in ("_contexts", "_cf", "_journal", "_journal_cf", "_expiry", "_expiry_cf"):
+        for name in ("_contexts", "_cf", "_journal", "_journal_cf", "_expiry", "_expiry_cf",
+                     "_history", "_history_cf"):  # fmt: skip
             if hasattr(self, name):
                 delattr(self, name)
         self._db.close()

@@ -21,7 +21,7 @@ from lukhas_context.streams.deltas import DeltaCache
 from lukhas_context.streams.exceptions import InvalidPatchError, InvalidTTLError
 from lukhas_context.streams.manifests import wait_manifests
 from lukhas_context.streams.reader import Reader
-from lukhas_context.streams.results import CheckpointRequest, Context, Outcome, Receipt
+from lukhas_context.streams.results import CheckpointRequest, Context, History, Outcome, Receipt
 from lukhas_context.streams.routing import Router
 from lukhas_context.streams.transaction import Transaction
 from lukhas_context.streams.validation import (
@@ -192,6 +192,17 @@ class ContextClient:
         ctx, canonical = await self._reader.context(context_id, after, timeout)
         self._deltas.remember(context_id, ctx.version, canonical)
         return ctx
+
+    async def history(
+        self, context_id: str, after: int | None = None, limit: int = 1000, timeout: float = 5.0
+    ) -> History:
+        """What became of every WAL record of ``context_id``, oldest first: a page of at most
+        ``limit`` (1 to 10,000) entries with offsets above ``after``; ``History.more`` says
+        whether another follows. Each entry has the record's offset, its status (``applied``,
+        ``conflict``, ``rejected``, ``dead_lettered``, ``duplicate``, ``restored``), version
+        and reason. A context never written has no entries (no error). Served from the
+        owning worker's history index (``state.history``)."""
+        return await self._reader.history(context_id, after, limit, timeout)
 
     async def outcome(self, partition: int, offset: int, timeout: float = 5.0) -> Outcome:
         """The outcome of the event at ``partition:offset`` (see ``Receipt.outcome``):

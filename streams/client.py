@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from lukhas_context.streams.async_client import ContextClient
 from lukhas_context.streams.config import MAX_TRANSACTION_TIMEOUT_S, ClientConfig
-from lukhas_context.streams.results import CheckpointRequest, Context, DryRun, Outcome, Receipt
+from lukhas_context.streams.results import (
+    CheckpointRequest,
+    Context,
+    DryRun,
+    History,
+    HistoryEvent,
+    Outcome,
+    Receipt,
+)
 from lukhas_context.streams.sync_client import SyncContextClient
 from lukhas_context.streams.transaction import Transaction
 
@@ -22,6 +30,8 @@ __all__ = [
     "Context",
     "ContextClient",
     "DryRun",
+    "History",
+    "HistoryEvent",
     "Outcome",
     "Receipt",
     "SyncContextClient",

@@ -96,18 +96,21 @@ def consumer(
     *topics: str,
     isolation: Isolation,
     request_timeout_s: float | None = None,
+    fetch_bytes: int = DOWNSTREAM_MAX_MESSAGE_BYTES,
     **options: Any,
 ) -> AIOKafkaConsumer:
     """A consumer that never commits and fetches records of any size a topic takes (see the
-    module doc), subscribed to ``topics`` if any are given. ``options`` are aiokafka's (e.g.
-    ``group_id``, ``auto_offset_reset``)."""
+    module doc), subscribed to ``topics`` if any are given. ``fetch_bytes``: what one fetch of
+    a partition asks for (the broker still sends a first record batch that is larger: lower it
+    for reads of single records). ``options`` are aiokafka's (e.g. ``group_id``,
+    ``auto_offset_reset``)."""
     return AIOKafkaConsumer(
         *topics,
         bootstrap_servers=bootstrap,
         client_id=client_id,
         enable_auto_commit=False,
         isolation_level=isolation,
-        max_partition_fetch_bytes=DOWNSTREAM_MAX_MESSAGE_BYTES,
+        max_partition_fetch_bytes=fetch_bytes,
         **_timeout_ms(request_timeout_s),
         **options,
     )

@@ -17,13 +17,24 @@ from lukhas_context.streams.exceptions import (
     NoSuchPositionError,
     NotAppliedYetError,
     ReadError,
+    ValidationError,
 )
-from lukhas_context.streams.position import parse_position
-from lukhas_context.streams.results import Context, DryRun, Outcome, Receipt
+from lukhas_context.streams.position import MAX_OFFSET, parse_position
+from lukhas_context.streams.results import (
+    Context,
+    DryRun,
+    History,
+    HistoryEvent,
+    Outcome,
+    Receipt,
+)
 from lukhas_context.streams.routing import Router
 from lukhas_context.streams.validation import check_wait, context_key
 
-__all__ = ["Reader"]
+__all__ = ["MAX_HISTORY_PAGE", "Reader"]
+
+#: The most history entries one read asks for (the read API's bound).
+MAX_HISTORY_PAGE = 10_000
 
 
 class Reader:
@@ -60,6 +71,35 @@ class Reader:
                 f"stored checksum {ctx.checksum}"
             )
         return ctx, canonical
+
+    async def history(
+        self, context_id: str, after: int | None, limit: int, timeout: float
+    ) -> History:
+        """A page of a context's history (see ``ContextClient.history``)."""
+        context_key(context_id)
+        check_wait(timeout)
+        if after is not None and not 0 <= after <= MAX_OFFSET:
+            raise ValidationError(f"after must be an offset in [0, {MAX_OFFSET}], got {after}")
+        if not 1 <= limit <= MAX_HISTORY_PAGE:
+            raise ValidationError(f"limit must be 1 to {MAX_HISTORY_PAGE}, got {limit}")
+        params = {"limit": str(limit)}
+        if after is not None:
+            params["after"] = str(after)
+        partition = await self._router.partition_of(context_id)
+        path = f"/v1/contexts/{quote(context_id, safe='')}/history"
+        status, body = await self._router.request("GET", path, params, timeout, partition=partition)
+        data = _json_body(status, body)
+        if status != 200:
+            raise ReadError(f"read API answered {status}: {data.get('error')}")
+        try:
+            events = [
+                HistoryEvent(e["offset"], e["status"], e["version"], e["reason"], e["duplicate_of"])
+                for e in data["events"]
+            ]
+            return History(data["context_id"], data["partition"], events, data["covered_from"],
+                           data["pruned_below"], data["next_offset"], data["more"])  # fmt: skip
+        except (KeyError, TypeError) as exc:
+            raise ReadError(f"read API answered a history without {exc}") from None
 
     async def outcome(self, partition: int, offset: int, timeout: float) -> Outcome:
         """The outcome of the event at ``partition:offset`` (see ``ContextClient.outcome``)."""

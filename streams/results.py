@@ -1,5 +1,6 @@
 """What the client's calls return: ``Receipt`` (an acknowledged write), ``Outcome`` (what the
-fold did with it), ``DryRun``, ``Context`` (a read) and ``CheckpointRequest``."""
+fold did with it), ``DryRun``, ``Context`` (a read), ``History`` (what became of every event of
+a context) and ``CheckpointRequest``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ from typing import Any, Protocol
 
 from lukhas_context.streams.exceptions import ReadError
 
-__all__ = ["CheckpointRequest", "Context", "DryRun", "Outcome", "OutcomeSource", "Receipt"]
+__all__ = [
+    "CheckpointRequest",
+    "Context",
+    "DryRun",
+    "History",
+    "HistoryEvent",
+    "Outcome",
+    "OutcomeSource",
+    "Receipt",
+]
 
 
 class OutcomeSource(Protocol):
@@ -97,3 +107,35 @@ class CheckpointRequest:
 
     checkpoint_id: str
     offsets: dict[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEvent:
+    """What became of one WAL record of a context: ``status`` as in ``Outcome`` (or
+    ``duplicate``, with ``duplicate_of`` the original's offset, or ``restored``: folded before
+    the store was restored from the change topic), ``version`` the new version when applied,
+    the current one otherwise; ``reason`` while the journal holds it."""
+
+    offset: int
+    status: str
+    version: int | None
+    reason: str | None = None
+    duplicate_of: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """A page of a context's history (``ContextClient.history``), oldest first.
+
+    ``covered_from``: the worker's index holds every record of the partition from this offset
+    on (None: it has indexed nothing yet; a store restored from the change topic starts its
+    index where the restore ended). ``pruned_below``: entries below it were trimmed with the
+    WAL. ``more``: another page follows (ask again with ``after`` the last offset)."""
+
+    context_id: str
+    partition: int
+    events: list[HistoryEvent]
+    covered_from: int | None
+    pruned_below: int
+    next_offset: int
+    more: bool

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from lukhas_context.streams.async_client import ContextClient
 from lukhas_context.streams.config import ClientConfig
-from lukhas_context.streams.results import Context, Outcome, Receipt
+from lukhas_context.streams.results import Context, History, Outcome, Receipt
 
 __all__ = ["SyncContextClient"]
 
@@ -56,6 +56,11 @@ class SyncContextClient:
         self, context_id: str, after: Receipt | str | None = None, timeout: float = 5.0
     ) -> Context:
         return self._call(self._client.get(context_id, after, timeout))
+
+    def history(
+        self, context_id: str, after: int | None = None, limit: int = 1000, timeout: float = 5.0
+    ) -> History:
+        return self._call(self._client.history(context_id, after, limit, timeout))
 
     def close(self) -> None:
         try:

@@ -9,6 +9,7 @@ import click
 from lukhas_context.ops.cli.checkpoint import checkpoint
 from lukhas_context.ops.cli.cluster import demo, down, status, up
 from lukhas_context.ops.cli.errors import EXIT_CODES, OneLineGroup
+from lukhas_context.ops.cli.history import history
 from lukhas_context.ops.cli.inspect import inspect
 from lukhas_context.ops.cli.reads import get, outcome, watch
 from lukhas_context.ops.cli.replay import replay
@@ -41,7 +42,7 @@ def cli(ctx: click.Context, verbose: int) -> None:
 
 
 for _command in (up, down, status, demo, worker, restore, put, patch, touch, delete, get,
-                 outcome, watch, checkpoint, transactions, topics, verify, inspect,
+                 outcome, history, watch, checkpoint, transactions, topics, verify, inspect,
                  replay, wal):  # fmt: skip
     cli.add_command(_command)
 

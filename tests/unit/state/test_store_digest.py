@@ -26,9 +26,8 @@ from lukhas_context.state.exceptions import StoreCorruptError, StoreLockedError,
 from lukhas_context.state.manifest import Summary
 from lukhas_context.state.record import NO_CHECKSUM, ContextRecord, encode_record
 from lukhas_context.state.store import (
-    CF_CONTEXTS,
     CF_EXPIRY,
-    CF_JOURNAL,
+    FAMILIES,
     HASH_MASK,
     NEXT_OFFSET_KEY,
     SUMMARY_KEY,
@@ -117,7 +116,7 @@ def sample_log(n: int = 60, keys: int = 7) -> list[tuple[bytes, ContextRecord]]:
 @contextmanager
 def raw_db(path: Path) -> Iterator[Rdict]:
     """The store's RocksDB opened directly (to write what the store itself never would)."""
-    families = {name: Options(raw_mode=True) for name in (CF_CONTEXTS, CF_JOURNAL, CF_EXPIRY)}
+    families = {name: Options(raw_mode=True) for name in FAMILIES}
     db = Rdict(str(path), Options(raw_mode=True), column_families=families)
     try:
         yield db
