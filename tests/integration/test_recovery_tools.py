@@ -154,6 +154,95 @@ def test_inspect_bad_input_is_one_line_and_its_code(lukhas: Lukhas) -> None:
         assert text in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
+def test_history_of_one_context_from_its_index(lukhas: Lukhas) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    lukhas("put", "h:1", '{"a": 1}')
+    assert lukhas("put", "h:1", '{"a": 2}', "--if-version", "7", check=False).returncode == 4
+    assert lukhas("patch", "h:1", '[{"op": "remove", "path": "/nope"}]', "--wait",
+                  check=False).returncode == 5  # fmt: skip
+    lukhas("delete", "h:1")
+    bootstrap = json.loads(lukhas("status", "--json").stdout)["kafka"]["bootstrap"]
+
+    async def garbage() -> tuple[int, int]:  # a record under the context's key that no one reads
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        try:
+            sent = await producer.send_and_wait("lukhas.context.events", b"\x00junk", key=b"h:1")
+            return sent.partition, sent.offset
+        finally:
+            await producer.stop()
+
+    p, o = asyncio.run(garbage())
+    lukhas("outcome", f"{p}:{o}", check=False)  # waits until it is folded (exit 6)
+    done = lukhas("history", "h:1", "--json")
+    report = json.loads(done.stdout)
+    events = report["events"]
+    assert [(e["status"], e["version"]) for e in events] == [
+        ("applied", 1), ("conflict", 1), ("rejected", 1), ("applied", 2), ("dead_lettered", 0),
+    ]  # fmt: skip
+    assert [e.get("kind") for e in events[:4]] == ["put", "put", "patch", "delete"]
+    assert events[4]["offset"] == o and report["partition"] == p
+    assert events[4]["undecodable"].startswith("BadMagicError")
+    assert "version" in events[1]["reason"] and events[2]["reason"]
+    assert all(len(e["event_id"]) == 32 for e in events[:4])
+    assert report["covered_from"] == 0 and report["pruned_below"] == 0
+    assert report["wal_error"] is None and not report["more"]
+    assert "5 events of 'h:1' (2 applied, 1 conflict, 1 dead-lettered, 1 rejected)" in done.stderr
+    # the same as text, one line each, and paged
+    text = lukhas("history", "h:1").stdout.splitlines()
+    assert len(text) == 5 and text[0].startswith(f"{p}:") and text[0].endswith("-> applied v1")
+    assert "-> conflict (at v1): " in text[1] and "UNDECODABLE" in text[4]
+    first = lukhas("history", "h:1", "--limit", "2", "--no-wal")
+    assert first.stdout.count("(WAL not read)") == 2
+    after = first.stdout.splitlines()[-1].split()[0].split(":")[1]
+    assert f"more follow: --after {after}" in first.stderr
+    rest = json.loads(lukhas("history", "h:1", "--after", after, "--json").stdout)["events"]
+    assert [e["status"] for e in rest] == ["rejected", "applied", "dead_lettered"]
+    # a context never written: no history, exit 3 (the JSON still says what was searched)
+    none = lukhas("history", "never:written", "--json", check=False)
+    assert none.returncode == 3 and json.loads(none.stdout)["events"] == []
+    # the library call the command makes
+    from lukhas_context.streams.client import ClientConfig, SyncContextClient
+
+    api = json.loads(lukhas("status", "--json").stdout)["processors"][0]["api"]
+    with SyncContextClient(ClientConfig(bootstrap=bootstrap, api_url=api)) as client:
+        page = client.history("h:1", limit=3)
+        assert [e.status for e in page.events] == ["applied", "conflict", "rejected"] and page.more
+
+
+def test_history_bad_input_is_one_line_and_its_code(lukhas: Lukhas) -> None:
+    import urllib.error
+    import urllib.request
+
+    cases = [
+        (("h:1", "--limit", "0"), 2, "--limit"),
+        (("h:1", "--after", "-1"), 2, "--after"),
+        ((), 2, "Missing argument"),
+        (("h:1", "--api", "http://127.0.0.1:1"), 1, "127.0.0.1:1"),
+    ]
+    for args, code, text in cases:
+        done = lukhas("history", *args, check=False)
+        assert done.returncode == code, (args, done.returncode, done.stderr)
+        assert text in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    # no Kafka: the outcomes still, and why the events are not shown
+    done = lukhas("history", "h:1", "--bootstrap", "127.0.0.1:1", check=False)
+    assert done.returncode == 0 and "cannot reach Kafka" in done.stderr, done.stderr
+    assert done.stdout.count("(WAL not read)") == 5
+    api = json.loads(lukhas("status", "--json").stdout)["processors"][0]["api"]
+    for query, text in [("limit=0", "limit must be 1 to 10000"), ("limit=10001", "limit"),
+                        ("after=-1", "after"), ("after=x", "after"), ("from=3", "takes after"),
+                        ("limit=1&limit=2", "given twice")]:  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(f"{api}/v1/contexts/h:1/history?{query}", timeout=10)
+        assert raised.value.code == 400, query
+        assert text in json.loads(raised.value.read())["error"], query
+    # a long or odd id is just a context without history, never an error
+    for odd in ["x" * 400, "%00%ff", "a%2Fb"]:
+        with urllib.request.urlopen(f"{api}/v1/contexts/{odd}/history", timeout=10) as answer:
+            assert json.loads(answer.read())["events"] == []
+
+
 def test_the_state_as_of_a_time_and_a_position(lukhas: Lukhas, tmp_path: Path) -> None:
     _put, patch = lines(lukhas, "wal", "--id", "session:42")
     p, patch_offset = (int(x) for x in patch["position"].split(":"))
@@ -337,6 +426,7 @@ def test_the_readme_and_runbook_checks_run_as_written(lukhas: Lukhas, tmp_path: 
     ]
     assert len(commands) == 19
     lukhas("checkpoint")  # for checkpoint:latest, whichever tests ran before
+    lukhas("put", "agent:1", '{"turn": 1}')  # the README's example context
     for command in commands:
         if command[0] == "get" and "--as-of" in command:
             # the times are before this cluster's first record: nothing existed then
@@ -346,9 +436,9 @@ def test_the_readme_and_runbook_checks_run_as_written(lukhas: Lukhas, tmp_path: 
         done = lukhas(*command)
         if command[0] == "verify" and "--json" not in command:
             assert "equal to" in done.stdout and "DIFFERS" not in done.stdout, done.stdout
-        if command[:4] == ["inspect", "wal", "--id", "session:42"]:
-            kinds = [line.split()[3] for line in done.stdout.splitlines()]
-            assert kinds == ["put", "patch"] and "-> applied" in done.stdout, done.stdout
+        if command == ["history", "session:42"]:
+            kinds = [line.split()[2] for line in done.stdout.splitlines()]
+            assert kinds == ["put", "patch"] and "-> applied v2" in done.stdout, done.stdout
 
 
 def test_wal_prune_keeps_every_restore_path(lukhas: Lukhas) -> None:
@@ -368,6 +458,7 @@ def test_wal_prune_keeps_every_restore_path(lukhas: Lukhas) -> None:
     unchanged = lines(lukhas, "wal", "-p", "0", "--limit", "1")
     assert unchanged[0]["position"] == f"0:{entry['log_start']}"
 
+    oldest = unchanged[0]["context_id"]  # its first event is about to be pruned
     done = json.loads(lukhas("wal", "prune", "-p", "0", *window, "--yes", "--json").stdout)
     assert done[0]["log_start_now"] == entry["prune_to"]
     assert (
@@ -392,6 +483,12 @@ def test_wal_prune_keeps_every_restore_path(lukhas: Lukhas) -> None:
     lukhas("up")
     (after,) = reports(lukhas, "-p", "0", "--against", "checkpoint:latest")
     assert after["equal"] and after["subject"]["digest"] == live
+    # the history index dropped what the WAL no longer holds when the partition opened
+    trimmed = lukhas("history", oldest, "--json", check=False)
+    report = json.loads(trimmed.stdout)
+    assert report["pruned_below"] == entry["prune_to"], report
+    assert all(e["offset"] >= entry["prune_to"] for e in report["events"])
+    assert f"pruned below offset {entry['prune_to']}" in trimmed.stderr
     # each ends at the change topic's coverage, or at its checkpoint when that is past it (a
     # barrier has no change): the same state
     assert len({digest for _, digest in digests.values()}) == 1, digests
