@@ -121,6 +121,7 @@ class WorkerFlags:
     header_timeout: float
     body_timeout: float
     idle_timeout: float
+    history_index: bool
 
 
 class Settings:
@@ -207,7 +208,7 @@ class Settings:
             session_timeout_ms=int(f.session_timeout * 1000), checkpoint_dir=f.checkpoint_dir,
             checkpoint_interval_s=f.checkpoint_interval, checkpoint_keep=f.checkpoint_keep,
             expiry_interval_s=f.expiry_interval, expiry_batch=f.expiry_batch,
-            checkpoint_pause_s=self.env.checkpoint_pause_s,
+            history_index=f.history_index, checkpoint_pause_s=self.env.checkpoint_pause_s,
             listener=ListenerLimits(
                 f.max_connections, f.header_timeout, f.body_timeout, f.idle_timeout
             ),

@@ -140,7 +140,9 @@ class Assignment:
         self.reports[tp.partition] = report
         self.metrics.restores.labels(report.source.value).inc()
         self.metrics.quarantined.inc(len(report.quarantined))
-        self.folders[tp.partition] = PartitionFolder(tp.partition, store, self.config.limits)
+        self.folders[tp.partition] = PartitionFolder(
+            tp.partition, store, self.config.limits, index_history=self.config.history_index
+        )
         await self._on_open(tp.partition, store)
         if self.stores.get(tp.partition) is not store:
             return  # revoked meanwhile (and closed by the revocation)

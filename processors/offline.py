@@ -244,7 +244,7 @@ async def replay_wal(
     if start >= target:
         return 0
     config = opener.config
-    folder = PartitionFolder(partition, store, config.limits)
+    folder = PartitionFolder(partition, store, config.limits, index_history=config.history_index)
     checkpointer = Checkpointer(config, WorkerMetrics()) if take_checkpoints else None
     consumer = opener.consumer()
     await consumer.start()

@@ -97,10 +97,6 @@ class PartitionFolder:
     """Folds one partition's records against its store and its dedupe window (rebuilt from
     the store's journal here, so the store must be at the offset it will fold from)."""
 
-    #: Write the history index (``state.history``) with each round. Off only in the
-    #: benchmark that measures what it costs.
-    index_history = True
-
     def __init__(
         self,
         partition: int,
@@ -109,6 +105,7 @@ class PartitionFolder:
         native: bool = True,
         events: EventCodec | None = None,
         changes: ChangeCodec | None = None,
+        index_history: bool = True,
     ) -> None:
         self.partition = partition
         self.store = store
@@ -117,6 +114,9 @@ class PartitionFolder:
         #: Use the native hot loop when it is built (``native`` False: the general path
         #: folds everything, as without a C compiler; the tests compare both).
         self.native = native and native_fold_puts is not None
+        #: Write the history index (``state.history``) with each round
+        #: (``WorkerConfig.history_index``).
+        self.index_history = index_history
         self._events = events or EventCodec()
         self._changes = changes or ChangeCodec()
 
@@ -160,7 +160,7 @@ class PartitionFolder:
         window's ids that fell out of it. Step 3 of the commit order
         (``Materializer.fold_segment``)."""
         block = (r.first_offset, encode_block(r.entries, r.reasons))
-        index = history.rows(r.messages, r.first_offset, r.entries) if self.index_history else ()
+        index = history.rows(r.messages, r.first_offset, r.entries) if self.index_history else None
         self.store.commit(
             r.records,
             r.next_offset,

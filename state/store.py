@@ -220,11 +220,13 @@ class PartitionStore:
         journal_block: tuple[int, bytes] | None = None,
         forget_below: int = 0,
         pending_checkpoint: tuple[int, str] | None = None,
-        history_rows: Sequence[tuple[bytes, bytes]] = (),
+        history_rows: Sequence[tuple[bytes, bytes]] | None = (),
     ) -> None:
         """Writes ``records``, ``next_offset``, the round's journal block ``(first offset,
         block)``, the expiry index entries, the history index entries (``history_rows``:
-        ``state.history.rows``) and the new digest in one WriteBatch: all or nothing. Journal
+        ``state.history.rows``; None: the round is not indexed, so the index is no longer
+        complete: ``history_from`` is cleared) and the new digest in one WriteBatch: all or
+        nothing. Journal
         blocks that start below ``forget_below`` are deleted in the same batch (the journal's
         bound)."""
         batch = WriteBatch(raw_mode=True)
@@ -254,7 +256,11 @@ class PartitionStore:
         if floor > self._trimmed_below:
             batch.delete_range(journal.block_key(0), journal.block_key(floor), self._journal_cf)
         history_from = self._history_from
-        if history_rows:
+        if history_rows is None:
+            if history_from is not None:
+                batch.delete(HISTORY_FROM_KEY)
+                history_from = None
+        elif history_rows:
             history_cf = self._history_cf
             for index_key, index_value in history_rows:
                 batch.put(index_key, index_value, history_cf)

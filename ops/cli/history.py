@@ -88,19 +88,16 @@ def _summary(report: Any) -> None:
     """The counts, what the index covers and how to go on, on stderr (stdout stays data)."""
     counts = Counter(e["status"] for e in report.events)
     shown = ", ".join(f"{n} {s.replace('_', '-')}" for s, n in sorted(counts.items()))
-    parts = [
-        f"{len(report.events)} events of {report.context_id!r}" + (f" ({shown})" if shown else "")
-    ]
+    head = f"{len(report.events)} events of {report.context_id!r}"
+    parts = [head + (f" ({shown})" if shown else "")]
     if report.partition is not None:
         covered = report.covered_from
-        parts.append(
-            f"partition {report.partition}, folded to offset {report.next_offset}; "
-            + (
-                "nothing indexed yet"
-                if covered is None
-                else f"the index covers offsets from {covered}"
-            )
-        )
+        if covered is None:
+            index = "complete from no offset (a worker with --no-history-index, or none folded)"
+        else:
+            index = f"complete from offset {covered}"
+        folded = f"partition {report.partition} folded to offset {report.next_offset}"
+        parts.append(f"{folded}, its history index {index}")
     if report.pruned_below:
         parts.append(f"entries pruned below offset {report.pruned_below}")
     if report.more:

@@ -76,6 +76,8 @@ def _api_url(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 @_opt("--body-timeout", _CONNECTION_S, 30.0,
       "SECONDS from a request's headers until its body is complete (else closed).")  # fmt: skip
 @_opt("--idle-timeout", _CONNECTION_S, 30.0, "SECONDS a keep-alive connection may stay idle.")
+@click.option("--history-index/--no-history-index", default=True, show_default=True,
+              help="Keep the index `lukhas history` reads (off: faster folds).")  # fmt: skip
 @handle_errors
 def worker(**flags: Any) -> None:
     """Run one processor worker in the foreground (SIGTERM stops it cleanly)."""

@@ -48,6 +48,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Any]:
         ("/v1/outcomes/0/0?wait=1", "timeout"),
         ("/v1/partitions?verbose=1", "no query parameters"),
         ("/v1/members?x=", "no query parameters"),
+        ("/v1/contexts/a/history?from=3", "after, limit, min_offset, timeout"),
         ("/healthz?ready", "no query parameters"),
         ("/metrics?format=json", "no query parameters"),
     ],
@@ -91,6 +92,12 @@ async def test_a_parameter_given_twice_is_a_400(api: Any) -> None:
         (f"/v1/contexts/a?min_offset={HUGE}:0", "partition"),
         ("/v1/contexts/a?min_offset=0", "min_offset"),
         ("/v1/contexts/a?min_offset=0:%20%201", "offset"),
+        (f"/v1/contexts/a/history?after={HUGE}", "after"),
+        ("/v1/contexts/a/history?after=-1", "after"),
+        ("/v1/contexts/a/history?limit=10001", "limit"),
+        ("/v1/contexts/a/history?limit=0", "limit"),
+        ("/v1/contexts/a/history?limit=1e3", "limit"),
+        ("/v1/contexts/a/history?min_offset=0:x", "offset"),
     ],
 )
 async def test_out_of_range_numbers_are_a_400_never_a_500(api: Any, path: str, named: str) -> None:
@@ -114,7 +121,13 @@ async def test_well_formed_parameters_pass_the_checks(api: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/v1/outcomes/99/0", "/v1/outcomes/6/0", "/v1/contexts/a?min_offset=99:0"]
+    "path",
+    [
+        "/v1/outcomes/99/0",
+        "/v1/outcomes/6/0",
+        "/v1/contexts/a?min_offset=99:0",
+        "/v1/contexts/a/history?min_offset=6:0",
+    ],
 )
 async def test_a_partition_the_wal_does_not_have_is_a_404(api: Any, path: str) -> None:
     status, body = await api(path)

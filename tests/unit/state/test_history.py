@@ -158,11 +158,15 @@ def test_trim_drops_entries_below_the_wal_start_and_remembers_it(tmp_path: Path)
         assert store.history_floor() == 12 and store.history_from() == 0
 
 
-def test_a_store_that_indexes_late_says_from_where(tmp_path: Path) -> None:
+def test_a_gap_in_the_index_moves_where_it_is_complete_from(tmp_path: Path) -> None:
     log = messages([(b"c", event("c", Put(b"{}"))) for _ in range(6)])
     with PartitionStore(tmp_path / "p0") as store:
         folder = PartitionFolder(0, store, LIMITS, native=NATIVE)
-        folder.index_history = False  # as a store written before the index existed
+        r = folder.fold(log[:2])
+        assert r is not None
+        folder.commit(r, 1000)
+        assert store.history_from() == 0
+        folder.index_history = False  # `lukhas worker --no-history-index`: a gap from here
         r = folder.fold(log[:4])
         assert r is not None
         folder.commit(r, 1000)
@@ -172,7 +176,7 @@ def test_a_store_that_indexes_late_says_from_where(tmp_path: Path) -> None:
         assert r is not None
         folder.commit(r, 1000)
         assert store.history_from() == 4
-        assert [o for o, *_ in store.history(b"c")[0]] == [4, 5]
+        assert [o for o, *_ in store.history(b"c")[0]] == [0, 1, 4, 5]
 
 
 def test_rows_match_by_offset_if_records_and_entries_ever_disagree() -> None:
