@@ -2,7 +2,7 @@
 
 Folds one partition's log of ``--records`` puts (default 1,000,000) over ``--contexts``
 contexts (default 10,000, chosen at random) plus one context with ``--hot`` events (default
-1,000), in rounds of 5,000 records as a worker's are, twice: without the history index and
+10,000), in rounds of 5,000 records as a worker's are, twice: without the history index and
 with it (``PartitionFolder.index_history``). Reports the fold rate of each, the time per
 record the index adds, and the store's size on disk after a flush. Then times reading the hot
 context's history from the index (``PartitionStore.history``, every entry) against the floor
@@ -65,7 +65,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--contexts", type=int, default=10_000)
-    parser.add_argument("--hot", type=int, default=1_000)
+    parser.add_argument("--hot", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     say = progress("history")

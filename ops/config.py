@@ -65,6 +65,9 @@ class Environment:
     kafka_cache: Path | None
     checkpoint_pause_s: float = 0.0
     timeout_s: float | None = None
+    #: ``LUKHAS_SCHEMA_DIR``: newer writer schemas the offline fold (restore, replay,
+    #: verify) decodes, as the worker's ``--schema-dir`` does.
+    schema_dir: Path | None = None
 
     @classmethod
     def read(cls) -> Environment:
@@ -79,6 +82,7 @@ class Environment:
             kafka_cache=Path(cache) if cache else None,
             checkpoint_pause_s=float(env.get("LUKHAS_TEST_CHECKPOINT_PAUSE_S") or 0.0),
             timeout_s=_seconds(env, "LUKHAS_TIMEOUT"),
+            schema_dir=Path(env["LUKHAS_SCHEMA_DIR"]) if env.get("LUKHAS_SCHEMA_DIR") else None,
         )
 
 
@@ -122,6 +126,7 @@ class WorkerFlags:
     body_timeout: float
     idle_timeout: float
     history_index: bool
+    schema_dir: Path | None
 
 
 class Settings:
@@ -208,7 +213,8 @@ class Settings:
             session_timeout_ms=int(f.session_timeout * 1000), checkpoint_dir=f.checkpoint_dir,
             checkpoint_interval_s=f.checkpoint_interval, checkpoint_keep=f.checkpoint_keep,
             expiry_interval_s=f.expiry_interval, expiry_batch=f.expiry_batch,
-            history_index=f.history_index, checkpoint_pause_s=self.env.checkpoint_pause_s,
+            history_index=f.history_index, schema_dir=f.schema_dir,
+            checkpoint_pause_s=self.env.checkpoint_pause_s,
             listener=ListenerLimits(
                 f.max_connections, f.header_timeout, f.body_timeout, f.idle_timeout
             ),
@@ -231,7 +237,7 @@ class Settings:
             store_dir = state_dir(self.data_dir)
         return WorkerConfig(
             bootstrap=str(kafka), state_dir=store_dir, topics=Topics(self.env.topic_prefix),
-            checkpoint_dir=checkpoint_dir,
+            checkpoint_dir=checkpoint_dir, schema_dir=self.env.schema_dir,
         )  # fmt: skip
 
     def transaction_tool(self, bootstrap: str | None) -> tuple[TransactionTool, ClientConfig]:

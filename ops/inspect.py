@@ -12,8 +12,9 @@ it or no API answers.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,16 @@ from lukhas_context.streams import kafka
 from lukhas_context.streams.kafka import kafka_errors
 from lukhas_context.streams.topics import Topics, partition_for
 
-__all__ = ["TOPICS", "Bound", "InspectError", "parse_bound", "read", "wal_line"]
+__all__ = [
+    "TOPICS",
+    "Bound",
+    "InspectError",
+    "dlq_line",
+    "parse_bound",
+    "read",
+    "records",
+    "wal_line",
+]
 
 TOPICS = ("wal", "changes", "dlq", "checkpoints")
 #: Seconds one fetch may return nothing before the read gives up on a partition.
@@ -100,34 +110,50 @@ async def read(
     api: str | None = None,
 ) -> AsyncIterator[dict[str, Any]]:  # fmt: skip
     """The decoded records (see the module doc), as dicts, partition by partition."""
-    topic = topic_name(topics, which)
-    consumer = kafka.consumer(bootstrap, "lukhas-inspect", isolation="read_committed")
-    try:
-        with kafka_errors(InspectError, f"cannot reach Kafka at {bootstrap}"):
-            await consumer.start()
-    except BaseException:
-        await consumer.stop()
-        raise
     http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) if api else None
+    codec = _Decoder(which)
+    left = limit
     try:
-        with kafka_errors(InspectError, f"cannot read the partitions of {topic}"):
-            metadata = await consumer._client.fetch_all_metadata()
-        count = len(metadata.partitions_for_topic(topic) or ())
-        if not count:
-            raise InspectError(f"no topic {topic} (is this the right cluster and prefix?)")
-        chosen = _partitions(partitions, count, topic, context_id, which)
-        left = limit
-        for p in chosen:
-            async for item in _partition(consumer, topic, p, start, until, which, context_id,
-                                         http, api):  # fmt: skip
+        found = records(bootstrap, topics, which, partitions, start, until, context_id)
+        async with contextlib.aclosing(found) as found:
+            async for m in found:
+                item = codec.line(m)
+                if context_id is not None and context_id not in (item.get("context_id"),
+                                                                 item.get("key")):  # fmt: skip
+                    continue
+                if which == "wal" and http is not None:
+                    item["outcome"] = await _outcome(http, api, m.partition, m.offset)
                 yield item
                 left -= 1
                 if left == 0:
                     return
     finally:
-        await consumer.stop()
         if http is not None:
             await http.close()
+
+
+async def records(
+    bootstrap: str, topics: Topics, which: str, partitions: list[int] | None,
+    start: Bound | None, until: Bound | None, context_id: str | None = None,
+) -> AsyncGenerator[Any, None]:  # fmt: skip
+    """The raw records of a topic (aiokafka's ``ConsumerRecord``) within the bounds,
+    partition by partition: the chosen ones, else the context's (``context_id``), else all.
+    Close it (``contextlib.aclosing``) when not read to the end."""
+    topic = topic_name(topics, which)
+    consumer = kafka.consumer(bootstrap, "lukhas-inspect", isolation="read_committed")
+    try:
+        with kafka_errors(InspectError, f"cannot reach Kafka at {bootstrap}"):
+            await consumer.start()
+        with kafka_errors(InspectError, f"cannot read the partitions of {topic}"):
+            metadata = await consumer._client.fetch_all_metadata()
+        count = len(metadata.partitions_for_topic(topic) or ())
+        if not count:
+            raise InspectError(f"no topic {topic} (is this the right cluster and prefix?)")
+        for p in _partitions(partitions, count, topic, context_id, which):
+            async for m in _partition(consumer, topic, p, start, until):
+                yield m
+    finally:
+        await consumer.stop()
 
 
 def _partitions(asked: list[int] | None, count: int, topic: str, context_id: str | None,
@@ -143,9 +169,8 @@ def _partitions(asked: list[int] | None, count: int, topic: str, context_id: str
 
 
 async def _partition(
-    consumer: Any, topic: str, p: int, start: Bound | None, until: Bound | None, which: str,
-    context_id: str | None, http: aiohttp.ClientSession | None, api: str | None,
-) -> AsyncIterator[dict[str, Any]]:  # fmt: skip
+    consumer: Any, topic: str, p: int, start: Bound | None, until: Bound | None
+) -> AsyncIterator[Any]:
     tp = TopicPartition(topic, p)
     consumer.assign([tp])
     with kafka_errors(InspectError, f"cannot read {topic}[{p}]"):
@@ -156,7 +181,6 @@ async def _partition(
     if first >= stop:
         return
     consumer.seek(tp, first)
-    codec = _Decoder(which)
     while True:
         with kafka_errors(InspectError, f"cannot read {topic}[{p}]"):
             batch = await consumer.getmany(tp, timeout_ms=int(FETCH_TIMEOUT_S * 1000))
@@ -165,13 +189,7 @@ async def _partition(
         for m in records:
             if m.offset >= stop:
                 return
-            item = codec.line(m)
-            if context_id is not None and context_id not in (item.get("context_id"),
-                                                             item.get("key")):  # fmt: skip
-                continue
-            if which == "wal" and http is not None:
-                item["outcome"] = await _outcome(http, api, p, m.offset)
-            yield item
+            yield m
         if position >= stop:
             return
         if not records:
@@ -220,7 +238,18 @@ _KINDS = {Put: "put", Patch: "patch", Delete: "delete", Touch: "touch", Expire: 
           CheckpointBarrier: "checkpoint-barrier"}  # fmt: skip
 
 
+def dlq_line(m: Any) -> dict[str, Any]:
+    """One dead letter decoded as ``lukhas inspect dlq`` shows it: ``position``,
+    ``log_time``, ``reason``, ``source`` (its WAL position), ``context_id`` and the event's
+    ``event_id`` and ``kind`` (or ``event``: why it does not decode)."""
+    global _dlq_decoder
+    if _dlq_decoder is None:
+        _dlq_decoder = _Decoder("dlq")
+    return _dlq_decoder.line(m)
+
+
 _wal_decoder: _Decoder | None = None
+_dlq_decoder: _Decoder | None = None
 
 
 class _Decoder:

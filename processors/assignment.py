@@ -141,8 +141,9 @@ class Assignment:
         self.metrics.restores.labels(report.source.value).inc()
         self.metrics.quarantined.inc(len(report.quarantined))
         self.folders[tp.partition] = PartitionFolder(
-            tp.partition, store, self.config.limits, index_history=self.config.history_index
-        )
+            tp.partition, store, self.config.limits, events=self.config.event_codec(),
+            index_history=self.config.history_index,
+        )  # fmt: skip
         await self._on_open(tp.partition, store)
         if self.stores.get(tp.partition) is not store:
             return  # revoked meanwhile (and closed by the revocation)

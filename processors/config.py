@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,6 +10,8 @@ from lukhas_context.processors.exceptions import InvalidWorkerConfigError
 from lukhas_context.processors.fold import Limits
 from lukhas_context.processors.listener import ListenerLimits
 from lukhas_context.processors.members import api_url_problem
+from lukhas_context.schemas.codec import EventCodec
+from lukhas_context.schemas.registry import SchemaRegistry
 from lukhas_context.state.store import StoreOptions
 from lukhas_context.streams.topics import Topics
 
@@ -83,6 +86,16 @@ class WorkerConfig:
     #: The URL other workers forward requests to, when it is not ``advertised_url`` (docker
     #: compose: clients on the host use the published port, workers the compose network).
     peer_url: str | None = None
+    #: A directory of newer writer schemas (``ContextEvent.vN.avsc``) to decode besides the
+    #: shipped ones, resolved to the shipped reader schema: how a worker learns a schema
+    #: version producers started writing (``lukhas dlq redrive`` then folds what it
+    #: dead-lettered before). None: the shipped schemas only.
+    schema_dir: Path | None = None
+
+    def event_codec(self) -> EventCodec:
+        """The event codec of this worker: the shipped schemas and those of ``schema_dir``
+        (``SchemaFileError`` when one is not usable). One per directory, shared."""
+        return _event_codec(self.schema_dir)
 
     def __post_init__(self) -> None:
         for name, url in (("advertised_url", self.advertised_url), ("peer_url", self.peer_url)):
@@ -118,3 +131,11 @@ class WorkerConfig:
     def checkpoint_root(self) -> Path:
         """Where checkpoints are kept: ``checkpoint_dir``, by default ``STATE_DIR/checkpoints``."""
         return self.checkpoint_dir or self.state_dir / "checkpoints"
+
+
+@functools.lru_cache(maxsize=8)
+def _event_codec(schema_dir: Path | None) -> EventCodec:
+    registry = SchemaRegistry.shipped()
+    if schema_dir is not None:
+        registry = registry.with_writers(SchemaRegistry.load_dir(schema_dir))
+    return EventCodec(registry)

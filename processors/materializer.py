@@ -44,7 +44,6 @@ from lukhas_context.processors.metrics import WorkerMetrics
 from lukhas_context.processors.opener import RestoreReport, StoreOpener
 from lukhas_context.processors.publisher import Publisher
 from lukhas_context.processors.round import PartitionFolder, PartitionRound, segment_end
-from lukhas_context.schemas.codec import EventCodec
 from lukhas_context.schemas.event import ContextEvent
 from lukhas_context.state.checkpoints import CheckpointDir
 from lukhas_context.state.store import PartitionStore
@@ -61,7 +60,7 @@ class Materializer:
     def __init__(self, config: WorkerConfig, metrics: WorkerMetrics | None = None) -> None:
         self.config = config
         self.metrics = metrics or WorkerMetrics()
-        self._events = EventCodec()
+        self._events = config.event_codec()
         #: Held by a round from its fold to its commit; a revocation waits for it.
         self._lock = asyncio.Lock()
         #: Notified after every round and (re)assignment: reads wait on it.

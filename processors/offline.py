@@ -244,7 +244,10 @@ async def replay_wal(
     if start >= target:
         return 0
     config = opener.config
-    folder = PartitionFolder(partition, store, config.limits, index_history=config.history_index)
+    folder = PartitionFolder(
+        partition, store, config.limits, events=config.event_codec(),
+        index_history=config.history_index,
+    )  # fmt: skip
     checkpointer = Checkpointer(config, WorkerMetrics()) if take_checkpoints else None
     consumer = opener.consumer()
     await consumer.start()

@@ -72,3 +72,8 @@ class NestingTooDeepError(PatchError):
     def __init__(self, max_depth: int) -> None:
         super().__init__(f"the document nests objects and arrays deeper than {max_depth} levels")
         self.max_depth = max_depth
+
+
+class SchemaFileError(LukhasError, ValueError):
+    """A writer schema file (``--schema-dir``) that cannot be used: not ``Name.vN.avsc``,
+    not JSON, not a valid Avro schema, or a version the package ships differently."""

@@ -21,7 +21,14 @@ from lukhas_context.streams.deltas import DeltaCache
 from lukhas_context.streams.exceptions import InvalidPatchError, InvalidTTLError
 from lukhas_context.streams.manifests import wait_manifests
 from lukhas_context.streams.reader import Reader
-from lukhas_context.streams.results import CheckpointRequest, Context, History, Outcome, Receipt
+from lukhas_context.streams.results import (
+    CheckpointRequest,
+    Context,
+    DryRun,
+    History,
+    Outcome,
+    Receipt,
+)
 from lukhas_context.streams.routing import Router
 from lukhas_context.streams.transaction import Transaction
 from lukhas_context.streams.validation import (
@@ -203,6 +210,12 @@ class ContextClient:
         and reason. A context never written has no entries (no error). Served from the
         owning worker's history index (``state.history``)."""
         return await self._reader.history(context_id, after, limit, timeout)
+
+    async def dry_run_encoded(self, value: bytes) -> DryRun:
+        """What the fold would do now with an event already encoded (the bytes of a dead
+        letter, say), appending nothing: bytes the worker cannot read as an event give status
+        ``dead_lettered`` and the reason, as folding them would."""
+        return await self._reader.dry_run(value, undecodable_ok=True)
 
     async def outcome(self, partition: int, offset: int, timeout: float = 5.0) -> Outcome:
         """The outcome of the event at ``partition:offset`` (see ``Receipt.outcome``):

@@ -111,11 +111,15 @@ class Reader:
             return Outcome(original.status, original.version, original.reason, data["duplicate_of"])
         return Outcome(data["status"], data["version"], data["reason"])
 
-    async def dry_run(self, value: bytes) -> DryRun:
-        """What the fold would do with the encoded event ``value`` (``POST /v1/dry-run``)."""
+    async def dry_run(self, value: bytes, undecodable_ok: bool = False) -> DryRun:
+        """What the fold would do with the encoded event ``value`` (``POST /v1/dry-run``);
+        ``undecodable_ok``: bytes the worker cannot read as an event are a ``DryRun`` with
+        status ``dead_lettered`` and the reason (else a ``ReadError``)."""
         status, body = await self._router.request("POST", "/v1/dry-run", {}, 5.0, value)
         data = _json_body(status, body)
-        if status != 200:
+        if status == 400 and undecodable_ok:
+            data = {"status": "dead_lettered", "reason": str(data.get("error"))}
+        elif status != 200:
             raise ReadError(f"read API answered {status}: {data.get('error')}")
         fields: dict[str, Any] = {name: data.get(name) for name in DryRun.__slots__}
         return DryRun(**fields)

@@ -8,6 +8,7 @@ import click
 
 from lukhas_context.ops.cli.checkpoint import checkpoint
 from lukhas_context.ops.cli.cluster import demo, down, status, up
+from lukhas_context.ops.cli.dlq import dlq
 from lukhas_context.ops.cli.errors import EXIT_CODES, OneLineGroup
 from lukhas_context.ops.cli.history import history
 from lukhas_context.ops.cli.inspect import inspect
@@ -43,7 +44,7 @@ def cli(ctx: click.Context, verbose: int) -> None:
 
 for _command in (up, down, status, demo, worker, restore, put, patch, touch, delete, get,
                  outcome, history, watch, checkpoint, transactions, topics, verify, inspect,
-                 replay, wal):  # fmt: skip
+                 replay, wal, dlq):  # fmt: skip
     cli.add_command(_command)
 
 

@@ -76,6 +76,10 @@ def _api_url(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 @_opt("--body-timeout", _CONNECTION_S, 30.0,
       "SECONDS from a request's headers until its body is complete (else closed).")  # fmt: skip
 @_opt("--idle-timeout", _CONNECTION_S, 30.0, "SECONDS a keep-alive connection may stay idle.")
+@click.option("--schema-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              envvar="LUKHAS_SCHEMA_DIR",
+              help="Newer writer schemas (ContextEvent.vN.avsc) to decode too "
+                   "[env LUKHAS_SCHEMA_DIR].")  # fmt: skip
 @click.option("--history-index/--no-history-index", default=True, show_default=True,
               help="Keep the index `lukhas history` reads (off: faster folds).")  # fmt: skip
 @handle_errors
@@ -87,4 +91,5 @@ def worker(**flags: Any) -> None:
     if logging.getLogger().level >= logging.WARNING:  # -v/-vv keep the library's lines
         logging.getLogger("aiokafka").setLevel(logging.WARNING)  # a worker's log keeps them
     config = Settings.load().worker_config(WorkerFlags(**flags))
+    config.event_codec()  # a schema directory that is not usable: one line, before anything
     sys.exit(run_worker(config))
