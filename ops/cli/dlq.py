@@ -104,7 +104,7 @@ def show(position: tuple[int, int], as_json: bool, bootstrap: str | None,
 @_filters
 @click.option("--yes", is_flag=True, help="Append them to the WAL; without it nothing is.")
 @click.option("--dry-run", "dry_run", is_flag=True,
-              help="Only show what the fold would do with each now (so does no --yes).")  # fmt: skip
+              help="Only show what the fold would do with each (as without --yes).")  # fmt: skip
 @click.option("--timeout", type=params.WAIT, default=30.0, show_default=True,
               help="Seconds to wait for each outcome.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
