@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lukhas_context.ops.exceptions import OpsError
-from lukhas_context.ops.inspect import Bound, dlq_line, records
+from lukhas_context.ops.inspect import Bound, NoSuchOffsetError, dlq_line, records
 from lukhas_context.schemas.exceptions import LukhasError
 from lukhas_context.streams.client import ContextClient
 from lukhas_context.streams.topics import Topics
@@ -39,7 +39,9 @@ class DlqError(OpsError):
 
 
 class NoSuchDeadLetterError(DlqError):
-    """No dead letter at the position asked for."""
+    """No dead letter at the position asked for (exit 3)."""
+
+    not_found = True
 
 
 @dataclass(frozen=True)
@@ -87,11 +89,12 @@ async def show(bootstrap: str, topics: Topics, partition: int, offset: int) -> d
     header, the key, the size and first bytes of the value, and the event when it decodes."""
     start = Bound(offset=offset)
     found = records(bootstrap, topics, "dlq", [partition], start, Bound(offset=offset + 1))
-    async with contextlib.aclosing(found) as found:
-        async for m in found:
-            if m.offset != offset:
-                break
-            return _detail(m)
+    with contextlib.suppress(NoSuchOffsetError):
+        async with contextlib.aclosing(found) as found:
+            async for m in found:
+                if m.offset != offset:
+                    break
+                return _detail(m)
     raise NoSuchDeadLetterError(
         f"no dead letter at {partition}:{offset} of {topics.dlq} (deleted, a transaction "
         "marker, or past its end)"

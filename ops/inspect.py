@@ -45,6 +45,7 @@ __all__ = [
     "TOPICS",
     "Bound",
     "InspectError",
+    "NoSuchOffsetError",
     "dlq_line",
     "parse_bound",
     "read",
@@ -59,6 +60,10 @@ FETCH_TIMEOUT_S = 10.0
 
 class InspectError(OpsError):
     """``lukhas inspect`` cannot read what it was asked for."""
+
+
+class NoSuchOffsetError(InspectError):
+    """An offset past the end of a topic's partition."""
 
 
 @dataclass(frozen=True)
@@ -203,8 +208,8 @@ async def _offset(consumer: Any, tp: TopicPartition, bound: Bound | None, low: i
         return low
     if bound.offset is not None:
         if bound.offset > end:
-            raise InspectError(f"no offset {bound.offset} in {tp.topic}[{tp.partition}]: it "
-                               f"ends at {end}")  # fmt: skip
+            raise NoSuchOffsetError(f"no offset {bound.offset} in {tp.topic}[{tp.partition}]: "
+                                    f"it ends at {end}")  # fmt: skip
         return max(bound.offset, low)
     found = (await consumer.offsets_for_times({tp: bound.time_ms}))[tp]
     return end if found is None else max(found.offset, low)

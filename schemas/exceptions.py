@@ -11,10 +11,12 @@ from __future__ import annotations
 class LukhasError(Exception):
     """Root of every error raised by ``lukhas_context``.
 
-    ``retriable`` says whether the same call may succeed if made again unchanged.
+    ``retriable`` says whether the same call may succeed if made again unchanged;
+    ``not_found`` that what was asked for does not exist (the CLI exits 3).
     """
 
     retriable: bool = False
+    not_found: bool = False
 
 
 class CodecError(LukhasError, ValueError):

@@ -49,8 +49,9 @@ EXIT_OF_STATUS = {
 }
 EXIT_CODES = (
     "Exit codes: 0 success; 1 error (one line on stderr); 2 usage error; 3 not found (the "
-    "context, or the WAL position); for a write waited on (--wait), `outcome` and --dry-run: "
-    "4 conflict, 5 rejected, 6 dead-lettered; `verify`: 7 a partition differs or is corrupt."
+    "context, the WAL position, its history, the dead letter); for a write waited on (--wait), "
+    "`outcome` and --dry-run: 4 conflict, 5 rejected, 6 dead-lettered (also `dlq redrive`: one "
+    "was dead-lettered again); `verify`: 7 a partition differs or is corrupt."
 )
 
 
@@ -82,8 +83,8 @@ def handle_errors(fn: F) -> F:
             sys.exit(EXIT_USAGE)
         except NotConfiguredError as exc:  # its message says what to pass or set
             fail(str(exc))
-        except LukhasError as exc:
-            fail(f"{type(exc).__name__}: {exc}")
+        except LukhasError as exc:  # `not_found`: exit 3, as for a context (no dead letter...)
+            fail(f"{type(exc).__name__}: {exc}", EXIT_NOT_FOUND if exc.not_found else EXIT_ERROR)
         except KafkaError as exc:  # one the distribution did not wrap: still one line
             fail(f"Kafka: {exc}")
         except OSError as exc:

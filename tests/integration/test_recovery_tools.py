@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -424,10 +425,14 @@ def test_the_readme_and_runbook_checks_run_as_written(lukhas: Lukhas, tmp_path: 
         for b, cmds in enumerate(blocks)
         for c in cmds
     ]
-    assert len(commands) == 19
+    assert len(commands) == 20
     lukhas("checkpoint")  # for checkpoint:latest, whichever tests ran before
     lukhas("put", "agent:1", '{"turn": 1}')  # the README's example context
     for command in commands:
+        if command[:2] == ["dlq", "show"]:  # a position of the runbook's cluster, not this one
+            done = lukhas(*command, check=False)
+            assert done.returncode in (0, 3), done.stderr
+            continue
         if command[0] == "get" and "--as-of" in command:
             # the times are before this cluster's first record: nothing existed then
             done = lukhas(*command, check=False)
@@ -513,3 +518,137 @@ def test_a_stale_local_store_below_the_pruned_log_is_set_aside(lukhas: Lukhas) -
     (p0,) = [p for p in status if p["partition"] == 0]
     assert p0["opened_from"] == "checkpoint", p0
     assert any((state_dir(lukhas) / "quarantine").glob("partition-0-*"))
+
+
+def v2_writer_schema(folder: Path) -> Any:
+    """A newer writer schema of events: the shipped one plus a field its reader does not
+    know, as a producer upgraded before the workers would write it."""
+    from importlib import resources
+
+    from lukhas_context.schemas.registry import schema_version
+
+    shipped = resources.files("lukhas_context.schemas").joinpath("avro/ContextEvent.v1.avsc")
+    schema = json.loads(shipped.read_text())
+    schema["fields"].append({"name": "priority", "type": "int", "default": 0})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "ContextEvent.v2.avsc").write_text(json.dumps(schema))
+    return schema_version("ContextEvent", 2, schema)
+
+
+def dead_letters(lukhas: Lukhas, *args: str) -> list[dict]:  # type: ignore[type-arg]
+    done = lukhas("dlq", "list", "--json", *args)
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_dead_letters_of_a_newer_schema_fold_once_the_worker_knows_it(
+    lukhas: Lukhas, tmp_path: Path
+) -> None:
+    """Events written with a schema version the worker does not know are dead-lettered; the
+    worker is upgraded (`--schema-dir`); the re-drive folds them, once however often it runs,
+    to the versions and documents of twins written with the shipped schema all along."""
+    import io
+    import uuid
+
+    from aiokafka import AIOKafkaProducer
+    from fastavro import schemaless_writer
+
+    from lukhas_context.schemas.codec import event_to_avro
+    from lukhas_context.schemas.event import ContextEvent, Put
+
+    v2 = v2_writer_schema(tmp_path / "schemas")
+    bootstrap = json.loads(lukhas("status", "--json").stdout)["kafka"]["bootstrap"]
+    docs = [("up:0", '{"n": 0}'), ("up:0", '{"n": 0, "again": true}'), ("up:1", '{"n": 1}')]
+
+    def encode(context_id: str, doc: str) -> bytes:
+        event = ContextEvent(uuid.uuid4().bytes, context_id, Put(doc.encode(), None))
+        out = io.BytesIO()
+        out.write(v2.header)
+        schemaless_writer(out, v2.parsed, {**event_to_avro(event), "priority": 5})
+        return out.getvalue()
+
+    async def send() -> list[str]:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        try:
+            sent = [await producer.send_and_wait("lukhas.context.events", encode(c, d),
+                                                 key=c.encode()) for c, d in docs]  # fmt: skip
+            await producer.send_and_wait("lukhas.context.events", b"\x00junk", key=b"junk:2")
+            return [f"{s.partition}:{s.offset}" for s in sent]
+        finally:
+            await producer.stop()
+
+    sources = asyncio.run(send())
+    for context_id, doc in docs:  # the twins, valid all along
+        lukhas("put", context_id.replace("up:", "ref:"), doc)
+    assert lukhas("outcome", sources[-1], check=False).returncode == 6  # dead-lettered
+    found = dead_letters(lukhas, "--reason", "unknownschema")
+    assert [(d["context_id"], d["source"]) for d in found] == [
+        (c, s) for (c, _), s in zip(docs, sources, strict=True)
+    ]
+    shown = lukhas("dlq", "show", found[0]["position"]).stdout
+    assert "header error.class: UnknownSchemaError" in shown and "key: up:0" in shown
+    detail = json.loads(lukhas("dlq", "show", found[0]["position"], "--json").stdout)
+    assert detail["headers"]["schema.fingerprint"] == v2.fingerprint.hex()
+
+    # Not upgraded yet: the dry run (the default) says they would fail again, appends nothing.
+    dry = lukhas("dlq", "redrive", "--reason", "UnknownSchemaError")
+    assert dry.stdout.count("would be dead_lettered (UnknownSchemaError") == 3, dry.stdout
+    assert "dry run: add --yes" in dry.stderr
+    assert len(json.loads(lukhas("history", "up:0", "--json").stdout)["events"]) == 2
+
+    # The upgrade: the worker decodes the newer writer schema too.
+    lukhas("down", "--processor-only")
+    lukhas.env["LUKHAS_SCHEMA_DIR"] = str(tmp_path / "schemas")
+    try:
+        lukhas("up")
+        dry = lukhas("dlq", "redrive", "--reason", "UnknownSchemaError", "--dry-run")
+        assert dry.stdout.count("would be applied") == 3, dry.stdout
+        done = json.loads(lukhas("dlq", "redrive", "--reason", "UnknownSchemaError", "--yes",
+                                 "--json").stdout)  # fmt: skip
+        assert done["appended"] and [
+            (r["context_id"], r["outcome"]["status"], r["outcome"]["version"])
+            for r in done["records"]
+        ] == [("up:0", "applied", 1), ("up:0", "applied", 2), ("up:1", "applied", 1)]
+        for i in (0, 1):
+            got = json.loads(lukhas("get", f"up:{i}", "--json").stdout)
+            twin = json.loads(lukhas("get", f"ref:{i}", "--json").stdout)
+            assert [got[k] for k in ("version", "checksum", "doc")] == [
+                twin[k] for k in ("version", "checksum", "doc")
+            ]
+        # Again: each is a duplicate of its first re-drive, never applied twice.
+        again = lukhas("dlq", "redrive", "--reason", "UnknownSchemaError", "--yes")
+        assert again.stdout.count("duplicate of offset") == 3, again.stdout
+        assert json.loads(lukhas("get", "up:0", "--json").stdout)["version"] == 2
+        statuses = [e["status"] for e in
+                    json.loads(lukhas("history", "up:0", "--json").stdout)["events"]]  # fmt: skip
+        assert statuses == ["dead_lettered"] * 2 + ["applied"] * 2 + ["duplicate"] * 2
+        # Garbage stays garbage: re-driven, dead-lettered again with its reason (exit 6).
+        assert len(dead_letters(lukhas, "--id", "junk:2")) == 1
+        bad = lukhas("dlq", "redrive", "--id", "junk:2", "--yes", check=False)
+        assert bad.returncode == 6 and "dead_lettered (BadMagicError" in bad.stdout, bad.stdout
+        assert len(dead_letters(lukhas, "--id", "junk:2")) == 2
+    finally:
+        lukhas.env.pop("LUKHAS_SCHEMA_DIR")
+
+
+def test_dlq_bad_input_is_one_line_and_its_code(lukhas: Lukhas, tmp_path: Path) -> None:
+    (tmp_path / "ContextEvent.v1.avsc").write_text('{"type": "record", "name": "X", "fields": []}')
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "ContextEvent.v3.avsc").write_text("{not json")
+    cases = [
+        (("dlq", "show", "0:99999999"), 3, "no dead letter at 0:99999999"),
+        (("dlq", "show", "nope"), 2, "PARTITION:OFFSET"),
+        (("dlq", "show", "99:0"), 1, "no partition 99"),
+        (("dlq", "list", "--since", "yesterday"), 2, "neither an offset nor a time"),
+        (("dlq", "redrive", "--yes", "--dry-run"), 2, "give one"),
+        (("dlq", "list", "--bootstrap", "127.0.0.1:1"), 1, "cannot reach Kafka"),
+        (("worker", "--bootstrap", "x", "--state-dir", str(tmp_path / "s"), "--schema-dir",
+          str(tmp_path)), 1, "differs from the version 1 this package ships"),
+        (("worker", "--bootstrap", "x", "--state-dir", str(tmp_path / "s"), "--schema-dir",
+          str(tmp_path / "bad")), 1, "not a valid Avro schema"),
+    ]  # fmt: skip
+    for args, code, text in cases:
+        done = lukhas(*args, check=False)
+        assert done.returncode == code, (args, done.returncode, done.stderr)
+        assert text in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert lukhas("dlq", "list", "--reason", "no such reason at all").stdout == ""
