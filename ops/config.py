@@ -127,6 +127,7 @@ class WorkerFlags:
     idle_timeout: float
     history_index: bool
     schema_dir: Path | None
+    prune_interval: float | None
 
 
 class Settings:
@@ -214,6 +215,7 @@ class Settings:
             checkpoint_interval_s=f.checkpoint_interval, checkpoint_keep=f.checkpoint_keep,
             expiry_interval_s=f.expiry_interval, expiry_batch=f.expiry_batch,
             history_index=f.history_index, schema_dir=f.schema_dir,
+            prune_interval_s=f.prune_interval,
             checkpoint_pause_s=self.env.checkpoint_pause_s,
             listener=ListenerLimits(
                 f.max_connections, f.header_timeout, f.body_timeout, f.idle_timeout

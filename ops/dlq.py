@@ -15,6 +15,10 @@ applied twice. A record that still cannot be folded is dead-lettered again, with
 reason. Before appending anything, each record is dry-run on the worker that owns its
 context (``POST /v1/dry-run``): what the fold would do now. Without ``--yes`` that is all it
 does.
+
+``prune`` deletes the dead letters logged before a time (Kafka's DeleteRecords): the DLQ
+keeps everything otherwise (``retention.ms=-1``). Nothing restores from the DLQ — each record
+stays in the WAL too — so a prune loses only the convenience of finding them there.
 """
 
 from __future__ import annotations
@@ -25,13 +29,27 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka import TopicPartition
+from aiokafka.admin import RecordsToDelete
+
 from lukhas_context.ops.exceptions import OpsError
 from lukhas_context.ops.inspect import Bound, NoSuchOffsetError, dlq_line, records
 from lukhas_context.schemas.exceptions import LukhasError
+from lukhas_context.streams import kafka
 from lukhas_context.streams.client import ContextClient
+from lukhas_context.streams.kafka import kafka_errors
 from lukhas_context.streams.topics import Topics
 
-__all__ = ["DlqError", "Filters", "NoSuchDeadLetterError", "Redrive", "listing", "redrive", "show"]
+__all__ = [
+    "DlqError",
+    "Filters",
+    "NoSuchDeadLetterError",
+    "Redrive",
+    "listing",
+    "prune",
+    "redrive",
+    "show",
+]
 
 
 class DlqError(OpsError):
@@ -178,3 +196,55 @@ def _event_id(value: bytes) -> uuid.UUID:
     messages; a nil id when the bytes are too short to hold one."""
     raw = value[10:26]
     return uuid.UUID(bytes=raw) if len(raw) == 16 else uuid.UUID(int=0)
+
+
+async def prune(bootstrap: str, topics: Topics, partitions: list[int] | None, before: Bound,
+                yes: bool) -> list[dict[str, Any]]:  # fmt: skip
+    """Per DLQ partition: the dead letters logged before ``before`` (a time, or an offset:
+    exclusive), and with ``yes`` their deletion (DeleteRecords moves the partition's start).
+    Each entry: ``partition``, ``log_start``, ``end``, ``prune_to``, ``deletes`` and, once
+    done, ``log_start_now``."""
+    topic = topics.dlq
+    consumer = kafka.consumer(bootstrap, "lukhas-dlq", isolation="read_committed")
+    try:
+        with kafka_errors(DlqError, f"cannot reach Kafka at {bootstrap}"):
+            await consumer.start()
+            metadata = await consumer._client.fetch_all_metadata()
+        count = len(metadata.partitions_for_topic(topic) or ())
+        if not count:
+            raise DlqError(f"no topic {topic} (is this the right cluster and prefix?)")
+        chosen = sorted(set(partitions)) if partitions else list(range(count))
+        bad = [p for p in chosen if p >= count]
+        if bad:
+            raise DlqError(f"no partition {bad[0]}: {topic} has {count} (0 to {count - 1})")
+        plan = []
+        for p in chosen:
+            tp = TopicPartition(topic, p)
+            with kafka_errors(DlqError, f"cannot read {topic}[{p}]"):
+                low = (await consumer.beginning_offsets([tp]))[tp]
+                end = (await consumer.end_offsets([tp]))[tp]
+                if before.offset is not None:
+                    to = min(before.offset, end)
+                else:
+                    found = (await consumer.offsets_for_times({tp: before.time_ms}))[tp]
+                    to = end if found is None else found.offset
+            to = max(to, low)
+            plan.append({"partition": p, "log_start": low, "end": end, "prune_to": to,
+                         "deletes": to - low})  # fmt: skip
+    finally:
+        await consumer.stop()
+    todo = {TopicPartition(topic, e["partition"]): RecordsToDelete(e["prune_to"])
+            for e in plan if e["deletes"] > 0}  # fmt: skip
+    done: dict[TopicPartition, int] = {}
+    if yes and todo:
+        admin = kafka.admin_client(bootstrap, "lukhas-dlq", request_timeout_s=30)
+        try:
+            with kafka_errors(DlqError, f"cannot delete records of {topic}"):
+                await admin.start()
+                done = await admin.delete_records(todo, timeout_ms=30_000)
+        finally:
+            await admin.close()
+    if yes:
+        for e in plan:
+            e["log_start_now"] = done.get(TopicPartition(topic, e["partition"]), e["log_start"])
+    return plan

@@ -1,7 +1,8 @@
 """``lukhas wal prune``: delete the WAL records no restore path needs any more.
 
 Per partition, the records below the lowest of these are deletable (Kafka's DeleteRecords,
-which moves the log start):
+which moves the log start; the rule is ``processors.retention.prune_bound``, which a worker
+with ``--prune-interval`` applies on its own):
 
 - the oldest valid checkpoint's offset: a restore from any kept checkpoint folds the WAL on
   from its offset;
@@ -27,6 +28,7 @@ from aiokafka.admin import RecordsToDelete
 
 from lukhas_context.ops.exceptions import OpsError
 from lukhas_context.processors.config import WorkerConfig
+from lukhas_context.processors.retention import prune_bound
 from lukhas_context.streams import kafka
 from lukhas_context.streams.kafka import kafka_errors
 
@@ -62,15 +64,14 @@ async def plan(config: WorkerConfig, api: str, partitions: list[int] | None,
         if position is None:
             raise PruneError(f"no worker at {api} reports partition {p}: its store's position "
                              "is unknown, so nothing can be pruned safely")  # fmt: skip
-        reasons = []
-        if oldest is None:
-            reasons.append(f"no valid checkpoint in {config.checkpoint_root}")
-        if not coverage.known or coverage.offset == 0:
-            reasons.append("the change topic's coverage is unknown")
         window = config.limits.dedupe_window if dedupe_window is None else dedupe_window
-        bounds = [position, max(0, coverage.offset - window)]
-        bounds += [oldest.next_offset] if oldest else []
-        prune_to = low if reasons else max(low, min(bounds))
+        bound = prune_bound(low, position, coverage.offset if coverage.known else None, window,
+                            None if oldest is None else oldest.next_offset)  # fmt: skip
+        reasons = [
+            f"{r} in {config.checkpoint_root}" if r == "no valid checkpoint" else r
+            for r in bound.kept_because
+        ]
+        prune_to = bound.prune_to
         out.append({
             "partition": p, "log_start": low, "end": end,
             "oldest_checkpoint": None if oldest is None else

@@ -91,6 +91,10 @@ class WorkerConfig:
     #: version producers started writing (``lukhas dlq redrive`` then folds what it
     #: dead-lettered before). None: the shipped schemas only.
     schema_dir: Path | None = None
+    #: Delete, every this many seconds, the WAL records no restore path needs any more
+    #: (``processors.retention``) for the partitions this worker serves. None: never (the
+    #: default: then only ``lukhas wal prune`` deletes).
+    prune_interval_s: float | None = None
 
     def event_codec(self) -> EventCodec:
         """The event codec of this worker: the shipped schemas and those of ``schema_dir``

@@ -43,6 +43,7 @@ from lukhas_context.processors.members import Membership
 from lukhas_context.processors.metrics import WorkerMetrics
 from lukhas_context.processors.opener import RestoreReport, StoreOpener
 from lukhas_context.processors.publisher import Publisher
+from lukhas_context.processors.retention import WalRetention
 from lukhas_context.processors.round import PartitionFolder, PartitionRound, segment_end
 from lukhas_context.schemas.event import ContextEvent
 from lukhas_context.state.checkpoints import CheckpointDir
@@ -80,6 +81,8 @@ class Materializer:
         self.clock = LogClock()
         self._skew = SkewReporter(self.clock, config.clock_skew_warn_s)
         self._probing: asyncio.Task[None] | None = None
+        #: The periodic prune in progress (``WorkerConfig.prune_interval_s``), if any.
+        self._pruning: asyncio.Task[dict[int, int]] | None = None
         self.metrics.clock_skew.set_function(lambda: _seconds(self.clock.skew().skew_ms))
         self.metrics.clock_error.set_function(lambda: _error_s(self.clock.skew()))
         self.membership = Membership(
@@ -88,6 +91,7 @@ class Materializer:
         )  # fmt: skip
         self.opener = StoreOpener(config, self.metrics)
         self.checkpointer = Checkpointer(config, self.metrics)
+        self.retention = WalRetention(config, self.opener, self.metrics)
         self.sweeper = ExpirySweeper(config, self.metrics, self._events)
         self.assignment = Assignment(
             config, self.metrics, self.opener, self.membership, self._lock, self._progress,
@@ -191,6 +195,10 @@ class Materializer:
             self._probing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probing
+        if self._pruning is not None:
+            self._pruning.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._pruning
         await self.membership.close()
         if self._producer is not None:
             await self._producer.stop()
@@ -205,6 +213,7 @@ class Materializer:
         cfg = self.config
         next_commit = time.monotonic() + cfg.commit_interval_s
         next_sweep = time.monotonic() + (cfg.expiry_interval_s or 0.0)
+        next_prune = time.monotonic() + (cfg.prune_interval_s or 0.0)
         slot = self.checkpointer.slot()
         try:
             while not self._stopping.is_set():
@@ -226,6 +235,9 @@ class Materializer:
                 if slot is not None and self.checkpointer.slot() != slot:
                     slot = self.checkpointer.slot()
                     await self._periodic_checkpoint()
+                if cfg.prune_interval_s is not None and now >= next_prune:
+                    self._start_prune()
+                    next_prune = time.monotonic() + cfg.prune_interval_s
                 if now >= next_commit:
                     await self._commit_offsets()
                     next_commit = time.monotonic() + cfg.commit_interval_s
@@ -243,6 +255,15 @@ class Materializer:
         if self._producer is None:
             return 0
         return await self.sweeper.sweep(self.stores, self._producer, self.clock)
+
+    def _start_prune(self) -> None:
+        """Starts this interval's WAL prune in the background (its reads of the change topic
+        take a while; the fold goes on), unless the last one still runs."""
+        if self._pruning is not None and not self._pruning.done():
+            return
+        positions = {p: s.next_offset for p, s in self.stores.items()}
+        if positions:
+            self._pruning = asyncio.create_task(self.retention.prune(positions))
 
     async def _periodic_checkpoint(self) -> None:
         """Appends this interval's barriers if this worker owns partition 0 (one worker of the

@@ -53,6 +53,9 @@ class WorkerMetrics:
         self.checkpoints = Counter(
             "lukhas_checkpoints", "Partition checkpoints taken at barriers", registry=r
         )
+        self.wal_pruned = Counter(
+            "lukhas_wal_prunes", "Partitions whose WAL start the retention moved", registry=r
+        )
         self.checkpoint_failures = Counter(
             "lukhas_checkpoint_failures",
             "Barriers whose checkpoint failed, or disagreed with an existing one (corruption)",

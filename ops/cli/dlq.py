@@ -183,3 +183,38 @@ def _redrive_summary(records: list[dict[str, Any]], yes: bool) -> None:
     shown = ", ".join(f"{n} {s.replace('_', '-')}" for s, n in sorted(counts.items()))
     verb = "re-driven" if yes else "would be re-driven (dry run: add --yes to append them)"
     click.echo(f"{len(records)} dead letters {verb}" + (f": {shown}" if shown else ""), err=True)
+
+
+@dlq.command(name="prune")
+@click.option("--before", required=True,
+              type=params.Parsed("TIME|OFFSET", "lukhas_context.ops.inspect:parse_bound"),
+              help="Delete the dead letters logged before this time (ISO 8601, or "
+                   "ms:EPOCH_MS), or below this DLQ offset.")  # fmt: skip
+@partitions_option("DLQ partition")
+@click.option("--yes", is_flag=True, help="Delete; without it the plan is only shown.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@bootstrap_option()
+@data_dir_option
+@handle_errors
+def prune(before: Any, partitions: tuple[int, ...], yes: bool, as_json: bool,
+          bootstrap: str | None, data_dir: Path | None) -> None:  # fmt: skip
+    """Delete dead letters logged before --before (per partition, Kafka's DeleteRecords).
+    Without --yes it only shows how many would go. The records stay in the WAL."""
+    from lukhas_context.ops.dlq import prune as run
+
+    config = Settings.load(data_dir).client_config(bootstrap, None)
+    plan = asyncio.run(run(config.bootstrap, config.topics, list(partitions) or None, before,
+                           yes))  # fmt: skip
+    if as_json:
+        print_json(plan)
+        return
+    for e in plan:
+        head = f"partition {e['partition']}: starts at {e['log_start']}, ends at {e['end']}"
+        if not e["deletes"]:
+            click.echo(f"{head}: nothing before {before}")
+        elif yes:
+            click.echo(f"{head}: {e['deletes']} deleted, starts at {e['log_start_now']} now")
+        else:
+            click.echo(f"{head}: {e['deletes']} would be deleted (below {e['prune_to']})")
+    if not yes and any(e["deletes"] for e in plan):
+        click.echo("nothing deleted: add --yes to delete", err=True)

@@ -80,6 +80,8 @@ def _api_url(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
               envvar="LUKHAS_SCHEMA_DIR",
               help="Newer writer schemas (ContextEvent.vN.avsc) to decode too "
                    "[env LUKHAS_SCHEMA_DIR].")  # fmt: skip
+@_opt("--prune-interval", params.Seconds(1.0, 7 * 86_400.0), None,
+      "Every SECONDS, delete the WAL records no restore path needs (as `wal prune`).")  # fmt: skip
 @click.option("--history-index/--no-history-index", default=True, show_default=True,
               help="Keep the index `lukhas history` reads (off: faster folds).")  # fmt: skip
 @handle_errors

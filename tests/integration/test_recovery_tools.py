@@ -652,3 +652,22 @@ def test_dlq_bad_input_is_one_line_and_its_code(lukhas: Lukhas, tmp_path: Path) 
         assert done.returncode == code, (args, done.returncode, done.stderr)
         assert text in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert lukhas("dlq", "list", "--reason", "no such reason at all").stdout == ""
+
+
+def test_dlq_prune_shows_then_deletes_what_was_dead_lettered_before_a_time(lukhas: Lukhas) -> None:
+    letters = dead_letters(lukhas, "--limit", "1000")
+    assert letters, "the tests before left dead letters"
+    p = int(letters[0]["position"].split(":")[0])
+    ours = [d for d in letters if d["position"].startswith(f"{p}:")]
+    assert json.loads(lukhas("dlq", "prune", "--before", "2000-01-01", "-p", str(p),
+                             "--json").stdout)[0]["deletes"] == 0  # fmt: skip
+    shown = lukhas("dlq", "prune", "--before", "2099-01-01T00:00:00Z", "-p", str(p))
+    assert f"{len(ours)} would be deleted" in shown.stdout and "add --yes" in shown.stderr
+    assert len(dead_letters(lukhas, "-p", str(p))) == len(ours)  # nothing went
+    (done,) = json.loads(lukhas("dlq", "prune", "--before", "2099-01-01T00:00:00Z", "-p",
+                                str(p), "--yes", "--json").stdout)  # fmt: skip
+    assert done["log_start_now"] == done["end"] and done["deletes"] == len(ours)
+    assert dead_letters(lukhas, "-p", str(p)) == []
+    bad = lukhas("dlq", "prune", "--before", "2099-01-01", "-p", "99", check=False)
+    assert bad.returncode == 1 and "no partition 99" in bad.stderr
+    assert lukhas("dlq", "prune", check=False).returncode == 2  # --before is required
