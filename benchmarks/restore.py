@@ -8,7 +8,10 @@ A. Restore (``--contexts`` distinct contexts, default 1,000,000, in one WAL part
    3. ``restore_offline(..., From.CHECKPOINT, "bench-ck", until=<end>)`` on another state
       dir: installs the checkpoint (hard links), verifies its digest by a full scan, folds
       the tail;
-   4. both must end with the same digest and next_offset (exit 1 otherwise).
+   4. both must end with the same digest and next_offset (exit 1 otherwise);
+   5. ``lukhas replay --as-of 0:O`` (``ops.pointintime.build``) for an offset O in the middle
+      of the tail, from the checkpoint (the newest at or below O) and, with no checkpoint
+      directory, from scratch: the two must agree on the digest.
 B. Expiry: ``lukhas worker --expiry-interval 0.2`` on fresh 3-partition topics; ``--expiring``
    puts whose TTL (``--ttl-ms``, default 5 s) runs out shortly after they are written, while a
    background load of plain puts (``--load-rate``/s on other ids) runs; the change topic is read
@@ -152,6 +155,31 @@ async def timed_rebuild(config: WorkerConfig, source: From, until: int, timeout_
     return report, time.perf_counter() - started
 
 
+async def time_as_of(
+    bootstrap: str, topics: Topics, work: Path, offset: int, timeout_s: float
+) -> dict[str, Any]:
+    """``replay --as-of 0:OFFSET`` from the checkpoint and from scratch."""
+    from lukhas_context.ops.pointintime import build, parse_as_of
+
+    point = parse_as_of(f"0:{offset}")
+    out: dict[str, Any] = {"offset": offset}
+    for name, ck in (("checkpoint", work / "ck"), ("scratch", work / "no-ck")):
+        config = WorkerConfig(bootstrap, state_dir=work / f"asof-{name}-state", topics=topics,
+                              checkpoint_dir=ck)  # fmt: skip
+        started = time.perf_counter()
+        manifest = await asyncio.wait_for(
+            build(config, work / f"asof-{name}", point, [0], progress=False), timeout_s
+        )
+        out[f"{name}_s"] = time.perf_counter() - started
+        out[f"{name}_digest"] = manifest["partitions"]["0"]["digest"]
+        out[f"{name}_source"] = manifest["partitions"]["0"]["source"]
+        say(f"replay --as-of 0:{offset} from {name}: {out[f'{name}_s']:.2f} s")
+        shutil.rmtree(work / f"asof-{name}", ignore_errors=True)
+    out["match"] = out["checkpoint_digest"] == out["scratch_digest"]
+    out["ratio"] = out["scratch_s"] / out["checkpoint_s"]
+    return out
+
+
 async def run_restore(bootstrap: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     topics = Topics(f"benchrestore{uuid.uuid4().hex[:8]}")
     await ensure_topics(bootstrap, topics.specs(args.partitions), brokers=None)
@@ -169,7 +197,9 @@ async def run_restore(bootstrap: str, args: argparse.Namespace, work: Path) -> d
         config("restored"), From.CHECKPOINT, end, args.timeout
     )
     say(f"checkpoint restore: {restore_s:.1f} s, {restored.events_folded:,} records folded")
+    as_of = await time_as_of(bootstrap, topics, work, end - args.tail // 2, args.timeout)
     return {
+        "as_of": as_of,
         "contexts": args.contexts,
         "tail": args.tail,
         "partitions": args.partitions,
@@ -360,6 +390,11 @@ def print_table(result: dict[str, Any]) -> None:
             ("  fold of the tail", f"{rs['fold_seconds']:.2f} s "
                                    f"({rs['events_folded']:,} records)"),
             ("ratio replay/restore", f"{a['ratio']:.1f}x"),
+            ("replay --as-of 0:O", f"O = {a['as_of']['offset']:,}: from the checkpoint "
+                                   f"{a['as_of']['checkpoint_s']:.2f} s, from scratch "
+                                   f"{a['as_of']['scratch_s']:.2f} s "
+                                   f"({a['as_of']['ratio']:.1f}x), digests "
+                                   + ("equal" if a["as_of"]["match"] else "DIFFERENT")),
             ("digest / next_offset", f"{rp['digest']} / {rp['next_offset']:,} vs "
                                      f"{rs['digest']} / {rs['next_offset']:,}: "
                                      + ("equal" if a["match"] else "DIFFERENT")),
@@ -423,6 +458,8 @@ def main() -> None:
     write_result("restore", result)
     if result["restore"] is not None and not result["restore"]["match"]:
         sys.exit("the checkpoint restore and the full replay end in different states")
+    if result["restore"] is not None and not result["restore"]["as_of"]["match"]:
+        sys.exit("replay --as-of from the checkpoint and from scratch end in different states")
 
 
 if __name__ == "__main__":
