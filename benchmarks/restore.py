@@ -9,7 +9,7 @@ A. Restore (``--contexts`` distinct contexts, default 1,000,000, in one WAL part
       dir: installs the checkpoint (hard links), verifies its digest by a full scan, folds
       the tail;
    4. both must end with the same digest and next_offset (exit 1 otherwise);
-   5. ``lukhas replay --as-of 0:O`` (``ops.pointintime.build``) for an offset O in the middle
+   5. ``lukhas replay --as-of 0:O`` (``processors.pointintime.build``) for an offset O in the middle
       of the tail, from the checkpoint (the newest at or below O) and, with no checkpoint
       directory, from scratch: the two must agree on the digest.
 B. Expiry: ``lukhas worker --expiry-interval 0.2`` on fresh 3-partition topics; ``--expiring``
@@ -159,7 +159,7 @@ async def time_as_of(
     bootstrap: str, topics: Topics, work: Path, offset: int, timeout_s: float
 ) -> dict[str, Any]:
     """``replay --as-of 0:OFFSET`` from the checkpoint and from scratch."""
-    from lukhas_context.ops.pointintime import build, parse_as_of
+    from lukhas_context.processors.pointintime import build, parse_as_of
 
     point = parse_as_of(f"0:{offset}")
     out: dict[str, Any] = {"offset": offset}

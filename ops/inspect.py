@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -39,6 +38,7 @@ from lukhas_context.state.exceptions import InvalidCheckpointError
 from lukhas_context.state.manifest import Manifest
 from lukhas_context.streams import kafka
 from lukhas_context.streams.kafka import kafka_errors
+from lukhas_context.streams.position import Bound, parse_bound
 from lukhas_context.streams.topics import Topics, partition_for
 
 __all__ = [
@@ -64,38 +64,6 @@ class InspectError(OpsError):
 
 class NoSuchOffsetError(InspectError):
     """An offset past the end of a topic's partition."""
-
-
-@dataclass(frozen=True)
-class Bound:
-    """A position: an ``offset``, or a time (``time_ms``, the log's time)."""
-
-    offset: int | None = None
-    time_ms: int | None = None
-
-    def __str__(self) -> str:
-        if self.offset is not None:
-            return f"offset {self.offset}"
-        return f"time {_iso(self.time_ms or 0)}"
-
-
-def parse_bound(raw: str) -> Bound:
-    """An offset (decimal digits) or a time: ISO 8601 (``2026-12-02T14:02:00Z``; no zone:
-    UTC) or ``ms:EPOCH_MS``. ``ValueError`` with the reason otherwise."""
-    if raw.isascii() and raw.isdigit():
-        return Bound(offset=int(raw))
-    if raw.startswith("ms:") and raw[3:].isascii() and raw[3:].isdigit():
-        return Bound(time_ms=int(raw[3:]))
-    try:
-        when = dt.datetime.fromisoformat(raw)
-    except ValueError:
-        raise ValueError(
-            f"{raw!r} is neither an offset nor a time (ISO 8601 like 2026-12-02T14:02:00Z, or "
-            "ms:EPOCH_MS)"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return Bound(time_ms=int(when.timestamp() * 1000))
 
 
 def _iso(ms: int) -> str:

@@ -17,6 +17,15 @@ partition's end (the next write lands there), is a 404 at once whose body says w
 ``{"error", "no_such": "partition", "partition_count"}`` or ``{"error", "no_such": "offset",
 "end_offset"}`` — for ``min_offset`` here and for ``/v1/outcomes`` below.
 
+``GET /v1/contexts/{id}?as_of=POINT`` answers from the state as of a point of the log (a
+time: ISO 8601 or ``ms:EPOCH_MS``, the log's time; or ``P:O``, the context's partition),
+built by the owner of the context's partition as ``lukhas replay --as-of`` builds it
+(``processors.asof``; from its newest checkpoint at or below the point), with ``as_of``:
+``{"point", "next_offset", "source"}`` added: 404 when the context did not exist then, 504
+while the state is still being built (ask again), 409 when it cannot be built (a time not
+settled yet, records pruned...), 400 for a point that does not parse or names another
+partition.
+
 ``GET /v1/contexts/{id}/history`` lists what became of every WAL record of the context, in
 offset order, from the history index (``state.history``): ``{"context_id", "partition",
 "covered_from", "pruned_below", "next_offset", "events": [{"offset", "status", "version",
@@ -95,11 +104,13 @@ import orjson
 import xxhash
 from aiohttp import web
 
-from lukhas_context.processors.exceptions import NotOwnerError
+from lukhas_context.processors.asof import AsOfStates
+from lukhas_context.processors.exceptions import NotOwnerError, ProcessorError
 from lukhas_context.processors.fold import apply, dead_letter_reason, is_barrier
 from lukhas_context.processors.listener import Listener
 from lukhas_context.processors.materializer import Materializer
 from lukhas_context.processors.metrics import PROMETHEUS_CONTENT_TYPE
+from lukhas_context.processors.pointintime import parse_as_of, read_context
 from lukhas_context.processors.round import reused_event_id
 from lukhas_context.processors.verify_api import VerifySessions
 from lukhas_context.processors.wal_end import WalEnds
@@ -232,6 +243,8 @@ class ReadApi:
                 web.get("/metrics", self.metrics),
             ]
         )
+        #: States as of a point of the log (``?as_of=``), built on request.
+        self.as_of = AsOfStates(materializer.config)
         #: ``lukhas verify``'s frozen copies of stores (``processors.verify_api``).
         self.verify = VerifySessions(materializer, self._check_partition, self._forward)
         self.app.add_routes(self.verify.routes())
@@ -393,10 +406,12 @@ class ReadApi:
         except NotOwnerError as exc:
             return _error(421, str(exc))
 
-    @_params("min_offset", "timeout")
+    @_params("min_offset", "timeout", "as_of")
     async def get_context(self, request: web.Request) -> web.Response:
         context_id = request.match_info["context_id"]
         key = context_id.encode()
+        if "as_of" in request.query:
+            return await self._get_as_of(request, context_id)
         found = await self._store_of_context(request, key)
         if isinstance(found, web.Response):
             return found
@@ -416,6 +431,60 @@ class ReadApi:
             }
         )
         # The stored document is canonical JSON already: splice it in, never re-encode it.
+        body = head[:-1] + b',"doc":' + record.doc + b"}"
+        return web.Response(body=body, content_type="application/json")
+
+    async def _get_as_of(self, request: web.Request, context_id: str) -> web.Response:
+        """``?as_of=POINT``: the context in the state as of a time or ``P:O``, built (or found
+        built) by the owner of its partition (``processors.asof``)."""
+        if "min_offset" in request.query:
+            raise _bad_request("as_of reads a past state, min_offset waits for the live one: "
+                               "give one")  # fmt: skip
+        raw = request.query["as_of"]
+        try:
+            as_of = parse_as_of(raw)
+        except ValueError as exc:
+            raise _bad_request(f"as_of: {exc}") from None
+        timeout = _parse_timeout(request.query.get("timeout"))
+        count = self.m.partition_count
+        if not count:
+            return _error(503, "the worker has no partitions yet")
+        partition = partition_for(context_id.encode(), count)
+        if as_of.positions is not None and set(as_of.positions) != {partition}:
+            raise _bad_request(f"as_of names partition(s) {sorted(as_of.positions)}, but "
+                               f"{context_id!r} is in partition {partition}")  # fmt: skip
+        forwarded = await self._forward(request, partition)
+        if forwarded is not None:
+            return forwarded
+        if partition not in self.m.stores:
+            return _error(421, f"partition {partition} is not served by this worker")
+        try:
+            where = await asyncio.wait_for(self.as_of.state(partition, as_of), timeout)
+            record, manifest, _ = await asyncio.to_thread(read_context, where, context_id)
+        except TimeoutError:
+            return _error(504, f"the state as of {raw} is being built; ask again (a build "
+                               "goes on without the request that started it)")  # fmt: skip
+        except ProcessorError as exc:  # the point cannot be built (PointInTimeError, ...)
+            return _error(409, f"{type(exc).__name__}: {exc}")
+        built = manifest["partitions"][str(partition)]
+        if record is None:
+            return _error(404, f"context {context_id!r} did not exist as of {raw}")
+        assert record.doc is not None
+        head = orjson.dumps(
+            {
+                "context_id": context_id,
+                "version": record.version,
+                "checksum": record.checksum.hex(),
+                "offset": record.offset,
+                "partition": partition,
+                "expires_at_ms": record.expires_at_ms,
+                "as_of": {
+                    "point": raw,
+                    "next_offset": built["next_offset"],
+                    "source": built["source"],
+                },
+            }
+        )
         body = head[:-1] + b',"doc":' + record.doc + b"}"
         return web.Response(body=body, content_type="application/json")
 

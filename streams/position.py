@@ -1,5 +1,6 @@
 """A WAL position, ``PARTITION:OFFSET`` (a receipt's ``position``): its bounds and its one
-parser, shared by the client (which worker to wait on) and the read API (``min_offset``).
+parser, shared by the client (which worker to wait on) and the read API (``min_offset``);
+and a bound of a read (``Bound``: an offset or a log time), as the tools take it.
 
 Numbers are ASCII digits only (``int()`` also takes "٣", " 3" and "1_0") and are bounded
 before they are converted: a million digits would cost seconds to convert.
@@ -7,9 +8,12 @@ before they are converted: a million digits would cost seconds to convert.
 
 from __future__ import annotations
 
+import datetime as dt
+from dataclasses import dataclass
+
 from lukhas_context.streams.exceptions import InvalidPositionError, ValidationError
 
-__all__ = ["MAX_OFFSET", "MAX_PARTITION", "parse_natural", "parse_position"]
+__all__ = ["MAX_OFFSET", "MAX_PARTITION", "Bound", "parse_bound", "parse_natural", "parse_position"]
 
 #: Kafka partition numbers are signed 32-bit.
 MAX_PARTITION = 2**31 - 1
@@ -37,3 +41,41 @@ def parse_position(text: str, what: str = "position") -> tuple[int, int]:
         return parse_natural(partition, "partition", MAX_PARTITION), parse_natural(offset, "offset")
     except ValidationError as exc:
         raise InvalidPositionError(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A position: an ``offset``, or a time (``time_ms``, the log's time)."""
+
+    offset: int | None = None
+    time_ms: int | None = None
+
+    def __str__(self) -> str:
+        if self.offset is not None:
+            return f"offset {self.offset}"
+        return f"time {_iso(self.time_ms or 0)}"
+
+
+def parse_bound(raw: str) -> Bound:
+    """An offset (decimal digits) or a time: ISO 8601 (``2026-12-02T14:02:00Z``; no zone:
+    UTC) or ``ms:EPOCH_MS``. ``ValueError`` with the reason otherwise."""
+    if raw.isascii() and raw.isdigit():
+        return Bound(offset=int(raw))
+    if raw.startswith("ms:") and raw[3:].isascii() and raw[3:].isdigit():
+        return Bound(time_ms=int(raw[3:]))
+    try:
+        when = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        raise ValueError(
+            f"{raw!r} is neither an offset nor a time (ISO 8601 like 2026-12-02T14:02:00Z, or "
+            "ms:EPOCH_MS)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return Bound(time_ms=int(when.timestamp() * 1000))
+
+
+def _iso(ms: int) -> str:
+    return (
+        dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    )

@@ -62,7 +62,7 @@ def get(context_id: str, after: tuple[int, int] | None, timeout: float, as_of: P
 
 
 def _get_as_of(context_id: str, into: Path, as_json: bool) -> None:
-    from lukhas_context.ops.pointintime import read_context
+    from lukhas_context.processors.pointintime import read_context
     from lukhas_context.streams.exceptions import ContextNotFoundError
 
     record, manifest, partition = read_context(into, context_id)

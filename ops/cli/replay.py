@@ -1,5 +1,5 @@
 """``lukhas replay --as-of``: the state at a point of the log, built aside
-(``ops.pointintime``)."""
+(``processors.pointintime``)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ __all__ = ["replay"]
 @click.option(
     "--as-of",
     "as_of",
-    type=params.Parsed("TIME|P:O,...", "lukhas_context.ops.pointintime:parse_as_of"),
+    type=params.Parsed("TIME|P:O,...", "lukhas_context.processors.pointintime:parse_as_of"),
     required=True,
     help="A time (ISO 8601, or ms:EPOCH_MS; the log's time) or WAL positions "
     "P:O,... (each offset included).",
@@ -54,8 +54,8 @@ def replay(as_of: Any, into: Path, partitions: tuple[int, ...], state_dir: Path 
     """Build the state as of a point of the log into DIR, without touching live state: each
     partition from the newest checkpoint at or below the point, else from the start, folded
     on with the worker's own fold. The same point always gives the same state."""
-    from lukhas_context.ops.pointintime import build
     from lukhas_context.processors.config import WorkerConfig
+    from lukhas_context.processors.pointintime import build
 
     settings = Settings.load(data_dir)
     if state_dir is not None or settings.recorded():

@@ -134,3 +134,18 @@ async def test_a_partition_the_wal_does_not_have_is_a_404(api: Any, path: str) -
     assert status == 404, (status, body)
     assert body["no_such"] == "partition" and body["partition_count"] == 6
     assert "no partition" in body["error"]
+
+
+@pytest.mark.parametrize(
+    ("path", "said"),
+    [
+        ("/v1/contexts/a?as_of=yesterday", "as_of: "),
+        ("/v1/contexts/a?as_of=0:1,0:2", "named twice"),
+        ("/v1/contexts/a?as_of=0:x", "as_of: "),
+        ("/v1/contexts/a?as_of=0:1&min_offset=0:1", "give one"),
+        ("/v1/contexts/a?as_of=0:1&timeout=nan", "timeout"),
+    ],
+)
+async def test_a_point_in_time_that_does_not_parse_is_a_400(api: Any, path: str, said: str) -> None:
+    status, body = await api(path)
+    assert status == 400 and said in body["error"], (status, body)

@@ -34,14 +34,14 @@ from typing import Any
 from aiokafka import TopicPartition
 from rocksdict import AccessType, Options, Rdict
 
-from lukhas_context.ops.exceptions import OpsError
-from lukhas_context.ops.inspect import parse_bound
 from lukhas_context.processors.config import WorkerConfig
+from lukhas_context.processors.exceptions import ProcessorError
 from lukhas_context.state.checkpoints import CheckpointDir
 from lukhas_context.state.record import ContextRecord, decode_record
 from lukhas_context.state.store import CF_CONTEXTS, CF_EXPIRY, CF_JOURNAL
 from lukhas_context.streams import kafka
 from lukhas_context.streams.kafka import kafka_errors
+from lukhas_context.streams.position import parse_bound
 from lukhas_context.streams.topics import partition_for
 
 __all__ = ["MANIFEST", "AsOf", "PointInTimeError", "build", "parse_as_of", "read_context"]
@@ -51,7 +51,7 @@ MANIFEST = "as-of.json"
 SETTLED_S = 60.0
 
 
-class PointInTimeError(OpsError):
+class PointInTimeError(ProcessorError):
     """The state at that point cannot be built or read (the reason says why)."""
 
 
