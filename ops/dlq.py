@@ -24,6 +24,7 @@ stays in the WAL too — so a prune loses only the convenience of finding them t
 from __future__ import annotations
 
 import contextlib
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.admin import RecordsToDelete
+from tqdm import tqdm
 
 from lukhas_context.ops.exceptions import OpsError
 from lukhas_context.ops.inspect import Bound, NoSuchOffsetError, dlq_line, records
@@ -146,14 +148,28 @@ class Redrive:
 
 
 async def redrive(
-    client: ContextClient, f: Filters, yes: bool, outcome_timeout: float = 30.0
-) -> Redrive:
+    client: ContextClient, f: Filters, yes: bool, outcome_timeout: float = 30.0,
+    progress: bool = False,
+) -> Redrive:  # fmt: skip
     """Dry-runs the chosen dead letters on their owners, then (``yes``) appends their bytes to
-    the WAL under their keys, one after another in DLQ order, and waits for each outcome."""
+    the WAL under their keys, one after another in DLQ order, and waits for each outcome
+    (``progress``: a bar on stderr)."""
     config = client.config
     chosen = [(m, line) async for m, line in _chosen(config.bootstrap, config.topics, f)]
     report = Redrive(appended=yes)
+    bar = tqdm(total=len(chosen) * (2 if yes else 1), unit="rec", disable=not progress,
+               desc="dead letters", file=sys.stderr)  # fmt: skip
+    with bar:
+        await _dry_runs(client, chosen, report, bar)
+        if yes:
+            await _append(client, chosen, report, bar, outcome_timeout)
+    return report
+
+
+async def _dry_runs(client: ContextClient, chosen: list[tuple[Any, dict[str, Any]]],
+                    report: Redrive, bar: Any) -> None:  # fmt: skip
     for m, line in chosen:
+        bar.update(1)
         entry: dict[str, Any] = {
             "position": line["position"],
             "source": line["source"],
@@ -166,9 +182,12 @@ async def redrive(
             continue
         verdict = await client.dry_run_encoded(m.value or b"")
         entry["now"] = {"status": verdict.status, "reason": verdict.reason}
-    if not yes:
-        return report
+
+
+async def _append(client: ContextClient, chosen: list[tuple[Any, dict[str, Any]]],
+                  report: Redrive, bar: Any, outcome_timeout: float) -> None:  # fmt: skip
     for (m, _line), entry in zip(chosen, report.records, strict=True):
+        bar.update(1)
         if "skipped" in entry:
             continue
         event_id = _event_id(m.value or b"")
@@ -176,7 +195,6 @@ async def redrive(
         entry["wal_position"] = f"{receipt.partition}:{receipt.offset}"
         entry["outcome"] = await _outcome(client, receipt.partition, receipt.offset,
                                           outcome_timeout)  # fmt: skip
-    return report
 
 
 async def _outcome(client: ContextClient, partition: int, offset: int, timeout: float

@@ -10,10 +10,12 @@ shown and ``wal_error`` says why the records are not.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import TopicPartition
+from tqdm import tqdm
 
 from lukhas_context.ops.inspect import FETCH_TIMEOUT_S, InspectError, wal_line
 from lukhas_context.streams import kafka
@@ -62,9 +64,10 @@ class HistoryReport:
 
 async def context_history(
     client: ContextClient, context_id: str, limit: int, after: int | None = None,
-    wal: bool = True, timeout: float = 10.0,
+    wal: bool = True, timeout: float = 10.0, progress: bool = False,
 ) -> HistoryReport:  # fmt: skip
-    """Up to ``limit`` entries of the history of ``context_id`` after offset ``after``."""
+    """Up to ``limit`` entries of the history of ``context_id`` after offset ``after``
+    (``progress``: a bar on stderr while the WAL records are read)."""
     report = HistoryReport(context_id)
     page: History | None = None
     while len(report.events) < limit:
@@ -92,7 +95,7 @@ async def context_history(
         offsets = [e["offset"] for e in report.events]
         try:
             found, low = await _read_wal(config.bootstrap, config.topics.events, page.partition,
-                                         offsets)  # fmt: skip
+                                         offsets, progress)  # fmt: skip
         except InspectError as exc:
             report.wal_error = str(exc)
         else:
@@ -107,7 +110,7 @@ async def context_history(
 
 
 async def _read_wal(
-    bootstrap: str, topic: str, partition: int, offsets: list[int]
+    bootstrap: str, topic: str, partition: int, offsets: list[int], progress: bool = False
 ) -> tuple[dict[int, Any], int]:
     """The WAL records at ``offsets`` (ascending) that the partition still holds, and where
     it starts now."""
@@ -124,7 +127,8 @@ async def _read_wal(
         found: dict[int, Any] = {}
         fetched: dict[int, Any] = {}
         top = -1  # the highest offset fetched so far
-        for wanted in offsets:
+        bar = tqdm(offsets, unit="ev", disable=not progress, desc="WAL records", file=sys.stderr)
+        for wanted in bar:
             if wanted < low or wanted >= end:
                 continue
             if wanted > top:

@@ -108,13 +108,15 @@ def show(position: tuple[int, int], as_json: bool, bootstrap: str | None,
 @click.option("--timeout", type=params.WAIT, default=30.0, show_default=True,
               help="Seconds to wait for each outcome.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
 @api_option()
 @bootstrap_option()
 @data_dir_option
 @handle_errors
 def redrive(partitions: tuple[int, ...], since: Any, reason: str | None, context_id: str | None,
             limit: int, yes: bool, dry_run: bool, timeout: float, as_json: bool,
-            api: str | None, bootstrap: str | None, data_dir: Path | None) -> None:  # fmt: skip
+            no_progress: bool, api: str | None, bootstrap: str | None,
+            data_dir: Path | None) -> None:  # fmt: skip
     """Fold dead letters again, once what failed them is fixed (a worker that knows a newer
     schema: `lukhas worker --schema-dir`). Each chosen record is first dry-run on the worker
     that owns its context; with --yes its original bytes (original event id) are appended to
@@ -127,7 +129,8 @@ def redrive(partitions: tuple[int, ...], since: Any, reason: str | None, context
         raise click.UsageError("--yes appends, --dry-run only shows: give one")
     config = client_config(data_dir, bootstrap, api, kafka=True, read_api=True)
     f = _make_filters(partitions, since, reason, context_id, limit)
-    report = with_client(config, lambda c: run(c, f, yes, timeout))
+    progress = not no_progress and sys.stderr.isatty()
+    report = with_client(config, lambda c: run(c, f, yes, timeout, progress))
     if as_json:
         print_json(report.to_dict())
     else:

@@ -33,10 +33,12 @@ __all__ = ["history"]
     is_flag=True,
     help="Outcomes only: do not read the events from the WAL (no Kafka needed).",
 )
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
 @client_options
 @handle_errors
-def history(context_id: str, after: int | None, limit: int, no_wal: bool, data_dir: Path | None,
-            bootstrap: str | None, api: str | None, as_json: bool) -> None:  # fmt: skip
+def history(context_id: str, after: int | None, limit: int, no_wal: bool, no_progress: bool,
+            data_dir: Path | None, bootstrap: str | None, api: str | None,
+            as_json: bool) -> None:  # fmt: skip
     """Print what became of every event of CONTEXT_ID, oldest first: its WAL position, log
     time, kind and event id (read from the WAL), and its outcome — applied (with the new
     version), conflict, rejected, dead-lettered (with the reason) or a duplicate of an earlier
@@ -47,7 +49,10 @@ def history(context_id: str, after: int | None, limit: int, no_wal: bool, data_d
 
     config = client_config(data_dir, bootstrap, api, kafka=False, read_api=True)
     wal = not no_wal and bool(config.bootstrap)
-    report = with_client(config, lambda c: context_history(c, context_id, limit, after, wal))
+    progress = not no_progress and sys.stderr.isatty()
+    report = with_client(
+        config, lambda c: context_history(c, context_id, limit, after, wal, progress=progress)
+    )
     if not no_wal and not config.bootstrap:
         report.wal_error = "no Kafka (pass --bootstrap or set LUKHAS_BOOTSTRAP)"
     if as_json:
