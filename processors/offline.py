@@ -193,7 +193,7 @@ async def replay_aside(
     await _check_partition(config, partition)
     builder = StoreOpener(dataclasses.replace(
         config, state_dir=scratch, checkpoint_dir=config.checkpoint_root,
-    ))  # fmt: skip
+    ), leave_checkpoints=True)  # fmt: skip
     low, high = await builder.watermarks(partition)
     if until > high:
         raise ProcessorError(f"WAL partition {partition} ends at offset {high}, before {until}")

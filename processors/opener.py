@@ -147,10 +147,16 @@ class Coverage:
 class StoreOpener:
     """Opens or restores partition stores under one worker's state directory."""
 
-    def __init__(self, config: WorkerConfig, metrics: WorkerMetrics | None = None) -> None:
+    def __init__(
+        self, config: WorkerConfig, metrics: WorkerMetrics | None = None,
+        leave_checkpoints: bool = False,
+    ) -> None:  # fmt: skip
         self.config = config
         self.metrics = metrics
         self.checkpoints = CheckpointDir(config.checkpoint_root, config.topics.events)
+        #: A checkpoint that fails verification is left where it is (a tool that builds a
+        #: state aside changes nothing live), instead of renamed ``.corrupt-ID``.
+        self.leave_checkpoints = leave_checkpoints
 
     def store_path(self, partition: int) -> Path:
         return self.config.state_dir / f"partition-{partition}"
@@ -316,6 +322,12 @@ class StoreOpener:
         """Renames a checkpoint that failed verification to ``.corrupt-ID`` (kept for
         inspection, never listed again) and raises ``CheckpointError`` saying why."""
         path = self.checkpoints.path(manifest.partition, manifest.checkpoint_id)
+        if self.leave_checkpoints:
+            raise CheckpointError(
+                f"checkpoint {manifest.checkpoint_id} of partition {manifest.partition} "
+                f"{problem}; left in {path} (nothing live is changed here: a worker that "
+                "restores from it sets it aside)"
+            )
         aside = free_path(path.with_name(f".corrupt-{path.name}"))
         path.rename(aside)
         raise CheckpointError(

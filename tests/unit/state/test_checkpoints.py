@@ -560,3 +560,29 @@ def test_anything_else_on_the_checkpoints_topic_is_passed_over(
 def test_any_bytes_on_the_checkpoints_topic_are_a_manifest_or_passed_over(value: bytes) -> None:
     got = published_manifest(b"ck-9/1", value, "ck-9", OFFSETS, TOPIC)
     assert got is None or got["next_offset"] == 42
+
+
+def test_a_tool_building_aside_leaves_a_bad_checkpoint_where_it_is(
+    store: PartitionStore, tmp_path: Path
+) -> None:
+    """A worker's restore renames a checkpoint that fails verification ``.corrupt-ID``; the
+    builder of ``verify`` and ``replay --as-of`` (``leave_checkpoints``) changes nothing live."""
+    from lukhas_context.processors.config import WorkerConfig
+    from lukhas_context.processors.opener import StoreOpener
+    from lukhas_context.state.exceptions import CheckpointError
+    from lukhas_context.streams.topics import Topics
+
+    topics = Topics()
+    live = CheckpointDir(tmp_path / "ck", topics.events)
+    manifest = live.create(store, 3, "ck-bad")
+    with PartitionStore(live.path(3, "ck-bad")) as tampered:  # consistent, but not the manifest's
+        tampered.commit({b"ctx-x": rec(1)}, tampered.next_offset)
+    config = WorkerConfig("unused:1", tmp_path / "scratch", topics=topics,
+                          checkpoint_dir=tmp_path / "ck")  # fmt: skip
+    with pytest.raises(CheckpointError, match="left in"):
+        StoreOpener(config, leave_checkpoints=True).from_checkpoint(manifest)
+    assert live.path(3, "ck-bad").is_dir()
+    assert not list((tmp_path / "ck").rglob(".corrupt-*"))
+    with pytest.raises(CheckpointError, match="moved to"):
+        StoreOpener(config).from_checkpoint(manifest)
+    assert list((tmp_path / "ck").rglob(".corrupt-ck-bad*"))
