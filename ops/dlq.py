@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import TopicPartition
-from aiokafka.admin import RecordsToDelete
 from tqdm import tqdm
 
 from lukhas_context.ops.exceptions import OpsError
 from lukhas_context.ops.inspect import Bound, NoSuchOffsetError, dlq_line, records
 from lukhas_context.schemas.exceptions import LukhasError
 from lukhas_context.streams import kafka
+from lukhas_context.streams.admin import delete_records_below
 from lukhas_context.streams.client import ContextClient
 from lukhas_context.streams.kafka import kafka_errors
 from lukhas_context.streams.topics import Topics
@@ -251,18 +251,10 @@ async def prune(bootstrap: str, topics: Topics, partitions: list[int] | None, be
                          "deletes": to - low})  # fmt: skip
     finally:
         await consumer.stop()
-    todo = {TopicPartition(topic, e["partition"]): RecordsToDelete(e["prune_to"])
-            for e in plan if e["deletes"] > 0}  # fmt: skip
-    done: dict[TopicPartition, int] = {}
-    if yes and todo:
-        admin = kafka.admin_client(bootstrap, "lukhas-dlq", request_timeout_s=30)
-        try:
-            with kafka_errors(DlqError, f"cannot delete records of {topic}"):
-                await admin.start()
-                done = await admin.delete_records(todo, timeout_ms=30_000)
-        finally:
-            await admin.close()
     if yes:
+        todo = {e["partition"]: e["prune_to"] for e in plan if e["deletes"] > 0}
+        with kafka_errors(DlqError, f"cannot delete records of {topic}"):
+            done = await delete_records_below(bootstrap, topic, todo, "lukhas-dlq")
         for e in plan:
-            e["log_start_now"] = done.get(TopicPartition(topic, e["partition"]), e["log_start"])
+            e["log_start_now"] = done.get(e["partition"], e["log_start"])
     return plan

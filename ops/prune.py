@@ -23,13 +23,12 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
-from aiokafka import TopicPartition
-from aiokafka.admin import RecordsToDelete
 
 from lukhas_context.ops.exceptions import OpsError
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.retention import prune_bound
 from lukhas_context.streams import kafka
+from lukhas_context.streams.admin import delete_records_below
 from lukhas_context.streams.kafka import kafka_errors
 
 __all__ = ["PruneError", "apply", "plan"]
@@ -87,22 +86,12 @@ async def plan(config: WorkerConfig, api: str, partitions: list[int] | None,
 async def apply(config: WorkerConfig, planned: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Deletes what ``planned`` says (only partitions with something to delete); each entry
     gains ``log_start_now``."""
-    todo = {
-        TopicPartition(config.topics.events, e["partition"]): RecordsToDelete(e["prune_to"])
-        for e in planned if e["deletes"] > 0
-    }  # fmt: skip
-    done: dict[TopicPartition, int] = {}
-    if todo:
-        admin = kafka.admin_client(config.bootstrap, "lukhas-prune", request_timeout_s=30)
-        try:
-            with kafka_errors(PruneError, f"cannot delete records of {config.topics.events}"):
-                await admin.start()
-                done = await admin.delete_records(todo, timeout_ms=30_000)
-        finally:
-            await admin.close()
+    topic = config.topics.events
+    todo = {e["partition"]: e["prune_to"] for e in planned if e["deletes"] > 0}
+    with kafka_errors(PruneError, f"cannot delete records of {topic}"):
+        done = await delete_records_below(config.bootstrap, topic, todo, "lukhas-prune")
     for e in planned:
-        tp = TopicPartition(config.topics.events, e["partition"])
-        e["log_start_now"] = done.get(tp, e["log_start"])
+        e["log_start_now"] = done.get(e["partition"], e["log_start"])
     return planned
 
 

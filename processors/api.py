@@ -117,6 +117,7 @@ from lukhas_context.processors.wal_end import WalEnds
 from lukhas_context.schemas.exceptions import CodecError
 from lukhas_context.state.history import MAX_PAGE
 from lukhas_context.state.journal import EntryStatus
+from lukhas_context.state.record import ContextRecord
 from lukhas_context.state.store import HASH_MASK, PartitionStore
 from lukhas_context.streams.changes import Gap
 from lukhas_context.streams.exceptions import InvalidPositionError, ReadError, ValidationError
@@ -221,6 +222,27 @@ def _parse_idle(raw: str) -> float:
     if not (math.isfinite(value) and 0 <= value <= MAX_IDLE_S):
         raise _bad_request(f"idle_timeout must be seconds in [0, {MAX_IDLE_S:g}], got {raw[:40]!r}")
     return value
+
+
+def _context_answer(
+    context_id: str, record: ContextRecord, partition: int, **extra: object
+) -> web.Response:
+    """The 200 of a context read: its fields, ``extra`` ones, and the document."""
+    assert record.doc is not None
+    head = orjson.dumps(
+        {
+            "context_id": context_id,
+            "version": record.version,
+            "checksum": record.checksum.hex(),
+            "offset": record.offset,
+            "partition": partition,
+            "expires_at_ms": record.expires_at_ms,
+            **extra,
+        }
+    )
+    # The stored document is canonical JSON already: splice it in, never re-encode it.
+    body = head[:-1] + b',"doc":' + record.doc + b"}"
+    return web.Response(body=body, content_type="application/json")
 
 
 class ReadApi:
@@ -419,20 +441,7 @@ class ReadApi:
         record = store.get(key)
         if record is None or not record.is_live(self.m.clock.earliest_ms()):
             return _error(404, f"context {context_id!r} not found")
-        assert record.doc is not None
-        head = orjson.dumps(
-            {
-                "context_id": context_id,
-                "version": record.version,
-                "checksum": record.checksum.hex(),
-                "offset": record.offset,
-                "partition": partition,
-                "expires_at_ms": record.expires_at_ms,
-            }
-        )
-        # The stored document is canonical JSON already: splice it in, never re-encode it.
-        body = head[:-1] + b',"doc":' + record.doc + b"}"
-        return web.Response(body=body, content_type="application/json")
+        return _context_answer(context_id, record, partition)
 
     async def _get_as_of(self, request: web.Request, context_id: str) -> web.Response:
         """``?as_of=POINT``: the context in the state as of a time or ``P:O``, built (or found
@@ -469,24 +478,8 @@ class ReadApi:
         built = manifest["partitions"][str(partition)]
         if record is None:
             return _error(404, f"context {context_id!r} did not exist as of {raw}")
-        assert record.doc is not None
-        head = orjson.dumps(
-            {
-                "context_id": context_id,
-                "version": record.version,
-                "checksum": record.checksum.hex(),
-                "offset": record.offset,
-                "partition": partition,
-                "expires_at_ms": record.expires_at_ms,
-                "as_of": {
-                    "point": raw,
-                    "next_offset": built["next_offset"],
-                    "source": built["source"],
-                },
-            }
-        )
-        body = head[:-1] + b',"doc":' + record.doc + b"}"
-        return web.Response(body=body, content_type="application/json")
+        point = {"point": raw, "next_offset": built["next_offset"], "source": built["source"]}
+        return _context_answer(context_id, record, partition, as_of=point)
 
     @_params("after", "limit", "min_offset", "timeout")
     async def history(self, request: web.Request) -> web.Response:

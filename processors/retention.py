@@ -21,15 +21,13 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from aiokafka import TopicPartition
-from aiokafka.admin import RecordsToDelete
 from aiokafka.errors import KafkaError
 
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.metrics import WorkerMetrics
 from lukhas_context.processors.opener import StoreOpener
 from lukhas_context.state.checkpoints import CheckpointDir
-from lukhas_context.streams import kafka
+from lukhas_context.streams.admin import delete_records_below
 
 __all__ = ["Bound", "WalRetention", "prune_bound"]
 
@@ -74,8 +72,7 @@ class WalRetention:
         """Deletes, for each served partition (``positions``: its store's ``next_offset``,
         read before this starts: it only grows meanwhile), the WAL records the rule allows;
         returns the new start of each partition it moved."""
-        topic = self.config.topics.events
-        todo: dict[TopicPartition, RecordsToDelete] = {}
+        todo: dict[int, int] = {}
         for p, position in sorted(positions.items()):
             try:
                 low, _end = await self.opener.watermarks(p)
@@ -88,20 +85,13 @@ class WalRetention:
             bound = prune_bound(low, position, coverage.offset if coverage.known else None,
                                 self.config.limits.dedupe_window, oldest)  # fmt: skip
             if bound.prune_to > low:
-                todo[TopicPartition(topic, p)] = RecordsToDelete(bound.prune_to)
-        if not todo:
-            return {}
-        admin = kafka.admin_client(self.config.bootstrap, f"{self.config.client_id}-prune",
-                                   request_timeout_s=30)  # fmt: skip
+                todo[p] = bound.prune_to
         try:
-            await admin.start()
-            done = await admin.delete_records(todo, timeout_ms=30_000)
+            moved = await delete_records_below(self.config.bootstrap, self.config.topics.events,
+                                               todo, f"{self.config.client_id}-prune")  # fmt: skip
         except KafkaError as exc:
             log.warning("WAL not pruned this time: %s", exc)
             return {}
-        finally:
-            await admin.close()
-        moved = {tp.partition: start for tp, start in done.items()}
         for p, start in sorted(moved.items()):
             log.info("partition %d: WAL records below offset %d deleted (retention)", p, start)
         self.metrics.wal_pruned.inc(len(moved))

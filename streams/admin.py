@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from collections.abc import Set as AbstractSet
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from aiokafka.admin import NewTopic
+from aiokafka import TopicPartition
+from aiokafka.admin import NewTopic, RecordsToDelete
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
 from aiokafka.errors import for_code as kafka_error_for_code
 
@@ -30,6 +31,7 @@ from lukhas_context.streams.topics import TopicSpec
 
 __all__ = [
     "cluster_brokers",
+    "delete_records_below",
     "delete_topics",
     "ensure_topics",
     "partition_count",
@@ -109,6 +111,24 @@ async def delete_topics(bootstrap: str, names: list[str], timeout_s: float = 30)
                 raise kind(f"cannot delete topic {name}: {error.__name__}")
 
     await _retrying(bootstrap, timeout_s, "deleting topics", step)
+
+
+async def delete_records_below(
+    bootstrap: str, topic: str, below: Mapping[int, int], client_id: str, timeout_s: float = 30
+) -> dict[int, int]:
+    """Kafka's DeleteRecords: the records of each partition of ``topic`` below its offset in
+    ``below`` go (the partition's start moves there); returns each partition's new start.
+    Kafka's errors come out as they are (the callers say what failed)."""
+    if not below:
+        return {}
+    todo = {TopicPartition(topic, p): RecordsToDelete(o) for p, o in below.items()}
+    admin = kafka.admin_client(bootstrap, client_id, request_timeout_s=timeout_s)
+    try:
+        await admin.start()
+        done = await admin.delete_records(todo, timeout_ms=int(timeout_s * 1000))
+    finally:
+        await admin.close()
+    return {tp.partition: start for tp, start in done.items()}
 
 
 async def cluster_brokers(bootstrap: str, timeout_s: float = 5) -> int:
