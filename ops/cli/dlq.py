@@ -71,8 +71,12 @@ def list_(partitions: tuple[int, ...], since: Any, reason: str | None, context_i
 
     config = Settings.load(data_dir).client_config(bootstrap, None)
     f = _make_filters(partitions, since, reason, context_id, limit)
-    for line in asyncio.run(listing(config.bootstrap, config.topics, f)):
+    lines = asyncio.run(listing(config.bootstrap, config.topics, f))
+    for line in lines:
         click.echo(_json_line(line) if as_json else _text(line))
+    if not lines:
+        click.echo("no dead letters" + (" match" if f != _make_filters((), None, None, None,
+                   limit) else ""), err=True)  # fmt: skip
 
 
 @dlq.command()
@@ -180,12 +184,17 @@ def _redrive_summary(records: list[dict[str, Any]], yes: bool) -> None:
         if yes
         else (lambda e: (e.get("now") or {}).get("status", "skipped"))
     )
+    if not records:
+        click.echo("no dead letters to re-drive", err=True)
+        return
     counts: dict[str, int] = {}
     for e in records:
         counts[key(e)] = counts.get(key(e), 0) + 1
     shown = ", ".join(f"{n} {s.replace('_', '-')}" for s, n in sorted(counts.items()))
     verb = "re-driven" if yes else "would be re-driven (dry run: add --yes to append them)"
-    click.echo(f"{len(records)} dead letters {verb}" + (f": {shown}" if shown else ""), err=True)
+    n = len(records)
+    click.echo(f"{n} dead letter{'' if n == 1 else 's'} {verb}" + (f": {shown}" if shown else ""),
+               err=True)  # fmt: skip
 
 
 @dlq.command(name="prune")

@@ -93,7 +93,8 @@ def _summary(report: Any) -> None:
     """The counts, what the index covers and how to go on, on stderr (stdout stays data)."""
     counts = Counter(e["status"] for e in report.events)
     shown = ", ".join(f"{n} {s.replace('_', '-')}" for s, n in sorted(counts.items()))
-    head = f"{len(report.events)} events of {report.context_id!r}"
+    n = len(report.events)
+    head = f"{n} event{'' if n == 1 else 's'} of {report.context_id!r}"
     parts = [head + (f" ({shown})" if shown else "")]
     if report.partition is not None:
         covered = report.covered_from
