@@ -192,9 +192,11 @@ class Settings:
             raise NotConfiguredError(
                 f"no read API: pass --api, set LUKHAS_API_URL, or run `lukhas up` first{hint}"
             )
+        redis_url = os.environ.get("LUKHAS_REDIS_URL") or recorded.get("redis_url")
         config = ClientConfig(
-            bootstrap=str(bootstrap or ""), api_url=api, topics=Topics(self.env.topic_prefix)
-        )
+            bootstrap=str(bootstrap or ""), api_url=api, topics=Topics(self.env.topic_prefix),
+            redis_url=redis_url,
+        )  # fmt: skip
         timeout_s = self.env.timeout_s
         return config if timeout_s is None else replace(config, timeout_s=timeout_s)
 

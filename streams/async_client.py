@@ -18,7 +18,8 @@ from lukhas_context.schemas.event import Delete, Op, Patch, PatchFormat, Put, To
 from lukhas_context.state.manifest import check_checkpoint_id
 from lukhas_context.streams.config import ClientConfig
 from lukhas_context.streams.deltas import DeltaCache
-from lukhas_context.streams.exceptions import InvalidPatchError, InvalidTTLError
+from lukhas_context.streams.exceptions import InvalidPatchError, InvalidTTLError, ValidationError
+from lukhas_context.streams.locks import Lock, LockManager
 from lukhas_context.streams.manifests import wait_manifests
 from lukhas_context.streams.reader import Reader
 from lukhas_context.streams.results import (
@@ -61,6 +62,7 @@ class ContextClient:
         self.router = Router(config.api_url)
         self._reader = Reader(self.router)
         self._deltas = DeltaCache()
+        self._locks: LockManager | None = None
 
     async def start(self) -> None:
         """Connects nothing: the producer starts on the first write, so that reads work
@@ -70,6 +72,8 @@ class ContextClient:
         """Closes the producers and HTTP sessions, within about ``close_timeout_s``: sends
         not acknowledged by then are given up (they may still land: their outcome is
         unknown)."""
+        if self._locks is not None:
+            await self._locks.close()
         await self.writer.close()
         await self.router.close()
 
@@ -222,6 +226,21 @@ class ContextClient:
         ``NotAppliedYetError`` when it is not folded within ``timeout`` seconds,
         ``NoSuchPositionError`` at once when the WAL has no such partition or offset."""
         return await self._reader.outcome(partition, offset, timeout)
+
+    # ---- locks ----
+
+    def lock(self, name: str, ttl: float, timeout: float = 10.0) -> Lock:
+        """A distributed lock on redis-server (``ClientConfig.redis_url``) with a fencing
+        token: ``async with client.lock("agent:7", ttl=10) as lock: ... lock.token``.
+        Renewed every third of ``ttl`` while held, released on exit; ``LockTimeoutError``
+        after ``timeout`` seconds of waiting, ``LockUnavailableError`` at once when Redis is
+        down, ``lock.check()`` raises ``LockLostError`` once it is known to be gone. See
+        ``streams.locks`` (the worker does not enforce fences yet)."""
+        if self.config.redis_url is None:
+            raise ValidationError("no redis_url in the client's config: locks need Redis")
+        if self._locks is None:
+            self._locks = LockManager(self.config.redis_url, self.config.topics.prefix)
+        return self._locks.lock(name, ttl, timeout)
 
     # ---- subscriptions ----
 

@@ -48,6 +48,8 @@ class ClientConfig:
     timeout_s: float = 30.0
     close_timeout_s: float = 5.0
     transaction_timeout_s: float = 10.0
+    #: redis-server for ``ContextClient.lock`` (``redis://host:port[/db]``); None: no locks.
+    redis_url: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.send_attempts, bool) or not (

@@ -21,6 +21,10 @@ __all__ = [
     "InvalidPositionError",
     "InvalidResumeTokenError",
     "InvalidTTLError",
+    "LockError",
+    "LockLostError",
+    "LockTimeoutError",
+    "LockUnavailableError",
     "LukhasError",
     "NoSuchPositionError",
     "NotAppliedYetError",
@@ -134,3 +138,23 @@ class AdminError(LukhasError):
 
 class TopicMismatchError(AdminError):
     """An existing topic has another partition count or replication factor than its spec."""
+
+
+class LockError(ClientError):
+    """A distributed lock (``streams.locks``) could not be taken or kept."""
+
+
+class LockTimeoutError(LockError):
+    """The lock was held by another for the whole wait."""
+
+    retriable = True
+
+
+class LockLostError(LockError):
+    """The lock is no longer held: it expired (not renewed in time) or was released."""
+
+
+class LockUnavailableError(LockError):
+    """Redis could not be reached (or answered an error): nothing was locked."""
+
+    retriable = True

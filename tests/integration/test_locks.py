@@ -1,0 +1,139 @@
+"""Distributed locks on the real redis-server: fencing tokens that only grow per name, one
+holder at a time, renewal while held, expiry without it, release only by the holder, typed
+errors for bad input and for a Redis that is down."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import pytest
+
+from lukhas_context.streams.client import ClientConfig, ContextClient
+from lukhas_context.streams.exceptions import (
+    LockLostError,
+    LockTimeoutError,
+    LockUnavailableError,
+    ValidationError,
+)
+from lukhas_context.streams.locks import _ACQUIRE, LockManager
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def client(cluster: Any, topics: Any) -> Any:
+    assert cluster.redis_url, "the session cluster starts a redis-server"
+    async with ContextClient(ClientConfig(cluster.bootstrap, None, topics,
+                                          redis_url=cluster.redis_url)) as c:  # fmt: skip
+        yield c
+
+
+async def test_one_holder_at_a_time_and_tokens_only_grow(client: Any) -> None:
+    tokens = []
+    async with client.lock("job:1", ttl=5) as first:
+        tokens.append(first.token)
+        with pytest.raises(LockTimeoutError):
+            await client.lock("job:1", ttl=5, timeout=0.3).acquire()
+        async with client.lock("job:2", ttl=5) as other:  # another name: its own lock
+            assert other.held
+    async with client.lock("job:1", ttl=5) as second:
+        tokens.append(second.token)
+    assert tokens[1] > tokens[0] and not second.held
+
+
+async def test_contenders_take_turns_each_with_a_larger_token(client: Any) -> None:
+    order: list[int] = []
+    inside = 0
+
+    async def worker() -> None:
+        nonlocal inside
+        async with client.lock("shared", ttl=5, timeout=30) as lock:
+            inside += 1
+            assert inside == 1  # never two holders at once
+            order.append(lock.check())
+            await asyncio.sleep(0.02)
+            inside -= 1
+
+    await asyncio.gather(*(worker() for _ in range(8)))
+    assert order == sorted(order) and len(set(order)) == 8
+
+
+async def test_renewal_keeps_it_and_expiry_without_renewal_loses_it(client: Any) -> None:
+    async with client.lock("renewed", ttl=0.3) as lock:
+        await asyncio.sleep(1.0)  # three TTLs: renewed meanwhile
+        assert lock.check() == lock.token
+        with pytest.raises(LockTimeoutError):
+            await client.lock("renewed", ttl=0.3, timeout=0.2).acquire()
+    paused = client.lock("paused", ttl=0.3)
+    await paused.acquire()
+    assert paused._renewing is not None
+    paused._renewing.cancel()  # as a holder that stops: no renewal
+    await asyncio.sleep(0.5)
+    async with client.lock("paused", ttl=5, timeout=1) as taker:  # expired: free again
+        assert taker.token > paused.token
+        assert not await paused.release()  # the old holder cannot release the new one's
+        assert taker.check() == taker.token
+    with pytest.raises(LockLostError):
+        paused.check()
+
+
+async def test_a_renewal_that_finds_the_lock_gone_marks_it_lost(client: Any) -> None:
+    lock = await client.lock("stolen", ttl=0.3).__aenter__()
+    redis = client._locks._client()
+    await redis.delete(client._locks.keys("stolen")[0])  # expired or removed behind its back
+    await asyncio.sleep(0.4)
+    with pytest.raises(LockLostError, match="no longer held"):
+        lock.check()
+    await lock.__aexit__(None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("", 5), "non-empty"),
+        (("x" * 201, 5), "at most 200"),
+        (("a\nb", 5), "control character"),
+        (("ok", 0), "ttl"),
+        (("ok", -1), "ttl"),
+        (("ok", math.nan), "ttl"),
+        (("ok", "5"), "ttl"),
+        (("ok", 10**9), "ttl"),
+    ],
+)
+async def test_bad_input_is_refused_before_anything_is_sent(
+    client: Any, args: tuple[Any, Any], said: str
+) -> None:
+    with pytest.raises(ValidationError, match=said):
+        client.lock(*args)
+
+
+async def test_redis_down_fails_at_once_and_writes_without_locks_go_on(
+    cluster: Any, topics: Any
+) -> None:
+    config = ClientConfig(cluster.bootstrap, None, topics, redis_url="redis://127.0.0.1:1/0")
+    async with ContextClient(config) as client:
+        # Not a wait of 300 s ending in LockTimeoutError: the first try fails, typed.
+        with pytest.raises(LockUnavailableError, match=r"127\.0\.0\.1:1"):
+            await client.lock("any", ttl=5, timeout=300).acquire()
+        receipt = await client.put("no:lock", {"ok": True})  # Kafka only
+        assert receipt.offset >= 0
+    async with ContextClient(ClientConfig(cluster.bootstrap, None, topics)) as client:
+        with pytest.raises(ValidationError, match="redis_url"):
+            client.lock("any", ttl=5)
+
+
+async def test_the_token_is_issued_by_the_lock_script_itself(cluster: Any) -> None:
+    """A holder's value names its token: what it renews and releases is exactly its own."""
+    manager = LockManager(cluster.redis_url, "scripttest")
+    try:
+        keys = manager.keys("n")
+        first = await manager.call(_ACQUIRE, keys, ["me", 5000])
+        assert first is not None and await manager.call(_ACQUIRE, keys, ["you", 5000]) is None
+        redis = manager._client()
+        assert (await redis.get(keys[0])).decode() == f"me:{first}"
+        assert int(await redis.get(keys[1])) == first
+    finally:
+        await manager._client().delete(*manager.keys("n"))
+        await manager.close()
