@@ -9,9 +9,10 @@ from typing import Any, TypeVar
 
 from lukhas_context.streams.async_client import ContextClient
 from lukhas_context.streams.config import ClientConfig
+from lukhas_context.streams.locks import Lock
 from lukhas_context.streams.results import Context, History, Outcome, Receipt
 
-__all__ = ["SyncContextClient"]
+__all__ = ["SyncContextClient", "SyncLock"]
 
 T = TypeVar("T")
 
@@ -62,6 +63,11 @@ class SyncContextClient:
     ) -> History:
         return self._call(self._client.history(context_id, after, limit, timeout))
 
+    def lock(self, name: str, ttl: float, timeout: float = 10.0) -> SyncLock:
+        """``with client.lock("job:1", ttl=10) as lock: ... lock.token`` (see
+        ``ContextClient.lock``); renewed in the client's thread while held."""
+        return SyncLock(self, self._client.lock(name, ttl, timeout))
+
     def close(self) -> None:
         try:
             self._call(self._client.close())
@@ -78,3 +84,35 @@ class SyncContextClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SyncLock:
+    """A ``Lock`` of a ``SyncContextClient``: acquired on enter, released on exit."""
+
+    def __init__(self, client: SyncContextClient, lock: Lock) -> None:
+        self._client = client
+        self.lock = lock
+
+    @property
+    def token(self) -> int | None:
+        return self.lock.token
+
+    @property
+    def held(self) -> bool:
+        return self.lock.held
+
+    def check(self) -> int:
+        return self.lock.check()
+
+    def acquire(self) -> int:
+        return self._client._call(self.lock.acquire())
+
+    def release(self) -> bool:
+        return self._client._call(self.lock.release())
+
+    def __enter__(self) -> SyncLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._client._call(self.lock.__aexit__(None, None, None))

@@ -23,6 +23,7 @@ __all__ = [
     "EXIT_CODES",
     "EXIT_DIFFERS",
     "EXIT_ERROR",
+    "EXIT_LOCK_LOST",
     "EXIT_OF_STATUS",
     "F",
     "OneLineGroup",
@@ -40,6 +41,8 @@ EXIT_REJECTED = 5
 EXIT_DEAD_LETTERED = 6
 #: ``lukhas verify``: a partition differs from what it was compared with, or is corrupt.
 EXIT_DIFFERS = 7
+#: ``lukhas lock``: the command succeeded, but the lock was lost while it ran.
+EXIT_LOCK_LOST = 8
 #: The exit code of each outcome of an event (a waited write, `lukhas outcome`, a dry run).
 EXIT_OF_STATUS = {
     "applied": 0,
@@ -51,7 +54,8 @@ EXIT_CODES = (
     "Exit codes: 0 success; 1 error (one line on stderr); 2 usage error; 3 not found (the "
     "context, the WAL position, its history, the dead letter); for a write waited on (--wait), "
     "`outcome` and --dry-run: 4 conflict, 5 rejected, 6 dead-lettered (also `dlq redrive`: one "
-    "was dead-lettered again); `verify`: 7 a partition differs or is corrupt."
+    "was dead-lettered again); `verify`: 7 a partition differs or is corrupt; `lock`: the "
+    "command's code, or 8 when the lock was lost while it ran."
 )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from typing import Any
 
 import pytest
@@ -137,3 +138,51 @@ async def test_the_token_is_issued_by_the_lock_script_itself(cluster: Any) -> No
     finally:
         await manager._client().delete(*manager.keys("n"))
         await manager.close()
+
+
+def test_lukhas_lock_runs_commands_one_at_a_time_with_their_tokens(
+    cluster: Any, tmp_path: Any
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LUKHAS_REDIS_URL": cluster.redis_url,
+           "LUKHAS_DATA_DIR": str(tmp_path / "none"),
+           "LUKHAS_TOPIC_PREFIX": "locktest"}  # fmt: skip
+    log = tmp_path / "log"
+    script = f'echo "start $LUKHAS_FENCE" >> {log}; sleep 0.3; echo "end $LUKHAS_FENCE" >> {log}'
+    argv = [sys.executable, "-m", "lukhas_context.ops", "lock", "cli:job", "--ttl", "5",
+            "--timeout", "60", "--", "sh", "-c", script]  # fmt: skip
+    procs = [subprocess.Popen(argv, env=env, stderr=subprocess.PIPE) for _ in range(3)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    lines = log.read_text().split()
+    # start/end pairs never interleave, and the tokens grow run after run
+    events = list(zip(lines[0::2], lines[1::2], strict=True))
+    assert [kind for kind, _ in events] == ["start", "end"] * 3
+    fences = [fence for _, fence in events]
+    assert all(fences[i] == fences[i + 1] for i in range(0, 6, 2))
+    tokens = [int(f.rsplit(":", 1)[1]) for f in fences[0::2]]
+    assert tokens == sorted(tokens) and len(set(tokens)) == 3
+    done = subprocess.run([*argv[:argv.index("--") + 1], "sh", "-c", "exit 5"], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 5  # the command's own code
+    bad = subprocess.run([*argv[:5], "--ttl", "-1", "--", "true"], env=env, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and "--ttl" in bad.stderr
+
+
+def test_the_sync_client_locks_too(cluster: Any, topics: Any) -> None:
+    from lukhas_context.streams.client import SyncContextClient
+
+    config = ClientConfig(cluster.bootstrap, None, topics, redis_url=cluster.redis_url)
+    with SyncContextClient(config) as client:
+        with client.lock("sync:1", ttl=0.3) as lock:
+            first = lock.check()
+            time.sleep(0.8)  # renewed by the client's thread meanwhile
+            assert lock.check() == first
+            with pytest.raises(LockTimeoutError):
+                client.lock("sync:1", ttl=1, timeout=0.2).acquire()
+        assert not lock.held
+        with client.lock("sync:1", ttl=1) as again:
+            assert again.check() > first
