@@ -68,6 +68,9 @@ class Environment:
     #: ``LUKHAS_SCHEMA_DIR``: newer writer schemas the offline fold (restore, replay,
     #: verify) decodes, as the worker's ``--schema-dir`` does.
     schema_dir: Path | None = None
+    #: ``LUKHAS_DEDUPE_WINDOW``: the dedupe window of the offline fold, as the workers'
+    #: ``--dedupe-window`` (it is part of the fold: every fold of one WAL must use the same).
+    dedupe_window: int | None = None
 
     @classmethod
     def read(cls) -> Environment:
@@ -83,7 +86,31 @@ class Environment:
             checkpoint_pause_s=float(env.get("LUKHAS_TEST_CHECKPOINT_PAUSE_S") or 0.0),
             timeout_s=_seconds(env, "LUKHAS_TIMEOUT"),
             schema_dir=Path(env["LUKHAS_SCHEMA_DIR"]) if env.get("LUKHAS_SCHEMA_DIR") else None,
+            dedupe_window=_window(env.get("LUKHAS_DEDUPE_WINDOW")),
         )
+
+
+#: The largest dedupe window (records of a partition).
+MAX_DEDUPE_WINDOW = 100_000_000
+
+
+def _window(raw: str | None) -> int | None:
+    if not raw:
+        return None
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_DEDUPE_WINDOW):
+        raise OpsError(f"LUKHAS_DEDUPE_WINDOW must be 1 to {MAX_DEDUPE_WINDOW} records, "
+                       f"got {raw[:40]!r}")  # fmt: skip
+    return int(raw)
+
+
+def fold_sizing(window: int | None) -> dict[str, Any]:
+    """The ``WorkerConfig`` fields of a dedupe window (none: the defaults): the window, and a
+    journal that holds at least it."""
+    if window is None:
+        return {}
+    from lukhas_context.processors.fold import Limits
+
+    return {"limits": Limits(dedupe_window=window), "journal_offsets": max(1_000_000, window)}
 
 
 def _seconds(env: Mapping[str, str], name: str) -> float | None:
@@ -128,6 +155,7 @@ class WorkerFlags:
     history_index: bool
     schema_dir: Path | None
     prune_interval: float | None
+    dedupe_window: int | None
 
 
 class Settings:
@@ -218,6 +246,7 @@ class Settings:
             expiry_interval_s=f.expiry_interval, expiry_batch=f.expiry_batch,
             history_index=f.history_index, schema_dir=f.schema_dir,
             prune_interval_s=f.prune_interval,
+            **fold_sizing(f.dedupe_window or self.env.dedupe_window),
             checkpoint_pause_s=self.env.checkpoint_pause_s,
             listener=ListenerLimits(
                 f.max_connections, f.header_timeout, f.body_timeout, f.idle_timeout
@@ -242,6 +271,7 @@ class Settings:
         return WorkerConfig(
             bootstrap=str(kafka), state_dir=store_dir, topics=Topics(self.env.topic_prefix),
             checkpoint_dir=checkpoint_dir, schema_dir=self.env.schema_dir,
+            **fold_sizing(self.env.dedupe_window),
         )  # fmt: skip
 
     def transaction_tool(self, bootstrap: str | None) -> tuple[TransactionTool, ClientConfig]:

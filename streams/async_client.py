@@ -94,11 +94,16 @@ class ContextClient:
         *,
         expected_version: int | None = None,
         dry_run: bool = False,
+        event_id: uuid.UUID | str | None = None,
     ) -> Any:
         """Replaces the whole document; ``ttl`` in seconds. Returns a ``Receipt`` once the WAL
-        acknowledged (a ``DryRun`` with ``dry_run=True``)."""
+        acknowledged (a ``DryRun`` with ``dry_run=True``). ``event_id`` (every write takes
+        it): the caller's own id, so that a retry after a crash is the same event — folded
+        once, the repeat journaled ``duplicate`` while it is within the worker's dedupe window
+        (by default the last 100,000 records of the partition)."""
         data = canonical_json(doc, self.config.max_document_bytes)
-        result = await self._submit(context_id, Put(data, ttl_ms(ttl)), expected_version, dry_run)
+        op = Put(data, ttl_ms(ttl))
+        result = await self._submit(context_id, op, expected_version, dry_run, event_id)
         if not dry_run:
             self._deltas.remember(context_id, None, data)
         return result
@@ -114,6 +119,7 @@ class ContextClient:
         ttl: float | None = None,
         clear_ttl: bool = False,
         dry_run: bool = False,
+        event_id: uuid.UUID | str | None = None,
     ) -> Any:
         """Applies an RFC 6902 JSON Patch (a list of ops), or with ``merge=True`` an RFC 7386
         merge patch (an object), atomically: an invalid op rejects the whole patch.
@@ -130,7 +136,7 @@ class ContextClient:
             self._deltas.forget(context_id)  # the base update() would diff against is gone
         fmt = PatchFormat.MERGE_PATCH if merge else PatchFormat.JSON_PATCH
         op = Patch(fmt, data, checksum_bytes(expected_checksum), ttl_ms(ttl), clear_ttl)
-        return await self._submit(context_id, op, expected_version, dry_run)
+        return await self._submit(context_id, op, expected_version, dry_run, event_id)
 
     async def touch(
         self,
@@ -139,20 +145,23 @@ class ContextClient:
         *,
         expected_version: int | None = None,
         dry_run: bool = False,
+        event_id: uuid.UUID | str | None = None,
     ) -> Any:
         """Sets the TTL to ``ttl`` seconds from now (log time), or removes it with None."""
         if not dry_run:
             self._deltas.forget(context_id)  # its version moves on
-        return await self._submit(context_id, Touch(ttl_ms(ttl)), expected_version, dry_run)
+        op = Touch(ttl_ms(ttl))
+        return await self._submit(context_id, op, expected_version, dry_run, event_id)
 
     async def delete(
-        self, context_id: str, *, expected_version: int | None = None, dry_run: bool = False
-    ) -> Any:
+        self, context_id: str, *, expected_version: int | None = None, dry_run: bool = False,
+        event_id: uuid.UUID | str | None = None,
+    ) -> Any:  # fmt: skip
         """Deletes the context. A context that does not exist is a rejected event, not an error
         here: the WAL accepted it and the fold refuses it (see ``Receipt.outcome()``)."""
         if not dry_run:
             self._deltas.forget(context_id)
-        return await self._submit(context_id, Delete(), expected_version, dry_run)
+        return await self._submit(context_id, Delete(), expected_version, dry_run, event_id)
 
     async def update(
         self, context_id: str, new_doc: dict[str, Any], ttl: float | None = None
@@ -182,9 +191,10 @@ class ContextClient:
         return self.writer.event(context_id, op, expected_version)
 
     async def _submit(
-        self, context_id: str, op: Op, expected_version: int | None, dry_run: bool
-    ) -> Any:
-        key, value, event_id = self.writer.event(context_id, op, expected_version)
+        self, context_id: str, op: Op, expected_version: int | None, dry_run: bool,
+        event_id: uuid.UUID | str | None = None,
+    ) -> Any:  # fmt: skip
+        key, value, event_id = self.writer.event(context_id, op, expected_version, event_id)
         if dry_run:
             return await self._reader.dry_run(value)
         meta = await self.writer.send(key, value, event_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import uuid
 from typing import Any, overload
 
 import orjson
@@ -144,3 +145,20 @@ def json_bytes(value: Any, limit: int, what: str, quiet: bool = False) -> bytes 
             return None
         raise DocumentTooLargeError(f"{what} is {len(data)} bytes, over the limit of {limit}")
     return data
+
+
+def check_event_id(event_id: object) -> uuid.UUID:
+    """A caller's event id: a ``uuid.UUID`` or its text (32 hex digits, hyphens optional);
+    ``ValidationError`` otherwise. The nil UUID is refused (it names no event)."""
+    if isinstance(event_id, uuid.UUID):
+        parsed = event_id
+    elif isinstance(event_id, str) and len(event_id) <= 64:
+        try:
+            parsed = uuid.UUID(event_id)
+        except ValueError:
+            raise ValidationError(f"event id {event_id!r} is not a UUID") from None
+    else:
+        raise ValidationError(f"an event id is a UUID or its text, got {event_id!r:.60}")
+    if parsed.int == 0:
+        raise ValidationError("the nil UUID is not an event id")
+    return parsed

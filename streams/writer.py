@@ -43,7 +43,7 @@ from lukhas_context.streams.health import Broker, explain, parse_bootstrap
 from lukhas_context.streams.kafka import kafka_error, kafka_errors
 from lukhas_context.streams.producer import WalProducer
 from lukhas_context.streams.topics import partition_for
-from lukhas_context.streams.validation import check_version, context_key
+from lukhas_context.streams.validation import check_event_id, check_version, context_key
 
 __all__ = ["PRODUCER_BROKEN", "WalWriter", "when_room"]
 
@@ -98,12 +98,14 @@ class WalWriter:
         return self._producer is not None
 
     def event(
-        self, context_id: str, op: Op, expected_version: int | None
-    ) -> tuple[bytes, bytes, uuid.UUID]:
-        """Validates and encodes one event: (key, value, event id)."""
+        self, context_id: str, op: Op, expected_version: int | None,
+        event_id: uuid.UUID | str | None = None,
+    ) -> tuple[bytes, bytes, uuid.UUID]:  # fmt: skip
+        """Validates and encodes one event: (key, value, event id); the id is the caller's
+        (a ``UUID`` or its text) or a new random one."""
         key = context_key(context_id)
         check_version(expected_version)
-        event_id = uuid.uuid4()
+        event_id = uuid.uuid4() if event_id is None else check_event_id(event_id)
         event = ContextEvent(event_id.bytes, context_id, op, expected_version, None, EMPTY_METADATA)
         return key, self.codec.encode(event), event_id
 

@@ -94,6 +94,9 @@ def mutation_options(fn: F) -> F:
     fn = click.option("--dry-run", is_flag=True,
                       help="Show what the processor would do, exit with its code; append "
                            "nothing.")(fn)  # fmt: skip
+    fn = click.option("--event-id", "event_id", default=None, metavar="UUID",
+                      help="The event's id (a UUID), so that a retry after a crash is the "
+                           "same event: folded once, the repeat a duplicate.")(fn)  # fmt: skip
     fn = click.option("--if-version", "if_version", type=params.VERSION, default=None,
                       metavar="VERSION",
                       help="Apply only at this version (0 = must not exist).")(fn)  # fmt: skip

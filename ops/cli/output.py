@@ -48,6 +48,9 @@ def outcome_dict(outcome: Outcome) -> dict[str, Any]:
 
 
 def outcome_text(outcome: Outcome) -> str:
+    """``applied (version 3)``; a retry: ``... , a duplicate of offset O`` (its original's)."""
     return (outcome.status
             + (f" (version {outcome.version})" if outcome.version is not None else "")
-            + (f": {outcome.reason}" if outcome.reason else ""))  # fmt: skip
+            + (f": {outcome.reason}" if outcome.reason else "")
+            + (f", a duplicate of offset {outcome.duplicate_of}"
+               if outcome.duplicate_of is not None else ""))  # fmt: skip

@@ -82,6 +82,11 @@ def _api_url(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
                    "[env LUKHAS_SCHEMA_DIR].")  # fmt: skip
 @_opt("--prune-interval", params.Seconds(1.0, 7 * 86_400.0), None,
       "Every SECONDS, delete the WAL records no restore path needs (as `wal prune`).")  # fmt: skip
+@click.option("--dedupe-window", type=click.IntRange(1, 100_000_000), default=None,
+              envvar="LUKHAS_DEDUPE_WINDOW", metavar="RECORDS",
+              help="A retried event is recognised within this many records of its partition "
+                   "[env LUKHAS_DEDUPE_WINDOW; default 100000]. Part of the fold: give every "
+                   "worker and tool of a cluster the same.")  # fmt: skip
 @click.option("--history-index/--no-history-index", default=True, show_default=True,
               help="Keep the index `lukhas history` reads (off: faster folds).")  # fmt: skip
 @handle_errors

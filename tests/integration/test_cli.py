@@ -311,3 +311,16 @@ def test_down_stops_everything_and_keeps_data(lukhas: Lukhas) -> None:
     lukhas("up")
     ctx = json.loads(lukhas("get", "kept", "--after", position, "--json", "--timeout", "30").stdout)
     assert ctx["doc"] == {"k": 1}
+
+
+def test_a_write_retried_with_its_event_id_is_a_duplicate(lukhas: Lukhas) -> None:
+    import uuid
+
+    key = str(uuid.uuid4())
+    first = lukhas("put", "retry:1", '{"n": 1}', "--event-id", key, "--wait")
+    assert "applied (version 1)" in first.stdout and key in first.stdout
+    again = lukhas("put", "retry:1", '{"n": 1}', "--event-id", key, "--wait")
+    offset = first.stdout.split(" -> ")[1].split(" ")[0].split(":")[1]
+    assert f"applied (version 1), a duplicate of offset {offset}" in again.stdout, again.stdout
+    bad = lukhas("put", "retry:1", "{}", "--event-id", "not-a-uuid", check=False)
+    assert bad.returncode == 2 and "is not a UUID" in bad.stderr
