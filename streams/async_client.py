@@ -10,8 +10,11 @@ Arguments are validated before anything is sent; each failure is a typed ``Valid
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from lukhas_context.schemas.event import Delete, Op, Patch, PatchFormat, Put, Touch
@@ -63,6 +66,8 @@ class ContextClient:
         self._reader = Reader(self.router)
         self._deltas = DeltaCache()
         self._locks: LockManager | None = None
+        #: ``update()``'s per-context locks: ``[lock, holders and waiters]``.
+        self._context_locks: dict[str, list[Any]] = {}
 
     async def start(self) -> None:
         """Connects nothing: the producer starts on the first write, so that reads work
@@ -174,10 +179,29 @@ class ContextClient:
         it if the base was not what this client thought. Otherwise, it sends a put.
         """
         data = canonical_json(new_doc, self.config.max_document_bytes)
-        op, expected = self._deltas.update_op(context_id, new_doc, data, ttl_ms(ttl))
-        receipt: Receipt = await self._submit(context_id, op, expected, False)
-        self._deltas.remember(context_id, None if expected is None else expected + 1, data)
+        # One update of a context at a time in this client: the next one diffs against the
+        # document this one wrote, at the version it makes, instead of conflicting with it.
+        async with self._context_lock(context_id):
+            op, expected = self._deltas.update_op(context_id, new_doc, data, ttl_ms(ttl))
+            receipt: Receipt = await self._submit(context_id, op, expected, False)
+            self._deltas.remember(context_id, None if expected is None else expected + 1, data)
         return receipt
+
+    @contextlib.asynccontextmanager
+    async def _context_lock(self, context_id: str) -> AsyncIterator[None]:
+        """A lock per context id, in this process (the seed's keyed AsyncLock); dropped once
+        nobody holds or waits for it, so the map stays as small as the calls in flight."""
+        entry = self._context_locks.get(context_id)
+        if entry is None:
+            entry = self._context_locks[context_id] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._context_locks[context_id]
 
     def transaction(self) -> Transaction:
         """``async with client.transaction() as tx:`` — writes that land together or not at

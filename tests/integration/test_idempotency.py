@@ -58,3 +58,24 @@ async def test_past_the_dedupe_window_a_repeat_is_a_new_event(
         outcome = await late.outcome(timeout=30)
         assert outcome.status == "applied" and outcome.duplicate_of is None
         assert outcome.version == 5
+
+
+async def test_concurrent_updates_of_one_context_in_one_client_take_turns(
+    start_worker: Any, make_client: Any
+) -> None:
+    """The seed's keyed local lock: update() calls on one context serialise in the client, so
+    each diffs against the one before it instead of conflicting with it."""
+    import asyncio
+
+    worker = await start_worker()
+    async with make_client(worker.url) as client:
+        first = await client.put("turns:1", {"n": 0, "items": list(range(50))})
+        await client.get("turns:1", after=first, timeout=30)  # the base update() diffs from
+        receipts = await asyncio.gather(
+            *(client.update("turns:1", {"n": i, "items": list(range(50))}) for i in range(1, 11))
+        )
+        outcomes = [await r.outcome(timeout=30) for r in receipts]
+        assert [o.status for o in outcomes] == ["applied"] * 10, outcomes
+        final = await client.get("turns:1", after=receipts[-1], timeout=30)
+        assert final.version == 11 and final.doc["n"] == 10
+        assert client._context_locks == {}  # nothing left behind
