@@ -3,9 +3,11 @@
 ``LockManager(redis_url).lock(name, ttl=...)`` is an async context manager: entering acquires
 the lock (waiting at most ``timeout``), yields a ``Lock`` whose ``token`` is larger than every
 token issued for that name before, renews it every third of its TTL while it is held, and
-releases it on exit. The token comes from the same Lua script as the lock itself (``SET`` of
-the lock key only when it does not exist, ``INCR`` of the name's counter), so no two holders
-of one name ever get the same token, and a later holder always gets a larger one.
+releases it on exit. The token comes from the same Lua script as the lock itself (the lock
+key set only when it does not exist, the name's counter raised), so no two holders of one
+name ever get the same token, and a later holder always gets a larger one. The counter never
+goes below Redis's clock in microseconds: a redis-server restarted without its data keeps
+issuing larger tokens (as long as its clock does not go back).
 
 A lock is not a guarantee by itself: a holder that stops (a pause, a swap storm, a long GC)
 past the TTL loses it without knowing. That is what the token is for — writes carry it
@@ -53,10 +55,19 @@ MAX_TTL_S = 86_400.0
 #: How long connecting to Redis may take before acquiring fails.
 CONNECT_TIMEOUT_S = 2.0
 
+#: Takes the lock and issues its token: one more than the last token of the name, and never
+#: less than the server's clock in microseconds, so a Redis that restarted without its data
+#: (the counter gone) still issues tokens above every one it issued before, as long as its
+#: clock does not go back. Lua numbers are doubles: exact up to 2^53, about 285 years of
+#: microseconds from 1970.
 _ACQUIRE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-local token = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1] .. ':' .. token, 'PX', ARGV[2])
+local now = redis.call('TIME')
+local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+local token = math.max(last + 1, floor)
+redis.call('SET', KEYS[2], string.format('%d', token))
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. string.format('%d', token), 'PX', ARGV[2])
 return token
 """
 _RENEW = """

@@ -186,3 +186,55 @@ def test_the_sync_client_locks_too(cluster: Any, topics: Any) -> None:
         assert not lock.held
         with client.lock("sync:1", ttl=1) as again:
             assert again.check() > first
+
+
+async def test_a_redis_restarted_without_its_data_still_issues_larger_tokens(
+    tmp_path: Any,
+) -> None:
+    """Tokens never go below Redis's clock: losing the counter cannot send them back."""
+    import shutil
+    import subprocess
+
+    from .conftest import free_port
+
+    port = free_port()
+    data = tmp_path / "redis"
+
+    def start() -> subprocess.Popen[bytes]:
+        data.mkdir(exist_ok=True)
+        proc = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
+             "127.0.0.1", "--dir", str(data), "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        return proc
+
+    async def token() -> int:
+        manager = LockManager(f"redis://127.0.0.1:{port}/0", "restart")
+        try:
+            for _ in range(100):  # until the server answers (bounded: 100 tries, 10 s)
+                try:
+                    async with manager.lock("res", ttl=5) as lock:
+                        assert lock.token is not None
+                        return lock.token
+                except LockUnavailableError:
+                    await asyncio.sleep(0.1)
+            raise AssertionError("the private redis-server never answered")
+        finally:
+            await manager.close()
+
+    proc = start()
+    try:
+        before = [await token() for _ in range(3)]
+        assert before == sorted(before) and len(set(before)) == 3
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    shutil.rmtree(data)  # everything it knew is gone
+    proc = start()
+    try:
+        after = await token()
+        assert after > before[-1]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
