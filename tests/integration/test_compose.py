@@ -135,6 +135,13 @@ def test_every_client_command_works_against_the_compose_cluster(
     )
     assert status["kafka"]["ready"] and status["redis"]["ready"], status
     assert {p["api"] for p in status["processors"] if p["ready"]} == set(API_URLS), status
+    # The topics service's command again, from the host: it creates nothing, checks them all,
+    # and refuses a layout other than the one it made (idempotent, never "fixed").
+    again = json.loads(_cli("topics", "create", "--brokers", "3", "--partitions",
+                            str(PARTITIONS), "--json", cwd=tmp_path).stdout)  # fmt: skip
+    assert again["created"] == [] and "lukhas.context.events" in again["checked"], again
+    other = _cli("topics", "create", "--partitions", "4", cwd=tmp_path, check=False)
+    assert other.returncode == 1 and "TopicMismatchError" in other.stderr, other.stderr
     _cli("put", "cli:1", '{"a": 1}', "--wait", cwd=tmp_path)
     _cli("patch", "cli:1", '[{"op": "add", "path": "/b", "value": 2}]', "--wait", cwd=tmp_path)
     _cli("touch", "cli:1", "--ttl", "3600", "--wait", cwd=tmp_path)
