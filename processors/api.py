@@ -105,7 +105,7 @@ import xxhash
 from aiohttp import web
 
 from lukhas_context.processors.asof import AsOfStates
-from lukhas_context.processors.exceptions import NotOwnerError, ProcessorError
+from lukhas_context.processors.exceptions import NotOwnerError
 from lukhas_context.processors.fold import apply, dead_letter_reason, is_barrier
 from lukhas_context.processors.listener import Listener
 from lukhas_context.processors.materializer import Materializer
@@ -114,7 +114,7 @@ from lukhas_context.processors.pointintime import parse_as_of, read_context
 from lukhas_context.processors.round import reused_event_id
 from lukhas_context.processors.verify_api import VerifySessions
 from lukhas_context.processors.wal_end import WalEnds
-from lukhas_context.schemas.exceptions import CodecError
+from lukhas_context.schemas.exceptions import CodecError, LukhasError
 from lukhas_context.state.history import MAX_PAGE
 from lukhas_context.state.journal import EntryStatus
 from lukhas_context.state.record import ContextRecord
@@ -465,6 +465,8 @@ class ReadApi:
         forwarded = await self._forward(request, partition)
         if forwarded is not None:
             return forwarded
+        if partition in self.m.restoring:
+            return _error(503, f"partition {partition} is being restored; ask again")
         if partition not in self.m.stores:
             return _error(421, f"partition {partition} is not served by this worker")
         try:
@@ -473,7 +475,7 @@ class ReadApi:
         except TimeoutError:
             return _error(504, f"the state as of {raw} is being built; ask again (a build "
                                "goes on without the request that started it)")  # fmt: skip
-        except ProcessorError as exc:  # the point cannot be built (PointInTimeError, ...)
+        except (LukhasError, OSError) as exc:  # it cannot be built (PointInTimeError, ...)
             return _error(409, f"{type(exc).__name__}: {exc}")
         built = manifest["partitions"][str(partition)]
         if record is None:

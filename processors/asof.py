@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import xxhash
 
 from lukhas_context.processors.config import WorkerConfig
-from lukhas_context.processors.pointintime import MANIFEST, AsOf, build
+from lukhas_context.processors.pointintime import MANIFEST, AsOf, PointInTimeError, build
 
 __all__ = ["MAX_STATES", "AsOfStates"]
 
@@ -75,13 +75,22 @@ class AsOfStates:
             await asyncio.to_thread(_reset, scratch)
 
             async def run() -> Any:
-                return await asyncio.wait_for(
-                    build(self.config, scratch, as_of, [partition], progress=False),
-                    BUILD_TIMEOUT_S,
-                )
+                try:
+                    return await asyncio.wait_for(
+                        build(self.config, scratch, as_of, [partition], progress=False),
+                        BUILD_TIMEOUT_S,
+                    )
+                except TimeoutError:
+                    raise PointInTimeError(
+                        f"the state as of {as_of.raw} was not built within {BUILD_TIMEOUT_S:g} s"
+                    ) from None
 
-            await _in_thread(run)
-            await asyncio.to_thread(os.replace, scratch, done)
+            try:
+                await _in_thread(run)
+                await asyncio.to_thread(_reset, done)  # a remains without its manifest
+                await asyncio.to_thread(os.replace, scratch, done)
+            finally:
+                await asyncio.to_thread(shutil.rmtree, scratch, True)
             await asyncio.to_thread(self._evict)
             log.info("partition %d: the state as of %s is built in %s", partition, as_of.raw, done)
             return done
@@ -94,10 +103,10 @@ class AsOfStates:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _reset(scratch: Path) -> None:
-    """An empty ``scratch`` (a build that died before leaves its remains there)."""
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.parent.mkdir(parents=True, exist_ok=True)
+def _reset(path: Path) -> None:
+    """No ``path`` (a build that died before leaves its remains there), its parent made."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def _in_thread(make: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:

@@ -264,6 +264,7 @@ class Materializer:
         positions = {p: s.next_offset for p, s in self.stores.items()}
         if positions:
             self._pruning = asyncio.create_task(self.retention.prune(positions))
+            self._pruning.add_done_callback(_log_prune_failure)
 
     async def _periodic_checkpoint(self) -> None:
         """Appends this interval's barriers if this worker owns partition 0 (one worker of the
@@ -463,3 +464,9 @@ def _error_s(skew: Skew) -> float:
     if skew.skew_ms is None:
         return math.nan
     return math.inf if skew.error_ms is None else skew.error_ms / 1000
+
+
+def _log_prune_failure(task: asyncio.Task[dict[int, int]]) -> None:
+    """A prune that failed is logged (the next interval tries again), never left unread."""
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("the WAL prune failed: %r; it runs again next interval", task.exception())

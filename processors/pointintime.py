@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,7 @@ from rocksdict import AccessType, Options, Rdict
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.exceptions import ProcessorError
 from lukhas_context.state.checkpoints import CheckpointDir
+from lukhas_context.state.exceptions import CheckpointError
 from lukhas_context.state.record import ContextRecord, decode_record
 from lukhas_context.state.store import CF_CONTEXTS, CF_EXPIRY, CF_JOURNAL
 from lukhas_context.streams import kafka
@@ -45,6 +48,8 @@ from lukhas_context.streams.position import parse_bound
 from lukhas_context.streams.topics import partition_for
 
 __all__ = ["MANIFEST", "AsOf", "PointInTimeError", "build", "parse_as_of", "read_context"]
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "as-of.json"
 #: Seconds a time must lie in the past before the state as of it is final.
@@ -85,7 +90,6 @@ def parse_as_of(raw: str) -> AsOf:
 async def build(config: WorkerConfig, into: Path, as_of: AsOf, partitions: list[int] | None,
                 progress: bool) -> dict[str, Any]:  # fmt: skip
     """Builds the stores (see the module doc) and returns the manifest it wrote."""
-    from lukhas_context.processors.offline import replay_aside
 
     await asyncio.to_thread(_check_empty, into)
     topic = config.topics.events
@@ -98,8 +102,7 @@ async def build(config: WorkerConfig, into: Path, as_of: AsOf, partitions: list[
     checkpoints = CheckpointDir(config.checkpoint_root, topic)
     for p, (until, point_ms) in sorted(targets.items()):
         found = [m for m in checkpoints.valid(p) if m.next_offset <= until]
-        checkpoint_id = found[0].checkpoint_id if found else None
-        store, how = await replay_aside(config, p, into, until, checkpoint_id, progress)
+        store, how = await _from_newest_valid(config, p, into, until, found, progress)
         try:
             s = store.summary()
         finally:
@@ -110,6 +113,22 @@ async def build(config: WorkerConfig, into: Path, as_of: AsOf, partitions: list[
         }  # fmt: skip
     await asyncio.to_thread((into / MANIFEST).write_text, json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+async def _from_newest_valid(config: WorkerConfig, p: int, into: Path, until: int,
+                             found: list[Any], progress: bool) -> tuple[Any, str]:  # fmt: skip
+    """``replay_aside`` from the newest of ``found`` (newest first) that installs and
+    verifies; one that does not is passed over (and left where it is) for the next, and
+    after the last the WAL is replayed from its start."""
+    from lukhas_context.processors.offline import replay_aside
+
+    for manifest in found:
+        try:
+            return await replay_aside(config, p, into, until, manifest.checkpoint_id, progress)
+        except CheckpointError as exc:
+            log.warning("partition %d: %s; trying an older checkpoint", p, exc)
+            await asyncio.to_thread(shutil.rmtree, into / f"partition-{p}", True)
+    return await replay_aside(config, p, into, until, None, progress)
 
 
 def _check_empty(into: Path) -> None:

@@ -14,10 +14,13 @@ the original's offset); the reason of an entry that was not applied stays in the
 which the reader asks for while it still holds it.
 
 The entries are written in the round's WriteBatch (``PartitionStore.commit``), so the index is
-exactly as current as ``next_offset``, and derived from the log alone: every replay writes the
-same one. It is not part of the digest (like the journal, it records how the state came to be,
-not the state). Records without a context — checkpoint barriers, and records whose key is no
-context id (empty, or longer than ``MAX_ID_BYTES``: dead-lettered) — have no entry.
+exactly as current as ``next_offset``, and derived from the log alone: every replay that
+indexes the same records writes the same entries (a store restored from the change topic, or
+folded with the index switched off for a while, has none for what it did not fold with it:
+``meta/history_from`` says from where it is complete). It is not part of the digest (like
+the journal, it records how the state came to be, not the state). Records without a
+context — checkpoint barriers, and records whose key is no context id (empty, or longer than
+``MAX_ID_BYTES``: dead-lettered) — have no entry.
 """
 
 from __future__ import annotations

@@ -453,9 +453,11 @@ class PartitionStore:
             return None
         return journal.find(it.value(), offset)
 
-    def reasons(self, offsets: Iterable[int]) -> dict[int, str]:
+    def reasons(self, offsets: Iterable[int], budget: int = 8 << 20) -> dict[int, str]:
         """The journal's reasons for the entries at ``offsets`` (ascending) that were not
-        applied, as far as the journal still holds them; each block is read once."""
+        applied, as far as the journal still holds them; each block is read once, and no more
+        than ``budget`` bytes of blocks in all (the rest are left out: a caller on an event
+        loop stays quick whatever the journal holds)."""
         out: dict[int, str] = {}
         block_start: bytes | None = None
         found: dict[str, str] = {}
@@ -466,7 +468,11 @@ class PartitionStore:
                 if not it.valid():
                     continue
                 if it.key() != block_start:
-                    block_start, found = it.key(), journal.reasons(it.value())
+                    block = it.value()
+                    budget -= len(block)
+                    if budget < 0:
+                        break
+                    block_start, found = it.key(), journal.reasons(block)
                 reason = found.get(str(offset))
                 if reason is not None:
                     out[offset] = reason
@@ -493,6 +499,8 @@ class PartitionStore:
         """The history index entries of the context ``key`` with offsets above ``after``, in
         offset order, at most ``limit``: ``[(offset, status, version)]``, and whether more
         follow."""
+        if after >= (1 << 63) - 1:
+            return [], False  # no offset follows the largest one
         start = history.entry_key(key, after + 1) if after >= 0 else history.prefix(key)
         stop = history.prefix(key)
         out: list[tuple[int, journal.EntryStatus, int]] = []

@@ -112,13 +112,19 @@ class LockManager:
         self.url = redis_url
         self.prefix = prefix
         self._redis: Any = None
+        #: The acquisitions of this manager still held: released when it closes.
+        self._held: set[Lock] = set()
+        self._client()  # a URL that does not parse fails here, typed, before anything
 
     def _client(self) -> Any:
         if self._redis is None:
-            self._redis = aioredis.Redis.from_url(
-                self.url, socket_connect_timeout=CONNECT_TIMEOUT_S,
-                socket_timeout=CONNECT_TIMEOUT_S * 2, retry_on_timeout=False,
-            )  # fmt: skip
+            try:
+                self._redis = aioredis.Redis.from_url(
+                    self.url, socket_connect_timeout=CONNECT_TIMEOUT_S,
+                    socket_timeout=CONNECT_TIMEOUT_S * 2, retry_on_timeout=False,
+                )  # fmt: skip
+            except ValueError as exc:
+                raise ValidationError(f"Redis URL {self.url!r:.80}: {exc}") from None
         return self._redis
 
     def lock(self, name: str, ttl: float, timeout: float = 10.0) -> Lock:
@@ -142,6 +148,10 @@ class LockManager:
         return [f"{self.prefix}:lock:{name}", f"{self.prefix}:fence:{name}"]
 
     async def close(self) -> None:
+        """Releases the locks still held (their renewals stop), then disconnects."""
+        for lock in list(self._held):
+            with contextlib.suppress(LockUnavailableError):
+                await lock.release()
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
@@ -186,6 +196,7 @@ class Lock:
             if token is not None:
                 self.token, self._value = int(token), f"{owner}:{int(token)}"
                 self._renewing = asyncio.create_task(self._renew(ttl_ms))
+                self.manager._held.add(self)
                 return self.token
             left = deadline - time.monotonic()
             if left <= 0:
@@ -221,6 +232,7 @@ class Lock:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewing
             self._renewing = None
+        self.manager._held.discard(self)
         if self._value is None:
             return False
         value, self._value = self._value, None

@@ -60,9 +60,14 @@ def parse_bound(raw: str) -> Bound:
     """An offset (decimal digits) or a time: ISO 8601 (``2026-12-02T14:02:00Z``; no zone:
     UTC) or ``ms:EPOCH_MS``. ``ValueError`` with the reason otherwise."""
     if raw.isascii() and raw.isdigit():
+        if len(raw.lstrip("0")) > 19 or int(raw) > MAX_OFFSET:
+            raise ValueError(f"offset {raw[:40]} is out of range: at most {MAX_OFFSET}")
         return Bound(offset=int(raw))
     if raw.startswith("ms:") and raw[3:].isascii() and raw[3:].isdigit():
-        return Bound(time_ms=int(raw[3:]))
+        ms = raw[3:]
+        if len(ms.lstrip("0")) > 19 or int(ms) > MAX_OFFSET:
+            raise ValueError(f"time {raw[:40]} is out of range: at most ms:{MAX_OFFSET}")
+        return Bound(time_ms=int(ms))
     try:
         when = dt.datetime.fromisoformat(raw)
     except ValueError:
@@ -72,7 +77,10 @@ def parse_bound(raw: str) -> Bound:
         ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
-    return Bound(time_ms=int(when.timestamp() * 1000))
+    ms_since = int(when.timestamp() * 1000)
+    if ms_since < 0:
+        raise ValueError(f"{raw!r} is before 1970: the log holds no time before it")
+    return Bound(time_ms=ms_since)
 
 
 def _iso(ms: int) -> str:

@@ -112,9 +112,8 @@ class CheckpointRequest:
 @dataclass(frozen=True, slots=True)
 class HistoryEvent:
     """What became of one WAL record of a context: ``status`` as in ``Outcome`` (or
-    ``duplicate``, with ``duplicate_of`` the original's offset, or ``restored``: folded before
-    the store was restored from the change topic), ``version`` the new version when applied,
-    the current one otherwise; ``reason`` while the journal holds it."""
+    ``duplicate``, with ``duplicate_of`` the original's offset), ``version`` the new version
+    when applied, the current one otherwise; ``reason`` while the journal holds it."""
 
     offset: int
     status: str

@@ -238,3 +238,15 @@ async def test_a_redis_restarted_without_its_data_still_issues_larger_tokens(
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+async def test_closing_the_client_releases_the_locks_it_holds(cluster: Any, topics: Any) -> None:
+    config = ClientConfig(cluster.bootstrap, None, topics, redis_url=cluster.redis_url)
+    async with ContextClient(config) as client:
+        held = await client.lock("left:open", ttl=30).__aenter__()
+        assert held.held
+    assert not held.held  # released by close(): its renewal stopped, the lock is free again
+    async with ContextClient(config) as other, other.lock("left:open", ttl=5, timeout=1) as again:
+        assert again.token > held.token
+    with pytest.raises(ValidationError, match="Redis URL"):
+        LockManager("localhost:6379")

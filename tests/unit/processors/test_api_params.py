@@ -144,6 +144,8 @@ async def test_a_partition_the_wal_does_not_have_is_a_404(api: Any, path: str) -
         ("/v1/contexts/a?as_of=0:x", "as_of: "),
         ("/v1/contexts/a?as_of=0:1&min_offset=0:1", "give one"),
         ("/v1/contexts/a?as_of=0:1&timeout=nan", "timeout"),
+        ("/v1/contexts/a?as_of=1969-12-31T23:59:59Z", "before 1970"),
+        ("/v1/contexts/a?as_of=ms:99999999999999999999", "out of range"),
     ],
 )
 async def test_a_point_in_time_that_does_not_parse_is_a_400(api: Any, path: str, said: str) -> None:

@@ -87,10 +87,12 @@ def test_every_outcome_of_a_context_is_listed_in_offset_order_and_prefixes_stay_
         assert [o for o, *_ in store.history(b"a", after=2, limit=2)[0]] == [3, 4]
         assert store.history(b"a", after=2, limit=2)[1] is True
         assert store.history(b"a", after=5, limit=2) == ([(6, EntryStatus.DEAD_LETTERED, 0)], False)
+        assert store.history(b"a", after=(1 << 63) - 1) == ([], False)  # nothing after the last
         # The reasons come from the journal, one block read per block.
         reasons = store.reasons([2, 3, 5, 6])
         assert "version" in reasons[2] and reasons[5] == "duplicate of offset 4"
         assert set(reasons) == {2, 3, 5, 6}
+        assert store.reasons([2, 3, 5, 6], budget=1) == {}  # over its budget: left out
         assert store.verify() == store.summary()  # the index's blocks read
 
 

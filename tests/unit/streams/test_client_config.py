@@ -44,3 +44,15 @@ def test_config_errors_are_validation_errors_and_value_errors() -> None:
 def test_a_short_deadline_shortens_each_kafka_request() -> None:
     config = ClientConfig("k:9092", timeout_s=4, request_timeout_s=10)
     assert config.kafka_request_timeout_s == 2
+
+
+def test_a_read_bound_is_within_the_log_s_range() -> None:
+    import pytest as _pytest
+
+    from lukhas_context.streams.position import parse_bound
+
+    assert parse_bound("5").offset == 5 and parse_bound("ms:0").time_ms == 0
+    for bad, said in [("1969-12-31T23:59:59Z", "before 1970"), ("ms:" + "9" * 20, "out of range"),
+                      ("9" * 20, "out of range"), ("yesterday", "neither")]:  # fmt: skip
+        with _pytest.raises(ValueError, match=said):
+            parse_bound(bad)
