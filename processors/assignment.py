@@ -34,6 +34,10 @@ from lukhas_context.state.store import PartitionStore
 
 log = logging.getLogger(__name__)
 
+#: Seconds a partition's opening spends at most trimming its history index (the rest waits
+#: for the next opening: a large index never holds a rebalance up for long).
+TRIM_BUDGET_S = 5.0
+
 #: How often a read waiting for a partition rechecks who serves it.
 WAIT_POLL_S = 0.25
 
@@ -164,13 +168,14 @@ class Assignment:
         if low <= store.history_floor():
             return
         try:
-            dropped = await asyncio.to_thread(store.trim_history, low)
+            dropped, done = await asyncio.to_thread(store.trim_history, low, budget_s=TRIM_BUDGET_S)
         except Exception as exc:  # the store still folds; `lukhas verify` reports damage
             log.warning("partition %d: history below offset %d not trimmed: %s",
                         partition, low, exc)  # fmt: skip
             return
+        rest = "" if done else f"; the rest when it next opens (over {TRIM_BUDGET_S:g} s)"
         log.info("partition %d: %d history entries below offset %d (pruned from the WAL) "
-                 "trimmed", partition, dropped, low)  # fmt: skip
+                 "trimmed%s", partition, dropped, low, rest)  # fmt: skip
 
     async def revoked(self, revoked: Iterable[TopicPartition]) -> None:
         """Closes the stores of revoked partitions, between rounds (see the module doc)."""

@@ -75,6 +75,8 @@ PENDING_CHECKPOINT_KEY = b"meta/pending_checkpoint"
 HISTORY_FROM_KEY = b"meta/history_from"
 #: History entries below this offset were trimmed (the WAL no longer holds their records).
 HISTORY_FLOOR_KEY = b"meta/history_floor"
+#: ``floor (8) | index key``: where a trim that ran out of time stopped.
+HISTORY_TRIM_KEY = b"meta/history_trim"
 _OFFSET = struct.Struct("<q")
 _SUMMARY = struct.Struct("<Qqq")
 _EXPIRES = struct.Struct(">q")
@@ -526,17 +528,31 @@ class PartitionStore:
         raw = self._db.get(HISTORY_FLOOR_KEY)
         return 0 if raw is None else _OFFSET.unpack(raw)[0]
 
-    def trim_history(self, below: int, chunk: int = 10_000) -> int:
+    def trim_history(
+        self, below: int, chunk: int = 10_000, budget_s: float | None = None
+    ) -> tuple[int, bool]:
         """Deletes the history entries of offsets below ``below`` (the WAL's start, once its
         records are gone), in WriteBatches of ``chunk`` deletes, and records the new floor.
         The index is keyed by context first, so this reads all of it: it runs where a store
-        opens, not in the fold. Returns how many entries went."""
+        opens, not in the fold. With ``budget_s`` it stops after about that long and records
+        where it got to, so the next call for the same ``below`` goes on from there. Returns
+        how many entries went, and whether the trim is complete."""
         if below <= self.history_floor():
-            return 0
-        deleted = 0
+            return 0, True
+        deadline = None if budget_s is None else time.monotonic() + budget_s
+        cursor = self._db.get(HISTORY_TRIM_KEY)
+        start = b""
+        if cursor is not None and _OFFSET.unpack_from(cursor)[0] == below:
+            start = cursor[_OFFSET.size :]  # the same trim, stopped there last time
+        deleted = seen = 0
         batch = WriteBatch(raw_mode=True)
-        with contextlib.closing(self._scan(self._history)) as found:
+        with contextlib.closing(self._scan(self._history, start)) as found:
             for raw, _value in found:
+                seen += 1
+                if deadline is not None and seen % 1000 == 0 and time.monotonic() > deadline:
+                    batch.put(HISTORY_TRIM_KEY, _OFFSET.pack(below) + raw)
+                    self._db.write(batch)
+                    return deleted, False
                 if history.split_key(raw)[1] < below:
                     batch.delete(raw, self._history_cf)
                     deleted += 1
@@ -544,8 +560,9 @@ class PartitionStore:
                         self._db.write(batch)
                         batch = WriteBatch(raw_mode=True)
         batch.put(HISTORY_FLOOR_KEY, _OFFSET.pack(below))
+        batch.delete(HISTORY_TRIM_KEY)
         self._db.write(batch)
-        return deleted
+        return deleted, True
 
     def _remember(self, key: bytes, record: ContextRecord) -> None:
         """Caches a record as the most recent entry. Past 1.5 times ``cache_records`` the

@@ -152,10 +152,10 @@ def test_trim_drops_entries_below_the_wal_start_and_remembers_it(tmp_path: Path)
     log = messages([(b"c%d" % (i % 3), event(f"c{i % 3}", Put(b"{}"))) for i in range(30)])
     with PartitionStore(tmp_path / "p0") as store:
         fold_all(store, log, [10, 20])
-        assert store.trim_history(12, chunk=4) == 12
+        assert store.trim_history(12, chunk=4) == (12, True)
         assert store.history_floor() == 12
         assert [o for o, *_ in store.history(b"c0")[0]] == [12, 15, 18, 21, 24, 27]
-        assert store.trim_history(5) == 0  # below the floor: nothing to do
+        assert store.trim_history(5) == (0, True)  # below the floor: nothing to do
     with PartitionStore(tmp_path / "p0") as store:  # the floor survives a reopen
         assert store.history_floor() == 12 and store.history_from() == 0
 
@@ -190,3 +190,16 @@ def test_rows_match_by_offset_if_records_and_entries_ever_disagree() -> None:
         entries += ENTRY.pack(offset, EntryStatus.APPLIED, 1, NO_EVENT_ID, 0)
     rows = history.rows(log, 0, entries)
     assert [history.split_key(k) for k, _ in rows] == [(b"a", 0), (b"c", 2)]
+
+
+def test_a_trim_out_of_time_goes_on_from_where_it_stopped(tmp_path: Path) -> None:
+    log = messages([(b"k%04d" % i, event(f"k{i:04d}", Put(b"{}"))) for i in range(3000)])
+    with PartitionStore(tmp_path / "p0") as store:
+        fold_all(store, log, [1000, 2000])
+        assert store.trim_history(2500, budget_s=0.0) == (999, False)  # stopped at its check
+        assert store.history_floor() == 0  # not complete: the floor stays
+        # on from where it stopped: the next ones, never the same again
+        assert store.trim_history(2500, budget_s=0.0) == (999, False)
+        assert store.trim_history(2500) == (502, True)  # 2,500 below the floor in all
+        assert store.history_floor() == 2500
+        assert sum(len(store.history(b"k%04d" % i)[0]) for i in range(3000)) == 500
