@@ -114,6 +114,7 @@ from lukhas_context.processors.pointintime import parse_as_of, read_context
 from lukhas_context.processors.round import reused_event_id
 from lukhas_context.processors.verify_api import VerifySessions
 from lukhas_context.processors.wal_end import WalEnds
+from lukhas_context.schemas.event import fence_problem
 from lukhas_context.schemas.exceptions import CodecError, LukhasError
 from lukhas_context.state.history import MAX_PAGE
 from lukhas_context.state.journal import EntryStatus
@@ -616,8 +617,12 @@ class ReadApi:
             return web.json_response(result)
         record = store.get(key)
         now = self.m.clock.earliest_ms()
+        fence = event.fence
+        floor = None
+        if fence is not None and fence_problem(fence) is None:
+            floor = store.fence(fence.lock.encode())
         async with self._dry_runs:
-            new, outcome = await asyncio.to_thread(apply, record, event, offset, now, limits)
+            new, outcome = await asyncio.to_thread(apply, record, event, offset, now, limits, floor)
         result.update(
             status=outcome.status.name.lower(), version=outcome.version, reason=outcome.reason,
             kind=None if outcome.kind is None else outcome.kind.name.lower(),

@@ -31,10 +31,12 @@ from lukhas_context.schemas.event import (
     ContextEvent,
     Delete,
     Expire,
+    Fence,
     Patch,
     PatchFormat,
     Put,
     Touch,
+    fence_problem,
 )
 from lukhas_context.schemas.exceptions import NestingTooDeepError, PatchError
 from lukhas_context.schemas.numbers import out_of_range_integer
@@ -53,9 +55,12 @@ MAX_TTL_MS = 100 * 365 * 24 * 3600 * 1000
 
 
 class Status(enum.IntEnum):
+    """The values are the journal's (``state.journal.EntryStatus``)."""
+
     APPLIED = 0
     CONFLICT = 1
     REJECTED = 2
+    FENCED = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,14 +188,33 @@ def _ttl_reason(ttl: int) -> str | None:
     return f"ttl_ms {ttl} outside (0, {MAX_TTL_MS}]"
 
 
+def fence_verdict(fence: Fence, highest: int | None) -> tuple[Status, str] | None:
+    """What the fence of an event decides: None when the event goes on (its token is at least
+    ``highest``, the highest token folded for its lock in the partition, None: no token yet);
+    ``REJECTED`` for a fence no lock can issue (``schemas.event.fence_problem``); ``FENCED``
+    for a token below ``highest``: a later holder of the lock has written already."""
+    problem = fence_problem(fence)
+    if problem is not None:
+        return Status.REJECTED, problem
+    if highest is not None and fence.token < highest:
+        return Status.FENCED, (
+            f"fencing token {fence.token} of lock {fence.lock!r} is below {highest}, "
+            "already used by a later holder"
+        )
+    return None
+
+
 def apply(
     record: ContextRecord | None,
     event: ContextEvent,
     offset: int,
     log_time_ms: int,
     limits: Limits,
+    fence_floor: int | None = None,
 ) -> tuple[ContextRecord | None, Outcome]:
-    """Folds one event into the record of its context.
+    """Folds one event into the record of its context. ``fence_floor``: for an event with a
+    fence, the highest token folded for its lock (``fence_verdict``); the caller keeps those
+    and raises them (``processors.round``).
 
     Returns the record after the event (the same object when nothing changed) and the outcome.
     """
@@ -198,10 +222,12 @@ def apply(
     current = record.version if record is not None else 0
     visible = current if live else 0
     op = event.op
+    if event.fence is not None:
+        verdict = fence_verdict(event.fence, fence_floor)
+        if verdict is not None:
+            return record, Outcome(verdict[0], visible, verdict[1])
     if type(op) is Expire:
         return _expire(record, op, offset, log_time_ms)
-    if event.fence is not None:
-        return record, Outcome(Status.REJECTED, visible, "fencing is not supported yet")
     expected = event.expected_version
     if expected is not None and expected != visible:
         return record, Outcome(Status.CONFLICT, visible, f"expected version {expected}")

@@ -416,6 +416,7 @@ class Materializer:
             m.applied.inc(r.applied)
             m.conflicts.inc(r.conflicts)
             m.rejected.inc(r.rejected)
+            m.fenced.inc(r.fenced)
             m.dead_lettered.inc(len(r.dead))
             m.duplicates.inc(r.duplicates)
             m.changes.inc(len(r.changes))

@@ -21,6 +21,9 @@ class WorkerMetrics:
             "lukhas_events_conflicted", "Events refused by a version condition", registry=r
         )
         self.rejected = Counter("lukhas_events_rejected", "Events rejected as invalid", registry=r)
+        self.fenced = Counter(
+            "lukhas_events_fenced", "Events refused for a stale fencing token", registry=r
+        )
         self.dead_lettered = Counter(
             "lukhas_records_dead_lettered", "Undecodable WAL records sent to the DLQ", registry=r
         )

@@ -16,7 +16,9 @@ order (DESIGN.md, "Restore"):
    its end; ``next_offset`` is one past the highest WAL offset it names, since changes are
    published in WAL order and a round commits only after its changes are acknowledged. The
    dedupe window is rebuilt from the WAL records of the last ``dedupe_window`` offsets
-   (journaled as ``RESTORED``: their ids are known, their outcomes are not kept).
+   (journaled as ``RESTORED``: their ids are known, their outcomes are not kept). The
+   topic's fence records (``schemas.change``) give the highest fencing token of every lock,
+   and count in ``next_offset`` like changes.
 4. **replay**: an empty store, folded from offset 0.
 
 Whatever the path, the WAL must still hold the offset the store needs: otherwise
@@ -56,8 +58,9 @@ from lukhas_context.processors.exceptions import (
 )
 from lukhas_context.processors.fold import remembered_by_fold
 from lukhas_context.processors.metrics import WorkerMetrics
+from lukhas_context.schemas.change import FenceRecord, is_fence_key, read_fence_record
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
-from lukhas_context.schemas.exceptions import CodecError
+from lukhas_context.schemas.exceptions import BadFenceRecordError, CodecError
 from lukhas_context.state.checkpoints import CheckpointDir
 from lukhas_context.state.dedupe import DedupeWindow
 from lukhas_context.state.exceptions import (
@@ -350,18 +353,20 @@ class StoreOpener:
         to rebuild it) names the very event the WAL holds there, by key and event id.
         Changes older than the window are taken as they are (see the trust model in
         docs/architecture.md)."""
-        latest = await self.read_changes(partition)
-        if not latest:
+        latest, fences = await self.read_changes(partition)
+        if not latest and not fences:
             return None
-        newest = max(latest.values(), key=lambda c: c.record.offset)
-        next_offset = newest.record.offset + 1
+        named = [(c.record.offset, c.key, c.position) for c in latest.values()]
+        named += [(f.wal_offset, f.key, position) for f, position in fences.values()]
+        newest_offset, newest_key, newest_position = max(named)
+        next_offset = newest_offset + 1
         wal_end = (await self.watermarks(partition))[1]  # read after the change topic was
         if next_offset > wal_end:
             error = UnusableChangeError(
-                f"the change of {newest.key!r} names WAL offset {newest.record.offset}, past "
+                f"the change of {newest_key!r} names WAL offset {newest_offset}, past "
                 f"the WAL's end {wal_end}"
             )
-            what = self._unusable(partition, newest.position, error, _QUIET)
+            what = self._unusable(partition, newest_position, error, _QUIET)
             raise ChangesUnusableError(f"{what}: not restoring from that topic")
         if next_offset < low:
             raise WalTruncatedError(partition, next_offset, low)
@@ -369,8 +374,11 @@ class StoreOpener:
         expected = {c.record.offset: c for c in latest.values() if c.record.offset >= start}
         window = await self.read_window(partition, start, next_offset, expected)
         records = {key: c.record for key, c in latest.items()}
+        raised = {
+            f.lock.encode(): (f.token, f.wal_offset, f.log_time_ms) for f, _ in fences.values()
+        }
         return await asyncio.to_thread(
-            self._write_restored, partition, records, next_offset, window
+            self._write_restored, partition, records, next_offset, window, raised
         )
 
     def _write_restored(
@@ -379,6 +387,7 @@ class StoreOpener:
         latest: dict[bytes, ContextRecord],
         next_offset: int,
         window: bytearray,
+        fences: dict[bytes, tuple[int, int, int]],
     ) -> PartitionStore:
         path = self.store_path(partition)
         building = path.with_name(f"{path.name}.restoring")
@@ -389,7 +398,7 @@ class StoreOpener:
             for i in range(0, len(items), _CHUNK):
                 store.commit(dict(items[i : i + _CHUNK]), 0)
             block = (ENTRY.unpack_from(window)[0], encode_block(window, {})) if window else None
-            store.commit({}, next_offset, block)
+            store.commit({}, next_offset, block, fences=fences)
         if path.exists():
             shutil.rmtree(path)
         building.rename(path)
@@ -478,6 +487,8 @@ class StoreOpener:
         codec = ChangeCodec()
         usable = []
         for m in records:
+            if is_fence_key(m.key):
+                continue  # no change of a context: covers nothing by itself
             try:
                 change = check_change_record(m.key, m.value, m.headers, codec, wal_end, m.offset)
             except UnusableChangeError as exc:
@@ -502,16 +513,32 @@ class StoreOpener:
     async def _wal_end(self, consumer: AIOKafkaConsumer, partition: int) -> int:
         return (await self._watermarks(consumer, self.config.topics.events, partition))[1]
 
-    async def read_changes(self, partition: int) -> dict[bytes, CheckedChange]:
+    async def read_changes(
+        self, partition: int
+    ) -> tuple[dict[bytes, CheckedChange], dict[bytes, tuple[FenceRecord, int]]]:
         """The latest change of every context in the change partition (by WAL offset, not
         position: changes published again after a crash, or by a zombie, may follow newer
-        ones); ``ChangesUnusableError`` naming the first record that is not a usable change
-        (``check_change_record``): a restore without it would lose or misstate its context."""
+        ones), and the highest fence record of every lock with its position;
+        ``ChangesUnusableError`` naming the first record that is not a usable change
+        (``check_change_record``) or fence record (``read_fence_record``): a restore without
+        it would lose or misstate its context, or let a stale token through."""
         codec = ChangeCodec()
         latest: dict[bytes, CheckedChange] = {}
+        fences: dict[bytes, tuple[FenceRecord, int]] = {}
         topic = self.config.topics.changes
 
         def take(message: Any) -> bool:
+            if is_fence_key(message.key):
+                try:
+                    fence = read_fence_record(message.key, message.value)
+                except BadFenceRecordError as exc:
+                    error = UnusableChangeError(str(exc))
+                    what = self._unusable(partition, message.offset, error, _QUIET)
+                    raise ChangesUnusableError(f"{what}: not restoring from that topic") from exc
+                kept = fences.get(message.key)
+                if kept is None or fence.token >= kept[0].token:
+                    fences[message.key] = (fence, message.offset)
+                return True
             try:
                 change = check_change_record(
                     message.key, message.value, message.headers, codec, None, message.offset
@@ -525,7 +552,7 @@ class StoreOpener:
             return True
 
         await self._scan(topic, partition, 0, None, take)
-        return latest
+        return latest, fences
 
     async def read_window(
         self, partition: int, start: int, end: int,

@@ -25,10 +25,24 @@ from typing import Any
 import xxhash
 
 from lukhas_context.processors.exceptions import EventIdConflictError, KeyMismatchError
-from lukhas_context.processors.fold import Limits, Status, apply, dead_letter_reason, is_barrier
-from lukhas_context.schemas.change import tombstone_headers
+from lukhas_context.processors.fold import (
+    Limits,
+    Status,
+    apply,
+    dead_letter_reason,
+    fence_verdict,
+    is_barrier,
+)
+from lukhas_context.schemas.change import FenceRecord, tombstone_headers
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
-from lukhas_context.schemas.event import BARRIER_KEY, ChangeKind, CheckpointBarrier, ContextEvent
+from lukhas_context.schemas.event import (
+    BARRIER_KEY,
+    ChangeKind,
+    CheckpointBarrier,
+    ContextEvent,
+    Fence,
+    fence_problem,
+)
 from lukhas_context.schemas.exceptions import CodecError
 from lukhas_context.state import history
 from lukhas_context.state.dedupe import DedupeWindow
@@ -74,6 +88,9 @@ class PartitionRound:
     lateness_ms: list[int] = field(default_factory=list)
     #: The WAL records the round folded (for the history index's keys).
     messages: list[Any] = field(default_factory=list)
+    #: Lock name -> ``(token, WAL offset, log time)`` of each fence the round raised.
+    fences: dict[bytes, tuple[int, int, int]] = field(default_factory=dict)
+    fenced: int = 0
 
 
 def segment_end(records: Sequence[Any]) -> int:
@@ -168,6 +185,7 @@ class PartitionFolder:
             r.next_offset - journal_offsets,
             pending_checkpoint=r.barrier,
             history_rows=index,
+            fences=r.fences,
         )
         self.window.forget_below(r.next_offset - self.window.size)
 
@@ -192,7 +210,11 @@ class PartitionFolder:
             return
         pending = r.records
         record = pending.get(key) or self.store.get(key)
-        new, outcome = apply(record, event, offset, m.timestamp, self.limits)
+        fence = event.fence
+        floor = None if fence is None else self._fence_floor(r, fence)
+        new, outcome = apply(record, event, offset, m.timestamp, self.limits, floor)
+        if fence is not None and fence_verdict(fence, floor) is None:
+            self._raise_fence(r, fence, floor, offset, m.timestamp)
         if outcome.kind is ChangeKind.EXPIRE:
             assert record is not None and record.expires_at_ms is not None
             r.lateness_ms.append(m.timestamp - record.expires_at_ms)
@@ -202,6 +224,8 @@ class PartitionFolder:
             r.reasons[offset] = outcome.reason or ""
             if status is Status.CONFLICT:
                 r.conflicts += 1
+            elif status is Status.FENCED:
+                r.fenced += 1
             else:
                 r.rejected += 1
             return
@@ -221,6 +245,29 @@ class PartitionFolder:
             new.expires_at_ms, offset, event_id, m.timestamp,
         )  # fmt: skip
         r.changes.append((key, change, _NO_HEADERS))
+
+    def _fence_floor(self, r: PartitionRound, fence: Fence) -> int | None:
+        """The highest token folded for the fence's lock, this round's included (None: none,
+        or a fence no lock can issue, which ``apply`` rejects without looking)."""
+        if fence_problem(fence) is not None:
+            return None
+        lock = fence.lock.encode()
+        raised = r.fences.get(lock)
+        return raised[0] if raised is not None else self.store.fence(lock)
+
+    @staticmethod
+    def _raise_fence(
+        r: PartitionRound, fence: Fence, floor: int | None, offset: int, log_time_ms: int
+    ) -> None:
+        """Keeps the token of an event its fence let through as its lock's highest, whatever
+        became of the event itself: the holder of that token has written, so every lower
+        token is stale from here on. A new highest is published too (a fence record,
+        ``schemas.change``), so a store restored from the change topic has it."""
+        if floor is not None and fence.token <= floor:
+            return
+        raised = FenceRecord(fence.lock, fence.token, offset, log_time_ms)
+        r.fences[fence.lock.encode()] = (fence.token, offset, log_time_ms)
+        r.changes.append((raised.key, raised.encode(), _NO_HEADERS))
 
     def _barrier(self, r: PartitionRound, m: Any, event: ContextEvent) -> None:
         """Journals a checkpoint barrier and marks the round as ending with it (the caller cut

@@ -14,11 +14,19 @@ same rules:
   (the subscription uses the record's Kafka timestamp for tombstones written without one).
 
 A value is decoded by ``ChangeCodec``; ``read_change_record`` reads either kind of record.
+
+A third kind of record carries no change of a context: a **fence record** (``FenceRecord``)
+holds the highest fencing token the fold has taken for one lock name in that partition, so a
+store restored from the change topic refuses the same stale tokens as the store that published
+it. Its key is ``FENCE_KEY_PREFIX`` (the byte 0xFF, which UTF-8 text never holds, so no context
+id can be one) followed by the lock name; its value is never null (compaction keeps the
+newest of each lock). Subscribers pass over these records (``is_fence_key``).
 """
 
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -27,7 +35,7 @@ import orjson
 
 from lukhas_context.schemas.codec import ChangeCodec
 from lukhas_context.schemas.event import ChangeKind, ContextChange
-from lukhas_context.schemas.exceptions import BadTombstoneError
+from lukhas_context.schemas.exceptions import BadFenceRecordError, BadTombstoneError
 
 #: Header ``kind`` of a tombstone -> the change kind.
 TOMBSTONE_KINDS: Mapping[bytes, ChangeKind] = {
@@ -39,6 +47,67 @@ KIND_HEADERS: Mapping[ChangeKind, bytes] = {kind: name for name, kind in TOMBSTO
 _DECIMAL = re.compile(rb"-?[0-9]{1,19}")
 
 Headers = Mapping[str, Any] | Iterable[tuple[str, Any]] | None
+
+#: The first byte of a fence record's key. 0xFF never occurs in UTF-8 text: no context id
+#: (a non-empty UTF-8 string) can start with it.
+FENCE_KEY_PREFIX = b"\xff"
+_FENCE_MAGIC = b"LKF1"
+#: token, WAL offset of the event that raised it, that event's log time.
+_FENCE = struct.Struct(">qqq")
+
+
+@dataclass(frozen=True, slots=True)
+class FenceRecord:
+    """The highest fencing token folded for ``lock`` in a partition, raised by the event at
+    ``wal_offset`` (logged at ``log_time_ms``)."""
+
+    lock: str
+    token: int
+    wal_offset: int
+    log_time_ms: int
+
+    @property
+    def key(self) -> bytes:
+        return fence_key(self.lock)
+
+    def encode(self) -> bytes:
+        return _FENCE_MAGIC + _FENCE.pack(self.token, self.wal_offset, self.log_time_ms)
+
+
+def fence_key(lock: str) -> bytes:
+    """The change-topic key of a lock's fence record."""
+    return FENCE_KEY_PREFIX + lock.encode()
+
+
+def is_fence_key(key: object) -> bool:
+    """True for the key of a fence record (no context's change has such a key)."""
+    return isinstance(key, bytes) and key[:1] == FENCE_KEY_PREFIX
+
+
+def read_fence_record(key: bytes | None, value: bytes | None) -> FenceRecord:
+    """The fence record of a change-topic record with a fence key; ``BadFenceRecordError``
+    when it is not exactly what the processor writes (a lock name of UTF-8 after the prefix,
+    a value of the magic and three non-negative 64-bit integers)."""
+    if not is_fence_key(key):
+        raise BadFenceRecordError(f"key {key!r:.60} is not a fence record's")
+    assert isinstance(key, bytes)
+    try:
+        lock = key[1:].decode()
+    except UnicodeDecodeError:
+        raise BadFenceRecordError("the lock name in the key is not UTF-8") from None
+    if not lock:
+        raise BadFenceRecordError("a fence record without a lock name")
+    if value is None or len(value) != len(_FENCE_MAGIC) + _FENCE.size:
+        size = "no" if value is None else f"a {len(value)}-byte"
+        raise BadFenceRecordError(f"{size} value, not a fence record's")
+    if not value.startswith(_FENCE_MAGIC):
+        raise BadFenceRecordError(f"value starts {value[:4]!r}, not {_FENCE_MAGIC!r}")
+    token, wal_offset, log_time_ms = _FENCE.unpack_from(value, len(_FENCE_MAGIC))
+    if min(token, wal_offset, log_time_ms) < 0:
+        raise BadFenceRecordError(
+            f"negative field in fence record of {lock!r}: token {token}, offset {wal_offset}"
+        )
+    return FenceRecord(lock, token, wal_offset, log_time_ms)
 
 
 def tombstone_headers(

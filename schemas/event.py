@@ -78,10 +78,36 @@ Op = Put | Delete | Patch | Touch | Expire | CheckpointBarrier
 OP_TYPES: tuple[type, ...] = (Put, Delete, Patch, Touch, Expire, CheckpointBarrier)
 
 
+#: The longest name of a lock, and so of a fence's lock (UTF-8 bytes).
+MAX_LOCK_NAME_BYTES = 200
+
+
 @dataclass(frozen=True, slots=True)
 class Fence:
+    """A fencing token of a lock (``streams.locks``): the fold refuses a write whose token is
+    below the highest it has folded for that lock in the partition."""
+
     lock: str
     token: int
+
+
+def fence_problem(fence: Fence) -> str | None:
+    """Why ``fence`` is not one a lock can issue (the fold rejects it, a client refuses to
+    send it), or None. A lock name is a non-empty string of at most ``MAX_LOCK_NAME_BYTES``
+    UTF-8 bytes without control characters; a token is a non-negative 64-bit integer."""
+    name, token = fence.lock, fence.token
+    if not isinstance(name, str) or not name:
+        return f"a lock name is a non-empty string, got {name!r:.60}"
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > MAX_LOCK_NAME_BYTES:
+        return f"lock name of {size} bytes: at most {MAX_LOCK_NAME_BYTES}"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return f"lock name {name!r:.60} holds a control character"
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in name):
+        return f"lock name {name!r:.60} is not valid Unicode"
+    if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < 2**63:
+        return f"fencing token {token!r:.40} is not an integer in [0, 2^63)"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,11 @@ class BadTombstoneError(CodecError):
         self.header = header
 
 
+class BadFenceRecordError(CodecError):
+    """A change-topic record with a fence record's key (``schemas.change.FENCE_KEY_PREFIX``)
+    that is not a fence record as the processor writes it."""
+
+
 class PatchError(LukhasError, ValueError):
     """A patch that cannot be applied to the document, or a document the store cannot hold
     (``schemas.patch``).

@@ -31,7 +31,13 @@ if TYPE_CHECKING:
 
 #: The journal statuses whose events are in the window.
 REMEMBERED = frozenset(
-    (EntryStatus.APPLIED, EntryStatus.CONFLICT, EntryStatus.REJECTED, EntryStatus.RESTORED)
+    (
+        EntryStatus.APPLIED,
+        EntryStatus.CONFLICT,
+        EntryStatus.REJECTED,
+        EntryStatus.RESTORED,
+        EntryStatus.FENCED,
+    )
 )
 _HASH_MASK = (1 << 64) - 1
 

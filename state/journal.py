@@ -44,6 +44,8 @@ class EntryStatus(enum.IntEnum):
     #: Folded before the store was restored from the change topic, which keeps no outcomes:
     #: the event id is known (for the dedupe window), what became of the event is not.
     RESTORED = 5
+    #: Its fencing token was below the highest folded for its lock (``processors.round``).
+    FENCED = 6
 
 
 @dataclass(frozen=True, slots=True)

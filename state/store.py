@@ -5,10 +5,13 @@ counts), ``contexts`` holds one ``ContextRecord`` per context id (UTF-8 key), ``
 block of outcomes per round (see ``state.journal``), ``expiry`` the expiry index: one key
 ``expires_at_ms (8, big-endian) | context id`` per live context with a TTL, value its version,
 so the sweeper reads the contexts due first, in order; ``history`` the history index (one
-entry per folded record, keyed by context then offset: ``state.history``).
+entry per folded record, keyed by context then offset: ``state.history``); ``fences`` the
+highest fencing token folded for each lock name (key the name, UTF-8; value ``token | WAL
+offset | log time`` of the event that raised it, 8 bytes each, big-endian).
 
 **Digest:** the sum mod 2^64 of ``xxh3_64(len(id) | id | stored record bytes)`` over every
-stored record, tombstones included. It is order-independent, updated with each commit in the
+stored record, tombstones included, plus the same hash of every fence (its key prefixed with
+the byte 0xFF, which no context id holds). It is order-independent, updated with each commit in the
 same WriteBatch (subtract the old record's hash, add the new one's), so it costs O(1) at a
 checkpoint, and any two stores holding the fold of the same WAL prefix have the same digest —
 across replicas, replays and restore paths. ``verify()`` recomputes it from the records.
@@ -60,8 +63,13 @@ CF_CONTEXTS = "contexts"
 CF_JOURNAL = "journal"
 CF_EXPIRY = "expiry"
 CF_HISTORY = "history"
+CF_FENCES = "fences"
 #: Every column family of a store, in the order they are opened.
-FAMILIES = (CF_CONTEXTS, CF_JOURNAL, CF_EXPIRY, CF_HISTORY)
+FAMILIES = (CF_CONTEXTS, CF_JOURNAL, CF_EXPIRY, CF_HISTORY, CF_FENCES)
+#: A fence's value: token, WAL offset and log time of the event that raised it.
+FENCE_VALUE = struct.Struct(">qqq")
+#: Fences cached in memory (the cache is dropped whole past it).
+_FENCE_CACHE = 65_536
 HASH_MASK = (1 << 64) - 1
 NEXT_OFFSET_KEY = b"meta/next_offset"
 #: Digest, stored records and stored documents (records that are not tombstones), as one value.
@@ -94,6 +102,11 @@ def _is_lock_error(exc: BaseException) -> bool:
 def record_hash(key: bytes, value: bytes) -> int:
     """The digest term of one stored record: xxh3-64 of its id (length-prefixed) and bytes."""
     return xxhash.xxh3_64_intdigest(_KEY_LEN.pack(len(key)) + key + value)
+
+
+def fence_hash(lock: bytes, value: bytes) -> int:
+    """The digest term of one fence: ``record_hash`` of its name prefixed with 0xFF."""
+    return record_hash(b"\xff" + lock, value)
 
 
 def expiry_key(expires_at_ms: int, key: bytes) -> bytes:
@@ -152,6 +165,8 @@ class PartitionStore:
             self._expiry_cf = self._db.get_column_family_handle(CF_EXPIRY)
             self._history = self._db.get_column_family(CF_HISTORY)
             self._history_cf = self._db.get_column_family_handle(CF_HISTORY)
+            self._fences = self._db.get_column_family(CF_FENCES)
+            self._fences_cf = self._db.get_column_family_handle(CF_FENCES)
             history_from = self._db.get(HISTORY_FROM_KEY)
             raw = self._db.get(NEXT_OFFSET_KEY)
             summary = self._db.get(SUMMARY_KEY)
@@ -175,6 +190,8 @@ class PartitionStore:
         #: they are new without looking them up again. Valid until the next write, and every
         #: write is a commit, which clears it.
         self._absent: set[bytes] = set()
+        #: Lock name -> highest token (None: no fence), as committed.
+        self._fence_cache: dict[bytes, int | None] = {}
         if summary is None and self._next_offset:
             # Written before the digest existed: derive it (and the expiry index) once.
             try:
@@ -215,6 +232,24 @@ class PartitionStore:
         self._remember(key, record)
         return record
 
+    def fence(self, lock: bytes) -> int | None:
+        """The highest fencing token committed for ``lock`` (UTF-8 name), None if none."""
+        cache = self._fence_cache
+        if lock in cache:
+            return cache[lock]
+        raw = self._fences.get(lock)
+        token = None if raw is None else int(FENCE_VALUE.unpack_from(raw)[0])
+        if len(cache) >= _FENCE_CACHE:
+            cache.clear()
+        cache[lock] = token
+        return token
+
+    def fences(self) -> Iterator[tuple[bytes, tuple[int, int, int]]]:
+        """Every fence, ``(lock name, (token, WAL offset, log time))``, in name order."""
+        with contextlib.closing(self._scan(self._fences)) as rows:
+            for key, value in rows:
+                yield key, FENCE_VALUE.unpack(value)
+
     def commit(
         self,
         records: Mapping[bytes, ContextRecord],
@@ -223,6 +258,7 @@ class PartitionStore:
         forget_below: int = 0,
         pending_checkpoint: tuple[int, str] | None = None,
         history_rows: Sequence[tuple[bytes, bytes]] | None = (),
+        fences: Mapping[bytes, tuple[int, int, int]] | None = None,
     ) -> None:
         """Writes ``records``, ``next_offset``, the round's journal block ``(first offset,
         block)``, the expiry index entries, the history index entries (``history_rows``:
@@ -230,7 +266,8 @@ class PartitionStore:
         complete: ``history_from`` is cleared) and the new digest in one WriteBatch: all or
         nothing. Journal
         blocks that start below ``forget_below`` are deleted in the same batch (the journal's
-        bound)."""
+        bound). ``fences``: lock name -> ``(token, WAL offset, log time)`` of each fence the
+        round raised, counted in the digest too."""
         batch = WriteBatch(raw_mode=True)
         cf, expiry_cf = self._cf, self._expiry_cf
         digest, count, documents = self._digest, self._records, self._documents
@@ -251,6 +288,15 @@ class PartitionStore:
                 batch.delete(expiry_key(old_due, key), expiry_cf)
             if due is not None:
                 batch.put(expiry_key(due, key), _OFFSET.pack(record.version), expiry_cf)
+        if fences:
+            fences_cf = self._fences_cf
+            for lock, fence in fences.items():
+                old_fence = self._fences.get(lock)
+                if old_fence is not None:
+                    digest -= fence_hash(lock, old_fence)
+                value = FENCE_VALUE.pack(*fence)
+                batch.put(lock, value, fences_cf)
+                digest += fence_hash(lock, value)
         digest &= HASH_MASK
         if journal_block is not None:
             batch.put(journal.block_key(journal_block[0]), journal_block[1], self._journal_cf)
@@ -282,6 +328,9 @@ class PartitionStore:
         self._absent.clear()
         for key, record in records.items():
             self._remember(key, record)
+        if fences:
+            for lock, fence in fences.items():
+                self._fence_cache[lock] = fence[0]
 
     def _with_previous(
         self, records: Mapping[bytes, ContextRecord]
@@ -351,6 +400,13 @@ class PartitionStore:
                 digest += record_hash(key, value)
                 count += 1
                 documents += not value[1] & 1  # flags bit 0: tombstone
+        with contextlib.closing(self._scan(self._fences)) as rows:
+            for key, value in rows:
+                if len(value) != FENCE_VALUE.size:
+                    raise StoreCorruptError(
+                        self.path, ValueError(f"fence {key!r:.60} of {len(value)} bytes")
+                    )
+                digest += fence_hash(key, value)
         # By name, not `for family in (...)`: a loop variable holding a column family stays in
         # this frame, which the error's traceback keeps, and keeps the database (and its lock)
         # open after close() for as long as the error lives (a log handler that keeps records).
@@ -590,14 +646,15 @@ class PartitionStore:
             return
         self._cache.clear()
         try:
-            for family in (self._contexts, self._journal, self._expiry, self._history, self._db):
+            families = (self._contexts, self._journal, self._expiry, self._history, self._fences)
+            for family in (*families, self._db):
                 family.flush()
         finally:
             self._close_db()
 
     def _close_db(self) -> None:
         for name in ("_contexts", "_cf", "_journal", "_journal_cf", "_expiry", "_expiry_cf",
-                     "_history", "_history_cf"):  # fmt: skip
+                     "_history", "_history_cf", "_fences", "_fences_cf"):  # fmt: skip
             if hasattr(self, name):
                 delattr(self, name)
         self._db.close()

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from lukhas_context.schemas.event import Delete, Op, Patch, PatchFormat, Put, Touch
+from lukhas_context.schemas.event import Delete, Fence, Op, Patch, PatchFormat, Put, Touch
 from lukhas_context.state.manifest import check_checkpoint_id
 from lukhas_context.streams.config import ClientConfig
 from lukhas_context.streams.deltas import DeltaCache
@@ -100,15 +100,19 @@ class ContextClient:
         expected_version: int | None = None,
         dry_run: bool = False,
         event_id: uuid.UUID | str | None = None,
+        fence: Fence | Lock | str | None = None,
     ) -> Any:
         """Replaces the whole document; ``ttl`` in seconds. Returns a ``Receipt`` once the WAL
         acknowledged (a ``DryRun`` with ``dry_run=True``). ``event_id`` (every write takes
         it): the caller's own id, so that a retry after a crash is the same event — folded
         once, the repeat journaled ``duplicate`` while it is within the worker's dedupe window
-        (by default the last 100,000 records of the partition)."""
+        (by default the last 100,000 records of the partition). ``fence`` (every write takes it
+        too): a held ``Lock`` (``client.lock``), its ``Fence``, or ``"LOCK:TOKEN"``; the fold
+        refuses the write as ``fenced`` when a later holder of that lock has written to the
+        partition (``streams.locks``)."""
         data = canonical_json(doc, self.config.max_document_bytes)
         op = Put(data, ttl_ms(ttl))
-        result = await self._submit(context_id, op, expected_version, dry_run, event_id)
+        result = await self._submit(context_id, op, expected_version, dry_run, event_id, fence)
         if not dry_run:
             self._deltas.remember(context_id, None, data)
         return result
@@ -125,6 +129,7 @@ class ContextClient:
         clear_ttl: bool = False,
         dry_run: bool = False,
         event_id: uuid.UUID | str | None = None,
+        fence: Fence | Lock | str | None = None,
     ) -> Any:
         """Applies an RFC 6902 JSON Patch (a list of ops), or with ``merge=True`` an RFC 7386
         merge patch (an object), atomically: an invalid op rejects the whole patch.
@@ -141,7 +146,7 @@ class ContextClient:
             self._deltas.forget(context_id)  # the base update() would diff against is gone
         fmt = PatchFormat.MERGE_PATCH if merge else PatchFormat.JSON_PATCH
         op = Patch(fmt, data, checksum_bytes(expected_checksum), ttl_ms(ttl), clear_ttl)
-        return await self._submit(context_id, op, expected_version, dry_run, event_id)
+        return await self._submit(context_id, op, expected_version, dry_run, event_id, fence)
 
     async def touch(
         self,
@@ -151,22 +156,23 @@ class ContextClient:
         expected_version: int | None = None,
         dry_run: bool = False,
         event_id: uuid.UUID | str | None = None,
+        fence: Fence | Lock | str | None = None,
     ) -> Any:
         """Sets the TTL to ``ttl`` seconds from now (log time), or removes it with None."""
         if not dry_run:
             self._deltas.forget(context_id)  # its version moves on
         op = Touch(ttl_ms(ttl))
-        return await self._submit(context_id, op, expected_version, dry_run, event_id)
+        return await self._submit(context_id, op, expected_version, dry_run, event_id, fence)
 
     async def delete(
         self, context_id: str, *, expected_version: int | None = None, dry_run: bool = False,
-        event_id: uuid.UUID | str | None = None,
+        event_id: uuid.UUID | str | None = None, fence: Fence | Lock | str | None = None,
     ) -> Any:  # fmt: skip
         """Deletes the context. A context that does not exist is a rejected event, not an error
         here: the WAL accepted it and the fold refuses it (see ``Receipt.outcome()``)."""
         if not dry_run:
             self._deltas.forget(context_id)
-        return await self._submit(context_id, Delete(), expected_version, dry_run, event_id)
+        return await self._submit(context_id, Delete(), expected_version, dry_run, event_id, fence)
 
     async def update(
         self, context_id: str, new_doc: dict[str, Any], ttl: float | None = None
@@ -216,9 +222,9 @@ class ContextClient:
 
     async def _submit(
         self, context_id: str, op: Op, expected_version: int | None, dry_run: bool,
-        event_id: uuid.UUID | str | None = None,
+        event_id: uuid.UUID | str | None = None, fence: Fence | Lock | str | None = None,
     ) -> Any:  # fmt: skip
-        key, value, event_id = self.writer.event(context_id, op, expected_version, event_id)
+        key, value, event_id = self.writer.event(context_id, op, expected_version, event_id, fence)
         if dry_run:
             return await self._reader.dry_run(value)
         meta = await self.writer.send(key, value, event_id)

@@ -13,9 +13,9 @@ A lock is not a guarantee by itself: a holder that stops (a pause, a swap storm,
 past the TTL loses it without knowing. That is what the token is for — writes carry it
 (``fence``), and whoever applies them refuses a token lower than one it has seen (Kleppmann,
 "How to do distributed locking", 2016). Here: ``Lock.check()`` raises ``LockLostError`` once
-a renewal found the lock gone, and the token is what a fenced write sends. The processor's
-side of fencing (refusing stale tokens in the fold) is not built yet: until it is, the worker
-rejects an event that carries a fence, and these locks are advisory.
+a renewal found the lock gone, and the token is what a fenced write sends (``lock.fence``,
+the ``fence=`` of every write): the fold refuses, as ``fenced``, a write whose token is below
+the highest it has folded for that lock in the partition (``processors.round``).
 
 Redis down: acquiring fails at once with ``LockUnavailableError`` (a short connect timeout,
 no retries); writes that do not use locks never touch Redis. Release and renewal act only
@@ -36,6 +36,7 @@ from typing import Any
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
+from lukhas_context.schemas.event import MAX_LOCK_NAME_BYTES, Fence, fence_problem
 from lukhas_context.streams.exceptions import (
     LockLostError,
     LockTimeoutError,
@@ -43,12 +44,18 @@ from lukhas_context.streams.exceptions import (
     ValidationError,
 )
 
-__all__ = ["MAX_LOCK_NAME_BYTES", "MAX_TTL_S", "Lock", "LockManager", "check_lock_name"]
+__all__ = [
+    "MAX_LOCK_NAME_BYTES",
+    "MAX_TTL_S",
+    "Lock",
+    "LockManager",
+    "as_fence",
+    "check_fence",
+    "check_lock_name",
+]
 
 log = logging.getLogger(__name__)
 
-#: The longest lock name (UTF-8 bytes).
-MAX_LOCK_NAME_BYTES = 200
 #: A TTL's bounds (seconds).
 MIN_TTL_S = 0.05
 MAX_TTL_S = 86_400.0
@@ -83,18 +90,40 @@ return 0
 def check_lock_name(name: object) -> str:
     """``name`` if it can name a lock: a non-empty string of at most ``MAX_LOCK_NAME_BYTES``
     UTF-8 bytes without control characters; ``ValidationError`` otherwise."""
-    if not isinstance(name, str) or not name:
+    if not isinstance(name, str):
         raise ValidationError(f"a lock name is a non-empty string, got {name!r:.60}")
-    size = len(name.encode("utf-8", "surrogatepass"))
-    if size > MAX_LOCK_NAME_BYTES:
-        raise ValidationError(f"lock name of {size} bytes: at most {MAX_LOCK_NAME_BYTES}")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise ValidationError(f"lock name {name!r:.60} holds a control character")
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValidationError(f"lock name {name!r:.60} is not valid Unicode") from None
+    problem = fence_problem(Fence(name, 0))
+    if problem is not None:
+        raise ValidationError(problem)
     return name
+
+
+def check_fence(lock: object, token: object) -> Fence:
+    """The fence of ``lock`` and ``token`` (a token a lock issued: an integer in [0, 2^63));
+    ``ValidationError`` before anything is sent otherwise."""
+    check_lock_name(lock)
+    problem = fence_problem(Fence(lock, token))  # type: ignore[arg-type]
+    if problem is not None:
+        raise ValidationError(problem)
+    return Fence(lock, token)  # type: ignore[arg-type]
+
+
+def as_fence(value: object) -> Fence:
+    """The fence a write sends: a ``Fence`` (checked), or a held lock's (a ``Lock``, or the
+    sync client's; ``LockLostError`` when it is known lost), or ``"LOCK:TOKEN"`` text;
+    ``ValidationError`` otherwise."""
+    if isinstance(value, Lock) or isinstance(getattr(value, "lock", None), Lock):
+        return value.fence  # type: ignore[attr-defined,no-any-return]
+    if isinstance(value, Fence):
+        return check_fence(value.lock, value.token)
+    if isinstance(value, str):
+        lock, sep, token = value.rpartition(":")
+        if not sep or not token.isascii() or not token.isdigit() or len(token) > 19:
+            raise ValidationError(
+                f"a fence is LOCK:TOKEN with a non-negative integer token, got {value!r:.80}"
+            )
+        return check_fence(lock, int(token))
+    raise ValidationError(f"a fence is a Fence, a Lock or 'LOCK:TOKEN', got {value!r:.60}")
 
 
 def _check_seconds(value: object, what: str, low: float, high: float) -> float:
@@ -175,6 +204,13 @@ class Lock:
         """Acquired, not released, and no renewal found it gone (it may still have expired
         since: only the token makes a write safe)."""
         return self.token is not None and self._lost is None
+
+    @property
+    def fence(self) -> Fence:
+        """The fence a write sends under this lock (``client.put(..., fence=lock.fence)``);
+        ``LockLostError`` when not held. Even a held lock may have expired meanwhile: the fold
+        refuses the write then, if a later holder has written."""
+        return Fence(self.name, self.check())
 
     def check(self) -> int:
         """The token, or ``LockLostError`` when the lock is known to be gone."""

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from lukhas_context.schemas.event import Fence
 from lukhas_context.streams.async_client import ContextClient
 from lukhas_context.streams.config import ClientConfig
 from lukhas_context.streams.locks import Lock
@@ -103,6 +104,11 @@ class SyncLock:
 
     def check(self) -> int:
         return self.lock.check()
+
+    @property
+    def fence(self) -> Fence:
+        """What a write sends under this lock (``Lock.fence``)."""
+        return self.lock.fence
 
     def acquire(self) -> int:
         return self._client._call(self.lock.acquire())

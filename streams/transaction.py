@@ -139,29 +139,34 @@ class Transaction:
         return [key for *_, future, key in self._pending if not future.done()]
 
     async def put(self, context_id: str, doc: dict[str, Any], ttl: float | None = None,
-                  *, expected_version: int | None = None) -> None:  # fmt: skip
+                  *, expected_version: int | None = None, fence: Any = None) -> None:  # fmt: skip
         data = canonical_json(doc, self._writer.config.max_document_bytes)
-        await self._send(context_id, Put(data, ttl_ms(ttl)), expected_version)
+        await self._send(context_id, Put(data, ttl_ms(ttl)), expected_version, fence)
 
     async def patch(self, context_id: str, patch: list[Any] | dict[str, Any], *,
-                    merge: bool = False, expected_version: int | None = None) -> None:  # fmt: skip
+                    merge: bool = False, expected_version: int | None = None,
+                    fence: Any = None) -> None:  # fmt: skip
         data = json_bytes(patch, self._writer.config.max_document_bytes, "patch")
         fmt = PatchFormat.MERGE_PATCH if merge else PatchFormat.JSON_PATCH
-        await self._send(context_id, Patch(fmt, data), expected_version)
+        await self._send(context_id, Patch(fmt, data), expected_version, fence)
 
     async def touch(self, context_id: str, ttl: float | None, *,
-                    expected_version: int | None = None) -> None:  # fmt: skip
-        await self._send(context_id, Touch(ttl_ms(ttl)), expected_version)
+                    expected_version: int | None = None, fence: Any = None) -> None:  # fmt: skip
+        await self._send(context_id, Touch(ttl_ms(ttl)), expected_version, fence)
 
-    async def delete(self, context_id: str, *, expected_version: int | None = None) -> None:
-        await self._send(context_id, Delete(), expected_version)
+    async def delete(self, context_id: str, *, expected_version: int | None = None,
+                     fence: Any = None) -> None:  # fmt: skip
+        await self._send(context_id, Delete(), expected_version, fence)
 
-    async def _send(self, context_id: str, op: Op, expected_version: int | None) -> None:
+    async def _send(
+        self, context_id: str, op: Op, expected_version: int | None, fence: Any = None
+    ) -> None:
         """Queues the event in the transaction (its acknowledgement is awaited by the
-        commit); waits only for the topic's metadata and buffer space, within the deadline."""
+        commit); waits only for the topic's metadata and buffer space, within the deadline.
+        ``fence``: as the client's writes take it."""
         assert self._producer is not None, "use 'async with client.transaction() as tx'"
         writer = self._writer
-        key, value, event_id = writer.event(context_id, op, expected_version)
+        key, value, event_id = writer.event(context_id, op, expected_version, None, fence)
         async with writer.deadline(f"cannot send event {event_id}", lambda: [key], self._producer):
             with kafka_errors(PublishError, f"cannot send event {event_id}"):
                 producer, topic = self._producer, writer.config.topics.events

@@ -35,9 +35,14 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 
-from lukhas_context.schemas.change import ChangeRecord, wal_offset_of
+from lukhas_context.schemas.change import (
+    FENCE_KEY_PREFIX,
+    ChangeRecord,
+    read_fence_record,
+    wal_offset_of,
+)
 from lukhas_context.schemas.codec import ChangeCodec
-from lukhas_context.schemas.exceptions import BadTombstoneError, CodecError
+from lukhas_context.schemas.exceptions import BadFenceRecordError, BadTombstoneError, CodecError
 from lukhas_context.schemas.patch import make_json_patch
 from lukhas_context.streams import kafka
 from lukhas_context.streams.changes import KIND_NAMES, Change, Gap, ResumeToken, Start, parse_start
@@ -284,6 +289,12 @@ class Watcher:
             return self._gap(m.partition, expected, offset, "compacted or deleted")
         pos[i] = offset + 1
         key = m.key or b""
+        if key[:1] == FENCE_KEY_PREFIX:  # no context id starts so
+            try:
+                read_fence_record(key, m.value)
+            except BadFenceRecordError:
+                return self._gap(m.partition, offset, offset + 1, "undecodable change")
+            return None  # a fence record (``schemas.change``): no change of a context
         # Filtered out before decoding. The highest WAL offset is kept over the changes that
         # pass the filter: a repeat of one of them still carries an offset at or below it.
         if (self._key is not None and key != self._key) or (

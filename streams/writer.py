@@ -41,6 +41,7 @@ from lukhas_context.streams.config import ClientConfig
 from lukhas_context.streams.exceptions import PublishError, PublishTimeoutError
 from lukhas_context.streams.health import Broker, explain, parse_bootstrap
 from lukhas_context.streams.kafka import kafka_error, kafka_errors
+from lukhas_context.streams.locks import as_fence
 from lukhas_context.streams.producer import WalProducer
 from lukhas_context.streams.topics import partition_for
 from lukhas_context.streams.validation import check_event_id, check_version, context_key
@@ -99,14 +100,18 @@ class WalWriter:
 
     def event(
         self, context_id: str, op: Op, expected_version: int | None,
-        event_id: uuid.UUID | str | None = None,
+        event_id: uuid.UUID | str | None = None, fence: Any = None,
     ) -> tuple[bytes, bytes, uuid.UUID]:  # fmt: skip
         """Validates and encodes one event: (key, value, event id); the id is the caller's
-        (a ``UUID`` or its text) or a new random one."""
+        (a ``UUID`` or its text) or a new random one. ``fence``: a ``Fence``, or a held
+        ``Lock`` (its ``fence``), or None."""
         key = context_key(context_id)
         check_version(expected_version)
         event_id = uuid.uuid4() if event_id is None else check_event_id(event_id)
-        event = ContextEvent(event_id.bytes, context_id, op, expected_version, None, EMPTY_METADATA)
+        checked = None if fence is None else as_fence(fence)
+        event = ContextEvent(
+            event_id.bytes, context_id, op, expected_version, checked, EMPTY_METADATA
+        )
         return key, self.codec.encode(event), event_id
 
     # ---- the idempotent producer ----

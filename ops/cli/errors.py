@@ -43,19 +43,23 @@ EXIT_DEAD_LETTERED = 6
 EXIT_DIFFERS = 7
 #: ``lukhas lock``: the command succeeded, but the lock was lost while it ran.
 EXIT_LOCK_LOST = 8
+#: A write waited on whose fencing token was stale (``--fence``).
+EXIT_FENCED = 9
 #: The exit code of each outcome of an event (a waited write, `lukhas outcome`, a dry run).
 EXIT_OF_STATUS = {
     "applied": 0,
     "conflict": EXIT_CONFLICT,
     "rejected": EXIT_REJECTED,
     "dead_lettered": EXIT_DEAD_LETTERED,
+    "fenced": EXIT_FENCED,
 }
 EXIT_CODES = (
     "Exit codes: 0 success; 1 error (one line on stderr); 2 usage error; 3 not found (the "
     "context, the WAL position, its history, the dead letter); for a write waited on (--wait), "
     "`outcome` and --dry-run: 4 conflict, 5 rejected, 6 dead-lettered (also `dlq redrive`: one "
-    "was dead-lettered again); `verify`: 7 a partition differs or is corrupt; `lock`: the "
-    "command's code, or 8 when the lock was lost while it ran."
+    "was dead-lettered again), 9 fenced (a stale --fence token); `verify`: 7 a partition "
+    "differs or is corrupt; `lock`: the command's code, or 8 when the lock was lost while it "
+    "ran."
 )
 
 

@@ -88,12 +88,16 @@ def mutation_options(fn: F) -> F:
     fn = click.option(
         "--wait/--no-wait", default=None,
         help="Wait until the event is folded and exit with its outcome's code (4 conflict, "
-             "5 rejected, 6 dead-lettered) [default: wait when a condition is given: "
-             "--if-version, or --expect-checksum of a patch].",
+             "5 rejected, 6 dead-lettered, 9 fenced) [default: wait when a condition is "
+             "given: --if-version, --fence, or --expect-checksum of a patch].",
     )(fn)  # fmt: skip
     fn = click.option("--dry-run", is_flag=True,
                       help="Show what the processor would do, exit with its code; append "
                            "nothing.")(fn)  # fmt: skip
+    fn = click.option("--fence", "fence", default=None, metavar="LOCK:TOKEN",
+                      help="The fencing token of a lock held (`lukhas lock` passes it as "
+                           "$LUKHAS_FENCE): the event is fenced (exit 9) if a later holder "
+                           "of LOCK has written to its partition.")(fn)  # fmt: skip
     fn = click.option("--event-id", "event_id", default=None, metavar="UUID",
                       help="The event's id (a UUID), so that a retry after a crash is the "
                            "same event: folded once, the repeat a duplicate.")(fn)  # fmt: skip

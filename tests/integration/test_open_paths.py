@@ -19,7 +19,7 @@ from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.offline import replay_wal
 from lukhas_context.processors.opener import StoreOpener
 from lukhas_context.schemas.codec import EventCodec
-from lukhas_context.schemas.event import ContextEvent, Put
+from lukhas_context.schemas.event import ContextEvent, Fence, Put
 from lukhas_context.state.store import PartitionStore, Summary
 
 from .conftest import PARTITIONS, drained, serving_all, wal_ends
@@ -60,10 +60,13 @@ PATHS: dict[str, OpenPath] = {
 
 
 async def _history(client: Any, n: int, tag: str) -> None:
-    """Puts (some with a TTL that runs out soon), merge patches, deletes and touches."""
+    """Puts (some with a TTL that runs out soon, some fenced: tokens that go up and down, so
+    some are stale), merge patches, deletes and touches."""
     for i in range(n):
         cid = f"{tag}:{i % 40}"
-        if i % 11 == 5:  # rejected, and journaled so, if the context does not exist yet
+        if i % 23 == 2:
+            await client.put(cid, {"fenced": i}, fence=Fence(f"lock{i % 2}", (i * 7) % 50))
+        elif i % 11 == 5:  # rejected, and journaled so, if the context does not exist yet
             await client.patch(cid, {"patched": i}, merge=True)
         elif i % 13 == 7:
             await client.delete(cid)
@@ -114,6 +117,10 @@ async def test_every_open_path_reaches_the_live_state(
         await client.put("after:final", {"last": True})
     live = await drained(worker)
     assert sum(s.records - s.documents for s in live.values()) > 0, "no tombstone to restore"
+    stores = worker.materializer.stores.values()
+    assert sum(1 for s in stores for _ in s.fences()) > 0, "no fence to restore"
+    fenced = sum(1 for s in stores for e in s.journal_since(0) if e.status.name == "FENCED")
+    assert fenced > 0, "no stale token to refuse"
     await worker.stop()
     ends = await wal_ends(cluster.bootstrap, topics.events)
     assert {p: s.next_offset for p, s in live.items()} == ends

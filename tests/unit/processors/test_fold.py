@@ -105,13 +105,15 @@ def test_bad_documents_and_ttls_are_rejected() -> None:
         assert outcome.status is Status.REJECTED and record is None
 
 
-def test_checkpoint_barriers_and_fences_are_rejected_not_ignored() -> None:
+def test_keyed_checkpoint_barriers_are_rejected_and_fences_are_checked_not_ignored() -> None:
     existing, _ = fold([put()])
     new, outcome = apply(existing, ContextEvent(EID, "c", CheckpointBarrier("x")), 5, 5, LIMITS)
     assert outcome.status is Status.REJECTED and new is existing
     fenced = ContextEvent(EID, "c", Put(b"{}"), None, Fence("lock", 1))
-    new, outcome = apply(existing, fenced, 5, 5, LIMITS)
-    assert outcome.status is Status.REJECTED and new is existing
+    new, outcome = apply(existing, fenced, 5, 5, LIMITS, fence_floor=2)
+    assert outcome.status is Status.FENCED and new is existing
+    new, outcome = apply(existing, fenced, 5, 5, LIMITS, fence_floor=1)
+    assert outcome.status is Status.APPLIED and new is not existing
 
 
 def patch(body: bytes, fmt: PatchFormat = PatchFormat.JSON_PATCH, **kw: object) -> ContextEvent:

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lukhas_context.schemas import binary as b
+from lukhas_context.schemas.change import FenceRecord, fence_key
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
 from lukhas_context.schemas.event import ChangeKind, ContextChange
 from lukhas_context.schemas.exceptions import CodecError
@@ -455,6 +456,8 @@ async def test_undecodable_change_yields_gap(make_watcher: MakeWatcher) -> None:
         tombstone("b", 5, 11, kind=b"vanished"),
         Msg(b"\xff", None, 6, headers=tombstone("x", 6, 11).headers),  # key is not UTF-8
         put("c", 7, 11),
+        # A fence record (the fold's highest token of a lock): no change, no gap either.
+        Msg(fence_key("L"), FenceRecord("L", 5, 11, 0).encode(), 8),
     ]
     items = drain(w, records)
     gaps = [i for i in items if isinstance(i, Gap)]
