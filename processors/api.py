@@ -38,8 +38,9 @@ written has no events (200, ``events`` empty).
 
 ``GET /v1/outcomes/{partition}/{offset}`` waits (``timeout``, default 5 s) until that record
 is folded and returns its journal entry: ``{"status": "applied" | "conflict" | "rejected" |
-"dead_lettered" | "duplicate", "version", "reason", "duplicate_of"}``; 404 when the journal no
-longer holds it, 504 when it is not folded in time (with ``open_transaction`` as above).
+"fenced" | "dead_lettered" | "duplicate", "version", "reason", "duplicate_of"}``; 404 when
+the journal no longer holds it, 504 when it is not folded in time (with ``open_transaction``
+as above).
 
 ``POST /v1/dry-run`` takes one encoded event (single-object Avro, the body) and returns what
 the fold would do to the current state — ``{"status", "version", "reason", "kind", "doc",

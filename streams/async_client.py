@@ -250,8 +250,8 @@ class ContextClient:
         """What became of every WAL record of ``context_id``, oldest first: a page of at most
         ``limit`` (1 to 10,000) entries with offsets above ``after``; ``History.more`` says
         whether another follows. Each entry has the record's offset, its status (``applied``,
-        ``conflict``, ``rejected``, ``dead_lettered``, ``duplicate``), version and reason. A
-        context never written has no entries (no error). Served from the owning worker's
+        ``conflict``, ``rejected``, ``fenced``, ``dead_lettered``, ``duplicate``), version and
+        reason. A context never written has no entries (no error). Served from the owning worker's
         history index (``state.history``)."""
         return await self._reader.history(context_id, after, limit, timeout)
 

@@ -82,7 +82,7 @@ def _line(partition: int | None, e: dict[str, Any]) -> str:
     elif status == "duplicate":
         outcome = f"duplicate of offset {e['duplicate_of']}"
     else:
-        at = status in ("conflict", "rejected") and e["version"] is not None
+        at = status in ("conflict", "rejected", "fenced") and e["version"] is not None
         outcome = status.replace("_", "-") + (f" (at v{e['version']})" if at else "")
     if e.get("reason") and status != "duplicate":
         outcome += f": {e['reason']}"

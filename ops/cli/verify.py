@@ -185,6 +185,8 @@ def _echo(r: dict[str, Any]) -> None:
         click.echo(f"  {d['context_id']}: here {_row(d['subject'])}; there {_row(d['against'])}")
     if r["truncated"]:
         click.echo("  ... more (raise --limit)")
+    if r.get("fences_differ"):
+        click.echo("  every context agrees: the fencing tokens kept for the locks differ")
 
 
 def _row(row: dict[str, Any] | None) -> str:
