@@ -7,6 +7,7 @@ Checksums are 8 bytes: xxh3-64 of the canonical document, big-endian.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -98,16 +99,22 @@ def fence_problem(fence: Fence) -> str | None:
     name, token = fence.lock, fence.token
     if not isinstance(name, str) or not name:
         return f"a lock name is a non-empty string, got {name!r:.60}"
-    size = len(name.encode("utf-8", "surrogatepass"))
-    if size > MAX_LOCK_NAME_BYTES:
-        return f"lock name of {size} bytes: at most {MAX_LOCK_NAME_BYTES}"
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        return f"lock name {name!r:.60} holds a control character"
-    if any(0xD800 <= ord(c) <= 0xDFFF for c in name):
-        return f"lock name {name!r:.60} is not valid Unicode"
-    if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < 2**63:
+    # At most 4 UTF-8 bytes a character: a short name needs no encoding to be measured.
+    if len(name) * 4 > MAX_LOCK_NAME_BYTES:
+        size = len(name.encode("utf-8", "surrogatepass"))
+        if size > MAX_LOCK_NAME_BYTES:
+            return f"lock name of {size} bytes: at most {MAX_LOCK_NAME_BYTES}"
+    bad = _NOT_IN_A_LOCK_NAME.search(name)
+    if bad is not None:
+        what = "is not valid Unicode" if ord(bad.group()) > 127 else "holds a control character"
+        return f"lock name {name!r:.60} {what}"
+    if type(token) is not int or not 0 <= token < 2**63:
         return f"fencing token {token!r:.40} is not an integer in [0, 2^63)"
     return None
+
+
+#: Control characters, and lone surrogates (text that is not valid Unicode).
+_NOT_IN_A_LOCK_NAME = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
