@@ -36,6 +36,7 @@ from tqdm import tqdm
 from lukhas_context.ops.exceptions import OpsError
 from lukhas_context.ops.inspect import Bound, NoSuchOffsetError, dlq_line, records
 from lukhas_context.schemas.exceptions import LukhasError
+from lukhas_context.schemas.txrecord import is_tx_key
 from lukhas_context.streams import kafka
 from lukhas_context.streams.admin import delete_records_below
 from lukhas_context.streams.client import ContextClient
@@ -180,6 +181,9 @@ async def _dry_runs(client: ContextClient, chosen: list[tuple[Any, dict[str, Any
         if m.key is None:
             entry["skipped"] = "no key: the fold can only dead-letter it again"
             continue
+        if is_tx_key(m.key):  # not one event: the dry run takes one; appended all the same
+            entry["now"] = {"status": "unknown", "reason": "a transaction record is not dry-run"}
+            continue
         verdict = await client.dry_run_encoded(m.value or b"")
         entry["now"] = {"status": verdict.status, "reason": verdict.reason}
 
@@ -191,7 +195,12 @@ async def _append(client: ContextClient, chosen: list[tuple[Any, dict[str, Any]]
         if "skipped" in entry:
             continue
         event_id = _event_id(m.value or b"")
-        receipt = await client.writer.send(m.key, m.value or b"", event_id)
+        partition = None
+        if is_tx_key(m.key):  # its key names no partition: back to the one it came from
+            event_id = uuid.UUID(bytes=(m.value or b"")[4:20].ljust(16, b"\0"))
+            headers = dict(m.headers or ())
+            partition = int(headers.get("source.partition", b"0"))
+        receipt = await client.writer.send(m.key, m.value or b"", event_id, partition=partition)
         entry["wal_position"] = f"{receipt.partition}:{receipt.offset}"
         entry["outcome"] = await _outcome(client, receipt.partition, receipt.offset,
                                           outcome_timeout)  # fmt: skip

@@ -22,7 +22,7 @@ import orjson
 from aiokafka import TopicPartition
 
 from lukhas_context.ops.exceptions import OpsError
-from lukhas_context.schemas.change import ChangeRecord
+from lukhas_context.schemas.change import ChangeRecord, is_fence_key, read_fence_record
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
 from lukhas_context.schemas.event import (
     CheckpointBarrier,
@@ -34,6 +34,7 @@ from lukhas_context.schemas.event import (
     Touch,
 )
 from lukhas_context.schemas.exceptions import BadTombstoneError, CodecError
+from lukhas_context.schemas.txrecord import decode_tx, is_tx_key
 from lukhas_context.state.exceptions import InvalidCheckpointError
 from lukhas_context.state.manifest import Manifest
 from lukhas_context.streams import kafka
@@ -236,8 +237,14 @@ class _Decoder:
                                 "log_time": _iso(m.timestamp)}  # fmt: skip
         key = None if m.key is None else m.key.decode("utf-8", "backslashreplace")
         try:
+            if self.which == "wal" and is_tx_key(m.key):
+                return {**base, **self._transaction(m.value), "key": key}
             if self.which == "wal":
                 return {**base, **self._event(m.value), "key": key}
+            if self.which == "changes" and is_fence_key(m.key):
+                f = read_fence_record(m.key, m.value)
+                return {**base, "kind": "fence", "lock": f.lock, "token": f.token,
+                        "wal_offset": f.wal_offset}  # fmt: skip
             if self.which == "changes":
                 return {**base, **self._change(m.key, m.value, m.headers)}
             if self.which == "dlq":
@@ -260,6 +267,13 @@ class _Decoder:
         if isinstance(e.op, CheckpointBarrier):
             out["checkpoint_id"] = e.op.checkpoint_id
         return out
+
+    def _transaction(self, value: bytes | None) -> dict[str, Any]:
+        tx = decode_tx(value)
+        events = [self._event(e) for e in tx.events]
+        return {"event_id": tx.tx_id.hex(), "kind": "transaction",
+                "context_id": ",".join(dict.fromkeys(e["context_id"] for e in events)),
+                "events": events}  # fmt: skip
 
     def _change(self, key: bytes | None, value: bytes | None, headers: Any) -> dict[str, Any]:
         if value is None:

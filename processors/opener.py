@@ -61,6 +61,7 @@ from lukhas_context.processors.metrics import WorkerMetrics
 from lukhas_context.schemas.change import FenceRecord, is_fence_key, read_fence_record
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
 from lukhas_context.schemas.exceptions import BadFenceRecordError, CodecError
+from lukhas_context.schemas.txrecord import decode_tx, is_tx_key
 from lukhas_context.state.checkpoints import CheckpointDir
 from lukhas_context.state.dedupe import DedupeWindow
 from lukhas_context.state.exceptions import (
@@ -662,6 +663,19 @@ def _wal_disagrees(change: CheckedChange, message: Any, codec: EventCodec) -> st
     offset = change.record.offset
     if message is None or message.offset != offset:
         return f"names WAL offset {offset}, which holds no committed event"
+    if is_tx_key(message.key):  # a transaction's record: one of its events made the change
+        try:
+            events = [codec.decode(e) for e in decode_tx(message.value).events]
+        except CodecError:
+            return f"names WAL offset {offset}, which holds no transaction (dead-lettered bytes)"
+        if any(
+            e.event_id == change.event_id and e.context_id.encode() == change.key for e in events
+        ):
+            return None
+        return (
+            f"names WAL offset {offset} and event {change.event_id.hex()}, but the transaction "
+            "there holds no such event of that context"
+        )
     if message.key != change.key:
         return f"names WAL offset {offset}, which holds an event of {message.key!r}"
     try:

@@ -26,6 +26,7 @@ import xxhash
 
 from lukhas_context.processors.exceptions import EventIdConflictError, KeyMismatchError
 from lukhas_context.processors.fold import (
+    MAX_ID_BYTES,
     Limits,
     Status,
     apply,
@@ -44,6 +45,7 @@ from lukhas_context.schemas.event import (
     fence_problem,
 )
 from lukhas_context.schemas.exceptions import CodecError
+from lukhas_context.schemas.txrecord import SCOPE_PARTITION, TX_KEY, decode_tx
 from lukhas_context.state import history
 from lukhas_context.state.dedupe import DedupeWindow
 from lukhas_context.state.exceptions import InvalidCheckpointError
@@ -91,6 +93,8 @@ class PartitionRound:
     #: Lock name -> ``(token, WAL offset, log time)`` of each fence the round raised.
     fences: dict[bytes, tuple[int, int, int]] = field(default_factory=dict)
     fenced: int = 0
+    #: The contexts of each transaction record folded (by offset), for the history index.
+    tx_keys: dict[int, list[bytes]] = field(default_factory=dict)
 
 
 def segment_end(records: Sequence[Any]) -> int:
@@ -177,7 +181,11 @@ class PartitionFolder:
         window's ids that fell out of it. Step 3 of the commit order
         (``Materializer.fold_segment``)."""
         block = (r.first_offset, encode_block(r.entries, r.reasons))
-        index = history.rows(r.messages, r.first_offset, r.entries) if self.index_history else None
+        index = (
+            history.rows(r.messages, r.first_offset, r.entries, r.tx_keys)
+            if self.index_history
+            else None
+        )
         self.store.commit(
             r.records,
             r.next_offset,
@@ -193,6 +201,9 @@ class PartitionFolder:
         """The general path: decode, check the key, deduplicate, ``apply``, encode the change.
         Records one journal entry for the record, whatever became of it."""
         key, value, offset = m.key, m.value or b"", m.offset
+        if key == TX_KEY:
+            self._transaction(r, m)
+            return
         try:
             event = self._events.decode(value)
             if is_barrier(key, event):
@@ -232,19 +243,105 @@ class PartitionFolder:
         r.applied += 1
         assert new is not None and outcome.kind is not None
         pending[key] = new
+        self._change(r, key, record, new, outcome.kind, event_id, offset, m.timestamp)
+
+    def _change(
+        self, r: PartitionRound, key: bytes, record: ContextRecord | None, new: ContextRecord,
+        kind: ChangeKind, event_id: bytes, offset: int, log_time_ms: int,
+    ) -> None:  # fmt: skip
+        """Publishes the change of an applied event: ``record`` before, ``new`` after."""
         if new.doc is None:
             # Everything a stored tombstone holds, so the change topic can restore it.
             expired = None if record is None else record.expires_at_ms
             headers = tombstone_headers(
-                outcome.kind, new.version, offset, event_id, new.checksum, m.timestamp, expired
+                kind, new.version, offset, event_id, new.checksum, log_time_ms, expired
             )
             r.changes.append((key, None, headers))
             return
         change = self._changes.encode_fields(
-            key, new.version, outcome.kind, new.doc, new.checksum,
-            new.expires_at_ms, offset, event_id, m.timestamp,
+            key, new.version, kind, new.doc, new.checksum,
+            new.expires_at_ms, offset, event_id, log_time_ms,
         )  # fmt: skip
         r.changes.append((key, change, _NO_HEADERS))
+
+    def _transaction(self, r: PartitionRound, m: Any) -> None:
+        """Folds a transaction record (``schemas.txrecord``): its events in order, each
+        against the state the ones before it left, and then all of them, or — at the first
+        that is not applied — none. One journal entry for the record: ``applied`` with the
+        number of events as its version, or the failing event's status (``conflict``,
+        ``rejected``, ``fenced``) and a reason naming it. A record that does not decode, or
+        holds an event that does not, is dead-lettered whole."""
+        value, offset, log_time = m.value or b"", m.offset, m.timestamp
+        try:
+            tx = decode_tx(value)
+            events = [self._events.decode(e) for e in tx.events]
+        except CodecError as exc:
+            self._dead(r, m, exc, NO_EVENT_ID, 0)
+            return
+        payload_hash = xxhash.xxh3_64_intdigest(value)
+        if self._is_retry(r, m, tx.tx_id, payload_hash):
+            return
+        keys = [e.context_id.encode() for e in events]
+        r.tx_keys[offset] = [k for k in dict.fromkeys(keys) if 0 < len(k) <= MAX_ID_BYTES]
+        overlay: dict[bytes, ContextRecord | None] = {}
+        raised: dict[bytes, int] = {}  # lock -> the token this transaction raised it to
+        done: list[tuple[bytes, ContextEvent, ContextRecord, ChangeKind]] = []
+        failed: tuple[int, Status, int, str] | None = None
+        if tx.scope != SCOPE_PARTITION:
+            failed = (-1, Status.REJECTED, 0, f"scope {tx.scope}: this version decides only "
+                      f"scope {SCOPE_PARTITION} (by its own partition)")  # fmt: skip
+        for i, (key, event) in enumerate(zip(keys, events, strict=True)):
+            if failed is not None:
+                break
+            why = dead_letter_reason(key, event) or (
+                "a checkpoint barrier" if type(event.op) is CheckpointBarrier else None
+            )
+            if why is not None:
+                failed = (i, Status.REJECTED, 0, f"not an event of a context: {why}")
+                break
+            record = overlay[key] if key in overlay else r.records.get(key) or self.store.get(key)
+            fence, floor = event.fence, None
+            if fence is not None and fence_problem(fence) is None:
+                lock = fence.lock.encode()
+                floor = raised[lock] if lock in raised else self._fence_floor(r, fence)
+            new, outcome = apply(record, event, offset, log_time, self.limits, floor)
+            if outcome.status is not Status.APPLIED:
+                failed = (i, outcome.status, outcome.version, outcome.reason or "")
+                break
+            assert new is not None and outcome.kind is not None
+            overlay[key] = new
+            if fence is not None and fence_verdict(fence, floor) is None:
+                raised[fence.lock.encode()] = max(fence.token, -1 if floor is None else floor)
+            done.append((key, event, new, outcome.kind))
+        if failed is not None:
+            i, status, version, reason = failed
+            what = "the transaction" if i < 0 else f"event {i} ({events[i].context_id!r:.80})"
+            r.entries += ENTRY.pack(offset, status, version, tx.tx_id, payload_hash)
+            r.reasons[offset] = (
+                f"{what}: {reason}; none of the transaction's {len(events)} events applied"
+            )
+            if status is Status.CONFLICT:
+                r.conflicts += 1
+            elif status is Status.FENCED:
+                r.fenced += 1
+            else:
+                r.rejected += 1
+            return
+        r.entries += ENTRY.pack(offset, Status.APPLIED, len(events), tx.tx_id, payload_hash)
+        r.applied += len(events)
+        before = {key: r.records.get(key) or self.store.get(key) for key in overlay}
+        for _key, event, _new, _kind in done:
+            if event.fence is not None and event.fence.lock.encode() in raised:
+                floor = self._fence_floor(r, event.fence)
+                self._raise_fence(r, event.fence, floor, offset, log_time)
+        # One change per context, its state after the transaction: the transaction is one
+        # step for subscribers, and a change's identity is (context, WAL offset).
+        last = {key: (event, kind) for key, event, _new, kind in done}
+        for key, (event, kind) in last.items():
+            new = overlay[key]
+            assert new is not None
+            r.records[key] = new
+            self._change(r, key, before[key], new, kind, event.event_id, offset, log_time)
 
     def _fence_floor(self, r: PartitionRound, fence: Fence) -> int | None:
         """The highest token folded for the fence's lock, this round's included (None: none,

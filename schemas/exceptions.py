@@ -52,6 +52,11 @@ class BadTombstoneError(CodecError):
         self.header = header
 
 
+class MalformedTransactionError(CodecError):
+    """A WAL record under the transaction key (``schemas.txrecord.TX_KEY``) that is not a
+    transaction record."""
+
+
 class BadFenceRecordError(CodecError):
     """A change-topic record with a fence record's key (``schemas.change.FENCE_KEY_PREFIX``)
     that is not a fence record as the processor writes it."""

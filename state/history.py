@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lukhas_context.state.journal import ENTRY, EntryStatus
@@ -75,11 +75,17 @@ def decode(value: bytes) -> tuple[EntryStatus, int]:
 
 
 def rows(
-    messages: Sequence[Any], first: int, entries: bytes | bytearray
+    messages: Sequence[Any],
+    first: int,
+    entries: bytes | bytearray,
+    tx_keys: Mapping[int, Sequence[bytes]] | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """The index entries of a round: ``messages`` are the round's WAL records (those below
     ``first`` were folded before and have no journal entry in it), ``entries`` its journal
-    entries, one per record from ``first`` on, in the same order.
+    entries, one per record from ``first`` on, in the same order. ``tx_keys``: the contexts
+    of each transaction record (by offset), each of which gets the record's entry; any other
+    record under a key that is no context id (a transaction record that did not decode, a
+    barrier) gets none.
 
     The fold makes exactly one entry per record; should the two ever disagree in length, the
     entries are matched by offset instead (and it is logged), so the index is still right."""
@@ -97,7 +103,11 @@ def rows(
         pairs = ((by_offset[e[0]], e) for e in unpacked if e[0] in by_offset)
     for m, (offset, status, version, _event_id, _hash) in pairs:
         key = m.key
-        if not key or len(key) > MAX_ID_BYTES:
+        if tx_keys and offset in tx_keys:
+            value = _VALUE.pack(status, version)
+            out.extend((entry_key(k, offset), value) for k in tx_keys[offset])
+            continue
+        if not key or len(key) > MAX_ID_BYTES or key[0] >= 0xF5:  # 0xF5-0xFF: never UTF-8
             continue
         out.append((entry_key(key, offset), _VALUE.pack(status, version)))
     return out

@@ -1,142 +1,158 @@
-"""``Transaction``: a client's writes that land together or not at all."""
+"""``Transaction``: a client's writes that apply together or not at all."""
 
 from __future__ import annotations
 
 import asyncio
-import time
+import functools
 import uuid
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 
 from lukhas_context.schemas.event import Delete, Op, Patch, PatchFormat, Put, Touch
-from lukhas_context.streams.exceptions import PublishError, PublishTimeoutError
+from lukhas_context.schemas.txrecord import MAX_TX_EVENTS, TX_KEY, encode_tx
+from lukhas_context.streams.exceptions import PublishError, PublishTimeoutError, ValidationError
 from lukhas_context.streams.kafka import kafka_errors
 from lukhas_context.streams.results import OutcomeSource, Receipt
+from lukhas_context.streams.topics import WAL_MAX_MESSAGE_BYTES, partition_for
 from lukhas_context.streams.validation import canonical_json, json_bytes, ttl_ms
 from lukhas_context.streams.writer import WalWriter, when_room
 
-__all__ = ["Transaction"]
+__all__ = ["MAX_TX_RECORD_BYTES", "Transaction"]
+
+#: The largest transaction record sent: the WAL's message size, less room for the record's
+#: key, headers and batch framing.
+MAX_TX_RECORD_BYTES = WAL_MAX_MESSAGE_BYTES - 4096
 
 
 class Transaction:
-    """Writes that land together or not at all: one Kafka transaction around their events.
+    """Writes that apply together or not at all.
 
     ``async with client.transaction() as tx:`` then ``await tx.put(...)``, ``tx.patch``,
-    ``tx.touch``, ``tx.delete``; leaving the block commits, an exception aborts. Processors
-    read ``read_committed``, so an aborted transaction leaves no trace in state and a committed
-    one is folded whole. Receipts are in ``tx.receipts`` after the commit.
+    ``tx.touch``, ``tx.delete`` (each takes ``expected_version`` and ``fence`` as the client's
+    writes do); leaving the block commits, an exception discards them. The events are kept
+    here until the commit, which sends, for each WAL partition they live in, *one* transaction
+    record holding that partition's events (``schemas.txrecord``); the fold applies its
+    events in order, each against the state the ones before it left, and then all of them or
+    — if any one's condition fails (a version, a checksum, a fence, a bad document) — none.
+    Receipts are in ``tx.receipts`` after the commit: one per event, in the order written,
+    each at its partition's transaction record; its ``outcome()`` is the record's (``applied``
+    with the number of events as ``version``, or the failing event's status and a reason that
+    names it). A read at or after a receipt's position sees all of that partition's events of
+    the transaction or none.
 
-    One transaction at a time per client (the client's transactional producer is shared;
-    a second ``transaction()`` waits for the first to end).
+    A transaction in one partition is sent as one record by the idempotent producer. Across
+    partitions the records are appended in one Kafka transaction (the append is atomic:
+    processors read ``read_committed``), and each partition's part is all-or-nothing — but a
+    condition that fails in one partition does not yet undo the part in another: the commit
+    protocol across partitions (votes and a decision in the log) is not built. At most
+    ``MAX_TX_EVENTS`` events (``ValidationError`` for the next one), and each partition's
+    record must fit the WAL's message size (``ValidationError`` at the commit, before
+    anything is sent).
 
-    Begin, each send, the commit and the abort each finish within the config's
-    ``timeout_s`` (``PublishTimeoutError`` with the brokers' reason). A commit that timed out
-    is unknown: the coordinator may still complete it, or abort it when the transaction's
-    ``transaction_timeout_s`` runs out. Until then, an open transaction holds the partitions
-    it wrote: readers see nothing after its first event (``lukhas transactions``).
-
-    Conditions are still checked per event, in log order: if one event's ``expected_version``
-    fails, that event is a ``conflict`` and the other events of the transaction still apply.
-    The transaction makes the *append* atomic, not the conditions; check each receipt's
-    outcome when the writes depend on each other.
+    The commit finishes within the config's ``timeout_s`` (``PublishTimeoutError`` with the
+    brokers' reason). A commit across partitions that timed out is unknown: the coordinator
+    may still complete it, or abort it when the transaction's ``transaction_timeout_s`` runs
+    out; until then the open Kafka transaction holds the partitions it wrote (``lukhas
+    transactions``).
     """
 
     def __init__(self, writer: WalWriter, client: OutcomeSource) -> None:
         """``writer``: the client's producers; ``client``: where receipts ask for outcomes."""
         self._writer = writer
         self._client = client
-        self._producer: AIOKafkaProducer | None = None
-        #: (context id, event id, ack future, key) of each event sent.
-        self._pending: list[tuple[str, uuid.UUID, Any, bytes]] = []
+        #: The transaction record's id, in every record of it (retries are duplicates).
+        self.tx_id = uuid.uuid4()
+        #: (context id, key, encoded event, event id) of each event, in the order written.
+        self._events: list[tuple[str, bytes, bytes, uuid.UUID]] = []
+        self._state = "new"
         self.receipts: list[Receipt] = []
 
     async def __aenter__(self) -> Transaction:
+        if self._state != "new":
+            raise RuntimeError("a transaction is used in one `async with` block, once")
+        self._state = "open"
+        return self
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        """Commits, or (the block raised) discards the events: nothing was sent."""
+        state, self._state = self._state, "done"
+        if exc_type is None and state == "open" and self._events:
+            await self._commit()
+
+    async def _commit(self) -> None:
+        writer = self._writer
+        count = await writer.partition_count()
+        parts: dict[int, list[int]] = {}
+        for i, (_, key, _, _) in enumerate(self._events):
+            parts.setdefault(partition_for(key, count), []).append(i)
+        records = {
+            p: encode_tx(self.tx_id.bytes, [self._events[i][2] for i in idx])
+            for p, idx in parts.items()
+        }
+        for p, value in records.items():
+            if len(value) > MAX_TX_RECORD_BYTES:
+                raise ValidationError(
+                    f"the transaction's events in partition {p} take {len(value):,} bytes: one "
+                    f"transaction record holds at most {MAX_TX_RECORD_BYTES:,}"
+                )
+        if len(records) == 1:
+            ((p, value),) = records.items()
+            meta = await writer.send(TX_KEY, value, self.tx_id, partition=p, what="transaction")
+            metas = {p: meta}
+        else:
+            metas = await self._commit_across(records)
+        for context_id, key, _, event_id in self._events:
+            meta = metas[partition_for(key, count)]
+            self.receipts.append(
+                Receipt(context_id, meta.partition, meta.offset, str(event_id), self._client)
+            )
+
+    async def _commit_across(self, records: dict[int, bytes]) -> dict[int, Any]:
+        """Appends the records in one Kafka transaction, within the deadline; the lock keeps
+        the client's one transactional producer to one transaction at a time. On any exit
+        that did not end cleanly the producer is dropped, since its state is unknown."""
         writer = self._writer
         config = writer.config
-        started = time.monotonic()
+        topic = config.topics.events
+        unknown = (
+            f" (it may still commit, or be aborted when its {config.transaction_timeout_s:g} s "
+            "transaction timeout runs out)"
+        )
         until = asyncio.get_running_loop().time() + config.send_window_s
         try:
             async with asyncio.timeout_at(until):
                 await writer.transaction_lock.acquire()
         except TimeoutError:
             raise PublishTimeoutError(
-                f"cannot begin a transaction within {config.timeout_s:g} s: another "
-                "transaction of this client is still open"
+                f"the transaction did not commit within {config.timeout_s:g} s: another "
+                "transaction of this client is still committing"
             ) from None
-        try:
-            async with asyncio.timeout_at(until):
-                cannot = "cannot begin a transaction"
-                with kafka_errors(PublishError, cannot, also=(ValueError, OSError)):
-                    self._producer = await writer.transactional_producer()
-                    await self._producer.begin_transaction()
-        except TimeoutError:
-            reason = await writer.why_not_acknowledged(writer.transactional(), started, [])
-            await self._fail_begin()
-            raise PublishTimeoutError(
-                f"cannot begin a transaction within {config.timeout_s:g} s: {reason}"
-            ) from None
-        except BaseException:
-            await self._fail_begin()
-            raise
-        return self
-
-    async def _fail_begin(self) -> None:
-        self._producer = None
-        try:
-            await self._writer.drop_transactional_producer()
-        finally:
-            self._writer.transaction_lock.release()
-
-    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
-        """Commits, or aborts when the block raised. On any exit that did not end cleanly
-        (a failed commit or abort, a cancellation) the client's transactional producer is
-        dropped, since its state is unknown; the lock is released on every path."""
         clean = False
+        producer: AIOKafkaProducer | None = None
+        futures: dict[int, Any] = {}
         try:
-            if exc_type is not None:
-                clean = await self._abort()
-            else:
-                await self._commit()
-                clean = True
+            async with writer.deadline(
+                "the transaction did not commit",
+                lambda: None,
+                writer.transactional(),
+                unknown,
+            ):
+                with kafka_errors(PublishError, "the transaction did not commit",
+                                  also=(ValueError, OSError)):  # fmt: skip
+                    producer = await writer.transactional_producer()
+                    await producer.begin_transaction()
+                    for p, value in records.items():
+                        futures[p] = await when_room(
+                            functools.partial(producer.send, topic, value, key=TX_KEY, partition=p)
+                        )
+                    await producer.commit_transaction()
+            clean = True
         finally:
             if not clean:
-                await self._writer.drop_transactional_producer()
-            self._writer.transaction_lock.release()
-
-    async def _abort(self) -> bool:
-        """Aborts within the deadline; False when it could not (the producer is dropped and
-        the brokers abort the transaction at its timeout)."""
-        assert self._producer is not None
-        try:
-            async with asyncio.timeout(self._writer.config.timeout_s):
-                await self._producer.abort_transaction()
-        except (KafkaError, TimeoutError):
-            return False  # the caller's own exception goes on; the producer is dropped
-        return True
-
-    async def _commit(self) -> None:
-        assert self._producer is not None
-        config = self._writer.config
-        unknown = (
-            f" (it may still commit, or be aborted when its {config.transaction_timeout_s:g} s "
-            "transaction timeout runs out)"
-        )
-        # On a timeout: the events no broker acknowledged, else (all were) the coordinator's.
-        async with self._writer.deadline(
-            "the transaction did not commit", self._unacknowledged, self._producer, unknown
-        ):
-            with kafka_errors(PublishError, "the transaction did not commit"):
-                await self._producer.commit_transaction()
-        for context_id, event_id, future, _ in self._pending:
-            meta = future.result()
-            self.receipts.append(
-                Receipt(context_id, meta.partition, meta.offset, str(event_id), self._client)
-            )
-
-    def _unacknowledged(self) -> list[bytes]:
-        return [key for *_, future, key in self._pending if not future.done()]
+                await writer.drop_transactional_producer()
+            writer.transaction_lock.release()
+        return {p: future.result() for p, future in futures.items()}
 
     async def put(self, context_id: str, doc: dict[str, Any], ttl: float | None = None,
                   *, expected_version: int | None = None, fence: Any = None) -> None:  # fmt: skip
@@ -161,14 +177,11 @@ class Transaction:
     async def _send(
         self, context_id: str, op: Op, expected_version: int | None, fence: Any = None
     ) -> None:
-        """Queues the event in the transaction (its acknowledgement is awaited by the
-        commit); waits only for the topic's metadata and buffer space, within the deadline.
-        ``fence``: as the client's writes take it."""
-        assert self._producer is not None, "use 'async with client.transaction() as tx'"
-        writer = self._writer
-        key, value, event_id = writer.event(context_id, op, expected_version, None, fence)
-        async with writer.deadline(f"cannot send event {event_id}", lambda: [key], self._producer):
-            with kafka_errors(PublishError, f"cannot send event {event_id}"):
-                producer, topic = self._producer, writer.config.topics.events
-                future = await when_room(lambda: producer.send(topic, value, key=key))
-        self._pending.append((context_id, event_id, future, key))
+        """Checks and encodes the event, and keeps it for the commit. ``fence``: as the
+        client's writes take it."""
+        if self._state != "open":
+            raise RuntimeError("use 'async with client.transaction() as tx', and write inside it")
+        if len(self._events) >= MAX_TX_EVENTS:
+            raise ValidationError(f"a transaction holds at most {MAX_TX_EVENTS} events")
+        key, value, event_id = self._writer.event(context_id, op, expected_version, None, fence)
+        self._events.append((context_id, key, value, event_id))

@@ -13,10 +13,13 @@ and the processor publishes a partition's changes in WAL order). A change is ide
 context id and the WAL offset of the event that made it; a processor that crashed between
 publishing and committing publishes some changes again, always with WAL offsets at or below
 the highest one already published for the partition, so the watcher drops every change whose
-WAL offset is not above the highest it has seen in that partition: each change once. The
-resume token holds, per partition, the next change-topic offset and that highest WAL offset,
-so a subscriber that saves the token of the last change it handled and resumes with it gets
-every later change exactly once.
+WAL offset is below the highest it has seen in that partition, or equal to it for a context
+already delivered there (a transaction's changes share its record's WAL offset, one per
+context): each change once. The resume token holds, per partition, the next change-topic
+offset and that highest WAL offset, so a subscriber that saves the token of the last change it
+handled and resumes with it gets every later change exactly once — except that a change
+published again at exactly the token's WAL offset, for another context of the same
+transaction, after a processor crash, may come twice (the token does not list the contexts).
 
 The token (``streams.changes``) is text, safe in a URL, a header or a file. It
 resumes the subscription it came from: the same topic, and the same ``context_id`` or
@@ -71,6 +74,17 @@ METADATA_CHECK_S = 30.0
 LOOK_BACK = 16
 
 
+class _Every:
+    """Contains everything: the contexts delivered at a WAL offset, when they are not known
+    (a change at the highest WAL offset is then taken for one delivered already)."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+
+_EVERY_CONTEXT: Any = _Every()
+
+
 class Watcher:
     """An async iterator of ``Change`` and ``Gap`` items; see the module doc.
 
@@ -113,6 +127,9 @@ class Watcher:
         #: highest WAL offset delivered (-1: none); partition p's next offset is at 3p + 1.
         #: Flat, so a change's token is one tuple() copy.
         self._pos: list[int] = []
+        #: Per partition, the contexts delivered at its highest WAL offset (more than one
+        #: only for a transaction's changes).
+        self._at_highest: dict[int, set[bytes]] = {}
         self._buffer: list[Any] = []
         self._docs: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
         self._started = False
@@ -202,10 +219,14 @@ class Watcher:
                     )
         state: dict[int, list[int]] = {}
         for tp in tps:
+            before = await self._changes_before(tp, offsets[tp], low[tp])
             if isinstance(start, ResumeToken):
                 highest = wanted[tp.partition][1]
             else:  # changes republished later may carry WAL offsets from before the start
-                highest = await self._wal_offset_before(tp, offsets[tp], low[tp])
+                highest = max((w for w, _ in before), default=-1)
+            # The contexts delivered at that WAL offset: a transaction's other contexts at it
+            # are still to come.
+            self._at_highest[tp.partition] = {k for w, k in before if w == highest}
             state[tp.partition] = [offsets[tp], highest]
             consumer.seek(tp, offsets[tp])
         # Partitions not read (one context's watch) keep their token positions.
@@ -214,19 +235,21 @@ class Watcher:
         for p in range(count):
             self._pos += [p, *state[p]]
 
-    async def _wal_offset_before(self, tp: TopicPartition, offset: int, low: int) -> int:
-        """The WAL offset of the change just before ``offset`` (-1 when there is none)."""
+    async def _changes_before(
+        self, tp: TopicPartition, offset: int, low: int
+    ) -> list[tuple[int, bytes]]:
+        """``(WAL offset, key)`` of the last few changes before ``offset`` (a few records
+        back: the one just before may have been compacted away)."""
         if offset <= low:
-            return -1
-        # A few records back: the one just before may have been compacted away.
+            return []
         self._consumer.seek(tp, max(low, offset - LOOK_BACK))
         batch = await self._consumer.getmany(tp, timeout_ms=5000, max_records=LOOK_BACK)
-        highest = -1
+        found = []
         for m in batch.get(tp, ()):
-            if m.offset < offset:
+            if m.offset < offset and m.key is not None and m.key[:1] != FENCE_KEY_PREFIX:
                 with contextlib.suppress(CodecError):  # a tombstone without its headers too
-                    highest = max(highest, wal_offset_of(m.value, m.headers, self._codec))
-        return highest
+                    found.append((wal_offset_of(m.value, m.headers, self._codec), m.key))
+        return found
 
     # ---- iteration ----
 
@@ -304,9 +327,19 @@ class Watcher:
         change = self._decode(m)
         if change is None:
             return self._gap(m.partition, offset, offset + 1, "undecodable change")
-        if change.wal_offset <= pos[i + 1]:
-            return None  # published again after a processor crash: delivered already
-        pos[i + 1] = change.wal_offset
+        wal_offset, highest = change.wal_offset, pos[i + 1]
+        # Published again after a processor crash: delivered already. A transaction's
+        # changes share its record's WAL offset, one per context (``schemas.txrecord``).
+        at = self._at_highest
+        if wal_offset < highest or (
+            wal_offset == highest and key in at.get(m.partition, _EVERY_CONTEXT)
+        ):
+            return None
+        if wal_offset > highest:
+            at[m.partition] = {key}
+        else:
+            at.setdefault(m.partition, set()).add(key)
+        pos[i + 1] = wal_offset
         if self._not_before:
             not_before = self._not_before.get(m.partition)
             if not_before is not None:

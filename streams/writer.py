@@ -150,19 +150,36 @@ class WalWriter:
         finally:
             self._producer_start = None
 
-    async def send(self, key: bytes, value: bytes, event_id: uuid.UUID) -> Any:
+    async def send(
+        self, key: bytes, value: bytes, event_id: uuid.UUID, partition: int | None = None,
+        what: str = "event",
+    ) -> Any:  # fmt: skip
         """Appends one encoded event (``event()``) and returns its record metadata once the
-        WAL acknowledged it; the producer's start and every retry within the deadline."""
+        WAL acknowledged it; the producer's start and every retry within the deadline.
+        ``partition``: where (None: the key's partition); ``what`` names the record in
+        errors (a transaction's record is sent here too)."""
         # One deadline for the whole call: the idempotent producer retries a batch no broker
         # acknowledges without end, and its start waits for a producer id.
-        async with self.deadline(f"the WAL did not acknowledge event {event_id}", lambda: [key]):
+        where = (lambda: None) if partition is not None else (lambda: [key])
+        async with self.deadline(f"the WAL did not acknowledge {what} {event_id}", where):
             producer = await self.producer()
-            meta = await self._send_until_acknowledged(producer, key, value, event_id)
+            meta = await self._send_until_acknowledged(
+                producer, key, value, event_id, partition, what
+            )
         return meta
 
+    async def partition_count(self) -> int:
+        """How many partitions the WAL has (the producer's metadata, within the deadline)."""
+        topic = self.config.topics.events
+        async with self.deadline(f"no metadata of {topic}", lambda: None):
+            with kafka_errors(PublishError, f"no metadata of {topic}"):
+                producer = await self.producer()
+                return len(await producer.partitions_for(topic))
+
     async def _send_until_acknowledged(
-        self, producer: AIOKafkaProducer, key: bytes, value: bytes, event_id: uuid.UUID
-    ) -> Any:
+        self, producer: AIOKafkaProducer, key: bytes, value: bytes, event_id: uuid.UUID,
+        partition: int | None = None, what: str = "event",
+    ) -> Any:  # fmt: skip
         """Sends until acknowledged; a send that an error failed is repeated, up to
         ``send_attempts`` sends. A repeat carries the very same bytes, event id included: if
         the first did land after all, the fold applies the event once. Waiting for room in
@@ -172,7 +189,9 @@ class WalWriter:
         topic = self.config.topics.events
         for attempt in range(1, attempts + 1):
             try:
-                send = functools.partial(producer.send_and_wait, topic, value, key=key)
+                send = functools.partial(
+                    producer.send_and_wait, topic, value, key=key, partition=partition
+                )
                 return await when_room(send)
             except (KafkaError, PublishError) as exc:
                 # A producer another call is replacing or replaced: closed, or gave up what it
@@ -186,10 +205,10 @@ class WalWriter:
                 if not (broken or getattr(exc, "retriable", False)) or attempt == attempts:
                     if isinstance(exc, PublishError):
                         raise
-                    what = (
-                        f"the WAL did not acknowledge event {event_id} after {attempt} attempt(s)"
+                    said = (
+                        f"the WAL did not acknowledge {what} {event_id} after {attempt} attempt(s)"
                     )
-                    raise kafka_error(PublishError, what, exc) from exc
+                    raise kafka_error(PublishError, said, exc) from exc
                 if broken:
                     producer = await self._replace_producer(producer, exc)
         raise AssertionError("unreachable")  # pragma: no cover

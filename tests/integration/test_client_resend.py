@@ -341,12 +341,12 @@ async def test_puts_to_a_stalled_broker_time_out_and_each_event_lands_at_most_on
         assert ctx.version == 2 + len(landed) and ctx.doc == {"last": True}
 
 
-async def test_a_transactional_send_waiting_for_room_ends_with_the_typed_timeout(
+async def test_a_transaction_committed_to_a_stalled_broker_ends_with_the_typed_timeout(
     one_broker: LocalCluster,
 ) -> None:
-    """In a transaction, a send only waits for metadata and room in the buffer: against a
-    stalled broker it ends at the call's deadline with ``PublishTimeoutError`` and the
-    reason, not with aiokafka's ``KafkaTimeoutError`` after its request timeout."""
+    """A transaction's commit (where its record is sent) against a stalled broker ends at
+    the call's deadline with ``PublishTimeoutError`` and the reason, not with aiokafka's
+    ``KafkaTimeoutError`` after its request timeout."""
     bootstrap = one_broker.spec.kafka_bootstrap
     topics = Topics(f"s{uuid.uuid4().hex[:10]}")
     await ensure_topics(bootstrap, topics.specs(PARTITIONS), brokers=None)
@@ -359,5 +359,5 @@ async def test_a_transactional_send_waiting_for_room_ends_with_the_typed_timeout
             async with _stalled(one_broker), client.transaction() as tx:
                 for n in range(3):  # bounded: the second or third finds no room
                     await tx.put("tx", {"n": n, "pad": pad})
-    assert "cannot send event" in str(failed.value), failed.value
+    assert "did not acknowledge transaction" in str(failed.value), failed.value
     assert "within 10 s" in str(failed.value) and "does not answer" in str(failed.value)

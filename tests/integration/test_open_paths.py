@@ -66,6 +66,11 @@ async def _history(client: Any, n: int, tag: str) -> None:
         cid = f"{tag}:{i % 40}"
         if i % 23 == 2:
             await client.put(cid, {"fenced": i}, fence=Fence(f"lock{i % 2}", (i * 7) % 50))
+        elif i % 29 == 4:  # transactions, across partitions too; every third one fails
+            async with client.transaction() as tx:
+                await tx.put(cid, {"tx": i})
+                await tx.patch(cid, {"then": i}, merge=True)
+                await tx.put(f"{tag}:{(i + 7) % 40}", {"tx": i}, expected_version=i % 3 or None)
         elif i % 11 == 5:  # rejected, and journaled so, if the context does not exist yet
             await client.patch(cid, {"patched": i}, merge=True)
         elif i % 13 == 7:
@@ -121,6 +126,9 @@ async def test_every_open_path_reaches_the_live_state(
     assert sum(1 for s in stores for _ in s.fences()) > 0, "no fence to restore"
     fenced = sum(1 for s in stores for e in s.journal_since(0) if e.status.name == "FENCED")
     assert fenced > 0, "no stale token to refuse"
+    # Only transactions carry a version condition here: a conflict is one that applied nothing.
+    failed = sum(1 for s in stores for e in s.journal_since(0) if e.status.name == "CONFLICT")
+    assert failed > 0, "no transaction failed"
     await worker.stop()
     ends = await wal_ends(cluster.bootstrap, topics.events)
     assert {p: s.next_offset for p, s in live.items()} == ends

@@ -1,6 +1,9 @@
 """RELIABILITY.md row 18: a transactional producer dies mid-transaction.
 
-A client process begins a transaction, sends an event into a WAL partition and is SIGKILLed.
+A process begins a Kafka transaction (with the client's transactional producer, the one a
+transaction across partitions commits with), sends an event into a WAL partition and is
+SIGKILLed. (The client's own ``transaction()`` no longer leaves one open while its block runs:
+it sends everything at the commit; any other transactional producer still can.)
 Its transaction stays open, and the worker (``read_committed``) folds nothing after the
 transaction's first offset: another client's acknowledged write there is not readable. The
 tests check that this is bounded by the transaction timeout a client may ask for, that a
@@ -39,10 +42,11 @@ RELEASED_WITHIN_S = 30.0
 #: A wait that ends before any transaction of these tests could have timed out.
 SHORT_WAIT_S = 1.0
 
-# A writer that opens a transaction, sends one event, and waits to be killed.
+# A writer that opens a Kafka transaction, sends one event, and waits to be killed.
 _WRITER = textwrap.dedent(
     """
     import asyncio, sys
+    from lukhas_context.schemas.event import Put
     from lukhas_context.streams.client import ClientConfig, ContextClient
     from lukhas_context.streams.topics import Topics
 
@@ -51,10 +55,12 @@ _WRITER = textwrap.dedent(
         if tx_timeout != "default":
             config = ClientConfig(bootstrap, topics=Topics(prefix), client_id="killed-writer",
                                   transaction_timeout_s=float(tx_timeout))
-        client = ContextClient(config)
-        tx = client.transaction()
-        await tx.__aenter__()
-        await tx.put(context_id, {"from": "a transaction that never ends"})
+        writer = ContextClient(config).writer
+        producer = await writer.transactional_producer()
+        await producer.begin_transaction()
+        doc = b'{"from":"a transaction that never ends"}'
+        key, value, _ = writer.event(context_id, Put(doc, None), None)
+        await producer.send_and_wait(config.topics.events, value, key=key)
         print("sent", flush=True)
         await asyncio.sleep(3600)
 

@@ -857,3 +857,31 @@ async def test_a_slow_consumer_is_not_idle_between_items(make_watcher: MakeWatch
     with pytest.raises(StopAsyncIteration):
         await anext(w)
     assert consumer.fetches > fetches
+
+
+async def test_a_transactions_changes_share_a_wal_offset_and_each_comes_once(
+    make_watcher: MakeWatcher,
+) -> None:
+    w = make_watcher()
+    records = [
+        put("a", 0, 10),
+        put("b", 1, 12),  # a transaction's record at WAL offset 12: one change per context
+        put("c", 2, 12),
+        put("b", 3, 12),  # published again after a processor crash: a repeat
+        put("c", 4, 11),
+        put("d", 5, 13),
+    ]
+    items = changes_only(drain(w, records))
+    assert [(c.context_id, c.wal_offset) for c in items] == [
+        ("a", 10), ("b", 12), ("c", 12), ("d", 13),
+    ]  # fmt: skip
+
+
+async def test_after_a_resume_a_change_at_the_last_wal_offset_is_a_repeat(
+    make_watcher: MakeWatcher,
+) -> None:
+    """Without knowing which contexts were delivered at the token's WAL offset (a start
+    looks them up), every change at it is taken for a repeat: none is delivered twice."""
+    w = make_watcher({0: (100, 40)})
+    items = changes_only(drain(w, [put("x", 100, 40), put("y", 101, 40), put("z", 102, 41)]))
+    assert [c.context_id for c in items] == ["z"]

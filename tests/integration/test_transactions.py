@@ -1,0 +1,136 @@
+"""Transactions on the real broker and worker: a partition's events of a transaction apply
+all or none (a failed condition anywhere in it leaves every context as it was), in one
+record; reads after it see all of it; subscribers get one change per context; bad input is
+refused before anything is sent."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from lukhas_context.schemas.event import Fence
+from lukhas_context.schemas.txrecord import MAX_TX_EVENTS
+from lukhas_context.streams.client import ClientConfig, ContextClient
+from lukhas_context.streams.exceptions import ContextNotFoundError, ValidationError
+from lukhas_context.streams.topics import partition_for
+
+from .conftest import PARTITIONS, serving_all
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+def same_partition(n: int, prefix: str = "txi") -> list[str]:
+    """``n`` context ids that live in partition 0."""
+    ids = (f"{prefix}-{i}" for i in range(10_000))
+    return [c for c in ids if partition_for(c.encode(), PARTITIONS) == 0][:n]
+
+
+async def test_a_failed_condition_applies_none_of_the_transactions_events(
+    start_worker: Any, make_client: Any
+) -> None:
+    worker = await start_worker()
+    await serving_all(worker)
+    a, b, c = same_partition(3)
+    async with make_client(worker.url) as client:
+        first = await client.put(c, {"v": 1})
+        await first.outcome(30)
+        async with client.transaction() as tx:
+            await tx.put(a, {"n": 1})
+            await tx.patch(c, {"touched": True}, merge=True)
+            await tx.put(b, {"n": 1}, expected_version=4)  # b does not exist: conflict
+        assert len({(r.partition, r.offset) for r in tx.receipts}) == 1  # one record
+        outcome = await tx.receipts[0].outcome(30)
+        assert outcome.status == "conflict"
+        assert outcome.reason is not None and f"event 2 ({b!r})" in outcome.reason
+        assert "none of the transaction's 3 events applied" in outcome.reason
+        for missing in (a, b):
+            with pytest.raises(ContextNotFoundError):
+                await client.get(missing, after=tx.receipts[0], timeout=30)
+        untouched = await client.get(c)
+        assert untouched.doc == {"v": 1} and untouched.version == 1
+
+        async with client.transaction() as tx:
+            await tx.put(a, {"n": 2})
+            await tx.patch(c, {"touched": True}, merge=True, expected_version=1)
+            await tx.put(b, {"n": 2}, expected_version=0)
+        outcome = await tx.receipts[-1].outcome(30)
+        assert (outcome.status, outcome.version) == ("applied", 3)
+        got = [await client.get(x, after=tx.receipts[-1], timeout=30) for x in (a, b, c)]
+        assert [g.doc for g in got] == [{"n": 2}, {"n": 2}, {"v": 1, "touched": True}]
+        history = await client.history(c)
+        assert [e.status for e in history.events] == ["applied", "conflict", "applied"]
+
+
+async def test_subscribers_get_one_change_per_context_of_a_transaction(
+    start_worker: Any, make_client: Any
+) -> None:
+    worker = await start_worker()
+    await serving_all(worker)
+    ids = same_partition(4, "txw")
+    async with make_client(worker.url) as client:
+        watch = client.watch(prefix="txw-", start="latest")
+        await watch.start()
+        async with client.transaction() as tx:
+            for i, cid in enumerate(ids):
+                await tx.put(cid, {"i": i})
+            await tx.patch(ids[0], {"again": True}, merge=True)  # one change: its final state
+        seen: list[Any] = []
+
+        async def take() -> None:
+            async for change in watch:
+                seen.append(change)
+                if len(seen) == len(ids):
+                    return
+
+        await asyncio.wait_for(take(), 60)
+        await watch.close()
+    assert sorted(c.context_id for c in seen) == sorted(ids)
+    assert len({c.wal_offset for c in seen}) == 1  # all at the transaction's record
+    first = next(c for c in seen if c.context_id == ids[0])
+    assert first.doc == {"i": 0, "again": True} and first.version == 2
+
+
+async def test_a_stale_fence_in_a_transaction_applies_none(
+    start_worker: Any, cluster: Any, topics: Any
+) -> None:
+    worker = await start_worker()
+    await serving_all(worker)
+    a, b = same_partition(2, "txf")
+    config = ClientConfig(cluster.bootstrap, worker.url, topics, redis_url=cluster.redis_url)
+    async with ContextClient(config) as client:
+        async with client.lock("txf:lock", ttl=5) as lock:
+            async with client.transaction() as tx:
+                await tx.put(a, {"by": "holder"}, fence=lock)
+            assert (await tx.receipts[0].outcome(30)).status == "applied"
+            async with client.transaction() as tx:
+                await tx.put(b, {"by": "late"})
+                await tx.put(a, {"by": "late"}, fence=Fence("txf:lock", lock.check() - 1))
+        outcome = await tx.receipts[0].outcome(30)
+        assert outcome.status == "fenced"
+        with pytest.raises(ContextNotFoundError):
+            await client.get(b, after=tx.receipts[0], timeout=30)
+
+
+async def test_bad_transactions_are_refused_before_anything_is_sent(
+    cluster: Any, topics: Any
+) -> None:
+    async with ContextClient(ClientConfig(cluster.bootstrap, None, topics)) as client:
+        with pytest.raises(ValidationError, match=f"at most {MAX_TX_EVENTS} events"):
+            async with client.transaction() as tx:
+                for i in range(MAX_TX_EVENTS + 1):
+                    await tx.put(f"many-{i % 10}", {"i": i})
+        assert client.writer._producer is None  # the block raised: nothing was sent
+        big = {"pad": "x" * 600_000}
+        a, b, c, d = same_partition(4, "txbig")
+        with pytest.raises(ValidationError, match="one transaction record holds at most"):
+            async with client.transaction() as tx:
+                for cid in (a, b, c, d):  # 2.4 MB in one partition: over the WAL's 2 MiB
+                    await tx.put(cid, big)
+        with pytest.raises(ValidationError):
+            async with client.transaction() as tx:
+                await tx.put("ok", {}, fence="no-token")
+        with pytest.raises(RuntimeError, match="once"):
+            async with tx:
+                pass
