@@ -65,6 +65,7 @@ bench: $(STAMP)  ## Materialisation throughput vs a bare consumer (starts its ow
 	$(BIN)/python benchmarks/history.py
 	$(BIN)/python benchmarks/locks.py
 	$(BIN)/python benchmarks/fences.py
+	$(BIN)/python benchmarks/transactions.py
 
 # The compose cluster (docker-compose.yml), the second way to run it: needs a Docker engine.
 COMPOSE_ENV := LUKHAS_BOOTSTRAP=127.0.0.1:29092,127.0.0.1:29093,127.0.0.1:29094 \
