@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from lukhas_context.ops.cluster import ClusterSpec, LocalCluster
 from lukhas_context.schemas.codec import EventCodec
+from lukhas_context.schemas.txrecord import is_tx_key
 from lukhas_context.streams.admin import ensure_topics
 from lukhas_context.streams.client import (
     ClientConfig,
@@ -245,6 +246,8 @@ async def _read_events(bootstrap: str, topic: str) -> dict[tuple[int, int], str]
             assert time.monotonic() < deadline
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for m in records:
+                    if is_tx_key(m.key):  # a transaction's record: not one event
+                        continue
                     event = codec.decode(m.value)
                     found[(m.partition, m.offset)] = str(_uuid(event.event_id))
         return found
