@@ -22,6 +22,7 @@ import orjson
 from aiokafka import TopicPartition
 
 from lukhas_context.ops.exceptions import OpsError
+from lukhas_context.processors.twophase import TX_STATE_PREFIX, read_state_record
 from lukhas_context.schemas.change import ChangeRecord, is_fence_key, read_fence_record
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
 from lukhas_context.schemas.event import (
@@ -241,6 +242,10 @@ class _Decoder:
                 return {**base, **self._transaction(m.value), "key": key}
             if self.which == "wal":
                 return {**base, **self._event(m.value), "key": key}
+            if self.which == "changes" and (m.key or b"").startswith(TX_STATE_PREFIX):
+                tx_id, offset, state = read_state_record(m.key, m.value)
+                return {**base, "kind": "transaction-state", "event_id": tx_id.hex(),
+                        "wal_offset": offset, "prepared": state is not None}  # fmt: skip
             if self.which == "changes" and is_fence_key(m.key):
                 f = read_fence_record(m.key, m.value)
                 return {**base, "kind": "fence", "lock": f.lock, "token": f.token,

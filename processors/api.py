@@ -420,8 +420,14 @@ class ReadApi:
                 missing = await self._check_offset(p, offset)
                 if missing is not None:
                     return missing
+                started = asyncio.get_running_loop().time()
                 if not await self.m.wait_applied(p, offset, timeout):
                     return self._not_yet(p, offset, f"not applied within {timeout:g} s")
+                left = timeout - (asyncio.get_running_loop().time() - started)
+                if partition == p and not await self._decided(p, key, offset, left):
+                    return _error(504, f"context {key.decode(errors='replace')!r} is held by a "
+                                  f"transaction prepared at or before {p}:{offset}, not "
+                                  f"decided within {timeout:g} s")  # fmt: skip
             if not self.m.partition_count:
                 return _error(503, "the worker has no partitions yet")
             if partition is None:  # assigned while this request waited
@@ -429,6 +435,33 @@ class ReadApi:
             return partition, self.m.store_for(partition)
         except NotOwnerError as exc:
             return _error(421, str(exc))
+
+    async def _decided(self, partition: int, key: bytes, offset: int, timeout: float) -> bool:
+        """Waits (at most ``timeout``) until no transaction prepared at or before ``offset``
+        holds ``key`` (``processors.twophase``): a read at or after a transaction's position
+        sees all of it. False when one still does."""
+        deadline = asyncio.get_running_loop().time() + max(0.0, timeout)
+        while True:
+            folder = self.m.folder_for(partition)
+            tx_id = folder.held.get(key)
+            prepared = folder.prepared.get(tx_id) if tx_id is not None else None
+            if prepared is None or prepared.prepare_offset > offset:
+                return True
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+
+    async def _resolution(
+        self, partition: int, offset: int, timeout: float
+    ) -> tuple[int, int, int, str] | None:
+        """How the transaction prepared at ``partition:offset`` was decided, waiting at most
+        ``timeout`` for it; None when it is still undecided."""
+        deadline = asyncio.get_running_loop().time() + max(0.0, timeout)
+        while True:
+            found = self.m.store_for(partition).resolution(offset)
+            if found is not None or asyncio.get_running_loop().time() >= deadline:
+                return found
+            await asyncio.sleep(0.01)
 
     @_params("min_offset", "timeout", "as_of")
     async def get_context(self, request: web.Request) -> web.Response:
@@ -539,9 +572,23 @@ class ReadApi:
             missing = await self._check_offset(partition, offset)
             if missing is not None:
                 return missing
+            started = asyncio.get_running_loop().time()
             if not await self.m.wait_applied(partition, offset, timeout):
                 return self._not_yet(partition, offset, f"not folded within {timeout:g} s")
             entry = self.m.store_for(partition).outcome(offset)
+            if entry is not None and entry.status is EntryStatus.PREPARED:
+                left = timeout - (asyncio.get_running_loop().time() - started)
+                decided = await self._resolution(partition, offset, left)
+                if decided is None:
+                    return _error(504, f"the transaction prepared at {partition}:{offset} is not "
+                                  f"decided within {timeout:g} s (its coordinator decides, or "
+                                  "aborts it when its transaction timeout runs out)")  # fmt: skip
+                at, status, version, reason = decided
+                return web.json_response({
+                    "partition": partition, "offset": offset,
+                    "status": EntryStatus(status).name.lower(), "version": version,
+                    "reason": reason, "duplicate_of": None, "decided_at": at,
+                })  # fmt: skip
         except NotOwnerError as exc:
             return _error(421, str(exc))
         if entry is None:

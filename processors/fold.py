@@ -61,6 +61,8 @@ class Status(enum.IntEnum):
     CONFLICT = 1
     REJECTED = 2
     FENCED = 6
+    PREPARED = 7
+    ABORTED = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,9 @@ class Limits:
     max_patch_operations: int = 1000
     #: JSON bytes one JSON Patch may insert, copy or move deeper (``schemas.patch``).
     max_patch_work: int = 2 * 1024 * 1024
+    #: A transaction across partitions not decided within this much log time of its prepare
+    #: (in the coordinator's partition) is aborted (``processors.twophase``).
+    tx_timeout_ms: int = 30_000
     #: The patch bounds above, as ``apply_json_patch`` takes them.
     patch: PatchLimits = field(init=False, repr=False, compare=False)
 

@@ -46,11 +46,15 @@ from lukhas_context.processors.publisher import Publisher
 from lukhas_context.processors.retention import WalRetention
 from lukhas_context.processors.round import PartitionFolder, PartitionRound, segment_end
 from lukhas_context.schemas.event import ContextEvent
+from lukhas_context.schemas.txrecord import TX_KEY, encode_tick
 from lukhas_context.state.checkpoints import CheckpointDir
 from lukhas_context.state.store import PartitionStore
 from lukhas_context.streams import kafka
 
 log = logging.getLogger(__name__)
+
+#: How often the worker looks for transactions to time out (``tick_transactions``).
+TICK_INTERVAL_S = 1.0
 
 MIN_ROUND_RECORDS = 200
 
@@ -214,6 +218,7 @@ class Materializer:
         next_commit = time.monotonic() + cfg.commit_interval_s
         next_sweep = time.monotonic() + (cfg.expiry_interval_s or 0.0)
         next_prune = time.monotonic() + (cfg.prune_interval_s or 0.0)
+        next_tick = time.monotonic() + TICK_INTERVAL_S
         slot = self.checkpointer.slot()
         try:
             while not self._stopping.is_set():
@@ -232,6 +237,9 @@ class Materializer:
                 if cfg.expiry_interval_s is not None and now >= next_sweep:
                     await self.sweep_expired()
                     next_sweep = time.monotonic() + cfg.expiry_interval_s
+                if now >= next_tick:
+                    await self.tick_transactions()
+                    next_tick = time.monotonic() + TICK_INTERVAL_S
                 if slot is not None and self.checkpointer.slot() != slot:
                     slot = self.checkpointer.slot()
                     await self._periodic_checkpoint()
@@ -249,6 +257,25 @@ class Materializer:
             self.stopped = True
 
     # ---- between rounds ----
+
+    async def tick_transactions(self) -> int:
+        """Appends a tick (``schemas.txrecord``) to each partition of this worker that
+        coordinates a transaction whose timeout has passed by the log's clock, so the fold
+        there sees that log time and aborts it (``processors.twophase``) even when nothing
+        else is written. Returns how many; a failed append is retried next time."""
+        if self._producer is None:
+            return 0
+        now = self.clock.earliest_ms()
+        due = [p for p, f in self.assignment.folders.items()
+               if f.deadline is not None and f.deadline <= now]  # fmt: skip
+        topic = self.config.topics.events
+        for p in due:
+            try:
+                send = self._producer.send_and_wait(topic, encode_tick(), key=TX_KEY, partition=p)
+                await asyncio.wait_for(send, 10)
+            except (KafkaError, TimeoutError) as exc:
+                log.warning("cannot append a transaction tick to partition %d: %r", p, exc)
+        return len(due)
 
     async def sweep_expired(self) -> int:
         """One expiry sweep over this worker's stores (``ExpirySweeper.sweep``)."""

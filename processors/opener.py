@@ -58,10 +58,11 @@ from lukhas_context.processors.exceptions import (
 )
 from lukhas_context.processors.fold import remembered_by_fold
 from lukhas_context.processors.metrics import WorkerMetrics
+from lukhas_context.processors.twophase import TX_STATE_PREFIX, read_state_record
 from lukhas_context.schemas.change import FenceRecord, is_fence_key, read_fence_record
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
 from lukhas_context.schemas.exceptions import BadFenceRecordError, CodecError
-from lukhas_context.schemas.txrecord import decode_tx, is_tx_key
+from lukhas_context.schemas.txrecord import TxRecord, decode_control, is_tx_key
 from lukhas_context.state.checkpoints import CheckpointDir
 from lukhas_context.state.dedupe import DedupeWindow
 from lukhas_context.state.exceptions import (
@@ -354,11 +355,12 @@ class StoreOpener:
         to rebuild it) names the very event the WAL holds there, by key and event id.
         Changes older than the window are taken as they are (see the trust model in
         docs/architecture.md)."""
-        latest, fences = await self.read_changes(partition)
-        if not latest and not fences:
+        latest, fences, txns = await self.read_changes(partition)
+        if not latest and not fences and not txns:
             return None
         named = [(c.record.offset, c.key, c.position) for c in latest.values()]
         named += [(f.wal_offset, f.key, position) for f, position in fences.values()]
+        named += [(o, TX_STATE_PREFIX + t, position) for t, (o, _, position) in txns.items()]
         newest_offset, newest_key, newest_position = max(named)
         next_offset = newest_offset + 1
         wal_end = (await self.watermarks(partition))[1]  # read after the change topic was
@@ -378,8 +380,11 @@ class StoreOpener:
         raised = {
             f.lock.encode(): (f.token, f.wal_offset, f.log_time_ms) for f, _ in fences.values()
         }
+        prepared: dict[bytes, bytes | None] = {
+            t: state for t, (_, state, _) in txns.items() if state is not None
+        }
         return await asyncio.to_thread(
-            self._write_restored, partition, records, next_offset, window, raised
+            self._write_restored, partition, records, next_offset, window, raised, prepared
         )
 
     def _write_restored(
@@ -389,6 +394,7 @@ class StoreOpener:
         next_offset: int,
         window: bytearray,
         fences: dict[bytes, tuple[int, int, int]],
+        txns: dict[bytes, bytes | None],
     ) -> PartitionStore:
         path = self.store_path(partition)
         building = path.with_name(f"{path.name}.restoring")
@@ -399,7 +405,7 @@ class StoreOpener:
             for i in range(0, len(items), _CHUNK):
                 store.commit(dict(items[i : i + _CHUNK]), 0)
             block = (ENTRY.unpack_from(window)[0], encode_block(window, {})) if window else None
-            store.commit({}, next_offset, block, fences=fences)
+            store.commit({}, next_offset, block, fences=fences, txns=txns)
         if path.exists():
             shutil.rmtree(path)
         building.rename(path)
@@ -488,7 +494,7 @@ class StoreOpener:
         codec = ChangeCodec()
         usable = []
         for m in records:
-            if is_fence_key(m.key):
+            if is_fence_key(m.key) or (isinstance(m.key, bytes) and m.key[:1] == b"\xfe"):
                 continue  # no change of a context: covers nothing by itself
             try:
                 change = check_change_record(m.key, m.value, m.headers, codec, wal_end, m.offset)
@@ -514,21 +520,37 @@ class StoreOpener:
     async def _wal_end(self, consumer: AIOKafkaConsumer, partition: int) -> int:
         return (await self._watermarks(consumer, self.config.topics.events, partition))[1]
 
-    async def read_changes(
-        self, partition: int
-    ) -> tuple[dict[bytes, CheckedChange], dict[bytes, tuple[FenceRecord, int]]]:
+    async def read_changes(self, partition: int) -> tuple[
+        dict[bytes, CheckedChange],
+        dict[bytes, tuple[FenceRecord, int]],
+        dict[bytes, tuple[int, bytes | None, int]],
+    ]:  # fmt: skip
         """The latest change of every context in the change partition (by WAL offset, not
         position: changes published again after a crash, or by a zombie, may follow newer
         ones), and the highest fence record of every lock with its position;
         ``ChangesUnusableError`` naming the first record that is not a usable change
         (``check_change_record``) or fence record (``read_fence_record``): a restore without
-        it would lose or misstate its context, or let a stale token through."""
+        it would lose or misstate its context, or let a stale token through. And the newest
+        state of every transaction prepared here (``processors.twophase``): tx id ->
+        ``(WAL offset, state or None once decided, position)``."""
         codec = ChangeCodec()
         latest: dict[bytes, CheckedChange] = {}
         fences: dict[bytes, tuple[FenceRecord, int]] = {}
+        txns: dict[bytes, tuple[int, bytes | None, int]] = {}
         topic = self.config.topics.changes
 
         def take(message: Any) -> bool:
+            if isinstance(message.key, bytes) and message.key.startswith(TX_STATE_PREFIX):
+                try:
+                    tx_id, offset, state = read_state_record(message.key, message.value)
+                except ValueError as exc:
+                    error = UnusableChangeError(str(exc))
+                    what = self._unusable(partition, message.offset, error, _QUIET)
+                    raise ChangesUnusableError(f"{what}: not restoring from that topic") from exc
+                newest = txns.get(tx_id)
+                if newest is None or offset >= newest[0]:
+                    txns[tx_id] = (offset, state, message.offset)
+                return True
             if is_fence_key(message.key):
                 try:
                     fence = read_fence_record(message.key, message.value)
@@ -553,7 +575,7 @@ class StoreOpener:
             return True
 
         await self._scan(topic, partition, 0, None, take)
-        return latest, fences
+        return latest, fences, txns
 
     async def read_window(
         self, partition: int, start: int, end: int,
@@ -665,7 +687,16 @@ def _wal_disagrees(change: CheckedChange, message: Any, codec: EventCodec) -> st
         return f"names WAL offset {offset}, which holds no committed event"
     if is_tx_key(message.key):  # a transaction's record: one of its events made the change
         try:
-            events = [codec.decode(e) for e in decode_tx(message.value).events]
+            control = decode_control(message.value)
+        except CodecError:
+            return f"names WAL offset {offset}, which holds no transaction (dead-lettered bytes)"
+        if not isinstance(control, TxRecord):
+            # A decision (or the vote or tick that made one) applied a transaction prepared
+            # earlier: its events are at the prepare, which the change does not name. Taken
+            # as it is, as changes older than the window are.
+            return None
+        try:
+            events = [codec.decode(e) for e in control.events]
         except CodecError:
             return f"names WAL offset {offset}, which holds no transaction (dead-lettered bytes)"
         if any(

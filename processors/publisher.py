@@ -35,7 +35,8 @@ class Publisher:
         self.topics = topics
 
     async def publish(self, r: PartitionRound) -> None:
-        """Sends the round's changes and dead letters and returns once the brokers have
+        """Sends the round's changes, dead letters, and the votes and decisions of
+        transactions across partitions (to the WAL), and returns once the brokers have
         acknowledged every one of them (step 2 of the commit order); raises what a send
         raised. ``ProcessorError`` for a change that fits no batch."""
         producer = self.producer
@@ -53,6 +54,10 @@ class Publisher:
             i = j
         for message, error in r.dead:
             acks.append(await self.dead_letter(message, error))
+        for partition, key, value in r.wal_sends:  # votes and decisions (processors.twophase)
+            acks.append(
+                await producer.send(self.topics.events, value, key=key, partition=partition)
+            )
         await asyncio.gather(*acks)
 
     async def dead_letter(self, message: Any, error: BaseException) -> Awaitable[Any]:

@@ -34,6 +34,7 @@ from lukhas_context.processors.fold import (
     fence_verdict,
     is_barrier,
 )
+from lukhas_context.processors.twophase import PreparedTx, control_id, state_record
 from lukhas_context.schemas.change import FenceRecord, tombstone_headers
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
 from lukhas_context.schemas.event import (
@@ -45,7 +46,18 @@ from lukhas_context.schemas.event import (
     fence_problem,
 )
 from lukhas_context.schemas.exceptions import CodecError
-from lukhas_context.schemas.txrecord import SCOPE_PARTITION, TX_KEY, decode_tx
+from lukhas_context.schemas.txrecord import (
+    SCOPE_PARTITION,
+    SCOPE_VOTED,
+    TX_KEY,
+    Decision,
+    TxRecord,
+    Vote,
+    decode_control,
+    decode_tx,
+    encode_decision,
+    encode_vote,
+)
 from lukhas_context.state import history
 from lukhas_context.state.dedupe import DedupeWindow
 from lukhas_context.state.exceptions import InvalidCheckpointError
@@ -95,6 +107,31 @@ class PartitionRound:
     fenced: int = 0
     #: The contexts of each transaction record folded (by offset), for the history index.
     tx_keys: dict[int, list[bytes]] = field(default_factory=dict)
+    #: tx id -> the state of a transaction prepared here (None: decided), for the store.
+    txns: dict[bytes, bytes | None] = field(default_factory=dict)
+    #: Votes and decisions to append to the WAL: ``(partition, key, value)``.
+    wal_sends: list[tuple[int, bytes, bytes]] = field(default_factory=list)
+    #: Offset of a prepare record -> ``(offset of the record that decided it here, status,
+    #: version, reason)``: the prepare's outcome once decided.
+    resolutions: dict[int, tuple[int, int, int, str]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Evaluated:
+    """What a transaction's events would do (``PartitionFolder._evaluate``)."""
+
+    overlay: dict[bytes, ContextRecord | None] = field(default_factory=dict)
+    #: lock -> the token the transaction raises it to.
+    raised: dict[bytes, int] = field(default_factory=dict)
+    done: list[tuple[bytes, ContextEvent, ChangeKind]] = field(default_factory=list)
+    #: ``(event index, status, version, reason)`` of the first that would not apply.
+    failed: tuple[int, Status, int, str] | None = None
+
+
+def _context_keys(events: list[ContextEvent]) -> list[bytes]:
+    """The contexts a transaction names, once each, for the history index."""
+    keys = (e.context_id.encode() for e in events)
+    return [k for k in dict.fromkeys(keys) if 0 < len(k) <= MAX_ID_BYTES]
 
 
 def segment_end(records: Sequence[Any]) -> int:
@@ -140,6 +177,24 @@ class PartitionFolder:
         self.index_history = index_history
         self._events = events or EventCodec()
         self._changes = changes or ChangeCodec()
+        #: Transactions prepared here and not decided (``processors.twophase``), and what
+        #: they hold: context key -> tx id, fence lock -> tx id.
+        self.prepared: dict[bytes, PreparedTx] = {}
+        self.held: dict[bytes, bytes] = {}
+        self.held_locks: dict[bytes, bytes] = {}
+        #: Log time at which the first transaction coordinated here times out (None: none).
+        self.deadline: int | None = None
+        for tx_id, raw in store.prepared():
+            prepared = PreparedTx.decode(tx_id, raw)
+            self.prepared[tx_id] = prepared
+            if prepared.yes and not prepared.waiting:
+                self.held.update(dict.fromkeys(prepared.keys, tx_id))
+                self.held_locks.update(dict.fromkeys(prepared.locks, tx_id))
+        self._reset_deadline()
+
+    def _visible_version(self, r: PartitionRound, key: bytes, log_time: int) -> int:
+        record = r.records.get(key) or self.store.get(key)
+        return record.version if record is not None and record.is_live(log_time) else 0
 
     def fold(self, messages: list[Any]) -> PartitionRound | None:
         """Folds ``messages`` (offsets below the store's ``next_offset`` skipped) in memory;
@@ -156,7 +211,12 @@ class PartitionFolder:
             return None
         r = PartitionRound(self.partition, messages=messages)
         slow = functools.partial(self._fold_one, r)
-        if self.native and native_fold_puts is not None:
+        # The native loop knows nothing of transactions: a round that has one, or runs while
+        # one is prepared here, folds on the general path.
+        native = self.native and not self.prepared
+        if native and any(m.key == TX_KEY for m in messages):
+            native = False
+        if native and native_fold_puts is not None:
             limits = self.limits
             # Not `r.applied += ...`: that would read r.applied before the call, losing what
             # `_fold_one` counts during it.
@@ -194,6 +254,8 @@ class PartitionFolder:
             pending_checkpoint=r.barrier,
             history_rows=index,
             fences=r.fences,
+            txns=r.txns,
+            resolutions=r.resolutions,
         )
         self.window.forget_below(r.next_offset - self.window.size)
 
@@ -201,8 +263,10 @@ class PartitionFolder:
         """The general path: decode, check the key, deduplicate, ``apply``, encode the change.
         Records one journal entry for the record, whatever became of it."""
         key, value, offset = m.key, m.value or b"", m.offset
+        if self.deadline is not None and m.timestamp >= self.deadline:
+            self._time_out(r, m)
         if key == TX_KEY:
-            self._transaction(r, m)
+            self._control(r, m)
             return
         try:
             event = self._events.decode(value)
@@ -220,8 +284,14 @@ class PartitionFolder:
         if self._is_retry(r, m, event_id, payload_hash):
             return
         pending = r.records
-        record = pending.get(key) or self.store.get(key)
         fence = event.fence
+        if self.held or self.held_locks:
+            held = self._held_by(key, fence)
+            if held is not None:
+                visible = self._visible_version(r, key, m.timestamp)
+                self._journal(r, (offset, event_id, payload_hash), Status.CONFLICT, visible, held)
+                return
+        record = pending.get(key) or self.store.get(key)
         floor = None if fence is None else self._fence_floor(r, fence)
         new, outcome = apply(record, event, offset, m.timestamp, self.limits, floor)
         if fence is not None and fence_verdict(fence, floor) is None:
@@ -264,84 +334,397 @@ class PartitionFolder:
         )  # fmt: skip
         r.changes.append((key, change, _NO_HEADERS))
 
-    def _transaction(self, r: PartitionRound, m: Any) -> None:
-        """Folds a transaction record (``schemas.txrecord``): its events in order, each
-        against the state the ones before it left, and then all of them, or — at the first
-        that is not applied — none. One journal entry for the record: ``applied`` with the
-        number of events as its version, or the failing event's status (``conflict``,
-        ``rejected``, ``fenced``) and a reason naming it. A record that does not decode, or
-        holds an event that does not, is dead-lettered whole."""
-        value, offset, log_time = m.value or b"", m.offset, m.timestamp
+    # ---- transactions (``schemas.txrecord``, ``processors.twophase``) ----
+
+    def _control(self, r: PartitionRound, m: Any) -> None:
+        """A record under the transaction key: a transaction record, a vote, a decision or a
+        tick. One that is none of them, or holds an event that does not decode, is
+        dead-lettered whole."""
+        value = m.value or b""
         try:
-            tx = decode_tx(value)
-            events = [self._events.decode(e) for e in tx.events]
+            record = decode_control(value)
+            events = (
+                [self._events.decode(e) for e in record.events]
+                if isinstance(record, TxRecord)
+                else []
+            )
         except CodecError as exc:
             self._dead(r, m, exc, NO_EVENT_ID, 0)
             return
         payload_hash = xxhash.xxh3_64_intdigest(value)
-        if self._is_retry(r, m, tx.tx_id, payload_hash):
+        if isinstance(record, TxRecord):
+            event_id = record.tx_id
+        elif isinstance(record, Vote):
+            event_id = control_id(record.tx_id, b"vote", record.partition)
+        elif isinstance(record, Decision):
+            event_id = control_id(record.tx_id, b"decision", self.partition)
+        else:
+            event_id = NO_EVENT_ID  # a tick: every one alike, a repeat of the one before
+        if self._is_retry(r, m, event_id, payload_hash):
             return
-        keys = [e.context_id.encode() for e in events]
-        r.tx_keys[offset] = [k for k in dict.fromkeys(keys) if 0 < len(k) <= MAX_ID_BYTES]
-        overlay: dict[bytes, ContextRecord | None] = {}
-        raised: dict[bytes, int] = {}  # lock -> the token this transaction raised it to
-        done: list[tuple[bytes, ContextEvent, ContextRecord, ChangeKind]] = []
-        failed: tuple[int, Status, int, str] | None = None
-        if tx.scope != SCOPE_PARTITION:
-            failed = (-1, Status.REJECTED, 0, f"scope {tx.scope}: this version decides only "
-                      f"scope {SCOPE_PARTITION} (by its own partition)")  # fmt: skip
-        for i, (key, event) in enumerate(zip(keys, events, strict=True)):
-            if failed is not None:
-                break
+        entry = (m.offset, event_id, payload_hash)
+        if isinstance(record, TxRecord):
+            if record.scope == SCOPE_VOTED:
+                self._prepare(r, m, record, events, entry)
+            else:
+                self._transaction(r, m, record, events, entry)
+        elif isinstance(record, Vote):
+            self._vote(r, m, record, entry)
+        elif isinstance(record, Decision):
+            self._decision(r, m, record, entry)
+        else:
+            self._journal(r, entry, Status.APPLIED, 0, "a tick (moves the log time)")
+
+    def _journal(
+        self, r: PartitionRound, entry: tuple[int, bytes, int], status: Status, version: int,
+        reason: str | None,
+    ) -> None:  # fmt: skip
+        offset, event_id, payload_hash = entry
+        r.entries += ENTRY.pack(offset, status, version, event_id, payload_hash)
+        if reason is not None:
+            r.reasons[offset] = reason
+        if status is Status.CONFLICT:
+            r.conflicts += 1
+        elif status is Status.FENCED:
+            r.fenced += 1
+        elif status is Status.REJECTED:
+            r.rejected += 1
+
+    def _evaluate(
+        self, r: PartitionRound, events: list[ContextEvent], offset: int, log_time: int
+    ) -> _Evaluated:
+        """A transaction's events in order, each against the state the ones before it left,
+        applied to nothing: what they would do, or the first that would not apply."""
+        ev = _Evaluated()
+        for i, event in enumerate(events):
+            key = event.context_id.encode()
             why = dead_letter_reason(key, event) or (
                 "a checkpoint barrier" if type(event.op) is CheckpointBarrier else None
             )
             if why is not None:
-                failed = (i, Status.REJECTED, 0, f"not an event of a context: {why}")
-                break
+                ev.failed = (i, Status.REJECTED, 0, f"not an event of a context: {why}")
+                return ev
+            held = self._held_by(key, event.fence)
+            if held is not None:
+                ev.failed = (i, Status.CONFLICT, 0, held)
+                return ev
+            overlay = ev.overlay
             record = overlay[key] if key in overlay else r.records.get(key) or self.store.get(key)
             fence, floor = event.fence, None
             if fence is not None and fence_problem(fence) is None:
                 lock = fence.lock.encode()
-                floor = raised[lock] if lock in raised else self._fence_floor(r, fence)
+                floor = ev.raised[lock] if lock in ev.raised else self._fence_floor(r, fence)
             new, outcome = apply(record, event, offset, log_time, self.limits, floor)
             if outcome.status is not Status.APPLIED:
-                failed = (i, outcome.status, outcome.version, outcome.reason or "")
-                break
+                ev.failed = (i, outcome.status, outcome.version, outcome.reason or "")
+                return ev
             assert new is not None and outcome.kind is not None
             overlay[key] = new
             if fence is not None and fence_verdict(fence, floor) is None:
-                raised[fence.lock.encode()] = max(fence.token, -1 if floor is None else floor)
-            done.append((key, event, new, outcome.kind))
-        if failed is not None:
-            i, status, version, reason = failed
-            what = "the transaction" if i < 0 else f"event {i} ({events[i].context_id!r:.80})"
-            r.entries += ENTRY.pack(offset, status, version, tx.tx_id, payload_hash)
-            r.reasons[offset] = (
-                f"{what}: {reason}; none of the transaction's {len(events)} events applied"
-            )
-            if status is Status.CONFLICT:
-                r.conflicts += 1
-            elif status is Status.FENCED:
-                r.fenced += 1
-            else:
-                r.rejected += 1
-            return
-        r.entries += ENTRY.pack(offset, Status.APPLIED, len(events), tx.tx_id, payload_hash)
-        r.applied += len(events)
-        before = {key: r.records.get(key) or self.store.get(key) for key in overlay}
-        for _key, event, _new, _kind in done:
-            if event.fence is not None and event.fence.lock.encode() in raised:
+                lock = fence.lock.encode()
+                ev.raised[lock] = max(fence.token, -1 if floor is None else floor)
+            ev.done.append((key, event, outcome.kind))
+        return ev
+
+    def _apply_evaluated(
+        self, r: PartitionRound, ev: _Evaluated, offset: int, log_time: int
+    ) -> None:
+        """Applies what ``_evaluate`` found, at ``offset``: the records, the fences raised,
+        and one change per context (its state after the transaction: the transaction is one
+        step for subscribers, and a change's identity is its context and WAL offset)."""
+        before = {key: r.records.get(key) or self.store.get(key) for key in ev.overlay}
+        for _key, event, _kind in ev.done:
+            if event.fence is not None and event.fence.lock.encode() in ev.raised:
                 floor = self._fence_floor(r, event.fence)
                 self._raise_fence(r, event.fence, floor, offset, log_time)
-        # One change per context, its state after the transaction: the transaction is one
-        # step for subscribers, and a change's identity is (context, WAL offset).
-        last = {key: (event, kind) for key, event, _new, kind in done}
+        last = {key: (event, kind) for key, event, kind in ev.done}
         for key, (event, kind) in last.items():
-            new = overlay[key]
+            new = ev.overlay[key]
             assert new is not None
             r.records[key] = new
             self._change(r, key, before[key], new, kind, event.event_id, offset, log_time)
+        r.applied += len(ev.done)
+
+    def _failed_reason(self, ev: _Evaluated, events: list[ContextEvent], where: str) -> str:
+        i, _status, _version, reason = ev.failed or (0, Status.APPLIED, 0, "")
+        what = "the transaction" if i < 0 else f"event {i} ({events[i].context_id!r:.80})"
+        return f"{what}: {reason}; none of the transaction's {len(events)} events {where}"
+
+    def _transaction(
+        self, r: PartitionRound, m: Any, tx: TxRecord, events: list[ContextEvent],
+        entry: tuple[int, bytes, int],
+    ) -> None:  # fmt: skip
+        """A transaction of one partition: its events all applied at the record's offset,
+        or — at the first that would not apply — none. One journal entry for the record:
+        ``applied`` with the number of events as its version, or the failing event's status
+        (``conflict``, ``rejected``, ``fenced``) and a reason naming it."""
+        offset, log_time = m.offset, m.timestamp
+        r.tx_keys[offset] = _context_keys(events)
+        if tx.scope != SCOPE_PARTITION:
+            self._journal(r, entry, Status.REJECTED, 0, f"scope {tx.scope}: this version "
+                          "decides scope 0 (one partition) and 1 (voted)")  # fmt: skip
+            return
+        ev = self._evaluate(r, events, offset, log_time)
+        if ev.failed is not None:
+            status, version = ev.failed[1], ev.failed[2]
+            self._journal(r, entry, status, version, self._failed_reason(ev, events, "applied"))
+            return
+        self._journal(r, entry, Status.APPLIED, len(events), None)
+        self._apply_evaluated(r, ev, offset, log_time)
+
+    def _held_by(self, key: bytes, fence: Fence | None) -> str | None:
+        """Why an event on ``key`` (with ``fence``) cannot go on now: its context, or its
+        fence's lock, is held by a prepared transaction; None when neither is."""
+        tx_id = self.held.get(key)
+        what = "context"
+        if tx_id is None and fence is not None and self.held_locks:
+            tx_id = self.held_locks.get(fence.lock.encode("utf-8", "surrogatepass"))
+            what = f"lock {fence.lock!r:.80}"
+        if tx_id is None:
+            return None
+        prepared = self.prepared[tx_id]
+        return (
+            f"the {what} is held by transaction {tx_id.hex()} (prepared at offset "
+            f"{prepared.prepare_offset}) until its decision"
+        )
+
+    def _prepare(
+        self, r: PartitionRound, m: Any, tx: TxRecord, events: list[ContextEvent],
+        entry: tuple[int, bytes, int],
+    ) -> None:  # fmt: skip
+        """This partition's part of a transaction across partitions: evaluated, voted on,
+        and (a yes) held until the decision — or, when an earlier transaction holds or waits
+        for one of its contexts or locks, kept waiting (``processors.twophase``)."""
+        offset, log_time = m.offset, m.timestamp
+        r.tx_keys[offset] = _context_keys(events)
+        if self.partition not in tx.partitions:
+            self._journal(r, entry, Status.REJECTED, 0, f"partition {self.partition} is not "
+                          f"one of the transaction's {list(tx.partitions)[:8]}")  # fmt: skip
+            return
+        prepared = PreparedTx(tx.tx_id, offset, log_time, tx.partitions, False, "",
+                              m.value or b"")  # fmt: skip
+        prepared.keys = r.tx_keys[offset]
+        prepared.locks = list(dict.fromkeys(
+            e.fence.lock.encode() for e in events
+            if e.fence is not None and fence_problem(e.fence) is None))  # fmt: skip
+        blocker = self._blocker(prepared)
+        if blocker is not None:
+            prepared.waiting = True
+            self.prepared[tx.tx_id] = prepared
+            self._store_prepared(r, prepared, offset)
+            self._journal(
+                r,
+                entry,
+                Status.PREPARED,
+                0,
+                f"prepared; waits for transaction "
+                f"{blocker.hex()}, which holds or waits for one of its contexts",
+            )
+            return
+        self._vote_on(r, m, prepared, events, entry)
+
+    def _blocker(self, prepared: PreparedTx) -> bytes | None:
+        """The transaction that holds, or waits for, one of ``prepared``'s contexts or locks
+        (one prepared before it), or None."""
+        for key in prepared.keys:
+            if key in self.held:
+                return self.held[key]
+        for lock in prepared.locks:
+            if lock in self.held_locks:
+                return self.held_locks[lock]
+        keys, locks = set(prepared.keys), set(prepared.locks)
+        for other in self.prepared.values():
+            if (
+                other.waiting
+                and other.prepare_offset < prepared.prepare_offset
+                and (keys.intersection(other.keys) or locks.intersection(other.locks))
+            ):
+                return other.tx_id
+        return None
+
+    def _vote_on(
+        self, r: PartitionRound, m: Any, prepared: PreparedTx, events: list[ContextEvent],
+        entry: tuple[int, bytes, int] | None,
+    ) -> None:  # fmt: skip
+        """Evaluates a prepared part (at its prepare's log time) and votes: a no is sent (or,
+        on the coordinator, decides the abort); a yes holds its contexts and locks and is
+        sent (or counted, and decides the commit once every vote is in). ``entry``: the
+        prepare's journal entry when it is the record folded now; None for a part that
+        waited, whose outcome then comes from ``r.resolutions``."""
+        tx_id, coordinator = prepared.tx_id, prepared.coordinator == self.partition
+        ev = self._evaluate(r, events, m.offset, prepared.log_time_ms)
+        prepared.waiting = False
+        if ev.failed is not None:
+            _, status, version, _ = ev.failed
+            reason = self._failed_reason(ev, events, "applies")
+            prepared.yes, prepared.reason = False, reason
+            if entry is not None:
+                self._journal(r, entry, status, version, reason)
+            else:
+                r.resolutions[prepared.prepare_offset] = (m.offset, status, version, reason)
+            if tx_id in self.prepared and not coordinator:
+                self._release(r, prepared, m.offset)  # it waited; a no keeps nothing
+            if coordinator:
+                prepared.votes[self.partition] = (False, reason)
+                self._decide(r, m, prepared, False, f"partition {self.partition}: {reason}")
+            else:
+                r.wal_sends.append((prepared.coordinator, TX_KEY, encode_vote(
+                    Vote(tx_id, self.partition, False, reason))))  # fmt: skip
+            return
+        prepared.yes = True
+        self._hold(r, prepared)
+        if entry is not None:
+            self._journal(r, entry, Status.PREPARED, 0, f"prepared, voted yes; coordinator "
+                          f"partition {prepared.coordinator}")  # fmt: skip
+        if not coordinator:
+            r.wal_sends.append((prepared.coordinator, TX_KEY, encode_vote(
+                Vote(tx_id, self.partition, True))))  # fmt: skip
+            return
+        prepared.votes[self.partition] = (True, "")
+        if len(prepared.votes) == len(prepared.partitions):  # it waited: the others are in
+            self._decide(r, m, prepared, True, "every partition voted yes")
+        else:
+            self._store_prepared(r, prepared, m.offset)
+
+    def _wake(self, r: PartitionRound, m: Any) -> None:
+        """Evaluates, in prepare order, the waiting parts nothing blocks any more."""
+        for prepared in sorted(self.prepared.values(), key=lambda p: p.prepare_offset):
+            waiting = prepared.waiting and prepared.tx_id in self.prepared
+            if waiting and self._blocker(prepared) is None:
+                record = decode_tx(prepared.record)
+                events = [self._events.decode(e) for e in record.events]
+                self._vote_on(r, m, prepared, events, None)
+
+    def _hold(self, r: PartitionRound, prepared: PreparedTx) -> None:
+        self.prepared[prepared.tx_id] = prepared
+        for key in prepared.keys:
+            self.held[key] = prepared.tx_id
+        for lock in prepared.locks:
+            self.held_locks[lock] = prepared.tx_id
+        self._store_prepared(r, prepared, prepared.prepare_offset)
+
+    def _store_prepared(self, r: PartitionRound, prepared: PreparedTx, offset: int) -> None:
+        """The prepared state into the round's WriteBatch and onto the change topic."""
+        r.txns[prepared.tx_id] = prepared.encode()
+        key, value = state_record(prepared.tx_id, offset, prepared)
+        r.changes.append((key, value, _NO_HEADERS))
+        self._reset_deadline()
+
+    def _release(self, r: PartitionRound, prepared: PreparedTx, offset: int) -> None:
+        tx_id = prepared.tx_id
+        self.prepared.pop(tx_id, None)
+        for key in prepared.keys:
+            if self.held.get(key) == tx_id:
+                del self.held[key]
+        for lock in prepared.locks:
+            if self.held_locks.get(lock) == tx_id:
+                del self.held_locks[lock]
+        r.txns[prepared.tx_id] = None
+        key, value = state_record(prepared.tx_id, offset, None)
+        r.changes.append((key, value, _NO_HEADERS))
+        self._reset_deadline()
+
+    def _reset_deadline(self) -> None:
+        """The earliest log time at which a transaction coordinated here times out."""
+        timeout = self.limits.tx_timeout_ms
+        mine = [p.log_time_ms + timeout for p in self.prepared.values()
+                if p.coordinator == self.partition]  # fmt: skip
+        self.deadline = min(mine) if mine else None
+
+    def _vote(self, r: PartitionRound, m: Any, vote: Vote, entry: tuple[int, bytes, int]) -> None:
+        prepared = self.prepared.get(vote.tx_id)
+        if prepared is None or prepared.coordinator != self.partition:
+            self._journal(r, entry, Status.REJECTED, 0, f"a vote on transaction "
+                          f"{vote.tx_id.hex()}, which is not undecided here (decided, or "
+                          "unknown)")  # fmt: skip
+            return
+        if vote.partition not in prepared.partitions or vote.partition == self.partition:
+            self._journal(r, entry, Status.REJECTED, 0, f"a vote from partition "
+                          f"{vote.partition}, not another participant")  # fmt: skip
+            return
+        prepared.votes[vote.partition] = (vote.yes, vote.reason)
+        if not vote.yes:
+            self._decide(r, m, prepared, False, f"partition {vote.partition}: {vote.reason}",
+                         entry)  # fmt: skip
+        elif len(prepared.votes) == len(prepared.partitions):
+            self._decide(r, m, prepared, True, "every partition voted yes", entry)
+        else:
+            self._journal(r, entry, Status.APPLIED, 0, f"vote yes of partition {vote.partition} "
+                          f"on transaction {vote.tx_id.hex()}")  # fmt: skip
+            self._store_prepared(r, prepared, m.offset)
+
+    def _time_out(self, r: PartitionRound, m: Any) -> None:
+        """Aborts every transaction coordinated here whose votes are not all in by the log
+        time of ``m`` (its prepare's plus ``tx_timeout_ms``)."""
+        timeout = self.limits.tx_timeout_ms
+        due = [p for p in self.prepared.values() if p.coordinator == self.partition
+               and p.log_time_ms + timeout <= m.timestamp]  # fmt: skip
+        for prepared in sorted(due, key=lambda p: p.prepare_offset):
+            missing = [p for p in prepared.partitions if p not in prepared.votes]
+            self._decide(r, m, prepared, False, f"no vote from partition(s) {missing[:8]} "
+                         f"within {timeout / 1000:g} s of log time")  # fmt: skip
+
+    def _decide(
+        self, r: PartitionRound, m: Any, prepared: PreparedTx, commit: bool, reason: str,
+        entry: tuple[int, bytes, int] | None = None,
+    ) -> None:  # fmt: skip
+        """The coordinator's decision: appended to every other participant, applied to its
+        own part here. ``entry``: the journal entry of the record that decided it (None: the
+        record is journaled by its own path, e.g. the prepare that voted no)."""
+        decision = Decision(prepared.tx_id, commit, reason)
+        for p in prepared.partitions:
+            if p != self.partition:
+                r.wal_sends.append((p, TX_KEY, encode_decision(decision)))
+        self._resolve(r, m, prepared, decision, entry)
+
+    def _decision(
+        self, r: PartitionRound, m: Any, decision: Decision, entry: tuple[int, bytes, int]
+    ) -> None:
+        prepared = self.prepared.get(decision.tx_id)
+        if prepared is None or prepared.coordinator == self.partition:
+            # An abort this partition voted for (it keeps nothing of a no), or a decision on
+            # a transaction it does not know: nothing to apply or drop either way.
+            status = Status.REJECTED if decision.commit else Status.ABORTED
+            self._journal(r, entry, status, 0, f"transaction {decision.tx_id.hex()} "
+                          f"{'committed' if decision.commit else 'aborted'}, and not prepared "
+                          f"here: {decision.reason}")  # fmt: skip
+            return
+        self._resolve(r, m, prepared, decision, entry)
+
+    def _resolve(
+        self, r: PartitionRound, m: Any, prepared: PreparedTx, decision: Decision,
+        entry: tuple[int, bytes, int] | None,
+    ) -> None:  # fmt: skip
+        """Applies (commit) or drops (abort) this partition's part at ``m``'s offset, and
+        releases what it held. Its events are evaluated at the prepare's log time, so the
+        result is the one voted on: nothing could touch what they hold meanwhile. The
+        outcome is kept for the prepare record (``r.resolutions``), and is the journal entry
+        of the record that decided (``entry``; None: that record is journaled by its own
+        path, e.g. a put whose log time timed the transaction out)."""
+        self._release(r, prepared, m.offset)
+        tx_hex = prepared.tx_id.hex()
+        status, version = Status.ABORTED, 0
+        reason = f"transaction {tx_hex} aborted: {decision.reason}"
+        ev = None
+        if prepared.yes and decision.commit:
+            events = [self._events.decode(e) for e in decode_tx(prepared.record).events]
+            ev = self._evaluate(r, events, m.offset, prepared.log_time_ms)
+            if ev.failed is None:
+                status, version = Status.APPLIED, len(events)
+                reason = (f"transaction {tx_hex} committed (prepared at offset "
+                          f"{prepared.prepare_offset})")  # fmt: skip
+                r.tx_keys[m.offset] = _context_keys(events)
+            else:  # cannot happen: what it evaluates was held since the vote
+                status = Status.REJECTED
+                reason = "voted yes but no longer applies: " + self._failed_reason(
+                    ev, events, "applied"
+                )
+        r.resolutions[prepared.prepare_offset] = (m.offset, status, version, reason)
+        if entry is not None:
+            self._journal(r, entry, status, version, reason)
+        if status is Status.APPLIED and ev is not None:
+            self._apply_evaluated(r, ev, m.offset, prepared.log_time_ms)
+        self._wake(r, m)
 
     def _fence_floor(self, r: PartitionRound, fence: Fence) -> int | None:
         """The highest token folded for the fence's lock, this round's included (None: none,

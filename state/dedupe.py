@@ -37,6 +37,8 @@ REMEMBERED = frozenset(
         EntryStatus.REJECTED,
         EntryStatus.RESTORED,
         EntryStatus.FENCED,
+        EntryStatus.PREPARED,
+        EntryStatus.ABORTED,
     )
 )
 _HASH_MASK = (1 << 64) - 1

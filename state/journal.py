@@ -46,6 +46,11 @@ class EntryStatus(enum.IntEnum):
     RESTORED = 5
     #: Its fencing token was below the highest folded for its lock (``processors.round``).
     FENCED = 6
+    #: A transaction's part prepared here, voted yes, and waiting for the decision
+    #: (``processors.twophase``); its outcome is the decision's record's (``txres``).
+    PREPARED = 7
+    #: A transaction's part dropped by the coordinator's decision to abort.
+    ABORTED = 8
 
 
 @dataclass(frozen=True, slots=True)

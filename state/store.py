@@ -64,8 +64,9 @@ CF_JOURNAL = "journal"
 CF_EXPIRY = "expiry"
 CF_HISTORY = "history"
 CF_FENCES = "fences"
+CF_TXNS = "txns"
 #: Every column family of a store, in the order they are opened.
-FAMILIES = (CF_CONTEXTS, CF_JOURNAL, CF_EXPIRY, CF_HISTORY, CF_FENCES)
+FAMILIES = (CF_CONTEXTS, CF_JOURNAL, CF_EXPIRY, CF_HISTORY, CF_FENCES, CF_TXNS)
 #: A fence's value: token, WAL offset and log time of the event that raised it.
 FENCE_VALUE = struct.Struct(">qqq")
 #: Fences cached in memory (the cache is dropped whole past it).
@@ -81,6 +82,10 @@ PENDING_CHECKPOINT_KEY = b"meta/pending_checkpoint"
 #: every record from there on (a store restored from the change topic, or written before the
 #: index existed, has none before it).
 HISTORY_FROM_KEY = b"meta/history_from"
+#: ``TXRES_PREFIX | prepare offset (8, BE)``: how the transaction prepared there was decided
+#: here (``processors.twophase``): ``decided at (8) | status (1) | version (8) | reason``.
+TXRES_PREFIX = b"txres/"
+_TXRES = struct.Struct(">qBq")
 #: History entries below this offset were trimmed (the WAL no longer holds their records).
 HISTORY_FLOOR_KEY = b"meta/history_floor"
 #: ``floor (8) | index key``: where a trim that ran out of time stopped.
@@ -102,6 +107,12 @@ def _is_lock_error(exc: BaseException) -> bool:
 def record_hash(key: bytes, value: bytes) -> int:
     """The digest term of one stored record: xxh3-64 of its id (length-prefixed) and bytes."""
     return xxhash.xxh3_64_intdigest(_KEY_LEN.pack(len(key)) + key + value)
+
+
+def txn_hash(tx_id: bytes, value: bytes) -> int:
+    """The digest term of one prepared transaction: ``record_hash`` of its id prefixed with
+    0xFE (no context id, nor fence, holds that byte first)."""
+    return record_hash(b"\xfe" + tx_id, value)
 
 
 def fence_hash(lock: bytes, value: bytes) -> int:
@@ -167,6 +178,8 @@ class PartitionStore:
             self._history_cf = self._db.get_column_family_handle(CF_HISTORY)
             self._fences = self._db.get_column_family(CF_FENCES)
             self._fences_cf = self._db.get_column_family_handle(CF_FENCES)
+            self._txns = self._db.get_column_family(CF_TXNS)
+            self._txns_cf = self._db.get_column_family_handle(CF_TXNS)
             history_from = self._db.get(HISTORY_FROM_KEY)
             raw = self._db.get(NEXT_OFFSET_KEY)
             summary = self._db.get(SUMMARY_KEY)
@@ -244,6 +257,21 @@ class PartitionStore:
         cache[lock] = token
         return token
 
+    def resolution(self, prepare_offset: int) -> tuple[int, int, int, str] | None:
+        """How the transaction prepared at ``prepare_offset`` was decided here: ``(offset of
+        the deciding record, status, version, reason)``; None while undecided (or trimmed)."""
+        raw = self._db.get(TXRES_PREFIX + _EXPIRES.pack(prepare_offset))
+        if raw is None:
+            return None
+        at, status, version = _TXRES.unpack_from(raw)
+        return at, status, version, raw[_TXRES.size :].decode("utf-8", "replace")
+
+    def prepared(self) -> list[tuple[bytes, bytes]]:
+        """Every transaction prepared here and not yet decided: ``(tx id, state)``
+        (``processors.twophase``)."""
+        with contextlib.closing(self._scan(self._txns)) as rows:
+            return list(rows)
+
     def fences(self) -> Iterator[tuple[bytes, tuple[int, int, int]]]:
         """Every fence, ``(lock name, (token, WAL offset, log time))``, in name order."""
         with contextlib.closing(self._scan(self._fences)) as rows:
@@ -259,6 +287,8 @@ class PartitionStore:
         pending_checkpoint: tuple[int, str] | None = None,
         history_rows: Sequence[tuple[bytes, bytes]] | None = (),
         fences: Mapping[bytes, tuple[int, int, int]] | None = None,
+        txns: Mapping[bytes, bytes | None] | None = None,
+        resolutions: Mapping[int, tuple[int, int, int, str]] | None = None,
     ) -> None:
         """Writes ``records``, ``next_offset``, the round's journal block ``(first offset,
         block)``, the expiry index entries, the history index entries (``history_rows``:
@@ -267,7 +297,10 @@ class PartitionStore:
         nothing. Journal
         blocks that start below ``forget_below`` are deleted in the same batch (the journal's
         bound). ``fences``: lock name -> ``(token, WAL offset, log time)`` of each fence the
-        round raised, counted in the digest too."""
+        round raised, counted in the digest too. ``txns``: tx id -> the state of a transaction
+        prepared here (None: decided, deleted), counted in the digest; ``resolutions``:
+        prepare offset -> how it was decided here (``resolution``), kept as long as the
+        journal."""
         batch = WriteBatch(raw_mode=True)
         cf, expiry_cf = self._cf, self._expiry_cf
         digest, count, documents = self._digest, self._records, self._documents
@@ -297,12 +330,28 @@ class PartitionStore:
                 value = FENCE_VALUE.pack(*fence)
                 batch.put(lock, value, fences_cf)
                 digest += fence_hash(lock, value)
+        if txns:
+            txns_cf = self._txns_cf
+            for tx_id, state in txns.items():
+                old_state = self._txns.get(tx_id)
+                if old_state is not None:
+                    digest -= txn_hash(tx_id, old_state)
+                if state is None:
+                    batch.delete(tx_id, txns_cf)
+                else:
+                    batch.put(tx_id, state, txns_cf)
+                    digest += txn_hash(tx_id, state)
         digest &= HASH_MASK
         if journal_block is not None:
             batch.put(journal.block_key(journal_block[0]), journal_block[1], self._journal_cf)
+        if resolutions:
+            for prepare, (at, status, version, reason) in resolutions.items():
+                value = _TXRES.pack(at, status, version) + reason.encode()[:1000]
+                batch.put(TXRES_PREFIX + _EXPIRES.pack(prepare), value)
         floor = self._journal_floor(forget_below)
         if floor > self._trimmed_below:
             batch.delete_range(journal.block_key(0), journal.block_key(floor), self._journal_cf)
+            batch.delete_range(TXRES_PREFIX + _EXPIRES.pack(0), TXRES_PREFIX + _EXPIRES.pack(floor))
         history_from = self._history_from
         if history_rows is None:
             if history_from is not None:
@@ -407,6 +456,9 @@ class PartitionStore:
                         self.path, ValueError(f"fence {key!r:.60} of {len(value)} bytes")
                     )
                 digest += fence_hash(key, value)
+        with contextlib.closing(self._scan(self._txns)) as rows:
+            for key, value in rows:
+                digest += txn_hash(key, value)
         # By name, not `for family in (...)`: a loop variable holding a column family stays in
         # this frame, which the error's traceback keeps, and keeps the database (and its lock)
         # open after close() for as long as the error lives (a log handler that keeps records).
@@ -646,7 +698,8 @@ class PartitionStore:
             return
         self._cache.clear()
         try:
-            families = (self._contexts, self._journal, self._expiry, self._history, self._fences)
+            families = (self._contexts, self._journal, self._expiry, self._history, self._fences,
+                        self._txns)  # fmt: skip
             for family in (*families, self._db):
                 family.flush()
         finally:
@@ -654,7 +707,8 @@ class PartitionStore:
 
     def _close_db(self) -> None:
         for name in ("_contexts", "_cf", "_journal", "_journal_cf", "_expiry", "_expiry_cf",
-                     "_history", "_history_cf", "_fences", "_fences_cf"):  # fmt: skip
+                     "_history", "_history_cf", "_fences", "_fences_cf", "_txns",
+                     "_txns_cf"):  # fmt: skip
             if hasattr(self, name):
                 delattr(self, name)
         self._db.close()

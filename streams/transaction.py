@@ -10,7 +10,13 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from lukhas_context.schemas.event import Delete, Op, Patch, PatchFormat, Put, Touch
-from lukhas_context.schemas.txrecord import MAX_TX_EVENTS, TX_KEY, encode_tx
+from lukhas_context.schemas.txrecord import (
+    MAX_TX_EVENTS,
+    SCOPE_PARTITION,
+    SCOPE_VOTED,
+    TX_KEY,
+    encode_tx,
+)
 from lukhas_context.streams.exceptions import PublishError, PublishTimeoutError, ValidationError
 from lukhas_context.streams.kafka import kafka_errors
 from lukhas_context.streams.results import OutcomeSource, Receipt
@@ -86,8 +92,12 @@ class Transaction:
         parts: dict[int, list[int]] = {}
         for i, (_, key, _, _) in enumerate(self._events):
             parts.setdefault(partition_for(key, count), []).append(i)
+        # One partition: decided there. Several: each part prepared and voted on, the lowest
+        # partition coordinating (processors.twophase).
+        scope, partitions = (SCOPE_PARTITION, ()) if len(parts) == 1 else (
+            SCOPE_VOTED, tuple(sorted(parts)))  # fmt: skip
         records = {
-            p: encode_tx(self.tx_id.bytes, [self._events[i][2] for i in idx])
+            p: encode_tx(self.tx_id.bytes, [self._events[i][2] for i in idx], scope, partitions)
             for p, idx in parts.items()
         }
         for p, value in records.items():

@@ -246,7 +246,7 @@ class Watcher:
         batch = await self._consumer.getmany(tp, timeout_ms=5000, max_records=LOOK_BACK)
         found = []
         for m in batch.get(tp, ()):
-            if m.offset < offset and m.key is not None and m.key[:1] != FENCE_KEY_PREFIX:
+            if m.offset < offset and m.key is not None and m.key[:1] not in (b"\xff", b"\xfe"):
                 with contextlib.suppress(CodecError):  # a tombstone without its headers too
                     found.append((wal_offset_of(m.value, m.headers, self._codec), m.key))
         return found
@@ -312,6 +312,8 @@ class Watcher:
             return self._gap(m.partition, expected, offset, "compacted or deleted")
         pos[i] = offset + 1
         key = m.key or b""
+        if key[:1] == b"\xfe":  # a transaction's state (processors.twophase): not a change
+            return None
         if key[:1] == FENCE_KEY_PREFIX:  # no context id starts so
             try:
                 read_fence_record(key, m.value)

@@ -52,6 +52,7 @@ EXIT_OF_STATUS = {
     "rejected": EXIT_REJECTED,
     "dead_lettered": EXIT_DEAD_LETTERED,
     "fenced": EXIT_FENCED,
+    "aborted": EXIT_CONFLICT,
 }
 EXIT_CODES = (
     "Exit codes: 0 success; 1 error (one line on stderr); 2 usage error; 3 not found (the "

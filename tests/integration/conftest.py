@@ -5,6 +5,7 @@ per-test topics, consumer groups and state dirs, so tests never see each other's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -384,3 +385,44 @@ def worker_process(cluster: Cluster, topics: Topics, tmp_path: Path) -> Iterator
     if worker.proc is not None and worker.proc.poll() is None:
         worker.proc.kill()
         worker.proc.wait()
+
+
+class OpenTransaction:
+    """A Kafka transaction of the client's transactional producer, begun and left open while
+    the block runs (``kafka_transaction``): what any transactional producer can do to a WAL
+    partition. ``put`` sends one event into it and returns its record metadata once the
+    broker has it (uncommitted); ``receipts`` are the puts'."""
+
+    def __init__(self, client: ContextClient, producer: Any) -> None:
+        self.client = client
+        self.producer = producer
+        self.receipts: list[Any] = []
+
+    async def put(self, context_id: str, doc: dict[str, Any]) -> Any:
+        from lukhas_context.schemas.event import Put
+        from lukhas_context.streams.results import Receipt
+        from lukhas_context.streams.validation import canonical_json
+
+        writer = self.client.writer
+        key, value, event_id = writer.event(
+            context_id, Put(canonical_json(doc, 1 << 20), None), None
+        )
+        meta = await (await self.producer.send(writer.config.topics.events, value, key=key))
+        self.receipts.append(Receipt(context_id, meta.partition, meta.offset, str(event_id),
+                                     self.client))  # fmt: skip
+        return meta
+
+
+@contextlib.asynccontextmanager
+async def kafka_transaction(client: ContextClient) -> AsyncIterator[OpenTransaction]:
+    """Begins a Kafka transaction with ``client``'s transactional producer; commits it when
+    the block ends, aborts it when the block raises. (The client's own ``transaction()``
+    sends everything at its commit, so it never holds a partition while a block runs.)"""
+    producer = await client.writer.transactional_producer()
+    await producer.begin_transaction()
+    try:
+        yield OpenTransaction(client, producer)
+    except BaseException:
+        await producer.abort_transaction()
+        raise
+    await producer.commit_transaction()

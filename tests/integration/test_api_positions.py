@@ -15,6 +15,8 @@ import pytest
 from lukhas_context.streams.client import ContextClient
 from lukhas_context.streams.exceptions import NoSuchPositionError
 
+from .conftest import kafka_transaction
+
 pytestmark = pytest.mark.integration
 
 MakeClient = Callable[[str | None], ContextClient]
@@ -72,9 +74,8 @@ async def test_a_write_behind_an_open_transaction_exists(
     acknowledged after it is in the log all the same: not past the end, only not folded."""
     worker = await start_worker()
     async with make_client(worker.url) as writer, make_client(worker.url) as other:
-        async with writer.transaction() as tx:
-            await tx.put("tx:held", {"held": True})
-            await tx._pending[-1][2]  # in the log (uncommitted) before the other write
+        async with kafka_transaction(writer) as tx:
+            await tx.put("tx:held", {"held": True})  # in the log (uncommitted) before the other
             # Same context, so the same partition as the open transaction.
             receipt = await other.put("tx:held", {"after": True})
             status, body = await _get(

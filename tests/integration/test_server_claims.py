@@ -32,7 +32,14 @@ from lukhas_context.streams.client import ClientConfig, ContextClient
 from lukhas_context.streams.exceptions import ContextNotFoundError
 from lukhas_context.streams.topics import Topics, partition_for
 
-from .conftest import PARTITIONS, WorkerProcess, free_port, serving_all, wal_ends
+from .conftest import (
+    PARTITIONS,
+    WorkerProcess,
+    free_port,
+    kafka_transaction,
+    serving_all,
+    wal_ends,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -91,9 +98,8 @@ async def test_healthz_turns_503_when_the_fold_stops(
         receipt = await client.put(other, {"before": "the transaction"})
         await client.get(other, after=receipt, timeout=30)
         with pytest.raises(_Abort):
-            async with writer.transaction() as tx:
-                await tx.put(held, {"in": "a transaction left open"})
-                begun = (await tx._pending[-1][2]).offset
+            async with kafka_transaction(writer) as tx:
+                begun = (await tx.put(held, {"in": "a transaction left open"})).offset
                 assert begun == receipt.offset + 1
 
                 async def held_there() -> bool:
@@ -395,12 +401,11 @@ async def test_an_expire_that_does_not_apply_is_retried_each_time_later(
         ContextClient(ClientConfig(cluster.bootstrap, worker.url, topics)) as client,
         ContextClient(long_tx) as writer,
     ):
-        async with writer.transaction() as tx:  # begun; nothing in the log yet
+        async with kafka_transaction(writer) as tx:  # begun; nothing in the log yet
             receipt = await client.put(name, {"short": "lived"}, ttl=TTL_S)
             ctx = await client.get(name, after=receipt, timeout=30)
             assert ctx.version == 1 and ctx.expires_at_ms is not None
-            await tx.put(blocker, {"holds": "the partition"})
-            opened = await tx._pending[-1][2]
+            opened = await tx.put(blocker, {"holds": "the partition"})
             assert opened.partition == partition
             assert opened.timestamp < ctx.expires_at_ms, "the transaction began after the expiry"
 

@@ -198,16 +198,20 @@ def test_hostile_records_under_the_key_never_stop_the_fold(tmp_path: Path) -> No
     log = messages([
         (TX_KEY, b"LKT1 garbage"),
         (TX_KEY, encode_tx(os.urandom(16), [b"not avro"])),  # an event that does not decode
-        tx(good, scope=1),  # a scope this version does not decide
+        tx(good, scope=2),  # a scope this version does not decide
         tx(put("x" * 300)),  # a context id too long
         (TX_KEY, encode_tx(os.urandom(16), [good] * MAX_TX_EVENTS)),  # the same event 1000x
+        (TX_KEY, encode_tx(os.urandom(16), [good], 1)),  # voted, but names no partitions
+        (TX_KEY, b"LKV1" + bytes(10)),  # a vote cut short
+        (TX_KEY, b"LKD1" + bytes(16) + b"\x07"),  # a decision neither commit nor abort
         plain("after", put("after")),
     ])  # fmt: skip
     with PartitionStore(tmp_path / "p0") as store:
         fold_all(store, log)
         assert statuses(store) == [
             EntryStatus.DEAD_LETTERED, EntryStatus.DEAD_LETTERED, EntryStatus.REJECTED,
-            EntryStatus.REJECTED, EntryStatus.APPLIED, EntryStatus.APPLIED,
+            EntryStatus.REJECTED, EntryStatus.APPLIED, EntryStatus.DEAD_LETTERED,
+            EntryStatus.DEAD_LETTERED, EntryStatus.DEAD_LETTERED, EntryStatus.APPLIED,
         ]  # fmt: skip
         ok = store.get(b"ok")
         assert ok is not None and ok.version == MAX_TX_EVENTS

@@ -5,6 +5,7 @@ client's sharing, not Kafka)."""
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -13,6 +14,7 @@ import pytest
 from lukhas_context.streams import kafka
 from lukhas_context.streams.client import ClientConfig, ContextClient
 from lukhas_context.streams.exceptions import PublishError
+from lukhas_context.streams.topics import partition_for
 
 
 class FakeProducer:
@@ -39,6 +41,14 @@ class FakeProducer:
 
     async def commit_transaction(self) -> None:
         await asyncio.sleep(0)
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1, 2}
+
+    async def send(self, topic: str, value: bytes, key: bytes, partition: int) -> Any:
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_result(SimpleNamespace(partition=partition, offset=0))
+        return done
 
 
 @pytest.fixture
@@ -99,15 +109,18 @@ async def test_concurrent_transactions_share_one_transactional_producer(
     fake_producer: Any,
 ) -> None:
     client = ContextClient(ClientConfig("127.0.0.1:9092"))
+    ids = {partition_for(f"c{i}".encode(), 3): f"c{i}" for i in range(50)}
 
-    async def empty_transaction() -> None:
-        async with client.transaction():
+    async def across_partitions() -> None:  # committed in a Kafka transaction
+        async with client.transaction() as tx:
+            for cid in ids.values():
+                await tx.put(cid, {})
             await asyncio.sleep(0)
 
-    await asyncio.gather(*(empty_transaction() for _ in range(32)))
-    assert fake_producer.started == 1
+    await asyncio.gather(*(across_partitions() for _ in range(32)))
+    assert fake_producer.started == 2  # the idempotent producer (metadata), the transactional
     await client.close()
-    assert fake_producer.stopped == 1
+    assert fake_producer.stopped == 2
 
 
 async def test_concurrent_first_reads_open_one_http_session(
