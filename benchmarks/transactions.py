@@ -5,10 +5,10 @@
 in as many partitions. Each is timed from the first write call to its outcome known
 (``Receipt.outcome``: the worker has folded it), and the commit alone (leaving the block, or
 the put's acknowledgement). One partition: one transaction record through the idempotent
-producer; several: one record per partition in one Kafka transaction. (The protocol that
-makes a transaction across partitions all-or-nothing as a whole — votes and a decision in the
-log — is not built yet, so its cost is not in these figures.) The seed claims 35 ms for its
-two-phase commit. Uses ``LUKHAS_BOOTSTRAP`` when set, else a one-broker cluster of its own.
+producer; several: one record per partition in one Kafka transaction, then the commit
+protocol in the log (prepare, votes to the coordinator, its decision to the others: two more
+appends and folds before the outcome is known). The seed claims 35 ms for its two-phase
+commit. Uses ``LUKHAS_BOOTSTRAP`` when set, else a one-broker cluster of its own.
 Figures to stdout and ``benchmarks/results/transactions.json``.
 """
 

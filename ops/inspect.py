@@ -35,7 +35,7 @@ from lukhas_context.schemas.event import (
     Touch,
 )
 from lukhas_context.schemas.exceptions import BadTombstoneError, CodecError
-from lukhas_context.schemas.txrecord import decode_tx, is_tx_key
+from lukhas_context.schemas.txrecord import Decision, Vote, decode_control, is_tx_key
 from lukhas_context.state.exceptions import InvalidCheckpointError
 from lukhas_context.state.manifest import Manifest
 from lukhas_context.streams import kafka
@@ -274,11 +274,22 @@ class _Decoder:
         return out
 
     def _transaction(self, value: bytes | None) -> dict[str, Any]:
-        tx = decode_tx(value)
-        events = [self._event(e) for e in tx.events]
-        return {"event_id": tx.tx_id.hex(), "kind": "transaction",
-                "context_id": ",".join(dict.fromkeys(e["context_id"] for e in events)),
-                "events": events}  # fmt: skip
+        record = decode_control(value)
+        if isinstance(record, Vote):
+            return {"event_id": record.tx_id.hex(), "kind": "vote", "voter": record.partition,
+                    "yes": record.yes, "reason": record.reason or None}  # fmt: skip
+        if isinstance(record, Decision):
+            return {"event_id": record.tx_id.hex(), "kind": "decision",
+                    "commit": record.commit, "reason": record.reason or None}  # fmt: skip
+        if record is None:
+            return {"kind": "tick"}
+        events = [self._event(e) for e in record.events]
+        out: dict[str, Any] = {"event_id": record.tx_id.hex(), "kind": "transaction",
+               "context_id": ",".join(dict.fromkeys(e["context_id"] for e in events)),
+               "events": events}  # fmt: skip
+        if record.partitions:
+            out["partitions"] = list(record.partitions)
+        return out
 
     def _change(self, key: bytes | None, value: bytes | None, headers: Any) -> dict[str, Any]:
         if value is None:

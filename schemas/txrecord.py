@@ -9,10 +9,12 @@ id is that key) to that partition, all of them in one Kafka transaction. The val
 
 Each event is a ``ContextEvent`` in the codec's single-object encoding, as one write would
 send it. ``scope`` says how the record is decided: ``SCOPE_PARTITION`` (0), by its own
-partition alone — all its events apply, in order, at the record's offset, or none does. (A
-scope for a decision across partitions, by votes and a decision in the log, is for the
-protocol that is not built yet: the fold rejects any other scope, so what this version wrote
-keeps its meaning when that one is added.)
+partition alone — all its events apply, in order, at the record's offset, or none does;
+``SCOPE_VOTED`` (1), as one part of a transaction across partitions, whose partitions follow
+the header (``count u16 | partition u32...``, ascending, the first coordinating): prepared,
+voted on, and applied or dropped by the coordinator's decision (``processors.twophase``).
+Votes (``LKV1``), decisions (``LKD1``) and ticks (``LKK1``) travel under the same key
+(``decode_control`` reads any of them); the fold rejects any other scope.
 
 A transaction holds at most ``MAX_TX_EVENTS`` events, and its record must fit the WAL's
 ``max.message.bytes`` (``streams.topics.WAL_MAX_MESSAGE_BYTES``). ``decode_tx`` checks every

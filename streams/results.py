@@ -34,8 +34,9 @@ class Outcome:
     ``status``: ``applied`` (``version`` is the new version), ``conflict`` (a version condition
     failed; ``version`` is the current one), ``rejected`` (``reason`` says why; nothing
     changed), ``fenced`` (its fencing token was below one a later holder of the lock wrote
-    with; nothing changed), ``dead_lettered`` (the record could not be read as an event). A
-    retried event
+    with; nothing changed), ``aborted`` (a transaction across partitions that another
+    partition's part, or its timeout, aborted; ``reason`` says which), ``dead_lettered`` (the
+    record could not be read as an event). A retried event
     reports the outcome of its original, with ``duplicate_of`` naming the original's offset.
     """
 

@@ -48,13 +48,14 @@ class Transaction:
     the transaction or none.
 
     A transaction in one partition is sent as one record by the idempotent producer. Across
-    partitions the records are appended in one Kafka transaction (the append is atomic:
-    processors read ``read_committed``), and each partition's part is all-or-nothing — but a
-    condition that fails in one partition does not yet undo the part in another: the commit
-    protocol across partitions (votes and a decision in the log) is not built. At most
-    ``MAX_TX_EVENTS`` events (``ValidationError`` for the next one), and each partition's
-    record must fit the WAL's message size (``ValidationError`` at the commit, before
-    anything is sent).
+    partitions the records (one per partition) are appended in one Kafka transaction and
+    decided by a commit protocol in the log (``processors.twophase``): each partition votes,
+    the lowest decides, and each applies its part at the decision or drops it — one failed
+    condition anywhere and nothing applies. A receipt's ``outcome()`` then waits for the
+    decision (``applied``, ``aborted`` with the reason, or the part's own ``conflict``...),
+    and a read ``after`` a receipt sees the whole transaction. At most ``MAX_TX_EVENTS``
+    events (``ValidationError`` for the next one), and each partition's record must fit the
+    WAL's message size (``ValidationError`` at the commit, before anything is sent).
 
     The commit finishes within the config's ``timeout_s`` (``PublishTimeoutError`` with the
     brokers' reason). A commit across partitions that timed out is unknown: the coordinator

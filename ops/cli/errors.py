@@ -57,10 +57,10 @@ EXIT_OF_STATUS = {
 EXIT_CODES = (
     "Exit codes: 0 success; 1 error (one line on stderr); 2 usage error; 3 not found (the "
     "context, the WAL position, its history, the dead letter); for a write waited on (--wait), "
-    "`outcome` and --dry-run: 4 conflict, 5 rejected, 6 dead-lettered (also `dlq redrive`: one "
-    "was dead-lettered again), 9 fenced (a stale --fence token); `verify`: 7 a partition "
-    "differs or is corrupt; `lock`: the command's code, or 8 when the lock was lost while it "
-    "ran."
+    "`outcome` and --dry-run: 4 conflict (or a transaction aborted), 5 rejected, 6 "
+    "dead-lettered (also `dlq redrive`: one was dead-lettered again), 9 fenced (a stale "
+    "--fence token); `verify`: 7 a partition differs or is corrupt; `lock`: the command's "
+    "code, or 8 when the lock was lost while it ran."
 )
 
 

@@ -276,6 +276,13 @@ def test_inspect_shows_a_transaction_record_and_a_fence_record() -> None:
     assert line["context_id"] == "a,b"
     assert [e["kind"] for e in line["events"]] == ["put", "delete"]
     assert line["events"][1]["if_version"] == 3
+    from lukhas_context.schemas.txrecord import Vote, encode_tick, encode_vote
+
+    vote = SimpleNamespace(**{**vars(m), "value": encode_vote(Vote(tx_id, 2, False, "no"))})
+    assert (wal_line(vote)["kind"], wal_line(vote)["voter"], wal_line(vote)["yes"]) == (
+        "vote", 2, False,
+    )  # fmt: skip
+    assert wal_line(SimpleNamespace(**{**vars(m), "value": encode_tick()}))["kind"] == "tick"
     broken = SimpleNamespace(**{**vars(m), "value": b"LKT1"})
     assert "MalformedTransactionError" in wal_line(broken)["undecodable"]
     fence = FenceRecord("L", 5, 7, 0)
