@@ -663,6 +663,12 @@ class ReadApi:
                 error = reused_event_id(event.event_id, prior[0])
                 result.update(status="dead_lettered", reason=f"{type(error).__name__}: {error}")
             return web.json_response(result)
+        held = folder.held_reason(key, event.fence)
+        if held is not None:
+            current = store.get(key)
+            result.update(status="conflict", reason=held,
+                          version=0 if current is None else current.version)  # fmt: skip
+            return web.json_response(result)
         record = store.get(key)
         now = self.m.clock.earliest_ms()
         fence = event.fence

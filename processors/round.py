@@ -472,6 +472,10 @@ class PartitionFolder:
         self._journal(r, entry, Status.APPLIED, len(events), None)
         self._apply_evaluated(r, ev, offset, log_time)
 
+    def held_reason(self, key: bytes, fence: Fence | None) -> str | None:
+        """Why an event on ``key`` would be a conflict now, for the dry run (``_held_by``)."""
+        return self._held_by(key, fence) if self.held or self.held_locks else None
+
     def _held_by(self, key: bytes, fence: Fence | None) -> str | None:
         """Why an event on ``key`` (with ``fence``) cannot go on now: its context, or its
         fence's lock, is held by a prepared transaction; None when neither is."""
@@ -713,7 +717,8 @@ class PartitionFolder:
                 status, version = Status.APPLIED, len(events)
                 reason = (f"transaction {tx_hex} committed (prepared at offset "
                           f"{prepared.prepare_offset})")  # fmt: skip
-                r.tx_keys[m.offset] = _context_keys(events)
+                keys = r.tx_keys.setdefault(m.offset, [])
+                keys += [k for k in _context_keys(events) if k not in keys]
             else:  # cannot happen: what it evaluates was held since the vote
                 status = Status.REJECTED
                 reason = "voted yes but no longer applies: " + self._failed_reason(

@@ -105,7 +105,10 @@ def rows(
         key = m.key
         if tx_keys and offset in tx_keys:
             value = _VALUE.pack(status, version)
-            out.extend((entry_key(k, offset), value) for k in tx_keys[offset])
+            keys = tx_keys[offset]
+            if key and len(key) <= MAX_ID_BYTES and key[0] < 0xF5 and key not in keys:
+                keys = [key, *keys]  # a record of a context that also decided a transaction
+            out.extend((entry_key(k, offset), value) for k in keys)
             continue
         if not key or len(key) > MAX_ID_BYTES or key[0] >= 0xF5:  # 0xF5-0xFF: never UTF-8
             continue

@@ -215,6 +215,8 @@ async def test_a_coordinator_without_every_vote_aborts_at_its_timeout(
     async with ContextClient(ClientConfig(cluster.bootstrap, worker.url, topics)) as client:
         held = await client.put(a, {"meanwhile": True})
         assert (await held.outcome(30)).status == "conflict"  # held by the prepared one
+        dry = await client.put(a, {"dry": True}, dry_run=True)  # the dry run says so too
+        assert dry.status == "conflict" and "held by transaction" in (dry.reason or "")
         outcome = await client.outcome(0, meta.offset, timeout=60)
         assert outcome.status == "aborted"
         assert outcome.reason is not None and "no vote from partition(s) [1]" in outcome.reason
