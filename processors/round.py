@@ -47,6 +47,7 @@ from lukhas_context.schemas.event import (
 )
 from lukhas_context.schemas.exceptions import CodecError
 from lukhas_context.schemas.txrecord import (
+    MAX_TX_EVENTS,
     SCOPE_PARTITION,
     SCOPE_VOTED,
     TX_KEY,
@@ -363,6 +364,10 @@ class PartitionFolder:
         if self._is_retry(r, m, event_id, payload_hash):
             return
         entry = (m.offset, event_id, payload_hash)
+        if isinstance(record, TxRecord) and len(events) > MAX_TX_EVENTS:
+            self._journal(r, entry, Status.REJECTED, 0, f"a transaction of {len(events)} "
+                          f"events: at most {MAX_TX_EVENTS}")  # fmt: skip
+            return
         if isinstance(record, TxRecord):
             if record.scope == SCOPE_VOTED:
                 self._prepare(r, m, record, events, entry)

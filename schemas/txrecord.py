@@ -16,8 +16,9 @@ voted on, and applied or dropped by the coordinator's decision (``processors.two
 Votes (``LKV1``), decisions (``LKD1``) and ticks (``LKK1``) travel under the same key
 (``decode_control`` reads any of them); the fold rejects any other scope.
 
-A transaction holds at most ``MAX_TX_EVENTS`` events, and its record must fit the WAL's
-``max.message.bytes`` (``streams.topics.WAL_MAX_MESSAGE_BYTES``). ``decode_tx`` checks every
+A transaction holds at most ``MAX_TX_EVENTS`` events (a raw producer's record of more
+decodes, and the fold rejects it), and its record must fit the WAL's ``max.message.bytes``
+(``streams.topics.WAL_MAX_MESSAGE_BYTES``). ``decode_tx`` checks every
 length before reading it: a record that is not exactly this is ``MalformedTransactionError``
 (the fold dead-letters it); nothing in it can make the decoder allocate more than the record.
 """
@@ -160,8 +161,8 @@ def decode_tx(value: bytes | None) -> TxRecord:
     if len(value) < len(MAGIC) + _HEAD.size:
         raise MalformedTransactionError(f"a transaction record of {len(value)} bytes")
     tx_id, scope, count = _HEAD.unpack_from(value, len(MAGIC))
-    if not 0 < count <= MAX_TX_EVENTS:
-        raise MalformedTransactionError(f"{count} events: a transaction holds 1-{MAX_TX_EVENTS}")
+    if count == 0:  # more than MAX_TX_EVENTS reads, and is the fold's to reject
+        raise MalformedTransactionError("a transaction record of no events")
     pos = len(MAGIC) + _HEAD.size
     partitions: tuple[int, ...] = ()
     if scope == SCOPE_VOTED:

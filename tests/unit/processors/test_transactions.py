@@ -100,7 +100,7 @@ def test_a_record_round_trips() -> None:
         b"LKT1",
         b"LKT2" + bytes(19),
         b"LKT1" + bytes(16) + b"\x00" + b"\x00\x00",  # no events
-        b"LKT1" + bytes(16) + b"\x00" + (MAX_TX_EVENTS + 1).to_bytes(2, "big"),
+        b"LKT1" + bytes(16) + b"\x00" + (MAX_TX_EVENTS + 1).to_bytes(2, "big"),  # none there
         b"LKT1" + bytes(16) + b"\x00\x00\x01" + (2**32 - 1).to_bytes(4, "big") + b"xx",
         b"LKT1" + bytes(16) + b"\x00\x00\x01" + (0).to_bytes(4, "big"),
         b"LKT1" + bytes(16) + b"\x00\x00\x02" + (2).to_bytes(4, "big") + b"xx",  # 1 of 2
@@ -195,6 +195,9 @@ def test_a_retried_record_is_a_duplicate_and_its_id_reused_is_dead_lettered(
 
 def test_hostile_records_under_the_key_never_stop_the_fold(tmp_path: Path) -> None:
     good = put("ok")
+    n = MAX_TX_EVENTS + 1
+    framed = (len(good).to_bytes(4, "big") + good) * n
+    over_the_limit = b"LKT1" + os.urandom(16) + b"\x00" + n.to_bytes(2, "big") + framed
     log = messages([
         (TX_KEY, b"LKT1 garbage"),
         (TX_KEY, encode_tx(os.urandom(16), [b"not avro"])),  # an event that does not decode
@@ -202,6 +205,7 @@ def test_hostile_records_under_the_key_never_stop_the_fold(tmp_path: Path) -> No
         tx(put("x" * 300)),  # a context id too long
         (TX_KEY, encode_tx(os.urandom(16), [good] * MAX_TX_EVENTS)),  # the same event 1000x
         (TX_KEY, encode_tx(os.urandom(16), [good], 1)),  # voted, but names no partitions
+        (TX_KEY, over_the_limit),  # a raw producer's 1,001 events: rejected
         (TX_KEY, b"LKV1" + bytes(10)),  # a vote cut short
         (TX_KEY, b"LKD1" + bytes(16) + b"\x07"),  # a decision neither commit nor abort
         plain("after", put("after")),
@@ -211,7 +215,8 @@ def test_hostile_records_under_the_key_never_stop_the_fold(tmp_path: Path) -> No
         assert statuses(store) == [
             EntryStatus.DEAD_LETTERED, EntryStatus.DEAD_LETTERED, EntryStatus.REJECTED,
             EntryStatus.REJECTED, EntryStatus.APPLIED, EntryStatus.DEAD_LETTERED,
-            EntryStatus.DEAD_LETTERED, EntryStatus.DEAD_LETTERED, EntryStatus.APPLIED,
+            EntryStatus.REJECTED, EntryStatus.DEAD_LETTERED, EntryStatus.DEAD_LETTERED,
+            EntryStatus.APPLIED,
         ]  # fmt: skip
         ok = store.get(b"ok")
         assert ok is not None and ok.version == MAX_TX_EVENTS
