@@ -14,7 +14,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lukhas_context.processors.fold import Limits, Status, apply, fence_verdict
-from lukhas_context.processors.round import PartitionFolder
 from lukhas_context.schemas.change import (
     FENCE_KEY_PREFIX,
     FenceRecord,
@@ -38,6 +37,8 @@ from lukhas_context.state.store import PartitionStore
 from lukhas_context.streams.exceptions import LockLostError, ValidationError
 from lukhas_context.streams.locks import as_fence, check_fence
 
+from .conftest import FoldAll
+
 Message = namedtuple("Message", "topic partition offset key value timestamp headers")
 CODEC = EventCodec()
 LIMITS = Limits(max_document_bytes=256)
@@ -52,23 +53,6 @@ def event(key: str, fence: Fence | None, op: object = None, eid: bytes | None = 
 
 def messages(values: list[tuple[bytes, bytes]]) -> list[Message]:
     return [Message("wal", 0, i, k, v, 1_000 + i, []) for i, (k, v) in enumerate(values)]
-
-
-def fold_all(store: PartitionStore, log: list[Message], cuts: list[int]) -> list[tuple]:
-    """Folds ``log`` in rounds ending at each of ``cuts``; returns every change published."""
-    folder = PartitionFolder(0, store, LIMITS, native=NATIVE)
-    changes: list[tuple] = []
-    start = 0
-    for end in [*sorted(set(cuts)), len(log)]:
-        end = min(end, len(log))
-        if end <= start:
-            continue
-        r = folder.fold(log[start:end])
-        if r is not None:
-            changes += r.changes
-            folder.commit(r, 100_000)
-        start = end
-    return changes
 
 
 # ---- the pure decision ----
@@ -158,7 +142,9 @@ def kleppmann_log() -> list[Message]:
     ])  # fmt: skip
 
 
-def test_the_fold_fences_a_stale_token_and_keeps_the_highest_per_lock(tmp_path: Path) -> None:
+def test_the_fold_fences_a_stale_token_and_keeps_the_highest_per_lock(
+    fold_all: FoldAll, tmp_path: Path
+) -> None:
     with PartitionStore(tmp_path / "p0") as store:
         changes = fold_all(store, kleppmann_log(), [])
         entries = list(store.journal_since(0))
@@ -190,7 +176,7 @@ def store_a_record(tmp_path: Path) -> object:
         return a.get(b"file")
 
 
-def test_fences_survive_a_reopen_and_count_in_the_digest(tmp_path: Path) -> None:
+def test_fences_survive_a_reopen_and_count_in_the_digest(fold_all: FoldAll, tmp_path: Path) -> None:
     log = kleppmann_log()
     with PartitionStore(tmp_path / "a") as a:
         fold_all(a, log[:3], [])
@@ -219,7 +205,10 @@ def test_fences_survive_a_reopen_and_count_in_the_digest(tmp_path: Path) -> None
     cuts=st.lists(st.integers(0, 25), max_size=4),
 )
 def test_any_round_cuts_give_the_same_verdicts_fences_and_digest(
-    tmp_path_factory: pytest.TempPathFactory, tokens: list[tuple[str, int, str]], cuts: list[int]
+    fold_all: FoldAll,
+    tmp_path_factory: pytest.TempPathFactory,
+    tokens: list[tuple[str, int, str]],
+    cuts: list[int],
 ) -> None:
     log = messages([(k.encode(), event(k, Fence(lock, t))) for lock, t, k in tokens])
     results = []
@@ -240,7 +229,9 @@ def test_any_round_cuts_give_the_same_verdicts_fences_and_digest(
     assert results[0][0] == expected
 
 
-def test_a_retried_fenced_write_is_a_duplicate_not_a_second_verdict(tmp_path: Path) -> None:
+def test_a_retried_fenced_write_is_a_duplicate_not_a_second_verdict(
+    fold_all: FoldAll, tmp_path: Path
+) -> None:
     retry = os.urandom(16)
     log = messages([
         (b"c", event("c", Fence("L", 5))),
@@ -253,7 +244,9 @@ def test_a_retried_fenced_write_is_a_duplicate_not_a_second_verdict(tmp_path: Pa
         assert statuses == [EntryStatus.APPLIED, EntryStatus.FENCED, EntryStatus.DUPLICATE]
 
 
-def test_a_flood_of_lock_names_and_hostile_fences_never_stop_the_fold(tmp_path: Path) -> None:
+def test_a_flood_of_lock_names_and_hostile_fences_never_stop_the_fold(
+    fold_all: FoldAll, tmp_path: Path
+) -> None:
     values = []
     for i in range(2000):
         values.append((b"c", event("c", Fence(f"lock-{i}", i))))

@@ -14,7 +14,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lukhas_context.processors.fold import Limits
-from lukhas_context.processors.round import PartitionFolder
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
 from lukhas_context.schemas.event import (
     CheckpointBarrier,
@@ -35,6 +34,8 @@ from lukhas_context.schemas.txrecord import (
 )
 from lukhas_context.state.journal import EntryStatus
 from lukhas_context.state.store import PartitionStore
+
+from .conftest import FoldAll
 
 Message = namedtuple("Message", "topic partition offset key value timestamp headers")
 CODEC = EventCodec()
@@ -61,22 +62,6 @@ def plain(key: str, value: bytes) -> tuple[bytes, bytes]:
 
 def messages(values: list[tuple[bytes, bytes]]) -> list[Message]:
     return [Message("wal", 0, i, k, v, 1_000 + i, []) for i, (k, v) in enumerate(values)]
-
-
-def fold_all(store: PartitionStore, log: list[Message], cuts: list[int] = ()) -> list[tuple]:  # type: ignore[assignment]
-    folder = PartitionFolder(0, store, LIMITS, native=NATIVE)
-    changes: list[tuple] = []
-    start = 0
-    for end in [*sorted(set(cuts)), len(log)]:
-        end = min(end, len(log))
-        if end <= start:
-            continue
-        r = folder.fold(log[start:end])
-        if r is not None:
-            changes += r.changes
-            folder.commit(r, 100_000)
-        start = end
-    return changes
 
 
 def statuses(store: PartitionStore) -> list[EntryStatus]:
@@ -116,6 +101,7 @@ def test_anything_else_under_the_key_is_malformed(value: bytes | None) -> None:
 
 
 def test_all_events_apply_in_order_at_the_record_offset_one_change_per_context(
+    fold_all: FoldAll,
     tmp_path: Path,
 ) -> None:
     log = messages([
@@ -160,7 +146,7 @@ def test_all_events_apply_in_order_at_the_record_offset_one_change_per_context(
     ],
 )
 def test_one_failing_event_and_none_applies(
-    tmp_path: Path, failing: bytes, status: EntryStatus, words: str
+    fold_all: FoldAll, tmp_path: Path, failing: bytes, status: EntryStatus, words: str
 ) -> None:
     log = messages([
         plain("f", put("f", fence=Fence("L", 5))),  # raises L to 5
@@ -179,6 +165,7 @@ def test_one_failing_event_and_none_applies(
 
 
 def test_a_retried_record_is_a_duplicate_and_its_id_reused_is_dead_lettered(
+    fold_all: FoldAll,
     tmp_path: Path,
 ) -> None:
     tx_id = os.urandom(16)
@@ -193,7 +180,9 @@ def test_a_retried_record_is_a_duplicate_and_its_id_reused_is_dead_lettered(
         assert record is not None and record.version == 1
 
 
-def test_hostile_records_under_the_key_never_stop_the_fold(tmp_path: Path) -> None:
+def test_hostile_records_under_the_key_never_stop_the_fold(
+    fold_all: FoldAll, tmp_path: Path
+) -> None:
     good = put("ok")
     n = MAX_TX_EVENTS + 1
     framed = (len(good).to_bytes(4, "big") + good) * n
@@ -239,6 +228,7 @@ def test_hostile_records_under_the_key_never_stop_the_fold(tmp_path: Path) -> No
     cuts=st.lists(st.integers(0, 20), max_size=4),
 )
 def test_any_round_cuts_give_the_same_store(
+    fold_all: FoldAll,
     tmp_path_factory: pytest.TempPathFactory,
     steps: list[tuple[bool, str, int | None]],
     cuts: list[int],
