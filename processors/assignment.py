@@ -96,6 +96,8 @@ class Assignment:
         assert consumer is not None
         tps = list(assigned)
         self.partition_count = len(consumer.partitions_for_topic(self.config.topics.events) or ())
+        if tps:
+            log.info("partitions %s assigned; opening", sorted(tp.partition for tp in tps))
         for tp in tps:
             store = self.stores.get(tp.partition)
             if store is not None:

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 #: How often the worker looks for transactions to time out (``tick_transactions``).
 TICK_INTERVAL_S = 1.0
+#: How long without a partition before the worker says so, and again at each multiple.
+UNASSIGNED_WARN_S = 15.0
 
 MIN_ROUND_RECORDS = 200
 
@@ -97,6 +99,8 @@ class Materializer:
         self.checkpointer = Checkpointer(config, self.metrics)
         self.retention = WalRetention(config, self.opener, self.metrics)
         self.sweeper = ExpirySweeper(config, self.metrics, self._events)
+        #: When the worker next says it has no partition (``_watch_assignment``).
+        self._unassigned_warn_at = 0.0
         self.assignment = Assignment(
             config, self.metrics, self.opener, self.membership, self._lock, self._progress,
             on_open=self._opened, on_revoke=self.sweeper.forget,
@@ -219,6 +223,7 @@ class Materializer:
         next_sweep = time.monotonic() + (cfg.expiry_interval_s or 0.0)
         next_prune = time.monotonic() + (cfg.prune_interval_s or 0.0)
         next_tick = time.monotonic() + TICK_INTERVAL_S
+        unassigned_since: float | None = None
         slot = self.checkpointer.slot()
         try:
             while not self._stopping.is_set():
@@ -234,6 +239,7 @@ class Materializer:
                     self.clock.observe_records(batch, time.monotonic())
                     self.adapt_round_limit(await self.fold_round(batch))
                 now = time.monotonic()
+                unassigned_since = self._watch_assignment(consumer, now, unassigned_since)
                 if cfg.expiry_interval_s is not None and now >= next_sweep:
                     await self.sweep_expired()
                     next_sweep = time.monotonic() + cfg.expiry_interval_s
@@ -257,6 +263,26 @@ class Materializer:
             self.stopped = True
 
     # ---- between rounds ----
+
+    def _watch_assignment(self, consumer: Any, now: float, since: float | None) -> float | None:
+        """Says, every ``UNASSIGNED_WARN_S``, that this worker has had no partition for that
+        long (a rebalance that does not end shows in the log, with the group coordinator the
+        consumer knows); returns since when it has had none (None: it has some)."""
+        if consumer.assignment():
+            return None
+        if since is None:
+            self._unassigned_warn_at = now + UNASSIGNED_WARN_S
+            return now
+        if now >= self._unassigned_warn_at:
+            self._unassigned_warn_at = now + UNASSIGNED_WARN_S
+            coordinator = getattr(consumer, "_coordinator", None)
+            log.warning(
+                "no partition assigned for %.0f s (group %s, coordinator node %s, generation "
+                "%s): the group's rebalance has not ended", now - since, self.config.group_id,
+                getattr(coordinator, "coordinator_id", None),
+                getattr(coordinator, "generation", None),
+            )  # fmt: skip
+        return since
 
     async def tick_transactions(self) -> int:
         """Appends a tick (``schemas.txrecord``) to each partition of this worker that
