@@ -56,8 +56,8 @@ from lukhas_context.processors.exceptions import (
     UnusableChangeError,
     WalTruncatedError,
 )
-from lukhas_context.processors.fold import remembered_by_fold
 from lukhas_context.processors.metrics import WorkerMetrics
+from lukhas_context.processors.round import window_id
 from lukhas_context.processors.twophase import TX_STATE_PREFIX, read_state_record
 from lukhas_context.schemas.change import FenceRecord, is_fence_key, read_fence_record
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
@@ -595,13 +595,9 @@ class StoreOpener:
             change = unchecked.pop(message.offset, None)
             if change is not None:
                 self._check_named(partition, change, message)
-            try:
-                event = codec.decode(value)
-            except CodecError:
-                return True
-            if not remembered_by_fold(message.key, event):
+            event_id = window_id(message.key, value, partition, codec)
+            if event_id is None:
                 return True  # the fold dead-lettered it: not in its window either
-            event_id = event.event_id
             h = xxhash.xxh3_64_intdigest(value)
             if window.admit(event_id, message.offset, h) is not None:
                 return True  # a retry or a reused id: the fold does not remember it either

@@ -33,6 +33,7 @@ from lukhas_context.processors.fold import (
     dead_letter_reason,
     fence_verdict,
     is_barrier,
+    remembered_by_fold,
 )
 from lukhas_context.processors.twophase import PreparedTx, control_id, state_record
 from lukhas_context.schemas.change import FenceRecord, tombstone_headers
@@ -133,6 +134,32 @@ def _context_keys(events: list[ContextEvent]) -> list[bytes]:
     """The contexts a transaction names, once each, for the history index."""
     keys = (e.context_id.encode() for e in events)
     return [k for k in dict.fromkeys(keys) if 0 < len(k) <= MAX_ID_BYTES]
+
+
+def window_id(key: bytes | None, value: bytes, partition: int, codec: EventCodec) -> bytes | None:
+    """The id under which the fold puts a WAL record of ``partition`` in its dedupe window,
+    or None when it puts it in none (it dead-letters the record): what a restore that
+    rebuilds the window from the WAL (``processors.opener``) must agree with."""
+    if key == TX_KEY:
+        try:
+            record = decode_control(value)
+            if isinstance(record, TxRecord):
+                for raw in record.events:
+                    codec.decode(raw)
+        except CodecError:
+            return None
+        if isinstance(record, TxRecord):
+            return record.tx_id
+        if isinstance(record, Vote):
+            return control_id(record.tx_id, b"vote", record.partition)
+        if isinstance(record, Decision):
+            return control_id(record.tx_id, b"decision", partition)
+        return NO_EVENT_ID  # a tick
+    try:
+        event = codec.decode(value)
+    except CodecError:
+        return None
+    return event.event_id if remembered_by_fold(key, event) else None
 
 
 def segment_end(records: Sequence[Any]) -> int:

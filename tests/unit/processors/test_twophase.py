@@ -260,3 +260,26 @@ def test_a_waiting_part_is_dropped_by_an_abort(wal: Wal) -> None:
     record = wal.stores[1].get(b"b1")
     assert record is not None and record.doc == b"{}"
     assert not any(wal.stores[p].prepared() for p in (0, 1, 2))
+
+
+def test_a_window_rebuilt_from_the_wal_is_the_folds_own(wal: Wal) -> None:
+    """What a change-topic restore rebuilds its dedupe window from (``window_id`` over the
+    WAL) is what the fold put in it: transaction records, votes, decisions and ticks too."""
+    import xxhash
+
+    from lukhas_context.processors.round import window_id
+    from lukhas_context.state.dedupe import DedupeWindow
+
+    wal.transaction({0: [put("a0")], 1: [put("b1")]})
+    wal.append(0, TX_KEY, encode_tick())
+    wal.append(0, TX_KEY, encode_tick())  # a repeat: a duplicate
+    wal.append(1, TX_KEY, b"LKV1 garbage")  # dead-lettered: in no window
+    wal.append(1, b"plain", put("plain"))
+    wal.settle()
+    for p, log in enumerate(wal.logs):
+        rebuilt = DedupeWindow(LIMITS.dedupe_window)
+        for m in log:
+            event_id = window_id(m.key, m.value, p, CODEC)
+            if event_id is not None:
+                rebuilt.admit(event_id, m.offset, xxhash.xxh3_64_intdigest(m.value))
+        assert rebuilt.ids == wal.folders[p].window.ids, p
