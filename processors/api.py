@@ -438,14 +438,24 @@ class ReadApi:
 
     async def _decided(self, partition: int, key: bytes, offset: int, timeout: float) -> bool:
         """Waits (at most ``timeout``) until no transaction prepared at or before ``offset``
-        holds ``key`` (``processors.twophase``): a read at or after a transaction's position
-        sees all of it. False when one still does."""
+        holds ``key`` (``processors.twophase``), and the store shows the round that released
+        it: a read at or after a transaction's position sees all of it. False when one still
+        does.
+
+        The fold's ``held`` is its state in memory, ahead of the store while a round is
+        published and not yet committed (``Materializer.fold_segment``): a key it no longer
+        holds may be released by a decision the store does not show yet, so the read waits
+        for the store to reach what was folded when it looked (``folded_to``)."""
         deadline = asyncio.get_running_loop().time() + max(0.0, timeout)
+        target: int | None = None
         while True:
             folder = self.m.folder_for(partition)
-            tx_id = folder.held.get(key)
-            prepared = folder.prepared.get(tx_id) if tx_id is not None else None
-            if prepared is None or prepared.prepare_offset > offset:
+            if target is None:
+                tx_id = folder.held.get(key)
+                prepared = folder.prepared.get(tx_id) if tx_id is not None else None
+                if prepared is None or prepared.prepare_offset > offset:
+                    target = folder.folded_to
+            if target is not None and folder.store.next_offset >= target:
                 return True
             if asyncio.get_running_loop().time() >= deadline:
                 return False

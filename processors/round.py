@@ -212,6 +212,11 @@ class PartitionFolder:
         self.held_locks: dict[bytes, bytes] = {}
         #: Log time at which the first transaction coordinated here times out (None: none).
         self.deadline: int | None = None
+        #: One past the last offset folded in memory. ``prepared``/``held`` are the fold's
+        #: state up to here, which the store shows only once the round is committed
+        #: (``store.next_offset`` reaches it): a reader that sees a transaction released in
+        #: them waits for that before it reads the store (``ReadApi._decided``).
+        self.folded_to = store.next_offset
         for tx_id, raw in store.prepared():
             prepared = PreparedTx.decode(tx_id, raw)
             self.prepared[tx_id] = prepared
@@ -259,7 +264,7 @@ class PartitionFolder:
                 if m.offset >= first:
                     slow(m)
         r.first_offset = max(first, messages[0].offset)
-        r.next_offset = messages[-1].offset + 1
+        r.next_offset = self.folded_to = messages[-1].offset + 1
         return r
 
     def commit(self, r: PartitionRound, journal_offsets: int) -> None:

@@ -151,3 +151,39 @@ async def test_a_partition_the_wal_does_not_have_is_a_404(api: Any, path: str) -
 async def test_a_point_in_time_that_does_not_parse_is_a_400(api: Any, path: str, said: str) -> None:
     status, body = await api(path)
     assert status == 400 and said in body["error"], (status, body)
+
+
+async def test_a_read_waits_for_the_store_to_show_the_release_the_fold_made(
+    tmp_path: Path,
+) -> None:
+    """The fold's ``held`` is its state in memory, ahead of the store while the round that
+    released a transaction is being published: the read of a context the decision just
+    released waits until the store has committed that round (``folded_to``), or it would
+    read the document from before the transaction."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from lukhas_context.processors.twophase import PreparedTx
+
+    store = SimpleNamespace(next_offset=5)
+    prepared = PreparedTx(b"t" * 16, 3, 0, (0, 1), True, "", b"")
+    folder = SimpleNamespace(held={b"k": prepared.tx_id}, prepared={prepared.tx_id: prepared},
+                             folded_to=5, store=store)  # fmt: skip
+    # The method alone, on a stand-in for the worker: no store, no broker.
+    read_api: Any = SimpleNamespace(m=SimpleNamespace(folder_for=lambda p: folder))
+    read_api._decided = ReadApi._decided.__get__(read_api)
+    assert not await read_api._decided(0, b"k", 4, 0.05)  # held by the one prepared at 3
+    assert await read_api._decided(0, b"k", 2, 0.05)  # prepared after the read's position
+    # The fold folds the decision at 7 and releases the key; the round is not committed.
+    folder.held, folder.prepared, folder.folded_to = {}, {}, 8
+    waiting = asyncio.ensure_future(read_api._decided(0, b"k", 4, 5))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    store.next_offset = 8  # committed
+    assert await asyncio.wait_for(waiting, 5)
+    # A read that looks while the next round is folding waits for that round too: it
+    # cannot tell what the round in memory released.
+    folder.folded_to = 9
+    assert not await read_api._decided(0, b"k", 4, 0.05)
+    store.next_offset = 9
+    assert await read_api._decided(0, b"k", 4, 0.05)
