@@ -23,7 +23,12 @@ from aiokafka import TopicPartition
 
 from lukhas_context.ops.exceptions import OpsError
 from lukhas_context.processors.twophase import TX_STATE_PREFIX, read_state_record
-from lukhas_context.schemas.change import ChangeRecord, is_fence_key, read_fence_record
+from lukhas_context.schemas.change import (
+    ChangeRecord,
+    check_document,
+    is_fence_key,
+    read_fence_record,
+)
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
 from lukhas_context.schemas.event import (
     CheckpointBarrier,
@@ -295,7 +300,7 @@ class _Decoder:
         if value is None:
             c = ChangeRecord.from_tombstone(key, headers)
         else:
-            c = ChangeRecord.from_change(self.changes.decode(value))
+            c = ChangeRecord.from_change(check_document(self.changes.decode(value)))
         return {"context_id": c.context_id, "version": c.version, "kind": c.kind.name.lower(),
                 "wal_offset": c.wal_offset, "event_id": c.event_id.hex(),
                 "checksum": c.checksum.hex()}  # fmt: skip

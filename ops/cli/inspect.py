@@ -86,13 +86,30 @@ def _text(which: str, i: dict[str, Any]) -> str:
     if "undecodable" in i:
         outcome = f"  -> {i['outcome']}" if "outcome" in i else ""
         return f"{head}  key={i.get('key')!r}  UNDECODABLE: {i['undecodable']}{outcome}"
+    kind = i.get("kind")
+    reason = f" ({i['reason']})" if i.get("reason") else ""
     if which == "wal":
-        extra = "".join(f" {k}={i[k]}" for k in ("if_version", "expires_version",
-                                                    "checkpoint_id") if k in i)  # fmt: skip
         outcome = f"  -> {i['outcome']}" if "outcome" in i else ""
-        return f"{head}  {i['event_id']}  {i['kind']:<8} {i['context_id']}{extra}{outcome}"
+        if kind == "tick":
+            return f"{head}  tick{outcome}"
+        if kind == "vote":
+            vote = "yes" if i["yes"] else "no"
+            return (f"{head}  {i['event_id']}  vote     partition {i['voter']} votes "
+                    f"{vote}{reason}{outcome}")  # fmt: skip
+        if kind == "decision":
+            decided = "commit" if i["commit"] else "abort"
+            return f"{head}  {i['event_id']}  decision {decided}{reason}{outcome}"
+        named = ("if_version", "expires_version", "checkpoint_id", "partitions")
+        extra = "".join(f" {k}={i[k]}" for k in named if k in i)
+        return f"{head}  {i['event_id']}  {kind:<8} {i['context_id']}{extra}{outcome}"
+    if which == "changes" and kind == "transaction-state":
+        state = "prepared" if i["prepared"] else "decided"
+        return (f"{head}  transaction {i['event_id']} {state} "
+                f"(WAL offset {i['wal_offset']})")  # fmt: skip
+    if which == "changes" and kind == "fence":
+        return f"{head}  fence {i['lock']!r} token {i['token']}  (WAL offset {i['wal_offset']})"
     if which == "changes":
-        return (f"{head}  {i['context_id']}  v{i['version']} {i['kind']}  "
+        return (f"{head}  {i['context_id']}  v{i['version']} {kind}  "
                 f"(WAL offset {i['wal_offset']})")  # fmt: skip
     if which == "dlq":
         event = f"  {i.get('kind', '')} {i.get('event_id', i.get('event', ''))}"

@@ -285,3 +285,47 @@ def test_inspect_shows_a_transaction_record_and_a_fence_record() -> None:
                         headers=[])  # fmt: skip
     shown = _Decoder("changes").line(f)
     assert (shown["kind"], shown["lock"], shown["token"]) == ("fence", "L", 5)
+
+
+def test_inspect_prints_every_kind_of_transaction_record_as_text() -> None:
+    """The text lines of ``lukhas inspect`` (not only ``--json``): votes, decisions, ticks,
+    transaction states and fence records have no context id, and print without one."""
+    from types import SimpleNamespace
+
+    from lukhas_context.ops.cli.inspect import _text
+    from lukhas_context.ops.inspect import _Decoder, wal_line
+    from lukhas_context.processors.twophase import state_record
+    from lukhas_context.schemas.change import FenceRecord
+    from lukhas_context.schemas.txrecord import (
+        SCOPE_VOTED,
+        Decision,
+        Vote,
+        encode_decision,
+        encode_tick,
+        encode_vote,
+    )
+
+    tx_id = os.urandom(16)
+    m = SimpleNamespace(partition=0, offset=7, timestamp=0, key=TX_KEY, headers=[], value=b"")
+    lines = [
+        _text("wal", wal_line(SimpleNamespace(**{**vars(m), "value": value})))
+        for value in (
+            encode_tx(tx_id, [put("a")], SCOPE_VOTED, (0, 1)),
+            encode_vote(Vote(tx_id, 1, False, "conflict")),
+            encode_decision(Decision(tx_id, True, "every partition voted yes")),
+            encode_tick(),
+        )
+    ]
+    assert "transaction a partitions=[0, 1]" in lines[0]
+    assert "vote     partition 1 votes no (conflict)" in lines[1]
+    assert "decision commit (every partition voted yes)" in lines[2]
+    assert lines[3].endswith("tick")
+    fence = FenceRecord("L", 5, 7, 0)
+    key, value = state_record(tx_id, 9, None)
+    changes = _Decoder("changes")
+    shown = [
+        _text("changes", changes.line(SimpleNamespace(**{**vars(m), "key": k, "value": v})))
+        for k, v in ((fence.key, fence.encode()), (key, value))
+    ]
+    assert "fence 'L' token 5  (WAL offset 7)" in shown[0]
+    assert f"transaction {tx_id.hex()} decided (WAL offset 9)" in shown[1]
