@@ -97,6 +97,9 @@ def worker(**flags: Any) -> None:
     logging.getLogger("lukhas_context").setLevel(logging.INFO)
     if logging.getLogger().level >= logging.WARNING:  # -v/-vv keep the library's lines
         logging.getLogger("aiokafka").setLevel(logging.WARNING)  # a worker's log keeps them
+        # and the group's rebalances (coordinator found, group joined, leader elected): rare,
+        # and what an operator asks first when partitions are not served
+        logging.getLogger("aiokafka.consumer.group_coordinator").setLevel(logging.INFO)
     config = Settings.load().worker_config(WorkerFlags(**flags))
     config.event_codec()  # a schema directory that is not usable: one line, before anything
     sys.exit(run_worker(config))
