@@ -20,8 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from lukhas_context.processors.exceptions import UnusableChangeError
-from lukhas_context.processors.fold import MAX_ID_BYTES, checksum
-from lukhas_context.schemas.change import ChangeRecord
+from lukhas_context.processors.fold import MAX_ID_BYTES
+from lukhas_context.schemas.change import ChangeRecord, document_matches
 from lukhas_context.schemas.codec import ChangeCodec
 from lukhas_context.schemas.event import ChangeKind
 from lukhas_context.schemas.exceptions import BadTombstoneError, CodecError
@@ -87,7 +87,7 @@ def _change(key: bytes, value: bytes, codec: ChangeCodec, position: int) -> Chec
         raise UnusableChangeError(f"its key is not its payload's context id {c.context_id!r}")
     if c.kind not in _WITH_DOCUMENT:
         raise UnusableChangeError(f"a {c.kind.name} change with a document")
-    if checksum(c.doc) != c.checksum:
+    if not document_matches(c.doc, c.checksum):
         raise UnusableChangeError(f"its document does not match its checksum {c.checksum.hex()}")
     record = ContextRecord(
         c.version, c.doc, c.checksum, c.expires_at_ms, c.wal_offset, c.log_time_ms

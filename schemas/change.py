@@ -14,6 +14,10 @@ same rules:
   (the subscription uses the record's Kafka timestamp for tombstones written without one).
 
 A value is decoded by ``ChangeCodec``; ``read_change_record`` reads either kind of record.
+Every change with a document carries the checksum of its canonical bytes (xxh3-64, the
+store's): ``check_document`` is the one check of it, done by every reader (the subscription
+and so SSE, the faust codec, the change-topic restore). A tombstone's checksum is the last
+document's, which it does not hold: nothing to check.
 
 A third kind of record carries no change of a context: a **fence record** (``FenceRecord``)
 holds the highest fencing token the fold has taken for one lock name in that partition, so a
@@ -32,10 +36,15 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import orjson
+import xxhash
 
 from lukhas_context.schemas.codec import ChangeCodec
 from lukhas_context.schemas.event import ChangeKind, ContextChange
-from lukhas_context.schemas.exceptions import BadFenceRecordError, BadTombstoneError
+from lukhas_context.schemas.exceptions import (
+    BadFenceRecordError,
+    BadTombstoneError,
+    ChangeChecksumError,
+)
 
 #: Header ``kind`` of a tombstone -> the change kind.
 TOMBSTONE_KINDS: Mapping[bytes, ChangeKind] = {
@@ -224,14 +233,30 @@ _FIELDS = tuple(f.name for f in fields(ContextChange))
 assert tuple(f.name for f in fields(ChangeRecord)) == _FIELDS, "ChangeRecord lost a field"
 
 
+def document_matches(doc: bytes, checksum: bytes) -> bool:
+    """True when ``checksum`` is the xxh3-64 (big-endian) of the document bytes ``doc``."""
+    return xxhash.xxh3_64_digest(doc) == checksum
+
+
+def check_document(change: ContextChange) -> ContextChange:
+    """``change`` if its document matches its checksum, else ``ChangeChecksumError``."""
+    if not document_matches(change.doc, change.checksum):
+        raise ChangeChecksumError(
+            f"the document of context {change.context_id!r} version {change.version} (WAL "
+            f"offset {change.wal_offset}) does not match its checksum {change.checksum.hex()}"
+        )
+    return change
+
+
 def read_change_record(
     key: bytes | None, value: bytes | None, headers: Headers, codec: ChangeCodec
 ) -> ChangeRecord:
     """Any record of the change topic as a ``ChangeRecord``: a value through ``codec`` (its
-    ``CodecError`` if it is not a change), a tombstone through ``from_tombstone``."""
+    ``CodecError`` if it is not a change; ``ChangeChecksumError`` if its document does not
+    match its checksum), a tombstone through ``from_tombstone``."""
     if value is None:
         return ChangeRecord.from_tombstone(key, headers)
-    return ChangeRecord.from_change(codec.decode(value))
+    return ChangeRecord.from_change(check_document(codec.decode(value)))
 
 
 def wal_offset_of(value: bytes | None, headers: Headers, codec: ChangeCodec) -> int:

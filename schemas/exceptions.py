@@ -57,6 +57,11 @@ class MalformedTransactionError(CodecError):
     transaction record."""
 
 
+class ChangeChecksumError(CodecError):
+    """A change whose document does not match the checksum it carries (corrupted on its way,
+    or forged): never handed over as a good change."""
+
+
 class BadFenceRecordError(CodecError):
     """A change-topic record with a fence record's key (``schemas.change.FENCE_KEY_PREFIX``)
     that is not a fence record as the processor writes it."""

@@ -115,13 +115,16 @@ class Change:
 @dataclass(frozen=True, slots=True)
 class Gap:
     """Change-topic offsets ``[first_offset, end_offset)`` of ``partition`` that could not be
-    read: compacted away or deleted by retention before this subscriber got to them (or,
-    ``reason`` says so, a record that does not decode). Changes in them are lost to it."""
+    read. ``kind``: ``gone`` (compacted away or deleted by retention before this subscriber
+    got to them), ``undecodable`` (a record that is not a change), or ``checksum`` (a change
+    whose document does not match its checksum: corrupted or forged, not delivered).
+    ``reason`` says more. Changes in them are lost to this subscriber."""
 
     partition: int
     first_offset: int
     end_offset: int
     reason: str
+    kind: str = "gone"
     _token: tuple[str, tuple[int, ...]] = field(default=("", ()), repr=False, compare=False)
 
     @property
@@ -131,7 +134,8 @@ class Gap:
     def to_dict(self) -> dict[str, Any]:
         return {
             "gap": {"partition": self.partition, "first_offset": self.first_offset,
-                    "end_offset": self.end_offset, "reason": self.reason},
+                    "end_offset": self.end_offset, "reason": self.reason,
+                    "kind": self.kind},
             "token": self.token,
         }  # fmt: skip
 

@@ -12,6 +12,7 @@ __all__ = [
     "ChecksumMismatchError",
     "ClientError",
     "ContextNotFoundError",
+    "CorruptChangeError",
     "DocumentTooDeepError",
     "DocumentTooLargeError",
     "InvalidConfigError",
@@ -130,6 +131,11 @@ class InvalidResumeTokenError(ValidationError):
 
 class ChangeGapError(ReadError):
     """Changes a subscriber had not read yet are gone (``watch(on_gap="raise")``)."""
+
+
+class CorruptChangeError(ChangeGapError):
+    """A change's document does not match its checksum: it is not delivered
+    (``watch(on_gap="raise")``)."""
 
 
 class AdminError(LukhasError):

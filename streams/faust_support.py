@@ -26,12 +26,14 @@ Three parts:
             if change.tombstone: ...         # change.kind is DELETE or EXPIRE, change.doc None
             else: ...                        # change.document() is the parsed JSON document
 
-Errors: bytes that are not a ``ContextChange`` raise a ``CodecError`` from the codec, and a
-tombstone whose headers are missing or malformed raises ``BadTombstoneError`` (a
-``CodecError``). Inside a worker faust wraps either in ``faust.exceptions.ValueDecodeError``,
-**acks the record** and raises the error in the agent's ``async for`` (the agent crashes, is
-logged, and its supervisor restarts it after the record, with a back-off of up to seconds): a
-record that does not decode is skipped by faust, loudly, never handed over half-read.
+Errors: bytes that are not a ``ContextChange`` raise a ``CodecError`` from the codec, a change
+whose document does not match its checksum raises ``ChangeChecksumError``, and a tombstone
+whose headers are missing or malformed raises ``BadTombstoneError`` (both ``CodecError``s).
+Inside a worker faust wraps each in ``faust.exceptions.ValueDecodeError``, **acks the record**
+and raises the error in the agent's ``async for`` (the agent crashes, is logged, and its
+supervisor restarts it after the record, with a back-off of up to seconds): a record that does
+not decode, or does not match its checksum, is skipped by faust,
+loudly, never handed over half-read.
 
 Delivery is at least once, twice over: faust commits offsets after the agent has seen them,
 and the processor publishes some changes again if it crashed between publishing and committing.
@@ -50,7 +52,7 @@ import faust
 from faust.exceptions import ValueDecodeError
 from faust.serializers import codecs
 
-from lukhas_context.schemas.change import ChangeRecord
+from lukhas_context.schemas.change import ChangeRecord, check_document
 from lukhas_context.schemas.codec import ChangeCodec
 from lukhas_context.schemas.event import ContextChange
 from lukhas_context.schemas.exceptions import BadTombstoneError, CodecError
@@ -86,12 +88,14 @@ def _codec() -> ChangeCodec:
 class ChangeAvroCodec(codecs.Codec):
     """faust codec: Avro single-object bytes <-> ``ContextChange``.
 
-    ``loads`` raises the ``CodecError`` of ``ChangeCodec.decode`` for bytes that are not one;
+    ``loads`` raises the ``CodecError`` of ``ChangeCodec.decode`` for bytes that are not one,
+    and ``ChangeChecksumError`` (a ``CodecError``) for one whose document does not match its
+    checksum;
     ``dumps`` takes a ``ContextChange`` (or a ``ChangeRecord`` that is not a tombstone).
     """
 
     def _loads(self, s: bytes) -> ContextChange:
-        return _codec().decode(bytes(s))
+        return check_document(_codec().decode(bytes(s)))
 
     def _dumps(self, s: Any) -> bytes:
         if isinstance(s, ChangeRecord):
@@ -177,14 +181,15 @@ def change_from_event(event: Any) -> ChangeRecord:
     """The ``ChangeRecord`` of a faust event of the change topic, whatever schema the topic
     was declared with: ``ChangeSchema`` (the value already is one), ``value_serializer=
     "lukhas-change"`` (a ``ContextChange``, or None for a tombstone: built from the event's key
-    and headers), or raw bytes (decoded here). ``CodecError`` if it is none of these."""
+    and headers), or raw bytes (decoded here). ``CodecError`` if it is none of these,
+    ``ChangeChecksumError`` if its document does not match its checksum."""
     value = event.value
     if isinstance(value, ChangeRecord):
         return value
     if isinstance(value, ContextChange):
-        return ChangeRecord.from_change(value)
+        return ChangeRecord.from_change(check_document(value))
     if value is None:
         return ChangeRecord.from_tombstone(event.message.key, event.message.headers or ())
     if isinstance(value, bytes | bytearray):
-        return ChangeRecord.from_change(_codec().decode(bytes(value)))
+        return ChangeRecord.from_change(check_document(_codec().decode(bytes(value))))
     raise CodecError(f"not a change topic value: {type(value).__name__}")

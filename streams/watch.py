@@ -6,7 +6,10 @@ for one context, the partition of its id) and yields, in order:
 * ``Change``: one applied mutation — context id, version, kind, document or delta, checksum,
   and the ``token`` to resume right after it;
 * ``Gap``: change-topic offsets that are gone (compacted or deleted by retention before they
-  were read): the changes in them are lost to this subscriber, never silently.
+  were read): the changes in them are lost to this subscriber, never silently. A record that
+  is not a usable change is one too (``kind``): one that does not decode, or a change whose
+  document does not match the checksum it carries (corrupted or forged), which is never
+  delivered as a good change.
 
 **Guarantees.** Per context, changes arrive in version order (a context lives in one partition,
 and the processor publishes a partition's changes in WAL order). A change is identified by its
@@ -41,6 +44,7 @@ from aiokafka import TopicPartition
 from lukhas_context.schemas.change import (
     FENCE_KEY_PREFIX,
     ChangeRecord,
+    document_matches,
     read_fence_record,
     wal_offset_of,
 )
@@ -52,6 +56,7 @@ from lukhas_context.streams.changes import KIND_NAMES, Change, Gap, ResumeToken,
 from lukhas_context.streams.changes import token_text as _token_text
 from lukhas_context.streams.exceptions import (
     ChangeGapError,
+    CorruptChangeError,
     InvalidResumeTokenError,
     ReadError,
     ValidationError,
@@ -91,7 +96,7 @@ class Watcher:
     ``async with Watcher(...) as w: async for item in w: ...`` (or ``client.watch(...)``).
     ``idle_timeout``: end the iteration after that many seconds without a change (None:
     follow the stream for ever). ``on_gap="raise"`` raises ``ChangeGapError`` instead of
-    yielding a ``Gap``.
+    yielding a ``Gap`` (``CorruptChangeError``, a subclass, for a checksum mismatch).
     """
 
     def __init__(
@@ -318,7 +323,8 @@ class Watcher:
             try:
                 read_fence_record(key, m.value)
             except BadFenceRecordError:
-                return self._gap(m.partition, offset, offset + 1, "undecodable change")
+                return self._gap(m.partition, offset, offset + 1, "undecodable fence record",
+                                 "undecodable")  # fmt: skip
             return None  # a fence record (``schemas.change``): no change of a context
         # Filtered out before decoding. The highest WAL offset is kept over the changes that
         # pass the filter: a repeat of one of them still carries an offset at or below it.
@@ -327,8 +333,10 @@ class Watcher:
         ):
             return None
         change = self._decode(m)
-        if change is None:
-            return self._gap(m.partition, offset, offset + 1, "undecodable change")
+        if isinstance(change, str):  # never delivered as a good change; the position moves
+            # past the record, not the WAL offset: a good copy published later still comes
+            kind = "checksum" if change.startswith("the document") else "undecodable"
+            return self._gap(m.partition, offset, offset + 1, change, kind)
         wal_offset, highest = change.wal_offset, pos[i + 1]
         # Published again after a processor crash: delivered already. A transaction's
         # changes share its record's WAL offset, one per context (``schemas.txrecord``).
@@ -355,23 +363,26 @@ class Watcher:
             change = self._with_delta(key, change)
         return change
 
-    def _gap(self, partition: int, first: int, end: int, reason: str) -> Gap:
-        gap = Gap(partition, first, end, reason, (self.topic, tuple(self._pos)))
+    def _gap(self, partition: int, first: int, end: int, reason: str, kind: str = "gone") -> Gap:
+        gap = Gap(partition, first, end, reason, kind, (self.topic, tuple(self._pos)))
         if self._raise_gaps:
-            raise ChangeGapError(
-                f"changes at offsets {first}..{end - 1} of {self.topic}[{partition}] are gone "
-                f"({reason}); resume with token {gap.token} to go on past them"
+            error = CorruptChangeError if kind == "checksum" else ChangeGapError
+            raise error(
+                f"changes at offsets {first}..{end - 1} of {self.topic}[{partition}] are "
+                f"{'not usable' if kind != 'gone' else 'gone'} ({reason}); resume with token "
+                f"{gap.token} to go on past them"
             )
         return gap
 
-    def _decode(self, m: Any) -> Change | None:
-        """The change in a record (its token not set yet), or None if it does not decode."""
+    def _decode(self, m: Any) -> Change | str:
+        """The change in a record (its token not set yet), or why it is not one: it does not
+        decode, or its document does not match its checksum (``check_document``)."""
         value = m.value
         if value is None:
             try:  # a tombstone without log_time_ms (older writers): the record's timestamp
                 t = ChangeRecord.from_tombstone(m.key, m.headers, log_time_ms=m.timestamp)
-            except BadTombstoneError:
-                return None
+            except BadTombstoneError as exc:
+                return f"undecodable tombstone: {exc}"
             return Change(
                 t.context_id, t.version, KIND_NAMES[t.kind], None, t.checksum.hex(),
                 m.partition, t.wal_offset, t.log_time_ms, t.expires_at_ms, t.event_id.hex(),
@@ -381,15 +392,18 @@ class Watcher:
         if fields is None:  # the Python codec: a valid change of another schema version
             try:
                 c = self._codec.decode(value)
-            except CodecError:
-                return None
+            except CodecError as exc:
+                return f"undecodable change: {type(exc).__name__}"
             fields = (c.context_id, c.version, c.kind, c.doc, c.checksum, c.expires_at_ms,
                       c.wal_offset, c.event_id, c.log_time_ms)  # fmt: skip
         context_id, version, kind, doc, checksum, expires, wal_offset, event_id, log_time = fields
+        if not document_matches(doc, checksum):
+            return (f"the document of {context_id!r} version {version} does not match its "
+                    f"checksum {checksum.hex()}")  # fmt: skip
         try:
             parsed = orjson.loads(doc)
         except orjson.JSONDecodeError:
-            return None
+            return "undecodable change: its document is not JSON"
         return Change(
             context_id, version, KIND_NAMES[kind], parsed, checksum.hex(), m.partition,
             wal_offset, log_time, expires, event_id.hex(), m.offset,

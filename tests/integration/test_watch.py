@@ -12,14 +12,22 @@ import sys
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from lukhas_context.processors.fold import checksum
+from lukhas_context.schemas.codec import ChangeCodec
+from lukhas_context.schemas.event import ChangeKind
 from lukhas_context.schemas.patch import apply_json_patch
 from lukhas_context.streams.changes import Change, Gap, ResumeToken
-from lukhas_context.streams.exceptions import ChangeGapError, InvalidResumeTokenError
+from lukhas_context.streams.exceptions import (
+    ChangeGapError,
+    CorruptChangeError,
+    InvalidResumeTokenError,
+)
 
 from .conftest import read_until, seen_all, sentinels
 
@@ -189,6 +197,50 @@ async def test_a_gap_is_reported_never_silent(
         with pytest.raises(ChangeGapError):
             async with client.watch(context_id="g", start=token, on_gap="raise") as strict:
                 await _collect(strict, 1, timeout=30)
+
+
+async def test_a_change_that_does_not_match_its_checksum_is_never_delivered(
+    start_worker: Any, make_client: Any, cluster: Any, topics: Any
+) -> None:
+    """A record on the change topic whose document is not the one its checksum is of (written
+    by anyone who can produce to the topic, or corrupted on its way), with a WAL offset far
+    ahead: the watcher and SSE report it as a gap of kind ``checksum`` and go on; it neither
+    reaches the subscriber nor hides the real changes after it."""
+    worker = await start_worker(expiry_interval_s=None)
+    async with make_client(worker.url) as client:
+        first = await client.put("cs", {"v": 1})
+        await client.get("cs", after=first, timeout=60)
+        real = orjson.dumps({"v": 2})
+        forged = ChangeCodec().encode_fields(
+            b"cs", 2, ChangeKind.PUT, b'{"v":"forged"}', checksum(real), None, 10**12,
+            bytes(16), 0,
+        )  # fmt: skip
+        producer = AIOKafkaProducer(bootstrap_servers=cluster.bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                topics.changes, forged, key=b"cs", partition=first.partition
+            )
+        finally:
+            await producer.stop()
+        second = await client.put("cs", {"v": 2})
+        await client.get("cs", after=second, timeout=60)
+        async with client.watch(context_id="cs", start="earliest") as w:
+            items = await _collect(w, 3)
+        assert [type(i).__name__ for i in items] == ["Change", "Gap", "Change"]
+        assert items[1].kind == "checksum" and "does not match its checksum" in items[1].reason
+        assert [(c.version, c.doc) for c in (items[0], items[2])] == [(1, {"v": 1}), (2, {"v": 2})]
+        with pytest.raises(CorruptChangeError):
+            async with client.watch(context_id="cs", start="earliest", on_gap="raise") as strict:
+                await _collect(strict, 3, timeout=30)
+    async with aiohttp.ClientSession() as http:
+        events = await _sse(
+            http, f"{worker.url}/v1/changes",
+            {"context_id": "cs", "start": "earliest", "limit": "2"},
+        )  # fmt: skip
+    assert [e["event"] for e in events] == ["change", "gap", "change"]
+    assert json.loads(events[1]["data"])["gap"]["kind"] == "checksum"
+    assert [json.loads(e["data"])["doc"] for e in (events[0], events[2])] == [{"v": 1}, {"v": 2}]
 
 
 async def test_server_sent_events_resume_with_last_event_id(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import faust
@@ -10,9 +11,15 @@ from faust.exceptions import ValueDecodeError
 from faust.serializers import codecs
 from faust.types.tuples import Message
 
+from lukhas_context.processors.fold import checksum
 from lukhas_context.schemas.codec import ChangeCodec
 from lukhas_context.schemas.event import ChangeKind, ContextChange
-from lukhas_context.schemas.exceptions import BadMagicError, CodecError, MalformedPayloadError
+from lukhas_context.schemas.exceptions import (
+    BadMagicError,
+    ChangeChecksumError,
+    CodecError,
+    MalformedPayloadError,
+)
 from lukhas_context.streams.faust_support import (
     CHANGE_CODEC,
     BadTombstoneError,
@@ -25,9 +32,11 @@ from lukhas_context.streams.faust_support import (
 from lukhas_context.streams.topics import Topics
 
 CHANGE = ContextChange(
-    "ctx/ü", 7, ChangeKind.PATCH, b'{"a":1}', bytes(range(8)), 1_700_000_000_000, 42,
+    "ctx/ü", 7, ChangeKind.PATCH, b'{"a":1}', checksum(b'{"a":1}'), 1_700_000_000_000, 42,
     bytes(range(16)), 1_690_000_000_000,
 )  # fmt: skip
+#: The same change with another document under the first one's checksum: forged or corrupted.
+FORGED = dataclasses.replace(CHANGE, doc=b'{"a":2}')
 DELETED = ChangeRecord(
     "ctx/ü", 8, ChangeKind.DELETE, None, bytes(range(8)), None, 43, bytes(range(16, 32)), 5
 )
@@ -68,6 +77,20 @@ def test_codec_is_registered_and_round_trips_bytes() -> None:
 def test_bad_bytes_give_a_codec_error(data: bytes, error: type[CodecError]) -> None:
     with pytest.raises(error):
         codecs.loads(CHANGE_CODEC, data)
+
+
+def test_a_change_whose_document_does_not_match_its_checksum_is_refused(app: faust.App) -> None:
+    """By the codec, the schema (faust then acks it and raises in the agent, as for any
+    record that does not decode) and ``change_from_event``, whatever the topic's schema."""
+    data = ChangeCodec().encode(FORGED)
+    with pytest.raises(ChangeChecksumError, match="does not match its checksum"):
+        codecs.loads(CHANGE_CODEC, data)
+    with pytest.raises(ValueDecodeError, match="does not match its checksum"):
+        ChangeSchema().loads_value(app, message(b"ctx/\xc3\xbc", data))
+    for value in (data, FORGED):
+        event = type("Event", (), {"value": value, "message": message(b"k", None)})()
+        with pytest.raises(ChangeChecksumError):
+            change_from_event(event)
 
 
 def test_codec_refuses_what_is_not_a_change() -> None:

@@ -15,8 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lukhas_context.processors.fold import checksum as doc_checksum
 from lukhas_context.schemas import binary as b
-from lukhas_context.schemas.change import FenceRecord, fence_key
+from lukhas_context.schemas.change import FenceRecord, document_matches, fence_key
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
 from lukhas_context.schemas.event import ChangeKind, ContextChange
 from lukhas_context.schemas.exceptions import CodecError
@@ -31,6 +32,7 @@ from lukhas_context.streams.changes import (
 )
 from lukhas_context.streams.exceptions import (
     ChangeGapError,
+    CorruptChangeError,
     InvalidResumeTokenError,
     ValidationError,
 )
@@ -42,6 +44,7 @@ TOPIC = TOPICS.changes
 CODEC = ChangeCodec()
 HEADER = CODEC.header
 EVENT_HEADER = EventCodec().header
+#: A tombstone's checksum (of a document it does not hold: not checked).
 CHECKSUM = bytes(range(8))
 EVENT_ID = bytes(range(16, 32))
 
@@ -83,10 +86,13 @@ def change_value(
     kind: ChangeKind = ChangeKind.PUT,
     expires: int | None = None,
     log_time: int = 1_700_000_000_123,
+    checksum: bytes | None = None,
 ) -> bytes:
+    """A change record's value; ``checksum`` None: the document's own (``doc_checksum``)."""
     raw = orjson.dumps({"id": context_id} if doc is None else doc, option=orjson.OPT_SORT_KEYS)
+    checksum = doc_checksum(raw) if checksum is None else checksum
     return CODEC.encode_fields(
-        context_id.encode(), version, kind, raw, CHECKSUM, expires, wal_offset, EVENT_ID, log_time
+        context_id.encode(), version, kind, raw, checksum, expires, wal_offset, EVENT_ID, log_time
     )
 
 
@@ -334,7 +340,7 @@ async def test_in_order_delivery(make_watcher: MakeWatcher) -> None:
     ]
     first = items[0]
     assert (first.kind, first.version, first.partition) == ("put", 1, 0)
-    assert first.checksum == CHECKSUM.hex() and first.event_id == EVENT_ID.hex()
+    assert first.checksum == doc_checksum(b'{"n":1}').hex() and first.event_id == EVENT_ID.hex()
     assert first.log_time_ms == 1_700_000_000_123 and first.expires_at_ms is None
     assert first.delta is None and first.position == "0:10"
     assert positions_of(first.token) == {0: (1, 10)}
@@ -422,6 +428,7 @@ async def test_offset_hole_yields_gap(make_watcher: MakeWatcher) -> None:
     assert positions_of(gap.token) == {0: (3, 10), 1: (0, -1)}
     assert gap.to_dict()["gap"] == {
         "partition": 0, "first_offset": 1, "end_offset": 3, "reason": "compacted or deleted",
+        "kind": "gone",
     }  # fmt: skip
     assert [(c.context_id, c.offset) for c in items if isinstance(c, Change)] == [
         ("a", 0),
@@ -446,7 +453,8 @@ async def test_offset_hole_raises(make_watcher: MakeWatcher) -> None:
 
 async def test_undecodable_change_yields_gap(make_watcher: MakeWatcher) -> None:
     w = make_watcher()
-    not_json = CODEC.encode_fields(b"b", 1, 0, b"{not json", CHECKSUM, None, 11, EVENT_ID, 0)
+    bad = b"{not json"
+    not_json = CODEC.encode_fields(b"b", 1, 0, bad, doc_checksum(bad), None, 11, EVENT_ID, 0)
     records = [
         put("a", 0, 10),
         Msg(b"b", b"\x00garbage", 1),
@@ -461,9 +469,11 @@ async def test_undecodable_change_yields_gap(make_watcher: MakeWatcher) -> None:
     ]
     items = drain(w, records)
     gaps = [i for i in items if isinstance(i, Gap)]
-    assert [(g.first_offset, g.end_offset, g.reason) for g in gaps] == [
-        (o, o + 1, "undecodable change") for o in range(1, 7)
+    assert [(g.first_offset, g.end_offset, g.kind) for g in gaps] == [
+        (o, o + 1, "undecodable") for o in range(1, 7)
     ]
+    assert all(g.reason.startswith("undecodable") for g in gaps), gaps
+    assert "not JSON" in gaps[1].reason and "tombstone" in gaps[3].reason
     assert positions_of(gaps[0].token) == {0: (2, 10)}
     changes = [i for i in items if isinstance(i, Change)]
     assert [(c.context_id, c.wal_offset) for c in changes] == [("a", 10), ("c", 11)]
@@ -471,9 +481,58 @@ async def test_undecodable_change_yields_gap(make_watcher: MakeWatcher) -> None:
 
 async def test_undecodable_change_raises(make_watcher: MakeWatcher) -> None:
     w = make_watcher(on_gap="raise")
-    with pytest.raises(ChangeGapError, match="undecodable change"):
+    with pytest.raises(ChangeGapError, match="undecodable change") as info:
         w._take(Msg(b"b", b"junk", 0))
+    assert not isinstance(info.value, CorruptChangeError)
     assert w._pos == [0, 1, -1]  # the next read goes on past it
+
+
+async def test_a_change_whose_document_does_not_match_its_checksum_is_never_delivered(
+    make_watcher: MakeWatcher,
+) -> None:
+    """Corrupted on its way, or forged by someone who can write to the change topic: a gap of
+    kind ``checksum``, and the WAL position does not move, so a good copy published after it
+    (the processor publishing again) is still delivered."""
+    w = make_watcher()
+    forged = change_value("a", 10, {"v": "forged"}, checksum=doc_checksum(b'{"v":"real"}'))
+    flipped = bytearray(change_value("b", 11, {"v": "abc"}))
+    flipped[flipped.index(b"abc")] ^= 0x01  # one bit of the document: "`bc"
+    records = [
+        Msg(b"a", forged, 0),
+        Msg(b"b", bytes(flipped), 1),
+        put("a", 2, 10, {"v": "real"}),  # the good copy of the first
+        put("b", 3, 11, {"v": "abc"}),
+    ]
+    items = drain(w, records)
+    gaps = [i for i in items if isinstance(i, Gap)]
+    assert [(g.first_offset, g.kind) for g in gaps] == [(0, "checksum"), (1, "checksum")]
+    assert "'a' version 1 does not match its checksum" in gaps[0].reason
+    assert gaps[0].to_dict()["gap"]["kind"] == "checksum"
+    changes = [i for i in items if isinstance(i, Change)]
+    assert [(c.context_id, c.doc) for c in changes] == [("a", {"v": "real"}), ("b", {"v": "abc"})]
+
+
+async def test_a_checksum_mismatch_raises_its_own_error(make_watcher: MakeWatcher) -> None:
+    w = make_watcher(on_gap="raise")
+    forged = change_value("a", 10, {"v": 1}, checksum=b"\0" * 8)
+    with pytest.raises(CorruptChangeError, match="does not match its checksum 0000000000000000"):
+        w._take(Msg(b"a", forged, 0))
+    assert w._pos == [0, 1, -1]  # past the record; its WAL offset not taken
+    assert isinstance(w._take(put("a", 1, 10, {"v": 1})), Change)
+
+
+@given(
+    doc=st.dictionaries(st.text(max_size=5), st.integers(-(2**63), 2**63 - 1), max_size=4),
+    flip=st.integers(0, 63),
+)
+def test_any_changed_checksum_bit_is_caught(doc: dict[str, int], flip: int) -> None:
+    """Whatever the document, a checksum off by one bit never lets it through (the one check
+    every reader makes, ``document_matches``)."""
+    raw = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+    wrong = bytearray(doc_checksum(raw))
+    wrong[flip // 8] ^= 1 << (flip % 8)
+    assert document_matches(raw, doc_checksum(raw))
+    assert not document_matches(raw, bytes(wrong))
 
 
 async def test_tombstones(make_watcher: MakeWatcher) -> None:
@@ -583,7 +642,7 @@ async def test_token_resumes_exactly_after_its_change(make_watcher: MakeWatcher)
     assert [c.wal_offset for c in delivered if c.partition == 1] == [100, 101, 102, 103]
     assert [_identity(i) for i in items if isinstance(i, Gap)] == [
         ("gap", 0, 6, 8, "compacted or deleted"),
-        ("gap", 0, 9, 10, "undecodable change"),
+        ("gap", 0, 9, 10, "undecodable change: BadMagicError"),
     ]
     for k, item in enumerate(items):
         again = make_watcher({0: (0, -1), 1: (0, -1)})
@@ -797,7 +856,7 @@ def test_native_decoder_rejects_length_bombs(body: bytes) -> None:
 async def test_length_bomb_record_is_a_gap(make_watcher: MakeWatcher) -> None:
     w = make_watcher()
     item = w._take(Msg(b"a", HEADER + HUGE_LENGTH + b"abc", 0))
-    assert isinstance(item, Gap) and item.reason == "undecodable change"
+    assert isinstance(item, Gap) and item.kind == "undecodable"
 
 
 # ---- the idle timeout (issue 19: it ran from the Watcher's creation) ----
