@@ -156,6 +156,7 @@ class WorkerFlags:
     schema_dir: Path | None
     prune_interval: float | None
     dedupe_window: int | None
+    exactly_once: bool = True
 
 
 class Settings:
@@ -245,7 +246,7 @@ class Settings:
             checkpoint_interval_s=f.checkpoint_interval, checkpoint_keep=f.checkpoint_keep,
             expiry_interval_s=f.expiry_interval, expiry_batch=f.expiry_batch,
             history_index=f.history_index, schema_dir=f.schema_dir,
-            prune_interval_s=f.prune_interval,
+            prune_interval_s=f.prune_interval, exactly_once=f.exactly_once,
             **fold_sizing(f.dedupe_window or self.env.dedupe_window),
             checkpoint_pause_s=self.env.checkpoint_pause_s,
             listener=ListenerLimits(

@@ -57,6 +57,8 @@ class Assignment:
         progress: asyncio.Condition,
         on_open: Callable[[int, PartitionStore], Awaitable[None]],
         on_revoke: Callable[[int], None],
+        before_open: Callable[[int], Awaitable[None]] | None = None,
+        after_close: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -70,6 +72,11 @@ class Assignment:
         #: checkpoint is taken then); and when a partition is revoked.
         self._on_open = on_open
         self._on_revoke = on_revoke
+        #: Awaited first when a partition is assigned, before its change topic is read (the
+        #: partition's transactional producer starts: ``Publisher.open_partition``), and
+        #: after a partition is closed (``Publisher.close_partition``).
+        self._before_open = before_open
+        self._after_close = after_close
         self.consumer: AIOKafkaConsumer | None = None
         self.folders: dict[int, PartitionFolder] = {}
         #: The stores of ``folders`` (a live, read-only view).
@@ -123,6 +130,8 @@ class Assignment:
         try:
             consumer = self.consumer
             assert consumer is not None
+            if self._before_open is not None:
+                await self._before_open(tp.partition)
             low = (await consumer.beginning_offsets([tp]))[tp]
             high = (await consumer.end_offsets([tp]))[tp]
             coverage = await self.opener.changes_coverage(tp.partition)
@@ -191,8 +200,38 @@ class Assignment:
                 if folder is not None:
                     folder.store.close()
                     log.info("partition %d revoked", tp.partition)
+        if self._after_close is not None:
+            for tp in revoked:
+                await self._after_close(tp.partition)
         if revoked:
             self.announce()
+
+    def drop_fenced(self, partition: int) -> None:
+        """Takes a partition whose change producer was fenced out of service, as a revocation
+        would, under the round's lock (the caller holds it): its round is not committed, its
+        store closes, the consumer pauses it, and the group is asked to rebalance — another
+        worker fenced it (this one missed the rebalance that moved it), or the broker aborted
+        its transaction; either way the group decides who opens it next."""
+        self._on_revoke(partition)
+        self.quiet_below.pop(partition, None)
+        folder = self.folders.pop(partition, None)
+        if folder is not None:
+            folder.store.close()
+        consumer = self.consumer
+        tp = TopicPartition(self.config.topics.events, partition)
+        if consumer is not None and tp in consumer.assignment():
+            consumer.pause(tp)
+            coordinator = getattr(consumer, "_coordinator", None)
+            if coordinator is not None:
+                coordinator.request_rejoin()
+        log.warning(
+            "partition %d: its change producer was fenced (another worker opened it, or the "
+            "broker aborted the round's transaction); closed, the group decides who opens it",
+            partition,
+        )
+        if self._after_close is not None:
+            task = asyncio.ensure_future(self._after_close(partition))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def wait_opening(self, partitions: Iterable[int] | None = None) -> None:
         """Waits for the opening tasks of ``partitions`` (None: all). Not cancelled: a restore

@@ -91,6 +91,14 @@ class WorkerConfig:
     #: version producers started writing (``lukhas dlq redrive`` then folds what it
     #: dead-lettered before). None: the shipped schemas only.
     schema_dir: Path | None = None
+    #: Publish each round's changes, dead letters and WAL appends in a Kafka transaction of
+    #: the partition's own transactional producer, with the WAL offset (``processors.
+    #: publisher``): a zombie's round is aborted by the broker, never seen by a subscriber or
+    #: kept by the log cleaner. False: one idempotent producer, at least once (faster).
+    exactly_once: bool = True
+    #: How long the broker lets one round's transaction stay open before it aborts it (the
+    #: round is then given up as fenced, and the partition reopened).
+    transaction_timeout_ms: int = 60_000
     #: Delete, every this many seconds, the WAL records no restore path needs any more
     #: (``processors.retention``) for the partitions this worker serves. None: never (the
     #: default: then only ``lukhas wal prune`` deletes).

@@ -42,7 +42,11 @@ from lukhas_context.processors.expiry import ExpirySweeper
 from lukhas_context.processors.members import Membership
 from lukhas_context.processors.metrics import WorkerMetrics
 from lukhas_context.processors.opener import RestoreReport, StoreOpener
-from lukhas_context.processors.publisher import Publisher
+from lukhas_context.processors.publisher import (
+    PartitionFencedError,
+    Publisher,
+    transactional_id,
+)
 from lukhas_context.processors.retention import WalRetention
 from lukhas_context.processors.round import PartitionFolder, PartitionRound, segment_end
 from lukhas_context.schemas.event import ContextEvent
@@ -104,6 +108,7 @@ class Materializer:
         self.assignment = Assignment(
             config, self.metrics, self.opener, self.membership, self._lock, self._progress,
             on_open=self._opened, on_revoke=self.sweeper.forget,
+            before_open=self._open_partition_producer, after_close=self._close_partition_producer,
         )  # fmt: skip
 
     # ---- what the read API and the tools see ----
@@ -157,7 +162,10 @@ class Materializer:
             partition_assignment_strategy=(self.membership.assignor, RoundRobinPartitionAssignor),
         )
         self.assignment.consumer = consumer
-        self.publisher = Publisher(self._producer, cfg.topics)
+        self.publisher = Publisher(
+            self._producer, cfg.topics, exactly_once=cfg.exactly_once,
+            make_producer=self._partition_producer, group_id=cfg.group_id,
+        )  # fmt: skip
         await self._producer.start()
         await consumer.start()
         await self.membership.start()
@@ -208,11 +216,33 @@ class Materializer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._pruning
         await self.membership.close()
+        if self.publisher is not None:
+            await self.publisher.close()
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
         for store in self.assignment.take_all():
             store.close()
+
+    def _partition_producer(self, partition: int) -> AIOKafkaProducer:
+        """A partition's transactional change producer (exactly once: ``processors.publisher``)."""
+        cfg = self.config
+        return kafka.producer(
+            cfg.bootstrap, f"{cfg.client_id}-changes-{partition}", max_batch_size=512 * 1024,
+            linger_ms=0, transactional_id=transactional_id(cfg.group_id, partition),
+            transaction_timeout_ms=cfg.transaction_timeout_ms,
+            # A commit's markers take the broker some milliseconds: the next round's first
+            # send is refused meanwhile (CONCURRENT_TRANSACTIONS) and retried after this.
+            retry_backoff_ms=5,
+        )  # fmt: skip
+
+    async def _open_partition_producer(self, partition: int) -> None:
+        if self.publisher is not None:
+            await self.publisher.open_partition(partition)
+
+    async def _close_partition_producer(self, partition: int) -> None:
+        if self.publisher is not None:
+            await self.publisher.close_partition(partition)
 
     async def run(self) -> None:
         """Folds rounds until ``stop()``; raises what makes the worker unable to go on."""
@@ -330,9 +360,10 @@ class Materializer:
         )
 
     async def _commit_offsets(self) -> None:
-        """Mirrors the stores' ``next_offset`` to the group (for lag tools; never read back)."""
+        """Mirrors the stores' ``next_offset`` to the group (for lag tools; never read back).
+        Exactly once, every round's transaction commits them already."""
         consumer = self.assignment.consumer
-        if consumer is None or not self.stores:
+        if consumer is None or not self.stores or self.config.exactly_once:
             return
         topic = self.config.topics.events
         offsets = {
@@ -447,7 +478,19 @@ class Materializer:
             for _, r in rounds:
                 if r.partition in quiet:
                     r.changes.clear()  # published before; dead letters go again
-            await asyncio.gather(*(publisher.publish(r) for _, r in rounds))
+            sent = await asyncio.gather(
+                *(publisher.publish(r) for _, r in rounds), return_exceptions=True
+            )
+            failed = [e for e in sent if isinstance(e, BaseException)]
+            fenced = {e.partition for e in failed if isinstance(e, PartitionFencedError)}
+            for e in failed:
+                if not isinstance(e, PartitionFencedError):
+                    raise e
+            if fenced:  # published nothing: not committed, and the partition is given up
+                rounds = [(f, r) for f, r in rounds if r.partition not in fenced]
+                for partition in fenced:
+                    self.assignment.drop_fenced(partition)
+                self.metrics.fenced_rounds.inc(len(fenced))
             for folder, r in rounds:
                 folder.commit(r, self.config.journal_offsets)
             self._account(rounds, sum(len(v) for v in batch.values()))

@@ -24,6 +24,12 @@ class WorkerMetrics:
         self.fenced = Counter(
             "lukhas_events_fenced", "Events refused for a stale fencing token", registry=r
         )
+        self.fenced_rounds = Counter(
+            "lukhas_rounds_fenced",
+            "Rounds not published because the partition's change producer was fenced "
+            "(another worker had opened the partition)",
+            registry=r,
+        )
         self.dead_lettered = Counter(
             "lukhas_records_dead_lettered", "Undecodable WAL records sent to the DLQ", registry=r
         )

@@ -57,6 +57,10 @@ _DECIMAL = re.compile(rb"-?[0-9]{1,19}")
 
 Headers = Mapping[str, Any] | Iterable[tuple[str, Any]] | None
 
+#: Header of the last change of a Kafka transaction in its change partition: the commit
+#: marker takes the offset after it (``processors.publisher``; ``streams.watch``).
+TX_END_HEADER = "txend"
+
 #: The first byte of a fence record's key. 0xFF never occurs in UTF-8 text: no context id
 #: (a non-empty UTF-8 string) can start with it.
 FENCE_KEY_PREFIX = b"\xff"

@@ -274,8 +274,9 @@ class ContextClient:
         token: ``async with client.lock("agent:7", ttl=10) as lock: ... lock.token``.
         Renewed every third of ``ttl`` while held, released on exit; ``LockTimeoutError``
         after ``timeout`` seconds of waiting, ``LockUnavailableError`` at once when Redis is
-        down, ``lock.check()`` raises ``LockLostError`` once it is known to be gone. See
-        ``streams.locks`` (the worker does not enforce fences yet)."""
+        down, ``lock.check()`` raises ``LockLostError`` once it is known to be gone. Writes
+        made with ``fence=lock`` are refused by the fold (outcome ``fenced``) once a later
+        holder has written with a higher token. See ``streams.locks``."""
         if self.config.redis_url is None:
             raise ValidationError("no redis_url in the client's config: locks need Redis")
         if self._locks is None:

@@ -40,9 +40,11 @@ from typing import Any
 
 import orjson
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 
 from lukhas_context.schemas.change import (
     FENCE_KEY_PREFIX,
+    TX_END_HEADER,
     ChangeRecord,
     document_matches,
     read_fence_record,
@@ -77,6 +79,25 @@ DELTA_MEMORY = 100_000
 METADATA_CHECK_S = 30.0
 #: Change records read back from a start position to find the highest WAL offset before it.
 LOOK_BACK = 16
+#: The largest hole in a change partition that is read uncommitted to see whether it holds
+#: only aborted transactions (a zombie's rounds), and how long that read may take.
+PROBE_LIMIT = 10_000
+PROBE_TIMEOUT_S = 5.0
+
+
+def aborted_only(found: set[int], first: int, end: int) -> bool:
+    """True when ``[first, end)``, with data records (read uncommitted) at the ``found``
+    offsets, can be only aborted transactions and their markers: each transaction's marker
+    comes right after its records, so an offset without a record must follow one, and the
+    hole ends with a marker. A record the log cleaner removed leaves an offset that fits
+    neither (unless right after an aborted record: not told apart)."""
+    if not found or end - 1 in found:
+        return False
+    return all(o in found or o - 1 in found for o in range(first, end))
+
+
+def _ends_transaction(headers: Any) -> bool:
+    return any(name == TX_END_HEADER for name, _ in headers)
 
 
 class _Every:
@@ -122,10 +143,14 @@ class Watcher:
         self._idle_timeout = idle_timeout
         self._raise_gaps = on_gap == "raise"
         self.topic = topics.changes
-        # The change topic is not written in transactions: nothing to wait for.
+        # Committed records only: a worker publishes each round in a Kafka transaction
+        # (``processors.publisher``), and a zombie's round is aborted, never delivered.
         self._consumer = kafka.consumer(
-            bootstrap, client_id, isolation="read_uncommitted", auto_offset_reset="earliest"
+            bootstrap, client_id, isolation="read_committed", auto_offset_reset="earliest"
         )
+        self._bootstrap, self._client_id = bootstrap, client_id
+        #: Reads holes uncommitted (``_aborted_only``), started on the first hole.
+        self._uncommitted: Any = None
         self._codec = ChangeCodec()
         self._header = self._codec.header
         #: Per partition, in partition order (0, 1, ...): partition, next change-topic offset,
@@ -173,6 +198,44 @@ class Watcher:
         if not self._closed:
             self._closed = True
             await self._consumer.stop()
+            if self._uncommitted is not None:
+                await self._uncommitted.stop()
+
+    async def _aborted_only(self, partition: int, first: int, end: int) -> bool:
+        """True when the offsets ``[first, end)`` that reading committed skipped held only
+        aborted transactions — a zombie's rounds, fenced by the partition's next owner
+        (``processors.publisher``) — and their markers: read uncommitted, every offset there
+        is a record or the marker right after one, and the hole ends with a marker. Holes of
+        more than ``PROBE_LIMIT`` offsets, or that cannot be read in time, are not looked at
+        (reported as gaps)."""
+        if end - first > PROBE_LIMIT:
+            return False
+        try:
+            found = await self._uncommitted_offsets(partition, first, end)
+        except (KafkaError, OSError, TimeoutError):
+            return False
+        return aborted_only(found, first, end)
+
+    async def _uncommitted_offsets(self, partition: int, first: int, end: int) -> set[int]:
+        """The offsets of ``[first, end)`` that hold data records, read uncommitted (aborted
+        transactions' records included; control records never appear)."""
+        if self._uncommitted is None:
+            self._uncommitted = kafka.consumer(
+                self._bootstrap, f"{self._client_id}-probe", isolation="read_uncommitted"
+            )
+            await self._uncommitted.start()
+        consumer = self._uncommitted
+        tp = TopicPartition(self.topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, first)
+        found: set[int] = set()
+        deadline = time.monotonic() + PROBE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(tp, timeout_ms=200, max_records=PROBE_LIMIT)
+            found.update(m.offset for m in batch.get(tp, ()) if m.offset < end)
+            if await consumer.position(tp) >= end:
+                return found
+        raise TimeoutError(f"probe of {self.topic}[{partition}] {first}..{end}")
 
     def token(self) -> str:
         """The resume token of the subscription as it stands (after the last item)."""
@@ -268,6 +331,12 @@ class Watcher:
         fetched = False
         while True:
             while self._buffer:
+                m = self._buffer[-1]
+                expected = self._pos[3 * m.partition + 1]
+                if m.offset > expected and await self._aborted_only(
+                    m.partition, expected, m.offset
+                ):
+                    self._pos[3 * m.partition + 1] = m.offset  # a zombie's round: no gap
                 item = self._take(self._buffer.pop())
                 if item is not None:
                     self._idle_since = time.monotonic()
@@ -310,12 +379,15 @@ class Watcher:
         offset = m.offset
         if offset < expected:
             return None  # fetched before a seek
-        if offset > expected:  # offsets of a non-transactional topic only go missing when
-            # the log cleaner or retention removed them: report, then read this record next
+        if offset > expected:  # offsets only go missing when the log cleaner or retention
+            # removed them (a transaction's commit marker is skipped by ``txend``; an aborted
+            # transaction, a zombie's, shows as one too): report, then read this record next
             pos[i] = offset
             self._buffer.append(m)
             return self._gap(m.partition, expected, offset, "compacted or deleted")
-        pos[i] = offset + 1
+        # The last change of a Kafka transaction: its commit marker takes the next offset,
+        # which a read_committed consumer never gets.
+        pos[i] = offset + 2 if m.headers and _ends_transaction(m.headers) else offset + 1
         key = m.key or b""
         if key[:1] == b"\xfe":  # a transaction's state (processors.twophase): not a change
             return None

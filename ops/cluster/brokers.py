@@ -118,6 +118,9 @@ class Brokers:
             # transactions are aborted within a second of their timeout (default 10 s).
             "transaction.max.timeout.ms": int(MAX_TRANSACTION_TIMEOUT_S * 1000),
             "transaction.abort.timed.out.transaction.cleanup.interval.ms": TRANSACTION_SWEEP_MS,
+            # The log cleaner looks for logs to compact every second (default 15 s): a change
+            # topic told to compact now (a test, an operator) is compacted within seconds.
+            "log.cleaner.backoff.ms": 1000,
         }
         self._dir(i).mkdir(parents=True, exist_ok=True)
         self._props(i).write_text("".join(f"{key}={value}\n" for key, value in props.items()))

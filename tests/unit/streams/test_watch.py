@@ -17,7 +17,12 @@ from hypothesis import strategies as st
 
 from lukhas_context.processors.fold import checksum as doc_checksum
 from lukhas_context.schemas import binary as b
-from lukhas_context.schemas.change import FenceRecord, document_matches, fence_key
+from lukhas_context.schemas.change import (
+    TX_END_HEADER,
+    FenceRecord,
+    document_matches,
+    fence_key,
+)
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
 from lukhas_context.schemas.event import ChangeKind, ContextChange
 from lukhas_context.schemas.exceptions import CodecError
@@ -37,7 +42,7 @@ from lukhas_context.streams.exceptions import (
     ValidationError,
 )
 from lukhas_context.streams.topics import Topics
-from lukhas_context.streams.watch import Watcher
+from lukhas_context.streams.watch import Watcher, aborted_only
 
 TOPICS = Topics("unit")
 TOPIC = TOPICS.changes
@@ -437,6 +442,73 @@ async def test_offset_hole_yields_gap(make_watcher: MakeWatcher) -> None:
         ("d", 2),
     ]
     assert (items[4].partition, items[4].first_offset, items[4].end_offset) == (1, 0, 2)
+
+
+def ends_tx(m: Msg) -> Msg:
+    """``m`` as the last change of a worker's Kafka transaction in its partition."""
+    m.headers = (*m.headers, (TX_END_HEADER, b"1"))
+    return m
+
+
+async def test_a_transactions_commit_marker_is_no_gap(make_watcher: MakeWatcher) -> None:
+    """Read committed, the offset after the last change of a transaction is its commit
+    marker, never delivered: not a gap, and a token taken there resumes past it. A hole after
+    a marker is a gap again (compacted, or an aborted round of a zombie)."""
+    w = make_watcher()
+    items = drain(
+        w,
+        [
+            put("a", 0, 10),
+            ends_tx(put("b", 1, 11)),  # marker at 2
+            ends_tx(tombstone("a", 3, 12)),  # a tombstone can end one too; marker at 4
+            put("c", 5, 13),
+            ends_tx(put("d", 6, 14)),  # marker at 7
+            put("e", 10, 15),  # 8 and 9 are gone
+        ],
+    )
+    kinds = [type(i).__name__ for i in items]
+    assert kinds == ["Change"] * 5 + ["Gap", "Change"], items
+    gap = items[5]
+    assert isinstance(gap, Gap) and (gap.first_offset, gap.end_offset) == (8, 10)
+    assert positions_of(items[1].token) == {0: (3, 11)}  # past the marker
+    assert positions_of(items[4].token) == {0: (8, 14)}
+
+
+@pytest.mark.parametrize(
+    ("found", "first", "end", "aborted"),
+    [
+        ({5, 6, 7}, 5, 9, True),  # three aborted records, their marker at 8
+        ({5, 7, 8}, 5, 10, True),  # two transactions: 5 + marker 6, 7-8 + marker 9
+        (set(), 5, 6, False),  # nothing there read uncommitted either: compacted
+        ({5, 6}, 5, 9, False),  # 7 is their marker; 8 is neither a record nor after one
+        ({5, 6, 7}, 5, 8, False),  # ends with a record: no marker closes it
+        ({6}, 5, 8, False),  # 5 comes after nothing in the hole
+    ],
+)
+def test_aborted_only(found: set[int], first: int, end: int, aborted: bool) -> None:
+    assert aborted_only(found, first, end) is aborted
+
+
+async def test_a_zombies_aborted_round_is_no_gap(make_watcher: MakeWatcher) -> None:
+    """A hole that, read uncommitted, holds only records and the markers after them is a
+    zombie's aborted round (fenced by the partition's next owner): passed over. One that does
+    not is reported."""
+    w = make_watcher()
+    w._started = True  # positioned by set_state: nothing to connect to
+    probed: list[tuple[int, int]] = []
+
+    async def uncommitted(partition: int, first: int, end: int) -> set[int]:
+        probed.append((first, end))
+        return {1, 2} if first == 1 else set()  # 1-2 aborted, marker at 3; 7 compacted
+
+    w._uncommitted_offsets = uncommitted  # type: ignore[method-assign]
+    w._buffer = list(reversed([put("a", 0, 10), put("b", 4, 11), put("c", 5, 12), put("d", 8, 13)]))
+    items = []
+    while w._buffer:
+        items.append(await w.__anext__())
+    assert [type(i).__name__ for i in items] == ["Change", "Change", "Change", "Gap", "Change"]
+    assert probed == [(1, 4), (6, 8)]
+    assert (items[3].first_offset, items[3].end_offset) == (6, 8)
 
 
 async def test_offset_hole_raises(make_watcher: MakeWatcher) -> None:
