@@ -5,7 +5,8 @@
 2. Append N small puts over K contexts to the WAL (batched producer).
 3. Ceiling: a bare aiokafka consumer reads the whole topic (touching key, value and offset).
 4. The processor: ``lukhas worker`` in its own process, fresh state, folds the same topic;
-   its progress is read from ``/metrics``.
+   its progress is read from ``/metrics``. Once exactly once (the default: each round's
+   changes in a Kafka transaction) and once ``--at-least-once``, on a copy of the topic.
 3 and 4 alternate ``--runs`` times (default 3) and the medians are compared: this machine is
 shared, and one run of each can differ by a factor of two.
 
@@ -122,10 +123,12 @@ def peak_rss_mib(pid: int) -> float:
     return int(match.group(1)) / 1024 if match else float("nan")
 
 
-def run_processor(bootstrap: str, topics: Topics, n: int, timeout_s: float) -> dict[str, float]:
+def run_processor(
+    bootstrap: str, topics: Topics, n: int, timeout_s: float, extra: tuple[str, ...] = ()
+) -> dict[str, float]:
     with scratch_dir("lukhas-bench-") as state:
         log = state / "worker.log"
-        proc, url = spawn_worker(bootstrap, topics, state, log)
+        proc, url = spawn_worker(bootstrap, topics, state, log, extra)
         try:
             deadline = time.monotonic() + timeout_s
             count = 0.0
@@ -154,14 +157,18 @@ def run_processor(bootstrap: str, topics: Topics, n: int, timeout_s: float) -> d
     }
 
 
-async def prepare(bootstrap: str, args: argparse.Namespace) -> tuple[Topics, Topics, float]:
+async def prepare(bootstrap: str, args: argparse.Namespace) -> tuple[Topics, Topics, Topics, float]:
+    """Topics of one run: the puts, the same puts again (for the at-least-once worker: a
+    worker on a topic whose changes were published restores instead of folding), patches."""
     topics = Topics(f"bench{uuid.uuid4().hex[:8]}")
+    again = Topics(f"benchalo{uuid.uuid4().hex[:8]}")
     patches = Topics(f"benchpatch{uuid.uuid4().hex[:8]}")
-    await ensure_topics(bootstrap, topics.specs(args.partitions))
-    await ensure_topics(bootstrap, patches.specs(args.partitions))
+    for t in (topics, again, patches):
+        await ensure_topics(bootstrap, t.specs(args.partitions))
     seconds = await append_events(bootstrap, topics, args.events, args.contexts, args.partitions)
+    await append_events(bootstrap, again, args.events, args.contexts, args.partitions)
     await append_patches(bootstrap, patches, args.patch_events, args.contexts, args.partitions)
-    return topics, patches, seconds
+    return topics, again, patches, seconds
 
 
 def main() -> None:
@@ -176,16 +183,20 @@ def main() -> None:
 
     bares: list[dict[str, float]] = []
     procs: list[dict[str, float]] = []
+    at_least_once: list[dict[str, float]] = []
     patch_runs: list[dict[str, float]] = []
     with bootstrap_servers() as bootstrap:
         # Alternate them, so a slow spell of this shared machine hits all alike. Each run has
         # topics of its own: a fresh worker on a topic whose changes an earlier run published
         # would restore from the change topic instead of folding (processors/opener.py).
         for _ in range(args.runs):
-            topics, patch_topics, append_s = asyncio.run(prepare(bootstrap, args))
+            topics, again, patch_topics, append_s = asyncio.run(prepare(bootstrap, args))
             bare = bare_consumer(bootstrap, topics.events, args.events, args.timeout)
             bares.append(asyncio.run(bare))
             procs.append(run_processor(bootstrap, topics, args.events, args.timeout))
+            at_least_once.append(
+                run_processor(bootstrap, again, args.events, args.timeout, ("--at-least-once",))
+            )
             patch_runs.append(
                 run_processor(bootstrap, patch_topics, args.patch_events, args.timeout)
             )
@@ -195,6 +206,7 @@ def main() -> None:
     proc_rate = statistics.median(p["records_per_s"] for p in procs)
     ratio = proc_rate / bare_rate
     patch_rate = statistics.median(p["records_per_s"] for p in patch_runs)
+    alo_rate = statistics.median(p["records_per_s"] for p in at_least_once)
     result = {
         "events": args.events,
         "contexts": args.contexts,
@@ -206,7 +218,10 @@ def main() -> None:
         "ratio": ratio,
         "bare_runs": [round(b["records_per_s"]) for b in bares],
         "processor_runs": [round(p["records_per_s"]) for p in procs],
-        "processor_applied": [p["applied"] for p in procs],
+        "processor_applied": [p["applied"] for p in procs + at_least_once],
+        "processor_at_least_once_events_per_s": alo_rate,
+        "at_least_once_runs": [round(p["records_per_s"]) for p in at_least_once],
+        "exactly_once_vs_at_least_once": proc_rate / alo_rate,
         "processor_peak_rss_mib": max(p["peak_rss_mib"] for p in procs),
         "patch_events": args.patch_events,
         "processor_patch_events_per_s": patch_rate,
@@ -220,8 +235,11 @@ def main() -> None:
                    f"{args.partitions} partitions, 1 broker, median of {args.runs} runs"),
         ("append (producer)", f"{result['append_events_per_s']:,.0f} events/s"),
         ("bare consumer", f"{bare_rate:,.0f} records/s (ceiling)  runs {result['bare_runs']}"),
-        ("processor (fold)", f"{proc_rate:,.0f} events/s  runs {result['processor_runs']}"),
+        ("processor (fold)", f"{proc_rate:,.0f} events/s  runs {result['processor_runs']}  "
+                             "(exactly once: a Kafka transaction per partition and round)"),
         ("ratio", f"{ratio:.1%}"),
+        ("at least once", f"{alo_rate:,.0f} events/s  runs {result['at_least_once_runs']}  "
+                          f"(exactly once: {proc_rate / alo_rate:.1%} of it)"),
         ("processor (patches)", f"{patch_rate:,.0f} events/s  runs {result['patch_runs']}  "
                                 f"({args.patch_events:,} JSON Patches, same contexts)"),
         ("update() wire bytes", f"{update_bytes:,} vs {put_bytes:,} for whole puts: "
