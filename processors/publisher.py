@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 _TX_END = (TX_END_HEADER, b"1")
 #: How long a partition's producer may take to get its producer id (and so fence the last).
 INIT_TIMEOUT_S = 60.0
+#: How long closing a partition's producer may take.
+CLOSE_TIMEOUT_S = 10.0
 
 
 class PartitionFencedError(ProcessorError):
@@ -113,8 +115,9 @@ class Publisher:
         """Stops ``partition``'s transactional producer (revoked, or fenced)."""
         producer = self._partitions.pop(partition, None)
         if producer is not None:
-            with contextlib.suppress(Exception):  # a fenced producer may refuse to close
-                await producer.stop()
+            # A fenced producer may refuse to close, or wait on a broker that is gone.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), CLOSE_TIMEOUT_S)
 
     async def close(self) -> None:
         for partition in list(self._partitions):

@@ -178,15 +178,17 @@ def free_ports() -> Callable[[int], int]:
 
 @pytest.fixture
 def read_topic(cluster: Cluster) -> Callable[..., Awaitable[list[Any]]]:
-    """``await read_topic(topic, until)``: records from the start of ``topic`` until
-    ``until(records)`` holds, bounded by ``timeout`` seconds (then it returns what it read)."""
+    """``await read_topic(topic, until)``: the committed records from the start of ``topic``
+    until ``until(records)`` holds, bounded by ``timeout`` seconds (then it returns what it
+    read). Committed: workers publish in Kafka transactions, and an aborted one is not there."""
 
     async def read(
         topic: str, until: Callable[[list[Any]], bool], timeout: float = 60
     ) -> list[Any]:
         consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=cluster.bootstrap, auto_offset_reset="earliest"
-        )
+            topic, bootstrap_servers=cluster.bootstrap, auto_offset_reset="earliest",
+            isolation_level="read_committed",
+        )  # fmt: skip
         await consumer.start()
         records: list[Any] = []
         deadline = time.monotonic() + timeout

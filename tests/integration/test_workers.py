@@ -103,11 +103,12 @@ async def _scenario(
         config = ClientConfig(cluster.bootstrap, f"{a.url},{b.url}", topics)
         names = [f"ctx-{i}" for i in range(24)]
         async with ContextClient(config) as client:
+            receipts = {}
             for round_ in range(5):
                 for name in names:
-                    receipt = await client.put(name, {"round": round_, "name": name})
-            for name in names:  # routed by the client to the owner
-                ctx = await client.get(name, after=receipt, timeout=30)
+                    receipts[name] = await client.put(name, {"round": round_, "name": name})
+            for name in names:  # routed by the client to the owner, after its own last write
+                ctx = await client.get(name, after=receipts[name], timeout=30)
                 assert ctx.doc == {"round": 4, "name": name} and ctx.version == 5
         # Any worker answers for any context: it forwards to the owner.
         for url in (a.url, b.url):

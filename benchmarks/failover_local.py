@@ -1,0 +1,203 @@
+"""Failover of local worker processes with a large state: kill -9 one of two workers under
+load, then the time until each partition it served answers a read-your-write again.
+
+1. Start a one-broker cluster (``LocalCluster``, or ``LUKHAS_BOOTSTRAP``); fresh topics of
+   ``--partitions`` (6) partitions; append ``--contexts`` puts (1,000,000), one per context.
+2. Start two ``lukhas worker`` processes of one group (``--session-timeout``, 6 s: the
+   broker's smallest), wait until they split the partitions and have folded everything (a
+   checkpoint is taken then, as an operator's periodic checkpoint would have been).
+3. A writer puts to random contexts (``--rate`` per second) all along.
+4. kill -9 the worker that serves partition 0. For every partition it served, a put and a
+   ``get(after=receipt)`` (1 s wait) are tried every 50 ms from that moment until one
+   succeeds: that partition's failover time. The group moves a dead member's partitions only
+   after its session timeout, which bounds every time from below.
+
+Prints one row per moved partition (time, and how the survivor opened it: from the change
+topic, a checkpoint, or a replay), the median and max; writes
+``benchmarks/results/failover_local.json``. Standby replicas (issue 14), once built, are
+measured by the same script. Bounded: a timeout on every wait, the writer's rate and count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import statistics
+import time
+import uuid
+from typing import Any
+
+from _support import (
+    bootstrap_servers,
+    encoded_puts,
+    http_get,
+    print_rows,
+    progress,
+    scratch_dir,
+    send_partitions,
+    spawn_worker,
+    stop_worker,
+    write_result,
+)
+
+from lukhas_context.streams.admin import ensure_topics
+from lukhas_context.streams.client import ClientConfig, ContextClient
+from lukhas_context.streams.topics import Topics, partition_for
+
+
+def _get_json(url: str) -> Any:
+    status, body = http_get(url, timeout=10)
+    if status != 200:
+        raise OSError(f"{url}: {status}")
+    return json.loads(body)
+
+
+def _partitions(url: str) -> dict[int, dict[str, Any]]:
+    """What a worker serves: partition -> its summary and restore report."""
+    with contextlib.suppress(OSError, ValueError):
+        return {int(s["partition"]): s for s in _get_json(f"{url}/v1/partitions")["partitions"]}
+    return {}
+
+
+async def _until(check: Any, what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(check):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.5)
+
+
+def _one_per_partition(partitions: int, prefix: str) -> dict[int, str]:
+    names: dict[int, str] = {}
+    n = 0
+    while len(names) < partitions:
+        name = f"{prefix}{n}"
+        names.setdefault(partition_for(name.encode(), partitions), name)
+        n += 1
+    return names
+
+
+async def _writer(client: ContextClient, contexts: int, rate: float, stop: asyncio.Event) -> int:
+    """Puts to random contexts at ``rate`` per second until ``stop`` (errors while a
+    partition moves are expected: counted as not written). Returns the puts acknowledged."""
+    rng = random.Random(7)
+    acked = 0
+    while not stop.is_set():
+        with contextlib.suppress(Exception):
+            await client.put(f"ctx-{rng.randrange(contexts)}", {"load": acked})
+            acked += 1
+        await asyncio.sleep(1 / rate)
+    return acked
+
+
+async def _failover(client: ContextClient, name: str, killed: float, timeout: float) -> float:
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            receipt = await client.put(name, {"attempt": attempt})
+            await client.get(name, after=receipt, timeout=1)
+            return time.monotonic() - killed
+        except Exception:  # the partition is moving: try again
+            if time.monotonic() - killed > timeout:
+                raise SystemExit(f"{name}: no failover within {timeout} s") from None
+            await asyncio.sleep(0.05)
+
+
+async def run(bootstrap: str, args: argparse.Namespace) -> dict[str, Any]:
+    say = progress("failover_local")
+    topics = Topics(f"fo{uuid.uuid4().hex[:8]}")
+    await ensure_topics(bootstrap, topics.specs(args.partitions))
+    say(f"appending {args.contexts:,} puts")
+    await send_partitions(
+        bootstrap, topics.events, encoded_puts(args.contexts, args.partitions, lambda i: f"ctx-{i}")
+    )
+    extra = ("--session-timeout", str(args.session_timeout), "--expiry-interval", "5")
+    with scratch_dir("lukhas-failover-") as scratch:
+        workers = {}
+        for name in ("a", "b"):
+            (scratch / name).mkdir()
+            workers[name] = spawn_worker(
+                bootstrap, topics, scratch / name / "state", scratch / name / "worker.log", extra
+            )
+        urls = [url for _, url in workers.values()]
+        try:
+            say("waiting for both workers to fold everything")
+
+            def folded() -> bool:
+                served = [_partitions(url) for url in urls]
+                total = sum(s["documents"] for p in served for s in p.values())
+                return (
+                    all(len(p) == args.partitions // 2 for p in served) and total >= args.contexts
+                )
+
+            await _until(folded, "both workers serve half the partitions, folded", args.timeout)
+            config = ClientConfig(bootstrap, ",".join(urls), topics, timeout_s=10)
+            async with ContextClient(config) as client:
+                await client.wait_checkpoint(await client.checkpoint("before-kill"), timeout=120)
+                victim_name, (victim, victim_url) = next(
+                    (n, w) for n, w in workers.items() if 0 in _partitions(w[1])
+                )
+                survivor_url = next(u for u in urls if u != victim_url)
+                moved = sorted(_partitions(victim_url))
+                names = _one_per_partition(args.partitions, "fo:")
+                for p in moved:  # each answers before the kill
+                    await client.get(names[p], after=await client.put(names[p], {}), timeout=30)
+                stop = asyncio.Event()
+                load = asyncio.create_task(_writer(client, args.contexts, args.rate, stop))
+                await asyncio.sleep(2)
+                say(f"kill -9 worker {victim_name} (partitions {moved})")
+                victim.kill()
+                killed = time.monotonic()
+                times = await asyncio.gather(
+                    *(_failover(client, names[p], killed, args.timeout) for p in moved)
+                )
+                stop.set()
+                acked = await load
+            opened = _partitions(survivor_url)
+        finally:
+            for proc, _ in workers.values():
+                if proc.poll() is None:
+                    stop_worker(proc)
+    rows = [
+        {"partition": p, "failover_s": round(t, 3),
+         "opened_from": opened.get(p, {}).get("opened_from"),
+         "restore_s": opened.get(p, {}).get("open_seconds")}
+        for p, t in zip(moved, times, strict=True)
+    ]  # fmt: skip
+    return {
+        "contexts": args.contexts, "partitions": args.partitions,
+        "session_timeout_s": args.session_timeout, "standbys": 0, "moved": rows,
+        "median_s": round(statistics.median(times), 3), "max_s": round(max(times), 3),
+        "load_puts_acked": acked,
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contexts", type=int, default=1_000_000)
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--session-timeout", type=float, default=6.0)
+    parser.add_argument("--rate", type=float, default=200.0, help="puts per second meanwhile")
+    parser.add_argument("--timeout", type=float, default=600.0)
+    args = parser.parse_args()
+    if args.partitions % 2:
+        parser.error("--partitions must be even (two workers split them)")
+    with bootstrap_servers() as bootstrap:
+        result = asyncio.run(run(bootstrap, args))
+    rows = [
+        ("state", f"{args.contexts:,} contexts, {args.partitions} partitions, 2 workers, "
+                  f"session timeout {args.session_timeout:g} s, no standbys"),
+        *((f"partition {r['partition']}", f"{r['failover_s']:.2f} s (opened from "
+           f"{r['opened_from']} in {r['restore_s']} s)") for r in result["moved"]),
+        ("median / max", f"{result['median_s']:.2f} s / {result['max_s']:.2f} s"),
+    ]  # fmt: skip
+    print_rows(rows, 16)
+    write_result("failover_local", result)
+
+
+if __name__ == "__main__":
+    main()
