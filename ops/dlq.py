@@ -225,12 +225,28 @@ def _event_id(value: bytes) -> uuid.UUID:
     return uuid.UUID(bytes=raw) if len(raw) == 16 else uuid.UUID(int=0)
 
 
+async def _count(consumer: Any, tp: TopicPartition, low: int, to: int) -> int:
+    """The dead letters at offsets ``[low, to)``: records, not offsets (a worker publishes
+    them in Kafka transactions, whose commit markers take offsets too)."""
+    if to <= low:
+        return 0
+    consumer.assign([tp])
+    consumer.seek(tp, low)
+    count = 0
+    while await consumer.position(tp) < to:
+        batch = await consumer.getmany(tp, timeout_ms=1000, max_records=10_000)
+        count += sum(1 for m in batch.get(tp, ()) if m.offset < to)
+        if not batch and await consumer.position(tp) >= (await consumer.end_offsets([tp]))[tp]:
+            break
+    return count
+
+
 async def prune(bootstrap: str, topics: Topics, partitions: list[int] | None, before: Bound,
                 yes: bool) -> list[dict[str, Any]]:  # fmt: skip
     """Per DLQ partition: the dead letters logged before ``before`` (a time, or an offset:
     exclusive), and with ``yes`` their deletion (DeleteRecords moves the partition's start).
-    Each entry: ``partition``, ``log_start``, ``end``, ``prune_to``, ``deletes`` and, once
-    done, ``log_start_now``."""
+    Each entry: ``partition``, ``log_start``, ``end``, ``prune_to`` (offsets), ``deletes``
+    (the dead letters below ``prune_to``) and, once done, ``log_start_now``."""
     topic = topics.dlq
     consumer = kafka.consumer(bootstrap, "lukhas-dlq", isolation="read_committed")
     try:
@@ -255,9 +271,10 @@ async def prune(bootstrap: str, topics: Topics, partitions: list[int] | None, be
                 else:
                     found = (await consumer.offsets_for_times({tp: before.time_ms}))[tp]
                     to = end if found is None else found.offset
-            to = max(to, low)
+                to = max(to, low)
+                letters = await _count(consumer, tp, low, to)
             plan.append({"partition": p, "log_start": low, "end": end, "prune_to": to,
-                         "deletes": to - low})  # fmt: skip
+                         "deletes": letters})  # fmt: skip
     finally:
         await consumer.stop()
     if yes:
