@@ -52,13 +52,17 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
-    """Where an acknowledged event landed in the WAL."""
+    """Where an acknowledged event landed in the WAL. ``transaction``: for an event of a
+    transaction across partitions, the position of the transaction's record in each of its
+    partitions, so that a read ``after`` it of a context in any of them sees the whole
+    transaction (empty otherwise)."""
 
     context_id: str
     partition: int
     offset: int
     event_id: str
     _client: OutcomeSource | None = field(default=None, compare=False, repr=False)
+    transaction: tuple[tuple[int, int], ...] = ()
 
     @property
     def position(self) -> str:

@@ -24,6 +24,9 @@ __all__ = ["ROUTE_RETRY_S", "Router"]
 
 #: Pause before a read is tried again on another worker (after a 421 or a failure).
 ROUTE_RETRY_S = 0.2
+#: While the partition count is not known (no worker had its partitions yet when asked), the
+#: routing table is asked for again at most this often.
+COUNT_RETRY_S = 1.0
 
 
 class Router:
@@ -36,7 +39,7 @@ class Router:
         self._seeds = [u.strip() for u in (api_url or "").split(",") if u.strip()]
         self._routes: dict[int, str] = {}
         self.partition_count = 0
-        self._routes_loaded = False
+        self._count_asked_at: float | None = None
         self._http: aiohttp.ClientSession | None = None
 
     @property
@@ -146,8 +149,12 @@ class Router:
 
     async def partition_of(self, context_id: str) -> int | None:
         """The partition of a context, once the routing table said how many there are."""
-        if not self.partition_count and not self._routes_loaded:
-            self._routes_loaded = True
+        asked = self._count_asked_at
+        due = asked is None or time.monotonic() - asked >= COUNT_RETRY_S
+        if not self.partition_count and due:
+            # Asked again while unknown: a client that first asked a worker before it had its
+            # partitions must not route (and order reads after receipts) without them forever.
+            self._count_asked_at = time.monotonic()
             await self.refresh()
         if not self.partition_count:
             return None

@@ -113,11 +113,12 @@ class Transaction:
             metas = {p: meta}
         else:
             metas = await self._commit_across(records)
+        spans = tuple(sorted((p, m.offset) for p, m in metas.items())) if len(metas) > 1 else ()
         for context_id, key, _, event_id in self._events:
             meta = metas[partition_for(key, count)]
-            self.receipts.append(
-                Receipt(context_id, meta.partition, meta.offset, str(event_id), self._client)
-            )
+            self.receipts.append(Receipt(
+                context_id, meta.partition, meta.offset, str(event_id), self._client, spans
+            ))  # fmt: skip
 
     async def _commit_across(self, records: dict[int, bytes]) -> dict[int, Any]:
         """Appends the records in one Kafka transaction, within the deadline; the lock keeps

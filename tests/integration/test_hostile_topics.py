@@ -432,10 +432,10 @@ async def test_a_forged_member_claim_routes_no_read(
     names = [f"real:{i}" for i in range(12)]
     config = ClientConfig(cluster.bootstrap, f"{a.url},{b.url}", topics)
     async with ContextClient(config) as client:
+        receipts = {name: await client.put(name, {"name": name}) for name in names}
         for name in names:
-            last = await client.put(name, {"name": name})
-        for name in names:
-            ctx = await client.get(name, after=last, timeout=30)
+            # A receipt only orders reads of its own partition: wait on each name's own.
+            ctx = await client.get(name, after=receipts[name], timeout=30)
             assert ctx.doc == {"name": name}, ctx
     # Every worker answers for every context (forwarding to the owner, never the forger).
     for worker in (a, b):

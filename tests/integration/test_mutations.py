@@ -262,4 +262,12 @@ async def test_transactions_are_all_or_nothing(start_worker, make_client: MakeCl
             await client.get("tx-b")
         with pytest.raises(ContextNotFoundError):
             await client.get("tx-c")
+        # Across partitions (tx-a in 2, tx-c in 0), either receipt orders reads of both.
+        async with client.transaction() as tx:
+            await tx.put("tx-a", {"n": 4})
+            await tx.put("tx-c", {"n": 4})
+        first, second = tx.receipts
+        assert first.partition != second.partition and first.transaction == second.transaction
+        assert (await client.get("tx-c", after=first, timeout=30)).doc == {"n": 4}
+        assert (await client.get("tx-a", after=second, timeout=30)).doc == {"n": 4}
     _ = time
