@@ -5,8 +5,8 @@
 2. Append N small puts over K contexts to the WAL (batched producer).
 3. Ceiling: a bare aiokafka consumer reads the whole topic (touching key, value and offset).
 4. The processor: ``lukhas worker`` in its own process, fresh state, folds the same topic;
-   its progress is read from ``/metrics``. Once exactly once (the default: each round's
-   changes in a Kafka transaction) and once ``--at-least-once``, on a copy of the topic.
+   its progress is read from ``/metrics``. Once ``--exactly-once`` (each round's changes in
+   a Kafka transaction) and once ``--at-least-once`` (the default), on a copy of the topic.
 3 and 4 alternate ``--runs`` times (default 3) and the medians are compared: this machine is
 shared, and one run of each can differ by a factor of two.
 
@@ -193,12 +193,13 @@ def main() -> None:
             topics, again, patch_topics, append_s = asyncio.run(prepare(bootstrap, args))
             bare = bare_consumer(bootstrap, topics.events, args.events, args.timeout)
             bares.append(asyncio.run(bare))
-            procs.append(run_processor(bootstrap, topics, args.events, args.timeout))
+            eos = ("--exactly-once",)
+            procs.append(run_processor(bootstrap, topics, args.events, args.timeout, eos))
             at_least_once.append(
                 run_processor(bootstrap, again, args.events, args.timeout, ("--at-least-once",))
             )
             patch_runs.append(
-                run_processor(bootstrap, patch_topics, args.patch_events, args.timeout)
+                run_processor(bootstrap, patch_topics, args.patch_events, args.timeout, eos)
             )
         update_bytes, put_bytes = asyncio.run(measure_update_bytes(bootstrap, topics, 200))
 

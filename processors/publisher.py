@@ -5,7 +5,7 @@ batches (``create_batch``/``send_batch``), in WAL order. Dead letters keep the W
 bytes, key and partition number and say why in their headers. When these are sent relative to
 the store's commit is the commit order in ``Materializer.fold_segment``.
 
-**Exactly once** (``WorkerConfig.exactly_once``, the default): each partition has a
+**Exactly once** (``WorkerConfig.exactly_once``, opt-in for now): each partition has a
 transactional producer of its own, ``transactional.id`` = ``<group>.changes.<partition>``
 (Kafka Streams' exactly-once with a producer per task). A round's changes, dead letters and
 WAL appends (votes and decisions of transactions) go out in one Kafka transaction, with the
@@ -18,10 +18,10 @@ a change partition carries the header ``txend``: the transaction's commit marker
 offset after it, which a subscriber reading ``read_committed`` never sees and must not take
 for a gap (``streams.watch``).
 
-**At least once** (``exactly_once=False``): one idempotent producer for everything; what
-reached a change partition is always a prefix (the idempotent producer keeps a partition's
-records in order), which the change topic's coverage relies on (``processors.opener``); a
-zombie can publish a round it folded after its partition moved.
+**At least once** (``exactly_once=False``, the default): one idempotent producer for
+everything; what reached a change partition is always a prefix (the idempotent producer
+keeps a partition's records in order), which the change topic's coverage relies on
+(``processors.opener``); a zombie can publish a round it folded after its partition moved.
 """
 
 from __future__ import annotations

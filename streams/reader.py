@@ -53,11 +53,16 @@ class Reader:
         partition = await self._router.partition_of(context_id)
         if after is not None:
             position = after.position if isinstance(after, Receipt) else after
-            if isinstance(after, Receipt) and partition is not None:
+            spans = dict(after.transaction) if isinstance(after, Receipt) else {}
+            if spans and partition is None:
+                # The context's partition is not known yet (no worker said how many there
+                # are): wait until every part of the transaction is decided and applied.
+                for p, offset in spans.items():
+                    await self._wait_folded(p, offset, timeout)
+            elif partition in spans:
                 # A transaction across partitions has a record in this one too: read at it
                 # (which waits for the decision), not after the receipt's own partition.
-                here = dict(after.transaction).get(partition)
-                position = position if here is None else f"{partition}:{here}"
+                position = f"{partition}:{spans[partition]}"
             wait_on = _position_or_none(position)
             if partition is not None and wait_on is not None and wait_on[0] != partition:
                 # Another partition, perhaps another worker: wait there, then read here.

@@ -98,9 +98,8 @@ async def test_a_watcher_reads_transactional_rounds_without_a_gap(
     """Every round is a Kafka transaction whose commit marker takes an offset of the change
     partition: a subscriber from the start gets every change and no gap, and a token taken
     after any change resumes with no gap either."""
-    worker = await start_worker(expiry_interval_s=None)
+    worker = await start_worker(expiry_interval_s=None, exactly_once=True)
     await serving_all(worker)
-    assert worker.materializer.config.exactly_once
     ends = sentinels("xo:end:")
     async with make_client(worker.url) as client:
         for i in range(30):

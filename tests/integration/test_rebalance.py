@@ -45,7 +45,7 @@ def _worker(cluster: Any, topics: Any, tmp_path: Path, name: str) -> WorkerProce
         "--bootstrap", cluster.bootstrap, "--state-dir", str(tmp_path / name),
         "--topic-prefix", topics.prefix, "--group", f"{topics.prefix}-group",
         "--api-port", str(port), "--session-timeout", str(SESSION_S),
-        "--expiry-interval", "0.2",
+        "--expiry-interval", "0.2", "--exactly-once",
     ]  # fmt: skip
     return WorkerProcess(argv, tmp_path / f"{name}.log", f"http://127.0.0.1:{port}")
 

@@ -92,3 +92,17 @@ async def test_the_partition_count_is_asked_for_again_while_unknown(
     now[0] += COUNT_RETRY_S
     assert await router.partition_of("x") == partition_for(b"x", 3)
     assert await router.partition_of("y") == partition_for(b"y", 3) and answers == []
+
+
+async def test_a_transaction_receipt_waits_for_every_part_when_the_partition_is_unknown() -> None:
+    router = RecordingRouter()
+
+    async def unknown(context_id: str) -> None:
+        return None
+
+    router.partition_of = unknown  # type: ignore[method-assign,assignment]
+    receipt = Receipt("other", 2, 40, "e", None, ((0, 11), (2, 40)))
+    await Reader(router).context(_name_in(0), receipt, 5.0)  # type: ignore[arg-type]
+    paths = [path for path, _, _ in router.calls]
+    assert paths[:2] == ["/v1/outcomes/0/11", "/v1/outcomes/2/40"]
+    assert paths[2].startswith("/v1/contexts/")
