@@ -6,7 +6,7 @@
 3. Ceiling: a bare aiokafka consumer reads the whole topic (touching key, value and offset).
 4. The processor: ``lukhas worker`` in its own process, fresh state, folds the same topic;
    its progress is read from ``/metrics``. Once ``--exactly-once`` (each round's changes in
-   a Kafka transaction) and once ``--at-least-once`` (the default), on a copy of the topic.
+   a Kafka transaction) and once ``--at-least-once``, on a copy of the topic.
 3 and 4 alternate ``--runs`` times (default 3) and the medians are compared: this machine is
 shared, and one run of each can differ by a factor of two.
 

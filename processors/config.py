@@ -94,9 +94,8 @@ class WorkerConfig:
     #: Publish each round's changes, dead letters and WAL appends in a Kafka transaction of
     #: the partition's own transactional producer, with the WAL offset (``processors.
     #: publisher``): a zombie's round is aborted by the broker, never seen by a subscriber or
-    #: kept by the log cleaner. False (the default for now): one idempotent producer, at least
-    #: once (faster). Why not yet the default: docs/architecture.md, "Exactly once".
-    exactly_once: bool = False
+    #: kept by the log cleaner (the default). False: one idempotent producer, at least once.
+    exactly_once: bool = True
     #: How long the broker lets one round's transaction stay open before it aborts it (the
     #: round is then given up as fenced, and the partition reopened).
     transaction_timeout_ms: int = 60_000

@@ -59,7 +59,7 @@ from lukhas_context.processors.exceptions import (
 from lukhas_context.processors.metrics import WorkerMetrics
 from lukhas_context.processors.round import window_id
 from lukhas_context.processors.twophase import TX_STATE_PREFIX, read_state_record
-from lukhas_context.schemas.change import FenceRecord, is_fence_key, read_fence_record
+from lukhas_context.schemas.change import FenceRecord, is_fence_key, read_fence_record, seq_of
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
 from lukhas_context.schemas.exceptions import BadFenceRecordError, CodecError
 from lukhas_context.schemas.txrecord import TxRecord, decode_control, is_tx_key
@@ -355,7 +355,7 @@ class StoreOpener:
         to rebuild it) names the very event the WAL holds there, by key and event id.
         Changes older than the window are taken as they are (see the trust model in
         docs/architecture.md)."""
-        latest, fences, txns = await self.read_changes(partition)
+        latest, fences, txns, seq = await self.read_changes(partition)
         if not latest and not fences and not txns:
             return None
         named = [(c.record.offset, c.key, c.position) for c in latest.values()]
@@ -384,7 +384,7 @@ class StoreOpener:
             t: state for t, (_, state, _) in txns.items() if state is not None
         }
         return await asyncio.to_thread(
-            self._write_restored, partition, records, next_offset, window, raised, prepared
+            self._write_restored, partition, records, next_offset, window, raised, prepared, seq
         )
 
     def _write_restored(
@@ -395,6 +395,7 @@ class StoreOpener:
         window: bytearray,
         fences: dict[bytes, tuple[int, int, int]],
         txns: dict[bytes, bytes | None],
+        change_seq: int,
     ) -> PartitionStore:
         path = self.store_path(partition)
         building = path.with_name(f"{path.name}.restoring")
@@ -405,7 +406,7 @@ class StoreOpener:
             for i in range(0, len(items), _CHUNK):
                 store.commit(dict(items[i : i + _CHUNK]), 0)
             block = (ENTRY.unpack_from(window)[0], encode_block(window, {})) if window else None
-            store.commit({}, next_offset, block, fences=fences, txns=txns)
+            store.commit({}, next_offset, block, fences=fences, txns=txns, change_seq=change_seq)
         if path.exists():
             shutil.rmtree(path)
         building.rename(path)
@@ -524,6 +525,7 @@ class StoreOpener:
         dict[bytes, CheckedChange],
         dict[bytes, tuple[FenceRecord, int]],
         dict[bytes, tuple[int, bytes | None, int]],
+        int,
     ]:  # fmt: skip
         """The latest change of every context in the change partition (by WAL offset, not
         position: changes published again after a crash, or by a zombie, may follow newer
@@ -532,14 +534,25 @@ class StoreOpener:
         (``check_change_record``) or fence record (``read_fence_record``): a restore without
         it would lose or misstate its context, or let a stale token through. And the newest
         state of every transaction prepared here (``processors.twophase``): tx id ->
-        ``(WAL offset, state or None once decided, position)``."""
+        ``(WAL offset, state or None once decided, position)``. And the sequence number of
+        the partition's next change: one past the highest ``seq`` header read (the newest
+        record; compaction keeps it, as it keeps the newest change), 0 when none has one."""
         codec = ChangeCodec()
         latest: dict[bytes, CheckedChange] = {}
         fences: dict[bytes, tuple[FenceRecord, int]] = {}
         txns: dict[bytes, tuple[int, bytes | None, int]] = {}
         topic = self.config.topics.changes
+        next_seq = 0
 
         def take(message: Any) -> bool:
+            nonlocal next_seq
+            restorable(message)  # raises for a record it cannot restore from
+            seq = seq_of(message.headers)
+            if seq is not None and seq >= next_seq:
+                next_seq = seq + 1
+            return True
+
+        def restorable(message: Any) -> bool:
             if isinstance(message.key, bytes) and message.key.startswith(TX_STATE_PREFIX):
                 try:
                     tx_id, offset, state = read_state_record(message.key, message.value)
@@ -575,7 +588,7 @@ class StoreOpener:
             return True
 
         await self._scan(topic, partition, 0, None, take)
-        return latest, fences, txns
+        return latest, fences, txns, next_seq
 
     async def read_window(
         self, partition: int, start: int, end: int,

@@ -3,9 +3,12 @@
 A round's changes go to the same partition of the change topic as their WAL partition, in
 batches (``create_batch``/``send_batch``), in WAL order. Dead letters keep the WAL record's
 bytes, key and partition number and say why in their headers. When these are sent relative to
-the store's commit is the commit order in ``Materializer.fold_segment``.
+the store's commit is the commit order in ``Materializer.fold_segment``. Every record on a
+change partition carries its sequence number there (header ``seq``, counted by the fold:
+``PartitionRound.first_seq``), by which a subscriber tells a hole of transaction markers from
+lost changes (``streams.watch``).
 
-**Exactly once** (``WorkerConfig.exactly_once``, opt-in for now): each partition has a
+**Exactly once** (``WorkerConfig.exactly_once``, the default): each partition has a
 transactional producer of its own, ``transactional.id`` = ``<group>.changes.<partition>``
 (Kafka Streams' exactly-once with a producer per task). A round's changes, dead letters and
 WAL appends (votes and decisions of transactions) go out in one Kafka transaction, with the
@@ -18,7 +21,7 @@ a change partition carries the header ``txend``: the transaction's commit marker
 offset after it, which a subscriber reading ``read_committed`` never sees and must not take
 for a gap (``streams.watch``).
 
-**At least once** (``exactly_once=False``, the default): one idempotent producer for
+**At least once** (``exactly_once=False``): one idempotent producer for
 everything; what reached a change partition is always a prefix (the idempotent producer
 keeps a partition's records in order), which the change topic's coverage relies on
 (``processors.opener``); a zombie can publish a round it folded after its partition moved.
@@ -37,7 +40,7 @@ from aiokafka.errors import InvalidProducerEpoch, InvalidTxnState, KafkaError, P
 
 from lukhas_context.processors.exceptions import ProcessorError
 from lukhas_context.processors.round import PartitionRound
-from lukhas_context.schemas.change import TX_END_HEADER
+from lukhas_context.schemas.change import SEQ_HEADER, TX_END_HEADER
 from lukhas_context.state.manifest import Manifest
 from lukhas_context.streams.batching import fill_batch
 from lukhas_context.streams.topics import Topics
@@ -168,7 +171,7 @@ class Publisher:
         i = 0
         while i < len(changes):
             batch = producer.create_batch()
-            j = fill_batch(batch, changes, i)
+            j = fill_batch(batch, changes, i, (SEQ_HEADER, r.first_seq))
             if j == i:
                 size = len(changes[i][1] or b"")
                 raise ProcessorError(f"a change of {size} bytes fits no batch")

@@ -116,6 +116,11 @@ class PartitionRound:
     #: Offset of a prepare record -> ``(offset of the record that decided it here, status,
     #: version, reason)``: the prepare's outcome once decided.
     resolutions: dict[int, tuple[int, int, int, str]] = field(default_factory=dict)
+    #: The sequence number of the round's first change, and of the change after its last
+    #: (``schemas.change.SEQ_HEADER``): counted when folded, so a round whose changes are not
+    #: sent again (published before) still moves the count.
+    first_seq: int = 0
+    end_seq: int = 0
 
 
 @dataclass(slots=True)
@@ -265,6 +270,8 @@ class PartitionFolder:
                     slow(m)
         r.first_offset = max(first, messages[0].offset)
         r.next_offset = self.folded_to = messages[-1].offset + 1
+        r.first_seq = store.change_seq
+        r.end_seq = r.first_seq + len(r.changes)
         return r
 
     def commit(self, r: PartitionRound, journal_offsets: int) -> None:
@@ -289,6 +296,7 @@ class PartitionFolder:
             fences=r.fences,
             txns=r.txns,
             resolutions=r.resolutions,
+            change_seq=r.end_seq,
         )
         self.window.forget_below(r.next_offset - self.window.size)
 

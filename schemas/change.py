@@ -61,6 +61,30 @@ Headers = Mapping[str, Any] | Iterable[tuple[str, Any]] | None
 #: marker takes the offset after it (``processors.publisher``; ``streams.watch``).
 TX_END_HEADER = "txend"
 
+#: Header of every record a worker publishes on a change partition: its sequence number
+#: there, counted by the fold from the partition's first change (0, 1, 2, ...), so the same
+#: WAL gives the same numbers whoever folds it and however its store was restored. A
+#: subscriber that finds an offset hole between two records numbered ``n`` and ``n + 1``
+#: lost nothing (the hole held transaction markers or a zombie's aborted records); any other
+#: hole is a gap (``streams.watch``).
+SEQ_HEADER = "seq"
+#: Sequence numbers are below this (a header past it is not one: kept in a signed 64-bit
+#: store field with room to count on).
+MAX_SEQ = 1 << 62
+
+
+def seq_of(headers: Any) -> int | None:
+    """The ``seq`` header of a change record (None: none, or not a decimal number)."""
+    if headers:
+        for name, value in headers:
+            if name == SEQ_HEADER:
+                if isinstance(value, bytes) and _DECIMAL.fullmatch(value):
+                    n = int(value)
+                    return n if 0 <= n < MAX_SEQ else None
+                return None
+    return None
+
+
 #: The first byte of a fence record's key. 0xFF never occurs in UTF-8 text: no context id
 #: (a non-empty UTF-8 string) can start with it.
 FENCE_KEY_PREFIX = b"\xff"

@@ -73,6 +73,10 @@ FENCE_VALUE = struct.Struct(">qqq")
 _FENCE_CACHE = 65_536
 HASH_MASK = (1 << 64) - 1
 NEXT_OFFSET_KEY = b"meta/next_offset"
+#: The sequence number the next change of this partition gets (``schemas.change.SEQ_HEADER``):
+#: how many change records the fold of ``[0, next_offset)`` produced. Not in the digest (it
+#: numbers what is published, not state); a store written before it existed has none (0).
+CHANGE_SEQ_KEY = b"meta/change_seq"
 #: Digest, stored records and stored documents (records that are not tombstones), as one value.
 SUMMARY_KEY = b"meta/summary"
 #: ``barrier offset (8) | checkpoint id`` of a barrier committed whose checkpoint is not made
@@ -183,6 +187,7 @@ class PartitionStore:
             history_from = self._db.get(HISTORY_FROM_KEY)
             raw = self._db.get(NEXT_OFFSET_KEY)
             summary = self._db.get(SUMMARY_KEY)
+            seq = self._db.get(CHANGE_SEQ_KEY)
         except Exception as exc:  # rocksdict raises plain Exception for corruption
             if hasattr(self, "_db"):
                 self._close_db()
@@ -198,6 +203,10 @@ class PartitionStore:
             self._close_db()
             raise StoreCorruptError(path, ValueError(f"summary of {len(summary)} bytes"))
         self._next_offset: int = 0 if raw is None else _OFFSET.unpack(raw)[0]
+        if seq is not None and len(seq) != _OFFSET.size:
+            self._close_db()
+            raise StoreCorruptError(path, ValueError(f"change_seq of {len(seq)} bytes"))
+        self._change_seq: int = 0 if seq is None else _OFFSET.unpack(seq)[0]
         self._cache: dict[bytes, ContextRecord] = {}
         #: Keys read and found absent since the last commit (bounded): the commit then knows
         #: they are new without looking them up again. Valid until the next write, and every
@@ -226,6 +235,11 @@ class PartitionStore:
     def next_offset(self) -> int:
         """Offset of the next WAL record to fold (0 for a new store)."""
         return self._next_offset
+
+    @property
+    def change_seq(self) -> int:
+        """The sequence number of the partition's next change (``CHANGE_SEQ_KEY``)."""
+        return self._change_seq
 
     def summary(self) -> Summary:
         """The digest and counts as of ``next_offset`` (O(1): kept by every commit)."""
@@ -289,6 +303,7 @@ class PartitionStore:
         fences: Mapping[bytes, tuple[int, int, int]] | None = None,
         txns: Mapping[bytes, bytes | None] | None = None,
         resolutions: Mapping[int, tuple[int, int, int, str]] | None = None,
+        change_seq: int | None = None,
     ) -> None:
         """Writes ``records``, ``next_offset``, the round's journal block ``(first offset,
         block)``, the expiry index entries, the history index entries (``history_rows``:
@@ -366,11 +381,15 @@ class PartitionStore:
                 batch.put(HISTORY_FROM_KEY, _OFFSET.pack(history_from))
         batch.put(SUMMARY_KEY, _SUMMARY.pack(digest, count, documents))
         batch.put(NEXT_OFFSET_KEY, _OFFSET.pack(next_offset))
+        if change_seq is not None and change_seq != self._change_seq:
+            batch.put(CHANGE_SEQ_KEY, _OFFSET.pack(change_seq))
         if pending_checkpoint is not None:
             offset, checkpoint_id = pending_checkpoint
             batch.put(PENDING_CHECKPOINT_KEY, _OFFSET.pack(offset) + checkpoint_id.encode())
         self._db.write(batch)
         self._next_offset = next_offset
+        if change_seq is not None:
+            self._change_seq = change_seq
         self._digest, self._records, self._documents = digest, count, documents
         self._trimmed_below = max(self._trimmed_below, floor)
         self._history_from = history_from

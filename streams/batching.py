@@ -16,21 +16,28 @@ from typing import Any
 Record = tuple[bytes, bytes | None, list[tuple[str, bytes]]]
 
 
-def fill_batch(batch: Any, records: Sequence[Record], start: int) -> int:
+def fill_batch(
+    batch: Any, records: Sequence[Record], start: int, seq: tuple[str, int] | None = None
+) -> int:
     """Appends ``records[start:]`` (key, value, headers) to ``batch`` until it is full.
 
-    Returns the index of the first record not appended (``len(records)`` when all fit).
-    Timestamps are left to the producer (current time).
+    ``seq``: ``(header name, n)``: record ``i`` gets one more header, that name with the
+    decimal ``n + i`` (its sequence number). Returns the index of the first record not
+    appended (``len(records)`` when all fit). Timestamps are left to the producer (current
+    time).
     """
     builder = getattr(batch, "_builder", None)
     if builder is None or getattr(batch, "_closed", True) or batch.record_count() != 0:
-        return _fill_public(batch, records, start)
+        return _fill_public(batch, records, start, seq)
     append = builder.append
     relative = 0
     end = len(records)
     i = start
+    name, first = seq if seq is not None else ("", 0)
     while i < end:
         key, value, headers = records[i]
+        if seq is not None:
+            headers = [*headers, (name, b"%d" % (first + i))]
         if append(relative, None, key=key, value=value, headers=headers) is None:
             break
         relative += 1
@@ -41,9 +48,13 @@ def fill_batch(batch: Any, records: Sequence[Record], start: int) -> int:
     return i
 
 
-def _fill_public(batch: Any, records: Sequence[Record], start: int) -> int:
+def _fill_public(
+    batch: Any, records: Sequence[Record], start: int, seq: tuple[str, int] | None = None
+) -> int:
     i = start
     for key, value, headers in records[start:]:
+        if seq is not None:
+            headers = [*headers, (seq[0], b"%d" % (seq[1] + i))]
         if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
             break
         i += 1

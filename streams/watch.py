@@ -6,7 +6,12 @@ for one context, the partition of its id) and yields, in order:
 * ``Change``: one applied mutation — context id, version, kind, document or delta, checksum,
   and the ``token`` to resume right after it;
 * ``Gap``: change-topic offsets that are gone (compacted or deleted by retention before they
-  were read): the changes in them are lost to this subscriber, never silently. A record that
+  were read): the changes in them are lost to this subscriber, never silently. Offsets also go
+  missing, with nothing lost, under transaction markers and a zombie's aborted rounds (which a
+  ``read_committed`` consumer never gets): every record on a change partition is numbered
+  (header ``seq``, ``schemas.change.SEQ_HEADER``), and a hole between records numbered ``n``
+  and ``n + 1`` is no gap. A hole between records without numbers (published before they
+  existed) is read uncommitted to see whether it held only aborted records. A record that
   is not a usable change is one too (``kind``): one that does not decode, or a change whose
   document does not match the checksum it carries (corrupted or forged), which is never
   delivered as a good change.
@@ -48,6 +53,7 @@ from lukhas_context.schemas.change import (
     ChangeRecord,
     document_matches,
     read_fence_record,
+    seq_of,
     wal_offset_of,
 )
 from lukhas_context.schemas.codec import ChangeCodec
@@ -161,6 +167,9 @@ class Watcher:
         #: only for a transaction's changes).
         self._at_highest: dict[int, set[bytes]] = {}
         self._buffer: list[Any] = []
+        #: Per partition, the last record read at its expected offset (its ``seq`` header is
+        #: read only when the next record is not at the next offset).
+        self._prev: dict[int, Any] = {}
         self._docs: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
         self._started = False
         self._closed = False
@@ -236,6 +245,16 @@ class Watcher:
             if await consumer.position(tp) >= end:
                 return found
         raise TimeoutError(f"probe of {self.topic}[{partition}] {first}..{end}")
+
+    def _numbered_next(self, m: Any) -> bool:
+        """True when ``m`` is numbered right after the record read before it in its partition
+        (``SEQ_HEADER``): the offsets between held no change, only transaction markers or
+        aborted records."""
+        prev = self._prev.get(m.partition)
+        if prev is None:
+            return False
+        before = seq_of(prev.headers)
+        return before is not None and seq_of(m.headers) == before + 1
 
     def token(self) -> str:
         """The resume token of the subscription as it stands (after the last item)."""
@@ -314,6 +333,8 @@ class Watcher:
         batch = await self._consumer.getmany(tp, timeout_ms=5000, max_records=LOOK_BACK)
         found = []
         for m in batch.get(tp, ()):
+            if m.offset < offset:
+                self._prev[tp.partition] = m
             if m.offset < offset and m.key is not None and m.key[:1] not in (b"\xff", b"\xfe"):
                 with contextlib.suppress(CodecError):  # a tombstone without its headers too
                     found.append((wal_offset_of(m.value, m.headers, self._codec), m.key))
@@ -333,10 +354,11 @@ class Watcher:
             while self._buffer:
                 m = self._buffer[-1]
                 expected = self._pos[3 * m.partition + 1]
-                if m.offset > expected and await self._aborted_only(
-                    m.partition, expected, m.offset
-                ):
-                    self._pos[3 * m.partition + 1] = m.offset  # a zombie's round: no gap
+                if m.offset > expected and (
+                    self._numbered_next(m)
+                    or await self._aborted_only(m.partition, expected, m.offset)
+                ):  # markers, or a zombie's aborted round: no gap
+                    self._pos[3 * m.partition + 1] = m.offset
                 item = self._take(self._buffer.pop())
                 if item is not None:
                     self._idle_since = time.monotonic()
@@ -380,14 +402,15 @@ class Watcher:
         if offset < expected:
             return None  # fetched before a seek
         if offset > expected:  # offsets only go missing when the log cleaner or retention
-            # removed them (a transaction's commit marker is skipped by ``txend``; an aborted
-            # transaction, a zombie's, shows as one too): report, then read this record next
+            # removed them (transaction markers and a zombie's aborted rounds were passed over
+            # by ``__anext__``, by the records' ``seq``): report, then read this record next
             pos[i] = offset
             self._buffer.append(m)
             return self._gap(m.partition, expected, offset, "compacted or deleted")
         # The last change of a Kafka transaction: its commit marker takes the next offset,
         # which a read_committed consumer never gets.
         pos[i] = offset + 2 if m.headers and _ends_transaction(m.headers) else offset + 1
+        self._prev[m.partition] = m
         key = m.key or b""
         if key[:1] == b"\xfe":  # a transaction's state (processors.twophase): not a change
             return None

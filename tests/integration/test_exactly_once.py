@@ -5,6 +5,7 @@ subscriber, a restore or the log cleaner; the commit markers are no gaps to a wa
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -12,17 +13,17 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from lukhas_context.processors.publisher import PartitionFencedError, Publisher, transactional_id
 from lukhas_context.processors.round import PartitionRound
-from lukhas_context.schemas.change import TX_END_HEADER
-from lukhas_context.streams import kafka
-from lukhas_context.streams.changes import Change
+from lukhas_context.schemas.change import TX_END_HEADER, seq_of
+from lukhas_context.streams import kafka, watch
+from lukhas_context.streams.changes import Change, Gap
 
 from .conftest import PARTITIONS, read_until, seen_all, sentinels, serving_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
-def _round(partition: int, next_offset: int, *keys: bytes) -> PartitionRound:
-    r = PartitionRound(partition, next_offset=next_offset)
+def _round(partition: int, next_offset: int, *keys: bytes, seq: int = 0) -> PartitionRound:
+    r = PartitionRound(partition, next_offset=next_offset, first_seq=seq, end_seq=seq + len(keys))
     r.changes = [(key, b"not a change: only its place in the log is looked at", [])
                  for key in keys]  # fmt: skip
     return r
@@ -132,3 +133,66 @@ async def test_a_watcher_reads_transactional_rounds_without_a_gap(
         assert {(c.context_id, c.version) for c in rest} == {
             (c.context_id, c.version) for c in items[13:]
         }
+
+
+async def test_a_hole_between_consecutive_numbers_is_no_gap_and_a_jump_is(
+    cluster: Any, topics: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offsets the committed reader never gets (a zombie's aborted round and its abort
+    marker, commit markers) lie between records numbered n and n + 1 (header ``seq``): the
+    watcher passes over them by the numbers alone (the uncommitted probe is switched off
+    here), and reports a hole whose numbers jump as a gap."""
+    monkeypatch.setattr(watch, "PROBE_LIMIT", -1)  # no hole is small enough to probe
+    group = f"{topics.prefix}-group"
+
+    def make(partition: int) -> Any:
+        return kafka.producer(
+            cluster.bootstrap, f"test-{partition}", retry_backoff_ms=5,
+            transactional_id=transactional_id(group, partition),
+        )  # fmt: skip
+
+    async def zombie_round(seq: int) -> None:
+        """A round the group's next owner fences: aborted, records and marker."""
+        zombie = Publisher(idle, topics, exactly_once=True, make_producer=make, group_id=group)
+        await zombie.open_partition(2)
+        producer = zombie._partitions[2]
+        await producer.begin_transaction()
+        await (await producer.send(topics.changes, b"z", key=b"zombie", partition=2,
+                                   headers=[("seq", b"%d" % seq)]))  # fmt: skip
+        owner = Publisher(idle, topics, exactly_once=True, make_producer=make, group_id=group)
+        await owner.open_partition(2)  # fences the zombie: its transaction is aborted
+        await zombie.close()
+        owners.append(owner)
+
+    idle = kafka.producer(cluster.bootstrap, "test-idle")
+    await idle.start()
+    owners: list[Publisher] = []
+    try:
+        first = Publisher(idle, topics, exactly_once=True, make_producer=make, group_id=group)
+        await first.open_partition(2)
+        await first.publish(_round(2, 3, b"a", b"b", seq=0))
+        await first.close()
+        await zombie_round(2)
+        await owners[-1].publish(_round(2, 5, b"c", b"d", seq=2))  # numbered on: no gap
+        await zombie_round(4)
+        await owners[-1].publish(_round(2, 9, b"e", seq=6))  # 4 and 5 are missing: a gap
+    finally:
+        for owner in owners:
+            await owner.close()
+        await idle.stop()
+    committed = await _read(cluster.bootstrap, topics.changes, 2, "read_committed")
+    assert [(m.key, seq_of(m.headers)) for m in committed] == [
+        (b"a", 0), (b"b", 1), (b"c", 2), (b"d", 3), (b"e", 6),
+    ]  # fmt: skip
+    holes = [
+        (x.offset, y.offset) for x, y in itertools.pairwise(committed)
+        if y.offset > x.offset + 1 + any(k == TX_END_HEADER for k, _ in x.headers)
+    ]  # fmt: skip
+    assert len(holes) == 2  # each zombie's aborted record and abort marker
+    w = watch.Watcher(cluster.bootstrap, topics, prefix="none:", start="earliest",
+                      idle_timeout=3)  # fmt: skip
+    async with w:
+        items = [item async for item in w]
+    assert [(type(i), i.partition, i.first_offset, i.end_offset) for i in items] == [
+        (Gap, 2, holes[1][0] + 2, holes[1][1])
+    ]

@@ -29,6 +29,24 @@ def test_direct_and_public_fill_build_the_same_bytes() -> None:
     assert strip(fast._build()) == strip(slow._build())
 
 
+def test_sequence_numbers_follow_the_record_index_across_batches() -> None:
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    records = _records(300, size=200)
+    first, second = _batch(16384), _batch(1 << 20)
+    stop = fill_batch(first, records, 0, ("seq", 1000))
+    assert fill_batch(second, records, stop, ("seq", 1000)) == 300
+    slow = _batch(1 << 20)
+    assert _fill_public(slow, records, stop, ("seq", 1000)) == 300
+    seqs = []
+    for built in (first, second):
+        for r in DefaultRecordBatch(bytes(built._build())):
+            assert r.headers[: len(records[len(seqs)][2])] == records[len(seqs)][2]
+            seqs.append(int(dict(r.headers)["seq"]))
+    assert seqs == list(range(1000, 1300))
+    assert _strip_timestamps(slow._build()) == _strip_timestamps(second._build())
+
+
 def test_a_full_batch_stops_and_the_rest_goes_to_the_next() -> None:
     records = _records(500, size=200)
     first = _batch(16384)
