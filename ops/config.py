@@ -157,6 +157,7 @@ class WorkerFlags:
     prune_interval: float | None
     dedupe_window: int | None
     exactly_once: bool = True
+    standby_replicas: int = 0
 
 
 class Settings:
@@ -247,6 +248,7 @@ class Settings:
             expiry_interval_s=f.expiry_interval, expiry_batch=f.expiry_batch,
             history_index=f.history_index, schema_dir=f.schema_dir,
             prune_interval_s=f.prune_interval, exactly_once=f.exactly_once,
+            standby_replicas=f.standby_replicas,
             **fold_sizing(f.dedupe_window or self.env.dedupe_window),
             checkpoint_pause_s=self.env.checkpoint_pause_s,
             listener=ListenerLimits(

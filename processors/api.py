@@ -473,10 +473,14 @@ class ReadApi:
                 return found
             await asyncio.sleep(0.01)
 
-    @_params("min_offset", "timeout", "as_of")
+    @_params("min_offset", "timeout", "as_of", "allow_stale", "max_lag")
     async def get_context(self, request: web.Request) -> web.Response:
         context_id = request.match_info["context_id"]
         key = context_id.encode()
+        if "allow_stale" in request.query or "max_lag" in request.query:
+            stale = self._from_standby(request, context_id)
+            if stale is not None:
+                return stale
         if "as_of" in request.query:
             return await self._get_as_of(request, context_id)
         found = await self._store_of_context(request, key)
@@ -487,6 +491,46 @@ class ReadApi:
         if record is None or not record.is_live(self.m.clock.earliest_ms()):
             return _error(404, f"context {context_id!r} not found")
         return _context_answer(context_id, record, partition)
+
+    def _from_standby(self, request: web.Request, context_id: str) -> web.Response | None:
+        """``?allow_stale=1`` (any lag) or ``?max_lag=N`` (at most N change records behind):
+        the answer of this worker's standby copy of the context's partition, with its
+        position (``X-Lukhas-Standby-Position: P:NEXT_OFFSET``, the WAL prefix it holds) and
+        lag (``X-Lukhas-Standby-Lag``), as Kafka Streams answers from a standby. None: read
+        as usual (this worker folds the partition, has no copy of it, or the copy lags more):
+        the owner answers, fresh."""
+        q = request.query
+        allow = q.get("allow_stale", "1" if "max_lag" in q else "0")
+        if allow not in ("0", "1", "true", "false"):
+            raise _bad_request(f"allow_stale must be 1, 0, true or false, not {allow[:40]!r}")
+        if allow in ("0", "false"):
+            if "max_lag" in q:
+                raise _bad_request("max_lag allows a stale read; it cannot go with allow_stale=0")
+            return None
+        if "min_offset" in q or "as_of" in q:
+            raise _bad_request("a stale read (allow_stale, max_lag) takes neither min_offset "
+                               "nor as_of: those ask for a position it may not have")  # fmt: skip
+        max_lag = _natural(q["max_lag"], "max_lag") if "max_lag" in q else None
+        count, standby = self.m.partition_count, self.m.standby
+        if not count or standby is None:
+            return None
+        partition = partition_for(context_id.encode(), count)
+        copy = standby.copy_of(partition)
+        if partition in self.m.stores or copy is None:
+            return None
+        if max_lag is not None and copy.lag > max_lag:
+            return None
+        headers = {
+            "X-Lukhas-Standby-Position": f"{partition}:{copy.next_offset}",
+            "X-Lukhas-Standby-Lag": str(copy.lag),
+        }
+        record = copy.store.get(context_id.encode())
+        if record is None or not record.is_live(self.m.clock.earliest_ms()):
+            answer = _error(404, f"context {context_id!r} not found (standby copy)")
+        else:
+            answer = _context_answer(context_id, record, partition, standby=True)
+        answer.headers.update(headers)
+        return answer
 
     async def _get_as_of(self, request: web.Request, context_id: str) -> web.Response:
         """``?as_of=POINT``: the context in the state as of a time or ``P:O``, built (or found
@@ -787,9 +831,13 @@ class ReadApi:
                     "skipped": [] if report is None else report.skipped,
                 }
             )
+        standby = self.m.standby
         return web.json_response(
-            {"partitions": served, "digest": f"{total:016x}", "restoring": self.m.restoring}
-        )
+            {
+                "partitions": served, "digest": f"{total:016x}", "restoring": self.m.restoring,
+                "standbys": [] if standby is None else standby.report(),
+            }
+        )  # fmt: skip
 
     @_params()
     async def healthz(self, request: web.Request) -> web.Response:

@@ -30,6 +30,7 @@ from lukhas_context.processors.members import Membership
 from lukhas_context.processors.metrics import WorkerMetrics
 from lukhas_context.processors.opener import RestoreReport, StoreOpener
 from lukhas_context.processors.round import PartitionFolder
+from lukhas_context.processors.standby import StandbyManager
 from lukhas_context.state.store import PartitionStore
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class Assignment:
         on_revoke: Callable[[int], None],
         before_open: Callable[[int], Awaitable[None]] | None = None,
         after_close: Callable[[int], Awaitable[None]] | None = None,
+        standby: StandbyManager | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -77,6 +79,9 @@ class Assignment:
         #: after a partition is closed (``Publisher.close_partition``).
         self._before_open = before_open
         self._after_close = after_close
+        #: This worker's standby copies: told the standby partitions of each assignment, and
+        #: asked to close a copy before its partition opens here to fold.
+        self.standby = standby
         self.consumer: AIOKafkaConsumer | None = None
         self.folders: dict[int, PartitionFolder] = {}
         #: The stores of ``folders`` (a live, read-only view).
@@ -88,6 +93,10 @@ class Assignment:
         #: Per partition, the WAL offset up to which changes are on the change topic already
         #: (read when the partition opens): records below it are folded without publishing.
         self.quiet_below: dict[int, int] = {}
+        #: ``next_offset`` of each store closed by a revocation (it stays on disk): reported
+        #: to the group's leader with the open stores' (``--standby-replicas``), so a
+        #: rebalance gives the partition back to where it is furthest along.
+        self.closed_at: dict[int, int] = {}
         #: Partitions of the WAL, as of the last assignment.
         self.partition_count = 0
         #: What made opening a partition fail: the loop raises it.
@@ -114,6 +123,9 @@ class Assignment:
                 consumer.pause(tp)
                 task = asyncio.create_task(self._open(tp))
                 self.opening[tp.partition] = task
+        if self.standby is not None:
+            active = {tp.partition for tp in consumer.assignment()}
+            self.standby.want(set(self.membership.assignor.standbys) - active)
         self.announce()
 
     def announce(self) -> None:
@@ -132,6 +144,8 @@ class Assignment:
             assert consumer is not None
             if self._before_open is not None:
                 await self._before_open(tp.partition)
+            if self.standby is not None:  # its copy, if any, is the store to open
+                await self.standby.release(tp.partition)
             low = (await consumer.beginning_offsets([tp]))[tp]
             high = (await consumer.end_offsets([tp]))[tp]
             coverage = await self.opener.changes_coverage(tp.partition)
@@ -198,6 +212,7 @@ class Assignment:
                 self.quiet_below.pop(tp.partition, None)
                 folder = self.folders.pop(tp.partition, None)
                 if folder is not None:
+                    self.closed_at[tp.partition] = folder.store.next_offset
                     folder.store.close()
                     log.info("partition %d revoked", tp.partition)
         if self._after_close is not None:

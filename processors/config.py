@@ -96,6 +96,11 @@ class WorkerConfig:
     #: publisher``): a zombie's round is aborted by the broker, never seen by a subscriber or
     #: kept by the log cleaner (the default). False: one idempotent producer, at least once.
     exactly_once: bool = True
+    #: Standby copies the group keeps of each partition, on workers other than its owner
+    #: (``processors.standby``; Kafka Streams' ``num.standby.replicas``). The group uses the
+    #: largest number any member asks for; 0 everywhere: none, and plain round-robin
+    #: assignment.
+    standby_replicas: int = 0
     #: How long the broker lets one round's transaction stay open before it aborts it (the
     #: round is then given up as fenced, and the partition reopened).
     transaction_timeout_ms: int = 60_000

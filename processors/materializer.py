@@ -49,6 +49,7 @@ from lukhas_context.processors.publisher import (
 )
 from lukhas_context.processors.retention import WalRetention
 from lukhas_context.processors.round import PartitionFolder, PartitionRound, segment_end
+from lukhas_context.processors.standby import StandbyManager, standby_positions
 from lukhas_context.schemas.event import ContextEvent
 from lukhas_context.schemas.txrecord import TX_KEY, encode_tick
 from lukhas_context.state.checkpoints import CheckpointDir
@@ -97,9 +98,16 @@ class Materializer:
         self.metrics.clock_error.set_function(lambda: _error_s(self.clock.skew()))
         self.membership = Membership(
             config.bootstrap, config.group_id, config.topics.events, config.member_id,
-            config.api_url, config.peer_url,
+            config.api_url, config.peer_url, config.standby_replicas,
+            lambda: standby_positions(
+                self.assignment.stores, self.standby, self.assignment.closed_at
+            ),
         )  # fmt: skip
         self.opener = StoreOpener(config, self.metrics)
+        #: Warm copies of partitions others fold (``--standby-replicas``; None: none).
+        self.standby = (
+            StandbyManager(config, self.opener, self.metrics) if config.standby_replicas else None
+        )
         self.checkpointer = Checkpointer(config, self.metrics)
         self.retention = WalRetention(config, self.opener, self.metrics)
         self.sweeper = ExpirySweeper(config, self.metrics, self._events)
@@ -109,6 +117,7 @@ class Materializer:
             config, self.metrics, self.opener, self.membership, self._lock, self._progress,
             on_open=self._opened, on_revoke=self.sweeper.forget,
             before_open=self._open_partition_producer, after_close=self._close_partition_producer,
+            standby=self.standby,
         )  # fmt: skip
 
     # ---- what the read API and the tools see ----
@@ -169,6 +178,8 @@ class Materializer:
         await self._producer.start()
         await consumer.start()
         await self.membership.start()
+        if self.standby is not None:
+            await self.standby.start()
         consumer.subscribe([cfg.topics.events], listener=self.assignment.listener())
         if cfg.clock_probe_interval_s is not None:
             self._probing = asyncio.create_task(
@@ -216,6 +227,8 @@ class Materializer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._pruning
         await self.membership.close()
+        if self.standby is not None:
+            await self.standby.close()
         if self.publisher is not None:
             await self.publisher.close()
         if self._producer is not None:

@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -72,6 +72,8 @@ class Member:
     #: in docker compose, ``api`` is the port published on the host and ``peer`` the
     #: container's name on the compose network.
     peer: str | None = None
+    #: Partitions this member keeps a standby copy of (``--standby-replicas``).
+    standbys: tuple[int, ...] = ()
 
     @property
     def forward_url(self) -> str:
@@ -82,6 +84,7 @@ class Member:
         return {
             "member": self.member, "api": self.api, "partitions": list(self.partitions),
             "generation": self.generation, "updated_ms": self.updated_ms, "peer": self.peer,
+            "standbys": list(self.standbys),
         }  # fmt: skip
 
 
@@ -105,8 +108,93 @@ def api_url_problem(url: str) -> str | None:
     return None
 
 
-def encode_user_data(api: str, peer: str | None = None) -> bytes:
-    return orjson.dumps({"api": api} if peer is None else {"api": api, "peer": peer})
+def encode_user_data(
+    api: str, peer: str | None = None, standby: int = 0, positions: Mapping[int, int] | None = None
+) -> bytes:
+    """A member's subscription ``user_data``: its API URL, peer URL and, with standby
+    replicas, how many it asks for and the ``next_offset`` of every store it keeps open
+    (active or standby): the leader gives each partition to the member furthest along."""
+    data: dict[str, Any] = {"api": api}
+    if peer is not None:
+        data["peer"] = peer
+    if standby:
+        data["standby"] = standby
+        data["positions"] = {str(p): o for p, o in sorted((positions or {}).items())}
+    return orjson.dumps(data)
+
+
+#: Standby replicas a member may ask for, at most (more is refused by the CLI; a larger
+#: number in a subscription counts as this).
+MAX_STANDBY_REPLICAS = 8
+#: Positions read from one member's subscription, at most (a flood counts as none).
+MAX_POSITIONS = 10_000
+
+
+def decode_standby(user_data: bytes | None) -> tuple[int, dict[int, int]]:
+    """The standby replicas a member asks for and its stores' positions, from its
+    subscription ``user_data``; ``(0, {})`` for anything else (an earlier version, garbage):
+    such a member gets no standby and no preference, never an error."""
+    try:
+        data = orjson.loads(user_data or b"")
+    except orjson.JSONDecodeError:
+        return 0, {}
+    if not isinstance(data, dict):
+        return 0, {}
+    standby = data.get("standby")
+    if type(standby) is not int or standby <= 0:
+        return 0, {}
+    raw = data.get("positions")
+    positions: dict[int, int] = {}
+    if isinstance(raw, dict) and len(raw) <= MAX_POSITIONS:
+        for p, o in raw.items():
+            if isinstance(p, str) and p.isdigit() and len(p) < 10 and type(o) is int and o >= 0:
+                positions[int(p)] = o
+    return min(standby, MAX_STANDBY_REPLICAS), positions
+
+
+def plan_assignment(
+    partitions: list[int], members: Mapping[str, dict[int, int]], replicas: int
+) -> dict[str, tuple[list[int], list[int]]]:
+    """Active and standby partitions for each member: balanced (every member gets the floor
+    or the ceiling of partitions/members), each partition to the member whose store is
+    furthest along (``members``: member -> partition -> next_offset), so a partition stays
+    where it is folded and moves to its caught-up standby when its owner leaves; then up to
+    ``replicas`` standbys per partition on other members, again furthest along first, then
+    the least loaded. Deterministic: ties go by member id."""
+    ids = sorted(members)
+    out: dict[str, tuple[list[int], list[int]]] = {m: ([], []) for m in ids}
+    if not ids:
+        return out
+    floor, extra = divmod(len(partitions), len(ids))
+    load = dict.fromkeys(ids, 0)
+
+    # The partitions whose best store is furthest ahead of the rest choose first.
+    def best(p: int) -> tuple[int, int]:
+        return (-max(members[m].get(p, -1) for m in ids), p)
+
+    owner: dict[int, str] = {}
+    for p in sorted(partitions, key=best):
+        ranked = sorted(ids, key=lambda m: (-members[m].get(p, -1), load[m], m))
+        for m in ranked:
+            if load[m] < floor or (load[m] == floor and extra > 0):
+                if load[m] == floor:
+                    extra -= 1
+                load[m] += 1
+                owner[p] = m
+                out[m][0].append(p)
+                break
+    n = min(replicas, len(ids) - 1)
+    standbys = dict.fromkeys(ids, 0)
+    for p in sorted(partitions):
+        others = [m for m in ids if m != owner.get(p)]
+        ranked = sorted(others, key=lambda m: (-members[m].get(p, -1), standbys[m], m))
+        for m in ranked[:n]:
+            standbys[m] += 1
+            out[m][1].append(p)
+    for active, standby in out.values():
+        active.sort()
+        standby.sort()
+    return out
 
 
 def decode_user_data(user_data: bytes | None) -> tuple[str, str | None]:
@@ -130,27 +218,70 @@ def decode_user_data(user_data: bytes | None) -> tuple[str, str | None]:
 
 
 class ApiAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
-    """Round-robin assignment (aiokafka's), with this worker's API URL (and peer URL, when it
-    has one) in its subscription."""
+    """This worker's API URL (and peer URL, when it has one) in its subscription, and, as
+    the group's leader, the assignment: aiokafka's round robin while no member asks for
+    standby replicas; otherwise ``plan_assignment`` (each partition to the member furthest
+    along, standbys in the assignment's ``user_data``). ``standbys``: the standby
+    partitions of this worker's last assignment."""
 
     name = ASSIGNOR_NAME
     version = 0
 
-    def __init__(self, api: str, peer: str | None = None) -> None:
-        self._user_data = encode_user_data(api, peer)
+    def __init__(
+        self, api: str, peer: str | None = None, standby: int = 0,
+        positions: Callable[[], Mapping[int, int]] | None = None,
+    ) -> None:  # fmt: skip
+        self._api, self._peer = api, peer
+        self._standby = standby
+        self._positions = positions
+        self.standbys: list[int] = []
 
     def metadata(self, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
-        return ConsumerProtocolMemberMetadata(self.version, sorted(topics), self._user_data)
+        positions = self._positions() if self._standby and self._positions else None
+        user_data = encode_user_data(self._api, self._peer, self._standby, positions)
+        return ConsumerProtocolMemberMetadata(self.version, sorted(topics), user_data)
 
     def assign(
         self, cluster: ClusterMetadata, members: Mapping[str, ConsumerProtocolMemberMetadata]
     ) -> dict[str, ConsumerProtocolMemberAssignment]:
-        assignments: dict[str, ConsumerProtocolMemberAssignment]
-        assignments = RoundRobinPartitionAssignor.assign(cluster, members)
-        return assignments
+        asked = {m: decode_standby(meta.user_data) for m, meta in members.items()}
+        replicas = max((n for n, _ in asked.values()), default=0)
+        if not replicas:
+            assignments: dict[str, ConsumerProtocolMemberAssignment]
+            assignments = RoundRobinPartitionAssignor.assign(cluster, members)
+            return assignments
+        topics = sorted({t for meta in members.values() for t in meta.subscription})
+        plans: dict[str, list[tuple[str, list[int]]]] = {m: [] for m in members}
+        standby: dict[str, list[int]] = {m: [] for m in members}
+        for topic in topics:  # one in practice: the WAL
+            partitions = sorted(cluster.partitions_for_topic(topic) or ())
+            subscribed = {
+                m: asked[m][1] for m, meta in members.items() if topic in meta.subscription
+            }
+            for m, (active, standbys) in plan_assignment(partitions, subscribed, replicas).items():
+                plans[m].append((topic, active))
+                standby[m] += standbys
+        return {
+            m: ConsumerProtocolMemberAssignment(
+                self.version, plans[m], orjson.dumps({"standby": standby[m]})
+            )
+            for m in members
+        }
 
     def on_assignment(self, assignment: ConsumerProtocolMemberAssignment) -> None:
-        pass
+        self.standbys = standby_partitions(assignment.user_data)
+
+
+def standby_partitions(user_data: bytes | None) -> list[int]:
+    """The standby partitions an assignment's ``user_data`` names (none for anything else)."""
+    try:
+        data = orjson.loads(user_data or b"")
+    except orjson.JSONDecodeError:
+        return []
+    raw = data.get("standby") if isinstance(data, dict) else None
+    if not isinstance(raw, list) or len(raw) > MAX_POSITIONS:
+        return []
+    return sorted({p for p in raw if type(p) is int and 0 <= p < 2**31})
 
 
 @dataclass(slots=True)
@@ -197,18 +328,21 @@ def read_group(group: Any, topic: str, generation: int, now_ms: int) -> GroupVie
             user_data = ConsumerProtocolMemberMetadata.decode(metadata).user_data
             api, peer = decode_user_data(user_data)
             partitions = sorted(_partitions_of(assignment, topic))
+            standbys = tuple(standby_partitions(
+                ConsumerProtocolMemberAssignment.decode(assignment).user_data
+            )) if assignment else ()  # fmt: skip
         except Exception as exc:  # undecodable bytes raise anything; only this member is out
             view.problems.append(f"member {member_id!r} left out: {exc}")
             continue
         for p in partitions:
             holders.setdefault(p, []).append(member_id)
-        found.append(Member(member_id, api, tuple(partitions), generation, now_ms, peer))
+        found.append(Member(member_id, api, tuple(partitions), generation, now_ms, peer, standbys))
     doubled = {p for p, ids in holders.items() if len(ids) > 1}
     for p in sorted(doubled):
         view.problems.append(f"partition {p} is assigned to {holders[p]}: no route for it")
     view.members = [
         Member(m.member, m.api, tuple(p for p in m.partitions if p not in doubled),
-               m.generation, m.updated_ms, m.peer)
+               m.generation, m.updated_ms, m.peer, m.standbys)
         for m in found
     ]  # fmt: skip
     return view
@@ -232,7 +366,8 @@ class Membership:
 
     def __init__(
         self, bootstrap: str, group_id: str, topic: str, member: str, api: str,
-        peer: str | None = None,
+        peer: str | None = None, standby: int = 0,
+        positions: Callable[[], Mapping[int, int]] | None = None,
     ) -> None:  # fmt: skip
         self.bootstrap = bootstrap
         self.group_id = group_id
@@ -240,7 +375,7 @@ class Membership:
         self.member = member
         self.api = api
         self.peer = peer
-        self.assignor = ApiAssignor(api, peer)
+        self.assignor = ApiAssignor(api, peer, standby, positions)
         self._members: list[Member] = []
         self._owners: dict[int, Member] = {}
         self._generation = 0
@@ -275,7 +410,8 @@ class Membership:
         at once, and the rest of the table is asked for again."""
         self._generation = generation
         mine = Member(self.member, self.api, tuple(sorted(partitions)), generation,
-                      int(time.time() * 1000), self.peer)  # fmt: skip
+                      int(time.time() * 1000), self.peer,
+                      tuple(self.assignor.standbys))  # fmt: skip
         others = [m for m in self._members if m.api != self.api]
         owners = {p: m for p, m in self._owners.items() if m.api != self.api}
         owners.update(dict.fromkeys(mine.partitions, mine))

@@ -43,6 +43,17 @@ class WorkerMetrics:
         self.next_offset = Gauge(
             "lukhas_partition_next_offset", "Next WAL offset to fold", ["partition"], registry=r
         )
+        self.standby_lag = Gauge(
+            "lukhas_standby_lag_records",
+            "Change-topic records a standby copy has not applied yet", ["partition"], registry=r,
+        )  # fmt: skip
+        self.standby_next_offset = Gauge(
+            "lukhas_standby_next_offset", "Next WAL offset of a standby copy's store",
+            ["partition"], registry=r,
+        )  # fmt: skip
+        self.standby_rebuilds = Counter(
+            "lukhas_standby_rebuilds", "Standby copies built from the change topic", registry=r
+        )
         self.batch_seconds = Histogram(
             "lukhas_batch_seconds",
             "Time to fold, publish and commit one batch",

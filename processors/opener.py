@@ -97,6 +97,8 @@ class Source(enum.Enum):
     CHECKPOINT = "checkpoint"
     CHANGES = "changes"
     REPLAY = "replay"
+    #: The local store was a standby copy (``processors.standby``), promoted.
+    STANDBY = "standby"
 
 
 @dataclass(slots=True)
@@ -192,6 +194,13 @@ class StoreOpener:
             reason = f"needs WAL offset {behind}, the log now starts at {low}"
             quarantined.append(str(quarantine(path, self.quarantine_dir, reason)))
             store = None
+        if store is not None and store.standby_at is not None:
+            try:
+                await self.promote(partition, store, low)
+            except BaseException:
+                store.close()
+                raise
+            report.source = Source.STANDBY
         if store is None:
             store, report = await self.restore(partition, low, high, quarantined)
         if store.next_offset < low:
@@ -205,6 +214,16 @@ class StoreOpener:
             )
         report.finish(store, started)
         return store, report
+
+    async def promote(self, partition: int, store: PartitionStore, low: int) -> None:
+        """Makes a standby copy (opened and verified like any local store) a store to fold:
+        its dedupe window read from the WAL's last ``dedupe_window`` offsets before its
+        ``next_offset``, as a change-topic restore reads it (a standby keeps no journal)."""
+        end = store.next_offset
+        start = max(low, end - self.config.limits.dedupe_window)
+        window = await self.read_window(partition, start, end)
+        block = (ENTRY.unpack_from(window)[0], encode_block(window, {})) if window else None
+        await asyncio.to_thread(store.promote, block)
 
     async def restore(
         self, partition: int, low: int, high: int, quarantined: list[str] | None = None

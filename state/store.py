@@ -77,6 +77,10 @@ NEXT_OFFSET_KEY = b"meta/next_offset"
 #: how many change records the fold of ``[0, next_offset)`` produced. Not in the digest (it
 #: numbers what is published, not state); a store written before it existed has none (0).
 CHANGE_SEQ_KEY = b"meta/change_seq"
+#: A standby copy's place in the change topic (``processors.standby``): the change-topic offset
+#: it reads on from. Present only while the store is a standby: it has no journal of its own
+#: (the dedupe window is read from the WAL when it is promoted: ``promote``).
+STANDBY_AT_KEY = b"meta/standby_at"
 #: Digest, stored records and stored documents (records that are not tombstones), as one value.
 SUMMARY_KEY = b"meta/summary"
 #: ``barrier offset (8) | checkpoint id`` of a barrier committed whose checkpoint is not made
@@ -95,6 +99,7 @@ HISTORY_FLOOR_KEY = b"meta/history_floor"
 #: ``floor (8) | index key``: where a trim that ran out of time stopped.
 HISTORY_TRIM_KEY = b"meta/history_trim"
 _OFFSET = struct.Struct("<q")
+_MAX_OFFSET = (1 << 63) - 1
 _SUMMARY = struct.Struct("<Qqq")
 _EXPIRES = struct.Struct(">q")
 _KEY_LEN = struct.Struct("<H")
@@ -188,6 +193,7 @@ class PartitionStore:
             raw = self._db.get(NEXT_OFFSET_KEY)
             summary = self._db.get(SUMMARY_KEY)
             seq = self._db.get(CHANGE_SEQ_KEY)
+            standby_at = self._db.get(STANDBY_AT_KEY)
         except Exception as exc:  # rocksdict raises plain Exception for corruption
             if hasattr(self, "_db"):
                 self._close_db()
@@ -207,6 +213,10 @@ class PartitionStore:
             self._close_db()
             raise StoreCorruptError(path, ValueError(f"change_seq of {len(seq)} bytes"))
         self._change_seq: int = 0 if seq is None else _OFFSET.unpack(seq)[0]
+        if standby_at is not None and len(standby_at) != _OFFSET.size:
+            self._close_db()
+            raise StoreCorruptError(path, ValueError(f"standby_at of {len(standby_at)} bytes"))
+        self._standby_at: int | None = None if standby_at is None else _OFFSET.unpack(standby_at)[0]
         self._cache: dict[bytes, ContextRecord] = {}
         #: Keys read and found absent since the last commit (bounded): the commit then knows
         #: they are new without looking them up again. Valid until the next write, and every
@@ -240,6 +250,28 @@ class PartitionStore:
     def change_seq(self) -> int:
         """The sequence number of the partition's next change (``CHANGE_SEQ_KEY``)."""
         return self._change_seq
+
+    @property
+    def standby_at(self) -> int | None:
+        """The change-topic offset a standby copy reads on from (``STANDBY_AT_KEY``); None
+        for a store that is not one."""
+        return self._standby_at
+
+    def promote(self, journal_block: tuple[int, bytes] | None) -> None:
+        """Makes a standby copy a store to fold: its journal (left from an earlier time it was
+        folded here, if any) replaced by ``journal_block`` (the dedupe window read from the
+        WAL), and the standby mark dropped, in one WriteBatch."""
+        batch = WriteBatch(raw_mode=True)
+        batch.delete_range(journal.block_key(0), journal.block_key(_MAX_OFFSET), self._journal_cf)
+        batch.delete_range(
+            TXRES_PREFIX + _EXPIRES.pack(0), TXRES_PREFIX + _EXPIRES.pack(_MAX_OFFSET)
+        )
+        if journal_block is not None:
+            batch.put(journal.block_key(journal_block[0]), journal_block[1], self._journal_cf)
+        batch.delete(STANDBY_AT_KEY)
+        self._db.write(batch)
+        self._standby_at = None
+        self._trimmed_below = 0
 
     def summary(self) -> Summary:
         """The digest and counts as of ``next_offset`` (O(1): kept by every commit)."""
@@ -304,6 +336,7 @@ class PartitionStore:
         txns: Mapping[bytes, bytes | None] | None = None,
         resolutions: Mapping[int, tuple[int, int, int, str]] | None = None,
         change_seq: int | None = None,
+        standby_at: int | None = None,
     ) -> None:
         """Writes ``records``, ``next_offset``, the round's journal block ``(first offset,
         block)``, the expiry index entries, the history index entries (``history_rows``:
@@ -315,7 +348,9 @@ class PartitionStore:
         round raised, counted in the digest too. ``txns``: tx id -> the state of a transaction
         prepared here (None: decided, deleted), counted in the digest; ``resolutions``:
         prepare offset -> how it was decided here (``resolution``), kept as long as the
-        journal."""
+        journal. ``change_seq``: the sequence number of the partition's next change
+        (``CHANGE_SEQ_KEY``); ``standby_at``: a standby copy's change-topic offset
+        (``STANDBY_AT_KEY``); None: unchanged."""
         batch = WriteBatch(raw_mode=True)
         cf, expiry_cf = self._cf, self._expiry_cf
         digest, count, documents = self._digest, self._records, self._documents
@@ -383,6 +418,8 @@ class PartitionStore:
         batch.put(NEXT_OFFSET_KEY, _OFFSET.pack(next_offset))
         if change_seq is not None and change_seq != self._change_seq:
             batch.put(CHANGE_SEQ_KEY, _OFFSET.pack(change_seq))
+        if standby_at is not None:
+            batch.put(STANDBY_AT_KEY, _OFFSET.pack(standby_at))
         if pending_checkpoint is not None:
             offset, checkpoint_id = pending_checkpoint
             batch.put(PENDING_CHECKPOINT_KEY, _OFFSET.pack(offset) + checkpoint_id.encode())
@@ -390,6 +427,8 @@ class PartitionStore:
         self._next_offset = next_offset
         if change_seq is not None:
             self._change_seq = change_seq
+        if standby_at is not None:
+            self._standby_at = standby_at
         self._digest, self._records, self._documents = digest, count, documents
         self._trimmed_below = max(self._trimmed_below, floor)
         self._history_from = history_from

@@ -34,6 +34,13 @@ def echo_status(status: dict[str, Any]) -> None:
             click.echo(f"{partition_line(part)}  opened from {part['opened_from']}"
                        + ("" if held is None else f"  HELD by an open transaction from "
                           f"offset {held} (lukhas transactions open)"))  # fmt: skip
+        for copy in p.get("standbys", []):
+            if "error" in copy:
+                click.echo(f"  standby   {copy['partition']:>3}  NOT BUILT: {copy['error']}")
+                continue
+            built = f"  built {copy['rebuilds']}x from changes" if copy.get("rebuilds") else ""
+            click.echo(f"  standby   {copy['partition']:>3}  next_offset={copy['next_offset']:<10} "
+                       f"lag={copy['lag_records']} change records{built}")  # fmt: skip
 
 
 def partition_line(p: dict[str, Any]) -> str:

@@ -96,6 +96,11 @@ def _api_url(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
                    "(at least once: one idempotent producer; a paused worker's last round can "
                    "still reach the change topic after its partition moved) "
                    "[env LUKHAS_EXACTLY_ONCE=1|0].")  # fmt: skip
+@click.option("--standby-replicas", type=click.IntRange(0, 8), default=0, show_default=True,
+              envvar="LUKHAS_STANDBY_REPLICAS",
+              help="Warm copies the group keeps of each partition on other workers, following "
+                   "the change topic; a partition whose worker dies moves to its caught-up "
+                   "copy [env LUKHAS_STANDBY_REPLICAS].")  # fmt: skip
 @handle_errors
 def worker(**flags: Any) -> None:
     """Run one processor worker in the foreground (SIGTERM stops it cleanly)."""

@@ -78,5 +78,6 @@ class Processor:
             if served is not None:
                 status["digest"] = served.get("digest")
                 status["partitions"] = served.get("partitions", [])
+                status["standbys"] = served.get("standbys", [])
             out.append(status)
         return out

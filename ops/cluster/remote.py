@@ -60,4 +60,5 @@ def _worker(api: str, member: str | None) -> dict[str, Any]:
     if served is not None:
         status["digest"] = served.get("digest")
         status["partitions"] = served.get("partitions", [])
+        status["standbys"] = served.get("standbys", [])
     return status
