@@ -38,14 +38,16 @@ pytestmark = pytest.mark.timeout(420)
 SESSION_S = 6  # the broker's smallest session timeout
 
 
-def _worker(cluster: Any, topics: Any, tmp_path: Path, name: str) -> WorkerProcess:
+def _worker(
+    cluster: Any, topics: Any, tmp_path: Path, name: str, standbys: int = 0
+) -> WorkerProcess:
     port = free_port()
     argv = [
         sys.executable, "-m", "lukhas_context.ops", "worker",
         "--bootstrap", cluster.bootstrap, "--state-dir", str(tmp_path / name),
         "--topic-prefix", topics.prefix, "--group", f"{topics.prefix}-group",
         "--api-port", str(port), "--session-timeout", str(SESSION_S),
-        "--expiry-interval", "0.2", "--exactly-once",
+        "--expiry-interval", "0.2", "--exactly-once", "--standby-replicas", str(standbys),
     ]  # fmt: skip
     return WorkerProcess(argv, tmp_path / f"{name}.log", f"http://127.0.0.1:{port}")
 
@@ -140,10 +142,16 @@ async def _until(check: Any, what: str, timeout: float = 90) -> None:
         await asyncio.sleep(0.2)
 
 
+@pytest.mark.parametrize(
+    ("standbys", "w3_leaves"), [(0, "terminate"), (1, "kill -9")], ids=["plain", "standbys"]
+)
 async def test_rebalances_with_a_zombie_apply_everything_once(
-    cluster: Any, topics: Any, tmp_path: Path
+    cluster: Any, topics: Any, tmp_path: Path, standbys: int, w3_leaves: str
 ) -> None:
-    workers = {n: _worker(cluster, topics, tmp_path, n) for n in ("w1", "w2", "w3")}
+    """``standbys``: the workers keep a standby copy of each partition (``--standby-
+    replicas 1``), and w3 is killed (-9) instead of stopped: its partitions move once its
+    session times out, to the copies."""
+    workers = {n: _worker(cluster, topics, tmp_path, n, standbys) for n in ("w1", "w2", "w3")}
     config = ClientConfig(cluster.bootstrap, ",".join(w.url for w in workers.values()), topics)
     acked: Counter[str] = Counter()
     last: dict[str, Any] = {}
@@ -186,7 +194,10 @@ async def test_rebalances_with_a_zombie_apply_everything_once(
             os.kill(w2.proc.pid, signal.SIGCONT)  # a zombie until it learns it was evicted
             # Awake, it rejoins the group and is given partitions again.
             await _until(lambda: bool(_serves(w2)), "the zombie rejoined with partitions")
-            assert w3.terminate() == 0
+            if w3_leaves == "kill -9":
+                w3.kill9()
+            else:
+                assert w3.terminate() == 0
             await _until(
                 lambda: w3.url not in _owners(w1).values() and set(_owners(w1)) == everything,
                 "w3's partitions moved after it left",
@@ -255,6 +266,8 @@ async def test_rebalances_with_a_zombie_apply_everything_once(
                 replay, s["partition"], From.SCRATCH, progress=False, until=s["next_offset"]
             )
             assert report.restore.digest == s["digest"], s
+        if standbys:  # w2's partitions moved to w1 last, where it kept copies of them
+            assert any(s["opened_from"] == "standby" for s in served), served
         assert w1.terminate() == 0
     finally:
         for w in workers.values():
