@@ -12,10 +12,13 @@ load, then the time until each partition it served answers a read-your-write aga
    succeeds: that partition's failover time. The group moves a dead member's partitions only
    after its session timeout, which bounds every time from below.
 
-Prints one row per moved partition (time, and how the survivor opened it: from the change
-topic, a checkpoint, or a replay), the median and max; writes
-``benchmarks/results/failover_local.json``. Standby replicas (issue 14), once built, are
-measured by the same script. Bounded: a timeout on every wait, the writer's rate and count.
+Run once without standby replicas and once with ``--standby-replicas 1`` (each on fresh
+topics; ``--standbys 0,1``): with them each worker keeps a copy of the other's partitions,
+waited for until caught up before the kill. Prints one row per moved partition (time, and
+how the survivor opened it: from the change topic, a checkpoint, a replay or its standby
+copy), the median and max of each run and their ratio; writes
+``benchmarks/results/failover_local.json``. Bounded: a timeout on every wait, the writer's
+rate and count.
 """
 
 from __future__ import annotations
@@ -107,15 +110,27 @@ async def _failover(client: ContextClient, name: str, killed: float, timeout: fl
             await asyncio.sleep(0.05)
 
 
-async def run(bootstrap: str, args: argparse.Namespace) -> dict[str, Any]:
-    say = progress("failover_local")
+def _standbys_caught_up(urls: list[str], partitions: int) -> bool:
+    """Every partition has a standby copy somewhere, none behind."""
+    copies = []
+    for url in urls:
+        with contextlib.suppress(OSError, ValueError):
+            copies += _get_json(f"{url}/v1/partitions").get("standbys", [])
+    return len(copies) == partitions and all(c.get("lag_records") == 0 for c in copies)
+
+
+async def run(bootstrap: str, args: argparse.Namespace, standbys: int) -> dict[str, Any]:
+    say = progress(f"failover_local standbys={standbys}")
     topics = Topics(f"fo{uuid.uuid4().hex[:8]}")
     await ensure_topics(bootstrap, topics.specs(args.partitions))
     say(f"appending {args.contexts:,} puts")
     await send_partitions(
         bootstrap, topics.events, encoded_puts(args.contexts, args.partitions, lambda i: f"ctx-{i}")
     )
-    extra = ("--session-timeout", str(args.session_timeout), "--expiry-interval", "5")
+    extra = (
+        "--session-timeout", str(args.session_timeout), "--expiry-interval", "5",
+        "--standby-replicas", str(standbys),
+    )  # fmt: skip
     with scratch_dir("lukhas-failover-") as scratch:
         workers = {}
         for name in ("a", "b"):
@@ -135,6 +150,12 @@ async def run(bootstrap: str, args: argparse.Namespace) -> dict[str, Any]:
                 )
 
             await _until(folded, "both workers serve half the partitions, folded", args.timeout)
+            if standbys:
+                say("waiting for the standby copies to catch up")
+                await _until(
+                    lambda: _standbys_caught_up(urls, args.partitions),
+                    "every partition has a caught-up standby", args.timeout,
+                )  # fmt: skip
             config = ClientConfig(bootstrap, ",".join(urls), topics, timeout_s=10)
             async with ContextClient(config) as client:
                 await client.wait_checkpoint(await client.checkpoint("before-kill"), timeout=120)
@@ -170,7 +191,7 @@ async def run(bootstrap: str, args: argparse.Namespace) -> dict[str, Any]:
     ]  # fmt: skip
     return {
         "contexts": args.contexts, "partitions": args.partitions,
-        "session_timeout_s": args.session_timeout, "standbys": 0, "moved": rows,
+        "session_timeout_s": args.session_timeout, "standbys": standbys, "moved": rows,
         "median_s": round(statistics.median(times), 3), "max_s": round(max(times), 3),
         "load_puts_acked": acked,
     }  # fmt: skip
@@ -183,20 +204,41 @@ def main() -> None:
     parser.add_argument("--session-timeout", type=float, default=6.0)
     parser.add_argument("--rate", type=float, default=200.0, help="puts per second meanwhile")
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument(
+        "--standbys",
+        default="0,1",
+        help="standby replicas of each run, comma-separated (default 0,1)",
+    )
     args = parser.parse_args()
     if args.partitions % 2:
         parser.error("--partitions must be even (two workers split them)")
+    try:
+        runs = [int(n) for n in args.standbys.split(",")]
+    except ValueError:
+        parser.error(f"--standbys takes numbers like 0,1, not {args.standbys!r}")
+    if any(not 0 <= n <= 1 for n in runs):
+        parser.error("--standbys: 0 or 1 (two workers: one copy of each partition at most)")
+    results = []
     with bootstrap_servers() as bootstrap:
-        result = asyncio.run(run(bootstrap, args))
-    rows = [
-        ("state", f"{args.contexts:,} contexts, {args.partitions} partitions, 2 workers, "
-                  f"session timeout {args.session_timeout:g} s, no standbys"),
-        *((f"partition {r['partition']}", f"{r['failover_s']:.2f} s (opened from "
-           f"{r['opened_from']} in {r['restore_s']} s)") for r in result["moved"]),
-        ("median / max", f"{result['median_s']:.2f} s / {result['max_s']:.2f} s"),
-    ]  # fmt: skip
-    print_rows(rows, 16)
-    write_result("failover_local", result)
+        for standbys in runs:
+            results.append(asyncio.run(run(bootstrap, args, standbys)))
+    rows = [("state", f"{args.contexts:,} contexts, {args.partitions} partitions, 2 workers, "
+                      f"session timeout {args.session_timeout:g} s")]  # fmt: skip
+    for result in results:
+        label = f"standbys={result['standbys']}"
+        rows += [
+            *((f"{label} p{r['partition']}", f"{r['failover_s']:.2f} s (opened from "
+               f"{r['opened_from']} in {r['restore_s']} s)") for r in result["moved"]),
+            (f"{label} median/max", f"{result['median_s']:.2f} s / {result['max_s']:.2f} s"),
+        ]  # fmt: skip
+    by = {r["standbys"]: r for r in results}
+    if 0 in by and 1 in by:
+        rows.append(("with / without", f"median {by[1]['median_s'] / by[0]['median_s']:.1%}, "
+                                       f"max {by[1]['max_s'] / by[0]['max_s']:.1%}"))  # fmt: skip
+        over = [by[n]["median_s"] - args.session_timeout for n in (1, 0)]
+        rows.append(("past session timeout", f"median {over[0]:.2f} s vs {over[1]:.2f} s"))
+    print_rows(rows, 22)
+    write_result("failover_local", {"runs": results})
 
 
 if __name__ == "__main__":

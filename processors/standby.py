@@ -129,6 +129,7 @@ class StandbyCopy:
         return {
             "partition": self.partition,
             "next_offset": self.store.next_offset,
+            "digest": self.store.summary().digest_hex,
             "change_offset": self.position,
             "lag_records": self.lag,
             "rebuilds": self.rebuilds,

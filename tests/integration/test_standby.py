@@ -62,6 +62,16 @@ def _served(url: str) -> dict[str, Any]:
     return _get(f"{url}/v1/partitions")[2]
 
 
+def _caught_up(urls: list[str]) -> bool:
+    """Every partition has a copy, none behind, each with its owner's digest."""
+    served = [_served(u) for u in urls]
+    owners = {s["partition"]: s["digest"] for x in served for s in x["partitions"]}
+    copies = [c for x in served for c in x["standbys"]]
+    return len(copies) == PARTITIONS and all(
+        c.get("lag_records") == 0 and c.get("digest") == owners.get(c["partition"]) for c in copies
+    )
+
+
 async def test_standbys_follow_serve_stale_reads_and_take_over_after_kill_9(
     cluster: Any, topics: Any, tmp_path: Path
 ) -> None:
@@ -102,17 +112,9 @@ async def test_standbys_follow_serve_stale_reads_and_take_over_after_kill_9(
             ttl = await client.put("sb-expiring", {"short": True}, ttl=1)
             await client.get("sb-expiring", after=ttl, timeout=30)
 
-        # The copies catch up: same next_offset as the owner's store, lag 0.
-        def caught_up() -> bool:
-            owners = {s["partition"]: s["next_offset"] for u in (a.url, b.url)
-                      for s in _served(u)["partitions"]}  # fmt: skip
-            copies = [c for u in (a.url, b.url) for c in _served(u)["standbys"]]
-            return len(copies) == PARTITIONS and all(
-                c.get("lag_records") == 0 and c["next_offset"] >= owners[c["partition"]] - 1
-                for c in copies
-            )
-
-        await _until("standbys caught up", caught_up)
+        # The copies catch up: lag 0, and the owner's digest (the same records, fences and
+        # transactions).
+        await _until("standbys caught up", lambda: _caught_up([a.url, b.url]))
 
         # A stale read answered by the copy: A holds a copy of B's partitions.
         count = PARTITIONS
@@ -175,6 +177,65 @@ async def test_standbys_follow_serve_stale_reads_and_take_over_after_kill_9(
             )
             assert report.restore.digest == s["digest"], s
         assert a.terminate() == 0
+    finally:
+        for w in (a, b):
+            if w.proc is not None and w.proc.poll() is None:
+                w.proc.kill()
+                w.proc.wait()
+
+
+async def test_a_copy_that_fails_verification_is_rebuilt_never_promoted(
+    cluster: Any, topics: Any, tmp_path: Path
+) -> None:
+    """A's copies of B's partitions are damaged while A is down (their kept digest no longer
+    matches their records). When A comes back, each is quarantined on opening, whether the
+    group gives it to A to fold or to keep a copy of, and built again from the change topic:
+    the copies end with the owner's digests, and the folded partitions equal a replay."""
+    from rocksdict import Options, Rdict
+
+    from lukhas_context.state.store import FAMILIES, SUMMARY_KEY
+
+    a = _worker(cluster, topics, tmp_path, "a")
+    b = _worker(cluster, topics, tmp_path, "b")
+    try:
+        a.start()
+        await asyncio.to_thread(a.wait_healthy)
+        b.start()
+        await asyncio.to_thread(b.wait_healthy)
+        config = ClientConfig(cluster.bootstrap, f"{a.url},{b.url}", topics)
+        names = [f"vf-{i}" for i in range(40)]
+        async with ContextClient(config) as client:
+            receipts = {n: await client.put(n, {"n": n}) for n in names}
+            for n in names:
+                await client.get(n, after=receipts[n], timeout=30)
+        await _until("standbys caught up", lambda: _caught_up([a.url, b.url]))
+        copies = [c["partition"] for c in _served(a.url)["standbys"]]
+        assert copies
+        assert a.terminate() == 0
+        for p in copies:
+            path = tmp_path / "a" / f"partition-{p}"
+            families = {name: Options(raw_mode=True) for name in FAMILIES}
+            db = Rdict(str(path), Options(raw_mode=True), column_families=families)
+            try:
+                kept = bytearray(db[SUMMARY_KEY])
+                kept[0] ^= 0xFF  # the digest no longer matches the records
+                db[SUMMARY_KEY] = bytes(kept)
+            finally:
+                db.close()
+        a.start()
+        await asyncio.to_thread(a.wait_healthy)
+        await _until("standbys caught up again", lambda: _caught_up([a.url, b.url]), 120)
+        quarantined = sorted((tmp_path / "a" / "quarantine").iterdir())
+        assert len(quarantined) == len(copies), quarantined
+        for s in _served(a.url)["partitions"]:
+            assert s["opened_from"] != "standby", s  # a damaged copy is never promoted
+        replay = WorkerConfig(cluster.bootstrap, tmp_path / "replay", topics=topics)
+        for url in (a.url, b.url):
+            for s in _served(url)["partitions"]:
+                report = await restore_offline(
+                    replay, s["partition"], From.SCRATCH, progress=False, until=s["next_offset"]
+                )
+                assert report.restore.digest == s["digest"], s
     finally:
         for w in (a, b):
             if w.proc is not None and w.proc.poll() is None:
