@@ -69,6 +69,8 @@ log = logging.getLogger(__name__)
 FETCH_MS = 200
 #: How soon a copy that could not be built is tried again.
 RETRY_S = 10.0
+#: How often the change topic's end offsets are asked for (the lag).
+MEASURE_S = 1.0
 
 
 @dataclass(slots=True)
@@ -160,6 +162,7 @@ class StandbyManager:
         self._task: asyncio.Task[None] | None = None
         self._codec = ChangeCodec()
         self._changed = asyncio.Event()
+        self._next_measure = 0.0
 
     # ---- lifecycle ----
 
@@ -385,6 +388,8 @@ class StandbyManager:
         try:
             if isinstance(key, bytes) and key.startswith(TX_STATE_PREFIX):
                 tx_id, offset, state = read_state_record(key, m.value)
+                if offset < copy.store.next_offset:
+                    return None  # a state without a number, older than the copy
                 what.txns[tx_id] = state
                 return offset, what
             if is_fence_key(key):
@@ -423,8 +428,10 @@ class StandbyManager:
 
     async def _measure(self, consumer: AIOKafkaConsumer) -> None:
         tps = [TopicPartition(self.topic, p) for p in self.copies]
-        if not tps:
+        now = time.monotonic()
+        if not tps or now < self._next_measure:
             return
+        self._next_measure = now + MEASURE_S
         ends = await consumer.end_offsets(tps)
         for tp in tps:
             copy = self.copies.get(tp.partition)
