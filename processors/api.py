@@ -528,7 +528,9 @@ class ReadApi:
         if record is None or not record.is_live(self.m.clock.earliest_ms()):
             answer = _error(404, f"context {context_id!r} not found (standby copy)")
         else:
-            answer = _context_answer(context_id, record, partition, standby=True)
+            answer = _context_answer(
+                context_id, record, partition, standby_position=f"{partition}:{copy.next_offset}"
+            )
         answer.headers.update(headers)
         return answer
 

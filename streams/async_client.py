@@ -233,14 +233,22 @@ class ContextClient:
     # ---- reads ----
 
     async def get(
-        self, context_id: str, after: Receipt | str | None = None, timeout: float = 5.0
-    ) -> Context:
+        self, context_id: str, after: Receipt | str | None = None, timeout: float = 5.0,
+        *, allow_stale: bool = False, max_lag: int | None = None,
+    ) -> Context:  # fmt: skip
         """Reads a context from the read API; with ``after``, first waits (at most ``timeout``
         seconds) until that WAL position is folded. ``ContextNotFoundError`` when it does not
         exist, ``NotAppliedYetError`` when the wait times out, ``ChecksumMismatchError`` when
         the document does not match its checksum (it is never returned then);
-        ``NoSuchPositionError`` when ``after`` names a position the WAL does not have."""
-        ctx, canonical = await self._reader.context(context_id, after, timeout)
+        ``NoSuchPositionError`` when ``after`` names a position the WAL does not have.
+
+        ``allow_stale=True`` (any lag) or ``max_lag=N`` (at most N change records behind):
+        a worker keeping a standby copy of the partition (``--standby-replicas``) may answer,
+        from the copy; ``Context.standby_position`` then says which WAL prefix it holds. Not
+        with ``after``."""
+        ctx, canonical = await self._reader.context(
+            context_id, after, timeout, allow_stale, max_lag
+        )
         self._deltas.remember(context_id, ctx.version, canonical)
         return ctx
 

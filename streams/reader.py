@@ -44,12 +44,23 @@ class Reader:
         self._router = router
 
     async def context(
-        self, context_id: str, after: Receipt | str | None, timeout: float
-    ) -> tuple[Context, bytes]:
+        self, context_id: str, after: Receipt | str | None, timeout: float,
+        allow_stale: bool = False, max_lag: int | None = None,
+    ) -> tuple[Context, bytes]:  # fmt: skip
         """A context and its canonical JSON (see ``ContextClient.get``)."""
         context_key(context_id)
         check_wait(timeout)
         params = {}
+        stale = allow_stale or max_lag is not None
+        if stale:
+            if after is not None:
+                raise ValidationError(
+                    "a stale read (allow_stale, max_lag) cannot wait for a receipt: a standby "
+                    "copy may not have it; read without them to see your own write"
+                )
+            if max_lag is not None and not (type(max_lag) is int and 0 <= max_lag <= MAX_OFFSET):
+                raise ValidationError(f"max_lag must be an integer in [0, {MAX_OFFSET}]")
+            params = {"max_lag": str(max_lag)} if max_lag is not None else {"allow_stale": "1"}
         partition = await self._router.partition_of(context_id)
         if after is not None:
             position = after.position if isinstance(after, Receipt) else after
@@ -71,7 +82,9 @@ class Reader:
                 params["min_offset"] = position
                 params["timeout"] = str(timeout)
         path = f"/v1/contexts/{quote(context_id, safe='')}"
-        status, body = await self._router.request("GET", path, params, timeout, partition=partition)
+        status, body = await self._router.request(
+            "GET", path, params, timeout, partition=partition, stale=stale
+        )
         ctx = _context_from(status, body, context_id)
         canonical = orjson.dumps(ctx.doc, option=orjson.OPT_SORT_KEYS)
         expected = xxhash.xxh3_64_hexdigest(canonical)
@@ -198,4 +211,5 @@ def _context_from(status: int, body: bytes, context_id: str) -> Context:
         data["offset"],
         data["partition"],
         data.get("expires_at_ms"),
+        data.get("standby_position"),
     )

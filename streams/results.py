@@ -106,6 +106,10 @@ class Context:
     offset: int
     partition: int
     expires_at_ms: int | None = None
+    #: ``"P:NEXT_OFFSET"`` when a standby copy answered (a read that accepted staleness:
+    #: ``get(..., allow_stale=True)`` or ``max_lag=``): the WAL prefix it holds. None when
+    #: the partition's owner answered.
+    standby_position: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

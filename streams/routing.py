@@ -38,6 +38,8 @@ class Router:
         #: learned from the workers: partition -> URL of the worker serving it.
         self._seeds = [u.strip() for u in (api_url or "").split(",") if u.strip()]
         self._routes: dict[int, str] = {}
+        #: partition -> URLs of the workers keeping a standby copy of it (stale reads).
+        self._standbys: dict[int, list[str]] = {}
         self.partition_count = 0
         self._count_asked_at: float | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -60,19 +62,23 @@ class Router:
         timeout: float,
         body: bytes = b"",
         partition: int | None = None,
+        stale: bool = False,
     ) -> tuple[int, bytes]:
         """One read API request, sent to the worker that serves ``partition`` when the
         routing table knows it (else to a configured worker, which forwards it). A worker
         that is gone, or answers 421 (the partition moved), makes the client refresh the
         table and try again, until ``timeout`` (plus 5 s) has passed; but when no worker
-        can be connected to at all (every configured URL refused), it fails at once."""
+        can be connected to at all (every configured URL refused), it fails at once.
+        ``stale``: the request accepts a standby's answer: sent first to a worker keeping a
+        copy of ``partition``, when the table names one."""
         if not self._seeds:
             raise ReadError("no api_url configured: reads need a worker's read API")
         check_wait(timeout)
         deadline = time.monotonic() + timeout + 5
+        copies = list(self._standbys.get(partition, ())) if stale and partition is not None else []
         while True:
             routed = self._routes.get(partition) if partition is not None else None
-            base = routed or self._seeds[0]
+            base = copies.pop(0) if copies else routed or self._seeds[0]
             left = max(0.0, deadline - 5 - time.monotonic())
             if "timeout" in params:  # a retry waits no longer than the time left
                 params = {**params, "timeout": f"{left:.3f}"}
@@ -137,12 +143,17 @@ class Router:
                 data = orjson.loads(answer)
                 routes = {int(p): str(url) for p, url in data["owners"].items()}
                 count = int(data["partition_count"])
+                standbys: dict[int, list[str]] = {}
+                for member in data.get("members") or ():
+                    for p in member.get("standbys") or ():
+                        standbys.setdefault(int(p), []).append(str(member["api"]))
             except ReadError as exc:
                 reachable = reachable or not _refused(exc)
                 continue  # gone: ask the next
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # not a worker's answer: ask the next
             self._routes = routes
+            self._standbys = standbys
             self.partition_count = count or self.partition_count
             return True
         return reachable

@@ -55,9 +55,12 @@ class SyncContextClient:
         return self._call(receipt.outcome(timeout))
 
     def get(
-        self, context_id: str, after: Receipt | str | None = None, timeout: float = 5.0
-    ) -> Context:
-        return self._call(self._client.get(context_id, after, timeout))
+        self, context_id: str, after: Receipt | str | None = None, timeout: float = 5.0,
+        *, allow_stale: bool = False, max_lag: int | None = None,
+    ) -> Context:  # fmt: skip
+        return self._call(
+            self._client.get(context_id, after, timeout, allow_stale=allow_stale, max_lag=max_lag)
+        )
 
     def history(
         self, context_id: str, after: int | None = None, limit: int = 1000, timeout: float = 5.0

@@ -21,6 +21,7 @@ import pytest
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.offline import From, restore_offline
 from lukhas_context.streams.client import ClientConfig, ContextClient
+from lukhas_context.streams.exceptions import ValidationError
 from lukhas_context.streams.topics import partition_for
 
 from .conftest import PARTITIONS, WorkerProcess, free_port
@@ -125,21 +126,34 @@ async def test_standbys_follow_serve_stale_reads_and_take_over_after_kill_9(
                 _get, f"{a.url}/v1/contexts/{n}?allow_stale=1"
             )
             assert status == 200 and body["doc"] == {"round": 2, "n": n}, body
-            assert body["standby"] is True and body["version"] == 3
+            assert body["standby_position"] == headers["X-Lukhas-Standby-Position"]
+            assert body["version"] == 3
             p, offset = headers["X-Lukhas-Standby-Position"].split(":")
             assert int(p) == partition_for(n.encode(), count) and int(offset) > 0
             assert headers["X-Lukhas-Standby-Lag"] == "0"
             status, headers, body = await asyncio.to_thread(
                 _get, f"{a.url}/v1/contexts/{n}?max_lag=0"
             )
-            assert status == 200 and body["standby"] is True
+            assert status == 200 and "standby_position" in body
             # Without allow_stale, the owner answers (forwarded), not the copy.
             status, headers, body = await asyncio.to_thread(_get, f"{a.url}/v1/contexts/{n}")
-            assert status == 200 and "standby" not in body
+            assert status == 200 and "standby_position" not in body
         for bad in ("allow_stale=yes", "max_lag=-1", "allow_stale=0&max_lag=3",
                     "allow_stale=1&min_offset=0:0"):  # fmt: skip
             status, _, body = await asyncio.to_thread(_get, f"{a.url}/v1/contexts/{on_b[0]}?{bad}")
             assert status == 400, (bad, body)
+        # The client sends a stale read to a worker with a copy (from the members table).
+        async with ContextClient(config) as client:
+            for n in on_b[:5]:
+                ctx = await client.get(n, allow_stale=True)
+                assert ctx.doc == {"round": 2, "n": n} and ctx.standby_position is not None
+                assert ctx.standby_position.startswith(f"{partition_for(n.encode(), count)}:")
+                assert (await client.get(n, max_lag=0)).standby_position is not None
+                assert (await client.get(n)).standby_position is None  # the owner's answer
+            with pytest.raises(ValidationError, match="cannot wait for a receipt"):
+                await client.get(on_b[0], after=receipts[on_b[0]], allow_stale=True)
+            with pytest.raises(ValidationError, match="max_lag"):
+                await client.get(on_b[0], max_lag=-1)
         metrics = await asyncio.to_thread(
             lambda: urllib.request.urlopen(f"{a.url}/metrics", timeout=10).read().decode()
         )
