@@ -246,13 +246,17 @@ class Watcher:
                 return found
         raise TimeoutError(f"probe of {self.topic}[{partition}] {first}..{end}")
 
-    def _numbered_next(self, m: Any) -> bool:
-        """True when ``m`` is numbered right after the record read before it in its partition
-        (``SEQ_HEADER``): the offsets between held no change, only transaction markers or
-        aborted records."""
+    def _explained(self, m: Any, expected: int) -> bool:
+        """True when the offsets between the record read before ``m`` in its partition and
+        ``m`` held no change: ``m`` is numbered right after it (``SEQ_HEADER``: transaction
+        markers, aborted records), or the hole is the one offset after the last change of a
+        transaction (``txend``: its commit marker)."""
         prev = self._prev.get(m.partition)
         if prev is None:
             return False
+        if m.offset == expected + 1 and prev.offset + 1 == expected and prev.headers:
+            if _ends_transaction(prev.headers):
+                return True
         before = seq_of(prev.headers)
         return before is not None and seq_of(m.headers) == before + 1
 
@@ -354,10 +358,11 @@ class Watcher:
             while self._buffer:
                 m = self._buffer[-1]
                 expected = self._pos[3 * m.partition + 1]
-                if m.offset > expected and (
-                    self._numbered_next(m)
-                    or await self._aborted_only(m.partition, expected, m.offset)
-                ):  # markers, or a zombie's aborted round: no gap
+                if (
+                    m.offset > expected
+                    and not self._explained(m, expected)
+                    and await self._aborted_only(m.partition, expected, m.offset)
+                ):  # a zombie's aborted round: no gap
                     self._pos[3 * m.partition + 1] = m.offset
                 item = self._take(self._buffer.pop())
                 if item is not None:
@@ -401,15 +406,21 @@ class Watcher:
         offset = m.offset
         if offset < expected:
             return None  # fetched before a seek
-        if offset > expected:  # offsets only go missing when the log cleaner or retention
-            # removed them (transaction markers and a zombie's aborted rounds were passed over
-            # by ``__anext__``, by the records' ``seq``): report, then read this record next
+        if offset > expected:
             pos[i] = offset
-            self._buffer.append(m)
-            return self._gap(m.partition, expected, offset, "compacted or deleted")
-        # The last change of a Kafka transaction: its commit marker takes the next offset,
-        # which a read_committed consumer never gets.
-        pos[i] = offset + 2 if m.headers and _ends_transaction(m.headers) else offset + 1
+            if self._explained(m, expected):
+                pass  # transaction markers, a zombie's aborted round: nothing lost
+            else:  # removed by the log cleaner or retention: report, then read this one next
+                self._buffer.append(m)
+                prev = self._prev.get(m.partition)
+                if prev is not None and prev.offset + 1 == expected and prev.headers:
+                    if _ends_transaction(prev.headers):
+                        expected += 1  # the commit marker's offset held no change
+                return self._gap(m.partition, expected, offset, "compacted or deleted")
+        # Always the next offset, even after the last change of a transaction (whose commit
+        # marker takes it, never read): a record there was not written in a transaction
+        # (a copy, a forgery), and is read like any other, never skipped unseen.
+        pos[i] = offset + 1
         self._prev[m.partition] = m
         key = m.key or b""
         if key[:1] == b"\xfe":  # a transaction's state (processors.twophase): not a change

@@ -470,8 +470,24 @@ async def test_a_transactions_commit_marker_is_no_gap(make_watcher: MakeWatcher)
     assert kinds == ["Change"] * 5 + ["Gap", "Change"], items
     gap = items[5]
     assert isinstance(gap, Gap) and (gap.first_offset, gap.end_offset) == (8, 10)
-    assert positions_of(items[1].token) == {0: (3, 11)}  # past the marker
-    assert positions_of(items[4].token) == {0: (8, 14)}
+    # At the marker: reading from there skips it (read committed), and the hole after the
+    # last change read before (the token's record) is that marker.
+    assert positions_of(items[1].token) == {0: (2, 11)}
+    assert positions_of(items[4].token) == {0: (7, 14)}
+
+
+async def test_a_record_at_a_marker_offset_is_read_never_skipped(
+    make_watcher: MakeWatcher,
+) -> None:
+    """The offset after a change marked ``txend`` is the commit marker only when the change
+    was written in a transaction: a copy of it written without one (republished by hand, or
+    forged) is followed by a real record there, which is read like any other."""
+    w = make_watcher()
+    items = drain(w, [ends_tx(put("a", 0, 10)), put("b", 1, 11), ends_tx(put("c", 2, 12)),
+                      put("d", 4, 13)])  # fmt: skip
+    assert [(type(i).__name__, getattr(i, "context_id", None)) for i in items] == [
+        ("Change", "a"), ("Change", "b"), ("Change", "c"), ("Change", "d"),
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
