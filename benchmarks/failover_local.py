@@ -133,13 +133,24 @@ async def run(bootstrap: str, args: argparse.Namespace, standbys: int) -> dict[s
     )  # fmt: skip
     with scratch_dir("lukhas-failover-") as scratch:
         workers = {}
-        for name in ("a", "b"):
-            (scratch / name).mkdir()
-            workers[name] = spawn_worker(
-                bootstrap, topics, scratch / name / "state", scratch / name / "worker.log", extra
-            )
-        urls = [url for _, url in workers.values()]
+        urls: list[str] = []
         try:
+            # a first, alone: it folds every partition; then b joins and restores its half.
+            # The one killed is a, so b has never folded the partitions that move to it: it
+            # has no store of them but its standby copy (when there are standbys).
+            for name in ("a", "b"):
+                (scratch / name).mkdir()
+                workers[name] = spawn_worker(
+                    bootstrap, topics, scratch / name / "state", scratch / name / "worker.log",
+                    extra,
+                )  # fmt: skip
+                urls.append(workers[name][1])
+                if name == "a":
+                    say("waiting for a to fold everything")
+                    await _until(
+                        lambda: sum(s["documents"] for s in _partitions(urls[0]).values())
+                        >= args.contexts, "a folded everything", args.timeout,
+                    )  # fmt: skip
             say("waiting for both workers to fold everything")
 
             def folded() -> bool:
@@ -159,10 +170,8 @@ async def run(bootstrap: str, args: argparse.Namespace, standbys: int) -> dict[s
             config = ClientConfig(bootstrap, ",".join(urls), topics, timeout_s=10)
             async with ContextClient(config) as client:
                 await client.wait_checkpoint(await client.checkpoint("before-kill"), timeout=120)
-                victim_name, (victim, victim_url) = next(
-                    (n, w) for n, w in workers.items() if 0 in _partitions(w[1])
-                )
-                survivor_url = next(u for u in urls if u != victim_url)
+                victim_name, (victim, victim_url) = "a", workers["a"]
+                survivor_url = workers["b"][1]
                 moved = sorted(_partitions(victim_url))
                 names = _one_per_partition(args.partitions, "fo:")
                 for p in moved:  # each answers before the kill

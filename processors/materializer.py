@@ -163,6 +163,9 @@ class Materializer:
             group_id=cfg.group_id,
             group_instance_id=cfg.instance_id,
             session_timeout_ms=cfg.session_timeout_ms,
+            # A fifth of the session (aiokafka's default is 3 s): a worker learns of a
+            # rebalance, e.g. a dead member's partitions coming to it, sooner.
+            heartbeat_interval_ms=max(200, min(3000, cfg.session_timeout_ms // 5)),
             # The store says where to start; a position the log no longer has is an error.
             auto_offset_reset="none",
             fetch_max_bytes=16 * 1024 * 1024,

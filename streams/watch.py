@@ -254,9 +254,12 @@ class Watcher:
         prev = self._prev.get(m.partition)
         if prev is None:
             return False
-        if m.offset == expected + 1 and prev.offset + 1 == expected and prev.headers:
-            if _ends_transaction(prev.headers):
-                return True
+        if (
+            m.offset == expected + 1
+            and prev.offset + 1 == expected
+            and _ends_transaction(prev.headers or ())
+        ):
+            return True
         before = seq_of(prev.headers)
         return before is not None and seq_of(m.headers) == before + 1
 
@@ -413,9 +416,9 @@ class Watcher:
             else:  # removed by the log cleaner or retention: report, then read this one next
                 self._buffer.append(m)
                 prev = self._prev.get(m.partition)
-                if prev is not None and prev.offset + 1 == expected and prev.headers:
-                    if _ends_transaction(prev.headers):
-                        expected += 1  # the commit marker's offset held no change
+                if (prev is not None and prev.offset + 1 == expected
+                        and _ends_transaction(prev.headers or ())):  # fmt: skip
+                    expected += 1  # the commit marker's offset held no change
                 return self._gap(m.partition, expected, offset, "compacted or deleted")
         # Always the next offset, even after the last change of a transaction (whose commit
         # marker takes it, never read): a record there was not written in a transaction
