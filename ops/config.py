@@ -156,7 +156,7 @@ class WorkerFlags:
     schema_dir: Path | None
     prune_interval: float | None
     dedupe_window: int | None
-    exactly_once: bool = True
+    exactly_once: bool = False
     standby_replicas: int = 0
 
 

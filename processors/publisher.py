@@ -8,7 +8,7 @@ change partition carries its sequence number there (header ``seq``, counted by t
 ``PartitionRound.first_seq``), by which a subscriber tells a hole of transaction markers from
 lost changes (``streams.watch``).
 
-**Exactly once** (``WorkerConfig.exactly_once``, the default): each partition has a
+**Exactly once** (``WorkerConfig.exactly_once``, opt-in for now): each partition has a
 transactional producer of its own, ``transactional.id`` = ``<group>.changes.<partition>``
 (Kafka Streams' exactly-once with a producer per task). A round's changes, dead letters and
 WAL appends (votes and decisions of transactions) go out in one Kafka transaction, with the
@@ -21,7 +21,7 @@ a change partition carries the header ``txend``: the transaction's commit marker
 offset after it, which a subscriber reading ``read_committed`` never sees and must not take
 for a gap (``streams.watch``).
 
-**At least once** (``exactly_once=False``): one idempotent producer for
+**At least once** (``exactly_once=False``, the default): one idempotent producer for
 everything; what reached a change partition is always a prefix (the idempotent producer
 keeps a partition's records in order), which the change topic's coverage relies on
 (``processors.opener``); a zombie can publish a round it folded after its partition moved.
@@ -40,7 +40,7 @@ from aiokafka.errors import InvalidProducerEpoch, InvalidTxnState, KafkaError, P
 
 from lukhas_context.processors.exceptions import ProcessorError
 from lukhas_context.processors.round import PartitionRound
-from lukhas_context.schemas.change import SEQ_HEADER, TX_END_HEADER
+from lukhas_context.schemas.change import ROUND_END_HEADER, SEQ_HEADER, TX_END_HEADER
 from lukhas_context.state.manifest import Manifest
 from lukhas_context.streams.batching import fill_batch
 from lukhas_context.streams.topics import Topics
@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 
 _TX_END = (TX_END_HEADER, b"1")
+#: At least once: the last change of a round in its partition (a standby copy writes at round
+#: ends: ``processors.standby``). Not ``txend``: no marker follows it.
+_ROUND_END = (ROUND_END_HEADER, b"1")
 #: How long a partition's producer may take to get its producer id (and so fence the last).
 INIT_TIMEOUT_S = 60.0
 #: How long closing a partition's producer may take.
@@ -134,7 +137,7 @@ class Publisher:
         raised, ``PartitionFencedError`` when this worker's producer of the partition was
         fenced. ``ProcessorError`` for a change that fits no batch."""
         if not self.exactly_once:
-            await self._send_round(self.producer, r, None)
+            await self._send_round(self.producer, r, _ROUND_END)
             return
         producer = self._partitions.get(r.partition)
         if producer is None:  # closed: revoked, or fenced before

@@ -10,10 +10,10 @@ takes them (``processors.opener``), but record by record, as they arrive.
 
 **Consistency.** A standby store must always hold the fold of a WAL prefix, so it is written
 only at a round's boundary: the changes of one WAL offset (a transaction's, one per context)
-are held until a change of a later offset arrives, or the last change of the round's Kafka
-transaction (header ``txend``). Each commit writes the records, ``next_offset`` (one past the
-last WAL offset applied), the change sequence number and the change-topic offset to read on
-from (``STANDBY_AT_KEY``) in one WriteBatch.
+are held until a change of a later offset arrives, or the last change of the round (header
+``txend`` of its Kafka transaction; ``rend`` at least once). Each commit writes the records,
+``next_offset`` (one past the last WAL offset applied), the change sequence number and the
+change-topic offset to read on from (``STANDBY_AT_KEY``) in one WriteBatch.
 
 **Gaps and repeats.** Changes are numbered in their partition (``seq``): a change numbered
 below the next one expected is a repeat (published again after a crash) and is passed over; a
@@ -55,7 +55,13 @@ from lukhas_context.processors.exceptions import ProcessorError, UnusableChangeE
 from lukhas_context.processors.metrics import WorkerMetrics
 from lukhas_context.processors.opener import StoreOpener
 from lukhas_context.processors.twophase import TX_STATE_PREFIX, read_state_record
-from lukhas_context.schemas.change import TX_END_HEADER, is_fence_key, read_fence_record, seq_of
+from lukhas_context.schemas.change import (
+    ROUND_END_HEADER,
+    TX_END_HEADER,
+    is_fence_key,
+    read_fence_record,
+    seq_of,
+)
 from lukhas_context.schemas.codec import ChangeCodec
 from lukhas_context.schemas.exceptions import BadFenceRecordError
 from lukhas_context.state.exceptions import StateError
@@ -69,6 +75,8 @@ log = logging.getLogger(__name__)
 FETCH_MS = 200
 #: How soon a copy that could not be built is tried again.
 RETRY_S = 10.0
+#: Headers of a round's last change: exactly once (a commit marker follows) or at least once.
+_ROUND_ENDS = (TX_END_HEADER, ROUND_END_HEADER)
 #: How often the change topic's end offsets are asked for (the lag).
 MEASURE_S = 1.0
 
@@ -369,7 +377,7 @@ class StandbyManager:
             copy.held_offset = max(copy.held_offset, wal_offset)
             copy.held.take(what)
             copy.held_seq = copy.expected
-            if any(name == TX_END_HEADER for name, _ in m.headers or ()):
+            if any(name in _ROUND_ENDS for name, _ in m.headers or ()):
                 self._close_held(copy)  # the round's last change: nothing more of it comes
 
     @staticmethod

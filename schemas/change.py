@@ -60,6 +60,9 @@ Headers = Mapping[str, Any] | Iterable[tuple[str, Any]] | None
 #: Header of the last change of a Kafka transaction in its change partition: the commit
 #: marker takes the offset after it (``processors.publisher``; ``streams.watch``).
 TX_END_HEADER = "txend"
+#: Header of the last change of a round published at least once (no transaction, so no
+#: marker after it): where a standby copy may write (``processors.standby``).
+ROUND_END_HEADER = "rend"
 
 #: Header of every record a worker publishes on a change partition: its sequence number
 #: there, counted by the fold from the partition's first change (0, 1, 2, ...), so the same

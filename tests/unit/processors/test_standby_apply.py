@@ -16,7 +16,7 @@ import xxhash
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.opener import StoreOpener
 from lukhas_context.processors.standby import GapError, StandbyCopy, StandbyManager
-from lukhas_context.schemas.change import SEQ_HEADER, TX_END_HEADER
+from lukhas_context.schemas.change import ROUND_END_HEADER, SEQ_HEADER, TX_END_HEADER
 from lukhas_context.schemas.codec import ChangeCodec
 from lukhas_context.schemas.event import ChangeKind
 from lukhas_context.state.store import PartitionStore
@@ -92,3 +92,15 @@ def test_records_that_are_not_changes_change_nothing(
     assert copy.store.get(b"a") is None and copy.store.get(b"b") is not None
     assert copy.store.next_offset == 8 and copy.store.change_seq == 4
     assert copy.store.summary() == copy.store.check()  # the digest holds what is there
+
+
+def test_a_round_published_at_least_once_ends_with_rend(
+    standby: tuple[StandbyManager, StandbyCopy],
+) -> None:
+    manager, copy = standby
+    last = _change(1, "b", 5, 1, 1)
+    last = last._replace(headers=[*last.headers, (ROUND_END_HEADER, b"1")])
+    manager._apply(copy, [_change(0, "a", 5, 1, 0), last])
+    manager._commit(copy)
+    assert copy.store.next_offset == 6 and copy.store.change_seq == 2
+    assert copy.store.get(b"a") is not None and copy.store.get(b"b") is not None
