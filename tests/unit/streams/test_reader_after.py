@@ -28,7 +28,7 @@ class RecordingRouter:
 
     async def request(
         self, method: str, path: str, params: dict[str, str], timeout: float,
-        partition: int | None = None,
+        partition: int | None = None, stale: bool = False,
     ) -> tuple[int, bytes]:  # fmt: skip
         self.calls.append((path, dict(params), partition))
         if path.startswith("/v1/outcomes/"):
