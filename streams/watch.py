@@ -254,14 +254,18 @@ class Watcher:
         prev = self._prev.get(m.partition)
         if prev is None:
             return False
-        if (
-            m.offset == expected + 1
-            and prev.offset + 1 == expected
-            and _ends_transaction(prev.headers or ())
-        ):
+        if m.offset == expected + 1 and self._marker_at(m.partition, expected):
             return True
         before = seq_of(prev.headers)
         return before is not None and seq_of(m.headers) == before + 1
+
+    def _marker_at(self, partition: int, offset: int) -> bool:
+        """True when ``offset`` is right after the last change of a transaction read in
+        ``partition`` (``txend``): its commit marker."""
+        prev = self._prev.get(partition)
+        return (
+            prev is not None and prev.offset + 1 == offset and _ends_transaction(prev.headers or ())
+        )
 
     def token(self) -> str:
         """The resume token of the subscription as it stands (after the last item)."""
@@ -415,9 +419,7 @@ class Watcher:
                 pass  # transaction markers, a zombie's aborted round: nothing lost
             else:  # removed by the log cleaner or retention: report, then read this one next
                 self._buffer.append(m)
-                prev = self._prev.get(m.partition)
-                if (prev is not None and prev.offset + 1 == expected
-                        and _ends_transaction(prev.headers or ())):  # fmt: skip
+                if self._marker_at(m.partition, expected):
                     expected += 1  # the commit marker's offset held no change
                 return self._gap(m.partition, expected, offset, "compacted or deleted")
         # Always the next offset, even after the last change of a transaction (whose commit

@@ -69,6 +69,22 @@ async def wal_ends(bootstrap: str, topic: str) -> dict[int, int]:
         await consumer.stop()
 
 
+async def assert_equal_to_replay(
+    cluster: Any, topics: Topics, scratch: Path, served: list[dict[str, Any]]
+) -> None:
+    """Each partition of ``served`` (``/v1/partitions`` entries) has the digest a replay of
+    the WAL from scratch up to its ``next_offset`` gives."""
+    from lukhas_context.processors.config import WorkerConfig
+    from lukhas_context.processors.offline import From, restore_offline
+
+    replay = WorkerConfig(cluster.bootstrap, scratch, topics=topics)
+    for s in served:
+        report = await restore_offline(
+            replay, s["partition"], From.SCRATCH, progress=False, until=s["next_offset"]
+        )
+        assert report.restore.digest == s["digest"], s
+
+
 def sentinels(prefix: str, partitions: int = PARTITIONS) -> list[str]:
     """One context id per partition, each starting with ``prefix``: written after the data, a
     reader that has seen all of them has seen everything written before them, repeats

@@ -6,6 +6,7 @@ subscriber, a restore or the log cleaner; the commit markers are no gaps to a wa
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -27,6 +28,18 @@ def _round(partition: int, next_offset: int, *keys: bytes, seq: int = 0) -> Part
     r.changes = [(key, b"not a change: only its place in the log is looked at", [])
                  for key in keys]  # fmt: skip
     return r
+
+
+def _producers(bootstrap: str, group: str) -> Callable[[int], Any]:
+    """Makes a partition's transactional change producer, as a worker does."""
+
+    def make(partition: int) -> Any:
+        return kafka.producer(
+            bootstrap, f"test-{partition}", retry_backoff_ms=5,
+            transactional_id=transactional_id(group, partition),
+        )  # fmt: skip
+
+    return make
 
 
 async def _read(bootstrap: str, topic: str, partition: int, isolation: str) -> list[Any]:
@@ -55,11 +68,7 @@ async def test_a_producer_that_opens_the_partition_fences_the_last_one(
     committed for the group in the same transaction."""
     group = f"{topics.prefix}-group"
 
-    def make(partition: int) -> Any:
-        return kafka.producer(
-            cluster.bootstrap, f"test-{partition}", retry_backoff_ms=5,
-            transactional_id=transactional_id(group, partition),
-        )  # fmt: skip
+    make = _producers(cluster.bootstrap, group)
 
     idle = kafka.producer(cluster.bootstrap, "test-idle")
     await idle.start()
@@ -145,11 +154,7 @@ async def test_a_hole_between_consecutive_numbers_is_no_gap_and_a_jump_is(
     monkeypatch.setattr(watch, "PROBE_LIMIT", -1)  # no hole is small enough to probe
     group = f"{topics.prefix}-group"
 
-    def make(partition: int) -> Any:
-        return kafka.producer(
-            cluster.bootstrap, f"test-{partition}", retry_backoff_ms=5,
-            transactional_id=transactional_id(group, partition),
-        )  # fmt: skip
+    make = _producers(cluster.bootstrap, group)
 
     async def zombie_round(seq: int) -> None:
         """A round the group's next owner fences: aborted, records and marker."""

@@ -21,8 +21,6 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from lukhas_context.processors.config import WorkerConfig
-from lukhas_context.processors.offline import From, restore_offline
 from lukhas_context.schemas.change import ChangeRecord, read_change_record
 from lukhas_context.schemas.codec import ChangeCodec
 from lukhas_context.schemas.event import ChangeKind
@@ -31,7 +29,15 @@ from lukhas_context.streams.changes import Change
 from lukhas_context.streams.client import ClientConfig, ContextClient
 from lukhas_context.streams.exceptions import ContextNotFoundError
 
-from .conftest import PARTITIONS, WorkerProcess, free_port, read_until, seen_all, sentinels
+from .conftest import (
+    PARTITIONS,
+    WorkerProcess,
+    assert_equal_to_replay,
+    free_port,
+    read_until,
+    seen_all,
+    sentinels,
+)
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -260,12 +266,7 @@ async def test_rebalances_with_a_zombie_apply_everything_once(
         while len(served := _get(f"{w1.url}/v1/partitions")["partitions"]) < PARTITIONS:
             assert time.monotonic() < deadline, served
             await asyncio.sleep(0.2)
-        replay = WorkerConfig(cluster.bootstrap, tmp_path / "replay", topics=topics)
-        for s in served:
-            report = await restore_offline(
-                replay, s["partition"], From.SCRATCH, progress=False, until=s["next_offset"]
-            )
-            assert report.restore.digest == s["digest"], s
+        await assert_equal_to_replay(cluster, topics, tmp_path / "replay", served)
         if standbys:  # w2's partitions moved to w1 last, where it kept copies of them
             assert any(s["opened_from"] == "standby" for s in served), served
         assert w1.terminate() == 0

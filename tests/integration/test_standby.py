@@ -18,13 +18,11 @@ from typing import Any
 
 import pytest
 
-from lukhas_context.processors.config import WorkerConfig
-from lukhas_context.processors.offline import From, restore_offline
 from lukhas_context.streams.client import ClientConfig, ContextClient
 from lukhas_context.streams.exceptions import ValidationError
 from lukhas_context.streams.topics import partition_for
 
-from .conftest import PARTITIONS, WorkerProcess, free_port
+from .conftest import PARTITIONS, WorkerProcess, assert_equal_to_replay, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 
@@ -39,6 +37,13 @@ def _worker(cluster: Any, topics: Any, tmp_path: Path, name: str) -> WorkerProce
         "--expiry-interval", "0.5",
     ]  # fmt: skip
     return WorkerProcess(argv, tmp_path / f"{name}.log", f"http://127.0.0.1:{port}")
+
+
+async def _start(*workers: WorkerProcess) -> None:
+    """Starts the workers one after the other, each once it folds."""
+    for w in workers:
+        w.start()
+        await asyncio.to_thread(w.wait_healthy)
 
 
 def _get(url: str) -> tuple[int, dict[str, str], Any]:
@@ -79,10 +84,7 @@ async def test_standbys_follow_serve_stale_reads_and_take_over_after_kill_9(
     a = _worker(cluster, topics, tmp_path, "a")
     b = _worker(cluster, topics, tmp_path, "b")
     try:
-        a.start()
-        await asyncio.to_thread(a.wait_healthy)
-        b.start()
-        await asyncio.to_thread(b.wait_healthy)
+        await _start(a, b)
 
         def split() -> Any:
             sa, sb = _served(a.url), _served(b.url)
@@ -184,12 +186,7 @@ async def test_standbys_follow_serve_stale_reads_and_take_over_after_kill_9(
                 assert (ctx.version, ctx.doc["round"]) == (acked[n] + 1, 3), n
 
         served = _served(a.url)["partitions"]
-        replay = WorkerConfig(cluster.bootstrap, tmp_path / "replay", topics=topics)
-        for s in served:
-            report = await restore_offline(
-                replay, s["partition"], From.SCRATCH, progress=False, until=s["next_offset"]
-            )
-            assert report.restore.digest == s["digest"], s
+        await assert_equal_to_replay(cluster, topics, tmp_path / "replay", served)
         assert a.terminate() == 0
     finally:
         for w in (a, b):
@@ -212,10 +209,7 @@ async def test_a_copy_that_fails_verification_is_rebuilt_never_promoted(
     a = _worker(cluster, topics, tmp_path, "a")
     b = _worker(cluster, topics, tmp_path, "b")
     try:
-        a.start()
-        await asyncio.to_thread(a.wait_healthy)
-        b.start()
-        await asyncio.to_thread(b.wait_healthy)
+        await _start(a, b)
         config = ClientConfig(cluster.bootstrap, f"{a.url},{b.url}", topics)
         names = [f"vf-{i}" for i in range(40)]
         async with ContextClient(config) as client:
@@ -243,13 +237,8 @@ async def test_a_copy_that_fails_verification_is_rebuilt_never_promoted(
         assert len(quarantined) == len(copies), quarantined
         for s in _served(a.url)["partitions"]:
             assert s["opened_from"] != "standby", s  # a damaged copy is never promoted
-        replay = WorkerConfig(cluster.bootstrap, tmp_path / "replay", topics=topics)
-        for url in (a.url, b.url):
-            for s in _served(url)["partitions"]:
-                report = await restore_offline(
-                    replay, s["partition"], From.SCRATCH, progress=False, until=s["next_offset"]
-                )
-                assert report.restore.digest == s["digest"], s
+        served = [s for url in (a.url, b.url) for s in _served(url)["partitions"]]
+        await assert_equal_to_replay(cluster, topics, tmp_path / "replay", served)
     finally:
         for w in (a, b):
             if w.proc is not None and w.proc.poll() is None:

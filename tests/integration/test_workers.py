@@ -14,11 +14,9 @@ from typing import Any
 
 import pytest
 
-from lukhas_context.processors.config import WorkerConfig
-from lukhas_context.processors.offline import From, restore_offline
 from lukhas_context.streams.client import ClientConfig, ContextClient
 
-from .conftest import PARTITIONS, WorkerProcess, free_port
+from .conftest import PARTITIONS, WorkerProcess, assert_equal_to_replay, free_port
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -136,12 +134,7 @@ async def _scenario(
 
         # The survivor's state equals a full replay of the WAL, partition by partition.
         served = (await asyncio.to_thread(_get, f"{a.url}/v1/partitions"))["partitions"]
-        replay = WorkerConfig(cluster.bootstrap, tmp_path / "replay", topics=topics)
-        for s in served:
-            report = await restore_offline(
-                replay, s["partition"], From.SCRATCH, progress=False, until=s["next_offset"]
-            )
-            assert report.restore.digest == s["digest"], s
+        await assert_equal_to_replay(cluster, topics, tmp_path / "replay", served)
         assert a.terminate() == 0
     finally:
         for w in (a, b):
