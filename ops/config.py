@@ -158,6 +158,7 @@ class WorkerFlags:
     dedupe_window: int | None
     exactly_once: bool = False
     standby_replicas: int = 0
+    rebalance_timeout: float | None = None
 
 
 class Settings:
@@ -244,6 +245,7 @@ class Settings:
             advertised_url=f.advertised_url, peer_url=f.peer_url,
             max_batch_records=f.max_batch, instance_id=f.instance_id,
             session_timeout_ms=int(f.session_timeout * 1000), checkpoint_dir=f.checkpoint_dir,
+            rebalance_timeout_ms=int((f.rebalance_timeout or max(30.0, f.session_timeout)) * 1000),
             checkpoint_interval_s=f.checkpoint_interval, checkpoint_keep=f.checkpoint_keep,
             expiry_interval_s=f.expiry_interval, expiry_batch=f.expiry_batch,
             history_index=f.history_index, schema_dir=f.schema_dir,

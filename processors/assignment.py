@@ -205,6 +205,7 @@ class Assignment:
     async def revoked(self, revoked: Iterable[TopicPartition]) -> None:
         """Closes the stores of revoked partitions, between rounds (see the module doc)."""
         revoked = list(revoked)
+        started = time.monotonic()
         await self.wait_opening([tp.partition for tp in revoked])
         async with self._lock:  # waits for the round in progress to commit
             for tp in revoked:
@@ -220,6 +221,14 @@ class Assignment:
                 await self._after_close(tp.partition)
         if revoked:
             self.announce()
+        took = time.monotonic() - started
+        limit = self.config.rebalance_timeout_ms / 1000
+        if took > limit / 2:
+            log.warning(
+                "revoking partitions %s took %.1f s (the group waits %g s for a member to "
+                "rejoin, --rebalance-timeout; a slower one is dropped and the group rebalances "
+                "again)", sorted(tp.partition for tp in revoked), took, limit,
+            )  # fmt: skip
 
     def drop_fenced(self, partition: int) -> None:
         """Takes a partition whose change producer was fenced out of service, as a revocation

@@ -28,6 +28,13 @@ class WorkerConfig:
     #: partitions back at once instead of waiting out the dead member's session. None: dynamic.
     instance_id: str | None = None
     session_timeout_ms: int = 10_000
+    #: How long the group coordinator waits, once a rebalance begins, for every member to
+    #: rejoin (its revocation done: the round in flight committed, openings finished). A
+    #: member slower than this is dropped from the generation and rejoins as a new one,
+    #: which starts another rebalance; aiokafka's default is the session timeout, and with
+    #: two members each slower than it in turn the group never settles (docs/architecture.md,
+    #: "Rebalance timeout"). Kept under the consumer's request timeout (JoinGroup waits it).
+    rebalance_timeout_ms: int = 30_000
     api_host: str = "127.0.0.1"
     api_port: int = 18080
     #: Most records folded in one round of ``getmany`` (over all partitions).

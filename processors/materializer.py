@@ -166,6 +166,11 @@ class Materializer:
             # A fifth of the session (aiokafka's default is 3 s): a worker learns of a
             # rebalance, e.g. a dead member's partitions coming to it, sooner.
             heartbeat_interval_ms=max(200, min(3000, cfg.session_timeout_ms // 5)),
+            # Not the session timeout (aiokafka's default): a revocation that waits for a
+            # round or an opening longer than that got the member dropped, over and over.
+            rebalance_timeout_ms=cfg.rebalance_timeout_ms,
+            # A JoinGroup is answered once the rebalance completes: give it that long.
+            request_timeout_s=max(40.0, cfg.rebalance_timeout_ms / 1000 + 5),
             # The store says where to start; a position the log no longer has is an error.
             auto_offset_reset="none",
             fetch_max_bytes=16 * 1024 * 1024,

@@ -61,6 +61,12 @@ def _api_url(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 )
 @_opt("--session-timeout", params.Seconds(1.0, 1800.0), 10.0,
       "SECONDS without a heartbeat before the group moves this worker's partitions.")  # fmt: skip
+@click.option("--rebalance-timeout", type=params.Seconds(1.0, 1800.0), default=None,
+              envvar="LUKHAS_REBALANCE_TIMEOUT",
+              help="SECONDS the group waits, in a rebalance, for each member to finish its "
+                   "revocation and rejoin; a slower member is dropped and rejoins, which "
+                   "starts another rebalance [env LUKHAS_REBALANCE_TIMEOUT; default: 30, or "
+                   "the session timeout if longer].")  # fmt: skip
 @checkpoint_dir_option
 @_opt("--checkpoint-interval", params.Seconds(1.0, 7 * 86_400.0), None,
       "Checkpoint the cluster every SECONDS (the owner of partition 0 asks).")  # fmt: skip

@@ -94,6 +94,8 @@ BAD_OPTIONS = [
     ("up", "--api-port", "70000"),
     ("up", "--redis-port", HUGE),
     ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--session-timeout", "nan"),
+    ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--rebalance-timeout", "0"),
+    ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--rebalance-timeout", "inf"),
     ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--checkpoint-interval", "inf"),
     ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--expiry-interval", "nan"),
     ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--api-port", HUGE),
@@ -278,3 +280,30 @@ def test_status_of_a_cluster_given_by_bootstrap_reports_what_is_not_ready() -> N
     assert result.stderr.strip() == (
         "lukhas: error: not ready: kafka, redis, processor http://127.0.0.1:1"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected_ms"),
+    [
+        ((), {}, 30_000),  # the default
+        (("--session-timeout", "60"), {}, 60_000),  # never below the session
+        (("--rebalance-timeout", "45"), {}, 45_000),
+        ((), {"LUKHAS_REBALANCE_TIMEOUT": "90"}, 90_000),
+    ],
+)
+def test_the_worker_asks_the_group_for_a_rebalance_timeout(
+    args: tuple[str, ...], env: dict[str, str], expected_ms: int, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """``--rebalance-timeout`` (env ``LUKHAS_REBALANCE_TIMEOUT``) reaches the worker's
+    config; without it, 30 s or the session timeout if that is longer (aiokafka's own
+    default, the session timeout, let a slow revocation drop the member: a rebalance storm)."""
+    from lukhas_context.processors import worker as worker_module
+
+    seen: list[Any] = []
+    monkeypatch.setattr(worker_module, "run_worker", lambda config: seen.append(config) or 0)
+    monkeypatch.delenv("LUKHAS_REBALANCE_TIMEOUT", raising=False)
+    argv = ["worker", "--bootstrap", "b:1", "--state-dir", str(tmp_path), *args]
+    result = CliRunner().invoke(cli, argv, env=env)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert seen[0].rebalance_timeout_ms == expected_ms
