@@ -156,7 +156,7 @@ class WorkerFlags:
     schema_dir: Path | None
     prune_interval: float | None
     dedupe_window: int | None
-    exactly_once: bool = False
+    exactly_once: bool = True
     standby_replicas: int = 0
     rebalance_timeout: float | None = None
 

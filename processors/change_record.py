@@ -21,10 +21,17 @@ from dataclasses import dataclass
 
 from lukhas_context.processors.exceptions import UnusableChangeError
 from lukhas_context.processors.fold import MAX_ID_BYTES
-from lukhas_context.schemas.change import ChangeRecord, document_matches
+from lukhas_context.processors.twophase import TX_STATE_PREFIX, read_state_record
+from lukhas_context.schemas.change import (
+    ChangeRecord,
+    FenceRecord,
+    document_matches,
+    is_fence_key,
+    read_fence_record,
+)
 from lukhas_context.schemas.codec import ChangeCodec
 from lukhas_context.schemas.event import ChangeKind
-from lukhas_context.schemas.exceptions import BadTombstoneError, CodecError
+from lukhas_context.schemas.exceptions import BadFenceRecordError, BadTombstoneError, CodecError
 from lukhas_context.state.record import ContextRecord
 
 #: Largest value of a stored 64-bit signed field.
@@ -43,6 +50,46 @@ class CheckedChange:
     record: ContextRecord
     event_id: bytes
     position: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class TxStateRecord:
+    """A prepared transaction's state as the change topic carries it
+    (``processors.twophase``): None once it is decided."""
+
+    tx_id: bytes
+    wal_offset: int
+    state: bytes | None
+
+
+#: What a record of a change partition can be.
+ChangeTopicRecord = CheckedChange | FenceRecord | TxStateRecord
+
+
+def read_change_topic_record(
+    key: bytes | None,
+    value: bytes | None,
+    headers: Iterable[tuple[str, bytes]] | None,
+    codec: ChangeCodec,
+    position: int = -1,
+) -> ChangeTopicRecord:
+    """What one record of a change partition is, for every reader that rebuilds state from
+    it (the change-topic restore, standby copies): a transaction's state, a lock's fence
+    record or a change (``check_change_record``); ``UnusableChangeError`` with the reason for
+    anything else. The caller decides what an unusable record means: a restore refuses the
+    topic, a standby passes over the record."""
+    if isinstance(key, bytes) and key.startswith(TX_STATE_PREFIX):
+        try:
+            tx_id, offset, state = read_state_record(key, value)
+        except ValueError as exc:
+            raise UnusableChangeError(str(exc)) from exc
+        return TxStateRecord(tx_id, offset, state)
+    if is_fence_key(key):
+        try:
+            return read_fence_record(key, value)
+        except BadFenceRecordError as exc:
+            raise UnusableChangeError(str(exc)) from exc
+    return check_change_record(key, value, headers, codec, None, position)
 
 
 def check_change_record(

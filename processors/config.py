@@ -101,9 +101,9 @@ class WorkerConfig:
     #: Publish each round's changes, dead letters and WAL appends in a Kafka transaction of
     #: the partition's own transactional producer, with the WAL offset (``processors.
     #: publisher``): a zombie's round is aborted by the broker, never seen by a subscriber or
-    #: kept by the log cleaner. False (the default for now: docs/architecture.md, "Exactly
-    #: once"): one idempotent producer, at least once.
-    exactly_once: bool = False
+    #: kept by the log cleaner (the default). False: one idempotent producer, at least once
+    #: (faster; a zombie's last round can reach the change topic).
+    exactly_once: bool = True
     #: Standby copies the group keeps of each partition, on workers other than its owner
     #: (``processors.standby``; Kafka Streams' ``num.standby.replicas``). The group uses the
     #: largest number any member asks for; 0 everywhere: none, and plain round-robin

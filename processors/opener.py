@@ -48,7 +48,12 @@ from typing import Any, NoReturn
 import xxhash
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from lukhas_context.processors.change_record import CheckedChange, check_change_record
+from lukhas_context.processors.change_record import (
+    CheckedChange,
+    TxStateRecord,
+    check_change_record,
+    read_change_topic_record,
+)
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.exceptions import (
     ChangesUnusableError,
@@ -58,10 +63,10 @@ from lukhas_context.processors.exceptions import (
 )
 from lukhas_context.processors.metrics import WorkerMetrics
 from lukhas_context.processors.round import window_id
-from lukhas_context.processors.twophase import TX_STATE_PREFIX, read_state_record
-from lukhas_context.schemas.change import FenceRecord, is_fence_key, read_fence_record, seq_of
+from lukhas_context.processors.twophase import TX_STATE_PREFIX
+from lukhas_context.schemas.change import FenceRecord, is_fence_key, seq_of
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
-from lukhas_context.schemas.exceptions import BadFenceRecordError, CodecError
+from lukhas_context.schemas.exceptions import CodecError
 from lukhas_context.schemas.txrecord import TxRecord, decode_control, is_tx_key
 from lukhas_context.state.checkpoints import CheckpointDir
 from lukhas_context.state.dedupe import DedupeWindow
@@ -575,35 +580,24 @@ class StoreOpener:
             return True
 
         def restorable(message: Any) -> bool:
-            if isinstance(message.key, bytes) and message.key.startswith(TX_STATE_PREFIX):
-                try:
-                    tx_id, offset, state = read_state_record(message.key, message.value)
-                except ValueError as exc:
-                    error = UnusableChangeError(str(exc))
-                    what = self._unusable(partition, message.offset, error, _QUIET)
-                    raise ChangesUnusableError(f"{what}: not restoring from that topic") from exc
-                newest = txns.get(tx_id)
-                if newest is None or offset >= newest[0]:
-                    txns[tx_id] = (offset, state, message.offset)
-                return True
-            if is_fence_key(message.key):
-                try:
-                    fence = read_fence_record(message.key, message.value)
-                except BadFenceRecordError as exc:
-                    error = UnusableChangeError(str(exc))
-                    what = self._unusable(partition, message.offset, error, _QUIET)
-                    raise ChangesUnusableError(f"{what}: not restoring from that topic") from exc
-                kept = fences.get(message.key)
-                if kept is None or fence.token >= kept[0].token:
-                    fences[message.key] = (fence, message.offset)
-                return True
             try:
-                change = check_change_record(
-                    message.key, message.value, message.headers, codec, None, message.offset
+                item = read_change_topic_record(
+                    message.key, message.value, message.headers, codec, message.offset
                 )
             except UnusableChangeError as exc:
                 what = self._unusable(partition, message.offset, exc, _QUIET)
                 raise ChangesUnusableError(f"{what}: not restoring from that topic") from exc
+            if isinstance(item, TxStateRecord):
+                newest = txns.get(item.tx_id)
+                if newest is None or item.wal_offset >= newest[0]:
+                    txns[item.tx_id] = (item.wal_offset, item.state, message.offset)
+                return True
+            if isinstance(item, FenceRecord):
+                kept = fences.get(message.key)
+                if kept is None or item.token >= kept[0].token:
+                    fences[message.key] = (item, message.offset)
+                return True
+            change = item
             held = latest.get(message.key)
             if held is None or change.record.offset >= held.record.offset:
                 latest[message.key] = change

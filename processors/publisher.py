@@ -8,7 +8,7 @@ change partition carries its sequence number there (header ``seq``, counted by t
 ``PartitionRound.first_seq``), by which a subscriber tells a hole of transaction markers from
 lost changes (``streams.watch``).
 
-**Exactly once** (``WorkerConfig.exactly_once``, opt-in for now): each partition has a
+**Exactly once** (``WorkerConfig.exactly_once``, the default): each partition has a
 transactional producer of its own, ``transactional.id`` = ``<group>.changes.<partition>``
 (Kafka Streams' exactly-once with a producer per task). A round's changes, dead letters and
 WAL appends (votes and decisions of transactions) go out in one Kafka transaction, with the
@@ -21,7 +21,7 @@ a change partition carries the header ``txend``: the transaction's commit marker
 offset after it, which a subscriber reading ``read_committed`` never sees and must not take
 for a gap (``streams.watch``).
 
-**At least once** (``exactly_once=False``, the default): one idempotent producer for
+**At least once** (``exactly_once=False``, ``--at-least-once``): one idempotent producer for
 everything; what reached a change partition is always a prefix (the idempotent producer
 keeps a partition's records in order), which the change topic's coverage relies on
 (``processors.opener``); a zombie can publish a round it folded after its partition moved.

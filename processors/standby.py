@@ -49,21 +49,13 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from lukhas_context.processors.change_record import check_change_record
+from lukhas_context.processors.change_record import TxStateRecord, read_change_topic_record
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.exceptions import ProcessorError, UnusableChangeError
 from lukhas_context.processors.metrics import WorkerMetrics
 from lukhas_context.processors.opener import StoreOpener
-from lukhas_context.processors.twophase import TX_STATE_PREFIX, read_state_record
-from lukhas_context.schemas.change import (
-    ROUND_END_HEADER,
-    TX_END_HEADER,
-    is_fence_key,
-    read_fence_record,
-    seq_of,
-)
+from lukhas_context.schemas.change import ROUND_END_HEADER, TX_END_HEADER, FenceRecord, seq_of
 from lukhas_context.schemas.codec import ChangeCodec
-from lukhas_context.schemas.exceptions import BadFenceRecordError
 from lukhas_context.state.exceptions import StateError
 from lukhas_context.state.record import ContextRecord
 from lukhas_context.state.store import PartitionStore
@@ -392,28 +384,26 @@ class StandbyManager:
         """``(WAL offset, what it changes)`` of one record; None for one that is not usable
         (counted, passed over: a forged record changes nothing here)."""
         what = _Pending()
-        key = m.key
         try:
-            if isinstance(key, bytes) and key.startswith(TX_STATE_PREFIX):
-                tx_id, offset, state = read_state_record(key, m.value)
-                if offset < copy.store.next_offset:
-                    return None  # a state without a number, older than the copy
-                what.txns[tx_id] = state
-                return offset, what
-            if is_fence_key(key):
-                fence = read_fence_record(key, m.value)
-                lock = fence.lock.encode()
-                kept = copy.store.fence(lock)
-                if kept is None or fence.token > kept:
-                    what.fences[lock] = (fence.token, fence.wal_offset, fence.log_time_ms)
-                return fence.wal_offset, what
-            change = check_change_record(key, m.value, m.headers, self._codec, None, m.offset)
-        except (UnusableChangeError, BadFenceRecordError, ValueError) as exc:
+            item = read_change_topic_record(m.key, m.value, m.headers, self._codec, m.offset)
+        except UnusableChangeError as exc:
             log.warning("standby of partition %d: %s[%d]@%d passed over: %s", copy.partition,
                         self.topic, copy.partition, m.offset, exc)  # fmt: skip
             if self.metrics is not None:
                 self.metrics.unusable_records.labels("changes").inc()
             return None
+        if isinstance(item, TxStateRecord):
+            if item.wal_offset < copy.store.next_offset:
+                return None  # a state without a number, older than the copy
+            what.txns[item.tx_id] = item.state
+            return item.wal_offset, what
+        if isinstance(item, FenceRecord):
+            lock = item.lock.encode()
+            kept = copy.store.fence(lock)
+            if kept is None or item.token > kept:
+                what.fences[lock] = (item.token, item.wal_offset, item.log_time_ms)
+            return item.wal_offset, what
+        change = item
         if change.record.offset < copy.store.next_offset:
             return None  # a change without a number, older than the copy
         what.records[change.key] = change.record

@@ -95,14 +95,13 @@ def _api_url(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
                    "worker and tool of a cluster the same.")  # fmt: skip
 @click.option("--history-index/--no-history-index", default=True, show_default=True,
               help="Keep the index `lukhas history` reads (off: faster folds).")  # fmt: skip
-@click.option("--exactly-once/--at-least-once", default=False, show_default=True,
+@click.option("--exactly-once/--at-least-once", default=True, show_default=True,
               envvar="LUKHAS_EXACTLY_ONCE",
               help="Publish each round's changes in a Kafka transaction of the partition's own "
                    "producer, with the WAL offset: a zombie's round is aborted by the broker "
-                   "(at least once: one idempotent producer; a paused worker's last round can "
-                   "still reach the change topic after its partition moved; the default until "
-                   "a rebalance storm under broker faults is understood, see "
-                   "docs/architecture.md) [env LUKHAS_EXACTLY_ONCE=1|0].")  # fmt: skip
+                   "(at least once: one idempotent producer, faster; a paused worker's last "
+                   "round can still reach the change topic after its partition moved) "
+                   "[env LUKHAS_EXACTLY_ONCE=1|0].")  # fmt: skip
 @click.option("--standby-replicas", type=click.IntRange(0, 8), default=0, show_default=True,
               envvar="LUKHAS_STANDBY_REPLICAS",
               help="Warm copies the group keeps of each partition on other workers, following "

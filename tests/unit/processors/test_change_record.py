@@ -11,9 +11,16 @@ import xxhash
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lukhas_context.processors.change_record import INT64_MAX, check_change_record
+from lukhas_context.processors.change_record import (
+    INT64_MAX,
+    CheckedChange,
+    TxStateRecord,
+    check_change_record,
+    read_change_topic_record,
+)
 from lukhas_context.processors.exceptions import UnusableChangeError
-from lukhas_context.schemas.change import tombstone_headers
+from lukhas_context.processors.twophase import TX_STATE_PREFIX, state_record
+from lukhas_context.schemas.change import FenceRecord, fence_key, tombstone_headers
 from lukhas_context.schemas.codec import ChangeCodec
 from lukhas_context.schemas.event import ChangeKind
 from lukhas_context.state.record import ContextRecord
@@ -21,6 +28,7 @@ from lukhas_context.state.record import ContextRecord
 codec = ChangeCodec()
 DOC = b'{"a":1}'
 EVENT_ID = uuid.UUID(int=7).bytes
+TX_ID = uuid.UUID(int=9).bytes
 
 
 def change(
@@ -131,3 +139,42 @@ def test_any_tombstone_headers_are_a_tombstone_or_refused(headers: dict[str, byt
     except UnusableChangeError:
         return
     assert got.record.doc is None and len(got.record.checksum) == 8 and len(got.event_id) == 16
+
+
+# ---- read_change_topic_record: what the restore and standby copies read ----
+
+
+def test_each_kind_of_change_topic_record_is_told_apart() -> None:
+    fence = FenceRecord("agent:7", 12, 40, 1_700_000_000_000)
+    assert read_change_topic_record(fence.key, fence.encode(), [], codec) == fence
+    key, value = state_record(TX_ID, 39, None)
+    assert read_change_topic_record(key, value, [], codec) == TxStateRecord(TX_ID, 39, None)
+    got = read_change_topic_record(b"ctx", change(), [], codec, position=5)
+    assert isinstance(got, CheckedChange) and got.position == 5 and got.record.offset == 41
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "why"),
+    [
+        (TX_STATE_PREFIX + b"short", bytes(8), "not a transaction state"),
+        (TX_STATE_PREFIX + TX_ID, b"\x00", "without its WAL offset"),
+        (TX_STATE_PREFIX + TX_ID, bytes(8) + b"\xff" * 9, "does not read"),
+        (fence_key("agent:7"), b"not a fence", "not a fence record's"),
+        (fence_key("agent:7"), None, "no value"),
+        (b"ctx", b"\x00garbage", "does not decode"),
+    ],
+)
+def test_a_forged_record_of_any_kind_is_unusable(key: bytes, value: bytes | None, why: str) -> None:
+    """One error type whatever the kind: the restore refuses the topic on it, a standby
+    passes over the record."""
+    with pytest.raises(UnusableChangeError, match=why):
+        read_change_topic_record(key, value, [], codec)
+
+
+@given(st.binary(max_size=40), st.binary(max_size=120))
+def test_any_bytes_under_a_reserved_prefix_are_read_or_refused(tail: bytes, value: bytes) -> None:
+    for prefix in (TX_STATE_PREFIX, fence_key("")):
+        try:
+            read_change_topic_record(prefix + tail, value, [], codec)
+        except UnusableChangeError:
+            pass
