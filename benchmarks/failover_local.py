@@ -10,7 +10,9 @@ load, then the time until each partition it served answers a read-your-write aga
 4. kill -9 the worker that serves partition 0. For every partition it served, a put and a
    ``get(after=receipt)`` (1 s wait) are tried every 50 ms from that moment until one
    succeeds: that partition's failover time. The group moves a dead member's partitions only
-   after its session timeout, which bounds every time from below.
+   after its session timeout, which bounds every time from below. The survivor's own
+   partitions are probed the same way all along: the longest time without a read-your-write
+   on each (the rebalance revokes and assigns them too) is reported as ``kept``.
 
 Run once without standby replicas and once with ``--standby-replicas 1`` (each on fresh
 topics; ``--standbys 0,1``): with them each worker keeps a copy of the other's partitions,
@@ -110,6 +112,28 @@ async def _failover(client: ContextClient, name: str, killed: float, timeout: fl
             await asyncio.sleep(0.05)
 
 
+async def _kept(client: ContextClient, name: str, stop: asyncio.Event) -> float:
+    """For a partition the survivor served all along: a put and a ``get(after=receipt)``
+    every 50 ms until ``stop``; returns the longest time without one succeeding (the
+    partition is revoked and assigned again in the rebalance that moves the others)."""
+    last = time.monotonic()
+    longest = 0.0
+    attempt = 0
+    while not stop.is_set():
+        attempt += 1
+        try:
+            receipt = await client.put(name, {"attempt": attempt})
+            await client.get(name, after=receipt, timeout=1)
+        except Exception:  # revoked meanwhile: the gap goes on
+            pass
+        else:
+            now = time.monotonic()
+            longest = max(longest, now - last)
+            last = now
+        await asyncio.sleep(0.05)
+    return max(longest, time.monotonic() - last)
+
+
 def _standbys_caught_up(urls: list[str], partitions: int) -> bool:
     """Every partition has a standby copy somewhere, none behind."""
     copies = []
@@ -173,11 +197,13 @@ async def run(bootstrap: str, args: argparse.Namespace, standbys: int) -> dict[s
                 victim_name, (victim, victim_url) = "a", workers["a"]
                 survivor_url = workers["b"][1]
                 moved = sorted(_partitions(victim_url))
+                kept = sorted(_partitions(survivor_url))
                 names = _one_per_partition(args.partitions, "fo:")
-                for p in moved:  # each answers before the kill
+                for p in range(args.partitions):  # each answers before the kill
                     await client.get(names[p], after=await client.put(names[p], {}), timeout=30)
                 stop = asyncio.Event()
                 load = asyncio.create_task(_writer(client, args.contexts, args.rate, stop))
+                kept_probes = [asyncio.create_task(_kept(client, names[p], stop)) for p in kept]
                 await asyncio.sleep(2)
                 say(f"kill -9 worker {victim_name} (partitions {moved})")
                 victim.kill()
@@ -185,8 +211,10 @@ async def run(bootstrap: str, args: argparse.Namespace, standbys: int) -> dict[s
                 times = await asyncio.gather(
                     *(_failover(client, names[p], killed, args.timeout) for p in moved)
                 )
+                await asyncio.sleep(3)  # the survivor's own partitions: settled after the move
                 stop.set()
                 acked = await load
+                outages = await asyncio.gather(*kept_probes)
             opened = _partitions(survivor_url)
         finally:
             for proc, _ in workers.values():
@@ -202,6 +230,10 @@ async def run(bootstrap: str, args: argparse.Namespace, standbys: int) -> dict[s
         "contexts": args.contexts, "partitions": args.partitions,
         "session_timeout_s": args.session_timeout, "standbys": standbys, "moved": rows,
         "median_s": round(statistics.median(times), 3), "max_s": round(max(times), 3),
+        "kept": [{"partition": p, "longest_outage_s": round(t, 3),
+                  "reopened_from": opened.get(p, {}).get("opened_from")}
+                 for p, t in zip(kept, outages, strict=True)],
+        "kept_max_outage_s": round(max(outages), 3),
         "load_puts_acked": acked,
     }  # fmt: skip
 
@@ -239,6 +271,8 @@ def main() -> None:
             *((f"{label} p{r['partition']}", f"{r['failover_s']:.2f} s (opened from "
                f"{r['opened_from']} in {r['restore_s']} s)") for r in result["moved"]),
             (f"{label} median/max", f"{result['median_s']:.2f} s / {result['max_s']:.2f} s"),
+            (f"{label} kept", "longest outage of the survivor's own partitions " + ", ".join(
+                f"p{k['partition']} {k['longest_outage_s']:.2f} s" for k in result["kept"])),
         ]  # fmt: skip
     by = {r["standbys"]: r for r in results}
     if 0 in by and 1 in by:

@@ -8,8 +8,15 @@ ready the partition is sought to the store's ``next_offset`` and resumed. Partit
 independently, so one may still be restoring while others serve.
 
 On revocation a partition's opening task is waited for (not cancelled: a restore runs partly
-in a thread that would go on holding the store's lock) and the store is closed under the
-round's lock, so only between rounds.
+in a thread that would go on holding the store's lock) and the partition is taken out of
+service under the round's lock, so only between rounds. Its store is *parked*, not closed:
+the group's protocol is eager (every rebalance revokes every partition), and most come back
+to the same worker. A partition given back in the very next generation is folded on from its
+store as it was, no reopening, no verify, no InitProducerId: no other member can have folded
+it in between, since it was this worker's in the generation before and a generation is
+revoked everywhere before the next is assigned. Any other parked store (not given back, or
+given back after a generation this worker missed: dropped from the group, its generation
+reset) is closed, with its partition producer, before anything else opens at its path.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -41,6 +49,16 @@ TRIM_BUDGET_S = 5.0
 
 #: How often a read waiting for a partition rechecks who serves it.
 WAIT_POLL_S = 0.25
+
+
+@dataclass(slots=True)
+class _Parked:
+    """A revoked partition's folder, kept open until the next assignment says whether the
+    partition came back: revoked from ``generation``."""
+
+    folder: PartitionFolder
+    generation: int
+    quiet_below: int | None
 
 
 class Assignment:
@@ -97,6 +115,9 @@ class Assignment:
         #: to the group's leader with the open stores' (``--standby-replicas``), so a
         #: rebalance gives the partition back to where it is furthest along.
         self.closed_at: dict[int, int] = {}
+        #: Revoked partitions whose stores are kept open until the next assignment (see the
+        #: module doc).
+        self.parked: dict[int, _Parked] = {}
         #: Partitions of the WAL, as of the last assignment.
         self.partition_count = 0
         #: What made opening a partition fail: the loop raises it.
@@ -107,26 +128,65 @@ class Assignment:
 
     async def assigned(self, assigned: Iterable[TopicPartition]) -> None:
         """Positions and pauses each new partition, then starts opening its store (see the
-        module doc); a partition whose store is open already is sought to its offset."""
+        module doc); a partition whose store is open already, or parked by the revocation of
+        the generation just before, is sought to its offset and folds on."""
         consumer = self.consumer
         assert consumer is not None
         tps = list(assigned)
+        generation = self._generation()
         self.partition_count = len(consumer.partitions_for_topic(self.config.topics.events) or ())
         if tps:
-            log.info("partitions %s assigned; opening", sorted(tp.partition for tp in tps))
+            log.info("partitions %s assigned (generation %d)",
+                     sorted(tp.partition for tp in tps), generation)  # fmt: skip
+        to_open: list[TopicPartition] = []
+        kept: list[int] = []
         for tp in tps:
             store = self.stores.get(tp.partition)
+            parked = self.parked.get(tp.partition)
             if store is not None:
                 consumer.seek(tp, store.next_offset)
+            elif parked is not None and generation > 0 and parked.generation + 1 == generation:
+                del self.parked[tp.partition]
+                self.folders[tp.partition] = parked.folder
+                if parked.quiet_below is not None:
+                    self.quiet_below[tp.partition] = parked.quiet_below
+                self.closed_at.pop(tp.partition, None)
+                consumer.seek(tp, parked.folder.store.next_offset)
+                kept.append(tp.partition)
             elif tp.partition not in self.opening:
                 consumer.seek(tp, 0)  # provisional: paused, nothing is fetched from it
                 consumer.pause(tp)
-                task = asyncio.create_task(self._open(tp))
-                self.opening[tp.partition] = task
+                to_open.append(tp)
+        # What was parked and did not come back (or came back after a generation missed) is
+        # closed before anything opens at its path: an opening here, or a standby copy.
+        dropped = sorted(self.parked)
+        for partition in dropped:
+            self.parked.pop(partition).folder.store.close()
+        if kept:
+            self.metrics.kept.inc(len(kept))
+            log.info("partitions %s kept from generation %d: folding on, not reopened",
+                     kept, generation - 1)  # fmt: skip
+        if dropped:
+            log.info("partitions %s revoked and closed", dropped)
+        if self._after_close is not None:
+            for partition in dropped:  # their partition producers, before any is started
+                await self._after_close(partition)
+        for tp in to_open:
+            if tp.partition not in self.opening and tp in consumer.assignment():
+                self.opening[tp.partition] = asyncio.create_task(self._open(tp))
         if self.standby is not None:
             active = {tp.partition for tp in consumer.assignment()}
             self.standby.want(set(self.membership.assignor.standbys) - active)
         self.announce()
+        if kept:
+            async with self._progress:
+                self._progress.notify_all()
+
+    def _generation(self) -> int:
+        """The group generation the consumer is in (-1: none, or reset after it was
+        dropped)."""
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        return int(getattr(coordinator, "generation", -1))
 
     def announce(self) -> None:
         """Tells the routing table this worker's assignment and has it asked for again
@@ -203,22 +263,32 @@ class Assignment:
                  "trimmed%s", partition, dropped, low, rest)  # fmt: skip
 
     async def revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        """Closes the stores of revoked partitions, between rounds (see the module doc)."""
+        """Takes revoked partitions out of service, between rounds, and parks their stores
+        until the next assignment (see the module doc); closes them, and their partition
+        producers, when this worker is no longer in a generation (dropped from the group)."""
         revoked = list(revoked)
         started = time.monotonic()
         await self.wait_opening([tp.partition for tp in revoked])
+        generation = self._generation()
+        closed: list[int] = []
         async with self._lock:  # waits for the round in progress to commit
             for tp in revoked:
                 self._on_revoke(tp.partition)
-                self.quiet_below.pop(tp.partition, None)
+                quiet = self.quiet_below.pop(tp.partition, None)
                 folder = self.folders.pop(tp.partition, None)
-                if folder is not None:
-                    self.closed_at[tp.partition] = folder.store.next_offset
+                if folder is None:
+                    closed.append(tp.partition)
+                    continue
+                self.closed_at[tp.partition] = folder.store.next_offset
+                if generation > 0:
+                    self.parked[tp.partition] = _Parked(folder, generation, quiet)
+                else:
                     folder.store.close()
+                    closed.append(tp.partition)
                     log.info("partition %d revoked", tp.partition)
         if self._after_close is not None:
-            for tp in revoked:
-                await self._after_close(tp.partition)
+            for partition in closed:
+                await self._after_close(partition)
         if revoked:
             self.announce()
         took = time.monotonic() - started
@@ -267,9 +337,12 @@ class Assignment:
             await asyncio.wait(tasks)
 
     def take_all(self) -> list[PartitionStore]:
-        """Empties the table (reads then go elsewhere: 421) and returns the stores to close."""
+        """Empties the table (reads then go elsewhere: 421) and returns the stores to close,
+        the parked ones too."""
         stores = [folder.store for folder in self.folders.values()]
+        stores += [parked.folder.store for parked in self.parked.values()]
         self.folders.clear()
+        self.parked.clear()
         return stores
 
     # ---- where each partition is ----

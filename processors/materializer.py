@@ -31,7 +31,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from lukhas_context.processors.assignment import Assignment
@@ -174,9 +173,11 @@ class Materializer:
             # The store says where to start; a position the log no longer has is an error.
             auto_offset_reset="none",
             fetch_max_bytes=16 * 1024 * 1024,
-            # Carries this worker's API URL to the coordinator (processors.members); round
-            # robin alone while a worker of an earlier version is in the group.
-            partition_assignment_strategy=(self.membership.assignor, RoundRobinPartitionAssignor),
+            # Carries this worker's API URL to the coordinator (processors.members). One
+            # assignor only: aiokafka 0.14 sends a JoinGroup per assignor it is given, each
+            # with different protocols, and each such rejoin starts another rebalance
+            # (docs/architecture.md, "Several workers").
+            partition_assignment_strategy=(self.membership.assignor,),
         )
         self.assignment.consumer = consumer
         self.publisher = Publisher(

@@ -84,6 +84,12 @@ class WorkerMetrics:
         self.restores = Counter(
             "lukhas_partition_opens", "Partition stores opened, by path", ["source"], registry=r
         )
+        self.kept = Counter(
+            "lukhas_partitions_kept",
+            "Partitions revoked and given back in the next generation, folded on without "
+            "reopening their stores",
+            registry=r,
+        )
         self.quarantined = Counter(
             "lukhas_stores_quarantined", "Unusable stores moved aside", registry=r
         )
