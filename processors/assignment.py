@@ -195,8 +195,7 @@ class Assignment:
         if consumer is None:
             return
         assigned = [tp.partition for tp in consumer.assignment()]
-        generation = int(getattr(getattr(consumer, "_coordinator", None), "generation", 0))
-        self.membership.assigned(assigned, max(generation, 0))
+        self.membership.assigned(assigned, max(self._generation(), 0))
 
     async def _open(self, tp: TopicPartition) -> None:
         try:
