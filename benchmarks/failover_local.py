@@ -33,12 +33,15 @@ import random
 import statistics
 import time
 import uuid
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from _support import (
     bootstrap_servers,
     encoded_puts,
     http_get,
+    metric,
     print_rows,
     progress,
     scratch_dir,
@@ -134,6 +137,22 @@ async def _kept(client: ContextClient, name: str, stop: asyncio.Event) -> float:
     return max(longest, time.monotonic() - last)
 
 
+def _timeline(log: Path, killed: float) -> list[str]:
+    """The survivor's rebalance as it logged it: revocation, assignment, partitions kept or
+    opened, each with its time after the kill (seconds)."""
+    lines = []
+    for line in log.read_text(errors="replace").splitlines():
+        if " lukhas_context.processors.assignment: " not in line:
+            continue
+        try:
+            at = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        except ValueError:
+            continue
+        if at >= killed - 1:
+            lines.append(f"{at - killed:+.2f} s {line.split(': ', 1)[1]}")
+    return lines
+
+
 def _standbys_caught_up(urls: list[str], partitions: int) -> bool:
     """Every partition has a standby copy somewhere, none behind."""
     copies = []
@@ -207,7 +226,7 @@ async def run(bootstrap: str, args: argparse.Namespace, standbys: int) -> dict[s
                 await asyncio.sleep(2)
                 say(f"kill -9 worker {victim_name} (partitions {moved})")
                 victim.kill()
-                killed = time.monotonic()
+                killed, killed_wall = time.monotonic(), time.time()
                 times = await asyncio.gather(
                     *(_failover(client, names[p], killed, args.timeout) for p in moved)
                 )
@@ -216,6 +235,8 @@ async def run(bootstrap: str, args: argparse.Namespace, standbys: int) -> dict[s
                 acked = await load
                 outages = await asyncio.gather(*kept_probes)
             opened = _partitions(survivor_url)
+            kept_count = metric(survivor_url, "lukhas_partitions_kept")
+            timeline = _timeline(scratch / "b" / "worker.log", killed_wall)
         finally:
             for proc, _ in workers.values():
                 if proc.poll() is None:
@@ -230,9 +251,10 @@ async def run(bootstrap: str, args: argparse.Namespace, standbys: int) -> dict[s
         "contexts": args.contexts, "partitions": args.partitions,
         "session_timeout_s": args.session_timeout, "standbys": standbys, "moved": rows,
         "median_s": round(statistics.median(times), 3), "max_s": round(max(times), 3),
-        "kept": [{"partition": p, "longest_outage_s": round(t, 3),
-                  "reopened_from": opened.get(p, {}).get("opened_from")}
+        "kept": [{"partition": p, "longest_outage_s": round(t, 3)}
                  for p, t in zip(kept, outages, strict=True)],
+        "survivor_partitions_kept": kept_count,
+        "survivor_timeline": timeline,
         "kept_max_outage_s": round(max(outages), 3),
         "load_puts_acked": acked,
     }  # fmt: skip

@@ -95,6 +95,8 @@ COVERAGE_CHECKS = 4
 _LOGGED_RECORDS = 5
 #: For ``_unusable``: not logged on its own (the ERROR line of the path set aside names it).
 _QUIET = _LOGGED_RECORDS
+#: Records a scan hands to its ``take`` between two yields to the event loop (``_scan``).
+_YIELD_EVERY = 500
 
 
 class Source(enum.Enum):
@@ -694,11 +696,16 @@ class StoreOpener:
             # Short: a range that ends with transaction markers returns no record for them;
             # the position moves past them, and the loop ends without a long empty wait.
             batch = await consumer.getmany(tp, timeout_ms=100, max_records=10_000)
-            for message in batch.get(tp, ()):
+            for n, message in enumerate(batch.get(tp, ()), 1):
                 if message.offset >= end:
                     return True
                 if not take(message):
                     return False
+                if n % _YIELD_EVERY == 0:
+                    # A restore shares the event loop with the fold of the partitions this
+                    # worker serves: 10,000 records in one go held their rounds (and reads
+                    # waiting on them) for hundreds of milliseconds a batch.
+                    await asyncio.sleep(0)
             position = await consumer.position(tp)
             high = consumer.highwater(tp)  # the log's end, not the last stable offset
             if not batch and high is not None and position >= high:
