@@ -41,6 +41,7 @@ def _extensions() -> list[Extension]:
         for name, source in (
             ("lukhas_context.processors._fastfold", "processors/_fastfold.pyx"),
             ("lukhas_context.schemas._fastchange", "schemas/_fastchange.pyx"),
+            ("lukhas_context.schemas._fastjson", "schemas/_fastjson.pyx"),
         )
     ]
     return list(cythonize(native, language_level=3, quiet=True))

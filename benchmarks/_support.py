@@ -270,11 +270,15 @@ async def bare_read(
     timeout_ms: int,
     max_records: int,
     assign: Sequence[TopicPartition] = (),
+    samples: list[tuple[float, float]] | None = None,
 ) -> tuple[int, float, float]:
     """Starts ``consumer`` (assigned ``assign`` from the beginning, if given), reads ``n``
     records touching key, value and offset, stops it. Returns the records seen, the rate
     (records after the first batch over the time from that batch to the last record) and that
-    time. Raises if fewer than ``n`` arrive in ``timeout_s``."""
+    time. ``samples``: gets ``(time, records seen)`` from the start and after every batch.
+    Raises if fewer than ``n`` arrive in ``timeout_s``."""
+    if samples is not None:
+        samples.append((time.perf_counter(), 0.0))
     await consumer.start()
     seen = first_count = 0
     t_first = t_last = 0.0
@@ -289,6 +293,8 @@ async def bare_read(
                 for m in records:
                     _ = (m.key, m.value, m.offset)
                 seen += len(records)
+            if samples is not None and batch:
+                samples.append((time.perf_counter(), float(seen)))
             if seen and not t_first:
                 t_first, first_count = time.perf_counter(), seen
         t_last = time.perf_counter()

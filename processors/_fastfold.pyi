@@ -1,7 +1,7 @@
 from collections.abc import Callable
 from typing import Any
 
-def fold_puts(
+def fold_simple(
     messages: list[Any],
     first: int,
     event_header: bytes,
@@ -11,6 +11,8 @@ def fold_puts(
     record_type: type,
     max_doc_bytes: int,
     max_depth: int,
+    max_operations: int,
+    max_work: int,
     recent: dict[bytes, int],
     entries: bytearray,
     changes: list[Any],

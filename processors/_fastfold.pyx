@@ -1,15 +1,20 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""The fold's hot loop in C, for the commonest event only: an unconditional Put whose payload
-is exactly ``EventCodec.simple_put``'s shape. It computes what the pure-Python path
-(``processors.round.PartitionFolder._fold_one``) computes, byte for byte; the tests fold
-generated logs through both and compare (tests/unit/processors/test_fold_native.py). Every other record
-is handed to ``slow(message)`` in log order. ``recent`` is ``state.dedupe.DedupeWindow.ids``:
-an event id already in it goes to ``slow``, which decides; a new one is inserted as
-``DedupeWindow.admit`` inserts it.
+"""The fold's hot loop in C, for the commonest events: an unconditional Put whose payload is
+exactly ``EventCodec.simple_put``'s shape, and a JSON Patch without fence or metadata (an
+expected checksum, version or TTL is fine: ``update()`` sends them) of a live context, made
+of ``add``, ``replace``, ``remove`` and ``test`` operations, which it applies by splicing the
+stored canonical document (``schemas._fastjson.patch_document``). It computes what the
+pure-Python path (``processors.round.PartitionFolder._fold_one``) computes, byte for byte;
+the tests fold
+generated logs through both and compare (tests/unit/processors/test_fold_native.py,
+test_patch_native.py). Every other record is handed to ``slow(message)`` in log order.
+``recent`` is ``state.dedupe.DedupeWindow.ids``: an event id already in it goes to ``slow``,
+which decides; a new one is inserted as ``DedupeWindow.admit`` inserts it.
 
 Why native: after aiokafka has built its records, the bare consumer's budget is about 3 µs a
-record here, and interpreted Python spends about 12 µs on this event's shape check, canonical
-JSON, record, change encoding and batch append.
+record here, and interpreted Python spends about 12 µs on a Put's shape check, canonical
+JSON, record, change encoding and batch append, and 60-100 µs on a Patch (decode, validate,
+parse the document, apply, serialise it again).
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
@@ -27,6 +32,10 @@ cdef int _SORT = orjson.OPT_SORT_KEYS
 cdef object _xxh3 = xxhash.xxh3_64_digest
 cdef object _xxh3_int = xxhash.xxh3_64_intdigest
 cdef object _tuple_new = tuple.__new__
+from lukhas_context.processors.fold import MAX_TTL_MS
+from lukhas_context.schemas._fastjson import patch_document as _patch_document
+
+cdef long long _MAX_TTL_MS = MAX_TTL_MS
 from lukhas_context.state.journal import ENTRY
 
 #: ``_journal`` writes the fields of ``state.journal.ENTRY`` at their offsets in this layout;
@@ -136,16 +145,20 @@ cdef Py_ssize_t _doc_start(bytes value, bytes key, bytes header):
     return p
 
 
-cdef bytes _change(bytes header, bytes value, Py_ssize_t n, long long version, bytes canonical,
-                   bytes checksum, long long offset, long long log_time):
-    """``ChangeCodec.encode_fields`` of a PUT without expiry, into one buffer."""
+cdef bytes _change(bytes header, bytes value, Py_ssize_t n, long long version, char kind,
+                   bytes canonical, bytes checksum, object expires, long long offset,
+                   long long log_time):
+    """``ChangeCodec.encode_fields`` into one buffer: ``kind`` is the ChangeKind's wire byte
+    (0 PUT, 2 PATCH), ``expires`` None or the expiry in ms."""
+    cdef unsigned long long ze = 0 if expires is None else _zigzag(<long long>expires)
+    cdef Py_ssize_t expiry_size = 1 if expires is None else 1 + _varint_size(ze)
     cdef unsigned long long zv = _zigzag(version)
     cdef unsigned long long zo = _zigzag(offset)
     cdef unsigned long long zt = _zigzag(log_time)
     cdef Py_ssize_t doc_size = PyBytes_GET_SIZE(canonical)
     cdef unsigned long long zd = _zigzag(doc_size)
     cdef Py_ssize_t total = (10 + 1 + n + _varint_size(zv) + 1 + _varint_size(zd) + doc_size
-                             + 8 + 1 + _varint_size(zo) + 16 + _varint_size(zt))
+                             + 8 + expiry_size + _varint_size(zo) + 16 + _varint_size(zt))
     cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
     cdef char* p = PyBytes_AS_STRING(out)
     cdef const char* v = PyBytes_AS_STRING(value)
@@ -154,15 +167,19 @@ cdef bytes _change(bytes header, bytes value, Py_ssize_t n, long long version, b
     memcpy(p, v + 26, 1 + n)  # the id's length byte and the id
     p += 1 + n
     p = _put_varint(p, zv)
-    p[0] = 0  # kind PUT
+    p[0] = kind
     p += 1
     p = _put_varint(p, zd)
     memcpy(p, PyBytes_AS_STRING(canonical), doc_size)
     p += doc_size
     memcpy(p, PyBytes_AS_STRING(checksum), 8)
     p += 8
-    p[0] = 0  # expires_at_ms null
-    p += 1
+    if expires is None:
+        p[0] = 0  # expires_at_ms null
+        p += 1
+    else:
+        p[0] = 2
+        p = _put_varint(p + 1, ze)
     p = _put_varint(p, zo)
     memcpy(p, v + 10, 16)  # event_id
     p += 16
@@ -170,17 +187,109 @@ cdef bytes _change(bytes header, bytes value, Py_ssize_t n, long long version, b
     return out
 
 
-def fold_puts(list messages, long long first, bytes event_header, bytes change_header,
-              dict pending, object get, object record_type, Py_ssize_t max_doc_bytes,
-              Py_ssize_t max_depth, dict recent, bytearray entries, list changes,
-              object no_headers, object slow):
-    """Folds ``messages`` (offsets below ``first`` skipped): simple Puts of event ids not seen
-    in the dedupe window here, every other record through ``slow(message)``. Returns how many
+cdef Py_ssize_t _read_long(const unsigned char* v, Py_ssize_t p, Py_ssize_t end,
+                           long long* out):
+    """A zig-zag varint long at ``p``: the position after it, or -1 (past ``end``, longer
+    than 10 bytes or over 64 bits: the general path decides)."""
+    cdef unsigned long long z = 0
+    cdef int shift = 0
+    cdef unsigned char byte
+    while True:
+        if p >= end or shift > 63:
+            return -1
+        byte = v[p]
+        p += 1
+        if shift == 63 and byte > 1:
+            return -1
+        z |= (<unsigned long long>(byte & 0x7F)) << shift
+        if byte < 0x80:
+            break
+        shift += 7
+    out[0] = <long long>(z >> 1) ^ -(<long long>(z & 1))
+    return p
+
+
+cdef struct _PatchEvent:
+    Py_ssize_t start        # the patch: [start, start + size)
+    Py_ssize_t size
+    Py_ssize_t checksum_at  # the expected checksum's 8 bytes, or -1
+    bint has_ttl
+    long long ttl
+    bint clear_ttl
+    bint has_expected
+    long long expected
+
+
+cdef int _patch_event(bytes value, bytes key, bytes header, _PatchEvent* e):
+    """Reads a JSON Patch event (``EventCodec.encode`` of ``Patch(JSON_PATCH, ...)``) with no
+    fence and no metadata, keyed by its ASCII context id; 0, or -1 for any other record."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(key)
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(value)
+    cdef const unsigned char* v = <const unsigned char*>PyBytes_AS_STRING(value)
+    cdef const unsigned char* k = <const unsigned char*>PyBytes_AS_STRING(key)
+    cdef Py_ssize_t i, p
+    cdef long long length
+    if n <= 0 or n >= 64 or size < 28 + n + 3 + 6:
+        return -1
+    if v[26] != (n << 1) or v[27 + n] != 0x04 or v[28 + n] != 0:  # Patch, JSON_PATCH
+        return -1
+    if v[size - 1] != 0 or v[size - 2] != 0:  # no metadata, no fence
+        return -1
+    if memcmp(v, PyBytes_AS_STRING(header), 10) != 0 or memcmp(v + 27, k, n) != 0:
+        return -1
+    for i in range(n):
+        if k[i] >= 0x80:
+            return -1
+    size -= 2
+    p = _read_long(v, 29 + n, size, &length)
+    if p < 0 or length < 0 or length > size - p:
+        return -1
+    e.start = p
+    e.size = <Py_ssize_t>length
+    p += e.size
+    if p < size and v[p] == 0:
+        e.checksum_at = -1
+        p += 1
+    elif p + 9 <= size and v[p] == 2:
+        e.checksum_at = p + 1
+        p += 9
+    else:
+        return -1
+    e.has_ttl = p < size and v[p] == 2
+    if e.has_ttl:
+        p = _read_long(v, p + 1, size, &e.ttl)
+    elif p < size and v[p] == 0:
+        p += 1
+    else:
+        return -1
+    if p < 0 or p >= size or v[p] > 1:
+        return -1
+    e.clear_ttl = v[p] == 1
+    p += 1
+    e.has_expected = p < size and v[p] == 2
+    if e.has_expected:
+        p = _read_long(v, p + 1, size, &e.expected)
+    elif p < size and v[p] == 0:
+        p += 1
+    else:
+        return -1
+    return 0 if p == size else -1
+
+
+def fold_simple(list messages, long long first, bytes event_header, bytes change_header,
+                dict pending, object get, object record_type, Py_ssize_t max_doc_bytes,
+                Py_ssize_t max_depth, Py_ssize_t max_operations, Py_ssize_t max_work,
+                dict recent, bytearray entries, list changes, object no_headers, object slow):
+    """Folds ``messages`` (offsets below ``first`` skipped): plain Puts, and JSON Patches of
+    live contexts that ``schemas._fastjson.patch_document`` takes, of event ids not seen in
+    the dedupe window here; every other record through ``slow(message)``. Returns how many
     events this loop applied."""
     cdef Py_ssize_t applied = 0
     cdef Py_ssize_t start, size, n
     cdef long long offset, version
     cdef const unsigned char* v
+    cdef char kind
+    cdef _PatchEvent e
     for m in messages:
         offset = m.offset
         if offset < first:
@@ -190,50 +299,94 @@ def fold_puts(list messages, long long first, bytes event_header, bytes change_h
         if type(key) is not bytes or type(value) is not bytes:
             slow(m)
             continue
-        start = _doc_start(<bytes>value, <bytes>key, event_header)
         size = PyBytes_GET_SIZE(value)
-        if start < 0 or size - 4 - start > max_doc_bytes:
-            slow(m)
-            continue
         v = <const unsigned char*>PyBytes_AS_STRING(value)
-        if _needs_checks(v + start, size - 4 - start, max_depth):
-            slow(m)
-            continue
-        event_id = value[10:26]
-        if event_id in recent:  # a retry, or an id reused: the general path decides
-            slow(m)
-            continue
-        try:
-            obj = _loads(value[start:size - 4])
-        except _JSONDecodeError:
-            slow(m)
-            continue
-        if type(obj) is not dict:
-            slow(m)
-            continue
-        try:
-            canonical = _dumps(obj, option=_SORT)
-        except _JSONEncodeError:
-            slow(m)
-            continue
-        if PyBytes_GET_SIZE(canonical) > max_doc_bytes:
-            slow(m)
-            continue
+        start = _doc_start(<bytes>value, <bytes>key, event_header)
+        if start >= 0:
+            if size - 4 - start > max_doc_bytes or _needs_checks(v + start, size - 4 - start,
+                                                                 max_depth):
+                slow(m)
+                continue
+            event_id = value[10:26]
+            if event_id in recent:  # a retry, or an id reused: the general path decides
+                slow(m)
+                continue
+            try:
+                obj = _loads(value[start:size - 4])
+            except _JSONDecodeError:
+                slow(m)
+                continue
+            if type(obj) is not dict:
+                slow(m)
+                continue
+            try:
+                canonical = _dumps(obj, option=_SORT)
+            except _JSONEncodeError:
+                slow(m)
+                continue
+            if PyBytes_GET_SIZE(canonical) > max_doc_bytes:
+                slow(m)
+                continue
+            record = pending.get(key)
+            if record is None:
+                record = get(key)
+            version = 1 if record is None else record[0] + 1
+            checksum = _xxh3(canonical)
+            expires = None
+            kind = 0  # PUT
+        else:
+            # A JSON Patch. What the general path would not apply (a TTL both set and
+            # cleared or out of range, a context that does not exist or has expired, an
+            # expected version that is not the context's) it decides.
+            if _patch_event(<bytes>value, <bytes>key, event_header, &e) < 0:
+                slow(m)
+                continue
+            if e.has_ttl and (e.clear_ttl or e.ttl <= 0 or e.ttl > _MAX_TTL_MS):
+                slow(m)
+                continue
+            event_id = value[10:26]
+            if event_id in recent:
+                slow(m)
+                continue
+            record = pending.get(key)
+            if record is None:
+                record = get(key)
+            if record is None or record[1] is None:
+                slow(m)
+                continue
+            expires = record[3]
+            if expires is not None and not m.timestamp < expires:
+                slow(m)
+                continue
+            if e.has_expected and e.expected != record[0]:
+                slow(m)
+                continue
+            canonical = _patch_document(record[1], value[e.start:e.start + e.size],
+                                         max_depth, max_doc_bytes, max_operations, max_work)
+            if canonical is None:
+                slow(m)
+                continue
+            checksum = _xxh3(canonical)
+            if e.checksum_at >= 0 and memcmp(v + e.checksum_at, PyBytes_AS_STRING(checksum), 8):
+                slow(m)  # not the document the writer expected: the general path rejects
+                continue
+            if e.clear_ttl:
+                expires = None
+            elif e.has_ttl:
+                expires = m.timestamp + e.ttl
+            version = record[0] + 1
+            kind = 2  # PATCH
         payload_hash = _xxh3_int(value)
         # One int, which the GC does not track; the shift must be on a Python int, not in C.
         recent[event_id] = ((<object>offset) << 64) | payload_hash
-        record = pending.get(key)
-        if record is None:
-            record = get(key)
-        version = 1 if record is None else record[0] + 1
-        checksum = _xxh3(canonical)
         log_time = m.timestamp
         # tuple.__new__ straight away: a NamedTuple's own __new__ is a Python frame per event.
-        pending[key] = _tuple_new(record_type, (version, canonical, checksum, None, offset,
+        pending[key] = _tuple_new(record_type, (version, canonical, checksum, expires, offset,
                                                 log_time))
         _journal(entries, offset, version, PyBytes_AS_STRING(event_id), payload_hash)
         n = PyBytes_GET_SIZE(key)
-        changes.append((key, _change(change_header, value, n, version, canonical, checksum,
-                                     offset, log_time), no_headers))
+        changes.append((key, _change(change_header, value, n, version, kind, canonical,
+                                     checksum, expires, offset, log_time), no_headers))
         applied += 1
     return applied
+

@@ -68,11 +68,11 @@ from lukhas_context.state.manifest import check_checkpoint_id
 from lukhas_context.state.record import ContextRecord
 from lukhas_context.state.store import PartitionStore
 
-native_fold_puts: Callable[..., int] | None
+native_fold: Callable[..., int] | None
 try:
-    from lukhas_context.processors._fastfold import fold_puts as native_fold_puts
+    from lukhas_context.processors._fastfold import fold_simple as native_fold
 except ImportError:  # built without a C compiler: the general path folds everything
-    native_fold_puts = None
+    native_fold = None
 
 #: A change record: ``(key, value, headers)``; value None and the tombstone's headers for a
 #: deletion, else the encoded ``ContextChange`` and no headers.
@@ -204,7 +204,7 @@ class PartitionFolder:
         self.window = DedupeWindow.from_journal(store, limits.dedupe_window)
         #: Use the native hot loop when it is built (``native`` False: the general path
         #: folds everything, as without a C compiler; the tests compare both).
-        self.native = native and native_fold_puts is not None
+        self.native = native and native_fold is not None
         #: Write the history index (``state.history``) with each round
         #: (``WorkerConfig.history_index``).
         self.index_history = index_history
@@ -238,8 +238,9 @@ class PartitionFolder:
         """Folds ``messages`` (offsets below the store's ``next_offset`` skipped) in memory;
         None when all of them are below it (fetched before a re-seek: folded already).
 
-        With the native extension, unconditional Puts (the commonest event) are folded in C
-        and every other record is handed back to ``_fold_one``, in log order; without it,
+        With the native extension, unconditional Puts and plain JSON Patches (the commonest
+        events) are folded in C and every other record is handed back to ``_fold_one``, in
+        log order; without it,
         ``_fold_one`` folds every record. Both give identical results (property-tested).
         Every record gets exactly one journal entry, whatever became of it.
         """
@@ -254,14 +255,15 @@ class PartitionFolder:
         native = self.native and not self.prepared
         if native and any(m.key == TX_KEY for m in messages):
             native = False
-        if native and native_fold_puts is not None:
+        if native and native_fold is not None:
             limits = self.limits
             # Not `r.applied += ...`: that would read r.applied before the call, losing what
             # `_fold_one` counts during it.
-            native_applied = native_fold_puts(
+            native_applied = native_fold(
                 messages, first, self._events.header, self._changes.header, r.records,
                 store.get, ContextRecord, limits.max_document_bytes, limits.max_depth,
-                self.window.ids, r.entries, r.changes, _NO_HEADERS, slow,
+                limits.max_patch_operations, limits.max_patch_work, self.window.ids,
+                r.entries, r.changes, _NO_HEADERS, slow,
             )  # fmt: skip
             r.applied += native_applied
         else:

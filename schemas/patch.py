@@ -41,8 +41,14 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import jsonpatch
+import orjson
 
 from lukhas_context.schemas.exceptions import NestingTooDeepError, PatchError
+
+try:
+    from lukhas_context.schemas._fastjson import diff_documents as _native_diff
+except ImportError:  # built without a C compiler: make_json_patch diffs every pair
+    _native_diff = None
 
 __all__ = [
     "DEFAULT_PATCH_LIMITS",
@@ -50,6 +56,7 @@ __all__ = [
     "apply_json_patch",
     "apply_merge_patch",
     "check_depth",
+    "diff_canonical",
     "json_weight",
     "make_json_patch",
     "validate_json_patch",
@@ -649,6 +656,22 @@ def make_json_patch(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, 
         raise PatchError(
             f"cannot express the difference as a JSON Patch: {_clip(str(exc))}"
         ) from None
+
+
+def diff_canonical(old: bytes, new: bytes) -> list[dict[str, Any]]:
+    """``make_json_patch`` of two documents given as canonical JSON (orjson, sorted keys, as
+    the store and ``update()`` hold them), on their bytes when the native module takes them:
+    members added, removed or changed, array items changed in place, appended or removed
+    from the end (about 2 µs for one message appended to a 5 KB conversation, where
+    ``make_json_patch`` takes about 0.5 ms). Otherwise (a member name with an escape, more
+    than 64 operations, no native module) ``make_json_patch`` of the parsed documents.
+    Raises as ``make_json_patch`` does; ``orjson.JSONDecodeError`` for bytes that are not
+    JSON."""
+    if _native_diff is not None:
+        ops = _native_diff(old, new)
+        if ops is not None:
+            return ops
+    return make_json_patch(orjson.loads(old), orjson.loads(new))
 
 
 def _json_type(value: Any) -> str:

@@ -16,7 +16,7 @@ are recognised across restarts, checkpoints and restores exactly as in an uninte
 the journal must hold at least the window (``WorkerConfig`` checks it).
 
 Every decision of the window is made here. The one exception is the native hot loop
-(``processors._fastfold.fold_puts``), which reads and extends ``ids`` in place: it folds only
+(``processors._fastfold.fold_simple``), which reads and extends ``ids`` in place: it folds only
 an id *not* in the dict, where this module would remember it just as the loop does.
 """
 

@@ -91,6 +91,9 @@ class Change:
     offset: int
     delta: list[dict[str, Any]] | None = None
     _token: tuple[str, tuple[int, ...]] = field(default=("", ()), repr=False, compare=False)
+    #: The document's canonical JSON as the change record holds it (the watcher's deltas
+    #: diff these bytes); None for a tombstone.
+    _canonical: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def position(self) -> str:

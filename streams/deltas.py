@@ -6,12 +6,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-import orjson
 import xxhash
 
 from lukhas_context.schemas.event import Op, Patch, PatchFormat, Put
 from lukhas_context.schemas.exceptions import PatchError
-from lukhas_context.schemas.patch import make_json_patch, validate_json_patch
+from lukhas_context.schemas.patch import diff_canonical, validate_json_patch
 from lukhas_context.streams.validation import json_bytes
 
 __all__ = ["SEEN_CACHE_SIZE", "DeltaCache"]
@@ -25,13 +24,13 @@ class DeltaCache:
     this client's own write."""
 
     def __init__(self) -> None:
-        self._seen: OrderedDict[str, tuple[int | None, dict[str, Any]]] = OrderedDict()
+        self._seen: OrderedDict[str, tuple[int | None, bytes]] = OrderedDict()
 
     def remember(self, context_id: str, version: int | None, canonical: bytes) -> None:
-        """Keeps the document last seen of a context, parsed from its canonical JSON: a
-        private copy the caller's dict cannot change."""
+        """Keeps the document last seen of a context, as its canonical JSON (immutable: the
+        caller's dict cannot change it)."""
         self._seen.pop(context_id, None)
-        self._seen[context_id] = (version, orjson.loads(canonical))
+        self._seen[context_id] = (version, canonical)
         while len(self._seen) > SEEN_CACHE_SIZE:
             self._seen.popitem(last=False)
 
@@ -51,7 +50,7 @@ class DeltaCache:
         expected = seen[0] if seen is not None else None
         op: Op = Put(data, ttl_ms)
         if seen is not None:
-            ops = make_json_patch(seen[1], new_doc)
+            ops = diff_canonical(seen[1], data)
             delta = json_bytes(ops, len(data), "patch", quiet=True)
             if delta is not None and len(delta) < len(data) and _patch_fits(ops):
                 # clear_ttl when no ttl is given: update() writes the whole new document, and a

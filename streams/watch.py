@@ -58,7 +58,7 @@ from lukhas_context.schemas.change import (
 )
 from lukhas_context.schemas.codec import ChangeCodec
 from lukhas_context.schemas.exceptions import BadFenceRecordError, BadTombstoneError, CodecError
-from lukhas_context.schemas.patch import make_json_patch
+from lukhas_context.schemas.patch import diff_canonical
 from lukhas_context.streams import kafka
 from lukhas_context.streams.changes import KIND_NAMES, Change, Gap, ResumeToken, Start, parse_start
 from lukhas_context.streams.changes import token_text as _token_text
@@ -170,7 +170,7 @@ class Watcher:
         #: Per partition, the last record read at its expected offset (its ``seq`` header is
         #: read only when the next record is not at the next offset).
         self._prev: dict[int, Any] = {}
-        self._docs: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
+        self._docs: OrderedDict[bytes, bytes] = OrderedDict()
         self._started = False
         self._closed = False
         self._idle_since = time.monotonic()
@@ -517,19 +517,20 @@ class Watcher:
             return "undecodable change: its document is not JSON"
         return Change(
             context_id, version, KIND_NAMES[kind], parsed, checksum.hex(), m.partition,
-            wal_offset, log_time, expires, event_id.hex(), m.offset,
+            wal_offset, log_time, expires, event_id.hex(), m.offset, _canonical=doc,
         )  # fmt: skip
 
     def _with_delta(self, key: bytes, change: Change) -> Change:
         docs = self._docs
         previous = docs.pop(key, None)
-        if change.doc is None:
+        canonical = change._canonical
+        if change.doc is None or canonical is None:
             return change
-        docs[key] = change.doc
+        docs[key] = canonical
         if len(docs) > DELTA_MEMORY:
             docs.popitem(last=False)
         if previous is None:
             return change
-        change.delta = make_json_patch(previous, change.doc)
+        change.delta = diff_canonical(previous, canonical)
         change.doc = None
         return change

@@ -27,13 +27,18 @@ from hypothesis import settings
 settings.register_profile("lukhas", deadline=None, print_blob=True)
 settings.load_profile("lukhas")
 
-#: The native extensions: the fold's hot loop and the change stream's decoder.
-NATIVE = ("lukhas_context.processors._fastfold", "lukhas_context.schemas._fastchange")
+#: The native extensions: the fold's hot loop, the change stream's decoder, and the patch
+#: splice and diff on canonical JSON.
+NATIVE = (
+    "lukhas_context.processors._fastfold",
+    "lukhas_context.schemas._fastchange",
+    "lukhas_context.schemas._fastjson",
+)
 INTEGRATION = Path(__file__).parent / "integration"
 
 
 class _NoNative(importlib.abc.MetaPathFinder):
-    """Makes importing either native extension fail with ImportError."""
+    """Makes importing any native extension fail with ImportError."""
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None

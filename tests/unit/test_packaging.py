@@ -84,13 +84,17 @@ def test_the_native_extension_is_built_unless_switched_off() -> None:
     import os
 
     from lukhas_context.processors import round as partition_round
+    from lukhas_context.schemas import patch
     from lukhas_context.streams import watch
 
     if os.environ.get("LUKHAS_TEST_PURE_PYTHON") == "1":
-        assert partition_round.native_fold_puts is None and watch._read_change is None
+        assert partition_round.native_fold is None and watch._read_change is None
+        assert patch._native_diff is None
     else:
-        assert partition_round.native_fold_puts is not None and watch._read_change is not None
+        assert partition_round.native_fold is not None and watch._read_change is not None
+        assert patch._native_diff is not None
+        assert patch._native_diff.__module__ == "lukhas_context.schemas._fastjson"
         # Each where its package needs it: the change decoder in schemas (streams imports it),
         # the fold's loop in processors; no import from streams reaches into processors.
         assert watch._read_change.__module__ == "lukhas_context.schemas._fastchange"
-        assert partition_round.native_fold_puts.__module__ == "lukhas_context.processors._fastfold"
+        assert partition_round.native_fold.__module__ == "lukhas_context.processors._fastfold"

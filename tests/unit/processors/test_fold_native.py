@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,13 +18,19 @@ from lukhas_context.processors import round as rnd
 from lukhas_context.processors.fold import Limits
 from lukhas_context.processors.round import PartitionFolder
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
-from lukhas_context.schemas.event import ContextEvent, Delete, Fence, Put
+from lukhas_context.schemas.event import (
+    ChangeKind,
+    ContextEvent,
+    Delete,
+    Fence,
+    Patch,
+    PatchFormat,
+    Put,
+)
 from lukhas_context.state.record import ContextRecord
 from lukhas_context.state.store import PartitionStore
 
-pytestmark = pytest.mark.skipif(
-    rnd.native_fold_puts is None, reason="the native extension is not built"
-)
+pytestmark = pytest.mark.skipif(rnd.native_fold is None, reason="the native extension is not built")
 
 Message = namedtuple("Message", "topic partition offset key value timestamp headers")
 CODEC = EventCodec()
@@ -68,12 +75,40 @@ def documents(draw: Any) -> bytes:
     return text.encode()
 
 
+POINTERS = ["/a", "/b", "/a/0", "/a/1", "/a/-", "/n", "/s", "/long", "/dup", "/new", "/a/0/x", ""]
+
+
+@st.composite
+def patches(draw: Any) -> bytes:
+    """JSON Patch text: add, replace, remove and test on the documents' members (the
+    native loop's), now and then move or a malformed operation (the general path's)."""
+    ops: list[dict[str, Any]] = []
+    for _ in range(draw(st.integers(0, 3))):
+        name = draw(st.sampled_from(["add", "add", "replace", "remove", "test", "move", "x"]))
+        op: dict[str, Any] = {"op": name, "path": draw(st.sampled_from(POINTERS))}
+        if name == "move":
+            op["from"] = draw(st.sampled_from(POINTERS))
+        elif name != "remove":
+            op["value"] = draw(JSON_VALUES)
+        ops.append(op)
+    return json.dumps(ops).encode()
+
+
 @st.composite
 def records(draw: Any) -> tuple[bytes | None, bytes | None]:
     key = draw(st.sampled_from(KEYS))
     eid = draw(st.binary(min_size=16, max_size=16))
-    kind = draw(st.integers(0, 9))
+    kind = draw(st.integers(0, 12))
     doc = draw(st.sampled_from(DOCS) | documents())
+    if kind >= 10:  # JSON Patches: plain; with a checksum; a TTL, clear_ttl, expected version
+        checksum = draw(st.none() | st.binary(min_size=8, max_size=8)) if kind == 11 else None
+        ttl = clear = expected = None
+        if kind == 12:
+            ttl = draw(st.sampled_from([None, None, 1000, 0, -5, 2**62]))
+            clear = draw(st.booleans())
+            expected = draw(st.none() | st.integers(0, 4))
+        op = Patch(PatchFormat.JSON_PATCH, draw(patches()), checksum, ttl, bool(clear))
+        return key.encode(), CODEC.encode(ContextEvent(eid, key, op, expected))
     if kind <= 4:  # the commonest shape: the native loop's own
         return key.encode(), CODEC.encode(ContextEvent(eid, key, Put(doc)))
     if kind == 5:
@@ -148,13 +183,47 @@ def test_the_native_loop_takes_the_commonest_event() -> None:
     log = [
         m._replace(value=m.value[:10] + bytes([i]) * 16 + m.value[26:]) for i, m in enumerate(log)
     ]
-    assert rnd.native_fold_puts is not None
-    applied = rnd.native_fold_puts(
+    assert rnd.native_fold is not None
+    applied = rnd.native_fold(
         log, 0, CODEC.header, ChangeCodec().header, records, lambda k: None,
-        ContextRecord, 1000, 64, recent, entries, changes, [], handed.append,
+        ContextRecord, 1000, 64, 1000, 1 << 21, recent, entries, changes, [], handed.append,
     )  # fmt: skip
     assert applied == 10 and handed == [] and records[b"k"].version == 10
     assert len(recent) == 10 and len(entries) == 10 * 41
+
+
+def test_the_native_loop_takes_plain_patches() -> None:
+    """A conversation growing by appends, with an expected checksum now and then: the
+    native loop folds every event and the general path gets none."""
+    handed: list[Any] = []
+    log = [
+        Message(
+            "t", 0, 0, b"k", CODEC.encode(ContextEvent(bytes(16), "k", Put(b'{"m":[]}'))), 5, []
+        )
+    ]
+    for i in range(1, 10):
+        body = json.dumps([{"op": "add", "path": "/m/-", "value": {"n": i}}]).encode()
+        op = Patch(
+            PatchFormat.JSON_PATCH, body, xxhash.xxh3_64_digest(expected(i)) if i % 2 else None
+        )
+        log.append(
+            Message("t", 0, i, b"k", CODEC.encode(ContextEvent(bytes([i]) * 16, "k", op)), 5, [])
+        )
+    records: dict[bytes, Any] = {}
+    changes: list[Any] = []
+    assert rnd.native_fold is not None
+    applied = rnd.native_fold(
+        log, 0, CODEC.header, ChangeCodec().header, records, lambda k: None,
+        ContextRecord, 1000, 64, 1000, 1 << 21, {}, bytearray(), changes, [], handed.append,
+    )  # fmt: skip
+    assert applied == 10 and handed == []
+    assert records[b"k"].version == 10 and records[b"k"].doc == expected(9)
+    change = ChangeCodec().decode(changes[-1][1])
+    assert change.kind is ChangeKind.PATCH and change.doc == expected(9) and change.version == 10
+
+
+def expected(n: int) -> bytes:
+    return json.dumps({"m": [{"n": i} for i in range(1, n + 1)]}, separators=(",", ":")).encode()
 
 
 @given(st.lists(records(), min_size=1, max_size=40), st.data())
