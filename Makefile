@@ -67,6 +67,7 @@ bench: $(STAMP)  ## Materialisation throughput vs a bare consumer (starts its ow
 	$(BIN)/python benchmarks/fences.py
 	$(BIN)/python benchmarks/transactions.py
 	$(BIN)/python benchmarks/failover_local.py
+	$(BIN)/python benchmarks/memory.py
 
 # The compose cluster (docker-compose.yml), the second way to run it: needs a Docker engine.
 COMPOSE_ENV := LUKHAS_BOOTSTRAP=127.0.0.1:29092,127.0.0.1:29093,127.0.0.1:29094 \

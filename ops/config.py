@@ -159,6 +159,7 @@ class WorkerFlags:
     exactly_once: bool = True
     standby_replicas: int = 0
     rebalance_timeout: float | None = None
+    memory_budget: int | None = None
 
 
 class Settings:
@@ -250,7 +251,7 @@ class Settings:
             expiry_interval_s=f.expiry_interval, expiry_batch=f.expiry_batch,
             history_index=f.history_index, schema_dir=f.schema_dir,
             prune_interval_s=f.prune_interval, exactly_once=f.exactly_once,
-            standby_replicas=f.standby_replicas,
+            standby_replicas=f.standby_replicas, memory_budget_bytes=f.memory_budget,
             **fold_sizing(f.dedupe_window or self.env.dedupe_window),
             checkpoint_pause_s=self.env.checkpoint_pause_s,
             listener=ListenerLimits(

@@ -53,6 +53,9 @@ class WorkerConfig:
     #: folded with it off says so (``covered_from`` starts again when it is back on).
     history_index: bool = True
     store: StoreOptions = field(default_factory=StoreOptions)
+    #: The worker's memory budget in bytes (``state.memory``; ``lukhas worker`` gives 1 GiB
+    #: unless told otherwise); None: none (each store sized on its own, as tools open them).
+    memory_budget_bytes: int | None = None
     client_id: str = "lukhas-worker"
     #: Where checkpoints are kept (default ``STATE_DIR/checkpoints``); put it on another disk
     #: to survive the loss of the state disk.

@@ -27,7 +27,8 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -52,6 +53,7 @@ from lukhas_context.processors.standby import StandbyManager, standby_positions
 from lukhas_context.schemas.event import ContextEvent
 from lukhas_context.schemas.txrecord import TX_KEY, encode_tick
 from lukhas_context.state.checkpoints import CheckpointDir
+from lukhas_context.state.memory import MemoryBudget, resident_bytes
 from lukhas_context.state.store import PartitionStore
 from lukhas_context.streams import kafka
 
@@ -63,14 +65,28 @@ TICK_INTERVAL_S = 1.0
 UNASSIGNED_WARN_S = 15.0
 
 MIN_ROUND_RECORDS = 200
+#: The share of the memory budget past which rounds get smaller (``mind_memory``).
+MEMORY_NEAR = 0.9
+#: How long fetching pauses while resident memory is over the budget.
+MEMORY_PAUSE_S = 0.1
+#: The over-budget warning is logged at most this often.
+MEMORY_WARN_S = 30.0
 
 
 class Materializer:
     """Folds the partitions assigned to this worker. ``run()`` until ``stop()``."""
 
     def __init__(self, config: WorkerConfig, metrics: WorkerMetrics | None = None) -> None:
-        self.config = config
         self.metrics = metrics or WorkerMetrics()
+        #: The memory budget every store of this worker draws on (None: none).
+        self.memory: MemoryBudget | None = None
+        self._memory_warned_at = -math.inf
+        if config.memory_budget_bytes is not None:
+            self.memory = MemoryBudget(config.memory_budget_bytes)
+            config = replace(config, store=replace(config.store, memory=self.memory))
+            for part in ("budget", "resident", "block_cache", "write_buffers", "read_cache"):
+                self.metrics.memory.labels(part).set_function(self._memory_part(part))
+        self.config = config
         self._events = config.event_codec()
         #: Held by a round from its fold to its commit; a revocation waits for it.
         self._lock = asyncio.Lock()
@@ -281,6 +297,7 @@ class Materializer:
             while not self._stopping.is_set():
                 if self.assignment.fatal is not None:
                     raise self.assignment.fatal
+                await self.mind_memory()
                 try:
                     batch = await consumer.getmany(
                         timeout_ms=cfg.fetch_timeout_ms, max_records=self.round_limit
@@ -396,6 +413,39 @@ class Materializer:
                 await consumer.commit(offsets)
         except KafkaError as exc:
             log.info("offset commit skipped (%s); the stores keep the real positions", exc)
+
+    def _memory_part(self, part: str) -> Callable[[], float]:
+        return lambda: float(self.memory.usage()[part]) if self.memory is not None else 0.0
+
+    async def mind_memory(self) -> None:
+        """Backpressure before a round, from this process's resident memory against the
+        budget: past ``MEMORY_NEAR`` of it the next round is halved (a round's records,
+        pending state and changes are the memory that moves fastest); past the budget the
+        read caches are halved too and fetching pauses for ``MEMORY_PAUSE_S`` (RocksDB flushes
+        meanwhile). Each round still folds at least ``MIN_ROUND_RECORDS``: memory slows the
+        fold, never stops it; a budget under what the worker needs at rest is said in the
+        log."""
+        memory = self.memory
+        if memory is None:
+            return
+        resident = resident_bytes()
+        if resident > memory.total * MEMORY_NEAR and self.round_limit > MIN_ROUND_RECORDS:
+            self.round_limit = max(MIN_ROUND_RECORDS, self.round_limit // 2)
+            self.metrics.memory_backpressure.labels("smaller_round").inc()
+        if resident > memory.total:
+            freed = memory.shrink_read_caches()
+            self.metrics.memory_backpressure.labels("paused").inc()
+            now = time.monotonic()
+            if now - self._memory_warned_at >= MEMORY_WARN_S:
+                self._memory_warned_at = now
+                log.warning(
+                    "resident memory %d MiB is over the budget of %d MiB: read caches shrunk "
+                    "by %d KiB, rounds of %d records, fetching paused %.1f s a round (a budget "
+                    "under what the worker needs at rest slows it for good: give "
+                    "--memory-budget more)", resident >> 20, memory.total >> 20, freed >> 10,
+                    self.round_limit, MEMORY_PAUSE_S,
+                )  # fmt: skip
+            await asyncio.sleep(MEMORY_PAUSE_S)
 
     def adapt_round_limit(self, seconds: float) -> None:
         """Keeps a round near its time budget: the fold is synchronous, and while it runs the

@@ -161,6 +161,19 @@ class WorkerMetrics:
             "Bound on the error of lukhas_clock_skew_seconds (+Inf: no upper bound measured)",
             registry=r,
         )
+        # The worker's memory budget (state.memory; set by the materialiser when it has one).
+        self.memory = Gauge(
+            "lukhas_memory_bytes",
+            "Memory by part: budget (--memory-budget), resident (the process), block_cache "
+            "and write_buffers (RocksDB, shared by every store), read_cache (decoded records)",
+            ["part"], registry=r,
+        )  # fmt: skip
+        self.memory_backpressure = Counter(
+            "lukhas_memory_backpressure",
+            "Rounds slowed for memory: smaller (resident memory near the budget) or paused "
+            "after shrinking the read caches (over it)",
+            ["action"], registry=r,
+        )  # fmt: skip
         self.expires_refused_early = Counter(
             "lukhas_expire_events_early",
             "Expire events the sweeper appended that the log stamped before the expiry "

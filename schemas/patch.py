@@ -37,6 +37,7 @@ what the others already bounded.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -45,6 +46,7 @@ import orjson
 
 from lukhas_context.schemas.exceptions import NestingTooDeepError, PatchError
 
+_native_diff: Callable[[bytes, bytes], list[dict[str, Any]] | None] | None
 try:
     from lukhas_context.schemas._fastjson import diff_documents as _native_diff
 except ImportError:  # built without a C compiler: make_json_patch diffs every pair

@@ -35,13 +35,12 @@ by line, so they are kept side by side.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import os
 import struct
 import time
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import xxhash
@@ -55,6 +54,7 @@ from lukhas_context.state.exceptions import (
     StoreOpenError,
 )
 from lukhas_context.state.manifest import Summary as Summary
+from lukhas_context.state.memory import MemoryBudget, ReadCache
 from lukhas_context.state.record import ContextRecord, decode_record, encode_record
 
 log = logging.getLogger(__name__)
@@ -141,17 +141,24 @@ def split_expiry_key(raw: bytes) -> tuple[int, bytes]:
 
 @dataclass(frozen=True, slots=True)
 class StoreOptions:
-    """Sizing of one partition's store. ``cache_records`` bounds the in-process read cache."""
+    """Sizing of one partition's store. ``cache_records`` bounds the in-process read cache by
+    count; ``memory``, the worker's budget (``state.memory``), bounds it by bytes and gives the
+    store the worker's shared block cache and write buffers. Without one (tools, tests) the
+    store has RocksDB's own cache and ``write_buffer_bytes`` per column family."""
 
     cache_records: int = 100_000
     write_buffer_bytes: int = 32 * 1024 * 1024
+    memory: MemoryBudget | None = field(default=None, compare=False)
 
 
 def _options(options: StoreOptions, create: bool = True) -> Options:
     opts = Options(raw_mode=True)
     opts.create_if_missing(create)
     opts.create_missing_column_families(True)
-    opts.set_write_buffer_size(options.write_buffer_bytes)
+    if options.memory is not None:
+        options.memory.configure(opts)
+    else:
+        opts.set_write_buffer_size(options.write_buffer_bytes)
     return opts
 
 
@@ -217,7 +224,12 @@ class PartitionStore:
             self._close_db()
             raise StoreCorruptError(path, ValueError(f"standby_at of {len(standby_at)} bytes"))
         self._standby_at: int | None = None if standby_at is None else _OFFSET.unpack(standby_at)[0]
-        self._cache: dict[bytes, ContextRecord] = {}
+        memory = self._options.memory
+        self._cache = (
+            ReadCache(1 << 62, self._options.cache_records)
+            if memory is None
+            else memory.read_cache(self._options.cache_records)
+        )
         #: Keys read and found absent since the last commit (bounded): the commit then knows
         #: they are new without looking them up again. Valid until the next write, and every
         #: write is a commit, which clears it.
@@ -453,7 +465,7 @@ class PartitionStore:
             found: list[bytes | None] = self._contexts.get(missing)  # type: ignore[arg-type,assignment]
             stored = dict(zip(missing, found, strict=True))
         for key, record in records.items():
-            cached = cache.get(key)
+            cached = cache.peek(key)
             if cached is not None:
                 yield key, record, cached, encode_record(cached)
             elif (raw := stored.get(key)) is not None:
@@ -731,16 +743,8 @@ class PartitionStore:
         return deleted, True
 
     def _remember(self, key: bytes, record: ContextRecord) -> None:
-        """Caches a record as the most recent entry. Past 1.5 times ``cache_records`` the
-        cache is cut back to the newest ``cache_records`` in one rebuild: evicting the oldest
-        entry one at a time would rescan the dict's deleted slots at its front on every
-        insert (about 100 µs each at 100,000 entries)."""
-        cache = self._cache
-        cache.pop(key, None)
-        cache[key] = record
-        limit = self._options.cache_records
-        if len(cache) > limit + limit // 2:
-            self._cache = dict(itertools.islice(cache.items(), len(cache) - limit, None))
+        """Caches a record as the most recently used (``state.memory.ReadCache``)."""
+        self._cache.put(key, record)
 
     def items(self) -> Iterator[tuple[bytes, ContextRecord]]:
         """Every stored record in key order (tombstones included)."""
@@ -754,6 +758,8 @@ class PartitionStore:
         are dropped first. Safe to call twice."""
         if not hasattr(self, "_db"):
             return
+        if self._options.memory is not None:
+            self._options.memory.release(self._cache)
         self._cache.clear()
         try:
             families = (self._contexts, self._journal, self._expiry, self._history, self._fences,

@@ -64,6 +64,32 @@ class Seconds(click.ParamType):
         return number
 
 
+class Bytes(click.ParamType):
+    """A size: ``512MiB``, ``1GiB``, ``800MB`` or a number of bytes, at least ``low``."""
+
+    name = "size"
+
+    def __init__(self, low: int = 0) -> None:
+        self.low = low
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            size = value
+        else:
+            from lukhas_context.state.memory import parse_bytes
+
+            try:
+                size = parse_bytes(str(value))
+            except ValueError as exc:
+                self.fail(str(exc), param, ctx)
+        if size < self.low:
+            self.fail(f"{value} is under the least of {self.low // 1024 // 1024} MiB", param, ctx)
+        return size
+
+
 #: A wait (``--timeout``): up to an hour.
 WAIT = Seconds()
 #: A TTL: more than 0, at most 100 years (what the client accepts).

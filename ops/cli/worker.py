@@ -107,6 +107,12 @@ def _api_url(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
               help="Warm copies the group keeps of each partition on other workers, following "
                    "the change topic; a partition whose worker dies moves to its caught-up "
                    "copy [env LUKHAS_STANDBY_REPLICAS].")  # fmt: skip
+@click.option("--memory-budget", type=params.Bytes(128 * 1024 * 1024), default="1GiB",
+              envvar="LUKHAS_MEMORY_BUDGET", show_default=True,
+              help="SIZE (512MiB, 2GiB) the worker keeps its memory within: one RocksDB block "
+                   "cache and write buffer manager for all its stores, read caches bounded by "
+                   "bytes, smaller rounds and pauses near it; reported in /metrics "
+                   "(lukhas_memory_bytes) [env LUKHAS_MEMORY_BUDGET].")  # fmt: skip
 @handle_errors
 def worker(**flags: Any) -> None:
     """Run one processor worker in the foreground (SIGTERM stops it cleanly)."""

@@ -96,6 +96,9 @@ BAD_OPTIONS = [
     ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--session-timeout", "nan"),
     ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--rebalance-timeout", "0"),
     ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--rebalance-timeout", "inf"),
+    ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--memory-budget", "1MiB"),
+    ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--memory-budget", "12 parsecs"),
+    ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--memory-budget", "-1GiB"),
     ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--checkpoint-interval", "inf"),
     ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--expiry-interval", "nan"),
     ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--api-port", HUGE),
@@ -307,3 +310,27 @@ def test_the_worker_asks_the_group_for_a_rebalance_timeout(
     result = CliRunner().invoke(cli, argv, env=env)
     assert result.exit_code == 0, (result.output, result.exception)
     assert seen[0].rebalance_timeout_ms == expected_ms
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        ((), {}, 1024**3),  # the default
+        (("--memory-budget", "512MiB"), {}, 512 * 1024**2),
+        ((), {"LUKHAS_MEMORY_BUDGET": "2GB"}, 2 * 1000**3),
+    ],
+)
+def test_the_worker_keeps_to_a_memory_budget(
+    args: tuple[str, ...], env: dict[str, str], expected: int, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """``--memory-budget`` (env ``LUKHAS_MEMORY_BUDGET``, default 1 GiB) reaches the config."""
+    from lukhas_context.processors import worker as worker_module
+
+    seen: list[Any] = []
+    monkeypatch.setattr(worker_module, "run_worker", lambda config: seen.append(config) or 0)
+    monkeypatch.delenv("LUKHAS_MEMORY_BUDGET", raising=False)
+    argv = ["worker", "--bootstrap", "b:1", "--state-dir", str(tmp_path), *args]
+    result = CliRunner().invoke(cli, argv, env=env)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert seen[0].memory_budget_bytes == expected

@@ -615,3 +615,21 @@ def test_check_depth_matches_a_reference(
                 check_depth(value, max_depth)
         else:
             check_depth(value, max_depth)
+
+
+def test_diff_canonical_turns_one_document_into_the_other() -> None:
+    """With the native byte diff or without it (the pure-Python run), the same contract as
+    make_json_patch: the operations make the new document, as canonical JSON."""
+    from lukhas_context.schemas.patch import apply_json_patch, diff_canonical
+
+    sort = orjson.OPT_SORT_KEYS
+    pairs = [
+        ({"a": 1, "m": [1, 2]}, {"a": 1.0, "m": [1, 2, {"x": True}], "n": None}),
+        ({"k~/": {"q": [True]}}, {"k~/": {"q": [1]}}),
+        ({'q"t': 1, "b": [3, 2, 1]}, {'q"t': 2, "b": [3]}),
+        ({}, {}),
+    ]
+    for old, new in pairs:
+        ops = diff_canonical(orjson.dumps(old, option=sort), orjson.dumps(new, option=sort))
+        made = apply_json_patch(old, ops)
+        assert orjson.dumps(made, option=sort) == orjson.dumps(new, option=sort), ops

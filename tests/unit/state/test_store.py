@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from lukhas_context.state.exceptions import CorruptRecordError
+from lukhas_context.state.memory import MemoryBudget, parse_bytes
 from lukhas_context.state.record import ContextRecord, decode_record, encode_record
 from lukhas_context.state.store import PartitionStore, StoreOptions
 
@@ -39,10 +40,50 @@ def test_new_store_starts_at_offset_zero_and_commit_survives_reopen(tmp_path: Pa
 def test_read_cache_is_bounded_and_reads_through(tmp_path: Path) -> None:
     with PartitionStore(tmp_path / "p0", StoreOptions(cache_records=10)) as store:
         store.commit({b"k%d" % i: rec(i + 1) for i in range(100)}, 100)
-        assert 10 <= len(store._cache) <= 15  # cut back to 10 in bulk past 1.5 times that
+        assert len(store._cache) == 10
         assert all(store.get(b"k%d" % i) == rec(i + 1) for i in range(100))
-        assert 10 <= len(store._cache) <= 15
-        assert list(store._cache)[-1] == b"k99"  # the newest entries stay
+        assert len(store._cache) == 10
+        assert b"k99" in store._cache and b"k89" not in store._cache
+
+
+def test_a_read_keeps_a_record_in_the_cache(tmp_path: Path) -> None:
+    """Least recently *used* goes first: a record read often stays while others come in."""
+    with PartitionStore(tmp_path / "p0", StoreOptions(cache_records=3)) as store:
+        store.commit({b"hot": rec(1)}, 1)
+        for i in range(10):
+            store.commit({b"k%d" % i: rec(i + 1)}, i + 2)
+            assert store.get(b"hot") == rec(1)
+        assert b"hot" in store._cache and len(store._cache) == 3
+
+
+def test_stores_share_one_memory_budget(tmp_path: Path) -> None:
+    """Under a budget the read caches are bounded by bytes, split among the open stores, and
+    every store draws on the one block cache and write buffer manager."""
+    budget = MemoryBudget(128 * 1024 * 1024)
+    options = StoreOptions(memory=budget)
+    big = b'{"text":"%s"}' % (b"x" * 100_000)
+    with PartitionStore(tmp_path / "a", options) as a:
+        assert a._cache.limit == budget.read_cache_bytes
+        with PartitionStore(tmp_path / "b", options) as b:
+            assert a._cache.limit == b._cache.limit == budget.read_cache_bytes // 2
+            records = {b"k%d" % i: ContextRecord(1, big, b"\0" * 8, None, i, 0) for i in range(400)}
+            b.commit(records, 400)
+            assert b._cache.bytes <= b._cache.limit < 400 * len(big)
+            assert all(b.get(k) == r for k, r in records.items())  # evicted ones read through
+            assert budget.usage()["write_buffers"] > 0
+            assert budget.usage()["read_cache"] == a._cache.bytes + b._cache.bytes
+        assert a._cache.limit == budget.read_cache_bytes  # b closed: its share comes back
+
+
+def test_the_memory_budget_refuses_what_cannot_run() -> None:
+    with pytest.raises(ValueError, match="under the least"):
+        MemoryBudget(1024)
+    assert parse_bytes("512MiB") == 512 * 1024 * 1024
+    assert parse_bytes("1.5 GB") == 1_500_000_000
+    assert parse_bytes("4096") == 4096
+    for bad in ("", "12 parsecs", "-1GiB", "1e9", "GiB"):
+        with pytest.raises(ValueError):
+            parse_bytes(bad)
 
 
 def test_rounds_adapt_to_their_time_budget(tmp_path: Path) -> None:
@@ -158,3 +199,33 @@ def test_a_store_that_failed_verification_releases_its_lock_while_the_error_live
         except StateError:
             pass  # still corrupt: what matters is that it is not locked
     assert kept, "no corruption was detected at all: the test corrupted nothing"
+
+
+def test_backpressure_slows_rounds_near_the_budget_and_pauses_over_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from lukhas_context.processors import materializer
+    from lukhas_context.processors.config import WorkerConfig
+    from lukhas_context.processors.materializer import MIN_ROUND_RECORDS, Materializer
+
+    budget = 256 * 1024 * 1024
+    config = WorkerConfig("unused", tmp_path, max_batch_records=8000, memory_budget_bytes=budget)
+    m = Materializer(config)
+    assert m.memory is not None and m.config.store.memory is m.memory
+    resident = [budget // 2]
+    monkeypatch.setattr(materializer, "resident_bytes", lambda: resident[0])
+    monkeypatch.setattr(materializer, "MEMORY_PAUSE_S", 0.0)
+    asyncio.run(m.mind_memory())
+    assert m.round_limit == 8000  # well under: nothing
+    resident[0] = int(budget * 0.95)
+    asyncio.run(m.mind_memory())
+    assert m.round_limit == 4000
+    resident[0] = budget + 1
+    for _ in range(10):
+        asyncio.run(m.mind_memory())
+    assert m.round_limit == MIN_ROUND_RECORDS  # slowed, never stopped
+    text = m.metrics.render().decode()
+    assert 'lukhas_memory_backpressure_total{action="paused"} 10.0' in text
+    assert 'lukhas_memory_bytes{part="budget"} 2.68435456e+08' in text
