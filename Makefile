@@ -68,6 +68,8 @@ bench: $(STAMP)  ## Materialisation throughput vs a bare consumer (starts its ow
 	$(BIN)/python benchmarks/transactions.py
 	$(BIN)/python benchmarks/failover_local.py
 	$(BIN)/python benchmarks/memory.py
+	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/python benchmarks/peers.py
 
 # The compose cluster (docker-compose.yml), the second way to run it: needs a Docker engine.
 COMPOSE_ENV := LUKHAS_BOOTSTRAP=127.0.0.1:29092,127.0.0.1:29093,127.0.0.1:29094 \
