@@ -34,6 +34,7 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -96,46 +97,52 @@ def conversation_message(i: int) -> dict[str, str]:
     return {"role": "user" if i % 2 else "agent", "text": f"turn {i} " * 4}
 
 
+async def append_ops(
+    bootstrap: str, topics: Topics, n: int, contexts: int, parts: int,
+    op_for: Callable[[int], Put | Patch],
+) -> None:  # fmt: skip
+    """``n`` events, event ``i`` on ``ctx-{i % contexts}`` with the operation ``op_for(i)``."""
+    codec = EventCodec()
+    records: Records = {p: [] for p in range(parts)}
+    for i in range(n):
+        cid = f"ctx-{i % contexts}"
+        key = cid.encode()
+        event = ContextEvent(uuid.uuid4().bytes, cid, op_for(i), None, None, EMPTY_METADATA)
+        records[partition_for(key, parts)].append((key, codec.encode(event)))
+    await send_partitions(bootstrap, topics.events, records)
+
+
 async def append_small_patches(
     bootstrap: str, topics: Topics, n: int, contexts: int, parts: int
 ) -> None:
     """``contexts`` puts of a small document, then ``n - contexts`` JSON Patches of two
     operations each (replace one member, add one to an object): documents stay under 200
     bytes, so this measures the patch path, not the bytes the change stream carries."""
-    codec = EventCodec()
-    records: Records = {p: [] for p in range(parts)}
-    for i in range(n):
-        cid = f"ctx-{i % contexts}"
-        key = cid.encode()
+
+    def op_for(i: int) -> Put | Patch:
         if i < contexts:
-            op: Put | Patch = Put(b'{"turn":0,"user":"u-%d","notes":{}}' % i)
-        else:
-            body = b'[{"op":"replace","path":"/turn","value":%d},' % i
-            body += b'{"op":"add","path":"/notes/n%d","value":"seen"}]' % (i % 16)
-            op = Patch(PatchFormat.JSON_PATCH, body)
-        event = ContextEvent(uuid.uuid4().bytes, cid, op, None, None, EMPTY_METADATA)
-        records[partition_for(key, parts)].append((key, codec.encode(event)))
-    await send_partitions(bootstrap, topics.events, records)
+            return Put(b'{"turn":0,"user":"u-%d","notes":{}}' % i)
+        body = b'[{"op":"replace","path":"/turn","value":%d},' % i
+        body += b'{"op":"add","path":"/notes/n%d","value":"seen"}]' % (i % 16)
+        return Patch(PatchFormat.JSON_PATCH, body)
+
+    await append_ops(bootstrap, topics, n, contexts, parts, op_for)
 
 
 async def append_patches(bootstrap: str, topics: Topics, n: int, contexts: int, parts: int) -> None:
     """The conversation-append workload: ``contexts`` puts of an empty conversation, then
     ``n - contexts`` JSON Patches, each appending one message to one of them in turn."""
-    codec = EventCodec()
-    records: Records = {p: [] for p in range(parts)}
-    for i in range(n):
-        cid = f"ctx-{i % contexts}"
-        key = cid.encode()
+
+    def op_for(i: int) -> Put | Patch:
         if i < contexts:
-            op: Put | Patch = Put(b'{"agent":"a-%d","messages":[]}' % i)
-        else:
-            body = orjson.dumps(
-                [{"op": "add", "path": "/messages/-", "value": conversation_message(i)}]
-            )
-            op = Patch(PatchFormat.JSON_PATCH, body)
-        event = ContextEvent(uuid.uuid4().bytes, cid, op, None, None, EMPTY_METADATA)
-        records[partition_for(key, parts)].append((key, codec.encode(event)))
-    await send_partitions(bootstrap, topics.events, records)
+            return Put(b'{"agent":"a-%d","messages":[]}' % i)
+        value = conversation_message(i)
+        return Patch(
+            PatchFormat.JSON_PATCH,
+            orjson.dumps([{"op": "add", "path": "/messages/-", "value": value}]),
+        )
+
+    await append_ops(bootstrap, topics, n, contexts, parts, op_for)
 
 
 async def measure_update_bytes(bootstrap: str, topics: Topics, writes: int) -> tuple[int, int]:

@@ -23,7 +23,6 @@ import random
 import re
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -40,6 +39,7 @@ from _support import (
     stop_worker,
     write_result,
 )
+from materialize import peak_rss_mib
 
 from lukhas_context.schemas.codec import EventCodec
 from lukhas_context.schemas.event import EMPTY_METADATA, ContextEvent, Put
@@ -62,12 +62,6 @@ async def append(bootstrap: str, topics: Topics, n: int, contexts: int, parts: i
                                  EMPTY_METADATA)  # fmt: skip
             records[partition_for(key, parts)].append((key, codec.encode(event)))
         await send_partitions(bootstrap, topics.events, records)
-
-
-def peak_rss_mib(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
-    return int(match.group(1)) / 1024 if match else float("nan")
 
 
 def run(

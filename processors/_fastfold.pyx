@@ -255,25 +255,23 @@ cdef int _patch_event(bytes value, bytes key, bytes header, _PatchEvent* e):
         p += 9
     else:
         return -1
-    e.has_ttl = p < size and v[p] == 2
-    if e.has_ttl:
-        p = _read_long(v, p + 1, size, &e.ttl)
-    elif p < size and v[p] == 0:
-        p += 1
-    else:
-        return -1
+    p = _optional_long(v, p, size, &e.has_ttl, &e.ttl)
     if p < 0 or p >= size or v[p] > 1:
         return -1
     e.clear_ttl = v[p] == 1
-    p += 1
-    e.has_expected = p < size and v[p] == 2
-    if e.has_expected:
-        p = _read_long(v, p + 1, size, &e.expected)
-    elif p < size and v[p] == 0:
-        p += 1
-    else:
-        return -1
+    p = _optional_long(v, p + 1, size, &e.has_expected, &e.expected)
     return 0 if p == size else -1
+
+
+cdef Py_ssize_t _optional_long(const unsigned char* v, Py_ssize_t p, Py_ssize_t end,
+                               bint* present, long long* out):
+    """A ``["null", "long"]`` union at ``p``: the position after it, or -1."""
+    if p >= end or (v[p] != 0 and v[p] != 2):
+        return -1
+    present[0] = v[p] == 2
+    if not present[0]:
+        return p + 1
+    return _read_long(v, p + 1, end, out)
 
 
 def fold_simple(list messages, long long first, bytes event_header, bytes change_header,

@@ -504,15 +504,11 @@ cdef class _Diff:
         cdef bint new_a = True, new_b = True  # read the member at i (j) first
         while more_a or more_b:
             if more_a and new_a:
-                ik = _key(a, i, a1, pa, pan)
-                iv = -1 if ik < 0 else _skip(a, ik + 1, a1)
-                if iv < 0 or (a[iv] != 0x2C and a[iv] != 0x7D):
+                if _read_member(a, i, a1, pa, pan, &ik, &iv) < 0:
                     return -1
                 new_a = False
             if more_b and new_b:
-                jk = _key(b, j, b1, pb, pbn)
-                jv = -1 if jk < 0 else _skip(b, jk + 1, b1)
-                if jv < 0 or (b[jv] != 0x2C and b[jv] != 0x7D):
+                if _read_member(b, j, b1, pb, pbn, &jk, &jv) < 0:
                     return -1
                 new_b = False
             if more_a and more_b:
@@ -635,6 +631,19 @@ cdef Py_ssize_t _key(const unsigned char* p, Py_ssize_t i, Py_ssize_t end, Py_ss
     if prev >= 0 and _compare(p + prev, prev_size, p + i + 1, k - i - 2) >= 0:
         return -1
     return k
+
+
+cdef int _read_member(const unsigned char* p, Py_ssize_t i, Py_ssize_t end, Py_ssize_t prev,
+                      Py_ssize_t prev_size, Py_ssize_t* key_end, Py_ssize_t* value_end):
+    """The object member at ``i``: where its name ends (its colon) and where its value ends
+    (a comma or the closing brace follows); -1 for anything else (``_key``)."""
+    key_end[0] = _key(p, i, end, prev, prev_size)
+    if key_end[0] < 0:
+        return -1
+    value_end[0] = _skip(p, key_end[0] + 1, end)
+    if value_end[0] < 0 or (p[value_end[0]] != 0x2C and p[value_end[0]] != 0x7D):
+        return -1
+    return 0
 
 
 cdef str _token(bytes key):
