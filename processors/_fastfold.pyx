@@ -105,13 +105,25 @@ cdef inline char* _put_varint(char* out, unsigned long long z):
     return out + 1
 
 
+cdef bint _framed(const unsigned char* v, const unsigned char* k, Py_ssize_t n, bytes header):
+    """The event's frame is the current schema's (``header``) and its context id, at byte
+    27, is the record's ASCII key ``k`` of ``n`` bytes (the caller checked the sizes)."""
+    cdef Py_ssize_t i
+    if memcmp(v, PyBytes_AS_STRING(header), 10) != 0 or memcmp(v + 27, k, n) != 0:
+        return False
+    for i in range(n):
+        if k[i] >= 0x80:
+            return False
+    return True
+
+
 cdef Py_ssize_t _doc_start(bytes value, bytes key, bytes header):
     """``EventCodec.simple_put`` in C: where the document starts, or -1."""
     cdef Py_ssize_t n = PyBytes_GET_SIZE(key)
     cdef Py_ssize_t size = PyBytes_GET_SIZE(value)
     cdef const unsigned char* v = <const unsigned char*>PyBytes_AS_STRING(value)
     cdef const unsigned char* k = <const unsigned char*>PyBytes_AS_STRING(key)
-    cdef Py_ssize_t i, p
+    cdef Py_ssize_t p
     cdef unsigned long long z = 0
     cdef int shift = 0
     cdef unsigned char byte
@@ -121,11 +133,8 @@ cdef Py_ssize_t _doc_start(bytes value, bytes key, bytes header):
         return -1
     if v[size - 4] != 0 or v[size - 3] != 0 or v[size - 2] != 0 or v[size - 1] != 0:
         return -1
-    if memcmp(v, PyBytes_AS_STRING(header), 10) != 0 or memcmp(v + 27, k, n) != 0:
+    if not _framed(v, k, n, header):
         return -1
-    for i in range(n):
-        if k[i] >= 0x80:
-            return -1
     p = 28 + n
     while True:
         if p >= size - 4 or shift > 63:
@@ -227,7 +236,7 @@ cdef int _patch_event(bytes value, bytes key, bytes header, _PatchEvent* e):
     cdef Py_ssize_t size = PyBytes_GET_SIZE(value)
     cdef const unsigned char* v = <const unsigned char*>PyBytes_AS_STRING(value)
     cdef const unsigned char* k = <const unsigned char*>PyBytes_AS_STRING(key)
-    cdef Py_ssize_t i, p
+    cdef Py_ssize_t p
     cdef long long length
     if n <= 0 or n >= 64 or size < 28 + n + 3 + 6:
         return -1
@@ -235,11 +244,8 @@ cdef int _patch_event(bytes value, bytes key, bytes header, _PatchEvent* e):
         return -1
     if v[size - 1] != 0 or v[size - 2] != 0:  # no metadata, no fence
         return -1
-    if memcmp(v, PyBytes_AS_STRING(header), 10) != 0 or memcmp(v + 27, k, n) != 0:
+    if not _framed(v, k, n, header):
         return -1
-    for i in range(n):
-        if k[i] >= 0x80:
-            return -1
     size -= 2
     p = _read_long(v, 29 + n, size, &length)
     if p < 0 or length < 0 or length > size - p:
