@@ -68,6 +68,7 @@ bench: $(STAMP)  ## Materialisation throughput vs a bare consumer (starts its ow
 	$(BIN)/python benchmarks/transactions.py
 	$(BIN)/python benchmarks/failover_local.py
 	$(BIN)/python benchmarks/memory.py
+	$(BIN)/python benchmarks/reads.py
 	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/peers.py
 

@@ -81,6 +81,7 @@ class Materializer:
         #: The memory budget every store of this worker draws on (None: none).
         self.memory: MemoryBudget | None = None
         self._memory_warned_at = -math.inf
+        self._last_resident = 0
         if config.memory_budget_bytes is not None:
             self.memory = MemoryBudget(config.memory_budget_bytes)
             config = replace(config, store=replace(config.store, memory=self.memory))
@@ -420,9 +421,9 @@ class Materializer:
     async def mind_memory(self) -> None:
         """Backpressure before a round, from this process's resident memory against the
         budget: past ``MEMORY_NEAR`` of it the next round is halved (a round's records,
-        pending state and changes are the memory that moves fastest); past the budget the
-        read caches are halved too and fetching pauses for ``MEMORY_PAUSE_S`` (RocksDB flushes
-        meanwhile). Each round still folds at least ``MIN_ROUND_RECORDS``: memory slows the
+        pending state and changes are the memory that moves fastest); past the budget and
+        still rising, the read caches are halved too and fetching pauses for
+        ``MEMORY_PAUSE_S`` (RocksDB flushes meanwhile). Each round still folds at least ``MIN_ROUND_RECORDS``: memory slows the
         fold, never stops it; a budget under what the worker needs at rest is said in the
         log."""
         memory = self.memory
@@ -432,7 +433,11 @@ class Materializer:
         if resident > memory.total * MEMORY_NEAR and self.round_limit > MIN_ROUND_RECORDS:
             self.round_limit = max(MIN_ROUND_RECORDS, self.round_limit // 2)
             self.metrics.memory_backpressure.labels("smaller_round").inc()
-        if resident > memory.total:
+        rising = resident > self._last_resident
+        self._last_resident = resident
+        if resident > memory.total and rising:
+            # Only while it still grows: over the budget but flat (the worker's fixed part,
+            # the dedupe windows, is more than the budget leaves it) pausing frees nothing.
             freed = memory.shrink_read_caches()
             self.metrics.memory_backpressure.labels("paused").inc()
             now = time.monotonic()

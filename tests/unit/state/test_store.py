@@ -222,10 +222,11 @@ def test_backpressure_slows_rounds_near_the_budget_and_pauses_over_it(
     resident[0] = int(budget * 0.95)
     asyncio.run(m.mind_memory())
     assert m.round_limit == 4000
-    resident[0] = budget + 1
-    for _ in range(10):
+    for step in range(10):
+        resident[0] = budget + 1 + step  # over the budget and rising: paused every round
         asyncio.run(m.mind_memory())
     assert m.round_limit == MIN_ROUND_RECORDS  # slowed, never stopped
+    asyncio.run(m.mind_memory())  # over but flat: smaller rounds, no pause
     text = m.metrics.render().decode()
     assert 'lukhas_memory_backpressure_total{action="paused"} 10.0' in text
     assert 'lukhas_memory_bytes{part="budget"} 2.68435456e+08' in text

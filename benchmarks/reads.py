@@ -1,0 +1,161 @@
+"""Point reads of cached contexts: latency over HTTP (keep-alive), through the Python client,
+and redis-server GET on the same machine, in one run.
+
+A worker folds ``--contexts`` puts (small documents, as ``materialize.py`` writes); then
+``--reads`` sequential reads of contexts picked at random from ``--hot`` of them (so they
+are in the worker's read cache), each timed alone: ``GET /v1/contexts/{id}`` on one
+keep-alive connection (``http.client``), ``ContextClient.get`` (the async client, its own
+session), and ``GET`` of the same documents stored in a redis-server of the benchmark's own
+(``redis-py``, one connection). Prints p50/p90/p99/max of each and the ratios the issue
+sets (p99 at most 1 ms; p50 within 2x of redis), and writes
+``benchmarks/results/reads.json``. Bounded: a fixed count of reads, a timeout on each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import random
+import statistics
+import time
+import urllib.parse
+import uuid
+from typing import Any
+
+import redis
+from _support import (
+    bootstrap_servers,
+    doc_for,
+    metric,
+    print_rows,
+    scratch_dir,
+    spawn_worker,
+    stop_worker,
+    write_result,
+)
+from locks import redis_url
+from materialize import append_events
+
+from lukhas_context.streams.admin import ensure_topics
+from lukhas_context.streams.client import ClientConfig, ContextClient
+from lukhas_context.streams.topics import Topics
+
+
+def quantiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    return {
+        "p50_ms": at(0.50), "p90_ms": at(0.90), "p99_ms": at(0.99),
+        "max_ms": ordered[-1] * 1000, "mean_ms": statistics.fmean(ordered) * 1000,
+    }  # fmt: skip
+
+
+def http_reads(url: str, ids: list[str]) -> list[float]:
+    parsed = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=10)
+    times = []
+    try:
+        for cid in ids:
+            t0 = time.perf_counter()
+            conn.request("GET", f"/v1/contexts/{cid}")
+            response = conn.getresponse()
+            body = response.read()
+            times.append(time.perf_counter() - t0)
+            if response.status != 200 or not body:
+                raise RuntimeError(f"GET {cid}: {response.status} {body[:200]!r}")
+    finally:
+        conn.close()
+    return times
+
+
+async def client_reads(bootstrap: str, url: str, topics: Topics, ids: list[str]) -> list[float]:
+    times = []
+    async with ContextClient(ClientConfig(bootstrap, url, topics, timeout_s=10)) as client:
+        for cid in ids:
+            t0 = time.perf_counter()
+            await client.get(cid)
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def redis_reads(rurl: str, ids: list[str], docs: dict[str, bytes]) -> list[float]:
+    r = redis.Redis.from_url(rurl)
+    for _ in range(100):  # the benchmark's redis-server may still be starting: 10 s at most
+        try:
+            r.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.1)
+    r.mset(docs)
+    times = []
+    for cid in ids:
+        t0 = time.perf_counter()
+        value = r.get(cid)
+        times.append(time.perf_counter() - t0)
+        if value is None:
+            raise RuntimeError(f"redis has no {cid}")
+    r.close()
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contexts", type=int, default=100_000)
+    parser.add_argument("--hot", type=int, default=1_000)
+    parser.add_argument("--reads", type=int, default=20_000)
+    parser.add_argument("--partitions", type=int, default=6)
+    args = parser.parse_args()
+    for name in ("contexts", "hot", "reads", "partitions"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    rng = random.Random(11)
+    hot = rng.sample(range(args.contexts), min(args.hot, args.contexts))
+    ids = [f"ctx-{rng.choice(hot)}" for _ in range(args.reads)]
+    docs = {f"ctx-{i}": doc_for(i) for i in hot}
+    results: dict[str, Any] = {}
+    with bootstrap_servers() as bootstrap, redis_url() as rurl:
+        topics = Topics(f"reads{uuid.uuid4().hex[:8]}")
+        asyncio.run(ensure_topics(bootstrap, topics.specs(args.partitions)))
+        asyncio.run(append_events(bootstrap, topics, args.contexts, args.contexts, args.partitions))
+        with scratch_dir("lukhas-reads-") as state:
+            proc, url = spawn_worker(bootstrap, topics, state, state / "worker.log")
+            try:
+                deadline = time.monotonic() + 300
+                while metric(url, "lukhas_records_consumed_total", timeout=30) < args.contexts:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise RuntimeError("the worker did not fold the contexts")
+                    time.sleep(0.2)
+                http_reads(url, ids[:1000])  # warm: caches, connection
+                # Alternate the three, a slice at a time, so a slow spell hits all alike.
+                times: dict[str, list[float]] = {"http": [], "client": [], "redis": []}
+                step = max(1, len(ids) // 10)
+                for start in range(0, len(ids), step):
+                    part = ids[start : start + step]
+                    times["http"] += http_reads(url, part)
+                    times["client"] += asyncio.run(client_reads(bootstrap, url, topics, part))
+                    times["redis"] += redis_reads(rurl, part, docs)
+            finally:
+                stop_worker(proc)
+    for name, samples in times.items():
+        results[name] = quantiles(samples)
+    rows = [("reads", f"{args.reads:,} of {len(hot):,} hot contexts (of {args.contexts:,}), "
+                      "sequential, each timed alone")]  # fmt: skip
+    for name, label in (("http", "HTTP keep-alive"), ("client", "client.get"),
+                        ("redis", "redis GET")):  # fmt: skip
+        q = results[name]
+        rows.append((label, f"p50 {q['p50_ms']:.3f} ms  p90 {q['p90_ms']:.3f}  p99 "
+                            f"{q['p99_ms']:.3f}  max {q['max_ms']:.2f}"))  # fmt: skip
+    for name in ("http", "client"):
+        ratio = results[name]["p50_ms"] / results["redis"]["p50_ms"]
+        rows.append((f"{name} p50 / redis", f"{ratio:.2f}x (bar: 2x; p99 bar: 1 ms)"))
+    print_rows(rows, 18)
+    write_result("reads", {"contexts": args.contexts, "hot": len(hot), "reads": args.reads,
+                           **results})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
