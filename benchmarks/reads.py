@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.client
 import random
 import statistics
@@ -125,10 +126,13 @@ def main() -> None:
             proc, url = spawn_worker(bootstrap, topics, state, state / "worker.log")
             try:
                 deadline = time.monotonic() + 300
-                while metric(url, "lukhas_records_consumed_total", timeout=30) < args.contexts:
+                folded = 0.0
+                while folded < args.contexts:
                     if time.monotonic() > deadline or proc.poll() is not None:
                         raise RuntimeError("the worker did not fold the contexts")
                     time.sleep(0.2)
+                    with contextlib.suppress(OSError):  # not listening yet
+                        folded = metric(url, "lukhas_records_consumed_total", timeout=30)
                 http_reads(url, ids[:1000])  # warm: caches, connection
                 # Alternate the three, a slice at a time, so a slow spell hits all alike.
                 times: dict[str, list[float]] = {"http": [], "client": [], "redis": []}
