@@ -423,9 +423,9 @@ class Materializer:
         budget: past ``MEMORY_NEAR`` of it the next round is halved (a round's records,
         pending state and changes are the memory that moves fastest); past the budget and
         still rising, the read caches are halved too and fetching pauses for
-        ``MEMORY_PAUSE_S`` (RocksDB flushes meanwhile). Each round still folds at least ``MIN_ROUND_RECORDS``: memory slows the
-        fold, never stops it; a budget under what the worker needs at rest is said in the
-        log."""
+        ``MEMORY_PAUSE_S`` (RocksDB flushes meanwhile). Each round still folds at least
+        ``MIN_ROUND_RECORDS``: memory slows the fold, never stops it; a budget under what the
+        worker needs at rest is said in the log."""
         memory = self.memory
         if memory is None:
             return
