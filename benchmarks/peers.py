@@ -70,7 +70,7 @@ async def sample(bootstrap: str, topic: str, n: int, window_s: float, timeout_s:
             if not tps:
                 parts = consumer.partitions_for_topic(topic)
                 if not parts:
-                    await consumer._client.force_metadata_update()  # the topic appears later
+                    await consumer.topics()  # fetches metadata again: the topic appears later
                     await asyncio.sleep(0.25)
                     continue
                 tps = [TopicPartition(topic, p) for p in sorted(parts)]

@@ -124,9 +124,7 @@ cdef Py_ssize_t _doc_start(bytes value, bytes key, bytes header):
     cdef const unsigned char* v = <const unsigned char*>PyBytes_AS_STRING(value)
     cdef const unsigned char* k = <const unsigned char*>PyBytes_AS_STRING(key)
     cdef Py_ssize_t p
-    cdef unsigned long long z = 0
-    cdef int shift = 0
-    cdef unsigned char byte
+    cdef long long length
     if n <= 0 or n >= 64 or size < 28 + n + 1 + 4:
         return -1
     if v[26] != (n << 1) or v[27 + n] != 0:
@@ -135,22 +133,9 @@ cdef Py_ssize_t _doc_start(bytes value, bytes key, bytes header):
         return -1
     if not _framed(v, k, n, header):
         return -1
-    p = 28 + n
-    while True:
-        if p >= size - 4 or shift > 63:
-            return -1
-        byte = v[p]
-        p += 1
-        if shift == 63 and byte > 1:
-            return -1  # overflows 64 bits: the general path dead-letters it
-        z |= (<unsigned long long>(byte & 0x7F)) << shift
-        if byte < 0x80:
-            break
-        shift += 7
-    if z & 1:
-        return -1  # a negative length
-    if p + <Py_ssize_t>(z >> 1) != size - 4:
-        return -1
+    p = _read_long(v, 28 + n, size - 4, &length)
+    if p < 0 or length < 0 or p + length != size - 4:
+        return -1  # a negative length, or not the document up to the four nulls
     return p
 
 

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -85,8 +85,8 @@ class Materializer:
         if config.memory_budget_bytes is not None:
             self.memory = MemoryBudget(config.memory_budget_bytes)
             config = replace(config, store=replace(config.store, memory=self.memory))
-            for part in ("budget", "resident", "block_cache", "write_buffers", "read_cache"):
-                self.metrics.memory.labels(part).set_function(self._memory_part(part))
+            for part, read in self.memory.parts().items():
+                self.metrics.memory.labels(part).set_function(read)
         self.config = config
         self._events = config.event_codec()
         #: Held by a round from its fold to its commit; a revocation waits for it.
@@ -414,9 +414,6 @@ class Materializer:
                 await consumer.commit(offsets)
         except KafkaError as exc:
             log.info("offset commit skipped (%s); the stores keep the real positions", exc)
-
-    def _memory_part(self, part: str) -> Callable[[], float]:
-        return lambda: float(self.memory.usage()[part]) if self.memory is not None else 0.0
 
     async def mind_memory(self) -> None:
         """Backpressure before a round, from this process's resident memory against the

@@ -194,6 +194,26 @@ cdef bint _clean_key(const unsigned char* t, Py_ssize_t n):
     return True
 
 
+cdef inline void _hit(_Slot* slot, Py_ssize_t begin, Py_ssize_t value, Py_ssize_t end,
+                      bint first, bint last):
+    """The target exists: its member at ``begin``, its value ``[value, end)``."""
+    slot.found = True
+    slot.begin = begin
+    slot.value = value
+    slot.end = end
+    slot.first = first
+    slot.last = last
+    if not last:
+        slot.next_begin = end + 1
+
+
+cdef inline void _place(_Slot* slot, Py_ssize_t before, bint first, bint last):
+    """The target does not exist: a new member would go at ``before``."""
+    slot.before = before
+    slot.first = first
+    slot.last = last
+
+
 cdef int _member(const unsigned char* p, Py_ssize_t start, Py_ssize_t stop, bytes token,
                  _Slot* slot):
     """Finds ``token`` in the object ``p[start:stop]``; 0, or -1 when this path cannot tell
@@ -207,9 +227,7 @@ cdef int _member(const unsigned char* p, Py_ssize_t start, Py_ssize_t stop, byte
     slot.prev_end = -1
     slot.next_begin = -1
     if p[i] == 0x7D:  # {}
-        slot.before = i
-        slot.first = True
-        slot.last = True
+        _place(slot, i, True, True)
         return 0
     while True:
         if p[i] != 0x22:
@@ -228,24 +246,13 @@ cdef int _member(const unsigned char* p, Py_ssize_t start, Py_ssize_t stop, byte
         if v_end < 0:
             return -1
         if cmp == 0:
-            slot.found = True
-            slot.begin = i
-            slot.value = k_end + 1
-            slot.end = v_end
-            slot.first = slot.prev_end < 0
-            slot.last = p[v_end] == 0x7D
-            if not slot.last:
-                slot.next_begin = v_end + 1
+            _hit(slot, i, k_end + 1, v_end, slot.prev_end < 0, p[v_end] == 0x7D)
             return 0
         if cmp > 0:  # keys are sorted: the token would go here
-            slot.before = i
-            slot.first = slot.prev_end < 0
-            slot.last = False
+            _place(slot, i, slot.prev_end < 0, False)
             return 0
         if p[v_end] == 0x7D:
-            slot.before = v_end
-            slot.first = False
-            slot.last = True
+            _place(slot, v_end, False, True)
             slot.prev_end = v_end
             return 0
         if p[v_end] != 0x2C:
@@ -266,32 +273,21 @@ cdef int _element(const unsigned char* p, Py_ssize_t start, Py_ssize_t stop, Py_
     if p[i] == 0x5D:
         if index != 0:
             return -1
-        slot.before = i
-        slot.first = True
-        slot.last = True
+        _place(slot, i, True, True)
         return 0
     while True:
         v_end = _skip(p, i, stop)
         if v_end < 0:
             return -1
         if at == index:
-            slot.found = True
-            slot.begin = i
-            slot.value = i
-            slot.end = v_end
-            slot.first = at == 0
-            slot.last = p[v_end] == 0x5D
-            if not slot.last:
-                slot.next_begin = v_end + 1
+            _hit(slot, i, i, v_end, at == 0, p[v_end] == 0x5D)
             return 0
         slot.prev_end = v_end
         at += 1
         if p[v_end] == 0x5D:
             if at != index:
                 return -1
-            slot.before = v_end
-            slot.first = False
-            slot.last = True
+            _place(slot, v_end, False, True)
             return 0
         if p[v_end] != 0x2C:
             return -1
@@ -335,9 +331,7 @@ cdef void _past_end(const unsigned char* p, Py_ssize_t start, Py_ssize_t stop, _
     slot.in_object = False
     slot.found = False
     slot.next_begin = -1
-    slot.before = stop - 1
-    slot.last = True
-    slot.first = p[start + 1] == 0x5D
+    _place(slot, stop - 1, p[start + 1] == 0x5D, True)
     slot.prev_end = -1 if slot.first else stop - 1
 
 

@@ -25,6 +25,7 @@ import os
 import re
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Final
 
 from rocksdict import BlockBasedOptions, Cache, Options, WriteBufferManager
@@ -213,12 +214,17 @@ class MemoryBudget:
             freed += before - cache.bytes
         return freed
 
+    def parts(self) -> dict[str, Callable[[], int]]:
+        """How to read each part's bytes in use (``/metrics`` reads one at a time), and the
+        process's resident memory."""
+        return {
+            "budget": lambda: self.total,
+            "resident": resident_bytes,
+            "block_cache": lambda: int(self.block_cache.get_usage()),
+            "write_buffers": lambda: int(self.write_buffers.get_usage()),
+            "read_cache": lambda: sum(c.bytes for c in list(self._read_caches)),
+        }
+
     def usage(self) -> dict[str, int]:
         """Bytes in use by part, and the process's resident memory."""
-        return {
-            "budget": self.total,
-            "resident": resident_bytes(),
-            "block_cache": int(self.block_cache.get_usage()),
-            "write_buffers": int(self.write_buffers.get_usage()),
-            "read_cache": sum(c.bytes for c in list(self._read_caches)),
-        }
+        return {name: read() for name, read in self.parts().items()}
