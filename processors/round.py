@@ -69,10 +69,12 @@ from lukhas_context.state.record import ContextRecord
 from lukhas_context.state.store import PartitionStore
 
 native_fold: Callable[..., int] | None
+native_history: Callable[..., list[tuple[bytes, bytes]] | None] | None
 try:
     from lukhas_context.processors._fastfold import fold_simple as native_fold
+    from lukhas_context.processors._fastfold import history_blocks as native_history
 except ImportError:  # built without a C compiler: the general path folds everything
-    native_fold = None
+    native_fold = native_history = None
 
 #: A change record: ``(key, value, headers)``; value None and the tombstone's headers for a
 #: deletion, else the encoded ``ContextChange`` and no headers.
@@ -283,11 +285,12 @@ class PartitionFolder:
         window's ids that fell out of it. Step 3 of the commit order
         (``Materializer.fold_segment``)."""
         block = (r.first_offset, encode_block(r.entries, r.reasons))
-        index = (
-            history.rows(r.messages, r.first_offset, r.entries, r.tx_keys)
-            if self.index_history
-            else None
-        )
+        index = None
+        if self.index_history:
+            if self.native and native_history is not None and not r.tx_keys:
+                index = native_history(r.messages, r.first_offset, r.entries)
+            if index is None:
+                index = history.rows(r.messages, r.first_offset, r.entries, r.tx_keys)
         self.store.commit(
             r.records,
             r.next_offset,

@@ -39,6 +39,9 @@ async def serve(config: WorkerConfig, filters: list[logfilter.RepeatFilter] | No
     await api.start(config.api_host, config.api_port)
     try:
         await materializer.start()
+        # What start-up made (modules, config, open stores) lives as long as the process:
+        # out of the collector's generations, a full collection no longer walks it.
+        gc.freeze()
         log.info(
             "worker folding %s, API on %s:%d",
             config.topics.events,

@@ -681,20 +681,29 @@ class PartitionStore:
         follow."""
         if after >= (1 << 63) - 1:
             return [], False  # no offset follows the largest one
-        start = history.entry_key(key, after + 1) if after >= 0 else history.prefix(key)
         stop = history.prefix(key)
+        start = stop
+        if after >= 0:  # the block holding `after + 1`, if one does, starts at or before it
+            it = self._history.iter()
+            try:
+                it.seek_for_prev(history.entry_key(key, after + 1))
+                if it.valid() and it.key().startswith(stop):
+                    start = it.key()
+                it.status()
+            finally:
+                del it
         out: list[tuple[int, journal.EntryStatus, int]] = []
-        more = False
         with contextlib.closing(self._scan(self._history, start)) as found:
             for raw, value in found:
                 if not raw.startswith(stop):
                     break
-                if len(out) == limit:
-                    more = True
-                    break
-                status, version = history.decode(value)
-                out.append((history.split_key(raw)[1], status, version))
-        return out, more
+                for entry in history.block_entries(raw, value):
+                    if entry[0] <= after:
+                        continue
+                    if len(out) == limit:
+                        return out, True
+                    out.append(entry)
+        return out, False
 
     def history_from(self) -> int | None:
         """The offset from which the history index holds every record (None: no entry was
@@ -710,7 +719,7 @@ class PartitionStore:
         self, below: int, chunk: int = 10_000, budget_s: float | None = None
     ) -> tuple[int, bool]:
         """Deletes the history entries of offsets below ``below`` (the WAL's start, once its
-        records are gone), in WriteBatches of ``chunk`` deletes, and records the new floor.
+        records are gone), in WriteBatches of ``chunk`` blocks, and records the new floor.
         The index is keyed by context first, so this reads all of it: it runs where a store
         opens, not in the fold. With ``budget_s`` it stops after about that long and records
         where it got to, so the next call for the same ``below`` goes on from there. Returns
@@ -722,21 +731,29 @@ class PartitionStore:
         start = b""
         if cursor is not None and _OFFSET.unpack_from(cursor)[0] == below:
             start = cursor[_OFFSET.size :]  # the same trim, stopped there last time
-        deleted = seen = 0
+        deleted = seen = pending = 0
         batch = WriteBatch(raw_mode=True)
         with contextlib.closing(self._scan(self._history, start)) as found:
-            for raw, _value in found:
+            for raw, value in found:
                 seen += 1
                 if deadline is not None and seen % 1000 == 0 and time.monotonic() > deadline:
                     batch.put(HISTORY_TRIM_KEY, _OFFSET.pack(below) + raw)
                     self._db.write(batch)
                     return deleted, False
-                if history.split_key(raw)[1] < below:
-                    batch.delete(raw, self._history_cf)
-                    deleted += 1
-                    if deleted % chunk == 0:
-                        self._db.write(batch)
-                        batch = WriteBatch(raw_mode=True)
+                if history.split_key(raw)[1] >= below:
+                    continue  # a block starts with its lowest offset
+                entries = history.block_entries(raw, value)
+                kept = [e for e in entries if e[0] >= below]
+                batch.delete(raw, self._history_cf)
+                if kept:  # a block across the floor: its entries above it stay, re-keyed
+                    key = history.split_key(raw)[0]
+                    batch.put(*history.block(key, kept), self._history_cf)
+                deleted += len(entries) - len(kept)
+                pending += 1
+                if pending == chunk:
+                    self._db.write(batch)
+                    batch = WriteBatch(raw_mode=True)
+                    pending = 0
         batch.put(HISTORY_FLOOR_KEY, _OFFSET.pack(below))
         batch.delete(HISTORY_TRIM_KEY)
         self._db.write(batch)

@@ -4,17 +4,19 @@ same whatever the rounds' cuts, trimmed with the WAL; hostile keys never break i
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
 from collections import namedtuple
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rocksdict import Options, Rdict
 
 from lukhas_context.processors.fold import MAX_ID_BYTES as FOLD_MAX_ID_BYTES
 from lukhas_context.processors.fold import Limits
-from lukhas_context.processors.round import PartitionFolder
+from lukhas_context.processors.round import PartitionFolder, native_history
 from lukhas_context.schemas.codec import EventCodec
 from lukhas_context.schemas.event import CheckpointBarrier, ContextEvent, Delete, Put
 from lukhas_context.state import history
@@ -96,13 +98,19 @@ def test_every_outcome_of_a_context_is_listed_in_offset_order_and_prefixes_stay_
         assert store.verify() == store.summary()  # the index's blocks read
 
 
-def index_of(path: Path) -> list[tuple[bytes, bytes]]:
+def index_of(path: Path) -> list[tuple[bytes, int, EntryStatus, int]]:
+    """Every entry of the index: ``(context key, offset, status, version)``, in key order."""
     db = Rdict(str(path), Options(raw_mode=True),
                column_families={n: Options(raw_mode=True) for n in FAMILIES})  # fmt: skip
     try:
-        return list(db.get_column_family(CF_HISTORY).items())  # type: ignore[arg-type]
+        blocks = list(db.get_column_family(CF_HISTORY).items())
     finally:
         db.close()
+    return [
+        (history.split_key(raw)[0], *entry)
+        for raw, value in blocks  # type: ignore[misc]
+        for entry in history.block_entries(raw, value)  # type: ignore[arg-type]
+    ]
 
 
 KEYS = [b"a", b"ab", b"b", b"", b"z" * 257, "é".encode()]
@@ -140,11 +148,10 @@ def test_the_index_is_the_same_whatever_the_rounds_and_has_one_entry_per_record(
         with PartitionStore(two) as store:
             fold_all(store, log, cuts)
         index = index_of(one)
-        assert index == index_of(two)
+        assert index == index_of(two)  # the same entries, however the rounds cut the blocks
         expected = [m for m in log if m.key and len(m.key) <= history.MAX_ID_BYTES]
-        assert sorted(history.split_key(k)[1] for k, _ in index) == [m.offset for m in expected]
-        for raw, _ in index:
-            key, offset = history.split_key(raw)
+        assert sorted(offset for _, offset, *_ in index) == [m.offset for m in expected]
+        for key, offset, *_ in index:
             assert log[offset].key == key
 
 
@@ -190,6 +197,67 @@ def test_rows_match_by_offset_if_records_and_entries_ever_disagree() -> None:
         entries += ENTRY.pack(offset, EntryStatus.APPLIED, 1, NO_EVENT_ID, 0)
     rows = history.rows(log, 0, entries)
     assert [history.split_key(k) for k, _ in rows] == [(b"a", 0), (b"c", 2)]
+    if native_history is not None:
+        assert native_history(log, 0, entries) is None  # the native loop leaves it to rows()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from([*KEYS, None]), st.sampled_from(list(EntryStatus)),
+                       st.integers(-(1 << 63), (1 << 63) - 1)), max_size=60),
+    st.integers(0, 5),
+)  # fmt: skip
+def test_the_native_blocks_are_the_bytes_of_rows(
+    records: list[tuple[bytes | None, EntryStatus, int]], first: int
+) -> None:
+    """``_fastfold.history_blocks`` against ``history.rows``, byte for byte, with hostile keys
+    (empty, too long, no key, non-ASCII) and extreme versions; records below ``first`` were
+    folded before and have no journal entry."""
+    if native_history is None:
+        return  # the pure-Python run: rows() is all there is
+    from lukhas_context.state.journal import ENTRY, NO_EVENT_ID
+
+    log = messages([(key, b"") for key, _, _ in records])
+    entries = bytearray()
+    for (_, status, version), m in zip(records, log, strict=True):
+        if m.offset >= first:
+            entries += ENTRY.pack(m.offset, status, version, NO_EVENT_ID, 0)
+    assert native_history(log, first, entries) == history.rows(log, first, entries)
+    for raw, value in history.rows(log, first, entries):  # and they read back in order
+        got = history.block_entries(raw, value)
+        want = [(m.offset, s, v) for m, (k, s, v) in zip(log, records, strict=True)
+                if m.offset >= first and k == history.split_key(raw)[0]]  # fmt: skip
+        assert got == want
+
+
+def test_a_store_written_with_one_row_per_entry_reads_the_same(tmp_path: Path) -> None:
+    """Before blocks, each entry was a 9-byte row: a block of one entry. Rows of that shape
+    next to blocks read as one history, paged and trimmed alike."""
+    log = messages([(b"c", event("c", Put(b"{}"))) for _ in range(6)])
+    with PartitionStore(tmp_path / "p0") as store:
+        fold_all(store, log, [3])  # two blocks: offsets 0-2 and 3-5
+    db = Rdict(str(tmp_path / "p0"), Options(raw_mode=True),
+               column_families={n: Options(raw_mode=True) for n in FAMILIES})  # fmt: skip
+    try:
+        cf = db.get_column_family(CF_HISTORY)
+        assert len(list(cf.keys())) == 2
+        for offset in (6, 7):  # as an older version wrote them
+            cf[history.entry_key(b"c", offset)] = struct.pack("<Bq", EntryStatus.APPLIED, 9)
+        del cf  # a column family left alive keeps the database (and its lock) open
+    finally:
+        db.close()
+    with PartitionStore(tmp_path / "p0") as store:
+        assert [o for o, *_ in store.history(b"c")[0]] == list(range(8))
+        assert [o for o, *_ in store.history(b"c", after=1, limit=3)[0]] == [2, 3, 4]
+        assert store.history(b"c", after=6) == ([(7, EntryStatus.APPLIED, 9)], False)
+        assert store.trim_history(4) == (4, True)  # a block across the floor is cut, not lost
+        assert [o for o, *_ in store.history(b"c")[0]] == [4, 5, 6, 7]
+        assert [o for o, *_ in store.history(b"c", after=4)[0]] == [5, 6, 7]
+
+
+def test_a_value_that_is_no_block_is_refused() -> None:
+    with pytest.raises(ValueError, match="history block of 10 bytes"):
+        history.block_entries(history.entry_key(b"c", 0), b"x" * 10)
 
 
 def test_a_trim_out_of_time_goes_on_from_where_it_stopped(tmp_path: Path) -> None:
