@@ -26,7 +26,7 @@ COPY processors/ processors/
 COPY ops/ ops/
 RUN /opt/lukhas/bin/pip install -q --no-cache-dir --upgrade pip \
  && /opt/lukhas/bin/pip install -q --no-cache-dir . \
- && cd / && /opt/lukhas/bin/python -c "import lukhas_context.processors._fastfold, lukhas_context.schemas._fastchange, lukhas_context.schemas._fastjson"
+ && cd / && /opt/lukhas/bin/python -c "import lukhas_context.processors._fastfold, lukhas_context.schemas._fastchange, lukhas_context.schemas._fastjson, lukhas_context.streams._fastrecords"
 
 FROM ${BASE}
 RUN apt-get update -qq \

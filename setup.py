@@ -42,6 +42,7 @@ def _extensions() -> list[Extension]:
             ("lukhas_context.processors._fastfold", "processors/_fastfold.pyx"),
             ("lukhas_context.schemas._fastchange", "schemas/_fastchange.pyx"),
             ("lukhas_context.schemas._fastjson", "schemas/_fastjson.pyx"),
+            ("lukhas_context.streams._fastrecords", "streams/_fastrecords.pyx"),
         )
     ]
     return list(cythonize(native, language_level=3, quiet=True))

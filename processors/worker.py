@@ -19,6 +19,7 @@ from lukhas_context.processors import logfilter
 from lukhas_context.processors.api import ReadApi
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.materializer import Materializer
+from lukhas_context.streams import fastfetch
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ def run_worker(config: WorkerConfig) -> int:
     # threshold (700) the collector runs every few hundred events and its full collections
     # walk the stores' caches. Fewer, larger young collections cost far less here.
     gc.set_threshold(50_000, 20, 100)
+    # This process is the worker's own: its consumers' records are built in C.
+    fastfetch.install()
     filters = logfilter.install(config.log_burst, config.log_interval_s)
     try:
         asyncio.run(serve(config, filters))

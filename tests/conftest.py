@@ -33,6 +33,7 @@ NATIVE = (
     "lukhas_context.processors._fastfold",
     "lukhas_context.schemas._fastchange",
     "lukhas_context.schemas._fastjson",
+    "lukhas_context.streams._fastrecords",
 )
 INTEGRATION = Path(__file__).parent / "integration"
 

@@ -28,11 +28,16 @@ from lukhas_context.processors.api import ReadApi
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.materializer import Materializer
 from lukhas_context.state.manifest import Summary
+from lukhas_context.streams import fastfetch
 from lukhas_context.streams.admin import ensure_topics
 from lukhas_context.streams.client import ClientConfig, ContextClient
 from lukhas_context.streams.topics import Topics, partition_for
 
 PARTITIONS = 3
+
+# In-process workers fetch as `lukhas worker` does (records built in C), and so does every
+# consumer of the tests: each test reads what a worker's consumer would.
+fastfetch.install()
 
 
 @pytest.hookimpl(hookwrapper=True)
