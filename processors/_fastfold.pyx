@@ -483,6 +483,9 @@ def fold_simple(list messages, long long first, bytes event_header, bytes change
     cdef const unsigned char* v
     cdef char kind
     cdef _PatchEvent e
+    # Per context, where its last append left an array's end (``_fastjson._patched``): a
+    # conversation's appends in one round splice there without scanning the document.
+    cdef dict hints = {}
     for m in messages:
         offset = m.offset
         if offset < first:
@@ -560,8 +563,12 @@ def fold_simple(list messages, long long first, bytes event_header, bytes change
             if e.has_expected and e.expected != (<tuple>record)[0]:
                 slow(m)
                 continue
+            hint = hints.get(key)
+            if hint is None:
+                hint = hints[key] = [None, None, 0]
             canonical = _patch_document((<tuple>record)[1], value[e.start:e.start + e.size],
-                                         max_depth, max_doc_bytes, max_operations, max_work)
+                                         max_depth, max_doc_bytes, max_operations, max_work,
+                                         hint)
             if canonical is None:
                 slow(m)
                 continue

@@ -7,6 +7,7 @@ def patch_document(
     max_document_bytes: int,
     max_operations: int,
     max_work: int,
+    hint: list[Any] | None = None,
 ) -> bytes | None: ...
 def diff_documents(
     old: bytes, new: bytes, max_operations: int = 64

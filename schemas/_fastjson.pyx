@@ -20,8 +20,8 @@ return what the general path would. Property-tested against it
 (tests/unit/processors/test_patch_native.py, tests/unit/schemas/test_diff_native.py).
 """
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from libc.string cimport memchr, memcmp
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.string cimport memchr, memcmp, memcpy
 
 import orjson
 
@@ -335,23 +335,81 @@ cdef void _past_end(const unsigned char* p, Py_ssize_t start, Py_ssize_t stop, _
     slot.prev_end = -1 if slot.first else stop - 1
 
 
+cdef bytes _splice(bytes doc, Py_ssize_t a, Py_ssize_t b, const char* one, Py_ssize_t n1,
+                   bytes two, const char* three, Py_ssize_t n3):
+    """``doc[:a] + one + two + three + doc[b:]`` in one allocation (``two`` may be None)."""
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(doc)
+    cdef Py_ssize_t n2 = 0 if two is None else PyBytes_GET_SIZE(two)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, a + n1 + n2 + n3 + size - b)
+    cdef char* o = PyBytes_AS_STRING(out)
+    cdef const char* d = PyBytes_AS_STRING(doc)
+    memcpy(o, d, a)
+    o += a
+    memcpy(o, one, n1)
+    o += n1
+    if n2:
+        memcpy(o, PyBytes_AS_STRING(two), n2)
+        o += n2
+    memcpy(o, three, n3)
+    o += n3
+    memcpy(o, d + b, size - b)
+    return out
+
+
 cdef bytes _insert(bytes doc, _Slot* slot, bytes member):
     """``member`` put in at the slot's place, with the comma it needs."""
     cdef Py_ssize_t at = slot.before
     if slot.first and slot.last:
-        return doc[:at] + member + doc[at:]
+        return _splice(doc, at, at, "", 0, member, "", 0)
     if not slot.last:
-        return doc[:at] + member + b"," + doc[at:]
-    return doc[:at] + b"," + member + doc[at:]
+        return _splice(doc, at, at, "", 0, member, ",", 1)
+    return _splice(doc, at, at, ",", 1, member, "", 0)
+
+
+cdef object _appended(bytes doc, list ops, Py_ssize_t max_depth, Py_ssize_t max_document_bytes,
+                      list hint):
+    """The one-operation patch ``ops`` when it appends to the array a hint remembers: its
+    new document, or None (not that case: the caller scans). The hint (``_patched``) is
+    ``[document, path, index of the array's "]" in it]``, set by the append that made the
+    document: the same path in it leads to the same array, and that append kept the
+    document within ``max_depth``, so only the new value's depth needs checking."""
+    cdef Py_ssize_t close, steps
+    raw = ops[0]
+    if type(raw) is not dict or (<dict>raw).get(_S_OP) != _S_ADD:
+        return None
+    path = (<dict>raw).get(_S_PATH)
+    if type(path) is not str or path != hint[1] or _S_VALUE not in <dict>raw:
+        return None
+    try:
+        value = _dumps((<dict>raw)[_S_VALUE], option=_SORT)
+    except _JSONEncodeError:
+        return None
+    steps = (<str>path).count("/")
+    if steps + _height(<const unsigned char*>PyBytes_AS_STRING(value),
+                       PyBytes_GET_SIZE(value)) > max_depth:
+        return None
+    close = hint[2]
+    if PyBytes_GET_SIZE(doc) + 1 + PyBytes_GET_SIZE(value) > max_document_bytes:
+        return None
+    out = _splice(doc, close, close, ",", 1, value, "", 0)  # the array has an item already
+    hint[0] = out
+    hint[2] = close + 1 + PyBytes_GET_SIZE(value)
+    return out
 
 
 cdef object _patched(bytes doc, bytes patch, Py_ssize_t max_depth,
                              Py_ssize_t max_document_bytes, Py_ssize_t max_operations,
-                             Py_ssize_t max_work):
+                             Py_ssize_t max_work, list hint=None):
     """The canonical document after the JSON Patch ``patch``, spliced into the canonical
-    ``doc``; None when this path does not take the patch (see above)."""
+    ``doc``; None when this path does not take the patch (see above).
+
+    ``hint``: a list the caller keeps per context (``[None, None, 0]`` to start): a patch of
+    one ``add`` to an array's end records where that array now ends in the new document, so
+    the next such append to the same array of that same document (the same object) splices
+    there without scanning it (a conversation's appends in one round); any other patch
+    clears it."""
     cdef _Slot slot
-    cdef Py_ssize_t height, a, b, steps
+    cdef Py_ssize_t height, a, b, steps, close = -1
     cdef Py_ssize_t size = PyBytes_GET_SIZE(patch)
     # The general path's first checks: the patch's size, its nesting (fewer brackets than
     # max_depth cannot nest deeper) and no integer that may lie outside 64 bits. The work a
@@ -367,6 +425,12 @@ cdef object _patched(bytes doc, bytes patch, Py_ssize_t max_depth,
         return None
     if type(ops) is not list or len(<list>ops) > max_operations:
         return None
+    if hint is not None:
+        if hint[0] is doc and len(<list>ops) == 1:
+            out = _appended(doc, <list>ops, max_depth, max_document_bytes, hint)
+            if out is not None:
+                return out
+        hint[0] = None
     # The document must be within max_depth, as the general path checks it after the patch:
     # fewer brackets than that (inside strings too: an upper bound) cannot nest deeper, and
     # counting them is a fraction of walking the document.
@@ -405,11 +469,12 @@ cdef object _patched(bytes doc, bytes patch, Py_ssize_t max_depth,
             return None
         if name == _S_ADD and not (slot.in_object and slot.found):
             if slot.found:  # an array index: the new element goes before the one there
-                doc = doc[:slot.begin] + value + b"," + doc[slot.begin:]
+                doc = _splice(doc, slot.begin, slot.begin, "", 0, value, ",", 1)
             elif slot.in_object:
                 key = (<str>tokens[steps - 1]).encode()
                 doc = _insert(doc, &slot, b'"' + key + b'":' + value)
             else:
+                close = slot.before + (0 if slot.first else 1) + PyBytes_GET_SIZE(value)
                 doc = _insert(doc, &slot, value)
             continue
         if not slot.found:
@@ -424,21 +489,25 @@ cdef object _patched(bytes doc, bytes patch, Py_ssize_t max_depth,
                 a, b = slot.begin, slot.next_begin
             else:
                 a, b = slot.prev_end, slot.end
-            doc = doc[:a] + doc[b:]
+            doc = _splice(doc, a, b, "", 0, None, "", 0)
         else:  # replace, or add over an existing member
-            doc = doc[:slot.value] + value + doc[slot.end:]
+            doc = _splice(doc, slot.value, slot.end, "", 0, value, "", 0)
     if PyBytes_GET_SIZE(doc) > max_document_bytes:
         return None
+    if hint is not None and close >= 0 and len(<list>ops) == 1:
+        hint[0] = doc  # one append to an array's end: where the array ends now
+        hint[1] = path
+        hint[2] = close
     return doc
 
 
 def patch_document(bytes doc, bytes patch, Py_ssize_t max_depth, Py_ssize_t max_document_bytes,
-                   Py_ssize_t max_operations, Py_ssize_t max_work):
+                   Py_ssize_t max_operations, Py_ssize_t max_work, list hint=None):
     """The canonical document after the JSON Patch ``patch`` (its bytes as sent), spliced
     into the canonical ``doc``; None when this path does not take it (the module docstring).
     The bounds are ``fold.Limits``'s: when this returns a document, ``fold.apply`` applies
     the patch and returns the same bytes."""
-    return _patched(doc, patch, max_depth, max_document_bytes, max_operations, max_work)
+    return _patched(doc, patch, max_depth, max_document_bytes, max_operations, max_work, hint)
 
 
 # ---- the JSON Patch between two canonical documents ----

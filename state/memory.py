@@ -12,7 +12,8 @@ every store it opens (owned partitions, standby copies, restores):
   reaches it;
 * **read cache:** the decoded records each store keeps (``ReadCache``), bounded by bytes,
   least recently *used* dropped first; the share is split evenly among the open stores;
-* the rest is headroom: the interpreter, rounds in flight, the Kafka clients' buffers.
+* the rest is headroom: the interpreter, rounds in flight, the Kafka clients' buffers, and
+  up to 64 MiB of freed heap the worker keeps for the next round (``processors.worker``).
 
 The worker compares its resident memory with the budget before every round and applies
 backpressure (``Materializer``: smaller rounds near it, a pause in fetching over it), and

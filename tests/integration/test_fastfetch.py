@@ -56,7 +56,8 @@ async def test_the_records_of_a_fetch_are_the_same_either_way(cluster: Any, nati
     topic = f"fastfetch-{uuid.uuid4().hex[:8]}"
     await ensure_topics(cluster.bootstrap, [TopicSpec(topic, 2, {})], brokers=None)
     sent = [
-        (None, b"no key", []), (b"", b"", []), (b"k", b"v", [("h", b"1"), ("h", b""), ("\u00e9", b"x")]),
+        (None, b"no key", []), (b"", b"", []),
+        (b"k", b"v", [("h", b"1"), ("h", b""), ("\u00e9", b"x")]),
         (b"big", b"x" * 300_000, []), ("clé".encode(), None, [("only", b"header")]),
     ]  # fmt: skip
     producer = AIOKafkaProducer(bootstrap_servers=cluster.bootstrap, transactional_id=topic)

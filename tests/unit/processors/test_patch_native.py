@@ -170,3 +170,67 @@ def test_what_the_native_patch_leaves_to_the_general_path(ops: list[Any]) -> Non
     doc = orjson.dumps({"agent": "a", "messages": [1, 2]}, option=SORT)
     limits = Limits(max_document_bytes=256, max_depth=8)
     assert _same(doc, orjson.dumps(ops), limits) is None
+
+
+APPEND_PATHS = ["/messages/-", "/notes/-", "/messages/0/parts/-", "/messages/-/x", "/agent/-"]
+
+
+@st.composite
+def conversations(draw: Any) -> tuple[bytes, list[bytes], Limits]:
+    """A document with arrays, then a run of patches that are mostly one append to an array
+    (the hint's case) and sometimes anything else (which must clear it), under limits that
+    the appends reach: depth, size."""
+    doc = {"agent": "a", "messages": [{"parts": []}], "notes": draw(st.lists(VALUES, max_size=2))}
+    patches = []
+    for _ in range(draw(st.integers(1, 25))):
+        kind = draw(st.integers(0, 9))
+        if kind < 7:
+            path = draw(st.sampled_from(APPEND_PATHS))
+            ops = [{"op": "add", "path": path, "value": draw(VALUES)}]
+        elif kind == 7:
+            ops = [{"op": "remove", "path": draw(st.sampled_from(["/messages/0", "/notes/0"]))}]
+        elif kind == 8:
+            ops = [{"op": "add", "path": "/messages/-", "value": draw(VALUES)},
+                   {"op": "add", "path": "/notes/-", "value": draw(VALUES)}]  # fmt: skip
+        else:
+            ops = [{"op": "replace", "path": "/agent", "value": draw(VALUES)}]
+        patches.append(orjson.dumps(ops))
+    limits = draw(st.sampled_from([Limits(), Limits(max_document_bytes=400, max_depth=4)]))
+    return orjson.dumps(doc, option=SORT), patches, limits
+
+
+@given(conversations())
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_appends_through_the_hint_equal_the_general_path(
+    case: tuple[bytes, list[bytes], Limits],
+) -> None:
+    """A run of patches on one document with one hint, as the fold keeps it per context: each
+    step's result is the general path's, whether it spliced at the remembered end, scanned, or
+    left the patch to the general path (whose document the next step starts from)."""
+    doc, patches, limits = case
+    hint: list[Any] = [None, None, 0]
+    for patch in patches:
+        fast = patch_document(doc, patch, limits.max_depth, limits.max_document_bytes,
+                              limits.max_patch_operations, limits.max_patch_work, hint)  # fmt: skip
+        status, general = _general(doc, patch, limits)
+        if fast is not None:
+            assert status is Status.APPLIED and fast == general, (doc, patch)
+        if status is Status.APPLIED:
+            assert general is not None
+            doc = fast if fast is not None else general
+
+
+def test_a_conversation_appends_at_the_remembered_end() -> None:
+    """Guards the hint against never being used: 200 appends on a growing conversation, each
+    after the first spliced at the end the one before left (no scan), equal to the general
+    path's bytes."""
+    doc = orjson.dumps({"agent": "a", "messages": []}, option=SORT)
+    hint: list[Any] = [None, None, 0]
+    for i in range(200):
+        patch = orjson.dumps([{"op": "add", "path": "/messages/-", "value": {"n": i}}])
+        remembered = hint[0] is doc
+        fast = patch_document(doc, patch, 64, 1 << 20, 100, 1 << 20, hint)
+        assert fast is not None and fast == _general(doc, patch, Limits())[1]
+        assert hint[0] is fast and fast[hint[2]] == ord("]")
+        assert remembered == (i > 0)
+        doc = fast
