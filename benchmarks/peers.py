@@ -70,7 +70,9 @@ async def sample(bootstrap: str, topic: str, n: int, window_s: float, timeout_s:
             if not tps:
                 parts = consumer.partitions_for_topic(topic)
                 if not parts:
-                    await consumer.topics()  # fetches metadata again: the topic appears later
+                    # The topic appears later. Not `consumer.topics()`: it fetches metadata
+                    # without updating the consumer's own view, which partitions_for_topic reads.
+                    await consumer._client.force_metadata_update()
                     await asyncio.sleep(0.25)
                     continue
                 tps = [TopicPartition(topic, p) for p in sorted(parts)]
