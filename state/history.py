@@ -120,26 +120,16 @@ def rows(
                   len(folded), len(unpacked))  # fmt: skip
         by_offset = {m.offset: m for m in folded}
         pairs = ((by_offset[e[0]], e) for e in unpacked if e[0] in by_offset)
-    blocks: dict[bytes, tuple[bytes, bytearray]] = {}
-
-    def add(key: bytes, offset: int, status: int, version: int) -> None:
-        block = blocks.get(key)
-        if block is None:
-            blocks[key] = (entry_key(key, offset), bytearray(_VALUE.pack(status, version)))
-        else:
-            block[1].extend(_LATER.pack(offset, status, version))
-
+    blocks: dict[bytes, list[tuple[int, int, int]]] = {}
     for m, (offset, status, version, _event_id, _hash) in pairs:
         key = m.key
+        keys = [key] if is_context_key(key) else []
         if tx_keys and offset in tx_keys:
-            keys = tx_keys[offset]
-            if is_context_key(key) and key not in keys:
-                keys = [key, *keys]  # a record of a context that also decided a transaction
-            for k in dict.fromkeys(keys):
-                add(k, offset, status, version)
-        elif is_context_key(key):
-            add(key, offset, status, version)
-    return [(raw, bytes(value)) for raw, value in blocks.values()]
+            # a record of a context that also decided a transaction is listed under both
+            keys = list(dict.fromkeys([*keys, *tx_keys[offset]]))
+        for k in keys:
+            blocks.setdefault(k, []).append((offset, status, version))
+    return [block(k, entries) for k, entries in blocks.items()]
 
 
 def block(key: bytes, entries: Sequence[tuple[int, int, int]]) -> tuple[bytes, bytes]:
