@@ -197,7 +197,8 @@ def log_problems(log: Path) -> list[str]:
 
 
 def doc_for(i: int) -> bytes:
-    return b'{"turn":%d,"user":"u-%d","text":"hello"}' % (i, i % 97)
+    """A small document, canonical as ``client.put`` writes it (sorted keys, no spaces)."""
+    return b'{"text":"hello","turn":%d,"user":"u-%d"}' % (i, i % 97)
 
 
 def encoded_puts(n: int, parts: int, cid_of: Callable[[int], str]) -> Records:

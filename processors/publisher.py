@@ -42,7 +42,7 @@ from lukhas_context.processors.exceptions import ProcessorError
 from lukhas_context.processors.round import PartitionRound
 from lukhas_context.schemas.change import ROUND_END_HEADER, SEQ_HEADER, TX_END_HEADER
 from lukhas_context.state.manifest import Manifest
-from lukhas_context.streams.batching import fill_batch
+from lukhas_context.streams.batching import next_batch
 from lukhas_context.streams.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -173,8 +173,7 @@ class Publisher:
             changes = [*changes[:-1], (key, value, [*headers, end])]
         i = 0
         while i < len(changes):
-            batch = producer.create_batch()
-            j = fill_batch(batch, changes, i, (SEQ_HEADER, r.first_seq))
+            batch, j = next_batch(producer, changes, i, (SEQ_HEADER, r.first_seq))
             if j == i:
                 size = len(changes[i][1] or b"")
                 raise ProcessorError(f"a change of {size} bytes fits no batch")

@@ -9,6 +9,15 @@ and compares every field.
 """
 
 cimport cython
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
+from libc.stdint cimport int16_t, int32_t, int64_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
 
 
 # no_gc: a record refers to ints, str, bytes and a tuple of (str, bytes) headers, never to
@@ -95,3 +104,254 @@ def consumer_record(self, tp, record):
     r.serialized_value_size = -1 if value is None else len(value)
     r.headers = tuple(record.headers)
     return r
+
+
+# ---- change batches ----------------------------------------------------------------------
+#
+# Kafka's record batch, format v2 (magic 2), as aiokafka's ``DefaultRecordBatchBuilder``
+# writes it: a 61-byte header (big-endian), then the records, each a zigzag-varint length,
+# attributes (0), timestamp delta, offset delta, key, value and headers, lengths as zigzag
+# varints (-1: null). The CRC-32C covers everything from the attributes (byte 21) on.
+
+cdef enum:
+    _HEADER = 61
+    _CRC_AT = 17
+    _ATTRIBUTES_AT = 21
+    _TRANSACTIONAL = 0x10
+
+cdef object _crc32c = None
+
+
+cdef inline Py_ssize_t _varint_size(int64_t v) noexcept:
+    cdef uint64_t z = (<uint64_t>v << 1) ^ <uint64_t>(v >> 63)
+    cdef Py_ssize_t n = 1
+    while z >= 0x80:
+        z >>= 7
+        n += 1
+    return n
+
+
+cdef inline char* _put_varint(char* p, int64_t v) noexcept:
+    cdef uint64_t z = (<uint64_t>v << 1) ^ <uint64_t>(v >> 63)
+    while z >= 0x80:
+        p[0] = <char>((z & 0x7F) | 0x80)
+        p += 1
+        z >>= 7
+    p[0] = <char>z
+    return p + 1
+
+
+cdef inline char* _put_be(char* p, uint64_t v, int width) noexcept:
+    cdef int i
+    for i in range(width - 1, -1, -1):
+        p[i] = <char>(v & 0xFF)
+        v >>= 8
+    return p + width
+
+
+cdef inline Py_ssize_t _bytes_len(object b) except -2:
+    """The length of ``b`` (bytes), -1 for None; TypeError for anything else."""
+    if b is None:
+        return -1
+    if type(b) is not bytes:
+        raise TypeError(f"record keys, values and header values must be bytes, not {type(b).__name__}")
+    return PyBytes_GET_SIZE(b)
+
+
+cdef inline char* _put_bytes(char* p, object b, Py_ssize_t n) noexcept:
+    p = _put_varint(p, n)
+    if n > 0:
+        memcpy(p, PyBytes_AS_STRING(b), n)
+        p += n
+    return p
+
+
+cdef inline Py_ssize_t _format_int(char* out, int64_t v) noexcept:
+    """``b"%d" % v`` into ``out`` (24 bytes); returns its length."""
+    cdef char tmp[24]
+    cdef Py_ssize_t n = 0, k = 0
+    cdef uint64_t u
+    if v < 0:
+        out[0] = b'-'
+        k = 1
+        u = <uint64_t>(-(v + 1)) + 1
+    else:
+        u = <uint64_t>v
+    while True:
+        tmp[n] = <char>(48 + u % 10)
+        n += 1
+        u //= 10
+        if u == 0:
+            break
+    while n > 0:
+        n -= 1
+        out[k] = tmp[n]
+        k += 1
+    return k
+
+
+@cython.final
+cdef class ChangeBatch:
+    """A whole record batch of ``records[start:]`` (key, value, headers), built in one call:
+    what aiokafka's ``BatchBuilder`` filled by one ``append`` a record would hold, for
+    ``producer.send_batch``. It has the methods the producer's accumulator calls on a
+    ``BatchBuilder``; it is closed from the start (``append`` returns None).
+
+    ``seq``: record ``i`` gets one more header, ``(seq_name, b"%d" % (first_seq + i))``.
+    Records go in while the batch stays under ``batch_size`` bytes (as aiokafka decides it;
+    the first always goes in);
+    ``end`` is the index of the first record left out (``len(records)`` when all fit). Every
+    record has the timestamp ``timestamp_ms`` (create time)."""
+
+    cdef bytearray _buffer
+    cdef Py_ssize_t _size
+    cdef int32_t _count
+    cdef int64_t _timestamp
+    cdef bint _transactional
+    cdef int64_t _producer_id
+    cdef int16_t _producer_epoch
+    cdef int32_t _base_sequence
+    cdef bint _built
+    cdef readonly Py_ssize_t end
+
+    def __cinit__(self, list records, Py_ssize_t start, seq_name, int64_t first_seq,
+                  Py_ssize_t batch_size, bint transactional, int64_t timestamp_ms):
+        cdef Py_ssize_t n = PyList_GET_SIZE(records)
+        cdef Py_ssize_t i, h, nh, body, klen, vlen, hk, hv, total, need, pos
+        cdef Py_ssize_t seq_len = 0, seq_value_len
+        cdef const char* seq_utf8 = NULL
+        cdef const char* hname
+        cdef char digits[24]
+        cdef object record, key, value, headers, header, hvalue
+        cdef char* p
+        cdef int64_t delta
+        if start < 0 or start > n:
+            raise ValueError(f"start {start} outside 0..{n}")
+        self._producer_id = -1
+        self._producer_epoch = -1
+        self._base_sequence = 0
+        self._timestamp = timestamp_ms
+        self._transactional = transactional
+        if seq_name is not None:
+            seq_utf8 = PyUnicode_AsUTF8AndSize(seq_name, &seq_len)
+        self._buffer = bytearray(min(max(batch_size, _HEADER + 64), _HEADER + 4096))
+        pos = _HEADER
+        i = start
+        while i < n:
+            record = <object>PyList_GET_ITEM(records, i)
+            if type(record) is not tuple or PyTuple_GET_SIZE(record) != 3:
+                raise TypeError("a record is a (key, value, headers) tuple")
+            key = <object>PyTuple_GET_ITEM(record, 0)
+            value = <object>PyTuple_GET_ITEM(record, 1)
+            headers = <object>PyTuple_GET_ITEM(record, 2)
+            klen = _bytes_len(key)
+            vlen = _bytes_len(value)
+            delta = i - start
+            if type(headers) is not list and type(headers) is not tuple:
+                raise TypeError("a record's headers are a list of (str, bytes) tuples")
+            nh = len(headers)
+            body = (1 + _varint_size(0) + _varint_size(delta)
+                    + _varint_size(klen) + (klen if klen > 0 else 0)
+                    + _varint_size(vlen) + (vlen if vlen > 0 else 0))
+            for h in range(nh):
+                header = headers[h]
+                if type(header) is not tuple or PyTuple_GET_SIZE(header) != 2:
+                    raise TypeError("a header is a (str, bytes) tuple")
+                PyUnicode_AsUTF8AndSize(<object>PyTuple_GET_ITEM(header, 0), &hk)
+                hv = _bytes_len(<object>PyTuple_GET_ITEM(header, 1))
+                body += _varint_size(hk) + hk + _varint_size(hv) + (hv if hv > 0 else 0)
+            seq_value_len = 0
+            if seq_utf8 != NULL:
+                seq_value_len = _format_int(digits, first_seq + i)
+                body += _varint_size(seq_len) + seq_len + _varint_size(seq_value_len) + seq_value_len
+                nh += 1
+            body += _varint_size(nh)
+            total = _varint_size(body) + body
+            if pos + total >= batch_size and i > start:  # aiokafka's bound: >=, not >
+                break
+            need = pos + total
+            if need > PyByteArray_GET_SIZE(self._buffer):
+                PyByteArray_Resize(self._buffer, max(need, 2 * PyByteArray_GET_SIZE(self._buffer)))
+            p = PyByteArray_AS_STRING(self._buffer) + pos
+            p = _put_varint(p, body)
+            p[0] = 0  # attributes
+            p += 1
+            p = _put_varint(p, 0)  # timestamp delta: one timestamp for the batch
+            p = _put_varint(p, delta)
+            p = _put_bytes(p, key, klen)
+            p = _put_bytes(p, value, vlen)
+            p = _put_varint(p, nh)
+            for h in range(len(headers)):
+                header = headers[h]
+                hname = PyUnicode_AsUTF8AndSize(<object>PyTuple_GET_ITEM(header, 0), &hk)
+                p = _put_varint(p, hk)
+                memcpy(p, hname, hk)
+                p += hk
+                hvalue = <object>PyTuple_GET_ITEM(header, 1)
+                p = _put_bytes(p, hvalue, _bytes_len(hvalue))
+            if seq_utf8 != NULL:
+                p = _put_varint(p, seq_len)
+                memcpy(p, seq_utf8, seq_len)
+                p += seq_len
+                p = _put_varint(p, seq_value_len)
+                memcpy(p, digits, seq_value_len)
+                p += seq_value_len
+            pos = need
+            i += 1
+        self._size = pos
+        self._count = <int32_t>(i - start)
+        self.end = i
+        PyByteArray_Resize(self._buffer, pos)
+
+    # The methods aiokafka's accumulator and sender call on a BatchBuilder.
+
+    def append(self, *, timestamp, key, value, headers=()):
+        return None  # closed: a record sent with producer.send goes in a batch of its own
+
+    def close(self):
+        pass
+
+    def closed(self):
+        return True
+
+    def record_count(self):
+        return self._count
+
+    def size(self):
+        return self._size
+
+    def _set_producer_state(self, int64_t producer_id, int16_t producer_epoch,
+                            int32_t base_sequence):
+        self._producer_id = producer_id
+        self._producer_epoch = producer_epoch
+        self._base_sequence = base_sequence
+        self._built = False
+
+    def _build(self):
+        global _crc32c
+        cdef char* p
+        if self._built:
+            return self._buffer
+        if _crc32c is None:
+            from aiokafka.record.util import calc_crc32c
+            _crc32c = calc_crc32c
+        p = PyByteArray_AS_STRING(self._buffer)
+        p = _put_be(p, 0, 8)  # base offset
+        p = _put_be(p, <uint64_t>(self._size - 12), 4)  # batch length
+        p = _put_be(p, 0xFFFFFFFF, 4)  # partition leader epoch: -1, as aiokafka writes it
+        p[0] = 2  # magic
+        p += 1
+        p = _put_be(p, 0, 4)  # the CRC, below
+        p = _put_be(p, _TRANSACTIONAL if self._transactional else 0, 2)
+        p = _put_be(p, <uint64_t>(self._count - 1), 4)  # last offset delta
+        p = _put_be(p, <uint64_t>self._timestamp, 8)  # first timestamp
+        p = _put_be(p, <uint64_t>self._timestamp, 8)  # max timestamp
+        p = _put_be(p, <uint64_t>self._producer_id, 8)
+        p = _put_be(p, <uint64_t><uint16_t>self._producer_epoch, 2)
+        p = _put_be(p, <uint64_t><uint32_t>self._base_sequence, 4)
+        _put_be(p, <uint64_t>self._count, 4)
+        crc = _crc32c(memoryview(self._buffer)[_ATTRIBUTES_AT:])
+        _put_be(PyByteArray_AS_STRING(self._buffer) + _CRC_AT, <uint32_t>crc, 4)
+        self._built = True
+        return self._buffer
+

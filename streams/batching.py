@@ -1,5 +1,11 @@
 """Filling aiokafka producer batches fast.
 
+``next_batch`` is what the publisher calls: with the native extension, a whole batch of the
+round's changes is built in one C call (``streams._fastrecords.ChangeBatch``: Kafka's record
+batch v2, byte for byte what aiokafka's builder writes, a test compares them), which the
+producer sends as it sends a ``BatchBuilder``. Without it, or for a producer that compresses
+or serializes, ``fill_batch`` fills the producer's own ``BatchBuilder``.
+
 ``BatchBuilder.append`` (aiokafka 0.14) is a Python frame around the C record builder's
 ``append``; for the change stream, one record per applied event, that frame costs about as
 much as folding the event. ``fill_batch`` calls the C builder directly when the batch has the
@@ -10,10 +16,47 @@ the internals fails that test instead of corrupting batches.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
+try:
+    from lukhas_context.streams._fastrecords import ChangeBatch
+except ImportError:  # pure-Python install
+    ChangeBatch = None  # type: ignore[assignment,misc]
+
 Record = tuple[bytes, bytes | None, list[tuple[str, bytes]]]
+
+
+def next_batch(
+    producer: Any, records: Sequence[Record], start: int, seq: tuple[str, int] | None = None
+) -> tuple[Any, int]:
+    """A batch of ``records[start:]`` (as many as fit the producer's batch size, at least
+    one) for ``producer.send_batch``, and the index of the first record left out. ``seq`` as
+    in ``fill_batch``."""
+    accumulator = getattr(producer, "_message_accumulator", None)
+    if (
+        ChangeBatch is not None
+        and type(records) is list
+        and start < len(records)
+        and accumulator is not None
+        and not getattr(accumulator, "_compression_type", 1)
+        and getattr(producer, "_key_serializer", True) is None
+        and getattr(producer, "_value_serializer", True) is None
+    ):
+        txn = accumulator._txn_manager
+        batch = ChangeBatch(
+            records,
+            start,
+            None if seq is None else seq[0],
+            0 if seq is None else seq[1],
+            accumulator._batch_size,
+            txn is not None and txn.transactional_id is not None,
+            int(time.time() * 1000),
+        )
+        return batch, batch.end
+    batch = producer.create_batch()
+    return batch, fill_batch(batch, records, start, seq)
 
 
 def fill_batch(

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from aiokafka.producer.message_accumulator import BatchBuilder
+from typing import Any
 
-from lukhas_context.streams.batching import _fill_public, fill_batch
+import pytest
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.default_records import DefaultRecordBatch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lukhas_context.streams.batching import _fill_public, fill_batch, next_batch
 
 
 def _records(n: int, size: int = 50) -> list[tuple[bytes, bytes | None, list[tuple[str, bytes]]]]:
@@ -70,3 +76,119 @@ def _strip_timestamps(buffer: bytes | bytearray) -> bytes:
 
     batch = DefaultRecordBatch(bytes(buffer))
     return repr([(r.offset, r.key, r.value, r.headers) for r in batch]).encode()
+
+
+# ---- the native batch (streams._fastrecords.ChangeBatch) --------------------------------
+
+try:
+    from lukhas_context.streams._fastrecords import ChangeBatch
+except ImportError:  # pure-Python run
+    ChangeBatch = None  # type: ignore[assignment,misc]
+
+native = pytest.mark.skipif(ChangeBatch is None, reason="the native extension is not built")
+STAMP = 1_700_000_000_123
+HEADER = st.tuples(
+    st.text(max_size=8) | st.sampled_from(["seq", "txend", "ü\U0001f600", ""]),
+    st.none() | st.binary(max_size=40),
+)
+RECORD = st.tuples(
+    st.none() | st.binary(max_size=30),
+    st.none() | st.binary(max_size=3000),
+    st.lists(HEADER, max_size=4),
+)
+
+
+def _aiokafka_batch(
+    records: list[Any], start: int, seq: tuple[str, int] | None, size: int, tx: bool
+) -> tuple[int, bytes]:
+    """What aiokafka's own builder makes of ``records[start:]``, one public append a record,
+    with the timestamp pinned."""
+    batch = BatchBuilder(size, 0, is_transactional=tx)
+    i = start
+    for key, value, headers in records[start:]:
+        if seq is not None:
+            headers = [*headers, (seq[0], b"%d" % (seq[1] + i))]
+        if batch.append(timestamp=STAMP, key=key, value=value, headers=headers) is None:
+            break
+        i += 1
+    batch._set_producer_state(4242, 7, 99)
+    return i, bytes(batch._build())
+
+
+@native
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    records=st.lists(RECORD, min_size=1, max_size=40),
+    data=st.data(),
+    seq=st.none() | st.tuples(st.sampled_from(["seq", "ß"]), st.integers(-(2**40), 2**62)),
+    size=st.sampled_from([0, 100, 700, 4096, 1 << 20]),
+    tx=st.booleans(),
+)
+def test_the_native_batch_is_byte_for_byte_aiokafkas(
+    records: list[Any], data: st.DataObject, seq: tuple[str, int] | None, size: int, tx: bool
+) -> None:
+    start = data.draw(st.integers(0, len(records) - 1))
+    end, want = _aiokafka_batch(records, start, seq, size, tx)
+    batch = ChangeBatch(
+        records, start, None if seq is None else seq[0], 0 if seq is None else seq[1],
+        size, tx, STAMP,
+    )  # fmt: skip
+    assert batch.end == end and batch.record_count() == end - start
+    batch._set_producer_state(4242, 7, 99)
+    built = batch._build()
+    assert bytes(built) == want and batch.size() == len(want)
+    assert batch._build() is built  # the sender may ask again (a retry)
+    assert DefaultRecordBatch(bytes(built)).validate_crc()
+
+
+@native
+def test_the_native_batch_takes_no_other_record() -> None:
+    assert ChangeBatch([(b"k", b"v", [])], 0, None, 0, 100, False, STAMP).closed()
+    batch = ChangeBatch([(b"k", b"v", [])], 0, None, 0, 100, False, STAMP)
+    assert batch.append(timestamp=None, key=b"x", value=b"y") is None
+    assert batch.record_count() == 1
+    for bad in (
+        [(b"k", "text", [])],  # a str value
+        [(b"k", b"v", [("h", "text")])],  # a str header value
+        [(b"k", b"v", [(b"h", b"v")])],  # a bytes header name
+        [(b"k", b"v")],  # not three fields
+        [[b"k", b"v", []]],  # not a tuple
+        [(b"k", b"v", None)],  # no header list
+    ):
+        with pytest.raises(TypeError):
+            ChangeBatch(bad, 0, None, 0, 1 << 20, False, STAMP)
+    with pytest.raises(ValueError):
+        ChangeBatch([(b"k", b"v", [])], 2, None, 0, 1 << 20, False, STAMP)
+
+
+@native
+def test_one_record_over_the_batch_size_goes_alone() -> None:
+    records = [(b"k", b"x" * 5000, []), (b"k", b"y", [])]
+    batch = ChangeBatch(records, 0, "seq", 7, 1000, False, STAMP)
+    assert batch.end == 1
+    assert _aiokafka_batch(records, 0, ("seq", 7), 1000, False)[0] == 1
+
+
+def test_next_batch_falls_back_to_the_producers_builder() -> None:
+    class Producer:
+        _key_serializer = None
+        _value_serializer = None
+
+        def __init__(self, compression: int) -> None:
+            self._message_accumulator = type(
+                "Acc", (), {"_compression_type": compression, "_batch_size": 1 << 20,
+                            "_txn_manager": None},
+            )()  # fmt: skip
+
+        def create_batch(self) -> BatchBuilder:
+            return _batch(1 << 20)
+
+    records = _records(50)
+    batch, end = next_batch(Producer(1), records, 0)  # compresses: the producer's own builder
+    assert isinstance(batch, BatchBuilder) and end == 50
+    batch, end = next_batch(Producer(0), records, 10, ("seq", 5))
+    assert end == 50 and batch.record_count() == 40
+    assert isinstance(batch, BatchBuilder) == (ChangeBatch is None)
+    batch._set_producer_state(-1, -1, 0)
+    seqs = [int(dict(r.headers)["seq"]) for r in DefaultRecordBatch(bytes(batch._build()))]
+    assert seqs == list(range(15, 55))
