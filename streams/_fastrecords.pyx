@@ -355,3 +355,156 @@ cdef class ChangeBatch:
         self._built = True
         return self._buffer
 
+
+
+# ---- fetched records, a batch at a time ------------------------------------------------
+#
+# aiokafka hands a fetch's records out one by one through three Python frames: ``getall``'s
+# loop, ``PartitionRecords.__next__`` and the ``_unpack_records`` generator. ``Unpacker``
+# is that generator in C, for a consumer without deserializers, and ``drain`` is getall's
+# loop: the batch-level decisions (CRC, control batches, aborted transactions under
+# read_committed) are the generator's, made the same way with the same methods of the
+# ``PartitionRecords``; each record becomes a ``WalRecord`` as ``consumer_record`` builds it.
+
+cdef int _READ_COMMITTED = 1
+cdef object _CorruptRecord = None
+
+
+@cython.final
+cdef class Unpacker:
+    """``PartitionRecords._unpack_records()`` for ``records`` (a ``PartitionRecords``)."""
+
+    cdef object owner
+    cdef object tp
+    cdef object topic
+    cdef object partition
+    cdef object source
+    cdef object batch_iter
+    cdef object batch
+    cdef bint check_crcs
+    cdef bint read_committed
+    cdef bint done
+
+    def __cinit__(self, owner):
+        global _CorruptRecord
+        if _CorruptRecord is None:
+            from aiokafka.errors import CorruptRecordException
+            _CorruptRecord = CorruptRecordException
+        self.owner = owner
+        self.tp = owner._tp
+        self.topic = self.tp.topic
+        self.partition = self.tp.partition
+        self.source = owner._records
+        self.check_crcs = bool(owner._check_crcs)
+        self.read_committed = owner._isolation_level == _READ_COMMITTED
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        record = self._next()
+        if record is None:
+            raise StopIteration
+        return record
+
+    cdef object _next(self):
+        """The next record, or None when the fetch is done. After an error (a bad CRC), like
+        a generator that raised, it is done: the rest is fetched again."""
+        if self.done:
+            return None
+        try:
+            return self._advance()
+        except BaseException:
+            self.done = True
+            raise
+
+    cdef object _advance(self):
+        cdef object record, key, value, offset, owner = self.owner
+        cdef WalRecord r
+        while True:
+            if self.batch_iter is not None:
+                record = next(self.batch_iter, None)
+                if record is None:
+                    # As aiokafka: past the batch's last offset, even if compaction removed
+                    # its last records.
+                    owner.next_fetch_offset = self.batch.next_offset
+                    self.batch_iter = None
+                    self.batch = None
+                    continue
+                offset = record.offset
+                if offset < owner.next_fetch_offset:
+                    continue  # a compressed message set's earlier records
+                key = record.key
+                value = record.value
+                r = WalRecord.__new__(WalRecord)
+                r.topic = self.topic
+                r.partition = self.partition
+                r.offset = offset
+                r.timestamp = record.timestamp
+                r.timestamp_type = record.timestamp_type
+                r.key = key
+                r.value = value
+                r.checksum = record.checksum
+                r.serialized_key_size = -1 if key is None else len(key)
+                r.serialized_value_size = -1 if value is None else len(value)
+                r.headers = tuple(record.headers)
+                owner.next_fetch_offset = offset + 1
+                return r
+            if not self.source.has_next():
+                self.done = True
+                return None
+            batch = self.source.next_batch()
+            if self.check_crcs and not batch.validate_crc():
+                raise _CorruptRecord(f"Invalid CRC - {self.tp}")
+            if self.read_committed and batch.producer_id is not None:
+                owner._consume_aborted_up_to(batch.base_offset)
+                if batch.is_control_batch and owner._contains_abort_marker(batch):
+                    owner._aborted_producers.discard(batch.producer_id)
+                if batch.is_transactional and batch.producer_id in owner._aborted_producers:
+                    owner.next_fetch_offset = batch.next_offset
+                    continue
+            if batch.is_control_batch:
+                owner.next_fetch_offset = batch.next_offset
+                continue
+            self.batch = batch
+            self.batch_iter = iter(batch)
+
+
+def unpacker(owner):
+    """What ``PartitionRecords._unpack_records`` returns: an ``Unpacker`` for a consumer
+    without deserializers, else aiokafka's own generator (``set_fallback``'s second)."""
+    if owner._key_deserializer is not None or owner._value_deserializer is not None:
+        return _fallback_unpack(owner)
+    return Unpacker(owner)
+
+
+cdef object _fallback_unpack = None
+
+
+def set_unpack_fallback(fallback):
+    """aiokafka's own ``_unpack_records``, for a consumer with deserializers."""
+    global _fallback_unpack
+    _fallback_unpack = fallback
+
+
+def drain(owner, max_records):
+    """``getall``'s loop over a ``PartitionRecords``: up to ``max_records`` (None: all) of
+    its records, and whether it is exhausted. Records come from its iterator, an
+    ``Unpacker`` taken without a Python frame a record."""
+    cdef list out = []
+    cdef Py_ssize_t limit = -1 if max_records is None else max_records
+    cdef object it = owner._records_iterator
+    cdef object record
+    if type(it) is Unpacker:
+        while limit < 0 or len(out) < limit:
+            record = (<Unpacker>it)._next()
+            if record is None:
+                owner._records_iterator = None
+                return out, True
+            out.append(record)
+        return out, False
+    for record in owner:
+        out.append(record)
+        if limit >= 0 and len(out) >= limit:
+            return out, False
+    return out, True
