@@ -4,11 +4,12 @@ and redis-server GET on the same machine, in one run.
 A worker folds ``--contexts`` puts (small documents, as ``materialize.py`` writes); then
 ``--reads`` sequential reads of contexts picked at random from ``--hot`` of them (so they
 are in the worker's read cache), each timed alone: ``GET /v1/contexts/{id}`` on one
-keep-alive connection (``http.client``), ``ContextClient.get`` (the async client, its own
-session), and ``GET`` of the same documents stored in a redis-server of the benchmark's own
-(``redis-py``, one connection). Prints p50/p90/p99/max of each and the ratios the issue
-sets (p99 at most 1 ms; p50 within 2x of redis), and writes
-``benchmarks/results/reads.json``. Bounded: a fixed count of reads, a timeout on each.
+keep-alive connection (``http.client``), the same on a bare socket (the answer read by its
+``Content-Length``: the worker's own time, little of a client's), ``ContextClient.get``
+(the async client, its own session), and ``GET`` of the same documents stored in a
+redis-server of the benchmark's own (``redis-py``, one connection). Prints p50/p90/p99/max
+of each and the ratios the issue sets (p99 at most 1 ms; p50 within 2x of redis), and
+writes ``benchmarks/results/reads.json``. Bounded: a fixed count of reads, a timeout on each.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncio
 import contextlib
 import http.client
 import random
+import socket
 import statistics
 import time
 import urllib.parse
@@ -70,6 +72,31 @@ def http_reads(url: str, ids: list[str]) -> list[float]:
                 raise RuntimeError(f"GET {cid}: {response.status} {body[:200]!r}")
     finally:
         conn.close()
+    return times
+
+
+def raw_reads(url: str, ids: list[str]) -> list[float]:
+    """The same GETs on one keep-alive socket, the answer read by its ``Content-Length``
+    without parsing the rest: what the worker itself takes, with little of a client's own."""
+    parsed = urllib.parse.urlsplit(url)
+    times = []
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        stream = sock.makefile("rb")
+        for cid in ids:
+            request = f"GET /v1/contexts/{cid} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            t0 = time.perf_counter()
+            sock.sendall(request)
+            status = stream.readline()
+            length = -1
+            while (line := stream.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            body = stream.read(length) if length >= 0 else b""
+            times.append(time.perf_counter() - t0)
+            if not status.startswith(b"HTTP/1.1 200") or len(body) != length:
+                raise RuntimeError(f"GET {cid}: {status!r} {body[:200]!r}")
     return times
 
 
@@ -135,11 +162,13 @@ def main() -> None:
                         folded = metric(url, "lukhas_records_consumed_total", timeout=30)
                 http_reads(url, ids[:1000])  # warm: caches, connection
                 # Alternate the three, a slice at a time, so a slow spell hits all alike.
-                times: dict[str, list[float]] = {"http": [], "client": [], "redis": []}
+                times: dict[str, list[float]] = {"http": [], "raw": [], "client": [],
+                                                 "redis": []}  # fmt: skip
                 step = max(1, len(ids) // 10)
                 for start in range(0, len(ids), step):
                     part = ids[start : start + step]
                     times["http"] += http_reads(url, part)
+                    times["raw"] += raw_reads(url, part)
                     times["client"] += asyncio.run(client_reads(bootstrap, url, topics, part))
                     times["redis"] += redis_reads(rurl, part, docs)
             finally:
@@ -148,12 +177,12 @@ def main() -> None:
         results[name] = quantiles(samples)
     rows = [("reads", f"{args.reads:,} of {len(hot):,} hot contexts (of {args.contexts:,}), "
                       "sequential, each timed alone")]  # fmt: skip
-    for name, label in (("http", "HTTP keep-alive"), ("client", "client.get"),
-                        ("redis", "redis GET")):  # fmt: skip
+    for name, label in (("http", "HTTP keep-alive"), ("raw", "HTTP, raw socket"),
+                        ("client", "client.get"), ("redis", "redis GET")):  # fmt: skip
         q = results[name]
         rows.append((label, f"p50 {q['p50_ms']:.3f} ms  p90 {q['p90_ms']:.3f}  p99 "
                             f"{q['p99_ms']:.3f}  max {q['max_ms']:.2f}"))  # fmt: skip
-    for name in ("http", "client"):
+    for name in ("http", "raw", "client"):
         ratio = results[name]["p50_ms"] / results["redis"]["p50_ms"]
         rows.append((f"{name} p50 / redis", f"{ratio:.2f}x (bar: 2x; p99 bar: 1 ms)"))
     print_rows(rows, 18)

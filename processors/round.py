@@ -70,11 +70,13 @@ from lukhas_context.state.store import PartitionStore
 
 native_fold: Callable[..., int] | None
 native_history: Callable[..., list[tuple[bytes, bytes]] | None] | None
+native_barrier_end: Callable[[Sequence[Any]], int] | None
 try:
+    from lukhas_context.processors._fastfold import barrier_end as native_barrier_end
     from lukhas_context.processors._fastfold import fold_simple as native_fold
     from lukhas_context.processors._fastfold import history_blocks as native_history
 except ImportError:  # built without a C compiler: the general path folds everything
-    native_fold = native_history = None
+    native_fold = native_history = native_barrier_end = None
 
 #: A change record: ``(key, value, headers)``; value None and the tombstone's headers for a
 #: deletion, else the encoded ``ContextChange`` and no headers.
@@ -172,7 +174,9 @@ def window_id(key: bytes | None, value: bytes, partition: int, codec: EventCodec
 def segment_end(records: Sequence[Any]) -> int:
     """How many of a partition's ``records`` fold in one round: a checkpoint barrier (the
     empty key) ends its round, so the store holds exactly the fold of the WAL before it when
-    the checkpoint is taken."""
+    the checkpoint is taken. (In C when the extension is built: ``_fastfold.barrier_end``.)"""
+    if native_barrier_end is not None:
+        return native_barrier_end(records)
     for i, m in enumerate(records):
         if m.key == BARRIER_KEY:
             return i + 1

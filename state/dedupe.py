@@ -22,6 +22,7 @@ an id *not* in the dict, where this module would remember it just as the loop do
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from lukhas_context.state.journal import EntryStatus
@@ -42,6 +43,12 @@ REMEMBERED = frozenset(
     )
 )
 _HASH_MASK = (1 << 64) - 1
+
+_window_trim: Callable[[dict[bytes, int], int], dict[bytes, int]] | None
+try:  # the same dict comprehension in C (``processors._fastfold``)
+    from lukhas_context.processors._fastfold import window_trim as _window_trim
+except ImportError:  # pure-Python install
+    _window_trim = None
 #: ``forget_below`` rebuilds the dict past this many times the window's size.
 TRIM_AT = 1.5
 
@@ -99,4 +106,7 @@ class DedupeWindow:
         125 bytes an id), and 1.5 holds a third less at the peak."""
         if len(self.ids) > TRIM_AT * self.size:
             floor = max(offset, 0) << 64
-            self.ids = {k: v for k, v in self.ids.items() if v >= floor}
+            if _window_trim is not None:
+                self.ids = _window_trim(self.ids, floor)
+            else:
+                self.ids = {k: v for k, v in self.ids.items() if v >= floor}

@@ -17,11 +17,15 @@ import aiohttp
 import orjson
 
 from lukhas_context.streams.exceptions import ReadError
+from lukhas_context.streams.http1 import ConnectError, Http1Pool, ProtocolError, http_origin
 from lukhas_context.streams.topics import partition_for
 from lukhas_context.streams.validation import check_wait
 
 __all__ = ["ROUTE_RETRY_S", "Router"]
 
+#: The largest answer body a GET may have (a history page of 10,000 entries with long reasons
+#: is about 12 MB).
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
 #: Pause before a read is tried again on another worker (after a 421 or a failure).
 ROUTE_RETRY_S = 0.2
 #: While the partition count is not known (no worker had its partitions yet when asked), the
@@ -43,6 +47,9 @@ class Router:
         self.partition_count = 0
         self._count_asked_at: float | None = None
         self._http: aiohttp.ClientSession | None = None
+        #: GETs to ``http://`` workers go over lean keep-alive connections (``streams.http1``).
+        self._pool = Http1Pool(MAX_ANSWER_BYTES)
+        self._origins: dict[str, tuple[str, int] | None] = {}
 
     @property
     def seeds(self) -> list[str]:
@@ -50,6 +57,8 @@ class Router:
         return list(self._seeds)
 
     async def close(self) -> None:
+        await self._pool.close()
+        self._pool = Http1Pool(MAX_ANSWER_BYTES)  # a closed client may be used again
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -107,7 +116,15 @@ class Router:
         body: bytes,
     ) -> tuple[int, bytes]:  # fmt: skip
         """One request to the worker at ``base``, as it answers (any status); ``ReadError``
-        when it cannot be connected to or does not answer within ``timeout`` (plus 5 s)."""
+        when it cannot be connected to or does not answer within ``timeout`` (plus 5 s).
+        A GET to an ``http://`` worker goes over ``streams.http1``; anything else over
+        aiohttp."""
+        if method == "GET" and body == b"":
+            if base not in self._origins:
+                self._origins[base] = http_origin(base)
+            origin = self._origins[base]
+            if origin is not None:
+                return await self._get(base, origin, path, params, timeout)
         if self._http is None:
             self._http = aiohttp.ClientSession()
         url = base.rstrip("/") + path
@@ -120,6 +137,17 @@ class Router:
         except aiohttp.ClientConnectorError as exc:
             raise ReadError(f"cannot connect to the read API at {base}: {_refused(exc)}") from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise ReadError(f"read API {base} failed: {reason}") from exc
+
+    async def _get(
+        self, base: str, origin: tuple[str, int], path: str, params: dict[str, str], timeout: float
+    ) -> tuple[int, bytes]:
+        try:
+            return await self._pool.get(*origin, path, params, timeout + 5)
+        except ConnectError as exc:
+            raise ReadError(f"cannot connect to the read API at {base}: {_refused(exc)}") from exc
+        except (ProtocolError, OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             raise ReadError(f"read API {base} failed: {reason}") from exc
 
@@ -175,8 +203,9 @@ class Router:
 def _refused(error: BaseException) -> str | None:
     """Why a connection could not be made (``connection refused``, a DNS failure), None when
     ``error`` (or its cause) is not a failure to connect."""
-    cause = error if isinstance(error, aiohttp.ClientConnectorError) else error.__cause__
-    if not isinstance(cause, aiohttp.ClientConnectorError):
+    connect_errors = (aiohttp.ClientConnectorError, ConnectError)
+    cause = error if isinstance(error, connect_errors) else error.__cause__
+    if not isinstance(cause, connect_errors):
         return None
     if isinstance(cause.os_error, ConnectionRefusedError):
         return "connection refused"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lukhas_context.state.dedupe import DedupeWindow
@@ -50,3 +51,64 @@ def test_a_retry_or_a_reuse_leaves_the_window_as_it_was() -> None:
     assert window.ids == before
     assert window.admit(b"a" * 16, 16, 8) is None  # 5 is out of the window of 16
     assert window.ids[b"a" * 16] >> 64 == 16
+
+
+# ---- the C helpers of the hot path (processors._fastfold) --------------------------------
+
+try:
+    from lukhas_context.processors._fastfold import barrier_end, window_trim
+except ImportError:  # pure-Python run
+    barrier_end = window_trim = None  # type: ignore[assignment]
+
+_native = pytest.mark.skipif(window_trim is None, reason="the native extension is not built")
+
+
+@_native
+@settings(max_examples=300, deadline=None)
+@given(
+    ids=st.dictionaries(
+        st.binary(max_size=20), st.integers(0, 1 << 200) | st.integers(-(1 << 70), 0), max_size=60
+    ),
+    floor=st.integers(-(1 << 80), 1 << 201),
+)
+def test_window_trim_is_the_dict_comprehension(ids: dict[bytes, int], floor: int) -> None:
+    got = window_trim(ids, floor)
+    want = {k: v for k, v in ids.items() if v >= floor}
+    assert got == want and list(got) == list(want)  # the same order
+    assert got is not ids
+
+
+@_native
+def test_forget_below_drops_the_same_ids_natively_or_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lukhas_context.state import dedupe
+
+    def filled() -> dedupe.DedupeWindow:
+        window = dedupe.DedupeWindow(10)
+        for offset in range(40):
+            window.admit(b"id-%d" % (offset % 23), offset, offset * 7)
+        return window
+
+    native = filled()
+    native.forget_below(25)
+    monkeypatch.setattr(dedupe, "_window_trim", None)
+    plain = filled()
+    plain.forget_below(25)
+    assert list(native.ids.items()) == list(plain.ids.items())
+    assert all(v >> 64 >= 25 for v in native.ids.values())
+
+
+class _Rec:
+    def __init__(self, key: object) -> None:
+        self.key = key
+
+
+@_native
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.none() | st.sampled_from([b"", b"a", b"\x00", b"ctx"]), max_size=30))
+def test_barrier_end_is_segment_ends_loop(keys: list[bytes | None]) -> None:
+    from lukhas_context.processors import round as rnd
+
+    records = [_Rec(k) for k in keys]
+    want = next((i + 1 for i, k in enumerate(keys) if k == b""), len(keys))
+    assert barrier_end(records) == want
+    assert rnd.segment_end(records) == want
