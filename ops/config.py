@@ -157,6 +157,7 @@ class WorkerFlags:
     prune_interval: float | None
     dedupe_window: int | None
     exactly_once: bool = True
+    change_compression: str = "none"
     standby_replicas: int = 0
     rebalance_timeout: float | None = None
     memory_budget: int | None = None
@@ -252,6 +253,7 @@ class Settings:
             history_index=f.history_index, schema_dir=f.schema_dir,
             prune_interval_s=f.prune_interval, exactly_once=f.exactly_once,
             standby_replicas=f.standby_replicas, memory_budget_bytes=f.memory_budget,
+            change_compression=f.change_compression,
             **fold_sizing(f.dedupe_window or self.env.dedupe_window),
             checkpoint_pause_s=self.env.checkpoint_pause_s,
             listener=ListenerLimits(

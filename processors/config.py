@@ -107,6 +107,11 @@ class WorkerConfig:
     #: kept by the log cleaner (the default). False: one idempotent producer, at least once
     #: (faster; a zombie's last round can reach the change topic).
     exactly_once: bool = True
+    #: How the change stream's batches are compressed: ``none``, ``lz4`` or ``zstd``
+    #: (``streams.batching.COMPRESSIONS``). A change carries the whole document: a
+    #: conversation of a few KB moves all of it at every appended message, and compressed
+    #: those bytes cost the worker, the broker and every subscriber much less.
+    change_compression: str = "none"
     #: Standby copies the group keeps of each partition, on workers other than its owner
     #: (``processors.standby``; Kafka Streams' ``num.standby.replicas``). The group uses the
     #: largest number any member asks for; 0 everywhere: none, and plain round-robin
@@ -134,6 +139,10 @@ class WorkerConfig:
             raise InvalidWorkerConfigError(
                 f"expiry_retry_s ({self.expiry_retry_s}) must be positive and at most "
                 f"expiry_retry_max_s ({self.expiry_retry_max_s})"
+            )
+        if self.change_compression not in ("none", "lz4", "zstd"):
+            raise InvalidWorkerConfigError(
+                f"change_compression must be none, lz4 or zstd, not {self.change_compression!r}"
             )
         if self.checkpoint_keep < 1:
             raise InvalidWorkerConfigError(

@@ -200,6 +200,7 @@ class Materializer:
         self.publisher = Publisher(
             self._producer, cfg.topics, exactly_once=cfg.exactly_once,
             make_producer=self._partition_producer, group_id=cfg.group_id,
+            compression=cfg.change_compression,
         )  # fmt: skip
         await self._producer.start()
         await consumer.start()

@@ -86,8 +86,11 @@ class Publisher:
         exactly_once: bool = False,
         make_producer: Callable[[int], AIOKafkaProducer] | None = None,
         group_id: str = "",
+        compression: str = "none",
     ) -> None:
         self.producer = producer
+        #: How change batches are compressed (``streams.batching.COMPRESSIONS``).
+        self.compression = compression
         self.topics = topics
         self.exactly_once = exactly_once
         self._make_producer = make_producer
@@ -173,7 +176,7 @@ class Publisher:
             changes = [*changes[:-1], (key, value, [*headers, end])]
         i = 0
         while i < len(changes):
-            batch, j = next_batch(producer, changes, i, (SEQ_HEADER, r.first_seq))
+            batch, j = next_batch(producer, changes, i, (SEQ_HEADER, r.first_seq), self.compression)
             if j == i:
                 size = len(changes[i][1] or b"")
                 raise ProcessorError(f"a change of {size} bytes fits no batch")

@@ -1,4 +1,4 @@
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 class WalRecord:
@@ -42,6 +42,8 @@ class ChangeBatch:
         batch_size: int,
         transactional: bool,
         timestamp_ms: int,
+        codec: int = 0,
+        compress: Callable[[memoryview], bytes] | None = None,
     ) -> None: ...
     def append(self, *, timestamp: Any, key: Any, value: Any, headers: Any = ...) -> None: ...
     def close(self) -> None: ...

@@ -201,7 +201,11 @@ cdef class ChangeBatch:
     Records go in while the batch stays under ``batch_size`` bytes (as aiokafka decides it;
     the first always goes in);
     ``end`` is the index of the first record left out (``len(records)`` when all fit). Every
-    record has the timestamp ``timestamp_ms`` (create time)."""
+    record has the timestamp ``timestamp_ms`` (create time).
+
+    ``codec`` (Kafka's attribute bits: 1 gzip, 2 snappy, 3 lz4, 4 zstd) and ``compress``:
+    the records are compressed, as one, when the batch is built (``batch_size`` bounds them
+    before compression, as aiokafka's builder does)."""
 
     cdef bytearray _buffer
     cdef Py_ssize_t _size
@@ -212,10 +216,13 @@ cdef class ChangeBatch:
     cdef int16_t _producer_epoch
     cdef int32_t _base_sequence
     cdef bint _built
+    cdef int _codec
+    cdef object _compress
     cdef readonly Py_ssize_t end
 
     def __cinit__(self, list records, Py_ssize_t start, seq_name, int64_t first_seq,
-                  Py_ssize_t batch_size, bint transactional, int64_t timestamp_ms):
+                  Py_ssize_t batch_size, bint transactional, int64_t timestamp_ms,
+                  int codec=0, compress=None):
         cdef Py_ssize_t n = PyList_GET_SIZE(records)
         cdef Py_ssize_t i, h, nh, body, klen, vlen, hk, hv, total, need, pos
         cdef Py_ssize_t seq_len = 0, seq_value_len
@@ -232,6 +239,10 @@ cdef class ChangeBatch:
         self._base_sequence = 0
         self._timestamp = timestamp_ms
         self._transactional = transactional
+        if codec < 0 or codec > 4 or (codec != 0) != (compress is not None):
+            raise ValueError("a codec (1-4) goes with its compress function, 0 with None")
+        self._codec = codec
+        self._compress = compress
         if seq_name is not None:
             seq_utf8 = PyUnicode_AsUTF8AndSize(seq_name, &seq_len)
         self._buffer = bytearray(min(max(batch_size, _HEADER + 64), _HEADER + 4096))
@@ -335,6 +346,11 @@ cdef class ChangeBatch:
         if _crc32c is None:
             from aiokafka.record.util import calc_crc32c
             _crc32c = calc_crc32c
+        if self._compress is not None:  # once: a rebuild (new producer state) keeps it
+            compressed = self._compress(memoryview(self._buffer)[_HEADER:])
+            self._buffer = bytearray(_HEADER) + compressed
+            self._size = PyByteArray_GET_SIZE(self._buffer)
+            self._compress = None
         p = PyByteArray_AS_STRING(self._buffer)
         p = _put_be(p, 0, 8)  # base offset
         p = _put_be(p, <uint64_t>(self._size - 12), 4)  # batch length
@@ -342,7 +358,7 @@ cdef class ChangeBatch:
         p[0] = 2  # magic
         p += 1
         p = _put_be(p, 0, 4)  # the CRC, below
-        p = _put_be(p, _TRANSACTIONAL if self._transactional else 0, 2)
+        p = _put_be(p, (_TRANSACTIONAL if self._transactional else 0) | self._codec, 2)
         p = _put_be(p, <uint64_t>(self._count - 1), 4)  # last offset delta
         p = _put_be(p, <uint64_t>self._timestamp, 8)  # first timestamp
         p = _put_be(p, <uint64_t>self._timestamp, 8)  # max timestamp

@@ -3,8 +3,9 @@
 ``next_batch`` is what the publisher calls: with the native extension, a whole batch of the
 round's changes is built in one C call (``streams._fastrecords.ChangeBatch``: Kafka's record
 batch v2, byte for byte what aiokafka's builder writes, a test compares them), which the
-producer sends as it sends a ``BatchBuilder``. Without it, or for a producer that compresses
-or serializes, ``fill_batch`` fills the producer's own ``BatchBuilder``.
+producer sends as it sends a ``BatchBuilder``; compressed (lz4 or zstd, ``COMPRESSIONS``) when
+the worker is told to (``--change-compression``). Without it, or for a producer that
+compresses or serializes itself, ``fill_batch`` fills aiokafka's ``BatchBuilder``.
 
 ``BatchBuilder.append`` (aiokafka 0.14) is a Python frame around the C record builder's
 ``append``; for the change stream, one record per applied event, that frame costs about as
@@ -20,6 +21,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import cramjam
+from aiokafka.producer.message_accumulator import BatchBuilder
+
 try:
     from lukhas_context.streams._fastrecords import ChangeBatch
 except ImportError:  # pure-Python install
@@ -28,12 +32,37 @@ except ImportError:  # pure-Python install
 Record = tuple[bytes, bytes | None, list[tuple[str, bytes]]]
 
 
+def _lz4(data: Any) -> bytes:
+    # Kafka reads LZ4 frames of independent blocks (KIP-57); the fast level, not aiokafka's 9
+    compressor = cramjam.lz4.Compressor(level=1, content_checksum=False, block_linked=False)
+    compressor.compress(bytes(data))
+    return bytes(compressor.finish())
+
+
+def _zstd(data: Any) -> bytes:
+    return bytes(cramjam.zstd.compress(data, level=1))
+
+
+#: The change stream's compressions: name -> (Kafka's codec attribute bits, compress).
+COMPRESSIONS: dict[str, tuple[int, Any] | None] = {
+    "none": None,
+    "lz4": (3, _lz4),
+    "zstd": (4, _zstd),
+}
+
+
 def next_batch(
-    producer: Any, records: Sequence[Record], start: int, seq: tuple[str, int] | None = None
+    producer: Any,
+    records: Sequence[Record],
+    start: int,
+    seq: tuple[str, int] | None = None,
+    compression: str = "none",
 ) -> tuple[Any, int]:
     """A batch of ``records[start:]`` (as many as fit the producer's batch size, at least
     one) for ``producer.send_batch``, and the index of the first record left out. ``seq`` as
-    in ``fill_batch``."""
+    in ``fill_batch``; ``compression``: one of ``COMPRESSIONS`` (the records compressed as one
+    when the batch is built, ``batch_size`` bounding them before)."""
+    codec = COMPRESSIONS[compression]
     accumulator = getattr(producer, "_message_accumulator", None)
     if (
         ChangeBatch is not None
@@ -53,9 +82,18 @@ def next_batch(
             accumulator._batch_size,
             txn is not None and txn.transactional_id is not None,
             int(time.time() * 1000),
+            *(codec or ()),
         )
         return batch, batch.end
-    batch = producer.create_batch()
+    if codec is not None and accumulator is not None:  # aiokafka's builder compresses it
+        txn = accumulator._txn_manager
+        batch = BatchBuilder(
+            accumulator._batch_size,
+            codec[0],
+            is_transactional=txn is not None and txn.transactional_id is not None,
+        )
+    else:
+        batch = producer.create_batch()
     return batch, fill_batch(batch, records, start, seq)
 
 

@@ -102,6 +102,11 @@ def _api_url(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
                    "(at least once: one idempotent producer, faster; a paused worker's last "
                    "round can still reach the change topic after its partition moved) "
                    "[env LUKHAS_EXACTLY_ONCE=1|0].")  # fmt: skip
+@click.option("--change-compression", type=click.Choice(["none", "lz4", "zstd"]),
+              default="none", show_default=True, envvar="LUKHAS_CHANGE_COMPRESSION",
+              help="Compress the change stream's batches (a change carries the whole "
+                   "document: lz4 or zstd move a growing conversation's bytes at a fraction "
+                   "of the cost) [env LUKHAS_CHANGE_COMPRESSION].")  # fmt: skip
 @click.option("--standby-replicas", type=click.IntRange(0, 8), default=0, show_default=True,
               envvar="LUKHAS_STANDBY_REPLICAS",
               help="Warm copies the group keeps of each partition on other workers, following "

@@ -109,6 +109,7 @@ BAD_OPTIONS = [
     ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--max-connections", HUGE),
     ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--advertised-url", "ftp://a"),
     ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--peer-url", "http://u:p@w:1"),
+    ("worker", "--bootstrap", "b:1", "--state-dir", "s", "--change-compression", "gzip"),
     ("transactions", "abort", "-p", HUGE, "--start-offset", "0"),
     ("transactions", "abort", "-p", "0", "--start-offset", HUGE),
     ("transactions", "open", "-p", HUGE),

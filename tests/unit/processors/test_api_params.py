@@ -13,6 +13,7 @@ import pytest
 
 from lukhas_context.processors.api import ReadApi
 from lukhas_context.processors.config import WorkerConfig
+from lukhas_context.processors.exceptions import InvalidWorkerConfigError
 from lukhas_context.processors.materializer import Materializer
 
 HUGE = "9" * 23
@@ -187,3 +188,10 @@ async def test_a_read_waits_for_the_store_to_show_the_release_the_fold_made(
     assert not await read_api._decided(0, b"k", 4, 0.05)
     store.next_offset = 9
     assert await read_api._decided(0, b"k", 4, 0.05)
+
+
+def test_the_change_compression_is_one_of_three(tmp_path: Path) -> None:
+    for name in ("none", "lz4", "zstd"):
+        WorkerConfig(bootstrap="127.0.0.1:1", state_dir=tmp_path, change_compression=name)
+    with pytest.raises(InvalidWorkerConfigError, match="none, lz4 or zstd"):
+        WorkerConfig(bootstrap="127.0.0.1:1", state_dir=tmp_path, change_compression="gzip")

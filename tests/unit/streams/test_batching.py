@@ -10,7 +10,7 @@ from aiokafka.record.default_records import DefaultRecordBatch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lukhas_context.streams.batching import _fill_public, fill_batch, next_batch
+from lukhas_context.streams.batching import COMPRESSIONS, _fill_public, fill_batch, next_batch
 
 
 def _records(n: int, size: int = 50) -> list[tuple[bytes, bytes | None, list[tuple[str, bytes]]]]:
@@ -192,3 +192,60 @@ def test_next_batch_falls_back_to_the_producers_builder() -> None:
     batch._set_producer_state(-1, -1, 0)
     seqs = [int(dict(r.headers)["seq"]) for r in DefaultRecordBatch(bytes(batch._build()))]
     assert seqs == list(range(15, 55))
+
+
+@native
+@settings(max_examples=100, deadline=None)
+@given(
+    records=st.lists(RECORD, min_size=1, max_size=30),
+    compression=st.sampled_from(["lz4", "zstd"]),
+    tx=st.booleans(),
+)
+def test_a_compressed_native_batch_reads_back_as_its_records(
+    records: list[Any], compression: str, tx: bool
+) -> None:
+    codec = COMPRESSIONS[compression]
+    assert codec is not None
+    batch = ChangeBatch(records, 0, "seq", 10, 1 << 20, tx, STAMP, *codec)
+    plain = ChangeBatch(records, 0, "seq", 10, 1 << 20, tx, STAMP)
+    assert batch.end == plain.end == len(records)
+    batch._set_producer_state(4242, 7, 99)
+    built = bytes(batch._build())
+    batch._set_producer_state(4242, 8, 99)  # a rebuild does not compress twice
+    rebuilt = bytes(batch._build())
+    assert rebuilt[:51] != built[:51] and rebuilt[61:] == built[61:]
+    read = DefaultRecordBatch(rebuilt)
+    assert read.validate_crc() and read.compression_type == codec[0]
+    assert read.is_transactional == tx and read.producer_epoch == 8
+    want = [
+        (key, value, [*headers, ("seq", b"%d" % (10 + i))])
+        for i, (key, value, headers) in enumerate(records)
+    ]
+    assert [(r.key, r.value, list(r.headers)) for r in read] == want
+
+
+@pytest.mark.parametrize("compression", ["lz4", "zstd"])
+def test_next_batch_compresses_either_way(compression: str) -> None:
+    class Producer:
+        _key_serializer = None
+        _value_serializer = None
+        _message_accumulator = type(
+            "Acc", (), {"_compression_type": 0, "_batch_size": 1 << 20, "_txn_manager": None}
+        )()
+
+    records = _records(40)
+    batch, end = next_batch(Producer(), records, 0, ("seq", 0), compression)
+    assert end == 40
+    batch._set_producer_state(-1, -1, 0)
+    read = DefaultRecordBatch(bytes(batch._build()))
+    assert read.compression_type == COMPRESSIONS[compression][0]  # type: ignore[index]
+    assert [r.key for r in read] == [key for key, _, _ in records]
+
+
+def test_a_bad_codec_is_refused() -> None:
+    if ChangeBatch is None:
+        pytest.skip("the native extension is not built")
+    with pytest.raises(ValueError):
+        ChangeBatch([(b"k", b"v", [])], 0, None, 0, 100, False, STAMP, 3, None)
+    with pytest.raises(ValueError):
+        ChangeBatch([(b"k", b"v", [])], 0, None, 0, 100, False, STAMP, 9, bytes)
