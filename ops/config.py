@@ -157,7 +157,7 @@ class WorkerFlags:
     prune_interval: float | None
     dedupe_window: int | None
     exactly_once: bool = True
-    change_compression: str = "none"
+    change_compression: str = "lz4"
     standby_replicas: int = 0
     rebalance_timeout: float | None = None
     memory_budget: int | None = None

@@ -110,8 +110,10 @@ class WorkerConfig:
     #: How the change stream's batches are compressed: ``none``, ``lz4`` or ``zstd``
     #: (``streams.batching.COMPRESSIONS``). A change carries the whole document: a
     #: conversation of a few KB moves all of it at every appended message, and compressed
-    #: those bytes cost the worker, the broker and every subscriber much less.
-    change_compression: str = "none"
+    #: those bytes cost the worker, the broker and every subscriber much less. lz4 (the
+    #: default): measured faster than none for puts and appends alike; zstd compresses more
+    #: but was not faster here.
+    change_compression: str = "lz4"
     #: Standby copies the group keeps of each partition, on workers other than its owner
     #: (``processors.standby``; Kafka Streams' ``num.standby.replicas``). The group uses the
     #: largest number any member asks for; 0 everywhere: none, and plain round-robin

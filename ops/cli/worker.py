@@ -103,7 +103,7 @@ def _api_url(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
                    "round can still reach the change topic after its partition moved) "
                    "[env LUKHAS_EXACTLY_ONCE=1|0].")  # fmt: skip
 @click.option("--change-compression", type=click.Choice(["none", "lz4", "zstd"]),
-              default="none", show_default=True, envvar="LUKHAS_CHANGE_COMPRESSION",
+              default="lz4", show_default=True, envvar="LUKHAS_CHANGE_COMPRESSION",
               help="Compress the change stream's batches (a change carries the whole "
                    "document: lz4 or zstd move a growing conversation's bytes at a fraction "
                    "of the cost) [env LUKHAS_CHANGE_COMPRESSION].")  # fmt: skip

@@ -1,8 +1,8 @@
 """``streams.fastfetch``'s C loop over a fetch (``_fastrecords.Unpacker``, ``drain``) against
 aiokafka's own (``_unpack_records``, ``getall``), without a broker: the same fetched bytes
-(plain and transactional batches, an aborted transaction, records below the fetch offset, a
-bad CRC) taken in parts of every size give the same records in the same parts and the same
-positions after each."""
+(plain, transactional and lz4-compressed batches, an aborted transaction, records below the
+fetch offset, a bad CRC) taken in parts of every size give the same records in the same parts
+and the same positions after each."""
 
 from __future__ import annotations
 
@@ -49,9 +49,11 @@ class _Assignment:
         return self.state
 
 
-def _batch(base: int, n: int, producer_id: int = -1, transactional: bool = False) -> bytes:
+def _batch(
+    base: int, n: int, producer_id: int = -1, transactional: bool = False, codec: int = 0
+) -> bytes:
     builder = DefaultRecordBatchBuilder(
-        2, 0, transactional, producer_id, 0 if producer_id >= 0 else -1, 0, 1 << 20
+        2, codec, transactional, producer_id, 0 if producer_id >= 0 else -1, 0, 1 << 20
     )
     for i in range(n):
         headers = [("h", b"%d" % i)] if i % 2 else []
@@ -99,7 +101,7 @@ FETCH = (
     _batch(0, 7)
     + _batch(7, 5, producer_id=9, transactional=True)  # aborted below (read_committed)
     + _batch(12, 1)
-    + _batch(13, 6, producer_id=4, transactional=True)
+    + _batch(13, 6, producer_id=4, transactional=True, codec=3)  # lz4, as the change stream
 )
 
 
