@@ -71,12 +71,14 @@ from lukhas_context.state.store import PartitionStore
 native_fold: Callable[..., int] | None
 native_history: Callable[..., list[tuple[bytes, bytes]] | None] | None
 native_barrier_end: Callable[[Sequence[Any]], int] | None
+native_window_trim: Callable[[dict[bytes, int], int], dict[bytes, int]] | None
 try:
     from lukhas_context.processors._fastfold import barrier_end as native_barrier_end
     from lukhas_context.processors._fastfold import fold_simple as native_fold
     from lukhas_context.processors._fastfold import history_blocks as native_history
+    from lukhas_context.processors._fastfold import window_trim as native_window_trim
 except ImportError:  # built without a C compiler: the general path folds everything
-    native_fold = native_history = native_barrier_end = None
+    native_fold = native_history = native_barrier_end = native_window_trim = None
 
 #: A change record: ``(key, value, headers)``; value None and the tombstone's headers for a
 #: deletion, else the encoded ``ContextChange`` and no headers.
@@ -307,7 +309,8 @@ class PartitionFolder:
             resolutions=r.resolutions,
             change_seq=r.end_seq,
         )
-        self.window.forget_below(r.next_offset - self.window.size)
+        trim = native_window_trim if self.native else None
+        self.window.forget_below(r.next_offset - self.window.size, trim)
 
     def _fold_one(self, r: PartitionRound, m: Any) -> None:
         """The general path: decode, check the key, deduplicate, ``apply``, encode the change.

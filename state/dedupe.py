@@ -44,11 +44,9 @@ REMEMBERED = frozenset(
 )
 _HASH_MASK = (1 << 64) - 1
 
-_window_trim: Callable[[dict[bytes, int], int], dict[bytes, int]] | None
-try:  # the same dict comprehension in C (``processors._fastfold``)
-    from lukhas_context.processors._fastfold import window_trim as _window_trim
-except ImportError:  # pure-Python install
-    _window_trim = None
+#: ``{k: v for k, v in ids.items() if v >= floor}`` in C (``processors._fastfold.window_trim``),
+#: given by the caller: state is a layer below processors and does not import it.
+Trim = Callable[[dict[bytes, int], int], dict[bytes, int]]
 #: ``forget_below`` rebuilds the dict past this many times the window's size.
 TRIM_AT = 1.5
 
@@ -96,7 +94,7 @@ class DedupeWindow:
             ids[event_id] = (offset << 64) | payload_hash
         return prior
 
-    def forget_below(self, offset: int) -> None:
+    def forget_below(self, offset: int, trim: Trim | None = None) -> None:
         """Drops ids used before ``offset`` (they no longer decide anything).
 
         In bulk, once the dict holds more than ``TRIM_AT`` times ``size`` ids: one rebuild
@@ -106,7 +104,7 @@ class DedupeWindow:
         125 bytes an id), and 1.5 holds a third less at the peak."""
         if len(self.ids) > TRIM_AT * self.size:
             floor = max(offset, 0) << 64
-            if _window_trim is not None:
-                self.ids = _window_trim(self.ids, floor)
+            if trim is not None:  # the same, in C
+                self.ids = trim(self.ids, floor)
             else:
                 self.ids = {k: v for k, v in self.ids.items() if v >= floor}

@@ -79,18 +79,15 @@ def test_window_trim_is_the_dict_comprehension(ids: dict[bytes, int], floor: int
 
 
 @_native
-def test_forget_below_drops_the_same_ids_natively_or_not(monkeypatch: pytest.MonkeyPatch) -> None:
-    from lukhas_context.state import dedupe
-
-    def filled() -> dedupe.DedupeWindow:
-        window = dedupe.DedupeWindow(10)
+def test_forget_below_drops_the_same_ids_natively_or_not() -> None:
+    def filled() -> DedupeWindow:
+        window = DedupeWindow(10)
         for offset in range(40):
             window.admit(b"id-%d" % (offset % 23), offset, offset * 7)
         return window
 
     native = filled()
-    native.forget_below(25)
-    monkeypatch.setattr(dedupe, "_window_trim", None)
+    native.forget_below(25, window_trim)
     plain = filled()
     plain.forget_below(25)
     assert list(native.ids.items()) == list(plain.ids.items())
