@@ -89,12 +89,17 @@ def consumer_record(self, tp, record):
     fields in a ``WalRecord``, else aiokafka's own (``set_fallback``)."""
     if self._key_deserializer is not None or self._value_deserializer is not None:
         return _fallback(self, tp, record)
+    return _wal_record(tp.topic, tp.partition, record.offset, record)
+
+
+cdef inline WalRecord _wal_record(topic, partition, offset, record):
+    """The ``WalRecord`` of aiokafka's C record ``record`` (its ``offset`` read already)."""
     cdef WalRecord r = WalRecord.__new__(WalRecord)
     key = record.key
     value = record.value
-    r.topic = tp.topic
-    r.partition = tp.partition
-    r.offset = record.offset
+    r.topic = topic
+    r.partition = partition
+    r.offset = offset
     r.timestamp = record.timestamp
     r.timestamp_type = record.timestamp_type
     r.key = key
@@ -435,7 +440,7 @@ cdef class Unpacker:
             raise
 
     cdef object _advance(self):
-        cdef object record, key, value, offset, owner = self.owner
+        cdef object record, offset, owner = self.owner
         cdef WalRecord r
         while True:
             if self.batch_iter is not None:
@@ -450,20 +455,7 @@ cdef class Unpacker:
                 offset = record.offset
                 if offset < owner.next_fetch_offset:
                     continue  # a compressed message set's earlier records
-                key = record.key
-                value = record.value
-                r = WalRecord.__new__(WalRecord)
-                r.topic = self.topic
-                r.partition = self.partition
-                r.offset = offset
-                r.timestamp = record.timestamp
-                r.timestamp_type = record.timestamp_type
-                r.key = key
-                r.value = value
-                r.checksum = record.checksum
-                r.serialized_key_size = -1 if key is None else len(key)
-                r.serialized_value_size = -1 if value is None else len(value)
-                r.headers = tuple(record.headers)
+                r = _wal_record(self.topic, self.partition, offset, record)
                 owner.next_fetch_offset = offset + 1
                 return r
             if not self.source.has_next():
