@@ -95,25 +95,7 @@ cdef bint _needs_checks(const unsigned char* doc, Py_ssize_t size, Py_ssize_t ma
     return brackets >= max_depth
 
 
-cdef inline unsigned long long _zigzag(long long n):
-    return (<unsigned long long>n << 1) ^ <unsigned long long>(n >> 63)
-
-
-cdef inline Py_ssize_t _varint_size(unsigned long long z):
-    cdef Py_ssize_t size = 1
-    while z >= 0x80:
-        z >>= 7
-        size += 1
-    return size
-
-
-cdef inline char* _put_varint(char* out, unsigned long long z):
-    while z >= 0x80:
-        out[0] = <char>((z & 0x7F) | 0x80)
-        out += 1
-        z >>= 7
-    out[0] = <char>z
-    return out + 1
+include "../schemas/_varint.pxi"
 
 
 cdef bint _framed(const unsigned char* v, const unsigned char* k, Py_ssize_t n, bytes header):

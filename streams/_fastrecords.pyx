@@ -127,23 +127,17 @@ cdef enum:
 cdef object _crc32c = None
 
 
-cdef inline Py_ssize_t _varint_size(int64_t v) noexcept:
-    cdef uint64_t z = (<uint64_t>v << 1) ^ <uint64_t>(v >> 63)
-    cdef Py_ssize_t n = 1
-    while z >= 0x80:
-        z >>= 7
-        n += 1
-    return n
+include "../schemas/_varint.pxi"
 
 
-cdef inline char* _put_varint(char* p, int64_t v) noexcept:
-    cdef uint64_t z = (<uint64_t>v << 1) ^ <uint64_t>(v >> 63)
-    while z >= 0x80:
-        p[0] = <char>((z & 0x7F) | 0x80)
-        p += 1
-        z >>= 7
-    p[0] = <char>z
-    return p + 1
+cdef inline Py_ssize_t _zsize(int64_t v) noexcept:
+    """The bytes of ``v`` as a zigzag varint."""
+    return _varint_size(_zigzag(v))
+
+
+cdef inline char* _put_z(char* p, int64_t v) noexcept:
+    """Writes ``v`` as a zigzag varint at ``p``; returns the byte after it."""
+    return _put_varint(p, _zigzag(v))
 
 
 cdef inline char* _put_be(char* p, uint64_t v, int width) noexcept:
@@ -164,7 +158,7 @@ cdef inline Py_ssize_t _bytes_len(object b) except -2:
 
 
 cdef inline char* _put_bytes(char* p, object b, Py_ssize_t n) noexcept:
-    p = _put_varint(p, n)
+    p = _put_z(p, n)
     if n > 0:
         memcpy(p, PyBytes_AS_STRING(b), n)
         p += n
@@ -266,50 +260,50 @@ cdef class ChangeBatch:
             if type(headers) is not list and type(headers) is not tuple:
                 raise TypeError("a record's headers are a list of (str, bytes) tuples")
             nh = len(headers)
-            body = (1 + _varint_size(0) + _varint_size(delta)
-                    + _varint_size(klen) + (klen if klen > 0 else 0)
-                    + _varint_size(vlen) + (vlen if vlen > 0 else 0))
+            body = (1 + _zsize(0) + _zsize(delta)
+                    + _zsize(klen) + (klen if klen > 0 else 0)
+                    + _zsize(vlen) + (vlen if vlen > 0 else 0))
             for h in range(nh):
                 header = headers[h]
                 if type(header) is not tuple or PyTuple_GET_SIZE(header) != 2:
                     raise TypeError("a header is a (str, bytes) tuple")
                 PyUnicode_AsUTF8AndSize(<object>PyTuple_GET_ITEM(header, 0), &hk)
                 hv = _bytes_len(<object>PyTuple_GET_ITEM(header, 1))
-                body += _varint_size(hk) + hk + _varint_size(hv) + (hv if hv > 0 else 0)
+                body += _zsize(hk) + hk + _zsize(hv) + (hv if hv > 0 else 0)
             seq_value_len = 0
             if seq_utf8 != NULL:
                 seq_value_len = _format_int(digits, first_seq + i)
-                body += _varint_size(seq_len) + seq_len + _varint_size(seq_value_len) + seq_value_len
+                body += _zsize(seq_len) + seq_len + _zsize(seq_value_len) + seq_value_len
                 nh += 1
-            body += _varint_size(nh)
-            total = _varint_size(body) + body
+            body += _zsize(nh)
+            total = _zsize(body) + body
             if pos + total >= batch_size and i > start:  # aiokafka's bound: >=, not >
                 break
             need = pos + total
             if need > PyByteArray_GET_SIZE(self._buffer):
                 PyByteArray_Resize(self._buffer, max(need, 2 * PyByteArray_GET_SIZE(self._buffer)))
             p = PyByteArray_AS_STRING(self._buffer) + pos
-            p = _put_varint(p, body)
+            p = _put_z(p, body)
             p[0] = 0  # attributes
             p += 1
-            p = _put_varint(p, 0)  # timestamp delta: one timestamp for the batch
-            p = _put_varint(p, delta)
+            p = _put_z(p, 0)  # timestamp delta: one timestamp for the batch
+            p = _put_z(p, delta)
             p = _put_bytes(p, key, klen)
             p = _put_bytes(p, value, vlen)
-            p = _put_varint(p, nh)
+            p = _put_z(p, nh)
             for h in range(len(headers)):
                 header = headers[h]
                 hname = PyUnicode_AsUTF8AndSize(<object>PyTuple_GET_ITEM(header, 0), &hk)
-                p = _put_varint(p, hk)
+                p = _put_z(p, hk)
                 memcpy(p, hname, hk)
                 p += hk
                 hvalue = <object>PyTuple_GET_ITEM(header, 1)
                 p = _put_bytes(p, hvalue, _bytes_len(hvalue))
             if seq_utf8 != NULL:
-                p = _put_varint(p, seq_len)
+                p = _put_z(p, seq_len)
                 memcpy(p, seq_utf8, seq_len)
                 p += seq_len
-                p = _put_varint(p, seq_value_len)
+                p = _put_z(p, seq_value_len)
                 memcpy(p, digits, seq_value_len)
                 p += seq_value_len
             pos = need

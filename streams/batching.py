@@ -64,6 +64,8 @@ def next_batch(
     when the batch is built, ``batch_size`` bounding them before)."""
     codec = COMPRESSIONS[compression]
     accumulator = getattr(producer, "_message_accumulator", None)
+    txn = None if accumulator is None else accumulator._txn_manager
+    transactional = txn is not None and txn.transactional_id is not None
     if (
         ChangeBatch is not None
         and type(records) is list
@@ -73,25 +75,19 @@ def next_batch(
         and getattr(producer, "_key_serializer", True) is None
         and getattr(producer, "_value_serializer", True) is None
     ):
-        txn = accumulator._txn_manager
         batch = ChangeBatch(
             records,
             start,
             None if seq is None else seq[0],
             0 if seq is None else seq[1],
             accumulator._batch_size,
-            txn is not None and txn.transactional_id is not None,
+            transactional,
             int(time.time() * 1000),
             *(codec or ()),
         )
         return batch, batch.end
     if codec is not None and accumulator is not None:  # aiokafka's builder compresses it
-        txn = accumulator._txn_manager
-        batch = BatchBuilder(
-            accumulator._batch_size,
-            codec[0],
-            is_transactional=txn is not None and txn.transactional_id is not None,
-        )
+        batch = BatchBuilder(accumulator._batch_size, codec[0], is_transactional=transactional)
     else:
         batch = producer.create_batch()
     return batch, fill_batch(batch, records, start, seq)

@@ -162,12 +162,9 @@ class Http1Pool:
                 body = b""
             else:  # no length: the body ends with the connection
                 keep = False
-                body = await connection.reader.read(self._max_body + 1)
+                body = b""
                 while len(body) <= self._max_body and not connection.reader.at_eof():
-                    more = await connection.reader.read(self._max_body + 1 - len(body))
-                    if not more:
-                        break
-                    body += more
+                    body += await connection.reader.read(self._max_body + 1 - len(body))
                 if len(body) > self._max_body:
                     raise ProtocolError(f"an answer over {self._max_body} bytes")
             return status, body

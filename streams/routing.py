@@ -134,22 +134,16 @@ class Router:
                 method, url, params=params, data=body or None, timeout=client_timeout
             ) as response:
                 return response.status, await response.read()
-        except aiohttp.ClientConnectorError as exc:
-            raise ReadError(f"cannot connect to the read API at {base}: {_refused(exc)}") from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
-            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            raise ReadError(f"read API {base} failed: {reason}") from exc
+            raise _read_error(base, exc) from exc
 
     async def _get(
         self, base: str, origin: tuple[str, int], path: str, params: dict[str, str], timeout: float
     ) -> tuple[int, bytes]:
         try:
             return await self._pool.get(*origin, path, params, timeout + 5)
-        except ConnectError as exc:
-            raise ReadError(f"cannot connect to the read API at {base}: {_refused(exc)}") from exc
         except (ProtocolError, OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
-            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            raise ReadError(f"read API {base} failed: {reason}") from exc
+            raise _read_error(base, exc) from exc
 
     async def refresh(self, exclude: str | None = None) -> bool:
         """Reloads the routing table (``GET /v1/members``) from the first worker that
@@ -198,6 +192,15 @@ class Router:
         if not self.partition_count:
             return None
         return partition_for(context_id.encode(), self.partition_count)
+
+
+def _read_error(base: str, exc: BaseException) -> ReadError:
+    """The ``ReadError`` of a request to ``base`` that failed with ``exc`` (aiohttp's or
+    ``streams.http1``'s): one that says it could not connect, or what went wrong."""
+    if isinstance(exc, (aiohttp.ClientConnectorError, ConnectError)):
+        return ReadError(f"cannot connect to the read API at {base}: {_refused(exc)}")
+    reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return ReadError(f"read API {base} failed: {reason}")
 
 
 def _refused(error: BaseException) -> str | None:
