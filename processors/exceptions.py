@@ -16,11 +16,17 @@ __all__ = [
     "StoreInUseError",
     "UnusableChangeError",
     "WalTruncatedError",
+    "WorkerStartError",
 ]
 
 
 class ProcessorError(LukhasError):
     """Root of the processors' errors."""
+
+
+class WorkerStartError(ProcessorError):
+    """The worker could not start: Kafka did not answer at its bootstrap address, or the read
+    API's port could not be bound. The message says which and why, in one line."""
 
 
 class InvalidWorkerConfigError(ProcessorError, ValueError):

@@ -38,6 +38,7 @@ from lukhas_context.processors.assignment import Assignment
 from lukhas_context.processors.checkpointer import Checkpointer
 from lukhas_context.processors.clock import LogClock, Skew, SkewReporter, probe_forever
 from lukhas_context.processors.config import WorkerConfig
+from lukhas_context.processors.exceptions import WorkerStartError
 from lukhas_context.processors.expiry import ExpirySweeper
 from lukhas_context.processors.members import Membership
 from lukhas_context.processors.metrics import WorkerMetrics
@@ -202,11 +203,12 @@ class Materializer:
             make_producer=self._partition_producer, group_id=cfg.group_id,
             compression=cfg.change_compression,
         )  # fmt: skip
-        await self._producer.start()
-        await consumer.start()
-        await self.membership.start()
-        if self.standby is not None:
-            await self.standby.start()
+        with kafka.kafka_errors(WorkerStartError, f"cannot reach Kafka at {cfg.bootstrap}"):
+            await self._producer.start()
+            await consumer.start()
+            await self.membership.start()
+            if self.standby is not None:
+                await self.standby.start()
         consumer.subscribe([cfg.topics.events], listener=self.assignment.listener())
         if cfg.clock_probe_interval_s is not None:
             self._probing = asyncio.create_task(

@@ -3,6 +3,8 @@
 SIGTERM and SIGINT finish the round in progress, commit it, leave the group and exit 0. An
 error the materialiser cannot go on from is logged and the process exits 1, loudly, so a
 supervisor (``lukhas up``) can see it and restart it; it never keeps running without folding.
+A worker that cannot start (no Kafka at its bootstrap address, its API port taken) says so in
+one line (``WorkerStartError``), without a traceback, and exits 1.
 
 ``run_worker`` rate-limits repeated log lines process-wide (``processors.logfilter``): a
 flood of one failure is summarised, never written line by line.
@@ -19,6 +21,7 @@ import signal
 from lukhas_context.processors import logfilter
 from lukhas_context.processors.api import ReadApi
 from lukhas_context.processors.config import WorkerConfig
+from lukhas_context.processors.exceptions import WorkerStartError
 from lukhas_context.processors.materializer import Materializer
 from lukhas_context.streams import fastfetch
 
@@ -38,7 +41,11 @@ async def serve(config: WorkerConfig, filters: list[logfilter.RepeatFilter] | No
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, materializer.stop)
-    await api.start(config.api_host, config.api_port)
+    try:
+        await api.start(config.api_host, config.api_port)
+    except OSError as exc:  # the port is taken, or the host is not this machine's
+        where = f"{config.api_host}:{config.api_port}"
+        raise WorkerStartError(f"cannot listen on {where} for the read API: {exc}") from exc
     try:
         await materializer.start()
         # What start-up made (modules, config, open stores) lives as long as the process:
@@ -103,6 +110,10 @@ def run_worker(config: WorkerConfig) -> int:
     filters = logfilter.install(config.log_burst, config.log_interval_s)
     try:
         asyncio.run(serve(config, filters))
+    except WorkerStartError as exc:
+        # Said in one line: a traceback would bury what to fix (the address or the port).
+        log.error("worker could not start: %s", exc)
+        return 1
     except Exception:
         log.exception("worker stopped by an error")
         return 1
