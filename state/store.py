@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import xxhash
-from rocksdict import Checkpoint, Options, Rdict, WriteBatch
+from rocksdict import Checkpoint, Options, Rdict, ReadOptions, WriteBatch
 
 from lukhas_context.state import history, journal
 from lukhas_context.state.exceptions import (
@@ -103,6 +103,16 @@ _MAX_OFFSET = (1 << 63) - 1
 _SUMMARY = struct.Struct("<Qqq")
 _EXPIRES = struct.Struct(">q")
 _KEY_LEN = struct.Struct("<H")
+
+
+def _once() -> ReadOptions:
+    """Read options for a read whose blocks are not read again soon: the journal (a block is
+    a whole round's entries, hundreds of KiB, sought once per commit to find the trim
+    bound) and whole-family scans. Their blocks do not go into the block cache, which
+    otherwise filled with journal blocks as the events folded grew (``state.memory``)."""
+    opts = ReadOptions()
+    opts.fill_cache(False)
+    return opts
 
 
 def _is_lock_error(exc: BaseException) -> bool:
@@ -566,7 +576,7 @@ class PartitionStore:
         """The entries of a column family from ``lo`` up to ``hi`` (None: every one); an
         iterator that stops early on a bad block is caught by its status, which RocksDB sets
         (rocksdict raises it) instead of an error."""
-        it = family.iter()
+        it = family.iter(_once())
         try:
             it.seek(lo) if lo else it.seek_to_first()
             while it.valid():
@@ -618,7 +628,7 @@ class PartitionStore:
         entries the dedupe window may still need after a restart."""
         if forget_below <= self._trimmed_below:
             return self._trimmed_below
-        it = self._journal.iter()
+        it = self._journal.iter(_once())
         it.seek_for_prev(journal.block_key(forget_below))
         if not it.valid():
             return self._trimmed_below
@@ -627,7 +637,7 @@ class PartitionStore:
     def outcome(self, offset: int) -> journal.JournalEntry | None:
         """The journal entry of the record at ``offset``, or None when it is not folded yet,
         was forgotten (older than the journal's bound) or was a transaction marker."""
-        it = self._journal.iter()
+        it = self._journal.iter(_once())
         it.seek_for_prev(journal.block_key(offset))
         if not it.valid():
             return None
@@ -641,7 +651,7 @@ class PartitionStore:
         out: dict[int, str] = {}
         block_start: bytes | None = None
         found: dict[str, str] = {}
-        it = self._journal.iter()
+        it = self._journal.iter(_once())
         try:
             for offset in offsets:
                 it.seek_for_prev(journal.block_key(offset))
@@ -663,7 +673,7 @@ class PartitionStore:
     def journal_since(self, offset: int) -> Iterator[journal.JournalEntry]:
         """Journal entries from ``offset`` on, in offset order (``state.dedupe`` rebuilds the
         dedupe window from them)."""
-        it = self._journal.iter()
+        it = self._journal.iter(_once())
         it.seek_for_prev(journal.block_key(offset))
         if not it.valid():
             it.seek_to_first()
