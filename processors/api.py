@@ -95,8 +95,11 @@ together. The work behind them lives elsewhere: the store, ``processors.listener
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import functools
 import math
+import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -104,6 +107,7 @@ import aiohttp
 import orjson
 import xxhash
 from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
 
 from lukhas_context.processors.asof import AsOfStates
 from lukhas_context.processors.exceptions import NotOwnerError
@@ -226,10 +230,8 @@ def _parse_idle(raw: str) -> float:
     return value
 
 
-def _context_answer(
-    context_id: str, record: ContextRecord, partition: int, **extra: object
-) -> web.Response:
-    """The 200 of a context read: its fields, ``extra`` ones, and the document."""
+def _context_body(context_id: str, record: ContextRecord, partition: int, **extra: object) -> bytes:
+    """The JSON of a context read: its fields, ``extra`` ones, and the document."""
     assert record.doc is not None
     head = orjson.dumps(
         {
@@ -243,8 +245,41 @@ def _context_answer(
         }
     )
     # The stored document is canonical JSON already: splice it in, never re-encode it.
-    body = head[:-1] + b',"doc":' + record.doc + b"}"
+    return head[:-1] + b',"doc":' + record.doc + b"}"
+
+
+def _context_answer(
+    context_id: str, record: ContextRecord, partition: int, **extra: object
+) -> web.Response:
+    """The 200 of a context read."""
+    body = _context_body(context_id, record, partition, **extra)
     return web.Response(body=body, content_type="application/json")
+
+
+#: A context id the fast path answers for as it stands in the request target: nothing to
+#: percent-decode, no query, no further path segment (aiohttp takes ``.`` and ``..`` as
+#: they stand too: ``test_fast_reads``); the rest go through aiohttp's router.
+_PLAIN_TARGET = re.compile(rb"/v1/contexts/([A-Za-z0-9._~!$&'()*+,;=:@-]{1,512})")
+
+
+class _FastHead:
+    """The head of a fast-path 200, as aiohttp writes it for ``_context_answer``; its
+    ``Date`` made once a second, as aiohttp does."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._date = b""
+        self._server = SERVER_SOFTWARE.encode()
+
+    def __call__(self, length: int) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._date = email.utils.formatdate(now, usegmt=True).encode()
+        return (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Date: %s\r\nServer: %s\r\n\r\n" % (length, self._date, self._server)
+        )
 
 
 class ReadApi:
@@ -274,6 +309,7 @@ class ReadApi:
         self.app.add_routes(self.verify.routes())
         self._runner: web.AppRunner | None = None
         self._listener: Listener | None = None
+        self._fast_head = _FastHead()
         self._http: aiohttp.ClientSession | None = None
         #: Open server-sent event streams (each one a consumer), closed on shutdown.
         self._streams: set[Watcher] = set()
@@ -291,6 +327,7 @@ class ReadApi:
         await self._runner.setup()
         assert self._runner.server is not None
         self._listener = Listener(self._runner.server, limits, self.m.metrics)
+        self._listener.fast = self.fast_get
         await self._listener.start(host, port)
 
     @property
@@ -472,6 +509,27 @@ class ReadApi:
             if found is not None or asyncio.get_running_loop().time() >= deadline:
                 return found
             await asyncio.sleep(0.01)
+
+    def fast_get(self, target: bytes) -> bytes | None:
+        """The whole answer to ``GET target`` when it is a plain read of a context this
+        worker folds, open and holding it live (``processors.listener``'s fast path: the
+        same bytes ``get_context`` answers with); None for anything else, which aiohttp
+        then serves as usual (a miss, a partition restoring or elsewhere, a query)."""
+        found = _PLAIN_TARGET.fullmatch(target)
+        m = self.m
+        count = m.partition_count
+        if found is None or not count:
+            return None
+        key = found.group(1)
+        partition = partition_for(key, count)
+        store = m.stores.get(partition)
+        if store is None or partition in m.assignment.opening:
+            return None
+        record = store.get(key)
+        if record is None or not record.is_live(m.clock.earliest_ms()):
+            return None
+        body = _context_body(key.decode(), record, partition)
+        return self._fast_head(len(body)) + body
 
     @_params("min_offset", "timeout", "as_of", "allow_stale", "max_lag")
     async def get_context(self, request: web.Request) -> web.Response:

@@ -21,6 +21,13 @@ itself and hands each connection to aiohttp's request handler through a thin pro
   accepting, 50 ms doubling up to 2 s, with one log line per pause, instead of retrying at
   once; pending clients wait in the backlog.
 
+* **Fast path.** A connection whose requests are all plain reads of one context (``GET
+  /v1/contexts/{id}`` with no query, one request per packet, nothing pipelined) is answered
+  by ``Listener.fast`` (``ReadApi.fast_get``) in ``data_received``, without aiohttp's request
+  machinery, with the same bytes aiohttp would send; anything else (another route, a query,
+  a body, ``Connection: close``, a context not served here, a miss) goes to aiohttp, and from
+  then on that connection stays with aiohttp, so answers never overtake one another.
+
 Every refusal, eviction, timeout and failed accept is counted in the worker's metrics.
 
 A little over 450 lines, for one job: accepting connections under a cap and deadlines; most
@@ -48,6 +55,17 @@ from lukhas_context.processors.exceptions import InvalidWorkerConfigError
 from lukhas_context.processors.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
+
+#: The request heads the fast path takes (``_Connection._answer_fast``); longer ones go to
+#: aiohttp, which has its own limit (8190 bytes a line).
+FAST_MAX_HEAD = 4096
+#: Request headers after which the fast path leaves a request to aiohttp (lower case).
+_NOT_FAST_HEADERS = frozenset(
+    (b"content-length", b"transfer-encoding", b"expect", b"upgrade", b"if-none-match",
+     b"if-match", b"if-modified-since", b"range")
+)  # fmt: skip
+_GET = b"GET "
+_HTTP11 = b" HTTP/1.1\r\n"
 
 #: Connections accepted per readiness event of the listening socket (asyncio uses the backlog).
 ACCEPT_BATCH = 32
@@ -140,6 +158,9 @@ class Listener:
         self._paused: asyncio.TimerHandle | None = None
         self._holding_since: float | None = None
         self._loop = asyncio.get_running_loop()
+        #: The fast path: the target of a plain GET (bytes) -> the whole answer, or None to
+        #: leave the request to aiohttp (``ReadApi.fast_get``). None: no fast path.
+        self.fast: Callable[[bytes], bytes | None] | None = None
         metrics.api_max_connections.set(self.cap)
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft != resource.RLIM_INFINITY and self.cap > soft // 2:
@@ -337,6 +358,15 @@ def _refuse(client: socket.socket) -> None:
         client.close()
 
 
+def _keep_aiohttp_from_closing(handler: RequestHandler, now: float) -> None:
+    """aiohttp closes a connection its keep-alive timeout after the last request *it*
+    handled; requests answered on the fast path count as activity too (the listener's own
+    idle deadline still closes idle connections)."""
+    timeout = handler.keepalive_timeout
+    if timeout and hasattr(handler, "_next_keepalive_close_time"):
+        handler._next_keepalive_close_time = now + timeout
+
+
 class _Connection(asyncio.Protocol):
     """One accepted connection: aiohttp's handler inside, this listener's deadlines around."""
 
@@ -350,6 +380,9 @@ class _Connection(asyncio.Protocol):
         self._tail = b""
         self._closed = False
         self.body_timed_out = False
+        #: Until a request goes to aiohttp: then it may be answering (or hold, pipelined) a
+        #: request when the next arrives, and a fast answer would overtake it.
+        self._fast_ok = True
 
     # ---- asyncio.Protocol, delegated to aiohttp ----
 
@@ -362,6 +395,10 @@ class _Connection(asyncio.Protocol):
         self._to_idle(self.listener.limits.header_timeout_s)
 
     def data_received(self, data: bytes) -> None:
+        if self._fast_ok:
+            if self.phase is _Phase.IDLE and self._answer_fast(data):
+                return
+            self._fast_ok = False
         if self.phase is _Phase.IDLE and data:
             self.phase = _Phase.HEADERS
             self._tail = b""
@@ -377,6 +414,41 @@ class _Connection(asyncio.Protocol):
 
     def eof_received(self) -> None:
         self.handler.eof_received()  # None: the transport closes
+
+    def _answer_fast(self, data: bytes) -> bool:
+        """Answers ``data`` on the fast path if it is one whole plain read (see the module
+        doc); False leaves it to aiohttp."""
+        fast = self.listener.fast
+        if (
+            fast is None
+            or self.transport is None
+            or len(data) > FAST_MAX_HEAD
+            or not data.startswith(_GET)
+            or not data.endswith(b"\r\n\r\n")
+        ):
+            return False
+        line_end = data.find(_HTTP11)
+        if line_end < 0 or data.find(b"\r\n") != line_end + len(_HTTP11) - 2:
+            return False
+        head_start = line_end + len(_HTTP11)
+        if data.find(b"\r\n\r\n", head_start - 2) != len(data) - 4:
+            return False  # more than one request in the packet: pipelined
+        for line in data[head_start:-4].split(b"\r\n"):
+            name, colon, value = line.partition(b":")
+            name = name.lower()
+            if not colon or name != name.strip():
+                return False  # malformed, or space before the colon: aiohttp decides
+            if name in _NOT_FAST_HEADERS:
+                return False
+            if name == b"connection" and value.strip().lower() != b"keep-alive":
+                return False
+        answer = fast(data[len(_GET) : line_end])
+        if answer is None:
+            return False
+        self.transport.write(answer)
+        self._to_idle(self.listener.limits.idle_timeout_s)
+        _keep_aiohttp_from_closing(self.handler, self.listener._loop.time())
+        return True
 
     def pause_writing(self) -> None:
         self.handler.pause_writing()

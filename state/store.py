@@ -111,7 +111,7 @@ def _once() -> ReadOptions:
     bound) and whole-family scans. Their blocks do not go into the block cache, which
     otherwise filled with journal blocks as the events folded grew (``state.memory``)."""
     opts = ReadOptions()
-    opts.fill_cache(False)
+    opts.fill_cache(False)  # type: ignore[call-arg]  # the stub omits the flag it takes
     return opts
 
 
