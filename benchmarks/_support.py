@@ -44,7 +44,8 @@ from lukhas_context.schemas.codec import EventCodec
 from lukhas_context.schemas.event import EMPTY_METADATA, ContextEvent, Put
 from lukhas_context.streams.topics import Topics, partition_for
 
-RESULTS = Path(__file__).parent / "results"
+#: Where ``write_result`` writes; ``LUKHAS_BENCH_RESULTS`` moves it (the smoke test's own dir).
+RESULTS = Path(os.environ.get("LUKHAS_BENCH_RESULTS") or Path(__file__).parent / "results")
 Records = dict[int, list[tuple[bytes, bytes]]]
 N = TypeVar("N", int, float)
 
@@ -110,7 +111,7 @@ def print_rows(rows: Iterable[tuple[str, str]], width: int) -> None:
 
 def write_result(name: str, result: Mapping[str, Any]) -> None:
     """Writes ``result`` as ``benchmarks/results/<name>.json``."""
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 

@@ -30,8 +30,8 @@ itself and hands each connection to aiohttp's request handler through a thin pro
 
 Every refusal, eviction, timeout and failed accept is counted in the worker's metrics.
 
-A little over 450 lines, for one job: accepting connections under a cap and deadlines; most
-of it is the protocol wrapper that times a request's headers, body and idleness.
+About 540 lines: accepting connections under a cap and deadlines, and the fast path; most of
+it is the protocol wrapper that times a request's headers, body and idleness.
 """
 
 from __future__ import annotations
