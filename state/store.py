@@ -34,6 +34,7 @@ by line, so they are kept side by side.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import os
@@ -107,9 +108,10 @@ _KEY_LEN = struct.Struct("<H")
 
 def _once() -> ReadOptions:
     """Read options for a read whose blocks are not read again soon: the journal (a block is
-    a whole round's entries, hundreds of KiB, sought once per commit to find the trim
-    bound) and whole-family scans. Their blocks do not go into the block cache, which
-    otherwise filled with journal blocks as the events folded grew (``state.memory``)."""
+    a whole round's entries, hundreds of KiB: outcome lookups, the dedupe window's rebuild,
+    the trim bound's seek just after opening) and whole-family scans. Their blocks do not go
+    into the block cache, which filled with journal blocks as the events folded grew, when
+    every commit sought the trim bound (``_journal_floor``)."""
     opts = ReadOptions()
     opts.fill_cache(False)  # type: ignore[call-arg]  # the stub omits the flag it takes
     return opts
@@ -259,6 +261,9 @@ class PartitionStore:
             self._digest, self._records, self._documents = _SUMMARY.unpack(summary)
         #: Journal blocks below this offset are deleted (one range tombstone per move).
         self._trimmed_below = 0
+        #: The first offsets of the journal blocks written since the store opened, ascending
+        #: (``_journal_floor``); None once one was not above the last (never, as rounds go).
+        self._journal_starts: list[int] | None = []
         self._history_from: int | None = (
             None if history_from is None else _OFFSET.unpack(history_from)[0]
         )
@@ -294,6 +299,16 @@ class PartitionStore:
         self._db.write(batch)
         self._standby_at = None
         self._trimmed_below = 0
+        self._journal_starts = [] if journal_block is None else [journal_block[0]]
+
+    def _journal_started(self, start: int) -> None:
+        starts = self._journal_starts
+        if starts is None:
+            return
+        if starts and start <= starts[-1]:
+            self._journal_starts = None  # out of order: leave it to the seek from now on
+        else:
+            starts.append(start)
 
     def summary(self) -> Summary:
         """The digest and counts as of ``next_offset`` (O(1): kept by every commit)."""
@@ -446,6 +461,8 @@ class PartitionStore:
             offset, checkpoint_id = pending_checkpoint
             batch.put(PENDING_CHECKPOINT_KEY, _OFFSET.pack(offset) + checkpoint_id.encode())
         self._db.write(batch)
+        if journal_block is not None:
+            self._journal_started(journal_block[0])
         self._next_offset = next_offset
         if change_seq is not None:
             self._change_seq = change_seq
@@ -625,9 +642,22 @@ class PartitionStore:
     def _journal_floor(self, forget_below: int) -> int:
         """The first offset of the block that holds ``forget_below``: blocks below it can go.
         Deleting by block start alone would drop a block that straddles the bound, and with it
-        entries the dedupe window may still need after a restart."""
+        entries the dedupe window may still need after a restart.
+
+        Known without a read once a block this store wrote since it opened starts at or below
+        the bound (``_journal_starts``: any block older than those starts lower still);
+        otherwise (just after opening) a seek decides, which reads, and decompresses, a whole
+        round's block."""
         if forget_below <= self._trimmed_below:
             return self._trimmed_below
+        starts = self._journal_starts
+        if starts and starts[0] <= forget_below:
+            i = bisect.bisect_right(starts, forget_below) - 1
+            del starts[:i]  # below the floor: deleted now, or already
+            return starts[0]
+        return self._journal_floor_by_seek(forget_below)
+
+    def _journal_floor_by_seek(self, forget_below: int) -> int:
         it = self._journal.iter(_once())
         it.seek_for_prev(journal.block_key(forget_below))
         if not it.valid():

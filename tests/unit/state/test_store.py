@@ -260,3 +260,40 @@ def test_trimming_and_reading_the_journal_leave_the_block_cache_alone(tmp_path: 
         # What the cache holds beyond the memtables' charge: index blocks, a few KiB. With
         # the journal's blocks cached it was about 8 MiB here.
         assert usage["block_cache"] - usage["write_buffers"] < 1024 * 1024
+
+
+def test_the_trim_bound_known_from_written_blocks_equals_the_seeks(tmp_path: Path) -> None:
+    """``_journal_floor`` answers from the block starts written since the store opened, and
+    seeks only when those cannot tell (just after opening): the same bound either way, over
+    random rounds, bounds and reopenings."""
+    import random
+
+    from lukhas_context.state.journal import ENTRY, EntryStatus, encode_block
+
+    def block(first: int, end: int) -> tuple[int, bytes]:
+        entries = b"".join(
+            ENTRY.pack(o, EntryStatus.APPLIED, 1, o.to_bytes(16, "big"), o)
+            for o in range(first, end)
+        )
+        return first, encode_block(entries, {})
+
+    rng = random.Random(5)
+    store = PartitionStore(tmp_path / "p")
+    offset = forget = 0
+    reopened_unknown = 0
+    try:
+        for step in range(300):
+            if step % 70 == 69:  # reopen: nothing known, the seek decides until a block
+                store.close()
+                store = PartitionStore(tmp_path / "p")
+            forget = min(offset, forget + rng.choice((0, 1, 3, 10, 40)))
+            expected = store._journal_floor_by_seek(forget)
+            if forget > store._trimmed_below:
+                reopened_unknown += store._journal_starts == []
+                assert store._journal_floor(forget) == max(expected, 0), (step, forget)
+            end = offset + rng.randint(1, 12)
+            store.commit({}, end, block(offset, end), forget_below=forget)
+            offset = end
+        assert reopened_unknown >= 3  # the reopenings were exercised
+    finally:
+        store.close()
