@@ -43,6 +43,7 @@ import errno
 import itertools
 import logging
 import math
+import re
 import resource
 import socket
 from collections.abc import Awaitable, Callable
@@ -64,6 +65,9 @@ _NOT_FAST_HEADERS = frozenset(
     (b"content-length", b"transfer-encoding", b"expect", b"upgrade", b"if-none-match",
      b"if-match", b"if-modified-since", b"range")
 )  # fmt: skip
+#: A header line the fast path reads: a token, a colon, a value of visible characters,
+#: spaces and tabs (RFC 9110); anything else goes to aiohttp, which answers it as it does.
+_HEADER_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*")
 _GET = b"GET "
 _HTTP11 = b" HTTP/1.1\r\n"
 
@@ -434,10 +438,10 @@ class _Connection(asyncio.Protocol):
         if data.find(b"\r\n\r\n", head_start - 2) != len(data) - 4:
             return False  # more than one request in the packet: pipelined
         for line in data[head_start:-4].split(b"\r\n"):
-            name, colon, value = line.partition(b":")
+            if _HEADER_LINE.fullmatch(line) is None:
+                return False  # not a well-formed header: aiohttp's parser decides
+            name, _, value = line.partition(b":")
             name = name.lower()
-            if not colon or name != name.strip():
-                return False  # malformed, or space before the colon: aiohttp decides
             if name in _NOT_FAST_HEADERS:
                 return False
             if name == b"connection" and value.strip().lower() != b"keep-alive":

@@ -79,7 +79,7 @@ async def _ask(writer: asyncio.StreamWriter, reader: asyncio.StreamReader, data:
 async def test_plain_reads_take_the_fast_path_the_rest_go_to_aiohttp(port: int) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     assert await _ask(writer, reader, _get("/v1/contexts/known")) == "fast"
-    kept = _get("/v1/contexts/known", "Connection: keep-alive")
+    kept = _get("/v1/contexts/known", "Connection: keep-alive", "User-Agent: a\tb/\u00e9 (x)")
     assert await _ask(writer, reader, kept) == "fast"
     for other in (
         _get("/v1/contexts/unknown"),  # fast() says no: a miss, elsewhere, ...
@@ -131,6 +131,11 @@ async def test_pipelined_split_long_and_malformed_requests_go_to_aiohttp(port: i
 
     for bad in (b"GET /v1/contexts/known HTTP/1.1\r\nHost x\r\n\r\n",
                 b"GET /v1/contexts/known HTTP/1.1\r\n Host: x\r\n\r\n",
+                b"GET /v1/contexts/known HTTP/1.1\r\nHost : x\r\n\r\n",
+                b"GET /v1/contexts/known HTTP/1.1\r\nX Y: z\r\n\r\n",
+                b"GET /v1/contexts/known HTTP/1.1\r\nX: a\x00b\r\n\r\n",
+                b"GET /v1/contexts/known HTTP/1.1\r\nX: a\rb\r\n\r\n",
+                b"GET /v1/contexts/known HTTP/1.1\r\n\r\n",
                 b"GET /v1/contexts/known HTTP/1.0\r\n\r\n"):  # fmt: skip
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(bad)
