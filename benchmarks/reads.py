@@ -27,6 +27,7 @@ import uuid
 from typing import Any
 
 import redis
+import redis.asyncio
 from _support import (
     bootstrap_servers,
     doc_for,
@@ -130,6 +131,23 @@ def redis_reads(rurl: str, ids: list[str], docs: dict[str, bytes]) -> list[float
     return times
 
 
+async def redis_async_reads(rurl: str, ids: list[str]) -> list[float]:
+    """The same GETs through redis-py's asyncio client: what an asyncio client costs on
+    this machine against a server that answers at once (``redis_reads`` set the keys)."""
+    r = redis.asyncio.Redis.from_url(rurl)
+    times = []
+    try:
+        for cid in ids:
+            t0 = time.perf_counter()
+            value = await r.get(cid)
+            times.append(time.perf_counter() - t0)
+            if value is None:
+                raise RuntimeError(f"redis has no {cid}")
+    finally:
+        await r.aclose()
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contexts", type=int, default=100_000)
@@ -163,7 +181,7 @@ def main() -> None:
                 http_reads(url, ids[:1000])  # warm: caches, connection
                 # Alternate the three, a slice at a time, so a slow spell hits all alike.
                 times: dict[str, list[float]] = {"http": [], "raw": [], "client": [],
-                                                 "redis": []}  # fmt: skip
+                                                 "redis": [], "redis_async": []}  # fmt: skip
                 step = max(1, len(ids) // 10)
                 for start in range(0, len(ids), step):
                     part = ids[start : start + step]
@@ -171,6 +189,7 @@ def main() -> None:
                     times["raw"] += raw_reads(url, part)
                     times["client"] += asyncio.run(client_reads(bootstrap, url, topics, part))
                     times["redis"] += redis_reads(rurl, part, docs)
+                    times["redis_async"] += asyncio.run(redis_async_reads(rurl, part))
             finally:
                 stop_worker(proc)
     for name, samples in times.items():
@@ -178,13 +197,16 @@ def main() -> None:
     rows = [("reads", f"{args.reads:,} of {len(hot):,} hot contexts (of {args.contexts:,}), "
                       "sequential, each timed alone")]  # fmt: skip
     for name, label in (("http", "HTTP keep-alive"), ("raw", "HTTP, raw socket"),
-                        ("client", "client.get"), ("redis", "redis GET")):  # fmt: skip
+                        ("client", "client.get"), ("redis", "redis GET"),
+                        ("redis_async", "redis GET, asyncio")):  # fmt: skip
         q = results[name]
         rows.append((label, f"p50 {q['p50_ms']:.3f} ms  p90 {q['p90_ms']:.3f}  p99 "
                             f"{q['p99_ms']:.3f}  max {q['max_ms']:.2f}"))  # fmt: skip
     for name in ("http", "raw", "client"):
         ratio = results[name]["p50_ms"] / results["redis"]["p50_ms"]
         rows.append((f"{name} p50 / redis", f"{ratio:.2f}x (bar: 2x; p99 bar: 1 ms)"))
+    ratio = results["client"]["p50_ms"] / results["redis_async"]["p50_ms"]
+    rows.append(("client / redis asyncio", f"{ratio:.2f}x (both asyncio clients)"))
     print_rows(rows, 18)
     write_result("reads", {"contexts": args.contexts, "hot": len(hot), "reads": args.reads,
                            **results})  # fmt: skip

@@ -86,13 +86,15 @@ class Http1Pool:
 
     def __init__(self, max_body: int) -> None:
         self._max_body = max_body
-        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._idle: dict[tuple[str, int, bool], list[_Connection]] = {}
         self._closed = False
 
     async def get(
-        self, host: str, port: int, path: str, params: dict[str, str], timeout: float
-    ) -> tuple[int, bytes]:
-        """``GET path?params`` from ``host:port``: the answer's status and body. Raises
+        self, host: str, port: int, path: str, params: dict[str, str], timeout: float,
+        lane: bool = False,
+    ) -> tuple[int, bytes]:  # fmt: skip
+        """``GET path?params`` from ``host:port``: the answer's status and body; ``lane``
+        picks one of two sets of idle connections (requests of one kind share theirs). Raises
         ``ConnectError`` (no connection), ``ProtocolError`` (an answer this client does not
         read, or over its bounds), ``TimeoutError`` (not answered within ``timeout``
         seconds), ``OSError`` and ``asyncio.IncompleteReadError`` (the connection broke)."""
@@ -102,7 +104,7 @@ class Http1Pool:
         if any(c in target for c in "\r\n "):
             raise ProtocolError("a request target may not contain spaces or line breaks")
         request = f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
-        key = (host, port)
+        key = (host, port, lane)
         async with asyncio.timeout(timeout):
             idle = self._idle.get(key)
             while idle:
@@ -132,7 +134,7 @@ class Http1Pool:
         return _Connection(reader, writer)
 
     async def _exchange(
-        self, connection: _Connection, key: tuple[str, int], request: bytes, reused: bool
+        self, connection: _Connection, key: tuple[str, int, bool], request: bytes, reused: bool
     ) -> tuple[int, bytes]:
         keep = False
         try:

@@ -35,6 +35,10 @@ __all__ = ["MAX_HISTORY_PAGE", "Reader"]
 
 #: The most history entries one read asks for (the read API's bound).
 MAX_HISTORY_PAGE = 10_000
+#: Characters of a context id sent as they are in a read's path (RFC 3986 sub-delims, ":"
+#: and "@"); the rest are percent-encoded, "/" included. The worker reads them alike, and a
+#: plain id is what its fast path for point reads takes (``processors.listener``).
+ID_SAFE = "!$&'()*+,;=:@"
 
 
 class Reader:
@@ -81,7 +85,7 @@ class Reader:
             else:
                 params["min_offset"] = position
                 params["timeout"] = str(timeout)
-        path = f"/v1/contexts/{quote(context_id, safe='')}"
+        path = f"/v1/contexts/{quote(context_id, safe=ID_SAFE)}"
         status, body = await self._router.request(
             "GET", path, params, timeout, partition=partition, stale=stale
         )
@@ -109,7 +113,7 @@ class Reader:
         if after is not None:
             params["after"] = str(after)
         partition = await self._router.partition_of(context_id)
-        path = f"/v1/contexts/{quote(context_id, safe='')}/history"
+        path = f"/v1/contexts/{quote(context_id, safe=ID_SAFE)}/history"
         status, body = await self._router.request("GET", path, params, timeout, partition=partition)
         data = _json_body(status, body)
         if status != 200:

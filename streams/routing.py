@@ -140,8 +140,12 @@ class Router:
     async def _get(
         self, base: str, origin: tuple[str, int], path: str, params: dict[str, str], timeout: float
     ) -> tuple[int, bytes]:
+        # Plain point reads keep connections of their own: a worker answers those on its
+        # fast path only while every request on the connection has been one
+        # (``processors.listener``), and the routing table's GETs would end that.
+        plain = not params and path.startswith("/v1/contexts/") and path.count("/") == 3
         try:
-            return await self._pool.get(*origin, path, params, timeout + 5)
+            return await self._pool.get(*origin, path, params, timeout + 5, lane=plain)
         except (ProtocolError, OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
             raise _read_error(base, exc) from exc
 

@@ -242,3 +242,29 @@ async def test_the_router_maps_failures_to_read_errors() -> None:
         await router.send(f"http://127.0.0.1:{port}", "GET", "/", {}, 5, b"")
     assert _refused(caught.value) == "connection refused"
     await router.close()
+
+
+async def test_plain_point_reads_keep_connections_of_their_own() -> None:
+    """A worker answers point reads on its fast path only on connections that carried
+    nothing else: the router sends them on a lane of their own, apart from its table's GETs
+    and reads with a query."""
+    async with serving(plain(b"{}")) as seen:
+        base = f"http://127.0.0.1:{seen['port']}"
+        router = Router(base)
+        for path, params in (("/v1/contexts/a:1", {}), ("/v1/members", {}),
+                             ("/v1/contexts/a:1", {"min_offset": "0:1"}),
+                             ("/v1/contexts/a:1/history", {}), ("/v1/contexts/b", {})):  # fmt: skip
+            assert await router.send(base, "GET", path, params, 5, b"") == (200, b"{}")
+        assert seen["connections"] == 2
+        heads = [h.split(b"\r\n")[0] for h in seen["heads"]]
+        assert heads[0] == b"GET /v1/contexts/a:1 HTTP/1.1"
+        await router.close()
+
+
+def test_a_context_id_keeps_the_characters_the_fast_path_takes() -> None:
+    from urllib.parse import quote
+
+    from lukhas_context.streams.reader import ID_SAFE
+
+    assert quote("s:1;v=2@h!$&'()*+,", safe=ID_SAFE) == "s:1;v=2@h!$&'()*+,"
+    assert quote("a/b?c#d%e f", safe=ID_SAFE) == "a%2Fb%3Fc%23d%25e%20f"
