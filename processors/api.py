@@ -79,13 +79,21 @@ ended, with ``error`` naming what ended it (``"WalTruncatedError: ..."``; null a
 stop); its ``clock`` says how far this worker's wall clock is off the log's (``skew_ms``,
 ``error_ms``). ``GET /metrics`` is the Prometheus text exposition (version 0.0.4).
 
+For probes that tell "restart it" from "send it no traffic": ``GET /livez`` is 200 while the
+process works, starting and restoring included (``{"status": "alive"}``), 503 once the fold
+loop has ended with an error (``{"status": "stopped", "error"}``); ``GET /readyz`` is 200
+when the worker folds, has its assignment, no partition of it is still opening or
+restoring, and each is within ``max_lag`` records of the WAL's end the fetcher last saw
+(default ``READY_MAX_LAG``), else 503; both say why: ``{"status": "ready" | "not_ready",
+"reasons": [...], "max_lag", "partitions": {p: {"next_offset", "end", "lag"}}}``.
+
 Every endpoint rejects a query parameter it does not take, or one given twice, with a 400
 naming the ones it takes; numbers are decimal ASCII digits within range (offsets and
 timestamps at most 2^63-1), else a 400 (never a 500).
 Connections are accepted by ``processors.listener``: capped, with deadlines for headers,
 bodies and idle connections; a connection over the cap is answered 503, late headers 408.
 
-Over 450 lines, for one job: the worker's HTTP surface. Each handler is short (parse and
+Close to 1,000 lines, for one job: the worker's HTTP surface. Each handler is short (parse and
 bound the parameters, wait or forward, answer); what they share (the parameter checks, the
 forwarding to the owner, the error shape) is what keeps their answers alike, so they stay
 together. The work behind them lives elsewhere: the store, ``processors.listener``,
@@ -256,6 +264,10 @@ def _context_answer(
     return web.Response(body=body, content_type="application/json")
 
 
+#: ``GET /readyz``: how far behind the WAL's end (records) a partition may be and the worker
+#: still ready, unless the probe says ``?max_lag=``.
+READY_MAX_LAG = 10_000
+
 #: A context id the fast path answers for as it stands in the request target: nothing to
 #: percent-decode, no query, no further path segment (aiohttp takes ``.`` and ``..`` as
 #: they stand too: ``test_fast_reads``); the rest go through aiohttp's router.
@@ -299,6 +311,8 @@ class ReadApi:
                 web.get("/v1/changes", self.changes),
                 web.get("/v1/members", self.members),
                 web.get("/healthz", self.healthz),
+                web.get("/livez", self.livez),
+                web.get("/readyz", self.readyz),
                 web.get("/metrics", self.metrics),
             ]
         )
@@ -911,6 +925,44 @@ class ReadApi:
             "clock": self.m.clock.skew().to_dict(),
         }
         return web.json_response(body, status=200 if self.m.running else 503)
+
+    @_params()
+    async def livez(self, request: web.Request) -> web.Response:
+        m = self.m
+        if m.stopped and m.stop_error is not None:
+            error = f"{type(m.stop_error).__name__}: {m.stop_error}"
+            return web.json_response({"status": "stopped", "error": error}, status=503)
+        return web.json_response({"status": "alive"})
+
+    @_params("max_lag")
+    async def readyz(self, request: web.Request) -> web.Response:
+        raw = request.query.get("max_lag")
+        max_lag = READY_MAX_LAG if raw is None else _natural(raw, "max_lag")
+        m = self.m
+        reasons = []
+        if not m.running:
+            reasons.append("stopped" if m.stopped else "starting")
+        elif not m.partition_count:
+            reasons.append("no assignment from the group yet")
+        restoring = m.restoring
+        if restoring:
+            reasons.append(f"partitions {restoring} are opening or restoring")
+        partitions = {}
+        for p, store in sorted(m.stores.items()):
+            end = m.highwater(p)
+            lag = None if end is None else max(0, end - store.next_offset)
+            partitions[p] = {"next_offset": store.next_offset, "end": end, "lag": lag}
+            if lag is None:
+                reasons.append(f"partition {p}: the WAL's end is not known yet")
+            elif lag > max_lag:
+                reasons.append(f"partition {p} is {lag} records behind (max_lag {max_lag})")
+        body = {
+            "status": "not_ready" if reasons else "ready",
+            "reasons": reasons,
+            "max_lag": max_lag,
+            "partitions": partitions,
+        }
+        return web.json_response(body, status=503 if reasons else 200)
 
     @_params()
     async def metrics(self, request: web.Request) -> web.Response:

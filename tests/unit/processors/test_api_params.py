@@ -195,3 +195,55 @@ def test_the_change_compression_is_one_of_three(tmp_path: Path) -> None:
         WorkerConfig(bootstrap="127.0.0.1:1", state_dir=tmp_path, change_compression=name)
     with pytest.raises(InvalidWorkerConfigError, match="none, lz4 or zstd"):
         WorkerConfig(bootstrap="127.0.0.1:1", state_dir=tmp_path, change_compression="gzip")
+
+
+async def test_a_starting_worker_is_alive_and_not_ready(api: Any) -> None:
+    """A liveness probe must not kill a worker that is starting or restoring; a readiness
+    probe keeps traffic off it and says why."""
+    assert await api("/livez") == (200, {"status": "alive"})
+    status, body = await api("/readyz")
+    assert status == 503
+    assert body["status"] == "not_ready" and body["reasons"] == ["starting"]
+    assert body["max_lag"] == 10_000 and body["partitions"] == {}
+    status, body = await api("/readyz?max_lag=0")
+    assert status == 503 and body["max_lag"] == 0
+    for bad in ("/readyz?max_lag=-1", f"/readyz?max_lag={HUGE}", "/readyz?max_lag=x",
+                "/readyz?lag=1", "/livez?x=1", "/readyz?max_lag=1&max_lag=2"):  # fmt: skip
+        status, body = await api(bad)
+        assert status == 400, (bad, body)
+
+
+async def test_readiness_names_each_partition_behind_or_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lag rule alone, on a worker whose stores and fetcher positions are stand-ins."""
+
+    class Store:
+        def __init__(self, next_offset: int) -> None:
+            self.next_offset = next_offset
+
+    materializer = Materializer(WorkerConfig(bootstrap="127.0.0.1:1", state_dir=tmp_path))
+    materializer.assignment.partition_count = 3
+    materializer.running = True
+    stores = {0: Store(100), 1: Store(50), 2: Store(7)}
+    ends = {0: 100, 1: 20_050, 2: None}
+    monkeypatch.setattr(Materializer, "stores", property(lambda self: stores))
+    monkeypatch.setattr(Materializer, "highwater", lambda self, p: ends[p])
+    read_api = ReadApi(materializer)
+    await read_api.start("127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{read_api.port}/readyz"
+            async with session.get(url) as answer:
+                status, body = answer.status, await answer.json()
+            assert status == 503
+            assert body["reasons"] == [
+                "partition 1 is 20000 records behind (max_lag 10000)",
+                "partition 2: the WAL's end is not known yet",
+            ]
+            assert body["partitions"]["0"] == {"next_offset": 100, "end": 100, "lag": 0}
+            ends[2] = 7
+            async with session.get(url, params={"max_lag": "20000"}) as answer:
+                assert answer.status == 200, await answer.text()
+    finally:
+        await read_api.close()
