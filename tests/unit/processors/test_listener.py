@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -19,35 +19,15 @@ CAP = 8
 
 
 @pytest.fixture
-async def served() -> AsyncIterator[tuple[Listener, int, WorkerMetrics]]:
-    listener: Listener | None = None
-
+async def served(listening: Any) -> AsyncIterator[tuple[Listener, int, WorkerMetrics]]:
     async def hello(request: web.Request) -> web.Response:
         await request.read()
         await asyncio.sleep(float(request.query.get("sleep", "0")))
         return web.Response(text="hello")
 
-    @web.middleware
-    async def deadlines(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        assert listener is not None
-        return await listener.guard(request, handler)
-
-    app = web.Application(middlewares=[deadlines])
-    app.add_routes([web.get("/", hello), web.post("/", hello)])
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    assert runner.server is not None
-    metrics = WorkerMetrics()
-    listener = Listener(runner.server, ListenerLimits(CAP, 0.3, 0.3, 0.5), metrics)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    await listener.start("127.0.0.1", port)
-    yield listener, port, metrics
-    listener.close()
-    await runner.cleanup()
+    routes = [web.get("/", hello), web.post("/", hello)]
+    async with listening(routes, ListenerLimits(CAP, 0.3, 0.3, 0.5)) as served:
+        yield served
 
 
 async def _open(port: int, data: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -5,14 +5,13 @@ leaves to aiohttp, and that answers on one connection never overtake one another
 from __future__ import annotations
 
 import asyncio
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from aiohttp import web
 
-from lukhas_context.processors.listener import FAST_MAX_HEAD, Listener, ListenerLimits
-from lukhas_context.processors.metrics import WorkerMetrics
+from lukhas_context.processors.listener import FAST_MAX_HEAD, ListenerLimits
 
 IDLE_S = 0.6
 AIOHTTP_KEEPALIVE_S = 0.3
@@ -25,35 +24,17 @@ def _fast(target: bytes) -> bytes | None:
 
 
 @pytest.fixture
-async def port() -> AsyncIterator[int]:
-    listener: Listener | None = None
-
+async def port(listening: Any) -> AsyncIterator[int]:
     async def context(request: web.Request) -> web.Response:
         await asyncio.sleep(float(request.query.get("sleep", "0")))
         name = request.match_info["context_id"]
         return web.Response(text=f"slow {name}", headers={"X-Path": "slow"})
 
-    @web.middleware
-    async def deadlines(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        assert listener is not None
-        return await listener.guard(request, handler)
-
-    app = web.Application(middlewares=[deadlines])
-    app.add_routes([web.get("/v1/contexts/{context_id}", context)])
-    runner = web.AppRunner(app, access_log=None, keepalive_timeout=AIOHTTP_KEEPALIVE_S)
-    await runner.setup()
-    assert runner.server is not None
-    listener = Listener(runner.server, ListenerLimits(8, 2.0, 2.0, IDLE_S), WorkerMetrics())
-    listener.fast = _fast
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        free = probe.getsockname()[1]
-    await listener.start("127.0.0.1", free)
-    yield free
-    listener.close()
-    await runner.cleanup()
+    routes = [web.get("/v1/contexts/{context_id}", context)]
+    limits = ListenerLimits(8, 2.0, 2.0, IDLE_S)
+    async with listening(routes, limits, AIOHTTP_KEEPALIVE_S) as (listener, port, _):
+        listener.fast = _fast
+        yield port
 
 
 def _get(target: str, *headers: str) -> bytes:
