@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -168,6 +169,9 @@ class MemoryBudget:
             self.write_buffer_bytes, False, self.block_cache
         )
         self._read_caches: weakref.WeakSet[ReadCache] = weakref.WeakSet()
+        #: Stores open and close in worker threads (``asyncio.to_thread``) while the event
+        #: loop's thread reads the set: every use of it holds this lock.
+        self._caches_lock = threading.Lock()
 
     def configure(self, opts: Options) -> None:
         """Makes a store's (or column family's) options draw on the shared cache and write
@@ -187,26 +191,36 @@ class MemoryBudget:
         """A read cache for one store, its share of the budget: the read caches' bytes split
         evenly among the open ones (each gets smaller as stores open, larger as they close)."""
         cache = ReadCache(self.read_cache_bytes, max_entries)
-        self._read_caches.add(cache)
-        self._share()
+        with self._caches_lock:
+            self._read_caches.add(cache)
+        self._share(cache)
         return cache
 
     def release(self, cache: ReadCache) -> None:
         """A store closed: its cache's share goes back to the others."""
         cache.clear()
-        self._read_caches.discard(cache)
+        with self._caches_lock:
+            self._read_caches.discard(cache)
         self._share()
 
-    def _share(self) -> None:
-        caches = list(self._read_caches)
+    def _caches(self) -> list[ReadCache]:
+        with self._caches_lock:
+            return list(self._read_caches)
+
+    def _share(self, new: ReadCache | None = None) -> None:
+        """Sets every cache's limit to its share. Only ``new`` (this thread's own, not in use
+        yet) is trimmed here: the others belong to stores the event loop may be reading, and
+        each trims itself to its new limit at its next put."""
+        caches = self._caches()
         for cache in caches:
             cache.limit = self.read_cache_bytes // max(1, len(caches))
-            cache.trim()
+        if new is not None:
+            new.trim()
 
     def shrink_read_caches(self) -> int:
         """Halves every read cache (backpressure over the budget); returns the bytes freed."""
         freed = 0
-        for cache in list(self._read_caches):
+        for cache in self._caches():
             before = cache.bytes
             limit = cache.limit
             cache.limit = before // 2
@@ -223,7 +237,7 @@ class MemoryBudget:
             "resident": resident_bytes,
             "block_cache": lambda: int(self.block_cache.get_usage()),
             "write_buffers": lambda: int(self.write_buffers.get_usage()),
-            "read_cache": lambda: sum(c.bytes for c in list(self._read_caches)),
+            "read_cache": lambda: sum(c.bytes for c in self._caches()),
         }
 
     def usage(self) -> dict[str, int]:

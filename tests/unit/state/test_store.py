@@ -297,3 +297,40 @@ def test_the_trim_bound_known_from_written_blocks_equals_the_seeks(tmp_path: Pat
         assert reopened_unknown >= 3  # the reopenings were exercised
     finally:
         store.close()
+
+
+def test_read_caches_come_and_go_from_threads_while_the_loop_reads_them() -> None:
+    """Stores open and close in worker threads (``asyncio.to_thread``) while the event loop
+    reads the budget's caches (metrics, backpressure): a worker once died of "Set changed
+    size during iteration" there."""
+    import threading
+
+    budget = MemoryBudget(128 * 1024 * 1024)
+    errors: list[BaseException] = []
+
+    def churn() -> None:
+        try:
+            for _ in range(3_000):
+                budget.release(budget.read_cache(100))
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    import sys
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns often: the race shows in a short run
+    try:
+        threads = [threading.Thread(target=churn) for _ in range(4)]
+        for t in threads:
+            t.start()
+        rounds = 0
+        while any(t.is_alive() for t in threads) and rounds < 1_000_000:
+            budget.usage()
+            budget.shrink_read_caches()
+            rounds += 1
+        for t in threads:
+            t.join(60)
+    finally:
+        sys.setswitchinterval(switch)
+    assert errors == []
+    assert budget.usage()["read_cache"] == 0
