@@ -214,7 +214,7 @@ async def _call(http: aiohttp.ClientSession, method: str, url: str, body: Any,
             except ValueError:
                 data = None
             if response.status != 200 or not isinstance(data, dict):
-                reason = data.get("error") if isinstance(data, dict) else None
+                reason = (data.get("detail") or data.get("error")) if isinstance(data, dict) else None
                 raise VerifyError(f"{method} {url}: {response.status} "
                                   f"{reason or response.reason}")  # fmt: skip
             return data

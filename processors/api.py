@@ -87,6 +87,12 @@ restoring, and each is within ``max_lag`` records of the WAL's end the fetcher l
 (default ``READY_MAX_LAG``), else 503; both say why: ``{"status": "ready" | "not_ready",
 "reasons": [...], "max_lag", "partitions": {p: {"next_offset", "end", "lag"}}}``.
 
+Every error is an RFC 9457 problem (``processors.problems``): ``application/problem+json``
+with ``type`` (``about:blank``, or ``urn:lukhas:problem:NAME`` where a client tells it apart),
+``title``, ``status``, ``detail`` and the extension members named above (``no_such``,
+``open_transaction``...); ``error`` repeats ``detail`` (deprecated). Routes that do not exist
+(404) and methods a route does not take (405, with ``Allow``) answer so too.
+
 Every endpoint rejects a query parameter it does not take, or one given twice, with a 400
 naming the ones it takes; numbers are decimal ASCII digits within range (offsets and
 timestamps at most 2^63-1), else a 400 (never a 500).
@@ -124,6 +130,7 @@ from lukhas_context.processors.listener import Listener
 from lukhas_context.processors.materializer import Materializer
 from lukhas_context.processors.metrics import PROMETHEUS_CONTENT_TYPE
 from lukhas_context.processors.pointintime import parse_as_of, read_context
+from lukhas_context.processors.problems import bad_request, problem, problem_middleware
 from lukhas_context.processors.round import reused_event_id
 from lukhas_context.processors.verify_api import VerifySessions
 from lukhas_context.processors.wal_end import WalEnds
@@ -177,7 +184,7 @@ def _params(*known: str) -> Callable[[H], H]:
                 where = request.path if resource is None else resource.canonical
                 return _error(
                     400, f"unknown query parameter {', '.join(map(repr, unknown))}: "
-                    f"{request.method} {where} takes {takes}",
+                    f"{request.method} {where} takes {takes}", "unknown-parameter",
                 )  # fmt: skip
             repeated = sorted(k for k in set(query) if len(query.getall(k)) > 1)
             if repeated:
@@ -198,20 +205,19 @@ def _natural(raw: str, what: str, high: int = MAX_OFFSET) -> int:
         raise _bad_request(str(exc)) from None
 
 
-def _error(status: int, reason: str) -> web.Response:
-    return web.json_response({"error": reason}, status=status)
+def _error(status: int, reason: str, kind: str | None = None, **extensions: object) -> web.Response:
+    """An error answer: an RFC 9457 problem (``processors.problems``)."""
+    return problem(status, reason, kind, extensions)
 
 
 def _no_such(what: str, reason: str, **detail: int) -> web.Response:
     """The 404 of a WAL position that does not exist (``no_such``: partition or offset)."""
-    return web.json_response({"error": reason, "no_such": what, **detail}, status=404)
+    return problem(404, reason, f"no-such-{what}", {"no_such": what, **detail})
 
 
 def _bad_request(reason: str) -> web.HTTPBadRequest:
-    """A 400 with the same JSON body as every other error, so clients can show the reason."""
-    return web.HTTPBadRequest(
-        text=orjson.dumps({"error": reason}).decode(), content_type="application/json"
-    )
+    """A 400 to raise from a parameter check: a problem like every other error."""
+    return bad_request(reason)
 
 
 def _parse_timeout(raw: str | None) -> float:
@@ -299,7 +305,8 @@ class ReadApi:
         self.m = materializer
         # Dry runs post whole events: a 1 MiB document and its envelope must fit.
         self.app = web.Application(
-            client_max_size=DOWNSTREAM_MAX_MESSAGE_BYTES, middlewares=[self._deadlines]
+            client_max_size=DOWNSTREAM_MAX_MESSAGE_BYTES,
+            middlewares=[problem_middleware, self._deadlines],
         )
         self.app.add_routes(
             [
@@ -408,7 +415,9 @@ class ReadApi:
         if partition in m.stores or partition in m.restoring:
             return None
         if request.headers.get(FORWARDED_HEADER):
-            return _error(421, f"partition {partition} is not served by this worker either")
+            return _error(
+                421, f"partition {partition} is not served by this worker either", "not-served-here"
+            )
         owner = m.membership.owner(partition)
         if owner is None or owner.api == m.config.api_url:
             return None
@@ -478,14 +487,14 @@ class ReadApi:
                 if partition == p and not await self._decided(p, key, offset, left):
                     return _error(504, f"context {key.decode(errors='replace')!r} is held by a "
                                   f"transaction prepared at or before {p}:{offset}, not "
-                                  f"decided within {timeout:g} s")  # fmt: skip
+                                  f"decided within {timeout:g} s", "not-applied-yet")  # fmt: skip
             if not self.m.partition_count:
                 return _error(503, "the worker has no partitions yet")
             if partition is None:  # assigned while this request waited
                 partition = partition_for(key, self.m.partition_count)
             return partition, self.m.store_for(partition)
         except NotOwnerError as exc:
-            return _error(421, str(exc))
+            return _error(421, str(exc), "not-served-here")
 
     async def _decided(self, partition: int, key: bytes, offset: int, timeout: float) -> bool:
         """Waits (at most ``timeout``) until no transaction prepared at or before ``offset``
@@ -561,7 +570,7 @@ class ReadApi:
         partition, store = found
         record = store.get(key)
         if record is None or not record.is_live(self.m.clock.earliest_ms()):
-            return _error(404, f"context {context_id!r} not found")
+            return _error(404, f"context {context_id!r} not found", "context-not-found")
         return _context_answer(context_id, record, partition)
 
     def _from_standby(self, request: web.Request, context_id: str) -> web.Response | None:
@@ -598,7 +607,9 @@ class ReadApi:
         }
         record = copy.store.get(context_id.encode())
         if record is None or not record.is_live(self.m.clock.earliest_ms()):
-            answer = _error(404, f"context {context_id!r} not found (standby copy)")
+            answer = _error(
+                404, f"context {context_id!r} not found (standby copy)", "context-not-found"
+            )
         else:
             answer = _context_answer(
                 context_id, record, partition, standby_position=f"{partition}:{copy.next_offset}"
@@ -631,7 +642,9 @@ class ReadApi:
         if partition in self.m.restoring:
             return _error(503, f"partition {partition} is being restored; ask again")
         if partition not in self.m.stores:
-            return _error(421, f"partition {partition} is not served by this worker")
+            return _error(
+                421, f"partition {partition} is not served by this worker", "not-served-here"
+            )
         try:
             where = await asyncio.wait_for(self.as_of.state(partition, as_of), timeout)
             record, manifest, _ = await asyncio.to_thread(read_context, where, context_id)
@@ -639,10 +652,12 @@ class ReadApi:
             return _error(504, f"the state as of {raw} is being built; ask again (a build "
                                "goes on without the request that started it)")  # fmt: skip
         except (LukhasError, OSError) as exc:  # it cannot be built (PointInTimeError, ...)
-            return _error(409, f"{type(exc).__name__}: {exc}")
+            return _error(409, f"the state as of {raw} cannot be built: {exc}")
         built = manifest["partitions"][str(partition)]
         if record is None:
-            return _error(404, f"context {context_id!r} did not exist as of {raw}")
+            return _error(
+                404, f"context {context_id!r} did not exist as of {raw}", "context-not-found"
+            )
         point = {"point": raw, "next_offset": built["next_offset"], "source": built["source"]}
         return _context_answer(context_id, record, partition, as_of=point)
 
@@ -710,7 +725,8 @@ class ReadApi:
                 if decided is None:
                     return _error(504, f"the transaction prepared at {partition}:{offset} is not "
                                   f"decided within {timeout:g} s (its coordinator decides, or "
-                                  "aborts it when its transaction timeout runs out)")  # fmt: skip
+                                  "aborts it when its transaction timeout runs out)",
+                                  "not-applied-yet")  # fmt: skip
                 at, status, version, reason = decided
                 return web.json_response({
                     "partition": partition, "offset": offset,
@@ -718,7 +734,7 @@ class ReadApi:
                     "reason": reason, "duplicate_of": None, "decided_at": at,
                 })  # fmt: skip
         except NotOwnerError as exc:
-            return _error(421, str(exc))
+            return _error(421, str(exc), "not-served-here")
         if entry is None:
             return _error(404, f"no outcome for {partition}:{offset} (forgotten, or a marker)")
         duplicate = entry.status is EntryStatus.DUPLICATE
@@ -739,7 +755,7 @@ class ReadApi:
         reason = f"offset {partition}:{offset} {what}"
         held = self.m.open_transaction(partition)
         if held is None or offset < held[0]:
-            return _error(504, reason)
+            return _error(504, reason, "not-applied-yet")
         first, high = held
         reason += (
             f": an open transaction holds partition {partition} from offset {first} (high "
@@ -747,9 +763,8 @@ class ReadApi:
             "or aborts, at the latest when its transaction timeout runs out "
             "(`lukhas transactions open` shows it, `lukhas transactions abort` ends it)"
         )
-        body = {"error": reason, "open_transaction": {"partition": partition,
-                "first_offset": first, "high_watermark": high}}  # fmt: skip
-        return web.json_response(body, status=504)
+        held_by = {"partition": partition, "first_offset": first, "high_watermark": high}
+        return _error(504, reason, "not-applied-yet", open_transaction=held_by)
 
     @_params()
     async def dry_run(self, request: web.Request) -> web.Response:
@@ -762,7 +777,7 @@ class ReadApi:
         try:
             event = self.m.decode_event(body)
         except CodecError as exc:
-            return _error(400, f"{type(exc).__name__}: {exc}")
+            return _error(400, f"the body is not an event this worker reads: {exc}")
         key = event.context_id.encode()
         if is_barrier(key, event):
             return _error(400, "a checkpoint barrier is not dry-run: `lukhas checkpoint`")
@@ -780,7 +795,7 @@ class ReadApi:
         try:
             folder = self.m.folder_for(partition)
         except NotOwnerError as exc:
-            return _error(421, str(exc))
+            return _error(421, str(exc), "not-served-here")
         store, limits = folder.store, self.m.config.limits
         offset = store.next_offset
         prior = folder.window.prior_use(event.event_id, offset)
@@ -836,7 +851,7 @@ class ReadApi:
                 client_id=f"{self.m.config.client_id}-sse",
             )  # fmt: skip
         except (ValidationError, ValueError) as exc:
-            return _error(400, f"{type(exc).__name__}: {exc}")
+            return _error(400, str(exc) or "the change stream's parameters do not go together")
         self._streams.add(watcher)
         try:
             try:

@@ -54,6 +54,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from lukhas_context.processors.exceptions import InvalidWorkerConfigError
 from lukhas_context.processors.metrics import WorkerMetrics
+from lukhas_context.processors.problems import ProblemRequestHandler, problem_bytes
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +91,10 @@ FD_RESERVE = 64
 MIN_DEFAULT_CONNECTIONS = 16
 MAX_DEFAULT_CONNECTIONS = 4096
 
-_REFUSAL_BODY = b'{"error": "too many connections: this worker serves its limit already"}'
-_REFUSAL = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-    b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s"
-    % (len(_REFUSAL_BODY), _REFUSAL_BODY)
+_REFUSAL = problem_bytes(
+    503, "too many connections: this worker serves its limit already", b"Retry-After: 1\r\n"
 )
-_TIMEOUT_BODY = b'{"error": "request headers not received in time"}'
-_HEADER_TIMEOUT = (
-    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
-    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
-)
+_HEADER_TIMEOUT = problem_bytes(408, "request headers not received in time")
 _END_OF_HEADERS = b"\r\n\r\n"
 
 
@@ -324,10 +318,21 @@ class Listener:
         self.metrics.api_connections_evicted.inc()
         conn.close()
 
+    def _handler(self) -> RequestHandler:
+        """A connection handler of the server's, one that answers a request it cannot
+        parse with a problem (``processors.problems``); aiohttp's own where its server's
+        settings cannot be read."""
+        server = self._server
+        settings = getattr(server, "_kwargs", None)
+        if isinstance(settings, dict):
+            with contextlib.suppress(TypeError):
+                return ProblemRequestHandler(server, loop=self._loop, **settings)
+        return server()
+
     async def _serve(self, client: socket.socket) -> None:
         try:
             await self._loop.connect_accepted_socket(
-                lambda: _Connection(self, self._server(), client), sock=client
+                lambda: _Connection(self, self._handler(), client), sock=client
             )
         except Exception as exc:  # e.g. reset before it was set up: that client is gone
             log.info("a connection closed before it was served: %r", exc)

@@ -38,6 +38,7 @@ from aiohttp import web
 
 from lukhas_context.processors.exceptions import NotOwnerError
 from lukhas_context.processors.materializer import Materializer
+from lukhas_context.processors.problems import problem
 from lukhas_context.state.exceptions import StateError
 from lukhas_context.state.ranges import LocalRanges
 from lukhas_context.state.store import PartitionStore
@@ -272,10 +273,11 @@ class VerifySessions:
 
 
 def _error(status: int, reason: str) -> web.Response:
-    return web.json_response({"error": reason}, status=status)
+    return problem(status, reason)
 
 
 def _bad(reason: str) -> web.HTTPBadRequest:
+    """Raised by a session's checks; its text becomes the detail of a problem (``_error``)."""
     return web.HTTPBadRequest(text=reason)
 
 

@@ -117,7 +117,7 @@ class Reader:
         status, body = await self._router.request("GET", path, params, timeout, partition=partition)
         data = _json_body(status, body)
         if status != 200:
-            raise ReadError(f"read API answered {status}: {data.get('error')}")
+            raise ReadError(f"read API answered {status}: {_reason(data)}")
         try:
             events = [
                 HistoryEvent(e["offset"], e["status"], e["version"], e["reason"], e["duplicate_of"])
@@ -145,9 +145,9 @@ class Reader:
         status, body = await self._router.request("POST", "/v1/dry-run", {}, 5.0, value)
         data = _json_body(status, body)
         if status == 400 and undecodable_ok:
-            data = {"status": "dead_lettered", "reason": str(data.get("error"))}
+            data = {"status": "dead_lettered", "reason": str(_reason(data))}
         elif status != 200:
-            raise ReadError(f"read API answered {status}: {data.get('error')}")
+            raise ReadError(f"read API answered {status}: {_reason(data)}")
         fields: dict[str, Any] = {name: data.get(name) for name in DryRun.__slots__}
         return DryRun(**fields)
 
@@ -167,13 +167,13 @@ class Reader:
         )
         data = _json_body(status, body)
         if status == 404 and data.get("no_such"):
-            raise NoSuchPositionError(str(data.get("error")))
+            raise NoSuchPositionError(str(_reason(data)))
         if status == 404 and forgotten_ok:
             return None
         if status == 504:
-            raise NotAppliedYetError(str(data.get("error")), data.get("open_transaction"))
+            raise NotAppliedYetError(str(_reason(data)), data.get("open_transaction"))
         if status != 200:
-            raise ReadError(f"read API answered {status}: {data.get('error')}")
+            raise ReadError(f"read API answered {status}: {_reason(data)}")
         return data
 
 
@@ -184,6 +184,12 @@ def _position_or_none(position: str) -> tuple[int, int] | None:
         return parse_position(position)
     except InvalidPositionError:
         return None
+
+
+def _reason(data: dict[str, Any]) -> Any:
+    """What an error answer says went wrong: a problem's ``detail`` (RFC 9457), else the
+    ``error`` of workers from before problems."""
+    return data.get("detail") or data.get("error")
 
 
 def _json_body(status: int, body: bytes) -> dict[str, Any]:
@@ -199,14 +205,14 @@ def _json_body(status: int, body: bytes) -> dict[str, Any]:
 def _context_from(status: int, body: bytes, context_id: str) -> Context:
     data = _json_body(status, body)
     if status == 404 and data.get("no_such"):  # the position of min_offset, not the context
-        raise NoSuchPositionError(str(data.get("error")))
+        raise NoSuchPositionError(str(_reason(data)))
     if status == 404:
         raise ContextNotFoundError(context_id)
     if status == 504:
-        error = str(data.get("error", "not applied yet"))
+        error = str(_reason(data) or "not applied yet")
         raise NotAppliedYetError(error, data.get("open_transaction"))
     if status != 200:
-        raise ReadError(f"read API answered {status}: {data.get('error') or body[:200]!r}")
+        raise ReadError(f"read API answered {status}: {_reason(data) or body[:200]!r}")
     return Context(
         data["context_id"],
         data["version"],
