@@ -114,7 +114,7 @@ import functools
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 import aiohttp
@@ -262,6 +262,23 @@ def _context_body(context_id: str, record: ContextRecord, partition: int, **extr
     return head[:-1] + b',"doc":' + record.doc + b"}"
 
 
+def etag(version: int) -> str:
+    """The entity tag of a context's live read: its version, which every applied change
+    raises (deletes and expiries too, so a context written again never reuses one)."""
+    return f'"{version}"'
+
+
+def _none_match(fields: Iterable[str], tag: str) -> bool:
+    """Whether ``If-None-Match`` (its header lines) matches ``tag``: ``*``, or a listed
+    entity tag equal to it by weak comparison (RFC 9110 13.1.2: ``W/`` ignored)."""
+    for field in fields:
+        for item in field.split(","):
+            item = item.strip()
+            if item == "*" or item.removeprefix("W/") == tag:
+                return True
+    return False
+
+
 def _context_answer(
     context_id: str, record: ContextRecord, partition: int, **extra: object
 ) -> web.Response:
@@ -289,14 +306,15 @@ class _FastHead:
         self._date = b""
         self._server = SERVER_SOFTWARE.encode()
 
-    def __call__(self, length: int) -> bytes:
+    def __call__(self, length: int, version: int) -> bytes:
         now = int(time.time())
         if now != self._second:
             self._second = now
             self._date = email.utils.formatdate(now, usegmt=True).encode()
         return (
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-            b"Date: %s\r\nServer: %s\r\n\r\n" % (length, self._date, self._server)
+            b'HTTP/1.1 200 OK\r\nETag: "%d"\r\nContent-Type: application/json\r\n'
+            b"Content-Length: %d\r\nDate: %s\r\nServer: %s\r\n\r\n"
+            % (version, length, self._date, self._server)
         )
 
 
@@ -552,7 +570,7 @@ class ReadApi:
         if record is None or not record.is_live(m.clock.earliest_ms()):
             return None
         body = _context_body(key.decode(), record, partition)
-        return self._fast_head(len(body)) + body
+        return self._fast_head(len(body), record.version) + body
 
     @_params("min_offset", "timeout", "as_of", "allow_stale", "max_lag")
     async def get_context(self, request: web.Request) -> web.Response:
@@ -571,7 +589,11 @@ class ReadApi:
         record = store.get(key)
         if record is None or not record.is_live(self.m.clock.earliest_ms()):
             return _error(404, f"context {context_id!r} not found", "context-not-found")
-        return _context_answer(context_id, record, partition)
+        tag = etag(record.version)
+        if _none_match(request.headers.getall("If-None-Match", ()), tag):
+            return web.Response(status=304, headers={"ETag": tag})
+        body = _context_body(context_id, record, partition)
+        return web.Response(body=body, content_type="application/json", headers={"ETag": tag})
 
     def _from_standby(self, request: web.Request, context_id: str) -> web.Response | None:
         """``?allow_stale=1`` (any lag) or ``?max_lag=N`` (at most N change records behind):

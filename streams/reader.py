@@ -212,7 +212,7 @@ def _context_from(status: int, body: bytes, context_id: str) -> Context:
         error = str(_reason(data) or "not applied yet")
         raise NotAppliedYetError(error, data.get("open_transaction"))
     if status != 200:
-        raise ReadError(f"read API answered {status}: {_reason(data) or body[:200]!r}")
+        raise ReadError(f"read API answered {status}: {_reason(data) or repr(body[:200])}")
     return Context(
         data["context_id"],
         data["version"],

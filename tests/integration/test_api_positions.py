@@ -40,10 +40,14 @@ async def test_an_offset_past_the_end_is_a_404_at_once(
         # timeout=30: a wait, were there one, would end in a 504 instead.
         status, body = await _get(f"{worker.url}/v1/outcomes/{p}/{end}?timeout=30")
         assert status == 404, body
+        detail = (
+            f"no offset {end} in partition {p}: it ends at {end} "
+            f"(the next write there gets offset {end})"
+        )
         assert body == {
-            "error": f"no offset {end} in partition {p}: it ends at {end} "
-            f"(the next write there gets offset {end})",
-            "no_such": "offset", "end_offset": end,
+            "type": "urn:lukhas:problem:no-such-offset", "title": "No such offset",
+            "status": 404, "detail": detail, "no_such": "offset", "end_offset": end,
+            "error": detail,
         }  # fmt: skip
         status, body = await _get(f"{worker.url}/v1/contexts/p:1?min_offset={p}:{end + 9}")
         assert status == 404 and body["no_such"] == "offset", body

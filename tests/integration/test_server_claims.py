@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lukhas_context.processors.api import FORWARDED_HEADER, SERVED_BY_HEADER
 from lukhas_context.processors.exceptions import WalTruncatedError
+from lukhas_context.processors.problems import problem_document
 from lukhas_context.schemas.codec import EventCodec
 from lukhas_context.schemas.event import Expire, Put
 from lukhas_context.streams.barriers import expire_event
@@ -151,6 +152,11 @@ async def test_healthz_turns_503_when_the_fold_stops(
 # ---- forwarding and 421 ----
 
 
+def _misdirected(detail: str) -> dict[str, Any]:
+    """The body of a 421: the problem a client tells apart as ``not-served-here``."""
+    return problem_document(421, detail, "not-served-here")
+
+
 def _worker_process(cluster: Any, topics: Topics, tmp_path: Path, name: str) -> WorkerProcess:
     """``lukhas worker`` in the test's group; its session outlasts the checks made while it
     is dead but still a member (the group names it owner until the session runs out)."""
@@ -219,7 +225,7 @@ async def test_a_read_at_the_wrong_worker_is_forwarded_and_421_when_no_one_can_a
             assert (body["status"], body["version"]) == ("applied", 1), body
             # Already forwarded once, to a worker that does not serve it either: 421 at once.
             hop = {FORWARDED_HEADER: "http://127.0.0.1:9"}
-            either = {"error": f"partition {p} is not served by this worker either"}
+            either = _misdirected(f"partition {p} is not served by this worker either")
             for url in (other + path, other + outcome):
                 status, headers, body = await _http(url, hop)
                 assert (status, body) == (421, either), url
@@ -231,15 +237,16 @@ async def test_a_read_at_the_wrong_worker_is_forwarded_and_421_when_no_one_can_a
         b.kill9()
         for p in gone:
             status, _, body = await _http(f"{a.url}/v1/contexts/{names[p]}")
-            assert (status, body) == (421, {"error": f"partition {p} is not served by this "
-                                                     "worker"}), body  # fmt: skip
+            assert (status, body) == (
+                421, _misdirected(f"partition {p} is not served by this worker")
+            ), body  # fmt: skip
             status, _, body = await _http(
                 f"{a.url}/v1/contexts/{names[p]}?min_offset={receipts[p].position}&timeout=30"
             )
             served_by = f"partition {p} is served by {b.url}, not this worker"
-            assert (status, body) == (421, {"error": served_by}), body
+            assert (status, body) == (421, _misdirected(served_by)), body
             status, _, body = await _http(f"{a.url}/v1/outcomes/{p}/{receipts[p].offset}")
-            assert (status, body) == (421, {"error": served_by}), body
+            assert (status, body) == (421, _misdirected(served_by)), body
         # All of this while the table still named the dead worker (no rebalance yet).
         assert {p: o for p, o in (await _owners(a.url)).items() if p in gone} == {
             p: b.url for p in gone

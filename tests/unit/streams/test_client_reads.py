@@ -12,6 +12,7 @@ import pytest
 import xxhash
 from aiohttp import web
 
+from lukhas_context.processors.problems import problem_document
 from lukhas_context.streams.client import CheckpointRequest, ClientConfig, ContextClient
 from lukhas_context.streams.exceptions import (
     ChecksumMismatchError,
@@ -165,5 +166,25 @@ async def test_a_position_that_does_not_exist_is_typed() -> None:
             other = next(p for p in range(2) if p != partition_for(b"c", 2))
             with pytest.raises(NoSuchPositionError):
                 await client.get("c", after=f"{other}:9", timeout=1)
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("alias", [False, True])
+async def test_the_client_reads_a_problems_detail(alias: bool) -> None:
+    """Workers answer errors as RFC 9457 problems; the client says their ``detail`` (and
+    still reads the ``error`` of workers from before them: the tests above)."""
+
+    async def handler(request: web.Request) -> web.Response:
+        body = problem_document(409, "the state as of 5:5 cannot be built: pruned")
+        if not alias:
+            del body["error"]
+        return web.json_response(body, status=409, content_type="application/problem+json")
+
+    runner, url = await _serve(handler)
+    try:
+        async with ContextClient(ClientConfig("unused:9092", url)) as client:
+            with pytest.raises(ReadError, match="409: the state as of 5:5 cannot be built"):
+                await client.get("c")
     finally:
         await runner.cleanup()
