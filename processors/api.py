@@ -1,7 +1,8 @@
 """The read API of a worker (aiohttp), served from the worker's own event loop.
 
 ``GET /v1/contexts/{id}`` returns ``{"context_id", "version", "doc", "checksum", "offset",
-"partition", "expires_at_ms"}`` (checksum: 16 hex digits of xxh3-64) or 404 when the context
+"partition", "expires_at_ms"}`` (checksum: 16 hex digits of xxh3-64; ``ETag``: the version,
+quoted, and ``If-None-Match`` naming it answers 304) or 404 when the context
 does not exist, was deleted or has expired (expiry is checked at once, before the Expire event
 is folded, by the log's clock as this worker measures it: ``processors.clock``; hidden once
 expired for certain, so a live context never reads as gone).
@@ -73,6 +74,8 @@ context or an outcome of a partition another worker serves is forwarded to it (o
 marked with ``X-Lukhas-Forwarded-By``; the answer carries ``X-Lukhas-Served-By``); a forwarded
 request for a partition the receiver does not serve either is 421 at once.
 
+``GET /v1/openapi.json`` is this API as OpenAPI 3.1 (``processors.openapi``).
+
 ``GET /healthz`` is 200 while the worker folds, 503 otherwise: ``{"status": "ok" | "starting"
 | "stopped", "error", "partitions", "restoring", "clock"}`` — ``stopped`` once the fold loop
 ended, with ``error`` naming what ended it (``"WalTruncatedError: ..."``; null after a clean
@@ -123,12 +126,14 @@ import xxhash
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
+from lukhas_context import __version__
 from lukhas_context.processors.asof import AsOfStates
 from lukhas_context.processors.exceptions import NotOwnerError
 from lukhas_context.processors.fold import apply, dead_letter_reason, is_barrier
 from lukhas_context.processors.listener import Listener
 from lukhas_context.processors.materializer import Materializer
 from lukhas_context.processors.metrics import PROMETHEUS_CONTENT_TYPE
+from lukhas_context.processors.openapi import document as openapi_document
 from lukhas_context.processors.pointintime import parse_as_of, read_context
 from lukhas_context.processors.problems import bad_request, problem, problem_middleware
 from lukhas_context.processors.round import reused_event_id
@@ -191,6 +196,7 @@ def _params(*known: str) -> Callable[[H], H]:
                 return _error(400, f"query parameter {', '.join(map(repr, repeated))} given twice")
             return await handler(api, request)
 
+        checked.query_parameters = known  # type: ignore[attr-defined]  # the OpenAPI test's
         return checked  # type: ignore[return-value]
 
     return decorate
@@ -339,6 +345,7 @@ class ReadApi:
                 web.get("/livez", self.livez),
                 web.get("/readyz", self.readyz),
                 web.get("/metrics", self.metrics),
+                web.get("/v1/openapi.json", self.openapi),
             ]
         )
         #: States as of a point of the log (``?as_of=``), built on request.
@@ -349,6 +356,7 @@ class ReadApi:
         self._runner: web.AppRunner | None = None
         self._listener: Listener | None = None
         self._fast_head = _FastHead()
+        self._openapi: bytes | None = None
         self._http: aiohttp.ClientSession | None = None
         #: Open server-sent event streams (each one a consumer), closed on shutdown.
         self._streams: set[Watcher] = set()
@@ -454,6 +462,13 @@ class ReadApi:
                 )  # fmt: skip
         except (aiohttp.ClientError, TimeoutError):
             return None  # the owner is gone: answer here (wait for the partition, or 421)
+
+    @_params()
+    async def openapi(self, request: web.Request) -> web.Response:
+        """The OpenAPI 3.1 description of this API (``processors.openapi``)."""
+        if self._openapi is None:
+            self._openapi = orjson.dumps(openapi_document(__version__))
+        return web.Response(body=self._openapi, content_type="application/json")
 
     @_params()
     async def members(self, request: web.Request) -> web.Response:

@@ -1,0 +1,380 @@
+"""The OpenAPI 3.1 description of the read API, served at ``GET /v1/openapi.json``.
+
+Written by hand next to the handlers (``processors.api``), and held to them by a test
+(``tests/unit/processors/test_openapi.py``): every route is described and nothing else is,
+each operation's query parameters are exactly the ones its handler takes, and the document
+is valid OpenAPI. The behaviour behind each operation is said once, in ``processors.api``'s
+module doc; the summaries here point at it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lukhas_context.processors.problems import KINDS, PROBLEM_CONTENT_TYPE, TYPE_PREFIX
+
+_INT64 = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
+
+#: Every query parameter an operation may take: name -> (schema, description).
+QUERY: dict[str, tuple[dict[str, Any], str]] = {
+    "min_offset": (
+        {"type": "string", "pattern": "^[0-9]+:[0-9]+$"},
+        "PARTITION:OFFSET: wait until that WAL offset is folded (read-your-writes).",
+    ),
+    "timeout": (
+        {"type": "number", "minimum": 0},
+        "Seconds to wait (default 5, cut to 30).",
+    ),
+    "as_of": (
+        {"type": "string"},
+        "Answer from the state as of a point of the log: ISO 8601, ms:EPOCH_MS or P:O.",
+    ),
+    "allow_stale": (
+        {"type": "string", "enum": ["1", "0", "true", "false"]},
+        "Accept an answer from a standby copy, however far behind.",
+    ),
+    "max_lag": (
+        {"type": "integer", "minimum": 0},
+        "Records a standby copy (reads) or a partition (/readyz) may be behind.",
+    ),
+    "after": (_INT64, "Offset to page after (exclusive)."),
+    "limit": ({"type": "integer", "minimum": 1}, "Entries (or events) at most."),
+    "context_id": ({"type": "string"}, "Only this context's changes."),
+    "prefix": ({"type": "string"}, "Only changes of contexts whose id starts with this."),
+    "start": (
+        {"type": "string"},
+        "latest, earliest, EPOCH_MS or a resume token (default latest).",
+    ),
+    "deltas": (
+        {"type": "string", "enum": ["1", "0", "true", "false"]},
+        "Carry a JSON Patch from the previous version with each change.",
+    ),
+    "idle_timeout": (
+        {"type": "number", "minimum": 0, "maximum": 86400},
+        "End the stream after this many seconds without a change.",
+    ),
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_PROBLEM = {
+    "description": "An error (RFC 9457 problem details).",
+    "content": {PROBLEM_CONTENT_TYPE: {"schema": _ref("Problem")}},
+}
+
+
+def _operation(
+    summary: str,
+    ok: dict[str, Any],
+    query: tuple[str, ...] = (),
+    errors: tuple[int, ...] = (400,),
+    tags: tuple[str, ...] = ("reads",),
+    unavailable: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """``errors``: the statuses answered with a problem; ``unavailable``: a 503 that is a
+    status document like the 200 (the health probes), saying when."""
+    responses: dict[str, Any] = {"200": ok}
+    for status in errors:
+        responses[str(status)] = {"$ref": "#/components/responses/Problem"}
+    if unavailable is not None:
+        responses["503"] = {**ok, "description": f"{ok['description']} 503: {unavailable}."}
+    operation = {
+        "summary": summary,
+        "tags": list(tags),
+        "parameters": [
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "schema": QUERY[name][0],
+                "description": QUERY[name][1],
+            }
+            for name in query
+        ],
+        "responses": responses,
+    }
+    operation.update(extra)
+    return operation
+
+
+def _path_parameter(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": schema,
+        "description": description,
+    }
+
+
+_CONTEXT_ID = _path_parameter("context_id", {"type": "string"}, "The context's id.")
+_PARTITION = _path_parameter("partition", {"type": "integer", "minimum": 0}, "A WAL partition.")
+_SESSION = _path_parameter("session", {"type": "string"}, "A verify session's id.")
+_VERIFY = "Serves `lukhas verify` (range digests of a frozen copy of a store)."
+
+
+def _verify_operation(summary: str) -> dict[str, Any]:
+    return _operation(
+        summary,
+        _json({"type": "object"}, "The session's answer."),
+        errors=(400, 404, 421, 500),
+        tags=("verify",),
+        description=_VERIFY,
+    )
+
+
+def document(version: str) -> dict[str, Any]:
+    """The OpenAPI document of a worker of ``version``."""
+    context_get = _operation(
+        "Read a context (live, after a write, from a standby, or as of a point of the log).",
+        _json(_ref("Context"), "The context; carries its version as ETag."),
+        ("min_offset", "timeout", "as_of", "allow_stale", "max_lag"),
+        (400, 404, 409, 421, 503, 504),
+    )
+    context_get["parameters"].append(
+        {
+            "name": "If-None-Match",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "Entity tags (the version, quoted) or *: 304 when one matches.",
+        }
+    )
+    context_get["responses"]["304"] = {"description": "Not modified: the ETag matched."}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "LUKHAS Context read API",
+            "version": version,
+            "description": "The HTTP API of a LUKHAS Context worker: reads of the state it "
+            "folds from the WAL, outcomes, history, the change stream, health and metrics. "
+            "Writes go to Kafka (the Python client or the CLI).",
+        },
+        "paths": {
+            "/v1/contexts/{context_id}": {
+                "parameters": [_CONTEXT_ID],
+                "get": context_get,
+            },
+            "/v1/contexts/{context_id}/history": {
+                "parameters": [_CONTEXT_ID],
+                "get": _operation(
+                    "What became of every event of a context, a page at a time.",
+                    _json(_ref("History"), "A page of the context's history."),
+                    ("after", "limit", "min_offset", "timeout"),
+                    (400, 404, 421, 503, 504),
+                ),
+            },
+            "/v1/outcomes/{partition}/{offset}": {
+                "parameters": [
+                    _PARTITION,
+                    _path_parameter("offset", _INT64, "An offset of the partition."),
+                ],
+                "get": _operation(
+                    "Wait until the event at a WAL position is folded; what became of it.",
+                    _json(_ref("Outcome"), "The event's journal entry."),
+                    ("timeout",),
+                    (400, 404, 421, 503, 504),
+                ),
+            },
+            "/v1/dry-run": {
+                "post": _operation(
+                    "What the fold would do with one event; appends nothing.",
+                    _json(
+                        {"type": "object"},
+                        "status, version, reason, kind, doc, checksum, expires_at_ms",
+                    ),
+                    (),
+                    (400, 413, 421, 503),
+                    requestBody={
+                        "required": True,
+                        "content": {
+                            "application/octet-stream": {
+                                "schema": {"type": "string", "contentEncoding": "binary"}
+                            }
+                        },
+                        "description": "One event, Avro single-object encoded.",
+                    },
+                ),
+            },
+            "/v1/partitions": {
+                "get": _operation(
+                    "The partitions this worker serves: next offsets, digests, restore state.",
+                    _json({"type": "object"}, "digest, partitions, restoring"),
+                    tags=("cluster",),
+                ),
+            },
+            "/v1/members": {
+                "get": _operation(
+                    "The routing table: which worker serves which partition.",
+                    _json({"type": "object"}, "member, api, partition_count, owners, members"),
+                    tags=("cluster",),
+                ),
+            },
+            "/v1/changes": {
+                "get": _operation(
+                    "The change stream as server-sent events (Last-Event-ID resumes).",
+                    {
+                        "description": "The stream.",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    ("context_id", "prefix", "start", "deltas", "limit", "idle_timeout"),
+                    (400, 503),
+                    tags=("changes",),
+                ),
+            },
+            "/v1/openapi.json": {
+                "get": _operation(
+                    "This document.",
+                    _json({"type": "object"}, "OpenAPI 3.1"),
+                    tags=("meta",),
+                ),
+            },
+            "/v1/partitions/{partition}/verify": {
+                "parameters": [_PARTITION],
+                "post": _verify_operation("Open a verify session on a frozen copy."),
+            },
+            "/v1/partitions/{partition}/verify/{session}/split": {
+                "parameters": [_PARTITION, _SESSION],
+                "post": _verify_operation("Split key ranges of a verify session."),
+            },
+            "/v1/partitions/{partition}/verify/{session}/summarize": {
+                "parameters": [_PARTITION, _SESSION],
+                "post": _verify_operation("Digests of key ranges of a verify session."),
+            },
+            "/v1/partitions/{partition}/verify/{session}/rows": {
+                "parameters": [_PARTITION, _SESSION],
+                "post": _verify_operation("The rows of a key range of a verify session."),
+            },
+            "/v1/partitions/{partition}/verify/{session}": {
+                "parameters": [_PARTITION, _SESSION],
+                "delete": _verify_operation("End a verify session."),
+            },
+            "/healthz": {
+                "get": _operation(
+                    "200 while the worker folds, else 503 (kept; prefer /livez and /readyz).",
+                    _json({"type": "object"}, "status, error, partitions, restoring, clock"),
+                    tags=("health",),
+                    unavailable="starting, or the fold loop ended",
+                ),
+            },
+            "/livez": {
+                "get": _operation(
+                    "200 while the process works (starting and restoring included).",
+                    _json({"type": "object"}, "status"),
+                    tags=("health",),
+                    unavailable="the fold loop ended with an error",
+                ),
+            },
+            "/readyz": {
+                "get": _operation(
+                    "200 when every assigned partition is open and caught up, else 503.",
+                    _json({"type": "object"}, "status, reasons, max_lag, partitions"),
+                    ("max_lag",),
+                    tags=("health",),
+                    unavailable="not ready: the reasons say why",
+                ),
+            },
+            "/metrics": {
+                "get": _operation(
+                    "Prometheus text exposition.",
+                    {
+                        "description": "Metrics.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    tags=("health",),
+                ),
+            },
+        },
+        "components": {
+            "responses": {"Problem": _PROBLEM},
+            "schemas": {
+                "Problem": {
+                    "type": "object",
+                    "required": ["type", "title", "status", "detail"],
+                    "properties": {
+                        "type": {
+                            "type": "string",
+                            "description": "about:blank, or one of: "
+                            + ", ".join(TYPE_PREFIX + kind for kind in KINDS),
+                        },
+                        "title": {"type": "string"},
+                        "status": {"type": "integer"},
+                        "detail": {"type": "string"},
+                        "error": {
+                            "type": "string",
+                            "deprecated": True,
+                            "description": "The same as detail (the body before problems).",
+                        },
+                        "no_such": {"type": "string", "enum": ["partition", "offset"]},
+                        "partition_count": {"type": "integer"},
+                        "end_offset": {"type": "integer"},
+                        "open_transaction": {"type": "object"},
+                    },
+                },
+                "Context": {
+                    "type": "object",
+                    "required": [
+                        "context_id",
+                        "version",
+                        "doc",
+                        "checksum",
+                        "offset",
+                        "partition",
+                        "expires_at_ms",
+                    ],
+                    "properties": {
+                        "context_id": {"type": "string"},
+                        "version": {"type": "integer"},
+                        "doc": {"type": "object"},
+                        "checksum": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+                        "offset": {"type": "integer"},
+                        "partition": {"type": "integer"},
+                        "expires_at_ms": {"type": ["integer", "null"]},
+                        "as_of": {"type": "object"},
+                    },
+                },
+                "Outcome": {
+                    "type": "object",
+                    "properties": {
+                        "partition": {"type": "integer"},
+                        "offset": {"type": "integer"},
+                        "status": {
+                            "type": "string",
+                            "enum": [
+                                "applied",
+                                "conflict",
+                                "rejected",
+                                "fenced",
+                                "dead_lettered",
+                                "duplicate",
+                                "prepared",
+                            ],
+                        },
+                        "version": {"type": ["integer", "null"]},
+                        "reason": {"type": ["string", "null"]},
+                        "duplicate_of": {"type": ["integer", "null"]},
+                    },
+                },
+                "History": {
+                    "type": "object",
+                    "properties": {
+                        "context_id": {"type": "string"},
+                        "partition": {"type": "integer"},
+                        "covered_from": {"type": ["integer", "null"]},
+                        "pruned_below": {"type": ["integer", "null"]},
+                        "next_offset": {"type": "integer"},
+                        "events": {"type": "array", "items": {"type": "object"}},
+                        "more": {"type": "boolean"},
+                    },
+                },
+            },
+        },
+    }
