@@ -214,7 +214,8 @@ async def _call(http: aiohttp.ClientSession, method: str, url: str, body: Any,
             except ValueError:
                 data = None
             if response.status != 200 or not isinstance(data, dict):
-                reason = (data.get("detail") or data.get("error")) if isinstance(data, dict) else None
+                said = data if isinstance(data, dict) else {}
+                reason = said.get("detail") or said.get("error")
                 raise VerifyError(f"{method} {url}: {response.status} "
                                   f"{reason or response.reason}")  # fmt: skip
             return data

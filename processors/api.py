@@ -27,6 +27,14 @@ while the state is still being built (ask again), 409 when it cannot be built (a
 settled yet, records pruned...), 400 for a point that does not parse or names another
 partition.
 
+``GET /v1/contexts?prefix=&after=&limit=`` lists the live contexts whose id starts with
+``prefix``, in id order, after the id ``after``, at most ``limit`` (default 100, 1 to 1000):
+``{"contexts": [{"context_id", "version", "checksum", "offset", "partition",
+"expires_at_ms"}], "more", "next_after", "partition_count", "partitions", "incomplete"}`` —
+from this worker's stores and, unless the request was forwarded, from every other owner,
+asked at once (``processors.listing``); ``incomplete`` names the partitions no one answered
+for (restoring, unowned, or an owner that did not answer).
+
 ``GET /v1/contexts/{id}/history`` lists what became of every WAL record of the context, in
 offset order, from the history index (``state.history``): ``{"context_id", "partition",
 "covered_from", "pruned_below", "next_offset", "events": [{"offset", "status", "version",
@@ -129,8 +137,16 @@ from aiohttp.http import SERVER_SOFTWARE
 from lukhas_context import __version__
 from lukhas_context.processors.asof import AsOfStates
 from lukhas_context.processors.exceptions import NotOwnerError
-from lukhas_context.processors.fold import apply, dead_letter_reason, is_barrier
+from lukhas_context.processors.fold import MAX_ID_BYTES, apply, dead_letter_reason, is_barrier
 from lukhas_context.processors.listener import Listener
+from lukhas_context.processors.listing import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    SCAN_PER_PAGE,
+    SourcePage,
+    merge,
+    start_after,
+)
 from lukhas_context.processors.materializer import Materializer
 from lukhas_context.processors.metrics import PROMETHEUS_CONTENT_TYPE
 from lukhas_context.processors.openapi import document as openapi_document
@@ -285,6 +301,18 @@ def _none_match(fields: Iterable[str], tag: str) -> bool:
     return False
 
 
+def _listed(key: bytes, record: ContextRecord, partition: int) -> dict[str, object]:
+    """A context as a listing shows it: its fields, not its document."""
+    return {
+        "context_id": key.decode(),
+        "version": record.version,
+        "checksum": record.checksum.hex(),
+        "offset": record.offset,
+        "partition": partition,
+        "expires_at_ms": record.expires_at_ms,
+    }
+
+
 def _context_answer(
     context_id: str, record: ContextRecord, partition: int, **extra: object
 ) -> web.Response:
@@ -334,6 +362,7 @@ class ReadApi:
         )
         self.app.add_routes(
             [
+                web.get("/v1/contexts", self.list_contexts),
                 web.get("/v1/contexts/{context_id}", self.get_context),
                 web.get("/v1/contexts/{context_id}/history", self.history),
                 web.get("/v1/outcomes/{partition}/{offset}", self.get_outcome),
@@ -586,6 +615,94 @@ class ReadApi:
             return None
         body = _context_body(key.decode(), record, partition)
         return self._fast_head(len(body), record.version) + body
+
+    @_params("prefix", "after", "limit")
+    async def list_contexts(self, request: web.Request) -> web.Response:
+        """A page of the live contexts whose id starts with ``prefix``, in id order, after
+        the id ``after`` (see the module doc and ``processors.listing``): this worker's
+        partitions, and, unless the request was forwarded, every other owner's, asked
+        concurrently. Partitions no one could answer for are listed as ``incomplete``."""
+        query = request.query
+        prefix, after = query.get("prefix", ""), query.get("after")
+        for name, value in (("prefix", prefix), ("after", after)):
+            if value is not None and len(value.encode()) > MAX_ID_BYTES:
+                raise _bad_request(f"{name} is longer than a context id ({MAX_ID_BYTES} bytes)")
+        limit = DEFAULT_LIMIT
+        if "limit" in query:
+            limit = _natural(query["limit"], "limit", MAX_LIMIT)
+            if limit == 0:
+                raise _bad_request(f"limit must be 1 to {MAX_LIMIT}, got 0")
+        m = self.m
+        count = m.partition_count
+        if not count:
+            return _error(503, "the worker has no partitions yet")
+        start, key_prefix = start_after(None if after is None else after.encode()), prefix.encode()
+        now = m.clock.earliest_ms()
+        pages: list[SourcePage] = []
+        covered: set[int] = set()
+        for partition, store in sorted(m.stores.items()):
+            if partition in m.assignment.opening:
+                continue
+            found, resume = store.page(
+                start, key_prefix, limit, SCAN_PER_PAGE, lambda r: r.is_live(now)
+            )
+            listed = [(k, _listed(k, r, partition)) for k, r in found]
+            pages.append(SourcePage(listed, resume))
+            covered.add(partition)
+        if not request.headers.get(FORWARDED_HEADER):
+            for remote, partitions in await self._remote_pages(request, count, covered):
+                pages.append(remote)
+                covered.update(partitions)
+        entries, next_key = merge(pages, limit)
+        return web.json_response(
+            {
+                "contexts": entries,
+                "more": next_key is not None,
+                "next_after": None if next_key is None else next_key.decode(),
+                "partition_count": count,
+                "partitions": sorted(covered),
+                "incomplete": sorted(set(range(count)) - covered),
+            }
+        )
+
+    async def _remote_pages(
+        self, request: web.Request, count: int, covered: set[int]
+    ) -> list[tuple[SourcePage, list[int]]]:
+        """The same page from each other worker that owns a partition not ``covered`` here,
+        asked at once (each answers for its own partitions only); an owner that does not
+        answer, or answers nonsense, is left out (its partitions stay incomplete)."""
+        membership = self.m.membership
+        owners: dict[str, str] = {}
+        for partition in range(count):
+            owner = membership.owner(partition)
+            if partition in covered or owner is None or owner.api == self.m.config.api_url:
+                continue
+            owners[owner.api] = owner.forward_url
+        if not owners:
+            return []
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        http = self._http
+
+        async def ask(url: str) -> tuple[SourcePage, list[int]] | None:
+            try:
+                async with http.get(
+                    url.rstrip("/") + request.path_qs,
+                    headers={FORWARDED_HEADER: self.m.config.api_url},
+                    timeout=aiohttp.ClientTimeout(total=10),
+                ) as answer:
+                    if answer.status != 200:
+                        return None
+                    data = orjson.loads(await answer.read())
+                listed = [(c["context_id"].encode(), c) for c in data["contexts"]]
+                resume = data["next_after"]
+                page = SourcePage(listed, None if resume is None else resume.encode())
+                return page, [p for p in data["partitions"] if p not in covered]
+            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+                return None
+
+        answers = await asyncio.gather(*(ask(url) for url in owners.values()))
+        return [a for a in answers if a is not None]
 
     @_params("min_offset", "timeout", "as_of", "allow_stale", "max_lag")
     async def get_context(self, request: web.Request) -> web.Response:

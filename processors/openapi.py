@@ -37,7 +37,10 @@ QUERY: dict[str, tuple[dict[str, Any], str]] = {
         {"type": "integer", "minimum": 0},
         "Records a standby copy (reads) or a partition (/readyz) may be behind.",
     ),
-    "after": (_INT64, "Offset to page after (exclusive)."),
+    "after": (
+        {"type": "string"},
+        "Page after this (exclusive): an offset (history) or a context id (listing).",
+    ),
     "limit": ({"type": "integer", "minimum": 1}, "Entries (or events) at most."),
     "context_id": ({"type": "string"}, "Only this context's changes."),
     "prefix": ({"type": "string"}, "Only changes of contexts whose id starts with this."),
@@ -159,6 +162,14 @@ def document(version: str) -> dict[str, Any]:
             "Writes go to Kafka (the Python client or the CLI).",
         },
         "paths": {
+            "/v1/contexts": {
+                "get": _operation(
+                    "List live contexts in id order, a page at a time, from every owner.",
+                    _json(_ref("ContextList"), "A page of the listing."),
+                    ("prefix", "after", "limit"),
+                    (400, 503),
+                ),
+            },
             "/v1/contexts/{context_id}": {
                 "parameters": [_CONTEXT_ID],
                 "get": context_get,
@@ -339,6 +350,33 @@ def document(version: str) -> dict[str, Any]:
                         "partition": {"type": "integer"},
                         "expires_at_ms": {"type": ["integer", "null"]},
                         "as_of": {"type": "object"},
+                    },
+                },
+                "ContextList": {
+                    "type": "object",
+                    "required": [
+                        "contexts",
+                        "more",
+                        "next_after",
+                        "partition_count",
+                        "partitions",
+                        "incomplete",
+                    ],
+                    "properties": {
+                        "contexts": {"type": "array", "items": {"type": "object"}},
+                        "more": {"type": "boolean"},
+                        "next_after": {
+                            "type": ["string", "null"],
+                            "description": "Pass as after= for the next page.",
+                        },
+                        "partition_count": {"type": "integer"},
+                        "partitions": {"type": "array", "items": {"type": "integer"}},
+                        "incomplete": {
+                            "type": "array",
+                            "items": {"type": "integer"},
+                            "description": "Partitions no worker answered for (restoring, "
+                            "unowned, or their owner did not answer).",
+                        },
                     },
                 },
                 "Outcome": {

@@ -40,7 +40,7 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,6 +104,14 @@ _MAX_OFFSET = (1 << 63) - 1
 _SUMMARY = struct.Struct("<Qqq")
 _EXPIRES = struct.Struct(">q")
 _KEY_LEN = struct.Struct("<H")
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key above every key that starts with ``prefix`` (None: no bound)."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        return None
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])
 
 
 def _once() -> ReadOptions:
@@ -802,6 +810,32 @@ class PartitionStore:
     def _remember(self, key: bytes, record: ContextRecord) -> None:
         """Caches a record as the most recently used (``state.memory.ReadCache``)."""
         self._cache.put(key, record)
+
+    def page(
+        self,
+        start: bytes,
+        prefix: bytes,
+        limit: int,
+        scan: int,
+        keep: Callable[[ContextRecord], bool],
+    ) -> tuple[list[tuple[bytes, ContextRecord]], bytes | None]:
+        """A page of a listing: the stored records whose key starts with ``prefix``, from
+        ``start`` on, in key order, that ``keep`` accepts — at most ``limit`` of them, and
+        at most ``scan`` records looked at (so a prefix of many tombstones costs a bounded
+        amount per page). The second member is the last key looked at when the page stopped
+        early (ask again after it), None when nothing after the page matches."""
+        found: list[tuple[bytes, ContextRecord]] = []
+        entries = self._scan(self._contexts, max(start, prefix), _prefix_end(prefix))
+        try:
+            for looked, (key, raw) in enumerate(entries, 1):
+                record = decode_record(raw)
+                if keep(record):
+                    found.append((key, record))
+                if len(found) >= limit or looked >= scan:
+                    return found, key
+        finally:
+            entries.close()  # the iterator now, not when the generator is collected
+        return found, None
 
     def items(self) -> Iterator[tuple[bytes, ContextRecord]]:
         """Every stored record in key order (tombstones included)."""

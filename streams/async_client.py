@@ -28,6 +28,7 @@ from lukhas_context.streams.reader import Reader
 from lukhas_context.streams.results import (
     CheckpointRequest,
     Context,
+    ContextPage,
     DryRun,
     History,
     Outcome,
@@ -262,6 +263,16 @@ class ContextClient:
         reason. A context never written has no entries (no error). Served from the owning worker's
         history index (``state.history``)."""
         return await self._reader.history(context_id, after, limit, timeout)
+
+    async def list_contexts(
+        self, prefix: str = "", after: str | None = None, limit: int = 100, timeout: float = 10.0
+    ) -> ContextPage:
+        """A page of the live contexts whose id starts with ``prefix``, in id order, after the
+        id ``after``: at most ``limit`` (1 to 1,000) of them, without their documents. Ask
+        again with ``after=page.next_after`` while ``page.more``. Any worker answers, asking
+        the owners of the partitions it does not serve; ``page.incomplete`` names partitions
+        none answered for (restoring, or their worker is down)."""
+        return await self._reader.list_contexts(prefix, after, limit, timeout)
 
     async def dry_run_encoded(self, value: bytes) -> DryRun:
         """What the fold would do now with an event already encoded (the bytes of a dead

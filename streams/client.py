@@ -14,9 +14,11 @@ from lukhas_context.streams.config import MAX_TRANSACTION_TIMEOUT_S, ClientConfi
 from lukhas_context.streams.results import (
     CheckpointRequest,
     Context,
+    ContextPage,
     DryRun,
     History,
     HistoryEvent,
+    ListedContext,
     Outcome,
     Receipt,
 )
@@ -29,9 +31,11 @@ __all__ = [
     "ClientConfig",
     "Context",
     "ContextClient",
+    "ContextPage",
     "DryRun",
     "History",
     "HistoryEvent",
+    "ListedContext",
     "Outcome",
     "Receipt",
     "SyncContextClient",

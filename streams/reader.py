@@ -22,16 +22,21 @@ from lukhas_context.streams.exceptions import (
 from lukhas_context.streams.position import MAX_OFFSET, parse_position
 from lukhas_context.streams.results import (
     Context,
+    ContextPage,
     DryRun,
     History,
     HistoryEvent,
+    ListedContext,
     Outcome,
     Receipt,
 )
 from lukhas_context.streams.routing import Router
 from lukhas_context.streams.validation import check_wait, context_key
 
-__all__ = ["MAX_HISTORY_PAGE", "Reader"]
+__all__ = ["MAX_HISTORY_PAGE", "MAX_LIST_PAGE", "Reader"]
+
+#: Contexts one listing page holds at most (the worker's ``processors.listing.MAX_LIMIT``).
+MAX_LIST_PAGE = 1000
 
 #: The most history entries one read asks for (the read API's bound).
 MAX_HISTORY_PAGE = 10_000
@@ -127,6 +132,31 @@ class Reader:
                            data["pruned_below"], data["next_offset"], data["more"])  # fmt: skip
         except (KeyError, TypeError) as exc:
             raise ReadError(f"read API answered a history without {exc}") from None
+
+    async def list_contexts(
+        self, prefix: str, after: str | None, limit: int, timeout: float
+    ) -> ContextPage:
+        """A page of the listing (see ``ContextClient.list_contexts``)."""
+        check_wait(timeout)
+        for name, value in (("prefix", prefix), ("after", after)):
+            if value is not None and not isinstance(value, str):
+                raise ValidationError(f"{name} must be a str, not {type(value).__name__}")
+        if not 1 <= limit <= MAX_LIST_PAGE:
+            raise ValidationError(f"limit must be 1 to {MAX_LIST_PAGE}, got {limit}")
+        params = {"limit": str(limit)}
+        if prefix:
+            params["prefix"] = prefix
+        if after is not None:
+            params["after"] = after
+        status, body = await self._router.request("GET", "/v1/contexts", params, timeout)
+        data = _json_body(status, body)
+        if status != 200:
+            raise ReadError(f"read API answered {status}: {_reason(data)}")
+        try:
+            listed = [ListedContext(**c) for c in data["contexts"]]
+            return ContextPage(listed, data["next_after"], list(data["incomplete"]))
+        except (KeyError, TypeError) as exc:
+            raise ReadError(f"read API answered a listing without {exc}") from None
 
     async def outcome(self, partition: int, offset: int, timeout: float) -> Outcome:
         """The outcome of the event at ``partition:offset`` (see ``ContextClient.outcome``)."""

@@ -121,6 +121,34 @@ class CheckpointRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class ListedContext:
+    """A context as a listing shows it (``ContextClient.list_contexts``): no document."""
+
+    context_id: str
+    version: int
+    checksum: str
+    offset: int
+    partition: int
+    expires_at_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ContextPage:
+    """A page of the live contexts, in id order (``ContextClient.list_contexts``).
+    ``next_after``: pass it as ``after`` for the next page (None: the listing is complete).
+    ``incomplete``: partitions no worker answered for (restoring, unowned, or their owner
+    did not answer): contexts there are missing from this page."""
+
+    contexts: list[ListedContext]
+    next_after: str | None
+    incomplete: list[int]
+
+    @property
+    def more(self) -> bool:
+        return self.next_after is not None
+
+
+@dataclass(frozen=True, slots=True)
 class HistoryEvent:
     """What became of one WAL record of a context: ``status`` as in ``Outcome`` (or
     ``duplicate``, with ``duplicate_of`` the original's offset), ``version`` the new version

@@ -11,7 +11,7 @@ from lukhas_context.schemas.event import Fence
 from lukhas_context.streams.async_client import ContextClient
 from lukhas_context.streams.config import ClientConfig
 from lukhas_context.streams.locks import Lock
-from lukhas_context.streams.results import Context, History, Outcome, Receipt
+from lukhas_context.streams.results import Context, ContextPage, History, Outcome, Receipt
 
 __all__ = ["SyncContextClient", "SyncLock"]
 
@@ -61,6 +61,12 @@ class SyncContextClient:
         return self._call(
             self._client.get(context_id, after, timeout, allow_stale=allow_stale, max_lag=max_lag)
         )
+
+    def list_contexts(
+        self, prefix: str = "", after: str | None = None, limit: int = 100, timeout: float = 10.0
+    ) -> ContextPage:
+        """See ``ContextClient.list_contexts``."""
+        return self._call(self._client.list_contexts(prefix, after, limit, timeout))
 
     def history(
         self, context_id: str, after: int | None = None, limit: int = 1000, timeout: float = 5.0

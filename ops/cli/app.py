@@ -13,6 +13,7 @@ from lukhas_context.ops.cli.errors import EXIT_CODES, OneLineGroup
 from lukhas_context.ops.cli.history import history
 from lukhas_context.ops.cli.inspect import inspect
 from lukhas_context.ops.cli.lock import lock
+from lukhas_context.ops.cli.ls import ls
 from lukhas_context.ops.cli.reads import get, outcome, watch
 from lukhas_context.ops.cli.replay import replay
 from lukhas_context.ops.cli.restore import restore
@@ -43,7 +44,7 @@ def cli(ctx: click.Context, verbose: int) -> None:
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
 
-for _command in (up, down, status, demo, worker, restore, put, patch, touch, delete, get,
+for _command in (up, down, status, demo, worker, restore, put, patch, touch, delete, get, ls,
                  outcome, history, watch, checkpoint, transactions, topics, verify, inspect,
                  replay, wal, dlq, lock):  # fmt: skip
     cli.add_command(_command)

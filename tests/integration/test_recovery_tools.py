@@ -671,3 +671,38 @@ def test_dlq_prune_shows_then_deletes_what_was_dead_lettered_before_a_time(lukha
     bad = lukhas("dlq", "prune", "--before", "2099-01-01", "-p", "99", check=False)
     assert bad.returncode == 1 and "no partition 99" in bad.stderr
     assert lukhas("dlq", "prune", check=False).returncode == 2  # --before is required
+
+
+def test_ls_lists_live_contexts_in_pages(lukhas: Lukhas) -> None:
+    """``lukhas ls`` over ``GET /v1/contexts``: id order across the partitions, deleted
+    contexts left out, pages that follow on from ``--after``, bad input refused."""
+    ids = [f"ls:{i}" for i in range(12)]
+    for cid in ids:
+        lukhas("put", cid, '{"n": 1}')
+    lukhas("delete", "ls:3")
+    lukhas("put", "ls:7", '{"n": 2}', "--ttl", "3600")
+    live = sorted(cid for cid in ids if cid != "ls:3")
+    listed = json.loads(lukhas("ls", "ls:", "--all", "--limit", "4", "--json").stdout)
+    assert [c["context_id"] for c in listed["contexts"]] == live
+    assert listed["incomplete"] == [] and listed["next_after"] is None
+    seven = next(c for c in listed["contexts"] if c["context_id"] == "ls:7")
+    assert seven["version"] == 2 and seven["expires_at_ms"] is not None
+    assert {c["partition"] for c in listed["contexts"]} == set(range(PARTITIONS))
+    # one page of text, and where the next starts
+    first = lukhas("ls", "ls:", "--limit", "5")
+    lines = first.stdout.splitlines()
+    assert [line.split("\t")[0] for line in lines] == live[:5], first.stdout
+    assert lines[0] == f"{live[0]}\tversion 1\texpires never"
+    assert f"--after '{live[4]}'" in first.stderr
+    rest = lukhas("ls", "ls:", "--after", live[4], "--limit", "1000").stdout.splitlines()
+    assert [line.split("\t")[0] for line in rest] == live[5:]
+    assert lukhas("ls", "ls:1").stdout.split("\n")[0].startswith("ls:1\t")
+    assert lukhas("ls", "nothing-here:").stdout == ""
+    for args, code, text in [
+        (("--limit", "0"), 2, "--limit"),
+        (("--limit", "-3"), 2, "--limit"),
+        (("x" * 300,), 1, "prefix is longer than a context id"),
+    ]:
+        done = lukhas("ls", *args, check=False)
+        assert done.returncode == code, (args, done.stderr)
+        assert text in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -231,6 +231,20 @@ async def test_a_read_at_the_wrong_worker_is_forwarded_and_421_when_no_one_can_a
                 assert (status, body) == (421, either), url
                 assert SERVED_BY_HEADER not in headers, dict(headers)
 
+        # A listing asked of either worker holds every partition's contexts: its own, and
+        # the other owner's, asked by it (a forwarded listing answers for its own only).
+        every = sorted(names.values())
+        hop = {FORWARDED_HEADER: "http://127.0.0.1:9"}
+        for url in (a.url, b.url):
+            status, _, listed = await _http(f"{url}/v1/contexts?prefix=fwd")
+            assert status == 200 and listed["incomplete"] == [], listed
+            assert [c["context_id"] for c in listed["contexts"]] == every, listed
+            assert listed["partitions"] == list(range(PARTITIONS))
+            status, _, own = await _http(f"{url}/v1/contexts?prefix=fwd", hop)
+            mine = sorted(p for p, o in table.items() if o == url)
+            assert own["partitions"] == mine and own["incomplete"] != [], own
+            assert [c["context_id"] for c in own["contexts"]] == sorted(names[p] for p in mine)
+
         # The owner is gone (SIGKILL): within its session the group still names it, the
         # forward fails, and the worker that does not serve the partition says so.
         gone = sorted(p for p, o in table.items() if o == b.url)
@@ -247,6 +261,12 @@ async def test_a_read_at_the_wrong_worker_is_forwarded_and_421_when_no_one_can_a
             assert (status, body) == (421, _misdirected(served_by)), body
             status, _, body = await _http(f"{a.url}/v1/outcomes/{p}/{receipts[p].offset}")
             assert (status, body) == (421, _misdirected(served_by)), body
+        # A listing says which partitions no one answered for, instead of looking complete.
+        status, _, listed = await _http(f"{a.url}/v1/contexts?prefix=fwd")
+        assert status == 200 and listed["incomplete"] == gone, listed
+        assert [c["context_id"] for c in listed["contexts"]] == sorted(
+            names[p] for p in range(PARTITIONS) if p not in gone
+        )
         # All of this while the table still named the dead worker (no rebalance yet).
         assert {p: o for p, o in (await _owners(a.url)).items() if p in gone} == {
             p: b.url for p in gone

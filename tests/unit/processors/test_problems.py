@@ -77,6 +77,13 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[ReadApi, Any]]:
         ("GET", "/v1/contexts/a/history?limit=0", 400, None, "limit"),
         ("GET", f"/v1/changes?limit={'9' * 30}", 400, None, "limit"),
         ("GET", "/v1/contexts/a?as_of=yesterday", 400, None, "as_of"),
+        ("GET", "/v1/contexts?limit=0", 400, None, "limit must be 1 to 1000"),
+        ("GET", "/v1/contexts?limit=-1", 400, None, "limit"),
+        ("GET", "/v1/contexts?limit=1001", 400, None, "limit"),
+        ("GET", f"/v1/contexts?limit={'9' * 40}", 400, None, "limit"),
+        ("GET", f"/v1/contexts?prefix={'x' * 300}", 400, None, "prefix is longer"),
+        ("GET", f"/v1/contexts?after={'x' * 300}", 400, None, "after is longer"),
+        ("GET", "/v1/contexts?sort=id", 400, "unknown-parameter", "prefix, after, limit"),
         ("GET", "/v1/outcomes/99/0", 404, "no-such-partition", "no partition 99"),
         ("GET", "/v1/contexts/a?min_offset=7:0", 404, "no-such-partition", "no partition 7"),
         ("GET", "/v1/nothing-here", 404, None, "no such resource: GET /v1/nothing-here"),
@@ -187,3 +194,15 @@ def test_a_kind_has_its_title_and_extensions_are_kept() -> None:
     # an extension never overwrites a standard member
     clash = problem_document(400, "d", None, type="y", title="t", error="z")
     assert (clash["type"], clash["title"], clash["error"]) == ("about:blank", "Bad Request", "d")
+
+
+async def test_a_listing_names_the_partitions_no_one_answered_for(
+    served: tuple[ReadApi, Any],
+) -> None:
+    """This worker serves none of the 6 partitions and knows no owner: an empty page that
+    says it is incomplete (not an empty listing that looks complete)."""
+    _, call = served
+    status, _, body = await call("GET", "/v1/contexts?prefix=a")
+    assert status == 200, body
+    assert body == {"contexts": [], "more": False, "next_after": None, "partition_count": 6,
+                    "partitions": [], "incomplete": [0, 1, 2, 3, 4, 5]}  # fmt: skip
