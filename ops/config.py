@@ -13,6 +13,7 @@ Each value comes from the first of: the command's option, the environment variab
 | ``LUKHAS_TOPIC_PREFIX`` | topic prefix (default ``lukhas``) |
 | ``KAFKA_HOME`` | an unpacked Apache Kafka to run instead of the Maven-fetched jars |
 | ``LUKHAS_KAFKA_CACHE`` | where the fetched Kafka jars are kept (default ``~/.cache/lukhas``) |
+| ``LUKHAS_API_TOKEN`` | the read API's bearer token (commands send it; a worker requires it) |
 | ``LUKHAS_TIMEOUT`` | deadline in seconds of each Kafka call of a ``lukhas`` command (default 30) |
 | ``LUKHAS_TEST_CHECKPOINT_PAUSE_S`` | tests only: a worker's pause before a checkpoint's manifest |
 
@@ -36,7 +37,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +72,9 @@ class Environment:
     #: ``LUKHAS_DEDUPE_WINDOW``: the dedupe window of the offline fold, as the workers'
     #: ``--dedupe-window`` (it is part of the fold: every fold of one WAL must use the same).
     dedupe_window: int | None = None
+    #: ``LUKHAS_API_TOKEN``: the read API's bearer token (commands send it; a worker
+    #: without ``--api-token-file`` requires it). Never printed.
+    api_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def read(cls) -> Environment:
@@ -87,7 +91,15 @@ class Environment:
             timeout_s=_seconds(env, "LUKHAS_TIMEOUT"),
             schema_dir=Path(env["LUKHAS_SCHEMA_DIR"]) if env.get("LUKHAS_SCHEMA_DIR") else None,
             dedupe_window=_window(env.get("LUKHAS_DEDUPE_WINDOW")),
+            api_token=env.get("LUKHAS_API_TOKEN") or None,
         )
+
+
+def api_headers() -> dict[str, str]:
+    """The headers a tool sends to the read API: ``LUKHAS_API_TOKEN`` as a bearer token,
+    if set (for the tools deep in ``ops`` that talk to workers without a ``Settings``)."""
+    token = Environment.read().api_token
+    return {} if token is None else {"Authorization": f"Bearer {token}"}
 
 
 #: The largest dedupe window (records of a partition).
@@ -161,6 +173,8 @@ class WorkerFlags:
     standby_replicas: int = 0
     rebalance_timeout: float | None = None
     memory_budget: int | None = None
+    api_token_file: Path | None = None
+    cors_origin: tuple[str, ...] = ()
 
 
 class Settings:
@@ -228,10 +242,24 @@ class Settings:
         redis_url = os.environ.get("LUKHAS_REDIS_URL") or recorded.get("redis_url")
         config = ClientConfig(
             bootstrap=str(bootstrap or ""), api_url=api, topics=Topics(self.env.topic_prefix),
-            redis_url=redis_url,
+            redis_url=redis_url, api_token=self.env.api_token,
         )  # fmt: skip
         timeout_s = self.env.timeout_s
         return config if timeout_s is None else replace(config, timeout_s=timeout_s)
+
+    def api_token(self, path: Path | None) -> str | None:
+        """The read API's token: the first line of ``path``, else ``LUKHAS_API_TOKEN``;
+        ``OpsError`` for a file that cannot be read or holds none."""
+        if path is None:
+            return self.env.api_token
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise OpsError(f"cannot read the API token file {path}: {exc}") from None
+        token = lines[0].strip() if lines else ""
+        if not token:
+            raise OpsError(f"the API token file {path} is empty")
+        return token
 
     def worker_config(self, flags: WorkerFlags) -> WorkerConfig:
         """The config of ``lukhas worker``: its options, and the test-only checkpoint pause."""
@@ -254,6 +282,7 @@ class Settings:
             prune_interval_s=f.prune_interval, exactly_once=f.exactly_once,
             standby_replicas=f.standby_replicas, memory_budget_bytes=f.memory_budget,
             change_compression=f.change_compression,
+            api_token=self.api_token(f.api_token_file), cors_origins=tuple(f.cors_origin),
             **fold_sizing(f.dedupe_window or self.env.dedupe_window),
             checkpoint_pause_s=self.env.checkpoint_pause_s,
             listener=ListenerLimits(

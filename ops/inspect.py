@@ -21,6 +21,7 @@ import aiohttp
 import orjson
 from aiokafka import TopicPartition
 
+from lukhas_context.ops.config import api_headers
 from lukhas_context.ops.exceptions import OpsError
 from lukhas_context.processors.twophase import TX_STATE_PREFIX, read_state_record
 from lukhas_context.schemas.change import (
@@ -90,7 +91,11 @@ async def read(
     api: str | None = None,
 ) -> AsyncIterator[dict[str, Any]]:  # fmt: skip
     """The decoded records (see the module doc), as dicts, partition by partition."""
-    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) if api else None
+    http = (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5), headers=api_headers())
+        if api
+        else None
+    )
     codec = _Decoder(which)
     left = limit
     try:

@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 
+from lukhas_context.ops.config import api_headers
 from lukhas_context.ops.exceptions import OpsError
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.retention import prune_bound
@@ -113,7 +114,8 @@ async def _live_offsets(api: str) -> dict[int, int]:
     """partition -> next offset, from every worker the routing table names."""
     urls = {api}
     out: dict[int, int] = {}
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout, headers=api_headers()) as http:
         try:
             async with http.get(f"{api}/v1/members") as r:
                 members = await r.json(content_type=None)

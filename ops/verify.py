@@ -228,8 +228,11 @@ async def _call(http: aiohttp.ClientSession, method: str, url: str, body: Any,
 
 
 @contextlib.asynccontextmanager
-async def http_session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)) as http:
+async def http_session(token: str | None = None) -> AsyncIterator[aiohttp.ClientSession]:
+    """A session for the workers' verify endpoints (``token``: the read API's, if any)."""
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
+    async with aiohttp.ClientSession(timeout=timeout, headers=headers) as http:
         yield http
 
 

@@ -126,7 +126,7 @@ import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -135,6 +135,7 @@ from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
 from lukhas_context import __version__
+from lukhas_context.processors.access import Cors, bearer, token_middleware
 from lukhas_context.processors.asof import AsOfStates
 from lukhas_context.processors.exceptions import NotOwnerError
 from lukhas_context.processors.fold import MAX_ID_BYTES, apply, dead_letter_reason, is_barrier
@@ -356,10 +357,19 @@ class ReadApi:
     def __init__(self, materializer: Materializer) -> None:
         self.m = materializer
         # Dry runs post whole events: a 1 MiB document and its envelope must fit.
+        config = materializer.config
+        cors = Cors(config.cors_origins)
+        middlewares: list[Any] = [problem_middleware, cors.preflight]
+        if config.api_token is not None:
+            middlewares.append(token_middleware(config.api_token))
         self.app = web.Application(
             client_max_size=DOWNSTREAM_MAX_MESSAGE_BYTES,
-            middlewares=[problem_middleware, self._deadlines],
+            middlewares=[*middlewares, self._deadlines],
         )
+        if cors.origins:
+            self.app.on_response_prepare.append(cors.on_prepare)
+        #: Sent with every request to another worker (a forward, a listing's page).
+        self._peer_headers = bearer(config.api_token)
         self.app.add_routes(
             [
                 web.get("/v1/contexts", self.list_contexts),
@@ -403,7 +413,8 @@ class ReadApi:
         await self._runner.setup()
         assert self._runner.server is not None
         self._listener = Listener(self._runner.server, limits, self.m.metrics)
-        self._listener.fast = self.fast_get
+        if self.m.config.api_token is None:  # the fast path does not check a token
+            self._listener.fast = self.fast_get
         await self._listener.start(host, port)
 
     @property
@@ -482,7 +493,7 @@ class ReadApi:
         try:
             async with self._http.request(
                 request.method, url, data=await request.read() or None,
-                headers={FORWARDED_HEADER: m.config.api_url},
+                headers={FORWARDED_HEADER: m.config.api_url, **self._peer_headers},
                 timeout=aiohttp.ClientTimeout(total=MAX_WAIT_S + 10),
             ) as answer:  # fmt: skip
                 return web.Response(
@@ -688,7 +699,7 @@ class ReadApi:
             try:
                 async with http.get(
                     url.rstrip("/") + request.path_qs,
-                    headers={FORWARDED_HEADER: self.m.config.api_url},
+                    headers={FORWARDED_HEADER: self.m.config.api_url, **self._peer_headers},
                     timeout=aiohttp.ClientTimeout(total=10),
                 ) as answer:
                     if answer.status != 200:

@@ -6,6 +6,7 @@ import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lukhas_context.processors.access import check_origins, check_token
 from lukhas_context.processors.exceptions import InvalidWorkerConfigError
 from lukhas_context.processors.fold import Limits
 from lukhas_context.processors.listener import ListenerLimits
@@ -126,6 +127,11 @@ class WorkerConfig:
     #: (``processors.retention``) for the partitions this worker serves. None: never (the
     #: default: then only ``lukhas wal prune`` deletes).
     prune_interval_s: float | None = None
+    #: A bearer token every request to the read API but the probes must carry
+    #: (``processors.access``); None: none needed. Never printed (``repr=False``).
+    api_token: str | None = field(default=None, repr=False)
+    #: Origins whose pages may use the read API from a browser (CORS; ``*``: any).
+    cors_origins: tuple[str, ...] = ()
 
     def event_codec(self) -> EventCodec:
         """The event codec of this worker: the shipped schemas and those of ``schema_dir``
@@ -142,6 +148,8 @@ class WorkerConfig:
                 f"expiry_retry_s ({self.expiry_retry_s}) must be positive and at most "
                 f"expiry_retry_max_s ({self.expiry_retry_max_s})"
             )
+        check_token(self.api_token)
+        check_origins(self.cors_origins)
         if self.change_compression not in ("none", "lz4", "zstd"):
             raise InvalidWorkerConfigError(
                 f"change_compression must be none, lz4 or zstd, not {self.change_compression!r}"

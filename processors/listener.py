@@ -64,7 +64,7 @@ FAST_MAX_HEAD = 4096
 #: Request headers after which the fast path leaves a request to aiohttp (lower case).
 _NOT_FAST_HEADERS = frozenset(
     (b"content-length", b"transfer-encoding", b"expect", b"upgrade", b"if-none-match",
-     b"if-match", b"if-modified-since", b"range")
+     b"if-match", b"if-modified-since", b"range", b"origin")
 )  # fmt: skip
 #: A header line the fast path reads: a token, a colon, a value of visible characters,
 #: spaces and tabs (RFC 9110); anything else goes to aiohttp, which answers it as it does.

@@ -63,7 +63,7 @@ class ContextClient:
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
         self.writer = WalWriter(config)
-        self.router = Router(config.api_url)
+        self.router = Router(config.api_url, config.api_token)
         self._reader = Reader(self.router)
         self._deltas = DeltaCache()
         self._locks: LockManager | None = None

@@ -50,6 +50,9 @@ class ClientConfig:
     transaction_timeout_s: float = 10.0
     #: redis-server for ``ContextClient.lock`` (``redis://host:port[/db]``); None: no locks.
     redis_url: str | None = None
+    #: The read API's bearer token, when its workers need one (``lukhas worker
+    #: --api-token-file``); sent with every read. Never printed (``repr=False``).
+    api_token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.send_attempts, bool) or not (
@@ -67,6 +70,12 @@ class ClientConfig:
             ):
                 raise InvalidConfigError(f"{name} must be a positive finite number of seconds, "
                                          f"got {value!r}")  # fmt: skip
+        if self.api_token is not None and (
+            not isinstance(self.api_token, str)
+            or not self.api_token
+            or any(c in self.api_token for c in "\r\n ")
+        ):
+            raise InvalidConfigError("api_token must be a non-empty str without spaces or newlines")
         if self.transaction_timeout_s > MAX_TRANSACTION_TIMEOUT_S:
             raise InvalidConfigError(
                 f"transaction_timeout_s must be at most {MAX_TRANSACTION_TIMEOUT_S:g}, got "

@@ -84,8 +84,12 @@ class _Connection:
 class Http1Pool:
     """Keep-alive connections to workers, for GETs; ``max_body``: the largest answer body."""
 
-    def __init__(self, max_body: int) -> None:
+    def __init__(self, max_body: int, headers: dict[str, str] | None = None) -> None:
         self._max_body = max_body
+        #: Header lines sent with every request (the read API's token).
+        self._extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+        if any(c in self._extra.replace("\r\n", "") for c in "\r\n"):
+            raise ProtocolError("a header may not contain line breaks")
         self._idle: dict[tuple[str, int, bool], list[_Connection]] = {}
         self._closed = False
 
@@ -103,7 +107,7 @@ class Http1Pool:
         target = f"{path}?{urlencode(params)}" if params else path
         if any(c in target for c in "\r\n "):
             raise ProtocolError("a request target may not contain spaces or line breaks")
-        request = f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+        request = f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\n{self._extra}\r\n".encode()
         key = (host, port, lane)
         async with asyncio.timeout(timeout):
             idle = self._idle.get(key)

@@ -37,7 +37,7 @@ class Router:
     """Sends read API requests (one HTTP session, opened on first use) to the worker that
     serves a partition; ``partition_count``: as the workers said (0: not known yet)."""
 
-    def __init__(self, api_url: str | None) -> None:
+    def __init__(self, api_url: str | None, token: str | None = None) -> None:
         #: Read API URLs configured (``api_url``, comma-separated), and the routing table
         #: learned from the workers: partition -> URL of the worker serving it.
         self._seeds = [u.strip() for u in (api_url or "").split(",") if u.strip()]
@@ -48,7 +48,9 @@ class Router:
         self._count_asked_at: float | None = None
         self._http: aiohttp.ClientSession | None = None
         #: GETs to ``http://`` workers go over lean keep-alive connections (``streams.http1``).
-        self._pool = Http1Pool(MAX_ANSWER_BYTES)
+        #: Headers of every request: the read API's bearer token, if it needs one.
+        self._headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        self._pool = Http1Pool(MAX_ANSWER_BYTES, self._headers)
         self._origins: dict[str, tuple[str, int] | None] = {}
 
     @property
@@ -58,7 +60,7 @@ class Router:
 
     async def close(self) -> None:
         await self._pool.close()
-        self._pool = Http1Pool(MAX_ANSWER_BYTES)  # a closed client may be used again
+        self._pool = Http1Pool(MAX_ANSWER_BYTES, self._headers)  # a closed client may be used again
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -131,7 +133,12 @@ class Router:
         try:
             client_timeout = aiohttp.ClientTimeout(total=timeout + 5)
             async with self._http.request(
-                method, url, params=params, data=body or None, timeout=client_timeout
+                method,
+                url,
+                params=params,
+                data=body or None,
+                timeout=client_timeout,
+                headers=self._headers,
             ) as response:
                 return response.status, await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:

@@ -128,7 +128,7 @@ def verify(partitions: tuple[int, ...], against: Any, state_dir: Path | None,
             await b.close()
 
     async def run() -> list[dict[str, Any]]:
-        async with v.http_session() as http:
+        async with v.http_session(settings.env.api_token) as http:
             chosen = list(partitions) or await _every_partition(http, url, state_dir)
             return [await one(http, p) for p in chosen]
 

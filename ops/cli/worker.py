@@ -118,6 +118,13 @@ def _api_url(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
                    "cache and write buffer manager for all its stores, read caches bounded by "
                    "bytes, smaller rounds and pauses near it; reported in /metrics "
                    "(lukhas_memory_bytes) [env LUKHAS_MEMORY_BUDGET].")  # fmt: skip
+@click.option("--api-token-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="A file whose first line is a bearer token every read API request but the "
+                   "probes (/livez, /readyz, /healthz) must carry; without it "
+                   "LUKHAS_API_TOKEN, if set, is the token (none: no token needed).")  # fmt: skip
+@click.option("--cors-origin", multiple=True, metavar="ORIGIN",
+              help="An origin (https://console.example:8443, or * for any) whose pages may "
+                   "use the read API from a browser; repeat for more.")  # fmt: skip
 @handle_errors
 def worker(**flags: Any) -> None:
     """Run one processor worker in the foreground (SIGTERM stops it cleanly)."""

@@ -72,8 +72,13 @@ def redis_ping_url(url: str) -> bool:
 
 
 def get_json(url: str) -> dict[str, Any] | None:
+    """The JSON object ``url`` answers (with the read API's token, if one is set); None
+    when it does not answer one."""
+    from lukhas_context.ops.config import api_headers
+
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        request = urllib.request.Request(url, headers=api_headers())
+        with urllib.request.urlopen(request, timeout=2) as response:
             data = json.loads(response.read())
     except (urllib.error.URLError, OSError, ValueError):
         return None

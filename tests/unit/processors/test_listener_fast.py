@@ -66,6 +66,7 @@ async def test_plain_reads_take_the_fast_path_the_rest_go_to_aiohttp(port: int) 
         _get("/v1/contexts/unknown"),  # fast() says no: a miss, elsewhere, ...
         _get("/v1/contexts/known?min_offset=0:1"),
         _get("/v1/contexts/known", "If-None-Match: x"),
+        _get("/v1/contexts/known", "Origin: https://console.example"),  # CORS headers
         _get("/v1/contexts/known", "Connection: close"),
     ):
         r, w = await asyncio.open_connection("127.0.0.1", port)
