@@ -359,7 +359,7 @@ class ReadApi:
         # Dry runs post whole events: a 1 MiB document and its envelope must fit.
         config = materializer.config
         cors = Cors(config.cors_origins)
-        middlewares: list[Any] = [problem_middleware, cors.preflight]
+        middlewares: list[Any] = [self._count, problem_middleware, cors.preflight]
         if config.api_token is not None:
             middlewares.append(token_middleware(config.api_token))
         self.app = web.Application(
@@ -395,6 +395,10 @@ class ReadApi:
         self._runner: web.AppRunner | None = None
         self._listener: Listener | None = None
         self._fast_head = _FastHead()
+        #: The fast path's answers count as the handler's would (children bound once).
+        metrics = materializer.metrics
+        self._fast_count = metrics.http_requests.labels("GET", "/v1/contexts/{context_id}", "200")
+        self._fast_seconds = metrics.http_seconds.labels("/v1/contexts/{context_id}")
         self._openapi: bytes | None = None
         self._http: aiohttp.ClientSession | None = None
         #: Open server-sent event streams (each one a consumer), closed on shutdown.
@@ -422,6 +426,22 @@ class ReadApi:
         """The port the API listens on (useful after ``start(host, 0)``)."""
         assert self._listener is not None, "the API is not started"
         return self._listener.ports[0]
+
+    @web.middleware
+    async def _count(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """``lukhas_http_requests_total`` and ``..._duration_seconds`` of every answer: the
+        route is the path template (a path no route has counts as ``unmatched``: the
+        labels stay bounded whatever clients ask for)."""
+        started = time.perf_counter()
+        response = await handler(request)
+        resource = request.match_info.route.resource
+        route = "unmatched" if resource is None else resource.canonical
+        self.m.metrics.request(
+            request.method, route, response.status, time.perf_counter() - started
+        )
+        return response
 
     @web.middleware
     async def _deadlines(
@@ -624,8 +644,12 @@ class ReadApi:
         record = store.get(key)
         if record is None or not record.is_live(m.clock.earliest_ms()):
             return None
+        started = time.perf_counter()
         body = _context_body(key.decode(), record, partition)
-        return self._fast_head(len(body), record.version) + body
+        answer = self._fast_head(len(body), record.version) + body
+        self._fast_count.inc()
+        self._fast_seconds.observe(time.perf_counter() - started)
+        return answer
 
     @_params("prefix", "after", "limit")
     async def list_contexts(self, request: web.Request) -> web.Response:
@@ -942,7 +966,13 @@ class ReadApi:
         try:
             event = self.m.decode_event(body)
         except CodecError as exc:
-            return _error(400, f"the body is not an event this worker reads: {exc}")
+            # What the fold would journal for these bytes (the reason `lukhas dlq` filters
+            # on) goes with the problem, as the fold words it.
+            reason = f"{type(exc).__name__}: {exc}"
+            return _error(
+                400, f"the body is not an event this worker reads: {exc}", None,
+                dead_letter_reason=reason,
+            )  # fmt: skip
         key = event.context_id.encode()
         if is_barrier(key, event):
             return _error(400, "a checkpoint barrier is not dry-run: `lukhas checkpoint`")
@@ -1018,6 +1048,7 @@ class ReadApi:
         except (ValidationError, ValueError) as exc:
             return _error(400, str(exc) or "the change stream's parameters do not go together")
         self._streams.add(watcher)
+        self.m.metrics.sse_streams.inc()
         try:
             try:
                 await watcher.start()
@@ -1052,12 +1083,14 @@ class ReadApi:
                 await response.write(
                     b"id: %s\nevent: %s\ndata: %s\n\n" % (item.token.encode(), kind, data)
                 )
+                self.m.metrics.sse_events.labels(kind.decode()).inc()
                 sent += kind == b"change"
             return response
         except ConnectionResetError:
             return response  # the subscriber went away
         finally:
             self._streams.discard(watcher)
+            self.m.metrics.sse_streams.dec()
             await watcher.close()
 
     @_params()

@@ -1,12 +1,55 @@
-"""Prometheus metrics of one worker, in a registry of its own (no process-global state)."""
+"""Prometheus metrics of one worker, in a registry of its own, named as Prometheus says
+(units in the name, ``_total`` on counters, one metric with a label rather than one per
+value): the fold (``lukhas_events_total{outcome}``...), the read API
+(``lukhas_http_requests_total{method,route,status}``, ``lukhas_http_request_duration_seconds``,
+fast path included), change streams (``lukhas_sse_streams``, ``lukhas_sse_events_total``),
+memory, the process and Python collectors, and ``lukhas_build_info``. No ``_created``
+series (``disable_created_metrics``: they doubled the output and no query uses them).
+
+Renamed metrics keep their old name for now, marked ``DEPRECATED`` in their help with the
+name to use: ``lukhas_events_applied_total`` is ``lukhas_events_total{outcome="applied"}``.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import platform
+from collections.abc import Sequence
+
+import prometheus_client
+from prometheus_client import (
+    GC_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+from lukhas_context import __version__
 
 #: The Content-Type of ``WorkerMetrics.render()``: the text format, version 0.0.4.
 PROMETHEUS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+#: Read API latency buckets, seconds: a cached read takes a fraction of a millisecond.
+HTTP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5, 10.0)
+#: The fold's outcomes, the values of ``lukhas_events_total``'s ``outcome`` label.
+OUTCOMES = ("applied", "conflict", "rejected", "fenced", "duplicate", "dead_lettered")
+
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+class _Both:
+    """A count kept under its label of the new metric and, for now, its deprecated name."""
+
+    def __init__(self, new: Counter, old: Counter) -> None:
+        self.new, self.old = new, old
+
+    def inc(self, amount: float = 1) -> None:
+        self.new.inc(amount)
+        self.old.inc(amount)
 
 
 class WorkerMetrics:
@@ -15,14 +58,31 @@ class WorkerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.consumed = Counter("lukhas_records_consumed", "WAL records read", registry=r)
-        self.applied = Counter("lukhas_events_applied", "Events applied to state", registry=r)
-        self.conflicts = Counter(
-            "lukhas_events_conflicted", "Events refused by a version condition", registry=r
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        r.register(GC_COLLECTOR)
+        Info("lukhas_build", "The running version of LUKHAS Context", registry=r).info(
+            {"version": __version__, "python": platform.python_version()}
         )
-        self.rejected = Counter("lukhas_events_rejected", "Events rejected as invalid", registry=r)
-        self.fenced = Counter(
-            "lukhas_events_fenced", "Events refused for a stale fencing token", registry=r
+        self.consumed = Counter("lukhas_records_consumed", "WAL records read", registry=r)
+        self.events = Counter(
+            "lukhas_events", "WAL records folded, by what became of them", ["outcome"], registry=r
+        )
+
+        def outcome(name: str, old: str, said: str) -> _Both:
+            deprecated = Counter(
+                old, f"DEPRECATED: use lukhas_events_total{{outcome=\"{name}\"}}. {said}",
+                registry=r,
+            )  # fmt: skip
+            return _Both(self.events.labels(name), deprecated)
+
+        self.applied = outcome("applied", "lukhas_events_applied", "Events applied to state")
+        self.conflicts = outcome(
+            "conflict", "lukhas_events_conflicted", "Events refused by a version condition"
+        )
+        self.rejected = outcome("rejected", "lukhas_events_rejected", "Events rejected as invalid")
+        self.fenced = outcome(
+            "fenced", "lukhas_events_fenced", "Events refused for a stale fencing token"
         )
         self.fenced_rounds = Counter(
             "lukhas_rounds_fenced",
@@ -30,11 +90,11 @@ class WorkerMetrics:
             "(another worker had opened the partition)",
             registry=r,
         )
-        self.dead_lettered = Counter(
-            "lukhas_records_dead_lettered", "Undecodable WAL records sent to the DLQ", registry=r
+        self.dead_lettered = outcome(
+            "dead_lettered", "lukhas_records_dead_lettered", "WAL records sent to the DLQ"
         )
-        self.duplicates = Counter(
-            "lukhas_events_duplicate", "Retried events recognised by event id", registry=r
+        self.duplicates = outcome(
+            "duplicate", "lukhas_events_duplicate", "Retried events recognised by event id"
         )
         self.changes = Counter("lukhas_changes_published", "Changes published", registry=r)
         self.lag = Gauge(
@@ -180,6 +240,39 @@ class WorkerMetrics:
             "(the fold refuses them; the sweeper backs off)",
             registry=r,
         )
+
+        # The read API's requests (processors.api: a middleware, and the fast path).
+        self.http_requests = Counter(
+            "lukhas_http_requests",
+            "Read API requests answered, by method, route (the path template) and status",
+            ["method", "route", "status"], registry=r,
+        )  # fmt: skip
+        self.http_seconds = Histogram(
+            "lukhas_http_request_duration_seconds",
+            "Time from a request's head to its answer (a stream's: to its end), by route",
+            ["route"], buckets=HTTP_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.sse_streams = Gauge(
+            "lukhas_sse_streams", "Change streams (server-sent events) open now", registry=r
+        )
+        self.sse_events = Counter(
+            "lukhas_sse_events", "Changes and gaps sent on change streams", ["event"], registry=r
+        )
+
+    def request(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.http_requests.labels(method, route, str(status)).inc()
+        self.http_seconds.labels(route).observe(seconds)
+
+    def names(self) -> Sequence[str]:
+        """Every sample name this worker exports (``_total``, ``_bucket``... included),
+        whether or not a labelled metric has a sample yet."""
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"),
+                    "info": ("_info",), "summary": ("_sum", "_count")}  # fmt: skip
+        names: set[str] = set()
+        for family in self.registry.collect():
+            names.update(family.name + end for end in suffixes.get(family.type, ("",)))
+            names.update(sample.name for sample in family.samples)
+        return sorted(names)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -328,6 +328,11 @@ def document(version: str) -> dict[str, Any]:
                         "partition_count": {"type": "integer"},
                         "end_offset": {"type": "integer"},
                         "open_transaction": {"type": "object"},
+                        "dead_letter_reason": {
+                            "type": "string",
+                            "description": "POST /v1/dry-run of bytes that are not an event: "
+                            "the reason the fold would dead-letter them with.",
+                        },
                     },
                 },
                 "Context": {

@@ -175,7 +175,8 @@ class Reader:
         status, body = await self._router.request("POST", "/v1/dry-run", {}, 5.0, value)
         data = _json_body(status, body)
         if status == 400 and undecodable_ok:
-            data = {"status": "dead_lettered", "reason": str(_reason(data))}
+            reason = data.get("dead_letter_reason") or _reason(data)
+            data = {"status": "dead_lettered", "reason": str(reason)}
         elif status != 200:
             raise ReadError(f"read API answered {status}: {_reason(data)}")
         fields: dict[str, Any] = {name: data.get(name) for name in DryRun.__slots__}

@@ -25,16 +25,16 @@ async def test_put_get_delete_round_trip(start_worker, make_client: MakeClient) 
     worker = await start_worker()
     async with make_client(worker.url) as client:
         receipt = await client.put("agent:1", {"messages": ["hi"], "turn": 1}, ttl=600)
-        ctx = await client.get("agent:1", after=receipt, timeout=30)
+        ctx = await client.get("agent:1", min_offset=receipt, timeout=30)
         assert ctx.doc == {"messages": ["hi"], "turn": 1}
         assert (ctx.version, ctx.offset, ctx.partition) == (1, receipt.offset, receipt.partition)
         assert len(ctx.checksum) == 16 and ctx.expires_at_ms is not None
         receipt = await client.put("agent:1", {"turn": 2})
-        ctx = await client.get("agent:1", after=receipt)
+        ctx = await client.get("agent:1", min_offset=receipt)
         assert (ctx.version, ctx.doc, ctx.expires_at_ms) == (2, {"turn": 2}, None)
         receipt = await client.delete("agent:1")
         with pytest.raises(ContextNotFoundError):
-            await client.get("agent:1", after=receipt)
+            await client.get("agent:1", min_offset=receipt)
         with pytest.raises(ContextNotFoundError):
             await client.get("never-written")
 
@@ -53,7 +53,7 @@ async def test_read_your_writes_every_time(start_worker, make_client: MakeClient
     async with make_client(worker.url) as client:
         for i in range(1, 31):
             receipt = await client.put("counter", {"n": i})
-            ctx = await client.get("counter", after=receipt, timeout=30)
+            ctx = await client.get("counter", min_offset=receipt, timeout=30)
             assert (ctx.version, ctx.doc["n"]) == (i, i)
 
 
@@ -65,18 +65,18 @@ async def test_restart_resumes_without_reapplying(
     async with make_client(worker.url) as client:
         receipts = [await client.put(f"c{i % 5}", {"i": i}) for i in range(50)]
         for r in receipts[-5:]:  # the last write of each context, in whichever partition
-            await client.get(r.context_id, after=r, timeout=30)
+            await client.get(r.context_id, min_offset=r, timeout=30)
     await worker.stop()
 
     worker = await start_worker(state_dir=state)
     async with make_client(worker.url) as client:
         receipts = [await client.put(f"c{i % 5}", {"i": i}) for i in range(50, 60)]
         for r in receipts:
-            await client.get(r.context_id, after=r, timeout=30)
+            await client.get(r.context_id, min_offset=r, timeout=30)
         for i in range(5):
             assert (await client.get(f"c{i}")).version == 12
     # the second worker folded only the new events
-    assert worker.materializer.metrics.applied._value.get() == 10
+    assert worker.materializer.metrics.events.labels("applied")._value.get() == 10
 
 
 async def test_undecodable_records_go_to_the_dlq_and_later_events_apply(
@@ -103,7 +103,7 @@ async def test_undecodable_records_go_to_the_dlq_and_later_events_apply(
             await raw.send_and_wait(topics.events, value, key=key)
         async with make_client(worker.url) as client:
             good = await client.put("poison", {"still": "works"})
-            await client.get("poison", after=good, timeout=30)
+            await client.get("poison", min_offset=good, timeout=30)
             assert (await client.get("poison")).doc == {"still": "works"}
             with pytest.raises(ContextNotFoundError):
                 await client.get("a")
@@ -123,7 +123,7 @@ async def test_undecodable_records_go_to_the_dlq_and_later_events_apply(
         assert {"error.message", "source.partition", "source.offset"} <= set(h)
     # Counted once each partition's round commits, after its dead letters are published (and
     # the bad records went to other partitions than the read above waited on).
-    metric = worker.materializer.metrics.dead_lettered._value
+    metric = worker.materializer.metrics.events.labels("dead_lettered")._value
     deadline = time.monotonic() + 30
     while True:
         if metric.get() >= len(bad) or time.monotonic() > deadline:
@@ -138,7 +138,7 @@ async def test_changes_are_published_for_every_applied_event(
     worker = await start_worker()
     async with make_client(worker.url) as client:
         receipts = [await client.put("ch", {"v": i}) for i in range(5)]
-        await client.get("ch", after=receipts[-1], timeout=30)  # before the delete lands
+        await client.get("ch", min_offset=receipts[-1], timeout=30)  # before the delete lands
         receipts.append(await client.delete("ch"))
     seen = await read_topic(topics.changes, lambda rs: len(rs) >= 6, timeout=30)
     codec = ChangeCodec()
@@ -166,7 +166,9 @@ async def test_producer_timestamps_do_not_matter_log_time_does(
                 sent_ms = time.time() * 1000
                 meta = await raw.send_and_wait(topics.events, value, key=key, timestamp_ms=stamp)
                 appended_ms = time.time() * 1000
-                ctx = await client.get(name, after=f"{meta.partition}:{meta.offset}", timeout=30)
+                ctx = await client.get(
+                    name, min_offset=f"{meta.partition}:{meta.offset}", timeout=30
+                )
                 assert ctx.expires_at_ms is not None
                 # The TTL counts from when the broker appended the event (between the send and
                 # its answer, to the millisecond), whatever the producer stamped on it.

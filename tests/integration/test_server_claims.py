@@ -11,6 +11,7 @@ retry waiting twice as long as the one before.
 from __future__ import annotations
 
 import asyncio
+import platform
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from prometheus_client.parser import text_string_to_metric_families
 
+from lukhas_context import __version__
 from lukhas_context.processors.api import FORWARDED_HEADER, SERVED_BY_HEADER
 from lukhas_context.processors.exceptions import WalTruncatedError
 from lukhas_context.processors.problems import problem_document
@@ -97,7 +99,7 @@ async def test_healthz_turns_503_when_the_fold_stops(
     held, other = _ids_on(partition, 2)
     async with make_client(worker.url) as client, make_client(worker.url) as writer:
         receipt = await client.put(other, {"before": "the transaction"})
-        await client.get(other, after=receipt, timeout=30)
+        await client.get(other, min_offset=receipt, timeout=30)
         with pytest.raises(_Abort):
             async with kafka_transaction(writer) as tx:
                 begun = (await tx.put(held, {"in": "a transaction left open"})).offset
@@ -352,6 +354,16 @@ async def test_metrics_scraped_over_http_count_the_work_done(
     assert total("records_dead_lettered") == 1
     assert total("events_rejected") == 0
     assert total("changes_published") == puts + 1
+    # the same counts as one metric with an outcome label (the names above are deprecated)
+    outcomes = {labels[0][1]: v for (n, labels), v in samples.items() if n == "lukhas_events_total"}
+    assert outcomes == {"applied": puts + 1, "conflict": conflicts, "duplicate": 1,
+                        "dead_lettered": 1, "rejected": 0, "fenced": 0}  # fmt: skip
+    # the read API's requests, by route (the partitions read above), and no _created series
+    route = (("method", "GET"), ("route", "/v1/partitions"), ("status", "200"))
+    assert samples[("lukhas_http_requests_total", route)] >= 2
+    assert not any(n.endswith("_created") for n, _ in samples)
+    assert samples[("lukhas_build_info", (("python", platform.python_version()),
+                                         ("version", __version__)))] == 1  # fmt: skip
     for p in range(PARTITIONS):
         label = (("partition", str(p)),)
         assert samples[("lukhas_partition_next_offset", label)] == per_partition[p], p
@@ -430,7 +442,7 @@ async def test_an_expire_that_does_not_apply_is_retried_each_time_later(
     ):
         async with kafka_transaction(writer) as tx:  # begun; nothing in the log yet
             receipt = await client.put(name, {"short": "lived"}, ttl=TTL_S)
-            ctx = await client.get(name, after=receipt, timeout=30)
+            ctx = await client.get(name, min_offset=receipt, timeout=30)
             assert ctx.version == 1 and ctx.expires_at_ms is not None
             opened = await tx.put(blocker, {"holds": "the partition"})
             assert opened.partition == partition
@@ -448,7 +460,7 @@ async def test_an_expire_that_does_not_apply_is_retried_each_time_later(
             assert worker.materializer.running
         # Committed: the worker folds the Expires and the blocker.
         assert len(tx.receipts) == 1
-        await client.get(blocker, after=tx.receipts[0], timeout=30)
+        await client.get(blocker, min_offset=tx.receipts[0], timeout=30)
         with pytest.raises(ContextNotFoundError):
             await client.get(name)
         expires = await _expires_of(cluster.bootstrap, topics.events, name)
