@@ -3,7 +3,7 @@ SIGKILL) until the first successful read-your-write on a partition it served.
 
 Needs the compose cluster (``make compose-up``). ``--rounds`` times (3), alternating the
 worker killed: a context on one of the victim's partitions is written and read back; the victim
-is killed; from that moment a put and a ``get(after=receipt)`` (2 s wait) are tried every
+is killed; from that moment a put and a ``get(min_offset=receipt)`` (2 s wait) are tried every
 50 ms until one succeeds, which is the failover time; then the victim is started again and the
 cluster waited for until both workers serve. The group's session timeout (``--session-timeout``
 of the workers in docker-compose.yml: 6 s) bounds it from below: the group moves a dead
@@ -73,7 +73,7 @@ async def one_round(client: ContextClient, victim: str, partitions: int, timeout
     moved = sorted(p for p, url in table.items() if url == APIS[victim])
     name = next(f"fo:{n}" for n in range(100_000)
                 if partition_for(f"fo:{n}".encode(), partitions) == moved[0])  # fmt: skip
-    await client.get(name, after=await client.put(name, {"n": 0}), timeout=30)
+    await client.get(name, min_offset=await client.put(name, {"n": 0}), timeout=30)
     _docker("docker", "kill", _container(victim))
     killed = time.monotonic()
     attempts = 0
@@ -81,7 +81,7 @@ async def one_round(client: ContextClient, victim: str, partitions: int, timeout
         attempts += 1
         try:
             receipt = await client.put(name, {"n": attempts})
-            await client.get(name, after=receipt, timeout=2)
+            await client.get(name, min_offset=receipt, timeout=2)
             break
         except Exception:  # the partition is moving: try again
             if time.monotonic() - killed > timeout:

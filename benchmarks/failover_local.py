@@ -8,7 +8,7 @@ load, then the time until each partition it served answers a read-your-write aga
    checkpoint is taken then, as an operator's periodic checkpoint would have been).
 3. A writer puts to random contexts (``--rate`` per second) all along.
 4. kill -9 the worker that serves partition 0. For every partition it served, a put and a
-   ``get(after=receipt)`` (1 s wait) are tried every 50 ms from that moment until one
+   ``get(min_offset=receipt)`` (1 s wait) are tried every 50 ms from that moment until one
    succeeds: that partition's failover time. The group moves a dead member's partitions only
    after its session timeout, which bounds every time from below. The survivor's own
    partitions are probed the same way all along: the longest time without a read-your-write
@@ -107,7 +107,7 @@ async def _failover(client: ContextClient, name: str, killed: float, timeout: fl
         attempt += 1
         try:
             receipt = await client.put(name, {"attempt": attempt})
-            await client.get(name, after=receipt, timeout=1)
+            await client.get(name, min_offset=receipt, timeout=1)
             return time.monotonic() - killed
         except Exception:  # the partition is moving: try again
             if time.monotonic() - killed > timeout:
@@ -116,7 +116,7 @@ async def _failover(client: ContextClient, name: str, killed: float, timeout: fl
 
 
 async def _kept(client: ContextClient, name: str, stop: asyncio.Event) -> float:
-    """For a partition the survivor served all along: a put and a ``get(after=receipt)``
+    """For a partition the survivor served all along: a put and a ``get(min_offset=receipt)``
     every 50 ms until ``stop``; returns the longest time without one succeeding (the
     partition is revoked and assigned again in the rebalance that moves the others)."""
     last = time.monotonic()
@@ -126,7 +126,7 @@ async def _kept(client: ContextClient, name: str, stop: asyncio.Event) -> float:
         attempt += 1
         try:
             receipt = await client.put(name, {"attempt": attempt})
-            await client.get(name, after=receipt, timeout=1)
+            await client.get(name, min_offset=receipt, timeout=1)
         except Exception:  # revoked meanwhile: the gap goes on
             pass
         else:
@@ -219,7 +219,9 @@ async def run(bootstrap: str, args: argparse.Namespace, standbys: int) -> dict[s
                 kept = sorted(_partitions(survivor_url))
                 names = _one_per_partition(args.partitions, "fo:")
                 for p in range(args.partitions):  # each answers before the kill
-                    await client.get(names[p], after=await client.put(names[p], {}), timeout=30)
+                    await client.get(
+                        names[p], min_offset=await client.put(names[p], {}), timeout=30
+                    )
                 stop = asyncio.Event()
                 load = asyncio.create_task(_writer(client, args.contexts, args.rate, stop))
                 kept_probes = [asyncio.create_task(_kept(client, names[p], stop)) for p in kept]

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lukhas_context.ops.auth import api_token
 from lukhas_context.ops.cluster import ClusterSpec
 from lukhas_context.ops.cluster.processor import state_dir
 from lukhas_context.ops.cluster.state import read_state
@@ -91,15 +92,8 @@ class Environment:
             timeout_s=_seconds(env, "LUKHAS_TIMEOUT"),
             schema_dir=Path(env["LUKHAS_SCHEMA_DIR"]) if env.get("LUKHAS_SCHEMA_DIR") else None,
             dedupe_window=_window(env.get("LUKHAS_DEDUPE_WINDOW")),
-            api_token=env.get("LUKHAS_API_TOKEN") or None,
+            api_token=api_token(),
         )
-
-
-def api_headers() -> dict[str, str]:
-    """The headers a tool sends to the read API: ``LUKHAS_API_TOKEN`` as a bearer token,
-    if set (for the tools deep in ``ops`` that talk to workers without a ``Settings``)."""
-    token = Environment.read().api_token
-    return {} if token is None else {"Authorization": f"Bearer {token}"}
 
 
 #: The largest dedupe window (records of a partition).

@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 from aiokafka import TopicPartition
 
-from lukhas_context.ops.config import api_headers
+from lukhas_context.ops.auth import api_headers
 from lukhas_context.ops.exceptions import OpsError
 from lukhas_context.processors.twophase import TX_STATE_PREFIX, read_state_record
 from lukhas_context.schemas.change import (

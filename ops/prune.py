@@ -24,7 +24,7 @@ from typing import Any
 
 import aiohttp
 
-from lukhas_context.ops.config import api_headers
+from lukhas_context.ops.auth import api_headers
 from lukhas_context.ops.exceptions import OpsError
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.retention import prune_bound

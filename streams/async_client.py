@@ -1,7 +1,7 @@
 """``ContextClient``: the public client (async), a front over its parts.
 
 Writes go to the WAL (``WalWriter``: producers, deadlines, retries) and return when the brokers
-acknowledged them, with a ``Receipt`` naming where they landed; a read with ``after=receipt``
+acknowledged them, with a ``Receipt`` naming where they landed; a read with ``min_offset=receipt``
 waits until the processor folded that position (read-your-writes; ``Reader`` over
 ``Router``). ``update()`` sends deltas against the document last seen (``DeltaCache``).
 
@@ -42,6 +42,7 @@ from lukhas_context.streams.validation import (
     check_wait,
     checksum_bytes,
     json_bytes,
+    renamed_argument,
     ttl_ms,
 )
 from lukhas_context.streams.watch import Watcher
@@ -234,21 +235,25 @@ class ContextClient:
     # ---- reads ----
 
     async def get(
-        self, context_id: str, after: Receipt | str | None = None, timeout: float = 5.0,
+        self, context_id: str, min_offset: Receipt | str | None = None, timeout: float = 5.0,
         *, allow_stale: bool = False, max_lag: int | None = None,
+        after: Receipt | str | None = None,
     ) -> Context:  # fmt: skip
-        """Reads a context from the read API; with ``after``, first waits (at most ``timeout``
-        seconds) until that WAL position is folded. ``ContextNotFoundError`` when it does not
-        exist, ``NotAppliedYetError`` when the wait times out, ``ChecksumMismatchError`` when
-        the document does not match its checksum (it is never returned then);
-        ``NoSuchPositionError`` when ``after`` names a position the WAL does not have.
+        """Reads a context from the read API; with ``min_offset`` (a receipt, or
+        ``"PARTITION:OFFSET"``), first waits (at most ``timeout`` seconds) until that WAL
+        position is folded. ``ContextNotFoundError`` when it does not exist,
+        ``NotAppliedYetError`` when the wait times out, ``ChecksumMismatchError`` when the
+        document does not match its checksum (it is never returned then);
+        ``NoSuchPositionError`` when ``min_offset`` names a position the WAL does not have.
 
         ``allow_stale=True`` (any lag) or ``max_lag=N`` (at most N change records behind):
         a worker keeping a standby copy of the partition (``--standby-replicas``) may answer,
         from the copy; ``Context.standby_position`` then says which WAL prefix it holds. Not
-        with ``after``."""
+        with ``min_offset``. ``after=`` is the old name of ``min_offset`` (deprecated: a
+        ``DeprecationWarning``)."""
+        min_offset = renamed_argument(min_offset, after, "min_offset", "after")
         ctx, canonical = await self._reader.context(
-            context_id, after, timeout, allow_stale, max_lag
+            context_id, min_offset, timeout, allow_stale, max_lag
         )
         self._deltas.remember(context_id, ctx.version, canonical)
         return ctx

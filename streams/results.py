@@ -66,7 +66,8 @@ class Receipt:
 
     @property
     def position(self) -> str:
-        """``PARTITION:OFFSET``, the form ``get(after=...)`` and ``lukhas get --after`` take."""
+        """``PARTITION:OFFSET``, as ``get(min_offset=...)`` and ``lukhas get --min-offset``
+        take it."""
         return f"{self.partition}:{self.offset}"
 
     async def outcome(self, timeout: float = 5.0) -> Outcome:

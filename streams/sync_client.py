@@ -12,6 +12,7 @@ from lukhas_context.streams.async_client import ContextClient
 from lukhas_context.streams.config import ClientConfig
 from lukhas_context.streams.locks import Lock
 from lukhas_context.streams.results import Context, ContextPage, History, Outcome, Receipt
+from lukhas_context.streams.validation import renamed_argument
 
 __all__ = ["SyncContextClient", "SyncLock"]
 
@@ -55,11 +56,16 @@ class SyncContextClient:
         return self._call(receipt.outcome(timeout))
 
     def get(
-        self, context_id: str, after: Receipt | str | None = None, timeout: float = 5.0,
+        self, context_id: str, min_offset: Receipt | str | None = None, timeout: float = 5.0,
         *, allow_stale: bool = False, max_lag: int | None = None,
+        after: Receipt | str | None = None,
     ) -> Context:  # fmt: skip
+        """See ``ContextClient.get`` (``after=``: the old name of ``min_offset``)."""
+        min_offset = renamed_argument(min_offset, after, "min_offset", "after")
         return self._call(
-            self._client.get(context_id, after, timeout, allow_stale=allow_stale, max_lag=max_lag)
+            self._client.get(
+                context_id, min_offset, timeout, allow_stale=allow_stale, max_lag=max_lag
+            )
         )
 
     def list_contexts(

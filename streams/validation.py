@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import uuid
-from typing import Any, overload
+import warnings
+from typing import Any, TypeVar, overload
 
 import orjson
 
@@ -26,6 +27,8 @@ DEFAULT_MAX_DOCUMENT_BYTES = 1024 * 1024
 DEFAULT_MAX_DEPTH = 64
 #: The longest wait a read may ask for, in seconds (the read API waits at most 30 s a request).
 MAX_WAIT_S = 3600.0
+
+T = TypeVar("T")
 
 
 def context_key(context_id: object) -> bytes:
@@ -162,3 +165,15 @@ def check_event_id(event_id: object) -> uuid.UUID:
     if parsed.int == 0:
         raise ValidationError("the nil UUID is not an event id")
     return parsed
+
+
+def renamed_argument(new: T, old: T | None, new_name: str, old_name: str) -> T | None:
+    """An argument given by its name or its old one: the old one with a
+    ``DeprecationWarning`` (at the caller's caller), ``ValidationError`` when both are given.
+    The names are the HTTP API's (``min_offset``...), one vocabulary everywhere."""
+    if old is None:
+        return new
+    if new is not None:
+        raise ValidationError(f"give {new_name}= only ({old_name}= is its old name)")
+    warnings.warn(f"{old_name}= is deprecated: use {new_name}=", DeprecationWarning, stacklevel=3)
+    return old

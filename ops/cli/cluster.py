@@ -133,7 +133,7 @@ def demo(data_dir: Path | None, bootstrap: str | None, api: str | None, as_json:
     async def run(client: ContextClient) -> tuple[Receipt, Context, list[dict[str, Any]]]:
         doc = {"agent": "demo", "messages": [{"role": "user", "text": "hello, LUKHAS"}]}
         receipt = await client.put("demo:session-1", doc, ttl=3600)
-        ctx = await client.get("demo:session-1", after=receipt, timeout=30)
+        ctx = await client.get("demo:session-1", min_offset=receipt, timeout=30)
         manifests = await client.wait_checkpoint(await client.checkpoint(), timeout=60)
         return receipt, ctx, manifests
 

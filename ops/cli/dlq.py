@@ -17,6 +17,8 @@ from lukhas_context.ops.cli.options import (
     api_option,
     bootstrap_option,
     data_dir_option,
+    merge_old,
+    old_name,
     partitions_option,
 )
 from lukhas_context.ops.cli.output import print_json
@@ -32,6 +34,7 @@ def dlq() -> None:
 
 def _filters(fn: F) -> F:
     """The options that choose dead letters (``ops.dlq.Filters``)."""
+    fn = merge_old("context_id", "--context-id/--id")(fn)
     for option in reversed([
         partitions_option("DLQ partition (the same number as the WAL's)"),
         click.option("--since", type=params.Parsed("TIME|OFFSET",
@@ -41,7 +44,8 @@ def _filters(fn: F) -> F:
         click.option("--reason", default=None,
                      help="Only those whose reason contains this (any case), e.g. "
                           "UnknownSchemaError."),
-        click.option("--id", "context_id", default=None, help="Only this context's."),
+        click.option("--context-id", "context_id", default=None, help="Only this context's."),
+        old_name("--id", "--context-id", "context_id"),
         click.option("--limit", type=click.IntRange(1, 1_000_000), default=100,
                      show_default=True, help="Dead letters at most."),
     ]):  # fmt: skip

@@ -13,7 +13,13 @@ import orjson
 
 from lukhas_context.ops.cli import params
 from lukhas_context.ops.cli.errors import handle_errors
-from lukhas_context.ops.cli.options import api_option, bootstrap_option, data_dir_option
+from lukhas_context.ops.cli.options import (
+    api_option,
+    bootstrap_option,
+    data_dir_option,
+    merge_old,
+    old_name,
+)
 from lukhas_context.ops.config import Settings
 
 __all__ = ["inspect"]
@@ -27,22 +33,25 @@ __all__ = ["inspect"]
     "partitions",
     type=params.PARTITION,
     multiple=True,
-    help="Partition to read (repeat for several) [default: every one, or the one of --id].",
+    help="Partition to read (repeat for several) [default: every one, or the one of --context-id].",
 )
 @click.option(
-    "--from",
+    "--start",
     "start",
     type=params.Parsed("OFFSET|TIME", "lukhas_context.ops.inspect:parse_bound"),
     default=None,
     help="First offset, or a time (ISO 8601, or ms:EPOCH_MS) [default: the start].",
 )
+@old_name("--from", "--start", "start",
+          type=params.Parsed("OFFSET|TIME", "lukhas_context.ops.inspect:parse_bound"))  # fmt: skip
 @click.option(
     "--until",
     type=params.Parsed("OFFSET|TIME", "lukhas_context.ops.inspect:parse_bound"),
     default=None,
     help="Stop before this offset or time [default: the end as the read starts].",
 )
-@click.option("--id", "context_id", default=None, help="Only this context's records.")
+@click.option("--context-id", "context_id", default=None, help="Only this context's records.")
+@old_name("--id", "--context-id", "context_id")
 @click.option(
     "--limit",
     type=click.IntRange(1, 1_000_000),
@@ -55,6 +64,8 @@ __all__ = ["inspect"]
 @bootstrap_option()
 @data_dir_option
 @handle_errors
+@merge_old("start", "--start/--from")
+@merge_old("context_id", "--context-id/--id")
 def inspect(which: str, partitions: tuple[int, ...], start: Any, until: Any,
             context_id: str | None, limit: int, as_json: bool, api: str | None,
             bootstrap: str | None, data_dir: Path | None) -> None:  # fmt: skip

@@ -3,8 +3,10 @@ JSON output, and a write's conditions and wait."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -17,8 +19,11 @@ __all__ = [
     "checkpoint_dir_option",
     "client_options",
     "data_dir_option",
+    "merge_old",
     "mutation_options",
+    "old_name",
     "partitions_option",
+    "pick",
     "state_dir_option",
 ]
 
@@ -105,3 +110,42 @@ def mutation_options(fn: F) -> F:
                       metavar="VERSION",
                       help="Apply only at this version (0 = must not exist).")(fn)  # fmt: skip
     return fn
+
+
+def old_name(old: str, new: str, dest: str, **kw: Any) -> Callable[[F], F]:
+    """An option's old name, still taken: hidden from ``--help``, it sets ``dest`` (the
+    new option's parameter, with ``_old`` after it: ``pick`` merges the two) and says on
+    stderr that it is deprecated. The vocabulary is the HTTP API's (``start``,
+    ``min_offset``, ``context_id``)."""
+
+    def said(ctx: click.Context, param: click.Parameter, value: object) -> object:
+        if value is not None:
+            click.echo(f"lukhas: {old} is deprecated: use {new}", err=True)
+        return value
+
+    return click.option(old, f"{dest}_old", hidden=True, default=None, callback=said, **kw)
+
+
+def merge_old(dest: str, names: str, default: object = None) -> Callable[[F], F]:
+    """Gives the command ``dest`` from the option's new name or its old one (``old_name``),
+    or ``default``: a usage error when both are given. ``names``: ``"--new/--old"``."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def merged(*args: Any, **kwargs: Any) -> Any:
+            old = kwargs.pop(f"{dest}_old", None)
+            kwargs[dest] = pick(kwargs.get(dest), old, default, names)
+            return fn(*args, **kwargs)
+
+        return merged  # type: ignore[return-value]
+
+    return decorate
+
+
+def pick(new: object, old: object, default: object, names: str) -> object:
+    """The value of an option given by its new name or its old one (``old_name``), or
+    ``default``; a usage error when both are given."""
+    if new is not None and old is not None:
+        raise click.UsageError(f"give {names.split('/')[0]} only ({names.split('/')[1]} is "
+                               "its old name)")  # fmt: skip
+    return new if new is not None else old if old is not None else default

@@ -13,7 +13,13 @@ import orjson
 from lukhas_context.ops.cli import params
 from lukhas_context.ops.cli.client import client_config, with_client
 from lukhas_context.ops.cli.errors import EXIT_CODES, exit_for, handle_errors
-from lukhas_context.ops.cli.options import bootstrap_option, client_options, data_dir_option
+from lukhas_context.ops.cli.options import (
+    bootstrap_option,
+    client_options,
+    data_dir_option,
+    merge_old,
+    old_name,
+)
 from lukhas_context.ops.cli.output import outcome_dict, outcome_text, print_json
 from lukhas_context.streams.changes import Gap
 from lukhas_context.streams.client import Context, ContextClient
@@ -23,8 +29,9 @@ __all__ = ["get", "outcome", "watch"]
 
 @click.command()
 @click.argument("context_id")
-@click.option("--after", default=None, type=params.Position(),
+@click.option("--min-offset", "min_offset", default=None, type=params.Position(),
               help="Wait until WAL position P:O is folded.")  # fmt: skip
+@old_name("--after", "--min-offset", "min_offset", type=params.Position())
 @click.option("--timeout", type=params.WAIT, default=5.0, show_default=True,
               help="Seconds to wait.")  # fmt: skip
 @click.option(
@@ -36,18 +43,21 @@ __all__ = ["get", "outcome", "watch"]
 )
 @client_options
 @handle_errors
-def get(context_id: str, after: tuple[int, int] | None, timeout: float, as_of: Path | None,
+@merge_old("min_offset", "--min-offset/--after")
+def get(context_id: str, min_offset: tuple[int, int] | None, timeout: float, as_of: Path | None,
         data_dir: Path | None, bootstrap: str | None, api: str | None,
         as_json: bool) -> None:  # fmt: skip
     """Print CONTEXT_ID: version, checksum, expiry and document. Needs only the read API (or,
     with --as-of, the directory)."""
     if as_of is not None:
-        if after is not None:
-            raise click.UsageError("--after waits for the live state; --as-of reads a built one")
+        if min_offset is not None:
+            raise click.UsageError(
+                "--min-offset waits for the live state; --as-of reads a built one"
+            )
         _get_as_of(context_id, as_of, as_json)
         return
     config = client_config(data_dir, bootstrap, api, kafka=False, read_api=True)
-    position = None if after is None else f"{after[0]}:{after[1]}"
+    position = None if min_offset is None else f"{min_offset[0]}:{min_offset[1]}"
     ctx: Context = with_client(config, lambda c: c.get(context_id, position, timeout))
     if as_json:
         print_json({"context_id": ctx.context_id, "version": ctx.version, "doc": ctx.doc,
@@ -102,16 +112,17 @@ def outcome(position: tuple[int, int], timeout: float, data_dir: Path | None,
 
 
 @click.command()
-@click.option("--id", "context_id", default=None, help="Watch one context.")
+@click.option("--context-id", "context_id", default=None, help="Watch one context.")
+@old_name("--id", "--context-id", "context_id")
 @click.option("--prefix", default=None, help="Watch the contexts whose ids start with PREFIX.")
 @click.option(
-    "--from",
+    "--start",
     "start",
     type=params.StartPoint(),
-    default="latest",
-    show_default=True,
-    help="latest | earliest | epoch ms or ISO time | a resume token.",
+    default=None,
+    help="latest | earliest | epoch ms or ISO time | a resume token [default: latest].",
 )
+@old_name("--from", "--start", "start", type=params.StartPoint())
 @click.option("--deltas", is_flag=True, help="RFC 6902 deltas instead of whole documents.")
 @click.option("--limit", type=params.COUNT, default=None, metavar="N",
               help="Stop after N changes.")  # fmt: skip
@@ -125,11 +136,13 @@ def outcome(position: tuple[int, int], timeout: float, data_dir: Path | None,
 @bootstrap_option()
 @data_dir_option
 @handle_errors
+@merge_old("context_id", "--context-id/--id")
+@merge_old("start", "--start/--from", "latest")
 def watch(context_id: str | None, prefix: str | None, start: str, deltas: bool,
           limit: int | None, idle_timeout: float | None, fail_on_gap: bool,
           bootstrap: str | None, data_dir: Path | None) -> None:  # fmt: skip
     """Follow the change stream: one JSON line per change, each with the `token` that
-    resumes right after it (`--from TOKEN`). A gap (changes compacted away before they were
+    resumes right after it (`--start TOKEN`). A gap (changes compacted away before they were
     read) is a line {"gap": ...} on stdout and a warning on stderr, never silent."""
     config = client_config(data_dir, bootstrap, None)
 

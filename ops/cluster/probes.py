@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from lukhas_context.ops.auth import api_headers
 from lukhas_context.ops.cluster.process import port_open
 from lukhas_context.ops.cluster.spec import HOST
 from lukhas_context.streams.admin import cluster_brokers
@@ -74,8 +75,6 @@ def redis_ping_url(url: str) -> bool:
 def get_json(url: str) -> dict[str, Any] | None:
     """The JSON object ``url`` answers (with the read API's token, if one is set); None
     when it does not answer one."""
-    from lukhas_context.ops.config import api_headers
-
     try:
         request = urllib.request.Request(url, headers=api_headers())
         with urllib.request.urlopen(request, timeout=2) as response:

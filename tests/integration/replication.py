@@ -137,7 +137,7 @@ async def check_folded_once(client: ContextClient, ledger: Ledger, timeout: floa
     context's version."""
     versions: dict[str, int] = {}
     for name, receipt in sorted(ledger.last.items()):
-        ctx = await client.get(name, after=receipt, timeout=timeout)
+        ctx = await client.get(name, min_offset=receipt, timeout=timeout)
         acked = [i for i in ledger.acked.get(name, []) if not i.endswith("#put")]
         failed = ledger.failed.get(name, [])
         if name in ledger.puts:

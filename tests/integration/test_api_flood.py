@@ -126,7 +126,7 @@ async def _put_and_read(cluster: Any, topics: Any, url: str, tag: str) -> None:
     config = ClientConfig(cluster.bootstrap, url, topics)
     async with ContextClient(config) as client:
         receipt = await client.put(f"flood:{tag}", {"tag": tag})
-        got = await client.get(f"flood:{tag}", after=receipt, timeout=30)
+        got = await client.get(f"flood:{tag}", min_offset=receipt, timeout=30)
         assert got.doc == {"tag": tag}
 
 

@@ -24,7 +24,7 @@ async def test_a_token_guards_the_api_and_the_client_carries_it(
     config = ClientConfig(cluster.bootstrap, worker.url, topics, api_token=TOKEN)
     async with ContextClient(config) as client:
         receipt = await client.put("tok:1", {"n": 1})
-        ctx = await client.get("tok:1", after=receipt, timeout=30)
+        ctx = await client.get("tok:1", min_offset=receipt, timeout=30)
         assert ctx.doc == {"n": 1}
         assert [c.context_id for c in (await client.list_contexts("tok:")).contexts] == ["tok:1"]
         assert (await receipt.outcome(timeout=30)).status == "applied"

@@ -35,7 +35,7 @@ async def test_the_state_as_of_a_position_and_a_time(start_worker: Any, make_cli
         request = await client.checkpoint("asof-ck")
         await client.wait_checkpoint(request, timeout=60)
         third = await client.put("t:1", {"v": 3})
-        live = await client.get("t:1", after=third, timeout=30)
+        live = await client.get("t:1", min_offset=third, timeout=30)
         p = first.partition
         base = f"{worker.url}/v1/contexts/t:1?timeout=30&as_of="
 

@@ -111,14 +111,17 @@ def test_put_get_delete_with_json_output_and_exit_codes(lukhas: Lukhas) -> None:
     receipt = json.loads(lukhas("put", "cli:1", '{"b": 2, "a": 1}', "--ttl", "60", "--json").stdout)
     assert set(receipt) == {"context_id", "partition", "offset", "event_id"}
     position = f"{receipt['partition']}:{receipt['offset']}"
-    ctx = json.loads(lukhas("get", "cli:1", "--after", position, "--json").stdout)
+    # --after: the old name of --min-offset, still taken, with a word on stderr
+    old = lukhas("get", "cli:1", "--after", position, "--json")
+    assert old.stderr.strip() == "lukhas: --after is deprecated: use --min-offset"
+    ctx = json.loads(old.stdout)
     assert ctx["doc"] == {"a": 1, "b": 2} and ctx["version"] == 1
     assert ctx["expires_at_ms"] is not None and len(ctx["checksum"]) == 16
     text = lukhas("get", "cli:1").stdout
     assert "version 1" in text and "checksum" in text and "expires" in text
 
     deleted = json.loads(lukhas("delete", "cli:1", "--json").stdout)
-    gone = lukhas("get", "cli:1", "--after", f"{deleted['partition']}:{deleted['offset']}",
+    gone = lukhas("get", "cli:1", "--min-offset", f"{deleted['partition']}:{deleted['offset']}",
                   check=False)  # fmt: skip
     assert gone.returncode == 3
     assert gone.stderr.strip() == "lukhas: error: context 'cli:1' not found"
@@ -158,7 +161,7 @@ def test_patch_touch_conditions_dry_run_and_outcomes(lukhas: Lukhas) -> None:
                               "--if-version", "1", "--json"))  # fmt: skip
     merged = position(lukhas("patch", "m:1", '{"who": "me"}', "--merge", "--json"))
     touched = position(lukhas("touch", "m:1", "--ttl", "600", "--json"))
-    ctx = json.loads(lukhas("get", "m:1", "--after", touched, "--json").stdout)
+    ctx = json.loads(lukhas("get", "m:1", "--min-offset", touched, "--json").stdout)
     assert ctx["doc"] == {"msgs": ["hi"], "who": "me"} and ctx["version"] == 4
     assert ctx["expires_at_ms"] is not None
     assert "applied" in lukhas("outcome", patched).stdout
@@ -246,8 +249,8 @@ def test_big_documents_come_by_stdin_or_file(lukhas: Lukhas, tmp_path: Path) -> 
     patch.write_text(json.dumps([{"op": "add", "path": "/more", "value": "y" * 200_000}]))
     patched = lukhas("patch", "big:2", f"@{patch}", "--if-version", "1", "--json")
     assert json.loads(patched.stdout)["outcome"]["status"] == "applied"
-    one = json.loads(lukhas("get", "big:1", "--after", _position(piped), "--json").stdout)
-    two = json.loads(lukhas("get", "big:2", "--after", _position(patched), "--json").stdout)
+    one = json.loads(lukhas("get", "big:1", "--min-offset", _position(piped), "--json").stdout)
+    two = json.loads(lukhas("get", "big:2", "--min-offset", _position(patched), "--json").stdout)
     assert one["doc"] == doc
     assert two["doc"] == {**doc, "more": "y" * 200_000} and two["version"] == 2
 
@@ -262,7 +265,7 @@ def test_a_position_past_the_end_is_not_found_at_once(lukhas: Lukhas) -> None:
     assert f"no offset {end + 5} in partition {partition}: it ends at" in past.stderr
     nowhere = lukhas("outcome", "99:0", check=False)
     assert nowhere.returncode == 3 and "no partition 99: the WAL has 2" in nowhere.stderr
-    after = lukhas("get", "end:1", "--after", f"{partition}:{end + 5}", "--timeout", "20",
+    after = lukhas("get", "end:1", "--min-offset", f"{partition}:{end + 5}", "--timeout", "20",
                    check=False)  # fmt: skip
     assert after.returncode == 3 and "no offset" in after.stderr
     # The offset just written exists, although the worker may not have fetched it yet.
@@ -274,7 +277,7 @@ def test_reads_from_another_directory_need_only_the_api(lukhas: Lukhas, tmp_path
     api = lukhas.up_result["processors"][0]["api"]  # type: ignore[attr-defined]
     receipt = lukhas("put", "far:1", '{"far": true}', "--json")
     elsewhere = Lukhas(tmp_path / "no-cluster-here")  # no bootstrap anywhere
-    ctx = elsewhere("get", "far:1", "--after", _position(receipt), "--api", api, "--json",
+    ctx = elsewhere("get", "far:1", "--min-offset", _position(receipt), "--api", api, "--json",
                     cwd=tmp_path)  # fmt: skip
     assert json.loads(ctx.stdout)["doc"] == {"far": True}
     done = elsewhere("outcome", _position(receipt), "--api", api, cwd=tmp_path)
@@ -309,7 +312,9 @@ def test_down_stops_everything_and_keeps_data(lukhas: Lukhas) -> None:
     assert status["kafka"]["ready"] is False or os.environ.get("LUKHAS_BOOTSTRAP")
     assert status["redis"]["ready"] is False
     lukhas("up")
-    ctx = json.loads(lukhas("get", "kept", "--after", position, "--json", "--timeout", "30").stdout)
+    ctx = json.loads(
+        lukhas("get", "kept", "--min-offset", position, "--json", "--timeout", "30").stdout
+    )
     assert ctx["doc"] == {"k": 1}
 
 

@@ -337,7 +337,7 @@ async def test_puts_to_a_stalled_broker_time_out_and_each_event_lands_at_most_on
             assert outcome.applied and outcome.duplicate_of is None, outcome
             versions.append(outcome.version)
         assert sorted(versions) == list(range(2, 2 + len(landed)))
-        ctx = await reader.get("s", after=last, timeout=60)
+        ctx = await reader.get("s", min_offset=last, timeout=60)
         assert ctx.version == 2 + len(landed) and ctx.doc == {"last": True}
 
 

@@ -76,7 +76,7 @@ def _skewed_worker(cluster: Any, topics: Any, tmp_path: Path, offset: str) -> Sk
 async def _expires_when_due(client: ContextClient, cluster: Any, topics: Any) -> None:
     """A context with a 3 s TTL is hidden and expired (one Expire, applied) soon after."""
     due = await client.put("due-soon", {"x": 1}, ttl=3.0)
-    assert (await client.get("due-soon", after=due, timeout=30)).version == 1
+    assert (await client.get("due-soon", min_offset=due, timeout=30)).version == 1
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -145,7 +145,7 @@ async def test_a_worker_an_hour_ahead_reads_and_expires_by_the_log_clock(
                 await client.put(f"ten-min:{i}", {"i": i}, ttl=600) for i in range(CONTEXTS)
             ]
             for i, receipt in enumerate(receipts):
-                got = await client.get(f"ten-min:{i}", after=receipt, timeout=30)
+                got = await client.get(f"ten-min:{i}", min_offset=receipt, timeout=30)
                 assert got.doc == {"i": i}, "a live context read as gone"
 
             # The skew is measured and reported: the faked clock really is an hour ahead.
@@ -211,7 +211,7 @@ async def test_refused_expires_back_off_exponentially(
     worker = await start_worker(expiry_interval_s=0.05, expiry_retry_s=0.2, expiry_retry_max_s=30)
     async with make_client(worker.url) as client:
         receipt = await client.put("early", {"x": 1}, ttl=600)
-        await client.get("early", after=receipt, timeout=30)
+        await client.get("early", min_offset=receipt, timeout=30)
         worker.materializer.clock = _AheadForTheSweeper()
         # Four appends of the same Expire (retries 1-3 after 0.2, 0.4 and 0.8 s): waited
         # for, then their log times show each retry waited twice as long as the one before.

@@ -105,10 +105,10 @@ def test_every_published_port_is_on_loopback_and_workers_run_as_non_root(
 async def test_put_get_and_watch_round_trip(compose: Compose) -> None:
     async with client() as c:
         receipt = await c.put("rt:1", {"hello": "compose"})
-        ctx = await c.get("rt:1", after=receipt, timeout=30)
+        ctx = await c.get("rt:1", min_offset=receipt, timeout=30)
         assert (ctx.version, ctx.doc) == (1, {"hello": "compose"})
         patched = await c.patch("rt:1", [{"op": "add", "path": "/n", "value": 2}])
-        ctx = await c.get("rt:1", after=patched, timeout=30)
+        ctx = await c.get("rt:1", min_offset=patched, timeout=30)
         assert (ctx.version, ctx.doc) == (2, {"hello": "compose", "n": 2})
         async with c.watch(context_id="rt:1", start="earliest") as stream:
             seen = []
@@ -151,7 +151,7 @@ def test_every_client_command_works_against_the_compose_cluster(
     outcome = json.loads(_cli("outcome", f"{got['partition']}:{position}", "--json",
                               cwd=tmp_path).stdout)  # fmt: skip
     assert outcome["status"] == "applied", outcome
-    lines = _cli("watch", "--id", "cli:1", "--from", "earliest", "--limit", "3",
+    lines = _cli("watch", "--context-id", "cli:1", "--start", "earliest", "--limit", "3",
                  cwd=tmp_path).stdout.splitlines()  # fmt: skip
     assert [json.loads(line)["version"] for line in lines] == [1, 2, 3]
     _cli("delete", "cli:1", "--wait", cwd=tmp_path)
@@ -222,7 +222,7 @@ async def test_two_brokers_down_fails_writes_in_time_and_reads_still_answer(
     async with client(timeout_s=timeout_s) as c:
         ledger = await create_contexts(c, "q", writers=1, per_writer=6)
         for name, receipt in ledger.last.items():
-            await c.get(name, after=receipt, timeout=30)
+            await c.get(name, min_offset=receipt, timeout=30)
         down = ("kafka-2", "kafka-3")
         for service in down:
             compose.kill(service)
@@ -272,7 +272,7 @@ async def test_a_killed_worker_fails_over_and_the_time_is_reported(
     moved = sorted(p for p, url in table.items() if url == victim_url)
     name = _context_in(moved[0], "fo:")
     async with client(timeout_s=10) as c:
-        await c.get(name, after=await c.put(name, {"n": 0}), timeout=30)
+        await c.get(name, min_offset=await c.put(name, {"n": 0}), timeout=30)
         compose.kill(victim)
         killed = time.monotonic()
         try:
@@ -281,7 +281,7 @@ async def test_a_killed_worker_fails_over_and_the_time_is_reported(
                 n += 1
                 try:
                     receipt = await c.put(name, {"n": n})
-                    ctx = await c.get(name, after=receipt, timeout=2)
+                    ctx = await c.get(name, min_offset=receipt, timeout=2)
                 except Exception:
                     assert time.monotonic() - killed < 120, "no failover in 120 s"
                     await asyncio.sleep(0.05)

@@ -63,7 +63,7 @@ async def test_kill_9_during_load_applies_every_acked_event_exactly_once(
     async with make_client(worker_process.url) as client:
         for context_id, count in expected.items():
             r = max((x for x in acked if x.context_id == context_id), key=lambda x: x.offset)
-            ctx = await client.get(context_id, after=r, timeout=60)
+            ctx = await client.get(context_id, min_offset=r, timeout=60)
             assert ctx.version == count, (context_id, ctx.version, count, f"seed {seed}")
     assert worker_process.terminate() == 0
 
@@ -151,7 +151,7 @@ async def test_transactions_stay_all_or_nothing_across_kill_9(
     async with make_client(worker_process.url) as client:
         seen = []
         for receipt in last:  # read-your-writes holds per partition: wait for each
-            seen.append(await client.get(receipt.context_id, after=receipt, timeout=60))
+            seen.append(await client.get(receipt.context_id, min_offset=receipt, timeout=60))
         docs = [await client.get(name) for name in names]
     # Read at the last transaction's position: all of it (what a read after the decision in
     # memory but before its round was committed once missed), and nothing changes after.

@@ -115,7 +115,7 @@ async def test_a_watcher_reads_transactional_rounds_without_a_gap(
         for i in range(30):
             receipt = await client.put(f"xo:{i % 7}", {"i": i})
             if i % 10 == 9:
-                await client.get(receipt.context_id, after=receipt, timeout=30)
+                await client.get(receipt.context_id, min_offset=receipt, timeout=30)
         for name in ends:
             await client.put(name, {"end": True})
         async with client.watch(prefix="xo:", start="earliest") as w:

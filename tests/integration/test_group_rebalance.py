@@ -134,7 +134,7 @@ async def test_partitions_given_back_in_the_next_generation_fold_on_unopened(
     async with make_client(f"{a.url},{b.url}") as client:
         receipts = [await client.put(f"kept:{i}", {"i": i}) for i in range(30)]
         for r in receipts:
-            await client.get(r.context_id, after=r, timeout=30)
+            await client.get(r.context_id, min_offset=r, timeout=30)
         stores = dict(a.materializer.stores)
         (_, generation) = _group(a)
         kept_before = a.materializer.metrics.kept._value.get()  # b's join may have kept some
@@ -151,7 +151,7 @@ async def test_partitions_given_back_in_the_next_generation_fold_on_unopened(
         assert a.materializer.assignment.parked == {}
         receipts = [await client.put(f"kept:{i}", {"i": -i}) for i in range(30)]
         for r in receipts:
-            ctx = await client.get(r.context_id, after=r, timeout=30)
+            ctx = await client.get(r.context_id, min_offset=r, timeout=30)
             assert ctx.version == 2 and ctx.doc == {"i": -int(r.context_id.split(":")[1])}
     served = (await asyncio.to_thread(_get_json, f"{a.url}/v1/partitions"))["partitions"]
     assert sorted(s["partition"] for s in served) == list(range(PARTITIONS))

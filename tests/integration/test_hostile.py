@@ -107,7 +107,7 @@ async def test_hostile_events_are_rejected_the_dry_run_agrees_and_a_replay_match
             for i in range(3):
                 assert (await client.get(f"victim:{i}")).doc == seed
             after = await client.put("after", {"ok": True})
-            assert (await client.get("after", after=after)).doc == {"ok": True}
+            assert (await client.get("after", min_offset=after)).doc == {"ok": True}
             # An event id used again with the same bytes is a retry, and the dry run says so.
             again = await _dry_run(worker.url, codec.encode(hostile[0]))
             assert again["status"] == "duplicate"

@@ -50,7 +50,7 @@ async def _write(client: ContextClient, tag: str, n: int = 60) -> Any:
         else:
             last = await client.put(cid, {"i": i, "tag": tag})
     last = await client.put(f"{tag}:last", {"last": True})
-    await client.get(last.context_id, after=last, timeout=60)
+    await client.get(last.context_id, min_offset=last, timeout=60)
     return last
 
 
@@ -186,7 +186,7 @@ async def test_a_bad_newest_change_never_keeps_a_worker_from_starting(
     async with make_client(restarted.url) as client:
         assert (await client.get("before:last")).doc == {"last": True}
         receipt = await client.put("after", {"published": True})
-        assert (await client.get("after", after=receipt, timeout=30)).version == 1
+        assert (await client.get("after", min_offset=receipt, timeout=30)).version == 1
     published = await read_topic(
         topics.changes, lambda rs: any(m.key == b"after" for m in rs), timeout=30
     )
@@ -348,8 +348,10 @@ async def test_a_worker_process_restarts_over_a_spoiled_change_topic_again_and_a
             worker_process.start()
             await asyncio.to_thread(worker_process.wait_healthy)
             last = await client.put(f"up:round-{round_}", {"round": round_})
-            assert (await client.get(last.context_id, after=last, timeout=60)).version == 1
-            assert (await client.get("up:last", after=written, timeout=60)).doc == {"last": True}
+            assert (await client.get(last.context_id, min_offset=last, timeout=60)).version == 1
+            assert (await client.get("up:last", min_offset=written, timeout=60)).doc == {
+                "last": True
+            }
     ends = await wal_ends(cluster.bootstrap, topics.events)
     deadline = time.monotonic() + 60
     while True:
@@ -435,7 +437,7 @@ async def test_a_forged_member_claim_routes_no_read(
         receipts = {name: await client.put(name, {"name": name}) for name in names}
         for name in names:
             # A receipt only orders reads of its own partition: wait on each name's own.
-            ctx = await client.get(name, after=receipts[name], timeout=30)
+            ctx = await client.get(name, min_offset=receipts[name], timeout=30)
             assert ctx.doc == {"name": name}, ctx
     # Every worker answers for every context (forwarding to the owner, never the forger).
     for worker in (a, b):

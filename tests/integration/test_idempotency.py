@@ -28,7 +28,7 @@ async def test_a_retry_with_the_same_event_id_is_folded_once(
         repeat = await again.outcome(timeout=30)
         assert original.status == "applied" and original.duplicate_of is None
         assert (repeat.status, repeat.version, repeat.duplicate_of) == ("applied", 1, first.offset)
-        assert (await client.get("idem:1", after=again, timeout=30)).version == 1
+        assert (await client.get("idem:1", min_offset=again, timeout=30)).version == 1
         # the same id for another event is refused, never applied
         other = await client.put("idem:1", {"n": 2}, event_id=key)
         refused = await other.outcome(timeout=30)
@@ -70,12 +70,12 @@ async def test_concurrent_updates_of_one_context_in_one_client_take_turns(
     worker = await start_worker()
     async with make_client(worker.url) as client:
         first = await client.put("turns:1", {"n": 0, "items": list(range(50))})
-        await client.get("turns:1", after=first, timeout=30)  # the base update() diffs from
+        await client.get("turns:1", min_offset=first, timeout=30)  # the base update() diffs from
         receipts = await asyncio.gather(
             *(client.update("turns:1", {"n": i, "items": list(range(50))}) for i in range(1, 11))
         )
         outcomes = [await r.outcome(timeout=30) for r in receipts]
         assert [o.status for o in outcomes] == ["applied"] * 10, outcomes
-        final = await client.get("turns:1", after=receipts[-1], timeout=30)
+        final = await client.get("turns:1", min_offset=receipts[-1], timeout=30)
         assert final.version == 11 and final.doc["n"] == 10
         assert client._context_locks == {}  # nothing left behind

@@ -74,7 +74,9 @@ async def test_a_retried_event_applies_once_and_reused_ids_are_dead_lettered(
             # The same event id for other bytes: flip the document's last digit.
             forged = value.replace(b'{"x":1}', b'{"x":2}')
             third = await raw.send_and_wait(topics.events, forged, key=key)
-            ctx = await client.get("retry", after=f"{third.partition}:{third.offset}", timeout=30)
+            ctx = await client.get(
+                "retry", min_offset=f"{third.partition}:{third.offset}", timeout=30
+            )
             assert (ctx.version, ctx.doc) == (1, {"x": 1})
             o1 = await client.outcome(first.partition, first.offset)
             o2 = await client.outcome(again.partition, again.offset)
@@ -97,7 +99,7 @@ async def test_patches_apply_atomically_and_checksums_are_enforced(
         assert (await r.outcome(timeout=30)).version == 2
         r = await client.patch("doc", {"meta": {"k": None, "j": 2}}, merge=True)
         assert (await r.outcome(timeout=30)).applied
-        ctx = await client.get("doc", after=r)
+        ctx = await client.get("doc", min_offset=r)
         assert ctx.doc == {"messages": ["a", "b"], "meta": {"j": 2}}
         # A patch whose second op fails changes nothing.
         bad = await client.patch(
@@ -117,7 +119,7 @@ async def test_patches_apply_atomically_and_checksums_are_enforced(
         wrong = await client.patch("doc", op, expected_checksum="00" * 8)
         outcome = await wrong.outcome(timeout=30)
         assert outcome.status == "rejected" and "checksum" in (outcome.reason or "")
-        final = await client.get("doc", after=wrong)
+        final = await client.get("doc", min_offset=wrong)
         assert final.doc == expected and final.version == 4
 
 
@@ -129,16 +131,16 @@ async def test_ttl_touch_and_reads_hiding_expired_contexts(
     worker = await start_worker()
     async with make_client(worker.url) as client:
         kept = await client.put("kept", {"v": 1}, ttl=120)
-        before = (await client.get("kept", after=kept)).expires_at_ms
+        before = (await client.get("kept", min_offset=kept)).expires_at_ms
         touched = await client.touch("kept", 600)
         assert (await touched.outcome(timeout=30)).applied
-        after = (await client.get("kept", after=touched)).expires_at_ms
+        after = (await client.get("kept", min_offset=touched)).expires_at_ms
         assert before is not None and after is not None and after > before
         created = await client.put("persisted", {"v": 1}, ttl=120)
         assert (await created.outcome(timeout=30)).applied
         cleared = await client.touch("persisted", None)
         assert (await cleared.outcome(timeout=30)).applied
-        assert (await client.get("persisted", after=cleared)).expires_at_ms is None
+        assert (await client.get("persisted", min_offset=cleared)).expires_at_ms is None
 
         short = await client.put("ephemeral", {"v": 1}, ttl=1.0)
         assert (await short.outcome(timeout=30)).applied
@@ -162,7 +164,7 @@ async def test_dry_run_reports_and_appends_nothing(
     worker = await start_worker()
     async with make_client(worker.url) as client:
         r = await client.put("dry", {"a": 1})
-        await client.get("dry", after=r)
+        await client.get("dry", min_offset=r)
         ends_before = await _end_offsets(worker, topics.events)
         would = await client.patch("dry", {"b": 2}, merge=True, dry_run=True)
         assert (would.status, would.version, would.doc) == ("applied", 2, {"a": 1, "b": 2})
@@ -203,7 +205,7 @@ async def test_update_sends_deltas_at_least_80_percent_smaller(
             messages.append({"role": "user" if i % 2 else "agent", "text": f"message {i} " * 4})
             conversation = {**conversation, "messages": messages}
             put_bytes += len(client.event("conv-put", _put_op(conversation), None)[1])
-        ctx = await client.get("conv", after=receipts[-1], timeout=60)
+        ctx = await client.get("conv", min_offset=receipts[-1], timeout=60)
         assert ctx.doc == docs[0] and ctx.version == 200
         outcomes = [await r.outcome(timeout=30) for r in receipts]
         assert all(o.applied for o in outcomes)
@@ -255,7 +257,7 @@ async def test_transactions_are_all_or_nothing(start_worker, make_client: MakeCl
             await tx.patch("tx-a", {"n": 3}, merge=True)
             await tx.delete("tx-b")
         last = tx.receipts[-1]
-        await client.get("tx-a", after=last, timeout=30)
+        await client.get("tx-a", min_offset=last, timeout=30)
         a = await client.get("tx-a")
         assert (a.version, a.doc) == (2, {"n": 3})  # the aborted put left no trace
         with pytest.raises(ContextNotFoundError):
@@ -268,6 +270,6 @@ async def test_transactions_are_all_or_nothing(start_worker, make_client: MakeCl
             await tx.put("tx-c", {"n": 4})
         first, second = tx.receipts
         assert first.partition != second.partition and first.transaction == second.transaction
-        assert (await client.get("tx-c", after=first, timeout=30)).doc == {"n": 4}
-        assert (await client.get("tx-a", after=second, timeout=30)).doc == {"n": 4}
+        assert (await client.get("tx-c", min_offset=first, timeout=30)).doc == {"n": 4}
+        assert (await client.get("tx-a", min_offset=second, timeout=30)).doc == {"n": 4}
     _ = time

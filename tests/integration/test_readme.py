@@ -42,6 +42,6 @@ async def test_readme_client_example_runs(start_worker, cluster, topics) -> None
     await namespace["main"]()  # type: ignore[operator]
     async with ContextClient(ClientConfig(cluster.bootstrap, worker.url, topics)) as client:
         receipt = await client.put("readme:probe", {"after": "the example"})
-        await client.get("readme:probe", after=receipt, timeout=30)
+        await client.get("readme:probe", min_offset=receipt, timeout=30)
         with pytest.raises(ContextNotFoundError):  # the example ends by deleting its context
             await client.get("agent:42")

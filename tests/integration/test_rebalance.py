@@ -213,7 +213,7 @@ async def test_rebalances_with_a_zombie_apply_everything_once(
 
             # Read-your-writes for every context: each version counts its acked writes.
             for name, receipt in last.items():
-                ctx = await client.get(name, after=receipt, timeout=60)
+                ctx = await client.get(name, min_offset=receipt, timeout=60)
                 assert ctx.version == acked[name], (name, ctx.version, acked[name])
                 assert ctx.doc == {"n": max(n for n in range(900) if f"r:{n % 30}" == name)}
             deadline = time.monotonic() + 60

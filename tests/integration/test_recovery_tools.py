@@ -89,25 +89,27 @@ def lines(lukhas: Lukhas, *args: str) -> list[dict]:  # type: ignore[type-arg]
 
 
 def test_inspect_one_context_of_the_wal_with_outcomes(lukhas: Lukhas) -> None:
-    found = lines(lukhas, "wal", "--id", "v:3")
+    found = lines(lukhas, "wal", "--context-id", "v:3")
     assert [(i["kind"], i["outcome"]) for i in found] == [("put", "applied"), ("patch", "applied")]
     first, second = found
     assert first["context_id"] == "v:3" and len(first["event_id"]) == 32
     p, o = (int(x) for x in first["position"].split(":"))
     assert int(second["position"].split(":")[1]) > o
-    # bounded by offsets: --from is inclusive, --until exclusive
-    assert lines(lukhas, "wal", "-p", str(p), "--from", str(o), "--until", str(o + 1)) == [first]
+    # bounded by offsets: --start is inclusive, --until exclusive
+    assert lines(lukhas, "wal", "-p", str(p), "--start", str(o), "--until", str(o + 1)) == [first]
     assert len(lines(lukhas, "wal", "--limit", "7")) == 7
-    text = lukhas("inspect", "wal", "--id", "v:4").stdout.splitlines()
+    old = lukhas("inspect", "wal", "--id", "v:4")  # the old name of --context-id, still taken
+    assert old.stderr.strip() == "lukhas: --id is deprecated: use --context-id", old.stderr
+    text = old.stdout.splitlines()
     assert [line.split()[3] for line in text] == ["put", "delete"]
     assert all(line.endswith("-> applied") for line in text)
     # by time: nothing was logged in 2099, everything after 2000
-    assert lines(lukhas, "wal", "--from", "2099-01-01T00:00:00Z") == []
-    assert len(lines(lukhas, "wal", "--from", "2000-01-01", "--limit", "5")) == 5
+    assert lines(lukhas, "wal", "--start", "2099-01-01T00:00:00Z") == []
+    assert len(lines(lukhas, "wal", "--start", "2000-01-01", "--limit", "5")) == 5
 
 
 def test_inspect_changes_and_checkpoints(lukhas: Lukhas) -> None:
-    changes = lines(lukhas, "changes", "--id", "v:4")
+    changes = lines(lukhas, "changes", "--context-id", "v:4")
     assert [(c["version"], c["kind"]) for c in changes] == [(1, "put"), (2, "delete")]
     lukhas("checkpoint", "--id", "inspect-ck")
     manifests = [m for m in lines(lukhas, "checkpoints") if m["checkpoint_id"] == "inspect-ck"]
@@ -134,7 +136,7 @@ def test_inspect_a_dead_letter_and_its_wal_record(lukhas: Lukhas) -> None:
     lukhas("outcome", f"{p}:{o}", check=False)  # waits until it is folded (exit 6)
     (dead,) = [d for d in lines(lukhas, "dlq") if d["source"] == f"{p}:{o}"]
     assert dead["context_id"] == "junk:1" and dead["reason"].startswith("BadMagicError")
-    (wal,) = lines(lukhas, "wal", "--id", "junk:1")
+    (wal,) = lines(lukhas, "wal", "--context-id", "junk:1")
     assert wal["position"] == f"{p}:{o}" and wal["undecodable"].startswith("BadMagicError")
     assert wal["outcome"].startswith("dead_lettered")
     text = lukhas("inspect", "dlq", "-p", str(p)).stdout
@@ -144,8 +146,8 @@ def test_inspect_a_dead_letter_and_its_wal_record(lukhas: Lukhas) -> None:
 def test_inspect_bad_input_is_one_line_and_its_code(lukhas: Lukhas) -> None:
     cases = [
         (("wal", "-p", "99"), 1, "no partition 99"),
-        (("wal", "-p", "0", "--from", "99999999"), 1, "no offset 99999999"),
-        (("wal", "--from", "yesterday"), 2, "neither an offset nor a time"),
+        (("wal", "-p", "0", "--start", "99999999"), 1, "no offset 99999999"),
+        (("wal", "--start", "yesterday"), 2, "neither an offset nor a time"),
         (("topics",), 2, "is not one of"),
         (("wal", "--bootstrap", "127.0.0.1:1"), 1, "cannot reach Kafka"),
     ]
@@ -245,7 +247,7 @@ def test_history_bad_input_is_one_line_and_its_code(lukhas: Lukhas) -> None:
 
 
 def test_the_state_as_of_a_time_and_a_position(lukhas: Lukhas, tmp_path: Path) -> None:
-    _put, patch = lines(lukhas, "wal", "--id", "session:42")
+    _put, patch = lines(lukhas, "wal", "--context-id", "session:42")
     p, patch_offset = (int(x) for x in patch["position"].split(":"))
     # between the put and the patch, by the log's time: version 1
     before = tmp_path / "before"
@@ -282,7 +284,7 @@ def test_a_context_past_its_ttl_at_the_point_reads_absent(lukhas: Lukhas, tmp_pa
     at = f"ms:{ctx['expires_at_ms'] + 1}"
     # the Expire event the worker appends is logged after the expiry: the point is settled
     deadline = time.monotonic() + 60
-    while not [i for i in lines(lukhas, "wal", "--id", "ttl:1") if i["kind"] == "expire"]:
+    while not [i for i in lines(lukhas, "wal", "--context-id", "ttl:1") if i["kind"] == "expire"]:
         assert time.monotonic() < deadline, "no Expire event within 60 s"
         time.sleep(0.5)
     into = tmp_path / "expired"  # its partition: the Expire is logged there after the point
@@ -623,10 +625,10 @@ def test_dead_letters_of_a_newer_schema_fold_once_the_worker_knows_it(
                     json.loads(lukhas("history", "up:0", "--json").stdout)["events"]]  # fmt: skip
         assert statuses == ["dead_lettered"] * 2 + ["applied"] * 2 + ["duplicate"] * 2
         # Garbage stays garbage: re-driven, dead-lettered again with its reason (exit 6).
-        assert len(dead_letters(lukhas, "--id", "junk:2")) == 1
-        bad = lukhas("dlq", "redrive", "--id", "junk:2", "--yes", check=False)
+        assert len(dead_letters(lukhas, "--context-id", "junk:2")) == 1
+        bad = lukhas("dlq", "redrive", "--context-id", "junk:2", "--yes", check=False)
         assert bad.returncode == 6 and "dead_lettered (BadMagicError" in bad.stdout, bad.stdout
-        assert len(dead_letters(lukhas, "--id", "junk:2")) == 2
+        assert len(dead_letters(lukhas, "--context-id", "junk:2")) == 2
     finally:
         lukhas.env.pop("LUKHAS_SCHEMA_DIR")
 

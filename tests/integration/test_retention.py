@@ -56,7 +56,7 @@ async def test_a_worker_prunes_what_no_restore_needs(
         assert starts == checkpointed, (starts, checkpointed)
         # The worker folds on, and reads what it folded.
         receipt = await client.put("r:0", {"later": 1})
-        got = await client.get("r:0", after=receipt, timeout=30)
+        got = await client.get("r:0", min_offset=receipt, timeout=30)
         assert got.doc == {"later": 1}
     metrics = worker.materializer.metrics
     assert metrics.wal_pruned._value.get() >= 1

@@ -124,7 +124,7 @@ async def test_a_killed_transaction_holds_its_partition_only_until_its_timeout(
 
         # Before the brokers abort it, the wait times out and says what holds the partition.
         with pytest.raises(NotAppliedYetError) as caught:
-            await client.get(other_id, after=receipt, timeout=SHORT_WAIT_S)
+            await client.get(other_id, min_offset=receipt, timeout=SHORT_WAIT_S)
         message = str(caught.value)
         assert f"open transaction holds partition {partition} from offset {begun}" in message
         assert caught.value.open_transaction == {
@@ -133,7 +133,7 @@ async def test_a_killed_transaction_holds_its_partition_only_until_its_timeout(
         }  # fmt: skip
 
         # The default transaction timeout bounds the stall: the write becomes readable.
-        ctx = await client.get(other_id, after=receipt, timeout=RELEASED_WITHIN_S)
+        ctx = await client.get(other_id, min_offset=receipt, timeout=RELEASED_WITHIN_S)
         assert ctx.doc == {"written": "after the killed transaction"}
         # The killed transaction's own event was aborted: it never becomes a context.
         with pytest.raises(ContextNotFoundError):
@@ -180,7 +180,7 @@ async def test_an_operator_lists_the_open_transaction_and_aborts_it(
         )
         assert aborted.returncode == 0, aborted.stderr
         # Well before the transaction's own timeout (60 s) could have ended it.
-        ctx = await client.get(other_id, after=receipt, timeout=30)
+        ctx = await client.get(other_id, min_offset=receipt, timeout=30)
         assert ctx.doc == {"written": "behind a transaction"}
 
         after = await asyncio.to_thread(lukhas, "open", "--json")

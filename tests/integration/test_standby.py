@@ -111,9 +111,9 @@ async def test_standbys_follow_serve_stale_reads_and_take_over_after_kill_9(
                 for n in names:
                     acked[n] = acked.get(n, 0) + 1
             for n in names:
-                await client.get(n, after=receipts[n], timeout=30)
+                await client.get(n, min_offset=receipts[n], timeout=30)
             ttl = await client.put("sb-expiring", {"short": True}, ttl=1)
-            await client.get("sb-expiring", after=ttl, timeout=30)
+            await client.get("sb-expiring", min_offset=ttl, timeout=30)
 
         # The copies catch up: lag 0, and the owner's digest (the same records, fences and
         # transactions).
@@ -153,7 +153,7 @@ async def test_standbys_follow_serve_stale_reads_and_take_over_after_kill_9(
                 assert (await client.get(n, max_lag=0)).standby_position is not None
                 assert (await client.get(n)).standby_position is None  # the owner's answer
             with pytest.raises(ValidationError, match="cannot wait for a receipt"):
-                await client.get(on_b[0], after=receipts[on_b[0]], allow_stale=True)
+                await client.get(on_b[0], min_offset=receipts[on_b[0]], allow_stale=True)
             with pytest.raises(ValidationError, match="max_lag"):
                 await client.get(on_b[0], max_lag=-1)
         metrics = await asyncio.to_thread(
@@ -182,7 +182,7 @@ async def test_standbys_follow_serve_stale_reads_and_take_over_after_kill_9(
         async with ContextClient(ClientConfig(cluster.bootstrap, a.url, topics)) as client:
             for n in names:
                 receipt = await client.put(n, {"round": 3, "n": n})
-                ctx = await client.get(n, after=receipt, timeout=30)
+                ctx = await client.get(n, min_offset=receipt, timeout=30)
                 assert (ctx.version, ctx.doc["round"]) == (acked[n] + 1, 3), n
 
         served = _served(a.url)["partitions"]
@@ -215,7 +215,7 @@ async def test_a_copy_that_fails_verification_is_rebuilt_never_promoted(
         async with ContextClient(config) as client:
             receipts = {n: await client.put(n, {"n": n}) for n in names}
             for n in names:
-                await client.get(n, after=receipts[n], timeout=30)
+                await client.get(n, min_offset=receipts[n], timeout=30)
         await _until("standbys caught up", lambda: _caught_up([a.url, b.url]))
         copies = [c["partition"] for c in _served(a.url)["standbys"]]
         assert copies

@@ -57,7 +57,7 @@ async def _write_history(client: Any, n: int, tag: str) -> Any:
 
 
 async def _wait_folded(client: Any, receipt: Any) -> None:
-    await client.get(receipt.context_id, after=receipt, timeout=60)
+    await client.get(receipt.context_id, min_offset=receipt, timeout=60)
 
 
 # ------------------------------------------------------------------------------- expiry
@@ -223,7 +223,7 @@ async def test_kill9_during_a_checkpoint_leaves_nothing_usable(
     await asyncio.to_thread(worker_process.wait_healthy)
     async with make_client(worker_process.url) as client:
         last = await _write_history(client, 200, "k")
-        await client.get(last.context_id, after=last, timeout=60)
+        await client.get(last.context_id, min_offset=last, timeout=60)
         killed = await client.checkpoint("ck-killed")
         deadline = time.monotonic() + 60
         while not (partial := _partial_dirs(checkpoints)):
@@ -248,7 +248,7 @@ async def test_kill9_during_a_checkpoint_leaves_nothing_usable(
             shutil.rmtree(tmp_path / "proc-state" / f"partition-{p}", ignore_errors=True)
         worker_process.start()
         await asyncio.to_thread(worker_process.wait_healthy)
-        await client.get(last.context_id, after=last, timeout=60)
+        await client.get(last.context_id, min_offset=last, timeout=60)
         served = await _partitions(worker_process.url, PARTITIONS)
         assert {s["opened_from"] for s in served} <= {"checkpoint", "changes", "replay"}
         # The next checkpoint clears what the killed one left. Every checkpoint listed (the

@@ -47,7 +47,7 @@ async def test_a_failed_condition_applies_none_of_the_transactions_events(
         assert "none of the transaction's 3 events applied" in outcome.reason
         for missing in (a, b):
             with pytest.raises(ContextNotFoundError):
-                await client.get(missing, after=tx.receipts[0], timeout=30)
+                await client.get(missing, min_offset=tx.receipts[0], timeout=30)
         untouched = await client.get(c)
         assert untouched.doc == {"v": 1} and untouched.version == 1
 
@@ -57,7 +57,7 @@ async def test_a_failed_condition_applies_none_of_the_transactions_events(
             await tx.put(b, {"n": 2}, expected_version=0)
         outcome = await tx.receipts[-1].outcome(30)
         assert (outcome.status, outcome.version) == ("applied", 3)
-        got = [await client.get(x, after=tx.receipts[-1], timeout=30) for x in (a, b, c)]
+        got = [await client.get(x, min_offset=tx.receipts[-1], timeout=30) for x in (a, b, c)]
         assert [g.doc for g in got] == [{"n": 2}, {"n": 2}, {"v": 1, "touched": True}]
         history = await client.history(c)
         assert [e.status for e in history.events] == ["applied", "conflict", "applied"]
@@ -110,7 +110,7 @@ async def test_a_stale_fence_in_a_transaction_applies_none(
         outcome = await tx.receipts[0].outcome(30)
         assert outcome.status == "fenced"
         with pytest.raises(ContextNotFoundError):
-            await client.get(b, after=tx.receipts[0], timeout=30)
+            await client.get(b, min_offset=tx.receipts[0], timeout=30)
 
 
 async def test_bad_transactions_are_refused_before_anything_is_sent(
@@ -165,7 +165,7 @@ async def test_across_partitions_one_failed_condition_and_nothing_applies_anywhe
             assert outcomes[cid].status == "aborted", outcomes[cid]
             assert outcomes[cid].reason is not None and "expected version 5" in outcomes[cid].reason
             with pytest.raises(ContextNotFoundError):
-                await client.get(cid, after=tx.receipts[0], timeout=30)
+                await client.get(cid, min_offset=tx.receipts[0], timeout=30)
         assert (await client.get(c)).doc == {"v": 1}
 
         async with client.transaction() as tx:
@@ -174,7 +174,7 @@ async def test_across_partitions_one_failed_condition_and_nothing_applies_anywhe
             await tx.patch(c, {"n": 2}, merge=True, expected_version=1)
         assert {(await r.outcome(30)).status for r in tx.receipts} == {"applied"}
         # A read at or after a receipt sees the whole transaction in that partition.
-        got = [await client.get(r.context_id, after=r, timeout=30) for r in tx.receipts]
+        got = [await client.get(r.context_id, min_offset=r, timeout=30) for r in tx.receipts]
         assert [g.doc["n"] for g in got] == [2, 2, 2]
         # One after another on the same contexts: the second waits for the first's decision.
         for i in (3, 4):
@@ -182,7 +182,7 @@ async def test_across_partitions_one_failed_condition_and_nothing_applies_anywhe
                 for cid in (a, b, c):
                     await tx.patch(cid, {"n": i}, merge=True)
         assert {(await r.outcome(30)).status for r in tx.receipts} == {"applied"}
-        got = [await client.get(r.context_id, after=r, timeout=30) for r in tx.receipts]
+        got = [await client.get(r.context_id, min_offset=r, timeout=30) for r in tx.receipts]
         assert [(g.doc["n"], g.version) for g in got] == [(4, 3), (4, 3), (4, 4)]
 
 
@@ -261,5 +261,5 @@ async def test_a_client_killed_after_its_prepare_loses_nothing(
     async with ContextClient(ClientConfig(cluster.bootstrap, worker.url, topics)) as client:
         for (partition, offset), cid in zip(positions, ids, strict=True):
             assert (await client.outcome(partition, offset, timeout=60)).status == "applied"
-            got = await client.get(cid, after=f"{partition}:{offset}", timeout=60)
+            got = await client.get(cid, min_offset=f"{partition}:{offset}", timeout=60)
             assert got.doc == {"from": "a client killed after its prepare"}

@@ -61,7 +61,7 @@ async def _history(client: Any) -> dict[str, int]:
         await client.put(name, {"again": True})
         last = await client.patch(name, {"n": 17}, merge=True)
         final[name] = 20
-        await client.get(name, after=last, timeout=60)
+        await client.get(name, min_offset=last, timeout=60)
     return final
 
 
@@ -209,7 +209,7 @@ async def test_a_change_that_does_not_match_its_checksum_is_never_delivered(
     worker = await start_worker(expiry_interval_s=None)
     async with make_client(worker.url) as client:
         first = await client.put("cs", {"v": 1})
-        await client.get("cs", after=first, timeout=60)
+        await client.get("cs", min_offset=first, timeout=60)
         real = orjson.dumps({"v": 2})
         forged = ChangeCodec().encode_fields(
             b"cs", 2, ChangeKind.PUT, b'{"v":"forged"}', checksum(real), None, 10**12,
@@ -224,7 +224,7 @@ async def test_a_change_that_does_not_match_its_checksum_is_never_delivered(
         finally:
             await producer.stop()
         second = await client.put("cs", {"v": 2})
-        await client.get("cs", after=second, timeout=60)
+        await client.get("cs", min_offset=second, timeout=60)
         async with client.watch(context_id="cs", start="earliest") as w:
             items = await _collect(w, 3)
         assert [type(i).__name__ for i in items] == ["Change", "Gap", "Change"]
@@ -251,7 +251,7 @@ async def test_server_sent_events_resume_with_last_event_id(
         for i in range(8):
             last = await client.put(f"sse:{i % 3}", {"i": i})
         await client.put("not-sse", {"x": 1})
-        await client.get(last.context_id, after=last, timeout=60)
+        await client.get(last.context_id, min_offset=last, timeout=60)
     url = f"{worker.url}/v1/changes"
     async with aiohttp.ClientSession() as http:
         events = await _sse(http, url, {"prefix": "sse:", "start": "earliest", "limit": "8"})
@@ -328,11 +328,11 @@ async def test_lukhas_watch_prints_json_lines_and_resumes(
     async with make_client(worker.url) as client:
         for i in range(6):
             last = await client.put(f"cli:{i}", {"i": i})
-        await client.get(last.context_id, after=last, timeout=60)
+        await client.get(last.context_id, min_offset=last, timeout=60)
     env = {**os.environ, "LUKHAS_TOPIC_PREFIX": topics.prefix}
     argv = [sys.executable, "-m", "lukhas_context.ops", "watch", "--bootstrap",
             cluster.bootstrap, "--prefix", "cli:"]  # fmt: skip
-    everything = await asyncio.to_thread(_run, [*argv, "--from", "earliest", "--limit", "6"], env)
+    everything = await asyncio.to_thread(_run, [*argv, "--start", "earliest", "--limit", "6"], env)
     every = [json.loads(line) for line in everything.stdout.splitlines()]
     assert sorted(line["doc"]["i"] for line in every) == list(range(6))
     first = await asyncio.to_thread(_run, [*argv, "--from", "earliest", "--limit", "4"], env)

@@ -1,5 +1,5 @@
 """Issue 19, claims of the change stream against the real broker: a watch from a timestamp
-yields exactly the changes logged at or after it (client, ISO string, `lukhas watch --from`),
+yields exactly the changes logged at or after it (client, ISO string, `lukhas watch --start`),
 a partition-count change ends a watch with `ReadError`, a worker serves at most
 `MAX_SSE_STREAMS` server-sent event streams and frees a slot when a subscriber leaves, and a
 document at the size limit (1 MiB) reaches subscribers whole.
@@ -134,14 +134,14 @@ async def test_a_watch_from_a_timestamp_yields_exactly_the_changes_logged_at_or_
                         (c.context_id, c.version) for c in expected if c.partition == p
                     ]
 
-        # `lukhas watch --from ISO-TIME`: the same changes, as JSON lines; --limit is exactly
+        # `lukhas watch --start ISO-TIME`: the same changes, as JSON lines; --limit is exactly
         # their number, so a change from before the boundary would push a marker out.
         boundary = first_of("b")
         expected_lines = {(c.context_id, c.version) for c in history if c.log_time_ms >= boundary}
         iso = datetime.fromtimestamp(boundary / 1000, tz=UTC).isoformat(timespec="milliseconds")
         env = {**os.environ, "LUKHAS_TOPIC_PREFIX": topics.prefix}
         argv = [sys.executable, "-m", "lukhas_context.ops", "watch", "--bootstrap",
-                cluster.bootstrap, "--prefix", "ts:", "--from", iso,
+                cluster.bootstrap, "--prefix", "ts:", "--start", iso,
                 "--limit", str(len(expected_lines))]  # fmt: skip
         done = await asyncio.to_thread(
             subprocess.run, argv, env=env, capture_output=True, text=True, timeout=120, check=False
@@ -227,9 +227,10 @@ async def test_a_worker_serves_at_most_max_sse_streams_and_frees_a_slot_when_one
                 assert (await response.content.readline()).startswith(b"id: lk1.")
             over = await _open_stream(http, url)
             assert over.status == 503
-            assert await over.json() == {
-                "error": f"this worker serves {MAX_SSE_STREAMS} change streams already"
-            }
+            refused = await over.json(content_type="application/problem+json")
+            assert refused["status"] == 503 and refused["detail"] == (
+                f"this worker serves {MAX_SSE_STREAMS} change streams already"
+            )
             over.close()
 
             # One subscriber leaves: the worker notices (at the latest when its next

@@ -106,7 +106,7 @@ async def _scenario(
                 for name in names:
                     receipts[name] = await client.put(name, {"round": round_, "name": name})
             for name in names:  # routed by the client to the owner, after its own last write
-                ctx = await client.get(name, after=receipts[name], timeout=30)
+                ctx = await client.get(name, min_offset=receipts[name], timeout=30)
                 assert ctx.doc == {"round": 4, "name": name} and ctx.version == 5
         # Any worker answers for any context: it forwards to the owner.
         for url in (a.url, b.url):
@@ -129,7 +129,7 @@ async def _scenario(
             for name in names:
                 receipt = await c.put(name, {"round": 5, "name": name})
                 assert (await receipt.outcome(timeout=30)).status == "applied"
-                ctx = await c.get(name, after=receipt, timeout=30)
+                ctx = await c.get(name, min_offset=receipt, timeout=30)
                 assert (ctx.version, ctx.doc["round"]) == (6, 5), name
 
         # The survivor's state equals a full replay of the WAL, partition by partition.

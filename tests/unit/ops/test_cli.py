@@ -335,3 +335,32 @@ def test_the_worker_keeps_to_a_memory_budget(
     result = CliRunner().invoke(cli, argv, env=env)
     assert result.exit_code == 0, (result.output, result.exception)
     assert seen[0].memory_budget_bytes == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "old", "new"),
+    [
+        (["get", "x", "--after", "0:1"], "--after", "--min-offset"),
+        (["watch", "--from", "earliest", "--limit", "1"], "--from", "--start"),
+        (["watch", "--id", "x", "--limit", "1"], "--id", "--context-id"),
+        (["inspect", "wal", "--from", "0"], "--from", "--start"),
+        (["inspect", "wal", "--id", "x"], "--id", "--context-id"),
+        (["dlq", "list", "--id", "x"], "--id", "--context-id"),
+    ],
+)
+def test_old_option_names_still_work_and_say_they_are_deprecated(
+    tmp_path: Path, args: list[str], old: str, new: str
+) -> None:
+    """One vocabulary, the HTTP API's: the old names are hidden, taken, and named as
+    deprecated on stderr; with the new name too, a usage error. (Nothing runs here: the
+    commands fail for want of a cluster, after the option was taken.)"""
+    env = {"LUKHAS_DATA_DIR": str(tmp_path), "LUKHAS_BOOTSTRAP": "", "LUKHAS_API_URL": ""}
+    runner = CliRunner()
+    done = runner.invoke(cli, args, env=env)
+    assert f"lukhas: {old} is deprecated: use {new}" in done.stderr, done.stderr
+    assert done.exit_code == 1 and "no cluster" in done.stderr, done.stderr
+    both = runner.invoke(cli, [*args, new, "0:2" if new == "--min-offset" else "1"], env=env)
+    assert both.exit_code == 2 and f"give {new} only ({old} is its old name)" in both.stderr
+    command = args[: 2 if args[0] in ("inspect", "dlq") else 1]
+    helped = runner.invoke(cli, [*command, "--help"]).output
+    assert new in helped and f"{old} " not in helped, helped

@@ -76,7 +76,7 @@ async def test_a_read_your_writes_timeout_is_typed() -> None:
     try:
         async with ContextClient(ClientConfig("unused:9092", url)) as client:
             with pytest.raises(NotAppliedYetError):
-                await client.get("c", after="0:9", timeout=1)
+                await client.get("c", min_offset="0:9", timeout=1)
     finally:
         await runner.cleanup()
 
@@ -161,11 +161,11 @@ async def test_a_position_that_does_not_exist_is_typed() -> None:
             with pytest.raises(NoSuchPositionError, match="no offset 9"):
                 await client.outcome(0, 9, timeout=1)
             with pytest.raises(NoSuchPositionError):
-                await client.get("c", after="0:9", timeout=1)
+                await client.get("c", min_offset="0:9", timeout=1)
             client.router.partition_count = 2  # a wait on the other partition than c's
             other = next(p for p in range(2) if p != partition_for(b"c", 2))
             with pytest.raises(NoSuchPositionError):
-                await client.get("c", after=f"{other}:9", timeout=1)
+                await client.get("c", min_offset=f"{other}:9", timeout=1)
     finally:
         await runner.cleanup()
 
@@ -186,5 +186,29 @@ async def test_the_client_reads_a_problems_detail(alias: bool) -> None:
         async with ContextClient(ClientConfig("unused:9092", url)) as client:
             with pytest.raises(ReadError, match="409: the state as of 5:5 cannot be built"):
                 await client.get("c")
+    finally:
+        await runner.cleanup()
+
+
+async def test_after_is_the_old_name_of_min_offset() -> None:
+    """One vocabulary with the HTTP API: ``min_offset``; ``after=`` still works, with a
+    ``DeprecationWarning``, and both at once are refused."""
+
+    async def handler(request: web.Request) -> web.Response:
+        assert request.query["min_offset"] == "0:9"
+        return web.json_response({"error": "offset 0:9 not applied within 1 s"}, status=504)
+
+    runner, url = await _serve(handler)
+    try:
+        async with ContextClient(ClientConfig("unused:9092", url)) as client:
+            with (
+                pytest.warns(DeprecationWarning, match="after= is deprecated: use min_offset="),
+                pytest.raises(NotAppliedYetError),
+            ):
+                await client.get("c", after="0:9", timeout=1)
+            with pytest.raises(ValidationError, match="give min_offset= only"):
+                await client.get("c", min_offset="0:9", after="0:9", timeout=1)
+            with pytest.raises(NotAppliedYetError):
+                await client.get("c", min_offset="0:9", timeout=1)
     finally:
         await runner.cleanup()
