@@ -17,7 +17,7 @@ RUN apt-get update -qq \
 ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3 -m venv /opt/lukhas
 WORKDIR /src
-COPY pyproject.toml setup.py README.md ./
+COPY pyproject.toml setup.py README.md constraints.txt ./
 COPY lukhas_context/ lukhas_context/
 COPY schemas/ schemas/
 COPY streams/ streams/
@@ -25,7 +25,7 @@ COPY state/ state/
 COPY processors/ processors/
 COPY ops/ ops/
 RUN /opt/lukhas/bin/pip install -q --no-cache-dir --upgrade pip \
- && /opt/lukhas/bin/pip install -q --no-cache-dir . \
+ && /opt/lukhas/bin/pip install -q --no-cache-dir ".[server]" -c constraints.txt \
  && cd / && /opt/lukhas/bin/python -c "import lukhas_context.processors._fastfold, lukhas_context.schemas._fastchange, lukhas_context.schemas._fastjson, lukhas_context.streams._fastrecords"
 
 FROM ${BASE}

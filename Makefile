@@ -11,10 +11,10 @@ STAMP  := $(VENV)/.installed
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml setup.py
+$(STAMP): pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev]" -c constraints.txt
 	touch $(STAMP)
 
 venv: $(STAMP)  ## Create .venv with the package (editable) and the dev tools
@@ -69,7 +69,7 @@ bench: $(STAMP)  ## Materialisation throughput vs a bare consumer (starts its ow
 	$(BIN)/python benchmarks/failover_local.py
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/reads.py
-	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/pip install -q -e ".[bench]" -c constraints.txt
 	$(BIN)/python benchmarks/peers.py
 
 # The compose cluster (docker-compose.yml), the second way to run it: needs a Docker engine.

@@ -1,5 +1,5 @@
 """``python -m lukhas_context.ops``: the ``lukhas`` command."""
 
-from lukhas_context.ops.cli import main
+from lukhas_context.ops.entry import main
 
 main()

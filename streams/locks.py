@@ -33,9 +33,6 @@ import uuid
 from types import TracebackType
 from typing import Any
 
-from redis import asyncio as aioredis
-from redis.exceptions import RedisError
-
 from lukhas_context.schemas.event import MAX_LOCK_NAME_BYTES, Fence, fence_problem
 from lukhas_context.streams.exceptions import (
     LockLostError,
@@ -134,6 +131,18 @@ def _check_seconds(value: object, what: str, low: float, high: float) -> float:
     return float(value)
 
 
+def _redis_asyncio() -> Any:
+    """redis-py's asyncio client, imported on first use: a client that takes no locks needs
+    no ``redis`` package (it comes with the ``locks``, ``cli`` and ``server`` extras)."""
+    try:
+        from redis import asyncio as aioredis
+    except ImportError:
+        raise LockUnavailableError(
+            "locks need the redis package: pip install 'lukhas-context[locks]'"
+        ) from None
+    return aioredis
+
+
 class LockManager:
     """Locks on one redis-server (``redis://host:port[/db]``); keys under ``prefix``."""
 
@@ -147,6 +156,7 @@ class LockManager:
 
     def _client(self) -> Any:
         if self._redis is None:
+            aioredis = _redis_asyncio()
             try:
                 self._redis = aioredis.Redis.from_url(
                     self.url, socket_connect_timeout=CONNECT_TIMEOUT_S,
@@ -166,6 +176,8 @@ class LockManager:
         return Lock(self, name, ttl, timeout)
 
     async def call(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        from redis.exceptions import RedisError  # the client was made: redis is installed
+
         try:
             return await self._client().eval(script, len(keys), *keys, *args)
         except (RedisError, OSError) as exc:

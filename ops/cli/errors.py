@@ -96,10 +96,34 @@ def handle_errors(fn: F) -> F:
             fail(f"{type(exc).__name__}: {exc}", EXIT_NOT_FOUND if exc.not_found else EXIT_ERROR)
         except KafkaError as exc:  # one the distribution did not wrap: still one line
             fail(f"Kafka: {exc}")
+        except ModuleNotFoundError as exc:  # an extra not installed: say which
+            missing_extra(exc)
         except OSError as exc:
             fail(f"{type(exc).__name__}: {exc}")
 
     return wrapper  # type: ignore[return-value]
+
+
+def missing_extra(exc: ModuleNotFoundError) -> NoReturn:
+    """One line naming the extra that brings the package a command could not import (the
+    error itself when no extra does: a broken install is not a missing extra)."""
+    extra = EXTRA_OF_MODULE.get((exc.name or "").split(".")[0])
+    if extra is None:
+        raise exc
+    fail(f"this command needs the {exc.name} package: pip install 'lukhas-context[{extra}]'")
+
+
+#: A package a command may need that the base install (the client) lacks -> the extra that
+#: brings it (pyproject.toml's [project.optional-dependencies]).
+EXTRA_OF_MODULE = {
+    "rocksdict": "server",
+    "prometheus_client": "server",
+    "cramjam": "server",
+    "tqdm": "cli",
+    "redis": "locks",
+    "faust": "faust",
+    "mode": "faust",
+}
 
 
 class _UsageError(click.UsageError):
@@ -132,6 +156,8 @@ class OneLineGroup(click.Group):
             return super().invoke(ctx)
         except click.UsageError as exc:
             _raise_one_line(exc)
+        except ModuleNotFoundError as exc:  # while parsing an option (a size, a time...)
+            missing_extra(exc)
 
 
 def _raise_one_line(exc: click.UsageError) -> NoReturn:
