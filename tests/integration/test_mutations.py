@@ -86,7 +86,7 @@ async def test_a_retried_event_applies_once_and_reused_ids_are_dead_lettered(
     assert (o1.status, o1.version) == ("applied", 1)
     assert (o2.status, o2.version, o2.duplicate_of) == ("applied", 1, first.offset)
     assert o3.status == "dead_lettered" and "EventIdConflictError" in (o3.reason or "")
-    assert worker.materializer.metrics.duplicates._value.get() == 1
+    assert worker.materializer.metrics.events.labels("duplicate")._value.get() == 1
 
 
 async def test_patches_apply_atomically_and_checksums_are_enforced(
