@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 
+from lukhas_context.streams.config import bearer_headers
+
 #: The variable that holds the token (``lukhas worker`` requires it unless given a file).
 TOKEN_VARIABLE = "LUKHAS_API_TOKEN"
 
@@ -17,5 +19,4 @@ def api_token() -> str | None:
 
 def api_headers() -> dict[str, str]:
     """The headers a tool sends to the read API: the token as a bearer token, if set."""
-    token = api_token()
-    return {} if token is None else {"Authorization": f"Bearer {token}"}
+    return bearer_headers(api_token())

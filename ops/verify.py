@@ -37,6 +37,7 @@ from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.state.exceptions import StoreLockedError
 from lukhas_context.state.ranges import Hi, LocalRanges, RangeDigest, RangeSource, Row, differences
 from lukhas_context.state.store import PartitionStore
+from lukhas_context.streams.config import bearer_headers
 
 __all__ = ["Against", "Side", "VerifyError", "parse_against", "verify_partition"]
 
@@ -230,7 +231,7 @@ async def _call(http: aiohttp.ClientSession, method: str, url: str, body: Any,
 @contextlib.asynccontextmanager
 async def http_session(token: str | None = None) -> AsyncIterator[aiohttp.ClientSession]:
     """A session for the workers' verify endpoints (``token``: the read API's, if any)."""
-    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    headers = bearer_headers(token)
     timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
     async with aiohttp.ClientSession(timeout=timeout, headers=headers) as http:
         yield http

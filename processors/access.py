@@ -69,11 +69,6 @@ def check_origins(origins: Iterable[str]) -> None:
             )
 
 
-def bearer(token: str | None) -> dict[str, str]:
-    """The header that carries ``token`` (none without one)."""
-    return {} if token is None else {"Authorization": f"Bearer {token}"}
-
-
 def token_middleware(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
     expected = f"Bearer {token}".encode()
 

@@ -135,7 +135,7 @@ from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
 from lukhas_context import __version__
-from lukhas_context.processors.access import Cors, bearer, token_middleware
+from lukhas_context.processors.access import Cors, token_middleware
 from lukhas_context.processors.asof import AsOfStates
 from lukhas_context.processors.exceptions import NotOwnerError
 from lukhas_context.processors.fold import MAX_ID_BYTES, apply, dead_letter_reason, is_barrier
@@ -163,6 +163,7 @@ from lukhas_context.state.journal import EntryStatus
 from lukhas_context.state.record import ContextRecord
 from lukhas_context.state.store import HASH_MASK, PartitionStore
 from lukhas_context.streams.changes import Gap
+from lukhas_context.streams.config import bearer_headers
 from lukhas_context.streams.exceptions import InvalidPositionError, ReadError, ValidationError
 from lukhas_context.streams.position import MAX_OFFSET, MAX_PARTITION, parse_natural, parse_position
 from lukhas_context.streams.topics import DOWNSTREAM_MAX_MESSAGE_BYTES, partition_for
@@ -225,7 +226,7 @@ def _natural(raw: str, what: str, high: int = MAX_OFFSET) -> int:
     try:
         return parse_natural(raw, what, high)
     except ValidationError as exc:
-        raise _bad_request(str(exc)) from None
+        raise bad_request(str(exc)) from None
 
 
 def _error(status: int, reason: str, kind: str | None = None, **extensions: object) -> web.Response:
@@ -238,11 +239,6 @@ def _no_such(what: str, reason: str, **detail: int) -> web.Response:
     return problem(404, reason, f"no-such-{what}", {"no_such": what, **detail})
 
 
-def _bad_request(reason: str) -> web.HTTPBadRequest:
-    """A 400 to raise from a parameter check: a problem like every other error."""
-    return bad_request(reason)
-
-
 def _parse_timeout(raw: str | None) -> float:
     if raw is None:
         return 5.0
@@ -252,7 +248,7 @@ def _parse_timeout(raw: str | None) -> float:
         value = math.nan
     if not (math.isfinite(value) and value >= 0):
         shown = raw if len(raw) <= 40 else f"{raw[:40]}..."
-        raise _bad_request(f"timeout must be a finite number of seconds >= 0, got {shown!r}")
+        raise bad_request(f"timeout must be a finite number of seconds >= 0, got {shown!r}")
     return min(value, MAX_WAIT_S)  # longer waits are cut to the cap
 
 
@@ -263,7 +259,7 @@ def _parse_idle(raw: str) -> float:
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and 0 <= value <= MAX_IDLE_S):
-        raise _bad_request(f"idle_timeout must be seconds in [0, {MAX_IDLE_S:g}], got {raw[:40]!r}")
+        raise bad_request(f"idle_timeout must be seconds in [0, {MAX_IDLE_S:g}], got {raw[:40]!r}")
     return value
 
 
@@ -369,7 +365,7 @@ class ReadApi:
         if cors.origins:
             self.app.on_response_prepare.append(cors.on_prepare)
         #: Sent with every request to another worker (a forward, a listing's page).
-        self._peer_headers = bearer(config.api_token)
+        self._peer_headers = bearer_headers(config.api_token)
         self.app.add_routes(
             [
                 web.get("/v1/contexts", self.list_contexts),
@@ -494,6 +490,12 @@ class ReadApi:
             f"(the next write there gets offset {end})", end_offset=end,
         )  # fmt: skip
 
+    def _peers(self) -> aiohttp.ClientSession:
+        """The session this worker asks other workers with (forwards, listing pages)."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        return self._http
+
     async def _forward(self, request: web.Request, partition: int) -> web.Response | None:
         """The owner's answer when another worker serves ``partition`` (one hop: a forwarded
         request is answered where it lands); None to answer here."""
@@ -507,11 +509,9 @@ class ReadApi:
         owner = m.membership.owner(partition)
         if owner is None or owner.api == m.config.api_url:
             return None
-        if self._http is None:
-            self._http = aiohttp.ClientSession()
         url = owner.forward_url.rstrip("/") + request.path_qs
         try:
-            async with self._http.request(
+            async with self._peers().request(
                 request.method, url, data=await request.read() or None,
                 headers={FORWARDED_HEADER: m.config.api_url, **self._peer_headers},
                 timeout=aiohttp.ClientTimeout(total=MAX_WAIT_S + 10),
@@ -557,7 +557,7 @@ class ReadApi:
             try:
                 wait_for = parse_position(request.query["min_offset"], "min_offset")
             except InvalidPositionError as exc:
-                raise _bad_request(str(exc)) from None
+                raise bad_request(str(exc)) from None
             timeout = _parse_timeout(request.query.get("timeout"))
             missing = self._check_partition(wait_for[0])
             if missing is not None:
@@ -661,12 +661,12 @@ class ReadApi:
         prefix, after = query.get("prefix", ""), query.get("after")
         for name, value in (("prefix", prefix), ("after", after)):
             if value is not None and len(value.encode()) > MAX_ID_BYTES:
-                raise _bad_request(f"{name} is longer than a context id ({MAX_ID_BYTES} bytes)")
+                raise bad_request(f"{name} is longer than a context id ({MAX_ID_BYTES} bytes)")
         limit = DEFAULT_LIMIT
         if "limit" in query:
             limit = _natural(query["limit"], "limit", MAX_LIMIT)
             if limit == 0:
-                raise _bad_request(f"limit must be 1 to {MAX_LIMIT}, got 0")
+                raise bad_request(f"limit must be 1 to {MAX_LIMIT}, got 0")
         m = self.m
         count = m.partition_count
         if not count:
@@ -715,9 +715,7 @@ class ReadApi:
             owners[owner.api] = owner.forward_url
         if not owners:
             return []
-        if self._http is None:
-            self._http = aiohttp.ClientSession()
-        http = self._http
+        http = self._peers()
 
         async def ask(url: str) -> tuple[SourcePage, list[int]] | None:
             try:
@@ -772,13 +770,13 @@ class ReadApi:
         q = request.query
         allow = q.get("allow_stale", "1" if "max_lag" in q else "0")
         if allow not in ("0", "1", "true", "false"):
-            raise _bad_request(f"allow_stale must be 1, 0, true or false, not {allow[:40]!r}")
+            raise bad_request(f"allow_stale must be 1, 0, true or false, not {allow[:40]!r}")
         if allow in ("0", "false"):
             if "max_lag" in q:
-                raise _bad_request("max_lag allows a stale read; it cannot go with allow_stale=0")
+                raise bad_request("max_lag allows a stale read; it cannot go with allow_stale=0")
             return None
         if "min_offset" in q or "as_of" in q:
-            raise _bad_request("a stale read (allow_stale, max_lag) takes neither min_offset "
+            raise bad_request("a stale read (allow_stale, max_lag) takes neither min_offset "
                                "nor as_of: those ask for a position it may not have")  # fmt: skip
         max_lag = _natural(q["max_lag"], "max_lag") if "max_lag" in q else None
         count, standby = self.m.partition_count, self.m.standby
@@ -810,20 +808,20 @@ class ReadApi:
         """``?as_of=POINT``: the context in the state as of a time or ``P:O``, built (or found
         built) by the owner of its partition (``processors.asof``)."""
         if "min_offset" in request.query:
-            raise _bad_request("as_of reads a past state, min_offset waits for the live one: "
+            raise bad_request("as_of reads a past state, min_offset waits for the live one: "
                                "give one")  # fmt: skip
         raw = request.query["as_of"]
         try:
             as_of = parse_as_of(raw)
         except ValueError as exc:
-            raise _bad_request(f"as_of: {exc}") from None
+            raise bad_request(f"as_of: {exc}") from None
         timeout = _parse_timeout(request.query.get("timeout"))
         count = self.m.partition_count
         if not count:
             return _error(503, "the worker has no partitions yet")
         partition = partition_for(context_id.encode(), count)
         if as_of.positions is not None and set(as_of.positions) != {partition}:
-            raise _bad_request(f"as_of names partition(s) {sorted(as_of.positions)}, but "
+            raise bad_request(f"as_of names partition(s) {sorted(as_of.positions)}, but "
                                f"{context_id!r} is in partition {partition}")  # fmt: skip
         forwarded = await self._forward(request, partition)
         if forwarded is not None:
@@ -860,7 +858,7 @@ class ReadApi:
             after = _natural(request.query["after"], "after")
         limit = _natural(request.query.get("limit", str(HISTORY_PAGE)), "limit", MAX_PAGE)
         if limit == 0:
-            raise _bad_request(f"limit must be 1 to {MAX_PAGE}, got 0")
+            raise bad_request(f"limit must be 1 to {MAX_PAGE}, got 0")
         found = await self._store_of_context(request, key)
         if isinstance(found, web.Response):
             return found

@@ -20,6 +20,12 @@ MAX_TRANSACTION_TIMEOUT_S = 60.0
 DIAGNOSIS_S = 3.0
 
 
+def bearer_headers(token: str | None) -> dict[str, str]:
+    """The header that carries the read API's bearer ``token`` (none without one): sent by
+    the client, the tools, and workers to each other."""
+    return {} if token is None else {"Authorization": f"Bearer {token}"}
+
+
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
     """Where the client writes and reads, and how long it waits. Nothing here reads the

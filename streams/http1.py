@@ -86,10 +86,11 @@ class Http1Pool:
 
     def __init__(self, max_body: int, headers: dict[str, str] | None = None) -> None:
         self._max_body = max_body
-        #: Header lines sent with every request (the read API's token).
-        self._extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
-        if any(c in self._extra.replace("\r\n", "") for c in "\r\n"):
+        lines = [f"{name}: {value}" for name, value in (headers or {}).items()]
+        if any("\r" in line or "\n" in line for line in lines):
             raise ProtocolError("a header may not contain line breaks")
+        #: Header lines sent with every request (the read API's token).
+        self._extra = "".join(f"{line}\r\n" for line in lines)
         self._idle: dict[tuple[str, int, bool], list[_Connection]] = {}
         self._closed = False
 

@@ -16,6 +16,7 @@ import time
 import aiohttp
 import orjson
 
+from lukhas_context.streams.config import bearer_headers
 from lukhas_context.streams.exceptions import ReadError
 from lukhas_context.streams.http1 import ConnectError, Http1Pool, ProtocolError, http_origin
 from lukhas_context.streams.topics import partition_for
@@ -49,7 +50,7 @@ class Router:
         self._http: aiohttp.ClientSession | None = None
         #: GETs to ``http://`` workers go over lean keep-alive connections (``streams.http1``).
         #: Headers of every request: the read API's bearer token, if it needs one.
-        self._headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        self._headers = bearer_headers(token)
         self._pool = Http1Pool(MAX_ANSWER_BYTES, self._headers)
         self._origins: dict[str, tuple[str, int] | None] = {}
 

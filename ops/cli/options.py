@@ -23,7 +23,6 @@ __all__ = [
     "mutation_options",
     "old_name",
     "partitions_option",
-    "pick",
     "state_dir_option",
 ]
 
@@ -114,7 +113,7 @@ def mutation_options(fn: F) -> F:
 
 def old_name(old: str, new: str, dest: str, **kw: Any) -> Callable[[F], F]:
     """An option's old name, still taken: hidden from ``--help``, it sets ``dest`` (the
-    new option's parameter, with ``_old`` after it: ``pick`` merges the two) and says on
+    new option's parameter, with ``_old`` after it: ``merge_old`` merges the two) and says on
     stderr that it is deprecated. The vocabulary is the HTTP API's (``start``,
     ``min_offset``, ``context_id``)."""
 
@@ -133,19 +132,13 @@ def merge_old(dest: str, names: str, default: object = None) -> Callable[[F], F]
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def merged(*args: Any, **kwargs: Any) -> Any:
-            old = kwargs.pop(f"{dest}_old", None)
-            kwargs[dest] = pick(kwargs.get(dest), old, default, names)
+            new, old = kwargs.get(dest), kwargs.pop(f"{dest}_old", None)
+            if new is not None and old is not None:
+                first, second = names.split("/")
+                raise click.UsageError(f"give {first} only ({second} is its old name)")
+            kwargs[dest] = new if new is not None else old if old is not None else default
             return fn(*args, **kwargs)
 
         return merged  # type: ignore[return-value]
 
     return decorate
-
-
-def pick(new: object, old: object, default: object, names: str) -> object:
-    """The value of an option given by its new name or its old one (``old_name``), or
-    ``default``; a usage error when both are given."""
-    if new is not None and old is not None:
-        raise click.UsageError(f"give {names.split('/')[0]} only ({names.split('/')[1]} is "
-                               "its old name)")  # fmt: skip
-    return new if new is not None else old if old is not None else default
