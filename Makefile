@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv up down status test test-unit test-pure test-integration lint format typecheck bench clean \
+.PHONY: help venv up redis-server down status test test-unit test-pure test-integration lint format typecheck bench clean \
         compose-build compose-up compose-down compose-clean bench-compose
 
 help:  ## List the targets
@@ -19,9 +19,21 @@ $(STAMP): pyproject.toml setup.py constraints.txt
 
 venv: $(STAMP)  ## Create .venv with the package (editable) and the dev tools
 
-up: $(STAMP)  ## Start Kafka, Redis, the topics and a processor; then write and read a context
+up: $(STAMP) redis-server  ## Start Kafka, Redis, the topics and a processor; then write and read a context
 	$(BIN)/lukhas up
 	$(BIN)/lukhas demo
+
+# `lukhas up` never installs packages by itself; `make up` does, here, where it shows.
+redis-server:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make up: redis-server is not installed; installing it: apt-get install redis-server"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
+	  else \
+	    echo "make up: redis-server is not installed: install it (Debian: sudo apt-get install redis-server; macOS: brew install redis), then run make up again" >&2; \
+	    exit 1; \
+	  fi; }
 
 down: $(STAMP)  ## Stop what `make up` started (keeps the data in .lukhas/)
 	$(BIN)/lukhas down

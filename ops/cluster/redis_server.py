@@ -1,15 +1,12 @@
 """The local cluster's redis-server: an append-only file under ``data_dir/redis``, started
-detached and waited for until it answers PING; installed with apt-get when missing and root."""
+detached and waited for until it answers PING; never installed by it (``make up`` does that)."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 
 from lukhas_context.ops.cluster.probes import redis_ping
 from lukhas_context.ops.cluster.process import (
-    LOG_TAIL_LINES,
     START_TIMEOUT_S,
     Part,
     spawn,
@@ -58,22 +55,13 @@ class RedisServer:
 
 
 def _redis_server_binary() -> str:
-    """``redis-server``'s path; installs it with apt-get when missing and running as root."""
+    """``redis-server``'s path. Never installs it: a command that changes the machine's
+    packages by itself, as root, is not one an operator expects from ``lukhas up`` (``make
+    up`` installs it as a step of its own, and says so)."""
     found = shutil.which("redis-server")
     if found is not None:
         return found
-    if os.geteuid() != 0:
-        raise RedisNotInstalledError(
-            "redis-server not found on PATH: install it (apt-get install redis-server, "
-            "brew install redis) and run `lukhas up` again"
-        )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    done = subprocess.run(
-        ["sh", "-c", "apt-get update -qq && apt-get install -y -qq redis-server"],
-        env=env, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    found = shutil.which("redis-server")
-    if found is None:
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-LOG_TAIL_LINES:])
-        raise RedisNotInstalledError(f"apt-get install redis-server failed:\n{tail}")
-    return found
+    raise RedisNotInstalledError(
+        "redis-server not found on PATH: install it (Debian: apt-get install redis-server; "
+        "macOS: brew install redis; or `make up`, which does) and run `lukhas up` again"
+    )
