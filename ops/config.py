@@ -15,6 +15,8 @@ Each value comes from the first of: the command's option, the environment variab
 | ``LUKHAS_KAFKA_CACHE`` | where the fetched Kafka jars are kept (default ``~/.cache/lukhas``) |
 | ``LUKHAS_API_TOKEN`` | the read API's bearer token (commands send it; a worker requires it) |
 | ``LUKHAS_TIMEOUT`` | deadline in seconds of each Kafka call of a ``lukhas`` command (default 30) |
+| ``LUKHAS_KAFKA_CONFIG`` | a properties file of Kafka security settings (``--kafka-config``) |
+| ``LUKHAS_KAFKA_<SETTING>`` | one such setting (``LUKHAS_KAFKA_SASL_PASSWORD``...) |
 | ``LUKHAS_TEST_CHECKPOINT_PAUSE_S`` | tests only: a worker's pause before a checkpoint's manifest |
 
 click reads ``LUKHAS_BOOTSTRAP`` and ``LUKHAS_API_URL`` (``envvar=`` of ``--bootstrap`` and
@@ -49,12 +51,14 @@ from lukhas_context.ops.exceptions import NotConfiguredError, OpsError
 from lukhas_context.ops.kafka_dist import DEFAULT_VERSION, ensure_kafka_tools
 from lukhas_context.ops.transactions import TransactionTool
 from lukhas_context.streams.client import ClientConfig
+from lukhas_context.streams.exceptions import InvalidConfigError
+from lukhas_context.streams.security import PROPERTY_KEYS, KafkaSecurity, read_properties
 from lukhas_context.streams.topics import DEFAULT_PREFIX, Topics
 
 if TYPE_CHECKING:
     from lukhas_context.processors.config import WorkerConfig
 
-__all__ = ["Environment", "Settings", "WorkerFlags"]
+__all__ = ["Environment", "Settings", "WorkerFlags", "kafka_security", "kafka_variable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +80,8 @@ class Environment:
     #: ``LUKHAS_API_TOKEN``: the read API's bearer token (commands send it; a worker
     #: without ``--api-token-file`` requires it). Never printed.
     api_token: str | None = field(default=None, repr=False)
+    #: ``LUKHAS_KAFKA_CONFIG`` and ``LUKHAS_KAFKA_<SETTING>``: how to reach a secured Kafka.
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     @classmethod
     def read(cls) -> Environment:
@@ -93,7 +99,35 @@ class Environment:
             schema_dir=Path(env["LUKHAS_SCHEMA_DIR"]) if env.get("LUKHAS_SCHEMA_DIR") else None,
             dedupe_window=_window(env.get("LUKHAS_DEDUPE_WINDOW")),
             api_token=api_token(),
+            kafka_security=kafka_security(env),
         )
+
+
+def kafka_variable(key: str) -> str:
+    """The variable of one Kafka security setting: ``sasl.password`` ->
+    ``LUKHAS_KAFKA_SASL_PASSWORD``."""
+    return "LUKHAS_KAFKA_" + key.upper().replace(".", "_")
+
+
+def kafka_security(env: Mapping[str, str]) -> KafkaSecurity:
+    """The Kafka security settings of the environment: the properties file named by
+    ``LUKHAS_KAFKA_CONFIG`` (``--kafka-config``), and a ``LUKHAS_KAFKA_<SETTING>`` variable
+    for each setting (``kafka_variable``); neither: plaintext. ``InvalidConfigError`` for a
+    setting given by both with different values (which one was meant cannot be known), and
+    for settings that do not go together (``streams.security``)."""
+    path = env.get("LUKHAS_KAFKA_CONFIG") or None
+    props = read_properties(Path(path)) if path else {}
+    sources = [path] if path else []
+    for key in PROPERTY_KEYS:
+        name = kafka_variable(key)
+        value = env.get(name)
+        if not value:
+            continue
+        if key in props and props[key] != value:
+            raise InvalidConfigError(f"{key} is set by both {path} and {name}, differently")
+        props[key] = value
+        sources.append(name)
+    return KafkaSecurity.from_properties(props, ", ".join(sources))
 
 
 #: The largest dedupe window (records of a partition).
@@ -210,7 +244,7 @@ class Settings:
         env = self.env
         return ClusterSpec(
             data_dir=self.data_dir, kafka_home=env.kafka_home, kafka_cache=env.kafka_cache,
-            **fields,
+            kafka_security=env.kafka_security, **fields,
         )  # fmt: skip
 
     def client_config(
@@ -237,6 +271,7 @@ class Settings:
         config = ClientConfig(
             bootstrap=str(bootstrap or ""), api_url=api, topics=Topics(self.env.topic_prefix),
             redis_url=redis_url, api_token=self.env.api_token,
+            kafka_security=self.env.kafka_security,
         )  # fmt: skip
         timeout_s = self.env.timeout_s
         return config if timeout_s is None else replace(config, timeout_s=timeout_s)
@@ -265,7 +300,8 @@ class Settings:
         f = flags
         return WorkerConfig(
             bootstrap=f.bootstrap, state_dir=f.state_dir, topics=Topics(f.topic_prefix),
-            group_id=f.group, api_host=f.api_host, api_port=f.api_port,
+            kafka_security=self.env.kafka_security, group_id=f.group, api_host=f.api_host,
+            api_port=f.api_port,
             advertised_url=f.advertised_url, peer_url=f.peer_url,
             max_batch_records=f.max_batch, instance_id=f.instance_id,
             session_timeout_ms=int(f.session_timeout * 1000), checkpoint_dir=f.checkpoint_dir,
@@ -301,7 +337,8 @@ class Settings:
             store_dir = state_dir(self.data_dir)
         return WorkerConfig(
             bootstrap=str(kafka), state_dir=store_dir, topics=Topics(self.env.topic_prefix),
-            checkpoint_dir=checkpoint_dir, schema_dir=self.env.schema_dir,
+            kafka_security=self.env.kafka_security, checkpoint_dir=checkpoint_dir,
+            schema_dir=self.env.schema_dir,
             **fold_sizing(self.env.dedupe_window),
         )  # fmt: skip
 
@@ -313,4 +350,7 @@ class Settings:
         config = self.client_config(bootstrap, None)
         dist = ensure_kafka_tools(DEFAULT_VERSION, env.kafka_cache, env.kafka_home)
         timeout = max(60.0, env.timeout_s or 0.0)
-        return TransactionTool.create(dist, config.bootstrap, self.data_dir, timeout), config
+        tool = TransactionTool.create(
+            dist, config.bootstrap, self.data_dir, timeout, config.kafka_security
+        )
+        return tool, config

@@ -41,6 +41,7 @@ from lukhas_context.streams import kafka
 from lukhas_context.streams.admin import delete_records_below
 from lukhas_context.streams.client import ContextClient
 from lukhas_context.streams.kafka import kafka_errors
+from lukhas_context.streams.security import KafkaSecurity
 from lukhas_context.streams.topics import Topics
 
 __all__ = [
@@ -84,11 +85,13 @@ class Filters:
 
 
 async def _chosen(
-    bootstrap: str, topics: Topics, f: Filters
+    bootstrap: str, topics: Topics, f: Filters, security: KafkaSecurity
 ) -> AsyncIterator[tuple[Any, dict[str, Any]]]:
     """``(record, line)`` of each dead letter the filters keep, at most ``f.limit``."""
     left = f.limit
-    found = records(bootstrap, topics, "dlq", f.partitions, f.since, None, f.context_id)
+    found = records(
+        bootstrap, topics, "dlq", f.partitions, f.since, None, f.context_id, security=security
+    )
     async with contextlib.aclosing(found) as found:
         async for m in found:
             line = dlq_line(m)
@@ -100,16 +103,22 @@ async def _chosen(
                 return
 
 
-async def listing(bootstrap: str, topics: Topics, f: Filters) -> list[dict[str, Any]]:
+async def listing(
+    bootstrap: str, topics: Topics, f: Filters, *, security: KafkaSecurity
+) -> list[dict[str, Any]]:
     """The dead letters the filters keep, as ``lukhas inspect dlq`` shows them."""
-    return [line async for _, line in _chosen(bootstrap, topics, f)]
+    return [line async for _, line in _chosen(bootstrap, topics, f, security)]
 
 
-async def show(bootstrap: str, topics: Topics, partition: int, offset: int) -> dict[str, Any]:
+async def show(
+    bootstrap: str, topics: Topics, partition: int, offset: int, *, security: KafkaSecurity
+) -> dict[str, Any]:
     """Everything about the dead letter at ``partition:offset`` of the DLQ: its line, every
     header, the key, the size and first bytes of the value, and the event when it decodes."""
     start = Bound(offset=offset)
-    found = records(bootstrap, topics, "dlq", [partition], start, Bound(offset=offset + 1))
+    found = records(
+        bootstrap, topics, "dlq", [partition], start, Bound(offset=offset + 1), security=security
+    )
     with contextlib.suppress(NoSuchOffsetError):
         async with contextlib.aclosing(found) as found:
             async for m in found:
@@ -156,7 +165,10 @@ async def redrive(
     the WAL under their keys, one after another in DLQ order, and waits for each outcome
     (``progress``: a bar on stderr)."""
     config = client.config
-    chosen = [(m, line) async for m, line in _chosen(config.bootstrap, config.topics, f)]
+    chosen = [
+        (m, line)
+        async for m, line in _chosen(config.bootstrap, config.topics, f, config.kafka_security)
+    ]
     report = Redrive(appended=yes)
     bar = tqdm(total=len(chosen) * (2 if yes else 1), unit="rec", disable=not progress,
                desc="dead letters", file=sys.stderr)  # fmt: skip
@@ -242,13 +254,14 @@ async def _count(consumer: Any, tp: TopicPartition, low: int, to: int) -> int:
 
 
 async def prune(bootstrap: str, topics: Topics, partitions: list[int] | None, before: Bound,
-                yes: bool) -> list[dict[str, Any]]:  # fmt: skip
+                yes: bool, *, security: KafkaSecurity) -> list[dict[str, Any]]:  # fmt: skip
     """Per DLQ partition: the dead letters logged before ``before`` (a time, or an offset:
     exclusive), and with ``yes`` their deletion (DeleteRecords moves the partition's start).
     Each entry: ``partition``, ``log_start``, ``end``, ``prune_to`` (offsets), ``deletes``
     (the dead letters below ``prune_to``) and, once done, ``log_start_now``."""
     topic = topics.dlq
-    consumer = kafka.consumer(bootstrap, "lukhas-dlq", isolation="read_committed")
+    consumer = kafka.consumer(bootstrap, "lukhas-dlq", isolation="read_committed",
+                              security=security)  # fmt: skip
     try:
         with kafka_errors(DlqError, f"cannot reach Kafka at {bootstrap}"):
             await consumer.start()
@@ -280,7 +293,9 @@ async def prune(bootstrap: str, topics: Topics, partitions: list[int] | None, be
     if yes:
         todo = {e["partition"]: e["prune_to"] for e in plan if e["deletes"] > 0}
         with kafka_errors(DlqError, f"cannot delete records of {topic}"):
-            done = await delete_records_below(bootstrap, topic, todo, "lukhas-dlq")
+            done = await delete_records_below(
+                bootstrap, topic, todo, "lukhas-dlq", security=security
+            )
         for e in plan:
             e["log_start_now"] = done.get(e["partition"], e["log_start"])
     return plan

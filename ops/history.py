@@ -23,6 +23,7 @@ from lukhas_context.streams.client import ContextClient
 from lukhas_context.streams.kafka import kafka_errors
 from lukhas_context.streams.reader import MAX_HISTORY_PAGE
 from lukhas_context.streams.results import History
+from lukhas_context.streams.security import KafkaSecurity
 
 __all__ = ["HistoryReport", "context_history"]
 
@@ -95,7 +96,7 @@ async def context_history(
         offsets = [e["offset"] for e in report.events]
         try:
             found, low = await _read_wal(config.bootstrap, config.topics.events, page.partition,
-                                         offsets, progress)  # fmt: skip
+                                         offsets, progress, config.kafka_security)  # fmt: skip
         except InspectError as exc:
             report.wal_error = str(exc)
         else:
@@ -110,12 +111,13 @@ async def context_history(
 
 
 async def _read_wal(
-    bootstrap: str, topic: str, partition: int, offsets: list[int], progress: bool = False
-) -> tuple[dict[int, Any], int]:
+    bootstrap: str, topic: str, partition: int, offsets: list[int], progress: bool,
+    security: KafkaSecurity,
+) -> tuple[dict[int, Any], int]:  # fmt: skip
     """The WAL records at ``offsets`` (ascending) that the partition still holds, and where
     it starts now."""
     consumer = kafka.consumer(bootstrap, "lukhas-history", isolation="read_committed",
-                              fetch_bytes=_FETCH_BYTES)  # fmt: skip
+                              fetch_bytes=_FETCH_BYTES, security=security)  # fmt: skip
     try:
         with kafka_errors(InspectError, f"cannot reach Kafka at {bootstrap}"):
             await consumer.start()

@@ -47,6 +47,7 @@ from lukhas_context.state.manifest import Manifest
 from lukhas_context.streams import kafka
 from lukhas_context.streams.kafka import kafka_errors
 from lukhas_context.streams.position import Bound, parse_bound
+from lukhas_context.streams.security import KafkaSecurity
 from lukhas_context.streams.topics import Topics, partition_for
 
 __all__ = [
@@ -88,7 +89,7 @@ def topic_name(topics: Topics, which: str) -> str:
 async def read(
     bootstrap: str, topics: Topics, which: str, partitions: list[int] | None,
     start: Bound | None, until: Bound | None, context_id: str | None, limit: int,
-    api: str | None = None,
+    api: str | None = None, *, security: KafkaSecurity,
 ) -> AsyncIterator[dict[str, Any]]:  # fmt: skip
     """The decoded records (see the module doc), as dicts, partition by partition."""
     http = (
@@ -99,7 +100,9 @@ async def read(
     codec = _Decoder(which)
     left = limit
     try:
-        found = records(bootstrap, topics, which, partitions, start, until, context_id)
+        found = records(
+            bootstrap, topics, which, partitions, start, until, context_id, security=security
+        )
         async with contextlib.aclosing(found) as found:
             async for m in found:
                 item = codec.line(m)
@@ -119,13 +122,16 @@ async def read(
 
 async def records(
     bootstrap: str, topics: Topics, which: str, partitions: list[int] | None,
-    start: Bound | None, until: Bound | None, context_id: str | None = None,
+    start: Bound | None, until: Bound | None, context_id: str | None = None, *,
+    security: KafkaSecurity,
 ) -> AsyncGenerator[Any, None]:  # fmt: skip
     """The raw records of a topic (aiokafka's ``ConsumerRecord``) within the bounds,
     partition by partition: the chosen ones, else the context's (``context_id``), else all.
     Close it (``contextlib.aclosing``) when not read to the end."""
     topic = topic_name(topics, which)
-    consumer = kafka.consumer(bootstrap, "lukhas-inspect", isolation="read_committed")
+    consumer = kafka.consumer(
+        bootstrap, "lukhas-inspect", isolation="read_committed", security=security
+    )
     try:
         with kafka_errors(InspectError, f"cannot reach Kafka at {bootstrap}"):
             await consumer.start()

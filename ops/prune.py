@@ -90,14 +90,19 @@ async def apply(config: WorkerConfig, planned: list[dict[str, Any]]) -> list[dic
     topic = config.topics.events
     todo = {e["partition"]: e["prune_to"] for e in planned if e["deletes"] > 0}
     with kafka_errors(PruneError, f"cannot delete records of {topic}"):
-        done = await delete_records_below(config.bootstrap, topic, todo, "lukhas-prune")
+        done = await delete_records_below(
+            config.bootstrap, topic, todo, "lukhas-prune", security=config.kafka_security
+        )
     for e in planned:
         e["log_start_now"] = done.get(e["partition"], e["log_start"])
     return planned
 
 
 async def _partition_count(config: WorkerConfig) -> int:
-    consumer = kafka.consumer(config.bootstrap, "lukhas-prune", isolation="read_committed")
+    consumer = kafka.consumer(
+        config.bootstrap, "lukhas-prune", isolation="read_committed",
+        security=config.kafka_security,
+    )  # fmt: skip
     try:
         with kafka_errors(PruneError, f"cannot reach Kafka at {config.bootstrap}"):
             await consumer.start()

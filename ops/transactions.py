@@ -22,6 +22,7 @@ the same jars ``lukhas up`` runs the brokers from, and turns its tables into dic
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import time
 from collections.abc import Iterable
@@ -31,6 +32,7 @@ from pathlib import Path
 
 from lukhas_context.ops.exceptions import TransactionToolError
 from lukhas_context.ops.kafka_dist import KafkaDist
+from lukhas_context.streams.security import PLAINTEXT, KafkaSecurity
 
 __all__ = ["TOOL_CLASS", "TransactionTool"]
 
@@ -61,15 +63,28 @@ class TransactionTool:
     bootstrap: str
     log4j: Path
     timeout_s: float = 60.0
+    #: The tool's ``--command-config``: the Kafka security settings (None: plaintext).
+    command_config: Path | None = None
 
     @classmethod
     def create(
-        cls, dist: KafkaDist, bootstrap: str, work_dir: Path, timeout_s: float
-    ) -> TransactionTool:
+        cls, dist: KafkaDist, bootstrap: str, work_dir: Path, timeout_s: float,
+        security: KafkaSecurity = PLAINTEXT,
+    ) -> TransactionTool:  # fmt: skip
+        """The tool, its log config written to ``work_dir`` (and, for a secured Kafka, its
+        client properties, readable by the owner only: they hold the password)."""
         log4j = work_dir / "tools-log4j2.properties"
         log4j.parent.mkdir(parents=True, exist_ok=True)
         log4j.write_text(_LOG4J2)
-        return cls(dist, bootstrap, log4j, timeout_s)
+        command_config = None
+        if security != PLAINTEXT:
+            command_config = work_dir / "tools-client.properties"
+            fd = os.open(command_config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+            with os.fdopen(fd, "w") as f:
+                for key, value in security.java_properties().items():
+                    f.write(f"{key}={_properties_value(value)}\n")
+        return cls(dist, bootstrap, log4j, timeout_s, command_config)
 
     def list_transactions(self, include_done: bool = False) -> list[dict[str, str | None]]:
         """``transactional_id``, ``coordinator``, ``producer_id``, ``state`` of each
@@ -117,8 +132,11 @@ class TransactionTool:
     def _run(self, *args: str) -> list[dict[str, str | None]]:
         argv = [
             self.dist.java, "-cp", self.dist.classpath, f"-Dlog4j2.configurationFile={self.log4j}",
-            TOOL_CLASS, "--bootstrap-server", self.bootstrap, *args,
+            TOOL_CLASS, "--bootstrap-server", self.bootstrap,
         ]  # fmt: skip
+        if self.command_config is not None:
+            argv += ["--command-config", str(self.command_config)]
+        argv += args
         try:
             done = subprocess.run(
                 argv, capture_output=True, text=True, timeout=self.timeout_s, check=False
@@ -131,6 +149,13 @@ class TransactionTool:
         if done.returncode != 0:
             raise TransactionToolError(f"kafka-transactions {args[0]}: {_last_line(done)}")
         return parse_table(done.stdout)
+
+
+def _properties_value(value: str) -> str:
+    """``value`` as a Java properties file reads it back (backslashes and line breaks
+    escaped, a leading space kept)."""
+    text = value.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    return "\\" + text if text.startswith(" ") else text
 
 
 def parse_table(text: str) -> list[dict[str, str | None]]:

@@ -403,7 +403,10 @@ class ReadApi:
         #: and never holds more than one core.
         self._dry_runs = asyncio.Semaphore(1)
         config = materializer.config
-        self._wal_ends = WalEnds(config.bootstrap, config.topics.events, f"{config.client_id}-ends")
+        self._wal_ends = WalEnds(
+            config.bootstrap, config.topics.events, f"{config.client_id}-ends",
+            config.kafka_security,
+        )  # fmt: skip
 
     async def start(self, host: str, port: int) -> None:
         limits = self.m.config.listener
@@ -1042,6 +1045,7 @@ class ReadApi:
                 context_id=query.get("context_id"), prefix=query.get("prefix"), start=start,
                 deltas=deltas in ("1", "true"), idle_timeout=idle,
                 client_id=f"{self.m.config.client_id}-sse",
+                security=self.m.config.kafka_security,
             )  # fmt: skip
         except (ValidationError, ValueError) as exc:
             return _error(400, str(exc) or "the change stream's parameters do not go together")

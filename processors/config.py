@@ -14,6 +14,7 @@ from lukhas_context.processors.members import api_url_problem
 from lukhas_context.schemas.codec import EventCodec
 from lukhas_context.schemas.registry import SchemaRegistry
 from lukhas_context.state.store import StoreOptions
+from lukhas_context.streams.security import PLAINTEXT, KafkaSecurity
 from lukhas_context.streams.topics import Topics
 
 
@@ -24,6 +25,9 @@ class WorkerConfig:
     bootstrap: str
     state_dir: Path
     topics: Topics = field(default_factory=Topics)
+    #: How to reach a secured Kafka (TLS, SASL PLAIN or SCRAM: ``streams.security``); every
+    #: client the worker makes uses it.
+    kafka_security: KafkaSecurity = PLAINTEXT
     group_id: str = "lukhas-materializer"
     #: Static group membership (KIP-345): a worker restarted with the same id takes its
     #: partitions back at once instead of waiting out the dead member's session. None: dynamic.

@@ -32,7 +32,7 @@ from dataclasses import replace
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError, OffsetOutOfRangeError
+from aiokafka.errors import KafkaConnectionError, KafkaError, OffsetOutOfRangeError
 
 from lukhas_context.processors.assignment import Assignment
 from lukhas_context.processors.checkpointer import Checkpointer
@@ -57,6 +57,7 @@ from lukhas_context.state.checkpoints import CheckpointDir
 from lukhas_context.state.memory import MemoryBudget, resident_bytes
 from lukhas_context.state.store import PartitionStore
 from lukhas_context.streams import kafka
+from lukhas_context.streams.health import unreachable
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ class Materializer:
             lambda: standby_positions(
                 self.assignment.stores, self.standby, self.assignment.closed_at
             ),
+            config.kafka_security,
         )  # fmt: skip
         self.opener = StoreOpener(config, self.metrics)
         #: Warm copies of partitions others fold (``--standby-replicas``; None: none).
@@ -171,12 +173,14 @@ class Materializer:
         cfg = self.config
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         self._producer = kafka.producer(
-            cfg.bootstrap, f"{cfg.client_id}-changes", max_batch_size=512 * 1024, linger_ms=0
-        )
+            cfg.bootstrap, f"{cfg.client_id}-changes", max_batch_size=512 * 1024, linger_ms=0,
+            security=cfg.kafka_security,
+        )  # fmt: skip
         consumer = kafka.consumer(
             cfg.bootstrap,
             cfg.client_id,
             isolation="read_committed",
+            security=cfg.kafka_security,
             group_id=cfg.group_id,
             group_instance_id=cfg.instance_id,
             session_timeout_ms=cfg.session_timeout_ms,
@@ -203,12 +207,21 @@ class Materializer:
             make_producer=self._partition_producer, group_id=cfg.group_id,
             compression=cfg.change_compression,
         )  # fmt: skip
-        with kafka.kafka_errors(WorkerStartError, f"cannot reach Kafka at {cfg.bootstrap}"):
-            await self._producer.start()
-            await consumer.start()
-            await self.membership.start()
-            if self.standby is not None:
-                await self.standby.start()
+        cannot = f"cannot reach Kafka at {cfg.bootstrap}"
+        try:
+            with kafka.kafka_errors(WorkerStartError, cannot):
+                await self._producer.start()
+                await consumer.start()
+                await self.membership.start()
+                if self.standby is not None:
+                    await self.standby.start()
+        except WorkerStartError as exc:
+            if isinstance(exc.__cause__, KafkaConnectionError):
+                # aiokafka says "Unable to bootstrap" and only logs why: find out.
+                found = await unreachable(cfg.bootstrap, cfg.kafka_security)
+                if found is not None:
+                    raise WorkerStartError(f"{cannot}: {found.reason}") from exc
+            raise
         consumer.subscribe([cfg.topics.events], listener=self.assignment.listener())
         if cfg.clock_probe_interval_s is not None:
             self._probing = asyncio.create_task(
@@ -272,6 +285,7 @@ class Materializer:
         return kafka.producer(
             cfg.bootstrap, f"{cfg.client_id}-changes-{partition}", max_batch_size=512 * 1024,
             linger_ms=0, transactional_id=transactional_id(cfg.group_id, partition),
+            security=cfg.kafka_security,
             transaction_timeout_ms=cfg.transaction_timeout_ms,
             # A commit's markers take the broker some milliseconds: the next round's first
             # send is refused meanwhile (CONCURRENT_TRANSACTIONS) and retried after this.

@@ -44,6 +44,7 @@ from aiokafka.coordinator.protocol import (
 from aiokafka.errors import KafkaError
 
 from lukhas_context.streams import kafka
+from lukhas_context.streams.security import PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger(__name__)
 
@@ -368,8 +369,10 @@ class Membership:
         self, bootstrap: str, group_id: str, topic: str, member: str, api: str,
         peer: str | None = None, standby: int = 0,
         positions: Callable[[], Mapping[int, int]] | None = None,
+        security: KafkaSecurity = PLAINTEXT,
     ) -> None:  # fmt: skip
         self.bootstrap = bootstrap
+        self.security = security
         self.group_id = group_id
         self.topic = topic
         self.member = member
@@ -385,7 +388,9 @@ class Membership:
         self._last_problems: list[str] = []
 
     async def start(self) -> None:
-        self._admin = kafka.admin_client(self.bootstrap, f"{self.member}-members")
+        self._admin = kafka.admin_client(
+            self.bootstrap, f"{self.member}-members", security=self.security
+        )
         await self._admin.start()
         self._task = asyncio.create_task(self._refresh_loop())
 

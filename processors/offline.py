@@ -150,8 +150,9 @@ async def _check_partition(config: WorkerConfig, partition: int) -> None:
     such partition (aiokafka would wait for ever for its offsets)."""
     topic = config.topics.events
     consumer = kafka.consumer(
-        config.bootstrap, f"{config.client_id}-restore", isolation="read_uncommitted"
-    )
+        config.bootstrap, f"{config.client_id}-restore", isolation="read_uncommitted",
+        security=config.kafka_security,
+    )  # fmt: skip
     try:
         with kafka_errors(ProcessorError, f"cannot reach Kafka at {config.bootstrap}"):
             await consumer.start()

@@ -448,6 +448,7 @@ class StoreOpener:
             self.config.bootstrap,
             f"{self.config.client_id}-restore",
             isolation="read_committed",
+            security=self.config.kafka_security,
             fetch_max_bytes=16 * 1024 * 1024,
         )
 

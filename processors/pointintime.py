@@ -140,7 +140,10 @@ async def _targets(config: WorkerConfig, as_of: AsOf, partitions: list[int] | No
                    ) -> tuple[dict[int, tuple[int, int | None]], int]:  # fmt: skip
     """partition -> (offset to fold up to, the point's time), and the partition count."""
     topic = config.topics.events
-    consumer = kafka.consumer(config.bootstrap, "lukhas-as-of", isolation="read_committed")
+    consumer = kafka.consumer(
+        config.bootstrap, "lukhas-as-of", isolation="read_committed",
+        security=config.kafka_security,
+    )  # fmt: skip
     try:
         with kafka_errors(PointInTimeError, f"cannot reach Kafka at {config.bootstrap}"):
             await consumer.start()

@@ -88,7 +88,8 @@ class WalRetention:
                 todo[p] = bound.prune_to
         try:
             moved = await delete_records_below(self.config.bootstrap, self.config.topics.events,
-                                               todo, f"{self.config.client_id}-prune")  # fmt: skip
+                                               todo, f"{self.config.client_id}-prune",
+                                               security=self.config.kafka_security)  # fmt: skip
         except KafkaError as exc:
             log.warning("WAL not pruned this time: %s", exc)
             return {}

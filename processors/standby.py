@@ -170,6 +170,7 @@ class StandbyManager:
         self._consumer = kafka.consumer(
             self.config.bootstrap, f"{self.config.client_id}-standby",
             isolation="read_committed", fetch_max_bytes=16 * 1024 * 1024,
+            security=self.config.kafka_security,
         )  # fmt: skip
         await self._consumer.start()
         self._task = asyncio.create_task(self._follow())

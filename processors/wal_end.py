@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 
 from lukhas_context.streams import kafka
 from lukhas_context.streams.leader_end import leader_end
+from lukhas_context.streams.security import KafkaSecurity
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,9 @@ class WalEnds:
     partition's leader (one client, started on first use and shared by every request); ``seen``: the
     highest end a query returned (an end never moves back, so a lower offset exists)."""
 
-    def __init__(self, bootstrap: str, topic: str, client_id: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, client_id: str, security: KafkaSecurity) -> None:
         self._bootstrap = bootstrap
+        self._security = security
         self._topic = topic
         self._client_id = client_id
         self._client: AIOKafkaClient | None = None
@@ -62,7 +64,9 @@ class WalEnds:
     async def _started(self) -> AIOKafkaClient:
         async with self._lock:  # one client, however many requests ask at once
             if self._client is None:
-                client = kafka.bare_client(self._bootstrap, self._client_id, QUERY_TIMEOUT_S)
+                client = kafka.bare_client(
+                    self._bootstrap, self._client_id, QUERY_TIMEOUT_S, security=self._security
+                )
                 try:
                     await asyncio.wait_for(client.bootstrap(), QUERY_TIMEOUT_S)
                 except BaseException:

@@ -52,8 +52,10 @@ async def serve(config: WorkerConfig, filters: list[logfilter.RepeatFilter] | No
         # out of the collector's generations, a full collection no longer walks it.
         gc.freeze()
         log.info(
-            "worker folding %s, API on %s:%d",
+            "worker folding %s from Kafka %s at %s, API on %s:%d",
             config.topics.events,
+            config.kafka_security.describe(),
+            config.bootstrap,
             config.api_host,
             config.api_port,
         )

@@ -21,12 +21,19 @@ from typing import Any, TypeVar
 
 from aiokafka import TopicPartition
 from aiokafka.admin import NewTopic, RecordsToDelete
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
+)
 from aiokafka.errors import for_code as kafka_error_for_code
 
 from lukhas_context.streams import kafka
 from lukhas_context.streams.exceptions import AdminError, TopicMismatchError
+from lukhas_context.streams.health import unreachable
 from lukhas_context.streams.kafka import error_text, kafka_error
+from lukhas_context.streams.security import PLAINTEXT, KafkaSecurity
 from lukhas_context.streams.topics import TopicSpec
 
 __all__ = [
@@ -60,6 +67,8 @@ async def ensure_topics(
     specs: list[TopicSpec],
     brokers: int | None = None,
     timeout_s: float = 30,
+    *,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> list[str]:
     """Create the topics of ``specs`` that do not exist; return the names created, in order.
 
@@ -95,10 +104,12 @@ async def ensure_topics(
         created.extend(name for name in await step(admin, deadline) if name not in created)
         return created
 
-    return await _retrying(bootstrap, timeout_s, "creating topics", remembering)
+    return await _retrying(bootstrap, timeout_s, "creating topics", remembering, security)
 
 
-async def delete_topics(bootstrap: str, names: list[str], timeout_s: float = 30) -> None:
+async def delete_topics(
+    bootstrap: str, names: list[str], timeout_s: float = 30, *, security: KafkaSecurity = PLAINTEXT
+) -> None:
     """Delete ``names``; topics that do not exist are ignored. For tests and ``lukhas`` resets."""
 
     async def step(admin: Any, deadline: float) -> None:
@@ -110,11 +121,17 @@ async def delete_topics(bootstrap: str, names: list[str], timeout_s: float = 30)
                 kind = _NotYet if error.retriable else AdminError
                 raise kind(f"cannot delete topic {name}: {error.__name__}")
 
-    await _retrying(bootstrap, timeout_s, "deleting topics", step)
+    await _retrying(bootstrap, timeout_s, "deleting topics", step, security)
 
 
 async def delete_records_below(
-    bootstrap: str, topic: str, below: Mapping[int, int], client_id: str, timeout_s: float = 30
+    bootstrap: str,
+    topic: str,
+    below: Mapping[int, int],
+    client_id: str,
+    timeout_s: float = 30,
+    *,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> dict[int, int]:
     """Kafka's DeleteRecords: the records of each partition of ``topic`` below its offset in
     ``below`` go (the partition's start moves there); returns each partition's new start.
@@ -122,7 +139,7 @@ async def delete_records_below(
     if not below:
         return {}
     todo = {TopicPartition(topic, p): RecordsToDelete(o) for p, o in below.items()}
-    admin = kafka.admin_client(bootstrap, client_id, request_timeout_s=timeout_s)
+    admin = kafka.admin_client(bootstrap, client_id, request_timeout_s=timeout_s, security=security)
     try:
         await admin.start()
         done = await admin.delete_records(todo, timeout_ms=int(timeout_s * 1000))
@@ -131,7 +148,9 @@ async def delete_records_below(
     return {tp.partition: start for tp, start in done.items()}
 
 
-async def cluster_brokers(bootstrap: str, timeout_s: float = 5) -> int:
+async def cluster_brokers(
+    bootstrap: str, timeout_s: float = 5, *, security: KafkaSecurity = PLAINTEXT
+) -> int:
     """The number of live brokers in the cluster's metadata, as seen from ``bootstrap``.
 
     Raises ``AdminError`` if no broker answers within ``timeout_s``.
@@ -140,10 +159,12 @@ async def cluster_brokers(bootstrap: str, timeout_s: float = 5) -> int:
     async def step(admin: Any, deadline: float) -> int:
         return await _broker_count(admin)
 
-    return await _retrying(bootstrap, timeout_s, "listing brokers", step)
+    return await _retrying(bootstrap, timeout_s, "listing brokers", step, security)
 
 
-async def wait_group_coordinator(bootstrap: str, group: str, timeout_s: float = 60) -> None:
+async def wait_group_coordinator(
+    bootstrap: str, group: str, timeout_s: float = 60, *, security: KafkaSecurity = PLAINTEXT
+) -> None:
     """Until ``group``'s coordinator answers a DescribeGroups without an error. On a fresh
     cluster the first lookup creates the offsets topic, and its leaders move while it settles;
     consumers that join the group meanwhile lose the coordinator, which aiokafka answers by
@@ -157,10 +178,14 @@ async def wait_group_coordinator(bootstrap: str, group: str, timeout_s: float = 
                 if error:
                     raise _NotYet(f"group {group}: {kafka_error_for_code(error).__name__}")
 
-    await _retrying(bootstrap, timeout_s, f"finding the coordinator of group {group}", step)
+    await _retrying(
+        bootstrap, timeout_s, f"finding the coordinator of group {group}", step, security
+    )
 
 
-async def partition_count(bootstrap: str, topic: str, timeout_s: float = 10) -> int:
+async def partition_count(
+    bootstrap: str, topic: str, timeout_s: float = 10, *, security: KafkaSecurity = PLAINTEXT
+) -> int:
     """How many partitions ``topic`` has; ``AdminError`` if it does not exist."""
 
     async def step(admin: Any, deadline: float) -> int:
@@ -169,11 +194,15 @@ async def partition_count(bootstrap: str, topic: str, timeout_s: float = 10) -> 
             raise AdminError(f"topic {topic} does not exist at {bootstrap}")
         return shape.partitions
 
-    return await _retrying(bootstrap, timeout_s, f"describing {topic}", step)
+    return await _retrying(bootstrap, timeout_s, f"describing {topic}", step, security)
 
 
 async def _retrying(
-    bootstrap: str, timeout_s: float, what: str, step: Callable[[Any, float], Awaitable[T]]
+    bootstrap: str,
+    timeout_s: float,
+    what: str,
+    step: Callable[[Any, float], Awaitable[T]],
+    security: KafkaSecurity,
 ) -> T:
     """``step(admin, deadline)`` on a fresh admin client until it returns, retrying the
     errors of a cluster that is starting, all within ``timeout_s``. Raises ``AdminError``
@@ -181,11 +210,15 @@ async def _retrying(
     deadline = time.monotonic() + timeout_s
     backoff = BACKOFF_S
     attempts = 0
+    diagnosed = False
     while True:
         attempts += 1
         left = deadline - time.monotonic()
         try:
-            async with asyncio.timeout(max(0.001, left)), _admin(bootstrap, left) as admin:
+            async with (
+                asyncio.timeout(max(0.001, left)),
+                _admin(bootstrap, left, security) as admin,
+            ):
                 return await step(admin, deadline)
         except _NotYet as exc:
             last: BaseException = exc
@@ -194,11 +227,21 @@ async def _retrying(
         except (KafkaError, OSError) as exc:  # TimeoutError is an OSError
             if isinstance(exc, KafkaError) and not exc.retriable:
                 raise kafka_error(AdminError, f"{what} at {bootstrap} failed", exc) from exc
+            if isinstance(exc, KafkaConnectionError) and not diagnosed:
+                # Once: brokers that refuse this client's TLS or SASL will go on refusing.
+                diagnosed = True
+                found = await unreachable(bootstrap, security, min(3.0, timeout_s * 0.2))
+                if found is not None and found.refused:
+                    raise AdminError(f"{what} at {bootstrap} failed: {found.reason}") from exc
             last = exc
         if time.monotonic() + backoff >= deadline:
+            why = _text(last)
+            if isinstance(last, KafkaConnectionError):
+                found = await unreachable(bootstrap, security, min(3.0, timeout_s * 0.2))
+                why = found.reason if found is not None else why
             raise AdminError(
                 f"{what} at {bootstrap} did not succeed within {timeout_s:g} s "
-                f"({attempts} attempt(s)); last error: {_text(last)}"
+                f"({attempts} attempt(s)); last error: {why}"
             ) from last
         await asyncio.sleep(backoff)
         backoff = min(MAX_BACKOFF_S, backoff * 2)
@@ -211,9 +254,9 @@ def _text(exc: BaseException) -> str:
 
 
 @asynccontextmanager
-async def _admin(bootstrap: str, timeout_s: float) -> AsyncIterator[Any]:
+async def _admin(bootstrap: str, timeout_s: float, security: KafkaSecurity) -> AsyncIterator[Any]:
     """A started admin client; its errors come out as they are (``_retrying`` sorts them)."""
-    admin = kafka.admin_client(bootstrap, request_timeout_s=max(0.1, timeout_s))
+    admin = kafka.admin_client(bootstrap, request_timeout_s=max(0.1, timeout_s), security=security)
     try:
         await admin.start()
         yield admin

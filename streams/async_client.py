@@ -331,7 +331,7 @@ class ContextClient:
         return Watcher(
             self.config.bootstrap, self.config.topics, context_id=context_id, prefix=prefix,
             start=start, deltas=deltas, idle_timeout=idle_timeout, on_gap=on_gap,
-            client_id=f"{self.config.client_id}-watch",
+            client_id=f"{self.config.client_id}-watch", security=self.config.kafka_security,
         )  # fmt: skip
 
     # ---- operations ----

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from lukhas_context.streams.exceptions import InvalidConfigError
+from lukhas_context.streams.security import PLAINTEXT, KafkaSecurity
 from lukhas_context.streams.topics import Topics
 from lukhas_context.streams.validation import DEFAULT_MAX_DOCUMENT_BYTES
 
@@ -59,6 +60,9 @@ class ClientConfig:
     #: The read API's bearer token, when its workers need one (``lukhas worker
     #: --api-token-file``); sent with every read. Never printed (``repr=False``).
     api_token: str | None = field(default=None, repr=False)
+    #: How to reach a secured Kafka (TLS, SASL PLAIN or SCRAM: ``streams.security``); the
+    #: default is neither.
+    kafka_security: KafkaSecurity = PLAINTEXT
 
     def __post_init__(self) -> None:
         if isinstance(self.send_attempts, bool) or not (
@@ -82,6 +86,8 @@ class ClientConfig:
             or any(c in self.api_token for c in "\r\n ")
         ):
             raise InvalidConfigError("api_token must be a non-empty str without spaces or newlines")
+        if not isinstance(self.kafka_security, KafkaSecurity):
+            raise InvalidConfigError("kafka_security must be a KafkaSecurity")
         if self.transaction_timeout_s > MAX_TRANSACTION_TIMEOUT_S:
             raise InvalidConfigError(
                 f"transaction_timeout_s must be at most {MAX_TRANSACTION_TIMEOUT_S:g}, got "

@@ -8,22 +8,34 @@ the way an operator would, within a time budget: it asks every broker for its AP
 leader and in-sync replicas) and ``min.insync.replicas``, and says, for each partition asked
 about, what stops a write with ``acks=all`` there. It never raises: a look that cannot be
 completed says so in its answer.
+
+``unreachable`` says why no broker of a bootstrap list can be reached, as aiokafka does not:
+a client that cannot bootstrap raises "Unable to bootstrap" and only logs the reason (a
+refused connection, a certificate that does not verify, a SASL password the broker refuses).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    KafkaConnectionError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+)
 from aiokafka.protocol.admin import DescribeConfigsRequest
 from aiokafka.protocol.metadata import MetadataRequest
 
-__all__ = ["Broker", "explain", "parse_bootstrap"]
+from lukhas_context.streams.security import PLAINTEXT, KafkaSecurity
+
+__all__ = ["Broker", "Unreachable", "explain", "parse_bootstrap", "unreachable"]
 
 #: DescribeConfigs resource type of a topic (Kafka protocol).
 _TOPIC_RESOURCE = 2
@@ -38,8 +50,9 @@ class Broker:
     node_id: int | None = None
 
     def __str__(self) -> str:
-        name = f"broker {self.node_id} " if self.node_id is not None else ""
-        return f"{name}({self.host}:{self.port})"
+        if self.node_id is None:
+            return f"{self.host}:{self.port}"
+        return f"broker {self.node_id} ({self.host}:{self.port})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +81,7 @@ async def explain(
     partitions: Iterable[int] | None,
     timeout_s: float,
     answers: Mapping[int, str] | None = None,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> str:
     """One line saying why writes to ``partitions`` of ``topic`` (None: the topic's every
     partition) cannot be acknowledged now, found within about ``timeout_s`` seconds.
@@ -77,7 +91,7 @@ async def explain(
     deadline = time.monotonic() + timeout_s
     conns: dict[Broker, Any] = {}
     try:
-        failures = await _probe(brokers, conns, timeout_s * 0.4)
+        failures = await _probe(brokers, conns, timeout_s * 0.4, security)
         if not conns:
             return "no broker answers: " + "; ".join(f"{b} {why}" for b, why in failures.items())
         metadata = await _metadata(next(iter(conns.values())), topic, deadline)
@@ -86,7 +100,7 @@ async def explain(
         known, parts, min_isr = metadata
         missing = [b for b in known if not any(_same(b, c) for c in conns)]
         more = [b for b in missing if not any(_same(b, f) for f in failures)]
-        failures.update(await _probe(more, conns, max(0.1, deadline - time.monotonic())))
+        failures.update(await _probe(more, conns, max(0.1, deadline - time.monotonic()), security))
         down = {b.node_id: why for b in known for f, why in failures.items() if _same(b, f)}
         return _verdict(topic, parts, partitions, min_isr, known, down, answers or {})
     except Exception as exc:  # a diagnosis must never hide the error it was asked to explain
@@ -100,18 +114,64 @@ def _same(a: Broker, b: Broker) -> bool:
     return (a.host, a.port) == (b.host, b.port)
 
 
+@dataclass(frozen=True, slots=True)
+class Unreachable:
+    """Why no broker takes a connection: ``reason`` (each broker's, ``;``-joined), and
+    whether every one of them ``refused`` this client's TLS or SASL (a wrong password, a
+    certificate that does not verify, a mechanism not enabled): retrying will not help."""
+
+    reason: str
+    refused: bool
+
+
+class _Why(str):
+    """A broker's reason for not answering; ``refused``: it refused TLS or SASL."""
+
+    refused = False
+
+
+async def unreachable(
+    bootstrap: str, security: KafkaSecurity = PLAINTEXT, timeout_s: float = 3.0
+) -> Unreachable | None:
+    """Why no broker of ``bootstrap`` takes a connection, found within about ``timeout_s``;
+    None when one does (the trouble is elsewhere). Never raises."""
+    conns: dict[Broker, Any] = {}
+    try:
+        failures = await _probe(parse_bootstrap(bootstrap), conns, timeout_s, security)
+    except Exception as exc:  # a diagnosis must never hide the error it was asked to explain
+        return Unreachable(f"the brokers could not be examined ({type(exc).__name__}: {exc})",
+                           refused=False)  # fmt: skip
+    finally:
+        for conn in conns.values():
+            conn.close()
+    if conns or not failures:
+        return None
+    return Unreachable(
+        "; ".join(f"{b} {why}" for b, why in failures.items()),
+        refused=all(getattr(why, "refused", False) for why in failures.values()),
+    )
+
+
 async def _probe(
-    brokers: list[Broker], conns: dict[Broker, Any], timeout_s: float
+    brokers: list[Broker], conns: dict[Broker, Any], timeout_s: float, security: KafkaSecurity
 ) -> dict[Broker, str]:
-    """Connects to each broker (a connection makes one request, ApiVersions); keeps the
-    connections that answered in ``conns`` and returns why the others did not."""
+    """Connects to each broker (TLS and SASL as ``security`` says; a connection makes one
+    request, ApiVersions); keeps the connections that answered in ``conns`` and returns why
+    the others did not."""
+    try:
+        options = security.aiokafka_options()
+    except Exception as exc:  # a CA file gone since the config was made, say
+        return dict.fromkeys(brokers, _short(exc))
 
     async def one(broker: Broker) -> str | None:
         try:
             conn = await asyncio.wait_for(
-                create_conn(broker.host, broker.port, request_timeout_ms=int(timeout_s * 1000)),
+                create_conn(
+                    broker.host, broker.port, request_timeout_ms=int(timeout_s * 1000),
+                    **options,
+                ),
                 timeout_s,
-            )
+            )  # fmt: skip
         except TimeoutError:
             return f"does not answer within {timeout_s:.1f} s"
         except Exception as exc:  # refused, reset, unresolvable: all mean "does not answer"
@@ -123,9 +183,23 @@ async def _probe(
     return {b: why for b, why in zip(brokers, results, strict=True) if why is not None}
 
 
+def _refused(text: str) -> _Why:
+    why = _Why(text)
+    why.refused = True
+    return why
+
+
 def _short(exc: BaseException) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "refuses connections"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _refused(f"sends a certificate that does not verify: {exc.verify_message}")
+    if isinstance(exc, SaslAuthenticationFailed | UnsupportedSaslMechanismError):
+        return _refused(f"refuses the SASL login: {exc}")
+    if isinstance(exc, KafkaConnectionError) and "closed" in str(exc):
+        # A broker that requires a client certificate, or speaks TLS where the client does
+        # not (or the reverse), closes the connection without a word.
+        return "closes the connection (a TLS or SASL setting that does not match its listener?)"
     text = str(exc) or type(exc).__name__
     return text if len(text) < 120 else text[:117] + "..."
 

@@ -13,8 +13,9 @@ they share is set once:
 - ``request_timeout_s`` (seconds, like every time in the package's configs) becomes aiokafka's
   ``request_timeout_ms``.
 
-There are no security settings: the clusters this package starts have neither TLS nor SASL.
-When they do, they go into these factories, once.
+- every client takes the cluster's ``KafkaSecurity`` (``streams.security``: TLS, SASL PLAIN or
+  SCRAM), a keyword every caller must give: a client that forgot it would reach a secured
+  cluster in plaintext and fail there, far from the config that said how.
 
 **Errors.** ``kafka_errors(kind, what)`` wraps a block: a ``KafkaError`` raised in it comes out
 as ``kind("<what>: <the error>")``, the Kafka error chained as its cause, as httpx's
@@ -36,6 +37,7 @@ from aiokafka.errors import KafkaError
 from lukhas_context.schemas.exceptions import LukhasError
 from lukhas_context.streams.config import ClientConfig
 from lukhas_context.streams.producer import WalProducer
+from lukhas_context.streams.security import KafkaSecurity
 from lukhas_context.streams.topics import DOWNSTREAM_MAX_MESSAGE_BYTES
 
 __all__ = [
@@ -60,20 +62,23 @@ def _timeout_ms(seconds: float | None) -> dict[str, int]:
     return {} if seconds is None else {"request_timeout_ms": int(seconds * 1000)}
 
 
-def _producer_options(bootstrap: str, client_id: str) -> dict[str, Any]:
+def _producer_options(bootstrap: str, client_id: str, security: KafkaSecurity) -> dict[str, Any]:
     return {
         "bootstrap_servers": bootstrap,
         "client_id": client_id,
         "enable_idempotence": True,
         "acks": "all",
         "max_request_size": DOWNSTREAM_MAX_MESSAGE_BYTES,
+        **security.aiokafka_options(),
     }
 
 
-def producer(bootstrap: str, client_id: str, **options: Any) -> AIOKafkaProducer:
+def producer(
+    bootstrap: str, client_id: str, *, security: KafkaSecurity, **options: Any
+) -> AIOKafkaProducer:
     """An idempotent ``acks=all`` producer (see the module doc); ``options`` are aiokafka's
     and override those (e.g. ``linger_ms``, ``max_batch_size``)."""
-    return AIOKafkaProducer(**{**_producer_options(bootstrap, client_id), **options})
+    return AIOKafkaProducer(**{**_producer_options(bootstrap, client_id, security), **options})
 
 
 def wal_producer(config: ClientConfig, transactional_id: str | None = None) -> WalProducer:
@@ -85,7 +90,7 @@ def wal_producer(config: ClientConfig, transactional_id: str | None = None) -> W
         close_timeout_s=config.close_timeout_s,
         transactional_id=transactional_id,
         transaction_timeout_ms=int(config.transaction_timeout_s * 1000),
-        **_producer_options(config.bootstrap, config.client_id),
+        **_producer_options(config.bootstrap, config.client_id, config.kafka_security),
         **_timeout_ms(config.kafka_request_timeout_s),
     )
 
@@ -95,6 +100,7 @@ def consumer(
     client_id: str,
     *topics: str,
     isolation: Isolation,
+    security: KafkaSecurity,
     request_timeout_s: float | None = None,
     fetch_bytes: int = DOWNSTREAM_MAX_MESSAGE_BYTES,
     **options: Any,
@@ -112,26 +118,39 @@ def consumer(
         isolation_level=isolation,
         max_partition_fetch_bytes=fetch_bytes,
         **_timeout_ms(request_timeout_s),
+        **security.aiokafka_options(),
         **options,
     )
 
 
 def admin_client(
-    bootstrap: str, client_id: str | None = None, request_timeout_s: float | None = None
+    bootstrap: str,
+    client_id: str | None = None,
+    request_timeout_s: float | None = None,
+    *,
+    security: KafkaSecurity,
 ) -> AIOKafkaAdminClient:
     """An admin client (not started); ``client_id`` None keeps aiokafka's."""
     named = {} if client_id is None else {"client_id": client_id}
     return AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, **named, **_timeout_ms(request_timeout_s)
+        bootstrap_servers=bootstrap,
+        **named,
+        **_timeout_ms(request_timeout_s),
+        **security.aiokafka_options(),
     )
 
 
-def bare_client(bootstrap: str, client_id: str, request_timeout_s: float) -> AIOKafkaClient:
+def bare_client(
+    bootstrap: str, client_id: str, request_timeout_s: float, *, security: KafkaSecurity
+) -> AIOKafkaClient:
     """aiokafka's connection pool and metadata alone (not started: ``await
     c.bootstrap()``), for requests no producer, consumer or admin client makes
     (``streams.leader_end``)."""
     return AIOKafkaClient(
-        bootstrap_servers=bootstrap, client_id=client_id, **_timeout_ms(request_timeout_s)
+        bootstrap_servers=bootstrap,
+        client_id=client_id,
+        **_timeout_ms(request_timeout_s),
+        **security.aiokafka_options(),
     )
 
 

@@ -26,7 +26,7 @@ async def wait_manifests(
     found: dict[int, dict[str, Any]] = {}
     reader = kafka.consumer(
         config.bootstrap, config.client_id, topic, isolation="read_uncommitted",
-        auto_offset_reset="earliest",
+        auto_offset_reset="earliest", security=config.kafka_security,
     )  # fmt: skip
     deadline = time.monotonic() + timeout
     try:

@@ -70,6 +70,7 @@ from lukhas_context.streams.exceptions import (
     ValidationError,
 )
 from lukhas_context.streams.kafka import kafka_errors
+from lukhas_context.streams.security import PLAINTEXT, KafkaSecurity
 from lukhas_context.streams.topics import Topics, partition_for
 from lukhas_context.streams.validation import context_key
 
@@ -137,6 +138,7 @@ class Watcher:
         idle_timeout: float | None = None,
         on_gap: str = "report",
         client_id: str = "lukhas-watch",
+        security: KafkaSecurity = PLAINTEXT,
     ) -> None:
         if context_id is not None and prefix is not None:
             raise ValidationError("watch one context_id or a prefix, not both")
@@ -152,9 +154,10 @@ class Watcher:
         # Committed records only: a worker publishes each round in a Kafka transaction
         # (``processors.publisher``), and a zombie's round is aborted, never delivered.
         self._consumer = kafka.consumer(
-            bootstrap, client_id, isolation="read_committed", auto_offset_reset="earliest"
-        )
-        self._bootstrap, self._client_id = bootstrap, client_id
+            bootstrap, client_id, isolation="read_committed", auto_offset_reset="earliest",
+            security=security,
+        )  # fmt: skip
+        self._bootstrap, self._client_id, self._security = bootstrap, client_id, security
         #: Reads holes uncommitted (``_aborted_only``), started on the first hole.
         self._uncommitted: Any = None
         self._codec = ChangeCodec()
@@ -230,8 +233,9 @@ class Watcher:
         transactions' records included; control records never appear)."""
         if self._uncommitted is None:
             self._uncommitted = kafka.consumer(
-                self._bootstrap, f"{self._client_id}-probe", isolation="read_uncommitted"
-            )
+                self._bootstrap, f"{self._client_id}-probe", isolation="read_uncommitted",
+                security=self._security,
+            )  # fmt: skip
             await self._uncommitted.start()
         consumer = self._uncommitted
         tp = TopicPartition(self.topic, partition)

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     InvalidProducerEpoch,
+    KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     OutOfOrderSequenceNumber,
@@ -39,7 +40,7 @@ from lukhas_context.streams import kafka
 from lukhas_context.streams.barriers import append_barriers
 from lukhas_context.streams.config import ClientConfig
 from lukhas_context.streams.exceptions import PublishError, PublishTimeoutError
-from lukhas_context.streams.health import Broker, explain, parse_bootstrap
+from lukhas_context.streams.health import Broker, explain, parse_bootstrap, unreachable
 from lukhas_context.streams.kafka import kafka_error, kafka_errors
 from lukhas_context.streams.locks import as_fence
 from lukhas_context.streams.producer import WalProducer
@@ -140,10 +141,18 @@ class WalWriter:
                 cannot = f"cannot reach Kafka at {self.config.bootstrap}"
                 with kafka_errors(PublishError, cannot, also=(ValueError, OSError)):
                     await producer.start()
-            except (TimeoutError, PublishError):
+            except (TimeoutError, PublishError) as exc:
                 # A timeout is its start deadline (an OSError too): the caller's deadline
                 # handling says why.
                 await producer.stop()
+                if isinstance(exc.__cause__, KafkaConnectionError):
+                    # aiokafka says "Unable to bootstrap" and only logs why: find out.
+                    config = self.config
+                    found = await unreachable(
+                        config.bootstrap, config.kafka_security, config.diagnosis_s
+                    )
+                    if found is not None:
+                        raise PublishError(f"{cannot}: {found.reason}") from exc
                 raise
             self._producer = producer
             return producer
@@ -307,7 +316,10 @@ class WalWriter:
                 partitions = sorted({partition_for(key, count) for key in keys})
             answers = producer.answers(since)
         brokers = brokers or parse_bootstrap(self.config.bootstrap)
-        return await explain(brokers, topic, partitions, self.config.diagnosis_s, answers)
+        return await explain(
+            brokers, topic, partitions, self.config.diagnosis_s, answers,
+            self.config.kafka_security,
+        )  # fmt: skip
 
     async def close(self) -> None:
         """Stops both producers, within about ``close_timeout_s``: sends not acknowledged by

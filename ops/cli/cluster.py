@@ -106,7 +106,8 @@ def status(data_dir: Path | None, bootstrap: str | None, api: str | None, broker
     remote = bool(bootstrap) and data_dir is None
     if remote:
         assert bootstrap is not None
-        result = remote_status(bootstrap, api, brokers, redis_url)
+        security = Settings.load().env.kafka_security
+        result = remote_status(bootstrap, api, brokers, redis_url, security)
     else:
         result = _recorded_cluster(data_dir).status()
     if as_json:

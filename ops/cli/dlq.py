@@ -75,7 +75,8 @@ def list_(partitions: tuple[int, ...], since: Any, reason: str | None, context_i
 
     config = Settings.load(data_dir).client_config(bootstrap, None)
     f = _make_filters(partitions, since, reason, context_id, limit)
-    lines = asyncio.run(listing(config.bootstrap, config.topics, f))
+    lines = asyncio.run(listing(config.bootstrap, config.topics, f,
+                                  security=config.kafka_security))  # fmt: skip
     for line in lines:
         click.echo(_json_line(line) if as_json else _text(line))
     if not lines:
@@ -97,7 +98,8 @@ def show(position: tuple[int, int], as_json: bool, bootstrap: str | None,
     from lukhas_context.ops.dlq import show as show_one
 
     config = Settings.load(data_dir).client_config(bootstrap, None)
-    detail = asyncio.run(show_one(config.bootstrap, config.topics, *position))
+    detail = asyncio.run(show_one(config.bootstrap, config.topics, *position,
+                                  security=config.kafka_security))  # fmt: skip
     if as_json:
         print_json(detail)
         return
@@ -220,7 +222,7 @@ def prune(before: Any, partitions: tuple[int, ...], yes: bool, as_json: bool,
 
     config = Settings.load(data_dir).client_config(bootstrap, None)
     plan = asyncio.run(run(config.bootstrap, config.topics, list(partitions) or None, before,
-                           yes))  # fmt: skip
+                           yes, security=config.kafka_security))  # fmt: skip
     if as_json:
         print_json(plan)
         return

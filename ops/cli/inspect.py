@@ -83,7 +83,8 @@ def inspect(which: str, partitions: tuple[int, ...], start: Any, until: Any,
     async def run() -> None:
         async for item in read(config.bootstrap, config.topics, which, list(partitions) or None,
                                start, until, context_id, limit,
-                               api_url if which == "wal" else None):  # fmt: skip
+                               api_url if which == "wal" else None,
+                               security=config.kafka_security):  # fmt: skip
             if as_json:
                 sys.stdout.write(orjson.dumps(item).decode() + "\n")
             else:

@@ -4,6 +4,7 @@ JSON output, and a write's conditions and wait."""
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ __all__ = [
     "checkpoint_dir_option",
     "client_options",
     "data_dir_option",
+    "kafka_config_option",
     "merge_old",
     "mutation_options",
     "old_name",
@@ -62,11 +64,45 @@ def state_dir_option(help: str) -> Callable[[F], F]:
 
 def bootstrap_option(help: str = KAFKA_HELP) -> Callable[[F], F]:
     """``--bootstrap``, else ``LUKHAS_BOOTSTRAP`` (the command may then fall back on the data
-    dir's cluster)."""
-    return click.option(
-        "--bootstrap", default=None, envvar="LUKHAS_BOOTSTRAP", callback=_or_environment,
-        help=help,
-    )  # fmt: skip
+    dir's cluster), and ``--kafka-config`` with it."""
+
+    def decorate(fn: F) -> F:
+        fn = kafka_config_option(fn)
+        return click.option(
+            "--bootstrap", default=None, envvar="LUKHAS_BOOTSTRAP", callback=_or_environment,
+            help=help,
+        )(fn)  # fmt: skip
+
+    return decorate
+
+
+def _kafka_config(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """``--kafka-config FILE`` is ``LUKHAS_KAFKA_CONFIG=FILE`` for this command: the one reader
+    of the environment (``ops.config``) reads it there, and so do the processes the command
+    starts. Made absolute (a child may run elsewhere); the variable is restored when the
+    command ends."""
+    if value is None:
+        return
+    name = "LUKHAS_KAFKA_CONFIG"
+    before = os.environ.get(name)
+    os.environ[name] = str(Path(value).absolute())
+
+    def restore() -> None:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+    ctx.call_on_close(restore)
+
+
+kafka_config_option = click.option(
+    "--kafka-config", type=click.Path(exists=True, dir_okay=False, readable=True),
+    default=None, expose_value=False, callback=_kafka_config, metavar="FILE",
+    help="Kafka's security settings (TLS, SASL): a properties file with security.protocol, "
+    "sasl.mechanism, sasl.username, sasl.password, ssl.ca.location... "
+    "[env LUKHAS_KAFKA_CONFIG; or one variable per setting: LUKHAS_KAFKA_SASL_PASSWORD...].",
+)  # fmt: skip
 
 
 def api_option(help: str = "Read API URL [env LUKHAS_API_URL].") -> Callable[[F], F]:

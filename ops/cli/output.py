@@ -22,6 +22,7 @@ def echo_status(status: dict[str, Any]) -> None:
     kafka = status["kafka"]
     click.echo(
         f"kafka      {kafka['bootstrap']}  brokers={kafka['brokers']} ready={kafka['ready']}"
+        + (f"  ({kafka['why']})" if kafka.get("why") else "")
     )
     if "redis" in status:
         click.echo(f"redis      {status['redis']['url']}  ready={status['redis']['ready']}")

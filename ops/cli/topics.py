@@ -17,6 +17,7 @@ from lukhas_context.ops.cli.errors import fail, handle_errors
 from lukhas_context.ops.cli.options import bootstrap_option
 from lukhas_context.ops.cli.output import print_json
 from lukhas_context.ops.cluster.probes import live_brokers, run_private
+from lukhas_context.ops.config import Environment
 from lukhas_context.streams.admin import ensure_topics, wait_group_coordinator
 from lukhas_context.streams.topics import DEFAULT_PREFIX, Topics
 
@@ -51,20 +52,23 @@ def create(bootstrap: str | None, topic_prefix: str, partitions: int, brokers: i
     """Create the topics that are missing (each topic that exists is checked)."""
     if not bootstrap:
         fail("no Kafka to create topics on: pass --bootstrap or set LUKHAS_BOOTSTRAP")
+    security = Environment.read().kafka_security
     deadline = time.monotonic() + timeout
     if brokers is not None:
-        seen = live_brokers(bootstrap)
+        seen = live_brokers(bootstrap, security=security)
         while seen < brokers:
             if time.monotonic() >= deadline:
                 fail(f"{seen} of {brokers} brokers up at {bootstrap} after {timeout:g} s")
             time.sleep(_BROKER_POLL_S)
-            seen = live_brokers(bootstrap)
+            seen = live_brokers(bootstrap, security=security)
     specs = Topics(topic_prefix).specs(partitions)
     left = max(1.0, round(deadline - time.monotonic(), 1))
-    created = run_private(ensure_topics(bootstrap, specs, brokers=brokers, timeout_s=left))
+    created = run_private(
+        ensure_topics(bootstrap, specs, brokers=brokers, timeout_s=left, security=security)
+    )
     if group is not None:
         left = max(1.0, round(deadline - time.monotonic(), 1))
-        run_private(wait_group_coordinator(bootstrap, group, timeout_s=left))
+        run_private(wait_group_coordinator(bootstrap, group, timeout_s=left, security=security))
     if as_json:
         checked = [spec.name for spec in specs if spec.name not in created]
         print_json({"created": created, "checked": checked})

@@ -77,7 +77,9 @@ def transactions_open(partitions: tuple[int, ...], data_dir: Path | None,
 
     tool, config = Settings.load(data_dir).transaction_tool(bootstrap)
     topic = config.topics.events
-    wanted = partitions or range(asyncio.run(partition_count(config.bootstrap, topic)))
+    wanted = partitions or range(
+        asyncio.run(partition_count(config.bootstrap, topic, security=config.kafka_security))
+    )
     _rows_out(tool.open_transactions(topic, wanted), as_json, "no open transactions")
 
 

@@ -12,7 +12,7 @@ import click
 
 from lukhas_context.ops.cli import params
 from lukhas_context.ops.cli.errors import F, handle_errors
-from lukhas_context.ops.cli.options import checkpoint_dir_option
+from lukhas_context.ops.cli.options import checkpoint_dir_option, kafka_config_option
 from lukhas_context.ops.config import Settings, WorkerFlags
 
 __all__ = ["worker"]
@@ -38,6 +38,7 @@ def _api_url(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 
 @click.command()
 @click.option("--bootstrap", required=True, help="Kafka bootstrap servers.")
+@kafka_config_option
 @click.option("--state-dir", type=click.Path(path_type=Path), required=True)
 @click.option("--topic-prefix", default="lukhas", show_default=True)
 @click.option("--group", default="lukhas-materializer", show_default=True)

@@ -137,7 +137,7 @@ class Brokers:
             return spawned[0].failure(f"not ready after {START_TIMEOUT_S}s (waiting for {names})")
 
         def ready() -> bool:
-            return live_brokers(spec.kafka_bootstrap) >= expected
+            return live_brokers(spec.kafka_bootstrap, security=spec.kafka_security) >= expected
 
         wait_for(ready, spawned, START_TIMEOUT_S, late, 0.5)
 

@@ -22,8 +22,9 @@ from lukhas_context.ops.cluster.processor import PROCESSOR_STOP_S, Processor
 from lukhas_context.ops.cluster.redis_server import REDIS_STOP_S, RedisServer
 from lukhas_context.ops.cluster.spec import ClusterSpec
 from lukhas_context.ops.cluster.state import recorded_spec, write_state
-from lukhas_context.ops.exceptions import ClusterStateError
+from lukhas_context.ops.exceptions import ClusterStateError, InvalidClusterSpecError
 from lukhas_context.streams.admin import ensure_topics
+from lukhas_context.streams.security import PLAINTEXT
 from lukhas_context.streams.topics import Topics
 
 __all__ = ["LocalCluster"]
@@ -54,6 +55,12 @@ class LocalCluster:
         with another broker count, ``RedisNotInstalledError``, or a ``KafkaFetchError``.
         """
         spec = self.spec
+        if spec.bootstrap is None and spec.kafka_security != PLAINTEXT:
+            raise InvalidClusterSpecError(
+                f"Kafka security settings are given ({spec.kafka_security.describe()}, from "
+                "LUKHAS_KAFKA_CONFIG or LUKHAS_KAFKA_*) but `up` starts its own brokers, "
+                "plaintext on 127.0.0.1: unset them, or pass --bootstrap of the secured Kafka"
+            )
         self._check_recorded_shape()
         self.root.mkdir(parents=True, exist_ok=True)
         self._record(spec)
@@ -112,7 +119,7 @@ class LocalCluster:
         ``ready`` (``/healthz`` answered 200 within 1 s).
         """
         spec = recorded_spec(self.spec)
-        live = live_brokers(spec.kafka_bootstrap)
+        live = live_brokers(spec.kafka_bootstrap, security=spec.kafka_security)
         expected = spec.brokers if spec.bootstrap is None else live
         return {
             "kafka": {
@@ -150,7 +157,13 @@ class LocalCluster:
         # Brokers just started (or restarted) may not take requests yet: ensure_topics retries
         # within the same time the brokers got to start.
         return run_private(
-            ensure_topics(spec.kafka_bootstrap, topics, brokers=brokers, timeout_s=START_TIMEOUT_S)
+            ensure_topics(
+                spec.kafka_bootstrap,
+                topics,
+                brokers=brokers,
+                timeout_s=START_TIMEOUT_S,
+                security=spec.kafka_security,
+            )
         )
 
     def _check_ports_free(self) -> None:

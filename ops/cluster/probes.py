@@ -16,6 +16,7 @@ from lukhas_context.ops.cluster.process import port_open
 from lukhas_context.ops.cluster.spec import HOST
 from lukhas_context.streams.admin import cluster_brokers
 from lukhas_context.streams.exceptions import AdminError
+from lukhas_context.streams.security import PLAINTEXT, KafkaSecurity
 
 __all__ = [
     "get_json",
@@ -39,14 +40,16 @@ def run_private(coro: Coroutine[Any, Any, T]) -> T:
         loop.close()
 
 
-def live_brokers(bootstrap: str, timeout_s: float = 2.0) -> int:
+def live_brokers(
+    bootstrap: str, timeout_s: float = 2.0, *, security: KafkaSecurity = PLAINTEXT
+) -> int:
     """Brokers in the metadata, 0 if none answers (checked by TCP first: aiokafka logs every
     refused connection as an error)."""
     hosts = [entry.rsplit(":", 1) for entry in bootstrap.split(",")]
     if not any(port_open(host, int(port)) for host, port in hosts):
         return 0
     try:
-        return run_private(cluster_brokers(bootstrap, timeout_s))
+        return run_private(cluster_brokers(bootstrap, timeout_s, security=security))
     except AdminError:
         return 0
 

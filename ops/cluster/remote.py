@@ -9,24 +9,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from lukhas_context.ops.cluster.probes import get_json, live_brokers, redis_ping_url
+from lukhas_context.ops.cluster.probes import get_json, live_brokers, redis_ping_url, run_private
+from lukhas_context.streams.health import unreachable
+from lukhas_context.streams.security import PLAINTEXT, KafkaSecurity
 
 __all__ = ["remote_status"]
 
 
 def remote_status(
-    bootstrap: str, api: str | None, brokers: int | None = None, redis_url: str | None = None
-) -> dict[str, Any]:
+    bootstrap: str, api: str | None, brokers: int | None = None, redis_url: str | None = None,
+    security: KafkaSecurity = PLAINTEXT,
+) -> dict[str, Any]:  # fmt: skip
     """The shape of ``LocalCluster.status``: ``kafka`` (ready: ``brokers`` brokers in the
     metadata, or at least one when None), ``redis`` (when ``redis_url`` is given) and
     ``processors``, each with ``api``, ``member``, ``alive``, ``ready`` and, when ready,
-    ``digest`` and ``partitions``."""
-    live = live_brokers(bootstrap)
+    ``digest`` and ``partitions``. With no broker live, ``kafka.why`` says why (a refused
+    connection, a refused login, a certificate that does not verify)."""
+    live = live_brokers(bootstrap, security=security)
     expected = brokers if brokers is not None else live
     status: dict[str, Any] = {
         "kafka": {"bootstrap": bootstrap, "brokers": expected, "live": live,
                   "ready": live >= expected > 0},
     }  # fmt: skip
+    if live == 0:
+        found = run_private(unreachable(bootstrap, security))
+        if found is not None:
+            status["kafka"]["why"] = found.reason
     if redis_url is not None:
         status["redis"] = {"url": redis_url, "ready": redis_ping_url(redis_url)}
     status["processors"] = [_worker(url, member) for url, member in _workers(api).items()]

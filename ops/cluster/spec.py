@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lukhas_context.ops.exceptions import InvalidClusterSpecError
+from lukhas_context.streams.security import PLAINTEXT, KafkaSecurity
 
 __all__ = ["HOST", "ClusterSpec"]
 
@@ -35,6 +36,10 @@ class ClusterSpec:
     kafka_cache: Path | None = None
     heap: str = "512m"
     start_processor: bool = True
+    #: How to reach the existing Kafka of ``bootstrap`` (the environment's
+    #: ``LUKHAS_KAFKA_*``); never recorded in ``cluster.json``. The brokers ``up`` starts
+    #: itself are plaintext on loopback.
+    kafka_security: KafkaSecurity = PLAINTEXT
 
     def __post_init__(self) -> None:
         if self.brokers < 1 or self.partitions < 1:

@@ -276,7 +276,8 @@ def test_status_of_a_cluster_given_by_bootstrap_reports_what_is_not_ready() -> N
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1
     report = json.loads(result.stdout)
-    assert report["kafka"] == {"bootstrap": "127.0.0.1:1", "brokers": 0, "live": 0, "ready": False}
+    assert report["kafka"] == {"bootstrap": "127.0.0.1:1", "brokers": 0, "live": 0, "ready": False,
+                               "why": "127.0.0.1:1 refuses connections"}  # fmt: skip
     assert report["redis"] == {"url": "redis://127.0.0.1:1/0", "ready": False}
     assert report["processors"] == [
         {"api": "http://127.0.0.1:1", "member": None, "alive": False, "ready": False}
@@ -364,3 +365,20 @@ def test_old_option_names_still_work_and_say_they_are_deprecated(
     command = args[: 2 if args[0] in ("inspect", "dlq") else 1]
     helped = runner.invoke(cli, [*command, "--help"]).output
     assert new in helped and f"{old} " not in helped, helped
+
+
+def test_up_never_installs_redis_server_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even as root, a missing redis-server is an error saying how to install it; no package
+    manager runs (``make up`` installs it, as a step of its own that says so)."""
+    from lukhas_context.ops.cluster import redis_server
+    from lukhas_context.ops.exceptions import RedisNotInstalledError
+
+    def no_process(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"ran {args}")
+
+    monkeypatch.setattr(redis_server.shutil, "which", lambda name: None)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(subprocess, "run", no_process)
+    monkeypatch.setattr(subprocess, "Popen", no_process)
+    with pytest.raises(RedisNotInstalledError, match=r"apt-get install redis-server.*make up"):
+        redis_server._redis_server_binary()
