@@ -67,6 +67,7 @@ from lukhas_context.state.journal import ENTRY, NO_EVENT_ID, EntryStatus, encode
 from lukhas_context.state.manifest import check_checkpoint_id
 from lukhas_context.state.record import ContextRecord
 from lukhas_context.state.store import PartitionStore
+from lukhas_context.streams import tracing
 
 native_fold: Callable[..., int] | None
 native_history: Callable[..., list[tuple[bytes, bytes]] | None] | None
@@ -354,6 +355,10 @@ class PartitionFolder:
             r.lateness_ms.append(m.timestamp - record.expires_at_ms)
         r.entries += ENTRY.pack(offset, outcome.status, outcome.version, event_id, payload_hash)
         status = outcome.status
+        trace = None
+        if event.metadata:  # a trace context travels on to the change (streams.tracing)
+            trace = tracing.fold_span(event.metadata, self.partition, offset, event.context_id,
+                                      status.name.lower())  # fmt: skip
         if status is not Status.APPLIED:
             r.reasons[offset] = outcome.reason or ""
             if status is Status.CONFLICT:
@@ -366,26 +371,29 @@ class PartitionFolder:
         r.applied += 1
         assert new is not None and outcome.kind is not None
         pending[key] = new
-        self._change(r, key, record, new, outcome.kind, event_id, offset, m.timestamp)
+        self._change(r, key, record, new, outcome.kind, event_id, offset, m.timestamp, trace)
 
     def _change(
         self, r: PartitionRound, key: bytes, record: ContextRecord | None, new: ContextRecord,
         kind: ChangeKind, event_id: bytes, offset: int, log_time_ms: int,
+        trace: bytes | None = None,
     ) -> None:  # fmt: skip
-        """Publishes the change of an applied event: ``record`` before, ``new`` after."""
+        """Publishes the change of an applied event: ``record`` before, ``new`` after;
+        ``trace``: the fold span's ``traceparent``, as a header of the change."""
+        traced = [] if trace is None else [(tracing.TRACEPARENT, trace)]
         if new.doc is None:
             # Everything a stored tombstone holds, so the change topic can restore it.
             expired = None if record is None else record.expires_at_ms
             headers = tombstone_headers(
                 kind, new.version, offset, event_id, new.checksum, log_time_ms, expired
             )
-            r.changes.append((key, None, headers))
+            r.changes.append((key, None, [*headers, *traced]))
             return
         change = self._changes.encode_fields(
             key, new.version, kind, new.doc, new.checksum,
             new.expires_at_ms, offset, event_id, log_time_ms,
         )  # fmt: skip
-        r.changes.append((key, change, _NO_HEADERS))
+        r.changes.append((key, change, traced or _NO_HEADERS))
 
     # ---- transactions (``schemas.txrecord``, ``processors.twophase``) ----
 

@@ -14,11 +14,12 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from lukhas_context.schemas.event import Delete, Fence, Op, Patch, PatchFormat, Put, Touch
 from lukhas_context.state.manifest import check_checkpoint_id
+from lukhas_context.streams import tracing
 from lukhas_context.streams.config import ClientConfig
 from lukhas_context.streams.deltas import DeltaCache
 from lukhas_context.streams.exceptions import InvalidPatchError, InvalidTTLError, ValidationError
@@ -38,6 +39,7 @@ from lukhas_context.streams.routing import Router
 from lukhas_context.streams.transaction import Transaction
 from lukhas_context.streams.validation import (
     canonical_json,
+    check_metadata,
     check_patch,
     check_wait,
     checksum_bytes,
@@ -103,6 +105,7 @@ class ContextClient:
         dry_run: bool = False,
         event_id: uuid.UUID | str | None = None,
         fence: Fence | Lock | str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> Any:
         """Replaces the whole document; ``ttl`` in seconds. Returns a ``Receipt`` once the WAL
         acknowledged (a ``DryRun`` with ``dry_run=True``). ``event_id`` (every write takes
@@ -111,10 +114,15 @@ class ContextClient:
         (by default the last 100,000 records of the partition). ``fence`` (every write takes it
         too): a held ``Lock`` (``client.lock``), its ``Fence``, or ``"LOCK:TOKEN"``; the fold
         refuses the write as ``fenced`` when a later holder of that lock has written to the
-        partition (``streams.locks``)."""
+        partition (``streams.locks``). ``metadata`` (every write takes it): a few short
+        text entries kept with the event in the WAL, such as who wrote it
+        (``check_metadata``); with the ``[otel]`` extra the write's trace context is added.
+        """
         data = canonical_json(doc, self.config.max_document_bytes)
         op = Put(data, ttl_ms(ttl))
-        result = await self._submit(context_id, op, expected_version, dry_run, event_id, fence)
+        result = await self._submit(
+            context_id, op, expected_version, dry_run, event_id, fence, metadata
+        )
         if not dry_run:
             self._deltas.remember(context_id, None, data)
         return result
@@ -132,6 +140,7 @@ class ContextClient:
         dry_run: bool = False,
         event_id: uuid.UUID | str | None = None,
         fence: Fence | Lock | str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> Any:
         """Applies an RFC 6902 JSON Patch (a list of ops), or with ``merge=True`` an RFC 7386
         merge patch (an object), atomically: an invalid op rejects the whole patch.
@@ -148,7 +157,9 @@ class ContextClient:
             self._deltas.forget(context_id)  # the base update() would diff against is gone
         fmt = PatchFormat.MERGE_PATCH if merge else PatchFormat.JSON_PATCH
         op = Patch(fmt, data, checksum_bytes(expected_checksum), ttl_ms(ttl), clear_ttl)
-        return await self._submit(context_id, op, expected_version, dry_run, event_id, fence)
+        return await self._submit(
+            context_id, op, expected_version, dry_run, event_id, fence, metadata
+        )
 
     async def touch(
         self,
@@ -159,26 +170,33 @@ class ContextClient:
         dry_run: bool = False,
         event_id: uuid.UUID | str | None = None,
         fence: Fence | Lock | str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> Any:
         """Sets the TTL to ``ttl`` seconds from now (log time), or removes it with None."""
         if not dry_run:
             self._deltas.forget(context_id)  # its version moves on
         op = Touch(ttl_ms(ttl))
-        return await self._submit(context_id, op, expected_version, dry_run, event_id, fence)
+        return await self._submit(
+            context_id, op, expected_version, dry_run, event_id, fence, metadata
+        )
 
     async def delete(
         self, context_id: str, *, expected_version: int | None = None, dry_run: bool = False,
         event_id: uuid.UUID | str | None = None, fence: Fence | Lock | str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> Any:  # fmt: skip
         """Deletes the context. A context that does not exist is a rejected event, not an error
         here: the WAL accepted it and the fold refuses it (see ``Receipt.outcome()``)."""
         if not dry_run:
             self._deltas.forget(context_id)
-        return await self._submit(context_id, Delete(), expected_version, dry_run, event_id, fence)
+        return await self._submit(
+            context_id, Delete(), expected_version, dry_run, event_id, fence, metadata
+        )
 
     async def update(
-        self, context_id: str, new_doc: dict[str, Any], ttl: float | None = None
-    ) -> Receipt:
+        self, context_id: str, new_doc: dict[str, Any], ttl: float | None = None, *,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Receipt:  # fmt: skip
         """Writes ``new_doc`` as the whole new document, sending only a delta when it can.
 
         Against the document this client last saw for the context (from ``get`` or an earlier
@@ -191,7 +209,9 @@ class ContextClient:
         # document this one wrote, at the version it makes, instead of conflicting with it.
         async with self._context_lock(context_id):
             op, expected = self._deltas.update_op(context_id, new_doc, data, ttl_ms(ttl))
-            receipt: Receipt = await self._submit(context_id, op, expected, False)
+            receipt: Receipt = await self._submit(
+                context_id, op, expected, False, metadata=metadata
+            )
             self._deltas.remember(context_id, None if expected is None else expected + 1, data)
         return receipt
 
@@ -225,11 +245,20 @@ class ContextClient:
     async def _submit(
         self, context_id: str, op: Op, expected_version: int | None, dry_run: bool,
         event_id: uuid.UUID | str | None = None, fence: Fence | Lock | str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> Any:  # fmt: skip
-        key, value, event_id = self.writer.event(context_id, op, expected_version, event_id, fence)
         if dry_run:
+            key, value, event_id = self.writer.event(
+                context_id, op, expected_version, event_id, fence, metadata
+            )
             return await self._reader.dry_run(value)
-        meta = await self.writer.send(key, value, event_id)
+        check_metadata(metadata)  # the caller's, before a trace context is added to it
+        topic = self.config.topics.events
+        with tracing.write_span(type(op).__name__.lower(), topic, context_id, metadata) as traced:
+            key, value, event_id = self.writer.event(
+                context_id, op, expected_version, event_id, fence, traced
+            )
+            meta = await self.writer.send(key, value, event_id)
         return Receipt(context_id, meta.partition, meta.offset, str(event_id), self)
 
     # ---- reads ----

@@ -90,6 +90,9 @@ class Change:
     event_id: str
     offset: int
     delta: list[dict[str, Any]] | None = None
+    #: The W3C trace context of the fold that made the change, when its write was traced
+    #: (``streams.tracing``); None otherwise.
+    traceparent: str | None = None
     _token: tuple[str, tuple[int, ...]] = field(default=("", ()), repr=False, compare=False)
     #: The document's canonical JSON as the change record holds it (the watcher's deltas
     #: diff these bytes); None for a tombstone.
@@ -111,7 +114,7 @@ class Change:
             "doc": self.doc, "delta": self.delta, "checksum": self.checksum,
             "position": self.position, "log_time_ms": self.log_time_ms,
             "expires_at_ms": self.expires_at_ms, "event_id": self.event_id,
-            "token": self.token,
+            "token": self.token, "traceparent": self.traceparent,
         }  # fmt: skip
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "InvalidConfigError",
     "InvalidContextIdError",
     "InvalidDocumentError",
+    "InvalidMetadataError",
     "InvalidPatchError",
     "InvalidPositionError",
     "InvalidResumeTokenError",
@@ -64,6 +65,10 @@ class DocumentTooLargeError(ValidationError):
 
 class DocumentTooDeepError(ValidationError):
     """The document nests objects and arrays deeper than the limit."""
+
+
+class InvalidMetadataError(ValidationError):
+    """An event's ``metadata`` is not a small map of short text keys and values."""
 
 
 class InvalidPositionError(ValidationError):

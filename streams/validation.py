@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import re
 import uuid
 import warnings
+from collections.abc import Mapping
 from typing import Any, TypeVar, overload
 
 import orjson
@@ -16,6 +18,7 @@ from lukhas_context.streams.exceptions import (
     DocumentTooLargeError,
     InvalidContextIdError,
     InvalidDocumentError,
+    InvalidMetadataError,
     InvalidPatchError,
     InvalidTTLError,
     ValidationError,
@@ -165,6 +168,58 @@ def check_event_id(event_id: object) -> uuid.UUID:
     if parsed.int == 0:
         raise ValidationError("the nil UUID is not an event id")
     return parsed
+
+
+#: An event's metadata (who wrote it, a trace context): a few short entries, never a payload.
+MAX_METADATA_ENTRIES = 16
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_BYTES = 1024
+MAX_METADATA_BYTES = 4096
+_METADATA_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*")
+_CONTROL = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def check_metadata(metadata: object) -> dict[str, str]:
+    """An event's ``metadata`` ({} for None): at most 16 entries, each key 1-64 characters of
+    ``A-Z a-z 0-9 . _ : / -`` (starting with a letter or digit), each value text of at most
+    1 KiB in UTF-8 without control characters, 4 KiB in all; ``InvalidMetadataError``
+    otherwise. The WAL keeps it with the event for ever: it is for who wrote an event and
+    its trace context, not for data (put that in the document)."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise InvalidMetadataError(
+            f"metadata is a mapping of str to str, got {type(metadata).__name__}"
+        )
+    if len(metadata) > MAX_METADATA_ENTRIES:
+        raise InvalidMetadataError(
+            f"metadata has {len(metadata)} entries: at most {MAX_METADATA_ENTRIES}"
+        )
+    total = 0
+    checked: dict[str, str] = {}
+    for key, value in metadata.items():
+        if not (isinstance(key, str) and len(key) <= MAX_METADATA_KEY_CHARS
+                and _METADATA_KEY.fullmatch(key)):  # fmt: skip
+            raise InvalidMetadataError(
+                f"metadata key {key!r:.80} is not 1-{MAX_METADATA_KEY_CHARS} characters of "
+                "A-Z a-z 0-9 . _ : / - (starting with a letter or digit)"
+            )
+        if not isinstance(value, str) or _CONTROL.search(value):
+            raise InvalidMetadataError(
+                f"metadata {key}: the value is text without control characters, got {value!r:.60}"
+            )
+        size = len(value.encode())
+        if size > MAX_METADATA_VALUE_BYTES:
+            raise InvalidMetadataError(
+                f"metadata {key}: a value of {size} bytes, at most {MAX_METADATA_VALUE_BYTES}"
+            )
+        total += len(key) + size
+        checked[key] = value
+    if total > MAX_METADATA_BYTES:
+        raise InvalidMetadataError(
+            f"metadata of {total} bytes: at most {MAX_METADATA_BYTES} in all"
+        )
+    return checked
 
 
 def renamed_argument(new: T, old: T | None, new_name: str, old_name: str) -> T | None:

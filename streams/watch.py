@@ -59,7 +59,7 @@ from lukhas_context.schemas.change import (
 from lukhas_context.schemas.codec import ChangeCodec
 from lukhas_context.schemas.exceptions import BadFenceRecordError, BadTombstoneError, CodecError
 from lukhas_context.schemas.patch import diff_canonical
-from lukhas_context.streams import kafka
+from lukhas_context.streams import kafka, tracing
 from lukhas_context.streams.changes import KIND_NAMES, Change, Gap, ResumeToken, Start, parse_start
 from lukhas_context.streams.changes import token_text as _token_text
 from lukhas_context.streams.exceptions import (
@@ -476,6 +476,10 @@ class Watcher:
         change._token = (self.topic, tuple(pos))
         if self._deltas:
             change = self._with_delta(key, change)
+        if m.headers:  # a traced write's change: this receipt is a span of its trace
+            change.traceparent = tracing.change_traceparent(m.headers)
+            tracing.receive_span(change.traceparent, self.topic, m.partition, offset,
+                                 change.context_id)  # fmt: skip
         return change
 
     def _gap(self, partition: int, first: int, end: int, reason: str, kind: str = "gone") -> Gap:

@@ -19,7 +19,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
@@ -45,7 +45,12 @@ from lukhas_context.streams.kafka import kafka_error, kafka_errors
 from lukhas_context.streams.locks import as_fence
 from lukhas_context.streams.producer import WalProducer
 from lukhas_context.streams.topics import partition_for
-from lukhas_context.streams.validation import check_event_id, check_version, context_key
+from lukhas_context.streams.validation import (
+    check_event_id,
+    check_metadata,
+    check_version,
+    context_key,
+)
 
 __all__ = ["PRODUCER_BROKEN", "WalWriter", "when_room"]
 
@@ -102,17 +107,17 @@ class WalWriter:
     def event(
         self, context_id: str, op: Op, expected_version: int | None,
         event_id: uuid.UUID | str | None = None, fence: Any = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> tuple[bytes, bytes, uuid.UUID]:  # fmt: skip
         """Validates and encodes one event: (key, value, event id); the id is the caller's
         (a ``UUID`` or its text) or a new random one. ``fence``: a ``Fence``, or a held
-        ``Lock`` (its ``fence``), or None."""
+        ``Lock`` (its ``fence``), or None. ``metadata``: see ``check_metadata``."""
         key = context_key(context_id)
         check_version(expected_version)
         event_id = uuid.uuid4() if event_id is None else check_event_id(event_id)
         checked = None if fence is None else as_fence(fence)
-        event = ContextEvent(
-            event_id.bytes, context_id, op, expected_version, checked, EMPTY_METADATA
-        )
+        meta = check_metadata(metadata) if metadata else EMPTY_METADATA
+        event = ContextEvent(event_id.bytes, context_id, op, expected_version, checked, meta)
         return key, self.codec.encode(event), event_id
 
     # ---- the idempotent producer ----

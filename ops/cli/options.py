@@ -122,7 +122,25 @@ def client_options(fn: F) -> F:
     return fn
 
 
+def _metadata(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+              ) -> dict[str, str] | None:  # fmt: skip
+    """``KEY=VALUE`` options as a map (None for none); the client checks the entries."""
+    found: dict[str, str] = {}
+    for item in value:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item[:60]!r} is not KEY=VALUE", ctx, param)
+        if key in found:
+            raise click.BadParameter(f"{key[:60]!r} is given twice", ctx, param)
+        found[key] = text
+    return found or None
+
+
 def mutation_options(fn: F) -> F:
+    fn = click.option("--metadata", "metadata", multiple=True, metavar="KEY=VALUE",
+                      callback=_metadata,
+                      help="Kept with the event in the WAL, e.g. who wrote it (repeat for "
+                           "several; at most 16 short entries).")(fn)  # fmt: skip
     fn = click.option("--timeout", type=params.WAIT, default=10.0, show_default=True,
                       help="Seconds to wait for the outcome (with --wait).")(fn)  # fmt: skip
     fn = click.option(

@@ -110,8 +110,8 @@ def _write(
 @client_options
 @handle_errors
 def put(context_id: str, document: dict[str, Any], ttl: float | None, if_version: int | None,
-        event_id: str | None, fence: str | None, dry_run: bool, wait: bool | None,
-        timeout: float, data_dir: Path | None,
+        event_id: str | None, fence: str | None, metadata: dict[str, str] | None,
+        dry_run: bool, wait: bool | None, timeout: float, data_dir: Path | None,
         bootstrap: str | None, api: str | None, as_json: bool) -> None:  # fmt: skip
     """Replace the document of CONTEXT_ID with DOCUMENT, a JSON object: inline, `-` to read
     it from stdin, or `@FILE` to read it from a file (for documents too big for a command
@@ -119,7 +119,7 @@ def put(context_id: str, document: dict[str, Any], ttl: float | None, if_version
     target = _Target(data_dir, bootstrap, api, dry_run, wait, timeout, as_json)
     _write(target, lambda c: c.put(
         context_id, document, ttl, expected_version=if_version, dry_run=dry_run,
-        event_id=event_id, fence=fence,
+        event_id=event_id, fence=fence, metadata=metadata,
     ), conditional=if_version is not None or fence is not None)  # fmt: skip
 
 
@@ -136,7 +136,7 @@ def put(context_id: str, document: dict[str, Any], ttl: float | None, if_version
 @handle_errors
 def patch(context_id: str, patch: Any, merge: bool, expect_checksum: str | None,
           ttl: float | None, clear_ttl: bool, if_version: int | None, event_id: str | None,
-          fence: str | None, dry_run: bool,
+          fence: str | None, metadata: dict[str, str] | None, dry_run: bool,
           wait: bool | None, timeout: float, data_dir: Path | None, bootstrap: str | None,
           api: str | None, as_json: bool) -> None:  # fmt: skip
     """Apply PATCH to CONTEXT_ID: an RFC 6902 JSON Patch (a list of ops) by default. PATCH
@@ -146,7 +146,7 @@ def patch(context_id: str, patch: Any, merge: bool, expect_checksum: str | None,
     _write(target, lambda c: c.patch(
         context_id, patch, merge=merge, expected_version=if_version,
         expected_checksum=expect_checksum, ttl=ttl, clear_ttl=clear_ttl, dry_run=dry_run,
-        event_id=event_id, fence=fence,
+        event_id=event_id, fence=fence, metadata=metadata,
     ), conditional=any(x is not None for x in (if_version, expect_checksum, fence)))  # fmt: skip
 
 
@@ -158,14 +158,14 @@ def patch(context_id: str, patch: Any, merge: bool, expect_checksum: str | None,
 @client_options
 @handle_errors
 def touch(context_id: str, ttl: float | None, if_version: int | None, event_id: str | None,
-          fence: str | None, dry_run: bool,
+          fence: str | None, metadata: dict[str, str] | None, dry_run: bool,
           wait: bool | None, timeout: float, data_dir: Path | None, bootstrap: str | None,
           api: str | None, as_json: bool) -> None:  # fmt: skip
     """Set (or, without --ttl, remove) the TTL of CONTEXT_ID."""
     target = _Target(data_dir, bootstrap, api, dry_run, wait, timeout, as_json)
     _write(target, lambda c: c.touch(
         context_id, ttl, expected_version=if_version, dry_run=dry_run, event_id=event_id,
-        fence=fence,
+        fence=fence, metadata=metadata,
     ), conditional=if_version is not None or fence is not None)  # fmt: skip
 
 
@@ -175,12 +175,12 @@ def touch(context_id: str, ttl: float | None, if_version: int | None, event_id: 
 @client_options
 @handle_errors
 def delete(context_id: str, if_version: int | None, event_id: str | None, fence: str | None,
-           dry_run: bool, wait: bool | None,
+           metadata: dict[str, str] | None, dry_run: bool, wait: bool | None,
            timeout: float, data_dir: Path | None, bootstrap: str | None, api: str | None,
            as_json: bool) -> None:  # fmt: skip
     """Delete CONTEXT_ID."""
     target = _Target(data_dir, bootstrap, api, dry_run, wait, timeout, as_json)
     _write(target, lambda c: c.delete(
         context_id, expected_version=if_version, dry_run=dry_run, event_id=event_id,
-        fence=fence,
+        fence=fence, metadata=metadata,
     ), conditional=if_version is not None or fence is not None)  # fmt: skip
