@@ -158,8 +158,8 @@ def fold_span(
         span.end()
         carrier: dict[str, str] = {}
         propagate.inject(carrier, context=trace.set_span_in_context(span))
-        value = carrier.get(TRACEPARENT)
-        return value.encode() if value else None
+        injected = carrier.get(TRACEPARENT)
+        return injected.encode() if injected else None
     except Exception:  # a trace context must never stop a fold
         return None
 
