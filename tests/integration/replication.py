@@ -39,6 +39,7 @@ from lukhas_context.streams import kafka
 from lukhas_context.streams.changes import Change
 from lukhas_context.streams.client import ContextClient, Receipt
 from lukhas_context.streams.leader_end import leader_end
+from lukhas_context.streams.security import PLAINTEXT
 from lukhas_context.streams.topics import Topics
 
 from .conftest import read_until, seen_all, sentinels
@@ -216,7 +217,7 @@ async def check_ends(bootstrap: str, topic: str, ledger: Ledger, timeout: float 
     last: dict[int, int] = {}
     for receipt in ledger.last.values():
         last[receipt.partition] = max(receipt.offset, last.get(receipt.partition, -1))
-    client = kafka.bare_client(bootstrap, "check-ends", 5.0)
+    client = kafka.bare_client(bootstrap, "check-ends", 5.0, security=PLAINTEXT)
     await client.bootstrap()
     try:
         deadline = time.monotonic() + timeout

@@ -17,6 +17,7 @@ from lukhas_context.processors.round import PartitionRound
 from lukhas_context.schemas.change import TX_END_HEADER, seq_of
 from lukhas_context.streams import kafka, watch
 from lukhas_context.streams.changes import Change, Gap
+from lukhas_context.streams.security import PLAINTEXT
 
 from .conftest import PARTITIONS, read_until, seen_all, sentinels, serving_all
 
@@ -36,14 +37,16 @@ def _producers(bootstrap: str, group: str) -> Callable[[int], Any]:
     def make(partition: int) -> Any:
         return kafka.producer(
             bootstrap, f"test-{partition}", retry_backoff_ms=5,
-            transactional_id=transactional_id(group, partition),
+            transactional_id=transactional_id(group, partition), security=PLAINTEXT,
         )  # fmt: skip
 
     return make
 
 
 async def _read(bootstrap: str, topic: str, partition: int, isolation: str) -> list[Any]:
-    consumer = kafka.consumer(bootstrap, "lukhas-test-read", isolation=isolation)  # type: ignore[arg-type]
+    consumer = kafka.consumer(
+        bootstrap, "lukhas-test-read", isolation=isolation, security=PLAINTEXT
+    )  # type: ignore[arg-type]
     await consumer.start()
     try:
         tp = TopicPartition(topic, partition)
@@ -70,7 +73,7 @@ async def test_a_producer_that_opens_the_partition_fences_the_last_one(
 
     make = _producers(cluster.bootstrap, group)
 
-    idle = kafka.producer(cluster.bootstrap, "test-idle")
+    idle = kafka.producer(cluster.bootstrap, "test-idle", security=PLAINTEXT)
     await idle.start()
     a = Publisher(idle, topics, exactly_once=True, make_producer=make, group_id=group)
     b = Publisher(idle, topics, exactly_once=True, make_producer=make, group_id=group)
@@ -128,7 +131,9 @@ async def test_a_watcher_reads_transactional_rounds_without_a_gap(
         total = 0
         for p in range(PARTITIONS):
             tp = TopicPartition(topics.changes, p)
-            consumer = kafka.consumer(cluster.bootstrap, "t", isolation="read_committed")
+            consumer = kafka.consumer(
+                cluster.bootstrap, "t", isolation="read_committed", security=PLAINTEXT
+            )
             await consumer.start()
             try:
                 total += (await consumer.end_offsets([tp]))[tp]
@@ -169,7 +174,7 @@ async def test_a_hole_between_consecutive_numbers_is_no_gap_and_a_jump_is(
         await zombie.close()
         owners.append(owner)
 
-    idle = kafka.producer(cluster.bootstrap, "test-idle")
+    idle = kafka.producer(cluster.bootstrap, "test-idle", security=PLAINTEXT)
     await idle.start()
     owners: list[Publisher] = []
     try:

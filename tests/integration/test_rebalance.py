@@ -28,6 +28,7 @@ from lukhas_context.streams import kafka
 from lukhas_context.streams.changes import Change
 from lukhas_context.streams.client import ClientConfig, ContextClient
 from lukhas_context.streams.exceptions import ContextNotFoundError
+from lukhas_context.streams.security import PLAINTEXT
 
 from .conftest import (
     PARTITIONS,
@@ -61,7 +62,9 @@ def _worker(
 async def _last_records(bootstrap: str, topic: str) -> tuple[dict[str, ChangeRecord], int]:
     """The last committed change of every context on the change topic, and how many
     committed records of contexts the topic holds."""
-    consumer = kafka.consumer(bootstrap, "lukhas-test-last", isolation="read_committed")
+    consumer = kafka.consumer(
+        bootstrap, "lukhas-test-last", isolation="read_committed", security=PLAINTEXT
+    )
     await consumer.start()
     last: dict[str, ChangeRecord] = {}
     count = 0
