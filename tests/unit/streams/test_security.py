@@ -245,9 +245,11 @@ _DEFAULTED = {
 }
 
 
-def _calls() -> list[tuple[Path, ast.Call, str]]:
+def _calls(
+    folders: tuple[str, ...] = ("streams", "processors", "ops", "state"),
+) -> list[tuple[Path, ast.Call, str]]:
     found = []
-    for package in ("streams", "processors", "ops", "state"):
+    for package in folders:
         for path in (ROOT / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
                 if isinstance(node, ast.Call):
@@ -291,4 +293,20 @@ def test_every_kafka_client_of_the_package_is_given_the_security_settings() -> N
         given = set(names[: len(node.args)]) | {k.arg for k in node.keywords}
         if "security" not in given:
             unsaid.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}")
+    assert unsaid == []
+
+
+def test_every_call_of_a_factory_anywhere_says_which_security() -> None:
+    """The tests and benchmarks too: the keyword is required, and a call without it fails
+    only when it runs (mypy does not read the tests)."""
+    factories = {"producer", "consumer", "admin_client", "bare_client"}
+    unsaid = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path, node, name in _calls(("streams", "processors", "ops", "tests", "benchmarks"))
+        if name in factories
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "kafka"
+        and "security" not in {k.arg for k in node.keywords}
+    ]
     assert unsaid == []
