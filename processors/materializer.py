@@ -32,7 +32,7 @@ from dataclasses import replace
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError, OffsetOutOfRangeError
+from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from lukhas_context.processors.assignment import Assignment
 from lukhas_context.processors.checkpointer import Checkpointer
@@ -57,7 +57,7 @@ from lukhas_context.state.checkpoints import CheckpointDir
 from lukhas_context.state.memory import MemoryBudget, resident_bytes
 from lukhas_context.state.store import PartitionStore
 from lukhas_context.streams import kafka
-from lukhas_context.streams.health import unreachable
+from lukhas_context.streams.health import explained
 
 log = logging.getLogger(__name__)
 
@@ -216,12 +216,10 @@ class Materializer:
                 if self.standby is not None:
                     await self.standby.start()
         except WorkerStartError as exc:
-            if isinstance(exc.__cause__, KafkaConnectionError):
-                # aiokafka says "Unable to bootstrap" and only logs why: find out.
-                found = await unreachable(cfg.bootstrap, cfg.kafka_security)
-                if found is not None:
-                    raise WorkerStartError(f"{cannot}: {found.reason}") from exc
-            raise
+            better = await explained(exc, cannot, cfg.bootstrap, cfg.kafka_security)
+            if better is exc:
+                raise
+            raise better from exc
         consumer.subscribe([cfg.topics.events], listener=self.assignment.listener())
         if cfg.clock_probe_interval_s is not None:
             self._probing = asyncio.create_task(

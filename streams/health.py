@@ -22,7 +22,7 @@ import ssl
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
@@ -35,7 +35,9 @@ from aiokafka.protocol.metadata import MetadataRequest
 
 from lukhas_context.streams.security import PLAINTEXT, KafkaSecurity
 
-__all__ = ["Broker", "Unreachable", "explain", "parse_bootstrap", "unreachable"]
+__all__ = ["Broker", "Unreachable", "explain", "explained", "parse_bootstrap", "unreachable"]
+
+E = TypeVar("E", bound=BaseException)
 
 #: DescribeConfigs resource type of a topic (Kafka protocol).
 _TOPIC_RESOURCE = 2
@@ -150,6 +152,22 @@ async def unreachable(
         "; ".join(f"{b} {why}" for b, why in failures.items()),
         refused=all(getattr(why, "refused", False) for why in failures.values()),
     )
+
+
+async def explained(
+    error: E, what: str, bootstrap: str, security: KafkaSecurity, timeout_s: float = 3.0
+) -> E:
+    """``error`` (``what: <Kafka's error>``, as ``kafka_errors`` makes it), or, when its cause
+    is aiokafka's "Unable to bootstrap", an error of the same type saying ``what: <why no
+    broker takes this client>`` (``unreachable``), ``error`` its cause."""
+    if not isinstance(error.__cause__, KafkaConnectionError):
+        return error
+    found = await unreachable(bootstrap, security, timeout_s)
+    if found is None:
+        return error
+    better = type(error)(f"{what}: {found.reason}")
+    better.__cause__ = error
+    return better
 
 
 async def _probe(

@@ -25,7 +25,6 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     InvalidProducerEpoch,
-    KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     OutOfOrderSequenceNumber,
@@ -40,7 +39,7 @@ from lukhas_context.streams import kafka
 from lukhas_context.streams.barriers import append_barriers
 from lukhas_context.streams.config import ClientConfig
 from lukhas_context.streams.exceptions import PublishError, PublishTimeoutError
-from lukhas_context.streams.health import Broker, explain, parse_bootstrap, unreachable
+from lukhas_context.streams.health import Broker, explain, explained, parse_bootstrap
 from lukhas_context.streams.kafka import kafka_error, kafka_errors
 from lukhas_context.streams.locks import as_fence
 from lukhas_context.streams.producer import WalProducer
@@ -150,15 +149,13 @@ class WalWriter:
                 # A timeout is its start deadline (an OSError too): the caller's deadline
                 # handling says why.
                 await producer.stop()
-                if isinstance(exc.__cause__, KafkaConnectionError):
-                    # aiokafka says "Unable to bootstrap" and only logs why: find out.
-                    config = self.config
-                    found = await unreachable(
-                        config.bootstrap, config.kafka_security, config.diagnosis_s
-                    )
-                    if found is not None:
-                        raise PublishError(f"{cannot}: {found.reason}") from exc
-                raise
+                config = self.config
+                better = await explained(
+                    exc, cannot, config.bootstrap, config.kafka_security, config.diagnosis_s
+                )
+                if better is exc:
+                    raise
+                raise better from exc
             self._producer = producer
             return producer
         finally:

@@ -21,7 +21,7 @@ from lukhas_context.ops.cli.options import (
 from lukhas_context.ops.cli.output import echo_status, partition_line, print_json
 from lukhas_context.ops.cluster import LocalCluster
 from lukhas_context.ops.cluster.remote import remote_status
-from lukhas_context.ops.config import Settings
+from lukhas_context.ops.config import Environment, Settings
 from lukhas_context.streams.client import Context, ContextClient, Receipt
 
 __all__ = ["demo", "down", "status", "up"]
@@ -106,7 +106,7 @@ def status(data_dir: Path | None, bootstrap: str | None, api: str | None, broker
     remote = bool(bootstrap) and data_dir is None
     if remote:
         assert bootstrap is not None
-        security = Settings.load().env.kafka_security
+        security = Environment.read().kafka_security
         result = remote_status(bootstrap, api, brokers, redis_url, security)
     else:
         result = _recorded_cluster(data_dir).status()

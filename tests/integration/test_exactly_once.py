@@ -45,8 +45,9 @@ def _producers(bootstrap: str, group: str) -> Callable[[int], Any]:
 
 async def _read(bootstrap: str, topic: str, partition: int, isolation: str) -> list[Any]:
     consumer = kafka.consumer(
-        bootstrap, "lukhas-test-read", isolation=isolation, security=PLAINTEXT
-    )  # type: ignore[arg-type]
+        bootstrap, "lukhas-test-read", isolation=isolation,  # type: ignore[arg-type]
+        security=PLAINTEXT,
+    )  # fmt: skip
     await consumer.start()
     try:
         tp = TopicPartition(topic, partition)

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -22,18 +21,6 @@ from lukhas_context.schemas.codec import EventCodec
 from lukhas_context.streams import tracing
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.set_tracer_provider(provider)
-    try:
-        yield exporter
-    finally:
-        tracing.set_tracer_provider(None)
 
 
 async def test_a_trace_runs_from_a_write_to_a_subscribers_receipt(

@@ -4,12 +4,9 @@ and a subscriber's receipt, recorded by OpenTelemetry's SDK with its in-memory e
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
@@ -19,18 +16,6 @@ from lukhas_context.streams import tracing
 from lukhas_context.streams.client import ClientConfig, ContextClient
 from lukhas_context.streams.exceptions import InvalidMetadataError
 from lukhas_context.streams.validation import check_metadata
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.set_tracer_provider(provider)
-    try:
-        yield exporter
-    finally:
-        tracing.set_tracer_provider(None)
 
 
 @pytest.mark.parametrize(
