@@ -203,6 +203,7 @@ class WorkerFlags:
     memory_budget: int | None = None
     api_token_file: Path | None = None
     cors_origin: tuple[str, ...] = ()
+    schema_registry: str | None = None
 
 
 class Settings:
@@ -313,6 +314,7 @@ class Settings:
             standby_replicas=f.standby_replicas, memory_budget_bytes=f.memory_budget,
             change_compression=f.change_compression,
             api_token=self.api_token(f.api_token_file), cors_origins=tuple(f.cors_origin),
+            schema_registry_url=f.schema_registry or None,
             **fold_sizing(f.dedupe_window or self.env.dedupe_window),
             checkpoint_pause_s=self.env.checkpoint_pause_s,
             listener=ListenerLimits(

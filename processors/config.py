@@ -11,6 +11,7 @@ from lukhas_context.processors.exceptions import InvalidWorkerConfigError
 from lukhas_context.processors.fold import Limits
 from lukhas_context.processors.listener import ListenerLimits
 from lukhas_context.processors.members import api_url_problem
+from lukhas_context.processors.mirror import check_registry_url
 from lukhas_context.schemas.codec import EventCodec
 from lukhas_context.schemas.registry import SchemaRegistry
 from lukhas_context.state.store import StoreOptions
@@ -136,6 +137,10 @@ class WorkerConfig:
     api_token: str | None = field(default=None, repr=False)
     #: Origins whose pages may use the read API from a browser (CORS; ``*``: any).
     cors_origins: tuple[str, ...] = ()
+    #: A Schema Registry (its Confluent-compatible API, e.g. ``http://registry:8081``) to
+    #: mirror the change stream for, in its wire format, to ``Topics.changes_registry``
+    #: (``processors.mirror``). None: no mirror. May hold a password: never printed.
+    schema_registry_url: str | None = field(default=None, repr=False)
 
     def event_codec(self) -> EventCodec:
         """The event codec of this worker: the shipped schemas and those of ``schema_dir``
@@ -152,6 +157,8 @@ class WorkerConfig:
                 f"expiry_retry_s ({self.expiry_retry_s}) must be positive and at most "
                 f"expiry_retry_max_s ({self.expiry_retry_max_s})"
             )
+        if self.schema_registry_url is not None:
+            check_registry_url(self.schema_registry_url)
         check_token(self.api_token)
         check_origins(self.cors_origins)
         if self.change_compression not in ("none", "lz4", "zstd"):

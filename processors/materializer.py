@@ -42,6 +42,7 @@ from lukhas_context.processors.exceptions import WorkerStartError
 from lukhas_context.processors.expiry import ExpirySweeper
 from lukhas_context.processors.members import Membership
 from lukhas_context.processors.metrics import WorkerMetrics
+from lukhas_context.processors.mirror import Mirror, change_versions, redacted, register
 from lukhas_context.processors.opener import RestoreReport, StoreOpener
 from lukhas_context.processors.publisher import (
     PartitionFencedError,
@@ -57,6 +58,8 @@ from lukhas_context.state.checkpoints import CheckpointDir
 from lukhas_context.state.memory import MemoryBudget, resident_bytes
 from lukhas_context.state.store import PartitionStore
 from lukhas_context.streams import kafka
+from lukhas_context.streams.admin import ensure_topics, partition_count
+from lukhas_context.streams.exceptions import AdminError
 from lukhas_context.streams.health import explained
 
 log = logging.getLogger(__name__)
@@ -220,6 +223,9 @@ class Materializer:
             if better is exc:
                 raise
             raise better from exc
+        if cfg.schema_registry_url is not None:
+            # Before any partition opens: every round of this worker is mirrored.
+            self.publisher.mirror = await self._start_mirror(cfg.schema_registry_url)
         consumer.subscribe([cfg.topics.events], listener=self.assignment.listener())
         if cfg.clock_probe_interval_s is not None:
             self._probing = asyncio.create_task(
@@ -229,6 +235,33 @@ class Materializer:
                 )
             )  # fmt: skip
         self.running = True
+
+    async def _start_mirror(self, url: str) -> Mirror:
+        """Creates the mirror topic if missing (as many partitions as the change topic) and
+        registers the change schemas (``processors.mirror``); ``WorkerStartError`` when
+        either cannot be done."""
+        cfg = self.config
+        topic = cfg.topics.changes_registry
+        try:
+            partitions = await partition_count(
+                cfg.bootstrap, cfg.topics.changes, security=cfg.kafka_security
+            )
+            await ensure_topics(
+                cfg.bootstrap, [cfg.topics.registry_spec(partitions)],
+                security=cfg.kafka_security,
+            )  # fmt: skip
+        except AdminError as exc:  # the change topic is missing: `lukhas topics create`
+            raise WorkerStartError(
+                f"cannot create the mirror topic {topic}: {exc} (`lukhas topics create`, or "
+                "`lukhas up`, creates the topics)"
+            ) from exc
+        subject = f"{topic}-value"
+        ids = await register(url, subject, change_versions())
+        log.info(
+            "mirroring changes to %s in Schema Registry wire format (subject %s, schema id %s)"
+            " at %s", topic, subject, ", ".join(map(str, ids.values())), redacted(url),
+        )  # fmt: skip
+        return Mirror.of(topic, ids)
 
     async def _send_clock_probe(self) -> Any:
         assert self._producer is not None

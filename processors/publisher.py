@@ -32,13 +32,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import InvalidProducerEpoch, InvalidTxnState, KafkaError, ProducerFenced
 
 from lukhas_context.processors.exceptions import ProcessorError
+from lukhas_context.processors.mirror import Mirror
 from lukhas_context.processors.round import PartitionRound
 from lukhas_context.schemas.change import ROUND_END_HEADER, SEQ_HEADER, TX_END_HEADER
 from lukhas_context.state.manifest import Manifest
@@ -95,6 +96,9 @@ class Publisher:
         self.exactly_once = exactly_once
         self._make_producer = make_producer
         self._group_id = group_id
+        #: Where the changes are sent again in Schema Registry wire format (``processors.
+        #: mirror``), in the same round (and transaction); None: nowhere.
+        self.mirror: Mirror | None = None
         #: Partition -> its started transactional producer (exactly once).
         self._partitions: dict[int, AIOKafkaProducer] = {}
 
@@ -169,11 +173,27 @@ class Publisher:
         self, producer: AIOKafkaProducer, r: PartitionRound, end: tuple[str, bytes] | None
     ) -> None:
         topic = self.topics.changes
-        acks = []
+        acks: list[Any] = []
         changes = r.changes
         if end is not None and changes:  # marks the last change of the transaction here
             key, value, headers = changes[-1]
             changes = [*changes[:-1], (key, value, [*headers, end])]
+        await self._send_batches(producer, topic, r, changes, acks)
+        if self.mirror is not None and changes:  # the same changes, re-framed (mirror.py)
+            mirrored = self.mirror.frame(changes)
+            await self._send_batches(producer, self.mirror.topic, r, mirrored, acks)
+        for message, error in r.dead:
+            acks.append(await self.dead_letter(message, error, producer))
+        for partition, key, value in r.wal_sends:  # votes and decisions (processors.twophase)
+            acks.append(
+                await producer.send(self.topics.events, value, key=key, partition=partition)
+            )
+        await asyncio.gather(*acks)
+
+    async def _send_batches(
+        self, producer: AIOKafkaProducer, topic: str, r: PartitionRound,
+        changes: Sequence[tuple[bytes, bytes | None, list[tuple[str, bytes]]]], acks: list[Any],
+    ) -> None:  # fmt: skip
         i = 0
         while i < len(changes):
             batch, j = next_batch(producer, changes, i, (SEQ_HEADER, r.first_seq), self.compression)
@@ -182,13 +202,6 @@ class Publisher:
                 raise ProcessorError(f"a change of {size} bytes fits no batch")
             acks.append(await producer.send_batch(batch, topic, partition=r.partition))
             i = j
-        for message, error in r.dead:
-            acks.append(await self.dead_letter(message, error, producer))
-        for partition, key, value in r.wal_sends:  # votes and decisions (processors.twophase)
-            acks.append(
-                await producer.send(self.topics.events, value, key=key, partition=partition)
-            )
-        await asyncio.gather(*acks)
 
     async def dead_letter(
         self, message: Any, error: BaseException, producer: AIOKafkaProducer | None = None

@@ -50,6 +50,12 @@ class Topics:
         return f"{self.prefix}.context.changes"
 
     @property
+    def changes_registry(self) -> str:
+        """The change stream again in Schema Registry wire format (``processors.mirror``),
+        written only by workers given a registry (``--schema-registry``)."""
+        return f"{self.prefix}.context.changes.sr"
+
+    @property
     def dlq(self) -> str:
         return f"{self.prefix}.context.dlq"
 
@@ -70,6 +76,11 @@ class Topics:
         clock (``processors.clock``); kept an hour."""
         return f"{self.prefix}.context.clock"
 
+    def registry_spec(self, partitions: int, min_compaction_lag_ms: int = 3_600_000) -> TopicSpec:
+        """The mirror of the change stream (``changes_registry``): co-partitioned with the
+        change topic (``partitions`` is its count) and kept as it is."""
+        return TopicSpec(self.changes_registry, partitions, _changes_configs(min_compaction_lag_ms))
+
     def specs(self, partitions: int = 6, min_compaction_lag_ms: int = 3_600_000) -> list[TopicSpec]:
         """The topic specs of the design. Events and changes are co-partitioned (same count)."""
         return [
@@ -84,19 +95,7 @@ class Topics:
                     "max.message.bytes": str(WAL_MAX_MESSAGE_BYTES),
                 },
             ),
-            TopicSpec(
-                self.changes,
-                partitions,
-                {
-                    "cleanup.policy": "compact",
-                    "min.compaction.lag.ms": str(min_compaction_lag_ms),
-                    # Tombstones stay, as the stores keep them (their versions prevent ABA):
-                    # a store restored from this topic then equals the fold, deletes included.
-                    "delete.retention.ms": str(TOMBSTONE_RETENTION_MS),
-                    "unclean.leader.election.enable": "false",
-                    "max.message.bytes": str(DOWNSTREAM_MAX_MESSAGE_BYTES),
-                },
-            ),
+            TopicSpec(self.changes, partitions, _changes_configs(min_compaction_lag_ms)),
             TopicSpec(
                 self.dlq,
                 partitions,
@@ -118,3 +117,15 @@ class Topics:
                 },
             ),
         ]
+
+
+def _changes_configs(min_compaction_lag_ms: int) -> dict[str, str]:
+    return {
+        "cleanup.policy": "compact",
+        "min.compaction.lag.ms": str(min_compaction_lag_ms),
+        # Tombstones stay, as the stores keep them (their versions prevent ABA): a store
+        # restored from this topic then equals the fold, deletes included.
+        "delete.retention.ms": str(TOMBSTONE_RETENTION_MS),
+        "unclean.leader.election.enable": "false",
+        "max.message.bytes": str(DOWNSTREAM_MAX_MESSAGE_BYTES),
+    }

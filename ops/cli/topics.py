@@ -34,7 +34,9 @@ def topics() -> None:
 
 @topics.command("create")
 @bootstrap_option()
-@click.option("--topic-prefix", default=DEFAULT_PREFIX, show_default=True)
+@click.option("--topic-prefix", default=DEFAULT_PREFIX, show_default=True,
+              envvar="LUKHAS_TOPIC_PREFIX",
+              help="Prefix of the topics' names [env LUKHAS_TOPIC_PREFIX].")  # fmt: skip
 @click.option("--partitions", type=click.IntRange(1, 1000), default=6, show_default=True,
               help="WAL partitions (the change topic gets as many).")  # fmt: skip
 @click.option("--brokers", type=click.IntRange(1, 1000), default=None,

@@ -36,11 +36,25 @@ def _api_url(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
     return value
 
 
+def _registry_url(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A Schema Registry URL (``processors.mirror``), else a usage error; empty: none."""
+    from lukhas_context.processors.exceptions import InvalidWorkerConfigError
+    from lukhas_context.processors.mirror import check_registry_url
+
+    if not value:
+        return None
+    try:
+        return check_registry_url(value)
+    except InvalidWorkerConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command()
 @click.option("--bootstrap", required=True, help="Kafka bootstrap servers.")
 @kafka_config_option
 @click.option("--state-dir", type=click.Path(path_type=Path), required=True)
-@click.option("--topic-prefix", default="lukhas", show_default=True)
+@click.option("--topic-prefix", default="lukhas", show_default=True, envvar="LUKHAS_TOPIC_PREFIX",
+              help="Prefix of the topics' names [env LUKHAS_TOPIC_PREFIX].")  # fmt: skip
 @click.option("--group", default="lukhas-materializer", show_default=True)
 @click.option("--api-host", default="127.0.0.1", show_default=True)
 @click.option("--api-port", type=params.PORT, default=18080, show_default=True)
@@ -126,6 +140,11 @@ def _api_url(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 @click.option("--cors-origin", multiple=True, metavar="ORIGIN",
               help="An origin (https://console.example:8443, or * for any) whose pages may "
                    "use the read API from a browser; repeat for more.")  # fmt: skip
+@click.option("--schema-registry", default=None, metavar="URL", envvar="LUKHAS_SCHEMA_REGISTRY_URL",
+              callback=_registry_url,
+              help="A Schema Registry (Confluent-compatible API): the changes are also "
+                   "written, in its wire format, to PREFIX.context.changes.sr for Kafka "
+                   "Connect, ksqlDB, Flink [env LUKHAS_SCHEMA_REGISTRY_URL].")  # fmt: skip
 @handle_errors
 def worker(**flags: Any) -> None:
     """Run one processor worker in the foreground (SIGTERM stops it cleanly)."""

@@ -343,6 +343,56 @@ def test_the_worker_keeps_to_a_memory_budget(
 
 
 @pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        ((), {}, None),
+        (("--schema-registry", "http://sr:8081"), {}, "http://sr:8081"),
+        (
+            (),
+            {"LUKHAS_SCHEMA_REGISTRY_URL": "https://u:p@sr/apis/ccompat/v7"},
+            "https://u:p@sr/apis/ccompat/v7",
+        ),
+        ((), {"LUKHAS_SCHEMA_REGISTRY_URL": ""}, None),
+    ],
+)
+def test_the_worker_takes_a_schema_registry(
+    args: tuple[str, ...], env: dict[str, str], expected: str | None, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """``--schema-registry`` (env ``LUKHAS_SCHEMA_REGISTRY_URL``) reaches the config."""
+    from lukhas_context.processors import worker as worker_module
+
+    seen: list[Any] = []
+    monkeypatch.setattr(worker_module, "run_worker", lambda config: seen.append(config) or 0)
+    monkeypatch.delenv("LUKHAS_SCHEMA_REGISTRY_URL", raising=False)
+    argv = ["worker", "--bootstrap", "b:1", "--state-dir", str(tmp_path), *args]
+    result = CliRunner().invoke(cli, argv, env=env)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert seen[0].schema_registry_url == expected
+    assert "u:p@" not in repr(seen[0])
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("ftp://sr", "must be http(s)://HOST"),
+        ("http://", "must be http(s)://HOST"),
+        ("http://sr:99999", "not a URL"),
+        ("http://sr/x?y=1", "no query or fragment"),
+        ("http://u:secret@sr/#f", "'http://u:***@sr/#f'"),
+        ("http://sr/" + "a" * 3000, "over 2048 characters"),
+    ],
+)
+def test_a_schema_registry_url_that_is_not_one_is_a_usage_error(
+    url: str, says: str, tmp_path: Path
+) -> None:
+    argv = ["worker", "--bootstrap", "b:1", "--state-dir", str(tmp_path), "--schema-registry", url]
+    result = CliRunner().invoke(cli, argv)
+    assert result.exit_code == 2, result.output
+    assert says in result.output and "secret" not in result.output
+
+
+@pytest.mark.parametrize(
     ("args", "old", "new"),
     [
         (["get", "x", "--after", "0:1"], "--after", "--min-offset"),
