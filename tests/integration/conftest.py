@@ -165,6 +165,17 @@ _HANDED_OUT: set[int] = set()
 _RANDOM = random.Random()
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
+    """Terminates ``proc`` if it runs; killed when it has not ended 30 s later."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def free_port() -> int:
     """A free loopback port below the ephemeral range, not handed out before."""
     return free_port_run(1)

@@ -22,6 +22,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .conftest import stop_process
+
 HERE = Path(__file__).parent / "apicurio"
 VERSION = "2.4.2.Final"
 APP_PROPERTIES = "application.properties"
@@ -115,10 +117,4 @@ class Registry:
             return False
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)

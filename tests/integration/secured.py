@@ -20,6 +20,8 @@ from pathlib import Path
 from lukhas_context.ops.cluster.probes import live_brokers
 from lukhas_context.ops.kafka_dist import DEFAULT_VERSION, ensure_kafka, log4j_config
 
+from .conftest import stop_process
+
 HOST = "127.0.0.1"
 ALICE = ("alice", "alice-secret")  # SASL PLAIN
 BOB = ("bob", "bob-secret")  # SCRAM-SHA-256 and SCRAM-SHA-512
@@ -149,10 +151,4 @@ class SecuredBroker:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)

@@ -291,6 +291,22 @@ def test_status_of_a_cluster_given_by_bootstrap_reports_what_is_not_ready() -> N
     )
 
 
+def _worker_config_of(
+    args: tuple[str, ...], env: dict[str, str], var: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Any:  # fmt: skip
+    """The config ``lukhas worker ARGS`` would run with (``var`` unset but as ``env`` says)."""
+    from lukhas_context.processors import worker as worker_module
+
+    seen: list[Any] = []
+    monkeypatch.setattr(worker_module, "run_worker", lambda config: seen.append(config) or 0)
+    monkeypatch.delenv(var, raising=False)
+    argv = ["worker", "--bootstrap", "b:1", "--state-dir", str(tmp_path), *args]
+    result = CliRunner().invoke(cli, argv, env=env)
+    assert result.exit_code == 0, (result.output, result.exception)
+    return seen[0]
+
+
 @pytest.mark.parametrize(
     ("args", "env", "expected_ms"),
     [
@@ -307,15 +323,8 @@ def test_the_worker_asks_the_group_for_a_rebalance_timeout(
     """``--rebalance-timeout`` (env ``LUKHAS_REBALANCE_TIMEOUT``) reaches the worker's
     config; without it, 30 s or the session timeout if that is longer (aiokafka's own
     default, the session timeout, let a slow revocation drop the member: a rebalance storm)."""
-    from lukhas_context.processors import worker as worker_module
-
-    seen: list[Any] = []
-    monkeypatch.setattr(worker_module, "run_worker", lambda config: seen.append(config) or 0)
-    monkeypatch.delenv("LUKHAS_REBALANCE_TIMEOUT", raising=False)
-    argv = ["worker", "--bootstrap", "b:1", "--state-dir", str(tmp_path), *args]
-    result = CliRunner().invoke(cli, argv, env=env)
-    assert result.exit_code == 0, (result.output, result.exception)
-    assert seen[0].rebalance_timeout_ms == expected_ms
+    config = _worker_config_of(args, env, "LUKHAS_REBALANCE_TIMEOUT", tmp_path, monkeypatch)
+    assert config.rebalance_timeout_ms == expected_ms
 
 
 @pytest.mark.parametrize(
@@ -331,15 +340,8 @@ def test_the_worker_keeps_to_a_memory_budget(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     """``--memory-budget`` (env ``LUKHAS_MEMORY_BUDGET``, default 1 GiB) reaches the config."""
-    from lukhas_context.processors import worker as worker_module
-
-    seen: list[Any] = []
-    monkeypatch.setattr(worker_module, "run_worker", lambda config: seen.append(config) or 0)
-    monkeypatch.delenv("LUKHAS_MEMORY_BUDGET", raising=False)
-    argv = ["worker", "--bootstrap", "b:1", "--state-dir", str(tmp_path), *args]
-    result = CliRunner().invoke(cli, argv, env=env)
-    assert result.exit_code == 0, (result.output, result.exception)
-    assert seen[0].memory_budget_bytes == expected
+    config = _worker_config_of(args, env, "LUKHAS_MEMORY_BUDGET", tmp_path, monkeypatch)
+    assert config.memory_budget_bytes == expected
 
 
 @pytest.mark.parametrize(
@@ -360,16 +362,9 @@ def test_the_worker_takes_a_schema_registry(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     """``--schema-registry`` (env ``LUKHAS_SCHEMA_REGISTRY_URL``) reaches the config."""
-    from lukhas_context.processors import worker as worker_module
-
-    seen: list[Any] = []
-    monkeypatch.setattr(worker_module, "run_worker", lambda config: seen.append(config) or 0)
-    monkeypatch.delenv("LUKHAS_SCHEMA_REGISTRY_URL", raising=False)
-    argv = ["worker", "--bootstrap", "b:1", "--state-dir", str(tmp_path), *args]
-    result = CliRunner().invoke(cli, argv, env=env)
-    assert result.exit_code == 0, (result.output, result.exception)
-    assert seen[0].schema_registry_url == expected
-    assert "u:p@" not in repr(seen[0])
+    config = _worker_config_of(args, env, "LUKHAS_SCHEMA_REGISTRY_URL", tmp_path, monkeypatch)
+    assert config.schema_registry_url == expected
+    assert "u:p@" not in repr(config)
 
 
 @pytest.mark.parametrize(
