@@ -175,6 +175,8 @@ MAX_METADATA_ENTRIES = 16
 MAX_METADATA_KEY_CHARS = 64
 MAX_METADATA_VALUE_BYTES = 1024
 MAX_METADATA_BYTES = 4096
+#: The W3C trace context a write's span adds to its event's metadata (``streams.tracing``).
+TRACE_KEYS = frozenset({"traceparent", "tracestate"})
 _METADATA_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*")
 _CONTROL = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
@@ -183,17 +185,21 @@ def check_metadata(metadata: object) -> dict[str, str]:
     """An event's ``metadata`` ({} for None): at most 16 entries, each key 1-64 characters of
     ``A-Z a-z 0-9 . _ : / -`` (starting with a letter or digit), each value text of at most
     1 KiB in UTF-8 without control characters, 4 KiB in all; ``InvalidMetadataError``
-    otherwise. The WAL keeps it with the event for ever: it is for who wrote an event and
-    its trace context, not for data (put that in the document)."""
+    otherwise. The trace context (``TRACE_KEYS``) counts towards neither the 16 entries nor
+    the 4 KiB: a caller's metadata that passes still passes once a write's span adds it. The
+    WAL keeps it with the event for ever: it is for who wrote an event and its trace
+    context, not for data (put that in the document)."""
     if metadata is None:
         return {}
     if not isinstance(metadata, Mapping):
         raise InvalidMetadataError(
             f"metadata is a mapping of str to str, got {type(metadata).__name__}"
         )
-    if len(metadata) > MAX_METADATA_ENTRIES:
+    entries = sum(1 for key in metadata if key not in TRACE_KEYS)
+    if entries > MAX_METADATA_ENTRIES:
         raise InvalidMetadataError(
-            f"metadata has {len(metadata)} entries: at most {MAX_METADATA_ENTRIES}"
+            f"metadata has {entries} entries: at most {MAX_METADATA_ENTRIES} (besides "
+            "traceparent and tracestate)"
         )
     total = 0
     checked: dict[str, str] = {}
@@ -213,7 +219,8 @@ def check_metadata(metadata: object) -> dict[str, str]:
             raise InvalidMetadataError(
                 f"metadata {key}: a value of {size} bytes, at most {MAX_METADATA_VALUE_BYTES}"
             )
-        total += len(key) + size
+        if key not in TRACE_KEYS:
+            total += len(key) + size
         checked[key] = value
     if total > MAX_METADATA_BYTES:
         raise InvalidMetadataError(

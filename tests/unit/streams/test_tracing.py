@@ -50,6 +50,24 @@ def test_metadata_is_kept_with_the_event() -> None:
     assert dict(EventCodec().decode(value).metadata) == {"writer": "svc-a"}
 
 
+def test_the_trace_context_takes_none_of_the_callers_room(spans: InMemorySpanExporter) -> None:
+    """16 entries and 4 KiB are the caller's: a traced write adds its context beyond them."""
+    full = {f"k{i:02}": "v" * 250 for i in range(16)}  # 16 entries, 4,096 bytes
+    assert check_metadata(full) == full
+    traced = {**full, "traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01",
+              "tracestate": "vendor=" + "x" * 1000}  # fmt: skip
+    assert check_metadata(traced) == traced
+    with pytest.raises(InvalidMetadataError, match=r"17 entries: at most 16 \(besides"):
+        check_metadata({**traced, "one": "more"})
+    with pytest.raises(InvalidMetadataError, match="a value of 1030 bytes"):
+        check_metadata({"tracestate": "vendor=" + "x" * 1023})
+    client = ContextClient(ClientConfig("127.0.0.1:1"))
+    with tracing.write_span("put", "t", "c:1", full) as metadata:
+        assert metadata is not None and "traceparent" in metadata
+        _, value, _ = client.writer.event("c:1", Put(b"{}"), None, metadata=metadata)
+    assert dict(EventCodec().decode(value).metadata) == metadata
+
+
 async def test_a_write_with_bad_metadata_sends_nothing() -> None:
     client = ContextClient(ClientConfig("127.0.0.1:1", timeout_s=1))
     with pytest.raises(InvalidMetadataError):
