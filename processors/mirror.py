@@ -8,10 +8,12 @@ Schema Registry, and the same body. With ``WorkerConfig.schema_registry_url`` se
 registers every ``ContextChange`` schema version under the subject ``<mirror topic>-value``
 (the registry's default topic-name strategy) at start, creates the mirror topic
 (``Topics.changes_registry``, co-partitioned with the change topic, compacted alike) when it
-is missing, and sends each round's changes to it too, re-framed, with the same keys and
-headers, in the round's own Kafka transaction: a ``read_committed`` reader of the mirror sees
-exactly the changes of the change topic. Tombstones stay tombstones; the change topic's
-internal records (fence records, keys starting ``FE``/``FF``) are not mirrored.
+is missing, and sends each round's changes to it too, re-framed, with the same keys and each
+change's own headers (not the change topic's sequence numbers and round markers), before the
+change topic's and in the round's own Kafka transaction: a ``read_committed`` reader of the
+mirror sees exactly the changes of the change topic (``Publisher._send_round``). Tombstones
+stay tombstones; the change topic's internal records (fence records, keys starting
+``FE``/``FF``) are not mirrored.
 
 Re-framing is a slice: the 10-byte header is replaced by a 5-byte one, the body is not decoded.
 """

@@ -175,13 +175,23 @@ class Publisher:
         topic = self.topics.changes
         acks: list[Any] = []
         changes = r.changes
+        if self.mirror is not None and changes:
+            # The same changes re-framed (mirror.py), with their own headers only: the change
+            # topic's sequence numbers and round markers say nothing about the mirror's
+            # records. Sent first: at least once, the change topic then never holds a change
+            # the mirror lacks (a restart re-folds without sending what the change topic
+            # has); exactly once, both are in the round's transaction anyway.
+            mirrored = self.mirror.frame(changes)
+            sent: list[Any] = []
+            await self._send_batches(producer, self.mirror.topic, r, mirrored, sent, False)
+            if end is _ROUND_END:
+                await asyncio.gather(*sent)
+            else:
+                acks += sent
         if end is not None and changes:  # marks the last change of the transaction here
             key, value, headers = changes[-1]
             changes = [*changes[:-1], (key, value, [*headers, end])]
         await self._send_batches(producer, topic, r, changes, acks)
-        if self.mirror is not None and changes:  # the same changes, re-framed (mirror.py)
-            mirrored = self.mirror.frame(changes)
-            await self._send_batches(producer, self.mirror.topic, r, mirrored, acks)
         for message, error in r.dead:
             acks.append(await self.dead_letter(message, error, producer))
         for partition, key, value in r.wal_sends:  # votes and decisions (processors.twophase)
@@ -193,10 +203,12 @@ class Publisher:
     async def _send_batches(
         self, producer: AIOKafkaProducer, topic: str, r: PartitionRound,
         changes: Sequence[tuple[bytes, bytes | None, list[tuple[str, bytes]]]], acks: list[Any],
+        numbered: bool = True,
     ) -> None:  # fmt: skip
+        seq = (SEQ_HEADER, r.first_seq) if numbered else None
         i = 0
         while i < len(changes):
-            batch, j = next_batch(producer, changes, i, (SEQ_HEADER, r.first_seq), self.compression)
+            batch, j = next_batch(producer, changes, i, seq, self.compression)
             if j == i:
                 size = len(changes[i][1] or b"")
                 raise ProcessorError(f"a change of {size} bytes fits no batch")

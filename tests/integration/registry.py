@@ -12,6 +12,8 @@ and 200 MB of downloads, once; the registry then starts in a few seconds with in
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import shutil
 import subprocess
@@ -21,6 +23,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .conftest import stop_process
 
@@ -51,11 +54,29 @@ def _mvn(cache: Path, pom: Path, *goals: str) -> None:
         raise AssertionError(f"building the Schema Registry failed ({' '.join(goals)}):\n{tail}")
 
 
+def _sources_digest() -> str:
+    """What the build is made from (``apicurio/``): a cache built from other files is rebuilt."""
+    digest = hashlib.sha256(VERSION.encode())
+    for path in sorted(p for p in HERE.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(HERE)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def ensure_registry() -> Path:
-    """``quarkus-run.jar`` of the built registry (built now unless the cache has it)."""
+    """``quarkus-run.jar`` of the built registry (built now unless the cache has it, built
+    from the same files). One build at a time: a lock file in the cache serialises callers."""
     cache = cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    with (cache / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure_registry(cache)
+
+
+def _ensure_registry(cache: Path) -> Path:
     jar = cache / "quarkus-app" / "quarkus-run.jar"
-    if jar.is_file() and (cache / COMPLETE).is_file():
+    marker = cache / COMPLETE
+    sources = _sources_digest()
+    if jar.is_file() and marker.is_file() and marker.read_text().strip() == sources:
         return jar
     build = cache / "build"
     shutil.rmtree(build, ignore_errors=True)
@@ -73,7 +94,7 @@ def ensure_registry() -> Path:
          "-Dquarkus.package.type=fast-jar")  # fmt: skip
     shutil.rmtree(cache / "quarkus-app", ignore_errors=True)
     shutil.copytree(build / "app" / "target" / "quarkus-app", cache / "quarkus-app")
-    (cache / COMPLETE).write_text(VERSION + "\n")
+    marker.write_text(sources + "\n")
     return jar
 
 
@@ -84,6 +105,7 @@ class Registry:
     root: Path
     port: int
     proc: subprocess.Popen[bytes] | None = None
+    log: Any = None
 
     @property
     def url(self) -> str:
@@ -95,7 +117,7 @@ class Registry:
         java = shutil.which("java")
         assert java is not None
         self.root.mkdir(parents=True, exist_ok=True)
-        log = (self.root / "registry.log").open("ab")
+        self.log = log = (self.root / "registry.log").open("ab")
         self.proc = subprocess.Popen(
             [java, "-Xmx256m", "-Dquarkus.http.host=127.0.0.1",
              f"-Dquarkus.http.port={self.port}", "-jar", str(jar)],
@@ -118,3 +140,6 @@ class Registry:
 
     def stop(self) -> None:
         stop_process(self.proc)
+        if self.log is not None:
+            self.log.close()
+            self.log = None

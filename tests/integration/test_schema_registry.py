@@ -123,6 +123,10 @@ async def test_the_mirror_is_the_change_stream_in_the_registrys_format(
     raw = next(m.value for m in context_changes if m.key == b"sr:3")
     framed = await read_topic(topics.changes_registry, lambda records: len(records) >= 15)
     mirror_raw = next(m.value for m in framed if m.key == b"sr:3")
+    # Each change's own headers, not the change topic's numbering and round markers.
+    assert not {name for m in framed for name, _ in m.headers} & {"seq", "txend", "rend"}
+    tombstone = next(m for m in framed if m.key == b"sr:2" and m.value is None)
+    assert ("kind", b"deleted") in list(tombstone.headers)
     assert mirror_raw[:5] == b"\x00" + latest.schema_id.to_bytes(4, "big")
     assert mirror_raw[5:] == raw[10:]
 

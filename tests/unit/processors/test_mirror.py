@@ -4,6 +4,7 @@ registration against a small registry of the test's own on loopback that answers
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import time
@@ -175,3 +176,56 @@ async def test_a_registry_that_never_answers_well_is_given_up_at_the_deadline(
     with pytest.raises(WorkerStartError, match="HTTP 429: overloaded"):
         await register(url, "s-value", change_versions(), timeout_s=1.5)
     assert 1.0 < time.monotonic() - started < 6
+
+
+class _Producer:
+    """Records each batch sent (topic, the records' headers) and when its acknowledgement is
+    awaited; acknowledges at once."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, str]] = []
+        self.headers: dict[str, list[list[tuple[str, bytes]]]] = {}
+
+    def create_batch(self) -> Any:
+        from aiokafka.producer.message_accumulator import BatchBuilder
+
+        return BatchBuilder(1 << 20, 0)
+
+    async def send_batch(self, batch: Any, topic: str, partition: int) -> Any:
+        self.log.append(("sent", topic))
+        from aiokafka.record.default_records import DefaultRecordBatch
+
+        data = bytes(batch._builder.build())
+        records = list(DefaultRecordBatch(data))
+        self.headers.setdefault(topic, []).extend([list(r.headers) for r in records])
+
+        async def ack() -> None:
+            self.log.append(("acked", topic))
+
+        return asyncio.ensure_future(ack())
+
+
+@pytest.mark.parametrize("exactly_once", [False, True])
+async def test_the_mirror_is_sent_first_with_the_changes_own_headers(exactly_once: bool) -> None:
+    from lukhas_context.processors import publisher as module
+    from lukhas_context.processors.publisher import Publisher
+    from lukhas_context.processors.round import PartitionRound
+
+    producer = _Producer()
+    topics = Topics("p")
+    publisher = Publisher(producer, topics)  # type: ignore[arg-type]
+    publisher.mirror = Mirror.of(topics.changes_registry, {CHANGE.fingerprint: 7})
+    r = PartitionRound(0, first_seq=40)
+    r.changes = [(b"a", _change("a", 1), [("traceparent", b"00-t")]),
+                 (fence_key("lock"), b"LKF1" + b"\x00" * 24, []),
+                 (b"b", None, [("kind", b"DELETE")])]  # fmt: skip
+    end = module._TX_END if exactly_once else module._ROUND_END
+    await publisher._send_round(producer, r, end)  # type: ignore[arg-type]
+
+    mirror, changes = topics.changes_registry, topics.changes
+    assert producer.log.index(("sent", mirror)) < producer.log.index(("sent", changes))
+    if not exactly_once:  # acknowledged before a change is sent: never fewer than the topic
+        assert producer.log.index(("acked", mirror)) < producer.log.index(("sent", changes))
+    assert producer.headers[mirror] == [[("traceparent", b"00-t")], [("kind", b"DELETE")]]
+    names = [[n for n, _ in h] for h in producer.headers[changes]]
+    assert names == [["traceparent", "seq"], ["seq"], ["kind", end[0], "seq"]]
