@@ -320,7 +320,12 @@ def test_a_worker_that_dies_is_restarted_by_compose(compose: Compose) -> None:
         "        if b'worker' in open(f'/proc/{p}/cmdline', 'rb').read():\n"
         "            os.kill(int(p), 9)\n"
     )
-    compose.run("docker", "exec", compose.container("worker-2"), "python3", "-c", crash)
+    done = compose.run(
+        "docker", "exec", compose.container("worker-2"), "python3", "-c", crash, check=False
+    )  # fmt: skip
+    # 137: the container stopped (its worker dead) before `docker exec` returned, and took the
+    # killing process with it; seen once under load. Anything else is a failure of the exec.
+    assert done.returncode in (0, 137), (done.returncode, done.stdout, done.stderr)
     deadline = time.monotonic() + 120
     while int(compose.inspect("worker-2", "{{.RestartCount}}")) == before:
         assert time.monotonic() < deadline, "not restarted"
