@@ -405,6 +405,17 @@ class WorkerProcess:
         return self.proc.wait(timeout=60)
 
 
+def shell_worker(line: str, env: dict[str, str], cwd: Path) -> WorkerProcess:
+    """Starts a README's ``lukhas worker`` line as a shell runs it, in ``cwd``, its read API on
+    a free port (``--api-port`` added), its output in ``cwd/worker.log``."""
+    port = free_port()
+    argv = ["sh", "-c", f"exec {line} --api-port {port}"]
+    worker = WorkerProcess(argv, cwd / "worker.log", f"http://127.0.0.1:{port}")
+    worker.proc = subprocess.Popen(argv, stdout=worker.log.open("ab"), stderr=subprocess.STDOUT,
+                                   env=env, cwd=cwd, start_new_session=True)  # fmt: skip
+    return worker
+
+
 @pytest.fixture
 def worker_process(cluster: Cluster, topics: Topics, tmp_path: Path) -> Iterator[WorkerProcess]:
     port = free_port()

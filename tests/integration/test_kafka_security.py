@@ -24,7 +24,7 @@ from lukhas_context.streams.exceptions import AdminError, PublishError
 from lukhas_context.streams.security import KafkaSecurity
 from lukhas_context.streams.topics import Topics
 
-from .conftest import WorkerProcess, free_port
+from .conftest import WorkerProcess, free_port, shell_worker
 from .secured import ALICE, BOB, SecuredBroker
 
 pytestmark = pytest.mark.integration
@@ -223,11 +223,7 @@ def test_the_readmes_secured_kafka_lines_run_as_written(
     topics_line, worker_line, put_line = (line.replace("kafka-1:9093", broker.sasl_ssl)
                                           for line in lines)  # fmt: skip
     _shell(topics_line, env, tmp_path)
-    port = free_port()
-    argv = ["sh", "-c", f"exec {worker_line} --api-port {port}"]
-    worker = WorkerProcess(argv, tmp_path / "worker.log", f"http://127.0.0.1:{port}")
-    worker.proc = subprocess.Popen(argv, stdout=worker.log.open("ab"), stderr=subprocess.STDOUT,
-                                   env=env, cwd=tmp_path, start_new_session=True)  # fmt: skip
+    worker = shell_worker(worker_line, env, tmp_path)
     try:
         worker.wait_healthy(timeout_s=90)
         done = _shell(put_line + " --wait --api " + worker.url, env, tmp_path)

@@ -30,7 +30,7 @@ from lukhas_context.processors.mirror import register
 from lukhas_context.schemas.event import Fence
 from lukhas_context.schemas.registry import SchemaRegistry
 
-from .conftest import PARTITIONS, WorkerProcess, free_port
+from .conftest import PARTITIONS, free_port, shell_worker
 from .registry import Registry
 
 pytestmark = pytest.mark.integration
@@ -212,16 +212,12 @@ def test_the_readmes_schema_registry_lines_run_as_written(
                     "--partitions", "3"], env=env, check=True, capture_output=True,
                    timeout=120)  # fmt: skip
     line = ours(command.group(1).strip())
-    port = free_port()
-    argv = ["sh", "-c", f"exec {line} --api-port {port}"]
-    worker = WorkerProcess(argv, tmp_path / "worker.log", f"http://127.0.0.1:{port}")
-    worker.proc = subprocess.Popen(argv, stdout=worker.log.open("ab"), stderr=subprocess.STDOUT,
-                                   env=env, cwd=tmp_path, start_new_session=True)  # fmt: skip
+    worker = shell_worker(line, env, tmp_path)
     try:
         worker.wait_healthy(timeout_s=90)
         done = subprocess.run(
             [*lukhas, "put", "agent:7", '{"turn": 1}', "--bootstrap", cluster.bootstrap,
-             "--api", f"http://127.0.0.1:{port}", "--wait", "--timeout", "90"],
+             "--api", worker.url, "--wait", "--timeout", "90"],
             env=env, capture_output=True, text=True, timeout=150,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr + (tmp_path / "worker.log").read_text()
