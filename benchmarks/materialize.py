@@ -10,7 +10,8 @@
 5. Patches: the conversation-append workload. Each of K contexts starts as a put of an empty
    conversation, then grows by one message per event (``add /messages/-``, as ``update()``
    sends for an appended message), to about 5 KB after 100 messages. And small patches
-   (replace one member, add one) on documents under 200 bytes.
+   (replace one member, add one) on documents under 200 bytes. The conversation workload
+   again with ``--coalesce-changes`` (each context's last change of a round published).
 3 to 5 alternate ``--runs`` times (default 3) and the medians are compared: this machine is
 shared, and one run of each can differ by a factor of two.
 
@@ -220,23 +221,25 @@ def run_processor(
 
 async def prepare(
     bootstrap: str, args: argparse.Namespace
-) -> tuple[Topics, Topics, Topics, Topics, float]:
+) -> tuple[Topics, Topics, Topics, Topics, Topics, float]:
     """Topics of one run: the puts, the same puts again (for the at-least-once worker: a
     worker on a topic whose changes were published restores instead of folding), patches."""
     topics = Topics(f"bench{uuid.uuid4().hex[:8]}")
     again = Topics(f"benchalo{uuid.uuid4().hex[:8]}")
     patches = Topics(f"benchpatch{uuid.uuid4().hex[:8]}")
+    coalesced = Topics(f"benchcoal{uuid.uuid4().hex[:8]}")
     small = Topics(f"benchsmall{uuid.uuid4().hex[:8]}")
-    for t in (topics, again, patches, small):
+    for t in (topics, again, patches, coalesced, small):
         await ensure_topics(bootstrap, t.specs(args.partitions))
     seconds = await append_events(bootstrap, topics, args.events, args.contexts, args.partitions)
     await append_events(bootstrap, again, args.events, args.contexts, args.partitions)
     conversations = max(1, args.patch_events // args.messages)
     await append_patches(bootstrap, patches, args.patch_events, conversations, args.partitions)
+    await append_patches(bootstrap, coalesced, args.patch_events, conversations, args.partitions)
     await append_small_patches(
         bootstrap, small, args.patch_events, args.contexts, args.partitions
     )  # fmt: skip
-    return topics, again, patches, small, seconds
+    return topics, again, patches, coalesced, small, seconds
 
 
 def main() -> None:
@@ -262,13 +265,16 @@ def main() -> None:
     procs: list[dict[str, float]] = []
     at_least_once: list[dict[str, float]] = []
     patch_runs: list[dict[str, float]] = []
+    coalesced_runs: list[dict[str, float]] = []
     small_runs: list[dict[str, float]] = []
     with bootstrap_servers() as bootstrap:
         # Alternate them, so a slow spell of this shared machine hits all alike. Each run has
         # topics of its own: a fresh worker on a topic whose changes an earlier run published
         # would restore from the change topic instead of folding (processors/opener.py).
         for _ in range(args.runs):
-            topics, again, patch_topics, small, append_s = asyncio.run(prepare(bootstrap, args))
+            topics, again, patch_topics, coalesced, small, append_s = asyncio.run(
+                prepare(bootstrap, args)
+            )
             bare = bare_consumer(bootstrap, topics.events, args.events, args.timeout)
             bares.append(asyncio.run(bare))
             eos = ("--exactly-once",)
@@ -279,6 +285,10 @@ def main() -> None:
             patch_runs.append(
                 run_processor(bootstrap, patch_topics, args.patch_events, args.timeout, eos)
             )
+            coalesced_runs.append(
+                run_processor(bootstrap, coalesced, args.patch_events, args.timeout,
+                              (*eos, "--coalesce-changes"))
+            )  # fmt: skip
             small_runs.append(run_processor(bootstrap, small, args.patch_events, args.timeout, eos))
         update_bytes, put_bytes = asyncio.run(measure_update_bytes(bootstrap, topics, 200))
 
@@ -287,6 +297,7 @@ def main() -> None:
     ratio = proc_rate / bare_rate
     patch_rate = statistics.median(p["records_per_s"] for p in patch_runs)
     small_rate = statistics.median(p["records_per_s"] for p in small_runs)
+    coalesced_rate = statistics.median(p["records_per_s"] for p in coalesced_runs)
     alo_rate = statistics.median(p["records_per_s"] for p in at_least_once)
     result = {
         "events": args.events,
@@ -308,13 +319,16 @@ def main() -> None:
         "processor_patch_events_per_s": patch_rate,
         "patch_runs": [round(p["records_per_s"]) for p in patch_runs],
         "patches_vs_puts": patch_rate / proc_rate,
+        "processor_coalesced_patch_events_per_s": coalesced_rate,
+        "coalesced_patch_runs": [round(p["records_per_s"]) for p in coalesced_runs],
+        "coalesced_patches_vs_puts": coalesced_rate / proc_rate,
         "processor_small_patch_events_per_s": small_rate,
         "small_patch_runs": [round(p["records_per_s"]) for p in small_runs],
         "small_patches_vs_puts": small_rate / proc_rate,
         "messages_per_conversation": args.messages,
         "runs_timed_from_start": sum(
             int(r["timed_from_start"])
-            for r in bares + procs + at_least_once + patch_runs + small_runs
+            for r in bares + procs + at_least_once + patch_runs + coalesced_runs + small_runs
         ),
         "update_wire_bytes": update_bytes,
         "put_wire_bytes": put_bytes,
@@ -334,6 +348,10 @@ def main() -> None:
                                 f"({args.patch_events:,} events: conversations growing by "
                                 f"{args.messages} appended messages)"),
         ("patches / puts", f"{patch_rate / proc_rate:.1%}"),
+        ("patches, coalesced", f"{coalesced_rate:,.0f} events/s  runs "
+                               f"{result['coalesced_patch_runs']}  (--coalesce-changes: each "
+                               "conversation's last change of a round published; "
+                               f"{coalesced_rate / proc_rate:.1%} of puts)"),
         ("small patches", f"{small_rate:,.0f} events/s  runs {result['small_patch_runs']}  "
                           f"(replace + add on documents under 200 bytes; "
                           f"{small_rate / proc_rate:.1%} of puts)"),

@@ -204,6 +204,7 @@ class WorkerFlags:
     api_token_file: Path | None = None
     cors_origin: tuple[str, ...] = ()
     schema_registry: str | None = None
+    coalesce_changes: bool = False
 
 
 class Settings:
@@ -315,6 +316,7 @@ class Settings:
             change_compression=f.change_compression,
             api_token=self.api_token(f.api_token_file), cors_origins=tuple(f.cors_origin),
             schema_registry_url=f.schema_registry or None,
+            coalesce_changes=f.coalesce_changes,
             **fold_sizing(f.dedupe_window or self.env.dedupe_window),
             checkpoint_pause_s=self.env.checkpoint_pause_s,
             listener=ListenerLimits(

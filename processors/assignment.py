@@ -231,6 +231,7 @@ class Assignment:
         self.folders[tp.partition] = PartitionFolder(
             tp.partition, store, self.config.limits, events=self.config.event_codec(),
             index_history=self.config.history_index,
+            coalesce_changes=self.config.coalesce_changes,
         )  # fmt: skip
         await self._on_open(tp.partition, store)
         if self.stores.get(tp.partition) is not store:

@@ -120,6 +120,14 @@ class WorkerConfig:
     #: default): measured faster than none for puts and appends alike; zstd compresses more
     #: but was not faster here.
     change_compression: str = "lz4"
+    #: Publish only the last change of each context in a round (a round is at most
+    #: ``max_batch_records`` records and about ``round_budget_s``): what the change topic's
+    #: compaction would keep of it, as Kafka Streams' record cache forwards a KTable's
+    #: updates. A context written many times a second (a conversation growing by a message
+    #: per event) then costs the change stream once per round, not once per write; a
+    #: subscriber sees its latest version each round, not every version. Off: every applied
+    #: event publishes its change (the default, DESIGN.md's contract).
+    coalesce_changes: bool = False
     #: Standby copies the group keeps of each partition, on workers other than its owner
     #: (``processors.standby``; Kafka Streams' ``num.standby.replicas``). The group uses the
     #: largest number any member asks for; 0 everywhere: none, and plain round-robin

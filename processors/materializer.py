@@ -638,6 +638,8 @@ class Materializer:
             m.dead_lettered.inc(len(r.dead))
             m.duplicates.inc(r.duplicates)
             m.changes.inc(len(r.changes))
+            if r.coalesced:
+                m.changes_coalesced.inc(r.coalesced)
             m.next_offset.labels(r.partition).set(r.next_offset)
             m.digest.labels(r.partition).set(folder.store.summary().digest & 0xFFFFFFFF)
             for late in r.lateness_ms:

@@ -128,6 +128,26 @@ class PartitionRound:
     #: sent again (published before) still moves the count.
     first_seq: int = 0
     end_seq: int = 0
+    #: Changes left out because a later change of the same context in the round superseded
+    #: them (``PartitionFolder.coalesce_changes``).
+    coalesced: int = 0
+
+
+def latest_changes(changes: list[Change]) -> list[Change]:
+    """``changes`` with each context's last change of the round only, in the order of those
+    last changes; the change topic's internal records (keys starting ``FE``/``FF``: fence
+    records, transactions' states) all kept. What the change topic's compaction would leave
+    of the round, published without the superseded ones."""
+    last: dict[bytes, int] = {}
+    for i, change in enumerate(changes):
+        last[change[0]] = i
+    if len(last) == len(changes):
+        return changes
+    return [
+        change
+        for i, change in enumerate(changes)
+        if last[change[0]] == i or change[0][:1] in (b"\xfe", b"\xff")
+    ]
 
 
 @dataclass(slots=True)
@@ -206,6 +226,7 @@ class PartitionFolder:
         events: EventCodec | None = None,
         changes: ChangeCodec | None = None,
         index_history: bool = True,
+        coalesce_changes: bool = False,
     ) -> None:
         self.partition = partition
         self.store = store
@@ -217,6 +238,9 @@ class PartitionFolder:
         #: Write the history index (``state.history``) with each round
         #: (``WorkerConfig.history_index``).
         self.index_history = index_history
+        #: Publish only each context's last change of a round (``WorkerConfig.
+        #: coalesce_changes``); the store and the journal are the same either way.
+        self.coalesce_changes = coalesce_changes
         self._events = events or EventCodec()
         self._changes = changes or ChangeCodec()
         #: Transactions prepared here and not decided (``processors.twophase``), and what
@@ -281,6 +305,10 @@ class PartitionFolder:
                     slow(m)
         r.first_offset = max(first, messages[0].offset)
         r.next_offset = self.folded_to = messages[-1].offset + 1
+        if self.coalesce_changes and len(r.changes) > 1:
+            kept = latest_changes(r.changes)
+            r.coalesced = len(r.changes) - len(kept)
+            r.changes = kept
         r.first_seq = store.change_seq
         r.end_seq = r.first_seq + len(r.changes)
         return r

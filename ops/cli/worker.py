@@ -122,6 +122,12 @@ def _registry_url(_ctx: click.Context, _param: click.Parameter, value: str | Non
               help="Compress the change stream's batches (a change carries the whole "
                    "document: lz4 or zstd move a growing conversation's bytes at a fraction "
                    "of the cost) [env LUKHAS_CHANGE_COMPRESSION].")  # fmt: skip
+@click.option("--coalesce-changes/--every-change", default=False, show_default=True,
+              envvar="LUKHAS_COALESCE_CHANGES",
+              help="Publish only each context's last change of a round (what compaction keeps): "
+                   "a context written many times a second costs the change stream once a "
+                   "round; subscribers see its latest version, not every version "
+                   "[env LUKHAS_COALESCE_CHANGES=1].")  # fmt: skip
 @click.option("--standby-replicas", type=click.IntRange(0, 8), default=0, show_default=True,
               envvar="LUKHAS_STANDBY_REPLICAS",
               help="Warm copies the group keeps of each partition on other workers, following "

@@ -368,6 +368,24 @@ def test_the_worker_takes_a_schema_registry(
 
 
 @pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        ((), {}, False),
+        (("--coalesce-changes",), {}, True),
+        ((), {"LUKHAS_COALESCE_CHANGES": "1"}, True),
+        (("--every-change",), {"LUKHAS_COALESCE_CHANGES": "1"}, False),
+    ],
+)
+def test_the_worker_coalesces_changes_when_told(
+    args: tuple[str, ...], env: dict[str, str], expected: bool, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """``--coalesce-changes`` (env ``LUKHAS_COALESCE_CHANGES``; off by default)."""
+    config = _worker_config_of(args, env, "LUKHAS_COALESCE_CHANGES", tmp_path, monkeypatch)
+    assert config.coalesce_changes is expected
+
+
+@pytest.mark.parametrize(
     ("url", "says"),
     [
         ("ftp://sr", "must be http(s)://HOST"),
