@@ -233,6 +233,7 @@ class Assignment:
             index_history=self.config.history_index,
             coalesce_changes=self.config.coalesce_changes,
         )  # fmt: skip
+        self.folders[tp.partition].resume_seq = coverage.next_seq
         await self._on_open(tp.partition, store)
         if self.stores.get(tp.partition) is not store:
             return  # revoked meanwhile (and closed by the revocation)

@@ -126,7 +126,8 @@ class WorkerConfig:
     #: updates. A context written many times a second (a conversation growing by a message
     #: per event) then costs the change stream once per round, not once per write; a
     #: subscriber sees its latest version each round, not every version. Off: every applied
-    #: event publishes its change (the default, DESIGN.md's contract).
+    #: event publishes its change (the default, DESIGN.md's contract). Needs ``exactly_once``
+    #: (a round's changes then become visible together or not at all).
     coalesce_changes: bool = False
     #: Standby copies the group keeps of each partition, on workers other than its owner
     #: (``processors.standby``; Kafka Streams' ``num.standby.replicas``). The group uses the
@@ -172,6 +173,12 @@ class WorkerConfig:
         if self.change_compression not in ("none", "lz4", "zstd"):
             raise InvalidWorkerConfigError(
                 f"change_compression must be none, lz4 or zstd, not {self.change_compression!r}"
+            )
+        if self.coalesce_changes and not self.exactly_once:
+            raise InvalidWorkerConfigError(
+                "coalesce_changes needs exactly_once: at least once, a round can be left half "
+                "published by a crash, and half a coalesced round is a state no prefix of the "
+                "WAL has (a restore from the change topic would take it)"
             )
         if self.checkpoint_keep < 1:
             raise InvalidWorkerConfigError(

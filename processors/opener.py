@@ -156,6 +156,10 @@ class Coverage:
     offset: int = 0
     known: bool = True
     skipped: list[str] = field(default_factory=list)
+    #: One past the highest ``seq`` header of the records read (the newest committed records
+    #: of the partition): where the numbering of its next change goes on. None: no numbered
+    #: record among them (an empty topic, or one written before the numbers).
+    next_seq: int | None = None
 
 
 class StoreOpener:
@@ -490,6 +494,10 @@ class StoreOpener:
             while found is None and upto > floor and checks > 0:
                 start = max(floor, upto - size)
                 records = await self._fetch(consumer, topic, partition, start, upto)
+                for m in records:
+                    seq = seq_of(m.headers)
+                    if seq is not None and (coverage.next_seq is None or seq >= coverage.next_seq):
+                        coverage.next_seq = seq + 1
                 wal_end = await self._wal_end(consumer, partition)  # after the records
                 usable = self._usable_changes(partition, records, wal_end, bad)
                 usable.sort(key=lambda u: (-u[1].record.offset, -u[0]))  # ties: newest first

@@ -241,6 +241,12 @@ class PartitionFolder:
         #: Publish only each context's last change of a round (``WorkerConfig.
         #: coalesce_changes``); the store and the journal are the same either way.
         self.coalesce_changes = coalesce_changes
+        #: Where the numbering of the partition's changes goes on from, when the change topic
+        #: says so at open (``Coverage.next_seq``): used instead of ``store.change_seq`` until
+        #: a round that publishes is committed. A re-fold of rounds the change topic has
+        #: already (the quiet ones, ``Materializer.fold_segment``) counts nothing, since a
+        #: coalesced round's count depends on where rounds were cut.
+        self.resume_seq: int | None = None
         self._events = events or EventCodec()
         self._changes = changes or ChangeCodec()
         #: Transactions prepared here and not decided (``processors.twophase``), and what
@@ -309,7 +315,7 @@ class PartitionFolder:
             kept = latest_changes(r.changes)
             r.coalesced = len(r.changes) - len(kept)
             r.changes = kept
-        r.first_seq = store.change_seq
+        r.first_seq = store.change_seq if self.resume_seq is None else self.resume_seq
         r.end_seq = r.first_seq + len(r.changes)
         return r
 

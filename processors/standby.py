@@ -9,9 +9,13 @@ transaction-state records set or clear a prepared transaction, as the change-top
 takes them (``processors.opener``), but record by record, as they arrive.
 
 **Consistency.** A standby store must always hold the fold of a WAL prefix, so it is written
-only at a round's boundary: the changes of one WAL offset (a transaction's, one per context)
-are held until a change of a later offset arrives, or the last change of the round (header
-``txend`` of its Kafka transaction; ``rend`` at least once). Each commit writes the records,
+only at a round's boundary: a round's changes are held until its last change arrives (header
+``txend`` of its Kafka transaction; ``rend`` at least once). Every numbered round ends with one
+of those; records from before the numbers are closed also when a change of a later WAL offset
+arrives (the changes of one WAL offset are a transaction's, one per context). Closing on a
+later offset is not safe for numbered rounds: a coalesced round (``WorkerConfig.
+coalesce_changes``) leaves out a context's earlier changes of the round, so between two of its
+changes the copy would hold no WAL prefix's state. Each commit writes the records,
 ``next_offset`` (one past the last WAL offset applied), the change sequence number and the
 change-topic offset to read on from (``STANDBY_AT_KEY``) in one WriteBatch.
 
@@ -363,7 +367,12 @@ class StandbyManager:
             if found is None:
                 continue
             wal_offset, what = found
-            if wal_offset > copy.held_offset and copy.held:
+            if seq is None and wal_offset > copy.held_offset and copy.held:
+                # A record from before the numbers, and so before coalesced rounds: a newer
+                # WAL offset closes what is held. A numbered round is closed by its marker
+                # only: in a coalesced one (``WorkerConfig.coalesce_changes``) a context's
+                # earlier changes are left out, so the state between two of its changes is
+                # no WAL prefix's and must not be saved.
                 self._close_held(copy)
             if not copy.held:
                 copy.held_position = m.offset

@@ -162,6 +162,12 @@ def worker(**flags: Any) -> None:
         # and the group's rebalances (coordinator found, group joined, leader elected): rare,
         # and what an operator asks first when partitions are not served
         logging.getLogger("aiokafka.consumer.group_coordinator").setLevel(logging.INFO)
+    if flags.get("coalesce_changes") and not flags.get("exactly_once", True):
+        raise click.UsageError(
+            "--coalesce-changes (LUKHAS_COALESCE_CHANGES) needs --exactly-once "
+            "(LUKHAS_EXACTLY_ONCE=1, the default): at least once, a crash can leave half a "
+            "coalesced round on the change topic, a state no prefix of the WAL has"
+        )
     config = Settings.load().worker_config(WorkerFlags(**flags))
     config.event_codec()  # a schema directory that is not usable: one line, before anything
     sys.exit(run_worker(config))

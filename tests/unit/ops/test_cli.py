@@ -386,6 +386,22 @@ def test_the_worker_coalesces_changes_when_told(
 
 
 @pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (("--coalesce-changes", "--at-least-once"), {}),
+        ((), {"LUKHAS_COALESCE_CHANGES": "1", "LUKHAS_EXACTLY_ONCE": "0"}),
+    ],
+)
+def test_coalescing_at_least_once_is_a_usage_error(
+    args: tuple[str, ...], env: dict[str, str], tmp_path: Path
+) -> None:
+    argv = ["worker", "--bootstrap", "b:1", "--state-dir", str(tmp_path), *args]
+    result = CliRunner().invoke(cli, argv, env=env)
+    assert result.exit_code == 2, result.output
+    assert "--coalesce-changes (LUKHAS_COALESCE_CHANGES) needs --exactly-once" in result.output
+
+
+@pytest.mark.parametrize(
     ("url", "says"),
     [
         ("ftp://sr", "must be http(s)://HOST"),

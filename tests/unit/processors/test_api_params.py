@@ -197,6 +197,13 @@ def test_the_change_compression_is_one_of_three(tmp_path: Path) -> None:
         WorkerConfig(bootstrap="127.0.0.1:1", state_dir=tmp_path, change_compression="gzip")
 
 
+def test_a_coalesced_change_stream_needs_exactly_once(tmp_path: Path) -> None:
+    WorkerConfig(bootstrap="127.0.0.1:1", state_dir=tmp_path, coalesce_changes=True)
+    with pytest.raises(InvalidWorkerConfigError, match="coalesce_changes needs exactly_once"):
+        WorkerConfig(bootstrap="127.0.0.1:1", state_dir=tmp_path, coalesce_changes=True,
+                     exactly_once=False)  # fmt: skip
+
+
 async def test_a_starting_worker_is_alive_and_not_ready(api: Any) -> None:
     """A liveness probe must not kill a worker that is starting or restoring; a readiness
     probe keeps traffic off it and says why."""

@@ -48,18 +48,43 @@ def standby(tmp_path: Path) -> tuple[StandbyManager, StandbyCopy]:
 
 def test_only_whole_rounds_are_written(standby: tuple[StandbyManager, StandbyCopy]) -> None:
     manager, copy = standby
-    # A round with a transaction of two contexts at WAL offset 5 (its last change not yet
-    # read), then the rest of it in the next fetch, ending the Kafka transaction.
+    # A round with a transaction of two contexts at WAL offset 5, its last change not yet
+    # read; then the rest of it in the next fetch, ending the Kafka transaction.
     manager._apply(copy, [_change(0, "a", 3, 1, 0), _change(1, "b", 5, 1, 1)])
+    manager._commit(copy)
+    assert copy.store.next_offset == 0  # held until the round's marker
+    assert copy.store.get(b"a") is None and copy.store.get(b"b") is None
+    manager._apply(copy, [_change(2, "c", 5, 1, 2, end=True)])
+    manager._commit(copy)
+    assert copy.store.next_offset == 6 and copy.store.change_seq == 3
+    assert all(copy.store.get(k) is not None for k in (b"a", b"b", b"c"))
+    assert copy.store.standby_at == 3  # past the last record (the marker is skipped)
+
+
+def test_a_coalesced_round_is_saved_whole(standby: tuple[StandbyManager, StandbyCopy]) -> None:
+    """A coalesced round (``WorkerConfig.coalesce_changes``) of WAL offsets 0-9 where ``a``
+    changed at 2 and 9 and ``b`` at 5: it publishes b@5, a@9. Saved after b@5 alone, the copy
+    would claim the state of WAL offsets 0-5 without a@2, so nothing is saved before the
+    round's marker."""
+    manager, copy = standby
+    manager._apply(copy, [_change(0, "b", 5, 1, 0)])
+    manager._commit(copy)
+    assert copy.store.next_offset == 0 and copy.store.get(b"b") is None
+    manager._apply(copy, [_change(1, "a", 9, 2, 1, end=True)])
+    manager._commit(copy)
+    assert copy.store.next_offset == 10 and copy.store.change_seq == 2
+    record = copy.store.get(b"a")
+    assert record is not None and record.version == 2 and copy.store.get(b"b") is not None
+
+
+def test_records_from_before_the_numbers_close_on_a_later_offset(
+    standby: tuple[StandbyManager, StandbyCopy],
+) -> None:
+    manager, copy = standby
+    manager._apply(copy, [_change(0, "a", 3, 1, None), _change(1, "b", 5, 1, None)])
     manager._commit(copy)
     assert copy.store.next_offset == 4  # offset 5 is held: its other change may follow
     assert copy.store.get(b"a") is not None and copy.store.get(b"b") is None
-    assert copy.store.standby_at == 1 and copy.store.change_seq == 1
-    manager._apply(copy, [_change(1, "b", 5, 1, 1), _change(2, "c", 5, 1, 2, end=True)])
-    manager._commit(copy)
-    assert copy.store.next_offset == 6 and copy.store.change_seq == 3
-    assert copy.store.get(b"b") is not None and copy.store.get(b"c") is not None
-    assert copy.store.standby_at == 3  # past the last record (the marker is skipped)
 
 
 def test_repeats_are_passed_over_and_a_jump_asks_for_a_rebuild(
