@@ -11,7 +11,8 @@
    conversation, then grows by one message per event (``add /messages/-``, as ``update()``
    sends for an appended message), to about 5 KB after 100 messages. And small patches
    (replace one member, add one) on documents under 200 bytes. The conversation workload
-   again with ``--coalesce-changes`` (each context's last change of a round published).
+   again with ``--coalesce-changes`` (each context's last change of a round published), and
+   the puts too.
 3 to 5 alternate ``--runs`` times (default 3) and the medians are compared: this machine is
 shared, and one run of each can differ by a factor of two.
 
@@ -221,7 +222,7 @@ def run_processor(
 
 async def prepare(
     bootstrap: str, args: argparse.Namespace
-) -> tuple[Topics, Topics, Topics, Topics, Topics, float]:
+) -> tuple[Topics, Topics, Topics, Topics, Topics, Topics, float]:
     """Topics of one run: the puts, the same puts again (for the at-least-once worker: a
     worker on a topic whose changes were published restores instead of folding), patches."""
     topics = Topics(f"bench{uuid.uuid4().hex[:8]}")
@@ -229,17 +230,19 @@ async def prepare(
     patches = Topics(f"benchpatch{uuid.uuid4().hex[:8]}")
     coalesced = Topics(f"benchcoal{uuid.uuid4().hex[:8]}")
     small = Topics(f"benchsmall{uuid.uuid4().hex[:8]}")
-    for t in (topics, again, patches, coalesced, small):
+    coalesced_puts = Topics(f"benchcoalput{uuid.uuid4().hex[:8]}")
+    for t in (topics, again, patches, coalesced, small, coalesced_puts):
         await ensure_topics(bootstrap, t.specs(args.partitions))
     seconds = await append_events(bootstrap, topics, args.events, args.contexts, args.partitions)
     await append_events(bootstrap, again, args.events, args.contexts, args.partitions)
+    await append_events(bootstrap, coalesced_puts, args.events, args.contexts, args.partitions)
     conversations = max(1, args.patch_events // args.messages)
     await append_patches(bootstrap, patches, args.patch_events, conversations, args.partitions)
     await append_patches(bootstrap, coalesced, args.patch_events, conversations, args.partitions)
     await append_small_patches(
         bootstrap, small, args.patch_events, args.contexts, args.partitions
     )  # fmt: skip
-    return topics, again, patches, coalesced, small, seconds
+    return topics, again, patches, coalesced, small, coalesced_puts, seconds
 
 
 def main() -> None:
@@ -267,12 +270,13 @@ def main() -> None:
     patch_runs: list[dict[str, float]] = []
     coalesced_runs: list[dict[str, float]] = []
     small_runs: list[dict[str, float]] = []
+    coalesced_put_runs: list[dict[str, float]] = []
     with bootstrap_servers() as bootstrap:
         # Alternate them, so a slow spell of this shared machine hits all alike. Each run has
         # topics of its own: a fresh worker on a topic whose changes an earlier run published
         # would restore from the change topic instead of folding (processors/opener.py).
         for _ in range(args.runs):
-            topics, again, patch_topics, coalesced, small, append_s = asyncio.run(
+            topics, again, patch_topics, coalesced, small, coalesced_puts, append_s = asyncio.run(
                 prepare(bootstrap, args)
             )
             bare = bare_consumer(bootstrap, topics.events, args.events, args.timeout)
@@ -290,6 +294,10 @@ def main() -> None:
                               (*eos, "--coalesce-changes"))
             )  # fmt: skip
             small_runs.append(run_processor(bootstrap, small, args.patch_events, args.timeout, eos))
+            coalesced_put_runs.append(
+                run_processor(bootstrap, coalesced_puts, args.events, args.timeout,
+                              (*eos, "--coalesce-changes"))
+            )  # fmt: skip
         update_bytes, put_bytes = asyncio.run(measure_update_bytes(bootstrap, topics, 200))
 
     bare_rate = statistics.median(b["records_per_s"] for b in bares)
@@ -299,6 +307,7 @@ def main() -> None:
     small_rate = statistics.median(p["records_per_s"] for p in small_runs)
     coalesced_rate = statistics.median(p["records_per_s"] for p in coalesced_runs)
     alo_rate = statistics.median(p["records_per_s"] for p in at_least_once)
+    coalesced_put_rate = statistics.median(p["records_per_s"] for p in coalesced_put_runs)
     result = {
         "events": args.events,
         "contexts": args.contexts,
@@ -310,7 +319,7 @@ def main() -> None:
         "ratio": ratio,
         "bare_runs": [round(b["records_per_s"]) for b in bares],
         "processor_runs": [round(p["records_per_s"]) for p in procs],
-        "processor_applied": [p["applied"] for p in procs + at_least_once],
+        "processor_applied": [p["applied"] for p in procs + at_least_once + coalesced_put_runs],
         "processor_at_least_once_events_per_s": alo_rate,
         "at_least_once_runs": [round(p["records_per_s"]) for p in at_least_once],
         "exactly_once_vs_at_least_once": proc_rate / alo_rate,
@@ -322,13 +331,25 @@ def main() -> None:
         "processor_coalesced_patch_events_per_s": coalesced_rate,
         "coalesced_patch_runs": [round(p["records_per_s"]) for p in coalesced_runs],
         "coalesced_patches_vs_puts": coalesced_rate / proc_rate,
+        "processor_coalesced_put_events_per_s": coalesced_put_rate,
+        "coalesced_put_runs": [round(p["records_per_s"]) for p in coalesced_put_runs],
+        "coalesced_puts_vs_bare": coalesced_put_rate / bare_rate,
+        "coalesced_patches_vs_coalesced_puts": coalesced_rate / coalesced_put_rate,
         "processor_small_patch_events_per_s": small_rate,
         "small_patch_runs": [round(p["records_per_s"]) for p in small_runs],
         "small_patches_vs_puts": small_rate / proc_rate,
         "messages_per_conversation": args.messages,
         "runs_timed_from_start": sum(
             int(r["timed_from_start"])
-            for r in bares + procs + at_least_once + patch_runs + coalesced_runs + small_runs
+            for r in [
+                *bares,
+                *procs,
+                *at_least_once,
+                *patch_runs,
+                *coalesced_runs,
+                *small_runs,
+                *coalesced_put_runs,
+            ]
         ),
         "update_wire_bytes": update_bytes,
         "put_wire_bytes": put_bytes,
@@ -351,7 +372,11 @@ def main() -> None:
         ("patches, coalesced", f"{coalesced_rate:,.0f} events/s  runs "
                                f"{result['coalesced_patch_runs']}  (--coalesce-changes: each "
                                "conversation's last change of a round published; "
-                               f"{coalesced_rate / proc_rate:.1%} of puts)"),
+                               f"{coalesced_rate / proc_rate:.1%} of puts, "
+                               f"{coalesced_rate / coalesced_put_rate:.1%} of coalesced puts)"),
+        ("puts, coalesced", f"{coalesced_put_rate:,.0f} events/s  runs "
+                            f"{result['coalesced_put_runs']}  (--coalesce-changes; "
+                            f"{coalesced_put_rate / bare_rate:.1%} of the bare consumer)"),
         ("small patches", f"{small_rate:,.0f} events/s  runs {result['small_patch_runs']}  "
                           f"(replace + add on documents under 200 bytes; "
                           f"{small_rate / proc_rate:.1%} of puts)"),

@@ -233,7 +233,8 @@ class Assignment:
             index_history=self.config.history_index,
             coalesce_changes=self.config.coalesce_changes,
         )  # fmt: skip
-        self.folders[tp.partition].resume_seq = coverage.next_seq
+        folder = self.folders[tp.partition]
+        folder.resume_seq, folder.resume_below = coverage.next_seq, coverage.offset
         await self._on_open(tp.partition, store)
         if self.stores.get(tp.partition) is not store:
             return  # revoked meanwhile (and closed by the revocation)

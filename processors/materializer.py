@@ -597,11 +597,9 @@ class Materializer:
                     await asyncio.sleep(0)  # let reads in between partitions
             publisher = self.publisher
             assert publisher is not None
-            for folder, r in rounds:
+            for _, r in rounds:
                 if r.partition in quiet:
                     r.changes.clear()  # published before; dead letters go again
-                    if folder.resume_seq is not None:  # numbered on from the topic's
-                        r.end_seq = r.first_seq
             sent = await asyncio.gather(
                 *(publisher.publish(r) for _, r in rounds), return_exceptions=True
             )
@@ -617,8 +615,6 @@ class Materializer:
                 self.metrics.fenced_rounds.inc(len(fenced))
             for folder, r in rounds:
                 folder.commit(r, self.config.journal_offsets)
-                if r.partition not in quiet:
-                    folder.resume_seq = None  # the store's count goes on from here
             self._account(rounds, sum(len(v) for v in batch.values()))
             for folder, r in rounds:
                 if r.barrier is not None:

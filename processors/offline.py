@@ -13,6 +13,7 @@ The worker must not be serving the partition (RocksDB's lock says so: ``StoreInU
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import enum
 import logging
@@ -29,7 +30,7 @@ from lukhas_context.processors.checkpointer import Checkpointer
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.exceptions import ProcessorError, StoreInUseError, WalTruncatedError
 from lukhas_context.processors.metrics import WorkerMetrics
-from lukhas_context.processors.opener import RestoreReport, Source, StoreOpener
+from lukhas_context.processors.opener import Coverage, RestoreReport, Source, StoreOpener
 from lukhas_context.processors.round import PartitionFolder, segment_end
 from lukhas_context.state.exceptions import StoreLockedError, StoreOpenError
 from lukhas_context.state.store import PartitionStore, move_aside
@@ -121,15 +122,15 @@ async def restore_offline(
         store, report.source = restored, Source.CHANGES
     else:
         store = builder.empty(partition)
+    coverage = await opener.changes_coverage(partition)
     if until is None:
-        coverage = await opener.changes_coverage(partition)
         report.skipped += coverage.skipped
         until = coverage.offset
     target = min(high, until)
     start = store.next_offset
     fold_started = time.monotonic()
     try:
-        folded = await replay_wal(builder, store, partition, target, progress)
+        folded = await replay_wal(builder, store, partition, target, progress, coverage=coverage)
     finally:
         report.finish(store, started)
         store.close()
@@ -234,13 +235,19 @@ def _scratch_truncated(opener: StoreOpener, partition: int, low: int, until: int
 
 async def replay_wal(
     opener: StoreOpener, store: PartitionStore, partition: int, target: int, progress: bool,
-    take_checkpoints: bool = True,
+    take_checkpoints: bool = True, coverage: Coverage | None = None,
 ) -> int:  # fmt: skip
     """Folds WAL records ``[store.next_offset, target)`` into ``store`` with the worker's fold,
     unpublished, and returns how many records it read: the commit order of
     ``Materializer.fold_segment`` without its step 2 (nothing is published offline), one
     round per barrier, whose checkpoint is taken (not announced) unless
-    ``take_checkpoints`` is false."""
+    ``take_checkpoints`` is false.
+
+    Nothing is published, so the store's change count (``store.change_seq``) does not grow,
+    except that a round ending at the change topic's ``coverage`` (rounds are cut there)
+    takes the topic's number (``Coverage.next_seq``): the count stays at most what the topic
+    has for ``[0, next_offset)``, as a standby built on the store needs (counting every
+    change would overstate a coalesced topic's)."""
     start = store.next_offset
     if start >= target:
         return 0
@@ -249,6 +256,8 @@ async def replay_wal(
         partition, store, config.limits, events=config.event_codec(),
         index_history=config.history_index,
     )  # fmt: skip
+    if coverage is not None and coverage.next_seq is not None:
+        folder.resume_seq, folder.resume_below = coverage.next_seq, coverage.offset
     checkpointer = Checkpointer(config, WorkerMetrics()) if take_checkpoints else None
     consumer = opener.consumer()
     await consumer.start()
@@ -277,15 +286,25 @@ async def replay_wal(
     return folded
 
 
+def _offset(message: Any) -> int:
+    return int(message.offset)
+
+
 async def _fold_rounds(
     folder: PartitionFolder, checkpointer: Checkpointer | None, records: list[Any],
     journal_offsets: int,
 ) -> None:  # fmt: skip
-    """Folds and commits ``records`` a round at a time, each ending at a barrier at most."""
+    """Folds and commits ``records`` a round at a time, each ending at a barrier at most and
+    at the change topic's coverage (``PartitionFolder.resume_below``), counting no change
+    (see ``replay_wal``)."""
     while records:
         end = segment_end(records)
+        if folder.resume_seq is not None and records[0].offset < folder.resume_below:
+            end = min(end, bisect.bisect_left(records, folder.resume_below, key=_offset))
         r = folder.fold(records[:end])
         if r is not None:
+            if folder.resume_seq is None or r.next_offset > folder.resume_below:
+                r.end_seq = r.first_seq  # unpublished: not counted
             folder.commit(r, journal_offsets)
             if r.barrier is not None and checkpointer is not None:
                 await checkpointer.take(folder.store, folder.partition, r.barrier[1], None)

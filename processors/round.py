@@ -242,11 +242,16 @@ class PartitionFolder:
         #: coalesce_changes``); the store and the journal are the same either way.
         self.coalesce_changes = coalesce_changes
         #: Where the numbering of the partition's changes goes on from, when the change topic
-        #: says so at open (``Coverage.next_seq``): used instead of ``store.change_seq`` until
-        #: a round that publishes is committed. A re-fold of rounds the change topic has
-        #: already (the quiet ones, ``Materializer.fold_segment``) counts nothing, since a
-        #: coalesced round's count depends on where rounds were cut.
+        #: says so at open (``Coverage.next_seq``), and the coverage it goes with
+        #: (``Coverage.offset``): the first round past the coverage is numbered from it, not
+        #: from ``store.change_seq``. A re-fold of rounds below the coverage (the quiet ones,
+        #: ``Materializer.fold_segment``; an offline replay) counts nothing, since a coalesced
+        #: round's count depends on where rounds were cut, and the round that ends at the
+        #: coverage stores the topic's number: ``store.change_seq`` is then never more than
+        #: the changes on the topic for ``[0, next_offset)`` (a standby built on the store
+        #: passes over by number what is below it).
         self.resume_seq: int | None = None
+        self.resume_below = 0
         self._events = events or EventCodec()
         self._changes = changes or ChangeCodec()
         #: Transactions prepared here and not decided (``processors.twophase``), and what
@@ -317,6 +322,12 @@ class PartitionFolder:
             r.changes = kept
         r.first_seq = store.change_seq if self.resume_seq is None else self.resume_seq
         r.end_seq = r.first_seq + len(r.changes)
+        if self.resume_seq is not None and r.next_offset <= self.resume_below:
+            # Below the change topic's coverage: its changes are there already (a re-fold, not
+            # published again). Counted by the topic's number once the coverage is reached,
+            # not before: the store stays a lower bound, never an overstatement.
+            r.first_seq = store.change_seq
+            r.end_seq = self.resume_seq if r.next_offset == self.resume_below else r.first_seq
         return r
 
     def commit(self, r: PartitionRound, journal_offsets: int) -> None:
@@ -344,6 +355,8 @@ class PartitionFolder:
             resolutions=r.resolutions,
             change_seq=r.end_seq,
         )
+        if self.resume_seq is not None and r.next_offset >= self.resume_below:
+            self.resume_seq = None  # the store's count goes on from the topic's
         trim = native_window_trim if self.native else None
         self.window.forget_below(r.next_offset - self.window.size, trim)
 
@@ -675,7 +688,7 @@ class PartitionFolder:
                     Vote(tx_id, self.partition, False, reason))))  # fmt: skip
             return
         prepared.yes = True
-        self._hold(r, prepared)
+        self._hold(r, prepared, m.offset)
         if entry is not None:
             self._journal(r, entry, Status.PREPARED, 0, f"prepared, voted yes; coordinator "
                           f"partition {prepared.coordinator}")  # fmt: skip
@@ -698,13 +711,16 @@ class PartitionFolder:
                 events = [self._events.decode(e) for e in record.events]
                 self._vote_on(r, m, prepared, events, None)
 
-    def _hold(self, r: PartitionRound, prepared: PreparedTx) -> None:
+    def _hold(self, r: PartitionRound, prepared: PreparedTx, offset: int) -> None:
+        """Holds a part that voted yes; its state goes out at ``offset``, the record folded
+        now (its prepare, or the one that woke it: a state published at the older prepare
+        offset would be below a standby's ``next_offset`` and passed over there)."""
         self.prepared[prepared.tx_id] = prepared
         for key in prepared.keys:
             self.held[key] = prepared.tx_id
         for lock in prepared.locks:
             self.held_locks[lock] = prepared.tx_id
-        self._store_prepared(r, prepared, prepared.prepare_offset)
+        self._store_prepared(r, prepared, offset)
 
     def _store_prepared(self, r: PartitionRound, prepared: PreparedTx, offset: int) -> None:
         """The prepared state into the round's WriteBatch and onto the change topic."""

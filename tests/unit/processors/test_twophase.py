@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from lukhas_context.processors.change_record import TxStateRecord, read_change_topic_record
 from lukhas_context.processors.fold import Limits
 from lukhas_context.processors.round import PartitionFolder
 from lukhas_context.processors.twophase import PreparedTx, read_state_record, state_record
-from lukhas_context.schemas.codec import EventCodec
+from lukhas_context.schemas.codec import ChangeCodec, EventCodec
 from lukhas_context.schemas.event import ContextEvent, Put
 from lukhas_context.schemas.txrecord import (
     SCOPE_VOTED,
@@ -51,6 +52,10 @@ class Wal:
         self.folders = [PartitionFolder(p, s, LIMITS, native=NATIVE) for p, s in
                         enumerate(self.stores)]  # fmt: skip
         self.time = 1_000
+        #: Every round's change records, per partition, in publishing order.
+        self.changes: list[list[tuple[bytes, bytes | None, list[tuple[str, bytes]]]]] = [
+            [] for _ in range(partitions)
+        ]
 
     def append(self, p: int, key: bytes, value: bytes, at: int | None = None) -> int:
         self.time = max(self.time + 1, at or 0)
@@ -78,6 +83,7 @@ class Wal:
         assert r is not None
         for target, key, value in r.wal_sends:  # the publisher, before the commit
             self.append(target, key, value)
+        self.changes[p] += r.changes
         folder.commit(r, 100_000)
         return len(new)
 
@@ -247,6 +253,30 @@ def test_transactions_one_after_another_on_the_same_contexts_apply_in_order(wal:
         assert record is not None and (record.version, record.doc) == (5, b'{"i":5}')
         assert not wal.stores[p].prepared() and not wal.folders[p].held
         wal.stores[p].check()
+
+
+def test_a_woken_part_publishes_its_state_at_the_record_that_woke_it(wal: Wal) -> None:
+    """A part that waited behind another transaction votes when that one's decision is
+    folded; its new state (yes, holding the contexts) names the WAL offset of that record, not
+    its own older prepare's. A standby passes over a state record below its ``next_offset``
+    (an unnumbered one is older than the copy), so one named by the prepare would be lost
+    there and the copy would keep the part waiting: after a promotion its commit would be
+    folded as an abort. Every record a round publishes names an offset at or past the ones
+    before it."""
+    first = wal.transaction({0: [put("a0")], 1: [put("b1")]})
+    second = wal.transaction({0: [put("a0", b'{"second":1}')], 1: [put("b1")]})
+    wal.settle()
+    codec = ChangeCodec()
+    for p in (0, 1):
+        items = [read_change_topic_record(k, v, h, codec) for k, v, h in wal.changes[p]]
+        offsets = [i.wal_offset if isinstance(i, TxStateRecord) else i.record.offset
+                   for i in items]  # fmt: skip
+        assert offsets == sorted(offsets), offsets
+        states = [i for i in items if isinstance(i, TxStateRecord) and i.state is not None]
+        woken = [i for i in states if i.wal_offset > second[p]]
+        assert woken, states  # its yes came after its prepare, named by a later record
+        assert EntryStatus(wal.stores[p].resolution(first[p])[1]) is EntryStatus.APPLIED
+        assert EntryStatus(wal.stores[p].resolution(second[p])[1]) is EntryStatus.APPLIED
 
 
 def test_a_waiting_part_is_dropped_by_an_abort(wal: Wal) -> None:
