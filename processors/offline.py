@@ -122,8 +122,13 @@ async def restore_offline(
         store, report.source = restored, Source.CHANGES
     else:
         store = builder.empty(partition)
-    coverage = await opener.changes_coverage(partition)
+    # The coverage is read only when it is the target. With ``until`` given, the replay
+    # counts no change (``replay_wal``): a lower bound, which the worker that opens the store
+    # raises to the topic's number from the coverage it reads itself; and a change topic that
+    # cannot be read stops nothing that does not need it.
+    coverage = None
     if until is None:
+        coverage = await opener.changes_coverage(partition)
         report.skipped += coverage.skipped
         until = coverage.offset
     target = min(high, until)

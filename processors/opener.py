@@ -156,9 +156,11 @@ class Coverage:
     offset: int = 0
     known: bool = True
     skipped: list[str] = field(default_factory=list)
-    #: One past the highest ``seq`` header of the records read (the newest committed records
-    #: of the partition): where the numbering of its next change goes on. None: no numbered
-    #: record among them (an empty topic, or one written before the numbers).
+    #: One past the highest ``seq`` header among the records read (the newest committed
+    #: records of the partition) that were made by events below ``offset`` (of any, when
+    #: ``offset`` is 0): where the numbering goes on after the round that ends at the
+    #: coverage. None: no such numbered record (an empty topic, or one written before the
+    #: numbers).
     next_seq: int | None = None
 
 
@@ -491,13 +493,12 @@ class StoreOpener:
             floor = max(low, end - COVERAGE_LOOKBACK)
             upto, size = end, 64
             found: CheckedChange | None = None
+            numbered: list[tuple[int, int]] = []  # (seq, WAL offset named) of readable records
+            codec = ChangeCodec()
             while found is None and upto > floor and checks > 0:
                 start = max(floor, upto - size)
                 records = await self._fetch(consumer, topic, partition, start, upto)
-                for m in records:
-                    seq = seq_of(m.headers)
-                    if seq is not None and (coverage.next_seq is None or seq >= coverage.next_seq):
-                        coverage.next_seq = seq + 1
+                numbered.extend(numbered_records(records, codec))
                 wal_end = await self._wal_end(consumer, partition)  # after the records
                 usable = self._usable_changes(partition, records, wal_end, bad)
                 usable.sort(key=lambda u: (-u[1].record.offset, -u[0]))  # ties: newest first
@@ -512,6 +513,14 @@ class StoreOpener:
                 upto, size = start, size * 4
         if found is not None:
             coverage.offset = found.record.offset + 1
+            # Numbered from what the rounds below the coverage published, not from records
+            # of events past it (a transaction's state, a fence record): a re-fold publishes
+            # those again, and the count a store keeps is never more than the topic's.
+            coverage.next_seq = next_seq_below(numbered, coverage.offset)
+        else:
+            # Nothing is quiet (coverage 0): every change is published again, numbered on past
+            # whatever the topic holds; a number used twice would be dropped as a repeat.
+            coverage.next_seq = next_seq_below(numbered, _NO_END)
         if not bad:
             return coverage
         first = bad[0] + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
@@ -720,6 +729,37 @@ class StoreOpener:
             if not batch and high is not None and position >= high:
                 return True  # asked for more than there is (an offset someone made up)
         return True
+
+
+#: Past every WAL offset.
+_NO_END = 1 << 63
+
+
+def next_seq_below(numbered: list[tuple[int, int]], offset: int) -> int | None:
+    """One past the highest ``seq`` of ``numbered`` (``(seq, WAL offset)`` pairs, as
+    ``numbered_records`` reads them) among the records made by events below ``offset``; None when
+    there is none."""
+    below = [seq for seq, wal in numbered if wal < offset]
+    return max(below) + 1 if below else None
+
+
+def numbered_records(records: list[Any], codec: ChangeCodec) -> list[tuple[int, int]]:
+    """``(seq, WAL offset)`` of each record of ``records`` that has a ``seq`` header and
+    names the WAL offset of the event that made it; unreadable ones are left out (the
+    coverage reports them)."""
+    found = []
+    for m in records:
+        seq = seq_of(m.headers)
+        if seq is None:
+            continue
+        try:
+            item = read_change_topic_record(m.key, m.value, m.headers, codec, m.offset)
+        except UnusableChangeError:
+            continue
+        found.append(
+            (seq, item.record.offset if isinstance(item, CheckedChange) else item.wal_offset)
+        )
+    return found
 
 
 def _wal_disagrees(change: CheckedChange, message: Any, codec: EventCodec) -> str | None:
