@@ -4,6 +4,9 @@
    ``LUKHAS_BOOTSTRAP``), create fresh topics.
 2. Append N small puts over K contexts to the WAL (batched producer).
 3. Ceiling: a bare aiokafka consumer reads the whole topic (touching key, value and offset).
+   And the ceiling of any fold that publishes its changes exactly once with these clients: a
+   bare pipe that reads the same way and copies every record to another topic, a Kafka
+   transaction per fetch, through the worker's own batch builder (no decoding, no state).
 4. The processor: ``lukhas worker`` in its own process, fresh state, folds the same topic;
    its progress is read from ``/metrics``. Once ``--exactly-once`` (each round's changes in
    a Kafka transaction) and once ``--at-least-once``, on a copy of the topic.
@@ -53,11 +56,12 @@ from _support import (
     stop_worker,
     write_result,
 )
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from lukhas_context.schemas.codec import EventCodec
 from lukhas_context.schemas.event import EMPTY_METADATA, ContextEvent, Patch, PatchFormat, Put
 from lukhas_context.streams.admin import ensure_topics
+from lukhas_context.streams.batching import next_batch
 from lukhas_context.streams.client import ClientConfig, ContextClient
 from lukhas_context.streams.topics import Topics, partition_for
 
@@ -188,6 +192,64 @@ async def bare_consumer(bootstrap: str, topic: str, n: int, timeout_s: float) ->
     return window_rate(samples, n)
 
 
+async def bare_pipe(
+    bootstrap: str, source: str, target: str, n: int, timeout_s: float
+) -> dict[str, float]:
+    """The ceiling of any fold that publishes one change per event exactly once with these
+    Kafka clients: the bare consumer's reads, each record copied as it is (key and value, a
+    ``seq`` header) to ``target`` through the worker's own batch builder
+    (``streams.batching.next_batch``), one Kafka transaction per fetch, waited for. No
+    decoding, no state, one transactional producer (the worker has one per partition)."""
+    consumer = AIOKafkaConsumer(
+        source,
+        bootstrap_servers=bootstrap,
+        group_id=f"pipe-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_bytes=16 * 1024 * 1024,
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        transactional_id=f"pipe-{uuid.uuid4().hex[:8]}",
+        enable_idempotence=True,
+        acks="all",
+        max_batch_size=512 * 1024,
+        linger_ms=0,
+    )
+    samples: list[tuple[float, float]] = [(time.perf_counter(), 0.0)]
+    await consumer.start()
+    await producer.start()
+    seen = 0
+    deadline = time.monotonic() + timeout_s
+    try:
+        while seen < n and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500, max_records=50_000)
+            if not batch:
+                continue
+            async with producer.transaction():
+                acks = []
+                for tp, records in batch.items():
+                    copies = [(m.key, m.value, []) for m in records]
+                    i = 0
+                    while i < len(copies):
+                        built, i_next = next_batch(producer, copies, i, ("seq", seen))
+                        acks.append(
+                            await producer.send_batch(built, target, partition=tp.partition)
+                        )
+                        i = i_next
+                    seen += len(records)
+                await asyncio.gather(*acks)
+            samples.append((time.perf_counter(), float(seen)))
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    if seen < n:
+        raise RuntimeError(f"the pipe copied {seen} of {n} records in {timeout_s} s")
+    return window_rate(samples, n)
+
+
 def peak_rss_mib(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
@@ -265,6 +327,7 @@ def main() -> None:
         parser.error("--patch-events must be more than --patch-events / --messages (the puts)")
 
     bares: list[dict[str, float]] = []
+    pipes: list[dict[str, float]] = []
     procs: list[dict[str, float]] = []
     at_least_once: list[dict[str, float]] = []
     patch_runs: list[dict[str, float]] = []
@@ -279,8 +342,13 @@ def main() -> None:
             topics, again, patch_topics, coalesced, small, coalesced_puts, append_s = asyncio.run(
                 prepare(bootstrap, args)
             )
+            pipe_topics = Topics(f"benchpipe{uuid.uuid4().hex[:8]}")
+            asyncio.run(ensure_topics(bootstrap, pipe_topics.specs(args.partitions)))
+            pipe_topic = pipe_topics.changes
             bare = bare_consumer(bootstrap, topics.events, args.events, args.timeout)
             bares.append(asyncio.run(bare))
+            pipe = bare_pipe(bootstrap, topics.events, pipe_topic, args.events, args.timeout)
+            pipes.append(asyncio.run(pipe))
             eos = ("--exactly-once",)
             procs.append(run_processor(bootstrap, topics, args.events, args.timeout, eos))
             at_least_once.append(
@@ -301,6 +369,7 @@ def main() -> None:
         update_bytes, put_bytes = asyncio.run(measure_update_bytes(bootstrap, topics, 200))
 
     bare_rate = statistics.median(b["records_per_s"] for b in bares)
+    pipe_rate = statistics.median(p["records_per_s"] for p in pipes)
     proc_rate = statistics.median(p["records_per_s"] for p in procs)
     ratio = proc_rate / bare_rate
     patch_rate = statistics.median(p["records_per_s"] for p in patch_runs)
@@ -318,6 +387,10 @@ def main() -> None:
         "processor_events_per_s": proc_rate,
         "ratio": ratio,
         "bare_runs": [round(b["records_per_s"]) for b in bares],
+        "bare_pipe_records_per_s": pipe_rate,
+        "pipe_runs": [round(p["records_per_s"]) for p in pipes],
+        "pipe_vs_bare": pipe_rate / bare_rate,
+        "processor_vs_pipe": proc_rate / pipe_rate,
         "processor_runs": [round(p["records_per_s"]) for p in procs],
         "processor_applied": [p["applied"] for p in procs + at_least_once + coalesced_put_runs],
         "processor_at_least_once_events_per_s": alo_rate,
@@ -343,6 +416,7 @@ def main() -> None:
             int(r["timed_from_start"])
             for r in [
                 *bares,
+                *pipes,
                 *procs,
                 *at_least_once,
                 *patch_runs,
@@ -363,6 +437,10 @@ def main() -> None:
         ("processor (fold)", f"{proc_rate:,.0f} events/s  runs {result['processor_runs']}  "
                              "(exactly once: a Kafka transaction per partition and round)"),
         ("ratio", f"{ratio:.1%}"),
+        ("bare pipe", f"{pipe_rate:,.0f} records/s  runs {result['pipe_runs']}  (read, copied "
+                      "to a topic exactly once, no fold: the ceiling with these clients; "
+                      f"{pipe_rate / bare_rate:.1%} of the bare consumer, the fold "
+                      f"{proc_rate / pipe_rate:.1%} of it)"),
         ("at least once", f"{alo_rate:,.0f} events/s  runs {result['at_least_once_runs']}  "
                           f"(exactly once: {proc_rate / alo_rate:.1%} of it)"),
         ("processor (patches)", f"{patch_rate:,.0f} events/s  runs {result['patch_runs']}  "
