@@ -234,7 +234,8 @@ class Assignment:
             coalesce_changes=self.config.coalesce_changes,
         )  # fmt: skip
         folder = self.folders[tp.partition]
-        folder.resume_seq, folder.resume_below = coverage.next_seq, coverage.offset
+        folder.resume_seq = coverage.next_seq_for(store.next_offset)
+        folder.resume_below = coverage.offset
         await self._on_open(tp.partition, store)
         if self.stores.get(tp.partition) is not store:
             return  # revoked meanwhile (and closed by the revocation)

@@ -250,7 +250,7 @@ async def replay_wal(
 
     Nothing is published, so the store's change count (``store.change_seq``) does not grow,
     except that a round ending at the change topic's ``coverage`` (rounds are cut there)
-    takes the topic's number (``Coverage.next_seq``): the count stays at most what the topic
+    takes the topic's number (``Coverage.next_seq_for``): the count stays at most what the topic
     has for ``[0, next_offset)``, as a standby built on the store needs (counting every
     change would overstate a coalesced topic's)."""
     start = store.next_offset
@@ -261,8 +261,9 @@ async def replay_wal(
         partition, store, config.limits, events=config.event_codec(),
         index_history=config.history_index,
     )  # fmt: skip
-    if coverage is not None and coverage.next_seq is not None:
-        folder.resume_seq, folder.resume_below = coverage.next_seq, coverage.offset
+    if coverage is not None:
+        folder.resume_seq = coverage.next_seq_for(store.next_offset)
+        folder.resume_below = coverage.offset
     checkpointer = Checkpointer(config, WorkerMetrics()) if take_checkpoints else None
     consumer = opener.consumer()
     await consumer.start()

@@ -156,12 +156,22 @@ class Coverage:
     offset: int = 0
     known: bool = True
     skipped: list[str] = field(default_factory=list)
-    #: One past the highest ``seq`` header among the records read (the newest committed
-    #: records of the partition) that were made by events below ``offset`` (of any, when
-    #: ``offset`` is 0): where the numbering goes on after the round that ends at the
-    #: coverage. None: no such numbered record (an empty topic, or one written before the
-    #: numbers).
-    next_seq: int | None = None
+    #: ``(seq, WAL offset named)`` of the numbered records read (the newest committed records
+    #: of the partition, from the end back to the window of the newest usable change) that
+    #: could be read; ``next_seq_for`` tells from them where the numbering goes on.
+    numbered: list[tuple[int, int]] = field(default_factory=list)
+
+    def next_seq_for(self, next_offset: int) -> int | None:
+        """The number of the next record a store at ``next_offset`` publishes: one past the
+        highest ``seq`` of the records made by events below ``max(offset, next_offset)``
+        (``offset`` 0, the coverage unknown: of all of them). The records of the events from
+        there on are published again by the fold from the store (a store below the coverage
+        re-folds up to it quietly), under the same numbers: a number is never used for two
+        records, and a store's count is never more than what the topic has for what it
+        folded. None: no such numbered record (an empty topic, one written before the
+        numbers)."""
+        bound = max(self.offset, next_offset) if self.known and self.offset else _NO_END
+        return next_seq_below(self.numbered, bound)
 
 
 class StoreOpener:
@@ -511,16 +521,9 @@ class StoreOpener:
                     error = UnusableChangeError(mismatch)
                     bad.append(self._unusable(partition, position, error, len(bad)))
                 upto, size = start, size * 4
+        coverage.numbered = numbered
         if found is not None:
             coverage.offset = found.record.offset + 1
-            # Numbered from what the rounds below the coverage published, not from records
-            # of events past it (a transaction's state, a fence record): a re-fold publishes
-            # those again, and the count a store keeps is never more than the topic's.
-            coverage.next_seq = next_seq_below(numbered, coverage.offset)
-        else:
-            # Nothing is quiet (coverage 0): every change is published again, numbered on past
-            # whatever the topic holds; a number used twice would be dropped as a repeat.
-            coverage.next_seq = next_seq_below(numbered, _NO_END)
         if not bad:
             return coverage
         first = bad[0] + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")

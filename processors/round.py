@@ -242,7 +242,7 @@ class PartitionFolder:
         #: coalesce_changes``); the store and the journal are the same either way.
         self.coalesce_changes = coalesce_changes
         #: Where the numbering of the partition's changes goes on from, when the change topic
-        #: says so at open (``Coverage.next_seq``), and the coverage it goes with
+        #: says so at open (``Coverage.next_seq_for``), and the coverage it goes with
         #: (``Coverage.offset``): the first round past the coverage is numbered from it, not
         #: from ``store.change_seq``. A re-fold of rounds below the coverage (the quiet ones,
         #: ``Materializer.fold_segment``; an offline replay) counts nothing, since a coalesced

@@ -1,7 +1,7 @@
-"""Where a partition's change numbering goes on after a re-fold below the change topic's
-coverage (``opener.numbered_records``, ``opener.next_seq_below``): from the records that
-events below the coverage made, not from the transaction states and fence records of events
-past it at the topic's tail, which the re-fold publishes again under the same numbers."""
+"""Where a partition's change numbering goes on when it opens (``Coverage.next_seq_for``):
+the records the fold publishes again keep the numbers they had, whether the store is below
+the change topic's coverage, at it, or past it (transaction states and fence records of
+events past the newest change are not covered by it)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lukhas_context.processors.fold import Limits
-from lukhas_context.processors.opener import next_seq_below, numbered_records
+from lukhas_context.processors.opener import Coverage, numbered_records
 from lukhas_context.processors.round import PartitionFolder
 from lukhas_context.processors.twophase import state_record
 from lukhas_context.schemas.change import SEQ_HEADER, FenceRecord
@@ -43,64 +43,90 @@ def _change(tmp: Path, wal_offset: int) -> tuple[bytes, bytes | None, list[tuple
 
 #: What an event can leave on the change topic: a context's change, a transaction's state
 #: (prepared or decided), a lock's fence record, or nothing readable (a forged record).
-KINDS = st.sampled_from(["change", "tx", "fence", "garbage"])
+KINDS = st.sampled_from(["change", "tx", "fence", "forged"])
+
+
+def _topic(
+    tmp: Path, items: list[tuple[str, int]], forged_seq: int
+) -> tuple[list[Record], list[int]]:
+    """The change partition of ``items`` (what each event left, and the WAL step to it): the
+    fold's records numbered 0, 1, 2, ... in WAL order, forged records among them with
+    ``forged_seq``; and the WAL offset of each record."""
+    records: list[Record] = []
+    wals: list[int] = []
+    wal = n = 0
+    for kind, step in items:
+        wal += step
+        wals.append(wal)
+        seq = [(SEQ_HEADER, b"%d" % (forged_seq if kind == "forged" else n))]
+        if kind == "change":
+            key, value, headers = _change(tmp, wal)
+            records.append(Record(len(records), key, value, [*headers, *seq]))
+        elif kind == "tx":
+            key, value = state_record(b"t" * 16, wal, None)
+            records.append(Record(len(records), key, value, seq))
+        elif kind == "fence":
+            fence = FenceRecord("lock", 3, wal, 1000)
+            records.append(Record(len(records), fence.key, fence.encode(), seq))
+        else:
+            records.append(Record(len(records), b"ctx", b"\x00forged", seq))
+        n += kind != "forged"
+    return records, wals
 
 
 @given(st.lists(st.tuples(KINDS, st.integers(0, 2)), min_size=1, max_size=30),
-       st.integers(0, 6))  # fmt: skip
-@settings(max_examples=60, deadline=None)
-def test_the_numbering_goes_on_from_what_events_below_the_coverage_published(
-    tail: list[tuple[str, int]], trailing_states: int
+       st.integers(0, 70), st.sampled_from([0, 5, 10**15]))  # fmt: skip
+@settings(max_examples=150, deadline=None)
+def test_records_published_again_keep_their_numbers_and_no_number_is_used_twice(
+    items: list[tuple[str, int]], store_at: int, forged_seq: int
 ) -> None:
-    """A partition's records as published (one per event's output, numbered on, WAL offsets
-    growing), then transaction states of events past the last change: the number after the
-    coverage is one past the last readable record of an event below it."""
+    """A store at ``store_at`` (below the coverage, at it, or past it: the coverage counts
+    context changes only, so a store that folded later states and fences is past it) folds
+    again from ``max(coverage, store_at)`` (below the coverage quietly) and publishes the
+    records of every event from there on. The number it starts from must be the number each
+    of those records had: a lower one would reuse a number for another record (subscribers
+    and standbys drop it as a repeat), a higher one overstates the store's count (a standby
+    passes over real changes). A forged number, however high, changes nothing."""
     with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
-        records: list[Record] = []
-        wals: list[int] = []
-        wal = 0
-        last_change_wal: int | None = None
-        # One record per item, numbered as the publisher numbers them; WAL offsets only grow.
-        items = [*tail, *(("tx", 1) for _ in range(trailing_states))]
-        for n, (kind, step) in enumerate(items):
-            wal += step
-            wals.append(wal)
-            seq = [(SEQ_HEADER, b"%d" % n)]
-            if kind == "change":
-                key, value, headers = _change(tmp, wal)
-                records.append(Record(n, key, value, [*headers, *seq]))
-                if n < len(tail):
-                    last_change_wal = wal
-            elif kind == "tx":
-                key, value = state_record(b"t" * 16, wal, None)
-                records.append(Record(n, key, value, seq))
-            elif kind == "fence":
-                fence = FenceRecord("lock", 3, wal, 1000)
-                records.append(Record(n, fence.key, fence.encode(), seq))
-            else:
-                records.append(Record(n, b"ctx", b"\x00forged", seq))
-        numbered = numbered_records(records, ChangeCodec())
-        readable = [(n, wals[n]) for n, (kind, _) in enumerate(items) if kind != "garbage"]
-        assert numbered == readable
-        if last_change_wal is None:
-            return
-        coverage = last_change_wal + 1
-        # Every readable record made by an event below the coverage, and nothing after it.
-        expected = max(
-            n for n, (kind, _) in enumerate(items)
-            if kind != "garbage" and wals[n] < coverage
-        ) + 1  # fmt: skip
-        assert next_seq_below(numbered, coverage) == expected
-        # The trailing states (events past the coverage) never raise it.
-        assert expected <= len(tail)
+        records, wals = _topic(Path(d), items, forged_seq)
+    changes = [w for (kind, _), w in zip(items, wals, strict=True) if kind == "change"]
+    coverage = Coverage(offset=changes[-1] + 1 if changes else 0)
+    coverage.numbered = numbered_records(records, ChangeCodec())
+    real = [(n, w) for n, w in enumerate(w for (k, _), w in zip(items, wals, strict=True)
+                                         if k != "forged")]  # fmt: skip
+    if coverage.offset:  # the fold goes on from the coverage or the store, the further
+        again = [n for n, w in real if w >= max(coverage.offset, store_at)]
+        expected = again[0] if again else len(real)
+    else:  # coverage unknown: all is published again, numbered on past every number
+        expected = len(real) or None
+    assert coverage.next_seq_for(store_at) == expected
 
 
-def test_nothing_below_the_coverage_means_no_number() -> None:
+def test_a_store_past_the_coverage_numbers_on_after_what_it_folded() -> None:
+    """A change at WAL 95 (seq 10), then a fence record at 97 (seq 11) and a transaction's
+    state at 98 (seq 12): the coverage is 96; a store at 100 folded all three, and its next
+    record is 13; a store at 96 or below publishes the fence and the state again, as 11 and
+    12."""
+    with tempfile.TemporaryDirectory() as d:
+        key, value, headers = _change(Path(d), 95)
+    fence = FenceRecord("lock", 3, 97, 1000)
+    tx_key, tx_value = state_record(b"t" * 16, 98, None)
+    records = [
+        Record(0, key, value, [*headers, (SEQ_HEADER, b"10")]),
+        Record(1, fence.key, fence.encode(), [(SEQ_HEADER, b"11")]),
+        Record(2, tx_key, tx_value, [(SEQ_HEADER, b"12")]),
+    ]
+    coverage = Coverage(offset=96, numbered=numbered_records(records, ChangeCodec()))
+    assert coverage.numbered == [(10, 95), (11, 97), (12, 98)]
+    assert coverage.next_seq_for(100) == 13
+    assert coverage.next_seq_for(99) == 13
+    assert coverage.next_seq_for(98) == 12
+    assert coverage.next_seq_for(96) == coverage.next_seq_for(50) == 11
+    unknown = Coverage(offset=0, known=False, numbered=coverage.numbered)
+    assert unknown.next_seq_for(50) == 13
+
+
+def test_unnumbered_records_give_no_number() -> None:
     key, value = state_record(b"t" * 16, 9, None)
-    records = [Record(0, key, value, [(SEQ_HEADER, b"41")])]
-    assert numbered_records(records, ChangeCodec()) == [(41, 9)]
-    assert next_seq_below(numbered_records(records, ChangeCodec()), 9) is None
-    assert next_seq_below(numbered_records(records, ChangeCodec()), 10) == 42
-    unnumbered = [Record(0, key, value, [])]
-    assert numbered_records(unnumbered, ChangeCodec()) == []
+    assert numbered_records([Record(0, key, value, [])], ChangeCodec()) == []
+    assert Coverage(offset=10).next_seq_for(0) is None
