@@ -20,6 +20,7 @@ from typing import Any
 from lukhas_context.schemas.event import Delete, Fence, Op, Patch, PatchFormat, Put, Touch
 from lukhas_context.state.manifest import check_checkpoint_id
 from lukhas_context.streams import tracing
+from lukhas_context.streams.breaker import metrics_text
 from lukhas_context.streams.config import ClientConfig
 from lukhas_context.streams.deltas import DeltaCache
 from lukhas_context.streams.exceptions import InvalidPatchError, InvalidTTLError, ValidationError
@@ -85,6 +86,19 @@ class ContextClient:
             await self._locks.close()
         await self.writer.close()
         await self.router.close()
+
+    def breakers(self) -> list[dict[str, Any]]:
+        """The circuit breaker of each read API endpoint the client has called
+        (``streams.breaker``): its state (closed, open, half_open), the outcomes seen, the
+        moving averages of its failure rate (and the baseline its threshold adapts to) and
+        latency, the latency past which a call counts as failed, the seconds until an open
+        one lets a probe through, and its transitions."""
+        return self.router.breakers.snapshot()
+
+    def breaker_metrics(self, prefix: str = "lukhas_client") -> str:
+        """``breakers()`` in the Prometheus text format, for an application to serve with
+        its own metrics (``streams.breaker.metrics_text``)."""
+        return metrics_text(self.breakers(), prefix)
 
     async def __aenter__(self) -> ContextClient:
         await self.start()

@@ -16,6 +16,7 @@ import time
 import aiohttp
 import orjson
 
+from lukhas_context.streams.breaker import Breakers, CircuitOpenError
 from lukhas_context.streams.config import bearer_headers
 from lukhas_context.streams.exceptions import ReadError
 from lukhas_context.streams.http1 import ConnectError, Http1Pool, ProtocolError, http_origin
@@ -38,7 +39,9 @@ class Router:
     """Sends read API requests (one HTTP session, opened on first use) to the worker that
     serves a partition; ``partition_count``: as the workers said (0: not known yet)."""
 
-    def __init__(self, api_url: str | None, token: str | None = None) -> None:
+    def __init__(
+        self, api_url: str | None, token: str | None = None, breakers: Breakers | None = None
+    ) -> None:
         #: Read API URLs configured (``api_url``, comma-separated), and the routing table
         #: learned from the workers: partition -> URL of the worker serving it.
         self._seeds = [u.strip() for u in (api_url or "").split(",") if u.strip()]
@@ -53,6 +56,9 @@ class Router:
         self._headers = bearer_headers(token)
         self._pool = Http1Pool(MAX_ANSWER_BYTES, self._headers)
         self._origins: dict[str, tuple[str, int] | None] = {}
+        #: One circuit breaker per worker URL (``streams.breaker``): a worker whose breaker
+        #: is open is passed over while another can answer.
+        self.breakers = breakers or Breakers()
 
     @property
     def seeds(self) -> list[str]:
@@ -90,7 +96,12 @@ class Router:
         copies = list(self._standbys.get(partition, ())) if stale and partition is not None else []
         while True:
             routed = self._routes.get(partition) if partition is not None else None
-            base = copies.pop(0) if copies else routed or self._seeds[0]
+            base = self._choose([*copies, routed or self._seeds[0], *self._seeds], deadline)
+            if base is None:
+                await asyncio.sleep(min(ROUTE_RETRY_S, max(0.0, deadline - time.monotonic())))
+                continue
+            if copies and base in copies:
+                copies.remove(base)
             left = max(0.0, deadline - 5 - time.monotonic())
             if "timeout" in params:  # a retry waits no longer than the time left
                 params = {**params, "timeout": f"{left:.3f}"}
@@ -114,6 +125,25 @@ class Router:
                 ) from failure
             await asyncio.sleep(ROUTE_RETRY_S)
 
+    def _choose(self, candidates: list[str], deadline: float) -> str | None:
+        """The first of ``candidates`` whose breaker lets a call through; None when none
+        does yet but one will before ``deadline``; ``CircuitOpenError`` when none will."""
+        waits = []
+        for base in dict.fromkeys(candidates):
+            breaker = self.breakers[base]
+            if breaker.allows():
+                return base
+            waits.append(breaker.retry_after_s())
+        soonest = min(waits)
+        if time.monotonic() + soonest >= deadline:
+            names = ", ".join(dict.fromkeys(candidates))
+            raise CircuitOpenError(
+                f"the circuit breaker of every worker that could answer is open ({names}); "
+                f"the first lets a call through in {soonest:.3f} s, after this call's time",
+                soonest,
+            )
+        return None
+
     async def send(
         self, base: str, method: str, path: str, params: dict[str, str], timeout: float,
         body: bytes,
@@ -121,7 +151,22 @@ class Router:
         """One request to the worker at ``base``, as it answers (any status); ``ReadError``
         when it cannot be connected to or does not answer within ``timeout`` (plus 5 s).
         A GET to an ``http://`` worker goes over ``streams.http1``; anything else over
-        aiohttp."""
+        aiohttp. Its outcome goes to the worker's breaker (its latency too, unless the
+        request waits on purpose: a ``timeout`` parameter)."""
+        breaker = self.breakers[base]
+        started = time.monotonic()
+        try:
+            answer = await self._send(base, method, path, params, timeout, body)
+        except ReadError:
+            breaker.record(False)
+            raise
+        breaker.record(True, None if "timeout" in params else time.monotonic() - started)
+        return answer
+
+    async def _send(
+        self, base: str, method: str, path: str, params: dict[str, str], timeout: float,
+        body: bytes,
+    ) -> tuple[int, bytes]:  # fmt: skip
         if method == "GET" and body == b"":
             if base not in self._origins:
                 self._origins[base] = http_origin(base)

@@ -1,0 +1,115 @@
+"""The client's circuit breakers in its read path (``streams.routing`` with
+``streams.breaker``): a worker that the routing table names but that fails every call is
+passed over once its breaker opens, probed again now and then, and shown by
+``client.breakers()`` and ``client.breaker_metrics()``. A fake read API and a server that
+drops every connection stand in for the workers: this tests the client, not Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+import pytest
+import xxhash
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from lukhas_context.streams.breaker import BreakerPolicy, Breakers, CircuitOpenError
+from lukhas_context.streams.client import ClientConfig, ContextClient
+from lukhas_context.streams.exceptions import ReadError
+
+DOC = {"k": 1}
+CHECKSUM = xxhash.xxh3_64_hexdigest(orjson.dumps(DOC, option=orjson.OPT_SORT_KEYS))
+
+
+async def _dropping_server() -> tuple[asyncio.Server, str, list[int]]:
+    """A server that accepts each connection and closes it at once: every call fails."""
+    accepted: list[int] = []
+
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        writer.close()
+
+    server = await asyncio.start_server(drop, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}", accepted
+
+
+async def _live_worker(owner: str) -> tuple[web.AppRunner, str, list[str]]:
+    """A read API that answers reads, and whose routing table names ``owner`` as the
+    worker serving the only partition."""
+    served: list[str] = []
+
+    async def members(request: web.Request) -> web.Response:
+        return web.json_response({"owners": {"0": owner}, "partition_count": 1, "members": []})
+
+    async def context(request: web.Request) -> web.Response:
+        served.append(request.path)
+        return web.json_response({
+            "context_id": "c", "version": 3, "doc": DOC, "checksum": CHECKSUM, "offset": 7,
+            "partition": 0, "expires_at_ms": None,
+        })  # fmt: skip
+
+    app = web.Application()
+    app.router.add_get("/v1/members", members)
+    app.router.add_get("/v1/contexts/{id}", context)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}", served
+
+
+async def test_a_failing_owner_is_passed_over_once_its_breaker_opens() -> None:
+    server, broken, accepted = await _dropping_server()
+    runner, live, served = await _live_worker(broken)
+    try:
+        async with ContextClient(ClientConfig("unused:9092", live)) as client:
+            started = time.monotonic()
+            for _ in range(30):
+                assert (await client.get("c", timeout=5)).doc == DOC
+            elapsed = time.monotonic() - started
+            shown = {b["endpoint"]: b for b in client.breakers()}
+            metrics = client.breaker_metrics()
+    finally:
+        await runner.cleanup()
+        server.close()
+    # Three failures in a row opened it; then a probe every open period at most (0.25 s,
+    # doubling): 30 reads did not each try the broken owner first.
+    assert shown[broken]["state"] in ("open", "half_open")
+    assert shown[broken]["transitions"]["open"] >= 1
+    assert len(accepted) <= 3 + 2 * int(elapsed / 0.25 + 1)
+    assert len(accepted) < 30
+    assert shown[live]["state"] == "closed"
+    assert len(served) == 30
+    families = {f.name: f for f in text_string_to_metric_families(metrics)}
+    states = {
+        (s.labels["endpoint"], s.labels["state"]): s.value
+        for s in families["lukhas_client_breaker_state"].samples
+    }
+    assert states[(live, "closed")] == 1
+    assert states[(broken, "closed")] == 0
+
+
+async def test_every_breaker_open_past_the_deadline_fails_fast_with_a_typed_error() -> None:
+    """The only worker's breaker is open for longer than the call may take: the call fails
+    at once with ``CircuitOpenError`` (and when it lets a probe through), not after its
+    whole timeout."""
+    server, broken, _ = await _dropping_server()
+    try:
+        async with ContextClient(ClientConfig("unused:9092", broken)) as client:
+            client.router.breakers = Breakers(
+                BreakerPolicy(consecutive_failures=1, open_s=30, max_open_s=30)
+            )
+            with pytest.raises(ReadError):  # the first call fails on the wire
+                await client.get("c", timeout=2)
+            started = time.monotonic()
+            with pytest.raises(CircuitOpenError) as caught:
+                await client.get("c", timeout=2)
+            assert time.monotonic() - started < 1.0
+            assert caught.value.retry_after_s > 2
+            assert "circuit breaker" in str(caught.value)
+    finally:
+        server.close()
