@@ -205,6 +205,7 @@ class WorkerFlags:
     cors_origin: tuple[str, ...] = ()
     schema_registry: str | None = None
     coalesce_changes: bool = False
+    evict_dead_peers: bool = False
 
 
 class Settings:
@@ -316,7 +317,7 @@ class Settings:
             change_compression=f.change_compression,
             api_token=self.api_token(f.api_token_file), cors_origins=tuple(f.cors_origin),
             schema_registry_url=f.schema_registry or None,
-            coalesce_changes=f.coalesce_changes,
+            coalesce_changes=f.coalesce_changes, evict_dead_peers=f.evict_dead_peers,
             **fold_sizing(f.dedupe_window or self.env.dedupe_window),
             checkpoint_pause_s=self.env.checkpoint_pause_s,
             listener=ListenerLimits(

@@ -129,6 +129,10 @@ class WorkerConfig:
     #: event publishes its change (the default, DESIGN.md's contract). Needs ``exactly_once``
     #: (a round's changes then become visible together or not at all).
     coalesce_changes: bool = False
+    #: Probe the other members' read APIs and evict one that refuses connections from the
+    #: group, so its partitions move at once instead of after its session timeout
+    #: (``processors.peers``). Off: a dead member's partitions wait for the session timeout.
+    evict_dead_peers: bool = False
     #: Standby copies the group keeps of each partition, on workers other than its owner
     #: (``processors.standby``; Kafka Streams' ``num.standby.replicas``). The group uses the
     #: largest number any member asks for; 0 everywhere: none, and plain round-robin

@@ -40,7 +40,7 @@ from lukhas_context.processors.clock import LogClock, Skew, SkewReporter, probe_
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.exceptions import WorkerStartError
 from lukhas_context.processors.expiry import ExpirySweeper
-from lukhas_context.processors.members import Membership
+from lukhas_context.processors.members import Member, Membership
 from lukhas_context.processors.metrics import WorkerMetrics
 from lukhas_context.processors.mirror import Mirror, change_versions, redacted, register
 from lukhas_context.processors.opener import RestoreReport, StoreOpener
@@ -123,7 +123,7 @@ class Materializer:
             lambda: standby_positions(
                 self.assignment.stores, self.standby, self.assignment.closed_at
             ),
-            config.kafka_security,
+            config.kafka_security, config.evict_dead_peers, self._peer_evicted,
         )  # fmt: skip
         self.opener = StoreOpener(config, self.metrics)
         #: Warm copies of partitions others fold (``--standby-replicas``; None: none).
@@ -507,6 +507,16 @@ class Materializer:
             self.round_limit = max(MIN_ROUND_RECORDS, self.round_limit // 2)
         elif seconds < budget / 4:
             self.round_limit = min(self.config.max_batch_records, self.round_limit * 2)
+
+    def _peer_evicted(self, member: Member) -> None:
+        """A dead peer was evicted from the group (``--evict-dead-peers``): rejoin now, so
+        its partitions come here without waiting for the next heartbeat to say the group is
+        rebalancing (aiokafka's coordinator; the rebalance would come all the same)."""
+        self.metrics.peer_evictions.inc()
+        coordinator = getattr(self.assignment.consumer, "_coordinator", None)
+        rejoin = getattr(coordinator, "request_rejoin", None)
+        if callable(rejoin):
+            rejoin()
 
     async def _opened(self, partition: int, store: PartitionStore) -> None:
         """A partition's store is open: take the checkpoint a killed process left pending."""

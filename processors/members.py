@@ -41,8 +41,10 @@ from aiokafka.coordinator.protocol import (
     ConsumerProtocolMemberAssignment,
     ConsumerProtocolMemberMetadata,
 )
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, for_code
+from aiokafka.protocol.group import LeaveGroupRequest
 
+from lukhas_context.processors.peers import PROBE_S, PeerLiveness, probe
 from lukhas_context.streams import kafka
 from lukhas_context.streams.security import PLAINTEXT, KafkaSecurity
 
@@ -370,6 +372,8 @@ class Membership:
         peer: str | None = None, standby: int = 0,
         positions: Callable[[], Mapping[int, int]] | None = None,
         security: KafkaSecurity = PLAINTEXT,
+        evict_dead_peers: bool = False,
+        on_evict: Callable[[Member], None] | None = None,
     ) -> None:  # fmt: skip
         self.bootstrap = bootstrap
         self.security = security
@@ -386,6 +390,11 @@ class Membership:
         self._task: asyncio.Task[None] | None = None
         self._poke = asyncio.Event()
         self._last_problems: list[str] = []
+        #: ``--evict-dead-peers`` (``processors.peers``): the probes' verdicts, the task
+        #: that probes, and what to do once a peer was evicted (the worker rejoins at once).
+        self.liveness = PeerLiveness() if evict_dead_peers else None
+        self._watch: asyncio.Task[None] | None = None
+        self._on_evict = on_evict
 
     async def start(self) -> None:
         self._admin = kafka.admin_client(
@@ -393,13 +402,16 @@ class Membership:
         )
         await self._admin.start()
         self._task = asyncio.create_task(self._refresh_loop())
+        if self.liveness is not None:
+            self._watch = asyncio.create_task(self._watch_peers())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._watch = None
         if self._admin is not None:
             await self._admin.close()
             self._admin = None
@@ -446,6 +458,58 @@ class Membership:
             return False
         self._members, self._owners = view.members, view.owners()
         return True
+
+    async def evict(self, member: Member) -> str | None:
+        """Asks the group's coordinator to remove ``member`` (a LeaveGroup request on its
+        behalf, by its member id); None when it did, else why not (logged by the caller)."""
+        admin = self._admin
+        if admin is None:
+            return "not started"
+        try:
+            node = await admin.find_coordinator(self.group_id)
+            response = await admin._send_request(
+                LeaveGroupRequest(self.group_id, member.member), node
+            )
+        except KafkaError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        if response.error_code:
+            return f"{for_code(response.error_code).__name__}"
+        return None
+
+    async def _watch_peers(self) -> None:
+        """Probes every other member's read API every ``PROBE_S`` and evicts a dead one
+        (``processors.peers``)."""
+        liveness = self.liveness
+        assert liveness is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(PROBE_S)
+            peers = [m for m in self._members if m.api != self.api]
+            liveness.keep_only({m.member for m in peers})
+            if not peers:
+                continue
+            try:
+                outcomes = await asyncio.gather(*(probe(m.forward_url) for m in peers))
+                for member, outcome in zip(peers, outcomes, strict=True):
+                    if not liveness.observe(member.member, outcome, loop.time()):
+                        continue
+                    why = await self.evict(member)
+                    if why is not None:
+                        log.warning(
+                            "could not evict dead peer %s (member %s) from group %s: %s",
+                            member.forward_url, member.member, self.group_id, why,
+                        )  # fmt: skip
+                        continue
+                    log.warning(
+                        "peer %s (member %s) refuses connections: evicted it from group %s, "
+                        "so its partitions %s move now, not after its session timeout",
+                        member.forward_url, member.member, self.group_id, list(member.partitions),
+                    )  # fmt: skip
+                    if self._on_evict is not None:
+                        self._on_evict(member)
+                    self._poke.set()
+            except Exception:  # a background task must not die silently: log, go on
+                log.exception("watching the peers of group %s", self.group_id)
 
     async def _refresh_loop(self) -> None:
         wait = 0.0

@@ -97,6 +97,12 @@ class WorkerMetrics:
             "duplicate", "lukhas_events_duplicate", "Retried events recognised by event id"
         )
         self.changes = Counter("lukhas_changes_published", "Changes published", registry=r)
+        self.peer_evictions = Counter(
+            "lukhas_peer_evictions",
+            "Members evicted from the group because their read API refused connections "
+            "(--evict-dead-peers)",
+            registry=r,
+        )
         self.changes_coalesced = Counter(
             "lukhas_changes_coalesced",
             "Changes not published: superseded by a later change of the same context in the "

@@ -128,6 +128,12 @@ def _registry_url(_ctx: click.Context, _param: click.Parameter, value: str | Non
                    "a context written many times a second costs the change stream once a "
                    "round; subscribers see its latest version, not every version "
                    "[env LUKHAS_COALESCE_CHANGES=1].")  # fmt: skip
+@click.option("--evict-dead-peers/--no-evict-dead-peers", default=False, show_default=True,
+              envvar="LUKHAS_EVICT_DEAD_PEERS",
+              help="Probe the other workers' read APIs and remove one that refuses "
+                   "connections (its process is gone) from the group, so its partitions move "
+                   "in well under a second instead of after its session timeout "
+                   "[env LUKHAS_EVICT_DEAD_PEERS=1].")  # fmt: skip
 @click.option("--standby-replicas", type=click.IntRange(0, 8), default=0, show_default=True,
               envvar="LUKHAS_STANDBY_REPLICAS",
               help="Warm copies the group keeps of each partition on other workers, following "
