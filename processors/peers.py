@@ -7,8 +7,8 @@ says so at once: a connection to its read API is refused. With ``--evict-dead-pe
 worker probes the read API of every other member of its group (a TCP connect, every
 ``PROBE_S``) and, when one that has accepted connections before refuses ``REFUSALS`` in a row
 over at least ``MIN_SPAN_S``, asks the coordinator to remove that member (a LeaveGroup
-request on its behalf, by its member id) and rejoins at once: the partitions move in well
-under a second.
+request on its behalf, by its member id) and rejoins at once: the group hands the dead
+member's partitions on in well under a second (opening them takes what it takes).
 
 Only a refusal counts. A timeout (a host that is down or cut off, a stalled process) resets
 the count: that is the session timeout's to judge, since the member may still be folding. A

@@ -131,8 +131,8 @@ def _registry_url(_ctx: click.Context, _param: click.Parameter, value: str | Non
 @click.option("--evict-dead-peers/--no-evict-dead-peers", default=False, show_default=True,
               envvar="LUKHAS_EVICT_DEAD_PEERS",
               help="Probe the other workers' read APIs and remove one that refuses "
-                   "connections (its process is gone) from the group, so its partitions move "
-                   "in well under a second instead of after its session timeout "
+                   "connections (its process is gone) from the group, so the group hands its "
+                   "partitions on at once instead of after its session timeout "
                    "[env LUKHAS_EVICT_DEAD_PEERS=1].")  # fmt: skip
 @click.option("--standby-replicas", type=click.IntRange(0, 8), default=0, show_default=True,
               envvar="LUKHAS_STANDBY_REPLICAS",
