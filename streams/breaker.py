@@ -138,6 +138,11 @@ class Breaker:
         self.probing = True
         return True
 
+    def release(self) -> None:
+        """A call it let through ended with no outcome to judge (cancelled by its caller):
+        frees the half-open probe slot, else no other call would be let through again."""
+        self.probing = False
+
     def retry_after_s(self) -> float:
         """Seconds until the breaker lets a call through (0: now)."""
         if self.state is not BreakerState.OPEN:

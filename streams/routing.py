@@ -160,6 +160,9 @@ class Router:
         except ReadError:
             breaker.record(False)
             raise
+        except BaseException:  # cancelled, or a bug: nothing to judge the endpoint by
+            breaker.release()
+            raise
         breaker.record(True, None if "timeout" in params else time.monotonic() - started)
         return answer
 

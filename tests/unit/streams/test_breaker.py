@@ -131,6 +131,18 @@ def test_an_endpoint_slower_for_good_is_learnt_within_a_few_probes() -> None:
     assert probes <= 6
 
 
+def test_a_probe_that_ends_without_an_outcome_frees_its_slot() -> None:
+    """A probe cancelled by its caller: without ``release`` the breaker would stay half-open
+    and let nothing through, for good."""
+    b, clock = _breaker(consecutive_failures=1, open_s=0.25)
+    b.record(False)
+    clock.now += 0.3
+    assert b.allows()  # the probe, then cancelled
+    assert not b.allows()
+    b.release()
+    assert b.allows()
+
+
 def test_outcomes_of_calls_let_through_before_it_opened_do_not_close_it() -> None:
     b, _ = _breaker(consecutive_failures=1)
     b.record(False)
