@@ -508,11 +508,13 @@ class Materializer:
         elif seconds < budget / 4:
             self.round_limit = min(self.config.max_batch_records, self.round_limit * 2)
 
-    def _peer_evicted(self, member: Member) -> None:
-        """A dead peer was evicted from the group (``--evict-dead-peers``): rejoin now, so
-        its partitions come here without waiting for the next heartbeat to say the group is
-        rebalancing (aiokafka's coordinator; the rebalance would come all the same)."""
-        self.metrics.peer_evictions.inc()
+    def _peer_evicted(self, member: Member, by_us: bool) -> None:
+        """A dead peer was evicted from the group (``--evict-dead-peers``; ``by_us``: by
+        this worker, else by another first): rejoin now, so its partitions come here without
+        waiting for the next heartbeat to say the group is rebalancing (aiokafka's
+        coordinator; the rebalance would come all the same)."""
+        if by_us:
+            self.metrics.peer_evictions.inc()
         coordinator = getattr(self.assignment.consumer, "_coordinator", None)
         rejoin = getattr(coordinator, "request_rejoin", None)
         if callable(rejoin):

@@ -373,7 +373,7 @@ class Membership:
         positions: Callable[[], Mapping[int, int]] | None = None,
         security: KafkaSecurity = PLAINTEXT,
         evict_dead_peers: bool = False,
-        on_evict: Callable[[Member], None] | None = None,
+        on_evict: Callable[[Member, bool], None] | None = None,
     ) -> None:  # fmt: skip
         self.bootstrap = bootstrap
         self.security = security
@@ -461,7 +461,8 @@ class Membership:
 
     async def evict(self, member: Member) -> str | None:
         """Asks the group's coordinator to remove ``member`` (a LeaveGroup request on its
-        behalf, by its member id); None when it did, else why not (logged by the caller)."""
+        behalf, by its member id); None when it did, ``UnknownMemberIdError`` when it is
+        not a member (any more: another worker evicted it first), else why not."""
         admin = self._admin
         if admin is None:
             return "not started"
@@ -494,11 +495,19 @@ class Membership:
                     if not liveness.observe(member.member, outcome, loop.time()):
                         continue
                     why = await self.evict(member)
+                    if why == "UnknownMemberIdError":  # evicted by another worker first
+                        log.info("dead peer %s (member %s) is out of group %s already",
+                                 member.forward_url, member.member, self.group_id)  # fmt: skip
+                        if self._on_evict is not None:
+                            self._on_evict(member, False)  # rejoin all the same
+                        continue
                     if why is not None:
                         log.warning(
-                            "could not evict dead peer %s (member %s) from group %s: %s",
+                            "could not evict dead peer %s (member %s) from group %s: %s "
+                            "(tried again after its next probes)",
                             member.forward_url, member.member, self.group_id, why,
                         )  # fmt: skip
+                        liveness.forgive(member.member)
                         continue
                     log.warning(
                         "peer %s (member %s) refuses connections: evicted it from group %s, "
@@ -506,7 +515,7 @@ class Membership:
                         member.forward_url, member.member, self.group_id, list(member.partitions),
                     )  # fmt: skip
                     if self._on_evict is not None:
-                        self._on_evict(member)
+                        self._on_evict(member, True)
                     self._poke.set()
             except Exception:  # a background task must not die silently: log, go on
                 log.exception("watching the peers of group %s", self.group_id)

@@ -25,9 +25,10 @@ connect; ``processors.members.Membership`` runs them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
+import socket
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 __all__ = ["MIN_SPAN_S", "PROBE_S", "REFUSALS", "PeerLiveness", "Probe", "probe"]
@@ -86,6 +87,12 @@ class PeerLiveness:
             return True
         return False
 
+    def forgive(self, member_id: str) -> None:
+        """The eviction ``observe`` asked for could not be made (the coordinator moved, a
+        timeout): the member may be judged again from its next probes."""
+        self.evicted.discard(member_id)
+        self._peers[member_id] = _Peer(seen_alive=True)
+
     def keep_only(self, member_ids: set[str]) -> None:
         """Forgets the members no longer in the group (their ids are not reused)."""
         for gone in set(self._peers) - member_ids:
@@ -101,20 +108,55 @@ def _address(url: str) -> tuple[str, int] | None:
     return (parts.hostname, port) if parts.hostname else None
 
 
+#: host, port -> (when resolved, its socket addresses): a name is looked up at most every
+#: ``RESOLVE_S``, not at every probe (each lookup takes a thread of the default pool).
+_resolved: dict[tuple[str, int], tuple[float, list[tuple[int, Any]]]] = {}
+RESOLVE_S = 30.0
+
+
+async def _addresses(host: str, port: int) -> list[tuple[int, Any]]:
+    loop = asyncio.get_running_loop()
+    cached = _resolved.get((host, port))
+    if cached is not None and loop.time() - cached[0] < RESOLVE_S:
+        return cached[1]
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    found: list[tuple[int, Any]] = [(int(family), address) for family, _, _, _, address in infos]
+    if len(_resolved) > 1024:
+        _resolved.clear()
+    _resolved[(host, port)] = (loop.time(), found)
+    return found
+
+
+async def _connect(family: int, address: Any, timeout_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await asyncio.wait_for(loop.sock_connect(sock, address), timeout_s)
+    finally:
+        sock.close()
+
+
 async def probe(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> Probe:
-    """Whether the read API at ``url`` accepts a TCP connection: ``REFUSED`` only for a
-    refusal (nothing listens there: the process is gone), ``UNKNOWN`` for a timeout or any
-    other error."""
-    address = _address(url)
-    if address is None:
+    """Whether the read API at ``url`` accepts a TCP connection: ``ALIVE`` when one of its
+    addresses does; ``REFUSED`` only when every address refuses (nothing listens there: the
+    process is gone); ``UNKNOWN`` for a timeout, a name that does not resolve, or any other
+    error."""
+    host_port = _address(url)
+    if host_port is None:
         return Probe.UNKNOWN
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(*address), timeout_s)
-    except ConnectionRefusedError:
-        return Probe.REFUSED
-    except (OSError, TimeoutError):
+        addresses = await asyncio.wait_for(_addresses(*host_port), timeout_s)
+    except (OSError, TimeoutError, UnicodeError):
         return Probe.UNKNOWN
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return Probe.ALIVE
+    refused = 0
+    for family, address in addresses:
+        try:
+            await _connect(family, address, timeout_s)
+        except ConnectionRefusedError:
+            refused += 1
+            continue
+        except (OSError, TimeoutError):
+            continue
+        return Probe.ALIVE
+    return Probe.REFUSED if addresses and refused == len(addresses) else Probe.UNKNOWN

@@ -7,8 +7,11 @@ go to it:
   of the failure rate and of the latency of successful calls;
 * **open**: the endpoint failed too often; calls are refused at once (the caller goes to
   another endpoint, or fails fast with ``CircuitOpenError``) until the open period ends;
-* **half-open**: after the open period, one probe call at a time goes through: a success
-  closes the breaker, a failure opens it again for twice as long (up to ``max_open_s``).
+* **half-open**: after the open period, one probe call at a time goes through (another
+  after ``probe_s`` if it is still in flight: a long poll does not hold the slot): a success
+  closes the breaker, a failure opens it again for twice as long (up to ``max_open_s``). An
+  answer that comes in while it is open (a call sent before, the routing table's reload)
+  closes it too: the endpoint is back.
 
 What counts as failing adapts to the endpoint, and only once it has been seen enough
 (``min_samples`` outcomes): a success slower than ``slow_factor`` times its latency EMA (and
@@ -85,7 +88,9 @@ class BreakerPolicy:
     slow_floor_s: float = 0.25
     #: The first open period; each failed probe doubles it, up to ``max_open_s``.
     open_s: float = 0.25
-    max_open_s: float = 5.0
+    max_open_s: float = 2.0
+    #: A probe in flight longer than this (a long poll) no longer holds the half-open slot.
+    probe_s: float = 1.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -99,6 +104,7 @@ class BreakerPolicy:
             "slow_floor_s": self.slow_floor_s >= 0,
             "open_s": self.open_s > 0,
             "max_open_s": self.max_open_s >= self.open_s,
+            "probe_s": self.probe_s > 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -121,6 +127,9 @@ class Breaker:
     opened_at: float = 0.0
     open_for_s: float = 0.0
     probing: bool = False
+    probe_started: float = 0.0
+    #: Why its last failed call failed, as the caller said (for the errors it raises).
+    last_error: str | None = None
     #: Transitions so far, by the state entered (for metrics).
     transitions: dict[str, int] = field(default_factory=dict)
 
@@ -133,9 +142,10 @@ class Breaker:
             if self.clock() < self.opened_at + self.open_for_s - _EPSILON_S:
                 return False
             self._enter(BreakerState.HALF_OPEN)
-        if self.probing:
+        now = self.clock()
+        if self.probing and now - self.probe_started < self.policy.probe_s:
             return False
-        self.probing = True
+        self.probing, self.probe_started = True, now
         return True
 
     def release(self) -> None:
@@ -145,9 +155,11 @@ class Breaker:
 
     def retry_after_s(self) -> float:
         """Seconds until the breaker lets a call through (0: now)."""
-        if self.state is not BreakerState.OPEN:
-            return 0.0 if not self.probing else self.policy.open_s
-        return max(0.0, self.opened_at + self.open_for_s - self.clock())
+        if self.state is BreakerState.OPEN:
+            return max(0.0, self.opened_at + self.open_for_s - self.clock())
+        if self.state is BreakerState.HALF_OPEN and self.probing:
+            return max(0.0, self.probe_started + self.policy.probe_s - self.clock())
+        return 0.0
 
     def slow_after_s(self) -> float | None:
         """The latency past which a success counts as a failure; None until trusted."""
@@ -155,7 +167,7 @@ class Breaker:
             return None
         return max(self.policy.slow_floor_s, self.latency_ema_s * self.policy.slow_factor)
 
-    def record(self, ok: bool, latency_s: float | None = None) -> None:
+    def record(self, ok: bool, latency_s: float | None = None, error: str | None = None) -> None:
         """The outcome of one call: ``ok`` False for a failure to connect or answer (an
         answer of any status is ``ok``: the endpoint is alive), with its latency (None for
         a call that waits on purpose, e.g. a long poll: alive, its time says nothing)."""
@@ -171,6 +183,8 @@ class Breaker:
             self.latency_ema_s = (
                 seen if self.latency_ema_s is None else (1 - a) * self.latency_ema_s + a * seen
             )
+        if not ok:
+            self.last_error = error
         self.samples += 1
         self.failure_ema += self.policy.alpha * (float(failed) - self.failure_ema)
         self.failures_in_row = self.failures_in_row + 1 if failed else 0
@@ -183,7 +197,14 @@ class Breaker:
                 self._enter(BreakerState.CLOSED)
             return
         if self.state is BreakerState.OPEN:
-            return  # a call let through before it opened: its outcome is already judged
+            # A call let through before it opened, or one that goes around the breaker (the
+            # routing table's reload): a failure is judged already; an answer in time is
+            # the endpoint back, as a probe's would be.
+            if not failed:
+                self.failure_ema = self.baseline_ema
+                self.failures_in_row = 0
+                self._enter(BreakerState.CLOSED)
+            return
         if self._should_open():
             self._open(self.policy.open_s)
         elif self.failure_ema <= self.policy.failure_rate:
@@ -224,6 +245,7 @@ class Breaker:
             "slow_after_ms": None if (s := self.slow_after_s()) is None else round(s * 1e3, 3),
             "retry_after_s": round(self.retry_after_s(), 3),
             "transitions": dict(self.transitions),
+            "last_error": self.last_error,
         }
 
 

@@ -96,7 +96,7 @@ class Router:
         copies = list(self._standbys.get(partition, ())) if stale and partition is not None else []
         while True:
             routed = self._routes.get(partition) if partition is not None else None
-            base = self._choose([*copies, routed or self._seeds[0], *self._seeds], deadline)
+            base = self._choose([*copies, routed or self._seeds[0], *self._seeds], deadline - 5)
             if base is None:
                 await asyncio.sleep(min(ROUTE_RETRY_S, max(0.0, deadline - time.monotonic())))
                 continue
@@ -127,19 +127,23 @@ class Router:
 
     def _choose(self, candidates: list[str], deadline: float) -> str | None:
         """The first of ``candidates`` whose breaker lets a call through; None when none
-        does yet but one will before ``deadline``; ``CircuitOpenError`` when none will."""
+        does yet but one will before ``deadline`` (the caller's time); ``CircuitOpenError``
+        when none will: a read with no time left fails at once, as it did before breakers
+        when every worker refused."""
         waits = []
         for base in dict.fromkeys(candidates):
             breaker = self.breakers[base]
             if breaker.allows():
                 return base
-            waits.append(breaker.retry_after_s())
-        soonest = min(waits)
+            waits.append((breaker.retry_after_s(), breaker))
+        soonest, first = min(waits, key=lambda w: w[0])
         if time.monotonic() + soonest >= deadline:
             names = ", ".join(dict.fromkeys(candidates))
+            last = f"; the last failure: {first.last_error}" if first.last_error else ""
             raise CircuitOpenError(
                 f"the circuit breaker of every worker that could answer is open ({names}); "
-                f"the first lets a call through in {soonest:.3f} s, after this call's time",
+                f"the first lets a call through in {soonest:.3f} s, after this call's "
+                f"time{last}",
                 soonest,
             )
         return None
@@ -157,8 +161,8 @@ class Router:
         started = time.monotonic()
         try:
             answer = await self._send(base, method, path, params, timeout, body)
-        except ReadError:
-            breaker.record(False)
+        except ReadError as exc:
+            breaker.record(False, error=str(exc))
             raise
         except BaseException:  # cancelled, or a bug: nothing to judge the endpoint by
             breaker.release()

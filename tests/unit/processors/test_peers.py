@@ -96,3 +96,35 @@ async def test_the_probe_tells_a_refusal_from_a_listener() -> None:
         assert await probe("http://[::1") is UNKNOWN
     finally:
         server.close()
+
+
+async def test_a_name_with_several_addresses_is_refused_only_when_all_refuse() -> None:
+    """``localhost`` may resolve to ::1 and 127.0.0.1: asyncio's own connect then raises a
+    bare OSError for the two refusals, which would have hidden the refusal."""
+    from lukhas_context.processors import peers
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        closed = free.getsockname()[1]
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    alive = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    try:
+        for port, expected in ((closed, REFUSED), (alive, ALIVE)):
+            both = [(socket.AF_INET, ("127.0.0.1", port)), (socket.AF_INET, ("127.0.0.1", port))]
+            peers._resolved[("twice.invalid", port)] = (loop.time(), both)
+            assert await probe(f"http://twice.invalid:{port}") is expected
+        assert await probe("http://no-such-host.invalid:80") is UNKNOWN
+    finally:
+        server.close()
+        peers._resolved.clear()
+
+
+def test_an_eviction_that_failed_is_tried_again_after_the_next_refusals() -> None:
+    live = PeerLiveness(refusals=2, min_span_s=0.0)
+    live.observe("m1", ALIVE, 0.0)
+    live.observe("m1", REFUSED, 1.0)
+    assert live.observe("m1", REFUSED, 1.1)
+    live.forgive("m1")  # the LeaveGroup failed (the coordinator moved)
+    assert not live.observe("m1", REFUSED, 1.2)
+    assert live.observe("m1", REFUSED, 1.3)

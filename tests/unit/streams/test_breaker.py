@@ -143,11 +143,27 @@ def test_a_probe_that_ends_without_an_outcome_frees_its_slot() -> None:
     assert b.allows()
 
 
-def test_outcomes_of_calls_let_through_before_it_opened_do_not_close_it() -> None:
+def test_an_answer_while_open_closes_it_a_failure_does_not_reopen_it_longer() -> None:
+    """A call sent before it opened, or the routing table's reload (which goes around the
+    breaker), answering in time: the endpoint is back. A failure while open changes
+    nothing."""
     b, _ = _breaker(consecutive_failures=1)
     b.record(False)
-    b.record(True, 0.001)  # a call that started while it was closed
-    assert b.state is BreakerState.OPEN
+    b.record(False)
+    assert b.state is BreakerState.OPEN and b.open_for_s == 0.25
+    b.record(True, 0.001)
+    assert b.state is BreakerState.CLOSED and b.allows()
+
+
+def test_a_long_probe_does_not_hold_the_slot() -> None:
+    b, clock = _breaker(consecutive_failures=1, open_s=0.25, probe_s=1.0)
+    b.record(False)
+    clock.now += 0.25
+    assert b.allows()  # a long poll becomes the probe
+    assert not b.allows()
+    assert b.retry_after_s() == pytest.approx(1.0)
+    clock.now += 1.0
+    assert b.allows()  # another probe once the first has been out for probe_s
 
 
 @given(st.lists(st.tuples(st.booleans(), st.floats(0, 60), st.floats(0, 5)), max_size=400))

@@ -7,6 +7,7 @@ drops every connection stand in for the workers: this tests the client, not Kafk
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import orjson
@@ -113,3 +114,38 @@ async def test_every_breaker_open_past_the_deadline_fails_fast_with_a_typed_erro
             assert "circuit breaker" in str(caught.value)
     finally:
         server.close()
+
+
+async def test_a_dead_worker_fails_reads_at_once_and_is_read_again_when_it_is_back() -> None:
+    """Reads with no time to wait fail at once, every time, saying why (before breakers: at
+    once, by the refusal); once the worker is back a read finds it within the longest open
+    period (2 s), not after a stall."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    async with ContextClient(ClientConfig("unused:9092", url)) as client:
+        for _ in range(8):
+            started = time.monotonic()
+            with pytest.raises(ReadError) as caught:
+                await client.get("c", timeout=0)
+            assert time.monotonic() - started < 1.0
+            assert "connection refused" in str(caught.value)
+        app = web.Application()
+
+        async def context(request: web.Request) -> web.Response:
+            return web.json_response({
+                "context_id": "c", "version": 3, "doc": DOC, "checksum": CHECKSUM,
+                "offset": 7, "partition": 0, "expires_at_ms": None,
+            })  # fmt: skip
+
+        app.router.add_get("/v1/contexts/{id}", context)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            started = time.monotonic()
+            assert (await client.get("c", timeout=10)).doc == DOC
+            assert time.monotonic() - started < 3.0
+        finally:
+            await runner.cleanup()
