@@ -176,17 +176,23 @@ async def measure_update_bytes(bootstrap: str, topics: Topics, writes: int) -> t
     return sum(sizes), put_bytes
 
 
-async def bare_consumer(bootstrap: str, topic: str, n: int, timeout_s: float) -> dict[str, float]:
-    consumer = AIOKafkaConsumer(
+def bare_reader(bootstrap: str, topic: str, name: str) -> AIOKafkaConsumer:
+    """The bare sides' consumer: a group of its own, from the start, read committed, the
+    worker's fetch sizes."""
+    return AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
-        group_id=f"bare-{uuid.uuid4().hex[:6]}",
+        group_id=f"{name}-{uuid.uuid4().hex[:6]}",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         isolation_level="read_committed",
         max_partition_fetch_bytes=4 * 1024 * 1024,
         fetch_max_bytes=16 * 1024 * 1024,
     )
+
+
+async def bare_consumer(bootstrap: str, topic: str, n: int, timeout_s: float) -> dict[str, float]:
+    consumer = bare_reader(bootstrap, topic, "bare")
     samples: list[tuple[float, float]] = []
     await bare_read(consumer, n, timeout_s, timeout_ms=500, max_records=20_000, samples=samples)
     return window_rate(samples, n)
@@ -200,16 +206,7 @@ async def bare_pipe(
     ``seq`` header) to ``target`` through the worker's own batch builder
     (``streams.batching.next_batch``), one Kafka transaction per fetch, waited for. No
     decoding, no state, one transactional producer (the worker has one per partition)."""
-    consumer = AIOKafkaConsumer(
-        source,
-        bootstrap_servers=bootstrap,
-        group_id=f"pipe-{uuid.uuid4().hex[:6]}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-        fetch_max_bytes=16 * 1024 * 1024,
-    )
+    consumer = bare_reader(bootstrap, source, "pipe")
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         transactional_id=f"pipe-{uuid.uuid4().hex[:8]}",

@@ -5,11 +5,15 @@ anything else."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lukhas_context.processors.members import Member, Membership
 from lukhas_context.processors.peers import PeerLiveness, Probe, probe
 
 ALIVE, REFUSED, UNKNOWN = Probe.ALIVE, Probe.REFUSED, Probe.UNKNOWN
@@ -128,3 +132,59 @@ def test_an_eviction_that_failed_is_tried_again_after_the_next_refusals() -> Non
     live.forgive("m1")  # the LeaveGroup failed (the coordinator moved)
     assert not live.observe("m1", REFUSED, 1.2)
     assert live.observe("m1", REFUSED, 1.3)
+
+
+async def _watch_until(membership: Any, done: Any, timeout: float = 5.0) -> None:
+    task = asyncio.create_task(membership._watch_peers())
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not done():
+            assert asyncio.get_running_loop().time() < deadline, "the watch did not get there"
+            await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.mark.parametrize(
+    ("answers", "expected"),
+    [
+        ([None], [True]),
+        (["UnknownMemberIdError"], [False]),
+        (["NotCoordinatorError", None], [True]),
+    ],
+    ids=["evicted", "evicted-by-another", "tried-again"],
+)
+async def test_the_watch_evicts_a_dead_peer_once_and_rejoins_when_another_evicted_it(
+    answers: list[str | None], expected: list[bool]
+) -> None:
+    """``Membership._watch_peers`` with the LeaveGroup stood in for: a peer seen alive, then
+    gone, is evicted once (``on_evict(member, True)``); when the coordinator says it is no
+    member any more (another worker evicted it first; Kafka 4.0 answers a second LeaveGroup
+    for the same member with UNKNOWN_MEMBER_ID) the worker rejoins all the same
+    (``on_evict(member, False)``); a failure of another kind is tried again."""
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    peer = Member("m-dead", f"http://127.0.0.1:{port}", (1,), 1, 0)
+    calls: list[bool] = []
+    membership = Membership("unused:9092", "g", "t", "me", "http://127.0.0.1:1",
+                            evict_dead_peers=True,
+                            on_evict=lambda m, by_us: calls.append(by_us))  # fmt: skip
+    membership._members = [peer]
+    left = list(answers)
+    tried: list[str] = []
+
+    async def evict(member: Member) -> str | None:
+        tried.append(member.member)
+        return left.pop(0)
+
+    membership.evict = evict  # type: ignore[method-assign]
+    liveness = membership.liveness
+    assert liveness is not None
+    await _watch_until(membership, lambda: "m-dead" in liveness._peers
+                       and liveness._peers["m-dead"].seen_alive)  # fmt: skip
+    server.close()
+    await server.wait_closed()
+    await _watch_until(membership, lambda: calls == expected)
+    assert tried == ["m-dead"] * len(answers)
