@@ -170,8 +170,10 @@ class Coverage:
         records, and a store's count is never more than what the topic has for what it
         folded. None: no such numbered record (an empty topic, one written before the
         numbers)."""
-        bound = max(self.offset, next_offset) if self.known and self.offset else _NO_END
-        return next_seq_below(self.numbered, bound)
+        bounded = self.known and self.offset > 0
+        bound = max(self.offset, next_offset)
+        below = [seq for seq, wal in self.numbered if not bounded or wal < bound]
+        return max(below) + 1 if below else None
 
 
 class StoreOpener:
@@ -732,18 +734,6 @@ class StoreOpener:
             if not batch and high is not None and position >= high:
                 return True  # asked for more than there is (an offset someone made up)
         return True
-
-
-#: Past every WAL offset.
-_NO_END = 1 << 63
-
-
-def next_seq_below(numbered: list[tuple[int, int]], offset: int) -> int | None:
-    """One past the highest ``seq`` of ``numbered`` (``(seq, WAL offset)`` pairs, as
-    ``numbered_records`` reads them) among the records made by events below ``offset``; None when
-    there is none."""
-    below = [seq for seq, wal in numbered if wal < offset]
-    return max(below) + 1 if below else None
 
 
 def numbered_records(records: list[Any], codec: ChangeCodec) -> list[tuple[int, int]]:

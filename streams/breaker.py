@@ -307,8 +307,5 @@ class Breakers:
             breaker = self._by_name[name] = Breaker(name, self.policy, self.clock)
         return breaker
 
-    def __iter__(self) -> Any:
-        return iter(list(self._by_name.values()))
-
     def snapshot(self) -> list[dict[str, Any]]:
         return [b.snapshot() for b in self._by_name.values()]
