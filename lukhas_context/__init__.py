@@ -40,13 +40,20 @@ _EXPORTS: dict[str, str] = {
          "ChangeGapError", "CorruptChangeError"],
         "lukhas_context.streams.exceptions",
     ),
+    **dict.fromkeys(["BreakerPolicy", "CircuitOpenError"], "lukhas_context.streams.breaker"),
+    **dict.fromkeys(
+        ["DeadlinePolicy", "DeadlineExceededError", "OverloadedError"],
+        "lukhas_context.streams.deadlines",
+    ),
 }  # fmt: skip
 
 __all__ = [
+    "BreakerPolicy",
     "Change",
     "ChangeGapError",
     "CheckpointTimeoutError",
     "ChecksumMismatchError",
+    "CircuitOpenError",
     "ClientConfig",
     "ClientError",
     "CodecError",
@@ -54,6 +61,8 @@ __all__ = [
     "ContextClient",
     "ContextNotFoundError",
     "CorruptChangeError",
+    "DeadlineExceededError",
+    "DeadlinePolicy",
     "DocumentTooDeepError",
     "DocumentTooLargeError",
     "DryRun",
@@ -68,6 +77,7 @@ __all__ = [
     "NoSuchPositionError",
     "NotAppliedYetError",
     "Outcome",
+    "OverloadedError",
     "PublishError",
     "PublishTimeoutError",
     "ReadError",
@@ -95,6 +105,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported eagerly
     from lukhas_context.schemas.exceptions import CodecError, LukhasError
+    from lukhas_context.streams.breaker import BreakerPolicy, CircuitOpenError
     from lukhas_context.streams.changes import Change, Gap
     from lukhas_context.streams.client import (
         ClientConfig,
@@ -105,6 +116,11 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
         Receipt,
         SyncContextClient,
         Transaction,
+    )
+    from lukhas_context.streams.deadlines import (
+        DeadlineExceededError,
+        DeadlinePolicy,
+        OverloadedError,
     )
     from lukhas_context.streams.exceptions import (
         ChangeGapError,

@@ -20,7 +20,7 @@ from typing import Any
 from lukhas_context.schemas.event import Delete, Fence, Op, Patch, PatchFormat, Put, Touch
 from lukhas_context.state.manifest import check_checkpoint_id
 from lukhas_context.streams import tracing
-from lukhas_context.streams.breaker import metrics_text
+from lukhas_context.streams.breaker import Breakers, metrics_text
 from lukhas_context.streams.config import ClientConfig
 from lukhas_context.streams.deltas import DeltaCache
 from lukhas_context.streams.exceptions import InvalidPatchError, InvalidTTLError, ValidationError
@@ -67,7 +67,12 @@ class ContextClient:
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
         self.writer = WalWriter(config)
-        self.router = Router(config.api_url, config.api_token)
+        self.router = Router(
+            config.api_url,
+            config.api_token,
+            Breakers(config.breaker_policy),
+            config.deadline_policy,
+        )
         self._reader = Reader(self.router)
         self._deltas = DeltaCache()
         self._locks: LockManager | None = None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from lukhas_context.streams.breaker import BreakerPolicy
+from lukhas_context.streams.deadlines import DeadlinePolicy
 from lukhas_context.streams.exceptions import InvalidConfigError
 from lukhas_context.streams.security import PLAINTEXT, KafkaSecurity
 from lukhas_context.streams.topics import Topics
@@ -63,6 +65,11 @@ class ClientConfig:
     #: How to reach a secured Kafka (TLS, SASL PLAIN or SCRAM: ``streams.security``); the
     #: default is neither.
     kafka_security: KafkaSecurity = PLAINTEXT
+    #: When a read API worker's circuit breaker opens (``streams.breaker``), and how a read's
+    #: attempt timeouts follow the latency it has seen (``streams.deadlines``: floor,
+    #: ceiling, quantile); None: the defaults.
+    breaker_policy: BreakerPolicy | None = None
+    deadline_policy: DeadlinePolicy | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.send_attempts, bool) or not (
@@ -86,6 +93,12 @@ class ClientConfig:
             or any(c in self.api_token for c in "\r\n ")
         ):
             raise InvalidConfigError("api_token must be a non-empty str without spaces or newlines")
+        if self.breaker_policy is not None and not isinstance(self.breaker_policy, BreakerPolicy):
+            raise InvalidConfigError("breaker_policy must be a BreakerPolicy or None")
+        if self.deadline_policy is not None and not isinstance(
+            self.deadline_policy, DeadlinePolicy
+        ):
+            raise InvalidConfigError("deadline_policy must be a DeadlinePolicy or None")
         if not isinstance(self.kafka_security, KafkaSecurity):
             raise InvalidConfigError("kafka_security must be a KafkaSecurity")
         if self.transaction_timeout_s > MAX_TRANSACTION_TIMEOUT_S:

@@ -18,6 +18,13 @@ import orjson
 
 from lukhas_context.streams.breaker import Breakers, CircuitOpenError
 from lukhas_context.streams.config import bearer_headers
+from lukhas_context.streams.deadlines import (
+    DeadlineExceededError,
+    DeadlinePolicy,
+    LatencyWindow,
+    OverloadedError,
+    retry_after_of,
+)
 from lukhas_context.streams.exceptions import ReadError
 from lukhas_context.streams.http1 import ConnectError, Http1Pool, ProtocolError, http_origin
 from lukhas_context.streams.topics import partition_for
@@ -30,6 +37,10 @@ __all__ = ["ROUTE_RETRY_S", "Router"]
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 #: Pause before a read is tried again on another worker (after a 421 or a failure).
 ROUTE_RETRY_S = 0.2
+#: The longest reload of the routing table (seconds), and never past the call's budget.
+REFRESH_TIMEOUT_S = 5.0
+#: Latency windows kept at most ((worker, kind of request) pairs).
+MAX_LATENCY_WINDOWS = 1024
 #: While the partition count is not known (no worker had its partitions yet when asked), the
 #: routing table is asked for again at most this often.
 COUNT_RETRY_S = 1.0
@@ -40,7 +51,11 @@ class Router:
     serves a partition; ``partition_count``: as the workers said (0: not known yet)."""
 
     def __init__(
-        self, api_url: str | None, token: str | None = None, breakers: Breakers | None = None
+        self,
+        api_url: str | None,
+        token: str | None = None,
+        breakers: Breakers | None = None,
+        deadlines: DeadlinePolicy | None = None,
     ) -> None:
         #: Read API URLs configured (``api_url``, comma-separated), and the routing table
         #: learned from the workers: partition -> URL of the worker serving it.
@@ -59,6 +74,10 @@ class Router:
         #: One circuit breaker per worker URL (``streams.breaker``): a worker whose breaker
         #: is open is passed over while another can answer.
         self.breakers = breakers or Breakers()
+        #: How attempt timeouts follow latency, and the latencies seen: (worker URL, kind of
+        #: request) -> its newest latencies (``streams.deadlines``).
+        self.deadlines = deadlines or DeadlinePolicy()
+        self._latencies: dict[tuple[str, str], LatencyWindow] = {}
 
     @property
     def seeds(self) -> list[str]:
@@ -84,46 +103,114 @@ class Router:
     ) -> tuple[int, bytes]:
         """One read API request, sent to the worker that serves ``partition`` when the
         routing table knows it (else to a configured worker, which forwards it). A worker
-        that is gone, or answers 421 (the partition moved), makes the client refresh the
-        table and try again, until ``timeout`` (plus 5 s) has passed; but when no worker
-        can be connected to at all (every configured URL refused), it fails at once.
+        that is gone, does not answer within its attempt's time, or answers 421 (the
+        partition moved), makes the client refresh the table and try again, until the
+        call's budget is spent: ``timeout`` plus a transport allowance that follows the
+        worker's latency (``streams.deadlines``); then ``DeadlineExceededError``. When no
+        worker can be connected to at all (every configured URL refused), it fails at once.
+        A worker shedding load (``503`` of kind ``overloaded``) is asked again after its
+        ``Retry-After`` when that is within the budget, else ``OverloadedError`` at once.
         ``stale``: the request accepts a standby's answer: sent first to a worker keeping a
         copy of ``partition``, when the table names one."""
         if not self._seeds:
             raise ReadError("no api_url configured: reads need a worker's read API")
         check_wait(timeout)
-        deadline = time.monotonic() + timeout + 5
+        started = time.monotonic()
+        kind = _kind(method, path)
+        waits = "timeout" in params
         copies = list(self._standbys.get(partition, ())) if stale and partition is not None else []
+        routed = self._routes.get(partition) if partition is not None else None
+        first = copies[0] if copies else routed or self._seeds[0]
+        allowance = self.deadlines.allowance_s(self._latencies.get((first, kind)))
+        budget = timeout + allowance
+        deadline = started + budget
+        failure: ReadError | None = None
+        attempts: dict[str, int] = {}
         while True:
             routed = self._routes.get(partition) if partition is not None else None
-            base = self._choose([*copies, routed or self._seeds[0], *self._seeds], deadline - 5)
+            # Waiting for a breaker to let a call through is waiting: only within the
+            # caller's time, not the transport allowance.
+            candidates = [*copies, routed or self._seeds[0], *self._seeds]
+            base = self._choose(candidates, started + timeout)
+            now = time.monotonic()
             if base is None:
-                await asyncio.sleep(min(ROUTE_RETRY_S, max(0.0, deadline - time.monotonic())))
+                await asyncio.sleep(min(ROUTE_RETRY_S, max(0.0, deadline - now)))
+                if time.monotonic() >= deadline:
+                    raise self._spent(budget, started, failure)
                 continue
             if copies and base in copies:
                 copies.remove(base)
-            left = max(0.0, deadline - 5 - time.monotonic())
-            if "timeout" in params:  # a retry waits no longer than the time left
-                params = {**params, "timeout": f"{left:.3f}"}
+            left = deadline - now
+            window = self._latencies.get((base, kind))
+            usual = self.deadlines.usual_s(window)
+            if left <= 0 or left < usual:
+                raise self._spent(budget, started, failure, usual_s=usual)
+            if waits:
+                # The worker waits at most the time left less the allowance, so its answer
+                # (the 504 of a position not folded in time) comes back within the budget.
+                params = {**params, "timeout": f"{max(0.0, left - allowance):.3f}"}
+                attempt = left
+            else:
+                # An attempt that does not wait on purpose gets the worker's allowance; each
+                # one of this call that timed out doubles it (a slow answer is not given up
+                # on forever), never past the budget.
+                n = attempts.get(base, 0)
+                attempt = min(left, self.deadlines.allowance_s(window) * (1 << min(n, 16)))
+            attempts[base] = attempts.get(base, 0) + 1
             try:
-                status, answer = await self.send(base, method, path, params, left, body)
-                if status != 421:
-                    return status, answer
-                failure: ReadError | None = None
+                status, answer = await self.send(base, method, path, params, attempt, body, kind)
+                failure = None
             except ReadError as exc:
                 failure, status, answer = exc, 0, b""
-            if time.monotonic() >= deadline:
-                if failure is not None:
-                    raise failure
+            shed = _shed(answer) if status == 503 else None
+            if shed is not None:
+                retry = retry_after_of(shed, ROUTE_RETRY_S)
+                if copies:  # a standby copy may answer instead
+                    continue
+                if time.monotonic() + retry >= deadline:
+                    raise OverloadedError(
+                        f"read API {base} sheds load and asks to be called again in "
+                        f"{retry:.3f} s, after this call's budget of {budget:.3f} s: "
+                        f"{shed.get('detail') or 'overloaded'}",
+                        retry,
+                    )
+                await asyncio.sleep(retry)
+                continue
+            if failure is None and status != 421:
                 return status, answer
-            reachable = await self.refresh(exclude=base)
+            if time.monotonic() >= deadline:
+                if failure is None:
+                    return status, answer
+                raise self._spent(budget, started, failure)
+            left = deadline - time.monotonic()
+            reachable = await self.refresh(exclude=base, timeout=min(REFRESH_TIMEOUT_S, left))
             if failure is not None and _refused(failure) and not reachable:
                 urls = ", ".join(dict.fromkeys([base, *self._seeds]))
                 raise ReadError(
                     f"cannot connect to the read API at {urls}: {_refused(failure)} "
                     "(is a worker running there? `lukhas status` shows the local one)"
                 ) from failure
-            await asyncio.sleep(ROUTE_RETRY_S)
+            await asyncio.sleep(min(ROUTE_RETRY_S, max(0.0, deadline - time.monotonic())))
+
+    @staticmethod
+    def _spent(
+        budget: float, started: float, failure: ReadError | None, usual_s: float = 0.0
+    ) -> DeadlineExceededError:
+        """The error of a call whose budget is spent (or too little of it is left for the
+        worker's ``usual_s`` latency), with its last attempt's failure."""
+        elapsed = time.monotonic() - started
+        if usual_s and elapsed < budget:
+            why = (
+                f"{budget - elapsed:.3f} s of this call's budget of {budget:.3f} s are left, "
+                f"under the worker's usual latency of {usual_s:.3f} s"
+            )
+        else:
+            why = f"this call's budget of {budget:.3f} s ran out"
+        last = str(failure) if failure is not None else None
+        message = f"{last} ({why})" if last else f"no answer in time: {why}"
+        error = DeadlineExceededError(message, budget, elapsed, last)
+        error.__cause__ = failure
+        return error
 
     def _choose(self, candidates: list[str], deadline: float) -> str | None:
         """The first of ``candidates`` whose breaker lets a call through; None when none
@@ -150,13 +237,14 @@ class Router:
 
     async def send(
         self, base: str, method: str, path: str, params: dict[str, str], timeout: float,
-        body: bytes,
+        body: bytes, kind: str | None = None,
     ) -> tuple[int, bytes]:  # fmt: skip
         """One request to the worker at ``base``, as it answers (any status); ``ReadError``
-        when it cannot be connected to or does not answer within ``timeout`` (plus 5 s).
+        when it cannot be connected to or does not answer within ``timeout`` seconds.
         A GET to an ``http://`` worker goes over ``streams.http1``; anything else over
-        aiohttp. Its outcome goes to the worker's breaker (its latency too, unless the
-        request waits on purpose: a ``timeout`` parameter)."""
+        aiohttp. Its outcome goes to the worker's breaker, and its latency (unless the
+        request waits on purpose: a ``timeout`` parameter) to the breaker and to the
+        latencies of its ``kind`` of request at that worker (``streams.deadlines``)."""
         breaker = self.breakers[base]
         started = time.monotonic()
         try:
@@ -167,7 +255,16 @@ class Router:
         except BaseException:  # cancelled, or a bug: nothing to judge the endpoint by
             breaker.release()
             raise
-        breaker.record(True, None if "timeout" in params else time.monotonic() - started)
+        latency = None if "timeout" in params else time.monotonic() - started
+        breaker.record(True, latency)
+        if latency is not None:
+            key = (base, kind or _kind(method, path))
+            window = self._latencies.get(key)
+            if window is None:
+                if len(self._latencies) >= MAX_LATENCY_WINDOWS:
+                    self._latencies.clear()  # a client of very many workers: start again
+                window = self._latencies[key] = LatencyWindow(self.deadlines.window)
+            window.add(latency)
         return answer
 
     async def _send(
@@ -184,7 +281,7 @@ class Router:
             self._http = aiohttp.ClientSession()
         url = base.rstrip("/") + path
         try:
-            client_timeout = aiohttp.ClientTimeout(total=timeout + 5)
+            client_timeout = aiohttp.ClientTimeout(total=timeout)
             async with self._http.request(
                 method,
                 url,
@@ -205,14 +302,16 @@ class Router:
         # (``processors.listener``), and the routing table's GETs would end that.
         plain = not params and path.startswith("/v1/contexts/") and path.count("/") == 3
         try:
-            return await self._pool.get(*origin, path, params, timeout + 5, lane=plain)
+            return await self._pool.get(*origin, path, params, timeout, lane=plain)
         except (ProtocolError, OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
             raise _read_error(base, exc) from exc
 
-    async def refresh(self, exclude: str | None = None) -> bool:
+    async def refresh(self, exclude: str | None = None, timeout: float = REFRESH_TIMEOUT_S) -> bool:
         """Reloads the routing table (``GET /v1/members``) from the first worker that
-        answers, configured ones first; a worker that just failed is asked last. False when
-        no worker could be connected to at all (each refused the connection)."""
+        answers, configured ones first; a worker that just failed is asked last; all within
+        ``timeout`` seconds. False when no worker could be connected to at all (each refused
+        the connection)."""
+        deadline = time.monotonic() + timeout
         # A configured worker that just failed goes to the back of the line, so requests with
         # no route (no partition, or none known) try the next one.
         if exclude in self._seeds and len(self._seeds) > 1:
@@ -221,8 +320,11 @@ class Router:
         known.sort(key=lambda url: url == exclude)
         reachable = False
         for base in known:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
             try:
-                status, answer = await self.send(base, "GET", "/v1/members", {}, 5, b"")
+                status, answer = await self.send(base, "GET", "/v1/members", {}, left, b"")
                 reachable = True
                 if status != 200:
                     continue
@@ -277,3 +379,31 @@ def _refused(error: BaseException) -> str | None:
     if isinstance(cause.os_error, ConnectionRefusedError):
         return "connection refused"
     return str(cause.os_error) or type(cause.os_error).__name__
+
+
+def _kind(method: str, path: str) -> str:
+    """The kind of a request, for its latencies: its method and path with the context id
+    left out (``GET /v1/contexts/*``, ``GET /v1/contexts/*/history``, ``GET /v1/outcomes``):
+    a point read and a 10,000-entry history page are timed apart."""
+    parts = path.split("/", 5)
+    if len(parts) > 3 and parts[2] == "contexts":
+        parts[3] = "*"
+    elif len(parts) > 3:
+        del parts[3:]
+    return f"{method} {'/'.join(parts)}"
+
+
+#: The problem type of a worker's answer when it sheds load (``processors.problems``).
+OVERLOADED_TYPE = "urn:lukhas:problem:overloaded"
+
+
+def _shed(answer: bytes) -> dict[str, object] | None:
+    """The problem document of a 503 that sheds load (``overloaded``), None for another
+    503 (a partition being restored, no partitions yet: the caller reads those)."""
+    try:
+        data = orjson.loads(answer)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(data, dict) and data.get("type") == OVERLOADED_TYPE:
+        return data
+    return None
