@@ -99,6 +99,17 @@ class PublishTimeoutError(PublishError):
     brokers that do not answer); the write may still land (its outcome is unknown)."""
 
 
+class PublishCircuitOpenError(PublishError):
+    """The WAL's circuit breaker (``streams.breaker``, endpoint ``kafka``) is open: the last
+    writes failed (timed out, or Kafka could not be reached), so this one fails at once
+    instead of waiting its whole deadline too. Nothing was sent: sending it again is safe.
+    ``retry_after_s``: when the breaker lets a write through to try Kafka again."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class ReadError(ClientError):
     """The read API failed or could not be reached."""
 

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     InvalidProducerEpoch,
+    KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     OutOfOrderSequenceNumber,
@@ -37,8 +38,13 @@ from lukhas_context.schemas.codec import EventCodec
 from lukhas_context.schemas.event import EMPTY_METADATA, ContextEvent, Op
 from lukhas_context.streams import kafka
 from lukhas_context.streams.barriers import append_barriers
+from lukhas_context.streams.breaker import Breaker, BreakerPolicy
 from lukhas_context.streams.config import ClientConfig
-from lukhas_context.streams.exceptions import PublishError, PublishTimeoutError
+from lukhas_context.streams.exceptions import (
+    PublishCircuitOpenError,
+    PublishError,
+    PublishTimeoutError,
+)
 from lukhas_context.streams.health import Broker, explain, explained, parse_bootstrap
 from lukhas_context.streams.kafka import kafka_error, kafka_errors
 from lukhas_context.streams.locks import as_fence
@@ -97,6 +103,10 @@ class WalWriter:
         #: Held while a broken producer is stopped and replaced (``_replace_producer``).
         self._replacing = asyncio.Lock()
         self._closed = False
+        #: The producer path's circuit breaker (``streams.breaker``): judged by failures only,
+        #: never by latency (an ``acks=all`` write is slow while the in-sync replicas
+        #: change, yet acknowledged).
+        self.breaker = Breaker(WAL_ENDPOINT, config.breaker_policy or BreakerPolicy())
 
     @property
     def producer_started(self) -> bool:
@@ -169,14 +179,34 @@ class WalWriter:
         WAL acknowledged it; the producer's start and every retry within the deadline.
         ``partition``: where (None: the key's partition); ``what`` names the record in
         errors (a transaction's record is sent here too)."""
+        breaker = self.breaker
+        if not breaker.allows():
+            retry = breaker.retry_after_s()
+            raise PublishCircuitOpenError(
+                f"{what} {event_id} not sent: the WAL's circuit breaker is open after writes "
+                f"that failed (the last: {breaker.last_error}); it lets a write through in "
+                f"{retry:.3f} s. Nothing was sent: sending again is safe.",
+                retry,
+            )
         # One deadline for the whole call: the idempotent producer retries a batch no broker
         # acknowledges without end, and its start waits for a producer id.
         where = (lambda: None) if partition is not None else (lambda: [key])
-        async with self.deadline(f"the WAL did not acknowledge {what} {event_id}", where):
-            producer = await self.producer()
-            meta = await self._send_until_acknowledged(
-                producer, key, value, event_id, partition, what
-            )
+        try:
+            async with self.deadline(f"the WAL did not acknowledge {what} {event_id}", where):
+                producer = await self.producer()
+                meta = await self._send_until_acknowledged(
+                    producer, key, value, event_id, partition, what
+                )
+        except PublishError as exc:
+            if _kafka_failed(exc):
+                breaker.record(False, error=str(exc))
+            else:  # the record's own fault (too large, refused): says nothing of Kafka
+                breaker.release()
+            raise
+        except BaseException:  # cancelled, or a bug: nothing to judge Kafka by
+            breaker.release()
+            raise
+        breaker.record(True)
         return meta
 
     async def partition_count(self) -> int:
@@ -333,3 +363,25 @@ class WalWriter:
         producers = [p for p in (self._producer, self._tx_producer) if p is not None]
         self._producer = self._tx_producer = None
         await asyncio.gather(*(producer.stop() for producer in producers))
+
+
+#: The name of the producer path's breaker (``ContextClient.breakers()``, metrics).
+WAL_ENDPOINT = "kafka"
+
+
+def _kafka_failed(exc: PublishError) -> bool:
+    """Whether a failed write says Kafka failed (its deadline passed, no connection, a
+    retriable error to the end), as opposed to the record being refused for what it is (a
+    Kafka error that is not retriable: too large, not authorized)."""
+    if isinstance(exc, PublishTimeoutError):
+        return True
+    cause: BaseException | None = exc.__cause__
+    for _ in range(8):  # a chain of errors explaining one another; a cycle ends here
+        if cause is None:
+            break
+        if isinstance(cause, KafkaConnectionError):
+            return True
+        if isinstance(cause, KafkaError):
+            return bool(getattr(cause, "retriable", False))
+        cause = cause.__cause__
+    return True

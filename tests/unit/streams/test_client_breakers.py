@@ -18,7 +18,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lukhas_context.streams.breaker import BreakerPolicy, Breakers, CircuitOpenError
 from lukhas_context.streams.client import ClientConfig, ContextClient
-from lukhas_context.streams.exceptions import ReadError
+from lukhas_context.streams.exceptions import (
+    PublishCircuitOpenError,
+    PublishError,
+    ReadError,
+    ValidationError,
+)
 
 DOC = {"k": 1}
 CHECKSUM = xxhash.xxh3_64_hexdigest(orjson.dumps(DOC, option=orjson.OPT_SORT_KEYS))
@@ -149,3 +154,44 @@ async def test_a_dead_worker_fails_reads_at_once_and_is_read_again_when_it_is_ba
             assert time.monotonic() - started < 3.0
         finally:
             await runner.cleanup()
+
+
+async def test_writes_fail_fast_once_the_wal_breaker_opens_and_say_nothing_was_sent() -> None:
+    """No Kafka at the bootstrap address: three writes fail after trying (each within its
+    deadline), the producer path's breaker opens, and the next write fails at once with
+    ``PublishCircuitOpenError`` (nothing sent: safe to send again); the breaker is shown
+    with the read endpoints'."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = ClientConfig(f"127.0.0.1:{port}", timeout_s=1.0, request_timeout_s=0.5)
+    async with ContextClient(config) as client:
+        assert client.breakers() == []  # nothing written yet
+        failures = []
+        for _ in range(3):
+            with pytest.raises(PublishError) as caught:
+                await client.put("c", DOC)
+            failures.append(caught.value)
+        assert not any(isinstance(f, PublishCircuitOpenError) for f in failures)
+        started = time.monotonic()
+        with pytest.raises(PublishCircuitOpenError) as refused:
+            await client.put("c", DOC)
+        assert time.monotonic() - started < 0.5
+        assert "Nothing was sent" in str(refused.value)
+        assert 0 < refused.value.retry_after_s <= 0.25
+        shown = {b["endpoint"]: b for b in client.breakers()}
+        assert shown["kafka"]["state"] == "open"
+        assert shown["kafka"]["last_error"]
+        assert 'endpoint="kafka"' in client.breaker_metrics()
+
+
+async def test_a_record_refused_for_itself_does_not_open_the_wal_breaker() -> None:
+    """Writes the client refuses before sending (a document too large) are the caller's
+    fault: the breaker of the producer path is not touched."""
+    config = ClientConfig("127.0.0.1:9", max_document_bytes=64)
+    async with ContextClient(config) as client:
+        for _ in range(5):
+            with pytest.raises(ValidationError):
+                await client.put("c", {"big": "x" * 200})
+        assert client.writer.breaker.state.value == "closed"
+        assert client.writer.breaker.samples == 0
