@@ -201,16 +201,31 @@ class Assignment:
         try:
             consumer = self.consumer
             assert consumer is not None
+            steps: list[tuple[str, float]] = []
+            mark = time.monotonic()
+
+            def step(name: str) -> None:
+                nonlocal mark
+                now = time.monotonic()
+                steps.append((name, now - mark))
+                mark = now
+
             if self._before_open is not None:
                 await self._before_open(tp.partition)
+                step("producer")
             if self.standby is not None:  # its copy, if any, is the store to open
                 await self.standby.release(tp.partition)
+                step("standby")
             low = (await consumer.beginning_offsets([tp]))[tp]
             high = (await consumer.end_offsets([tp]))[tp]
+            step("watermarks")
             coverage = await self.opener.changes_coverage(tp.partition)
+            step("coverage")
             store, report = await self.opener.open(tp.partition, (low, high))
+            step("open")
             report.skipped += coverage.skipped
             await self._trim_history(tp.partition, store, low)
+            step("trim")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -241,9 +256,11 @@ class Assignment:
             return  # revoked meanwhile (and closed by the revocation)
         consumer.seek(tp, store.next_offset)
         consumer.resume(tp)
+        step("resume")
         log.info(
-            "partition %d opened from %s in %.2f s, folding from offset %d (digest %s)",
+            "partition %d opened from %s in %.2f s, folding from offset %d (digest %s; %s)",
             tp.partition, report.source.value, report.seconds, store.next_offset, report.digest,
+            ", ".join(f"{name} {seconds:.2f} s" for name, seconds in steps),
         )  # fmt: skip
         async with self._progress:
             self._progress.notify_all()

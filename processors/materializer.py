@@ -70,6 +70,8 @@ TICK_INTERVAL_S = 1.0
 UNASSIGNED_WARN_S = 15.0
 
 MIN_ROUND_RECORDS = 200
+#: How long a fetch of the fold's consumer waits for records that are not there yet (ms).
+FETCH_WAIT_MS = 100
 #: The share of the memory budget past which rounds get smaller (``mind_memory``).
 MEMORY_NEAR = 0.9
 #: How long fetching pauses while resident memory is over the budget.
@@ -198,6 +200,10 @@ class Materializer:
             # The store says where to start; a position the log no longer has is an error.
             auto_offset_reset="none",
             fetch_max_bytes=16 * 1024 * 1024,
+            # A broker answers one request of a connection at a time: the watermark requests
+            # of a partition being opened wait behind a fetch of the others that has no
+            # record to return yet (aiokafka waits up to 500 ms).
+            fetch_max_wait_ms=FETCH_WAIT_MS,
             # Carries this worker's API URL to the coordinator (processors.members). One
             # assignor only: aiokafka 0.14 sends a JoinGroup per assignor it is given, each
             # with different protocols, and each such rejoin starts another rebalance

@@ -95,6 +95,8 @@ COVERAGE_CHECKS = 4
 _LOGGED_RECORDS = 5
 #: For ``_unusable``: not logged on its own (the ERROR line of the path set aside names it).
 _QUIET = _LOGGED_RECORDS
+#: How long the restore reader's fetch waits for records that are not there yet (ms).
+RESTORE_FETCH_WAIT_MS = 20
 #: Records a scan hands to its ``take`` between two yields to the event loop (``_scan``).
 _YIELD_EVERY = 500
 
@@ -468,6 +470,10 @@ class StoreOpener:
             isolation="read_committed",
             security=self.config.kafka_security,
             fetch_max_bytes=16 * 1024 * 1024,
+            # Short long-polls: a broker answers one request of a connection at a time, so
+            # the watermark requests (ListOffsets) that follow a read of a range waited
+            # behind the reader's next fetch, up to aiokafka's 500 ms, several times per open.
+            fetch_max_wait_ms=RESTORE_FETCH_WAIT_MS,
         )
 
     async def watermarks(self, partition: int) -> tuple[int, int]:
