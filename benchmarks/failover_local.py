@@ -13,6 +13,11 @@ load, then the time until each partition it served answers a read-your-write aga
    after its session timeout, which bounds every time from below. The survivor's own
    partitions are probed the same way all along: the longest time without a read-your-write
    on each (the rebalance revokes and assigns them too) is reported as ``kept``.
+   Alongside, from the same moment, a plain read of each moved partition (any answer of its
+   owner), and a read that accepts a standby's answer (``allow_stale``), every 50 ms until
+   one succeeds: the time to the first successful read (issue 17's figure to beat: 850 ms).
+   ``--evict-dead-peers`` runs the workers with it: the survivor evicts the dead member as
+   soon as its API refuses connections, before the session timeout.
 
 Run once without standby replicas and once with ``--standby-replicas 1`` (each on fresh
 topics; ``--standbys 0,1``): with them each worker keeps a copy of the other's partitions,
@@ -53,6 +58,7 @@ from _support import (
 
 from lukhas_context.streams.admin import ensure_topics
 from lukhas_context.streams.client import ClientConfig, ContextClient
+from lukhas_context.streams.exceptions import ContextNotFoundError
 from lukhas_context.streams.topics import Topics, partition_for
 
 
@@ -115,6 +121,24 @@ async def _failover(client: ContextClient, name: str, killed: float, timeout: fl
             await asyncio.sleep(0.05)
 
 
+async def _first_read(
+    client: ContextClient, name: str, killed: float, timeout: float, stale: bool
+) -> float:
+    """From the kill, a read of ``name`` every 50 ms (any answer: the document, or that it
+    does not exist yet) until one succeeds; its time after the kill. ``stale``: a read that
+    accepts a standby copy's answer (``allow_stale``)."""
+    while True:
+        try:
+            await client.get(name, timeout=1, allow_stale=stale)
+            return time.monotonic() - killed
+        except ContextNotFoundError:
+            return time.monotonic() - killed
+        except Exception:  # the partition is moving: try again
+            if time.monotonic() - killed > timeout:
+                raise SystemExit(f"{name}: no read within {timeout} s") from None
+            await asyncio.sleep(0.05)
+
+
 async def _kept(client: ContextClient, name: str, stop: asyncio.Event) -> float:
     """For a partition the survivor served all along: a put and a ``get(min_offset=receipt)``
     every 50 ms until ``stop``; returns the longest time without one succeeding (the
@@ -173,6 +197,7 @@ async def run(bootstrap: str, args: argparse.Namespace, standbys: int) -> dict[s
     extra = (
         "--session-timeout", str(args.session_timeout), "--expiry-interval", "5",
         "--standby-replicas", str(standbys),
+        *(("--evict-dead-peers",) if args.evict_dead_peers else ()),
     )  # fmt: skip
     with scratch_dir("lukhas-failover-") as scratch:
         workers = {}
@@ -229,9 +254,13 @@ async def run(bootstrap: str, args: argparse.Namespace, standbys: int) -> dict[s
                 say(f"kill -9 worker {victim_name} (partitions {moved})")
                 victim.kill()
                 killed, killed_wall = time.monotonic(), time.time()
-                times = await asyncio.gather(
-                    *(_failover(client, names[p], killed, args.timeout) for p in moved)
+                probes = await asyncio.gather(
+                    *(_failover(client, names[p], killed, args.timeout) for p in moved),
+                    *(_first_read(client, names[p], killed, args.timeout, False) for p in moved),
+                    *(_first_read(client, names[p], killed, args.timeout, True) for p in moved),
                 )
+                n = len(moved)
+                times, reads, stale_reads = probes[:n], probes[n : 2 * n], probes[2 * n :]
                 await asyncio.sleep(3)  # the survivor's own partitions: settled after the move
                 stop.set()
                 acked = await load
@@ -245,14 +274,18 @@ async def run(bootstrap: str, args: argparse.Namespace, standbys: int) -> dict[s
                     stop_worker(proc)
     rows = [
         {"partition": p, "failover_s": round(t, 3),
+         "first_read_s": round(r, 3), "first_stale_read_s": round(sr, 3),
          "opened_from": opened.get(p, {}).get("opened_from"),
          "restore_s": opened.get(p, {}).get("open_seconds")}
-        for p, t in zip(moved, times, strict=True)
+        for p, t, r, sr in zip(moved, times, reads, stale_reads, strict=True)
     ]  # fmt: skip
     return {
         "contexts": args.contexts, "partitions": args.partitions,
-        "session_timeout_s": args.session_timeout, "standbys": standbys, "moved": rows,
+        "session_timeout_s": args.session_timeout, "standbys": standbys,
+        "evict_dead_peers": args.evict_dead_peers, "moved": rows,
         "median_s": round(statistics.median(times), 3), "max_s": round(max(times), 3),
+        "first_read_median_s": round(statistics.median(reads), 3),
+        "first_stale_read_median_s": round(statistics.median(stale_reads), 3),
         "kept": [{"partition": p, "longest_outage_s": round(t, 3)}
                  for p, t in zip(kept, outages, strict=True)],
         "survivor_partitions_kept": kept_count,
@@ -269,6 +302,12 @@ def main() -> None:
     parser.add_argument("--session-timeout", type=float, default=6.0)
     parser.add_argument("--rate", type=float, default=200.0, help="puts per second meanwhile")
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument(
+        "--evict-dead-peers",
+        action="store_true",
+        help="run the workers with --evict-dead-peers (a dead peer is evicted before its "
+        "session timeout)",
+    )
     parser.add_argument(
         "--standbys",
         default="0,1",
@@ -287,13 +326,18 @@ def main() -> None:
     with bootstrap_servers() as bootstrap:
         for standbys in runs:
             results.append(asyncio.run(run(bootstrap, args, standbys)))
+    evicting = ", --evict-dead-peers" if args.evict_dead_peers else ""
     rows = [("state", f"{args.contexts:,} contexts, {args.partitions} partitions, 2 workers, "
-                      f"session timeout {args.session_timeout:g} s")]  # fmt: skip
+                      f"session timeout {args.session_timeout:g} s{evicting}")]  # fmt: skip
     for result in results:
         label = f"standbys={result['standbys']}"
         rows += [
             *((f"{label} p{r['partition']}", f"{r['failover_s']:.2f} s (opened from "
-               f"{r['opened_from']} in {r['restore_s']} s)") for r in result["moved"]),
+               f"{r['opened_from']} in {r['restore_s']} s); first read "
+               f"{r['first_read_s']:.2f} s, stale {r['first_stale_read_s']:.2f} s")
+              for r in result["moved"]),
+            (f"{label} first read", f"median {result['first_read_median_s']:.3f} s; "
+             f"accepting a standby's answer {result['first_stale_read_median_s']:.3f} s"),
             (f"{label} median/max", f"{result['median_s']:.2f} s / {result['max_s']:.2f} s"),
             (f"{label} kept", "longest outage of the survivor's own partitions " + ", ".join(
                 f"p{k['partition']} {k['longest_outage_s']:.2f} s" for k in result["kept"])),
