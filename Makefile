@@ -81,6 +81,7 @@ bench: $(STAMP)  ## Materialisation throughput vs a bare consumer (starts its ow
 	$(BIN)/python benchmarks/failover_local.py
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/reads.py
+	$(BIN)/python benchmarks/guards.py
 	$(BIN)/pip install -q -e ".[bench]" -c constraints.txt
 	$(BIN)/python benchmarks/peers.py
 

@@ -108,18 +108,25 @@ class DeadlinePolicy:
         return 0.0 if q is None else q
 
 
-class LatencyWindow:
-    """The newest ``size`` latencies of one worker (seconds), and their quantiles. A sorted
-    copy is made when a quantile is asked after new samples (a few microseconds for 256),
-    so recording stays O(1)."""
+#: Latencies recorded before a window's quantiles are computed again.
+RESORT_EVERY = 16
 
-    __slots__ = ("_at", "_samples", "_size", "_sorted")
+
+class LatencyWindow:
+    """The newest ``size`` latencies of one worker (seconds), and their quantiles. Recording
+    is O(1); the sorted copy the quantiles are read from (a few microseconds for 256) is
+    made again only once ``RESORT_EVERY`` latencies came in since the last one (or while
+    there are fewer than that), so a read pays a fraction of a sort."""
+
+    __slots__ = ("_at", "_samples", "_size", "_sorted", "_unsorted")
 
     def __init__(self, size: int = 256) -> None:
         self._size = size
         self._samples: list[float] = []
         self._at = 0
         self._sorted: list[float] | None = None
+        #: Latencies recorded since ``_sorted`` was made.
+        self._unsorted = 0
 
     def __len__(self) -> int:
         return len(self._samples)
@@ -134,7 +141,7 @@ class LatencyWindow:
         else:
             self._samples[self._at] = latency_s
             self._at = (self._at + 1) % self._size
-        self._sorted = None
+        self._unsorted += 1
 
     def quantile(self, q: float, min_samples: int = 1) -> float | None:
         """The ``q`` quantile (nearest rank) of the window; None with fewer than
@@ -142,10 +149,13 @@ class LatencyWindow:
         n = len(self._samples)
         if n < max(1, min_samples):
             return None
-        if self._sorted is None:
+        if self._sorted is None or (
+            self._unsorted and (self._unsorted >= RESORT_EVERY or n <= RESORT_EVERY)
+        ):
             self._sorted = sorted(self._samples)
-        rank = min(n - 1, max(0, math.ceil(q * n) - 1))
-        return self._sorted[rank]
+            self._unsorted = 0
+        m = len(self._sorted)  # the latencies of the last sort
+        return self._sorted[min(m - 1, max(0, math.ceil(q * m) - 1))]
 
 
 #: The longest ``Retry-After`` honoured (seconds): a larger one is taken as this.

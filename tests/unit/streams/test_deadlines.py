@@ -66,8 +66,10 @@ def test_the_allowance_is_the_ceiling_until_trusted_then_a_clamped_multiple() ->
     for _ in range(10):
         window.add(0.5)
     assert policy.allowance_s(window) == 2.0  # 4 x 500 ms
-    for _ in range(10):
+    for _ in range(15):
         window.add(60.0)
+    assert policy.allowance_s(window) == 2.0  # quantiles are computed again every 16
+    window.add(60.0)
     assert policy.allowance_s(window) == 5.0  # the ceiling
 
 
