@@ -3,6 +3,8 @@ rule and its decision, the bounded read counter, and the toucher's plan over sto
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from lukhas_context.processors.config import WorkerConfig
@@ -90,13 +92,13 @@ def test_duplicate_prefixes_are_refused_and_the_longest_prefix_wins() -> None:
     assert not TtlPolicies([])
 
 
-def test_the_worker_config_checks_the_toucher_bounds(tmp_path: object) -> None:
+def test_the_worker_config_checks_the_toucher_bounds(tmp_path: Path) -> None:
     with pytest.raises(InvalidWorkerConfigError, match="ttl_touch_interval_s"):
-        WorkerConfig("x:1", tmp_path, ttl_touch_interval_s=0)  # type: ignore[arg-type]
+        WorkerConfig("x:1", tmp_path, ttl_touch_interval_s=0)
     with pytest.raises(InvalidWorkerConfigError, match="ttl_touch_batch"):
-        WorkerConfig("x:1", tmp_path, ttl_touch_batch=0)  # type: ignore[arg-type]
+        WorkerConfig("x:1", tmp_path, ttl_touch_batch=0)
     with pytest.raises(InvalidWorkerConfigError, match="ttl_read_contexts"):
-        WorkerConfig("x:1", tmp_path, ttl_read_contexts=10**9)  # type: ignore[arg-type]
+        WorkerConfig("x:1", tmp_path, ttl_read_contexts=10**9)
 
 
 # ---- the rule
@@ -216,3 +218,16 @@ def test_the_plan_touches_read_contexts_of_policies_on_stores_held_here() -> Non
 def test_the_touch_of_a_version_has_one_id() -> None:
     a, b = policy_touch(b"k", 4, 1000, 3), policy_touch(b"k", 4, 2000, 9)
     assert a.event_id == b.event_id != policy_touch(b"k", 5, 1000, 3).event_id
+
+
+def test_off_by_default_nothing_is_counted(tmp_path: Path) -> None:
+    from lukhas_context.processors.materializer import Materializer
+
+    off = Materializer(WorkerConfig("127.0.0.1:1", tmp_path))
+    assert off.toucher is None and off.reads is None
+    on = Materializer(WorkerConfig("127.0.0.1:1", tmp_path, ttl_policies=TtlPolicies([POLICY])))
+    assert on.reads is not None and on.toucher is not None
+    assert (
+        Materializer(WorkerConfig("127.0.0.1:1", tmp_path, ttl_policies=TtlPolicies([]))).reads
+        is None
+    )
