@@ -198,6 +198,13 @@ def worker(**flags: Any) -> None:
             "(LUKHAS_EXACTLY_ONCE=1, the default): at least once, a crash can leave half a "
             "coalesced round on the change topic, a state no prefix of the WAL has"
         )
+    if flags.get("ttl_policy"):  # each parsed alone already; together: no prefix twice
+        from lukhas_context.processors.ttl_policy import InvalidTtlPolicyError, TtlPolicies
+
+        try:
+            TtlPolicies(flags["ttl_policy"])
+        except InvalidTtlPolicyError as exc:
+            raise click.UsageError(f"--ttl-policy (LUKHAS_TTL_POLICY): {exc}") from None
     config = Settings.load().worker_config(WorkerFlags(**flags))
     config.event_codec()  # a schema directory that is not usable: one line, before anything
     sys.exit(run_worker(config))
