@@ -57,6 +57,7 @@ from lukhas_context.streams.topics import DEFAULT_PREFIX, Topics
 
 if TYPE_CHECKING:
     from lukhas_context.processors.config import WorkerConfig
+    from lukhas_context.processors.ttl_policy import TtlPolicy
 
 __all__ = ["Environment", "Settings", "WorkerFlags", "kafka_security", "kafka_variable"]
 
@@ -206,7 +207,7 @@ class WorkerFlags:
     schema_registry: str | None = None
     coalesce_changes: bool = False
     evict_dead_peers: bool = False
-    ttl_policy: tuple[Any, ...] = ()
+    ttl_policy: tuple[TtlPolicy, ...] = ()
     ttl_touch_interval: float = 60.0
     ttl_touch_batch: int = 10_000
 
