@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.exceptions import InvalidWorkerConfigError
@@ -136,6 +138,29 @@ def test_a_cold_context_is_shortened_only_beyond_the_slack() -> None:
     assert touch_decision(COLD, 1, now, now + 30 * S) == 15 * S  # 15 s sooner
     assert touch_decision(COLD, 3, now, now + 26 * S) is None  # 25 s asked: within 2.5 s
     assert touch_decision(COLD, 1, now, now + 5 * S) is None  # already sooner: not extended
+
+
+_ms = st.integers(1, MAX_TTL_MS)
+
+
+@given(
+    st.lists(_ms, min_size=3, max_size=3), st.integers(0, MAX_TTL_MS), st.integers(1, 10**6),
+    st.integers(0, 10**15), st.integers(0, 2**62), st.one_of(st.none(), st.integers(0, 2**62)),
+)  # fmt: skip
+def test_a_decided_ttl_is_within_min_and_max_and_moves_the_expiry_the_rules_way(
+    bounds: list[int], per_read: int, hot: int, reads: int, now: int, expires: int | None
+) -> None:
+    low, base, high = sorted(bounds)
+    policy = TtlPolicy("p", base, low, high, per_read, hot)
+    ttl = touch_decision(policy, reads, now, expires)
+    if ttl is None:
+        return
+    assert expires is not None and reads >= 1
+    assert low <= ttl <= high  # and so within the fold's limit: never refused for its TTL
+    if reads >= hot:
+        assert now + ttl > expires + ttl // 10  # extends only
+    else:
+        assert now + ttl < expires - ttl // 10  # shortens only
 
 
 # ---- the counter
