@@ -57,6 +57,7 @@ from lukhas_context.streams.topics import DEFAULT_PREFIX, Topics
 
 if TYPE_CHECKING:
     from lukhas_context.processors.config import WorkerConfig
+    from lukhas_context.processors.ttl_policy import TtlPolicy
 
 __all__ = ["Environment", "Settings", "WorkerFlags", "kafka_security", "kafka_variable"]
 
@@ -206,6 +207,9 @@ class WorkerFlags:
     schema_registry: str | None = None
     coalesce_changes: bool = False
     evict_dead_peers: bool = False
+    ttl_policy: tuple[TtlPolicy, ...] = ()
+    ttl_touch_interval: float = 60.0
+    ttl_touch_batch: int = 10_000
 
 
 class Settings:
@@ -299,6 +303,7 @@ class Settings:
         # while to import, and most commands never fold.
         from lukhas_context.processors.config import WorkerConfig
         from lukhas_context.processors.listener import ListenerLimits
+        from lukhas_context.processors.ttl_policy import TtlPolicies
 
         f = flags
         return WorkerConfig(
@@ -318,6 +323,8 @@ class Settings:
             api_token=self.api_token(f.api_token_file), cors_origins=tuple(f.cors_origin),
             schema_registry_url=f.schema_registry or None,
             coalesce_changes=f.coalesce_changes, evict_dead_peers=f.evict_dead_peers,
+            ttl_policies=TtlPolicies(f.ttl_policy) if f.ttl_policy else None,
+            ttl_touch_interval_s=f.ttl_touch_interval, ttl_touch_batch=f.ttl_touch_batch,
             **fold_sizing(f.dedupe_window or self.env.dedupe_window),
             checkpoint_pause_s=self.env.checkpoint_pause_s,
             listener=ListenerLimits(

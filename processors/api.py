@@ -391,6 +391,9 @@ class ReadApi:
         self._runner: web.AppRunner | None = None
         self._listener: Listener | None = None
         self._fast_head = _FastHead()
+        #: The point reads of contexts this worker owns are counted here for the TTL
+        #: policies (``processors.toucher``); None: no policy, nothing counted.
+        self._reads = materializer.reads
         #: The fast path's answers count as the handler's would (children bound once).
         metrics = materializer.metrics
         self._fast_count = metrics.http_requests.labels("GET", "/v1/contexts/{context_id}", "200")
@@ -647,6 +650,8 @@ class ReadApi:
         record = store.get(key)
         if record is None or not record.is_live(m.clock.earliest_ms()):
             return None
+        if self._reads is not None:  # access-driven TTL: one dict increment
+            self._reads.count(key)
         started = time.perf_counter()
         body = _context_body(key.decode(), record, partition)
         answer = self._fast_head(len(body), record.version) + body
@@ -757,6 +762,8 @@ class ReadApi:
         record = store.get(key)
         if record is None or not record.is_live(self.m.clock.earliest_ms()):
             return _error(404, f"context {context_id!r} not found", "context-not-found")
+        if self._reads is not None:  # access-driven TTL (a 304 is a read too)
+            self._reads.count(key)
         tag = etag(record.version)
         if _none_match(request.headers.getall("If-None-Match", ()), tag):
             return web.Response(status=304, headers={"ETag": tag})

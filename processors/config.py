@@ -12,6 +12,7 @@ from lukhas_context.processors.fold import Limits
 from lukhas_context.processors.listener import ListenerLimits
 from lukhas_context.processors.members import api_url_problem
 from lukhas_context.processors.mirror import check_registry_url
+from lukhas_context.processors.ttl_policy import TtlPolicies
 from lukhas_context.schemas.codec import EventCodec
 from lukhas_context.schemas.registry import SchemaRegistry
 from lukhas_context.state.store import StoreOptions
@@ -85,6 +86,15 @@ class WorkerConfig:
     #: ``expiry_retry_max_s``. "Due" is decided by the log's clock (``processors.clock``).
     expiry_retry_s: float = 5.0
     expiry_retry_max_s: float = 300.0
+    #: Access-driven TTL (``processors.ttl_policy``, ``processors.toucher``): the policies by
+    #: context-id prefix; None (the default): off, reads are not counted and nothing is
+    #: touched. Every ``ttl_touch_interval_s`` the owner appends the Touch events they ask
+    #: for, at most ``ttl_touch_batch`` per partition, and counts the reads of at most
+    #: ``ttl_read_contexts`` distinct contexts per interval (further ones are dropped).
+    ttl_policies: TtlPolicies | None = None
+    ttl_touch_interval_s: float = 60.0
+    ttl_touch_batch: int = 10_000
+    ttl_read_contexts: int = 100_000
     #: How often the log's clock is measured by a probe append to the clock topic (None:
     #: never; then only the WAL's records and acknowledgements measure it).
     clock_probe_interval_s: float | None = 30.0
@@ -170,6 +180,15 @@ class WorkerConfig:
                 f"expiry_retry_s ({self.expiry_retry_s}) must be positive and at most "
                 f"expiry_retry_max_s ({self.expiry_retry_max_s})"
             )
+        if not 0 < self.ttl_touch_interval_s <= 86_400:
+            raise InvalidWorkerConfigError(
+                f"ttl_touch_interval_s must be in (0, 86400], not {self.ttl_touch_interval_s}"
+            )
+        for name in ("ttl_touch_batch", "ttl_read_contexts"):
+            if not 1 <= getattr(self, name) <= 100_000_000:
+                raise InvalidWorkerConfigError(
+                    f"{name} must be 1 to 100000000, not {getattr(self, name)}"
+                )
         if self.schema_registry_url is not None:
             check_registry_url(self.schema_registry_url)
         check_token(self.api_token)

@@ -9,6 +9,7 @@ public methods:
 * ``publisher.Publisher``: change batches, dead letters, checkpoint manifests;
 * ``checkpointer.Checkpointer``: checkpoint barriers to checkpoints;
 * ``expiry.ExpirySweeper``: the Expire events of contexts whose TTL ran out;
+* ``toucher.TtlToucher``: the Touch events of the access-driven TTL policies (when given);
 * ``assignment.Assignment``: the rebalance listener; opening, seeking, resuming, revoking;
 * ``members.Membership`` (who serves which partition) and ``clock.LogClock`` (the log's time).
 
@@ -52,6 +53,8 @@ from lukhas_context.processors.publisher import (
 from lukhas_context.processors.retention import WalRetention
 from lukhas_context.processors.round import PartitionFolder, PartitionRound, segment_end
 from lukhas_context.processors.standby import StandbyManager, standby_positions
+from lukhas_context.processors.toucher import TtlToucher
+from lukhas_context.processors.ttl_policy import ReadCounter
 from lukhas_context.schemas.event import ContextEvent
 from lukhas_context.schemas.txrecord import TX_KEY, encode_tick
 from lukhas_context.state.checkpoints import CheckpointDir
@@ -135,6 +138,15 @@ class Materializer:
         self.checkpointer = Checkpointer(config, self.metrics)
         self.retention = WalRetention(config, self.opener, self.metrics)
         self.sweeper = ExpirySweeper(config, self.metrics, self._events)
+        #: The access-driven TTL's Touch events (None: no policy, reads are not counted).
+        self.toucher = (
+            TtlToucher(
+                config.ttl_policies, self.metrics, config.topics.events, config.ttl_touch_batch,
+                config.ttl_read_contexts, self._events,
+            )
+            if config.ttl_policies
+            else None
+        )  # fmt: skip
         #: When the worker next says it has no partition (``_watch_assignment``).
         self._unassigned_warn_at = 0.0
         self.assignment = Assignment(
@@ -150,6 +162,12 @@ class Materializer:
     def stores(self) -> Mapping[int, PartitionStore]:
         """The store of each partition this worker folds (a live, read-only view)."""
         return self.assignment.stores
+
+    @property
+    def reads(self) -> ReadCounter | None:
+        """Where the read API counts the point reads it serves from this worker's stores for
+        the TTL policies; None when there is none (nothing is counted)."""
+        return None if self.toucher is None else self.toucher.reads
 
     @property
     def partition_count(self) -> int:
@@ -283,6 +301,8 @@ class Materializer:
         self.running = False
         await self.assignment.wait_opening()  # not cancelled: see Assignment.wait_opening
         await self.sweeper.close()
+        if self.toucher is not None:
+            await self.toucher.close()
         consumer = self.assignment.consumer
         if consumer is not None:
             await self._commit_offsets()
@@ -344,6 +364,7 @@ class Materializer:
         cfg = self.config
         next_commit = time.monotonic() + cfg.commit_interval_s
         next_sweep = time.monotonic() + (cfg.expiry_interval_s or 0.0)
+        next_touch = time.monotonic() + cfg.ttl_touch_interval_s
         next_prune = time.monotonic() + (cfg.prune_interval_s or 0.0)
         next_tick = time.monotonic() + TICK_INTERVAL_S
         unassigned_since: float | None = None
@@ -367,6 +388,9 @@ class Materializer:
                 if cfg.expiry_interval_s is not None and now >= next_sweep:
                     await self.sweep_expired()
                     next_sweep = time.monotonic() + cfg.expiry_interval_s
+                if self.toucher is not None and now >= next_touch:
+                    await self.touch_read()
+                    next_touch = time.monotonic() + cfg.ttl_touch_interval_s
                 if now >= next_tick:
                     await self.tick_transactions()
                     next_tick = time.monotonic() + TICK_INTERVAL_S
@@ -432,6 +456,16 @@ class Materializer:
         if self._producer is None:
             return 0
         return await self.sweeper.sweep(self.stores, self._producer, self.clock)
+
+    async def touch_read(self) -> int:
+        """One sweep of the TTL policies over the reads counted since the last
+        (``TtlToucher.sweep``); 0 when there is no policy."""
+        if self._producer is None or self.toucher is None:
+            return 0
+        return await self.toucher.sweep(
+            self.stores, self.partition_count, self._producer, self.clock,
+            self.assignment.opening,
+        )  # fmt: skip
 
     def _start_prune(self) -> None:
         """Starts this interval's WAL prune in the background (its reads of the change topic

@@ -142,6 +142,17 @@ class WorkerMetrics:
         self.expires_appended = Counter(
             "lukhas_expire_events_appended", "Expire events the sweeper appended", registry=r
         )
+        self.ttl_touches = Counter(
+            "lukhas_ttl_touches", "Touch events the TTL policies appended", registry=r
+        )
+        self.ttl_reads_counted = Counter(
+            "lukhas_ttl_reads_counted", "Reads counted for the TTL policies", registry=r
+        )
+        self.ttl_reads_dropped = Counter(
+            "lukhas_ttl_reads_dropped",
+            "Reads not counted for the TTL policies: too many distinct contexts in an interval",
+            registry=r,
+        )
         self.checkpoints = Counter(
             "lukhas_checkpoints", "Partition checkpoints taken at barriers", registry=r
         )

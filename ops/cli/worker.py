@@ -21,6 +21,17 @@ __all__ = ["worker"]
 _CONNECTION_S = params.Seconds(0.0, 3600.0, open_low=True)
 
 
+class _TtlPolicy(params.Parsed):
+    """One ``--ttl-policy``; ``LUKHAS_TTL_POLICY`` holds several separated by ``;`` (a
+    duration or key never has one; empty parts are skipped)."""
+
+    def split_envvar_value(self, rv: str) -> list[str]:
+        return [part for part in rv.split(";") if part.strip()]
+
+
+_TTL_POLICY = _TtlPolicy("POLICY", "lukhas_context.processors.ttl_policy:parse_policy")
+
+
 def _opt(name: str, kind: click.ParamType, default: float | None, help: str) -> Callable[[F], F]:
     """An option of a bounded type whose default the help shows (None: no default shown)."""
     return click.option(name, type=kind, default=default, show_default=True, help=help)
@@ -90,6 +101,19 @@ def _registry_url(_ctx: click.Context, _param: click.Parameter, value: str | Non
       "Sweep the expiry index every SECONDS.")  # fmt: skip
 @_opt("--expiry-batch", click.IntRange(1, 1_000_000), 10_000,
       "Most Expire events one sweep appends per partition.")  # fmt: skip
+@click.option("--ttl-policy", "ttl_policy", type=_TTL_POLICY, multiple=True,
+              envvar="LUKHAS_TTL_POLICY", metavar="PREFIX=base=D,min=D,max=D,per_read=D[,hot=N]",
+              help="Access-driven TTL for the contexts whose id starts with PREFIX (the longest "
+                   "matching prefix wins; durations 500ms, 5s, 30m, 24h, 7d): each interval, a "
+                   "context read N times gets ttl clamp(base + (N - hot) * per_read, min, max) "
+                   "by a Touch event the owner appends; repeat for more [env LUKHAS_TTL_POLICY, "
+                   "policies separated by ';'; default: none, off].")  # fmt: skip
+@click.option("--ttl-touch-interval", type=params.Seconds(0.1, 86_400.0), default=60.0,
+              show_default=True, envvar="LUKHAS_TTL_TOUCH_INTERVAL",
+              help="SECONDS between the TTL policies' sweeps: each read context is touched at "
+                   "most once per interval [env LUKHAS_TTL_TOUCH_INTERVAL].")  # fmt: skip
+@_opt("--ttl-touch-batch", click.IntRange(1, 1_000_000), 10_000,
+      "Most Touch events one TTL sweep appends per partition (the most read first).")  # fmt: skip
 @_opt("--max-connections", click.IntRange(1, 1_000_000), None,
       "Cap on open read API connections [default: from the file-descriptor limit].")  # fmt: skip
 @_opt("--header-timeout", _CONNECTION_S, 10.0,
@@ -174,6 +198,13 @@ def worker(**flags: Any) -> None:
             "(LUKHAS_EXACTLY_ONCE=1, the default): at least once, a crash can leave half a "
             "coalesced round on the change topic, a state no prefix of the WAL has"
         )
+    if flags.get("ttl_policy"):  # each parsed alone already; together: no prefix twice
+        from lukhas_context.processors.ttl_policy import InvalidTtlPolicyError, TtlPolicies
+
+        try:
+            TtlPolicies(flags["ttl_policy"])
+        except InvalidTtlPolicyError as exc:
+            raise click.UsageError(f"--ttl-policy (LUKHAS_TTL_POLICY): {exc}") from None
     config = Settings.load().worker_config(WorkerFlags(**flags))
     config.event_codec()  # a schema directory that is not usable: one line, before anything
     sys.exit(run_worker(config))

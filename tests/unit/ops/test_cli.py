@@ -465,3 +465,49 @@ def test_up_never_installs_redis_server_itself(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(subprocess, "Popen", no_process)
     with pytest.raises(RedisNotInstalledError, match=r"apt-get install redis-server.*make up"):
         redis_server._redis_server_binary()
+
+
+_SESSION = "session:=base=30m,min=5m,max=24h,per_read=1m"
+_AGENT = "agent:=base=10s,min=1s,max=1m,per_read=0ms,hot=3"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        ((), {}, None),  # off by default
+        (("--ttl-policy", _SESSION), {}, ["session:"]),
+        (("--ttl-policy", _SESSION, "--ttl-policy", _AGENT), {}, ["session:", "agent:"]),
+        ((), {"LUKHAS_TTL_POLICY": f"{_SESSION};{_AGENT};"}, ["session:", "agent:"]),
+        ((), {"LUKHAS_TTL_POLICY": ""}, None),
+    ],
+)
+def test_the_worker_takes_ttl_policies(
+    args: tuple[str, ...], env: dict[str, str], expected: list[str] | None, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """``--ttl-policy`` (repeatable; env ``LUKHAS_TTL_POLICY``, ``;``-separated)."""
+    config = _worker_config_of(args, env, "LUKHAS_TTL_POLICY", tmp_path, monkeypatch)
+    if expected is None:
+        assert config.ttl_policies is None
+    else:
+        assert sorted(p.prefix for p in config.ttl_policies) == sorted(expected)
+    assert config.ttl_touch_interval_s == 60.0
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"),
+    [
+        (("--ttl-policy", "s:=base=1h,min=2h,max=3h,per_read=1m"), {}, "min <= base <= max"),
+        (("--ttl-policy", "s:=base=1h"), {}, "missing min, max, per_read"),
+        ((), {"LUKHAS_TTL_POLICY": "s:=base=1h,min=1m,max=2h,per_read=1q"}, "per_read"),
+        (("--ttl-policy", _SESSION, "--ttl-policy", _SESSION), {}, "'session:' given twice"),
+        (("--ttl-touch-interval", "0"), {}, "ttl-touch-interval"),
+    ],
+)
+def test_a_bad_ttl_policy_is_a_usage_error(
+    args: tuple[str, ...], env: dict[str, str], says: str, tmp_path: Path
+) -> None:
+    argv = ["worker", "--bootstrap", "b:1", "--state-dir", str(tmp_path), *args]
+    result = CliRunner().invoke(cli, argv, env=env)
+    assert result.exit_code == 2, result.output
+    assert says in result.output
