@@ -108,6 +108,8 @@ class Router:
         call's budget is spent: ``timeout`` plus a transport allowance that follows the
         worker's latency (``streams.deadlines``); then ``DeadlineExceededError``. When no
         worker can be connected to at all (every configured URL refused), it fails at once.
+        A ``503`` that says "ask again" (a partition being restored) is asked again while
+        the caller's ``timeout`` lasts, then returned.
         A worker shedding load (``503`` of kind ``overloaded``) is asked again after its
         ``Retry-After`` when that is within the budget, else ``OverloadedError`` at once.
         ``stale``: the request accepts a standby's answer: sent first to a worker keeping a
@@ -176,7 +178,11 @@ class Router:
                     )
                 await asyncio.sleep(retry)
                 continue
-            if failure is None and status != 421:
+            # Another 503 says "ask again" (a partition being restored, a worker with no
+            # partitions yet: a failover under way): asked again within the caller's time;
+            # then the caller reads it.
+            again = status == 503 and time.monotonic() + ROUTE_RETRY_S < started + timeout
+            if failure is None and status != 421 and not again:
                 return status, answer
             if time.monotonic() >= deadline:
                 if failure is None:

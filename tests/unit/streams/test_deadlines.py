@@ -247,22 +247,52 @@ async def test_a_retry_after_past_the_budget_fails_at_once_with_overloaded() -> 
     assert elapsed < 2
 
 
-async def test_another_503_is_the_callers_to_read_as_before() -> None:
-    """A 503 that is not load shedding (a partition being restored) is not retried here:
-    the read says what the worker said."""
+async def test_a_partition_being_restored_is_asked_again_within_the_callers_time() -> None:
+    """A 503 that says "ask again" (the partition is being restored: a failover under way)
+    is asked again until the caller's ``timeout``; the read that comes after the restore is
+    answered within the same call."""
+    calls: list[int] = []
 
     async def context(request: web.Request) -> web.Response:
-        body = {"type": "about:blank", "status": 503, "detail": "partition 0 is being restored"}
-        return web.json_response(body, status=503)
+        calls.append(1)
+        if len(calls) < 4:
+            return _restoring()
+        return web.json_response(ANSWER)
 
     runner, url = await _worker(context)
     try:
         async with ContextClient(ClientConfig("unused:9092", url)) as client:
+            assert (await client.get("c", timeout=5)).doc == DOC
+    finally:
+        await runner.cleanup()
+    assert len(calls) == 4
+
+
+async def test_a_restore_longer_than_the_callers_time_is_the_callers_to_read() -> None:
+    """Past the caller's ``timeout`` the worker's 503 is returned, and the read says what it
+    said, as before: not a deadline or overload error."""
+
+    async def context(request: web.Request) -> web.Response:
+        return _restoring()
+
+    runner, url = await _worker(context)
+    try:
+        async with ContextClient(ClientConfig("unused:9092", url)) as client:
+            started = time.monotonic()
             with pytest.raises(ReadError, match="being restored") as caught:
-                await client.get("c", timeout=2)
+                await client.get("c", timeout=0.5)
+            elapsed = time.monotonic() - started
+            with pytest.raises(ReadError, match="being restored"):
+                await client.get("c", timeout=0)  # no time to ask again: at once
     finally:
         await runner.cleanup()
     assert not isinstance(caught.value, DeadlineExceededError | OverloadedError)
+    assert 0.3 <= elapsed < 2
+
+
+def _restoring() -> web.Response:
+    body = {"type": "about:blank", "status": 503, "detail": "partition 0 is being restored"}
+    return web.json_response(body, status=503)
 
 
 def _overloaded(retry_after: float) -> web.Response:
