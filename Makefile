@@ -82,6 +82,7 @@ bench: $(STAMP)  ## Materialisation throughput vs a bare consumer (starts its ow
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/reads.py
 	$(BIN)/python benchmarks/guards.py
+	$(BIN)/python benchmarks/ttl_touch.py
 	$(BIN)/pip install -q -e ".[bench]" -c constraints.txt
 	$(BIN)/python benchmarks/peers.py
 

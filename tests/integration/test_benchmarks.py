@@ -42,6 +42,8 @@ SMALL: dict[str, tuple[str, ...]] = {
                "--many-contexts", "20000", "--budget", "256MiB", "--partitions", "2",
                "--check-reads", "50", "--timeout", "300"),
     "reads": ("--contexts", "2000", "--hot", "100", "--reads", "400", "--partitions", "2"),
+    "ttl_touch": ("--contexts", "1000", "--hot", "100", "--reads", "2000", "--rounds", "2",
+                  "--partitions", "2"),
     "guards": ("--ops", "2000", "--reads", "100", "--rounds", "1", "--calls", "6",
                "--stop-s", "3"),
 }  # fmt: skip
