@@ -19,10 +19,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Container, Mapping
 from typing import Any
 
-import xxhash
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
@@ -36,16 +36,21 @@ from lukhas_context.streams.topics import partition_for
 
 log = logging.getLogger(__name__)
 
+#: Reads decided, and Touch events sent, between two yields to the event loop (``sweep``).
+CHUNK = 1_000
+
 #: The metadata a policy's Touch carries (``by``), beside ``reads``: for people and tools
 #: reading the log; metadata never decides an outcome.
 TOUCHED_BY = "ttl-policy"
 
 
 def policy_touch(key: bytes, version: int, ttl_ms: int, reads: int) -> ContextEvent:
-    """The policy's Touch of one version of a context. Its id is derived from the key and
-    version: two owners (a zombie and its successor) touching the same version append the
-    same event, which the fold applies once."""
-    event_id = xxhash.xxh3_128_digest(b"ttl-touch\0%d\0%s" % (version, key))
+    """The policy's Touch of one version of a context, with an id of its own (random): its
+    ``expected_version`` already lets at most one Touch of a version apply, whoever appends
+    it (an owner and a zombie, two sweeps while the fold lags). An id derived from the
+    version would make a second Touch of it, with another TTL, a reused id the fold
+    dead-letters."""
+    event_id = uuid.uuid4().bytes
     return ContextEvent(
         event_id, key.decode(), Touch(ttl_ms), expected_version=version,
         metadata={"by": TOUCHED_BY, "reads": str(reads)},
@@ -68,69 +73,103 @@ class TtlToucher:
         self.metrics = metrics
         self.topic = topic
         self.batch = batch
-        #: The read API counts each point read of a context it serves here.
-        self.reads = ReadCounter(max_contexts)
+        #: The read API counts each point read of a context it serves here, of ids with a
+        #: policy only.
+        self.reads = ReadCounter(max_contexts, admit=policies.match)
         self._events = events or EventCodec()
         self._reported = (0, 0)  # reads counted, dropped as last given to the metrics
         self._acks: set[asyncio.Task[None]] = set()
+
+    def take(self, partitions: int) -> dict[int, list[tuple[int, bytes]]]:
+        """Takes the counts: partition -> ``(reads, key)``, the most read first."""
+        self._report()
+        counts = self.reads.take()
+        per_partition: dict[int, list[tuple[int, bytes]]] = {}
+        if not partitions:
+            return per_partition
+        for key, n in counts.items():
+            per_partition.setdefault(partition_for(key, partitions), []).append((n, key))
+        for reads in per_partition.values():
+            reads.sort(key=lambda rk: -rk[0])  # the most read first, if over the batch
+        return per_partition
+
+    def decide(
+        self, store: PartitionStore, reads: list[tuple[int, bytes]], now_ms: int, room: int
+    ) -> list[ContextEvent]:
+        """The Touch events the policies ask for of ``reads`` (one chunk of a partition's)
+        by ``now_ms`` (the log's clock), at most ``room``. No await: ``store`` stays open."""
+        touches: list[ContextEvent] = []
+        for n, key in reads:
+            if len(touches) >= room:
+                break
+            policy = self.policies.match(key)
+            if policy is None:
+                continue
+            record = store.get(key)
+            if record is None or not record.is_live(now_ms):
+                continue
+            ttl = touch_decision(policy, n, now_ms, record.expires_at_ms)
+            if ttl is not None:
+                touches.append(policy_touch(key, record.version, ttl, n))
+        return touches
 
     def plan(
         self, stores: Mapping[int, PartitionStore], partitions: int, now_ms: int,
         opening: Container[int] = frozenset(),
     ) -> list[tuple[int, ContextEvent]]:  # fmt: skip
-        """The Touch events the policies ask for now (``now_ms``: the log's clock), each with
-        its partition; takes the counts. Pure but for the counter and the stores' reads."""
-        self._report()
-        counts = self.reads.take()
-        if not partitions or not counts:
-            return []
-        per_partition: dict[int, list[tuple[int, bytes]]] = {}
-        for key, n in counts.items():
-            per_partition.setdefault(partition_for(key, partitions), []).append((n, key))
+        """The Touch events the policies ask for now, each with its partition, in one go
+        (tests; ``sweep`` does the same a chunk at a time); takes the counts."""
         plan: list[tuple[int, ContextEvent]] = []
-        for partition, reads in per_partition.items():
+        for partition, reads in self.take(partitions).items():
             store = stores.get(partition)
-            if store is None or partition in opening:
-                continue  # moved away since it was read: its new owner counts its reads
-            reads.sort(key=lambda rk: -rk[0])  # the most read first, if over the batch
-            issued = 0
-            for n, key in reads:
-                if issued >= self.batch:
-                    break
-                policy = self.policies.match(key)
-                if policy is None:
-                    continue
-                record = store.get(key)
-                if record is None or not record.is_live(now_ms):
-                    continue
-                ttl = touch_decision(policy, n, now_ms, record.expires_at_ms)
-                if ttl is not None:
-                    plan.append((partition, policy_touch(key, record.version, ttl, n)))
-                    issued += 1
+            if store is not None and partition not in opening:
+                plan += ((partition, e) for e in self.decide(store, reads, now_ms, self.batch))
         return plan
 
     async def sweep(
         self, stores: Mapping[int, PartitionStore], partitions: int, producer: AIOKafkaProducer,
         clock: LogClock, opening: Container[int] = frozenset(),
     ) -> int:  # fmt: skip
-        """Appends this interval's Touch events (``plan`` by ``clock.now_ms()``) and returns
-        how many were sent; their acknowledgements are awaited in the background and measure
-        ``clock``. A send that fails stops the sweep (logged); the rest are not retried."""
-        # The plan is made with no await: a revocation may close a store when this yields.
-        plan = self.plan(stores, partitions, clock.now_ms(), opening)
+        """Appends this interval's Touch events and returns how many were sent; their
+        acknowledgements are awaited in the background and measure ``clock``. A send that
+        fails stops the sweep (logged); the rest are not retried.
+
+        Decided by ``clock.earliest_ms()``, a time the log has certainly reached: an
+        extension then never comes out shorter in the fold, which adds the TTL to the
+        Touch's own (later) log time. A partition's reads are decided ``CHUNK`` at a time
+        with no await in between (a revocation may close a store when this yields), and the
+        sweep yields to the event loop between chunks and every ``CHUNK`` sends: reads,
+        rounds and heartbeats go on during a sweep of many contexts. A partition revoked or
+        reopened meanwhile is left: its new owner counts its reads."""
         acks: list[Any] = []
-        for partition, event in plan:
-            sent = time.monotonic()
-            try:
-                ack = await producer.send(
-                    self.topic, self._events.encode(event), event.context_id.encode(),
-                    partition=partition,
-                )  # fmt: skip
-            except KafkaError as exc:
-                log.warning("TTL touch sweep stopped: %s", exc)
-                break
-            clock.watch(ack, sent)
-            acks.append(ack)
+        failed = False
+        for partition, reads in self.take(partitions).items():
+            room = self.batch
+            for start in range(0, len(reads), CHUNK):
+                store = stores.get(partition)
+                if store is None or partition in opening or room <= 0 or failed:
+                    break
+                chunk = reads[start : start + CHUNK]
+                touches = self.decide(store, chunk, clock.earliest_ms(), room)
+                room -= len(touches)
+                for event in touches:
+                    if stores.get(partition) is not store:
+                        break  # revoked while sending: the rest are its new owner's
+                    sent = time.monotonic()
+                    try:
+                        ack = await producer.send(
+                            self.topic, self._events.encode(event), event.context_id.encode(),
+                            partition=partition,
+                        )  # fmt: skip
+                    except KafkaError as exc:
+                        log.warning("TTL touch sweep stopped: %s", exc)
+                        failed = True
+                        break
+                    clock.watch(ack, sent)
+                    acks.append(ack)
+                    if len(acks) % CHUNK == 0:
+                        await asyncio.sleep(0)
+                await asyncio.sleep(0)
         if acks:
             task = asyncio.create_task(self._await_acks(acks))
             self._acks.add(task)

@@ -14,16 +14,19 @@ The rule, for a context read ``reads`` times (``reads`` >= 1) in one touch inter
 
 ``hot`` (default 1) is the number of reads per interval at which the TTL is exactly ``base``.
 At or above it the rule only *extends*: a Touch is appended when ``now + ttl`` is later than
-the current expiry by more than the slack (a tenth of ``ttl``). Below it (``hot`` > 1: a context
-read rarely) the rule only *shortens*: a Touch is appended when ``now + ttl`` is earlier than
-the current expiry by more than the slack. A context whose writer gave no TTL is left alone
-(the writer asked for none), and so is a context that was not read (it keeps the TTL it had).
+the current expiry by more than the slack (a tenth of ``ttl``), so a writer's longer TTL
+stands. Below it (``hot`` > 1: a context read rarely) the expiry goes to ``now + ttl`` either
+way when it differs by more than the slack: shortened below ``base`` once, and kept there
+while the context is still read now and then (a context read ``hot - 1`` times an interval
+for ever lives for ever, at a TTL under ``base``). A context whose writer gave no TTL is left
+alone (the writer asked for none), and so is a context that was not read (it keeps the TTL
+it had).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -44,7 +47,7 @@ __all__ = [
 #: Separator of several policies in one environment variable (``LUKHAS_TTL_POLICY``): a
 #: character no duration or key has; a prefix holding it cannot be given there.
 ENV_SEPARATOR = ";"
-#: Most policies one worker takes (each read's match is a walk over them at the sweep).
+#: Most policies one worker takes (a match is one dict lookup per distinct prefix length).
 MAX_POLICIES = 1_000
 #: The largest ``hot``.
 MAX_HOT = 1_000_000
@@ -164,8 +167,12 @@ class TtlPolicies:
             by_prefix[prefix] = policy
         if len(by_prefix) > MAX_POLICIES:
             raise InvalidTtlPolicyError(f"{len(by_prefix)} TTL policies, at most {MAX_POLICIES}")
-        #: Longest prefix first: the first that matches is the longest.
+        #: Longest prefix first (for iterating and comparing).
         self._ordered = sorted(by_prefix.items(), key=lambda kv: -len(kv[0]))
+        #: A match looks up the key's head of each length a prefix has, longest first: one
+        #: dict lookup per distinct length, not a walk over every policy.
+        self._by_prefix = by_prefix
+        self._lengths = sorted({len(prefix) for prefix in by_prefix}, reverse=True)
 
     @classmethod
     def parse(cls, specs: Iterable[str]) -> TtlPolicies:
@@ -192,9 +199,12 @@ class TtlPolicies:
 
     def match(self, key: bytes) -> TtlPolicy | None:
         """The policy of the longest prefix of ``key``; None when no prefix matches."""
-        for prefix, policy in self._ordered:
-            if key.startswith(prefix):
-                return policy
+        by_prefix = self._by_prefix
+        for length in self._lengths:
+            if length <= len(key):
+                policy = by_prefix.get(key[:length])
+                if policy is not None:
+                    return policy
         return None
 
 
@@ -210,8 +220,7 @@ def touch_decision(
     """The ``ttl_ms`` of the Touch the policy asks for a context read ``reads`` times in an
     interval whose expiry is ``expires_at_ms`` (None: no TTL) at log time ``now_ms``; None
     when it asks for none: no TTL, no reads, or a change within the slack (a tenth of the
-    TTL) or in the direction the rule does not go (extend when ``reads >= hot``, shorten
-    below)."""
+    TTL), or a shorter TTL for a context read ``hot`` times or more (that only extends)."""
     if expires_at_ms is None or reads <= 0:
         return None
     ttl = touch_ttl_ms(policy, reads)
@@ -219,7 +228,7 @@ def touch_decision(
     slack = ttl // 10
     if reads >= policy.hot:
         return ttl if moved > slack else None
-    return ttl if -moved > slack else None
+    return ttl if abs(moved) > slack else None
 
 
 class ReadCounter:
@@ -227,13 +236,16 @@ class ReadCounter:
     reads of further ids are dropped and counted, so a flood of distinct ids cannot grow
     memory without bound. ``count`` is a dict increment (the fast path calls it)."""
 
-    __slots__ = ("_counts", "counted", "dropped", "max_contexts")
+    __slots__ = ("_admit", "_counts", "counted", "dropped", "max_contexts")
 
-    def __init__(self, max_contexts: int) -> None:
+    def __init__(self, max_contexts: int, admit: Callable[[bytes], object] | None = None) -> None:
         if max_contexts < 1:
             raise InvalidWorkerConfigError(f"max_contexts must be at least 1, not {max_contexts}")
         self.max_contexts = max_contexts
         self._counts: dict[bytes, int] = {}
+        #: Which ids are counted at all (a policy's; None: every id): reads of other ids
+        #: neither count nor take room from those of a policy.
+        self._admit = admit
         #: Reads counted and dropped since the counter was made (never reset).
         self.counted = 0
         self.dropped = 0
@@ -243,6 +255,8 @@ class ReadCounter:
         n = counts.get(key)
         if n is not None:
             counts[key] = n + 1
+        elif self._admit is not None and not self._admit(key):
+            return
         elif len(counts) < self.max_contexts:
             counts[key] = 1
         else:

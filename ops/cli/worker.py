@@ -26,7 +26,7 @@ class _TtlPolicy(params.Parsed):
     duration or key never has one; empty parts are skipped)."""
 
     def split_envvar_value(self, rv: str) -> list[str]:
-        return [part for part in rv.split(";") if part.strip()]
+        return [part.strip() for part in rv.split(";") if part.strip()]
 
 
 _TTL_POLICY = _TtlPolicy("POLICY", "lukhas_context.processors.ttl_policy:parse_policy")

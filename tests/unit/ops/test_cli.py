@@ -478,6 +478,7 @@ _AGENT = "agent:=base=10s,min=1s,max=1m,per_read=0ms,hot=3"
         (("--ttl-policy", _SESSION), {}, ["session:"]),
         (("--ttl-policy", _SESSION, "--ttl-policy", _AGENT), {}, ["session:", "agent:"]),
         ((), {"LUKHAS_TTL_POLICY": f"{_SESSION};{_AGENT};"}, ["session:", "agent:"]),
+        ((), {"LUKHAS_TTL_POLICY": f" {_SESSION} ; {_AGENT} "}, ["session:", "agent:"]),
         ((), {"LUKHAS_TTL_POLICY": ""}, None),
     ],
 )
