@@ -588,7 +588,7 @@ class ReadApi:
                                   f"transaction prepared at or before {p}:{offset}, not "
                                   f"decided within {timeout:g} s", "not-applied-yet")  # fmt: skip
             if not self.m.partition_count:
-                return _error(503, "the worker has no partitions yet")
+                return _error(503, "the worker has no partitions yet", "partition-not-ready")
             if partition is None:  # assigned while this request waited
                 partition = partition_for(key, self.m.partition_count)
             return partition, self.m.store_for(partition)
@@ -678,7 +678,7 @@ class ReadApi:
         m = self.m
         count = m.partition_count
         if not count:
-            return _error(503, "the worker has no partitions yet")
+            return _error(503, "the worker has no partitions yet", "partition-not-ready")
         start, key_prefix = start_after(None if after is None else after.encode()), prefix.encode()
         now = m.clock.earliest_ms()
         pages: list[SourcePage] = []
@@ -828,7 +828,7 @@ class ReadApi:
         timeout = _parse_timeout(request.query.get("timeout"))
         count = self.m.partition_count
         if not count:
-            return _error(503, "the worker has no partitions yet")
+            return _error(503, "the worker has no partitions yet", "partition-not-ready")
         partition = partition_for(context_id.encode(), count)
         if as_of.positions is not None and set(as_of.positions) != {partition}:
             raise bad_request(f"as_of names partition(s) {sorted(as_of.positions)}, but "
@@ -837,7 +837,9 @@ class ReadApi:
         if forwarded is not None:
             return forwarded
         if partition in self.m.restoring:
-            return _error(503, f"partition {partition} is being restored; ask again")
+            return _error(
+                503, f"partition {partition} is being restored; ask again", "partition-not-ready"
+            )
         if partition not in self.m.stores:
             return _error(
                 421, f"partition {partition} is not served by this worker", "not-served-here"
@@ -990,7 +992,7 @@ class ReadApi:
             result.update(status="dead_lettered", reason=f"KeyMismatchError: {mismatch}")
             return web.json_response(result)
         if not self.m.partition_count:
-            return _error(503, "the worker has no partitions yet")
+            return _error(503, "the worker has no partitions yet", "partition-not-ready")
         partition = partition_for(key, self.m.partition_count)
         forwarded = await self._forward(request, partition)
         if forwarded is not None:

@@ -94,12 +94,13 @@ class ContextClient:
 
     def breakers(self) -> list[dict[str, Any]]:
         """The circuit breaker of each read API endpoint the client has called, and of its
-        producer path (endpoint ``kafka``, once it has written) (``streams.breaker``): its
+        producer path (endpoint ``kafka:P`` per WAL partition written to, ``kafka`` before the
+        producer started) (``streams.breaker``): its
         state (closed, open, half_open), the outcomes seen, the moving averages of its
         failure rate (and the baseline its threshold adapts to) and latency, the latency
         past which a call counts as failed, the seconds until an open one lets a probe
         through, and its transitions."""
-        wal = [self.writer.breaker.snapshot()] if self.writer.breaker.samples else []
+        wal = [b for b in self.writer.breakers.snapshot() if b["samples"]]
         return [*self.router.breakers.snapshot(), *wal]
 
     def breaker_metrics(self, prefix: str = "lukhas_client") -> str:

@@ -70,7 +70,7 @@ class Reader:
             if max_lag is not None and not (type(max_lag) is int and 0 <= max_lag <= MAX_OFFSET):
                 raise ValidationError(f"max_lag must be an integer in [0, {MAX_OFFSET}]")
             params = {"max_lag": str(max_lag)} if max_lag is not None else {"allow_stale": "1"}
-        partition = await self._router.partition_of(context_id)
+        partition = await self._router.partition_of(context_id, max(0.25, timeout))
         if after is not None:
             position = after.position if isinstance(after, Receipt) else after
             spans = dict(after.transaction) if isinstance(after, Receipt) else {}
@@ -117,7 +117,7 @@ class Reader:
         params = {"limit": str(limit)}
         if after is not None:
             params["after"] = str(after)
-        partition = await self._router.partition_of(context_id)
+        partition = await self._router.partition_of(context_id, max(0.25, timeout))
         path = f"/v1/contexts/{quote(context_id, safe=ID_SAFE)}/history"
         status, body = await self._router.request("GET", path, params, timeout, partition=partition)
         data = _json_body(status, body)

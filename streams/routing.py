@@ -124,10 +124,17 @@ class Router:
         routed = self._routes.get(partition) if partition is not None else None
         first = copies[0] if copies else routed or self._seeds[0]
         allowance = self.deadlines.allowance_s(self._latencies.get((first, kind)))
+        if waits:  # the worker's 504 must come back in time, over a forward and a busy loop
+            allowance = max(allowance, WAIT_SLACK_S)
+        # Only point reads are cut to the learnt allowance and tried again: cheap, and
+        # timed alike. A listing (which asks the other workers for their part), a history
+        # page or a dry run may take long, and would be done again by each attempt.
+        cut = kind == POINT_READ
         budget = timeout + allowance
         deadline = started + budget
         failure: ReadError | None = None
-        attempts: dict[str, int] = {}
+        last_status = 0
+        timeouts: dict[str, int] = {}
         while True:
             routed = self._routes.get(partition) if partition is not None else None
             # Waiting for a breaker to let a call through is waiting: only within the
@@ -138,7 +145,7 @@ class Router:
             if base is None:
                 await asyncio.sleep(min(ROUTE_RETRY_S, max(0.0, deadline - now)))
                 if time.monotonic() >= deadline:
-                    raise self._spent(budget, started, failure)
+                    raise self._spent(budget, started, failure, last_status=last_status)
                 continue
             if copies and base in copies:
                 copies.remove(base)
@@ -146,29 +153,29 @@ class Router:
             window = self._latencies.get((base, kind))
             usual = self.deadlines.usual_s(window)
             if left <= 0 or left < usual:
-                raise self._spent(budget, started, failure, usual_s=usual)
+                raise self._spent(budget, started, failure, usual, last_status)
+            attempt = left
             if waits:
                 # The worker waits at most the time left less the allowance, so its answer
                 # (the 504 of a position not folded in time) comes back within the budget.
                 params = {**params, "timeout": f"{max(0.0, left - allowance):.3f}"}
-                attempt = left
-            else:
-                # An attempt that does not wait on purpose gets the worker's allowance; each
-                # one of this call that timed out doubles it (a slow answer is not given up
-                # on forever), never past the budget.
-                n = attempts.get(base, 0)
+            elif cut:
+                # A point read gets the worker's allowance; each attempt of this call that
+                # timed out doubles it (a slow answer is not given up on forever), never
+                # past the budget.
+                n = timeouts.get(base, 0)
                 attempt = min(left, self.deadlines.allowance_s(window) * (1 << min(n, 16)))
-            attempts[base] = attempts.get(base, 0) + 1
             try:
                 status, answer = await self.send(base, method, path, params, attempt, body, kind)
-                failure = None
+                failure, last_status = None, status
             except ReadError as exc:
                 failure, status, answer = exc, 0, b""
+                if _timed_out(exc):
+                    timeouts[base] = timeouts.get(base, 0) + 1
             shed = _shed(answer) if status == 503 else None
             if shed is not None:
-                retry = retry_after_of(shed, ROUTE_RETRY_S)
-                if copies:  # a standby copy may answer instead
-                    continue
+                # At least the usual pause: a worker asking for 0 s is not called in a loop.
+                retry = max(ROUTE_RETRY_S, retry_after_of(shed, ROUTE_RETRY_S))
                 if time.monotonic() + retry >= deadline:
                     raise OverloadedError(
                         f"read API {base} sheds load and asks to be called again in "
@@ -178,16 +185,20 @@ class Router:
                     )
                 await asyncio.sleep(retry)
                 continue
-            # Another 503 says "ask again" (a partition being restored, a worker with no
-            # partitions yet: a failover under way): asked again within the caller's time;
-            # then the caller reads it.
-            again = status == 503 and time.monotonic() + ROUTE_RETRY_S < started + timeout
+            # A 503 of a partition not ready (being restored, or a worker with no partitions
+            # yet: a failover under way) says "ask again": asked again within the caller's
+            # time; then the caller reads it.
+            again = (
+                status == 503
+                and _problem_type(answer) == NOT_READY_TYPE
+                and time.monotonic() + ROUTE_RETRY_S < started + timeout
+            )
             if failure is None and status != 421 and not again:
                 return status, answer
             if time.monotonic() >= deadline:
                 if failure is None:
                     return status, answer
-                raise self._spent(budget, started, failure)
+                raise self._spent(budget, started, failure, last_status=last_status)
             left = deadline - time.monotonic()
             reachable = await self.refresh(exclude=base, timeout=min(REFRESH_TIMEOUT_S, left))
             if failure is not None and _refused(failure) and not reachable:
@@ -200,10 +211,12 @@ class Router:
 
     @staticmethod
     def _spent(
-        budget: float, started: float, failure: ReadError | None, usual_s: float = 0.0
-    ) -> DeadlineExceededError:
+        budget: float, started: float, failure: ReadError | None, usual_s: float = 0.0,
+        last_status: int = 0,
+    ) -> DeadlineExceededError:  # fmt: skip
         """The error of a call whose budget is spent (or too little of it is left for the
-        worker's ``usual_s`` latency), with its last attempt's failure."""
+        worker's ``usual_s`` latency), with its last attempt's failure (or the status of
+        the last answer, a 421 or 503, when that is what came)."""
         elapsed = time.monotonic() - started
         if usual_s and elapsed < budget:
             why = (
@@ -213,7 +226,12 @@ class Router:
         else:
             why = f"this call's budget of {budget:.3f} s ran out"
         last = str(failure) if failure is not None else None
-        message = f"{last} ({why})" if last else f"no answer in time: {why}"
+        if last:
+            message = f"{last} ({why})"
+        elif last_status:
+            message = f"the last answer was a {last_status}, asked again until: {why}"
+        else:
+            message = f"no answer in time: {why}"
         error = DeadlineExceededError(message, budget, elapsed, last)
         error.__cause__ = failure
         return error
@@ -257,6 +275,10 @@ class Router:
             answer = await self._send(base, method, path, params, timeout, body)
         except ReadError as exc:
             breaker.record(False, error=str(exc))
+            if _timed_out(exc) and "timeout" not in params:
+                # It took at least that long: the window is not left to the answers that
+                # beat the cut, or a worker slow for good would look fast for ever.
+                self._window(base, kind or _kind(method, path)).add(timeout)
             raise
         except BaseException:  # cancelled, or a bug: nothing to judge the endpoint by
             breaker.release()
@@ -264,14 +286,17 @@ class Router:
         latency = None if "timeout" in params else time.monotonic() - started
         breaker.record(True, latency)
         if latency is not None:
-            key = (base, kind or _kind(method, path))
-            window = self._latencies.get(key)
-            if window is None:
-                if len(self._latencies) >= MAX_LATENCY_WINDOWS:
-                    self._latencies.clear()  # a client of very many workers: start again
-                window = self._latencies[key] = LatencyWindow(self.deadlines.window)
-            window.add(latency)
+            self._window(base, kind or _kind(method, path)).add(latency)
         return answer
+
+    def _window(self, base: str, kind: str) -> LatencyWindow:
+        """The latencies of ``kind`` of request at ``base``, made on first use."""
+        window = self._latencies.get((base, kind))
+        if window is None:
+            if len(self._latencies) >= MAX_LATENCY_WINDOWS:
+                self._latencies.clear()  # a client of very many workers: start again
+            window = self._latencies[base, kind] = LatencyWindow(self.deadlines.window)
+        return window
 
     async def _send(
         self, base: str, method: str, path: str, params: dict[str, str], timeout: float,
@@ -328,9 +353,13 @@ class Router:
         for base in known:
             left = deadline - time.monotonic()
             if left <= 0:
-                break
+                # Not asked, so not refused: the caller is not told nobody is there.
+                return True
+            # One worker that hangs does not take all of it: the others are asked too.
+            window = self._latencies.get((base, MEMBERS))
+            each = min(left, self.deadlines.allowance_s(window))
             try:
-                status, answer = await self.send(base, "GET", "/v1/members", {}, left, b"")
+                status, answer = await self.send(base, "GET", "/v1/members", {}, each, b"")
                 reachable = True
                 if status != 200:
                     continue
@@ -352,15 +381,16 @@ class Router:
             return True
         return reachable
 
-    async def partition_of(self, context_id: str) -> int | None:
-        """The partition of a context, once the routing table said how many there are."""
+    async def partition_of(self, context_id: str, timeout: float = REFRESH_TIMEOUT_S) -> int | None:
+        """The partition of a context, once the routing table said how many there are
+        (asked within ``timeout`` seconds, when not known yet)."""
         asked = self._count_asked_at
         due = asked is None or time.monotonic() - asked >= COUNT_RETRY_S
         if not self.partition_count and due:
             # Asked again while unknown: a client that first asked a worker before it had its
             # partitions must not route (and order reads after receipts) without them forever.
             self._count_asked_at = time.monotonic()
-            await self.refresh()
+            await self.refresh(timeout=min(REFRESH_TIMEOUT_S, timeout))
         if not self.partition_count:
             return None
         return partition_for(context_id.encode(), self.partition_count)
@@ -399,17 +429,36 @@ def _kind(method: str, path: str) -> str:
     return f"{method} {'/'.join(parts)}"
 
 
-#: The problem type of a worker's answer when it sheds load (``processors.problems``).
+#: The problem types of a worker's 503s (``processors.problems``): it sheds load; a partition
+#: is not ready (being restored, or no partitions yet).
 OVERLOADED_TYPE = "urn:lukhas:problem:overloaded"
+NOT_READY_TYPE = "urn:lukhas:problem:partition-not-ready"
+#: The kinds of request of a point read and of the routing table (``_kind``).
+POINT_READ = "GET /v1/contexts/*"
+MEMBERS = "GET /v1/members"
+#: The least transport allowance of a read that waits for its ``min_offset`` (seconds).
+WAIT_SLACK_S = 1.0
 
 
-def _shed(answer: bytes) -> dict[str, object] | None:
-    """The problem document of a 503 that sheds load (``overloaded``), None for another
-    503 (a partition being restored, no partitions yet: the caller reads those)."""
+def _problem(answer: bytes) -> dict[str, object] | None:
     try:
         data = orjson.loads(answer)
     except orjson.JSONDecodeError:
         return None
-    if isinstance(data, dict) and data.get("type") == OVERLOADED_TYPE:
-        return data
-    return None
+    return data if isinstance(data, dict) else None
+
+
+def _problem_type(answer: bytes) -> object:
+    data = _problem(answer)
+    return None if data is None else data.get("type")
+
+
+def _shed(answer: bytes) -> dict[str, object] | None:
+    """The problem document of a 503 that sheds load (``overloaded``), None for another."""
+    data = _problem(answer)
+    return data if data is not None and data.get("type") == OVERLOADED_TYPE else None
+
+
+def _timed_out(error: ReadError) -> bool:
+    """Whether a request failed by not being answered in time."""
+    return isinstance(error.__cause__, TimeoutError)

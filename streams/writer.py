@@ -38,7 +38,7 @@ from lukhas_context.schemas.codec import EventCodec
 from lukhas_context.schemas.event import EMPTY_METADATA, ContextEvent, Op
 from lukhas_context.streams import kafka
 from lukhas_context.streams.barriers import append_barriers
-from lukhas_context.streams.breaker import Breaker, BreakerPolicy
+from lukhas_context.streams.breaker import Breaker, Breakers
 from lukhas_context.streams.config import ClientConfig
 from lukhas_context.streams.exceptions import (
     PublishCircuitOpenError,
@@ -103,10 +103,13 @@ class WalWriter:
         #: Held while a broken producer is stopped and replaced (``_replace_producer``).
         self._replacing = asyncio.Lock()
         self._closed = False
-        #: The producer path's circuit breaker (``streams.breaker``): judged by failures only,
-        #: never by latency (an ``acks=all`` write is slow while the in-sync replicas
-        #: change, yet acknowledged).
-        self.breaker = Breaker(WAL_ENDPOINT, config.breaker_policy or BreakerPolicy())
+        #: The producer path's circuit breakers (``streams.breaker``), one per WAL partition
+        #: (``kafka:P``: one partition without a leader does not stop writes to the
+        #: others), and ``kafka`` for writes before the partitions are known (the
+        #: producer's start: Kafka unreachable). Judged by failures only, never by latency
+        #: (an ``acks=all`` write is slow while the in-sync replicas change, yet
+        #: acknowledged).
+        self.breakers = Breakers(config.breaker_policy)
 
     @property
     def producer_started(self) -> bool:
@@ -179,7 +182,7 @@ class WalWriter:
         WAL acknowledged it; the producer's start and every retry within the deadline.
         ``partition``: where (None: the key's partition); ``what`` names the record in
         errors (a transaction's record is sent here too)."""
-        breaker = self.breaker
+        breaker = self.breaker_of(key, partition)
         if not breaker.allows():
             retry = breaker.retry_after_s()
             raise PublishCircuitOpenError(
@@ -208,6 +211,17 @@ class WalWriter:
             raise
         breaker.record(True)
         return meta
+
+    def breaker_of(self, key: bytes, partition: int | None = None) -> Breaker:
+        """The breaker of the WAL partition a record goes to (``kafka`` while the
+        partition count is not known: the producer has not started)."""
+        if partition is None:
+            producer = self._producer
+            cluster = getattr(getattr(producer, "client", None), "cluster", None)
+            known = cluster.partitions_for_topic(self.config.topics.events) if cluster else None
+            if known:
+                partition = partition_for(key, len(known))
+        return self.breakers[WAL_ENDPOINT if partition is None else f"{WAL_ENDPOINT}:{partition}"]
 
     async def partition_count(self) -> int:
         """How many partitions the WAL has (the producer's metadata, within the deadline)."""
@@ -379,7 +393,7 @@ def _kafka_failed(exc: PublishError) -> bool:
     for _ in range(8):  # a chain of errors explaining one another; a cycle ends here
         if cause is None:
             break
-        if isinstance(cause, KafkaConnectionError):
+        if isinstance(cause, (KafkaConnectionError, *PRODUCER_BROKEN)):
             return True
         if isinstance(cause, KafkaError):
             return bool(getattr(cause, "retriable", False))

@@ -14,6 +14,14 @@ import orjson
 import pytest
 import xxhash
 from aiohttp import web
+from aiokafka.errors import (
+    KafkaConnectionError,
+    MessageSizeTooLargeError,
+    NotEnoughReplicasError,
+    RequestTimedOutError,
+    TopicAuthorizationFailedError,
+    UnknownProducerId,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from lukhas_context.streams.breaker import BreakerPolicy, Breakers, CircuitOpenError
@@ -21,9 +29,11 @@ from lukhas_context.streams.client import ClientConfig, ContextClient
 from lukhas_context.streams.exceptions import (
     PublishCircuitOpenError,
     PublishError,
+    PublishTimeoutError,
     ReadError,
     ValidationError,
 )
+from lukhas_context.streams.writer import _kafka_failed
 
 DOC = {"k": 1}
 CHECKSUM = xxhash.xxh3_64_hexdigest(orjson.dumps(DOC, option=orjson.OPT_SORT_KEYS))
@@ -185,13 +195,41 @@ async def test_writes_fail_fast_once_the_wal_breaker_opens_and_say_nothing_was_s
         assert 'endpoint="kafka"' in client.breaker_metrics()
 
 
-async def test_a_record_refused_for_itself_does_not_open_the_wal_breaker() -> None:
+async def test_a_write_the_client_refuses_before_sending_touches_no_breaker() -> None:
     """Writes the client refuses before sending (a document too large) are the caller's
-    fault: the breaker of the producer path is not touched."""
+    fault: no breaker of the producer path is touched."""
     config = ClientConfig("127.0.0.1:9", max_document_bytes=64)
     async with ContextClient(config) as client:
         for _ in range(5):
             with pytest.raises(ValidationError):
                 await client.put("c", {"big": "x" * 200})
-        assert client.writer.breaker.state.value == "closed"
-        assert client.writer.breaker.samples == 0
+        assert client.breakers() == []  # validation before sending: no breaker judged it
+
+
+@pytest.mark.parametrize(
+    "cause, failed",
+    [(KafkaConnectionError("down"), True), (RequestTimedOutError(), True),
+     (NotEnoughReplicasError(), True), (UnknownProducerId(), True),
+     (MessageSizeTooLargeError(), False), (TopicAuthorizationFailedError(), False),
+     (None, True)],
+)  # fmt: skip
+def test_what_counts_as_kafka_failing(cause: Exception | None, failed: bool) -> None:
+    """A write refused for what it is (too large, not authorized: not retriable) says
+    nothing of Kafka; no connection, a retriable error to the end or a broken producer
+    does. The cause may be a step or two down the chain."""
+    error = PublishError("the WAL did not acknowledge")
+    if cause is not None:
+        middle = PublishError("cannot reach Kafka")
+        middle.__cause__ = cause
+        error.__cause__ = middle
+    assert _kafka_failed(error) is failed
+    assert _kafka_failed(PublishTimeoutError("late")) is True
+
+
+def test_each_wal_partition_has_its_own_breaker() -> None:
+    from lukhas_context.streams.writer import WalWriter
+
+    writer = WalWriter(ClientConfig("127.0.0.1:9"))
+    assert writer.breaker_of(b"k").name == "kafka"  # no producer yet: the partitions unknown
+    assert writer.breaker_of(b"k", 3).name == "kafka:3"
+    assert writer.breaker_of(b"k", 3) is writer.breaker_of(b"j", 3)

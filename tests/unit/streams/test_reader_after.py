@@ -23,7 +23,7 @@ class RecordingRouter:
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, str], int | None]] = []
 
-    async def partition_of(self, context_id: str) -> int:
+    async def partition_of(self, context_id: str, timeout: float = 5.0) -> int:
         return partition_for(context_id.encode(), PARTITIONS)
 
     async def request(
@@ -97,7 +97,7 @@ async def test_the_partition_count_is_asked_for_again_while_unknown(
 async def test_a_transaction_receipt_waits_for_every_part_when_the_partition_is_unknown() -> None:
     router = RecordingRouter()
 
-    async def unknown(context_id: str) -> None:
+    async def unknown(context_id: str, timeout: float = 5.0) -> None:
         return None
 
     router.partition_of = unknown  # type: ignore[method-assign,assignment]
