@@ -206,6 +206,8 @@ class WorkerFlags:
     schema_registry: str | None = None
     coalesce_changes: bool = False
     evict_dead_peers: bool = False
+    read_queue_budget: int = 512
+    round_budget_ms: int = 1000
 
 
 class Settings:
@@ -318,6 +320,8 @@ class Settings:
             api_token=self.api_token(f.api_token_file), cors_origins=tuple(f.cors_origin),
             schema_registry_url=f.schema_registry or None,
             coalesce_changes=f.coalesce_changes, evict_dead_peers=f.evict_dead_peers,
+            read_queue_budget=f.read_queue_budget or None,
+            round_budget_s=f.round_budget_ms / 1000,
             **fold_sizing(f.dedupe_window or self.env.dedupe_window),
             checkpoint_pause_s=self.env.checkpoint_pause_s,
             listener=ListenerLimits(

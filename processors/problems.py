@@ -42,6 +42,7 @@ KINDS: dict[str, str] = {
     "not-served-here": "Partition not served by this worker",
     "context-not-found": "Context not found",
     "unknown-parameter": "Unknown query parameter",
+    "overloaded": "Worker overloaded",
 }
 
 #: Headers of aiohttp's own error answers that mean something to the client.
