@@ -518,8 +518,8 @@ class Materializer:
         if not pause:
             self.fetch_pause.calm("round")
             return
-        why = (f"a round folded for {seconds:.2f} s, over its budget of {budget:g} s "
-               f"(--round-budget-ms), holding every read that long")  # fmt: skip
+        why = (f"a round folded for {seconds * 1000:.1f} ms, over its budget of "
+               f"{budget * 1000:g} ms (--round-budget-ms): reads waited that long")  # fmt: skip
         await self._breathe(pause, "round", why)
 
     async def _breathe(self, seconds: float, reason: str, why: str | None) -> None:
