@@ -23,7 +23,13 @@ import aiohttp
 import orjson
 import pytest
 
-from .conftest import assert_equal_to_replay, drained, kafka_transaction, serving_all
+from .conftest import (
+    PARTITIONS,
+    assert_equal_to_replay,
+    drained,
+    kafka_transaction,
+    serving_all,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -139,5 +145,53 @@ async def test_rounds_over_their_budget_pause_fetching_and_the_fold_completes(
         for i in (0, PUTS // 2, PUTS - 1):
             assert (await client.get(f"ctx:{i}")).doc == {"i": i}
     async with aiohttp.ClientSession() as http, http.get(f"{worker.url}/v1/partitions") as answer:
+        served = (await answer.json())["partitions"]
+    await assert_equal_to_replay(cluster, topics, tmp_path / "replay", served)
+
+
+async def test_rebalances_while_fetching_pauses_apply_every_write_once(
+    start_worker: Any, make_client: Any, cluster: Any, topics: Any, tmp_path: Path
+) -> None:
+    """Two workers whose every round is over budget (they pause fetching after each) share
+    the partitions and one leaves, while writes go on: every rebalance lands in or next to a
+    pause. Each acknowledged put is applied exactly once (each context's version is the
+    number of puts to it), and the state is the fold of the WAL."""
+    tiny = {"round_budget_s": 0.000_001}
+    a = await start_worker(tmp_path / "a", **tiny)
+    writes: dict[str, int] = {}
+    stop = asyncio.Event()
+
+    async def write(client: Any) -> None:
+        n = 0
+        while not stop.is_set():
+            context_id = f"rb:{n % 40}"
+            await client.put(context_id, {"n": n})
+            writes[context_id] = writes.get(context_id, 0) + 1
+            n += 1
+
+    async with make_client(None) as client:
+        writer = asyncio.create_task(write(client))
+        await serving_all(a)
+        b = await start_worker(tmp_path / "b", **tiny)
+        await _until(
+            lambda: a.materializer.stores and b.materializer.stores
+            and len(a.materializer.stores) + len(b.materializer.stores) == PARTITIONS,
+            "the two workers never shared the partitions", timeout=90,
+        )  # fmt: skip
+        await b.stop()
+        await serving_all(a)
+        stop.set()
+        await writer
+    await drained(a, timeout=120)
+    for worker in (a, b):
+        paused = worker.materializer.metrics.registry.get_sample_value(
+            "lukhas_fetch_paused_seconds_total", {"reason": "round"}
+        )
+        assert paused, "a worker never paused fetching"
+    print(f"{sum(writes.values())} puts to {len(writes)} contexts across two rebalances")
+    async with make_client(a.url) as client:
+        for context_id, count in writes.items():
+            assert (await client.get(context_id)).version == count, context_id
+    async with aiohttp.ClientSession() as http, http.get(f"{a.url}/v1/partitions") as answer:
         served = (await answer.json())["partitions"]
     await assert_equal_to_replay(cluster, topics, tmp_path / "replay", served)
