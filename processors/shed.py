@@ -16,8 +16,10 @@ Two budgets, both on by default (they only ever protect):
   is fetched (``FetchPause``, from ``Materializer.mind_round``; the memory budget's pauses,
   ``Materializer.mind_memory``, go through it too).
 
-``Retry-After`` (``retry_after_s``) is how long the reads over the budget take to drain at the
-rate reads were finishing (``RATE_WINDOW_S``), at least 1 s and at most ``RETRY_MAX_S``.
+``Retry-After`` (``retry_after_s``): the reads turned away in the current second, this one
+included, over the rate reads were finishing (``RATE_WINDOW_S``), so clients shed together
+come back spread out at about the rate the worker drains; at least 1 s, at most
+``RETRY_MAX_S``.
 """
 
 from __future__ import annotations
@@ -66,14 +68,14 @@ FAST_ROUTE = "/v1/contexts/{context_id}"
 _SHED_METHODS = frozenset({"GET", "HEAD", "POST"})
 
 
-def retry_after_s(in_flight: int, budget: int, drain_per_s: float) -> int:
-    """Seconds a shed client should wait: the time the reads over ``budget`` (this one
-    included) take to finish at ``drain_per_s`` reads a second; ``RETRY_IDLE_S`` when none
-    finished lately; always within ``[1, RETRY_MAX_S]``."""
+def retry_after_s(turned_away: int, drain_per_s: float) -> int:
+    """Seconds a shed client should wait: the time ``turned_away`` reads (those shed in the
+    current window, this one included: the demand over the budget) take to be done at
+    ``drain_per_s`` reads a second, so the nth client shed comes back when n reads could have
+    finished; ``RETRY_IDLE_S`` when none finished lately; always within ``[1, RETRY_MAX_S]``."""
     if drain_per_s <= 0:
         return RETRY_IDLE_S
-    over = max(1, in_flight - budget + 1)
-    return max(1, min(RETRY_MAX_S, math.ceil(over / drain_per_s)))
+    return max(1, min(RETRY_MAX_S, math.ceil(max(1, turned_away) / drain_per_s)))
 
 
 def fold_pause_s(round_s: float, budget_s: float) -> float:
@@ -108,6 +110,8 @@ class ReadQueue:
         "_mark_t",
         "_rate",
         "_shed",
+        "_shed_n",
+        "_shed_t",
         "budget",
         "in_flight",
         "limit",
@@ -129,6 +133,9 @@ class ReadQueue:
         self._mark_t = clock()
         self._mark_done = 0
         self._rate = 0.0
+        #: Reads shed since ``_shed_t``, the start of the current window.
+        self._shed_t = -math.inf
+        self._shed_n = 0
         self._shed = metrics.reads_shed
         self._fast_shed = metrics.reads_shed.labels(FAST_ROUTE)
         self._fast_refusals: dict[int, bytes] = {}
@@ -155,7 +162,12 @@ class ReadQueue:
         return (self._done - self._mark_done) / elapsed
 
     def retry_after(self) -> int:
-        return retry_after_s(self.in_flight, self.limit, self.drain_per_s())
+        """The ``Retry-After`` of a read shed now (counted among the turned away)."""
+        now = self._clock()
+        if now - self._shed_t >= RATE_WINDOW_S:
+            self._shed_t, self._shed_n = now, 0
+        self._shed_n += 1
+        return retry_after_s(self._shed_n, self.drain_per_s())
 
     def detail(self) -> str:
         return (

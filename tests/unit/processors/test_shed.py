@@ -35,19 +35,22 @@ from lukhas_context.processors.shed import (
 # ---- the decisions ----
 
 
-def test_retry_after_is_the_time_the_excess_takes_to_drain() -> None:
-    assert retry_after_s(in_flight=30, budget=10, drain_per_s=7.0) == 3  # 21 over at 7/s
-    assert retry_after_s(in_flight=10, budget=10, drain_per_s=2.0) == 1  # just this one
-    assert retry_after_s(in_flight=10, budget=10, drain_per_s=0.5) == 2
+def test_retry_after_spreads_the_turned_away_over_the_drain_rate() -> None:
+    assert retry_after_s(turned_away=21, drain_per_s=7.0) == 3
+    assert retry_after_s(turned_away=1, drain_per_s=2.0) == 1
+    assert retry_after_s(turned_away=1, drain_per_s=0.5) == 2
+    waits = [retry_after_s(n, 10.0) for n in range(1, 101)]
+    assert waits == sorted(waits) and waits[0] == 1 and waits[-1] == 10
 
 
 def test_retry_after_is_at_least_one_and_at_most_the_cap() -> None:
-    assert retry_after_s(in_flight=11, budget=10, drain_per_s=10_000.0) == 1
-    assert retry_after_s(in_flight=100_000, budget=10, drain_per_s=1.0) == RETRY_MAX_S
+    assert retry_after_s(turned_away=1, drain_per_s=10_000.0) == 1
+    assert retry_after_s(turned_away=0, drain_per_s=10_000.0) == 1
+    assert retry_after_s(turned_away=100_000, drain_per_s=1.0) == RETRY_MAX_S
 
 
 def test_retry_after_when_nothing_drained_lately_is_a_reads_default_wait() -> None:
-    assert retry_after_s(in_flight=50, budget=10, drain_per_s=0.0) == RETRY_IDLE_S
+    assert retry_after_s(turned_away=50, drain_per_s=0.0) == RETRY_IDLE_S
 
 
 def test_the_fold_pauses_only_after_a_round_over_its_budget_and_for_a_bounded_time() -> None:
@@ -102,10 +105,12 @@ def test_the_drain_rate_is_the_reads_finished_over_the_last_window() -> None:
         clock.now += 0.125
         queue.leave()
     assert queue.drain_per_s() == pytest.approx(8.0)
-    assert queue.in_flight == 12
-    # 12 in flight, budget 4: the 9 over it (this one included) take 2 s at 8 a second.
-    assert queue.retry_after() == 2
-    clock.now += 10  # ... then nothing: the rate falls as the silence lasts
+    # Reads shed in one second come back spread out, 8 a second: 1 s, ..., 2 s, ...
+    waits = [queue.retry_after() for _ in range(20)]
+    assert waits == [1] * 8 + [2] * 8 + [3] * 4
+    clock.now += 1.0  # a new window: the first shed in it waits 1 s again
+    assert queue.retry_after() == 1
+    clock.now += 10  # ... and nothing finished since: the rate falls as the silence lasts
     assert queue.drain_per_s() < 1.0
 
 
