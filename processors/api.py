@@ -548,9 +548,12 @@ class ReadApi:
                 headers={FORWARDED_HEADER: m.config.api_url, **self._peer_headers},
                 timeout=aiohttp.ClientTimeout(total=MAX_WAIT_S + 10),
             ) as answer:  # fmt: skip
+                headers = {SERVED_BY_HEADER: owner.api}
+                if "Retry-After" in answer.headers:  # the owner shed it (processors.shed)
+                    headers["Retry-After"] = answer.headers["Retry-After"]
                 return web.Response(
                     status=answer.status, body=await answer.read(),
-                    content_type=answer.content_type, headers={SERVED_BY_HEADER: owner.api},
+                    content_type=answer.content_type, headers=headers,
                 )  # fmt: skip
         except (aiohttp.ClientError, TimeoutError):
             return None  # the owner is gone: answer here (wait for the partition, or 421)

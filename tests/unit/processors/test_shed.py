@@ -8,11 +8,13 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 from aiokafka import TopicPartition
 
 from lukhas_context.processors.api import ReadApi
@@ -321,3 +323,36 @@ async def test_a_revoked_partition_is_not_resumed_and_stopping_ends_the_pause() 
     await asyncio.wait_for(pause.breathe(consumer, 30.0, "memory", None, stopping), 5)
     await task
     assert consumer.paused() == {TopicPartition("wal", 0)}
+
+
+async def test_a_forwarded_read_the_owner_shed_keeps_its_retry_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker forwarding a read to the partition's owner passes the owner's 503 on with
+    its Retry-After (the owner here: a stand-in server that sheds everything)."""
+
+    async def shedding(request: web.Request) -> web.Response:
+        return ReadQueue(1, WorkerMetrics()).refusal("/v1/contexts/{context_id}")
+
+    owner_app = web.Application()
+    owner_app.add_routes([web.get("/v1/contexts/{context_id}", shedding)])
+    runner = web.AppRunner(owner_app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    owner = SimpleNamespace(api="http://owner", forward_url=f"http://127.0.0.1:{port}")
+    materializer = Materializer(WorkerConfig(bootstrap="127.0.0.1:1", state_dir=tmp_path))
+    materializer.assignment.partition_count = 6
+    monkeypatch.setattr(materializer.membership, "owner", lambda partition: owner)
+    api = ReadApi(materializer)
+    await api.start("127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{api.port}") as session:
+            status, headers, body = await _get(session, "/v1/contexts/x?timeout=1")
+        assert status == 503 and headers["Retry-After"] == str(RETRY_IDLE_S), body
+        assert headers["X-Lukhas-Served-By"] == "http://owner"
+        assert orjson.loads(body)["type"] == "urn:lukhas:problem:overloaded"
+    finally:
+        await api.close()
+        await runner.cleanup()
