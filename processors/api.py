@@ -465,11 +465,11 @@ class ReadApi:
         queue = self.read_queue
         if queue.in_flight >= queue.limit:
             return queue.refusal(resource.canonical)
-        queue.enter()
+        started = queue.enter()
         try:
             return await handler(request)
         finally:
-            queue.leave()
+            queue.leave(started)
 
     @web.middleware
     async def _deadlines(

@@ -17,9 +17,11 @@ Two budgets, both on by default (they only ever protect):
   ``Materializer.mind_memory``, go through it too).
 
 ``Retry-After`` (``retry_after_s``): the reads turned away in the current second, this one
-included, over the rate reads were finishing (``RATE_WINDOW_S``), so clients shed together
-come back spread out at about the rate the worker drains; at least 1 s, at most
-``RETRY_MAX_S``.
+included, over the rate the queue drains, so clients shed together come back spread out at
+about that rate; at least 1 s, at most ``RETRY_MAX_S``. The rate is Little's law: the reads
+in the queue over the time a read spends there (``ReadQueue.drain_per_s``). Not the reads
+finished a second: the queue admits only its budget, so when it sheds, few finish whatever
+the worker could do.
 """
 
 from __future__ import annotations
@@ -45,11 +47,13 @@ log = logging.getLogger(__name__)
 READ_QUEUE_BUDGET = 512
 #: The longest ``Retry-After`` (seconds): the longest wait a read may ask for (``MAX_WAIT_S``).
 RETRY_MAX_S = 30
-#: ``Retry-After`` when no read finished lately (every read in the queue is waiting): the
-#: default wait of a read, by which such waits end.
+#: ``Retry-After`` when the drain rate cannot be told (nothing measured yet): the default
+#: wait of a read, by which such waits end.
 RETRY_IDLE_S = 5
-#: The drain rate is the reads finished over about this many seconds.
+#: Reads turned away are counted over windows of this many seconds (``Retry-After``).
 RATE_WINDOW_S = 1.0
+#: The weight of each finished read in the mean time a read spends in the queue.
+MEAN_WEIGHT = 0.1
 #: The shortest and the longest pause of fetching after a round over its budget.
 FOLD_PAUSE_MIN_S = 0.02
 FOLD_PAUSE_MAX_S = 0.5
@@ -72,7 +76,8 @@ def retry_after_s(turned_away: int, drain_per_s: float) -> int:
     """Seconds a shed client should wait: the time ``turned_away`` reads (those shed in the
     current window, this one included: the demand over the budget) take to be done at
     ``drain_per_s`` reads a second, so the nth client shed comes back when n reads could have
-    finished; ``RETRY_IDLE_S`` when none finished lately; always within ``[1, RETRY_MAX_S]``."""
+    finished; ``RETRY_IDLE_S`` when the rate is not known; always within
+    ``[1, RETRY_MAX_S]``."""
     if drain_per_s <= 0:
         return RETRY_IDLE_S
     return max(1, min(RETRY_MAX_S, math.ceil(max(1, turned_away) / drain_per_s)))
@@ -102,13 +107,12 @@ class ReadQueue:
     ``leave`` bracket a read's handler. Not thread-safe: the event loop's thread only."""
 
     __slots__ = (
+        "_age_sum",
         "_clock",
-        "_done",
+        "_epoch",
         "_fast_refusals",
         "_fast_shed",
-        "_mark_done",
-        "_mark_t",
-        "_rate",
+        "_mean_s",
         "_shed",
         "_shed_n",
         "_shed_t",
@@ -128,11 +132,13 @@ class ReadQueue:
         #: What ``in_flight`` is compared with (no budget: a count never reached).
         self.limit = budget if budget is not None else 1 << 62
         self.in_flight = 0
-        self._done = 0
         self._clock = clock
-        self._mark_t = clock()
-        self._mark_done = 0
-        self._rate = 0.0
+        #: Start times are kept relative to this (small floats: the sum stays exact enough),
+        #: and ``_age_sum`` is their sum over the reads in the queue (0 when it is empty).
+        self._epoch = clock()
+        self._age_sum = 0.0
+        #: The mean time a finished read spent in the queue (0: none finished yet).
+        self._mean_s = 0.0
         #: Reads shed since ``_shed_t``, the start of the current window.
         self._shed_t = -math.inf
         self._shed_n = 0
@@ -142,24 +148,36 @@ class ReadQueue:
         metrics.read_queue.set_function(lambda: self.in_flight)
         metrics.read_queue_budget.set(budget or 0)
 
-    def enter(self) -> None:
+    def enter(self) -> float:
+        """A read's handler starts; returns what its ``leave`` takes."""
+        started = self._clock() - self._epoch
         self.in_flight += 1
+        self._age_sum += started
+        return started
 
-    def leave(self) -> None:
+    def leave(self, started: float) -> None:
+        """The read that ``enter`` returned ``started`` for is answered."""
         self.in_flight -= 1
-        self._done += 1
-        now = self._clock()
-        if now - self._mark_t >= RATE_WINDOW_S:
-            self._rate = (self._done - self._mark_done) / (now - self._mark_t)
-            self._mark_t, self._mark_done = now, self._done
+        if self.in_flight:
+            self._age_sum -= started
+        else:
+            self._age_sum = 0.0  # exact again: no drift from many additions
+        spent = self._clock() - self._epoch - started
+        self._mean_s = (
+            spent if not self._mean_s else self._mean_s + MEAN_WEIGHT * (spent - self._mean_s)
+        )
 
     def drain_per_s(self) -> float:
-        """Reads finished a second lately: over the last full window, or since it when that
-        is long ago (nothing finished since: the rate falls as the silence lasts)."""
-        elapsed = self._clock() - self._mark_t
-        if elapsed < 2 * RATE_WINDOW_S:
-            return self._rate
-        return (self._done - self._mark_done) / elapsed
+        """Reads the queue finishes a second now, by Little's law: those in it over the time
+        a read spends in it, the longer of the mean of the reads finished and the mean age
+        of those in the queue (reads stuck waiting drain slowly, however fast the earlier
+        ones were). 0 when it cannot be told (empty, nothing measured)."""
+        if not self.in_flight:
+            return 0.0
+        now = self._clock() - self._epoch
+        waited = now - self._age_sum / self.in_flight
+        spent = max(self._mean_s, waited)
+        return self.in_flight / spent if spent > 0 else 0.0
 
     def retry_after(self) -> int:
         """The ``Retry-After`` of a read shed now (counted among the turned away)."""

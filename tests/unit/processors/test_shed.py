@@ -98,22 +98,27 @@ class Clock:
         return self.now
 
 
-def test_the_drain_rate_is_the_reads_finished_over_the_last_window() -> None:
+def test_the_drain_rate_is_the_queue_over_the_time_a_read_spends_in_it() -> None:
     clock = Clock()
     queue = ReadQueue(4, WorkerMetrics(), clock)
-    for _ in range(20):
-        queue.enter()
-    for _ in range(8):  # 8 done in the first window...
-        clock.now += 0.125
-        queue.leave()
-    assert queue.drain_per_s() == pytest.approx(8.0)
-    # Reads shed in one second come back spread out, 8 a second: 1 s, ..., 2 s, ...
-    waits = [queue.retry_after() for _ in range(20)]
-    assert waits == [1] * 8 + [2] * 8 + [3] * 4
-    clock.now += 1.0  # a new window: the first shed in it waits 1 s again
-    assert queue.retry_after() == 1
-    clock.now += 10  # ... and nothing finished since: the rate falls as the silence lasts
-    assert queue.drain_per_s() < 1.0
+    assert queue.drain_per_s() == 0.0  # nothing to tell from yet
+    for _ in range(10):  # reads that spent 50 ms each
+        started = queue.enter()
+        clock.now += 0.05
+        queue.leave(started)
+    held = [queue.enter() for _ in range(4)]  # the queue at its budget, just now
+    assert queue.drain_per_s() == pytest.approx(4 / 0.05)
+    # 200 reads shed in one second come back spread out at 80 a second: 1 s, 2 s, 3 s.
+    waits = [queue.retry_after() for _ in range(200)]
+    assert waits == [1] * 80 + [2] * 80 + [3] * 40
+    # The 4 stay stuck (waiting for an offset) for 10 s: the queue drains slowly now,
+    # however fast the reads before them were.
+    clock.now += 10
+    assert queue.drain_per_s() == pytest.approx(4 / 10)
+    assert queue.retry_after() == 3  # a new window: the first shed in it
+    for started in held:
+        queue.leave(started)
+    assert queue.in_flight == 0 and queue.drain_per_s() == 0.0
 
 
 def test_a_refusal_is_a_503_problem_with_retry_after_and_is_counted() -> None:
