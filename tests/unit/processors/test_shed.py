@@ -361,3 +361,38 @@ async def test_a_forwarded_read_the_owner_shed_keeps_its_retry_after(
     finally:
         await api.close()
         await runner.cleanup()
+
+
+async def test_the_materializer_pauses_fetching_for_a_long_round_and_for_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Materializer.mind_round`` and ``mind_memory`` pause fetching through ``FetchPause``:
+    the folding partitions are paused meanwhile and resumed after, counted by reason."""
+    from lukhas_context.processors import materializer as module
+
+    budget = 256 * 1024 * 1024
+    config = WorkerConfig("unused", tmp_path, round_budget_s=0.1, memory_budget_bytes=budget)
+    m = Materializer(config)
+    consumer = Consumer([0, 1])
+    m.assignment.consumer = consumer  # type: ignore[assignment]
+    folding: Any = object()  # what the pause asks of a folder: that there is one
+    m.assignment.folders.update({0: folding, 1: folding})
+    seen: list[set[TopicPartition]] = []
+
+    async def watch() -> None:
+        await asyncio.sleep(0.01)
+        seen.append(consumer.paused())
+
+    watching = asyncio.create_task(watch())
+    await m.mind_round(0.05)  # within the budget: no pause
+    await m.mind_round(0.13)  # 30 ms over: a pause of about that
+    await watching
+    assert seen == [consumer.assignment()] and consumer.paused() == set()
+    resident = [budget + 1]
+    monkeypatch.setattr(module, "resident_bytes", lambda: resident[0])
+    await m.mind_memory()  # over the budget and rising
+    assert consumer.paused() == set()
+    registry = m.metrics.registry
+    for reason, least in (("round", 0.02), ("memory", module.MEMORY_PAUSE_S)):
+        paused = registry.get_sample_value("lukhas_fetch_paused_seconds_total", {"reason": reason})
+        assert paused is not None and paused >= least, reason
