@@ -210,6 +210,8 @@ class WorkerFlags:
     ttl_policy: tuple[TtlPolicy, ...] = ()
     ttl_touch_interval: float = 60.0
     ttl_touch_batch: int = 10_000
+    read_queue_budget: int = 512
+    round_budget_ms: int = 1000
 
 
 class Settings:
@@ -325,6 +327,8 @@ class Settings:
             coalesce_changes=f.coalesce_changes, evict_dead_peers=f.evict_dead_peers,
             ttl_policies=TtlPolicies(f.ttl_policy) if f.ttl_policy else None,
             ttl_touch_interval_s=f.ttl_touch_interval, ttl_touch_batch=f.ttl_touch_batch,
+            read_queue_budget=f.read_queue_budget or None,
+            round_budget_s=f.round_budget_ms / 1000,
             **fold_sizing(f.dedupe_window or self.env.dedupe_window),
             checkpoint_pause_s=self.env.checkpoint_pause_s,
             listener=ListenerLimits(

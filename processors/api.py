@@ -109,6 +109,10 @@ naming the ones it takes; numbers are decimal ASCII digits within range (offsets
 timestamps at most 2^63-1), else a 400 (never a 500).
 Connections are accepted by ``processors.listener``: capped, with deadlines for headers,
 bodies and idle connections; a connection over the cap is answered 503, late headers 408.
+Reads (contexts, listings, history, outcomes, dry runs) are shed when more of them than
+``read_queue_budget`` are in progress (``processors.shed``): ``503`` with ``Retry-After`` and
+the problem ``overloaded`` (``retry_after``), at once and without doing the read; health,
+metrics, members, partitions, the change stream and verify sessions never are.
 
 Close to 1,000 lines, for one job: the worker's HTTP surface. Each handler is short (parse and
 bound the parameters, wait or forward, answer); what they share (the parameter checks, the
@@ -154,6 +158,7 @@ from lukhas_context.processors.openapi import document as openapi_document
 from lukhas_context.processors.pointintime import parse_as_of, read_context
 from lukhas_context.processors.problems import bad_request, problem, problem_middleware
 from lukhas_context.processors.round import reused_event_id
+from lukhas_context.processors.shed import ReadQueue, sheds
 from lukhas_context.processors.verify_api import VerifySessions
 from lukhas_context.processors.wal_end import WalEnds
 from lukhas_context.schemas.event import fence_problem
@@ -355,7 +360,9 @@ class ReadApi:
         # Dry runs post whole events: a 1 MiB document and its envelope must fit.
         config = materializer.config
         cors = Cors(config.cors_origins)
-        middlewares: list[Any] = [self._count, problem_middleware, cors.preflight]
+        #: The reads in the handlers, and whether to shed new ones (``processors.shed``).
+        self.read_queue = ReadQueue(config.read_queue_budget, materializer.metrics)
+        middlewares: list[Any] = [self._count, self._shed, problem_middleware, cors.preflight]
         if config.api_token is not None:
             middlewares.append(token_middleware(config.api_token))
         self.app = web.Application(
@@ -398,6 +405,9 @@ class ReadApi:
         metrics = materializer.metrics
         self._fast_count = metrics.http_requests.labels("GET", "/v1/contexts/{context_id}", "200")
         self._fast_seconds = metrics.http_seconds.labels("/v1/contexts/{context_id}")
+        self._fast_shed_count = metrics.http_requests.labels(
+            "GET", "/v1/contexts/{context_id}", "503"
+        )
         self._openapi: bytes | None = None
         self._http: aiohttp.ClientSession | None = None
         #: Open server-sent event streams (each one a consumer), closed on shutdown.
@@ -444,6 +454,25 @@ class ReadApi:
             request.method, route, response.status, time.perf_counter() - started
         )
         return response
+
+    @web.middleware
+    async def _shed(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Counts the reads in the handlers and, over the budget, answers a new one 503 at
+        once (``processors.shed``); the routes ``sheds`` leaves out are neither counted nor
+        shed."""
+        resource = request.match_info.route.resource
+        if resource is None or not sheds(request.method, resource.canonical):
+            return await handler(request)
+        queue = self.read_queue
+        if queue.in_flight >= queue.limit:
+            return queue.refusal(resource.canonical)
+        started = queue.enter()
+        try:
+            return await handler(request)
+        finally:
+            queue.leave(started)
 
     @web.middleware
     async def _deadlines(
@@ -522,9 +551,12 @@ class ReadApi:
                 headers={FORWARDED_HEADER: m.config.api_url, **self._peer_headers},
                 timeout=aiohttp.ClientTimeout(total=MAX_WAIT_S + 10),
             ) as answer:  # fmt: skip
+                headers = {SERVED_BY_HEADER: owner.api}
+                if "Retry-After" in answer.headers:  # the owner shed it (processors.shed)
+                    headers["Retry-After"] = answer.headers["Retry-After"]
                 return web.Response(
                     status=answer.status, body=await answer.read(),
-                    content_type=answer.content_type, headers={SERVED_BY_HEADER: owner.api},
+                    content_type=answer.content_type, headers=headers,
                 )  # fmt: skip
         except (aiohttp.ClientError, TimeoutError):
             return None  # the owner is gone: answer here (wait for the partition, or 421)
@@ -636,11 +668,18 @@ class ReadApi:
         """The whole answer to ``GET target`` when it is a plain read of a context this
         worker folds, open and holding it live (``processors.listener``'s fast path: the
         same bytes ``get_context`` answers with); None for anything else, which aiohttp
-        then serves as usual (a miss, a partition restoring or elsewhere, a query)."""
+        then serves as usual (a miss, a partition restoring or elsewhere, a query). Over
+        the read budget, a context read is the shed 503 (``ReadQueue.fast_refusal``)."""
         found = _PLAIN_TARGET.fullmatch(target)
+        if found is None:
+            return None  # another route (/healthz...): never shed, aiohttp answers it
+        queue = self.read_queue
+        if queue.in_flight >= queue.limit:
+            self._fast_shed_count.inc()
+            return queue.fast_refusal()
         m = self.m
         count = m.partition_count
-        if found is None or not count:
+        if not count:
             return None
         key = found.group(1)
         partition = partition_for(key, count)

@@ -133,7 +133,7 @@ class Assignment:
         consumer = self.consumer
         assert consumer is not None
         tps = list(assigned)
-        generation = self._generation()
+        generation = self.generation()
         self.partition_count = len(consumer.partitions_for_topic(self.config.topics.events) or ())
         if tps:
             log.info("partitions %s assigned (generation %d)",
@@ -182,7 +182,7 @@ class Assignment:
             async with self._progress:
                 self._progress.notify_all()
 
-    def _generation(self) -> int:
+    def generation(self) -> int:
         """The group generation the consumer is in (-1: none, or reset after it was
         dropped)."""
         coordinator = getattr(self.consumer, "_coordinator", None)
@@ -195,7 +195,7 @@ class Assignment:
         if consumer is None:
             return
         assigned = [tp.partition for tp in consumer.assignment()]
-        self.membership.assigned(assigned, max(self._generation(), 0))
+        self.membership.assigned(assigned, max(self.generation(), 0))
 
     async def _open(self, tp: TopicPartition) -> None:
         try:
@@ -289,7 +289,7 @@ class Assignment:
         revoked = list(revoked)
         started = time.monotonic()
         await self.wait_opening([tp.partition for tp in revoked])
-        generation = self._generation()
+        generation = self.generation()
         closed: list[int] = []
         async with self._lock:  # waits for the round in progress to commit
             for tp in revoked:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from lukhas_context.processors.fold import Limits
 from lukhas_context.processors.listener import ListenerLimits
 from lukhas_context.processors.members import api_url_problem
 from lukhas_context.processors.mirror import check_registry_url
+from lukhas_context.processors.shed import READ_QUEUE_BUDGET, check_budget
 from lukhas_context.processors.ttl_policy import TtlPolicies
 from lukhas_context.schemas.codec import EventCodec
 from lukhas_context.schemas.registry import SchemaRegistry
@@ -47,8 +49,13 @@ class WorkerConfig:
     #: Most records folded in one round of ``getmany`` (over all partitions).
     max_batch_records: int = 50_000
     fetch_timeout_ms: int = 200
-    #: Target wall time of one round: the read API waits while a round folds.
+    #: Target wall time of one round: the read API waits while a round folds. Rounds are
+    #: sized to it (``Materializer.adapt_round_limit``), and after a round that took longer
+    #: fetching pauses for about the overrun (``processors.shed.fold_pause_s``).
     round_budget_s: float = 1.0
+    #: Reads in the read API's handlers at once (waits for an offset included) past which
+    #: new reads are answered 503 with Retry-After (``processors.shed``). None: never shed.
+    read_queue_budget: int | None = READ_QUEUE_BUDGET
     #: How often the group's committed offsets are refreshed (for lag tools only).
     commit_interval_s: float = 2.0
     limits: Limits = field(default_factory=Limits)
@@ -192,6 +199,11 @@ class WorkerConfig:
         if self.schema_registry_url is not None:
             check_registry_url(self.schema_registry_url)
         check_token(self.api_token)
+        check_budget(self.read_queue_budget)
+        if not (math.isfinite(self.round_budget_s) and self.round_budget_s > 0):
+            raise InvalidWorkerConfigError(
+                f"round_budget_s must be a positive number of seconds, got {self.round_budget_s}"
+            )
         check_origins(self.cors_origins)
         if self.change_compression not in ("none", "lz4", "zstd"):
             raise InvalidWorkerConfigError(

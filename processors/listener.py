@@ -91,9 +91,12 @@ FD_RESERVE = 64
 MIN_DEFAULT_CONNECTIONS = 16
 MAX_DEFAULT_CONNECTIONS = 4096
 
+#: Over the cap: the same problem as a read shed over the read budget (``processors.shed``),
+#: so a client honours both alike.
 _REFUSAL = problem_bytes(
-    503, "too many connections: this worker serves its limit already", b"Retry-After: 1\r\n"
-)
+    503, "too many connections: this worker serves its limit already", b"Retry-After: 1\r\n",
+    "overloaded", retry_after=1,
+)  # fmt: skip
 _HEADER_TIMEOUT = problem_bytes(408, "request headers not received in time")
 _END_OF_HEADERS = b"\r\n\r\n"
 

@@ -52,6 +52,7 @@ from lukhas_context.processors.publisher import (
 )
 from lukhas_context.processors.retention import WalRetention
 from lukhas_context.processors.round import PartitionFolder, PartitionRound, segment_end
+from lukhas_context.processors.shed import FetchPause, fold_pause_s
 from lukhas_context.processors.standby import StandbyManager, standby_positions
 from lukhas_context.processors.toucher import TtlToucher
 from lukhas_context.processors.ttl_policy import ReadCounter
@@ -155,6 +156,10 @@ class Materializer:
             before_open=self._open_partition_producer, after_close=self._close_partition_producer,
             standby=self.standby,
         )  # fmt: skip
+        #: Pauses fetching between rounds over their budget, or over the memory budget.
+        self.fetch_pause = FetchPause(
+            self.metrics, self.assignment.generation, lambda p: p in self.assignment.folders
+        )
 
     # ---- what the read API and the tools see ----
 
@@ -382,7 +387,11 @@ class Materializer:
                     raise await self.assignment.out_of_range(exc) from exc
                 if batch:
                     self.clock.observe_records(batch, time.monotonic())
-                    self.adapt_round_limit(await self.fold_round(batch))
+                    folding = await self.fold_round(batch)
+                    self.adapt_round_limit(folding)
+                    await self.mind_round(folding)
+                else:
+                    self.fetch_pause.calm("round")
                 now = time.monotonic()
                 unassigned_since = self._watch_assignment(consumer, now, unassigned_since)
                 if cfg.expiry_interval_s is not None and now >= next_sweep:
@@ -520,22 +529,44 @@ class Materializer:
             self.metrics.memory_backpressure.labels("smaller_round").inc()
         rising = resident > self._last_resident
         self._last_resident = resident
-        if resident > memory.total and rising:
+        if resident <= memory.total or not rising:
             # Only while it still grows: over the budget but flat (the worker's fixed part,
             # the dedupe windows, is more than the budget leaves it) pausing frees nothing.
-            freed = memory.shrink_read_caches()
-            self.metrics.memory_backpressure.labels("paused").inc()
-            now = time.monotonic()
-            if now - self._memory_warned_at >= MEMORY_WARN_S:
-                self._memory_warned_at = now
-                log.warning(
-                    "resident memory %d MiB is over the budget of %d MiB: read caches shrunk "
-                    "by %d KiB, rounds of %d records, fetching paused %.1f s a round (a budget "
-                    "under what the worker needs at rest slows it for good: give "
-                    "--memory-budget more)", resident >> 20, memory.total >> 20, freed >> 10,
-                    self.round_limit, MEMORY_PAUSE_S,
-                )  # fmt: skip
-            await asyncio.sleep(MEMORY_PAUSE_S)
+            self.fetch_pause.calm("memory")
+            return
+        freed = memory.shrink_read_caches()
+        self.metrics.memory_backpressure.labels("paused").inc()
+        now = time.monotonic()
+        if now - self._memory_warned_at >= MEMORY_WARN_S:
+            self._memory_warned_at = now
+            log.warning(
+                "resident memory %d MiB is over the budget of %d MiB: read caches shrunk "
+                "by %d KiB, rounds of %d records, fetching paused %.1f s a round (a budget "
+                "under what the worker needs at rest slows it for good: give "
+                "--memory-budget more)", resident >> 20, memory.total >> 20, freed >> 10,
+                self.round_limit, MEMORY_PAUSE_S,
+            )  # fmt: skip
+        await self._breathe(MEMORY_PAUSE_S, "memory", None)  # logged above, at most every 30 s
+
+    async def mind_round(self, seconds: float) -> None:
+        """Sheds fold load after a round whose synchronous fold took ``seconds``: over
+        ``round_budget_s`` (every read waited that long), fetching pauses for about the
+        overrun (``processors.shed.fold_pause_s``) so the reads held meanwhile are answered
+        and their connections' next requests come in before more is fetched."""
+        budget = self.config.round_budget_s
+        pause = fold_pause_s(seconds, budget)
+        if not pause:
+            self.fetch_pause.calm("round")
+            return
+        why = (f"a round folded for {seconds * 1000:.1f} ms, over its budget of "
+               f"{budget * 1000:g} ms (--round-budget-ms): reads waited that long")  # fmt: skip
+        await self._breathe(pause, "round", why)
+
+    async def _breathe(self, seconds: float, reason: str, why: str | None) -> None:
+        consumer = self.assignment.consumer
+        if consumer is None:
+            return
+        await self.fetch_pause.breathe(consumer, seconds, reason, why, self._stopping)
 
     def adapt_round_limit(self, seconds: float) -> None:
         """Keeps a round near its time budget: the fold is synchronous, and while it runs the

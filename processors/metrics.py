@@ -257,6 +257,35 @@ class WorkerMetrics:
             "after shrinking the read caches (over it)",
             ["action"], registry=r,
         )  # fmt: skip
+        # Load shedding (processors.shed).
+        self.reads_shed = Counter(
+            "lukhas_reads_shed",
+            "Reads answered 503 (Retry-After) without being done: the read queue was over "
+            "its budget (--read-queue-budget), by route",
+            ["route"], registry=r,
+        )  # fmt: skip
+        self.read_queue = Gauge(
+            "lukhas_read_queue",
+            "Reads in the read API's handlers now, waits for an offset included",
+            registry=r,
+        )
+        self.read_queue_budget = Gauge(
+            "lukhas_read_queue_budget",
+            "Reads in the handlers past which new ones are shed (0: never shed)",
+            registry=r,
+        )
+        self.fetch_paused = Gauge(
+            "lukhas_fetch_paused",
+            "1 while the fold has paused fetching to catch its breath (a round over its "
+            "budget, or memory over its budget), else 0",
+            registry=r,
+        )
+        self.fetch_paused_seconds = Counter(
+            "lukhas_fetch_paused_seconds",
+            "Seconds the fold paused fetching, by reason: round (a round over "
+            "--round-budget-ms) or memory (over --memory-budget)",
+            ["reason"], registry=r,
+        )  # fmt: skip
         self.expires_refused_early = Counter(
             "lukhas_expire_events_early",
             "Expire events the sweeper appended that the log stamped before the expiry "

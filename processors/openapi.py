@@ -73,6 +73,20 @@ _PROBLEM = {
 }
 
 
+_OVERLOADED = {
+    "description": "Unavailable: the worker has more reads in progress than its budget "
+    "(--read-queue-budget; type urn:lukhas:problem:overloaded, the read was not done: ask "
+    "again after Retry-After seconds, or another worker), or it serves no partition yet.",
+    "headers": {
+        "Retry-After": {
+            "description": "Seconds to wait before asking again (overloaded only).",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    },
+    "content": {PROBLEM_CONTENT_TYPE: {"schema": _ref("Problem")}},
+}
+
+
 def _operation(
     summary: str,
     ok: dict[str, Any],
@@ -80,13 +94,17 @@ def _operation(
     errors: tuple[int, ...] = (400,),
     tags: tuple[str, ...] = ("reads",),
     unavailable: str | None = None,
+    shed: bool = False,
     **extra: Any,
 ) -> dict[str, Any]:
     """``errors``: the statuses answered with a problem; ``unavailable``: a 503 that is a
-    status document like the 200 (the health probes), saying when."""
+    status document like the 200 (the health probes), saying when; ``shed``: a read the
+    worker sheds over its read budget (``processors.shed``): its 503 carries Retry-After."""
     responses: dict[str, Any] = {"200": ok}
     for status in errors:
         responses[str(status)] = {"$ref": "#/components/responses/Problem"}
+    if shed:
+        responses["503"] = {"$ref": "#/components/responses/Overloaded"}
     if unavailable is not None:
         responses["503"] = {**ok, "description": f"{ok['description']} 503: {unavailable}."}
     operation = {
@@ -141,6 +159,7 @@ def document(version: str) -> dict[str, Any]:
         _json(_ref("Context"), "The context; carries its version as ETag."),
         ("min_offset", "timeout", "as_of", "allow_stale", "max_lag"),
         (400, 404, 409, 421, 503, 504),
+        shed=True,
     )
     context_get["parameters"].append(
         {
@@ -168,6 +187,7 @@ def document(version: str) -> dict[str, Any]:
                     _json(_ref("ContextList"), "A page of the listing."),
                     ("prefix", "after", "limit"),
                     (400, 503),
+                    shed=True,
                 ),
             },
             "/v1/contexts/{context_id}": {
@@ -181,6 +201,7 @@ def document(version: str) -> dict[str, Any]:
                     _json(_ref("History"), "A page of the context's history."),
                     ("after", "limit", "min_offset", "timeout"),
                     (400, 404, 421, 503, 504),
+                    shed=True,
                 ),
             },
             "/v1/outcomes/{partition}/{offset}": {
@@ -193,6 +214,7 @@ def document(version: str) -> dict[str, Any]:
                     _json(_ref("Outcome"), "The event's journal entry."),
                     ("timeout",),
                     (400, 404, 421, 503, 504),
+                    shed=True,
                 ),
             },
             "/v1/dry-run": {
@@ -204,6 +226,7 @@ def document(version: str) -> dict[str, Any]:
                     ),
                     (),
                     (400, 413, 421, 503),
+                    shed=True,
                     requestBody={
                         "required": True,
                         "content": {
@@ -305,7 +328,7 @@ def document(version: str) -> dict[str, Any]:
             },
         },
         "components": {
-            "responses": {"Problem": _PROBLEM},
+            "responses": {"Problem": _PROBLEM, "Overloaded": _OVERLOADED},
             "schemas": {
                 "Problem": {
                     "type": "object",
@@ -327,6 +350,10 @@ def document(version: str) -> dict[str, Any]:
                         "no_such": {"type": "string", "enum": ["partition", "offset"]},
                         "partition_count": {"type": "integer"},
                         "end_offset": {"type": "integer"},
+                        "retry_after": {
+                            "type": "integer",
+                            "description": "overloaded: the seconds of the Retry-After header.",
+                        },
                         "open_transaction": {"type": "object"},
                         "dead_letter_reason": {
                             "type": "string",

@@ -43,6 +43,7 @@ KINDS: dict[str, str] = {
     "context-not-found": "Context not found",
     "unknown-parameter": "Unknown query parameter",
     "partition-not-ready": "Partition not ready",
+    "overloaded": "Worker overloaded",
 }
 
 #: Headers of aiohttp's own error answers that mean something to the client.
@@ -96,10 +97,16 @@ def bad_request(detail: str, kind: str | None = None) -> web.HTTPBadRequest:
     )
 
 
-def problem_bytes(status: int, detail: str, extra_headers: bytes = b"") -> bytes:
+def problem_bytes(
+    status: int,
+    detail: str,
+    extra_headers: bytes = b"",
+    kind: str | None = None,
+    **extensions: Any,
+) -> bytes:
     """A whole HTTP/1.1 answer that closes the connection, for the listener, which answers
     before aiohttp has a request (``extra_headers``: CRLF-terminated lines)."""
-    body = problem_body(status, detail)
+    body = problem_body(status, detail, kind, **extensions)
     return (
         b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%sConnection: close"
         b"\r\n\r\n%s"

@@ -163,9 +163,13 @@ MAX_RETRY_AFTER_S = 60.0
 
 
 def retry_after_of(data: object, default: float) -> float:
-    """The ``retry_after_s`` of a worker's problem answer (``processors.problems``), within
-    [0, ``MAX_RETRY_AFTER_S``]; ``default`` when it has none or not a number."""
-    value = data.get("retry_after_s") if isinstance(data, dict) else None
+    """The ``retry_after`` (seconds; ``retry_after_s`` is read too) of a worker's problem
+    answer (``processors.problems``: the ``Retry-After`` header's value, which the client's
+    lean GETs do not keep), within [0, ``MAX_RETRY_AFTER_S``]; ``default`` when it has none
+    or not a number."""
+    value = None
+    if isinstance(data, dict):
+        value = data.get("retry_after", data.get("retry_after_s"))
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return default
     return min(MAX_RETRY_AFTER_S, max(0.0, float(value)))

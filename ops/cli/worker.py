@@ -169,6 +169,17 @@ def _registry_url(_ctx: click.Context, _param: click.Parameter, value: str | Non
                    "cache and write buffer manager for all its stores, read caches bounded by "
                    "bytes, smaller rounds and pauses near it; reported in /metrics "
                    "(lukhas_memory_bytes) [env LUKHAS_MEMORY_BUDGET].")  # fmt: skip
+@click.option("--read-queue-budget", type=click.IntRange(0, 1_000_000), default=512,
+              show_default=True, envvar="LUKHAS_READ_QUEUE_BUDGET", metavar="READS",
+              help="Reads in progress at once (waits for an offset included) past which new "
+                   "reads are answered 503 with Retry-After, without being done; health, "
+                   "metrics and members never are (0: never shed) "
+                   "[env LUKHAS_READ_QUEUE_BUDGET].")  # fmt: skip
+@click.option("--round-budget-ms", type=click.IntRange(1, 600_000), default=1000,
+              show_default=True, envvar="LUKHAS_ROUND_BUDGET_MS", metavar="MS",
+              help="Target time of one round's fold (reads wait while it runs): rounds are "
+                   "sized to it, and after one that took longer fetching pauses for about the "
+                   "overrun (at most 0.5 s) [env LUKHAS_ROUND_BUDGET_MS].")  # fmt: skip
 @click.option("--api-token-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="A file whose first line is a bearer token every read API request but the "
                    "probes (/livez, /readyz, /healthz) must carry; without it "

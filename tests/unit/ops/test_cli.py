@@ -330,6 +330,41 @@ def test_the_worker_asks_the_group_for_a_rebalance_timeout(
 @pytest.mark.parametrize(
     ("args", "env", "expected"),
     [
+        ((), {}, 512),  # the default: on
+        (("--read-queue-budget", "40"), {}, 40),
+        ((), {"LUKHAS_READ_QUEUE_BUDGET": "7"}, 7),
+        (("--read-queue-budget", "0"), {}, None),  # never shed
+    ],
+)
+def test_the_worker_sheds_reads_over_a_read_queue_budget(
+    args: tuple[str, ...], env: dict[str, str], expected: int | None, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """``--read-queue-budget`` (env ``LUKHAS_READ_QUEUE_BUDGET``) reaches the config."""
+    config = _worker_config_of(args, env, "LUKHAS_READ_QUEUE_BUDGET", tmp_path, monkeypatch)
+    assert config.read_queue_budget == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected_s"),
+    [
+        ((), {}, 1.0),  # the default
+        (("--round-budget-ms", "250"), {}, 0.25),
+        ((), {"LUKHAS_ROUND_BUDGET_MS": "2000"}, 2.0),
+    ],
+)
+def test_the_worker_takes_a_round_budget(
+    args: tuple[str, ...], env: dict[str, str], expected_s: float, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """``--round-budget-ms`` (env ``LUKHAS_ROUND_BUDGET_MS``) reaches the config, in seconds."""
+    config = _worker_config_of(args, env, "LUKHAS_ROUND_BUDGET_MS", tmp_path, monkeypatch)
+    assert config.round_budget_s == expected_s
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
         ((), {}, 1024**3),  # the default
         (("--memory-budget", "512MiB"), {}, 512 * 1024**2),
         ((), {"LUKHAS_MEMORY_BUDGET": "2GB"}, 2 * 1000**3),

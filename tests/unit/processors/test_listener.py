@@ -85,6 +85,7 @@ async def test_with_every_slot_busy_the_next_connection_is_answered_503(
     reader, writer = await _open(port, GET)
     answer = await _answer(reader)
     assert answer.startswith(b"HTTP/1.1 503") and b"too many connections" in answer, answer
+    assert b"Retry-After: 1\r\n" in answer and b"urn:lukhas:problem:overloaded" in answer
     assert _count(metrics, "lukhas_api_connections_refused_total") == 1
     for r, w in busy:  # the busy ones are served, not evicted
         assert (await r.readuntil(b"hello")).startswith(b"HTTP/1.1 200")

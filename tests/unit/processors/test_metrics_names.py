@@ -12,7 +12,7 @@ from lukhas_context.processors.metrics import OUTCOMES, WorkerMetrics
 DASHBOARD = Path(__file__).resolve().parents[3] / "ops" / "grafana" / "lukhas-worker.json"
 #: PromQL words that are not metric names.
 PROMQL = {"sum", "rate", "increase", "max", "by", "histogram_quantile", "le", "outcome",
-          "partition", "part", "status", "event", "action", "route"}  # fmt: skip
+          "partition", "part", "status", "event", "action", "route", "reason"}  # fmt: skip
 
 
 def exprs() -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -17,6 +18,7 @@ from lukhas_context.processors.api import ReadApi
 from lukhas_context.processors.config import WorkerConfig
 from lukhas_context.processors.materializer import Materializer
 from lukhas_context.processors.openapi import document
+from lukhas_context.processors.shed import sheds
 
 METHODS = ("get", "post", "put", "delete", "patch")
 
@@ -93,3 +95,15 @@ async def test_the_worker_serves_it(api: ReadApi) -> None:
         await api.close()
     assert served == orjson.loads(orjson.dumps(document(__version__)))
     assert served["info"]["version"] == __version__
+
+
+def test_every_read_the_worker_sheds_documents_its_503_with_retry_after(api: ReadApi) -> None:
+    doc: Any = document(__version__)
+    ops: Any = operations(doc)
+    shed = [(method, path) for method, path in routes(api) if sheds(method.upper(), path)]
+    assert len(shed) == 5, shed
+    for key in shed:
+        assert ops[key]["responses"]["503"] == {"$ref": "#/components/responses/Overloaded"}, key
+    overloaded = doc["components"]["responses"]["Overloaded"]
+    assert "Retry-After" in overloaded["headers"]
+    assert ops[("get", "/healthz")]["responses"]["503"] != overloaded  # a probe: never shed

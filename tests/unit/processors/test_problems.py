@@ -184,6 +184,8 @@ def test_the_listeners_answers_are_problems() -> None:
     assert status == 503 and headers["Retry-After"] == "1" and headers["Connection"] == "close"
     check_problem(503, headers, body)
     assert int(headers["Content-Length"]) == len(orjson.dumps(body))
+    _, _, typed = split(problem_bytes(503, "too many", b"", "overloaded", retry_after=1))
+    assert typed["type"] == "urn:lukhas:problem:overloaded" and typed["retry_after"] == 1
 
 
 def test_a_kind_has_its_title_and_extensions_are_kept() -> None:

@@ -86,7 +86,8 @@ def test_a_policy_out_of_range_names_its_field(field: str, value: float) -> None
 
 @pytest.mark.parametrize(
     "data, expected",
-    [({"retry_after_s": 2}, 2.0), ({"retry_after_s": 0.5}, 0.5), ({}, 0.2), (None, 0.2),
+    [({"retry_after": 3}, 3.0), ({"retry_after": 3, "retry_after_s": 9}, 3.0),
+     ({"retry_after_s": 2}, 2.0), ({"retry_after_s": 0.5}, 0.5), ({}, 0.2), (None, 0.2),
      ([1], 0.2), ({"retry_after_s": "3"}, 0.2), ({"retry_after_s": True}, 0.2),
      ({"retry_after_s": math.nan}, 0.2), ({"retry_after_s": -5}, 0.0),
      ({"retry_after_s": 1e300}, 60.0)],
@@ -342,7 +343,7 @@ async def test_a_worker_asking_for_no_pause_is_not_called_in_a_loop() -> None:
 def _overloaded(retry_after: float) -> web.Response:
     body = {
         "type": "urn:lukhas:problem:overloaded", "title": "Overloaded", "status": 503,
-        "detail": "too many reads queued", "retry_after_s": retry_after,
+        "detail": "too many reads queued", "retry_after": retry_after,
     }  # fmt: skip
     return web.json_response(
         body, status=503, headers={"Retry-After": str(max(1, math.ceil(retry_after)))}
