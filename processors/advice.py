@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "DEFAULT_POLICY",
     "MAX_RATE",
     "MAX_WORKERS",
     "Advice",
@@ -165,6 +166,19 @@ class WorkerLoad:
                 "lag": self.lag, "lag_growth": self.lag_growth, "reads": self.reads,
                 "memory": self.memory}  # fmt: skip
 
+    @classmethod
+    def from_dict(cls, data: object) -> WorkerLoad | None:
+        """The load ``to_dict`` gave, every number bounded (``advise``'s rule: not a number
+        or negative is 0), or None when ``data`` is not a mapping (a peer's answer)."""
+        if not isinstance(data, dict):
+            return None
+        memory = data.get("memory")
+        return cls(
+            incoming=_finite(data.get("incoming")), folded=_finite(data.get("folded")),
+            busy=_finite(data.get("busy"), 1.0), lag=int(_finite(data.get("lag"))),
+            reads=_finite(data.get("reads")), memory=None if memory is None else _finite(memory),
+        )  # fmt: skip
+
 
 def load_between(before: WorkerSample, after: WorkerSample) -> WorkerLoad | None:
     """The load between two samples of one worker; None when they span no time (or time ran
@@ -266,12 +280,16 @@ class Advice:
         return text
 
 
+#: The policy ``advise`` uses unless given another.
+DEFAULT_POLICY = Policy()
+
+
 def _workers(n: int) -> str:
     return f"{n} worker{'' if n == 1 else 's'}"
 
 
 def advise(
-    loads: Sequence[WorkerLoad | None], partitions: int, policy: Policy = Policy()
+    loads: Sequence[WorkerLoad | None], partitions: int, policy: Policy = DEFAULT_POLICY
 ) -> Advice:
     """The workers the loads need (see the module docstring). ``loads``: one per worker of the
     group; None for a worker whose load is unknown (no answer, no second sample), which

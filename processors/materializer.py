@@ -34,6 +34,8 @@ from typing import Any
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
+from lukhas_context.processors.advice import WorkerSample
+from lukhas_context.processors.advisor import Advisor
 from lukhas_context.processors.assignment import Assignment
 from lukhas_context.processors.checkpointer import Checkpointer
 from lukhas_context.processors.clock import LogClock, Skew, SkewReporter, probe_forever
@@ -59,6 +61,7 @@ from lukhas_context.state.memory import MemoryBudget, resident_bytes
 from lukhas_context.state.store import PartitionStore
 from lukhas_context.streams import kafka
 from lukhas_context.streams.admin import ensure_topics, partition_count
+from lukhas_context.streams.config import bearer_headers
 from lukhas_context.streams.exceptions import AdminError
 from lukhas_context.streams.health import explained
 
@@ -113,6 +116,13 @@ class Materializer:
         self.clock = LogClock()
         self._skew = SkewReporter(self.clock, config.clock_skew_warn_s)
         self._probing: asyncio.Task[None] | None = None
+        #: The scaling advice (``processors.advisor``; None: ``advice_interval_s`` is None).
+        self.advisor = None if config.advice_interval_s is None else Advisor(
+            self.metrics, self.advice_sample, self._peer_urls, lambda: self.partition_count,
+            interval_s=config.advice_interval_s, cooldown_s=config.advice_cooldown_s,
+            headers=bearer_headers(config.api_token),
+        )  # fmt: skip
+        self._advising: asyncio.Task[None] | None = None
         #: The periodic prune in progress (``WorkerConfig.prune_interval_s``), if any.
         self._pruning: asyncio.Task[dict[int, int]] | None = None
         self.metrics.clock_skew.set_function(lambda: _seconds(self.clock.skew().skew_ms))
@@ -168,6 +178,29 @@ class Materializer:
     def checkpoints(self) -> CheckpointDir:
         """Where this worker's checkpoints are (``Checkpointer.checkpoints``)."""
         return self.checkpointer.checkpoints
+
+    def advice_sample(self) -> WorkerSample:
+        """This worker's counters now, for the scaling advice (``processors.advice``): the WAL
+        end (as the fetcher last saw it) and next offset of each partition it folds, the
+        seconds spent in rounds, the read requests answered, resident memory and budget."""
+        ends: dict[int, int] = {}
+        nexts: dict[int, int] = {}
+        for p, store in list(self.stores.items()):
+            nexts[p] = store.next_offset
+            end = self.highwater(p)
+            if end is not None:
+                ends[p] = end
+        m = self.metrics
+        return WorkerSample(
+            time.monotonic(), ends, nexts, m.busy_seconds(), m.requests_answered(),
+            resident_bytes=resident_bytes() or None,
+            budget_bytes=None if self.memory is None else self.memory.total,
+        )  # fmt: skip
+
+    def _peer_urls(self) -> list[str]:
+        """The other members' API URLs (as workers reach them), from the routing table."""
+        me = self.membership.member
+        return [m.forward_url for m in self.membership.members() if m.member != me]
 
     # ---- lifecycle ----
 
@@ -234,6 +267,8 @@ class Materializer:
                     cfg.clock_probe_interval_s,
                 )
             )  # fmt: skip
+        if self.advisor is not None:
+            self._advising = asyncio.create_task(self.advisor.run())
         self.running = True
 
     async def _start_mirror(self, url: str) -> Mirror:
@@ -291,10 +326,13 @@ class Materializer:
             self.assignment.consumer = None
             for store in closing:
                 store.close()
-        if self._probing is not None:
-            self._probing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probing
+        for task in (self._probing, self._advising):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self.advisor is not None:
+            await self.advisor.close()
         if self._pruning is not None:
             self._pruning.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
