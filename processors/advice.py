@@ -8,8 +8,9 @@ units*, the share of one worker's event loop it takes:
 * fold: ``(incoming + lag / drain_s) * busy / folded`` — records appended to its partitions
   per second (plus its backlog spread over ``Policy.drain_s``) times the seconds of loop one
   folded record cost (``busy``: the share of the interval spent in rounds, from
-  ``lukhas_batch_seconds``). While the lag grows (more appended than folded) the worker is
-  saturated whatever ``busy`` says, so the fold takes at least ``incoming / folded``. A worker
+  ``lukhas_batch_seconds``). While the lag grows (more appended than folded, and a lag over a
+  second of folding: ``SATURATED_*``) the worker is saturated whatever ``busy`` says (a round
+  is not all of the loop's work), so the fold takes at least ``incoming / folded``. A worker
   that folded nothing while records waited (stalled: restoring, paused) counts as one unit:
   its capacity is unknown, and more workers are not known to help it;
 * reads: ``requests per second / Policy.reads_per_worker`` (reads share the fold's loop);
@@ -59,9 +60,11 @@ __all__ = [
 MAX_WORKERS = 10_000
 #: Rates (records or requests per second) above this count as this.
 MAX_RATE = 1e12
-#: A worker that folded records while its lag grew by more than this share of them is
-#: saturated (a smaller growth is the fetcher's view of the end moving within a round).
+#: A worker is saturated when more was appended than it folded, by more than this share,
+#: and its lag is over ``SATURATED_LAG_S`` of its folding: a smaller growth, or a lag of a
+#: fetch or two, is the fetcher's view of the end running ahead of the fold within a round.
 SATURATED_GROWTH = 0.05
+SATURATED_LAG_S = 1.0
 #: The most partitions one sample carries (a peer's answer is not trusted to be small).
 MAX_SAMPLE_PARTITIONS = 100_000
 
@@ -299,13 +302,16 @@ def advise(
     fold = reads = memory = 0.0
     lag = 0
     growth = incoming = 0.0
+    saturated = False
     unknown = 0
     for load in loads:
         if load is None:
             unknown += 1
             fold += p.target_busy
             continue
-        fold += _fold_units(load, p)
+        units, behind = _fold_units(load, p)
+        fold += units
+        saturated = saturated or behind
         reads += _finite(load.reads) / p.reads_per_worker
         memory += _finite(load.memory) / p.memory_near
         lag = min(int(MAX_RATE), lag + int(_finite(load.lag)))
@@ -320,7 +326,7 @@ def advise(
         reason = "memory"
     elif reads > fold:
         reason = "reads"
-    elif growth > SATURATED_GROWTH * incoming or lag / p.drain_s > incoming / 2:
+    elif saturated or lag / p.drain_s > incoming / 2:
         reason = "lag"
     else:
         reason = "fold"
@@ -336,18 +342,20 @@ def advise(
     )  # fmt: skip
 
 
-def _fold_units(load: WorkerLoad, p: Policy) -> float:
-    """One worker's fold in worker units (the module docstring's rule)."""
+def _fold_units(load: WorkerLoad, p: Policy) -> tuple[float, bool]:
+    """One worker's fold in worker units (the module docstring's rule), and whether it is
+    saturated (falling behind)."""
     incoming, folded = _finite(load.incoming), _finite(load.folded)
     busy, lag = _finite(load.busy, 1.0), _finite(load.lag)
     wanted = incoming + lag / p.drain_s
     if folded <= 0:
         # Nothing folded: idle, or stalled with records waiting (capacity unknown).
-        return 1.0 if wanted > 0 else 0.0
+        return (1.0, True) if wanted > 0 else (0.0, False)
     units = wanted * busy / folded
-    if incoming > folded * (1 + SATURATED_GROWTH):
+    behind = incoming > folded * (1 + SATURATED_GROWTH) and lag > folded * SATURATED_LAG_S
+    if behind:
         units = max(units, wanted / folded)
-    return min(units, float(MAX_WORKERS))
+    return min(units, float(MAX_WORKERS)), behind
 
 
 class Stabilizer:

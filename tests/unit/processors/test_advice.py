@@ -110,8 +110,16 @@ def test_a_worker_falling_behind_needs_what_the_incoming_rate_takes() -> None:
 
 def test_a_saturated_worker_counts_whatever_busy_says() -> None:
     # Lag growing: the loop is the limit even when rounds are a small share of it.
-    advice = advise([WorkerLoad(incoming=3000, folded=1000, busy=0.1, lag=0)], partitions=8)
-    assert advice.needed == math.ceil(3 / 0.7) == 5
+    advice = advise([WorkerLoad(incoming=3000, folded=1000, busy=0.1, lag=6000)], partitions=8)
+    assert advice.needed == math.ceil((3000 + 6000 / 300) / 1000 / 0.7) == 5
+    assert advice.reason == "lag"
+
+
+def test_the_fetcher_running_a_fetch_ahead_is_not_falling_behind() -> None:
+    # Two workers keeping up: each interval ends with a fetch or two not yet folded.
+    noisy = WorkerLoad(incoming=250, folded=237, busy=0.1, lag=25)
+    advice = advise([noisy, noisy], partitions=3)
+    assert (advice.needed, advice.reason) == (1, "fold")
 
 
 def test_partitions_cap_the_advice_and_say_so() -> None:
