@@ -465,3 +465,17 @@ def test_up_never_installs_redis_server_itself(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(subprocess, "Popen", no_process)
     with pytest.raises(RedisNotInstalledError, match=r"apt-get install redis-server.*make up"):
         redis_server._redis_server_binary()
+
+
+def test_advise_without_a_cluster_or_with_its_api_down_prints_one_line(
+    lukhas: Callable[..., Any],
+) -> None:
+    for args in (("advise",), ("advise", "--json")):
+        line = _one_line(lukhas(*args), 1, "lukhas: error: no read API: pass --api")
+        assert "no cluster in" in line
+    api = f"http://127.0.0.1:{_dead_port()}"
+    done = lukhas("advise", "--api", api, "--interval", "0.2")
+    line = _one_line(done, 1, "lukhas: error: cannot reach a worker's read API at ")
+    assert api in line and "Traceback" not in done.stderr and done.stdout == ""
+    usage = lukhas("advise", "--interval", "0")
+    _one_line(usage, 2, "lukhas: usage error: ")
