@@ -92,9 +92,10 @@ class WorkerSample:
 
     ``at_s``: the worker's monotonic clock, seconds (only differences count, and only
     between samples of one worker). ``ends``: the WAL end offset of each partition it folds
-    (as its fetcher last saw it); ``next_offsets``: the next offset to fold of each (the
-    store's). ``busy_s``: seconds spent in rounds so far; ``reads``: read API requests
-    answered so far. ``resident_bytes``/``budget_bytes``: memory now (None: unknown)."""
+    (the brokers', else as its fetcher last saw it); ``next_offsets``: the next offset to
+    fold of each (the store's). ``busy_s``: seconds spent in rounds so far; ``reads``: read
+    API requests answered so far. ``resident_bytes``/``budget_bytes``: memory now (None:
+    unknown)."""
 
     at_s: float
     ends: Mapping[int, int]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -60,7 +60,7 @@ class Advisor:
     ``partitions``: the WAL's partition count (0: not known yet)."""
 
     def __init__(
-        self, metrics: WorkerMetrics, sample: Callable[[], WorkerSample],
+        self, metrics: WorkerMetrics, sample: Callable[[], Awaitable[WorkerSample]],
         peers: Callable[[], list[str]], partitions: Callable[[], int], *, interval_s: float,
         cooldown_s: float, headers: dict[str, str] | None = None, policy: Policy = DEFAULT_POLICY,
     ) -> None:  # fmt: skip
@@ -82,7 +82,7 @@ class Advisor:
 
     async def step(self, now_s: float) -> Advice:
         """One interval: sample, ask the peers, advise, export. Returns the advice."""
-        current = self.sample()
+        current = await self.sample()
         if self._previous is not None:
             self.load = load_between(self._previous, current)
         self._previous = current
@@ -126,13 +126,13 @@ class Advisor:
             return None
         return WorkerLoad.from_dict(data.get("load")) if isinstance(data, dict) else None
 
-    def report(self) -> dict[str, Any]:
+    async def report(self) -> dict[str, Any]:
         """What ``GET /v1/advice`` answers: this worker's counters now (``sample``: two of
         them a few seconds apart give a load, as ``lukhas advise`` takes it), its load over
         its last interval, the group's last advice, the exported figure and the rule's
         settings."""
         return {
-            "sample": self.sample().to_dict(),
+            "sample": (await self.sample()).to_dict(),
             "load": None if self.load is None else self.load.to_dict(),
             "advice": None if self.advice is None else self.advice.to_dict(),
             "desired_workers": self.stabilizer.value,

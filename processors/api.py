@@ -1140,7 +1140,7 @@ class ReadApi:
         advisor = self.m.advisor
         if advisor is None:
             return _error(404, "scaling advice is off on this worker (advice_interval_s None)")
-        return web.json_response(advisor.report())
+        return web.json_response(await advisor.report())
 
     @_params()
     async def healthz(self, request: web.Request) -> web.Response:

@@ -77,6 +77,8 @@ MIN_ROUND_RECORDS = 200
 MEMORY_NEAR = 0.9
 #: How long fetching pauses while resident memory is over the budget.
 MEMORY_PAUSE_S = 0.1
+#: How long the scaling advice waits for the brokers' WAL ends (``advice_sample``).
+END_OFFSETS_TIMEOUT_S = 5.0
 #: The over-budget warning is logged at most this often.
 MEMORY_WARN_S = 30.0
 
@@ -179,17 +181,17 @@ class Materializer:
         """Where this worker's checkpoints are (``Checkpointer.checkpoints``)."""
         return self.checkpointer.checkpoints
 
-    def advice_sample(self) -> WorkerSample:
+    async def advice_sample(self) -> WorkerSample:
         """This worker's counters now, for the scaling advice (``processors.advice``): the WAL
-        end (as the fetcher last saw it) and next offset of each partition it folds, the
-        seconds spent in rounds, the read requests answered, resident memory and budget."""
-        ends: dict[int, int] = {}
-        nexts: dict[int, int] = {}
-        for p, store in list(self.stores.items()):
-            nexts[p] = store.next_offset
-            end = self.highwater(p)
-            if end is not None:
-                ends[p] = end
+        end and next offset of each partition it folds, the seconds spent in rounds, the read
+        requests answered, resident memory and budget.
+
+        The ends are asked of the brokers (one ListOffsets per leader, at most
+        ``END_OFFSETS_TIMEOUT_S``): the fetcher's high watermark is not fresh while the worker
+        falls behind (it fetches again only once it has folded what it holds), which is when
+        the advice matters. When the brokers do not answer, the fetcher's is used."""
+        nexts = {p: store.next_offset for p, store in list(self.stores.items())}
+        ends = await self._end_offsets(list(nexts))
         m = self.metrics
         return WorkerSample(
             time.monotonic(), ends, nexts, m.busy_seconds(), m.requests_answered(),
@@ -197,10 +199,25 @@ class Materializer:
             budget_bytes=None if self.memory is None else self.memory.total,
         )  # fmt: skip
 
+    async def _end_offsets(self, partitions: list[int]) -> dict[int, int]:
+        consumer = self.assignment.consumer
+        topic = self.config.topics.events
+        if consumer is not None and partitions:
+            tps = [TopicPartition(topic, p) for p in partitions]
+            try:
+                ends = await asyncio.wait_for(consumer.end_offsets(tps), END_OFFSETS_TIMEOUT_S)
+                return {tp.partition: int(end) for tp, end in ends.items()}
+            except (KafkaError, TimeoutError, AssertionError) as exc:
+                log.info("WAL ends for the scaling advice not read (%r): the fetcher's", exc)
+        found = {p: self.highwater(p) for p in partitions}
+        return {p: end for p, end in found.items() if end is not None}
+
     def _peer_urls(self) -> list[str]:
-        """The other members' API URLs (as workers reach them), from the routing table."""
-        me = self.membership.member
-        return [m.forward_url for m in self.membership.members() if m.member != me]
+        """The other members' API URLs (as workers reach them), from the routing table. This
+        worker is told apart by its API URL: a member's id there is the group's, not ours."""
+        me = self.config.api_url
+        urls = [m.forward_url for m in self.membership.members() if m.api != me]
+        return list(dict.fromkeys(urls))
 
     # ---- lifecycle ----
 

@@ -64,7 +64,7 @@ class Samples:
         self.t = 0.0
         self.folds, self.busy = folds, busy
 
-    def __call__(self) -> WorkerSample:
+    async def __call__(self) -> WorkerSample:
         t = self.t
         return WorkerSample(t, {0: int(1000 * t)}, {0: int(self.folds * t)}, self.busy * t, 0.0)
 
@@ -81,9 +81,9 @@ async def test_alone_it_holds_then_follows_its_own_load() -> None:
     assert (advice.desired, advice.reason) == (1, "fold")
     assert gauge(metrics, "lukhas_desired_workers") == 1.0
     assert gauge(metrics, "lukhas_advice_partition_limited") == 0.0
-    report = advisor.report()
+    report = await advisor.report()
     assert report["desired_workers"] == 1 and report["load"]["folded"] == 1000.0
-    assert WorkerSample.from_dict(report["sample"]) == samples()
+    assert WorkerSample.from_dict(report["sample"]) == await samples()
     await advisor.close()
 
 
@@ -127,7 +127,7 @@ async def test_a_failing_sample_is_logged_and_the_figure_kept(
     calls: list[Any] = []
     third = asyncio.Event()
 
-    def broken() -> WorkerSample:
+    async def broken() -> WorkerSample:
         calls.append(1)
         if len(calls) == 3:
             third.set()
