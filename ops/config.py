@@ -206,6 +206,8 @@ class WorkerFlags:
     schema_registry: str | None = None
     coalesce_changes: bool = False
     evict_dead_peers: bool = False
+    advice_interval: float = 15.0
+    advice_cooldown: float = 300.0
 
 
 class Settings:
@@ -318,6 +320,7 @@ class Settings:
             api_token=self.api_token(f.api_token_file), cors_origins=tuple(f.cors_origin),
             schema_registry_url=f.schema_registry or None,
             coalesce_changes=f.coalesce_changes, evict_dead_peers=f.evict_dead_peers,
+            advice_interval_s=f.advice_interval, advice_cooldown_s=f.advice_cooldown,
             **fold_sizing(f.dedupe_window or self.env.dedupe_window),
             checkpoint_pause_s=self.env.checkpoint_pause_s,
             listener=ListenerLimits(
