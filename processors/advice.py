@@ -236,8 +236,10 @@ class Policy:
 class Advice:
     """What ``advise`` says. ``desired``: workers to run (``needed`` capped at the partition
     count); ``reason``: the signal that decided — ``lag`` (the fold, with the lag growing or
-    a backlog), ``fold``, ``reads``, ``memory``, ``minimum`` — and ``partition_limited`` when
-    the cap did (then add partitions). ``demand``: each signal in worker units."""
+    a backlog), ``fold``, ``reads``, ``memory``, or ``minimum`` when no signal needs more than
+    ``min_workers`` — and ``partition_limited`` when the cap did (then add partitions).
+    ``demand``: each signal in worker units; ``load_workers``: fold and reads in workers at
+    the policy's target busy share (what ``needed`` rounds up, memory aside)."""
 
     desired: int
     needed: int
@@ -250,10 +252,13 @@ class Advice:
     lag: int = 0
     lag_growth: float = 0.0
     headroom: float | None = None
+    load_workers: float = 0.0
+    min_workers: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "desired_workers": self.desired, "needed_workers": self.needed,
+            "load_workers": round(self.load_workers, 4),
             "reason": self.reason, "partition_limited": self.partition_limited,
             "partitions": self.partitions, "workers": self.workers,
             "workers_unmeasured": self.unknown,
@@ -268,19 +273,25 @@ class Advice:
             "lag": f"the lag grows by {self.lag_growth:.0f} records/s"
             if self.lag_growth > 0 else f"a backlog of {self.lag} records to fold",
             "fold": "the fold's load", "reads": "the read load",
-            "memory": "memory against the budget", "minimum": "the minimum",
+            "memory": "memory against the budget",
+            "minimum": f"the minimum of {_workers(self.min_workers)}",
         }[self.reason]  # fmt: skip
-        text = f"Run {_workers(self.desired)} ({_workers(self.workers)} running): {why} decides."
+        text = (
+            f"Run {_workers(self.desired)} ({_workers(self.workers)} running): {why} decides; "
+            f"the load needs {self.load_workers:.2f} workers' worth."
+        )
         if self.partition_limited:
             return text + (
-                f" The load needs {self.needed}, but the WAL's {self.partitions} partitions "
-                "limit the group to that many: add partitions."
+                f" That is {self.needed}, but the WAL's {self.partitions} partitions limit the "
+                "group to that many: add partitions."
             )
-        if self.headroom is not None:
+        if self.headroom is not None and self.headroom <= 100:
             text += (
                 f" The {self.partitions} partitions become the limit when the load grows "
                 f"{self.headroom:.1f}x."
             )
+        elif self.headroom is not None:
+            text += f" The {self.partitions} partitions are far from the limit."
         return text
 
 
@@ -321,7 +332,7 @@ def advise(
     by_load = _ceil((fold + reads) / p.target_busy)
     by_memory = _ceil(memory)
     needed = min(p.max_workers, max(p.min_workers, by_load, by_memory))
-    if max(by_load, by_memory) < p.min_workers:
+    if needed <= p.min_workers and not saturated:
         reason = "minimum"
     elif by_memory > by_load:
         reason = "memory"
@@ -340,6 +351,7 @@ def advise(
         partitions=cap, workers=len(loads), unknown=unknown,
         demand={"fold": fold, "reads": reads, "memory": memory}, lag=lag, lag_growth=growth,
         headroom=None if headroom is None else min(headroom, MAX_RATE),
+        load_workers=min(load_units / p.target_busy, float(MAX_WORKERS)), min_workers=p.min_workers,
     )  # fmt: skip
 
 

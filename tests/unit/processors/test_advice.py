@@ -95,7 +95,8 @@ BEHIND = WorkerLoad(incoming=3000, folded=1000, busy=0.95, lag=20_000)
 
 def test_a_worker_keeping_up_at_low_busy_needs_one() -> None:
     advice = advise([KEEPING_UP], partitions=8)
-    assert (advice.desired, advice.needed, advice.reason) == (1, 1, "fold")
+    assert (advice.desired, advice.needed, advice.reason) == (1, 1, "minimum")
+    assert advice.load_workers == pytest.approx((1000 + 50 / 300) * 0.2 / 1000 / 0.7)
     assert not advice.partition_limited
     assert advice.headroom == pytest.approx(8 * 0.7 / advice.demand["fold"])
 
@@ -119,7 +120,7 @@ def test_the_fetcher_running_a_fetch_ahead_is_not_falling_behind() -> None:
     # Two workers keeping up: each interval ends with a fetch or two not yet folded.
     noisy = WorkerLoad(incoming=250, folded=237, busy=0.1, lag=25)
     advice = advise([noisy, noisy], partitions=3)
-    assert (advice.needed, advice.reason) == (1, "fold")
+    assert (advice.needed, advice.reason) == (1, "minimum")
 
 
 def test_partitions_cap_the_advice_and_say_so() -> None:
@@ -136,7 +137,8 @@ def test_unknown_partition_count_is_no_cap() -> None:
 
 def test_two_workers_keeping_up_need_what_their_busy_shares_add_to() -> None:
     busy = WorkerLoad(incoming=1000, folded=1000, busy=0.6, lag=0)
-    assert advise([busy, busy], partitions=6).desired == math.ceil(1.2 / 0.7) == 2
+    advice = advise([busy, busy], partitions=6)
+    assert (advice.desired, advice.reason) == (math.ceil(1.2 / 0.7), "fold") == (2, "fold")
     assert advise([KEEPING_UP, KEEPING_UP], partitions=6).desired == 1
 
 
@@ -149,7 +151,7 @@ def test_a_worker_at_its_memory_budget_counts_as_full() -> None:
     at_budget = WorkerLoad(10, 10, 0.01, 0, memory=1.0)
     advice = advise([at_budget], partitions=8)
     assert (advice.desired, advice.reason) == (2, "memory")  # 1.0 / 0.9 of a worker
-    assert advise([WorkerLoad(10, 10, 0.01, 0, memory=0.5)], partitions=8).reason == "fold"
+    assert advise([WorkerLoad(10, 10, 0.01, 0, memory=0.5)], partitions=8).reason == "minimum"
 
 
 def test_a_stalled_worker_counts_as_one_and_an_unknown_one_as_its_share() -> None:
@@ -177,7 +179,11 @@ def test_policy_is_checked() -> None:
 def test_the_sentence_names_the_deciding_signal() -> None:
     text = advise([BEHIND], partitions=8).sentence()
     assert text.startswith("Run 5 workers (1 worker running): the lag grows by 2000 records/s")
-    assert "partitions become the limit when the load grows" in text
+    assert "the load needs 4.38 workers' worth" in text
+    assert "The 8 partitions become the limit when the load grows 1.8x." in text
+    idle = advise([WorkerLoad(0, 0, 0.0, 0, reads=0.5)], partitions=4).sentence()
+    assert idle.startswith("Run 1 worker (1 worker running): the minimum of 1 worker decides")
+    assert idle.endswith("The 4 partitions are far from the limit.")
 
 
 HOSTILE = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-(2**70), 2**70))

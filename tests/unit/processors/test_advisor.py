@@ -78,7 +78,7 @@ async def test_alone_it_holds_then_follows_its_own_load() -> None:
     samples.t = 10.0
     advice = await advisor.step(10.0)
     assert advisor.load is not None and advisor.load.folded == 1000.0
-    assert (advice.desired, advice.reason) == (1, "fold")
+    assert (advice.desired, advice.reason) == (1, "minimum")
     assert gauge(metrics, "lukhas_desired_workers") == 1.0
     assert gauge(metrics, "lukhas_advice_partition_limited") == 0.0
     report = await advisor.report()
