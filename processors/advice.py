@@ -270,15 +270,15 @@ class Advice:
     def sentence(self) -> str:
         """The advice in words, for ``lukhas advise``."""
         why = {
-            "lag": f"the lag grows by {self.lag_growth:.0f} records/s"
+            "lag": f"the lag, growing by {self.lag_growth:.0f} records/s"
             if self.lag_growth > 0 else f"a backlog of {self.lag} records to fold",
             "fold": "the fold's load", "reads": "the read load",
             "memory": "memory against the budget",
             "minimum": f"the minimum of {_workers(self.min_workers)}",
         }[self.reason]  # fmt: skip
         text = (
-            f"Run {_workers(self.desired)} ({_workers(self.workers)} running): {why} decides; "
-            f"the load needs {self.load_workers:.2f} workers' worth."
+            f"Run {_workers(self.desired)} ({_workers(self.workers)} running), decided by "
+            f"{why}; the load needs {self.load_workers:.2f} workers' worth."
         )
         if self.partition_limited:
             return text + (

@@ -178,11 +178,13 @@ def test_policy_is_checked() -> None:
 
 def test_the_sentence_names_the_deciding_signal() -> None:
     text = advise([BEHIND], partitions=8).sentence()
-    assert text.startswith("Run 5 workers (1 worker running): the lag grows by 2000 records/s")
+    assert text.startswith(
+        "Run 5 workers (1 worker running), decided by the lag, growing by 2000 records/s;"
+    )
     assert "the load needs 4.38 workers' worth" in text
     assert "The 8 partitions become the limit when the load grows 1.8x." in text
     idle = advise([WorkerLoad(0, 0, 0.0, 0, reads=0.5)], partitions=4).sentence()
-    assert idle.startswith("Run 1 worker (1 worker running): the minimum of 1 worker decides")
+    assert idle.startswith("Run 1 worker (1 worker running), decided by the minimum of 1 worker")
     assert idle.endswith("The 4 partitions are far from the limit.")
 
 
