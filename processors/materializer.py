@@ -329,6 +329,13 @@ class Materializer:
         self.running = False
         await self.assignment.wait_opening()  # not cancelled: see Assignment.wait_opening
         await self.sweeper.close()
+        if self._advising is not None:  # before the consumer it asks the WAL's ends with
+            self._advising.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._advising
+            self._advising = None
+        if self.advisor is not None:
+            await self.advisor.close()
         consumer = self.assignment.consumer
         if consumer is not None:
             await self._commit_offsets()
@@ -343,13 +350,10 @@ class Materializer:
             self.assignment.consumer = None
             for store in closing:
                 store.close()
-        for task in (self._probing, self._advising):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        if self.advisor is not None:
-            await self.advisor.close()
+        if self._probing is not None:
+            self._probing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probing
         if self._pruning is not None:
             self._pruning.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
