@@ -65,6 +65,8 @@ MAX_RATE = 1e12
 #: fetch or two, is the fetcher's view of the end running ahead of the fold within a round.
 SATURATED_GROWTH = 0.05
 SATURATED_LAG_S = 1.0
+#: The largest offset a sample may carry (Kafka's are signed 64-bit).
+MAX_OFFSET = 2**63 - 1
 #: The most partitions one sample carries (a peer's answer is not trusted to be small).
 MAX_SAMPLE_PARTITIONS = 100_000
 
@@ -73,7 +75,10 @@ def _finite(x: object, high: float = MAX_RATE) -> float:
     """``x`` as a float in ``[0, high]``; anything else (NaN, negative, not a number) is 0."""
     if isinstance(x, bool) or not isinstance(x, int | float):
         return 0.0
-    v = float(x)
+    try:
+        v = float(x)
+    except OverflowError:  # an int past any float
+        return high if x > 0 else 0.0
     if not math.isfinite(v):
         return high if v == math.inf else 0.0
     return min(max(v, 0.0), high)
@@ -137,7 +142,8 @@ def _offsets(raw: object) -> dict[int, int]:
         return {}
     out: dict[int, int] = {}
     for key, value in list(raw.items())[:MAX_SAMPLE_PARTITIONS]:
-        if isinstance(key, str) and key.isdigit() and type(value) is int and value >= 0:
+        if (isinstance(key, str) and key.isdigit() and len(key) < 10 and type(value) is int
+                and 0 <= value <= MAX_OFFSET):  # fmt: skip
             out[int(key)] = value
     return out
 

@@ -85,6 +85,19 @@ def test_sample_round_trips_and_hostile_dicts_are_refused_or_cleaned() -> None:
         "budget_bytes": 0,
     })  # fmt: skip
     assert odd == sample(1.0, {0: 5}, {}, busy=0.0, reads=math.inf)
+    # Python's json reads integers of any size: past an offset, or past a float, they go.
+    huge = WorkerSample.from_dict({
+        "at_s": 0, "ends": {"0": 2**64, "1": 10**400, "2": 7},
+        "next_offsets": {"0": 1, "99999999999": 1}, "reads": 10**400,
+    })  # fmt: skip
+    assert huge == sample(0.0, {2: 7}, {0: 1}, reads=math.inf)
+    later = WorkerSample.from_dict(
+        {"at_s": 1, "ends": {"2": 2**63 - 1}, "next_offsets": {"2": 0}, "reads": 10**400}
+    )
+    assert later is not None and huge is not None
+    load = load_between(huge, later)
+    assert load is not None and load.lag == 10**12 and load.incoming == 0.0  # no rate for 2
+    assert 1 <= advise([load], 3).desired <= 3
 
 
 # ---- the advice ----
