@@ -212,6 +212,8 @@ class WorkerFlags:
     ttl_touch_batch: int = 10_000
     read_queue_budget: int = 512
     round_budget_ms: int = 1000
+    advice_interval: float = 15.0
+    advice_cooldown: float = 300.0
 
 
 class Settings:
@@ -329,6 +331,7 @@ class Settings:
             ttl_touch_interval_s=f.ttl_touch_interval, ttl_touch_batch=f.ttl_touch_batch,
             read_queue_budget=f.read_queue_budget or None,
             round_budget_s=f.round_budget_ms / 1000,
+            advice_interval_s=f.advice_interval, advice_cooldown_s=f.advice_cooldown,
             **fold_sizing(f.dedupe_window or self.env.dedupe_window),
             checkpoint_pause_s=self.env.checkpoint_pause_s,
             listener=ListenerLimits(

@@ -82,6 +82,11 @@ context or an outcome of a partition another worker serves is forwarded to it (o
 marked with ``X-Lukhas-Forwarded-By``; the answer carries ``X-Lukhas-Served-By``); a forwarded
 request for a partition the receiver does not serve either is 421 at once.
 
+``GET /v1/advice`` is the scaling advice (``processors.advisor``): ``{"sample", "load",
+"advice", "desired_workers", "peers_answered", "interval_s", "cooldown_s"}`` — this worker's
+counters now, its load over its last advice interval, the group's advice then and the figure
+``lukhas_desired_workers`` exports; 404 when the worker computes none.
+
 ``GET /v1/openapi.json`` is this API as OpenAPI 3.1 (``processors.openapi``).
 
 ``GET /healthz`` is 200 while the worker folds, 503 otherwise: ``{"status": "ok" | "starting"
@@ -383,6 +388,7 @@ class ReadApi:
                 web.get("/v1/partitions", self.partitions),
                 web.get("/v1/changes", self.changes),
                 web.get("/v1/members", self.members),
+                web.get("/v1/advice", self.advice),
                 web.get("/healthz", self.healthz),
                 web.get("/livez", self.livez),
                 web.get("/readyz", self.readyz),
@@ -1175,6 +1181,14 @@ class ReadApi:
                 "standbys": [] if standby is None else standby.report(),
             }
         )  # fmt: skip
+
+    @_params()
+    async def advice(self, request: web.Request) -> web.Response:
+        """The scaling advice and the counters it comes from (``processors.advisor``)."""
+        advisor = self.m.advisor
+        if advisor is None:
+            return _error(404, "scaling advice is off on this worker (advice_interval_s None)")
+        return web.json_response(await advisor.report())
 
     @_params()
     async def healthz(self, request: web.Request) -> web.Response:

@@ -172,6 +172,13 @@ class WorkerConfig:
     #: (``processors.mirror``). None: no mirror. May hold a password: never printed.
     schema_registry_url: str | None = field(default=None, repr=False)
 
+    #: How often the worker computes its scaling advice (``processors.advisor``: the load over
+    #: the interval, its peers' too) and sets ``lukhas_desired_workers``. None: never.
+    advice_interval_s: float | None = 15.0
+    #: How long ``lukhas_desired_workers`` waits, once the load needs fewer workers, before it
+    #: says so: no higher figure for this long (scaling up is at once).
+    advice_cooldown_s: float = 300.0
+
     def event_codec(self) -> EventCodec:
         """The event codec of this worker: the shipped schemas and those of ``schema_dir``
         (``SchemaFileError`` when one is not usable). One per directory, shared."""
@@ -214,6 +221,15 @@ class WorkerConfig:
                 "coalesce_changes needs exactly_once: at least once, a round can be left half "
                 "published by a crash, and half a coalesced round is a state no prefix of the "
                 "WAL has (a restore from the change topic would take it)"
+            )
+        interval = self.advice_interval_s
+        if interval is not None and not 0 < interval <= 86_400:
+            raise InvalidWorkerConfigError(
+                f"advice_interval_s must be over 0 and at most a day, got {interval}"
+            )
+        if not 0 <= self.advice_cooldown_s <= 86_400:
+            raise InvalidWorkerConfigError(
+                f"advice_cooldown_s must be 0 to a day, got {self.advice_cooldown_s}"
             )
         if self.checkpoint_keep < 1:
             raise InvalidWorkerConfigError(

@@ -35,6 +35,8 @@ from typing import Any
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
+from lukhas_context.processors.advice import WorkerSample
+from lukhas_context.processors.advisor import Advisor
 from lukhas_context.processors.assignment import Assignment
 from lukhas_context.processors.checkpointer import Checkpointer
 from lukhas_context.processors.clock import LogClock, Skew, SkewReporter, probe_forever
@@ -63,6 +65,7 @@ from lukhas_context.state.memory import MemoryBudget, resident_bytes
 from lukhas_context.state.store import PartitionStore
 from lukhas_context.streams import kafka
 from lukhas_context.streams.admin import ensure_topics, partition_count
+from lukhas_context.streams.config import bearer_headers
 from lukhas_context.streams.exceptions import AdminError
 from lukhas_context.streams.health import explained
 
@@ -80,6 +83,8 @@ FETCH_WAIT_MS = 100
 MEMORY_NEAR = 0.9
 #: How long fetching pauses while resident memory is over the budget.
 MEMORY_PAUSE_S = 0.1
+#: How long the scaling advice waits for the brokers' WAL ends (``advice_sample``).
+END_OFFSETS_TIMEOUT_S = 5.0
 #: The over-budget warning is logged at most this often.
 MEMORY_WARN_S = 30.0
 
@@ -119,6 +124,13 @@ class Materializer:
         self.clock = LogClock()
         self._skew = SkewReporter(self.clock, config.clock_skew_warn_s)
         self._probing: asyncio.Task[None] | None = None
+        #: The scaling advice (``processors.advisor``; None: ``advice_interval_s`` is None).
+        self.advisor = None if config.advice_interval_s is None else Advisor(
+            self.metrics, self.advice_sample, self._peer_urls, lambda: self.partition_count,
+            interval_s=config.advice_interval_s, cooldown_s=config.advice_cooldown_s,
+            headers=bearer_headers(config.api_token),
+        )  # fmt: skip
+        self._advising: asyncio.Task[None] | None = None
         #: The periodic prune in progress (``WorkerConfig.prune_interval_s``), if any.
         self._pruning: asyncio.Task[dict[int, int]] | None = None
         self.metrics.clock_skew.set_function(lambda: _seconds(self.clock.skew().skew_ms))
@@ -194,6 +206,44 @@ class Materializer:
         """Where this worker's checkpoints are (``Checkpointer.checkpoints``)."""
         return self.checkpointer.checkpoints
 
+    async def advice_sample(self) -> WorkerSample:
+        """This worker's counters now, for the scaling advice (``processors.advice``): the WAL
+        end and next offset of each partition it folds, the seconds spent in rounds, the read
+        requests answered, resident memory and budget.
+
+        The ends are asked of the brokers (one ListOffsets per leader, at most
+        ``END_OFFSETS_TIMEOUT_S``): the fetcher's high watermark is not fresh while the worker
+        falls behind (it fetches again only once it has folded what it holds), which is when
+        the advice matters. When the brokers do not answer, the fetcher's is used."""
+        nexts = {p: store.next_offset for p, store in list(self.stores.items())}
+        ends = await self._end_offsets(list(nexts))
+        m = self.metrics
+        return WorkerSample(
+            time.monotonic(), ends, nexts, m.busy_seconds(), m.requests_answered(),
+            resident_bytes=resident_bytes() or None,
+            budget_bytes=None if self.memory is None else self.memory.total,
+        )  # fmt: skip
+
+    async def _end_offsets(self, partitions: list[int]) -> dict[int, int]:
+        consumer = self.assignment.consumer
+        topic = self.config.topics.events
+        if consumer is not None and partitions:
+            tps = [TopicPartition(topic, p) for p in partitions]
+            try:
+                ends = await asyncio.wait_for(consumer.end_offsets(tps), END_OFFSETS_TIMEOUT_S)
+                return {tp.partition: int(end) for tp, end in ends.items()}
+            except (KafkaError, TimeoutError, AssertionError) as exc:
+                log.info("WAL ends for the scaling advice not read (%r): the fetcher's", exc)
+        found = {p: self.highwater(p) for p in partitions}
+        return {p: end for p, end in found.items() if end is not None}
+
+    def _peer_urls(self) -> list[str]:
+        """The other members' API URLs (as workers reach them), from the routing table. This
+        worker is told apart by its API URL: a member's id there is the group's, not ours."""
+        me = self.config.api_url
+        urls = [m.forward_url for m in self.membership.members() if m.api != me]
+        return list(dict.fromkeys(urls))
+
     # ---- lifecycle ----
 
     async def start(self) -> None:
@@ -263,6 +313,8 @@ class Materializer:
                     cfg.clock_probe_interval_s,
                 )
             )  # fmt: skip
+        if self.advisor is not None:
+            self._advising = asyncio.create_task(self.advisor.run())
         self.running = True
 
     async def _start_mirror(self, url: str) -> Mirror:
@@ -308,6 +360,13 @@ class Materializer:
         await self.sweeper.close()
         if self.toucher is not None:
             await self.toucher.close()
+        if self._advising is not None:  # before the consumer it asks the WAL's ends with
+            self._advising.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._advising
+            self._advising = None
+        if self.advisor is not None:
+            await self.advisor.close()
         consumer = self.assignment.consumer
         if consumer is not None:
             await self._commit_offsets()

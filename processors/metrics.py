@@ -286,6 +286,24 @@ class WorkerMetrics:
             "--round-budget-ms) or memory (over --memory-budget)",
             ["reason"], registry=r,
         )  # fmt: skip
+        # Scaling advice (processors.advisor).
+        self.desired_workers = Gauge(
+            "lukhas_desired_workers",
+            "Workers the group's load needs, capped at the WAL's partitions: up at once, down "
+            "only after the advice cool-down with no higher figure (what an autoscaler reads)",
+            registry=r,
+        )
+        self.advice_needed = Gauge(
+            "lukhas_advice_needed_workers",
+            "Workers the load of the last advice interval needs, before the cool-down and the "
+            "partition cap",
+            registry=r,
+        )
+        self.advice_partition_limited = Gauge(
+            "lukhas_advice_partition_limited",
+            "1 when the load needs more workers than the WAL has partitions (add partitions)",
+            registry=r,
+        )
         self.expires_refused_early = Counter(
             "lukhas_expire_events_early",
             "Expire events the sweeper appended that the log stamped before the expiry "
@@ -314,6 +332,19 @@ class WorkerMetrics:
     def request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.http_requests.labels(method, route, str(status)).inc()
         self.http_seconds.labels(route).observe(seconds)
+
+    def busy_seconds(self) -> float:
+        """Seconds spent in rounds so far (``lukhas_batch_seconds_sum``)."""
+        return self.registry.get_sample_value("lukhas_batch_seconds_sum") or 0.0
+
+    def requests_answered(self) -> float:
+        """Read API requests answered so far, every route and status."""
+        return sum(
+            sample.value
+            for family in self.http_requests.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        )
 
     def names(self) -> Sequence[str]:
         """Every sample name this worker exports (``_total``, ``_bucket``... included),

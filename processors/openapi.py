@@ -252,6 +252,20 @@ def document(version: str) -> dict[str, Any]:
                     tags=("cluster",),
                 ),
             },
+            "/v1/advice": {
+                "get": _operation(
+                    "Scaling advice: the workers the group's load needs, and this worker's "
+                    "counters it comes from.",
+                    _json(
+                        {"type": "object"},
+                        "sample, load, advice, desired_workers, peers_answered, interval_s, "
+                        "cooldown_s",
+                    ),
+                    (),
+                    (400, 404),
+                    tags=("cluster",),
+                ),
+            },
             "/v1/changes": {
                 "get": _operation(
                     "The change stream as server-sent events (Last-Event-ID resumes).",

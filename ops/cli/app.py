@@ -6,6 +6,7 @@ import logging
 
 import click
 
+from lukhas_context.ops.cli.advise import advise_command
 from lukhas_context.ops.cli.checkpoint import checkpoint
 from lukhas_context.ops.cli.cluster import demo, down, status, up
 from lukhas_context.ops.cli.dlq import dlq
@@ -46,7 +47,7 @@ def cli(ctx: click.Context, verbose: int) -> None:
 
 for _command in (up, down, status, demo, worker, restore, put, patch, touch, delete, get, ls,
                  outcome, history, watch, checkpoint, transactions, topics, verify, inspect,
-                 replay, wal, dlq, lock):  # fmt: skip
+                 replay, wal, dlq, lock, advise_command):  # fmt: skip
     cli.add_command(_command)
 
 

@@ -125,6 +125,11 @@ def _registry_url(_ctx: click.Context, _param: click.Parameter, value: str | Non
               envvar="LUKHAS_SCHEMA_DIR",
               help="Newer writer schemas (ContextEvent.vN.avsc) to decode too "
                    "[env LUKHAS_SCHEMA_DIR].")  # fmt: skip
+@_opt("--advice-interval", params.Seconds(0.0, 86_400.0, open_low=True), 15.0,
+      "Compute the scaling advice (lukhas_desired_workers) every SECONDS.")  # fmt: skip
+@_opt("--advice-cooldown", params.Seconds(0.0, 86_400.0), 300.0,
+      "SECONDS lukhas_desired_workers waits with no higher figure before it goes down "
+      "(up is at once).")  # fmt: skip
 @_opt("--prune-interval", params.Seconds(1.0, 7 * 86_400.0), None,
       "Every SECONDS, delete the WAL records no restore path needs (as `wal prune`).")  # fmt: skip
 @click.option("--dedupe-window", type=click.IntRange(1, 100_000_000), default=None,

@@ -547,3 +547,30 @@ def test_a_bad_ttl_policy_is_a_usage_error(
     result = CliRunner().invoke(cli, argv, env=env)
     assert result.exit_code == 2, result.output
     assert says in result.output
+
+
+def test_advise_without_a_cluster_or_with_its_api_down_prints_one_line(
+    lukhas: Callable[..., Any],
+) -> None:
+    for args in (("advise",), ("advise", "--json")):
+        line = _one_line(lukhas(*args), 1, "lukhas: error: no read API: pass --api")
+        assert "no cluster in" in line
+    api = f"http://127.0.0.1:{_dead_port()}"
+    done = lukhas("advise", "--api", api, "--interval", "0.2")
+    line = _one_line(done, 1, "lukhas: error: cannot reach a worker's read API at ")
+    assert api in line and "Traceback" not in done.stderr and done.stdout == ""
+    usage = lukhas("advise", "--interval", "0")
+    _one_line(usage, 2, "lukhas: usage error: ")
+
+
+def test_the_worker_takes_its_advice_interval_and_cooldown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    default = _worker_config_of((), {}, "LUKHAS_API_URL", tmp_path, monkeypatch)
+    assert (default.advice_interval_s, default.advice_cooldown_s) == (15.0, 300.0)
+    args = ("--advice-interval", "5", "--advice-cooldown", "0")
+    config = _worker_config_of(args, {}, "LUKHAS_API_URL", tmp_path, monkeypatch)
+    assert (config.advice_interval_s, config.advice_cooldown_s) == (5.0, 0.0)
+    for bad in (("--advice-interval", "0"), ("--advice-cooldown", "-1")):
+        argv = ["worker", "--bootstrap", "b:1", "--state-dir", str(tmp_path), *bad]
+        assert CliRunner().invoke(cli, argv).exit_code == 2
