@@ -110,6 +110,8 @@ class WalWriter:
         #: (an ``acks=all`` write is slow while the in-sync replicas change, yet
         #: acknowledged).
         self.breakers = Breakers(config.breaker_policy)
+        #: When each breaker last counted a failure (``send``).
+        self._failed_at: dict[str, float] = {}
 
     @property
     def producer_started(self) -> bool:
@@ -194,6 +196,7 @@ class WalWriter:
         # One deadline for the whole call: the idempotent producer retries a batch no broker
         # acknowledges without end, and its start waits for a producer id.
         where = (lambda: None) if partition is not None else (lambda: [key])
+        started = time.monotonic()
         try:
             async with self.deadline(f"the WAL did not acknowledge {what} {event_id}", where):
                 producer = await self.producer()
@@ -201,9 +204,13 @@ class WalWriter:
                     producer, key, value, event_id, partition, what
                 )
         except PublishError as exc:
-            if _kafka_failed(exc):
+            # Writes that were all in flight when one failed saw one outage, not several: a
+            # failure counts only for a write sent after the last failure counted, so a
+            # burst of writes timing out together does not open the breaker by itself.
+            if _kafka_failed(exc) and started >= self._failed_at.get(breaker.name, -1.0):
                 breaker.record(False, error=str(exc))
-            else:  # the record's own fault (too large, refused): says nothing of Kafka
+                self._failed_at[breaker.name] = time.monotonic()
+            else:  # the record's own fault (too large, refused), or an outage counted
                 breaker.release()
             raise
         except BaseException:  # cancelled, or a bug: nothing to judge Kafka by

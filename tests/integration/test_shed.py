@@ -178,6 +178,14 @@ async def test_rebalances_while_fetching_pauses_apply_every_write_once(
             and len(a.materializer.stores) + len(b.materializer.stores) == PARTITIONS,
             "the two workers never shared the partitions", timeout=90,
         )  # fmt: skip
+
+        def b_paused() -> bool:
+            return bool(b.materializer.metrics.registry.get_sample_value(
+                "lukhas_fetch_paused_seconds_total", {"reason": "round"}
+            ))  # fmt: skip
+
+        # Its partitions appear before they fold: wait for a round of b's to have paused.
+        await _until(b_paused, "b never paused fetching", timeout=90)
         await b.stop()
         await serving_all(a)
         stop.set()

@@ -211,14 +211,20 @@ async def test_reads_over_the_budget_are_shed_and_the_probes_never_are(held: Any
         assert status == 503, (path, body)
         assert int(headers["Retry-After"]) >= 1
         assert orjson.loads(body)["type"] == "urn:lukhas:problem:overloaded"
+    # A plain point read on a fresh connection: the listener's fast path answers it, shed too.
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
+    writer.write(b"GET /v1/contexts/y HTTP/1.1\r\nHost: t\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 503") and b"Retry-After: " in head, head
     for path in ("/healthz", "/livez", "/metrics", "/v1/members", "/v1/openapi.json"):
         status, _, body = await _get(session, path)
         assert status == 200, (path, body)
     _, _, metrics = await _get(session, "/metrics")
     text = metrics.decode()
-    assert 'lukhas_reads_shed_total{route="/v1/contexts/{context_id}"} 2.0' in text  # fast too
+    assert 'lukhas_reads_shed_total{route="/v1/contexts/{context_id}"} 3.0' in text  # fast too
     assert 'lukhas_http_requests_total{method="GET",route="/v1/contexts/{context_id}",' \
-           'status="503"} 2.0' in text  # fmt: skip
+           'status="503"} 3.0' in text  # fmt: skip
     assert "lukhas_read_queue 3.0" in text
     release.set()
     for status, _, _ in await asyncio.gather(*waits):
@@ -289,7 +295,7 @@ async def test_a_pause_pauses_the_folding_partitions_and_resumes_them(
     paused_s = metrics.registry.get_sample_value(
         "lukhas_fetch_paused_seconds_total", {"reason": "round"}
     )
-    assert paused_s is not None and paused_s >= 0.1
+    assert paused_s is not None and paused_s >= 0.09
     begun = [r for r in caplog.records if "fetching paused" in r.getMessage()]
     ended = [r for r in caplog.records if "no longer paused" in r.getMessage()]
     assert len(begun) == 1 and len(ended) == 1  # once per episode

@@ -233,3 +233,19 @@ def test_each_wal_partition_has_its_own_breaker() -> None:
     assert writer.breaker_of(b"k").name == "kafka"  # no producer yet: the partitions unknown
     assert writer.breaker_of(b"k", 3).name == "kafka:3"
     assert writer.breaker_of(b"k", 3) is writer.breaker_of(b"j", 3)
+
+
+async def test_writes_failing_together_count_as_one_failure() -> None:
+    """Three writes in flight when Kafka fails saw one outage: the breaker counts one
+    failure and stays closed; three failing one after another open it (above)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = ClientConfig(f"127.0.0.1:{port}", timeout_s=1.0, request_timeout_s=0.5)
+    async with ContextClient(config) as client:
+        errors = await asyncio.gather(
+            *(client.put("c", DOC) for _ in range(3)), return_exceptions=True
+        )
+        assert all(isinstance(e, PublishError) for e in errors), errors
+        (shown,) = client.breakers()
+        assert (shown["endpoint"], shown["samples"], shown["state"]) == ("kafka", 1, "closed")
