@@ -65,6 +65,10 @@ MAX_RATE = 1e12
 #: fetch or two, is the fetcher's view of the end running ahead of the fold within a round.
 SATURATED_GROWTH = 0.05
 SATURATED_LAG_S = 1.0
+#: A worker that folded nothing is stalled (not idle) with at least this lag (records) or
+#: this many records coming per second: below, the lag is markers or aborted records.
+STALL_LAG_RECORDS = 1000
+STALL_RATE = 10.0
 #: The largest offset a sample may carry (Kafka's are signed 64-bit).
 MAX_OFFSET = 2**63 - 1
 #: The most partitions one sample carries (a peer's answer is not trusted to be small).
@@ -368,8 +372,11 @@ def _fold_units(load: WorkerLoad, p: Policy) -> tuple[float, bool]:
     busy, lag = _finite(load.busy, 1.0), _finite(load.lag)
     wanted = incoming + lag / p.drain_s
     if folded <= 0:
-        # Nothing folded: idle, or stalled with records waiting (capacity unknown).
-        return (1.0, True) if wanted > 0 else (0.0, False)
+        # Nothing folded: idle, or stalled with records waiting (capacity unknown). A lag of
+        # a few records with none coming is transaction markers (the WAL's end counts them,
+        # a store's next offset does not), or aborted records: idle, not stalled.
+        stalled = lag >= STALL_LAG_RECORDS or incoming >= STALL_RATE
+        return (1.0, True) if stalled else (0.0, False)
     units = wanted * busy / folded
     behind = incoming > folded * (1 + SATURATED_GROWTH) and lag > folded * SATURATED_LAG_S
     if behind:

@@ -71,6 +71,9 @@ class Advisor:
         self.interval_s = interval_s
         self.policy = policy
         self.stabilizer = Stabilizer(cooldown_s)
+        # Before the first figure: the least the group runs, never 0 (an autoscaler reading a
+        # fresh worker must not scale the group away).
+        metrics.desired_workers.set(policy.min_workers)
         self._headers = headers or {}
         self._previous: WorkerSample | None = None
         #: This worker's load over its last interval (None before it has two samples).
@@ -81,7 +84,9 @@ class Advisor:
         self._http: aiohttp.ClientSession | None = None
 
     async def step(self, now_s: float) -> Advice:
-        """One interval: sample, ask the peers, advise, export. Returns the advice."""
+        """One interval: sample, ask the peers, advise, export. Returns the advice. Nothing
+        is exported while the WAL's partition count is not known (before the first
+        assignment): an uncapped figure would be held for the whole cool-down."""
         current = await self.sample()
         if self._previous is not None:
             self.load = load_between(self._previous, current)
@@ -89,8 +94,11 @@ class Advisor:
         urls = self.peers()
         loads = await asyncio.gather(*(self._peer_load(url) for url in urls))
         self.answered = {url: load is not None for url, load in zip(urls, loads, strict=True)}
-        advice = advise([self.load, *loads], self.partitions(), self.policy)
+        partitions = self.partitions()
+        advice = advise([self.load, *loads], partitions, self.policy)
         self.advice = advice
+        if not partitions:
+            return advice
         m = self.metrics
         m.desired_workers.set(self.stabilizer.update(now_s, advice.desired))
         m.advice_needed.set(advice.needed)
@@ -114,25 +122,31 @@ class Advisor:
         timeout = aiohttp.ClientTimeout(total=max(0.5, min(5.0, self.interval_s / 2)))
         try:
             async with self._http.get(
-                url.rstrip("/") + ADVICE_PATH, headers=self._headers, timeout=timeout
-            ) as answer:
+                url.rstrip("/") + ADVICE_PATH, params={"sample": "0"}, headers=self._headers,
+                timeout=timeout,
+            ) as answer:  # fmt: skip
                 if answer.status != 200:
                     return None
-                body = await answer.content.read(MAX_ANSWER_BYTES + 1)
-            if len(body) > MAX_ANSWER_BYTES:
-                return None
+                # All of it, in however many pieces it comes (one read() returns what is
+                # buffered: a cut answer would count the peer as unknown), up to the cap.
+                body = bytearray()
+                async for chunk in answer.content.iter_chunked(64 * 1024):
+                    body += chunk
+                    if len(body) > MAX_ANSWER_BYTES:
+                        return None
             data = orjson.loads(body)
         except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError, ValueError):
             return None
         return WorkerLoad.from_dict(data.get("load")) if isinstance(data, dict) else None
 
-    async def report(self) -> dict[str, Any]:
+    async def report(self, fresh: bool = True) -> dict[str, Any]:
         """What ``GET /v1/advice`` answers: this worker's counters now (``sample``: two of
-        them a few seconds apart give a load, as ``lukhas advise`` takes it), its load over
-        its last interval, the group's last advice, the exported figure and the rule's
-        settings."""
+        them a few seconds apart give a load, as ``lukhas advise`` takes it; ``fresh`` False:
+        the last interval's, or None), its load over its last interval, the group's last
+        advice, the exported figure and the rule's settings."""
+        sample = await self.sample() if fresh else self._previous
         return {
-            "sample": (await self.sample()).to_dict(),
+            "sample": None if sample is None else sample.to_dict(),
             "load": None if self.load is None else self.load.to_dict(),
             "advice": None if self.advice is None else self.advice.to_dict(),
             "desired_workers": self.stabilizer.value,

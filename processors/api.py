@@ -1182,13 +1182,16 @@ class ReadApi:
             }
         )  # fmt: skip
 
-    @_params()
+    @_params("sample")
     async def advice(self, request: web.Request) -> web.Response:
-        """The scaling advice and the counters it comes from (``processors.advisor``)."""
+        """The scaling advice and the counters it comes from (``processors.advisor``);
+        ``sample=0``: the last sample, not a fresh one (what the peers ask: they read only
+        the load, and a fresh sample asks the brokers for the WAL's ends)."""
         advisor = self.m.advisor
         if advisor is None:
             return _error(404, "scaling advice is off on this worker (advice_interval_s None)")
-        return web.json_response(await advisor.report())
+        fresh = request.query.get("sample", "1") != "0"
+        return web.json_response(await advisor.report(fresh=fresh))
 
     @_params()
     async def healthz(self, request: web.Request) -> web.Response:

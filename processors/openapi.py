@@ -42,6 +42,11 @@ QUERY: dict[str, tuple[dict[str, Any], str]] = {
         "Page after this (exclusive): an offset (history) or a context id (listing).",
     ),
     "limit": ({"type": "integer", "minimum": 1}, "Entries (or events) at most."),
+    "sample": (
+        {"type": "string", "enum": ["0", "1"]},
+        "0: the last interval's counters, not fresh ones (a fresh sample asks the brokers "
+        "for the WAL's ends); what peers ask, as they read only the load.",
+    ),
     "context_id": ({"type": "string"}, "Only this context's changes."),
     "prefix": ({"type": "string"}, "Only changes of contexts whose id starts with this."),
     "start": (
@@ -261,7 +266,7 @@ def document(version: str) -> dict[str, Any]:
                         "sample, load, advice, desired_workers, peers_answered, interval_s, "
                         "cooldown_s",
                     ),
-                    (),
+                    ("sample",),
                     (400, 404),
                     tags=("cluster",),
                 ),

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from lukhas_context.ops.cli import params
 from lukhas_context.ops.cli.errors import fail, handle_errors
 from lukhas_context.ops.cli.options import api_option, data_dir_option
 from lukhas_context.ops.cli.output import print_json
@@ -32,7 +33,7 @@ __all__ = ["advise_command"]
     "Workers' read API URLs, comma-separated [env LUKHAS_API_URL; default: the data dir's "
     "cluster]; the group's other workers are found from them."
 )
-@click.option("--interval", type=click.FloatRange(0.2, 300), default=3.0, show_default=True,
+@click.option("--interval", type=params.Seconds(1.0, 300), default=3.0, show_default=True,
               help="Seconds between the two samples of each worker.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (only JSON on stdout).")
 @handle_errors

@@ -556,7 +556,7 @@ def test_advise_without_a_cluster_or_with_its_api_down_prints_one_line(
         line = _one_line(lukhas(*args), 1, "lukhas: error: no read API: pass --api")
         assert "no cluster in" in line
     api = f"http://127.0.0.1:{_dead_port()}"
-    done = lukhas("advise", "--api", api, "--interval", "0.2")
+    done = lukhas("advise", "--api", api, "--interval", "1")
     line = _one_line(done, 1, "lukhas: error: cannot reach a worker's read API at ")
     assert api in line and "Traceback" not in done.stderr and done.stdout == ""
     usage = lukhas("advise", "--interval", "0")

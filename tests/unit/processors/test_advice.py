@@ -299,3 +299,15 @@ def test_hostile_times_and_figures_are_bounded(now: float) -> None:
     assert s.update(112.0, 10**9) == MAX_WORKERS
     with pytest.raises(ValueError):
         Stabilizer(cooldown_s=math.nan)
+
+
+def test_an_idle_worker_with_a_few_records_of_lag_is_idle_not_stalled() -> None:
+    """The WAL's end counts transaction markers (and aborted records) that no store's next
+    offset passes: an idle worker whose last writes were transactions keeps a lag of a few
+    records with nothing coming. That is idle: one worker, not one stalled worker's share
+    per member, which grew the figure with every worker added (a review found 3 idle
+    workers advised 5)."""
+    markers = WorkerLoad(incoming=0, folded=0, busy=0.0, lag=3)
+    assert advise([markers], partitions=4).desired == 1
+    assert advise([markers] * 3, partitions=8).desired == 1
+    assert advise([WorkerLoad(incoming=0, folded=0, busy=0.0, lag=5000)], 4).desired == 2

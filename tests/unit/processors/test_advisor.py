@@ -153,6 +153,7 @@ async def test_the_worker_serves_its_advice_at_v1_advice(tmp_path: Path) -> None
     materializer = Materializer(config)
     api = ReadApi(materializer)
     assert materializer.advisor is not None
+    materializer.assignment.partition_count = 2  # no figure is exported before it is known
     await materializer.advisor.step(0.0)
     answer = await api.advice(make_mocked_request("GET", "/v1/advice"))
     body = orjson.loads(answer.body)  # type: ignore[arg-type]
@@ -162,3 +163,22 @@ async def test_the_worker_serves_its_advice_at_v1_advice(tmp_path: Path) -> None
     answer = await off.advice(make_mocked_request("GET", "/v1/advice"))
     assert answer.status == 404
     await materializer.advisor.close()
+
+
+async def test_nothing_is_exported_before_the_partitions_are_known_and_never_zero() -> None:
+    """Before the first assignment (no partition count: no cap) the gauge holds the least
+    the group runs, not 0 and not an uncapped figure that the cool-down would keep."""
+    metrics = WorkerMetrics()
+    partitions = [0]
+    advisor = Advisor(
+        metrics, Samples(folds=1000, busy=0.1), list, lambda: partitions[0], interval_s=20,
+        cooldown_s=300,
+    )  # fmt: skip
+    assert gauge(metrics, "lukhas_desired_workers") == 1.0
+    await advisor.step(0.0)
+    assert gauge(metrics, "lukhas_desired_workers") == 1.0
+    assert advisor.stabilizer.value is None
+    partitions[0] = 4
+    await advisor.step(1.0)
+    assert advisor.stabilizer.value is not None
+    await advisor.close()
