@@ -82,6 +82,15 @@ context or an outcome of a partition another worker serves is forwarded to it (o
 marked with ``X-Lukhas-Forwarded-By``; the answer carries ``X-Lukhas-Served-By``); a forwarded
 request for a partition the receiver does not serve either is 421 at once.
 
+``GET /v1/cluster`` is the cluster as this worker sees it (``processors.overview``):
+``{"api", "partition_count", "workers": [{"api", "member", "reachable", "error", "status",
+"partitions": [{"partition", "next_offset", "end", "lag", "digest", "documents",
+"opened_from"}], "restoring", "standbys"}], "partitions": [{"partition", "owner",
+"next_offset", "end", "lag", "digest", "restoring", "standbys", "digests"}]}`` — each other
+member asked for its own view at once, one that does not answer listed with
+``"reachable": false`` and why; ``digests`` says whether the copies at the owner's position
+agree (``equal``, ``differ``, ``behind``, ``single``, ``unknown``).
+
 ``GET /v1/openapi.json`` is this API as OpenAPI 3.1 (``processors.openapi``).
 
 ``GET /healthz`` is 200 while the worker folds, 503 otherwise: ``{"status": "ok" | "starting"
@@ -149,8 +158,15 @@ from lukhas_context.processors.listing import (
     start_after,
 )
 from lukhas_context.processors.materializer import Materializer
+from lukhas_context.processors.members import Member
 from lukhas_context.processors.metrics import PROMETHEUS_CONTENT_TYPE
 from lukhas_context.processors.openapi import document as openapi_document
+from lukhas_context.processors.overview import (
+    PEER_TIMEOUT_S,
+    replicas,
+    unreachable,
+    worker_view,
+)
 from lukhas_context.processors.pointintime import parse_as_of, read_context
 from lukhas_context.processors.problems import bad_request, problem, problem_middleware
 from lukhas_context.processors.round import reused_event_id
@@ -381,6 +397,7 @@ class ReadApi:
                 web.get("/readyz", self.readyz),
                 web.get("/metrics", self.metrics),
                 web.get("/v1/openapi.json", self.openapi),
+                web.get("/v1/cluster", self.cluster),
             ]
         )
         #: States as of a point of the log (``?as_of=``), built on request.
@@ -550,6 +567,50 @@ class ReadApi:
                 "members": [member.to_dict() for member in membership.members()],
             }
         )
+
+    @_params()
+    async def cluster(self, request: web.Request) -> web.Response:
+        """The cluster as this worker sees it (``processors.overview``): every member's own
+        view, asked at once, and every partition's owner, lag and digests; a forwarded
+        request is answered with this worker's view alone."""
+        m = self.m
+        workers = [worker_view(m)]
+        if not request.headers.get(FORWARDED_HEADER):
+            others = [x for x in m.membership.members() if x.api != m.config.api_url]
+            workers += await asyncio.gather(*(self._peer_view(x) for x in others))
+        count = m.partition_count
+        owners = {p: o.api for p in range(count) if (o := m.membership.owner(p)) is not None}
+        return web.json_response(
+            {
+                "api": m.config.api_url,
+                "partition_count": count,
+                "workers": workers,
+                "partitions": replicas(count, owners, workers),
+            }
+        )
+
+    async def _peer_view(self, member: Member) -> dict[str, Any]:
+        """``member``'s own view (its ``/v1/cluster``, forwarded), or an unreachable entry
+        saying why there is none."""
+        url = member.forward_url.rstrip("/") + "/v1/cluster"
+        headers = {FORWARDED_HEADER: self.m.config.api_url, **self._peer_headers}
+        try:
+            async with self._peers().get(
+                url, headers=headers, timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)
+            ) as answer:
+                if answer.status != 200:
+                    return unreachable(member, f"its /v1/cluster answered {answer.status}")
+                view = orjson.loads(await answer.read())["workers"][0]
+        except TimeoutError:
+            return unreachable(member, f"no answer within {PEER_TIMEOUT_S:g} s")
+        except aiohttp.ClientError as e:
+            return unreachable(member, f"{type(e).__name__}: {e}")
+        except (ValueError, KeyError, IndexError, TypeError):
+            return unreachable(member, "its answer is not a cluster view")
+        lists = ("partitions", "restoring", "standbys")
+        if not isinstance(view, dict) or not all(isinstance(view.get(k), list) for k in lists):
+            return unreachable(member, "its answer is not a cluster view")
+        return view
 
     async def _store_of_context(
         self, request: web.Request, key: bytes

@@ -229,6 +229,15 @@ def document(version: str) -> dict[str, Any]:
                     tags=("cluster",),
                 ),
             },
+            "/v1/cluster": {
+                "get": _operation(
+                    "The cluster as this worker sees it: every member's partitions, lag, "
+                    "restores and standbys (an unreachable one says so), and whether each "
+                    "partition's copies agree on its digest.",
+                    _json({"type": "object"}, "api, partition_count, workers, partitions"),
+                    tags=("cluster",),
+                ),
+            },
             "/v1/changes": {
                 "get": _operation(
                     "The change stream as server-sent events (Last-Event-ID resumes).",
