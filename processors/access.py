@@ -4,9 +4,11 @@
   ``LUKHAS_API_TOKEN``). When set, every request but the probes (``OPEN_PATHS``: a
   kubelet or a load balancer has no token) carries ``Authorization: Bearer TOKEN``; one
   without it, or with another, is a 401 problem with ``WWW-Authenticate: Bearer`` (RFC
-  6750), compared in constant time. Workers send it to each other when they forward, and
-  the client sends ``ClientConfig.api_token``. The listener's fast path is off then: it does
-  not read ``Authorization``, so every read goes through this check.
+  6750), compared in constant time. The console's static pages (``/console``) answer without
+  one too: they hold no data, and the calls their script makes carry the token. Workers send
+  it to each other when they forward, and the client sends ``ClientConfig.api_token``. The
+  listener's fast path is off then: it does not read ``Authorization``, so every read goes
+  through this check.
 * **CORS** (``WorkerConfig.cors_origins``; ``--cors-origin``). An answer to a request from
   an origin on the list (or any, with ``*``) says so (``Access-Control-Allow-Origin``, and
   the headers a page may read); a preflight (``OPTIONS`` with
@@ -23,6 +25,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 
+from lukhas_context.processors.console import is_console_path
 from lukhas_context.processors.exceptions import InvalidWorkerConfigError
 from lukhas_context.processors.problems import problem
 
@@ -76,7 +79,11 @@ def token_middleware(token: str) -> Callable[..., Awaitable[web.StreamResponse]]
     async def require_token(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if request.path in OPEN_PATHS or request.method == "OPTIONS":
+        if (
+            request.path in OPEN_PATHS
+            or request.method == "OPTIONS"
+            or is_console_path(request.path)
+        ):
             return await handler(request)
         given = request.headers.get("Authorization")
         if given is None:

@@ -91,6 +91,9 @@ member asked for its own view at once, one that does not answer listed with
 ``"reachable": false`` and why; ``digests`` says whether the copies at the owner's position
 agree (``equal``, ``differ``, ``behind``, ``single``, ``unknown``).
 
+``GET /console`` is the operators' console (``processors.console``): static pages, bundled
+with the package, that use only the routes above.
+
 ``GET /v1/openapi.json`` is this API as OpenAPI 3.1 (``processors.openapi``).
 
 ``GET /healthz`` is 200 while the worker folds, 503 otherwise: ``{"status": "ok" | "starting"
@@ -146,6 +149,7 @@ from aiohttp.http import SERVER_SOFTWARE
 from lukhas_context import __version__
 from lukhas_context.processors.access import Cors, token_middleware
 from lukhas_context.processors.asof import AsOfStates
+from lukhas_context.processors.console import console_routes
 from lukhas_context.processors.exceptions import NotOwnerError
 from lukhas_context.processors.fold import MAX_ID_BYTES, apply, dead_letter_reason, is_barrier
 from lukhas_context.processors.listener import Listener
@@ -400,6 +404,8 @@ class ReadApi:
                 web.get("/v1/cluster", self.cluster),
             ]
         )
+        #: The operators' console: static pages that use the routes above (``processors.console``).
+        self.app.add_routes(console_routes())
         #: States as of a point of the log (``?as_of=``), built on request.
         self.as_of = AsOfStates(materializer.config)
         #: ``lukhas verify``'s frozen copies of stores (``processors.verify_api``).

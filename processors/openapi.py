@@ -238,6 +238,38 @@ def document(version: str) -> dict[str, Any]:
                     tags=("cluster",),
                 ),
             },
+            "/console": {
+                "get": _operation(
+                    "The operators' console (a page that uses this API; no token needed).",
+                    {
+                        "description": "The console's page.",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    },
+                    tags=("console",),
+                ),
+            },
+            "/console/{asset}": {
+                "parameters": [
+                    _path_parameter(
+                        "asset",
+                        {"type": "string", "enum": ["console.js", "console.css", "icon.svg"]},
+                        "One of the console's files.",
+                    )
+                ],
+                "get": _operation(
+                    "A file of the console (its script or style sheet).",
+                    {
+                        "description": "The file.",
+                        "content": {
+                            "text/javascript": {"schema": {"type": "string"}},
+                            "text/css": {"schema": {"type": "string"}},
+                            "image/svg+xml": {"schema": {"type": "string"}},
+                        },
+                    },
+                    errors=(404,),
+                    tags=("console",),
+                ),
+            },
             "/v1/changes": {
                 "get": _operation(
                     "The change stream as server-sent events (Last-Event-ID resumes).",

@@ -1,0 +1,325 @@
+// The LUKHAS Context console: one script, no framework, no build step (processors/console.py).
+//
+// It reads the cluster through the worker's public HTTP API only (/v1/...). Every value from
+// the API -- context ids, documents, reasons, URLs -- reaches the page as text: nodes are made
+// with document.createElement and filled with append(string) / textContent, never innerHTML.
+// The Content-Security-Policy the worker sends allows this file and nothing inline.
+"use strict";
+
+(function () {
+  const TOKEN_KEY = "lukhas-console-token";
+  const POLL_MS = 2000;
+  const PAGE = 50;
+  const HISTORY_PAGE = 100;
+
+  // Bumped by every view change: a view's pending work (a poll, a page) stops when it moved on.
+  let generation = 0;
+  let timer = null;
+
+  const view = () => document.getElementById("view");
+  const status = (text, kind) => {
+    const node = document.getElementById("status");
+    node.textContent = text || "";
+    node.className = kind || "";
+  };
+
+  // el("td", {class: "num"}, "text", otherNode): attributes set one by one, children as text.
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs || {})) {
+      if (name === "class") node.className = value;
+      else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+      else node.setAttribute(name, value);
+    }
+    for (const child of children) {
+      if (child === null || child === undefined) continue;
+      node.append(child instanceof Node ? child : String(child));
+    }
+    return node;
+  }
+
+  function table(caption, headings, rows) {
+    const head = el("tr", {}, ...headings.map((h) => el("th", { scope: "col" }, h)));
+    const body = el("tbody", {}, ...rows);
+    // A table wider than a phone scrolls inside its own box, reachable by the keyboard.
+    return el("div", { class: "scroll", tabindex: "0", role: "region", "aria-label": caption },
+      el("table", {}, el("caption", { class: "sr-only" }, caption), el("thead", {}, head), body));
+  }
+
+  const num = (value) => el("td", { class: "num" }, value === null || value === undefined ? "—" : value);
+  const when = (ms) => (ms === null || ms === undefined ? "never" : new Date(ms).toISOString());
+  const contextHref = (id) => "#/context/" + encodeURIComponent(id);
+
+  class ApiError extends Error {
+    constructor(status, detail) {
+      super(detail);
+      this.status = status;
+    }
+  }
+
+  // GET a path of the API (relative to the console's page); the parsed JSON, or an ApiError
+  // whose message is the problem's detail.
+  async function api(path) {
+    const headers = {};
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (token) headers.Authorization = "Bearer " + token;
+    let response;
+    try {
+      response = await fetch(path, { headers, cache: "no-store" });
+    } catch (e) {
+      throw new ApiError(0, "the worker did not answer (" + e.message + ")");
+    }
+    const text = await response.text();
+    let body = null;
+    try {
+      body = JSON.parse(text);
+    } catch (e) {
+      body = null;
+    }
+    if (!response.ok) {
+      let detail = body && typeof body.detail === "string" ? body.detail : text.slice(0, 300);
+      if (response.status === 401) detail += " (enter the API token above)";
+      throw new ApiError(response.status, response.status + ": " + detail);
+    }
+    return body;
+  }
+
+  // ---- Cluster ------------------------------------------------------------------------------
+
+  function renderCluster(data) {
+    const workers = data.workers.map((w) => el("tr", {},
+      el("td", { class: "mono" }, w.api),
+      el("td", { class: w.reachable ? (w.status === "ok" ? "good" : "warn") : "error" }, w.status),
+      el("td", {}, w.partitions.map((p) => p.partition).join(", ") || "—"),
+      el("td", { class: w.restoring.length ? "warn" : "" }, w.restoring.join(", ") || "—"),
+      el("td", {}, w.standbys.map((s) => s.partition).join(", ") || "—"),
+      el("td", { class: w.error ? "error" : "muted" }, w.error || "—")));
+    const verdictClass = { equal: "good", single: "muted", behind: "warn", differ: "error", unknown: "warn" };
+    const partitions = data.partitions.map((p) => el("tr", {},
+      num(p.partition),
+      el("td", { class: p.owner ? "mono" : "error" }, p.owner || "unowned"),
+      num(p.next_offset), num(p.end), num(p.lag),
+      el("td", { class: "mono" }, p.digest || "—"),
+      el("td", { class: verdictClass[p.digests] || "" }, p.digests),
+      el("td", { class: "mono" },
+        p.standbys.map((s) => s.api + " @" + s.next_offset).join("; ") || "—"),
+      el("td", { class: p.restoring.length ? "warn" : "" },
+        p.restoring.length ? "restoring on " + p.restoring.join(", ") : "—")));
+    const down = data.workers.filter((w) => !w.reachable).length;
+    const restoring = data.partitions.filter((p) => p.restoring.length).length;
+    const summary = data.workers.length + " worker(s), " + data.partition_count + " partition(s)" +
+      (down ? ", " + down + " not answering" : "") +
+      (restoring ? ", " + restoring + " restoring" : "") +
+      "; updated " + new Date().toLocaleTimeString();
+    return [
+      el("p", { id: "cluster-summary", class: down ? "error" : "" }, summary),
+      el("h2", {}, "Workers"),
+      table("Workers", ["Worker", "Status", "Serves", "Restoring", "Standbys", "Error"], workers),
+      el("h2", {}, "Partitions"),
+      table("Partitions",
+        ["Partition", "Owner", "Next offset", "WAL end", "Lag", "Digest", "Copies' digests",
+          "Standby copies", "Restore"], partitions),
+    ];
+  }
+
+  function showCluster(mine) {
+    const root = view();
+    root.replaceChildren(el("h1", { tabindex: "-1" }, "Cluster"),
+      el("p", { class: "muted" }, "As the worker serving this page sees it; refreshed every 2 s."),
+      el("div", { id: "cluster" }));
+    const poll = async () => {
+      try {
+        const data = await api("v1/cluster");
+        if (mine !== generation) return;
+        document.getElementById("cluster").replaceChildren(...renderCluster(data));
+        status("");
+      } catch (e) {
+        if (mine !== generation) return;
+        // The last tables stay: what was known, with why it is not newer.
+        status("Cluster: " + e.message, "error");
+      }
+      if (mine === generation) timer = setTimeout(poll, POLL_MS);
+    };
+    poll();
+  }
+
+  // ---- Contexts -----------------------------------------------------------------------------
+
+  function showContexts(mine, params) {
+    const prefix = params.get("prefix");
+    const input = el("input", { id: "prefix", type: "search", name: "prefix", autocomplete: "off",
+      spellcheck: "false" });
+    input.value = prefix || "";
+    const form = el("form", { class: "search", role: "search" },
+      el("label", { for: "prefix" }, "Id prefix"), input, el("button", { type: "submit" }, "Search"));
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      location.hash = "#/contexts?prefix=" + encodeURIComponent(input.value);
+    });
+    const results = el("div", { id: "results" });
+    view().replaceChildren(el("h1", { tabindex: "-1" }, "Contexts"), form, results);
+    if (prefix !== null) listPage(mine, prefix, null, results);
+  }
+
+  async function listPage(mine, prefix, after, results) {
+    let path = "v1/contexts?limit=" + PAGE + "&prefix=" + encodeURIComponent(prefix);
+    if (after !== null) path += "&after=" + encodeURIComponent(after);
+    let data;
+    try {
+      data = await api(path);
+    } catch (e) {
+      if (mine === generation) results.append(el("p", { class: "error" }, "Listing: " + e.message));
+      return;
+    }
+    if (mine !== generation) return;
+    if (data.incomplete.length) {
+      results.append(el("p", { class: "warn" }, "Partitions " + data.incomplete.join(", ") +
+        " did not answer (restoring, unowned, or their worker is down): contexts there are " +
+        "not listed."));
+    }
+    if (!data.contexts.length && after === null) {
+      results.append(el("p", {}, "No live context has an id starting with \u201c" + prefix + "\u201d."));
+      return;
+    }
+    const rows = data.contexts.map((c) => el("tr", {},
+      el("td", {}, el("a", { href: contextHref(c.context_id) }, c.context_id)),
+      num(c.version), num(c.partition), el("td", {}, when(c.expires_at_ms))));
+    results.append(table(after === null ? "Contexts" : "Contexts after " + after,
+      ["Context id", "Version", "Partition", "Expires"], rows));
+    if (data.more) {
+      const next = el("button", { type: "button" }, "Next " + PAGE);
+      next.addEventListener("click", () => {
+        next.remove();
+        listPage(mine, prefix, data.next_after, results);
+      });
+      results.append(next);
+    }
+  }
+
+  // ---- One context --------------------------------------------------------------------------
+
+  function showContext(mine, id) {
+    const current = el("section", { id: "current", "aria-label": "Current state" });
+    const history = el("section", { id: "history", "aria-label": "History" });
+    view().replaceChildren(
+      el("p", {}, el("a", { href: "#/contexts?prefix=" + encodeURIComponent(id) }, "\u2190 Contexts")),
+      el("h1", { tabindex: "-1" }, "Context ", el("code", { id: "context-id" }, id)),
+      current, history);
+    loadCurrent(mine, id, current);
+    history.append(el("h2", {}, "History"));
+    historyPage(mine, id, null, history);
+  }
+
+  async function loadCurrent(mine, id, section) {
+    let c;
+    try {
+      c = await api("v1/contexts/" + encodeURIComponent(id));
+    } catch (e) {
+      if (mine !== generation) return;
+      const text = e.status === 404
+        ? "No live context has this id (never written, deleted, or expired); its history follows."
+        : "Reading it: " + e.message;
+      section.append(el("p", { class: e.status === 404 ? "warn" : "error" }, text));
+      return;
+    }
+    if (mine !== generation) return;
+    const facts = [["Version", c.version], ["Checksum", c.checksum], ["Expires", when(c.expires_at_ms)],
+      ["Partition", c.partition], ["Offset", c.offset]];
+    section.append(
+      el("dl", { class: "facts" }, ...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
+      el("h2", {}, "Document"),
+      // The document is shown as JSON text: whatever it holds is never markup here.
+      el("pre", { class: "doc", id: "document", tabindex: "0" }, JSON.stringify(c.doc, null, 2)));
+  }
+
+  async function historyPage(mine, id, after, section) {
+    let path = "v1/contexts/" + encodeURIComponent(id) + "/history?limit=" + HISTORY_PAGE;
+    if (after !== null) path += "&after=" + after;
+    let h;
+    try {
+      h = await api(path);
+    } catch (e) {
+      if (mine === generation) section.append(el("p", { class: "error" }, "History: " + e.message));
+      return;
+    }
+    if (mine !== generation) return;
+    if (after === null) {
+      const notes = [];
+      if (h.pruned_below) notes.push("entries below offset " + h.pruned_below + " were pruned with the WAL");
+      if (h.covered_from === null) notes.push("the history index has no entries yet");
+      else notes.push("the index holds every record from offset " + h.covered_from);
+      section.append(el("p", { class: "muted" }, "Partition " + h.partition + "; " + notes.join("; ") + "."));
+      if (!h.events.length) {
+        section.append(el("p", {}, "No event of this context is in the history."));
+        return;
+      }
+    }
+    const outcomeClass = { applied: "good", duplicate: "muted" };
+    const rows = h.events.map((e) => el("tr", {},
+      num(e.offset),
+      el("td", { class: outcomeClass[e.status] || "error" }, e.status),
+      num(e.version === null ? e.duplicate_of : e.version),
+      el("td", {}, e.status === "duplicate" ? "a retry of version " + e.duplicate_of : e.reason || "—")));
+    section.append(table("Events", ["Offset", "Outcome", "Version", "Reason"], rows));
+    if (h.more) {
+      const next = el("button", { type: "button" }, "Later events");
+      next.addEventListener("click", () => {
+        next.remove();
+        historyPage(mine, id, h.events[h.events.length - 1].offset, section);
+      });
+      section.append(next);
+    }
+  }
+
+  // ---- Routing and the token ----------------------------------------------------------------
+
+  function route(moveFocus) {
+    generation += 1;
+    clearTimeout(timer);
+    status("");
+    const mine = generation;
+    const hash = location.hash || "#/cluster";
+    const [path, query] = hash.slice(1).split(/\?(.*)/s);
+    const params = new URLSearchParams(query || "");
+    let name = "cluster";
+    if (path.startsWith("/context/")) {
+      name = "contexts";
+      showContext(mine, decodeURIComponent(path.slice("/context/".length)));
+    } else if (path === "/contexts") {
+      name = "contexts";
+      showContexts(mine, params);
+    } else {
+      showCluster(mine);
+    }
+    for (const link of document.querySelectorAll("nav a")) {
+      if (link.dataset.view === name) link.setAttribute("aria-current", "page");
+      else link.removeAttribute("aria-current");
+    }
+    // After a navigation, keyboard and screen-reader users start at the new view's heading.
+    if (moveFocus) view().querySelector("h1").focus();
+  }
+
+  function setUpToken() {
+    const form = document.getElementById("token-form");
+    const input = document.getElementById("token");
+    const state = document.getElementById("token-state");
+    const show = () => {
+      state.textContent = sessionStorage.getItem(TOKEN_KEY) ? "token set (this tab only)" : "no token";
+    };
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      if (input.value) sessionStorage.setItem(TOKEN_KEY, input.value);
+      else sessionStorage.removeItem(TOKEN_KEY);
+      input.value = "";
+      show();
+      route(false);
+    });
+    show();
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    setUpToken();
+    window.addEventListener("hashchange", () => route(true));
+    route(false);
+  });
+})();

@@ -1,0 +1,211 @@
+"""The operators' console (``/console``) in a real browser: Debian's chromium driven by
+Playwright, against a real worker and broker. Contexts are found by prefix, opened, and their
+history read; a document holding markup is shown as text and runs nothing; the cluster view
+shows the worker's partitions; a phone's width and the keyboard alone are enough. Each page's
+screenshot is saved under ``build/console/`` (a CI artifact).
+
+Chromium comes from apt (``.ci/run`` installs it), never from ``playwright install`` (which
+downloads a browser from the web); ``LUKHAS_CHROMIUM`` names another binary."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from lukhas_context.processors.console import CSP
+
+pytestmark = pytest.mark.integration
+
+SHOTS = Path(__file__).resolve().parents[2] / "build" / "console"
+EVIL = {
+    "note": "<script>alert(1)</script>",
+    "img": "<img src=x onerror='window.pwned=1'>",
+    "</pre><b>": "bold?",
+}
+PHONE = {"width": 375, "height": 740}
+
+
+def chromium() -> str:
+    """The browser to drive; a test fails (not skips) without one, saying how to get it."""
+    path = os.environ.get("LUKHAS_CHROMIUM") or shutil.which("chromium")
+    if path is None:
+        pytest.fail(
+            "the console's browser tests need Debian's chromium: `apt-get install -y chromium` "
+            "(.ci/run does), or LUKHAS_CHROMIUM=/path/to/chromium; not `playwright install`"
+        )
+    return path
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        pytest.fail("the console's browser tests need playwright: pip install -e '.[dev]'")
+    async with async_playwright() as driver:
+        launched = await driver.chromium.launch(executable_path=chromium())
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+async def open_page(browser: Any, url: str, **options: Any) -> tuple[Any, list[str]]:
+    """A page at ``url``; the list collects every dialog opened and every script error (a
+    Content-Security-Policy violation among them): a test expects it empty."""
+    page = await browser.new_page(**options)
+    trouble: list[str] = []
+
+    async def dialog(d: Any) -> None:
+        trouble.append(f"dialog: {d.message}")
+        await d.dismiss()
+
+    page.on("dialog", dialog)
+    page.on("pageerror", lambda e: trouble.append(f"page error: {e}"))
+    page.on("console", lambda m: m.type == "error" and trouble.append(f"console: {m.text}"))
+    await page.goto(url)
+    return page, trouble
+
+
+async def shoot(page: Any, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+async def test_the_console_is_served_with_headers_that_allow_only_its_script(
+    start_worker: Any,
+) -> None:
+    worker = await start_worker(api_token="console-token-0123456789")
+    async with aiohttp.ClientSession() as http:
+        for path, kind in (
+            ("/console", "text/html"),
+            ("/console/console.js", "text/javascript"),
+            ("/console/console.css", "text/css"),
+            ("/console/icon.svg", "image/svg+xml"),
+        ):
+            async with http.get(worker.url + path) as answer:  # no token: no data in them
+                assert answer.status == 200, path
+                assert answer.content_type == kind
+                assert answer.headers["Content-Security-Policy"] == CSP
+                assert answer.headers["X-Content-Type-Options"] == "nosniff"
+                assert answer.headers["X-Frame-Options"] == "DENY"
+        async with http.get(worker.url + "/console/../v1/members") as answer:
+            assert answer.status == 401  # normalised to /v1/members: still guarded
+        async with http.get(worker.url + "/console/secrets.txt") as answer:
+            assert answer.status == 404
+        async with http.get(worker.url + "/v1/cluster") as answer:
+            assert answer.status == 401
+    assert "script-src 'self'" in CSP and "unsafe-inline" not in CSP
+    assert "frame-ancestors 'none'" in CSP
+
+
+async def test_find_a_context_by_prefix_open_it_and_read_its_history(
+    start_worker: Any, make_client: Any, browser: Any
+) -> None:
+    worker = await start_worker()
+    async with make_client(worker.url) as client:
+        await client.put("console:a", {"n": 1})
+        await client.put("console:a", {"n": 2})
+        late = await client.put("console:a", {"n": 99}, expected_version=1)  # a conflict
+        await client.put("console:b", {"n": 1})
+        evil = await client.put("console:evil", EVIL)
+        await client.put("other:z", {"n": 1})
+        for receipt in (late, evil):
+            await receipt.outcome(timeout=30)
+    page, trouble = await open_page(browser, f"{worker.url}/console#/contexts")
+    await page.fill("#prefix", "console:")
+    await page.press("#prefix", "Enter")
+    links = page.locator("#results a")
+    await links.first.wait_for()
+    assert await links.all_text_contents() == ["console:a", "console:b", "console:evil"]
+    await shoot(page, "contexts")
+
+    await page.click("text=console:a")
+    await page.locator("#document").wait_for()
+    assert '"n": 2' in await page.text_content("#document")
+    facts = await page.text_content("dl.facts")
+    assert "Version2" in facts.replace(" ", "")
+    rows = page.locator("#history tbody tr")
+    await rows.nth(2).wait_for()
+    outcomes = [await rows.nth(i).locator("td").nth(1).text_content() for i in range(3)]
+    assert outcomes == ["applied", "applied", "conflict"]
+    assert "expected version 1" in (await rows.nth(2).text_content() or "")
+    await shoot(page, "context")
+
+    await page.goto(f"{worker.url}/console#/context/console%3Aevil")
+    await page.locator("#document").wait_for()
+    shown = await page.text_content("#document")
+    for key, value in EVIL.items():
+        assert key in shown and value in shown  # as text, as written
+    assert await page.locator("#document *").count() == 0  # no element made of it
+    assert await page.evaluate("window.pwned") is None
+    assert await page.locator("script").count() == 1  # the console's own
+    await shoot(page, "context-markup")
+    assert trouble == []
+
+
+async def test_the_cluster_view_shows_the_workers_partitions_live(
+    start_worker: Any, make_client: Any, browser: Any
+) -> None:
+    worker = await start_worker()
+    page, trouble = await open_page(browser, f"{worker.url}/console")
+    summary = page.locator("#cluster-summary")
+    await summary.wait_for()
+    from playwright.async_api import expect  # (the page's CSP forbids wait_for_function's eval)
+
+    rows = page.locator("#cluster .scroll").nth(1).locator("tbody tr")
+    await expect(rows).to_have_count(3)
+    await expect(summary).not_to_contain_text("restoring")
+    await expect(summary).to_contain_text("1 worker(s), 3 partition(s)")
+    for i in range(3):
+        assert worker.url in (await rows.nth(i).text_content() or "")
+    # A write moves a partition's next offset, and the view shows it without a reload.
+    async with make_client(worker.url) as client:
+        receipt = await client.put("cluster:a", {"n": 1})
+        await receipt.outcome(timeout=30)
+    next_offset = rows.nth(receipt.partition).locator("td").nth(2)
+    await expect(next_offset).to_have_text(str(receipt.offset + 1), timeout=15000)
+    await shoot(page, "cluster")
+    assert trouble == []
+
+
+async def test_a_phone_width_and_the_keyboard_alone_reach_a_context(
+    start_worker: Any, make_client: Any, browser: Any
+) -> None:
+    worker = await start_worker()
+    async with make_client(worker.url) as client:
+        receipt = await client.put("phone:one", {"text": "a long line " * 20})
+        await receipt.outcome(timeout=30)
+    page, trouble = await open_page(browser, f"{worker.url}/console#/contexts", viewport=PHONE)
+
+    async def tab_to(selector: str, presses: int = 15) -> None:
+        for _ in range(presses):
+            await page.keyboard.press("Tab")
+            if await page.evaluate(f"document.activeElement.matches({selector!r})"):
+                return
+        raise AssertionError(f"Tab never reached {selector}")
+
+    await tab_to("#prefix")
+    await page.keyboard.type("phone:")
+    await page.keyboard.press("Enter")
+    await page.locator("#results a").first.wait_for()
+    await shoot(page, "phone-contexts")
+    await tab_to("#results a")
+    await page.keyboard.press("Enter")
+    await page.locator("#document").wait_for()
+    assert await page.text_content("#context-id") == "phone:one"
+    # The view's heading has the focus after the navigation, and nothing is wider than the phone.
+    assert await page.evaluate("document.activeElement.tagName") == "H1"
+    assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    await shoot(page, "phone-context")
+    await page.goto(f"{worker.url}/console#/cluster")
+    await page.locator("#cluster-summary").wait_for()
+    assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    await shoot(page, "phone-cluster")
+    assert trouble == []
