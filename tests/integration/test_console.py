@@ -9,6 +9,7 @@ downloads a browser from the web); ``LUKHAS_CHROMIUM`` names another binary."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -208,4 +209,45 @@ async def test_a_phone_width_and_the_keyboard_alone_reach_a_context(
     await page.locator("#cluster-summary").wait_for()
     assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     await shoot(page, "phone-cluster")
+    assert trouble == []
+
+
+async def test_a_worker_that_does_not_answer_is_shown_not_a_failure(
+    start_worker: Any, make_client: Any, browser: Any, tmp_path: Path
+) -> None:
+    from playwright.async_api import expect
+
+    a = await start_worker(tmp_path / "a")
+    b = await start_worker(tmp_path / "b")
+    deadline = asyncio.get_running_loop().time() + 90
+    async with aiohttp.ClientSession() as http:
+        while True:  # both own partitions, in both tables
+            tables = []
+            for url in (a.url, b.url):
+                async with http.get(f"{url}/v1/members") as answer:
+                    tables.append((await answer.json())["owners"])
+            if all(len(t) == 3 and set(t.values()) == {a.url, b.url} for t in tables):
+                break
+            assert asyncio.get_running_loop().time() < deadline, tables
+            await asyncio.sleep(0.2)
+    gone = sorted(int(p) for p, url in tables[0].items() if url == b.url)
+    await b.api.close()  # B's API is down; B stays in the group and keeps its partitions
+
+    page, trouble = await open_page(browser, f"{a.url}/console")
+    summary = page.locator("#cluster-summary")
+    await expect(summary).to_contain_text("1 not answering", timeout=15000)
+    workers = page.locator("#cluster .scroll").nth(0).locator("tbody tr")
+    await expect(workers.filter(has_text=b.url)).to_contain_text("unreachable")
+    partitions = page.locator("#cluster .scroll").nth(1).locator("tbody tr")
+    for p in gone:
+        await expect(partitions.nth(p)).to_contain_text(b.url)
+        await expect(partitions.nth(p)).to_contain_text("unknown")
+    await shoot(page, "cluster-worker-down")
+
+    await page.goto(f"{a.url}/console#/contexts?prefix=")
+    warning = page.locator("#results .warn")
+    await expect(warning).to_contain_text(
+        "Partitions " + ", ".join(map(str, gone)) + " did not answer"
+    )
+    await shoot(page, "contexts-worker-down")
     assert trouble == []
