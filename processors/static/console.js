@@ -15,6 +15,8 @@
   // Bumped by every view change: a view's pending work (a poll, a page) stops when it moved on.
   let generation = 0;
   let timer = null;
+  // What the current view must stop when another replaces it (an open stream).
+  let leave = null;
 
   const view = () => document.getElementById("view");
   const status = (text, kind) => {
@@ -271,11 +273,143 @@
     }
   }
 
+  // ---- Live changes -------------------------------------------------------------------------
+
+  // The change stream (GET /v1/changes, server-sent events) read with fetch, not EventSource:
+  // EventSource cannot send the Authorization header. Every event's id is kept; a pause ends
+  // the request, and a resume -- or a reconnect after the stream broke -- starts a new one at
+  // that id (start=TOKEN), so no change is missed or shown twice.
+  function showChanges(mine, params) {
+    const prefix = params.get("prefix");
+    const input = el("input", { id: "live-prefix", type: "search", autocomplete: "off",
+      spellcheck: "false" });
+    input.value = prefix || "";
+    const form = el("form", { class: "search", role: "search" },
+      el("label", { for: "live-prefix" }, "Id prefix"), input,
+      el("button", { type: "submit" }, "Watch"));
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      location.hash = "#/changes?prefix=" + encodeURIComponent(input.value);
+    });
+    view().replaceChildren(el("h1", { tabindex: "-1" }, "Live changes"),
+      el("p", { class: "muted" }, "Changes as they are folded, newest first, from the moment " +
+        "you start watching. An empty prefix watches every context."), form);
+    if (prefix === null) return;
+    const state = el("p", { id: "stream-state", role: "status" }, "connecting\u2026");
+    const toggle = el("button", { type: "button", id: "pause", "aria-pressed": "false" }, "Pause");
+    const rows = el("tbody", { id: "changes" });
+    view().append(el("div", { class: "search" }, toggle, state),
+      el("div", { class: "scroll", tabindex: "0", role: "region", "aria-label": "Changes" },
+        el("table", {}, el("caption", { class: "sr-only" }, "Changes"),
+          el("thead", {}, el("tr", {}, ...["Log time", "Context id", "Kind", "Version",
+            "Document"].map((h) => el("th", { scope: "col" }, h)))), rows)));
+
+    let lastId = null;
+    let controller = null;
+    let paused = false;
+    let retry = null;
+    const say = (text, kind) => {
+      state.textContent = text;
+      state.className = kind || "";
+    };
+    const add = (row) => {
+      rows.prepend(row);
+      while (rows.rows.length > 200) rows.lastChild.remove();
+    };
+    const onEvent = (block) => {
+      let kind = "message";
+      let data = "";
+      for (const line of block.split("\n")) {
+        if (line.startsWith(":")) continue;  // a keepalive comment
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+        if (field === "id") lastId = value;
+        else if (field === "event") kind = value;
+        else if (field === "data") data += value;
+      }
+      if (!data) return;
+      const item = JSON.parse(data);
+      if (kind === "gap") {
+        const g = item.gap;
+        add(el("tr", { class: "error" }, el("td", { colspan: "5" }, "Gap: partition " + g.partition +
+          ", change offsets " + g.first_offset + " to " + g.end_offset + " (" + g.kind + "): " + g.reason)));
+        return;
+      }
+      const doc = item.doc === null ? "\u2014" : JSON.stringify(item.doc);
+      add(el("tr", {}, el("td", {}, when(item.log_time_ms)),
+        el("td", {}, el("a", { href: contextHref(item.context_id) }, item.context_id)),
+        el("td", {}, item.kind), num(item.version),
+        el("td", { class: "mono" }, doc.length > 160 ? doc.slice(0, 160) + "\u2026" : doc)));
+    };
+    const connect = async () => {
+      retry = null;
+      controller = new AbortController();
+      const start = lastId === null ? "latest" : lastId;
+      const path = "v1/changes?prefix=" + encodeURIComponent(prefix) + "&start=" +
+        encodeURIComponent(start);
+      const headers = {};
+      const token = sessionStorage.getItem(TOKEN_KEY);
+      if (token) headers.Authorization = "Bearer " + token;
+      let why = "the stream ended";
+      try {
+        const response = await fetch(path, { headers, signal: controller.signal, cache: "no-store" });
+        if (!response.ok) {
+          const text = await response.text();
+          let detail = text.slice(0, 300);
+          try {
+            detail = JSON.parse(text).detail || detail;
+          } catch (e) { /* not a problem document: its text */ }
+          throw new ApiError(response.status, response.status + ": " + detail);
+        }
+        say(lastId === null ? "live" : "live (resumed after the last change seen)", "good");
+        const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buffer = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buffer += value;
+          let end;
+          while ((end = buffer.indexOf("\n\n")) >= 0) {
+            onEvent(buffer.slice(0, end));
+            buffer = buffer.slice(end + 2);
+          }
+        }
+      } catch (e) {
+        if (e.name === "AbortError") return;  // paused, or the view was left
+        why = e.message;
+      }
+      if (mine !== generation || paused) return;
+      say("reconnecting in 2 s (" + why + "); it resumes after the last change seen", "warn");
+      retry = setTimeout(connect, POLL_MS);
+    };
+    const stop = () => {
+      clearTimeout(retry);
+      if (controller) controller.abort();
+    };
+    toggle.addEventListener("click", () => {
+      paused = !paused;
+      toggle.setAttribute("aria-pressed", String(paused));
+      toggle.textContent = paused ? "Resume" : "Pause";
+      if (paused) {
+        stop();
+        say("paused; Resume shows every change since, none missed");
+      } else {
+        say("connecting\u2026");
+        connect();
+      }
+    });
+    leave = stop;
+    connect();
+  }
+
   // ---- Routing and the token ----------------------------------------------------------------
 
   function route(moveFocus) {
     generation += 1;
     clearTimeout(timer);
+    if (leave) leave();
+    leave = null;
     status("");
     const mine = generation;
     const hash = location.hash || "#/cluster";
@@ -288,6 +422,9 @@
     } else if (path === "/contexts") {
       name = "contexts";
       showContexts(mine, params);
+    } else if (path === "/changes") {
+      name = "changes";
+      showChanges(mine, params);
     } else {
       showCluster(mine);
     }
