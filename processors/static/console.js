@@ -59,9 +59,9 @@
     }
   }
 
-  // GET a path of the API (relative to the console's page); the parsed JSON, or an ApiError
-  // whose message is the problem's detail.
-  async function api(path) {
+  // GET a path of the API (relative to the console's page); the parsed JSON (the text, with
+  // asText), or an ApiError whose message is the problem's detail.
+  async function api(path, asText) {
     const headers = {};
     const token = sessionStorage.getItem(TOKEN_KEY);
     if (token) headers.Authorization = "Bearer " + token;
@@ -83,7 +83,7 @@
       if (response.status === 401) detail += " (enter the API token above)";
       throw new ApiError(response.status, response.status + ": " + detail);
     }
-    return body;
+    return asText ? text : body;
   }
 
   // ---- Cluster ------------------------------------------------------------------------------
@@ -403,6 +403,136 @@
     connect();
   }
 
+  // ---- Metrics ------------------------------------------------------------------------------
+
+  // Prometheus text (GET /metrics) -> [{name, labels: {..}, value}], comments and blank lines
+  // skipped. Label values are unescaped (\\, \", \n) as the exposition format says.
+  function parseMetrics(text) {
+    const out = [];
+    const sample = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)/;
+    const label = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g;
+    for (const line of text.split("\n")) {
+      if (!line || line.startsWith("#")) continue;
+      const m = sample.exec(line);
+      if (!m) continue;
+      const labels = {};
+      for (const l of (m[2] || "").matchAll(label)) {
+        labels[l[1]] = l[2].replace(/\\(.)/g, (_, c) => (c === "n" ? "\n" : c));
+      }
+      out.push({ name: m[1], labels, value: Number(m[3]) });
+    }
+    return out;
+  }
+
+  const total = (samples, name, test) => samples
+    .filter((x) => x.name === name && (!test || test(x.labels)))
+    .reduce((sum, x) => sum + x.value, 0);
+  const mib = (bytes) => (bytes / 1048576).toFixed(1) + " MiB";
+  const READ_ROUTE = "/v1/contexts/{context_id}";
+
+  // What one scrape says: counters (fold, reads) and the memory gauges.
+  function reading(samples) {
+    const memory = (part) => {
+      const found = samples.find((x) => x.name === "lukhas_memory_bytes" && x.labels.part === part);
+      return found ? found.value : null;
+    };
+    const read = (suffix) => total(samples, "lukhas_http_request_duration_seconds" + suffix,
+      (l) => l.route === READ_ROUTE);
+    return { at: Date.now(), folded: total(samples, "lukhas_events_total"),
+      readSeconds: read("_sum"), reads: read("_count"),
+      resident: memory("resident"), budget: memory("budget") };
+  }
+
+  const SVG = "http://www.w3.org/2000/svg";
+  function svg(tag, attrs) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+    return node;
+  }
+
+  // A small line plot of the last values (null: no value then), its scale from 0 to the
+  // largest value or `ceiling` (a budget line), whichever is higher.
+  function plot(id, title, unit, values, format, ceiling) {
+    const W = 300;
+    const H = 80;
+    const known = values.filter((v) => v !== null);
+    const top = Math.max(ceiling || 0, ...known, 1e-9);
+    const x = (i) => (values.length < 2 ? 0 : (i * W) / (values.length - 1));
+    const y = (v) => H - (v / top) * (H - 4) - 2;
+    const chart = svg("svg", { viewBox: "0 0 " + W + " " + H, width: "100%", height: H,
+      role: "img", "aria-label": title, preserveAspectRatio: "none", class: "plot" });
+    chart.append(svg("rect", { x: 0, y: 0, width: W, height: H, fill: "#f6f8fa" }));
+    if (ceiling) {
+      chart.append(svg("line", { x1: 0, x2: W, y1: y(ceiling), y2: y(ceiling), stroke: "#a40e26",
+        "stroke-dasharray": "4 3", "vector-effect": "non-scaling-stroke" }));
+    }
+    const points = values.map((v, i) => (v === null ? null : x(i).toFixed(1) + "," + y(v).toFixed(1)))
+      .filter((p) => p !== null);
+    if (points.length) {
+      chart.append(svg("polyline", { points: points.join(" "), fill: "none", stroke: "#0550ae",
+        "stroke-width": 2, "vector-effect": "non-scaling-stroke" }));
+      // the newest value, seen even while it is the only one
+      const [cx, cy] = points[points.length - 1].split(",");
+      chart.append(svg("circle", { cx, cy, r: 3, fill: "#0550ae" }));
+    }
+    const last = known.length ? format(known[known.length - 1]) : "no value yet";
+    return el("figure", { id, class: "metric" }, el("figcaption", {},
+      el("strong", {}, title), " ", el("span", { class: "now" }, last),
+      el("span", { class: "muted" }, " " + unit)), chart);
+  }
+
+  function showMetrics(mine) {
+    const box = el("div", { id: "metrics" });
+    view().replaceChildren(el("h1", { tabindex: "-1" }, "Metrics"),
+      el("p", { class: "muted" }, "From this worker's /metrics, read every 2 s; the last two " +
+        "minutes since this page opened."), box);
+    const history = [];
+    const poll = async () => {
+      try {
+        const text = await api("metrics", true);
+        if (mine !== generation) return;
+        history.push(reading(parseMetrics(text)));
+        if (history.length > 61) history.shift();
+        box.replaceChildren(...renderMetrics(history));
+        status("");
+      } catch (e) {
+        if (mine !== generation) return;
+        status("Metrics: " + e.message, "error");
+      }
+      if (mine === generation) timer = setTimeout(poll, POLL_MS);
+    };
+    poll();
+  }
+
+  function renderMetrics(history) {
+    const rate = [];
+    const latency = [];
+    for (let i = 1; i < history.length; i++) {
+      const a = history[i - 1];
+      const b = history[i];
+      const seconds = (b.at - a.at) / 1000;
+      rate.push(seconds > 0 ? Math.max(0, b.folded - a.folded) / seconds : null);
+      const reads = b.reads - a.reads;
+      latency.push(reads > 0 ? ((b.readSeconds - a.readSeconds) / reads) * 1000 : null);
+    }
+    const last = history[history.length - 1];
+    const memory = history.map((h) => h.resident);
+    const parts = [
+      plot("fold-rate", "Fold rate", "records/s", rate, (v) => v.toFixed(1)),
+      plot("read-latency", "Read latency", "ms, mean of the reads in each 2 s", latency,
+        (v) => v.toFixed(2)),
+    ];
+    if (last.budget === null) {
+      parts.push(el("p", { id: "memory", class: "muted" }, "Memory: this worker has no memory " +
+        "budget (--memory-budget), so it reports no memory figures."));
+    } else {
+      parts.push(plot("memory", "Memory", "resident, of a budget of " + mib(last.budget) +
+        " (dashed)", memory, mib, last.budget));
+    }
+    if (history.length < 2) parts.unshift(el("p", { class: "muted" }, "Rates need two readings\u2026"));
+    return parts;
+  }
+
   // ---- Routing and the token ----------------------------------------------------------------
 
   function route(moveFocus) {
@@ -422,6 +552,9 @@
     } else if (path === "/contexts") {
       name = "contexts";
       showContexts(mine, params);
+    } else if (path === "/metrics") {
+      name = "metrics";
+      showMetrics(mine);
     } else if (path === "/changes") {
       name = "changes";
       showChanges(mine, params);

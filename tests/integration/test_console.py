@@ -10,7 +10,9 @@ downloads a browser from the web); ``LUKHAS_CHROMIUM`` names another binary."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -320,4 +322,60 @@ async def test_with_a_token_the_console_asks_for_it_and_then_reads(
         await client.put("tok:a", {"n": 1})
     # make_client has no token; the write goes to Kafka, the stream needs the page's token
     await expect(page.locator("#changes tr")).to_have_count(1, timeout=30000)
+    assert trouble == []
+
+
+async def test_the_metrics_view_plots_fold_rate_read_latency_and_memory(
+    start_worker: Any, make_client: Any, browser: Any
+) -> None:
+    from playwright.async_api import expect
+
+    budget = 512 * 1024 * 1024
+    worker = await start_worker(memory_budget_bytes=budget)
+    page, trouble = await open_page(browser, f"{worker.url}/console#/metrics")
+    await expect(page.locator("#memory figcaption")).to_contain_text("512.0 MiB")
+
+    async def load() -> None:  # writes and reads until cancelled
+        async with make_client(worker.url) as client, aiohttp.ClientSession() as http:
+            n = 0
+            while True:
+                name = f"m:{n % 20}"
+                receipt = await client.put(name, {"n": n})
+                n += 1
+                if n % 10 == 0:
+                    await receipt.outcome(timeout=30)
+                    async with http.get(f"{worker.url}/v1/contexts/{name}") as answer:
+                        assert answer.status == 200
+                    await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(load())
+    try:
+        positive = re.compile(r"^(?:[1-9]\d*\.\d|0\.[1-9])$")
+        await expect(page.locator("#fold-rate .now")).to_have_text(positive, timeout=30000)
+        two_points = re.compile(r"^\S+ \S+")  # a line, not only the first value
+        line = page.locator("#fold-rate polyline")
+        await expect(line).to_have_attribute("points", two_points, timeout=30000)
+        await expect(page.locator("#read-latency .now")).to_have_text(
+            re.compile(r"^\d+\.\d\d$"), timeout=30000
+        )
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    for plot in ("#fold-rate", "#read-latency", "#memory"):
+        await expect(page.locator(f"{plot} polyline")).to_have_count(1)
+    await expect(page.locator("#memory line")).to_have_count(1)  # the budget
+    await shoot(page, "metrics")
+    assert trouble == []
+
+
+async def test_the_metrics_view_says_when_a_worker_has_no_memory_budget(
+    start_worker: Any, browser: Any
+) -> None:
+    from playwright.async_api import expect
+
+    worker = await start_worker()
+    page, trouble = await open_page(browser, f"{worker.url}/console#/metrics")
+    await expect(page.locator("#memory")).to_contain_text("no memory budget")
+    await expect(page.locator("#fold-rate .now")).to_have_text("0.0", timeout=15000)
     assert trouble == []
