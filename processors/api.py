@@ -91,6 +91,14 @@ member asked for its own view at once, one that does not answer listed with
 ``"reachable": false`` and why; ``digests`` says whether the copies at the owner's position
 agree (``equal``, ``differ``, ``behind``, ``single``, ``unknown``).
 
+``GET /v1/checkpoints`` lists the checkpoints the workers hold (``processors.checkpoint_list``):
+``{"partition_count", "checkpoints": [{"checkpoint_id", "created_at_ms", "partitions":
+[{"partition", "next_offset", "records", "documents", "digest", "created_at_ms", "held_by",
+"digests"}]}], "held", "unreachable"}`` — newest first, merged from every member (asked at
+once; ``held``: this worker's own manifests, ``unreachable``: members that did not answer);
+``digests`` is ``equal`` or ``differ`` across the workers that hold a partition's checkpoint
+(``single``: one does).
+
 ``GET /console`` is the operators' console (``processors.console``): static pages, bundled
 with the package, that use only the routes above.
 
@@ -149,6 +157,7 @@ from aiohttp.http import SERVER_SOFTWARE
 from lukhas_context import __version__
 from lukhas_context.processors.access import Cors, token_middleware
 from lukhas_context.processors.asof import AsOfStates
+from lukhas_context.processors.checkpoint_list import held, merged
 from lukhas_context.processors.console import console_routes
 from lukhas_context.processors.exceptions import NotOwnerError
 from lukhas_context.processors.fold import MAX_ID_BYTES, apply, dead_letter_reason, is_barrier
@@ -402,6 +411,7 @@ class ReadApi:
                 web.get("/metrics", self.metrics),
                 web.get("/v1/openapi.json", self.openapi),
                 web.get("/v1/cluster", self.cluster),
+                web.get("/v1/checkpoints", self.checkpoints),
             ]
         )
         #: The operators' console: static pages that use the routes above (``processors.console``).
@@ -598,25 +608,65 @@ class ReadApi:
     async def _peer_view(self, member: Member) -> dict[str, Any]:
         """``member``'s own view (its ``/v1/cluster``, forwarded), or an unreachable entry
         saying why there is none."""
-        url = member.forward_url.rstrip("/") + "/v1/cluster"
+        data, why = await self._ask_member(member, "/v1/cluster")
+        workers = None if data is None else data.get("workers")
+        view = workers[0] if isinstance(workers, list) and workers else None
+        lists = ("partitions", "restoring", "standbys")
+        if not isinstance(view, dict) or not all(isinstance(view.get(k), list) for k in lists):
+            return unreachable(member, why or "its answer is not a cluster view")
+        return view
+
+    async def _ask_member(
+        self, member: Member, path: str
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        """``member``'s answer to ``GET path``, marked forwarded (so it answers for itself
+        alone), within ``PEER_TIMEOUT_S``: the JSON object, or None and why there is none."""
+        url = member.forward_url.rstrip("/") + path
         headers = {FORWARDED_HEADER: self.m.config.api_url, **self._peer_headers}
         try:
             async with self._peers().get(
                 url, headers=headers, timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)
             ) as answer:
                 if answer.status != 200:
-                    return unreachable(member, f"its /v1/cluster answered {answer.status}")
-                view = orjson.loads(await answer.read())["workers"][0]
+                    return None, f"its {path} answered {answer.status}"
+                data = orjson.loads(await answer.read())
         except TimeoutError:
-            return unreachable(member, f"no answer within {PEER_TIMEOUT_S:g} s")
+            return None, f"no answer within {PEER_TIMEOUT_S:g} s"
         except aiohttp.ClientError as e:
-            return unreachable(member, f"{type(e).__name__}: {e}")
-        except (ValueError, KeyError, IndexError, TypeError):
-            return unreachable(member, "its answer is not a cluster view")
-        lists = ("partitions", "restoring", "standbys")
-        if not isinstance(view, dict) or not all(isinstance(view.get(k), list) for k in lists):
-            return unreachable(member, "its answer is not a cluster view")
-        return view
+            return None, f"{type(e).__name__}: {e}"
+        except ValueError:
+            return None, f"its {path} answer is not JSON"
+        return (data, None) if isinstance(data, dict) else (None, f"its {path} answer is odd")
+
+    @_params()
+    async def checkpoints(self, request: web.Request) -> web.Response:
+        """The checkpoints the workers hold (``processors.checkpoint_list``): this worker's,
+        and, unless the request was forwarded, every other member's, asked at once; a member
+        that does not answer is named in ``unreachable`` with why."""
+        m = self.m
+        count = m.partition_count
+        mine = await asyncio.to_thread(held, m.checkpoints, range(count))
+        holders: list[tuple[str, list[dict[str, Any]]]] = [(m.config.api_url, mine)]
+        missing: list[dict[str, str]] = []
+        if not request.headers.get(FORWARDED_HEADER):
+            others = [x for x in m.membership.members() if x.api != m.config.api_url]
+            answers = await asyncio.gather(
+                *(self._ask_member(x, "/v1/checkpoints") for x in others)
+            )
+            for member, (data, why) in zip(others, answers, strict=True):
+                listed = None if data is None else data.get("held")
+                if isinstance(listed, list):
+                    holders.append((member.api, listed))
+                else:
+                    missing.append({"api": member.api, "error": why or "no held list"})
+        return web.json_response(
+            {
+                "partition_count": count,
+                "checkpoints": merged(holders),
+                "held": mine,
+                "unreachable": missing,
+            }
+        )
 
     async def _store_of_context(
         self, request: web.Request, key: bytes

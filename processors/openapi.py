@@ -238,6 +238,18 @@ def document(version: str) -> dict[str, Any]:
                     tags=("cluster",),
                 ),
             },
+            "/v1/checkpoints": {
+                "get": _operation(
+                    "The checkpoints the workers hold, newest first: each partition's "
+                    "manifest (next offset, counts, digest), which workers hold it and "
+                    "whether their digests agree.",
+                    _json(
+                        {"type": "object"},
+                        "partition_count, checkpoints, held, unreachable",
+                    ),
+                    tags=("cluster",),
+                ),
+            },
             "/console": {
                 "get": _operation(
                     "The operators' console (a page that uses this API; no token needed).",

@@ -403,6 +403,59 @@
     connect();
   }
 
+  // ---- Checkpoints --------------------------------------------------------------------------
+
+  function showCheckpoints(mine) {
+    const box = el("div", { id: "checkpoints" });
+    const refresh = el("button", { type: "button", id: "refresh" }, "Refresh");
+    view().replaceChildren(el("h1", { tabindex: "-1" }, "Checkpoints"),
+      el("p", { class: "muted" }, "The checkpoints the workers hold, newest first: each " +
+        "partition's manifest, the workers that hold it, and whether their digests agree."),
+      el("div", { class: "search" }, refresh), box);
+    const load = async () => {
+      let data;
+      try {
+        data = await api("v1/checkpoints");
+      } catch (e) {
+        if (mine === generation) status("Checkpoints: " + e.message, "error");
+        return;
+      }
+      if (mine !== generation) return;
+      status("");
+      box.replaceChildren(...renderCheckpoints(data));
+    };
+    refresh.addEventListener("click", load);
+    load();
+  }
+
+  function renderCheckpoints(data) {
+    const parts = [];
+    for (const w of data.unreachable) {
+      parts.push(el("p", { class: "warn" }, "Worker " + w.api + " did not answer (" + w.error +
+        "): the checkpoints it holds are not listed."));
+    }
+    if (!data.checkpoints.length) {
+      parts.push(el("p", { id: "no-checkpoints" }, "No worker holds a checkpoint."));
+      return parts;
+    }
+    for (const c of data.checkpoints) {
+      const rows = c.partitions.map((p) => el("tr", {},
+        num(p.partition), num(p.next_offset), num(p.records), num(p.documents),
+        el("td", { class: "mono" }, p.digest),
+        el("td", { class: { equal: "good", single: "muted" }[p.digests] || "error" }, p.digests),
+        el("td", { class: "mono" }, p.held_by.join(", "))));
+      const missing = data.partition_count - c.partitions.length;
+      parts.push(el("section", { class: "checkpoint", "aria-label": c.checkpoint_id },
+        el("h2", {}, el("code", {}, c.checkpoint_id), " ",
+          el("span", { class: "muted" }, when(c.created_at_ms))),
+        missing > 0 ? el("p", { class: "warn" }, missing + " partition(s) have no manifest " +
+          "of it on any worker that answered.") : null,
+        table("Checkpoint " + c.checkpoint_id, ["Partition", "Next offset", "Records",
+          "Documents", "Digest", "Digests", "Held by"], rows)));
+    }
+    return parts;
+  }
+
   // ---- Metrics ------------------------------------------------------------------------------
 
   // Prometheus text (GET /metrics) -> [{name, labels: {..}, value}], comments and blank lines
@@ -552,6 +605,9 @@
     } else if (path === "/contexts") {
       name = "contexts";
       showContexts(mine, params);
+    } else if (path === "/checkpoints") {
+      name = "checkpoints";
+      showCheckpoints(mine);
     } else if (path === "/metrics") {
       name = "metrics";
       showMetrics(mine);

@@ -379,3 +379,29 @@ async def test_the_metrics_view_says_when_a_worker_has_no_memory_budget(
     await expect(page.locator("#memory")).to_contain_text("no memory budget")
     await expect(page.locator("#fold-rate .now")).to_have_text("0.0", timeout=15000)
     assert trouble == []
+
+
+async def test_a_checkpoint_taken_is_listed_with_its_manifests(
+    start_worker: Any, make_client: Any, browser: Any
+) -> None:
+    from playwright.async_api import expect
+
+    worker = await start_worker()
+    page, trouble = await open_page(browser, f"{worker.url}/console#/checkpoints")
+    await expect(page.locator("#no-checkpoints")).to_be_visible()
+    async with make_client(worker.url) as client:
+        await client.put("ck:a", {"n": 1})
+        request = await client.checkpoint("ck-console-1")
+        manifests = await client.wait_checkpoint(request, timeout=60)
+    await page.click("#refresh")
+    section = page.locator("section.checkpoint", has_text="ck-console-1")
+    rows = section.locator("tbody tr")
+    await expect(rows).to_have_count(3)
+    for m in manifests:
+        row = rows.nth(m["partition"])
+        await expect(row.locator("td").nth(1)).to_have_text(str(m["next_offset"]))
+        await expect(row.locator("td").nth(4)).to_have_text(m["digest"])
+        await expect(row.locator("td").nth(5)).to_have_text("single")  # one worker
+        await expect(row.locator("td").nth(6)).to_have_text(worker.url)
+    await shoot(page, "checkpoints")
+    assert trouble == []

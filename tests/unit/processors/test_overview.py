@@ -60,3 +60,25 @@ def test_an_unreachable_member_is_listed_with_the_tables_partitions() -> None:
     # Its partition has no position (nobody answered for it), and its copy is not compared.
     assert (got[1]["owner"], got[1]["next_offset"], got[1]["digests"]) == (B, None, "unknown")
     assert got[0]["digests"] == "single"
+
+
+def test_checkpoints_merge_by_id_newest_first_with_their_holders() -> None:
+    from lukhas_context.processors.checkpoint_list import merged
+
+    def manifest(ck: str, p: int, digest: str, at: int) -> dict[str, Any]:
+        return {"checkpoint_id": ck, "partition": p, "next_offset": 5, "records": 3,
+                "documents": 2, "digest": digest, "created_at_ms": at}  # fmt: skip
+
+    got = merged(
+        [
+            (A, [manifest("old", 0, "aa", 1), manifest("new", 0, "bb", 9)]),
+            (B, [manifest("new", 0, "bb", 8), manifest("new", 1, "cc", 9)]),
+            ("http://c:1", [manifest("new", 1, "cd", 9)]),
+        ]
+    )
+    assert [c["checkpoint_id"] for c in got] == ["new", "old"]
+    new = got[0]["partitions"]
+    assert [(r["partition"], r["held_by"], r["digests"]) for r in new] == [
+        (0, [A, B], "equal"),
+        (1, [B, "http://c:1"], "differ"),
+    ]
