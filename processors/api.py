@@ -99,6 +99,11 @@ once; ``held``: this worker's own manifests, ``unreachable``: members that did n
 ``digests`` is ``equal`` or ``differ`` across the workers that hold a partition's checkpoint
 (``single``: one does).
 
+``POST /v1/checkpoints`` starts a checkpoint as ``lukhas checkpoint`` does: a barrier on every
+WAL partition (body ``{"checkpoint_id": ID}`` or empty for a generated id); 202 with
+``{"checkpoint_id", "barriers": {partition: offset}}``. It needs the write token
+(``processors.access``); a worker without one answers 403 (its API is read-only).
+
 ``GET /console`` is the operators' console (``processors.console``): static pages, bundled
 with the package, that use only the routes above.
 
@@ -145,6 +150,7 @@ import functools
 import math
 import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -153,6 +159,8 @@ import orjson
 import xxhash
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from lukhas_context import __version__
 from lukhas_context.processors.access import Cors, token_middleware
@@ -185,12 +193,17 @@ from lukhas_context.processors.problems import bad_request, problem, problem_mid
 from lukhas_context.processors.round import reused_event_id
 from lukhas_context.processors.verify_api import VerifySessions
 from lukhas_context.processors.wal_end import WalEnds
+from lukhas_context.schemas.codec import EventCodec
 from lukhas_context.schemas.event import fence_problem
 from lukhas_context.schemas.exceptions import CodecError, LukhasError
+from lukhas_context.state.exceptions import InvalidCheckpointError
 from lukhas_context.state.history import MAX_PAGE
 from lukhas_context.state.journal import EntryStatus
+from lukhas_context.state.manifest import check_checkpoint_id
 from lukhas_context.state.record import ContextRecord
 from lukhas_context.state.store import HASH_MASK, PartitionStore
+from lukhas_context.streams import kafka
+from lukhas_context.streams.barriers import append_barriers
 from lukhas_context.streams.changes import Gap
 from lukhas_context.streams.config import bearer_headers
 from lukhas_context.streams.exceptions import InvalidPositionError, ReadError, ValidationError
@@ -385,8 +398,8 @@ class ReadApi:
         config = materializer.config
         cors = Cors(config.cors_origins)
         middlewares: list[Any] = [self._count, problem_middleware, cors.preflight]
-        if config.api_token is not None:
-            middlewares.append(token_middleware(config.api_token))
+        if config.api_token is not None or config.api_write_token is not None:
+            middlewares.append(token_middleware(config.api_token, config.api_write_token))
         self.app = web.Application(
             client_max_size=DOWNSTREAM_MAX_MESSAGE_BYTES,
             middlewares=[*middlewares, self._deadlines],
@@ -412,6 +425,7 @@ class ReadApi:
                 web.get("/v1/openapi.json", self.openapi),
                 web.get("/v1/cluster", self.cluster),
                 web.get("/v1/checkpoints", self.checkpoints),
+                web.post("/v1/checkpoints", self.start_checkpoint),
             ]
         )
         #: The operators' console: static pages that use the routes above (``processors.console``).
@@ -432,6 +446,8 @@ class ReadApi:
         self._fast_count = metrics.http_requests.labels("GET", "/v1/contexts/{context_id}", "200")
         self._fast_seconds = metrics.http_seconds.labels("/v1/contexts/{context_id}")
         self._openapi: bytes | None = None
+        #: The producer of the checkpoint barriers ``POST /v1/checkpoints`` appends.
+        self._barriers: AIOKafkaProducer | None = None
         self._http: aiohttp.ClientSession | None = None
         #: Open server-sent event streams (each one a consumer), closed on shutdown.
         self._streams: set[Watcher] = set()
@@ -499,6 +515,9 @@ class ReadApi:
             await self._http.close()
             self._http = None
         await self._wal_ends.close()
+        if self._barriers is not None:
+            await self._barriers.stop()
+            self._barriers = None
 
     def _check_partition(self, partition: int) -> web.Response | None:
         """A 404 when the WAL has no ``partition`` (None when it has, or the worker does not
@@ -665,8 +684,65 @@ class ReadApi:
                 "checkpoints": merged(holders),
                 "held": mine,
                 "unreachable": missing,
+                "writable": m.config.api_write_token is not None,
             }
         )
+
+    @_params()
+    async def start_checkpoint(self, request: web.Request) -> web.Response:
+        """Appends a checkpoint barrier to every WAL partition, as ``lukhas checkpoint``
+        does (the body: ``{"checkpoint_id": ID}``, or nothing for ``ck-<UTC time>-<4 hex>``);
+        202 with the barriers' offsets. 403 when this worker has no write token."""
+        m = self.m
+        if m.config.api_write_token is None:
+            return _error(
+                403, "this worker's API is read-only: start it with --api-write-token-file "
+                "to start checkpoints through it (or run `lukhas checkpoint`)",
+            )  # fmt: skip
+        raw = await request.read()
+        checkpoint_id = None
+        if raw:
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise bad_request("the body is not JSON") from None
+            if not isinstance(body, dict) or set(body) - {"checkpoint_id"}:
+                raise bad_request('the body is {"checkpoint_id": ID} (or empty)')
+            checkpoint_id = body.get("checkpoint_id")
+        if checkpoint_id is None:
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            checkpoint_id = f"ck-{stamp}-{uuid.uuid4().hex[:4]}"
+        if not isinstance(checkpoint_id, str):
+            raise bad_request("checkpoint_id is a string")
+        try:
+            check_checkpoint_id(checkpoint_id)
+        except InvalidCheckpointError as exc:
+            raise bad_request(str(exc)) from None
+        count = m.partition_count
+        if not count:
+            return _error(503, "the worker has no partitions yet")
+        try:
+            offsets = await asyncio.wait_for(
+                self._append_barriers(checkpoint_id, count), MAX_WAIT_S
+            )
+        except (KafkaError, TimeoutError) as exc:
+            return _error(503, f"the barriers were not acknowledged: {exc!r}")
+        barriers = {str(p): o for p, o in sorted(offsets.items())}
+        return web.json_response({"checkpoint_id": checkpoint_id, "barriers": barriers}, status=202)
+
+    async def _append_barriers(self, checkpoint_id: str, partitions: int) -> dict[int, int]:
+        """The barriers through a producer of the API's own (the fold's may be inside a
+        transaction), started on the first checkpoint asked for."""
+        if self._barriers is None:
+            config = self.m.config
+            producer = kafka.producer(
+                config.bootstrap, f"{config.client_id}-api-checkpoints",
+                security=config.kafka_security,
+            )  # fmt: skip
+            await producer.start()
+            self._barriers = producer
+        topic = self.m.config.topics.events
+        return await append_barriers(self._barriers, EventCodec(), topic, checkpoint_id, partitions)
 
     async def _store_of_context(
         self, request: web.Request, key: bytes

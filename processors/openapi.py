@@ -134,6 +134,31 @@ def _verify_operation(summary: str) -> dict[str, Any]:
     )
 
 
+def _start_checkpoint() -> dict[str, Any]:
+    """``POST /v1/checkpoints``: 202, a body that may name the id, the write token."""
+    operation = _operation(
+        "Start a checkpoint: a barrier on every WAL partition, as `lukhas checkpoint` does. "
+        "Needs the write token; a worker without one is read-only (403).",
+        _json({"type": "object"}, "checkpoint_id, barriers (partition -> offset)"),
+        errors=(400, 401, 403, 503),
+        tags=("cluster",),
+        requestBody={
+            "required": False,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"checkpoint_id": {"type": "string"}},
+                        "additionalProperties": False,
+                    }
+                }
+            },
+        },
+    )
+    operation["responses"]["202"] = operation["responses"].pop("200")
+    return operation
+
+
 def document(version: str) -> dict[str, Any]:
     """The OpenAPI document of a worker of ``version``."""
     context_get = _operation(
@@ -249,6 +274,7 @@ def document(version: str) -> dict[str, Any]:
                     ),
                     tags=("cluster",),
                 ),
+                "post": _start_checkpoint(),
             },
             "/console": {
                 "get": _operation(

@@ -59,15 +59,22 @@
     }
   }
 
-  // GET a path of the API (relative to the console's page); the parsed JSON (the text, with
-  // asText), or an ApiError whose message is the problem's detail.
-  async function api(path, asText) {
+  // A request to a path of the API (relative to the console's page): GET unless
+  // options.method says; options.body is sent as JSON. The parsed JSON (the text, with
+  // options.text), or an ApiError whose message is the problem's detail.
+  async function api(path, options) {
+    const opts = options || {};
     const headers = {};
     const token = sessionStorage.getItem(TOKEN_KEY);
     if (token) headers.Authorization = "Bearer " + token;
+    const init = { headers, cache: "no-store", method: opts.method || "GET" };
+    if (opts.body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(opts.body);
+    }
     let response;
     try {
-      response = await fetch(path, { headers, cache: "no-store" });
+      response = await fetch(path, init);
     } catch (e) {
       throw new ApiError(0, "the worker did not answer (" + e.message + ")");
     }
@@ -83,7 +90,7 @@
       if (response.status === 401) detail += " (enter the API token above)";
       throw new ApiError(response.status, response.status + ": " + detail);
     }
-    return asText ? text : body;
+    return opts.text ? text : body;
   }
 
   // ---- Cluster ------------------------------------------------------------------------------
@@ -408,24 +415,89 @@
   function showCheckpoints(mine) {
     const box = el("div", { id: "checkpoints" });
     const refresh = el("button", { type: "button", id: "refresh" }, "Refresh");
+    const controls = el("div", { id: "checkpoint-controls" });
     view().replaceChildren(el("h1", { tabindex: "-1" }, "Checkpoints"),
       el("p", { class: "muted" }, "The checkpoints the workers hold, newest first: each " +
         "partition's manifest, the workers that hold it, and whether their digests agree."),
-      el("div", { class: "search" }, refresh), box);
+      controls, el("div", { class: "search" }, refresh), box);
+    // The list (null when it could not be read: the status line says why).
     const load = async () => {
       let data;
       try {
         data = await api("v1/checkpoints");
       } catch (e) {
         if (mine === generation) status("Checkpoints: " + e.message, "error");
+        return null;
+      }
+      if (mine !== generation) return null;
+      box.replaceChildren(...renderCheckpoints(data));
+      return data;
+    };
+    refresh.addEventListener("click", load);
+    load().then((data) => {
+      if (mine === generation && data) controls.replaceChildren(...startControls(mine, data, load));
+    });
+  }
+
+  // Starting a checkpoint: only on a worker with a write token (else it says it is
+  // read-only), and only after a dialog that says what it will do.
+  function startControls(mine, data, load) {
+    if (!data.writable) {
+      return [el("p", { id: "read-only", class: "muted" }, "Read-only: this worker takes no " +
+        "writes through its API (start it with --api-write-token-file to start checkpoints " +
+        "here, or run `lukhas checkpoint`).")];
+    }
+    const id = el("input", { id: "checkpoint-id", autocomplete: "off", spellcheck: "false",
+      placeholder: "ck-<UTC time>-<4 hex>" });
+    const start = el("button", { type: "button", id: "start-checkpoint" }, "Start a checkpoint\u2026");
+    const what = el("p", { id: "confirm-text" });
+    const confirmButton = el("button", { type: "button", id: "confirm" }, "Start checkpoint");
+    const cancel = el("button", { type: "button", id: "cancel" }, "Cancel");
+    const dialog = el("dialog", { id: "confirm-dialog", "aria-labelledby": "confirm-title" },
+      el("h2", { id: "confirm-title" }, "Start a checkpoint?"), what,
+      el("div", { class: "search" }, confirmButton, cancel));
+    cancel.addEventListener("click", () => dialog.close());
+    start.addEventListener("click", async () => {
+      const now = await load();  // the partitions as they are now, not as when the page opened
+      if (!now || mine !== generation) return;
+      if (!now.partition_count) {
+        status("The worker has no partitions yet (it is joining its group): try again soon.", "warn");
+        return;
+      }
+      const name = id.value.trim() ? "checkpoint \u201c" + id.value.trim() + "\u201d" :
+        "a new checkpoint (its id made from the time)";
+      what.textContent = "This appends a barrier of " + name + " to each of the " +
+        now.partition_count + " WAL partitions. Every worker folding a partition then " +
+        "checkpoints its store at that offset: a copy on its disk and a manifest on the " +
+        "checkpoints topic. No context changes.";
+      dialog.showModal();
+      cancel.focus();  // the safe choice is the default one
+    });
+    confirmButton.addEventListener("click", async () => {
+      dialog.close();
+      const body = id.value.trim() ? { checkpoint_id: id.value.trim() } : {};
+      let started;
+      try {
+        started = await api("v1/checkpoints", { method: "POST", body });
+      } catch (e) {
+        if (mine === generation) status("Starting a checkpoint: " + e.message, "error");
         return;
       }
       if (mine !== generation) return;
-      status("");
-      box.replaceChildren(...renderCheckpoints(data));
-    };
-    refresh.addEventListener("click", load);
-    load();
+      status("Checkpoint " + started.checkpoint_id + " started: barriers at " +
+        Object.entries(started.barriers).map(([p, o]) => p + ":" + o).join(", ") +
+        "; it is listed once the workers took it.", "good");
+      id.value = "";
+      // The workers take it as they fold the barriers: look again a few times.
+      for (let i = 0; i < 15 && mine === generation; i++) {
+        await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+        const now = await load();
+        const listed = now && now.checkpoints.find((c) => c.checkpoint_id === started.checkpoint_id);
+        if (listed && listed.partitions.length === now.partition_count) break;
+      }
+    });
+    return [el("div", { class: "search" }, el("label", { for: "checkpoint-id" }, "Id (optional)"),
+      id, start), dialog];
   }
 
   function renderCheckpoints(data) {
@@ -542,7 +614,7 @@
     const history = [];
     const poll = async () => {
       try {
-        const text = await api("metrics", true);
+        const text = await api("metrics", { text: true });
         if (mine !== generation) return;
         history.push(reading(parseMetrics(text)));
         if (history.length > 61) history.shift();

@@ -23,6 +23,8 @@ import pytest
 
 from lukhas_context.processors.console import CSP
 
+from .conftest import serving_all
+
 pytestmark = pytest.mark.integration
 
 SHOTS = Path(__file__).resolve().parents[2] / "build" / "console"
@@ -405,3 +407,84 @@ async def test_a_checkpoint_taken_is_listed_with_its_manifests(
         await expect(row.locator("td").nth(6)).to_have_text(worker.url)
     await shoot(page, "checkpoints")
     assert trouble == []
+
+
+async def test_a_checkpoint_is_started_only_after_confirmation_and_with_the_write_token(
+    start_worker: Any, browser: Any
+) -> None:
+    from playwright.async_api import expect
+
+    write = "console-write-token-0123456789"
+    worker = await start_worker(api_write_token=write)
+    await serving_all(worker)  # (before, the page says the worker has no partitions yet)
+    page, trouble = await open_page(browser, f"{worker.url}/console#/checkpoints")
+    await expect(page.locator("#no-checkpoints")).to_be_visible()
+    # Cancel: nothing is appended.
+    await page.click("#start-checkpoint")
+    dialog = page.locator("#confirm-dialog")
+    await expect(dialog).to_be_visible()
+    await expect(dialog).to_contain_text("each of the 3 WAL partitions")
+    assert await page.evaluate("document.activeElement.id") == "cancel"
+    await shoot(page, "checkpoint-confirm")
+    await page.keyboard.press("Enter")  # the focused Cancel
+    await expect(dialog).to_be_hidden()
+    # Confirmed without the write token: refused, and the page says why.
+    await page.fill("#checkpoint-id", "ck-refused")
+    await page.click("#start-checkpoint")
+    await page.click("#confirm")
+    await expect(page.locator("#status")).to_contain_text("401")
+    trouble.clear()  # the browser logs the 401 it was answered
+    # With it: started, then listed once the worker took it.
+    await page.fill("#token", write)
+    await page.press("#token", "Enter")
+    await page.fill("#checkpoint-id", "ck-from-console")
+    await page.click("#start-checkpoint")
+    await expect(dialog).to_contain_text("checkpoint \u201cck-from-console\u201d")
+    await page.click("#confirm")
+    await expect(page.locator("#status")).to_contain_text("Checkpoint ck-from-console started")
+    rows = page.locator("section.checkpoint", has_text="ck-from-console").locator("tbody tr")
+    await expect(rows).to_have_count(3, timeout=30000)
+    await shoot(page, "checkpoint-started")
+    url = f"{worker.url}/v1/checkpoints"
+    async with aiohttp.ClientSession() as http, http.get(url) as answer:
+        listed = {c["checkpoint_id"] for c in (await answer.json())["checkpoints"]}
+    assert "ck-from-console" in listed and "ck-refused" not in listed
+    assert trouble == []
+
+
+async def test_without_a_write_token_the_console_and_the_api_are_read_only(
+    start_worker: Any, browser: Any
+) -> None:
+    from playwright.async_api import expect
+
+    worker = await start_worker()
+    page, trouble = await open_page(browser, f"{worker.url}/console#/checkpoints")
+    await expect(page.locator("#read-only")).to_contain_text("Read-only")
+    assert await page.locator("#start-checkpoint").count() == 0
+    url = f"{worker.url}/v1/checkpoints"
+    async with aiohttp.ClientSession() as http, http.post(url, json={}) as answer:
+        assert answer.status == 403
+        assert "read-only" in (await answer.json())["detail"]
+    assert trouble == []
+
+
+async def test_the_write_token_guards_writes_and_reads_too(start_worker: Any) -> None:
+    read, write = "console-read-token-0123456789", "console-write-token-0123456789"
+    worker = await start_worker(api_token=read, api_write_token=write)
+    async with aiohttp.ClientSession() as http:
+        post = f"{worker.url}/v1/checkpoints"
+        for headers, status in (({}, 401), ({"Authorization": f"Bearer {read}"}, 401)):
+            async with http.post(post, json={}, headers=headers) as answer:
+                assert answer.status == status
+        async with http.post(post, data=b"[1]", headers={"Authorization": f"Bearer {write}"}) as a:
+            assert a.status == 400
+        async with http.post(
+            post, json={"checkpoint_id": "../x"}, headers={"Authorization": f"Bearer {write}"}
+        ) as answer:
+            assert answer.status == 400
+        for token in (read, write):
+            async with http.get(
+                f"{worker.url}/v1/checkpoints", headers={"Authorization": f"Bearer {token}"}
+            ) as answer:
+                assert answer.status == 200
+                assert (await answer.json())["writable"] is True
