@@ -488,3 +488,41 @@ async def test_the_write_token_guards_writes_and_reads_too(start_worker: Any) ->
             ) as answer:
                 assert answer.status == 200
                 assert (await answer.json())["writable"] is True
+
+
+async def test_a_partition_still_restoring_is_shown_not_a_failure(
+    start_worker: Any, browser: Any
+) -> None:
+    from playwright.async_api import expect
+
+    worker = await start_worker()
+    # Partition 1's store opens only when the test lets it (the run task has not started
+    # yet: nothing was awaited since the worker was started).
+    opener = worker.materializer.opener
+    real = opener.open
+    release = asyncio.Event()
+
+    async def held(partition: int, watermarks: Any = None) -> Any:
+        if partition == 1:
+            await release.wait()
+        return await real(partition, watermarks)
+
+    opener.open = held  # type: ignore[method-assign]
+    try:
+        page, trouble = await open_page(browser, f"{worker.url}/console")
+        summary = page.locator("#cluster-summary")
+        await expect(summary).to_contain_text("1 restoring", timeout=30000)
+        partitions = page.locator("#cluster .scroll").nth(1).locator("tbody tr")
+        await expect(partitions.nth(1)).to_contain_text("restoring on " + worker.url)
+        worker_row = page.locator("#cluster .scroll").nth(0).locator("tbody tr").first
+        await expect(worker_row.locator("td").nth(2)).to_have_text("0, 2")  # serves
+        await expect(worker_row.locator("td").nth(3)).to_have_text("1")  # restoring
+        await shoot(page, "cluster-restoring")
+        await page.goto(f"{worker.url}/console#/contexts?prefix=")
+        await expect(page.locator("#results .warn")).to_contain_text("Partitions 1 did not")
+    finally:
+        release.set()
+    await page.goto(f"{worker.url}/console#/cluster")
+    await expect(summary).not_to_contain_text("restoring", timeout=30000)
+    await expect(partitions.nth(1).locator("td").nth(2)).to_have_text("0")  # open, folding
+    assert trouble == []
