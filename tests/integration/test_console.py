@@ -526,3 +526,44 @@ async def test_a_partition_still_restoring_is_shown_not_a_failure(
     await expect(summary).not_to_contain_text("restoring", timeout=30000)
     await expect(partitions.nth(1).locator("td").nth(2)).to_have_text("0")  # open, folding
     assert trouble == []
+
+
+async def test_every_view_fits_a_phone_and_a_checkpoint_starts_from_the_keyboard(
+    start_worker: Any, browser: Any
+) -> None:
+    from playwright.async_api import expect
+
+    write = "console-write-token-0123456789"
+    worker = await start_worker(api_write_token=write, memory_budget_bytes=512 * 1024 * 1024)
+    await serving_all(worker)
+    page, trouble = await open_page(browser, f"{worker.url}/console", viewport=PHONE)
+    for view, ready in (
+        ("changes?prefix=x", "#stream-state"),
+        ("metrics", "#memory"),
+        ("checkpoints", "#start-checkpoint"),
+    ):
+        await page.goto(f"{worker.url}/console#/{view}")
+        await page.locator(ready).wait_for()
+        assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        await shoot(page, f"phone-{view.split('?')[0]}")
+
+    async def tab_to(selector: str, back: bool = False) -> None:
+        for _ in range(20):
+            await page.keyboard.press("Shift+Tab" if back else "Tab")
+            if await page.evaluate(f"document.activeElement.matches({selector!r})"):
+                return
+        raise AssertionError(f"Tab never reached {selector}")
+
+    await tab_to("#token")
+    await page.keyboard.type(write)
+    await page.keyboard.press("Enter")
+    await tab_to("#checkpoint-id")
+    await page.keyboard.type("ck-keyboard")
+    await page.keyboard.press("Tab")  # to Start a checkpoint...
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#confirm-dialog")).to_be_visible()
+    await tab_to("#confirm", back=True)  # from Cancel, the focused one
+    await page.keyboard.press("Enter")
+    rows = page.locator("section.checkpoint", has_text="ck-keyboard").locator("tbody tr")
+    await expect(rows).to_have_count(3, timeout=30000)
+    assert trouble == []
