@@ -135,11 +135,14 @@ timestamps at most 2^63-1), else a 400 (never a 500).
 Connections are accepted by ``processors.listener``: capped, with deadlines for headers,
 bodies and idle connections; a connection over the cap is answered 503, late headers 408.
 
-Close to 1,000 lines, for one job: the worker's HTTP surface. Each handler is short (parse and
-bound the parameters, wait or forward, answer); what they share (the parameter checks, the
-forwarding to the owner, the error shape) is what keeps their answers alike, so they stay
-together. The work behind them lives elsewhere: the store, ``processors.listener``,
-``streams.watch``.
+About 1,400 lines, for one job: the worker's HTTP surface (the console's additions,
+``/v1/cluster``, ``/v1/checkpoints``, are a few short handlers over ``processors.overview``
+and ``processors.checkpoint_list``; the peer requests they share with the listing are the
+next thing to move out, with the forwarding, into a module of their own). Each handler is
+short (parse and bound the parameters, wait or forward, answer); what they share (the
+parameter checks, the forwarding to the owner, the error shape) is what keeps their answers
+alike, so they stay together. The work behind them lives elsewhere: the store,
+``processors.listener``, ``streams.watch``.
 """
 
 from __future__ import annotations
