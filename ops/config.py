@@ -203,6 +203,7 @@ class WorkerFlags:
     rebalance_timeout: float | None = None
     memory_budget: int | None = None
     api_token_file: Path | None = None
+    api_write_token_file: Path | None = None
     cors_origin: tuple[str, ...] = ()
     schema_registry: str | None = None
     coalesce_changes: bool = False
@@ -292,14 +293,13 @@ class Settings:
         ``OpsError`` for a file that cannot be read or holds none."""
         if path is None:
             return self.env.api_token
-        try:
-            lines = path.read_text().splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise OpsError(f"cannot read the API token file {path}: {exc}") from None
-        token = lines[0].strip() if lines else ""
-        if not token:
-            raise OpsError(f"the API token file {path} is empty")
-        return token
+        return _token_file(path)
+
+    @staticmethod
+    def write_token(path: Path | None) -> str | None:
+        """The API's write token: the first line of ``path`` (None: no path, read-only);
+        ``OpsError`` as for ``api_token``. No variable: a write token is given on purpose."""
+        return None if path is None else _token_file(path)
 
     def worker_config(self, flags: WorkerFlags) -> WorkerConfig:
         """The config of ``lukhas worker``: its options, and the test-only checkpoint pause."""
@@ -325,6 +325,7 @@ class Settings:
             standby_replicas=f.standby_replicas, memory_budget_bytes=f.memory_budget,
             change_compression=f.change_compression,
             api_token=self.api_token(f.api_token_file), cors_origins=tuple(f.cors_origin),
+            api_write_token=self.write_token(f.api_write_token_file),
             schema_registry_url=f.schema_registry or None,
             coalesce_changes=f.coalesce_changes, evict_dead_peers=f.evict_dead_peers,
             ttl_policies=TtlPolicies(f.ttl_policy) if f.ttl_policy else None,
@@ -373,3 +374,16 @@ class Settings:
             dist, config.bootstrap, self.data_dir, timeout, config.kafka_security
         )
         return tool, config
+
+
+def _token_file(path: Path) -> str:
+    """The first line of a token file; ``OpsError`` for one that cannot be read or holds
+    none."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OpsError(f"cannot read the API token file {path}: {exc}") from None
+    token = lines[0].strip() if lines else ""
+    if not token:
+        raise OpsError(f"the API token file {path} is empty")
+    return token

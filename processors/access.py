@@ -4,9 +4,15 @@
   ``LUKHAS_API_TOKEN``). When set, every request but the probes (``OPEN_PATHS``: a
   kubelet or a load balancer has no token) carries ``Authorization: Bearer TOKEN``; one
   without it, or with another, is a 401 problem with ``WWW-Authenticate: Bearer`` (RFC
-  6750), compared in constant time. Workers send it to each other when they forward, and
-  the client sends ``ClientConfig.api_token``. The listener's fast path is off then: it does
-  not read ``Authorization``, so every read goes through this check.
+  6750), compared in constant time. The console's static pages (``/console``) answer without
+  one too: they hold no data, and the calls their script makes carry the token. Workers send
+  it to each other when they forward, and the client sends ``ClientConfig.api_token``. The
+  listener's fast path is off then: it does not read ``Authorization``, so every read goes
+  through this check.
+* **Write token** (``WorkerConfig.api_write_token``; ``lukhas worker
+  --api-write-token-file``). The routes that change something (``WRITES``: starting a
+  checkpoint) need it, and it reads too; a worker without one has a read-only API (those
+  routes answer 403). Reads keep needing only the read token, if any.
 * **CORS** (``WorkerConfig.cors_origins``; ``--cors-origin``). An answer to a request from
   an origin on the list (or any, with ``*``) says so (``Access-Control-Allow-Origin``, and
   the headers a page may read); a preflight (``OPTIONS`` with
@@ -23,11 +29,15 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 
+from lukhas_context.processors.console import is_console_path
 from lukhas_context.processors.exceptions import InvalidWorkerConfigError
 from lukhas_context.processors.problems import problem
 
 #: Paths answered without a token: the probes.
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz"})
+#: The routes that change something: they need the write token (``api_write_token``), and
+#: answer 403 on a worker that has none.
+WRITES = frozenset({("POST", "/v1/checkpoints")})
 #: A token's characters (RFC 6750 ``b64token``) and its shortest length.
 _TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 MIN_TOKEN_CHARS = 16
@@ -69,23 +79,39 @@ def check_origins(origins: Iterable[str]) -> None:
             )
 
 
-def token_middleware(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
-    expected = f"Bearer {token}".encode()
+def token_middleware(
+    token: str | None, write_token: str | None = None
+) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Requires ``token`` (or ``write_token``, which reads too) on every request but the
+    open paths, and ``write_token`` on the routes that change something (``WRITES``); a
+    write route without a write token configured passes to its handler, which refuses it
+    (403: the API is read-only)."""
+    reads = [f"Bearer {t}".encode() for t in (token, write_token) if t is not None]
+    writes = [] if write_token is None else [f"Bearer {write_token}".encode()]
 
     @web.middleware
     async def require_token(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if request.path in OPEN_PATHS or request.method == "OPTIONS":
+        if (
+            request.path in OPEN_PATHS
+            or request.method == "OPTIONS"
+            or is_console_path(request.path)
+        ):
+            return await handler(request)
+        write = (request.method, request.path) in WRITES
+        accepted = writes if write else reads
+        if (write and write_token is None) or (not write and token is None):
             return await handler(request)
         given = request.headers.get("Authorization")
+        what = "a write token" if write else "a bearer token"
         if given is None:
-            detail = "this API needs a bearer token (Authorization: Bearer ...)"
+            detail = f"this API needs {what} (Authorization: Bearer ...)"
             challenge = 'Bearer realm="lukhas"'
-        elif hmac.compare_digest(given.encode(errors="replace"), expected):
+        elif any(hmac.compare_digest(given.encode(errors="replace"), a) for a in accepted):
             return await handler(request)
         else:
-            detail = "the bearer token is not this API's"
+            detail = f"the bearer token is not this API's {'write token' if write else 'token'}"
             challenge = 'Bearer realm="lukhas", error="invalid_token"'
         return problem(401, detail, headers={"WWW-Authenticate": challenge})
 

@@ -87,6 +87,31 @@ request for a partition the receiver does not serve either is 421 at once.
 counters now, its load over its last advice interval, the group's advice then and the figure
 ``lukhas_desired_workers`` exports; 404 when the worker computes none.
 
+``GET /v1/cluster`` is the cluster as this worker sees it (``processors.overview``):
+``{"api", "partition_count", "workers": [{"api", "member", "reachable", "error", "status",
+"partitions": [{"partition", "next_offset", "end", "lag", "digest", "documents",
+"opened_from"}], "restoring", "standbys"}], "partitions": [{"partition", "owner",
+"next_offset", "end", "lag", "digest", "restoring", "standbys", "digests"}]}`` — each other
+member asked for its own view at once, one that does not answer listed with
+``"reachable": false`` and why; ``digests`` says whether the copies at the owner's position
+agree (``equal``, ``differ``, ``behind``, ``single``, ``unknown``).
+
+``GET /v1/checkpoints`` lists the checkpoints the workers hold (``processors.checkpoint_list``):
+``{"partition_count", "checkpoints": [{"checkpoint_id", "created_at_ms", "partitions":
+[{"partition", "next_offset", "records", "documents", "digest", "created_at_ms", "held_by",
+"digests"}]}], "held", "unreachable"}`` — newest first, merged from every member (asked at
+once; ``held``: this worker's own manifests, ``unreachable``: members that did not answer);
+``digests`` is ``equal`` or ``differ`` across the workers that hold a partition's checkpoint
+(``single``: one does).
+
+``POST /v1/checkpoints`` starts a checkpoint as ``lukhas checkpoint`` does: a barrier on every
+WAL partition (body ``{"checkpoint_id": ID}`` or empty for a generated id); 202 with
+``{"checkpoint_id", "barriers": {partition: offset}}``. It needs the write token
+(``processors.access``); a worker without one answers 403 (its API is read-only).
+
+``GET /console`` is the operators' console (``processors.console``): static pages, bundled
+with the package, that use only the routes above.
+
 ``GET /v1/openapi.json`` is this API as OpenAPI 3.1 (``processors.openapi``).
 
 ``GET /healthz`` is 200 while the worker folds, 503 otherwise: ``{"status": "ok" | "starting"
@@ -119,11 +144,14 @@ Reads (contexts, listings, history, outcomes, dry runs) are shed when more of th
 the problem ``overloaded`` (``retry_after``), at once and without doing the read; health,
 metrics, members, partitions, the change stream and verify sessions never are.
 
-Close to 1,000 lines, for one job: the worker's HTTP surface. Each handler is short (parse and
-bound the parameters, wait or forward, answer); what they share (the parameter checks, the
-forwarding to the owner, the error shape) is what keeps their answers alike, so they stay
-together. The work behind them lives elsewhere: the store, ``processors.listener``,
-``streams.watch``.
+About 1,400 lines, for one job: the worker's HTTP surface (the console's additions,
+``/v1/cluster``, ``/v1/checkpoints``, are a few short handlers over ``processors.overview``
+and ``processors.checkpoint_list``; the peer requests they share with the listing are the
+next thing to move out, with the forwarding, into a module of their own). Each handler is
+short (parse and bound the parameters, wait or forward, answer); what they share (the
+parameter checks, the forwarding to the owner, the error shape) is what keeps their answers
+alike, so they stay together. The work behind them lives elsewhere: the store,
+``processors.listener``, ``streams.watch``.
 """
 
 from __future__ import annotations
@@ -134,6 +162,7 @@ import functools
 import math
 import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -142,10 +171,14 @@ import orjson
 import xxhash
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from lukhas_context import __version__
 from lukhas_context.processors.access import Cors, token_middleware
 from lukhas_context.processors.asof import AsOfStates
+from lukhas_context.processors.checkpoint_list import held, merged
+from lukhas_context.processors.console import console_routes
 from lukhas_context.processors.exceptions import NotOwnerError
 from lukhas_context.processors.fold import MAX_ID_BYTES, apply, dead_letter_reason, is_barrier
 from lukhas_context.processors.listener import Listener
@@ -158,20 +191,32 @@ from lukhas_context.processors.listing import (
     start_after,
 )
 from lukhas_context.processors.materializer import Materializer
+from lukhas_context.processors.members import Member
 from lukhas_context.processors.metrics import PROMETHEUS_CONTENT_TYPE
 from lukhas_context.processors.openapi import document as openapi_document
+from lukhas_context.processors.overview import (
+    PEER_TIMEOUT_S,
+    replicas,
+    unreachable,
+    worker_view,
+)
 from lukhas_context.processors.pointintime import parse_as_of, read_context
 from lukhas_context.processors.problems import bad_request, problem, problem_middleware
 from lukhas_context.processors.round import reused_event_id
 from lukhas_context.processors.shed import ReadQueue, sheds
 from lukhas_context.processors.verify_api import VerifySessions
 from lukhas_context.processors.wal_end import WalEnds
+from lukhas_context.schemas.codec import EventCodec
 from lukhas_context.schemas.event import fence_problem
 from lukhas_context.schemas.exceptions import CodecError, LukhasError
+from lukhas_context.state.exceptions import InvalidCheckpointError
 from lukhas_context.state.history import MAX_PAGE
 from lukhas_context.state.journal import EntryStatus
+from lukhas_context.state.manifest import check_checkpoint_id
 from lukhas_context.state.record import ContextRecord
 from lukhas_context.state.store import HASH_MASK, PartitionStore
+from lukhas_context.streams import kafka
+from lukhas_context.streams.barriers import append_barriers
 from lukhas_context.streams.changes import Gap
 from lukhas_context.streams.config import bearer_headers
 from lukhas_context.streams.exceptions import InvalidPositionError, ReadError, ValidationError
@@ -368,8 +413,8 @@ class ReadApi:
         #: The reads in the handlers, and whether to shed new ones (``processors.shed``).
         self.read_queue = ReadQueue(config.read_queue_budget, materializer.metrics)
         middlewares: list[Any] = [self._count, self._shed, problem_middleware, cors.preflight]
-        if config.api_token is not None:
-            middlewares.append(token_middleware(config.api_token))
+        if config.api_token is not None or config.api_write_token is not None:
+            middlewares.append(token_middleware(config.api_token, config.api_write_token))
         self.app = web.Application(
             client_max_size=DOWNSTREAM_MAX_MESSAGE_BYTES,
             middlewares=[*middlewares, self._deadlines],
@@ -394,8 +439,13 @@ class ReadApi:
                 web.get("/readyz", self.readyz),
                 web.get("/metrics", self.metrics),
                 web.get("/v1/openapi.json", self.openapi),
+                web.get("/v1/cluster", self.cluster),
+                web.get("/v1/checkpoints", self.checkpoints),
+                web.post("/v1/checkpoints", self.start_checkpoint),
             ]
         )
+        #: The operators' console: static pages that use the routes above (``processors.console``).
+        self.app.add_routes(console_routes())
         #: States as of a point of the log (``?as_of=``), built on request.
         self.as_of = AsOfStates(materializer.config)
         #: ``lukhas verify``'s frozen copies of stores (``processors.verify_api``).
@@ -415,6 +465,8 @@ class ReadApi:
             "GET", "/v1/contexts/{context_id}", "503"
         )
         self._openapi: bytes | None = None
+        #: The producer of the checkpoint barriers ``POST /v1/checkpoints`` appends.
+        self._barriers: AIOKafkaProducer | None = None
         self._http: aiohttp.ClientSession | None = None
         #: Open server-sent event streams (each one a consumer), closed on shutdown.
         self._streams: set[Watcher] = set()
@@ -501,6 +553,9 @@ class ReadApi:
             await self._http.close()
             self._http = None
         await self._wal_ends.close()
+        if self._barriers is not None:
+            await self._barriers.stop()
+            self._barriers = None
 
     def _check_partition(self, partition: int) -> web.Response | None:
         """A 404 when the WAL has no ``partition`` (None when it has, or the worker does not
@@ -588,6 +643,147 @@ class ReadApi:
                 "members": [member.to_dict() for member in membership.members()],
             }
         )
+
+    @_params()
+    async def cluster(self, request: web.Request) -> web.Response:
+        """The cluster as this worker sees it (``processors.overview``): every member's own
+        view, asked at once, and every partition's owner, lag and digests; a forwarded
+        request is answered with this worker's view alone."""
+        m = self.m
+        workers = [worker_view(m)]
+        if not request.headers.get(FORWARDED_HEADER):
+            others = [x for x in m.membership.members() if x.api != m.config.api_url]
+            workers += await asyncio.gather(*(self._peer_view(x) for x in others))
+        count = m.partition_count
+        owners = {p: o.api for p in range(count) if (o := m.membership.owner(p)) is not None}
+        return web.json_response(
+            {
+                "api": m.config.api_url,
+                "partition_count": count,
+                "workers": workers,
+                "partitions": replicas(count, owners, workers),
+            }
+        )
+
+    async def _peer_view(self, member: Member) -> dict[str, Any]:
+        """``member``'s own view (its ``/v1/cluster``, forwarded), or an unreachable entry
+        saying why there is none."""
+        data, why = await self._ask_member(member, "/v1/cluster")
+        workers = None if data is None else data.get("workers")
+        view = workers[0] if isinstance(workers, list) and workers else None
+        lists = ("partitions", "restoring", "standbys")
+        if not isinstance(view, dict) or not all(isinstance(view.get(k), list) for k in lists):
+            return unreachable(member, why or "its answer is not a cluster view")
+        return view
+
+    async def _ask_member(
+        self, member: Member, path: str
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        """``member``'s answer to ``GET path``, marked forwarded (so it answers for itself
+        alone), within ``PEER_TIMEOUT_S``: the JSON object, or None and why there is none."""
+        url = member.forward_url.rstrip("/") + path
+        headers = {FORWARDED_HEADER: self.m.config.api_url, **self._peer_headers}
+        try:
+            async with self._peers().get(
+                url, headers=headers, timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)
+            ) as answer:
+                if answer.status != 200:
+                    return None, f"its {path} answered {answer.status}"
+                data = orjson.loads(await answer.read())
+        except TimeoutError:
+            return None, f"no answer within {PEER_TIMEOUT_S:g} s"
+        except aiohttp.ClientError as e:
+            return None, f"{type(e).__name__}: {e}"
+        except ValueError:
+            return None, f"its {path} answer is not JSON"
+        return (data, None) if isinstance(data, dict) else (None, f"its {path} answer is odd")
+
+    @_params()
+    async def checkpoints(self, request: web.Request) -> web.Response:
+        """The checkpoints the workers hold (``processors.checkpoint_list``): this worker's,
+        and, unless the request was forwarded, every other member's, asked at once; a member
+        that does not answer is named in ``unreachable`` with why."""
+        m = self.m
+        count = m.partition_count
+        mine = await asyncio.to_thread(held, m.checkpoints, range(count))
+        holders: list[tuple[str, list[dict[str, Any]]]] = [(m.config.api_url, mine)]
+        missing: list[dict[str, str]] = []
+        if not request.headers.get(FORWARDED_HEADER):
+            others = [x for x in m.membership.members() if x.api != m.config.api_url]
+            answers = await asyncio.gather(
+                *(self._ask_member(x, "/v1/checkpoints") for x in others)
+            )
+            for member, (data, why) in zip(others, answers, strict=True):
+                listed = None if data is None else data.get("held")
+                if isinstance(listed, list):
+                    holders.append((member.api, listed))
+                else:
+                    missing.append({"api": member.api, "error": why or "no held list"})
+        return web.json_response(
+            {
+                "partition_count": count,
+                "checkpoints": merged(holders),
+                "held": mine,
+                "unreachable": missing,
+                "writable": m.config.api_write_token is not None,
+            }
+        )
+
+    @_params()
+    async def start_checkpoint(self, request: web.Request) -> web.Response:
+        """Appends a checkpoint barrier to every WAL partition, as ``lukhas checkpoint``
+        does (the body: ``{"checkpoint_id": ID}``, or nothing for ``ck-<UTC time>-<4 hex>``);
+        202 with the barriers' offsets. 403 when this worker has no write token."""
+        m = self.m
+        if m.config.api_write_token is None:
+            return _error(
+                403, "this worker's API is read-only: start it with --api-write-token-file "
+                "to start checkpoints through it (or run `lukhas checkpoint`)",
+            )  # fmt: skip
+        raw = await request.read()
+        checkpoint_id = None
+        if raw:
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise bad_request("the body is not JSON") from None
+            if not isinstance(body, dict) or set(body) - {"checkpoint_id"}:
+                raise bad_request('the body is {"checkpoint_id": ID} (or empty)')
+            checkpoint_id = body.get("checkpoint_id")
+        if checkpoint_id is None:
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            checkpoint_id = f"ck-{stamp}-{uuid.uuid4().hex[:4]}"
+        if not isinstance(checkpoint_id, str):
+            raise bad_request("checkpoint_id is a string")
+        try:
+            check_checkpoint_id(checkpoint_id)
+        except InvalidCheckpointError as exc:
+            raise bad_request(str(exc)) from None
+        count = m.partition_count
+        if not count:
+            return _error(503, "the worker has no partitions yet")
+        try:
+            offsets = await asyncio.wait_for(
+                self._append_barriers(checkpoint_id, count), MAX_WAIT_S
+            )
+        except (KafkaError, TimeoutError) as exc:
+            return _error(503, f"the barriers were not acknowledged: {exc!r}")
+        barriers = {str(p): o for p, o in sorted(offsets.items())}
+        return web.json_response({"checkpoint_id": checkpoint_id, "barriers": barriers}, status=202)
+
+    async def _append_barriers(self, checkpoint_id: str, partitions: int) -> dict[int, int]:
+        """The barriers through a producer of the API's own (the fold's may be inside a
+        transaction), started on the first checkpoint asked for."""
+        if self._barriers is None:
+            config = self.m.config
+            producer = kafka.producer(
+                config.bootstrap, f"{config.client_id}-api-checkpoints",
+                security=config.kafka_security,
+            )  # fmt: skip
+            await producer.start()
+            self._barriers = producer
+        topic = self.m.config.topics.events
+        return await append_barriers(self._barriers, EventCodec(), topic, checkpoint_id, partitions)
 
     async def _store_of_context(
         self, request: web.Request, key: bytes

@@ -165,6 +165,10 @@ class WorkerConfig:
     #: A bearer token every request to the read API but the probes must carry
     #: (``processors.access``); None: none needed. Never printed (``repr=False``).
     api_token: str | None = field(default=None, repr=False)
+    #: The bearer token of the API's routes that change something (``POST
+    #: /v1/checkpoints``; ``processors.access``); it reads too. None: the API is read-only
+    #: (those routes answer 403). Never printed.
+    api_write_token: str | None = field(default=None, repr=False)
     #: Origins whose pages may use the read API from a browser (CORS; ``*``: any).
     cors_origins: tuple[str, ...] = ()
     #: A Schema Registry (its Confluent-compatible API, e.g. ``http://registry:8081``) to
@@ -211,6 +215,7 @@ class WorkerConfig:
             raise InvalidWorkerConfigError(
                 f"round_budget_s must be a positive number of seconds, got {self.round_budget_s}"
             )
+        check_token(self.api_write_token)
         check_origins(self.cors_origins)
         if self.change_compression not in ("none", "lz4", "zstd"):
             raise InvalidWorkerConfigError(

@@ -157,6 +157,31 @@ def _verify_operation(summary: str) -> dict[str, Any]:
     )
 
 
+def _start_checkpoint() -> dict[str, Any]:
+    """``POST /v1/checkpoints``: 202, a body that may name the id, the write token."""
+    operation = _operation(
+        "Start a checkpoint: a barrier on every WAL partition, as `lukhas checkpoint` does. "
+        "Needs the write token; a worker without one is read-only (403).",
+        _json({"type": "object"}, "checkpoint_id, barriers (partition -> offset)"),
+        errors=(400, 401, 403, 503),
+        tags=("cluster",),
+        requestBody={
+            "required": False,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"checkpoint_id": {"type": "string"}},
+                        "additionalProperties": False,
+                    }
+                }
+            },
+        },
+    )
+    operation["responses"]["202"] = operation["responses"].pop("200")
+    return operation
+
+
 def document(version: str) -> dict[str, Any]:
     """The OpenAPI document of a worker of ``version``."""
     context_get = _operation(
@@ -269,6 +294,60 @@ def document(version: str) -> dict[str, Any]:
                     ("sample",),
                     (400, 404),
                     tags=("cluster",),
+                ),
+            },
+            "/v1/cluster": {
+                "get": _operation(
+                    "The cluster as this worker sees it: every member's partitions, lag, "
+                    "restores and standbys (an unreachable one says so), and whether each "
+                    "partition's copies agree on its digest.",
+                    _json({"type": "object"}, "api, partition_count, workers, partitions"),
+                    tags=("cluster",),
+                ),
+            },
+            "/v1/checkpoints": {
+                "get": _operation(
+                    "The checkpoints the workers hold, newest first: each partition's "
+                    "manifest (next offset, counts, digest), which workers hold it and "
+                    "whether their digests agree.",
+                    _json(
+                        {"type": "object"},
+                        "partition_count, checkpoints, held, unreachable",
+                    ),
+                    tags=("cluster",),
+                ),
+                "post": _start_checkpoint(),
+            },
+            "/console": {
+                "get": _operation(
+                    "The operators' console (a page that uses this API; no token needed).",
+                    {
+                        "description": "The console's page.",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    },
+                    tags=("console",),
+                ),
+            },
+            "/console/{asset}": {
+                "parameters": [
+                    _path_parameter(
+                        "asset",
+                        {"type": "string", "enum": ["console.js", "console.css", "icon.svg"]},
+                        "One of the console's files.",
+                    )
+                ],
+                "get": _operation(
+                    "A file of the console (its script or style sheet).",
+                    {
+                        "description": "The file.",
+                        "content": {
+                            "text/javascript": {"schema": {"type": "string"}},
+                            "text/css": {"schema": {"type": "string"}},
+                            "image/svg+xml": {"schema": {"type": "string"}},
+                        },
+                    },
+                    errors=(404,),
+                    tags=("console",),
                 ),
             },
             "/v1/changes": {

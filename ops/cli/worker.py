@@ -189,6 +189,11 @@ def _registry_url(_ctx: click.Context, _param: click.Parameter, value: str | Non
               help="A file whose first line is a bearer token every read API request but the "
                    "probes (/livez, /readyz, /healthz) must carry; without it "
                    "LUKHAS_API_TOKEN, if set, is the token (none: no token needed).")  # fmt: skip
+@click.option("--api-write-token-file", type=click.Path(path_type=Path, dir_okay=False),
+              default=None,
+              help="A file whose first line is the bearer token of the API's routes that "
+                   "change something (POST /v1/checkpoints: the console's Start a "
+                   "checkpoint); it reads too. Without it the API is read-only.")  # fmt: skip
 @click.option("--cors-origin", multiple=True, metavar="ORIGIN",
               help="An origin (https://console.example:8443, or * for any) whose pages may "
                    "use the read API from a browser; repeat for more.")  # fmt: skip

@@ -38,7 +38,9 @@ def test_the_wheel_holds_every_package_and_data_file(tmp_path: Path) -> None:
     expected = set()
     for folder in FOLDERS:
         for path in (ROOT / folder).rglob("*"):
-            if path.suffix in {".py", ".avsc"} or path.name == "py.typed":
+            # .html, .js, .css, .svg: the console's files (processors/static), served from it
+            console = {".html", ".js", ".css", ".svg"}
+            if path.suffix in {".py", ".avsc", *console} or path.name == "py.typed":
                 rel = path.relative_to(ROOT).as_posix()
                 expected.add(f"lukhas_context/{rel}")
     expected |= {"lukhas_context/__init__.py", "lukhas_context/py.typed"}  # the public names

@@ -1,0 +1,122 @@
+"""The cluster as one worker sees it, for ``GET /v1/cluster`` (the operators' console and any
+other tool): every member of the routing table with what it serves, and every partition with
+its owner, position, lag and whether its copies' digests agree.
+
+Each member is asked for its own view (``GET /v1/cluster`` marked forwarded, answered from its
+stores alone), all at once and within ``PEER_TIMEOUT_S``; a member that does not answer is
+listed as unreachable with the reason, never left out and never a failure of the whole answer:
+a console must show a worker that is down, not break on it.
+
+Digests are compared between copies at the same ``next_offset`` only (the digest is of the
+state folded up to it, so copies at different positions differ without anything being
+wrong): ``equal`` when every copy at the owner's position has the owner's digest, ``differ``
+when one does not, ``behind`` when no other copy is at the owner's position yet, ``single``
+when there is no other copy, ``unknown`` when the owner's own view is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from lukhas_context.processors.materializer import Materializer
+from lukhas_context.processors.members import Member
+
+#: Seconds a member has to answer for its part of the overview.
+PEER_TIMEOUT_S = 3.0
+
+
+def worker_view(m: Materializer) -> dict[str, Any]:
+    """This worker's own part: its status, the partitions it serves (each with the WAL's end
+    as last seen and the lag to it), the ones it is restoring, and its standby copies."""
+    partitions = []
+    for p, store in sorted(m.stores.items()):
+        summary = store.summary()
+        end = m.highwater(p)
+        report = m.restore_reports.get(p)
+        partitions.append(
+            {
+                "partition": p,
+                "next_offset": summary.next_offset,
+                "end": end,
+                "lag": None if end is None else max(0, end - summary.next_offset),
+                "digest": summary.digest_hex,
+                "documents": summary.documents,
+                "opened_from": None if report is None else report.source.value,
+            }
+        )
+    error = m.stop_error
+    return {
+        "api": m.config.api_url,
+        "member": m.membership.member,
+        "reachable": True,
+        "error": None if error is None else f"{type(error).__name__}: {error}",
+        "status": "ok" if m.running else "stopped" if m.stopped else "starting",
+        "partitions": partitions,
+        "restoring": m.restoring,
+        "standbys": [] if m.standby is None else m.standby.report(),
+    }
+
+
+def unreachable(member: Member, reason: str) -> dict[str, Any]:
+    """The entry of a member that did not answer: what the routing table says it serves."""
+    return {
+        "api": member.api,
+        "member": member.member,
+        "reachable": False,
+        "error": reason,
+        "status": "unreachable",
+        "partitions": [{"partition": p} for p in member.partitions],
+        "restoring": [],
+        "standbys": [{"partition": p} for p in member.standbys],
+    }
+
+
+def replicas(
+    partition_count: int, owners: Mapping[int, str], workers: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """One entry per partition: its owner (the routing table's; None: unowned), the owner's
+    position, lag and digest, every standby copy's, and the digests' verdict (module doc)."""
+    active: dict[int, dict[str, Any]] = {}
+    copies: dict[int, list[dict[str, Any]]] = {p: [] for p in range(partition_count)}
+    restoring: dict[int, list[str]] = {p: [] for p in range(partition_count)}
+    for worker in workers:
+        api = worker["api"]
+        for entry in worker["partitions"]:
+            if "next_offset" in entry and entry["partition"] in copies:
+                active[entry["partition"]] = {**entry, "api": api}
+        for entry in worker["standbys"]:
+            if entry.get("partition") in copies and "next_offset" in entry:
+                copies[entry["partition"]].append({**entry, "api": api})
+        for p in worker["restoring"]:
+            if p in restoring:
+                restoring[p].append(api)
+    out = []
+    for p in range(partition_count):
+        own = active.get(p)
+        out.append(
+            {
+                "partition": p,
+                "owner": owners.get(p),
+                "next_offset": None if own is None else own["next_offset"],
+                "end": None if own is None else own["end"],
+                "lag": None if own is None else own["lag"],
+                "digest": None if own is None else own["digest"],
+                "restoring": restoring[p],
+                "standbys": copies[p],
+                "digests": verdict(own, copies[p]),
+            }
+        )
+    return out
+
+
+def verdict(own: Mapping[str, Any] | None, standbys: Sequence[Mapping[str, Any]]) -> str:
+    """``equal``, ``differ``, ``behind``, ``single`` or ``unknown`` (see the module doc)."""
+    if own is None:
+        return "unknown"
+    if not standbys:
+        return "single"
+    level = [c for c in standbys if c["next_offset"] == own["next_offset"]]
+    if not level:
+        return "behind"
+    return "equal" if all(c["digest"] == own["digest"] for c in level) else "differ"

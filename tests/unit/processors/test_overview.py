@@ -1,0 +1,84 @@
+"""The cluster overview (``processors.overview``): each partition's owner and copies, and
+whether their digests agree, from the members' views; a member that did not answer is listed
+with what the routing table says it serves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lukhas_context.processors.members import Member
+from lukhas_context.processors.overview import replicas, unreachable, verdict
+
+A, B = "http://a:1", "http://b:1"
+
+
+def copy(partition: int, next_offset: int, digest: str) -> dict[str, Any]:
+    return {"partition": partition, "next_offset": next_offset, "digest": digest}
+
+
+def owned(partition: int, next_offset: int, digest: str, end: int) -> dict[str, Any]:
+    lag = end - next_offset
+    return {**copy(partition, next_offset, digest), "end": end, "lag": lag}
+
+
+def worker(api: str, partitions: list[Any], standbys: list[Any], restoring: list[int]) -> Any:
+    return {"api": api, "partitions": partitions, "standbys": standbys, "restoring": restoring}
+
+
+def test_digests_are_compared_at_the_owners_position_only() -> None:
+    own = copy(0, 10, "aa")
+    assert verdict(own, []) == "single"
+    assert verdict(own, [copy(0, 10, "aa")]) == "equal"
+    assert verdict(own, [copy(0, 10, "bb")]) == "differ"
+    assert verdict(own, [copy(0, 9, "bb")]) == "behind"  # another position: not comparable
+    assert verdict(own, [copy(0, 9, "bb"), copy(0, 10, "aa")]) == "equal"
+    assert verdict(None, [copy(0, 10, "aa")]) == "unknown"
+
+
+def test_each_partition_has_its_owner_copies_lag_and_restores() -> None:
+    workers = [
+        worker(A, [owned(0, 10, "aa", 12)], [copy(1, 5, "cc")], [2]),
+        worker(B, [owned(1, 5, "cc", 5)], [copy(0, 10, "ab")], []),
+    ]
+    got = replicas(3, {0: A, 1: B, 2: A}, workers)
+    assert [(p["partition"], p["owner"], p["lag"], p["digests"]) for p in got] == [
+        (0, A, 2, "differ"),
+        (1, B, 0, "equal"),
+        (2, A, None, "unknown"),
+    ]
+    assert got[2]["restoring"] == [A]
+    assert [s["api"] for s in got[0]["standbys"]] == [B]
+
+
+def test_an_unreachable_member_is_listed_with_the_tables_partitions() -> None:
+    member = Member("m-b", B, (1,), 3, 0, standbys=(0,))
+    entry = unreachable(member, "no answer within 3 s")
+    assert (entry["reachable"], entry["status"], entry["error"]) == (
+        False, "unreachable", "no answer within 3 s",
+    )  # fmt: skip
+    got = replicas(2, {0: A, 1: B}, [worker(A, [owned(0, 4, "aa", 4)], [], []), entry])
+    # Its partition has no position (nobody answered for it), and its copy is not compared.
+    assert (got[1]["owner"], got[1]["next_offset"], got[1]["digests"]) == (B, None, "unknown")
+    assert got[0]["digests"] == "single"
+
+
+def test_checkpoints_merge_by_id_newest_first_with_their_holders() -> None:
+    from lukhas_context.processors.checkpoint_list import merged
+
+    def manifest(ck: str, p: int, digest: str, at: int) -> dict[str, Any]:
+        return {"checkpoint_id": ck, "partition": p, "next_offset": 5, "records": 3,
+                "documents": 2, "digest": digest, "created_at_ms": at}  # fmt: skip
+
+    got = merged(
+        [
+            (A, [manifest("old", 0, "aa", 1), manifest("new", 0, "bb", 9)]),
+            (B, [manifest("new", 0, "bb", 8), manifest("new", 1, "cc", 9)]),
+            ("http://c:1", [manifest("new", 1, "cd", 9)]),
+        ]
+    )
+    assert [c["checkpoint_id"] for c in got] == ["new", "old"]
+    new = got[0]["partitions"]
+    assert [(r["partition"], r["held_by"], r["digests"]) for r in new] == [
+        (0, [A, B], "equal"),
+        (1, [B, "http://c:1"], "differ"),
+    ]
