@@ -157,6 +157,7 @@ alike, so they stay together. The work behind them lives elsewhere: the store,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import functools
 import math
@@ -467,6 +468,7 @@ class ReadApi:
         self._openapi: bytes | None = None
         #: The producer of the checkpoint barriers ``POST /v1/checkpoints`` appends.
         self._barriers: AIOKafkaProducer | None = None
+        self._barriers_start = asyncio.Lock()
         self._http: aiohttp.ClientSession | None = None
         #: Open server-sent event streams (each one a consumer), closed on shutdown.
         self._streams: set[Watcher] = set()
@@ -774,14 +776,20 @@ class ReadApi:
     async def _append_barriers(self, checkpoint_id: str, partitions: int) -> dict[int, int]:
         """The barriers through a producer of the API's own (the fold's may be inside a
         transaction), started on the first checkpoint asked for."""
-        if self._barriers is None:
-            config = self.m.config
-            producer = kafka.producer(
-                config.bootstrap, f"{config.client_id}-api-checkpoints",
-                security=config.kafka_security,
-            )  # fmt: skip
-            await producer.start()
-            self._barriers = producer
+        async with self._barriers_start:  # one producer, however many ask at once
+            if self._barriers is None:
+                config = self.m.config
+                producer = kafka.producer(
+                    config.bootstrap, f"{config.client_id}-api-checkpoints",
+                    security=config.kafka_security,
+                )  # fmt: skip
+                try:
+                    await producer.start()
+                except BaseException:  # Kafka down, or the caller's time ran out: not kept
+                    with contextlib.suppress(Exception):
+                        await producer.stop()
+                    raise
+                self._barriers = producer
         topic = self.m.config.topics.events
         return await append_barriers(self._barriers, EventCodec(), topic, checkpoint_id, partitions)
 

@@ -31,6 +31,19 @@ def held(checkpoints: CheckpointDir, partitions: Iterable[int]) -> list[dict[str
     return out
 
 
+def _well_formed(m: object) -> bool:
+    """Whether a manifest entry (a peer's, from JSON) has the fields ``merged`` reads, of
+    their types: anything else is left out rather than failing the whole answer."""
+    return (
+        isinstance(m, Mapping)
+        and isinstance(m.get("checkpoint_id"), str)
+        and type(m.get("partition")) is int
+        and type(m.get("created_at_ms")) is int
+        and isinstance(m.get("digest"), str)
+        and all(k in m for k in FIELDS)
+    )
+
+
 def merged(holders: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]) -> list[dict[str, Any]]:
     """``(api, manifests)`` of each worker -> one entry per checkpoint id, newest first
     (by the latest ``created_at_ms`` of its partitions), its partitions in order, each with the
@@ -39,6 +52,8 @@ def merged(holders: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]) -> list[d
     by_id: dict[str, dict[int, list[tuple[str, Mapping[str, Any]]]]] = {}
     for api, manifests in holders:
         for m in manifests:
+            if not _well_formed(m):  # a peer's answer of another shape: left out, not a 500
+                continue
             by_id.setdefault(m["checkpoint_id"], {}).setdefault(m["partition"], []).append((api, m))
     out = []
     for checkpoint_id, partitions in by_id.items():

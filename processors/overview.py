@@ -81,15 +81,21 @@ def replicas(
     copies: dict[int, list[dict[str, Any]]] = {p: [] for p in range(partition_count)}
     restoring: dict[int, list[str]] = {p: [] for p in range(partition_count)}
     for worker in workers:
-        api = worker["api"]
-        for entry in worker["partitions"]:
-            if "next_offset" in entry and entry["partition"] in copies:
-                active[entry["partition"]] = {**entry, "api": api}
-        for entry in worker["standbys"]:
-            if entry.get("partition") in copies and "next_offset" in entry:
+        api = str(worker.get("api"))
+        # A peer's answer of another shape (an older or newer worker, garbage) loses its
+        # odd entries, never the whole answer.
+        for entry in _entries(worker.get("partitions")):
+            p = entry["partition"]
+            # Mid-rebalance two may say they fold it: the routing table's owner wins.
+            first_or_owner = p not in active or api == owners.get(p)
+            if "next_offset" in entry and p in copies and first_or_owner:
+                active[p] = {**entry, "api": api}
+        for entry in _entries(worker.get("standbys")):
+            if entry["partition"] in copies and "next_offset" in entry:
                 copies[entry["partition"]].append({**entry, "api": api})
-        for p in worker["restoring"]:
-            if p in restoring:
+        restoring_here = worker.get("restoring")
+        for p in restoring_here if isinstance(restoring_here, list) else ():
+            if type(p) is int and p in restoring:
                 restoring[p].append(api)
     out = []
     for p in range(partition_count):
@@ -98,10 +104,10 @@ def replicas(
             {
                 "partition": p,
                 "owner": owners.get(p),
-                "next_offset": None if own is None else own["next_offset"],
-                "end": None if own is None else own["end"],
-                "lag": None if own is None else own["lag"],
-                "digest": None if own is None else own["digest"],
+                "next_offset": None if own is None else own.get("next_offset"),
+                "end": None if own is None else own.get("end"),
+                "lag": None if own is None else own.get("lag"),
+                "digest": None if own is None else own.get("digest"),
                 "restoring": restoring[p],
                 "standbys": copies[p],
                 "digests": verdict(own, copies[p]),
@@ -116,7 +122,14 @@ def verdict(own: Mapping[str, Any] | None, standbys: Sequence[Mapping[str, Any]]
         return "unknown"
     if not standbys:
         return "single"
-    level = [c for c in standbys if c["next_offset"] == own["next_offset"]]
+    level = [c for c in standbys if c.get("next_offset") == own.get("next_offset")]
     if not level:
         return "behind"
-    return "equal" if all(c["digest"] == own["digest"] for c in level) else "differ"
+    return "equal" if all(c.get("digest") == own.get("digest") for c in level) else "differ"
+
+
+def _entries(value: object) -> list[dict[str, Any]]:
+    """The dict entries of a list with an int ``partition`` (others left out)."""
+    if not isinstance(value, list):
+        return []
+    return [e for e in value if isinstance(e, dict) and type(e.get("partition")) is int]

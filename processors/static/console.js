@@ -9,6 +9,7 @@
 (function () {
   const TOKEN_KEY = "lukhas-console-token";
   const POLL_MS = 2000;
+  const REQUEST_TIMEOUT_MS = 10000;
   const PAGE = 50;
   const HISTORY_PAGE = 100;
 
@@ -67,7 +68,13 @@
     const headers = {};
     const token = sessionStorage.getItem(TOKEN_KEY);
     if (token) headers.Authorization = "Bearer " + token;
-    const init = { headers, cache: "no-store", method: opts.method || "GET" };
+    // A worker that stops answering without closing the connection is not waited for
+    // for ever: the views say so and keep what they had.
+    const init = {
+      headers, cache: "no-store", method: opts.method || "GET",
+      // A write (a checkpoint) may take the worker's whole 30 s to be acknowledged.
+      signal: AbortSignal.timeout(opts.method === "POST" ? 6 * REQUEST_TIMEOUT_MS : REQUEST_TIMEOUT_MS),
+    };
     if (opts.body !== undefined) {
       headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(opts.body);
@@ -385,6 +392,13 @@
       } catch (e) {
         if (e.name === "AbortError") return;  // paused, or the view was left
         why = e.message;
+        // Refused for what was asked (a bad position, a token missing or refused): asking
+        // again every 2 s would only start the same refusal again.
+        if (e instanceof ApiError && e.status >= 400 && e.status < 500 &&
+            e.status !== 408 && e.status !== 429) {
+          say("stopped: " + why, "bad");
+          return;
+        }
       }
       if (mine !== generation || paused) return;
       say("reconnecting in 2 s (" + why + "); it resumes after the last change seen", "warn");

@@ -50,9 +50,12 @@ def chromium() -> str:
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
     try:
-        from playwright.async_api import async_playwright
+        from playwright.async_api import async_playwright, expect
     except ImportError:
         pytest.fail("the console's browser tests need playwright: pip install -e '.[dev]'")
+    # What the page waits on is the worker and the broker, on a loaded 2-core CI machine:
+    # not Playwright's 5 s.
+    expect.set_options(timeout=30_000)
     async with async_playwright() as driver:
         launched = await driver.chromium.launch(executable_path=chromium())
         try:
@@ -65,6 +68,7 @@ async def open_page(browser: Any, url: str, **options: Any) -> tuple[Any, list[s
     """A page at ``url``; the list collects every dialog opened and every script error (a
     Content-Security-Policy violation among them): a test expects it empty."""
     page = await browser.new_page(**options)
+    page.set_default_timeout(30_000)
     trouble: list[str] = []
 
     async def dialog(d: Any) -> None:

@@ -82,3 +82,28 @@ def test_checkpoints_merge_by_id_newest_first_with_their_holders() -> None:
         (0, [A, B], "equal"),
         (1, [B, "http://c:1"], "differ"),
     ]
+
+
+def test_a_peer_answer_of_another_shape_loses_its_odd_entries_not_the_whole_answer() -> None:
+    """Entries a peer sends of another shape (an older or newer worker, garbage) are left
+    out: the cluster view and the checkpoint list still answer (a review found 500s)."""
+    from lukhas_context.processors.checkpoint_list import merged
+    from lukhas_context.processors.overview import replicas
+
+    workers = [
+        {"api": "http://a", "partitions": [{"partition": 0, "next_offset": 5, "end": 5,
+                                            "lag": 0, "digest": "d"}],
+         "standbys": [], "restoring": []},
+        {"api": "http://b", "partitions": [5, {"partition": "1"}, {"partition": 1}],
+         "standbys": "x", "restoring": [[1], 1]},
+        {"partitions": None},
+    ]  # fmt: skip
+    rows = replicas(2, {0: "http://a"}, workers)  # type: ignore[arg-type]
+    assert rows[0]["next_offset"] == 5 and rows[0]["digests"] == "single"
+    assert rows[1]["next_offset"] is None and rows[1]["restoring"] == ["http://b"]
+    good = {"checkpoint_id": "c", "partition": 0, "next_offset": 1, "records": 1,
+            "documents": 1, "digest": "d", "created_at_ms": 7}  # fmt: skip
+    bad = [{**good, "created_at_ms": None}, {**good, "digest": 3}, {"checkpoint_id": "c"}, 5]
+    listed = merged([("http://a", [good, *bad])])  # type: ignore[list-item]
+    assert [c["checkpoint_id"] for c in listed] == ["c"]
+    assert listed[0]["partitions"][0]["held_by"] == ["http://a"]
