@@ -99,8 +99,9 @@ agree (``equal``, ``differ``, ``behind``, ``single``, ``unknown``).
 ``GET /v1/checkpoints`` lists the checkpoints the workers hold (``processors.checkpoint_list``):
 ``{"partition_count", "checkpoints": [{"checkpoint_id", "created_at_ms", "partitions":
 [{"partition", "next_offset", "records", "documents", "digest", "created_at_ms", "held_by",
-"digests"}]}], "held", "unreachable"}`` — newest first, merged from every member (asked at
-once; ``held``: this worker's own manifests, ``unreachable``: members that did not answer);
+"digests"}]}], "held", "unreachable", "writable"}`` — newest first, merged from every member
+(asked at once; ``held``: this worker's own manifests, ``unreachable``: members that did not
+answer, ``writable``: whether a write token is configured, so a checkpoint can be started);
 ``digests`` is ``equal`` or ``differ`` across the workers that hold a partition's checkpoint
 (``single``: one does).
 
