@@ -13,16 +13,13 @@ it or no API answers.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import aiohttp
 import orjson
-from aiokafka import TopicPartition
 
 from lukhas_context.ops.auth import api_headers
-from lukhas_context.ops.exceptions import OpsError
 from lukhas_context.processors.twophase import TX_STATE_PREFIX, read_state_record
 from lukhas_context.schemas.change import (
     ChangeRecord,
@@ -31,31 +28,24 @@ from lukhas_context.schemas.change import (
     read_fence_record,
 )
 from lukhas_context.schemas.codec import ChangeCodec, EventCodec
-from lukhas_context.schemas.event import (
-    CheckpointBarrier,
-    ContextEvent,
-    Delete,
-    Expire,
-    Patch,
-    Put,
-    Touch,
-)
+from lukhas_context.schemas.event import ContextEvent
 from lukhas_context.schemas.exceptions import BadTombstoneError, CodecError
 from lukhas_context.schemas.txrecord import Decision, Vote, decode_control, is_tx_key
 from lukhas_context.state.exceptions import InvalidCheckpointError
 from lukhas_context.state.manifest import Manifest
-from lukhas_context.streams import kafka
-from lukhas_context.streams.kafka import kafka_errors
+from lukhas_context.streams import records as topic_records
+from lukhas_context.streams.deadletters import event_summary, iso_ms, letter_line
 from lukhas_context.streams.position import Bound, parse_bound
+from lukhas_context.streams.records import FETCH_TIMEOUT_S, NoSuchOffsetError, TopicReadError
 from lukhas_context.streams.security import KafkaSecurity
-from lukhas_context.streams.topics import Topics, partition_for
+from lukhas_context.streams.topics import Topics
 
 __all__ = [
+    "FETCH_TIMEOUT_S",
     "TOPICS",
     "Bound",
     "InspectError",
     "NoSuchOffsetError",
-    "dlq_line",
     "parse_bound",
     "read",
     "records",
@@ -63,22 +53,8 @@ __all__ = [
 ]
 
 TOPICS = ("wal", "changes", "dlq", "checkpoints")
-#: Seconds one fetch may return nothing before the read gives up on a partition.
-FETCH_TIMEOUT_S = 10.0
-
-
-class InspectError(OpsError):
-    """``lukhas inspect`` cannot read what it was asked for."""
-
-
-class NoSuchOffsetError(InspectError):
-    """An offset past the end of a topic's partition."""
-
-
-def _iso(ms: int) -> str:
-    return (
-        dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
-    )
+#: ``lukhas inspect`` cannot read what it was asked for (``streams.records``).
+InspectError = TopicReadError
 
 
 def topic_name(topics: Topics, which: str) -> str:
@@ -120,85 +96,17 @@ async def read(
             await http.close()
 
 
-async def records(
+def records(
     bootstrap: str, topics: Topics, which: str, partitions: list[int] | None,
     start: Bound | None, until: Bound | None, context_id: str | None = None, *,
     security: KafkaSecurity,
 ) -> AsyncGenerator[Any, None]:  # fmt: skip
-    """The raw records of a topic (aiokafka's ``ConsumerRecord``) within the bounds,
-    partition by partition: the chosen ones, else the context's (``context_id``), else all.
-    Close it (``contextlib.aclosing``) when not read to the end."""
-    topic = topic_name(topics, which)
-    consumer = kafka.consumer(
-        bootstrap, "lukhas-inspect", isolation="read_committed", security=security
-    )
-    try:
-        with kafka_errors(InspectError, f"cannot reach Kafka at {bootstrap}"):
-            await consumer.start()
-        with kafka_errors(InspectError, f"cannot read the partitions of {topic}"):
-            metadata = await consumer._client.fetch_all_metadata()
-        count = len(metadata.partitions_for_topic(topic) or ())
-        if not count:
-            raise InspectError(f"no topic {topic} (is this the right cluster and prefix?)")
-        for p in _partitions(partitions, count, topic, context_id, which):
-            async for m in _partition(consumer, topic, p, start, until):
-                yield m
-    finally:
-        await consumer.stop()
-
-
-def _partitions(asked: list[int] | None, count: int, topic: str, context_id: str | None,
-                which: str) -> list[int]:  # fmt: skip
-    if asked:
-        bad = [p for p in asked if p >= count]
-        if bad:
-            raise InspectError(f"no partition {bad[0]}: {topic} has {count} (0 to {count - 1})")
-        return sorted(set(asked))
-    if context_id is not None and which != "checkpoints":
-        return [partition_for(context_id.encode(), count)]
-    return list(range(count))
-
-
-async def _partition(
-    consumer: Any, topic: str, p: int, start: Bound | None, until: Bound | None
-) -> AsyncIterator[Any]:
-    tp = TopicPartition(topic, p)
-    consumer.assign([tp])
-    with kafka_errors(InspectError, f"cannot read {topic}[{p}]"):
-        low = (await consumer.beginning_offsets([tp]))[tp]
-        end = (await consumer.end_offsets([tp]))[tp]
-        first = await _offset(consumer, tp, start, low, end)
-        stop = end if until is None else min(end, await _offset(consumer, tp, until, low, end))
-    if first >= stop:
-        return
-    consumer.seek(tp, first)
-    while True:
-        with kafka_errors(InspectError, f"cannot read {topic}[{p}]"):
-            batch = await consumer.getmany(tp, timeout_ms=int(FETCH_TIMEOUT_S * 1000))
-            position = await consumer.position(tp)
-        records = batch.get(tp, [])
-        for m in records:
-            if m.offset >= stop:
-                return
-            yield m
-        if position >= stop:
-            return
-        if not records:
-            raise InspectError(f"{topic}[{p}] sent nothing for {FETCH_TIMEOUT_S:g} s at offset "
-                               f"{position} (before {stop})")  # fmt: skip
-
-
-async def _offset(consumer: Any, tp: TopicPartition, bound: Bound | None, low: int, end: int
-                  ) -> int:  # fmt: skip
-    if bound is None:
-        return low
-    if bound.offset is not None:
-        if bound.offset > end:
-            raise NoSuchOffsetError(f"no offset {bound.offset} in {tp.topic}[{tp.partition}]: "
-                                    f"it ends at {end}")  # fmt: skip
-        return max(bound.offset, low)
-    found = (await consumer.offsets_for_times({tp: bound.time_ms}))[tp]
-    return end if found is None else max(found.offset, low)
+    """The raw records of a topic within the bounds (``streams.records.records``); a
+    context's partition is its key's, but for the checkpoints topic (keyed otherwise)."""
+    return topic_records.records(
+        bootstrap, topic_name(topics, which), partitions, start, until, context_id,
+        security=security, keyed=which != "checkpoints",
+    )  # fmt: skip
 
 
 async def _outcome(http: aiohttp.ClientSession, api: str | None, p: int, offset: int) -> str:
@@ -225,22 +133,7 @@ def wal_line(m: Any) -> dict[str, Any]:
     return _wal_decoder.line(m)
 
 
-_KINDS = {Put: "put", Patch: "patch", Delete: "delete", Touch: "touch", Expire: "expire",
-          CheckpointBarrier: "checkpoint-barrier"}  # fmt: skip
-
-
-def dlq_line(m: Any) -> dict[str, Any]:
-    """One dead letter decoded as ``lukhas inspect dlq`` shows it: ``position``,
-    ``log_time``, ``reason``, ``source`` (its WAL position), ``context_id`` and the event's
-    ``event_id`` and ``kind`` (or ``event``: why it does not decode)."""
-    global _dlq_decoder
-    if _dlq_decoder is None:
-        _dlq_decoder = _Decoder("dlq")
-    return _dlq_decoder.line(m)
-
-
 _wal_decoder: _Decoder | None = None
-_dlq_decoder: _Decoder | None = None
 
 
 class _Decoder:
@@ -251,7 +144,7 @@ class _Decoder:
 
     def line(self, m: Any) -> dict[str, Any]:
         base: dict[str, Any] = {"position": f"{m.partition}:{m.offset}",
-                                "log_time": _iso(m.timestamp)}  # fmt: skip
+                                "log_time": iso_ms(m.timestamp)}  # fmt: skip
         key = None if m.key is None else m.key.decode("utf-8", "backslashreplace")
         try:
             if self.which == "wal" and is_tx_key(m.key):
@@ -269,7 +162,7 @@ class _Decoder:
             if self.which == "changes":
                 return {**base, **self._change(m.key, m.value, m.headers)}
             if self.which == "dlq":
-                return {**base, **self._dead(m)}
+                return letter_line(m)
             return {**base, **self._manifest(m.value, key)}
         except (CodecError, BadTombstoneError, InvalidCheckpointError, ValueError) as exc:
             return {**base, "key": key, "undecodable": f"{type(exc).__name__}: {exc}"}
@@ -278,16 +171,7 @@ class _Decoder:
         if value is None:
             raise ValueError("no value")
         e: ContextEvent = self.events.decode(value)
-        kind = _KINDS.get(type(e.op), type(e.op).__name__.lower())
-        out: dict[str, Any] = {"event_id": e.event_id.hex(), "context_id": e.context_id,
-                               "kind": kind}  # fmt: skip
-        if e.expected_version is not None:
-            out["if_version"] = e.expected_version
-        if isinstance(e.op, Expire):
-            out["expires_version"] = e.op.version
-        if isinstance(e.op, CheckpointBarrier):
-            out["checkpoint_id"] = e.op.checkpoint_id
-        return out
+        return event_summary(e)
 
     def _transaction(self, value: bytes | None) -> dict[str, Any]:
         record = decode_control(value)
@@ -316,19 +200,6 @@ class _Decoder:
                 "wal_offset": c.wal_offset, "event_id": c.event_id.hex(),
                 "checksum": c.checksum.hex()}  # fmt: skip
 
-    def _dead(self, m: Any) -> dict[str, Any]:
-        h = {k: v.decode("utf-8", "replace") for k, v in (m.headers or ())}
-        out: dict[str, Any] = {
-            "reason": f"{h.get('error.class', '?')}: {h.get('error.message', '')}",
-            "source": f"{h.get('source.partition', '?')}:{h.get('source.offset', '?')}",
-            "context_id": None if m.key is None else m.key.decode("utf-8", "backslashreplace"),
-        }
-        try:
-            out.update({k: v for k, v in self._event(m.value).items() if k != "context_id"})
-        except (CodecError, ValueError) as exc:
-            out["event"] = f"does not decode ({type(exc).__name__})"
-        return out
-
     def _manifest(self, value: bytes | None, key: str | None) -> dict[str, Any]:
         if value is None:
             return {"key": key, "deleted": True}
@@ -337,4 +208,4 @@ class _Decoder:
         return {"checkpoint_id": m.checkpoint_id, "partition": m.partition,
                 "next_offset": m.next_offset, "digest": data["digest"],
                 "records": m.records, "documents": m.documents,
-                "created": _iso(m.created_at_ms)}  # fmt: skip
+                "created": iso_ms(m.created_at_ms)}  # fmt: skip

@@ -11,8 +11,8 @@
   through this check.
 * **Write token** (``WorkerConfig.api_write_token``; ``lukhas worker
   --api-write-token-file``). The routes that change something (``WRITES``: starting a
-  checkpoint) need it, and it reads too; a worker without one has a read-only API (those
-  routes answer 403). Reads keep needing only the read token, if any.
+  checkpoint, re-driving a dead letter) need it, and it reads too; a worker without one has a
+  read-only API (those routes answer 403). Reads keep needing only the read token, if any.
 * **CORS** (``WorkerConfig.cors_origins``; ``--cors-origin``). An answer to a request from
   an origin on the list (or any, with ``*``) says so (``Access-Control-Allow-Origin``, and
   the headers a page may read); a preflight (``OPTIONS`` with
@@ -37,7 +37,7 @@ from lukhas_context.processors.problems import problem
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz"})
 #: The routes that change something: they need the write token (``api_write_token``), and
 #: answer 403 on a worker that has none.
-WRITES = frozenset({("POST", "/v1/checkpoints")})
+WRITES = frozenset({("POST", "/v1/checkpoints"), ("POST", "/v1/dead-letters/redrive")})
 #: A token's characters (RFC 6750 ``b64token``) and its shortest length.
 _TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 MIN_TOKEN_CHARS = 16

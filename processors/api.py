@@ -160,13 +160,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import functools
 import math
 import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import orjson
@@ -181,6 +180,7 @@ from lukhas_context.processors.access import Cors, token_middleware
 from lukhas_context.processors.asof import AsOfStates
 from lukhas_context.processors.checkpoint_list import held, merged
 from lukhas_context.processors.console import console_routes
+from lukhas_context.processors.deadletters_api import DeadLetterRoutes
 from lukhas_context.processors.exceptions import NotOwnerError
 from lukhas_context.processors.fold import MAX_ID_BYTES, apply, dead_letter_reason, is_barrier
 from lukhas_context.processors.listener import Listener
@@ -204,6 +204,7 @@ from lukhas_context.processors.overview import (
 )
 from lukhas_context.processors.pointintime import parse_as_of, read_context
 from lukhas_context.processors.problems import bad_request, problem, problem_middleware
+from lukhas_context.processors.problems import query_params as _params
 from lukhas_context.processors.round import reused_event_id
 from lukhas_context.processors.shed import ReadQueue, sheds
 from lukhas_context.processors.verify_api import VerifySessions
@@ -244,37 +245,6 @@ _DRY_RUN_FIELDS = ("status", "version", "reason", "kind", "doc", "checksum", "ex
 MAX_IDLE_S = 86_400.0
 #: History entries one answer holds unless ``limit`` says otherwise.
 HISTORY_PAGE = 1000
-
-H = TypeVar("H", bound=Callable[..., Awaitable[web.StreamResponse]])
-
-
-def _params(*known: str) -> Callable[[H], H]:
-    """Rejects a request that has a query parameter the handler does not take, or one given
-    twice, with a 400 naming the ones it takes: a misspelt parameter (``?from=`` for
-    ``?start=``) must not be silently ignored."""
-
-    def decorate(handler: H) -> H:
-        @functools.wraps(handler)
-        async def checked(api: ReadApi, request: web.Request) -> web.StreamResponse:
-            query = request.query
-            unknown = sorted(set(query) - set(known))
-            if unknown:
-                takes = ", ".join(known) if known else "no query parameters"
-                resource = request.match_info.route.resource
-                where = request.path if resource is None else resource.canonical
-                return _error(
-                    400, f"unknown query parameter {', '.join(map(repr, unknown))}: "
-                    f"{request.method} {where} takes {takes}", "unknown-parameter",
-                )  # fmt: skip
-            repeated = sorted(k for k in set(query) if len(query.getall(k)) > 1)
-            if repeated:
-                return _error(400, f"query parameter {', '.join(map(repr, repeated))} given twice")
-            return await handler(api, request)
-
-        checked.query_parameters = known  # type: ignore[attr-defined]  # the OpenAPI test's
-        return checked  # type: ignore[return-value]
-
-    return decorate
 
 
 def _natural(raw: str, what: str, high: int = MAX_OFFSET) -> int:
@@ -453,6 +423,9 @@ class ReadApi:
         #: ``lukhas verify``'s frozen copies of stores (``processors.verify_api``).
         self.verify = VerifySessions(materializer, self._check_partition, self._forward)
         self.app.add_routes(self.verify.routes())
+        #: The dead-letter queue, listed, decoded and re-driven (``processors.deadletters_api``).
+        self.dead_letters = DeadLetterRoutes(materializer)
+        self.app.add_routes(self.dead_letters.routes())
         self._runner: web.AppRunner | None = None
         self._listener: Listener | None = None
         self._fast_head = _FastHead()
@@ -549,6 +522,7 @@ class ReadApi:
         for watcher in list(self._streams):  # ends their handlers' loops
             await watcher.close()
         await self.verify.close()
+        await self.dead_letters.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

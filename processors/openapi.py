@@ -47,7 +47,13 @@ QUERY: dict[str, tuple[dict[str, Any], str]] = {
         "0: the last interval's counters, not fresh ones (a fresh sample asks the brokers "
         "for the WAL's ends); what peers ask, as they read only the load.",
     ),
-    "context_id": ({"type": "string"}, "Only this context's changes."),
+    "context_id": ({"type": "string"}, "Only this context's changes (or dead letters)."),
+    "partition": ({"type": "integer", "minimum": 0}, "Only this partition's dead letters."),
+    "since": (
+        {"type": "string"},
+        "Dead-lettered at or after this: ISO 8601, ms:EPOCH_MS, or a DLQ offset.",
+    ),
+    "reason": ({"type": "string"}, "Only those whose reason contains this (any case)."),
     "prefix": ({"type": "string"}, "Only changes of contexts whose id starts with this."),
     "start": (
         {"type": "string"},
@@ -180,6 +186,77 @@ def _start_checkpoint() -> dict[str, Any]:
     )
     operation["responses"]["202"] = operation["responses"].pop("200")
     return operation
+
+
+_DLQ_POSITION = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "position": {
+                        "type": "string",
+                        "pattern": "^[0-9]+:[0-9]+$",
+                        "description": "The dead letter's DLQ position, PARTITION:OFFSET.",
+                    }
+                },
+                "required": ["position"],
+                "additionalProperties": False,
+            }
+        }
+    },
+}
+
+
+def _dead_letter_paths() -> dict[str, Any]:
+    """The dead-letter routes (``processors.deadletters_api``)."""
+    redrive = _operation(
+        "Re-drive one dead letter: its dry run, then its original bytes appended to the WAL "
+        "under its original key, and the fold's outcome (`lukhas dlq redrive --yes`). Needs "
+        "the write token; a worker without one is read-only (403).",
+        _json({"type": "object"}, "appended, records (now, wal_position, outcome)"),
+        errors=(400, 401, 403, 404, 503, 504),
+        tags=("dead letters",),
+        requestBody=_DLQ_POSITION,
+    )
+    return {
+        "/v1/dead-letters": {
+            "get": _operation(
+                "The dead letters, oldest first, with why each was dead-lettered "
+                "(`lukhas dlq list`).",
+                _json({"type": "object"}, "dead_letters, limit, writable"),
+                ("partition", "since", "reason", "context_id", "limit"),
+                (400, 503, 504),
+                tags=("dead letters",),
+            ),
+        },
+        "/v1/dead-letters/{partition}/{offset}": {
+            "parameters": [
+                _path_parameter("partition", {"type": "integer", "minimum": 0}, "A DLQ partition."),
+                _path_parameter("offset", _INT64, "An offset of the DLQ partition."),
+            ],
+            "get": _operation(
+                "One dead letter decoded with this worker's codec: headers, key, the value's "
+                "first bytes, and the event when it decodes (`lukhas dlq show`).",
+                _json({"type": "object"}, "position, reason, source, headers, decoded, ..."),
+                (),
+                (400, 404, 503, 504),
+                tags=("dead letters",),
+            ),
+        },
+        "/v1/dead-letters/dry-run": {
+            "post": _operation(
+                "What re-driving one dead letter would do now: its owner's dry run. Appends "
+                "nothing.",
+                _json({"type": "object"}, "appended (false), records (now)"),
+                errors=(400, 404, 503, 504),
+                tags=("dead letters",),
+                requestBody=_DLQ_POSITION,
+            ),
+        },
+        "/v1/dead-letters/redrive": {"post": redrive},
+    }
 
 
 def document(version: str) -> dict[str, Any]:
@@ -318,6 +395,7 @@ def document(version: str) -> dict[str, Any]:
                 ),
                 "post": _start_checkpoint(),
             },
+            **_dead_letter_paths(),
             "/console": {
                 "get": _operation(
                     "The operators' console (a page that uses this API; no token needed).",

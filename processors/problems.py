@@ -20,10 +20,11 @@ answers (404 of no route, 405, 413: ``problem_middleware``), an exception no han
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -95,6 +96,38 @@ def bad_request(detail: str, kind: str | None = None) -> web.HTTPBadRequest:
     return web.HTTPBadRequest(
         text=problem_body(400, detail, kind).decode(), content_type=PROBLEM_CONTENT_TYPE
     )
+
+
+H = TypeVar("H", bound=Callable[..., Awaitable[web.StreamResponse]])
+
+
+def query_params(*known: str) -> Callable[[H], H]:
+    """Makes a handler (a method) reject a request that has a query parameter it does not
+    take, or one given twice, with a 400 naming the ones it takes: a misspelt parameter
+    (``?from=`` for ``?start=``) must not be silently ignored."""
+
+    def decorate(handler: H) -> H:
+        @functools.wraps(handler)
+        async def checked(owner: object, request: web.Request) -> web.StreamResponse:
+            query = request.query
+            unknown = sorted(set(query) - set(known))
+            if unknown:
+                takes = ", ".join(known) if known else "no query parameters"
+                resource = request.match_info.route.resource
+                where = request.path if resource is None else resource.canonical
+                return problem(
+                    400, f"unknown query parameter {', '.join(map(repr, unknown))}: "
+                    f"{request.method} {where} takes {takes}", "unknown-parameter",
+                )  # fmt: skip
+            repeated = sorted(k for k in set(query) if len(query.getall(k)) > 1)
+            if repeated:
+                return problem(400, f"query parameter {', '.join(map(repr, repeated))} given twice")
+            return await handler(owner, request)
+
+        checked.query_parameters = known  # type: ignore[attr-defined]  # the OpenAPI test's
+        return checked  # type: ignore[return-value]
+
+    return decorate
 
 
 def problem_bytes(

@@ -464,13 +464,6 @@
     const id = el("input", { id: "checkpoint-id", autocomplete: "off", spellcheck: "false",
       placeholder: "ck-<UTC time>-<4 hex>" });
     const start = el("button", { type: "button", id: "start-checkpoint" }, "Start a checkpoint\u2026");
-    const what = el("p", { id: "confirm-text" });
-    const confirmButton = el("button", { type: "button", id: "confirm" }, "Start checkpoint");
-    const cancel = el("button", { type: "button", id: "cancel" }, "Cancel");
-    const dialog = el("dialog", { id: "confirm-dialog", "aria-labelledby": "confirm-title" },
-      el("h2", { id: "confirm-title" }, "Start a checkpoint?"), what,
-      el("div", { class: "search" }, confirmButton, cancel));
-    cancel.addEventListener("click", () => dialog.close());
     start.addEventListener("click", async () => {
       const now = await load();  // the partitions as they are now, not as when the page opened
       if (!now || mine !== generation) return;
@@ -480,15 +473,12 @@
       }
       const name = id.value.trim() ? "checkpoint \u201c" + id.value.trim() + "\u201d" :
         "a new checkpoint (its id made from the time)";
-      what.textContent = "This appends a barrier of " + name + " to each of the " +
+      confirm.open("This appends a barrier of " + name + " to each of the " +
         now.partition_count + " WAL partitions. Every worker folding a partition then " +
         "checkpoints its store at that offset: a copy on its disk and a manifest on the " +
-        "checkpoints topic. No context changes.";
-      dialog.showModal();
-      cancel.focus();  // the safe choice is the default one
+        "checkpoints topic. No context changes.");
     });
-    confirmButton.addEventListener("click", async () => {
-      dialog.close();
+    const confirm = confirmation("Start a checkpoint?", "Start checkpoint", async () => {
       const body = id.value.trim() ? { checkpoint_id: id.value.trim() } : {};
       let started;
       try {
@@ -511,7 +501,7 @@
       }
     });
     return [el("div", { class: "search" }, el("label", { for: "checkpoint-id" }, "Id (optional)"),
-      id, start), dialog];
+      id, start), confirm.dialog];
   }
 
   function renderCheckpoints(data) {
@@ -538,6 +528,193 @@
           "of it on any worker that answered.") : null,
         table("Checkpoint " + c.checkpoint_id, ["Partition", "Next offset", "Records",
           "Documents", "Digest", "Digests", "Held by"], rows)));
+    }
+    return parts;
+  }
+
+  // ---- Dead letters -------------------------------------------------------------------------
+
+  // A dialog that says what an action will do and runs it only on "confirm" (Cancel has the
+  // focus: the safe choice is the default one). open(text) shows it.
+  function confirmation(title, confirmLabel, onConfirm) {
+    const what = el("p", { id: "confirm-text" });
+    const confirmButton = el("button", { type: "button", id: "confirm" }, confirmLabel);
+    const cancel = el("button", { type: "button", id: "cancel" }, "Cancel");
+    const dialog = el("dialog", { id: "confirm-dialog", "aria-labelledby": "confirm-title" },
+      el("h2", { id: "confirm-title" }, title), what,
+      el("div", { class: "search" }, confirmButton, cancel));
+    cancel.addEventListener("click", () => dialog.close());
+    confirmButton.addEventListener("click", () => {
+      dialog.close();
+      onConfirm();
+    });
+    const open = (text) => {
+      what.textContent = text;
+      dialog.showModal();
+      cancel.focus();
+    };
+    return { dialog, open };
+  }
+
+  const letterHref = (position) => "#/dead-letter/" + encodeURIComponent(position);
+
+  function showDeadLetters(mine, params) {
+    const reason = el("input", { id: "dlq-reason", type: "search", autocomplete: "off",
+      spellcheck: "false", placeholder: "e.g. UnknownSchemaError" });
+    const context = el("input", { id: "dlq-context", type: "search", autocomplete: "off",
+      spellcheck: "false" });
+    reason.value = params.get("reason") || "";
+    context.value = params.get("context_id") || "";
+    const form = el("form", { class: "search", role: "search" },
+      el("label", { for: "dlq-reason" }, "Reason contains"), reason,
+      el("label", { for: "dlq-context" }, "Context id"), context,
+      el("button", { type: "submit" }, "Filter"));
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const query = new URLSearchParams();
+      if (reason.value) query.set("reason", reason.value);
+      if (context.value) query.set("context_id", context.value);
+      location.hash = "#/dead-letters?" + query.toString();
+    });
+    const box = el("div", { id: "dead-letters" });
+    view().replaceChildren(el("h1", { tabindex: "-1" }, "Dead letters"),
+      el("p", { class: "muted" }, "WAL records the fold could not read as events (they do not " +
+        "decode, their key is not their context, or their event id was used for other bytes), " +
+        "oldest first. Open one to decode it, dry-run it, and re-drive it."),
+      form, box);
+    const query = new URLSearchParams({ limit: String(PAGE) });
+    if (params.get("reason")) query.set("reason", params.get("reason"));
+    if (params.get("context_id")) query.set("context_id", params.get("context_id"));
+    (async () => {
+      let data;
+      try {
+        data = await api("v1/dead-letters?" + query.toString());
+      } catch (e) {
+        if (mine === generation) box.append(el("p", { class: "error" }, "Dead letters: " + e.message));
+        return;
+      }
+      if (mine !== generation) return;
+      if (!data.dead_letters.length) {
+        box.append(el("p", { id: "no-dead-letters" }, "No dead letter" +
+          (query.has("reason") || query.has("context_id") ? " matches." : ": the fold read every record.")));
+        return;
+      }
+      const rows = data.dead_letters.map((d) => el("tr", {},
+        el("td", {}, el("a", { href: letterHref(d.position) }, d.position)),
+        el("td", {}, d.log_time),
+        el("td", { class: "mono" }, d.context_id === null ? "(no key)" : d.context_id),
+        el("td", { class: "mono" }, d.source),
+        el("td", {}, d.kind || d.event || "—"),
+        el("td", { class: "error" }, d.reason)));
+      box.append(table("Dead letters", ["DLQ position", "Logged", "Key", "From WAL", "Event",
+        "Reason"], rows));
+      if (data.dead_letters.length >= data.limit) {
+        box.append(el("p", { class: "muted" }, "The first " + data.limit + " shown: filter to see others " +
+          "(or `lukhas dlq list --since`)."));
+      }
+    })();
+  }
+
+  function showDeadLetter(mine, position) {
+    const facts = el("section", { id: "letter", "aria-label": "Dead letter" });
+    const redrive = el("section", { id: "redrive", "aria-label": "Re-drive" });
+    view().replaceChildren(
+      el("p", {}, el("a", { href: "#/dead-letters" }, "\u2190 Dead letters")),
+      el("h1", { tabindex: "-1" }, "Dead letter ", el("code", {}, position)),
+      facts, redrive);
+    (async () => {
+      let d;
+      try {
+        d = await api("v1/dead-letters/" + position.split(":").map(encodeURIComponent).join("/"));
+      } catch (e) {
+        if (mine !== generation) return;
+        facts.append(el("p", { class: e.status === 404 ? "warn" : "error" }, e.status === 404
+          ? "No dead letter at " + position + " (pruned, or never there)." : "Reading it: " + e.message));
+        return;
+      }
+      if (mine !== generation) return;
+      const rows = [["Reason", d.reason], ["From WAL position", d.source], ["Logged", d.log_time],
+        ["Key", d.key === null ? "(none)" : d.key], ["Size", d.value_bytes + " bytes"],
+        ["First bytes (hex)", d.value_head || "—"]];
+      facts.append(
+        el("dl", { class: "facts" }, ...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
+        el("h2", {}, "Headers"),
+        table("Headers", ["Header", "Value"], Object.entries(d.headers).map(([k, v]) =>
+          el("tr", {}, el("td", { class: "mono" }, k), el("td", { class: "mono" }, v)))),
+        el("h2", {}, "Event"),
+        d.decoded
+          // Shown as JSON text: whatever the event holds is never markup here.
+          ? el("pre", { class: "doc", id: "decoded", tabindex: "0" }, JSON.stringify(d.decoded, null, 2))
+          : el("p", { id: "undecodable", class: "error" }, "Does not decode: " + d.undecodable));
+      redrive.append(...redriveControls(mine, d));
+    })();
+  }
+
+  // Re-driving appends the letter's original bytes to the WAL again, under its key: first a
+  // dry run (what the fold would do now; reads only), then -- on a worker with a write
+  // token, and after a dialog that says what it will do -- the append and the fold's outcome.
+  function redriveControls(mine, d) {
+    const verdict = el("p", { id: "dry-run-result", "aria-live": "polite" });
+    const dry = el("button", { type: "button", id: "dry-run" }, "Dry run");
+    const go = el("button", { type: "button", id: "redrive-button", disabled: "" }, "Re-drive\u2026");
+    const done = el("div", { id: "redrive-result", "aria-live": "polite" });
+    let now = null;
+    const confirm = confirmation("Re-drive this dead letter?", "Re-drive", async () => {
+      go.disabled = true;
+      let report;
+      try {
+        report = await api("v1/dead-letters/redrive", { method: "POST", body: { position: d.position } });
+      } catch (e) {
+        if (mine === generation) status("Re-drive: " + e.message, "error");
+        go.disabled = false;
+        return;
+      }
+      if (mine !== generation) return;
+      const entry = report.records[0];
+      if (entry.skipped) {
+        done.replaceChildren(el("p", { class: "warn" }, "Not appended: " + entry.skipped));
+        return;
+      }
+      const o = entry.outcome;
+      const said = o.status + (o.version !== null ? " (version " + o.version + ")" : "") +
+        (o.duplicate_of !== null ? ", a duplicate of offset " + o.duplicate_of : "") +
+        (o.reason ? ": " + o.reason : "");
+      done.replaceChildren(el("p", { class: o.status === "applied" ? "good" : "warn" },
+        "Appended at WAL position " + entry.wal_position + "; the fold: " + said + "."),
+        d.context_id !== null && o.status !== "dead_lettered"
+          ? el("p", {}, el("a", { href: contextHref(d.context_id) }, "Open context " + d.context_id))
+          : null);
+    });
+    dry.addEventListener("click", async () => {
+      verdict.textContent = "Asking the owner of its context\u2026";
+      let report;
+      try {
+        report = await api("v1/dead-letters/dry-run", { method: "POST", body: { position: d.position } });
+      } catch (e) {
+        if (mine === generation) verdict.textContent = "Dry run: " + e.message;
+        return;
+      }
+      if (mine !== generation) return;
+      const entry = report.records[0];
+      now = entry.skipped ? null : entry.now;
+      verdict.className = now && now.status === "applied" ? "good" : "warn";
+      verdict.textContent = entry.skipped ? "It cannot be re-driven: " + entry.skipped
+        : "Re-driven now, the fold would: " + now.status + (now.reason ? " (" + now.reason + ")" : "") + ".";
+      go.disabled = !d.writable || entry.skipped !== undefined;
+    });
+    go.addEventListener("click", () => {
+      confirm.open("This appends the dead letter's original " + d.value_bytes + " bytes to the WAL " +
+        "again, under its key \u201c" + d.key + "\u201d. The dry run said the fold would: " +
+        (now ? now.status : "(no dry run)") + ". Its event id is the original one: if it was " +
+        "re-driven before, the fold journals a duplicate and changes nothing; if it still cannot " +
+        "be read, it is dead-lettered again.");
+    });
+    const parts = [el("h2", {}, "Re-drive"), el("div", { class: "search" }, dry, go), verdict, done,
+      confirm.dialog];
+    if (!d.writable) {
+      parts.splice(2, 0, el("p", { id: "read-only", class: "muted" }, "Read-only: this worker " +
+        "takes no writes through its API (start it with --api-write-token-file to re-drive " +
+        "here, or run `lukhas dlq redrive`). The dry run still answers."));
     }
     return parts;
   }
@@ -694,6 +871,12 @@
     } else if (path === "/checkpoints") {
       name = "checkpoints";
       showCheckpoints(mine);
+    } else if (path === "/dead-letters") {
+      name = "dead-letters";
+      showDeadLetters(mine, params);
+    } else if (path.startsWith("/dead-letter/")) {
+      name = "dead-letters";
+      showDeadLetter(mine, decodeURIComponent(path.slice("/dead-letter/".length)));
     } else if (path === "/metrics") {
       name = "metrics";
       showMetrics(mine);

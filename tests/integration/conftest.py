@@ -471,3 +471,34 @@ async def kafka_transaction(client: ContextClient) -> AsyncIterator[OpenTransact
         await producer.abort_transaction()
         raise
     await producer.commit_transaction()
+
+
+def v2_writer_schema(folder: Path) -> Any:
+    """A newer writer schema of events: the shipped one plus a field its reader does not
+    know, as a producer upgraded before the workers would write it."""
+    from importlib import resources
+
+    from lukhas_context.schemas.registry import schema_version
+
+    shipped = resources.files("lukhas_context.schemas").joinpath("avro/ContextEvent.v1.avsc")
+    schema = json.loads(shipped.read_text())
+    schema["fields"].append({"name": "priority", "type": "int", "default": 0})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "ContextEvent.v2.avsc").write_text(json.dumps(schema))
+    return schema_version("ContextEvent", 2, schema)
+
+
+def v2_event(v2: Any, context_id: str, doc: str) -> bytes:
+    """A Put of ``doc`` to ``context_id`` written with the newer writer schema ``v2``."""
+    import io
+
+    from fastavro import schemaless_writer
+
+    from lukhas_context.schemas.codec import event_to_avro
+    from lukhas_context.schemas.event import ContextEvent, Put
+
+    event = ContextEvent(uuid.uuid4().bytes, context_id, Put(doc.encode(), None))
+    out = io.BytesIO()
+    out.write(v2.header)
+    schemaless_writer(out, v2.parsed, {**event_to_avro(event), "priority": 5})
+    return out.getvalue()

@@ -23,7 +23,7 @@ import pytest
 
 from lukhas_context.processors.console import CSP
 
-from .conftest import serving_all
+from .conftest import serving_all, v2_event, v2_writer_schema
 
 pytestmark = pytest.mark.integration
 
@@ -33,6 +33,7 @@ EVIL = {
     "img": "<img src=x onerror='window.pwned=1'>",
     "</pre><b>": "bold?",
 }
+DLQ_WRITE_TOKEN = "console-dlq-write-0123456789"
 PHONE = {"width": 375, "height": 740}
 
 
@@ -544,7 +545,8 @@ async def test_every_view_fits_a_phone_and_a_checkpoint_starts_from_the_keyboard
     for view, ready in (
         ("changes?prefix=x", "#stream-state"),
         ("metrics", "#memory"),
-        ("checkpoints", "#start-checkpoint"),
+        ("dead-letters", "#no-dead-letters"),
+        ("checkpoints", "#start-checkpoint"),  # last: the keyboard's part starts here
     ):
         await page.goto(f"{worker.url}/console#/{view}")
         await page.locator(ready).wait_for()
@@ -570,4 +572,126 @@ async def test_every_view_fits_a_phone_and_a_checkpoint_starts_from_the_keyboard
     await page.keyboard.press("Enter")
     rows = page.locator("section.checkpoint", has_text="ck-keyboard").locator("tbody tr")
     await expect(rows).to_have_count(3, timeout=30000)
+    assert trouble == []
+
+
+async def test_a_garbage_record_is_dead_lettered_and_a_fixed_one_re_driven(
+    start_worker: Any, cluster: Any, topics: Any, browser: Any, tmp_path: Path
+) -> None:
+    """A garbage record and an event of a schema the worker does not know yet are
+    dead-lettered. The console lists both with their reasons, decodes one, and dry-runs it
+    (it would be dead-lettered again; a read-only worker offers no re-drive). The fix: the
+    worker is upgraded to know the schema. Then the dry run says "applied", a cancelled
+    re-drive appends nothing, and a confirmed one folds the event."""
+    from aiokafka import AIOKafkaProducer
+    from playwright.async_api import expect
+
+    v2 = v2_writer_schema(tmp_path / "schemas")
+    producer = AIOKafkaProducer(bootstrap_servers=cluster.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topics.events, b"\x00<b>junk</b>", key=b"junk:<i>1</i>")
+        await producer.send_and_wait(
+            topics.events, v2_event(v2, "dl:fixed", '{"note": "<script>alert(1)</script>"}'),
+            key=b"dl:fixed",
+        )  # fmt: skip
+    finally:
+        await producer.stop()
+    worker = await start_worker()
+    await serving_all(worker)
+    page, trouble = await open_page(browser, f"{worker.url}/console#/dead-letters")
+    rows = page.locator("#dead-letters tbody tr")
+    for _ in range(30):  # the fold dead-letters them as it reads them
+        await page.goto(f"{worker.url}/console#/cluster")
+        await page.goto(f"{worker.url}/console#/dead-letters")
+        await page.locator("#dead-letters p, #dead-letters table").first.wait_for()
+        if await rows.count() == 2:
+            break
+        await asyncio.sleep(1)
+    await expect(rows).to_have_count(2)
+    junk = rows.filter(has_text="junk:<i>1</i>")  # the key as text, not markup
+    await expect(junk).to_contain_text("BadMagicError")
+    await expect(rows.filter(has_text="dl:fixed")).to_contain_text("UnknownSchemaError")
+    fixed_position = await rows.filter(has_text="dl:fixed").locator("a").inner_text()
+    await shoot(page, "dead-letters")
+    # The reason filter.
+    await page.fill("#dlq-reason", "unknownschema")
+    await page.press("#dlq-reason", "Enter")
+    await expect(rows).to_have_count(1)
+    await expect(rows).to_contain_text("dl:fixed")
+
+    # The garbage, opened: it does not decode, and would be dead-lettered again.
+    await page.goto(f"{worker.url}/console#/dead-letters")
+    await junk.locator("a").click()
+    await expect(page.locator("#undecodable")).to_contain_text("BadMagicError")
+    await expect(page.locator("#letter")).to_contain_text("junk:<i>1</i>")
+    await expect(page.locator("#read-only")).to_contain_text("Read-only")
+    await page.click("#dry-run")
+    await expect(page.locator("#dry-run-result")).to_contain_text("dead_lettered")
+    await expect(page.locator("#redrive-button")).to_be_disabled()
+    await shoot(page, "dead-letter-garbage")
+
+    # The fix: the worker now reads the newer schema, and takes writes with its token.
+    await worker.stop()
+    worker = await start_worker(schema_dir=tmp_path / "schemas", api_write_token=DLQ_WRITE_TOKEN)
+    await serving_all(worker)
+    await page.goto(f"{worker.url}/console#/dead-letter/{fixed_position}")
+    await page.fill("#token", DLQ_WRITE_TOKEN)
+    await page.press("#token", "Enter")
+    decoded = page.locator("#decoded")
+    await expect(decoded).to_contain_text('"note": "<script>alert(1)</script>"')
+    assert await page.evaluate(
+        "window.pwned === undefined && !document.querySelector('#decoded *')"
+    )
+    await page.click("#dry-run")
+    await expect(page.locator("#dry-run-result")).to_contain_text("applied")
+    # Cancelled: nothing appended.
+    await page.click("#redrive-button")
+    dialog = page.locator("#confirm-dialog")
+    await expect(dialog).to_contain_text("original")
+    await expect(dialog).to_contain_text("would: applied")
+    assert await page.evaluate("document.activeElement.id") == "cancel"
+    await shoot(page, "dead-letter-confirm")
+    await page.keyboard.press("Enter")
+    await expect(dialog).to_be_hidden()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{worker.url}/v1/contexts/dl:fixed") as answer:
+            assert answer.status == 404
+        # Confirmed: appended, folded, readable.
+        await page.click("#redrive-button")
+        await page.click("#confirm")
+        result = page.locator("#redrive-result")
+        await expect(result).to_contain_text("the fold: applied (version 1)")
+        await shoot(page, "dead-letter-redriven")
+        async with http.get(f"{worker.url}/v1/contexts/dl:fixed") as answer:
+            assert answer.status == 200
+            assert (await answer.json())["doc"] == {"note": "<script>alert(1)</script>"}
+    await result.locator("a").click()
+    await expect(page.locator("#document")).to_contain_text("<script>alert(1)</script>")
+    assert trouble == []
+
+
+async def test_a_context_whose_id_has_url_characters_is_found_and_opened(
+    start_worker: Any, make_client: Any, browser: Any
+) -> None:
+    """Ids may hold "/", "?", "#", "%" and spaces: the console's links and requests encode
+    them, and the worker reads them back as written."""
+    from playwright.async_api import expect
+
+    odd = "odd/dir?q=1#frag%20 é"
+    worker = await start_worker()
+    async with make_client(worker.url) as client:
+        first = await client.put(odd, {"n": 1})
+        await first.outcome(timeout=30)
+    page, trouble = await open_page(browser, f"{worker.url}/console#/contexts")
+    await page.fill("#prefix", "odd/")
+    await page.press("#prefix", "Enter")
+    link = page.locator("#results a")
+    await expect(link).to_have_text(odd)
+    await link.click()
+    await expect(page.locator("#context-id")).to_have_text(odd)
+    await expect(page.locator("#document")).to_contain_text('"n": 1')
+    await expect(page.locator("#history tbody tr")).to_have_count(1)
+    await page.reload()  # the fragment alone brings it back
+    await expect(page.locator("#document")).to_contain_text('"n": 1')
     assert trouble == []

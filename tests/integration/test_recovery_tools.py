@@ -17,13 +17,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from lukhas_context.state.record import NO_CHECKSUM, ContextRecord
 from lukhas_context.state.store import PartitionStore
 
+from .conftest import v2_event, v2_writer_schema
 from .test_cli import Lukhas
 
 pytestmark = pytest.mark.integration
@@ -522,21 +522,6 @@ def test_a_stale_local_store_below_the_pruned_log_is_set_aside(lukhas: Lukhas) -
     assert any((state_dir(lukhas) / "quarantine").glob("partition-0-*"))
 
 
-def v2_writer_schema(folder: Path) -> Any:
-    """A newer writer schema of events: the shipped one plus a field its reader does not
-    know, as a producer upgraded before the workers would write it."""
-    from importlib import resources
-
-    from lukhas_context.schemas.registry import schema_version
-
-    shipped = resources.files("lukhas_context.schemas").joinpath("avro/ContextEvent.v1.avsc")
-    schema = json.loads(shipped.read_text())
-    schema["fields"].append({"name": "priority", "type": "int", "default": 0})
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "ContextEvent.v2.avsc").write_text(json.dumps(schema))
-    return schema_version("ContextEvent", 2, schema)
-
-
 def dead_letters(lukhas: Lukhas, *args: str) -> list[dict]:  # type: ignore[type-arg]
     done = lukhas("dlq", "list", "--json", *args)
     return [json.loads(line) for line in done.stdout.splitlines()]
@@ -548,31 +533,17 @@ def test_dead_letters_of_a_newer_schema_fold_once_the_worker_knows_it(
     """Events written with a schema version the worker does not know are dead-lettered; the
     worker is upgraded (`--schema-dir`); the re-drive folds them, once however often it runs,
     to the versions and documents of twins written with the shipped schema all along."""
-    import io
-    import uuid
-
     from aiokafka import AIOKafkaProducer
-    from fastavro import schemaless_writer
-
-    from lukhas_context.schemas.codec import event_to_avro
-    from lukhas_context.schemas.event import ContextEvent, Put
 
     v2 = v2_writer_schema(tmp_path / "schemas")
     bootstrap = json.loads(lukhas("status", "--json").stdout)["kafka"]["bootstrap"]
     docs = [("up:0", '{"n": 0}'), ("up:0", '{"n": 0, "again": true}'), ("up:1", '{"n": 1}')]
 
-    def encode(context_id: str, doc: str) -> bytes:
-        event = ContextEvent(uuid.uuid4().bytes, context_id, Put(doc.encode(), None))
-        out = io.BytesIO()
-        out.write(v2.header)
-        schemaless_writer(out, v2.parsed, {**event_to_avro(event), "priority": 5})
-        return out.getvalue()
-
     async def send() -> list[str]:
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
         await producer.start()
         try:
-            sent = [await producer.send_and_wait("lukhas.context.events", encode(c, d),
+            sent = [await producer.send_and_wait("lukhas.context.events", v2_event(v2, c, d),
                                                  key=c.encode()) for c, d in docs]  # fmt: skip
             await producer.send_and_wait("lukhas.context.events", b"\x00junk", key=b"junk:2")
             return [f"{s.partition}:{s.offset}" for s in sent]
