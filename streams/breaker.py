@@ -128,30 +128,41 @@ class Breaker:
     open_for_s: float = 0.0
     probing: bool = False
     probe_started: float = 0.0
+    #: Probes let through so far: the permit of the one holding the half-open slot.
+    probes: int = 0
     #: Why its last failed call failed, as the caller said (for the errors it raises).
     last_error: str | None = None
     #: Transitions so far, by the state entered (for metrics).
     transitions: dict[str, int] = field(default_factory=dict)
 
     def allows(self) -> bool:
-        """Whether a call may go to the endpoint now. In half-open, True once (the probe)
-        until its outcome is recorded."""
+        """Whether a call may go to the endpoint now (``acquire``, for a caller that never
+        releases)."""
+        return self.acquire() is not None
+
+    def acquire(self) -> int | None:
+        """A permit for a call to the endpoint now, or None. In half-open, one call at a
+        time gets one (the probe) until its outcome is recorded: its permit is the probe's
+        number (from 1), to ``release``; any other permit is 0."""
         if self.state is BreakerState.CLOSED:
-            return True
+            return 0
         if self.state is BreakerState.OPEN:
             if self.clock() < self.opened_at + self.open_for_s - _EPSILON_S:
-                return False
+                return None
             self._enter(BreakerState.HALF_OPEN)
         now = self.clock()
         if self.probing and now - self.probe_started < self.policy.probe_s:
-            return False
+            return None
         self.probing, self.probe_started = True, now
-        return True
+        self.probes += 1
+        return self.probes
 
-    def release(self) -> None:
-        """A call it let through ended with no outcome to judge (cancelled by its caller):
-        frees the half-open probe slot, else no other call would be let through again."""
-        self.probing = False
+    def release(self, permit: int) -> None:
+        """A call let through with ``permit`` ended with no outcome to judge (cancelled by
+        its caller): when it was the probe still holding the half-open slot, frees it, else
+        no other call would be let through again. Any other call's permit frees nothing."""
+        if permit and self.probing and permit == self.probes:
+            self.probing = False
 
     def retry_after_s(self) -> float:
         """Seconds until the breaker lets a call through (0: now)."""

@@ -140,13 +140,14 @@ class Router:
             # Waiting for a breaker to let a call through is waiting: only within the
             # caller's time, not the transport allowance.
             candidates = [*copies, routed or self._seeds[0], *self._seeds]
-            base = self._choose(candidates, started + timeout)
+            chosen = self._choose(candidates, started + timeout)
             now = time.monotonic()
-            if base is None:
+            if chosen is None:
                 await asyncio.sleep(min(ROUTE_RETRY_S, max(0.0, deadline - now)))
                 if time.monotonic() >= deadline:
                     raise self._spent(budget, started, failure, last_status=last_status)
                 continue
+            base, permit = chosen
             if copies and base in copies:
                 copies.remove(base)
             left = deadline - now
@@ -166,7 +167,9 @@ class Router:
                 n = timeouts.get(base, 0)
                 attempt = min(left, self.deadlines.allowance_s(window) * (1 << min(n, 16)))
             try:
-                status, answer = await self.send(base, method, path, params, attempt, body, kind)
+                status, answer = await self.send(
+                    base, method, path, params, attempt, body, kind, permit
+                )
                 failure, last_status = None, status
             except ReadError as exc:
                 failure, status, answer = exc, 0, b""
@@ -236,16 +239,18 @@ class Router:
         error.__cause__ = failure
         return error
 
-    def _choose(self, candidates: list[str], deadline: float) -> str | None:
-        """The first of ``candidates`` whose breaker lets a call through; None when none
+    def _choose(self, candidates: list[str], deadline: float) -> tuple[str, int] | None:
+        """The first of ``candidates`` whose breaker lets a call through, with its permit
+        (``Breaker.acquire``); None when none
         does yet but one will before ``deadline`` (the caller's time); ``CircuitOpenError``
         when none will: a read with no time left fails at once, as it did before breakers
         when every worker refused."""
         waits = []
         for base in dict.fromkeys(candidates):
             breaker = self.breakers[base]
-            if breaker.allows():
-                return base
+            permit = breaker.acquire()
+            if permit is not None:
+                return base, permit
             waits.append((breaker.retry_after_s(), breaker))
         soonest, first = min(waits, key=lambda w: w[0])
         if time.monotonic() + soonest >= deadline:
@@ -261,14 +266,16 @@ class Router:
 
     async def send(
         self, base: str, method: str, path: str, params: dict[str, str], timeout: float,
-        body: bytes, kind: str | None = None,
+        body: bytes, kind: str | None = None, permit: int = 0,
     ) -> tuple[int, bytes]:  # fmt: skip
         """One request to the worker at ``base``, as it answers (any status); ``ReadError``
         when it cannot be connected to or does not answer within ``timeout`` seconds.
         A GET to an ``http://`` worker goes over ``streams.http1``; anything else over
         aiohttp. Its outcome goes to the worker's breaker, and its latency (unless the
         request waits on purpose: a ``timeout`` parameter) to the breaker and to the
-        latencies of its ``kind`` of request at that worker (``streams.deadlines``)."""
+        latencies of its ``kind`` of request at that worker (``streams.deadlines``).
+        ``permit``: the breaker's, when it let this call through (``Breaker.acquire``); 0
+        for a call that goes around it."""
         breaker = self.breakers[base]
         started = time.monotonic()
         try:
@@ -281,7 +288,7 @@ class Router:
                 self._window(base, kind or _kind(method, path)).add(timeout)
             raise
         except BaseException:  # cancelled, or a bug: nothing to judge the endpoint by
-            breaker.release()
+            breaker.release(permit)
             raise
         latency = None if "timeout" in params else time.monotonic() - started
         breaker.record(True, latency)

@@ -185,7 +185,8 @@ class WalWriter:
         ``partition``: where (None: the key's partition); ``what`` names the record in
         errors (a transaction's record is sent here too)."""
         breaker = self.breaker_of(key, partition)
-        if not breaker.allows():
+        permit = breaker.acquire()
+        if permit is None:
             retry = breaker.retry_after_s()
             raise PublishCircuitOpenError(
                 f"{what} {event_id} not sent: the WAL's circuit breaker is open after writes "
@@ -211,10 +212,10 @@ class WalWriter:
                 breaker.record(False, error=str(exc))
                 self._failed_at[breaker.name] = time.monotonic()
             else:  # the record's own fault (too large, refused), or an outage counted
-                breaker.release()
+                breaker.release(permit)
             raise
         except BaseException:  # cancelled, or a bug: nothing to judge Kafka by
-            breaker.release()
+            breaker.release(permit)
             raise
         breaker.record(True)
         return meta

@@ -137,9 +137,33 @@ def test_a_probe_that_ends_without_an_outcome_frees_its_slot() -> None:
     b, clock = _breaker(consecutive_failures=1, open_s=0.25)
     b.record(False)
     clock.now += 0.3
-    assert b.allows()  # the probe, then cancelled
+    probe = b.acquire()  # the probe, then cancelled
+    assert probe
     assert not b.allows()
-    b.release()
+    b.release(probe)
+    assert b.allows()
+
+
+def test_a_call_that_was_not_the_probe_frees_no_slot_when_cancelled() -> None:
+    """A call let through while closed (or one that goes around the breaker, permit 0)
+    cancelled while another call probes: the probe keeps its slot, so no second call is
+    let through beside it; an older probe's permit frees no newer one's."""
+    b, clock = _breaker(consecutive_failures=1, open_s=0.25, probe_s=10.0)
+    early = b.acquire()
+    assert early == 0
+    b.record(False)
+    clock.now += 0.3
+    probe = b.acquire()
+    assert probe
+    b.release(early)
+    b.release(0)
+    assert not b.allows()
+    clock.now += 10.0  # past probe_s: the slot goes to another call
+    second = b.acquire()
+    assert second and second != probe
+    b.release(probe)  # the first probe ends late: the second keeps the slot
+    assert not b.allows()
+    b.release(second)
     assert b.allows()
 
 
