@@ -424,7 +424,7 @@ class ReadApi:
         self.verify = VerifySessions(materializer, self._check_partition, self._forward)
         self.app.add_routes(self.verify.routes())
         #: The dead-letter queue, listed, decoded and re-driven (``processors.deadletters_api``).
-        self.dead_letters = DeadLetterRoutes(materializer)
+        self.dead_letters = DeadLetterRoutes(materializer, self.local_url)
         self.app.add_routes(self.dead_letters.routes())
         self._runner: web.AppRunner | None = None
         self._listener: Listener | None = None
@@ -472,6 +472,16 @@ class ReadApi:
         """The port the API listens on (useful after ``start(host, 0)``)."""
         assert self._listener is not None, "the API is not started"
         return self._listener.ports[0]
+
+    def local_url(self) -> str:
+        """This API at the address it listens on, as this worker reaches itself (its
+        ``api_url`` may be one only others reach: docker compose's published port)."""
+        host = self.m.config.api_host
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
 
     @web.middleware
     async def _count(
@@ -522,10 +532,10 @@ class ReadApi:
         for watcher in list(self._streams):  # ends their handlers' loops
             await watcher.close()
         await self.verify.close()
-        await self.dead_letters.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await self.dead_letters.close()  # after the requests that may use it
         if self._http is not None:
             await self._http.close()
             self._http = None

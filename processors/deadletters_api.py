@@ -1,12 +1,13 @@
 """The read API's dead-letter routes (``streams.deadletters``), which the console's Dead
 letters view uses:
 
-* ``GET /v1/dead-letters`` — the dead letters, oldest first, each with its reason: the
-  query chooses them as ``lukhas dlq list`` does (``partition``, ``since``, ``reason``,
-  ``context_id``, ``limit``, at most ``MAX_LIMIT``).
+* ``GET /v1/dead-letters`` — the dead letters, partition by partition, each oldest first,
+  with their reasons: the query chooses them as ``lukhas dlq list`` does (``partition``,
+  ``since``, ``reason``, ``context_id``, ``limit``, at most ``MAX_LIMIT``).
 * ``GET /v1/dead-letters/{partition}/{offset}`` — one, decoded with this worker's codec (so
   the writer schemas it was given decode too): every header, the key, the value's size and
-  first bytes, and the event (its document or patch) when it decodes; 404 when there is none.
+  first bytes, and the event (its document or patch) when it decodes; 404 when there is none
+  at that offset, 400 for a partition the DLQ does not have.
 * ``POST /v1/dead-letters/dry-run`` (``{"position": "P:O"}``) — what re-driving it would do
   now: the owner's dry run of its bytes. Reads only.
 * ``POST /v1/dead-letters/redrive`` (``{"position": "P:O"}``) — the dry run, then its
@@ -17,8 +18,11 @@ letters view uses:
 Any worker answers: the DLQ is read from Kafka, not from a store. Each request reads with a
 consumer of its own within ``READ_TIMEOUT_S`` (a 504 past it; a 503 when Kafka cannot be
 reached), and ``MAX_READS`` of them at once (a 503 with ``Retry-After`` over that): the DLQ
-is not a hot path. The re-drive writes through a client of this worker's own (a producer and
-its read API), started on the first re-drive.
+is not a hot path. A dry run or re-drive ends within ``REDRIVE_TIMEOUT_S`` all told. It goes
+through a client of this worker's own (a producer, and this worker's API at its own address
+with ``route_reads`` off: the dry run and the outcome are forwarded to the owner over the
+peer URLs, as any request is, so a worker that advertises a URL it cannot reach itself, as
+in docker compose, still re-drives), started on the first and closed with the API.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -38,6 +43,7 @@ from lukhas_context.schemas.exceptions import LukhasError
 from lukhas_context.streams.async_client import ContextClient
 from lukhas_context.streams.config import ClientConfig
 from lukhas_context.streams.deadletters import (
+    DeadLetterError,
     Filters,
     NoSuchDeadLetterError,
     letter_detail,
@@ -53,7 +59,7 @@ from lukhas_context.streams.position import (
     parse_natural,
     parse_position,
 )
-from lukhas_context.streams.records import TopicReadError
+from lukhas_context.streams.records import NoSuchPartitionError, TopicReadError
 
 __all__ = ["MAX_LIMIT", "DeadLetterRoutes"]
 
@@ -62,8 +68,10 @@ Handler = Callable[["DeadLetterRoutes", web.Request], Awaitable[web.Response]]
 #: Dead letters one listing answers at most (and by default ``DEFAULT_LIMIT``).
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
-#: Seconds one request may read the DLQ (and a re-drive wait for its outcome).
-READ_TIMEOUT_S = 30.0
+#: Seconds one request may read the DLQ; a dry run or re-drive, all told (the console waits
+#: 30 s and 60 s).
+READ_TIMEOUT_S = 25.0
+REDRIVE_TIMEOUT_S = 50.0
 #: Requests reading the DLQ at once (each holds a Kafka consumer).
 MAX_READS = 4
 
@@ -97,11 +105,14 @@ def _answering(handler: Handler) -> Handler:
 class DeadLetterRoutes:
     """The handlers of the routes above, for one worker."""
 
-    def __init__(self, m: Materializer) -> None:
+    def __init__(self, m: Materializer, local_url: Callable[[], str]) -> None:
         self.m = m
+        #: This worker's API at an address it reaches itself (its listener's).
+        self._local_url = local_url
         self._reads = asyncio.Semaphore(MAX_READS)
         self._client: ContextClient | None = None
         self._client_start = asyncio.Lock()
+        self._closed = False
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -112,6 +123,9 @@ class DeadLetterRoutes:
         ]
 
     async def close(self) -> None:
+        """Closes the re-drive client (after the API stopped taking requests); none is
+        started after this."""
+        self._closed = True
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -135,7 +149,7 @@ class DeadLetterRoutes:
         f = Filters(partitions, since, q.get("reason") or None, q.get("context_id"), limit)
         config = self.m.config
         found = await self._read(
-            listing(
+            lambda: listing(
                 config.bootstrap,
                 config.topics,
                 f,
@@ -189,18 +203,20 @@ class DeadLetterRoutes:
         if not isinstance(body["position"], str):
             raise bad_request("position is a string, PARTITION:OFFSET")
         partition, offset = self._position_of(body["position"])
+        started = time.monotonic()
         m = await self._letter(partition, offset)
         line = letter_detail(m, self.m.decode_event)
+        left = REDRIVE_TIMEOUT_S - (time.monotonic() - started)
         try:
-            client = await asyncio.wait_for(self._redrive_client(), READ_TIMEOUT_S)
-            report = await asyncio.wait_for(
-                redrive(client, [(m, line)], yes, outcome_timeout=READ_TIMEOUT_S / 2),
-                READ_TIMEOUT_S,
-            )
+            async with asyncio.timeout(left):
+                client = await self._redrive_client()
+                report = await redrive(client, [(m, line)], yes, outcome_timeout=left / 2)
         except TimeoutError:
-            return problem(504, f"the re-drive did not finish within {READ_TIMEOUT_S:g} s")
+            maybe = " It may have been appended: a second re-drive is a duplicate." if yes else ""
+            return problem(504, f"the {'re-drive' if yes else 'dry run'} did not finish "
+                           f"within {REDRIVE_TIMEOUT_S:g} s.{maybe}")  # fmt: skip
         except LukhasError as exc:
-            return problem(503, f"the re-drive failed: {exc}")
+            return problem(503, f"the {'re-drive' if yes else 'dry run'} failed: {exc}")
         return web.json_response(report.to_dict())
 
     @staticmethod
@@ -214,7 +230,7 @@ class DeadLetterRoutes:
         config = self.m.config
         try:
             return await self._read(
-                read_one(
+                lambda: read_one(
                     config.bootstrap,
                     config.topics,
                     partition,
@@ -225,8 +241,8 @@ class DeadLetterRoutes:
         except NoSuchDeadLetterError as exc:
             raise _Answer(problem(404, str(exc))) from None
 
-    async def _read(self, work: Any) -> Any:
-        """``work`` (a read of the DLQ) within the bounds above."""
+    async def _read(self, work: Callable[[], Awaitable[Any]]) -> Any:
+        """``work()`` (a read of the DLQ) within the bounds above."""
         if self._reads.locked():
             raise _Answer(
                 problem(
@@ -239,29 +255,33 @@ class DeadLetterRoutes:
             )
         async with self._reads:
             try:
-                return await asyncio.wait_for(work, READ_TIMEOUT_S)
+                return await asyncio.wait_for(work(), READ_TIMEOUT_S)
             except TimeoutError:
                 raise _Answer(
                     problem(504, f"the DLQ was not read within {READ_TIMEOUT_S:g} s")
                 ) from None
             except NoSuchDeadLetterError:
                 raise
+            except NoSuchPartitionError as exc:
+                raise _Answer(problem(400, str(exc))) from None
             except TopicReadError as exc:
-                status = 400 if "no partition" in str(exc) or "no offset" in str(exc) else 503
-                raise _Answer(problem(status, str(exc))) from None
+                raise _Answer(problem(503, str(exc))) from None
 
     async def _redrive_client(self) -> ContextClient:
         async with self._client_start:
+            if self._closed:
+                raise DeadLetterError("the worker is stopping")
             if self._client is None:
                 config = self.m.config
                 client = ContextClient(
                     ClientConfig(
                         config.bootstrap,
-                        config.api_url,
+                        self._local_url(),
                         config.topics,
                         client_id=f"{config.client_id}-redrive",
                         api_token=config.api_token,
                         kafka_security=config.kafka_security,
+                        route_reads=False,
                     )
                 )
                 try:

@@ -223,8 +223,8 @@ def _dead_letter_paths() -> dict[str, Any]:
     return {
         "/v1/dead-letters": {
             "get": _operation(
-                "The dead letters, oldest first, with why each was dead-lettered "
-                "(`lukhas dlq list`).",
+                "The dead letters, partition by partition (oldest first in each), with why "
+                "each was dead-lettered (`lukhas dlq list`).",
                 _json({"type": "object"}, "dead_letters, limit, writable"),
                 ("partition", "since", "reason", "context_id", "limit"),
                 (400, 503, 504),

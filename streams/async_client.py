@@ -72,6 +72,7 @@ class ContextClient:
             config.api_token,
             Breakers(config.breaker_policy),
             config.deadline_policy,
+            route=config.route_reads,
         )
         self._reader = Reader(self.router)
         self._deltas = DeltaCache()

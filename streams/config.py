@@ -70,6 +70,11 @@ class ClientConfig:
     #: ceiling, quantile); None: the defaults.
     breaker_policy: BreakerPolicy | None = None
     deadline_policy: DeadlinePolicy | None = None
+    #: False: every read goes to ``api_url``'s workers, which forward it to the worker
+    #: serving its partition (a worker always does), never straight to the URLs the routing
+    #: table names: for a client that can reach only some workers (behind a proxy, or
+    #: inside a container network whose workers advertise URLs of the host). One hop more.
+    route_reads: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.send_attempts, bool) or not (

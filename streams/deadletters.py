@@ -170,10 +170,15 @@ def _decoded(e: ContextEvent) -> dict[str, Any]:
 
 
 def _json_or_text(raw: bytes) -> Any:
+    """The JSON ``raw`` holds, or its text when it is not JSON or nests too deep to be
+    written back as JSON (orjson's limit, 254 levels: a hostile document must not make the
+    answer that shows it fail)."""
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        value = orjson.loads(raw)
+        orjson.dumps(value)
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
         return raw.decode("utf-8", "backslashreplace")
+    return value
 
 
 def _value(m: Any) -> bytes:

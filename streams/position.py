@@ -26,9 +26,10 @@ def parse_natural(raw: str, what: str, high: int = MAX_OFFSET) -> int:
     shown = raw if len(raw) <= 40 else f"{raw[:40]}... ({len(raw)} characters)"
     if not (raw.isascii() and raw.isdigit()):
         raise ValidationError(f"{what} must be a non-negative integer, got {shown!r}")
-    if len(raw.lstrip("0")) > len(str(high)) or int(raw) > high:
+    digits = raw.lstrip("0") or "0"  # (int() refuses more than 4,300 digits, zeros too)
+    if len(digits) > len(str(high)) or int(digits) > high:
         raise ValidationError(f"{what} {shown} is out of range: at most {high}")
-    return int(raw)
+    return int(digits)
 
 
 def parse_position(text: str, what: str = "position") -> tuple[int, int]:

@@ -23,7 +23,13 @@ from lukhas_context.streams.position import Bound
 from lukhas_context.streams.security import KafkaSecurity
 from lukhas_context.streams.topics import partition_for
 
-__all__ = ["FETCH_TIMEOUT_S", "NoSuchOffsetError", "TopicReadError", "records"]
+__all__ = [
+    "FETCH_TIMEOUT_S",
+    "NoSuchOffsetError",
+    "NoSuchPartitionError",
+    "TopicReadError",
+    "records",
+]
 
 #: Seconds one fetch may return nothing before the read gives up on a partition.
 FETCH_TIMEOUT_S = 10.0
@@ -36,6 +42,10 @@ class TopicReadError(LukhasError):
 
 class NoSuchOffsetError(TopicReadError):
     """An offset past the end of a topic's partition."""
+
+
+class NoSuchPartitionError(TopicReadError):
+    """A partition the topic does not have."""
 
 
 async def records(
@@ -69,7 +79,9 @@ def _partitions(asked: list[int] | None, count: int, topic: str, context_id: str
     if asked:
         bad = [p for p in asked if p >= count]
         if bad:
-            raise TopicReadError(f"no partition {bad[0]}: {topic} has {count} (0 to {count - 1})")
+            raise NoSuchPartitionError(
+                f"no partition {bad[0]}: {topic} has {count} (0 to {count - 1})"
+            )
         return sorted(set(asked))
     if context_id is not None:
         return [partition_for(context_id.encode(), count)]

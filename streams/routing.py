@@ -56,6 +56,7 @@ class Router:
         token: str | None = None,
         breakers: Breakers | None = None,
         deadlines: DeadlinePolicy | None = None,
+        route: bool = True,
     ) -> None:
         #: Read API URLs configured (``api_url``, comma-separated), and the routing table
         #: learned from the workers: partition -> URL of the worker serving it.
@@ -78,6 +79,9 @@ class Router:
         #: request) -> its newest latencies (``streams.deadlines``).
         self.deadlines = deadlines or DeadlinePolicy()
         self._latencies: dict[tuple[str, str], LatencyWindow] = {}
+        #: False: the routing table's URLs are never asked; the configured workers forward
+        #: (``ClientConfig.route_reads``).
+        self._route = route
 
     @property
     def seeds(self) -> list[str]:
@@ -382,8 +386,9 @@ class Router:
                 continue  # gone: ask the next
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # not a worker's answer: ask the next
-            self._routes = routes
-            self._standbys = standbys
+            if self._route:
+                self._routes = routes
+                self._standbys = standbys
             self.partition_count = count or self.partition_count
             return True
         return reachable

@@ -72,8 +72,10 @@
     // for ever: the views say so and keep what they had.
     const init = {
       headers, cache: "no-store", method: opts.method || "GET",
-      // A write (a checkpoint) may take the worker's whole 30 s to be acknowledged.
-      signal: AbortSignal.timeout(opts.method === "POST" ? 6 * REQUEST_TIMEOUT_MS : REQUEST_TIMEOUT_MS),
+      // A write (a checkpoint) may take the worker's whole 30 s to be acknowledged; a read of
+      // the dead-letter queue up to 25 s.
+      signal: AbortSignal.timeout(opts.timeoutMs ||
+        (opts.method === "POST" ? 6 * REQUEST_TIMEOUT_MS : REQUEST_TIMEOUT_MS)),
     };
     if (opts.body !== undefined) {
       headers["Content-Type"] = "application/json";
@@ -563,32 +565,34 @@
       spellcheck: "false", placeholder: "e.g. UnknownSchemaError" });
     const context = el("input", { id: "dlq-context", type: "search", autocomplete: "off",
       spellcheck: "false" });
-    reason.value = params.get("reason") || "";
-    context.value = params.get("context_id") || "";
+    const partition = el("input", { id: "dlq-partition", type: "number", min: "0", step: "1",
+      inputmode: "numeric", class: "narrow" });
+    const filters = { reason, context_id: context, partition };
+    for (const [name, input] of Object.entries(filters)) input.value = params.get(name) || "";
     const form = el("form", { class: "search", role: "search" },
       el("label", { for: "dlq-reason" }, "Reason contains"), reason,
       el("label", { for: "dlq-context" }, "Context id"), context,
+      el("label", { for: "dlq-partition" }, "Partition"), partition,
       el("button", { type: "submit" }, "Filter"));
     form.addEventListener("submit", (event) => {
       event.preventDefault();
       const query = new URLSearchParams();
-      if (reason.value) query.set("reason", reason.value);
-      if (context.value) query.set("context_id", context.value);
+      for (const [name, input] of Object.entries(filters)) if (input.value) query.set(name, input.value);
       location.hash = "#/dead-letters?" + query.toString();
     });
     const box = el("div", { id: "dead-letters" });
     view().replaceChildren(el("h1", { tabindex: "-1" }, "Dead letters"),
       el("p", { class: "muted" }, "WAL records the fold could not read as events (they do not " +
         "decode, their key is not their context, or their event id was used for other bytes), " +
-        "oldest first. Open one to decode it, dry-run it, and re-drive it."),
+        "partition by partition, oldest first in each. Open one to decode it, dry-run it, and " +
+        "re-drive it."),
       form, box);
     const query = new URLSearchParams({ limit: String(PAGE) });
-    if (params.get("reason")) query.set("reason", params.get("reason"));
-    if (params.get("context_id")) query.set("context_id", params.get("context_id"));
+    for (const name of Object.keys(filters)) if (params.get(name)) query.set(name, params.get(name));
     (async () => {
       let data;
       try {
-        data = await api("v1/dead-letters?" + query.toString());
+        data = await api("v1/dead-letters?" + query.toString(), { timeoutMs: 3 * REQUEST_TIMEOUT_MS });
       } catch (e) {
         if (mine === generation) box.append(el("p", { class: "error" }, "Dead letters: " + e.message));
         return;
@@ -596,7 +600,7 @@
       if (mine !== generation) return;
       if (!data.dead_letters.length) {
         box.append(el("p", { id: "no-dead-letters" }, "No dead letter" +
-          (query.has("reason") || query.has("context_id") ? " matches." : ": the fold read every record.")));
+          (query.size > 1 ? " matches." : ": the fold read every record.")));
         return;
       }
       const rows = data.dead_letters.map((d) => el("tr", {},
@@ -609,8 +613,9 @@
       box.append(table("Dead letters", ["DLQ position", "Logged", "Key", "From WAL", "Event",
         "Reason"], rows));
       if (data.dead_letters.length >= data.limit) {
-        box.append(el("p", { class: "muted" }, "The first " + data.limit + " shown: filter to see others " +
-          "(or `lukhas dlq list --since`)."));
+        box.append(el("p", { class: "muted" }, "The first " + data.limit + " shown (the lowest " +
+          "partitions first): filter by partition, reason or context to see others (or " +
+          "`lukhas dlq list --since`)."));
       }
     })();
   }
@@ -625,7 +630,8 @@
     (async () => {
       let d;
       try {
-        d = await api("v1/dead-letters/" + position.split(":").map(encodeURIComponent).join("/"));
+        d = await api("v1/dead-letters/" + position.split(":").map(encodeURIComponent).join("/"),
+          { timeoutMs: 3 * REQUEST_TIMEOUT_MS });
       } catch (e) {
         if (mine !== generation) return;
         facts.append(el("p", { class: e.status === 404 ? "warn" : "error" }, e.status === 404

@@ -613,12 +613,20 @@ async def test_a_garbage_record_is_dead_lettered_and_a_fixed_one_re_driven(
     await expect(junk).to_contain_text("BadMagicError")
     await expect(rows.filter(has_text="dl:fixed")).to_contain_text("UnknownSchemaError")
     fixed_position = await rows.filter(has_text="dl:fixed").locator("a").inner_text()
+    junk_position = await junk.locator("a").inner_text()
     await shoot(page, "dead-letters")
-    # The reason filter.
+    # The filters: by reason, by partition.
     await page.fill("#dlq-reason", "unknownschema")
     await page.press("#dlq-reason", "Enter")
     await expect(rows).to_have_count(1)
     await expect(rows).to_contain_text("dl:fixed")
+    await page.fill("#dlq-reason", "")
+    fixed_partition = fixed_position.split(":")[0]
+    await page.fill("#dlq-partition", fixed_partition)
+    await page.press("#dlq-partition", "Enter")
+    await expect(page.locator("#dead-letters tbody tr a")).to_have_text(
+        [p for p in (junk_position, fixed_position) if p.split(":")[0] == fixed_partition]
+    )
 
     # The garbage, opened: it does not decode, and would be dead-lettered again.
     await page.goto(f"{worker.url}/console#/dead-letters")
@@ -645,7 +653,9 @@ async def test_a_garbage_record_is_dead_lettered_and_a_fixed_one_re_driven(
     )
     await page.click("#dry-run")
     await expect(page.locator("#dry-run-result")).to_contain_text("applied")
-    # Cancelled: nothing appended.
+    # Cancelled: nothing sent.
+    redrives: list[str] = []
+    page.on("request", lambda r: r.url.endswith("/redrive") and redrives.append(r.method))
     await page.click("#redrive-button")
     dialog = page.locator("#confirm-dialog")
     await expect(dialog).to_contain_text("original")
@@ -654,6 +664,7 @@ async def test_a_garbage_record_is_dead_lettered_and_a_fixed_one_re_driven(
     await shoot(page, "dead-letter-confirm")
     await page.keyboard.press("Enter")
     await expect(dialog).to_be_hidden()
+    assert redrives == []
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{worker.url}/v1/contexts/dl:fixed") as answer:
             assert answer.status == 404
@@ -662,6 +673,7 @@ async def test_a_garbage_record_is_dead_lettered_and_a_fixed_one_re_driven(
         await page.click("#confirm")
         result = page.locator("#redrive-result")
         await expect(result).to_contain_text("the fold: applied (version 1)")
+        assert redrives == ["POST"]
         await shoot(page, "dead-letter-redriven")
         async with http.get(f"{worker.url}/v1/contexts/dl:fixed") as answer:
             assert answer.status == 200

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from .conftest import serving_all, v2_event, v2_writer_schema
+from .conftest import free_port, serving_all, v2_event, v2_writer_schema
 
 pytestmark = pytest.mark.integration
 
@@ -42,12 +42,20 @@ async def letters(http: aiohttp.ClientSession, url: str, query: str = "") -> lis
 async def wait_letters(
     http: aiohttp.ClientSession, url: str, count: int, timeout: float = 60
 ) -> list[dict[str, Any]]:
+    """The dead letters once there are ``count`` (a busy answer, 503 or 504, is asked
+    again), or what there is at the deadline."""
     deadline = time.monotonic() + timeout
-    while True:
-        found = await letters(http, url)
-        if len(found) >= count or time.monotonic() > deadline:
-            return found
+    found: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        async with http.get(f"{url}/v1/dead-letters") as answer:
+            if answer.status == 200:
+                found = (await answer.json())["dead_letters"]
+                if len(found) >= count:
+                    return found
+            else:
+                assert answer.status in (503, 504), await answer.text()
         await asyncio.sleep(0.2)
+    return found
 
 
 async def post(
@@ -111,9 +119,14 @@ async def test_dead_letters_listed_decoded_dry_run_and_re_driven(
         assert status == 403 and "--api-write-token-file" in refused["detail"]
         assert len(await letters(http, worker.url)) == 2
 
-        # The upgrade: the worker knows the newer schema, and may write.
+        # The upgrade: the worker knows the newer schema, and may write. It advertises a URL
+        # it cannot reach itself (docker compose's published port): the re-drive goes to
+        # its own listener all the same.
         await worker.stop()
-        worker = await start_worker(schema_dir=tmp_path / "schemas", api_write_token=WRITE_TOKEN)
+        worker = await start_worker(
+            schema_dir=tmp_path / "schemas", api_write_token=WRITE_TOKEN,
+            advertised_url=f"http://127.0.0.1:{free_port()}",
+        )  # fmt: skip
         await serving_all(worker)
         new = by_id["dl:new"]["position"]
         async with http.get(f"{worker.url}/v1/dead-letters/{new.replace(':', '/')}") as answer:

@@ -78,6 +78,24 @@ async def _live_worker(owner: str) -> tuple[web.AppRunner, str, list[str]]:
     return runner, f"http://127.0.0.1:{port}", served
 
 
+async def test_without_routing_every_read_goes_to_the_configured_worker() -> None:
+    """``route_reads=False``: the owner the routing table names (one that drops every
+    connection: unreachable from here) is never asked; the configured worker answers
+    every read (a real one forwards it to the owner)."""
+    server, unreachable, accepted = await _dropping_server()
+    runner, configured, served = await _live_worker(unreachable)
+    try:
+        config = ClientConfig("unused:9092", configured, route_reads=False)
+        async with ContextClient(config) as client:
+            for _ in range(5):
+                assert (await client.get("c", timeout=5)).doc == DOC
+            assert client.router.partition_count == 1  # the table was read all the same
+    finally:
+        await runner.cleanup()
+        server.close()
+    assert accepted == [] and len(served) == 5
+
+
 async def test_a_failing_owner_is_passed_over_once_its_breaker_opens() -> None:
     server, broken, accepted = await _dropping_server()
     runner, live, served = await _live_worker(broken)
