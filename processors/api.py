@@ -96,6 +96,13 @@ member asked for its own view at once, one that does not answer listed with
 ``"reachable": false`` and why; ``digests`` says whether the copies at the owner's position
 agree (``equal``, ``differ``, ``behind``, ``single``, ``unknown``).
 
+``GET /v1/cluster/metrics`` is what the console's Metrics view plots, for every worker
+(``processors.cluster_metrics``): ``{"api", "workers": [{"api", "member", "reachable",
+"error", "at_ms", "folded", "read_seconds", "reads", "memory_resident_bytes",
+"memory_budget_bytes"}]}`` — this worker's figures (counters since it started, and its memory
+gauges, null without a budget) and each other member's, asked at once; one that does not
+answer is listed with ``"reachable": false``, why, and null figures.
+
 ``GET /v1/checkpoints`` lists the checkpoints the workers hold (``processors.checkpoint_list``):
 ``{"partition_count", "checkpoints": [{"checkpoint_id", "created_at_ms", "partitions":
 [{"partition", "next_offset", "records", "documents", "digest", "created_at_ms", "held_by",
@@ -146,9 +153,9 @@ the problem ``overloaded`` (``retry_after``), at once and without doing the read
 metrics, members, partitions, the change stream and verify sessions never are.
 
 About 1,400 lines, for one job: the worker's HTTP surface (the console's additions,
-``/v1/cluster``, ``/v1/checkpoints``, are a few short handlers over ``processors.overview``
-and ``processors.checkpoint_list``; they and the listing ask the other members through
-``processors.fanout``). Each handler is
+``/v1/cluster``, ``/v1/cluster/metrics``, ``/v1/checkpoints``, are a few short handlers over
+``processors.overview``, ``processors.cluster_metrics`` and ``processors.checkpoint_list``;
+they and the listing ask the other members through ``processors.fanout``). Each handler is
 short (parse and bound the parameters, wait or forward, answer); what they share (the
 parameter checks, the forwarding to the owner, the error shape) is what keeps their answers
 alike, so they stay together. The work behind them lives elsewhere: the store,
@@ -179,6 +186,7 @@ from lukhas_context import __version__
 from lukhas_context.processors.access import Cors, token_middleware
 from lukhas_context.processors.asof import AsOfStates
 from lukhas_context.processors.checkpoint_list import gathered, held, merged
+from lukhas_context.processors.cluster_metrics import own_figures, peer_figures
 from lukhas_context.processors.console import console_routes
 from lukhas_context.processors.deadletters_api import DeadLetterRoutes
 from lukhas_context.processors.exceptions import NotOwnerError
@@ -413,6 +421,7 @@ class ReadApi:
                 web.get("/metrics", self.metrics),
                 web.get("/v1/openapi.json", self.openapi),
                 web.get("/v1/cluster", self.cluster),
+                web.get("/v1/cluster/metrics", self.cluster_metrics),
                 web.get("/v1/checkpoints", self.checkpoints),
                 web.post("/v1/checkpoints", self.start_checkpoint),
             ]
@@ -636,6 +645,17 @@ class ReadApi:
                 "partitions": replicas(count, owners, workers),
             }
         )
+
+    @_params()
+    async def cluster_metrics(self, request: web.Request) -> web.Response:
+        """The figures the console's Metrics view plots (``processors.cluster_metrics``): this
+        worker's and, unless the request was forwarded, every other member's, asked at once;
+        one that does not answer is listed unreachable, with why."""
+        workers = [own_figures(self.m)]
+        if not request.headers.get(FORWARDED_HEADER):
+            answers = await self.peers.ask_all(self._others(), "/v1/cluster/metrics")
+            workers += [peer_figures(answer) for answer in answers]
+        return web.json_response({"api": self.m.config.api_url, "workers": workers})
 
     @_params()
     async def checkpoints(self, request: web.Request) -> web.Response:
