@@ -96,6 +96,13 @@ member asked for its own view at once, one that does not answer listed with
 ``"reachable": false`` and why; ``digests`` says whether the copies at the owner's position
 agree (``equal``, ``differ``, ``behind``, ``single``, ``unknown``).
 
+``GET /v1/cluster/metrics`` is what the console's Metrics view plots, for every worker
+(``processors.cluster_metrics``): ``{"api", "workers": [{"api", "member", "reachable",
+"error", "at_ms", "folded", "read_seconds", "reads", "memory_resident_bytes",
+"memory_budget_bytes"}]}`` — this worker's figures (counters since it started, and its memory
+gauges, null without a budget) and each other member's, asked at once; one that does not
+answer is listed with ``"reachable": false``, why, and null figures.
+
 ``GET /v1/checkpoints`` lists the checkpoints the workers hold (``processors.checkpoint_list``):
 ``{"partition_count", "checkpoints": [{"checkpoint_id", "created_at_ms", "partitions":
 [{"partition", "next_offset", "records", "documents", "digest", "created_at_ms", "held_by",
@@ -146,9 +153,9 @@ the problem ``overloaded`` (``retry_after``), at once and without doing the read
 metrics, members, partitions, the change stream and verify sessions never are.
 
 About 1,400 lines, for one job: the worker's HTTP surface (the console's additions,
-``/v1/cluster``, ``/v1/checkpoints``, are a few short handlers over ``processors.overview``
-and ``processors.checkpoint_list``; the peer requests they share with the listing are the
-next thing to move out, with the forwarding, into a module of their own). Each handler is
+``/v1/cluster``, ``/v1/cluster/metrics``, ``/v1/checkpoints``, are a few short handlers over
+``processors.overview``, ``processors.cluster_metrics`` and ``processors.checkpoint_list``;
+they and the listing ask the other members through ``processors.fanout``). Each handler is
 short (parse and bound the parameters, wait or forward, answer); what they share (the
 parameter checks, the forwarding to the owner, the error shape) is what keeps their answers
 alike, so they stay together. The work behind them lives elsewhere: the store,
@@ -178,30 +185,30 @@ from aiokafka.errors import KafkaError
 from lukhas_context import __version__
 from lukhas_context.processors.access import Cors, token_middleware
 from lukhas_context.processors.asof import AsOfStates
-from lukhas_context.processors.checkpoint_list import held, merged
+from lukhas_context.processors.checkpoint_list import gathered, held, merged
+from lukhas_context.processors.cluster_metrics import own_figures, peer_figures
 from lukhas_context.processors.console import console_routes
 from lukhas_context.processors.deadletters_api import DeadLetterRoutes
 from lukhas_context.processors.exceptions import NotOwnerError
+from lukhas_context.processors.fanout import FORWARDED_HEADER as FORWARDED_HEADER
+from lukhas_context.processors.fanout import Peers
 from lukhas_context.processors.fold import MAX_ID_BYTES, apply, dead_letter_reason, is_barrier
 from lukhas_context.processors.listener import Listener
 from lukhas_context.processors.listing import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
     SCAN_PER_PAGE,
+    RemotePage,
     SourcePage,
     merge,
+    remote_page,
     start_after,
 )
 from lukhas_context.processors.materializer import Materializer
 from lukhas_context.processors.members import Member
 from lukhas_context.processors.metrics import PROMETHEUS_CONTENT_TYPE
 from lukhas_context.processors.openapi import document as openapi_document
-from lukhas_context.processors.overview import (
-    PEER_TIMEOUT_S,
-    replicas,
-    unreachable,
-    worker_view,
-)
+from lukhas_context.processors.overview import peer_view, replicas, worker_view
 from lukhas_context.processors.pointintime import parse_as_of, read_context
 from lukhas_context.processors.problems import bad_request, problem, problem_middleware
 from lukhas_context.processors.problems import query_params as _params
@@ -228,8 +235,8 @@ from lukhas_context.streams.topics import DOWNSTREAM_MAX_MESSAGE_BYTES, partitio
 from lukhas_context.streams.watch import Watcher
 
 MAX_WAIT_S = 30.0
-#: Set on a request one worker forwards to another (its value: the forwarder's URL).
-FORWARDED_HEADER = "X-Lukhas-Forwarded-By"
+#: Seconds another owner has to answer for its part of a listing's page.
+LISTING_TIMEOUT_S = 10.0
 #: Set on a forwarded answer: the URL of the worker that answered.
 SERVED_BY_HEADER = "X-Lukhas-Served-By"
 #: Seconds between SSE comments that keep an idle connection (and its proxies) open.
@@ -395,6 +402,8 @@ class ReadApi:
             self.app.on_response_prepare.append(cors.on_prepare)
         #: Sent with every request to another worker (a forward, a listing's page).
         self._peer_headers = bearer_headers(config.api_token)
+        #: Other workers, asked one at a time (forwards) or all at once (``processors.fanout``).
+        self.peers = Peers(config.api_url, self._peer_headers)
         self.app.add_routes(
             [
                 web.get("/v1/contexts", self.list_contexts),
@@ -412,6 +421,7 @@ class ReadApi:
                 web.get("/metrics", self.metrics),
                 web.get("/v1/openapi.json", self.openapi),
                 web.get("/v1/cluster", self.cluster),
+                web.get("/v1/cluster/metrics", self.cluster_metrics),
                 web.get("/v1/checkpoints", self.checkpoints),
                 web.post("/v1/checkpoints", self.start_checkpoint),
             ]
@@ -443,7 +453,6 @@ class ReadApi:
         #: The producer of the checkpoint barriers ``POST /v1/checkpoints`` appends.
         self._barriers: AIOKafkaProducer | None = None
         self._barriers_start = asyncio.Lock()
-        self._http: aiohttp.ClientSession | None = None
         #: Open server-sent event streams (each one a consumer), closed on shutdown.
         self._streams: set[Watcher] = set()
         #: Dry runs apply one at a time (in a thread): a flood of costly ones waits here,
@@ -536,9 +545,7 @@ class ReadApi:
             await self._runner.cleanup()
             self._runner = None
         await self.dead_letters.close()  # after the requests that may use it
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        await self.peers.close()
         await self._wal_ends.close()
         if self._barriers is not None:
             await self._barriers.stop()
@@ -573,11 +580,9 @@ class ReadApi:
             f"(the next write there gets offset {end})", end_offset=end,
         )  # fmt: skip
 
-    def _peers(self) -> aiohttp.ClientSession:
-        """The session this worker asks other workers with (forwards, listing pages)."""
-        if self._http is None:
-            self._http = aiohttp.ClientSession()
-        return self._http
+    def _others(self) -> list[Member]:
+        """The members of the routing table other than this worker."""
+        return [x for x in self.m.membership.members() if x.api != self.m.config.api_url]
 
     async def _forward(self, request: web.Request, partition: int) -> web.Response | None:
         """The owner's answer when another worker serves ``partition`` (one hop: a forwarded
@@ -594,9 +599,8 @@ class ReadApi:
             return None
         url = owner.forward_url.rstrip("/") + request.path_qs
         try:
-            async with self._peers().request(
-                request.method, url, data=await request.read() or None,
-                headers={FORWARDED_HEADER: m.config.api_url, **self._peer_headers},
+            async with self.peers.session().request(
+                request.method, url, data=await request.read() or None, headers=self.peers.headers,
                 timeout=aiohttp.ClientTimeout(total=MAX_WAIT_S + 10),
             ) as answer:  # fmt: skip
                 headers = {SERVED_BY_HEADER: owner.api}
@@ -639,8 +643,8 @@ class ReadApi:
         m = self.m
         workers = [worker_view(m)]
         if not request.headers.get(FORWARDED_HEADER):
-            others = [x for x in m.membership.members() if x.api != m.config.api_url]
-            workers += await asyncio.gather(*(self._peer_view(x) for x in others))
+            answers = await self.peers.ask_all(self._others(), "/v1/cluster")
+            workers += [peer_view(answer) for answer in answers]
         count = m.partition_count
         owners = {p: o.api for p in range(count) if (o := m.membership.owner(p)) is not None}
         return web.json_response(
@@ -652,38 +656,16 @@ class ReadApi:
             }
         )
 
-    async def _peer_view(self, member: Member) -> dict[str, Any]:
-        """``member``'s own view (its ``/v1/cluster``, forwarded), or an unreachable entry
-        saying why there is none."""
-        data, why = await self._ask_member(member, "/v1/cluster")
-        workers = None if data is None else data.get("workers")
-        view = workers[0] if isinstance(workers, list) and workers else None
-        lists = ("partitions", "restoring", "standbys")
-        if not isinstance(view, dict) or not all(isinstance(view.get(k), list) for k in lists):
-            return unreachable(member, why or "its answer is not a cluster view")
-        return view
-
-    async def _ask_member(
-        self, member: Member, path: str
-    ) -> tuple[dict[str, Any] | None, str | None]:
-        """``member``'s answer to ``GET path``, marked forwarded (so it answers for itself
-        alone), within ``PEER_TIMEOUT_S``: the JSON object, or None and why there is none."""
-        url = member.forward_url.rstrip("/") + path
-        headers = {FORWARDED_HEADER: self.m.config.api_url, **self._peer_headers}
-        try:
-            async with self._peers().get(
-                url, headers=headers, timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)
-            ) as answer:
-                if answer.status != 200:
-                    return None, f"its {path} answered {answer.status}"
-                data = orjson.loads(await answer.read())
-        except TimeoutError:
-            return None, f"no answer within {PEER_TIMEOUT_S:g} s"
-        except aiohttp.ClientError as e:
-            return None, f"{type(e).__name__}: {e}"
-        except ValueError:
-            return None, f"its {path} answer is not JSON"
-        return (data, None) if isinstance(data, dict) else (None, f"its {path} answer is odd")
+    @_params()
+    async def cluster_metrics(self, request: web.Request) -> web.Response:
+        """The figures the console's Metrics view plots (``processors.cluster_metrics``): this
+        worker's and, unless the request was forwarded, every other member's, asked at once;
+        one that does not answer is listed unreachable, with why."""
+        workers = [own_figures(self.m)]
+        if not request.headers.get(FORWARDED_HEADER):
+            answers = await self.peers.ask_all(self._others(), "/v1/cluster/metrics")
+            workers += [peer_figures(answer) for answer in answers]
+        return web.json_response({"api": self.m.config.api_url, "workers": workers})
 
     @_params()
     async def checkpoints(self, request: web.Request) -> web.Response:
@@ -693,19 +675,9 @@ class ReadApi:
         m = self.m
         count = m.partition_count
         mine = await asyncio.to_thread(held, m.checkpoints, range(count))
-        holders: list[tuple[str, list[dict[str, Any]]]] = [(m.config.api_url, mine)]
-        missing: list[dict[str, str]] = []
-        if not request.headers.get(FORWARDED_HEADER):
-            others = [x for x in m.membership.members() if x.api != m.config.api_url]
-            answers = await asyncio.gather(
-                *(self._ask_member(x, "/v1/checkpoints") for x in others)
-            )
-            for member, (data, why) in zip(others, answers, strict=True):
-                listed = None if data is None else data.get("held")
-                if isinstance(listed, list):
-                    holders.append((member.api, listed))
-                else:
-                    missing.append({"api": member.api, "error": why or "no held list"})
+        forwarded = request.headers.get(FORWARDED_HEADER)
+        answers = [] if forwarded else await self.peers.ask_all(self._others(), "/v1/checkpoints")
+        holders, missing = gathered((m.config.api_url, mine), answers)
         return web.json_response(
             {
                 "partition_count": count,
@@ -944,40 +916,20 @@ class ReadApi:
 
     async def _remote_pages(
         self, request: web.Request, count: int, covered: set[int]
-    ) -> list[tuple[SourcePage, list[int]]]:
+    ) -> list[RemotePage]:
         """The same page from each other worker that owns a partition not ``covered`` here,
         asked at once (each answers for its own partitions only); an owner that does not
         answer, or answers nonsense, is left out (its partitions stay incomplete)."""
         membership = self.m.membership
-        owners: dict[str, str] = {}
+        owners: dict[str, Member] = {}
         for partition in range(count):
             owner = membership.owner(partition)
             if partition in covered or owner is None or owner.api == self.m.config.api_url:
                 continue
-            owners[owner.api] = owner.forward_url
-        if not owners:
-            return []
-        http = self._peers()
-
-        async def ask(url: str) -> tuple[SourcePage, list[int]] | None:
-            try:
-                async with http.get(
-                    url.rstrip("/") + request.path_qs,
-                    headers={FORWARDED_HEADER: self.m.config.api_url, **self._peer_headers},
-                    timeout=aiohttp.ClientTimeout(total=10),
-                ) as answer:
-                    if answer.status != 200:
-                        return None
-                    data = orjson.loads(await answer.read())
-                listed = [(c["context_id"].encode(), c) for c in data["contexts"]]
-                resume = data["next_after"]
-                page = SourcePage(listed, None if resume is None else resume.encode())
-                return page, [p for p in data["partitions"] if p not in covered]
-            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
-                return None
-
-        answers = await asyncio.gather(*(ask(url) for url in owners.values()))
-        return [a for a in answers if a is not None]
+            owners[owner.api] = owner
+        answers = await self.peers.ask_all(owners.values(), request.path_qs, LISTING_TIMEOUT_S)
+        pages = (remote_page(a.data, covered) for a in answers if a.data is not None)
+        return [page for page in pages if page is not None]
 
     @_params("min_offset", "timeout", "as_of", "allow_stale", "max_lag")
     async def get_context(self, request: web.Request) -> web.Response:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from lukhas_context.processors.fanout import Answer
 from lukhas_context.state.checkpoints import CheckpointDir
 
 #: The manifest fields each partition of a listed checkpoint carries.
@@ -29,6 +30,23 @@ def held(checkpoints: CheckpointDir, partitions: Iterable[int]) -> list[dict[str
             fields = manifest.fields()
             out.append({"checkpoint_id": manifest.checkpoint_id, **{k: fields[k] for k in FIELDS}})
     return out
+
+
+def gathered(
+    own: tuple[str, list[dict[str, Any]]], answers: Sequence[Answer]
+) -> tuple[list[tuple[str, Sequence[Mapping[str, Any]]]], list[dict[str, str]]]:
+    """This worker's ``(api, manifests)`` and the other members' answers to
+    ``/v1/checkpoints`` -> the holders ``merged`` takes, and the members that gave no list
+    (``{"api", "error"}``: why)."""
+    holders: list[tuple[str, Sequence[Mapping[str, Any]]]] = [own]
+    missing: list[dict[str, str]] = []
+    for answer in answers:
+        listed = None if answer.data is None else answer.data.get("held")
+        if isinstance(listed, list):
+            holders.append((answer.member.api, listed))
+        else:
+            missing.append({"api": answer.member.api, "error": answer.why or "no held list"})
+    return holders, missing
 
 
 def _well_formed(m: object) -> bool:

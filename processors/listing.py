@@ -12,7 +12,7 @@ reached yet, and says where the next page starts.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,10 @@ class SourcePage:
 
     entries: Sequence[tuple[bytes, Any]]
     resume: bytes | None
+
+
+#: A page from another worker, and the partitions it answered for.
+RemotePage = tuple[SourcePage, list[int]]
 
 
 def merge(pages: Sequence[SourcePage], limit: int) -> tuple[list[Any], bytes | None]:
@@ -54,3 +58,16 @@ def merge(pages: Sequence[SourcePage], limit: int) -> tuple[list[Any], bytes | N
 def start_after(after: bytes | None) -> bytes:
     """The smallest key above ``after`` (b"" when there is none)."""
     return b"" if after is None else after + b"\x00"
+
+
+def remote_page(data: Mapping[str, Any], covered: Container[int]) -> RemotePage | None:
+    """Another worker's answer to the same listing request (its JSON) as a source page, with
+    the partitions it answered for that are not ``covered`` already; None when the answer
+    is not of that shape (its partitions then stay incomplete)."""
+    try:
+        listed = [(c["context_id"].encode(), c) for c in data["contexts"]]
+        resume = data["next_after"]
+        page = SourcePage(listed, None if resume is None else resume.encode())
+        return page, [p for p in data["partitions"] if p not in covered]
+    except (KeyError, TypeError, AttributeError):
+        return None

@@ -35,6 +35,9 @@ from lukhas_context import __version__
 PROMETHEUS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 #: Read API latency buckets, seconds: a cached read takes a fraction of a millisecond.
 HTTP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5, 10.0)
+#: The read API's latency histogram, and the route of the point reads the console plots.
+HTTP_SECONDS = "lukhas_http_request_duration_seconds"
+READ_ROUTE = "/v1/contexts/{context_id}"
 #: The fold's outcomes, the values of ``lukhas_events_total``'s ``outcome`` label.
 OUTCOMES = ("applied", "conflict", "rejected", "fenced", "duplicate", "dead_lettered")
 
@@ -318,7 +321,7 @@ class WorkerMetrics:
             ["method", "route", "status"], registry=r,
         )  # fmt: skip
         self.http_seconds = Histogram(
-            "lukhas_http_request_duration_seconds",
+            HTTP_SECONDS,
             "Time from a request's head to its answer (a stream's: to its end), by route",
             ["route"], buckets=HTTP_BUCKETS, registry=r,
         )  # fmt: skip
@@ -345,6 +348,38 @@ class WorkerMetrics:
             for sample in family.samples
             if sample.name.endswith("_total")
         )
+
+    def figures(self) -> dict[str, float | None]:
+        """What the console's Metrics view plots, as ``GET /v1/cluster/metrics`` gives it:
+        ``folded`` (``lukhas_events_total``, every outcome), ``read_seconds`` and ``reads``
+        (the sum and count of ``lukhas_http_request_duration_seconds`` of ``READ_ROUTE``),
+        ``memory_resident_bytes`` and ``memory_budget_bytes`` (``lukhas_memory_bytes``; None
+        without a memory budget). Counters since the process started: rates are the
+        differences of two readings."""
+
+        def value(metric: Counter | Gauge | Histogram, name: str, **labels: str) -> float | None:
+            for family in metric.collect():
+                for sample in family.samples:
+                    if sample.name == name and all(
+                        sample.labels.get(k) == v for k, v in labels.items()
+                    ):
+                        return float(sample.value)
+            return None
+
+        folded = sum(
+            sample.value
+            for family in self.events.collect()
+            for sample in family.samples
+            if sample.name == "lukhas_events_total"
+        )
+        return {
+            "folded": float(folded),
+            "read_seconds": value(self.http_seconds, f"{HTTP_SECONDS}_sum", route=READ_ROUTE)
+            or 0.0,
+            "reads": value(self.http_seconds, f"{HTTP_SECONDS}_count", route=READ_ROUTE) or 0.0,
+            "memory_resident_bytes": value(self.memory, "lukhas_memory_bytes", part="resident"),
+            "memory_budget_bytes": value(self.memory, "lukhas_memory_bytes", part="budget"),
+        }
 
     def names(self) -> Sequence[str]:
         """Every sample name this worker exports (``_total``, ``_bucket``... included),

@@ -382,6 +382,20 @@ def document(version: str) -> dict[str, Any]:
                     tags=("cluster",),
                 ),
             },
+            "/v1/cluster/metrics": {
+                "get": _operation(
+                    "What the console's Metrics view plots, for every worker: events folded, "
+                    "point reads and their seconds (counters since the worker started), "
+                    "resident memory and its budget, and when it read them (an unreachable "
+                    "worker says so, and why).",
+                    _json(
+                        {"type": "object"},
+                        "api, workers: [{api, member, reachable, error, at_ms, folded, "
+                        "read_seconds, reads, memory_resident_bytes, memory_budget_bytes}]",
+                    ),
+                    tags=("cluster",),
+                ),
+            },
             "/v1/checkpoints": {
                 "get": _operation(
                     "The checkpoints the workers hold, newest first: each partition's "

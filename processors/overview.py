@@ -3,9 +3,9 @@ other tool): every member of the routing table with what it serves, and every pa
 its owner, position, lag and whether its copies' digests agree.
 
 Each member is asked for its own view (``GET /v1/cluster`` marked forwarded, answered from its
-stores alone), all at once and within ``PEER_TIMEOUT_S``; a member that does not answer is
-listed as unreachable with the reason, never left out and never a failure of the whole answer:
-a console must show a worker that is down, not break on it.
+stores alone), all at once and within ``processors.fanout.PEER_TIMEOUT_S``; a member that does
+not answer is listed as unreachable with the reason, never left out and never a failure of the
+whole answer: a console must show a worker that is down, not break on it.
 
 Digests are compared between copies at the same ``next_offset`` only (the digest is of the
 state folded up to it, so copies at different positions differ without anything being
@@ -19,11 +19,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from lukhas_context.processors.fanout import Answer
 from lukhas_context.processors.materializer import Materializer
 from lukhas_context.processors.members import Member
-
-#: Seconds a member has to answer for its part of the overview.
-PEER_TIMEOUT_S = 3.0
 
 
 def worker_view(m: Materializer) -> dict[str, Any]:
@@ -70,6 +68,17 @@ def unreachable(member: Member, reason: str) -> dict[str, Any]:
         "restoring": [],
         "standbys": [{"partition": p} for p in member.standbys],
     }
+
+
+def peer_view(answer: Answer) -> dict[str, Any]:
+    """A member's own view from its answer to ``/v1/cluster`` (forwarded: its view alone), or
+    its unreachable entry saying why there is none (no answer, or one of another shape)."""
+    workers = None if answer.data is None else answer.data.get("workers")
+    view = workers[0] if isinstance(workers, list) and workers else None
+    lists = ("partitions", "restoring", "standbys")
+    if not isinstance(view, dict) or not all(isinstance(view.get(k), list) for k in lists):
+        return unreachable(answer.member, answer.why or "its answer is not a cluster view")
+    return view
 
 
 def replicas(

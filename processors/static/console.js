@@ -727,43 +727,12 @@
 
   // ---- Metrics ------------------------------------------------------------------------------
 
-  // Prometheus text (GET /metrics) -> [{name, labels: {..}, value}], comments and blank lines
-  // skipped. Label values are unescaped (\\, \", \n) as the exposition format says.
-  function parseMetrics(text) {
-    const out = [];
-    const sample = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)/;
-    const label = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g;
-    for (const line of text.split("\n")) {
-      if (!line || line.startsWith("#")) continue;
-      const m = sample.exec(line);
-      if (!m) continue;
-      const labels = {};
-      for (const l of (m[2] || "").matchAll(label)) {
-        labels[l[1]] = l[2].replace(/\\(.)/g, (_, c) => (c === "n" ? "\n" : c));
-      }
-      out.push({ name: m[1], labels, value: Number(m[3]) });
-    }
-    return out;
-  }
-
-  const total = (samples, name, test) => samples
-    .filter((x) => x.name === name && (!test || test(x.labels)))
-    .reduce((sum, x) => sum + x.value, 0);
   const mib = (bytes) => (bytes / 1048576).toFixed(1) + " MiB";
-  const READ_ROUTE = "/v1/contexts/{context_id}";
-
-  // What one scrape says: counters (fold, reads) and the memory gauges.
-  function reading(samples) {
-    const memory = (part) => {
-      const found = samples.find((x) => x.name === "lukhas_memory_bytes" && x.labels.part === part);
-      return found ? found.value : null;
-    };
-    const read = (suffix) => total(samples, "lukhas_http_request_duration_seconds" + suffix,
-      (l) => l.route === READ_ROUTE);
-    return { at: Date.now(), folded: total(samples, "lukhas_events_total"),
-      readSeconds: read("_sum"), reads: read("_count"),
-      resident: memory("resident"), budget: memory("budget") };
-  }
+  // One style per worker: a colour and a dash pattern, so two workers' lines differ without
+  // colour too. A worker keeps its style while the page is open.
+  const STYLES = [["#0550ae", ""], ["#bc4c00", "6 3"], ["#1a7f37", "2 3"], ["#8250df", "8 3 2 3"],
+    ["#57606a", "1 2"], ["#0a7d8c", "10 4"]];
+  const style = (index) => STYLES[index % STYLES.length];
 
   const SVG = "http://www.w3.org/2000/svg";
   function svg(tag, attrs) {
@@ -772,50 +741,67 @@
     return node;
   }
 
-  // A small line plot of the last values (null: no value then), its scale from 0 to the
-  // largest value or `ceiling` (a budget line), whichever is higher.
-  function plot(id, title, unit, values, format, ceiling) {
+  // A small plot of the last values, one line per worker (series: [{values, index, legend,
+  // kind}], a value null where there is none then), its scale from 0 to the largest value or
+  // the highest of `ceilings` (budget lines, dashed), whichever is higher. `now` is the
+  // figure in the caption; each worker's legend entry says its own, as text.
+  function plot(id, title, unit, series, now, ceilings) {
     const W = 300;
     const H = 80;
-    const known = values.filter((v) => v !== null);
-    const top = Math.max(ceiling || 0, ...known, 1e-9);
-    const x = (i) => (values.length < 2 ? 0 : (i * W) / (values.length - 1));
+    const known = series.flatMap((s) => s.values.filter((v) => v !== null));
+    const top = Math.max(...(ceilings || []), ...known, 1e-9);
     const y = (v) => H - (v / top) * (H - 4) - 2;
     const chart = svg("svg", { viewBox: "0 0 " + W + " " + H, width: "100%", height: H,
       role: "img", "aria-label": title, preserveAspectRatio: "none", class: "plot" });
     chart.append(svg("rect", { x: 0, y: 0, width: W, height: H, fill: "#f6f8fa" }));
-    if (ceiling) {
+    for (const ceiling of ceilings || []) {
       chart.append(svg("line", { x1: 0, x2: W, y1: y(ceiling), y2: y(ceiling), stroke: "#a40e26",
         "stroke-dasharray": "4 3", "vector-effect": "non-scaling-stroke" }));
     }
-    const points = values.map((v, i) => (v === null ? null : x(i).toFixed(1) + "," + y(v).toFixed(1)))
-      .filter((p) => p !== null);
-    if (points.length) {
-      chart.append(svg("polyline", { points: points.join(" "), fill: "none", stroke: "#0550ae",
-        "stroke-width": 2, "vector-effect": "non-scaling-stroke" }));
+    for (const s of series) {
+      const x = (i) => (s.values.length < 2 ? 0 : (i * W) / (s.values.length - 1));
+      const points = s.values.map((v, i) => (v === null ? null : x(i).toFixed(1) + "," + y(v).toFixed(1)))
+        .filter((p) => p !== null);
+      if (!points.length) continue;
+      const [colour, dash] = style(s.index);
+      chart.append(svg("polyline", { points: points.join(" "), fill: "none", stroke: colour,
+        "stroke-width": 2, "stroke-dasharray": dash || "none", "vector-effect": "non-scaling-stroke" }));
       // the newest value, seen even while it is the only one
       const [cx, cy] = points[points.length - 1].split(",");
-      chart.append(svg("circle", { cx, cy, r: 3, fill: "#0550ae" }));
+      chart.append(svg("circle", { cx, cy, r: 3, fill: colour }));
     }
-    const last = known.length ? format(known[known.length - 1]) : "no value yet";
+    const legend = el("ul", { class: "legend" }, ...series.map((s) => {
+      const [colour, dash] = style(s.index);
+      const swatch = svg("svg", { width: 24, height: 8, "aria-hidden": "true", class: "swatch" });
+      swatch.append(svg("path", { d: "M0 4H24", stroke: colour, "stroke-width": 2,
+        "stroke-dasharray": dash || "none" }));
+      return el("li", {}, swatch, el("span", { class: "mono" }, s.api), " ",
+        el("span", { class: s.kind || "" }, s.legend));
+    }));
     return el("figure", { id, class: "metric" }, el("figcaption", {},
-      el("strong", {}, title), " ", el("span", { class: "now" }, last),
-      el("span", { class: "muted" }, " " + unit)), chart);
+      el("strong", {}, title), " ", el("span", { class: "now" }, now === null ? "no value yet" : now),
+      el("span", { class: "muted" }, " " + unit)), chart, legend);
   }
 
   function showMetrics(mine) {
     const box = el("div", { id: "metrics" });
     view().replaceChildren(el("h1", { tabindex: "-1" }, "Metrics"),
-      el("p", { class: "muted" }, "From this worker's /metrics, read every 2 s; the last two " +
-        "minutes since this page opened."), box);
+      el("p", { class: "muted" }, "Every worker's figures (/v1/cluster/metrics), read every 2 s; " +
+        "the last two minutes since this page opened, one line per worker."), box);
     const history = [];
+    const styles = new Map(); // api -> style index, in the order first seen
     const poll = async () => {
       try {
-        const text = await api("metrics", { text: true });
+        const data = await api("v1/cluster/metrics");
         if (mine !== generation) return;
-        history.push(reading(parseMetrics(text)));
+        const reading = new Map();
+        for (const w of data.workers) {
+          if (!styles.has(w.api)) styles.set(w.api, styles.size);
+          reading.set(w.api, w);
+        }
+        history.push(reading);
         if (history.length > 61) history.shift();
-        box.replaceChildren(...renderMetrics(history));
+        box.replaceChildren(...renderMetrics(history, data.workers, styles));
         status("");
       } catch (e) {
         if (mine !== generation) return;
@@ -826,32 +812,97 @@
     poll();
   }
 
-  function renderMetrics(history) {
-    const rate = [];
-    const latency = [];
-    for (let i = 1; i < history.length; i++) {
-      const a = history[i - 1];
-      const b = history[i];
-      const seconds = (b.at - a.at) / 1000;
-      rate.push(seconds > 0 ? Math.max(0, b.folded - a.folded) / seconds : null);
-      const reads = b.reads - a.reads;
-      latency.push(reads > 0 ? ((b.readSeconds - a.readSeconds) / reads) * 1000 : null);
+  // The last value that is not null (null when there is none).
+  const lastKnown = (values) => {
+    const known = values.filter((v) => v !== null);
+    return known.length ? known[known.length - 1] : null;
+  };
+
+  // history: a Map api -> that worker's entry per reading; workers: the last reading's.
+  function renderMetrics(history, workers, styles) {
+    const answered = (reading, api) => {
+      const w = reading.get(api);
+      return w && w.reachable ? w : null;
+    };
+    const steps = history.length - 1;
+    // Per worker: its fold rate and read latency between two readings (its own clock's
+    // times), and its resident memory at each. The cluster's: the rates' sum, the mean of
+    // every read, the highest resident.
+    const sum = { rate: new Array(steps).fill(null), seconds: new Array(steps).fill(0),
+      reads: new Array(steps).fill(0) };
+    const per = workers.map((w) => {
+      const rate = [];
+      const latency = [];
+      for (let i = 1; i < history.length; i++) {
+        const a = answered(history[i - 1], w.api);
+        const b = answered(history[i], w.api);
+        const seconds = a && b ? (b.at_ms - a.at_ms) / 1000 : 0;
+        const r = seconds > 0 ? Math.max(0, b.folded - a.folded) / seconds : null;
+        const reads = seconds > 0 ? b.reads - a.reads : 0;
+        rate.push(r);
+        latency.push(reads > 0 ? ((b.read_seconds - a.read_seconds) / reads) * 1000 : null);
+        if (r !== null) sum.rate[i - 1] = (sum.rate[i - 1] || 0) + r;
+        if (reads > 0) {
+          sum.seconds[i - 1] += b.read_seconds - a.read_seconds;
+          sum.reads[i - 1] += reads;
+        }
+      }
+      const memory = history.map((h) => (answered(h, w.api) ? answered(h, w.api).memory_resident_bytes : null));
+      return { w, index: styles.get(w.api), rate, latency, memory };
+    });
+    const latency = sum.reads.map((n, i) => (n > 0 ? (sum.seconds[i] / n) * 1000 : null));
+    const highest = history.map((h) => {
+      const resident = workers.map((w) => answered(h, w.api)).filter((w) => w && w.memory_budget_bytes !== null)
+        .map((w) => w.memory_resident_bytes);
+      return resident.length ? Math.max(...resident) : null;
+    });
+    const entry = (p, values, format) => {
+      // (why it is unreachable is said once, above the plots)
+      if (!p.w.reachable) return { api: p.w.api, index: p.index, values, kind: "error", legend: "unreachable" };
+      const last = lastKnown(values);
+      return { api: p.w.api, index: p.index, values, legend: last === null ? "no value yet" : format(last) };
+    };
+    const one = workers.length === 1;
+    const rate = (v) => v.toFixed(1);
+    const ms = (v) => v.toFixed(2);
+    const down = workers.filter((w) => !w.reachable);
+    const parts = [el("p", { id: "metrics-summary", class: down.length ? "warn" : "" },
+      workers.length + " worker(s)" + (down.length ? ", " + down.length + " not answering" : ""))];
+    if (down.length) {
+      parts.push(el("ul", { id: "metrics-unreachable" }, ...down.map((w) => el("li", {},
+        el("span", { class: "mono" }, w.api), " ", el("span", { class: "error" },
+          "unreachable: " + w.error)))));
     }
-    const last = history[history.length - 1];
-    const memory = history.map((h) => h.resident);
-    const parts = [
-      plot("fold-rate", "Fold rate", "records/s", rate, (v) => v.toFixed(1)),
-      plot("read-latency", "Read latency", "ms, mean of the reads in each 2 s", latency,
-        (v) => v.toFixed(2)),
-    ];
-    if (last.budget === null) {
-      parts.push(el("p", { id: "memory", class: "muted" }, "Memory: this worker has no memory " +
-        "budget (--memory-budget), so it reports no memory figures."));
-    } else {
-      parts.push(plot("memory", "Memory", "resident, of a budget of " + mib(last.budget) +
-        " (dashed)", memory, mib, last.budget));
+    if (history.length < 2) parts.push(el("p", { class: "muted" }, "Rates need two readings\u2026"));
+    const nowRate = lastKnown(sum.rate);
+    const nowLatency = lastKnown(latency);
+    parts.push(
+      plot("fold-rate", "Fold rate", "records/s" + (one ? "" : ", all workers together"),
+        per.map((p) => entry(p, p.rate, rate)), nowRate === null ? null : rate(nowRate)),
+      plot("read-latency", "Read latency", "ms, mean of the reads in each 2 s" +
+        (one ? "" : ", all workers together"), per.map((p) => entry(p, p.latency, ms)),
+        nowLatency === null ? null : ms(nowLatency)));
+    const budgets = [...new Set(workers.filter((w) => w.reachable && w.memory_budget_bytes !== null)
+      .map((w) => w.memory_budget_bytes))];
+    if (!budgets.length) {
+      parts.push(el("p", { id: "memory", class: "muted" }, one
+        ? "Memory: this worker has no memory budget (--memory-budget), so it reports no memory figures."
+        : "Memory: no memory budget (--memory-budget) on any worker that answered, so none reports memory figures."));
+      return parts;
     }
-    if (history.length < 2) parts.unshift(el("p", { class: "muted" }, "Rates need two readings\u2026"));
+    const budgeted = per.filter((p) => !p.w.reachable || p.w.memory_budget_bytes !== null);
+    const unbudgeted = per.filter((p) => p.w.reachable && p.w.memory_budget_bytes === null);
+    const of = budgets.length === 1 ? "a budget of " + mib(budgets[0]) : "each worker's budget";
+    const nowMemory = lastKnown(highest);
+    const memory = budgeted.map((p) => {
+      const e = entry(p, p.memory, mib);
+      if (p.w.reachable && budgets.length > 1) e.legend += " of " + mib(p.w.memory_budget_bytes);
+      return e;
+    });
+    memory.push(...unbudgeted.map((p) => ({ api: p.w.api, index: p.index, values: [], kind: "muted",
+      legend: "no memory budget" })));
+    parts.push(plot("memory", "Memory", (one ? "resident" : "resident (the highest of any worker)") +
+      ", of " + of + " (dashed)", memory, nowMemory === null ? null : mib(nowMemory), budgets));
     return parts;
   }
 

@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from lukhas_context.processors.api import FORWARDED_HEADER
 from lukhas_context.processors.console import CSP
 
 from .conftest import serving_all, v2_event, v2_writer_schema
@@ -707,3 +708,127 @@ async def test_a_context_whose_id_has_url_characters_is_found_and_opened(
     await page.reload()  # the fragment alone brings it back
     await expect(page.locator("#document")).to_contain_text('"n": 1')
     assert trouble == []
+
+
+async def both_in_the_tables(a: Any, b: Any, timeout: float = 90) -> dict[str, str]:
+    """Until each of the two workers' routing tables has both owning partitions: the
+    owners (partition -> URL) as ``a`` sees them."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with aiohttp.ClientSession() as http:
+        while True:
+            tables = []
+            for url in (a.url, b.url):
+                async with http.get(f"{url}/v1/members") as answer:
+                    tables.append((await answer.json())["owners"])
+            if all(len(t) == 3 and set(t.values()) == {a.url, b.url} for t in tables):
+                return tables[0]
+            assert asyncio.get_running_loop().time() < deadline, tables
+            await asyncio.sleep(0.2)
+
+
+async def test_cluster_metrics_lists_every_worker_and_names_one_that_does_not_answer(
+    start_worker: Any, make_client: Any, tmp_path: Path
+) -> None:
+    budget = 512 * 1024 * 1024
+    a = await start_worker(tmp_path / "a", memory_budget_bytes=budget)
+    b = await start_worker(tmp_path / "b")
+    await both_in_the_tables(a, b)
+    async with make_client(a.url) as client:
+        for n in range(6):
+            receipt = await client.put(f"cm:{n}", {"n": n})
+        await receipt.outcome(timeout=30)
+    url = f"{a.url}/v1/cluster/metrics"
+    figures = ("folded", "read_seconds", "reads", "memory_resident_bytes", "memory_budget_bytes")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{b.url}/v1/contexts/cm:0") as answer:  # a point read, on b
+            assert answer.status == 200
+        async with http.get(url) as answer:
+            assert answer.status == 200
+            data = await answer.json()
+        assert data["api"] == a.url
+        workers = {w["api"]: w for w in data["workers"]}
+        assert [w["api"] for w in data["workers"]] == [a.url, b.url]  # this worker first
+        for w in workers.values():
+            assert (w["reachable"], w["error"]) == (True, None)
+            assert isinstance(w["at_ms"], int) and set(figures) <= set(w)
+        assert workers[a.url]["memory_budget_bytes"] == budget
+        assert workers[a.url]["memory_resident_bytes"] > 0
+        assert workers[b.url]["memory_budget_bytes"] is None  # no budget: no memory figures
+        assert workers[b.url]["reads"] >= 1
+        # Every record written was folded by its partition's owner, a or b.
+        assert workers[a.url]["folded"] + workers[b.url]["folded"] >= 6
+        # Forwarded: the worker answers for itself alone.
+        async with http.get(url, headers={FORWARDED_HEADER: b.url}) as answer:
+            assert [w["api"] for w in (await answer.json())["workers"]] == [a.url]
+
+        await b.api.close()  # B's API is down; B stays in the group
+        async with http.get(url) as answer:
+            assert answer.status == 200
+            down = {w["api"]: w for w in (await answer.json())["workers"]}
+    assert down[a.url]["reachable"] is True
+    assert down[b.url]["reachable"] is False
+    assert down[b.url]["error"]  # why: the connection was refused
+    assert all(down[b.url][k] is None for k in figures)
+
+
+async def test_the_metrics_view_plots_every_worker_and_shows_one_that_does_not_answer(
+    start_worker: Any, make_client: Any, browser: Any, tmp_path: Path
+) -> None:
+    from playwright.async_api import expect
+
+    budget = 512 * 1024 * 1024
+    a = await start_worker(tmp_path / "a", memory_budget_bytes=budget)
+    b = await start_worker(tmp_path / "b", memory_budget_bytes=budget)
+    await both_in_the_tables(a, b)
+    page, trouble = await open_page(browser, f"{a.url}/console#/metrics")
+    phone, phone_trouble = await open_page(browser, f"{a.url}/console#/metrics", viewport=PHONE)
+
+    async def load() -> None:  # writes, and point reads through both workers, until cancelled
+        async with make_client(a.url) as client, aiohttp.ClientSession() as http:
+            n = 0
+            while True:
+                name = f"mv:{n % 20}"
+                receipt = await client.put(name, {"n": n})
+                n += 1
+                if n % 10 == 0:
+                    await receipt.outcome(timeout=30)
+                    for url in (a.url, b.url):
+                        async with http.get(f"{url}/v1/contexts/{name}") as answer:
+                            assert answer.status == 200
+                    await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(load())
+    try:
+        await expect(page.locator("#metrics-summary")).to_have_text("2 worker(s)")
+        for plot in ("#fold-rate", "#read-latency", "#memory"):
+            legend = page.locator(f"{plot} .legend li")
+            await expect(legend).to_have_count(2)
+            await expect(legend.nth(0)).to_contain_text(a.url)
+            await expect(legend.nth(1)).to_contain_text(b.url)
+            # one line per worker
+            lines = page.locator(f"{plot} polyline")
+            await expect(lines).to_have_count(2, timeout=60000)
+            for i in range(2):  # a line, not only the first value
+                await expect(lines.nth(i)).to_have_attribute("points", re.compile(r"^\S+ \S+"))
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await expect(page.locator("#memory figcaption")).to_contain_text("512.0 MiB")
+    await expect(page.locator("#memory line")).to_have_count(1)  # one budget, shared
+    await shoot(page, "metrics-cluster")
+    await expect(phone.locator("#fold-rate polyline")).to_have_count(2)
+    assert await phone.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    await shoot(phone, "phone-metrics-cluster")
+
+    await b.api.close()  # B's API is down; B stays in the group
+    await expect(page.locator("#metrics-summary")).to_contain_text("1 not answering")
+    await expect(page.locator("#metrics-unreachable li")).to_contain_text(
+        re.compile(re.escape(b.url) + r" unreachable: \S+")  # and why
+    )
+    for plot in ("#fold-rate", "#read-latency", "#memory"):
+        legend = page.locator(f"{plot} .legend li")
+        await expect(legend.filter(has_text=b.url)).to_contain_text("unreachable")
+        await expect(legend.filter(has_text=a.url)).not_to_contain_text("unreachable")
+    await shoot(page, "metrics-worker-down")
+    assert trouble == [] and phone_trouble == []

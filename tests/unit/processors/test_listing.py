@@ -98,3 +98,18 @@ def test_pages_followed_to_the_end_give_each_live_key_once_in_order(
         if after is None:
             break
     assert got == expected
+
+
+def test_another_owners_page_is_taken_with_the_partitions_not_covered_here() -> None:
+    from lukhas_context.processors.listing import remote_page
+
+    entry = {"context_id": "a", "version": 1}
+    data = {"contexts": [entry], "next_after": "a", "partitions": [0, 2]}
+    assert remote_page(data, {0}) == (SourcePage([(b"a", entry)], b"a"), [2])
+    assert remote_page({**data, "next_after": None}, set()) == (
+        SourcePage([(b"a", entry)], None), [0, 2],
+    )  # fmt: skip
+    # An answer of another shape is left out (its partitions stay incomplete), not a 500.
+    for odd in ({}, {**data, "contexts": [{"context_id": 1}]}, {**data, "partitions": None},
+                {**data, "next_after": 5}, {**data, "contexts": None}):  # fmt: skip
+        assert remote_page(odd, set()) is None

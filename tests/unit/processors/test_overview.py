@@ -107,3 +107,36 @@ def test_a_peer_answer_of_another_shape_loses_its_odd_entries_not_the_whole_answ
     listed = merged([("http://a", [good, *bad])])  # type: ignore[list-item]
     assert [c["checkpoint_id"] for c in listed] == ["c"]
     assert listed[0]["partitions"][0]["held_by"] == ["http://a"]
+
+
+def test_a_peers_view_is_its_own_or_unreachable_saying_why() -> None:
+    from lukhas_context.processors.fanout import Answer
+    from lukhas_context.processors.overview import peer_view
+
+    member = Member("m-b", B, (1,), 3, 0)
+    own = worker(B, [owned(1, 5, "cc", 5)], [], [])
+    assert peer_view(Answer(member, {"workers": [own]})) == own
+    assert peer_view(Answer(member, None, "no answer within 3 s")) == unreachable(
+        member, "no answer within 3 s"
+    )
+    odd = peer_view(Answer(member, {"workers": [{"partitions": "x"}]}))
+    assert (odd["reachable"], odd["error"]) == (False, "its answer is not a cluster view")
+
+
+def test_checkpoint_lists_are_gathered_and_members_without_one_named() -> None:
+    from lukhas_context.processors.checkpoint_list import gathered
+    from lukhas_context.processors.fanout import Answer
+
+    b, c, d = (Member(n, f"http://{n}:1", (), 3, 0) for n in ("b", "c", "d"))
+    mine: list[dict[str, Any]] = [{"checkpoint_id": "x"}]
+    answers = [
+        Answer(b, {"held": []}),
+        Answer(c, None, "no answer within 3 s"),
+        Answer(d, {"held": "x"}),
+    ]
+    holders, missing = gathered((A, mine), answers)
+    assert holders == [(A, mine), (b.api, [])]
+    assert missing == [
+        {"api": c.api, "error": "no answer within 3 s"},
+        {"api": d.api, "error": "no held list"},
+    ]
