@@ -53,7 +53,7 @@ def in_process(ops: int) -> float:
     window = LatencyWindow(policy.window)
     started = time.perf_counter_ns()
     for i in range(ops):
-        breaker.allows()
+        breaker.acquire()
         policy.allowance_s(window)
         policy.usual_s(window)
         latency = 0.0005 + (i % 7) * 1e-5

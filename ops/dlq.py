@@ -25,11 +25,9 @@ from lukhas_context.streams.admin import delete_records_below
 from lukhas_context.streams.client import ContextClient
 from lukhas_context.streams.deadletters import (
     Filters,
-    NoSuchDeadLetterError,
     Redrive,
     letter_detail,
     letters,
-    listing,
     read_one,
 )
 from lukhas_context.streams.deadletters import redrive as redrive_chosen
@@ -38,16 +36,7 @@ from lukhas_context.streams.position import Bound
 from lukhas_context.streams.security import KafkaSecurity
 from lukhas_context.streams.topics import Topics
 
-__all__ = [
-    "DlqError",
-    "Filters",
-    "NoSuchDeadLetterError",
-    "Redrive",
-    "listing",
-    "prune",
-    "redrive",
-    "show",
-]
+__all__ = ["DlqError", "prune", "redrive", "show"]
 
 
 class DlqError(OpsError):

@@ -17,11 +17,12 @@ from typing import Any
 from aiokafka import TopicPartition
 from tqdm import tqdm
 
-from lukhas_context.ops.inspect import FETCH_TIMEOUT_S, InspectError, wal_line
+from lukhas_context.ops.inspect import wal_line
 from lukhas_context.streams import kafka
 from lukhas_context.streams.client import ContextClient
 from lukhas_context.streams.kafka import kafka_errors
 from lukhas_context.streams.reader import MAX_HISTORY_PAGE
+from lukhas_context.streams.records import FETCH_TIMEOUT_S, TopicReadError
 from lukhas_context.streams.results import History
 from lukhas_context.streams.security import KafkaSecurity
 
@@ -97,7 +98,7 @@ async def context_history(
         try:
             found, low = await _read_wal(config.bootstrap, config.topics.events, page.partition,
                                          offsets, progress, config.kafka_security)  # fmt: skip
-        except InspectError as exc:
+        except TopicReadError as exc:
             report.wal_error = str(exc)
         else:
             for event in report.events:
@@ -119,11 +120,11 @@ async def _read_wal(
     consumer = kafka.consumer(bootstrap, "lukhas-history", isolation="read_committed",
                               fetch_bytes=_FETCH_BYTES, security=security)  # fmt: skip
     try:
-        with kafka_errors(InspectError, f"cannot reach Kafka at {bootstrap}"):
+        with kafka_errors(TopicReadError, f"cannot reach Kafka at {bootstrap}"):
             await consumer.start()
         tp = TopicPartition(topic, partition)
         consumer.assign([tp])
-        with kafka_errors(InspectError, f"cannot read {topic}[{partition}]"):
+        with kafka_errors(TopicReadError, f"cannot read {topic}[{partition}]"):
             low = (await consumer.beginning_offsets([tp]))[tp]
             end = (await consumer.end_offsets([tp]))[tp]
         found: dict[int, Any] = {}
@@ -136,11 +137,11 @@ async def _read_wal(
             if wanted > top:
                 fetched.clear()
                 consumer.seek(tp, wanted)
-                with kafka_errors(InspectError, f"cannot read {topic}[{partition}]"):
+                with kafka_errors(TopicReadError, f"cannot read {topic}[{partition}]"):
                     batch = await consumer.getmany(tp, timeout_ms=int(FETCH_TIMEOUT_S * 1000))
                 records = batch.get(tp, [])
                 if not records:
-                    raise InspectError(f"{topic}[{partition}] sent nothing for "
+                    raise TopicReadError(f"{topic}[{partition}] sent nothing for "
                                        f"{FETCH_TIMEOUT_S:g} s at offset {wanted}")  # fmt: skip
                 fetched = {m.offset: m for m in records}
                 top = records[-1].offset

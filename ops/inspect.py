@@ -13,7 +13,7 @@ it or no API answers.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -33,28 +33,15 @@ from lukhas_context.schemas.exceptions import BadTombstoneError, CodecError
 from lukhas_context.schemas.txrecord import Decision, Vote, decode_control, is_tx_key
 from lukhas_context.state.exceptions import InvalidCheckpointError
 from lukhas_context.state.manifest import Manifest
-from lukhas_context.streams import records as topic_records
 from lukhas_context.streams.deadletters import event_summary, iso_ms, letter_line
-from lukhas_context.streams.position import Bound, parse_bound
-from lukhas_context.streams.records import FETCH_TIMEOUT_S, NoSuchOffsetError, TopicReadError
+from lukhas_context.streams.position import Bound
+from lukhas_context.streams.records import records
 from lukhas_context.streams.security import KafkaSecurity
 from lukhas_context.streams.topics import Topics
 
-__all__ = [
-    "FETCH_TIMEOUT_S",
-    "TOPICS",
-    "Bound",
-    "InspectError",
-    "NoSuchOffsetError",
-    "parse_bound",
-    "read",
-    "records",
-    "wal_line",
-]
+__all__ = ["TOPICS", "read", "wal_line"]
 
 TOPICS = ("wal", "changes", "dlq", "checkpoints")
-#: ``lukhas inspect`` cannot read what it was asked for (``streams.records``).
-InspectError = TopicReadError
 
 
 def topic_name(topics: Topics, which: str) -> str:
@@ -76,9 +63,11 @@ async def read(
     codec = _Decoder(which)
     left = limit
     try:
+        # A context's partition is its key's, but in the checkpoints topic (keyed otherwise).
         found = records(
-            bootstrap, topics, which, partitions, start, until, context_id, security=security
-        )
+            bootstrap, topic_name(topics, which), partitions, start, until, context_id,
+            security=security, keyed=which != "checkpoints",
+        )  # fmt: skip
         async with contextlib.aclosing(found) as found:
             async for m in found:
                 item = codec.line(m)
@@ -94,19 +83,6 @@ async def read(
     finally:
         if http is not None:
             await http.close()
-
-
-def records(
-    bootstrap: str, topics: Topics, which: str, partitions: list[int] | None,
-    start: Bound | None, until: Bound | None, context_id: str | None = None, *,
-    security: KafkaSecurity,
-) -> AsyncGenerator[Any, None]:  # fmt: skip
-    """The raw records of a topic within the bounds (``streams.records.records``); a
-    context's partition is its key's, but for the checkpoints topic (keyed otherwise)."""
-    return topic_records.records(
-        bootstrap, topic_name(topics, which), partitions, start, until, context_id,
-        security=security, keyed=which != "checkpoints",
-    )  # fmt: skip
 
 
 async def _outcome(http: aiohttp.ClientSession, api: str | None, p: int, offset: int) -> str:

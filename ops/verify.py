@@ -32,8 +32,8 @@ from typing import Any
 import aiohttp
 
 from lukhas_context.ops.exceptions import NotConfiguredError, OpsError
-from lukhas_context.processors.api import FORWARDED_HEADER
 from lukhas_context.processors.config import WorkerConfig
+from lukhas_context.processors.fanout import FORWARDED_HEADER
 from lukhas_context.state.exceptions import StoreLockedError
 from lukhas_context.state.ranges import Hi, LocalRanges, RangeDigest, RangeSource, Row, differences
 from lukhas_context.state.store import PartitionStore

@@ -190,8 +190,7 @@ from lukhas_context.processors.cluster_metrics import own_figures, peer_figures
 from lukhas_context.processors.console import console_routes
 from lukhas_context.processors.deadletters_api import DeadLetterRoutes
 from lukhas_context.processors.exceptions import NotOwnerError
-from lukhas_context.processors.fanout import FORWARDED_HEADER as FORWARDED_HEADER
-from lukhas_context.processors.fanout import Peers
+from lukhas_context.processors.fanout import FORWARDED_HEADER, Answer, Peers
 from lukhas_context.processors.fold import MAX_ID_BYTES, apply, dead_letter_reason, is_barrier
 from lukhas_context.processors.listener import Listener
 from lukhas_context.processors.listing import (
@@ -580,9 +579,14 @@ class ReadApi:
             f"(the next write there gets offset {end})", end_offset=end,
         )  # fmt: skip
 
-    def _others(self) -> list[Member]:
-        """The members of the routing table other than this worker."""
-        return [x for x in self.m.membership.members() if x.api != self.m.config.api_url]
+    async def _ask_others(self, request: web.Request, path: str) -> list[Answer]:
+        """Every other member's answer to ``GET path``, asked at once (``processors.fanout``);
+        none when ``request`` was forwarded (a forwarded request is answered by this worker
+        alone, so a fan-out never fans out again)."""
+        if request.headers.get(FORWARDED_HEADER):
+            return []
+        others = [x for x in self.m.membership.members() if x.api != self.m.config.api_url]
+        return await self.peers.ask_all(others, path)
 
     async def _forward(self, request: web.Request, partition: int) -> web.Response | None:
         """The owner's answer when another worker serves ``partition`` (one hop: a forwarded
@@ -642,9 +646,7 @@ class ReadApi:
         request is answered with this worker's view alone."""
         m = self.m
         workers = [worker_view(m)]
-        if not request.headers.get(FORWARDED_HEADER):
-            answers = await self.peers.ask_all(self._others(), "/v1/cluster")
-            workers += [peer_view(answer) for answer in answers]
+        workers += [peer_view(answer) for answer in await self._ask_others(request, "/v1/cluster")]
         count = m.partition_count
         owners = {p: o.api for p in range(count) if (o := m.membership.owner(p)) is not None}
         return web.json_response(
@@ -661,10 +663,8 @@ class ReadApi:
         """The figures the console's Metrics view plots (``processors.cluster_metrics``): this
         worker's and, unless the request was forwarded, every other member's, asked at once;
         one that does not answer is listed unreachable, with why."""
-        workers = [own_figures(self.m)]
-        if not request.headers.get(FORWARDED_HEADER):
-            answers = await self.peers.ask_all(self._others(), "/v1/cluster/metrics")
-            workers += [peer_figures(answer) for answer in answers]
+        answers = await self._ask_others(request, "/v1/cluster/metrics")
+        workers = [own_figures(self.m), *(peer_figures(answer) for answer in answers)]
         return web.json_response({"api": self.m.config.api_url, "workers": workers})
 
     @_params()
@@ -675,8 +675,7 @@ class ReadApi:
         m = self.m
         count = m.partition_count
         mine = await asyncio.to_thread(held, m.checkpoints, range(count))
-        forwarded = request.headers.get(FORWARDED_HEADER)
-        answers = [] if forwarded else await self.peers.ask_all(self._others(), "/v1/checkpoints")
+        answers = await self._ask_others(request, "/v1/checkpoints")
         holders, missing = gathered((m.config.api_url, mine), answers)
         return web.json_response(
             {
@@ -928,7 +927,7 @@ class ReadApi:
                 continue
             owners[owner.api] = owner
         answers = await self.peers.ask_all(owners.values(), request.path_qs, LISTING_TIMEOUT_S)
-        pages = (remote_page(a.data, covered) for a in answers if a.data is not None)
+        pages = (remote_page(a.data, covered, count) for a in answers if a.data is not None)
         return [page for page in pages if page is not None]
 
     @_params("min_offset", "timeout", "as_of", "allow_stale", "max_lag")

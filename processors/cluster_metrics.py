@@ -69,7 +69,9 @@ def peer_figures(answer: Answer) -> dict[str, Any]:
 
 
 def _number(value: object) -> bool:
-    return type(value) in (int, float)
+    """A figure: finite and not below 0 (orjson reads no NaN or infinity; a peer's negative
+    figure would draw below the plot)."""
+    return type(value) in (int, float) and value >= 0  # type: ignore[operator]
 
 
 def _well_formed(entry: dict[str, Any]) -> bool:

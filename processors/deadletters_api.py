@@ -47,6 +47,7 @@ from lukhas_context.streams.deadletters import (
     Filters,
     NoSuchDeadLetterError,
     letter_detail,
+    letter_line,
     listing,
     read_one,
     redrive,
@@ -205,7 +206,7 @@ class DeadLetterRoutes:
         partition, offset = self._position_of(body["position"])
         started = time.monotonic()
         m = await self._letter(partition, offset)
-        line = letter_detail(m, self.m.decode_event)
+        line = letter_line(m, self.m.decode_event)
         left = REDRIVE_TIMEOUT_S - (time.monotonic() - started)
         try:
             async with asyncio.timeout(left):

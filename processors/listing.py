@@ -60,14 +60,18 @@ def start_after(after: bytes | None) -> bytes:
     return b"" if after is None else after + b"\x00"
 
 
-def remote_page(data: Mapping[str, Any], covered: Container[int]) -> RemotePage | None:
+def remote_page(data: Mapping[str, Any], covered: Container[int], count: int) -> RemotePage | None:
     """Another worker's answer to the same listing request (its JSON) as a source page, with
     the partitions it answered for that are not ``covered`` already; None when the answer
-    is not of that shape (its partitions then stay incomplete)."""
+    is not of that shape, or names a partition that is not one of the ``count`` (its
+    partitions then stay incomplete: an odd answer never marks one complete)."""
     try:
         listed = [(c["context_id"].encode(), c) for c in data["contexts"]]
         resume = data["next_after"]
         page = SourcePage(listed, None if resume is None else resume.encode())
-        return page, [p for p in data["partitions"] if p not in covered]
+        partitions = data["partitions"]
+        if not all(type(p) is int and 0 <= p < count for p in partitions):
+            return None
+        return page, [p for p in partitions if p not in covered]
     except (KeyError, TypeError, AttributeError):
         return None

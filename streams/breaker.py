@@ -135,11 +135,6 @@ class Breaker:
     #: Transitions so far, by the state entered (for metrics).
     transitions: dict[str, int] = field(default_factory=dict)
 
-    def allows(self) -> bool:
-        """Whether a call may go to the endpoint now (``acquire``, for a caller that never
-        releases)."""
-        return self.acquire() is not None
-
     def acquire(self) -> int | None:
         """A permit for a call to the endpoint now, or None. In half-open, one call at a
         time gets one (the probe) until its outcome is recorded: its permit is the probe's
@@ -161,7 +156,7 @@ class Breaker:
         """A call let through with ``permit`` ended with no outcome to judge (cancelled by
         its caller): when it was the probe still holding the half-open slot, frees it, else
         no other call would be let through again. Any other call's permit frees nothing."""
-        if permit and self.probing and permit == self.probes:
+        if self.probing and permit == self.probes:
             self.probing = False
 
     def retry_after_s(self) -> float:

@@ -111,6 +111,39 @@ def letter_line(m: Any, decode: Decode | None = None) -> dict[str, Any]:
     """One dead letter as ``lukhas dlq list`` shows it: ``position`` (in the DLQ),
     ``log_time``, ``reason``, ``source`` (its WAL position), ``context_id`` (its key) and the
     event's ``event_id`` and ``kind`` (or ``event``: why it does not decode)."""
+    return _line(m, *_event_of(m, decode))
+
+
+def letter_detail(m: Any, decode: Decode | None = None) -> dict[str, Any]:
+    """Everything about one dead letter: its line, every header, the key, the size and first
+    bytes of the value, and, when it decodes, the event itself (``decoded``: its operation's
+    fields, a document or patch as JSON when it is JSON, else as text), or why not
+    (``undecodable``)."""
+    event, error = _event_of(m, decode)
+    value = m.value or b""
+    out = _line(m, event, error)
+    out["headers"] = _headers(m)
+    out["key"] = out["context_id"]
+    out["value_bytes"] = len(value)
+    out["value_head"] = value[:64].hex()
+    if event is None:
+        out["undecodable"] = f"{type(error).__name__}: {error}"
+    else:
+        out["decoded"] = _decoded(event)
+    return out
+
+
+def _event_of(m: Any, decode: Decode | None) -> tuple[ContextEvent | None, Exception | None]:
+    """The event in a dead letter's value, or why there is none."""
+    try:
+        if m.value is None:
+            raise ValueError("no value")
+        return (decode or _shipped().decode)(bytes(m.value)), None
+    except (CodecError, ValueError) as exc:
+        return None, exc
+
+
+def _line(m: Any, event: ContextEvent | None, error: Exception | None) -> dict[str, Any]:
     h = _headers(m)
     out: dict[str, Any] = {
         "position": f"{m.partition}:{m.offset}",
@@ -119,32 +152,10 @@ def letter_line(m: Any, decode: Decode | None = None) -> dict[str, Any]:
         "source": f"{h.get('source.partition', '?')}:{h.get('source.offset', '?')}",
         "context_id": None if m.key is None else m.key.decode("utf-8", "backslashreplace"),
     }
-    try:
-        event = (decode or _shipped().decode)(_value(m))
-    except (CodecError, ValueError) as exc:
-        out["event"] = f"does not decode ({type(exc).__name__})"
+    if event is None:
+        out["event"] = f"does not decode ({type(error).__name__})"
     else:
         out.update({k: v for k, v in event_summary(event).items() if k != "context_id"})
-    return out
-
-
-def letter_detail(m: Any, decode: Decode | None = None) -> dict[str, Any]:
-    """Everything about one dead letter: its line, every header, the key, the size and first
-    bytes of the value, and, when it decodes, the event itself (``decoded``: its operation's
-    fields, a document or patch as JSON when it is JSON, else as text), or why not
-    (``undecodable``)."""
-    value = m.value or b""
-    out = letter_line(m, decode)
-    out["headers"] = _headers(m)
-    out["key"] = None if m.key is None else m.key.decode("utf-8", "backslashreplace")
-    out["value_bytes"] = len(value)
-    out["value_head"] = value[:64].hex()
-    try:
-        event = (decode or _shipped().decode)(_value(m))
-    except (CodecError, ValueError) as exc:
-        out["undecodable"] = f"{type(exc).__name__}: {exc}"
-    else:
-        out["decoded"] = _decoded(event)
     return out
 
 
@@ -179,12 +190,6 @@ def _json_or_text(raw: bytes) -> Any:
     except (orjson.JSONDecodeError, orjson.JSONEncodeError):
         return raw.decode("utf-8", "backslashreplace")
     return value
-
-
-def _value(m: Any) -> bytes:
-    if m.value is None:
-        raise ValueError("no value")
-    return bytes(m.value)
 
 
 _codec: EventCodec | None = None
@@ -253,10 +258,8 @@ async def read_one(
                     client_id="lukhas-dlq")  # fmt: skip
     with contextlib.suppress(NoSuchOffsetError):
         async with contextlib.aclosing(found) as found:
-            async for m in found:
-                if m.offset == offset:
-                    return m
-                break
+            async for m in found:  # the bounds let only that offset through
+                return m
     raise NoSuchDeadLetterError(
         f"no dead letter at {partition}:{offset} of {topics.dlq} (deleted, a transaction "
         "marker, or past its end)"
@@ -323,12 +326,11 @@ async def _append(client: ContextClient, chosen: list[tuple[Any, dict[str, Any]]
         tick()
         if "skipped" in entry:
             continue
-        event_id = _event_id(m.value or b"")
-        partition = None
         if is_tx_key(m.key):  # its key names no partition: back to the one it came from
             event_id = uuid.UUID(bytes=(m.value or b"")[4:20].ljust(16, b"\0"))
-            headers = dict(m.headers or ())
-            partition = int(headers.get("source.partition", b"0"))
+            partition = int(dict(m.headers or ()).get("source.partition", b"0"))
+        else:
+            event_id, partition = _event_id(m.value or b""), None
         receipt = await client.writer.send(m.key, m.value or b"", event_id, partition=partition)
         entry["wal_position"] = f"{receipt.partition}:{receipt.offset}"
         entry["outcome"] = await _outcome(client, receipt.partition, receipt.offset,

@@ -38,7 +38,7 @@ def _filters(fn: F) -> F:
     for option in reversed([
         partitions_option("DLQ partition (the same number as the WAL's)"),
         click.option("--since", type=params.Parsed("TIME|OFFSET",
-                     "lukhas_context.ops.inspect:parse_bound"), default=None,
+                     "lukhas_context.streams.position:parse_bound"), default=None,
                      help="Dead-lettered at or after this time (ISO 8601, or ms:EPOCH_MS) "
                           "or DLQ offset."),
         click.option("--reason", default=None,
@@ -55,7 +55,7 @@ def _filters(fn: F) -> F:
 
 def _make_filters(partitions: tuple[int, ...], since: Any, reason: str | None,
                   context_id: str | None, limit: int) -> Any:  # fmt: skip
-    from lukhas_context.ops.dlq import Filters
+    from lukhas_context.streams.deadletters import Filters
 
     return Filters(list(partitions) or None, since, reason, context_id, limit)
 
@@ -71,7 +71,7 @@ def list_(partitions: tuple[int, ...], since: Any, reason: str | None, context_i
           data_dir: Path | None) -> None:  # fmt: skip
     """List dead letters: DLQ position, time, context, the WAL position it came from, the
     event's kind and id when it decodes, and why it was dead-lettered. Reads only."""
-    from lukhas_context.ops.dlq import listing
+    from lukhas_context.streams.deadletters import listing
 
     config = Settings.load(data_dir).client_config(bootstrap, None)
     f = _make_filters(partitions, since, reason, context_id, limit)
@@ -205,7 +205,7 @@ def _redrive_summary(records: list[dict[str, Any]], yes: bool) -> None:
 
 @dlq.command(name="prune")
 @click.option("--before", required=True,
-              type=params.Parsed("TIME|OFFSET", "lukhas_context.ops.inspect:parse_bound"),
+              type=params.Parsed("TIME|OFFSET", "lukhas_context.streams.position:parse_bound"),
               help="Delete the dead letters logged before this time (ISO 8601, or "
                    "ms:EPOCH_MS), or below this DLQ offset.")  # fmt: skip
 @partitions_option("DLQ partition")

@@ -24,6 +24,9 @@ from lukhas_context.ops.config import Settings
 
 __all__ = ["inspect"]
 
+#: An offset or a time (``streams.position.parse_bound``), parsed when given.
+BOUND = params.Parsed("OFFSET|TIME", "lukhas_context.streams.position:parse_bound")
+
 
 @click.command()
 @click.argument("which", type=click.Choice(["wal", "changes", "dlq", "checkpoints"]))
@@ -38,15 +41,14 @@ __all__ = ["inspect"]
 @click.option(
     "--start",
     "start",
-    type=params.Parsed("OFFSET|TIME", "lukhas_context.ops.inspect:parse_bound"),
+    type=BOUND,
     default=None,
     help="First offset, or a time (ISO 8601, or ms:EPOCH_MS) [default: the start].",
 )
-@old_name("--from", "--start", "start",
-          type=params.Parsed("OFFSET|TIME", "lukhas_context.ops.inspect:parse_bound"))  # fmt: skip
+@old_name("--from", "--start", "start", type=BOUND)
 @click.option(
     "--until",
-    type=params.Parsed("OFFSET|TIME", "lukhas_context.ops.inspect:parse_bound"),
+    type=BOUND,
     default=None,
     help="Stop before this offset or time [default: the end as the read starts].",
 )

@@ -10,6 +10,8 @@
   const TOKEN_KEY = "lukhas-console-token";
   const POLL_MS = 2000;
   const REQUEST_TIMEOUT_MS = 10000;
+  // A read of the dead-letter queue: the worker gives it up to 25 s.
+  const DLQ_READ_MS = 30000;
   const PAGE = 50;
   const HISTORY_PAGE = 100;
 
@@ -61,8 +63,8 @@
   }
 
   // A request to a path of the API (relative to the console's page): GET unless
-  // options.method says; options.body is sent as JSON. The parsed JSON (the text, with
-  // options.text), or an ApiError whose message is the problem's detail.
+  // options.method says; options.body is sent as JSON; options.timeoutMs bounds the wait.
+  // The parsed JSON, or an ApiError whose message is the problem's detail.
   async function api(path, options) {
     const opts = options || {};
     const headers = {};
@@ -99,7 +101,29 @@
       if (response.status === 401) detail += " (enter the API token above)";
       throw new ApiError(response.status, response.status + ": " + detail);
     }
-    return opts.text ? text : body;
+    return body;
+  }
+
+  // A dialog that says what an action will do and runs it only on "confirm" (Cancel has the
+  // focus: the safe choice is the default one). open(text) shows it.
+  function confirmation(title, confirmLabel, onConfirm) {
+    const what = el("p", { id: "confirm-text" });
+    const confirmButton = el("button", { type: "button", id: "confirm" }, confirmLabel);
+    const cancel = el("button", { type: "button", id: "cancel" }, "Cancel");
+    const dialog = el("dialog", { id: "confirm-dialog", "aria-labelledby": "confirm-title" },
+      el("h2", { id: "confirm-title" }, title), what,
+      el("div", { class: "search" }, confirmButton, cancel));
+    cancel.addEventListener("click", () => dialog.close());
+    confirmButton.addEventListener("click", () => {
+      dialog.close();
+      onConfirm();
+    });
+    const open = (text) => {
+      what.textContent = text;
+      dialog.showModal();
+      cancel.focus();
+    };
+    return { dialog, open };
   }
 
   // ---- Cluster ------------------------------------------------------------------------------
@@ -536,28 +560,6 @@
 
   // ---- Dead letters -------------------------------------------------------------------------
 
-  // A dialog that says what an action will do and runs it only on "confirm" (Cancel has the
-  // focus: the safe choice is the default one). open(text) shows it.
-  function confirmation(title, confirmLabel, onConfirm) {
-    const what = el("p", { id: "confirm-text" });
-    const confirmButton = el("button", { type: "button", id: "confirm" }, confirmLabel);
-    const cancel = el("button", { type: "button", id: "cancel" }, "Cancel");
-    const dialog = el("dialog", { id: "confirm-dialog", "aria-labelledby": "confirm-title" },
-      el("h2", { id: "confirm-title" }, title), what,
-      el("div", { class: "search" }, confirmButton, cancel));
-    cancel.addEventListener("click", () => dialog.close());
-    confirmButton.addEventListener("click", () => {
-      dialog.close();
-      onConfirm();
-    });
-    const open = (text) => {
-      what.textContent = text;
-      dialog.showModal();
-      cancel.focus();
-    };
-    return { dialog, open };
-  }
-
   const letterHref = (position) => "#/dead-letter/" + encodeURIComponent(position);
 
   function showDeadLetters(mine, params) {
@@ -592,7 +594,7 @@
     (async () => {
       let data;
       try {
-        data = await api("v1/dead-letters?" + query.toString(), { timeoutMs: 3 * REQUEST_TIMEOUT_MS });
+        data = await api("v1/dead-letters?" + query.toString(), { timeoutMs: DLQ_READ_MS });
       } catch (e) {
         if (mine === generation) box.append(el("p", { class: "error" }, "Dead letters: " + e.message));
         return;
@@ -631,7 +633,7 @@
       let d;
       try {
         d = await api("v1/dead-letters/" + position.split(":").map(encodeURIComponent).join("/"),
-          { timeoutMs: 3 * REQUEST_TIMEOUT_MS });
+          { timeoutMs: DLQ_READ_MS });
       } catch (e) {
         if (mine !== generation) return;
         facts.append(el("p", { class: e.status === 404 ? "warn" : "error" }, e.status === 404
@@ -789,14 +791,22 @@
       el("p", { class: "muted" }, "Every worker's figures (/v1/cluster/metrics), read every 2 s; " +
         "the last two minutes since this page opened, one line per worker."), box);
     const history = [];
-    const styles = new Map(); // api -> style index, in the order first seen
+    const styles = new Map(); // api -> style index: the lowest no worker shown now has
     const poll = async () => {
       try {
         const data = await api("v1/cluster/metrics");
         if (mine !== generation) return;
         const reading = new Map();
+        for (const api of [...styles.keys()]) {
+          if (!data.workers.some((w) => w.api === api)) styles.delete(api);  // gone: its style free
+        }
         for (const w of data.workers) {
-          if (!styles.has(w.api)) styles.set(w.api, styles.size);
+          if (!styles.has(w.api)) {
+            const used = new Set(styles.values());
+            let index = 0;
+            while (used.has(index)) index++;
+            styles.set(w.api, index);
+          }
           reading.set(w.api, w);
         }
         history.push(reading);
@@ -836,8 +846,11 @@
       for (let i = 1; i < history.length; i++) {
         const a = answered(history[i - 1], w.api);
         const b = answered(history[i], w.api);
-        const seconds = a && b ? (b.at_ms - a.at_ms) / 1000 : 0;
-        const r = seconds > 0 ? Math.max(0, b.folded - a.folded) / seconds : null;
+        // A counter that went down is a worker that restarted in between: no figure there.
+        const restarted = a && b && (b.folded < a.folded || b.reads < a.reads ||
+          b.read_seconds < a.read_seconds);
+        const seconds = a && b && !restarted ? (b.at_ms - a.at_ms) / 1000 : 0;
+        const r = seconds > 0 ? (b.folded - a.folded) / seconds : null;
         const reads = seconds > 0 ? b.reads - a.reads : 0;
         rate.push(r);
         latency.push(reads > 0 ? ((b.read_seconds - a.read_seconds) / reads) * 1000 : null);

@@ -21,8 +21,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from lukhas_context.processors.api import FORWARDED_HEADER
 from lukhas_context.processors.console import CSP
+from lukhas_context.processors.fanout import FORWARDED_HEADER
 
 from .conftest import serving_all, v2_event, v2_writer_schema
 
@@ -82,6 +82,23 @@ async def open_page(browser: Any, url: str, **options: Any) -> tuple[Any, list[s
     page.on("console", lambda m: m.type == "error" and trouble.append(f"console: {m.text}"))
     await page.goto(url)
     return page, trouble
+
+
+async def load(make_client: Any, prefix: str, *urls: str) -> None:
+    """Puts through the first of ``urls``, and every tenth one's point read through each of
+    them, until cancelled (the Metrics view's tests plot it)."""
+    async with make_client(urls[0]) as client, aiohttp.ClientSession() as http:
+        n = 0
+        while True:
+            name = f"{prefix}:{n % 20}"
+            receipt = await client.put(name, {"n": n})
+            n += 1
+            if n % 10 == 0:
+                await receipt.outcome(timeout=30)
+                for url in urls:
+                    async with http.get(f"{url}/v1/contexts/{name}") as answer:
+                        assert answer.status == 200
+                await asyncio.sleep(0.05)
 
 
 async def shoot(page: Any, name: str) -> None:
@@ -343,20 +360,7 @@ async def test_the_metrics_view_plots_fold_rate_read_latency_and_memory(
     page, trouble = await open_page(browser, f"{worker.url}/console#/metrics")
     await expect(page.locator("#memory figcaption")).to_contain_text("512.0 MiB")
 
-    async def load() -> None:  # writes and reads until cancelled
-        async with make_client(worker.url) as client, aiohttp.ClientSession() as http:
-            n = 0
-            while True:
-                name = f"m:{n % 20}"
-                receipt = await client.put(name, {"n": n})
-                n += 1
-                if n % 10 == 0:
-                    await receipt.outcome(timeout=30)
-                    async with http.get(f"{worker.url}/v1/contexts/{name}") as answer:
-                        assert answer.status == 200
-                    await asyncio.sleep(0.05)
-
-    task = asyncio.create_task(load())
+    task = asyncio.create_task(load(make_client, "m", worker.url))
     try:
         positive = re.compile(r"^(?:[1-9]\d*\.\d|0\.[1-9])$")
         await expect(page.locator("#fold-rate .now")).to_have_text(positive, timeout=30000)
@@ -734,9 +738,9 @@ async def test_cluster_metrics_lists_every_worker_and_names_one_that_does_not_an
     b = await start_worker(tmp_path / "b")
     await both_in_the_tables(a, b)
     async with make_client(a.url) as client:
-        for n in range(6):
-            receipt = await client.put(f"cm:{n}", {"n": n})
-        await receipt.outcome(timeout=30)
+        receipts = [await client.put(f"cm:{n}", {"n": n}) for n in range(6)]
+        for receipt in receipts:  # each partition's owner folded its own
+            await receipt.outcome(timeout=30)
     url = f"{a.url}/v1/cluster/metrics"
     figures = ("folded", "read_seconds", "reads", "memory_resident_bytes", "memory_budget_bytes")
     async with aiohttp.ClientSession() as http:
@@ -783,21 +787,7 @@ async def test_the_metrics_view_plots_every_worker_and_shows_one_that_does_not_a
     page, trouble = await open_page(browser, f"{a.url}/console#/metrics")
     phone, phone_trouble = await open_page(browser, f"{a.url}/console#/metrics", viewport=PHONE)
 
-    async def load() -> None:  # writes, and point reads through both workers, until cancelled
-        async with make_client(a.url) as client, aiohttp.ClientSession() as http:
-            n = 0
-            while True:
-                name = f"mv:{n % 20}"
-                receipt = await client.put(name, {"n": n})
-                n += 1
-                if n % 10 == 0:
-                    await receipt.outcome(timeout=30)
-                    for url in (a.url, b.url):
-                        async with http.get(f"{url}/v1/contexts/{name}") as answer:
-                            assert answer.status == 200
-                    await asyncio.sleep(0.05)
-
-    task = asyncio.create_task(load())
+    task = asyncio.create_task(load(make_client, "mv", a.url, b.url))
     try:
         await expect(page.locator("#metrics-summary")).to_have_text("2 worker(s)")
         for plot in ("#fold-rate", "#read-latency", "#memory"):

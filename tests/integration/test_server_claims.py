@@ -25,8 +25,9 @@ from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from prometheus_client.parser import text_string_to_metric_families
 
 from lukhas_context import __version__
-from lukhas_context.processors.api import FORWARDED_HEADER, SERVED_BY_HEADER
+from lukhas_context.processors.api import SERVED_BY_HEADER
 from lukhas_context.processors.exceptions import WalTruncatedError
+from lukhas_context.processors.fanout import FORWARDED_HEADER
 from lukhas_context.processors.problems import problem_document
 from lukhas_context.schemas.codec import EventCodec
 from lukhas_context.schemas.event import Expire, Put

@@ -60,6 +60,8 @@ def test_a_member_that_did_not_answer_is_unreachable_with_why() -> None:
         {"workers": [reading(at_ms=None)]},
         {"workers": [{k: v for k, v in reading().items() if k != "memory_budget_bytes"}]},
         {"workers": [reading(folded=True)]},
+        {"workers": [reading(memory_budget_bytes=-1)]},  # would draw below the plot
+        {"workers": [reading(reads=-5)]},
     ],
 )
 def test_an_answer_of_another_shape_is_unreachable_not_a_failure(data: dict[str, Any]) -> None:

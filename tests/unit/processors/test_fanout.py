@@ -111,3 +111,35 @@ async def test_no_members_no_requests() -> None:
     peers = Peers(SELF, {})
     assert await peers.ask_all([], "/ok") == []
     await peers.close()
+
+
+async def test_every_member_is_asked_at_once() -> None:
+    """Each stand-in answers only once all three requests have arrived: asked one after
+    another, the first would wait for the others in vain and answer 500."""
+    arrived: list[int] = []
+    all_in = asyncio.Event()
+
+    async def together(request: web.Request) -> web.Response:
+        arrived.append(1)
+        if len(arrived) == 3:
+            all_in.set()
+        try:
+            await asyncio.wait_for(all_in.wait(), 5)
+        except TimeoutError:
+            return web.json_response({}, status=500)
+        return web.json_response({"n": len(arrived)})
+
+    app = web.Application()
+    app.router.add_get("/together", together)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    peers = Peers(SELF, {})
+    try:
+        answers = await peers.ask_all([member(n, url) for n in "abc"], "/together", timeout=10)
+    finally:
+        await peers.close()
+        await runner.cleanup()
+    assert [(a.data, a.why) for a in answers] == [({"n": 3}, None)] * 3

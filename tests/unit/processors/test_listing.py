@@ -105,11 +105,15 @@ def test_another_owners_page_is_taken_with_the_partitions_not_covered_here() -> 
 
     entry = {"context_id": "a", "version": 1}
     data = {"contexts": [entry], "next_after": "a", "partitions": [0, 2]}
-    assert remote_page(data, {0}) == (SourcePage([(b"a", entry)], b"a"), [2])
-    assert remote_page({**data, "next_after": None}, set()) == (
+    assert remote_page(data, {0}, 3) == (SourcePage([(b"a", entry)], b"a"), [2])
+    assert remote_page({**data, "next_after": None}, set(), 3) == (
         SourcePage([(b"a", entry)], None), [0, 2],
     )  # fmt: skip
     # An answer of another shape is left out (its partitions stay incomplete), not a 500.
+    # Partitions that are not the WAL's (a string, a bool, past the count, negative) never
+    # mark one complete.
     for odd in ({}, {**data, "contexts": [{"context_id": 1}]}, {**data, "partitions": None},
-                {**data, "next_after": 5}, {**data, "contexts": None}):  # fmt: skip
-        assert remote_page(odd, set()) is None
+                {**data, "next_after": 5}, {**data, "contexts": None},
+                {**data, "partitions": ["0"]}, {**data, "partitions": [True]},
+                {**data, "partitions": [99]}, {**data, "partitions": [-1]}):  # fmt: skip
+        assert remote_page(odd, set(), 3) is None

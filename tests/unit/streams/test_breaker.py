@@ -34,19 +34,19 @@ def _breaker(**policy: float) -> tuple[Breaker, Clock]:
 def test_failures_in_a_row_open_it_and_calls_are_refused_until_the_open_period_ends() -> None:
     b, clock = _breaker(consecutive_failures=3, open_s=0.5)
     for _ in range(2):
-        assert b.allows()
+        assert b.acquire() is not None
         b.record(False)
     assert b.state is BreakerState.CLOSED
     b.record(False)
     assert b.state is BreakerState.OPEN
-    assert not b.allows()
+    assert b.acquire() is None
     assert b.retry_after_s() == pytest.approx(0.5)
     clock.now += 0.49
-    assert not b.allows()
+    assert b.acquire() is None
     clock.now += 0.02
-    assert b.allows()  # the probe
+    assert b.acquire() is not None  # the probe
     assert b.state is BreakerState.HALF_OPEN
-    assert not b.allows()  # one probe at a time
+    assert b.acquire() is None  # one probe at a time
 
 
 def test_a_successful_probe_closes_it_a_failed_one_doubles_the_open_period() -> None:
@@ -55,15 +55,15 @@ def test_a_successful_probe_closes_it_a_failed_one_doubles_the_open_period() -> 
     periods = []
     for _ in range(4):
         clock.now += b.retry_after_s()
-        assert b.allows()
+        assert b.acquire() is not None
         b.record(False)
         periods.append(b.open_for_s)
     assert periods == [0.5, 0.75, 0.75, 0.75]  # doubled, capped
     clock.now += b.retry_after_s()
-    assert b.allows()
+    assert b.acquire() is not None
     b.record(True, 0.001)
     assert b.state is BreakerState.CLOSED
-    assert b.allows() and b.allows()
+    assert b.acquire() is not None and b.acquire() is not None
     assert b.transitions == {"open": 5, "half_open": 5, "closed": 1}
 
 
@@ -124,7 +124,7 @@ def test_an_endpoint_slower_for_good_is_learnt_within_a_few_probes() -> None:
     probes = 0
     while b.state is not BreakerState.CLOSED and probes < 10:
         clock.now += b.retry_after_s()
-        assert b.allows()
+        assert b.acquire() is not None
         b.record(True, 1.0)  # every call takes a second now
         probes += 1
     assert b.state is BreakerState.CLOSED
@@ -139,9 +139,9 @@ def test_a_probe_that_ends_without_an_outcome_frees_its_slot() -> None:
     clock.now += 0.3
     probe = b.acquire()  # the probe, then cancelled
     assert probe
-    assert not b.allows()
+    assert b.acquire() is None
     b.release(probe)
-    assert b.allows()
+    assert b.acquire() is not None
 
 
 def test_a_call_that_was_not_the_probe_frees_no_slot_when_cancelled() -> None:
@@ -157,14 +157,14 @@ def test_a_call_that_was_not_the_probe_frees_no_slot_when_cancelled() -> None:
     assert probe
     b.release(early)
     b.release(0)
-    assert not b.allows()
+    assert b.acquire() is None
     clock.now += 10.0  # past probe_s: the slot goes to another call
     second = b.acquire()
     assert second and second != probe
     b.release(probe)  # the first probe ends late: the second keeps the slot
-    assert not b.allows()
+    assert b.acquire() is None
     b.release(second)
-    assert b.allows()
+    assert b.acquire() is not None
 
 
 def test_an_answer_while_open_closes_it_a_failure_does_not_reopen_it_longer() -> None:
@@ -176,18 +176,18 @@ def test_an_answer_while_open_closes_it_a_failure_does_not_reopen_it_longer() ->
     b.record(False)
     assert b.state is BreakerState.OPEN and b.open_for_s == 0.25
     b.record(True, 0.001)
-    assert b.state is BreakerState.CLOSED and b.allows()
+    assert b.state is BreakerState.CLOSED and b.acquire() is not None
 
 
 def test_a_long_probe_does_not_hold_the_slot() -> None:
     b, clock = _breaker(consecutive_failures=1, open_s=0.25, probe_s=1.0)
     b.record(False)
     clock.now += 0.25
-    assert b.allows()  # a long poll becomes the probe
-    assert not b.allows()
+    assert b.acquire() is not None  # a long poll becomes the probe
+    assert b.acquire() is None
     assert b.retry_after_s() == pytest.approx(1.0)
     clock.now += 1.0
-    assert b.allows()  # another probe once the first has been out for probe_s
+    assert b.acquire() is not None  # another probe once the first has been out for probe_s
 
 
 @given(st.lists(st.tuples(st.booleans(), st.floats(0, 60), st.floats(0, 5)), max_size=400))
@@ -201,14 +201,14 @@ def test_any_sequence_keeps_it_bounded_and_consistent(
     b, clock = _breaker(min_samples=5, consecutive_failures=2, open_s=0.1, max_open_s=2.0)
     for ok, latency, wait in outcomes:
         clock.now += wait
-        if b.allows():
+        if b.acquire() is not None:
             b.record(ok, latency)
         assert 0.0 <= b.failure_ema <= 1.0 and 0.0 <= b.baseline_ema <= 1.0
         assert b.state is BreakerState.CLOSED or 0.1 <= b.open_for_s <= 2.0
         assert 0.0 <= b.retry_after_s() <= 2.0
     if b.state is BreakerState.OPEN:
         clock.now += b.retry_after_s()
-        assert b.allows()
+        assert b.acquire() is not None
 
 
 def test_policy_fields_out_of_range_are_refused_by_name() -> None:
