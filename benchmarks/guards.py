@@ -67,13 +67,13 @@ class _Open:
 
     last_error = None
 
-    def allows(self) -> bool:
-        return True
+    def acquire(self) -> int:
+        return 0
 
     def record(self, ok: bool, latency_s: float | None = None, error: str | None = None) -> None:
         pass
 
-    def release(self) -> None:
+    def release(self, permit: int) -> None:
         pass
 
     def retry_after_s(self) -> float:

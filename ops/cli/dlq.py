@@ -1,4 +1,4 @@
-"""``lukhas dlq list|show|redrive``: the dead-letter queue (``ops.dlq``)."""
+"""``lukhas dlq list|show|redrive|prune``: the dead-letter queue (``ops.dlq``)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def dlq() -> None:
 
 
 def _filters(fn: F) -> F:
-    """The options that choose dead letters (``ops.dlq.Filters``)."""
+    """The options that choose dead letters (``streams.deadletters.Filters``)."""
     fn = merge_old("context_id", "--context-id/--id")(fn)
     for option in reversed([
         partitions_option("DLQ partition (the same number as the WAL's)"),
