@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from lukhas_context.processors import fanout
 from lukhas_context.processors.fanout import Answer
 from lukhas_context.processors.materializer import Materializer
 from lukhas_context.processors.members import Member
@@ -41,22 +42,14 @@ def own_figures(m: Materializer) -> dict[str, Any]:
 
 def unreachable(member: Member, reason: str) -> dict[str, Any]:
     """The entry of a member that gave no figures, saying why."""
-    return {
-        "api": member.api,
-        "member": member.member,
-        "reachable": False,
-        "error": reason,
-        "at_ms": None,
-        **dict.fromkeys(FIGURES),
-    }
+    return {**fanout.unreachable(member, reason), "at_ms": None, **dict.fromkeys(FIGURES)}
 
 
 def peer_figures(answer: Answer) -> dict[str, Any]:
     """A member's entry from its answer to ``/v1/cluster/metrics`` (forwarded: its own
     figures alone), or its unreachable entry when there is none or it is of another shape."""
-    workers = None if answer.data is None else answer.data.get("workers")
-    entry = workers[0] if isinstance(workers, list) and workers else None
-    if not isinstance(entry, dict) or not _well_formed(entry):
+    entry = answer.own_entry()
+    if entry is None or not _well_formed(entry):
         return unreachable(answer.member, answer.why or "its answer is not a metrics reading")
     return {
         "api": answer.member.api,

@@ -37,6 +37,18 @@ class Answer:
     data: dict[str, Any] | None
     why: str | None = None
 
+    def own_entry(self) -> dict[str, Any] | None:
+        """The member's own entry in a cluster-wide answer (a forwarded request is answered
+        with that alone: the first of its ``workers``); None when there is none."""
+        workers = None if self.data is None else self.data.get("workers")
+        entry = workers[0] if isinstance(workers, list) and workers else None
+        return entry if isinstance(entry, dict) else None
+
+
+def unreachable(member: Member, reason: str) -> dict[str, Any]:
+    """How a cluster-wide answer's entry of a member that gave none opens: who, and why."""
+    return {"api": member.api, "member": member.member, "reachable": False, "error": reason}
+
 
 class Peers:
     """The HTTP session this worker asks other workers with (forwards and fan-outs), opened

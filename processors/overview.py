@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from lukhas_context.processors import fanout
 from lukhas_context.processors.fanout import Answer
 from lukhas_context.processors.materializer import Materializer
 from lukhas_context.processors.members import Member
@@ -59,10 +60,7 @@ def worker_view(m: Materializer) -> dict[str, Any]:
 def unreachable(member: Member, reason: str) -> dict[str, Any]:
     """The entry of a member that did not answer: what the routing table says it serves."""
     return {
-        "api": member.api,
-        "member": member.member,
-        "reachable": False,
-        "error": reason,
+        **fanout.unreachable(member, reason),
         "status": "unreachable",
         "partitions": [{"partition": p} for p in member.partitions],
         "restoring": [],
@@ -73,10 +71,9 @@ def unreachable(member: Member, reason: str) -> dict[str, Any]:
 def peer_view(answer: Answer) -> dict[str, Any]:
     """A member's own view from its answer to ``/v1/cluster`` (forwarded: its view alone), or
     its unreachable entry saying why there is none (no answer, or one of another shape)."""
-    workers = None if answer.data is None else answer.data.get("workers")
-    view = workers[0] if isinstance(workers, list) and workers else None
+    view = answer.own_entry()
     lists = ("partitions", "restoring", "standbys")
-    if not isinstance(view, dict) or not all(isinstance(view.get(k), list) for k in lists):
+    if view is None or not all(isinstance(view.get(k), list) for k in lists):
         return unreachable(answer.member, answer.why or "its answer is not a cluster view")
     return view
 

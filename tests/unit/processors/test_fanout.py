@@ -6,6 +6,7 @@ forwarded and carries the token."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 
@@ -52,15 +53,23 @@ async def server() -> AsyncIterator[tuple[str, list[dict[str, str]], asyncio.Eve
             web.get("/slow", slow),
         ]
     )
+    async with serving(app) as url:
+        try:
+            yield url, seen, release
+        finally:
+            release.set()  # before the server stops: it waits for its handlers
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """``app`` listening on a free loopback port: its URL."""
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        yield f"http://127.0.0.1:{port}", seen, release
+        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
     finally:
-        release.set()
         await runner.cleanup()
 
 
@@ -131,15 +140,10 @@ async def test_every_member_is_asked_at_once() -> None:
 
     app = web.Application()
     app.router.add_get("/together", together)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
     peers = Peers(SELF, {})
-    try:
-        answers = await peers.ask_all([member(n, url) for n in "abc"], "/together", timeout=10)
-    finally:
-        await peers.close()
-        await runner.cleanup()
+    async with serving(app) as url:
+        try:
+            answers = await peers.ask_all([member(n, url) for n in "abc"], "/together", timeout=10)
+        finally:
+            await peers.close()
     assert [(a.data, a.why) for a in answers] == [({"n": 3}, None)] * 3
